@@ -1,0 +1,154 @@
+//! The crate's one error type.
+
+use core::fmt;
+
+/// Why a kernel refused its arguments.
+///
+/// Every public function of the crate reports a bad shape, length, index or parameter
+/// through this type instead of panicking. Variants carry the offending sizes so a caller
+/// can log them without allocating. `Display` writes a one-line message, also without
+/// allocating.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Error {
+    /// `rows * cols` (or another product of sizes the call needs) does not fit in `usize`.
+    ShapeOverflow {
+        /// First factor.
+        rows: usize,
+        /// Second factor.
+        cols: usize,
+    },
+    /// A matrix with zero rows or zero columns: every kernel needs at least one embedding
+    /// of at least one dimension.
+    EmptyMatrix {
+        /// Rows given.
+        rows: usize,
+        /// Columns given.
+        cols: usize,
+    },
+    /// A buffer's length differs from the one the shapes require.
+    LengthMismatch {
+        /// Which argument: `"data"`, `"out"`, `"labels"`, `"grad"`, ...
+        buffer: &'static str,
+        /// Length the shapes require.
+        expected: usize,
+        /// Length given.
+        actual: usize,
+    },
+    /// The workspace is shorter than the kernel's `*_workspace_len` query asks for.
+    WorkspaceTooSmall {
+        /// Elements required.
+        required: usize,
+        /// Elements given.
+        actual: usize,
+    },
+    /// Two matrices that must share their embedding dimension do not.
+    DimensionMismatch {
+        /// Columns of the first matrix.
+        left: usize,
+        /// Columns of the second matrix.
+        right: usize,
+    },
+    /// An index (a row of a triplet, a proxy label, ...) is not below its bound.
+    IndexOutOfRange {
+        /// Which argument holds it.
+        buffer: &'static str,
+        /// Position of the bad entry inside that argument.
+        position: usize,
+        /// The value found.
+        index: usize,
+        /// The exclusive upper bound it had to respect.
+        bound: usize,
+    },
+    /// A scalar parameter is outside its documented domain (NaN, infinite, or negative
+    /// where only non-negative values make sense).
+    InvalidParameter {
+        /// The parameter's name, as in the kernel's docs.
+        name: &'static str,
+    },
+    /// A data value is NaN or infinite where the kernel requires finite data.
+    NonFinite {
+        /// Which argument holds it.
+        buffer: &'static str,
+        /// Position (flat index) of the first non-finite element.
+        position: usize,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Error::ShapeOverflow { rows, cols } => {
+                write!(f, "shape {rows} x {cols} overflows usize")
+            }
+            Error::EmptyMatrix { rows, cols } => {
+                write!(
+                    f,
+                    "empty matrix: {rows} x {cols} (rows and columns must be >= 1)"
+                )
+            }
+            Error::LengthMismatch {
+                buffer,
+                expected,
+                actual,
+            } => write!(
+                f,
+                "`{buffer}` has length {actual}, the shapes require {expected}"
+            ),
+            Error::WorkspaceTooSmall { required, actual } => {
+                write!(f, "workspace has {actual} elements, {required} required")
+            }
+            Error::DimensionMismatch { left, right } => {
+                write!(f, "embedding dimensions differ: {left} vs {right}")
+            }
+            Error::IndexOutOfRange {
+                buffer,
+                position,
+                index,
+                bound,
+            } => write!(
+                f,
+                "`{buffer}[{position}]` = {index} is out of range (must be < {bound})"
+            ),
+            Error::InvalidParameter { name } => {
+                write!(f, "parameter `{name}` is out of its domain")
+            }
+            Error::NonFinite { buffer, position } => {
+                write!(f, "`{buffer}[{position}]` is NaN or infinite")
+            }
+        }
+    }
+}
+
+impl core::error::Error for Error {}
+
+/// Checks that `buffer` has exactly `expected` elements.
+#[inline]
+pub(crate) fn check_len(buffer: &'static str, expected: usize, actual: usize) -> Result<(), Error> {
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(Error::LengthMismatch {
+            buffer,
+            expected,
+            actual,
+        })
+    }
+}
+
+/// Checks that a workspace has at least `required` elements.
+#[inline]
+pub(crate) fn check_workspace(required: usize, actual: usize) -> Result<(), Error> {
+    if actual >= required {
+        Ok(())
+    } else {
+        Err(Error::WorkspaceTooSmall { required, actual })
+    }
+}
+
+/// `a * b`, or `ShapeOverflow`.
+#[inline]
+pub(crate) fn checked_area(rows: usize, cols: usize) -> Result<usize, Error> {
+    rows.checked_mul(cols)
+        .ok_or(Error::ShapeOverflow { rows, cols })
+}

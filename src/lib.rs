@@ -1,0 +1,70 @@
+//! Allocation-free, `no_std` kernels for triplet loss and its relatives.
+//!
+//! `triplet_kernels` computes the building blocks of metric learning over caller-provided
+//! buffers: distance matrices (squared Euclidean, Euclidean, cosine; pairwise and cross),
+//! margin hinges and reductions, and, as the crate grows, online mining and the losses
+//! with their gradients. Every fast kernel is vectorised through one private SIMD seam
+//! and has a public reference twin in [`scalar`].
+//!
+//! # Conventions
+//!
+//! Every kernel of the crate follows these rules.
+//!
+//! - **Embeddings** are a validated row-major view, [`Matrix`]: `rows x dim` `f32`,
+//!   `rows >= 1`, `dim >= 1`, `data.len() == rows * dim`, checked once at construction.
+//! - **Labels** are `&[u32]`, one per row, compared for equality only: arbitrary ids,
+//!   no sorting or contiguity required (proxy losses, whose labels index proxies, are the
+//!   exception and say so).
+//! - **Outputs** (`out`, `grad`, ...) have exactly the documented length and are always
+//!   fully written when the call returns `Ok`. On `Err` the call has written nothing: every
+//!   argument is validated before the first write.
+//! - **Scratch** is a `&mut [f32]` of at least `<kernel>_workspace_len(..)` elements, a
+//!   `const fn` of the shapes, so it can size a stack array. Its contents are garbage
+//!   before and after the call; never rely on them, never hard-code the length.
+//! - **Errors**: one [`Error`] enum (`Copy`, `Eq`, variants carrying the offending sizes,
+//!   `Display` without allocation, [`core::error::Error`]). **No public function panics,
+//!   for any input**: wrong lengths, shape products that overflow `usize`, empty inputs
+//!   and bad parameters return `Err`.
+//! - **Parameters** are small `Copy` values validated at call time: a NaN or infinite
+//!   margin or scale is an [`Error::InvalidParameter`].
+//! - **Non-finite data**: distance kernels do not scan their input; NaN and infinity
+//!   propagate by IEEE 754 arithmetic into every output computed from an affected row
+//!   (which of NaN or infinity is unspecified) and into no other. Loss kernels, whose
+//!   discrete decisions (mining, hinges) would otherwise hide a NaN, say in their docs how
+//!   they treat it.
+//! - **Scalar twins**: [`scalar`] holds, for every fast kernel, a function of the same name,
+//!   arguments and errors: the textbook formula with `f64` accumulation. Each fast kernel's
+//!   `# Numerics` section bounds its distance from the twin.
+//!
+//! # Example
+//!
+//! ```
+//! use triplet_kernels::{pairwise_distances, pairwise_distances_workspace_len, Matrix, Metric};
+//!
+//! // Three 2-d embeddings, row-major.
+//! let data = [0.0_f32, 0.0, 3.0, 4.0, 6.0, 8.0];
+//! let x = Matrix::new(&data, 3, 2)?;
+//! let mut d = [0.0_f32; 9];
+//! let mut ws = [0.0_f32; pairwise_distances_workspace_len(3, 2)];
+//! pairwise_distances(x, Metric::Euclidean, &mut d, &mut ws)?;
+//! assert_eq!(d, [0.0, 5.0, 10.0, 5.0, 0.0, 5.0, 10.0, 5.0, 0.0]);
+//! # Ok::<(), triplet_kernels::Error>(())
+//! ```
+#![no_std]
+#![forbid(clippy::std_instead_of_core)]
+
+mod distance;
+mod error;
+mod math;
+mod matrix;
+mod reduce;
+pub mod scalar;
+mod simd;
+
+pub use distance::{
+    cross_distances, cross_distances_workspace_len, l2_normalize, l2_normalize_backward,
+    pairwise_distances, pairwise_distances_workspace_len, row_norms, Metric, NORM_EPS,
+};
+pub use error::Error;
+pub use matrix::Matrix;
+pub use reduce::{hinge_reduce, hinge_reduce_grad, Hinge, Reduction};

@@ -1,0 +1,92 @@
+//! Validated row-major views of embeddings.
+
+use crate::error::Error;
+
+/// A validated, read-only, row-major `rows x dim` matrix of `f32` embeddings.
+///
+/// Row `i` is `data[i * dim .. (i + 1) * dim]`. Construction checks the shape once, so
+/// every kernel that takes a `Matrix` can rely on `rows >= 1`, `dim >= 1` and
+/// `data.len() == rows * dim`.
+///
+/// ```
+/// use triplet_kernels::Matrix;
+/// let data = [1.0_f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+/// let x = Matrix::new(&data, 3, 2)?;
+/// assert_eq!(x.row(1), Some(&[3.0_f32, 4.0][..]));
+/// # Ok::<(), triplet_kernels::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Matrix<'a> {
+    data: &'a [f32],
+    rows: usize,
+    dim: usize,
+}
+
+impl<'a> Matrix<'a> {
+    /// Wraps `data` as a `rows x dim` row-major matrix.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::ShapeOverflow`] when `rows * dim` overflows `usize`;
+    /// - [`Error::EmptyMatrix`] when `rows == 0` or `dim == 0`;
+    /// - [`Error::LengthMismatch`] (buffer `"data"`) when `data.len() != rows * dim`.
+    pub const fn new(data: &'a [f32], rows: usize, dim: usize) -> Result<Self, Error> {
+        let Some(len) = rows.checked_mul(dim) else {
+            return Err(Error::ShapeOverflow { rows, cols: dim });
+        };
+        if rows == 0 || dim == 0 {
+            return Err(Error::EmptyMatrix { rows, cols: dim });
+        }
+        if data.len() != len {
+            return Err(Error::LengthMismatch {
+                buffer: "data",
+                expected: len,
+                actual: data.len(),
+            });
+        }
+        Ok(Matrix { data, rows, dim })
+    }
+
+    /// Number of embeddings (rows), at least 1.
+    #[inline]
+    pub const fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Embedding dimension (columns), at least 1.
+    #[inline]
+    pub const fn dim(&self) -> usize {
+        self.dim
+    }
+
+    /// The whole buffer, `rows * dim` elements.
+    #[inline]
+    pub const fn as_slice(&self) -> &'a [f32] {
+        self.data
+    }
+
+    /// `rows * dim`, the number of elements (it cannot overflow: checked at construction).
+    #[inline]
+    pub const fn len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Always `false`: a `Matrix` has at least one element. Present for API symmetry.
+    #[inline]
+    pub const fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    /// Row `i`, or `None` when `i >= rows`.
+    #[inline]
+    pub fn row(&self, i: usize) -> Option<&'a [f32]> {
+        let start = i.checked_mul(self.dim)?;
+        self.data.get(start..start.checked_add(self.dim)?)
+    }
+
+    /// Iterator over the rows, in order.
+    #[inline]
+    pub fn row_iter(&self) -> core::slice::ChunksExact<'a, f32> {
+        self.data.chunks_exact(self.dim)
+    }
+}

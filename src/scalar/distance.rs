@@ -1,0 +1,206 @@
+//! Scalar twins of [`crate::distance`].
+
+use crate::distance::{check_cross, check_pairwise, mirror_upper, Metric, NORM_EPS};
+use crate::error::{check_len, Error};
+use crate::matrix::Matrix;
+
+pub(crate) fn sq_dist64(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| {
+            let d = f64::from(x) - f64::from(y);
+            d * d
+        })
+        .sum()
+}
+
+pub(crate) fn dot64(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| f64::from(x) * f64::from(y))
+        .sum()
+}
+
+pub(crate) fn norm64(a: &[f32]) -> f64 {
+    libm::sqrt(dot64(a, a))
+}
+
+fn clamp64(n: f64) -> f64 {
+    if n < f64::from(NORM_EPS) {
+        f64::from(NORM_EPS)
+    } else {
+        n
+    }
+}
+
+/// The distance between two rows in `f64`.
+pub(crate) fn distance64(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
+    match metric {
+        Metric::SquaredEuclidean => sq_dist64(a, b),
+        Metric::Euclidean => libm::sqrt(sq_dist64(a, b)),
+        Metric::Cosine => 1.0 - dot64(a, b) / (clamp64(norm64(a)) * clamp64(norm64(b))),
+    }
+}
+
+/// Scalar twin of [`crate::pairwise_distances`].
+///
+/// # Errors
+///
+/// Exactly those of [`crate::pairwise_distances`].
+///
+/// # Example
+///
+/// ```
+/// use triplet_kernels::{scalar, pairwise_distances_workspace_len, Matrix, Metric};
+/// let x = Matrix::new(&[0.0, 0.0, 3.0, 4.0], 2, 2)?;
+/// let mut out = [0.0_f32; 4];
+/// let mut ws = [0.0_f32; pairwise_distances_workspace_len(2, 2)];
+/// scalar::pairwise_distances(x, Metric::SquaredEuclidean, &mut out, &mut ws)?;
+/// assert_eq!(out, [0.0, 25.0, 25.0, 0.0]);
+/// # Ok::<(), triplet_kernels::Error>(())
+/// ```
+pub fn pairwise_distances(
+    x: Matrix<'_>,
+    metric: Metric,
+    out: &mut [f32],
+    workspace: &mut [f32],
+) -> Result<(), Error> {
+    let n = check_pairwise(&x, out.len(), workspace.len())?;
+    for (i, (a, out_row)) in x.row_iter().zip(out.chunks_exact_mut(n)).enumerate() {
+        for (j, (b, o)) in x.row_iter().zip(out_row.iter_mut()).enumerate() {
+            if j > i {
+                *o = distance64(metric, a, b) as f32;
+            } else if j == i {
+                *o = 0.0;
+            }
+        }
+    }
+    mirror_upper(out, n);
+    Ok(())
+}
+
+/// Scalar twin of [`crate::cross_distances`].
+///
+/// # Errors
+///
+/// Exactly those of [`crate::cross_distances`].
+///
+/// # Example
+///
+/// ```
+/// use triplet_kernels::{scalar, cross_distances_workspace_len, Matrix, Metric};
+/// let x = Matrix::new(&[1.0, 0.0], 1, 2)?;
+/// let y = Matrix::new(&[0.0, 1.0], 1, 2)?;
+/// let mut out = [0.0_f32; 1];
+/// let mut ws = [0.0_f32; cross_distances_workspace_len(1, 1, 2)];
+/// scalar::cross_distances(x, y, Metric::Cosine, &mut out, &mut ws)?;
+/// assert_eq!(out, [1.0]);
+/// # Ok::<(), triplet_kernels::Error>(())
+/// ```
+pub fn cross_distances(
+    x: Matrix<'_>,
+    y: Matrix<'_>,
+    metric: Metric,
+    out: &mut [f32],
+    workspace: &mut [f32],
+) -> Result<(), Error> {
+    let (_, n) = check_cross(&x, &y, out.len(), workspace.len())?;
+    for (a, out_row) in x.row_iter().zip(out.chunks_exact_mut(n)) {
+        for (b, o) in y.row_iter().zip(out_row.iter_mut()) {
+            *o = distance64(metric, a, b) as f32;
+        }
+    }
+    Ok(())
+}
+
+/// Scalar twin of [`crate::row_norms`].
+///
+/// # Errors
+///
+/// Exactly those of [`crate::row_norms`].
+///
+/// # Example
+///
+/// ```
+/// use triplet_kernels::{scalar, Matrix};
+/// let mut out = [0.0_f32; 1];
+/// scalar::row_norms(Matrix::new(&[3.0, 4.0], 1, 2)?, &mut out)?;
+/// assert_eq!(out, [5.0]);
+/// # Ok::<(), triplet_kernels::Error>(())
+/// ```
+pub fn row_norms(x: Matrix<'_>, out: &mut [f32]) -> Result<(), Error> {
+    check_len("out", x.rows(), out.len())?;
+    for (row, o) in x.row_iter().zip(out.iter_mut()) {
+        *o = norm64(row) as f32;
+    }
+    Ok(())
+}
+
+/// Scalar twin of [`crate::l2_normalize`].
+///
+/// # Errors
+///
+/// Exactly those of [`crate::l2_normalize`].
+///
+/// # Example
+///
+/// ```
+/// use triplet_kernels::{scalar, Matrix};
+/// let mut out = [0.0_f32; 2];
+/// scalar::l2_normalize(Matrix::new(&[0.0, -2.0], 1, 2)?, &mut out)?;
+/// assert_eq!(out, [0.0, -1.0]);
+/// # Ok::<(), triplet_kernels::Error>(())
+/// ```
+pub fn l2_normalize(x: Matrix<'_>, out: &mut [f32]) -> Result<(), Error> {
+    check_len("out", x.len(), out.len())?;
+    for (row, o) in x.row_iter().zip(out.chunks_exact_mut(x.dim())) {
+        let r = clamp64(norm64(row));
+        for (v, o) in row.iter().zip(o.iter_mut()) {
+            *o = (f64::from(*v) / r) as f32;
+        }
+    }
+    Ok(())
+}
+
+/// Scalar twin of [`crate::l2_normalize_backward`].
+///
+/// # Errors
+///
+/// Exactly those of [`crate::l2_normalize_backward`].
+///
+/// # Example
+///
+/// ```
+/// use triplet_kernels::{scalar, Matrix};
+/// let mut gx = [0.0_f32; 2];
+/// scalar::l2_normalize_backward(Matrix::new(&[2.0, 0.0], 1, 2)?, &[0.0, 1.0], &mut gx)?;
+/// assert_eq!(gx, [0.0, 0.5]);
+/// # Ok::<(), triplet_kernels::Error>(())
+/// ```
+pub fn l2_normalize_backward(
+    x: Matrix<'_>,
+    grad_out: &[f32],
+    grad_x: &mut [f32],
+) -> Result<(), Error> {
+    check_len("grad_out", x.len(), grad_out.len())?;
+    check_len("grad_x", x.len(), grad_x.len())?;
+    let dim = x.dim();
+    for ((row, g), gx) in x
+        .row_iter()
+        .zip(grad_out.chunks_exact(dim))
+        .zip(grad_x.chunks_exact_mut(dim))
+    {
+        let r = norm64(row);
+        if !(r <= f64::from(NORM_EPS)) {
+            let xg = dot64(row, g);
+            for ((xv, gv), o) in row.iter().zip(g).zip(gx.iter_mut()) {
+                *o = ((f64::from(*gv) - f64::from(*xv) * xg / (r * r)) / r) as f32;
+            }
+        } else {
+            for (gv, o) in g.iter().zip(gx.iter_mut()) {
+                *o = (f64::from(*gv) / f64::from(NORM_EPS)) as f32;
+            }
+        }
+    }
+    Ok(())
+}
