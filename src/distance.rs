@@ -358,3 +358,57 @@ pub fn l2_normalize_backward(
     }
     Ok(())
 }
+
+/// Clamped norms of every row into `norms` (`rows` elements), for kernels that need
+/// cosine distances and their gradients.
+pub(crate) fn clamped_row_norms(x: &Matrix<'_>, norms: &mut [f32]) {
+    clamped_norms(x, norms);
+}
+
+/// One distance between two rows; `na`, `nb` are their clamped norms (read for cosine
+/// only, see [`clamped_row_norms`]).
+#[inline]
+pub(crate) fn distance(metric: Metric, a: &[f32], b: &[f32], na: f32, nb: f32) -> f32 {
+    pair(metric, a, b, na, nb)
+}
+
+/// Adds `coef * d d(a, b) / d a` to `grad_a`, where `dist = d(a, b)` and `na`, `nb` are
+/// the clamped norms (cosine only). For the gradient with respect to `b`, call again with
+/// the rows swapped: every metric here is symmetric.
+///
+/// - squared Euclidean: `2 (a - b)`;
+/// - Euclidean: `(a - b) / d`, and 0 at `d = 0` (never NaN);
+/// - cosine, `d = 1 - <a,b> / (na nb)`: `-b / (na nb) + (1 - d) a / na^2`, the second term
+///   only where the norm of `a` is above the clamp (below it the norm is a constant).
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn add_distance_grad(
+    metric: Metric,
+    a: &[f32],
+    b: &[f32],
+    dist: f32,
+    na: f32,
+    nb: f32,
+    coef: f32,
+    grad_a: &mut [f32],
+) {
+    match metric {
+        Metric::SquaredEuclidean => {
+            simd::axpy(2.0 * coef, a, grad_a);
+            simd::axpy(-2.0 * coef, b, grad_a);
+        }
+        Metric::Euclidean => {
+            if dist > 0.0 {
+                let c = coef / dist;
+                simd::axpy(c, a, grad_a);
+                simd::axpy(-c, b, grad_a);
+            }
+        }
+        Metric::Cosine => {
+            simd::axpy(-coef / (na * nb), b, grad_a);
+            if na > NORM_EPS {
+                simd::axpy(coef * (1.0 - dist) / (na * na), a, grad_a);
+            }
+        }
+    }
+}

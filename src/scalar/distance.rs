@@ -204,3 +204,48 @@ pub fn l2_normalize_backward(
     }
     Ok(())
 }
+
+/// Clamped `f64` norm of a row (cosine only).
+pub(crate) fn clamped_norm64(a: &[f32]) -> f64 {
+    clamp64(norm64(a))
+}
+
+/// Adds `coef * d d(a, b) / d a` to `grad_a`, each contribution formed in `f64` and
+/// rounded once into the `f32` accumulator. `dist = d(a, b)` in `f64`. Same formulas as
+/// the fast path's helper (see `distance::add_distance_grad`), written out per element.
+pub(crate) fn add_distance_grad64(
+    metric: Metric,
+    a: &[f32],
+    b: &[f32],
+    dist: f64,
+    coef: f64,
+    grad_a: &mut [f32],
+) {
+    match metric {
+        Metric::SquaredEuclidean => {
+            for ((g, &x), &y) in grad_a.iter_mut().zip(a).zip(b) {
+                *g = (f64::from(*g) + 2.0 * coef * (f64::from(x) - f64::from(y))) as f32;
+            }
+        }
+        Metric::Euclidean => {
+            if dist > 0.0 {
+                for ((g, &x), &y) in grad_a.iter_mut().zip(a).zip(b) {
+                    *g = (f64::from(*g) + coef * (f64::from(x) - f64::from(y)) / dist) as f32;
+                }
+            }
+        }
+        Metric::Cosine => {
+            let na = clamped_norm64(a);
+            let nb = clamped_norm64(b);
+            let own = if na > f64::from(NORM_EPS) {
+                (1.0 - dist) / (na * na)
+            } else {
+                0.0
+            };
+            for ((g, &x), &y) in grad_a.iter_mut().zip(a).zip(b) {
+                let v = -f64::from(y) / (na * nb) + own * f64::from(x);
+                *g = (f64::from(*g) + coef * v) as f32;
+            }
+        }
+    }
+}
