@@ -346,7 +346,7 @@ pub fn l2_normalize_backward(
     {
         let r = math::sqrt(simd::sq_norm(row));
         // Written so that a NaN norm takes this branch and propagates.
-        if !(r <= NORM_EPS) {
+        if r.is_nan() || r > NORM_EPS {
             let inv = 1.0 / r;
             // <y, g> = <x, g> / r; grad = g / r - x <x, g> / r^3.
             let proj = simd::dot(row, g) * inv * inv;

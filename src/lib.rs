@@ -51,7 +51,26 @@
 //! # Ok::<(), triplet_kernels::Error>(())
 //! ```
 #![no_std]
+#![deny(missing_docs)]
+#![warn(rust_2018_idioms, clippy::pedantic)]
+// Library code never panics: no unwrap, expect or panic paths.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![forbid(clippy::std_instead_of_core)]
+// Numeric kernels convert between integer sizes and floats on purpose.
+#![allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_lossless,
+    clippy::similar_names,
+    clippy::many_single_char_names,
+    clippy::must_use_candidate,
+    clippy::module_name_repetitions,
+    clippy::too_many_lines,
+    clippy::float_cmp,
+    clippy::doc_markdown,
+    clippy::inline_always
+)]
 
 mod distance;
 mod error;

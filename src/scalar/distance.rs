@@ -191,7 +191,7 @@ pub fn l2_normalize_backward(
         .zip(grad_x.chunks_exact_mut(dim))
     {
         let r = norm64(row);
-        if !(r <= f64::from(NORM_EPS)) {
+        if r.is_nan() || r > f64::from(NORM_EPS) {
             let xg = dot64(row, g);
             for ((xv, gv), o) in row.iter().zip(g).zip(gx.iter_mut()) {
                 *o = ((f64::from(*gv) - f64::from(*xv) * xg / (r * r)) / r) as f32;

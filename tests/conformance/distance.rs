@@ -6,7 +6,7 @@ use triplet_kernels::{
     pairwise_distances_workspace_len, Matrix,
 };
 
-pub fn check(case: &Case) -> Result<(), String> {
+pub fn check(case: &Case<'_>) -> Result<(), String> {
     let metric = case.metric()?;
     let xm = case.mat("x")?;
     let xd = xm.f32();

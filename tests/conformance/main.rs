@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// A checker for one op: `Ok` when the case passes, `Err(reason)` otherwise.
-type Check = fn(&Case) -> Result<(), String>;
+type Check = fn(&Case<'_>) -> Result<(), String>;
 
 /// The checker for `op`, or `None` when the crate does not implement it yet.
 fn checker(op: &str) -> Option<Check> {
