@@ -8,8 +8,8 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use triplet_kernels::{
     cross_distances, cross_distances_workspace_len, hinge_reduce_grad, l2_normalize,
-    l2_normalize_backward, pairwise_distances, pairwise_distances_workspace_len, row_norms,
-    Error, Hinge, Matrix, Metric, Reduction,
+    l2_normalize_backward, pairwise_distances, pairwise_distances_workspace_len, row_norms, Error,
+    Hinge, Matrix, Metric, Reduction,
 };
 
 #[derive(Arbitrary, Debug)]
@@ -29,7 +29,11 @@ struct Input {
 }
 
 fuzz_target!(|i: Input| {
-    let rows = if i.huge { usize::MAX / 2 + usize::from(i.rows) } else { usize::from(i.rows % 64) };
+    let rows = if i.huge {
+        usize::MAX / 2 + usize::from(i.rows)
+    } else {
+        usize::from(i.rows % 64)
+    };
     let dim = usize::from(i.dim % 64);
     let data = vec![0.5_f32; usize::from(i.data_len % 2048)];
     let x = Matrix::new(&data, rows, dim);
@@ -62,7 +66,13 @@ fuzz_target!(|i: Input| {
         if let Err(e) = r {
             assert!(out.iter().all(|&v| v == 9.0), "written on Err");
             if y.dim() != dim {
-                assert_eq!(e, Error::DimensionMismatch { left: dim, right: y.dim() });
+                assert_eq!(
+                    e,
+                    Error::DimensionMismatch {
+                        left: dim,
+                        right: y.dim()
+                    }
+                );
             }
         }
     }
@@ -75,7 +85,11 @@ fuzz_target!(|i: Input| {
     let r = l2_normalize_backward(x, &g, &mut out);
     assert_eq!(r.is_ok(), out.len() == rows * dim && g.len() == rows * dim);
 
-    let hinge = if i.hinge { Hinge::SoftPlus } else { Hinge::Relu };
+    let hinge = if i.hinge {
+        Hinge::SoftPlus
+    } else {
+        Hinge::Relu
+    };
     let reduction = match i.reduction % 3 {
         0 => Reduction::Sum,
         1 => Reduction::Mean,
