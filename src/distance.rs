@@ -148,6 +148,7 @@ fn pair(metric: Metric, a: &[f32], b: &[f32], na: f32, nb: f32) -> f32 {
 /// assert_eq!(out, [0.0, 5.0, 5.0, 0.0]);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn pairwise_distances(
     x: Matrix<'_>,
     metric: Metric,
@@ -155,25 +156,31 @@ pub fn pairwise_distances(
     workspace: &mut [f32],
 ) -> Result<(), Error> {
     let n = check_pairwise(&x, out.len(), workspace.len())?;
-    let norms = workspace.split_at_mut(n).0;
+    let dim = x.dim();
+    if n == 0 || dim == 0 {
+        // Unreachable (a Matrix is never empty); lets the optimiser drop the
+        // zero-chunk-size panic of `chunks_exact`.
+        return Ok(());
+    }
+    let norms = workspace.get_mut(..n).unwrap_or_default();
     if metric == Metric::Cosine {
         clamped_norms(&x, norms);
     }
-    let data = x.as_slice();
-    let dim = x.dim();
-    for (i, (a, out_row)) in x.row_iter().zip(out.chunks_exact_mut(n)).enumerate() {
-        let na = norms.get(i).copied().unwrap_or(1.0);
-        let rest = data.split_at((i + 1) * dim).1;
-        let (lower, upper) = out_row.split_at_mut(i + 1);
-        if let Some(diag) = lower.last_mut() {
+    // Row i against rows i+1.. : the strict upper triangle, then mirrored.
+    let mut rest = x.as_slice();
+    let mut rest_norms: &[f32] = norms;
+    for (a, out_row) in x.row_iter().zip(out.chunks_exact_mut(n)) {
+        rest = rest.get(dim..).unwrap_or_default();
+        let na = rest_norms.first().copied().unwrap_or(1.0);
+        rest_norms = rest_norms.get(1..).unwrap_or_default();
+        let upper = out_row
+            .get_mut(n.saturating_sub(rest_norms.len() + 1)..)
+            .unwrap_or_default();
+        if let Some((diag, upper)) = upper.split_first_mut() {
             *diag = 0.0;
-        }
-        for ((b, o), nb) in rest
-            .chunks_exact(dim)
-            .zip(upper.iter_mut())
-            .zip(norms.split_at(i + 1).1)
-        {
-            *o = pair(metric, a, b, na, *nb);
+            for ((b, o), nb) in rest.chunks_exact(dim).zip(upper.iter_mut()).zip(rest_norms) {
+                *o = pair(metric, a, b, na, *nb);
+            }
         }
     }
     mirror_upper(out, n);
@@ -224,6 +231,7 @@ pub(crate) fn mirror_upper(out: &mut [f32], n: usize) {
 /// assert_eq!(out, [0.0, 1.0, 1.0]); // a zero vector is at distance 1
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn cross_distances(
     x: Matrix<'_>,
     y: Matrix<'_>,
@@ -272,6 +280,7 @@ pub fn cross_distances(
 /// assert_eq!(out, [5.0, 0.0]);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn row_norms(x: Matrix<'_>, out: &mut [f32]) -> Result<(), Error> {
     check_len("out", x.rows(), out.len())?;
     for (row, o) in x.row_iter().zip(out.iter_mut()) {
@@ -302,6 +311,7 @@ pub fn row_norms(x: Matrix<'_>, out: &mut [f32]) -> Result<(), Error> {
 /// assert_eq!(out, [0.6, 0.8]);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn l2_normalize(x: Matrix<'_>, out: &mut [f32]) -> Result<(), Error> {
     check_len("out", x.len(), out.len())?;
     for (row, o) in x.row_iter().zip(out.chunks_exact_mut(x.dim())) {
@@ -338,6 +348,7 @@ pub fn l2_normalize(x: Matrix<'_>, out: &mut [f32]) -> Result<(), Error> {
 /// assert!(gx.iter().all(|g| g.abs() < 1e-7));
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn l2_normalize_backward(
     x: Matrix<'_>,
     grad_out: &[f32],

@@ -1,5 +1,7 @@
 //! Validated row-major views of embeddings.
 
+use core::num::NonZeroUsize;
+
 use crate::error::Error;
 
 /// A validated, read-only, row-major `rows x dim` matrix of `f32` embeddings.
@@ -18,8 +20,9 @@ use crate::error::Error;
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Matrix<'a> {
     data: &'a [f32],
-    rows: usize,
-    dim: usize,
+    // Non-zero by type, so the optimiser knows `chunks_exact(dim)` cannot panic.
+    rows: NonZeroUsize,
+    dim: NonZeroUsize,
 }
 
 impl<'a> Matrix<'a> {
@@ -34,9 +37,10 @@ impl<'a> Matrix<'a> {
         let Some(len) = rows.checked_mul(dim) else {
             return Err(Error::ShapeOverflow { rows, cols: dim });
         };
-        if rows == 0 || dim == 0 {
+        let (Some(nz_rows), Some(nz_dim)) = (NonZeroUsize::new(rows), NonZeroUsize::new(dim))
+        else {
             return Err(Error::EmptyMatrix { rows, cols: dim });
-        }
+        };
         if data.len() != len {
             return Err(Error::LengthMismatch {
                 buffer: "data",
@@ -44,19 +48,23 @@ impl<'a> Matrix<'a> {
                 actual: data.len(),
             });
         }
-        Ok(Matrix { data, rows, dim })
+        Ok(Matrix {
+            data,
+            rows: nz_rows,
+            dim: nz_dim,
+        })
     }
 
     /// Number of embeddings (rows), at least 1.
     #[inline]
     pub const fn rows(&self) -> usize {
-        self.rows
+        self.rows.get()
     }
 
     /// Embedding dimension (columns), at least 1.
     #[inline]
     pub const fn dim(&self) -> usize {
-        self.dim
+        self.dim.get()
     }
 
     /// The whole buffer, `rows * dim` elements.
@@ -80,13 +88,14 @@ impl<'a> Matrix<'a> {
     /// Row `i`, or `None` when `i >= rows`.
     #[inline]
     pub fn row(&self, i: usize) -> Option<&'a [f32]> {
-        let start = i.checked_mul(self.dim)?;
-        self.data.get(start..start.checked_add(self.dim)?)
+        let dim = self.dim.get();
+        let start = i.checked_mul(dim)?;
+        self.data.get(start..start.checked_add(dim)?)
     }
 
     /// Iterator over the rows, in order.
     #[inline]
     pub fn row_iter(&self) -> core::slice::ChunksExact<'a, f32> {
-        self.data.chunks_exact(self.dim)
+        self.data.chunks_exact(self.dim.get())
     }
 }

@@ -105,6 +105,7 @@ impl Reduction {
 /// assert_eq!(hinge_reduce(&v, Hinge::Relu, Reduction::MeanNonzero)?, 1.0);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn hinge_reduce(values: &[f32], hinge: Hinge, reduction: Reduction) -> Result<f32, Error> {
     let (sum, active) = values.iter().fold((0.0_f32, 0_usize), |(s, a), &v| {
         let t = hinge.apply(v);
@@ -136,6 +137,7 @@ pub fn hinge_reduce(values: &[f32], hinge: Hinge, reduction: Reduction) -> Resul
 /// assert_eq!(g, [1.0 / 3.0, 0.0, 1.0 / 3.0]);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn hinge_reduce_grad(
     values: &[f32],
     hinge: Hinge,

@@ -59,6 +59,7 @@ pub(crate) fn distance64(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
 /// assert_eq!(out, [0.0, 25.0, 25.0, 0.0]);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn pairwise_distances(
     x: Matrix<'_>,
     metric: Metric,
@@ -97,6 +98,7 @@ pub fn pairwise_distances(
 /// assert_eq!(out, [1.0]);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn cross_distances(
     x: Matrix<'_>,
     y: Matrix<'_>,
@@ -128,6 +130,7 @@ pub fn cross_distances(
 /// assert_eq!(out, [5.0]);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn row_norms(x: Matrix<'_>, out: &mut [f32]) -> Result<(), Error> {
     check_len("out", x.rows(), out.len())?;
     for (row, o) in x.row_iter().zip(out.iter_mut()) {
@@ -151,6 +154,7 @@ pub fn row_norms(x: Matrix<'_>, out: &mut [f32]) -> Result<(), Error> {
 /// assert_eq!(out, [0.0, -1.0]);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn l2_normalize(x: Matrix<'_>, out: &mut [f32]) -> Result<(), Error> {
     check_len("out", x.len(), out.len())?;
     for (row, o) in x.row_iter().zip(out.chunks_exact_mut(x.dim())) {
@@ -177,6 +181,7 @@ pub fn l2_normalize(x: Matrix<'_>, out: &mut [f32]) -> Result<(), Error> {
 /// assert_eq!(gx, [0.0, 0.5]);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn l2_normalize_backward(
     x: Matrix<'_>,
     grad_out: &[f32],

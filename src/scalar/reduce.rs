@@ -73,6 +73,7 @@ pub(crate) fn weight64(reduction: Reduction, count: usize, active: usize) -> f64
 /// assert_eq!(scalar::hinge_reduce(&[1.0, -1.0], Hinge::Relu, Reduction::Mean)?, 0.5);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn hinge_reduce(values: &[f32], hinge: Hinge, reduction: Reduction) -> Result<f32, Error> {
     let mut sum = 0.0_f64;
     let mut active = 0;
@@ -99,6 +100,7 @@ pub fn hinge_reduce(values: &[f32], hinge: Hinge, reduction: Reduction) -> Resul
 /// assert_eq!((loss, g), (1.0, [1.0, 0.0]));
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn hinge_reduce_grad(
     values: &[f32],
     hinge: Hinge,

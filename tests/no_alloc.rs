@@ -1,0 +1,104 @@
+//! Zero allocations: a counting global allocator (per-thread counter) around a call of
+//! every public kernel, fast and scalar. The counter is first shown to count a `Vec`.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use tk::{Hinge, Matrix, Metric, Reduction};
+use triplet_kernels as tk;
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+}
+
+// SAFETY: every method forwards to the system allocator unchanged; the counter is a
+// thread-local `Cell` touched without allocating.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> usize {
+    ALLOCATIONS.with(Cell::get)
+}
+
+/// Runs `f` and returns how many allocations it made on this thread.
+fn count(f: impl FnOnce()) -> usize {
+    let before = allocations();
+    f();
+    allocations() - before
+}
+
+#[test]
+fn the_counter_counts() {
+    let n = count(|| {
+        let v: Vec<u8> = Vec::with_capacity(16);
+        std::hint::black_box(v);
+    });
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn distance_kernels_do_not_allocate() {
+    let xd: Vec<f32> = (0..40 * 19)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+        .collect();
+    let x = Matrix::new(&xd, 40, 19).unwrap();
+    let y = Matrix::new(&xd[..7 * 19], 7, 19).unwrap();
+    let mut out = vec![0.0_f32; 40 * 40];
+    let mut ws = vec![0.0_f32; 1 << 16];
+    let mut g = vec![0.0_f32; 40 * 19];
+    let go = vec![0.5_f32; 40 * 19];
+    let n = count(|| {
+        for metric in [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine] {
+            tk::pairwise_distances(x, metric, &mut out, &mut ws).unwrap();
+            tk::scalar::pairwise_distances(x, metric, &mut out, &mut ws).unwrap();
+            tk::cross_distances(x, y, metric, &mut out[..40 * 7], &mut ws).unwrap();
+            tk::scalar::cross_distances(x, y, metric, &mut out[..40 * 7], &mut ws).unwrap();
+        }
+        tk::row_norms(x, &mut out[..40]).unwrap();
+        tk::scalar::row_norms(x, &mut out[..40]).unwrap();
+        tk::l2_normalize(x, &mut g).unwrap();
+        tk::scalar::l2_normalize(x, &mut g).unwrap();
+        tk::l2_normalize_backward(x, &go, &mut g).unwrap();
+        tk::scalar::l2_normalize_backward(x, &go, &mut g).unwrap();
+        // Error paths do not allocate either (Display is not called here, and needs none).
+        assert!(tk::pairwise_distances(x, Metric::Cosine, &mut out[..3], &mut ws).is_err());
+    });
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn reductions_do_not_allocate() {
+    let v: Vec<f32> = (0..100).map(|i| (i as f32 - 50.0) / 10.0).collect();
+    let mut g = vec![0.0_f32; 100];
+    let n = count(|| {
+        for hinge in [Hinge::Relu, Hinge::SoftPlus] {
+            for red in [Reduction::Sum, Reduction::Mean, Reduction::MeanNonzero] {
+                tk::hinge_reduce(&v, hinge, red).unwrap();
+                tk::scalar::hinge_reduce(&v, hinge, red).unwrap();
+                tk::hinge_reduce_grad(&v, hinge, red, &mut g).unwrap();
+                tk::scalar::hinge_reduce_grad(&v, hinge, red, &mut g).unwrap();
+            }
+        }
+    });
+    assert_eq!(n, 0);
+}
