@@ -72,10 +72,13 @@
     clippy::inline_always
 )]
 
+mod contrastive;
 mod distance;
 mod error;
 mod math;
 mod matrix;
+mod proxy;
+mod quadruplet;
 mod reduce;
 pub mod scalar;
 mod simd;
@@ -87,3 +90,16 @@ pub use distance::{
 pub use error::Error;
 pub use matrix::Matrix;
 pub use reduce::{hinge_reduce, hinge_reduce_grad, Hinge, Reduction};
+
+pub use contrastive::{
+    contrastive_loss, contrastive_loss_grad, contrastive_workspace_len, ContrastiveForm,
+    ContrastiveParams, ContrastiveReduction,
+};
+pub use proxy::{
+    proxy_anchor_loss, proxy_anchor_loss_grad, proxy_anchor_workspace_len, proxy_nca_loss,
+    proxy_nca_loss_grad, proxy_nca_workspace_len, ProxyAnchorParams, ProxyNcaParams,
+};
+pub use quadruplet::{
+    mine_quadruplets, mine_quadruplets_count, mine_quadruplets_workspace_len, quadruplet_loss,
+    quadruplet_loss_grad, quadruplet_workspace_len, Quadruplet, QuadrupletParams,
+};

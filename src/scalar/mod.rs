@@ -7,10 +7,17 @@
 //! where the fast and the scalar result differ beyond the documented bound, the fast one
 //! is wrong.
 
+mod contrastive;
 mod distance;
+mod proxy;
+mod quadruplet;
 mod reduce;
 
 pub use distance::{
     cross_distances, l2_normalize, l2_normalize_backward, pairwise_distances, row_norms,
 };
 pub use reduce::{hinge_reduce, hinge_reduce_grad};
+
+pub use contrastive::{contrastive_loss, contrastive_loss_grad};
+pub use proxy::{proxy_anchor_loss, proxy_anchor_loss_grad, proxy_nca_loss, proxy_nca_loss_grad};
+pub use quadruplet::{mine_quadruplets, quadruplet_loss, quadruplet_loss_grad};

@@ -6,7 +6,10 @@
 //! Any failed case, or any case holding a field its op's checker did not read, fails the run.
 
 mod case;
+mod contrastive;
 mod distance;
+mod proxy;
+mod quadruplet;
 
 use case::Case;
 use std::collections::BTreeMap;
@@ -19,6 +22,10 @@ type Check = fn(&Case<'_>) -> Result<(), String>;
 fn checker(op: &str) -> Option<Check> {
     match op {
         "distance_matrix" => Some(distance::check),
+        "contrastive" => Some(contrastive::check),
+        "quadruplet" => Some(quadruplet::check),
+        "proxy_nca" => Some(proxy::check_nca),
+        "proxy_anchor" => Some(proxy::check_anchor),
         _ => None,
     }
 }

@@ -1,0 +1,187 @@
+//! Scalar twins of [`crate::contrastive`].
+
+use crate::contrastive::{
+    check_contrastive, two_rows_mut, ContrastiveForm, ContrastiveParams, ContrastiveReduction,
+};
+use crate::distance::Metric;
+use crate::error::Error;
+use crate::matrix::Matrix;
+use crate::scalar::distance::{add_distance_grad64, distance64};
+use crate::scalar::reduce::weight64;
+
+fn relu64(v: f64) -> f64 {
+    if v < 0.0 {
+        0.0
+    } else {
+        v
+    }
+}
+
+/// `(term, slope)` of one pair at distance `d` in `f64`.
+fn term64(params: &ContrastiveParams, positive: bool, d: f64) -> (f64, f64) {
+    // v is the hinge argument, sign its derivative with respect to d.
+    let (v, sign) = if positive {
+        (d - f64::from(params.pos_margin), 1.0)
+    } else {
+        (f64::from(params.neg_margin) - d, -1.0)
+    };
+    let h = relu64(v);
+    let active = v > 0.0;
+    match params.form {
+        ContrastiveForm::Linear => (h, if active { sign } else { 0.0 }),
+        ContrastiveForm::Squared => (h * h, if active { 2.0 * sign * v } else { 0.0 }),
+    }
+}
+
+/// Sums and counts over all ordered pairs, in `f64`.
+struct Parts64 {
+    pos_sum: f64,
+    neg_sum: f64,
+    pos_count: usize,
+    pos_active: usize,
+    neg_count: usize,
+    neg_active: usize,
+}
+
+fn forward64(
+    x: &Matrix<'_>,
+    labels: &[u32],
+    metric: Metric,
+    params: &ContrastiveParams,
+) -> Parts64 {
+    let mut p = Parts64 {
+        pos_sum: 0.0,
+        neg_sum: 0.0,
+        pos_count: 0,
+        pos_active: 0,
+        neg_count: 0,
+        neg_active: 0,
+    };
+    for (i, (a, &la)) in x.row_iter().zip(labels).enumerate() {
+        for (j, (b, &lb)) in x.row_iter().zip(labels).enumerate() {
+            if i == j {
+                continue;
+            }
+            let positive = la == lb;
+            let (t, _) = term64(params, positive, distance64(metric, a, b));
+            if positive {
+                p.pos_sum += t;
+                p.pos_count += 1;
+                p.pos_active += usize::from(t > 0.0);
+            } else {
+                p.neg_sum += t;
+                p.neg_count += 1;
+                p.neg_active += usize::from(t > 0.0);
+            }
+        }
+    }
+    p
+}
+
+fn weights64(reduction: ContrastiveReduction, p: &Parts64) -> (f64, f64) {
+    use crate::reduce::Reduction;
+    match reduction {
+        ContrastiveReduction::MeanNonzeroPerPart => (
+            weight64(Reduction::MeanNonzero, p.pos_count, p.pos_active),
+            weight64(Reduction::MeanNonzero, p.neg_count, p.neg_active),
+        ),
+        ContrastiveReduction::MeanPerPart => (
+            weight64(Reduction::Mean, p.pos_count, p.pos_active),
+            weight64(Reduction::Mean, p.neg_count, p.neg_active),
+        ),
+        ContrastiveReduction::Mean => {
+            let w = weight64(Reduction::Mean, p.pos_count + p.neg_count, 0);
+            (w, w)
+        }
+        ContrastiveReduction::Sum => (1.0, 1.0),
+    }
+}
+
+/// Scalar twin of [`crate::contrastive_loss`]: every ordered pair in `f64`.
+///
+/// `workspace` is checked for the same length as the fast kernel but not used.
+///
+/// # Errors
+///
+/// Exactly those of [`crate::contrastive_loss`].
+///
+/// # Example
+///
+/// ```
+/// use triplet_kernels::{scalar, contrastive_workspace_len, ContrastiveParams, Matrix, Metric};
+/// let x = Matrix::new(&[0.0, 1.0, 1.5], 3, 1)?;
+/// let mut ws = [0.0_f32; contrastive_workspace_len(3, 1)];
+/// let params = ContrastiveParams::new(0.5, 1.0);
+/// let loss = scalar::contrastive_loss(x, &[7, 7, 9], Metric::Euclidean, params, &mut ws)?;
+/// assert_eq!(loss, 1.0);
+/// # Ok::<(), triplet_kernels::Error>(())
+/// ```
+pub fn contrastive_loss(
+    x: Matrix<'_>,
+    labels: &[u32],
+    metric: Metric,
+    params: ContrastiveParams,
+    workspace: &mut [f32],
+) -> Result<f32, Error> {
+    check_contrastive(&x, labels, &params, None, workspace.len())?;
+    let p = forward64(&x, labels, metric, &params);
+    let (wp, wn) = weights64(params.reduction, &p);
+    Ok((wp * p.pos_sum + wn * p.neg_sum) as f32)
+}
+
+/// Scalar twin of [`crate::contrastive_loss_grad`]: every ordered pair in `f64`, each
+/// gradient contribution rounded once into `grad`.
+///
+/// # Errors
+///
+/// Exactly those of [`crate::contrastive_loss_grad`].
+///
+/// # Example
+///
+/// ```
+/// use triplet_kernels::{scalar, contrastive_workspace_len, ContrastiveParams, Matrix, Metric};
+/// let x = Matrix::new(&[0.0, 2.0], 2, 1)?;
+/// let mut grad = [0.0_f32; 2];
+/// let mut ws = [0.0_f32; contrastive_workspace_len(2, 1)];
+/// let params = ContrastiveParams::new(0.0, 1.0);
+/// let loss =
+///     scalar::contrastive_loss_grad(x, &[1, 1], Metric::Euclidean, params, &mut grad, &mut ws)?;
+/// assert_eq!((loss, grad), (2.0, [-1.0, 1.0]));
+/// # Ok::<(), triplet_kernels::Error>(())
+/// ```
+pub fn contrastive_loss_grad(
+    x: Matrix<'_>,
+    labels: &[u32],
+    metric: Metric,
+    params: ContrastiveParams,
+    grad: &mut [f32],
+    workspace: &mut [f32],
+) -> Result<f32, Error> {
+    check_contrastive(&x, labels, &params, Some(grad.len()), workspace.len())?;
+    let p = forward64(&x, labels, metric, &params);
+    let (wp, wn) = weights64(params.reduction, &p);
+    grad.fill(0.0);
+    let dim = x.dim();
+    for (i, (a, &la)) in x.row_iter().zip(labels).enumerate() {
+        for (j, (b, &lb)) in x.row_iter().zip(labels).enumerate() {
+            if i == j {
+                continue;
+            }
+            let positive = la == lb;
+            let d = distance64(metric, a, b);
+            let (_, slope) = term64(&params, positive, d);
+            let coef = slope * if positive { wp } else { wn };
+            if coef == 0.0 {
+                continue;
+            }
+            // The term of (i, j) depends on both rows.
+            let (lo, hi) = if i < j { (i, j) } else { (j, i) };
+            if let Some((g_lo, g_hi)) = two_rows_mut(grad, dim, lo, hi) {
+                let (gi, gj) = if i < j { (g_lo, g_hi) } else { (g_hi, g_lo) };
+                add_distance_grad64(metric, a, b, d, coef, gi);
+                add_distance_grad64(metric, b, a, d, coef, gj);
+            }
+        }
+    }
+    Ok((wp * p.pos_sum + wn * p.neg_sum) as f32)
+}

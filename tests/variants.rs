@@ -1,0 +1,1778 @@
+//! Contrastive, quadruplet, Proxy-NCA and Proxy-Anchor losses: fast kernels against their
+//! scalar twins, scalar gradients against central finite differences, degenerate batches,
+//! dirty buffers and every error path.
+
+use proptest::prelude::*;
+use triplet_kernels::{Matrix, Metric};
+
+const METRICS: [Metric; 3] = [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine];
+const EPS: f64 = f32::EPSILON as f64;
+
+/// Values of every magnitude from 1e-3 to 1e3, signs mixed.
+fn value() -> impl Strategy<Value = f32> + Clone {
+    (-3.0_f32..3.0, any::<bool>()).prop_map(|(e, neg)| {
+        let v = 10.0_f32.powf(e);
+        if neg {
+            -v
+        } else {
+            v
+        }
+    })
+}
+
+/// Integer values -8..=8: every distance is exact in f32, in any order.
+fn int_value() -> impl Strategy<Value = f32> + Clone {
+    (-8_i8..=8).prop_map(f32::from)
+}
+
+/// Moderate values for finite differences.
+fn small_value() -> impl Strategy<Value = f32> + Clone {
+    -2.0_f32..2.0
+}
+
+/// `(rows, dim, data, labels)` with labels in `0..classes`.
+fn batch(
+    rows: impl Strategy<Value = usize>,
+    dim: impl Strategy<Value = usize>,
+    classes: impl Strategy<Value = u32>,
+    v: impl Strategy<Value = f32> + Clone,
+) -> impl Strategy<Value = (usize, usize, Vec<f32>, Vec<u32>)> {
+    (rows, dim, classes).prop_flat_map(move |(r, d, k)| {
+        (
+            Just(r),
+            Just(d),
+            proptest::collection::vec(v.clone(), r * d),
+            proptest::collection::vec(0..k, r),
+        )
+    })
+}
+
+fn f64s(v: &[f32]) -> impl Iterator<Item = f64> + '_ {
+    v.iter().map(|&x| f64::from(x))
+}
+
+fn norm(a: &[f32]) -> f64 {
+    f64s(a).map(|v| v * v).sum::<f64>().sqrt()
+}
+
+fn inf_norm(a: &[f32]) -> f64 {
+    f64s(a).fold(0.0, |m, v| m.max(v.abs()))
+}
+
+/// The distance in f64 (test-side, for scales and kink checks).
+fn dist64(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
+    let sq: f64 = f64s(a).zip(f64s(b)).map(|(x, y)| (x - y) * (x - y)).sum();
+    match metric {
+        Metric::SquaredEuclidean => sq,
+        Metric::Euclidean => sq.sqrt(),
+        Metric::Cosine => {
+            let dot: f64 = f64s(a).zip(f64s(b)).map(|(x, y)| x * y).sum();
+            1.0 - dot / (norm(a).max(1e-12) * norm(b).max(1e-12))
+        }
+    }
+}
+
+/// Sum of the absolute terms behind one distance: its error is at most
+/// `(d / 8 + 12) * 2^-24` times this (see the distance module).
+fn dist_scale(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
+    let sq: f64 = f64s(a).zip(f64s(b)).map(|(x, y)| (x - y) * (x - y)).sum();
+    match metric {
+        Metric::SquaredEuclidean => sq,
+        Metric::Euclidean => sq.sqrt(),
+        Metric::Cosine => {
+            1.0 + f64s(a)
+                .zip(f64s(b))
+                .map(|(x, y)| (x * y).abs())
+                .sum::<f64>()
+                / (norm(a).max(1e-12) * norm(b).max(1e-12))
+        }
+    }
+}
+
+/// Bound on the elements of the terms the kernels add for `d d(a, b) / d a` (separately
+/// for `a` and `b`, so that their rounding is covered even when `a - b` cancels).
+fn grad_scale(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
+    let (ia, ib) = (inf_norm(a), inf_norm(b));
+    match metric {
+        Metric::SquaredEuclidean => 2.0 * (ia + ib),
+        Metric::Euclidean => {
+            let d = dist64(metric, a, b);
+            if d > 0.0 {
+                (ia + ib) / d
+            } else {
+                0.0
+            }
+        }
+        Metric::Cosine => {
+            let (na, nb) = (norm(a).max(1e-12), norm(b).max(1e-12));
+            let d = dist64(metric, a, b);
+            ib / (na * nb) + ((1.0 - d).abs() + dist_scale(metric, a, b)) * ia / (na * na)
+        }
+    }
+}
+
+/// `|got - want| <= tol` element-wise, with a message.
+fn assert_close(what: &str, got: &[f32], want: &[f32], tol: impl Fn(usize) -> f64) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (k, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let t = tol(k);
+        assert!(
+            (f64::from(g) - f64::from(w)).abs() <= t,
+            "{what}[{k}]: fast {g}, scalar {w}, tol {t}"
+        );
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+/// A deterministic pseudo-random generator for the larger fixed cases.
+fn lcg(seed: u32) -> impl FnMut() -> f32 {
+    let mut state = seed;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        (state as f32 / u32::MAX as f32) * 4.0 - 2.0
+    }
+}
+
+mod contrastive {
+    use super::*;
+    use triplet_kernels::{
+        contrastive_loss, contrastive_loss_grad, contrastive_workspace_len, scalar,
+        ContrastiveForm, ContrastiveParams, ContrastiveReduction, Error,
+    };
+
+    const REDUCTIONS: [ContrastiveReduction; 4] = [
+        ContrastiveReduction::MeanNonzeroPerPart,
+        ContrastiveReduction::MeanPerPart,
+        ContrastiveReduction::Mean,
+        ContrastiveReduction::Sum,
+    ];
+    const FORMS: [ContrastiveForm; 2] = [ContrastiveForm::Linear, ContrastiveForm::Squared];
+
+    /// `(hinge argument, term, slope)` of one pair.
+    fn term(p: &ContrastiveParams, positive: bool, d: f64) -> (f64, f64, f64) {
+        let (v, sign) = if positive {
+            (d - f64::from(p.pos_margin), 1.0)
+        } else {
+            (f64::from(p.neg_margin) - d, -1.0)
+        };
+        let h = v.max(0.0);
+        match p.form {
+            ContrastiveForm::Linear => (v, h, if v > 0.0 { sign } else { 0.0 }),
+            _ => (v, h * h, if v > 0.0 { 2.0 * sign * v } else { 0.0 }),
+        }
+    }
+
+    /// Per-part weights as the docs define them.
+    fn weights(r: ContrastiveReduction, pc: usize, pa: usize, nc: usize, na: usize) -> (f64, f64) {
+        let inv = |k: usize| if k == 0 { 0.0 } else { 1.0 / k as f64 };
+        match r {
+            ContrastiveReduction::MeanNonzeroPerPart => (inv(pa), inv(na)),
+            ContrastiveReduction::MeanPerPart => (inv(pc), inv(nc)),
+            ContrastiveReduction::Mean => (inv(pc + nc), inv(pc + nc)),
+            _ => (1.0, 1.0),
+        }
+    }
+
+    /// Per ordered pair `(i, j)`: distance, its error scale, and the gradient scale of
+    /// `d d(x_i, x_j) / d x_i`, computed once per batch and metric.
+    pub(crate) struct Pairs {
+        n: usize,
+        d: Vec<f64>,
+        sc: Vec<f64>,
+        gs: Vec<f64>,
+    }
+
+    impl Pairs {
+        pub(crate) fn new(x: &Matrix<'_>, metric: Metric) -> Self {
+            let n = x.rows();
+            let rows: Vec<&[f32]> = x.row_iter().collect();
+            let mut p = Pairs {
+                n,
+                d: vec![0.0; n * n],
+                sc: vec![0.0; n * n],
+                gs: vec![0.0; n * n],
+            };
+            for i in 0..n {
+                for j in 0..n {
+                    p.d[i * n + j] = dist64(metric, rows[i], rows[j]);
+                    p.sc[i * n + j] = dist_scale(metric, rows[i], rows[j]);
+                    p.gs[i * n + j] = grad_scale(metric, rows[i], rows[j]);
+                }
+            }
+            p
+        }
+    }
+
+    /// Tolerances of the loss and of each gradient row, or `None` when a term sits within
+    /// the error bound of its kink (the two kernels may then count differently).
+    fn tolerances(
+        dim: usize,
+        pairs: &Pairs,
+        labels: &[u32],
+        p: &ContrastiveParams,
+    ) -> Option<(f64, Vec<f64>)> {
+        let n = pairs.n;
+        let k = 4.0 * EPS * (dim + 2 * n + 16) as f64;
+        let (mut pc, mut pa, mut nc, mut na) = (0, 0, 0, 0);
+        for i in 0..n {
+            for j in 0..n {
+                if i == j {
+                    continue;
+                }
+                let pos = labels[i] == labels[j];
+                let (v, t, _) = term(p, pos, pairs.d[i * n + j]);
+                if v.abs() <= 4.0 * k * pairs.sc[i * n + j] {
+                    return None;
+                }
+                if pos {
+                    pc += 1;
+                    pa += usize::from(t > 0.0);
+                } else {
+                    nc += 1;
+                    na += usize::from(t > 0.0);
+                }
+            }
+        }
+        let (wp, wn) = weights(p.reduction, pc, pa, nc, na);
+        let mut loss = 1e-30;
+        let mut row = vec![1e-30; n];
+        for i in 0..n {
+            for j in 0..n {
+                if i == j {
+                    continue;
+                }
+                let pos = labels[i] == labels[j];
+                let w = if pos { wp } else { wn };
+                let sc = pairs.sc[i * n + j];
+                let (_, t, s) = term(p, pos, pairs.d[i * n + j]);
+                let slope_err = if p.form == ContrastiveForm::Squared {
+                    2.0 * sc
+                } else {
+                    0.0
+                };
+                loss += w * (t + s.abs() * sc);
+                // (i, j) and (j, i) both touch rows i and j.
+                row[i] += 2.0 * w * (s.abs() + slope_err) * pairs.gs[i * n + j];
+            }
+        }
+        Some((k * loss, row.into_iter().map(|r| k * r).collect()))
+    }
+
+    /// Fast vs scalar for one configuration; `Err` on a mismatch.
+    fn run(x: Matrix<'_>, labels: &[u32], metric: Metric, pairs: &Pairs, p: ContrastiveParams) {
+        let (n, d) = (x.rows(), x.dim());
+        let Some((loss_tol, row_tol)) = tolerances(d, pairs, labels, &p) else {
+            return;
+        };
+        let mut ws = vec![f32::NAN; contrastive_workspace_len(n, d)];
+        let (mut gf, mut gs) = (vec![f32::NAN; n * d], vec![f32::NAN; n * d]);
+        let lf = contrastive_loss_grad(x, labels, metric, p, &mut gf, &mut ws).unwrap();
+        // Garbage in the workspace and the output does not matter.
+        ws.fill(-3.5);
+        let mut again = vec![1e30_f32; n * d];
+        let lf2 = contrastive_loss_grad(x, labels, metric, p, &mut again, &mut ws).unwrap();
+        assert_eq!((lf.to_bits(), bits(&gf)), (lf2.to_bits(), bits(&again)));
+        ws.fill(f32::NAN);
+        let lf3 = contrastive_loss(x, labels, metric, p, &mut ws).unwrap();
+        assert_eq!(lf.to_bits(), lf3.to_bits(), "loss-only call");
+        let ls = scalar::contrastive_loss_grad(x, labels, metric, p, &mut gs, &mut ws).unwrap();
+        let ls2 = scalar::contrastive_loss(x, labels, metric, p, &mut ws).unwrap();
+        assert_eq!(ls.to_bits(), ls2.to_bits());
+        assert!(
+            (f64::from(lf) - f64::from(ls)).abs() <= loss_tol,
+            "{metric:?} {p:?}: loss fast {lf} scalar {ls} tol {loss_tol}"
+        );
+        assert_close(&format!("{metric:?} {p:?} grad"), &gf, &gs, |k| {
+            row_tol[k / d]
+        });
+    }
+
+    /// Margins placed among the batch's own distances so that both parts are active.
+    fn margins(pairs: &Pairs, u: f64, v: f64) -> (f32, f32) {
+        let n = pairs.n;
+        let mut all: Vec<f64> = (0..n)
+            .flat_map(|i| (i + 1..n).map(move |j| (i, j)))
+            .map(|(i, j)| pairs.d[i * n + j])
+            .collect();
+        all.sort_by(f64::total_cmp);
+        let med = all.get(all.len() / 2).copied().unwrap_or(1.0);
+        ((med * u) as f32, (med * v) as f32)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn matches_scalar(
+            (n, d, data, labels) in batch(1usize..=33, 1usize..=67, 1u32..=5, value()),
+            u in 0.0f64..1.5,
+            v in 0.5f64..2.0,
+        ) {
+            let x = Matrix::new(&data, n, d).unwrap();
+            for metric in METRICS {
+                let pairs = Pairs::new(&x, metric);
+                let (pm, nm) = margins(&pairs, u, v);
+                for form in FORMS {
+                    for r in REDUCTIONS {
+                        let p = ContrastiveParams::new(pm, nm).with_form(form).with_reduction(r);
+                        run(x, &labels, metric, &pairs, p);
+                    }
+                }
+            }
+        }
+
+        /// Small-integer data and margins: distances are exact, so both kernels take the
+        /// same decisions even for terms exactly at their kink.
+        #[test]
+        fn integers_same_decisions(
+            (n, d, data, labels) in batch(1usize..=20, 1usize..=12, 1u32..=4, int_value()),
+            pm in 0i32..40,
+            nm in 0i32..200,
+        ) {
+            let x = Matrix::new(&data, n, d).unwrap();
+            let mut ws = vec![f32::NAN; contrastive_workspace_len(n, d)];
+            for metric in [Metric::SquaredEuclidean, Metric::Euclidean] {
+                for form in FORMS {
+                    for r in REDUCTIONS {
+                        let p = ContrastiveParams::new(pm as f32, nm as f32)
+                            .with_form(form)
+                            .with_reduction(r);
+                        let (mut gf, mut gs) = (vec![0.0; n * d], vec![0.0; n * d]);
+                        let lf = contrastive_loss_grad(x, &labels, metric, p, &mut gf, &mut ws).unwrap();
+                        let ls = scalar::contrastive_loss_grad(x, &labels, metric, p, &mut gs, &mut ws).unwrap();
+                        let scale = f64::from(ls.abs()) + 1.0;
+                        prop_assert!((f64::from(lf) - f64::from(ls)).abs() <= 1e-5 * scale, "{lf} vs {ls}");
+                        let gmax = gs.iter().fold(1.0_f32, |m, v| m.max(v.abs()));
+                        for (a, b) in gf.iter().zip(&gs) {
+                            prop_assert!((a - b).abs() <= 1e-5 * gmax, "{a} vs {b}");
+                        }
+                    }
+                }
+            }
+        }
+
+        /// The scalar gradient against central finite differences of the scalar loss.
+        #[test]
+        fn scalar_gradient_matches_finite_differences(
+            (n, d, data, labels) in batch(2usize..=7, 1usize..=5, 1u32..=3, small_value()),
+            u in 0.0f64..1.2,
+            v in 0.6f64..1.8,
+        ) {
+            // Rows away from 0, where the cosine distance jumps.
+            prop_assume!(data.chunks(d).all(|r| norm(r) > 0.3));
+            let x = Matrix::new(&data, n, d).unwrap();
+            let mut ws = vec![0.0; contrastive_workspace_len(n, d)];
+            for metric in METRICS {
+                let (pm, nm) = margins(&Pairs::new(&x, metric), u, v);
+                for form in FORMS {
+                    for r in REDUCTIONS {
+                        let p = ContrastiveParams::new(pm, nm).with_form(form).with_reduction(r);
+                        let mut g = vec![0.0; n * d];
+                        scalar::contrastive_loss_grad(x, &labels, metric, p, &mut g, &mut ws).unwrap();
+                        let loss_at = |data: &[f32], ws: &mut [f32]| {
+                            let x = Matrix::new(data, n, d).unwrap();
+                            f64::from(scalar::contrastive_loss(x, &labels, metric, p, ws).unwrap())
+                        };
+                        let status = |data: &[f32]| {
+                            let x = Matrix::new(data, n, d).unwrap();
+                            let rows: Vec<&[f32]> = x.row_iter().collect();
+                            let mut s = Vec::new();
+                            for i in 0..n {
+                                for j in 0..n {
+                                    if i != j {
+                                        let dv = dist64(metric, rows[i], rows[j]);
+                                        s.push(term(&p, labels[i] == labels[j], dv).0);
+                                        // The Euclidean distance is not smooth at 0.
+                                        s.push(dv);
+                                    }
+                                }
+                            }
+                            s
+                        };
+                        fd_check(&data, &g, 1e-3, &mut ws, loss_at, status);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Central differences of `loss_at` at every coordinate against `grad`, skipping the
+    /// coordinates whose step moves a hinge argument (from `status`) across or near 0.
+    pub(crate) fn fd_check(
+        data: &[f32],
+        grad: &[f32],
+        h: f32,
+        ws: &mut [f32],
+        loss_at: impl Fn(&[f32], &mut [f32]) -> f64,
+        status: impl Fn(&[f32]) -> Vec<f64>,
+    ) {
+        let gmax = grad.iter().fold(0.0_f64, |m, &v| m.max(f64::from(v).abs()));
+        let l0 = loss_at(data, ws).abs();
+        let mut p = data.to_vec();
+        for k in 0..data.len() {
+            p[k] = data[k] + h;
+            let up = p[k];
+            let (lu, su) = (loss_at(&p, ws), status(&p));
+            p[k] = data[k] - h;
+            let down = p[k];
+            let (ld, sd) = (loss_at(&p, ws), status(&p));
+            p[k] = data[k];
+            let s0 = status(data);
+            let kink = s0.iter().zip(&su).zip(&sd).any(|((&a, &b), &c)| {
+                a.signum() != b.signum() || a.signum() != c.signum() || a.abs() < 1e-2
+            });
+            if kink {
+                continue;
+            }
+            let fd = (lu - ld) / (f64::from(up) - f64::from(down));
+            let tol = 2e-3 * (gmax + 1e-2) + 8.0 * EPS * l0 / f64::from(h);
+            let g = f64::from(grad[k]);
+            assert!(
+                (fd - g).abs() <= tol,
+                "coordinate {k}: finite difference {fd}, gradient {g}, tol {tol}"
+            );
+        }
+    }
+
+    #[test]
+    fn one_large_case() {
+        let (n, d) = (120, 131);
+        let mut next = lcg(0x9e37_79b9);
+        let data: Vec<f32> = (0..n * d).map(|_| next()).collect();
+        let labels: Vec<u32> = (0..n as u32).map(|i| i % 7).collect();
+        let x = Matrix::new(&data, n, d).unwrap();
+        for metric in METRICS {
+            let pairs = Pairs::new(&x, metric);
+            let (pm, nm) = margins(&pairs, 0.8, 1.1);
+            for r in REDUCTIONS {
+                let p = ContrastiveParams::new(pm, nm).with_reduction(r);
+                run(x, &labels, metric, &pairs, p);
+            }
+        }
+    }
+
+    #[test]
+    fn presets() {
+        assert_eq!(
+            ContrastiveParams::default(),
+            ContrastiveParams::PYTORCH_METRIC_LEARNING
+        );
+        let p = ContrastiveParams::PYTORCH_METRIC_LEARNING;
+        assert_eq!((p.pos_margin, p.neg_margin), (0.0, 1.0));
+        assert_eq!(p.form, ContrastiveForm::Linear);
+        assert_eq!(p.reduction, ContrastiveReduction::MeanNonzeroPerPart);
+        let h = ContrastiveParams::hadsell(2.0);
+        assert_eq!(
+            (h.pos_margin, h.neg_margin, h.form, h.reduction),
+            (
+                0.0,
+                2.0,
+                ContrastiveForm::Squared,
+                ContrastiveReduction::Mean
+            )
+        );
+    }
+
+    /// Hadsell's form by hand: d^2 for positives, relu(m - d)^2 for negatives, mean over
+    /// the n (n - 1) ordered pairs.
+    #[test]
+    fn hadsell_by_hand() {
+        let x = Matrix::new(&[0.0, 1.0, 3.0], 3, 1).unwrap();
+        let labels = [0, 0, 1];
+        let mut ws = [0.0; contrastive_workspace_len(3, 1)];
+        let mut g = [0.0; 3];
+        let loss = contrastive_loss_grad(
+            x,
+            &labels,
+            Metric::Euclidean,
+            ContrastiveParams::hadsell(2.5),
+            &mut g,
+            &mut ws,
+        )
+        .unwrap();
+        // (0,1): 1; (0,2): relu(2.5 - 3)^2 = 0; (1,2): 0.5^2 = 0.25. Each twice, / 6.
+        let want = 2.0 * (1.0 + 0.25) / 6.0;
+        assert!((loss - want).abs() < 1e-6, "{loss} vs {want}");
+        // d/dx0 = 2 * (2 d01 * (x0 - x1)/d01) / 6 = -4/6; x2: 2 * (-2 * 0.5) / 6 = -2/6.
+        let want_g = [-4.0 / 6.0, 4.0 / 6.0 + 2.0 / 6.0, -2.0 / 6.0];
+        for (a, b) in g.iter().zip(want_g) {
+            assert!((a - b).abs() < 1e-6, "{g:?}");
+        }
+    }
+
+    #[test]
+    fn degenerate_batches() {
+        let mut ws = vec![f32::NAN; contrastive_workspace_len(4, 2)];
+        for metric in METRICS {
+            for r in REDUCTIONS {
+                let p = ContrastiveParams::new(0.1, 1.0).with_reduction(r);
+                // One row: no pairs at all.
+                let x = Matrix::new(&[1.0, 2.0], 1, 2).unwrap();
+                let mut g = [f32::NAN; 2];
+                assert_eq!(
+                    contrastive_loss_grad(x, &[3], metric, p, &mut g, &mut ws),
+                    Ok(0.0)
+                );
+                assert_eq!(g, [0.0, 0.0]);
+                assert_eq!(
+                    scalar::contrastive_loss_grad(x, &[3], metric, p, &mut g, &mut ws),
+                    Ok(0.0)
+                );
+                // Every row its own class (no positive part), duplicate and zero rows.
+                let data = [0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0];
+                let x = Matrix::new(&data, 4, 2).unwrap();
+                for labels in [[0, 1, 2, 3], [5, 5, 5, 5], [0, 0, 1, 1]] {
+                    let mut gf = [f32::NAN; 8];
+                    let mut gs = [f32::NAN; 8];
+                    let lf =
+                        contrastive_loss_grad(x, &labels, metric, p, &mut gf, &mut ws).unwrap();
+                    let ls = scalar::contrastive_loss_grad(x, &labels, metric, p, &mut gs, &mut ws)
+                        .unwrap();
+                    assert!(
+                        lf.is_finite() && gf.iter().all(|v| v.is_finite()),
+                        "{metric:?} {labels:?}"
+                    );
+                    assert!((lf - ls).abs() <= 1e-6 * (1.0 + ls.abs()), "{lf} vs {ls}");
+                    // Zero rows under cosine get the clamped derivative, of order 1e12.
+                    let gmax = gs.iter().fold(1.0_f32, |m, v| m.max(v.abs()));
+                    for (a, b) in gf.iter().zip(&gs) {
+                        assert!(
+                            (a - b).abs() <= 1e-5 * gmax,
+                            "{metric:?} {labels:?}: {gf:?} vs {gs:?}"
+                        );
+                    }
+                    if labels == [5, 5, 5, 5] {
+                        // No negative pair; every positive pair of duplicates has d = 0.
+                        if metric != Metric::Cosine {
+                            assert!(lf > 0.0);
+                        }
+                    }
+                }
+            }
+        }
+        // Duplicate rows under the Euclidean metric: distance 0, zero gradient, not NaN.
+        let x = Matrix::new(&[1.0, 1.0, 1.0, 1.0], 2, 2).unwrap();
+        let mut g = [f32::NAN; 4];
+        let loss = contrastive_loss_grad(
+            x,
+            &[0, 1],
+            Metric::Euclidean,
+            ContrastiveParams::new(0.0, 1.0),
+            &mut g,
+            &mut ws,
+        )
+        .unwrap();
+        assert_eq!((loss, g), (1.0, [0.0; 4]));
+    }
+
+    #[test]
+    fn every_error_path() {
+        let data = [1.0_f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let x = Matrix::new(&data, 3, 2).unwrap();
+        let labels = [0, 0, 1];
+        let good = ContrastiveParams::default();
+        let wl = contrastive_workspace_len(3, 2);
+        assert_eq!(wl, 3 + 3);
+        let mut ws = vec![0.0_f32; wl];
+        let mut g = [7.0_f32; 6];
+        type Loss =
+            fn(Matrix<'_>, &[u32], Metric, ContrastiveParams, &mut [f32]) -> Result<f32, Error>;
+        type Grad = fn(
+            Matrix<'_>,
+            &[u32],
+            Metric,
+            ContrastiveParams,
+            &mut [f32],
+            &mut [f32],
+        ) -> Result<f32, Error>;
+        let bad_x = [1.0_f32, 2.0, f32::INFINITY, 4.0, f32::NAN, 6.0];
+        let xb = Matrix::new(&bad_x, 3, 2).unwrap();
+        for (loss, grad) in [
+            (contrastive_loss as Loss, contrastive_loss_grad as Grad),
+            (scalar::contrastive_loss, scalar::contrastive_loss_grad),
+        ] {
+            let m = Metric::Euclidean;
+            assert_eq!(
+                loss(x, &labels[..2], m, good, &mut ws),
+                Err(Error::LengthMismatch {
+                    buffer: "labels",
+                    expected: 3,
+                    actual: 2
+                })
+            );
+            assert_eq!(
+                grad(x, &labels, m, good, &mut g[..5], &mut ws),
+                Err(Error::LengthMismatch {
+                    buffer: "grad",
+                    expected: 6,
+                    actual: 5
+                })
+            );
+            assert_eq!(
+                grad(x, &labels, m, good, &mut g, &mut ws[..5]),
+                Err(Error::WorkspaceTooSmall {
+                    required: 6,
+                    actual: 5
+                })
+            );
+            assert_eq!(
+                loss(
+                    x,
+                    &labels,
+                    m,
+                    ContrastiveParams::new(f32::NAN, 1.0),
+                    &mut ws
+                ),
+                Err(Error::InvalidParameter { name: "pos_margin" })
+            );
+            assert_eq!(
+                grad(
+                    x,
+                    &labels,
+                    m,
+                    ContrastiveParams::new(0.0, f32::NEG_INFINITY),
+                    &mut g,
+                    &mut ws
+                ),
+                Err(Error::InvalidParameter { name: "neg_margin" })
+            );
+            assert_eq!(
+                grad(xb, &labels, m, good, &mut g, &mut ws),
+                Err(Error::NonFinite {
+                    buffer: "x",
+                    position: 2
+                })
+            );
+            // Order: labels before grad before workspace before parameters before data.
+            assert_eq!(
+                grad(
+                    xb,
+                    &labels[..1],
+                    m,
+                    ContrastiveParams::new(f32::NAN, 1.0),
+                    &mut g[..1],
+                    &mut []
+                ),
+                Err(Error::LengthMismatch {
+                    buffer: "labels",
+                    expected: 3,
+                    actual: 1
+                })
+            );
+            assert_eq!(
+                grad(
+                    xb,
+                    &labels,
+                    m,
+                    ContrastiveParams::new(f32::NAN, 1.0),
+                    &mut g,
+                    &mut []
+                ),
+                Err(Error::WorkspaceTooSmall {
+                    required: 6,
+                    actual: 0
+                })
+            );
+        }
+        assert!(g.iter().all(|&v| v == 7.0), "a failing call wrote to grad");
+        assert_eq!(contrastive_workspace_len(usize::MAX, 1), usize::MAX);
+        assert_eq!(contrastive_workspace_len(1, 1), 1);
+        assert_eq!(contrastive_workspace_len(4, 9), 4 + 6);
+    }
+}
+
+mod quadruplet {
+    use super::contrastive::fd_check;
+    use super::*;
+    use triplet_kernels::{
+        mine_quadruplets, mine_quadruplets_count, mine_quadruplets_workspace_len, quadruplet_loss,
+        quadruplet_loss_grad, quadruplet_workspace_len, scalar, Error, Hinge, Quadruplet,
+        QuadrupletParams, Reduction,
+    };
+
+    const REDUCTIONS: [Reduction; 3] = [Reduction::Mean, Reduction::Sum, Reduction::MeanNonzero];
+    const HINGES: [Hinge; 2] = [Hinge::Relu, Hinge::SoftPlus];
+
+    fn quads() -> impl Strategy<Value = Vec<[u32; 4]>> {
+        proptest::collection::vec(proptest::array::uniform4(0u32..1000), 0..40)
+    }
+
+    /// Indices reduced modulo `n` into quadruplets.
+    fn to_quads(raw: &[[u32; 4]], n: usize) -> Vec<Quadruplet> {
+        raw.iter()
+            .map(|q| {
+                let [a, p, n1, n2] = q.map(|v| v % n as u32);
+                Quadruplet::new(a, p, n1, n2)
+            })
+            .collect()
+    }
+
+    fn softplus(v: f64) -> f64 {
+        v.max(0.0) + (-v.abs()).exp().ln_1p()
+    }
+
+    /// `(v1, v2, d)` of a quadruplet in f64.
+    fn margins(
+        x: &Matrix<'_>,
+        q: Quadruplet,
+        metric: Metric,
+        p: &QuadrupletParams,
+    ) -> (f64, f64, [f64; 3], [f64; 3], [[usize; 2]; 3]) {
+        let [a, pp, n1, n2] = q.to_array().map(|v| v as usize);
+        let r = |i: usize| x.row(i).unwrap();
+        let pairs = [[a, pp], [a, n1], [n1, n2]];
+        let d = pairs.map(|[i, j]| dist64(metric, r(i), r(j)));
+        let sc = pairs.map(|[i, j]| dist_scale(metric, r(i), r(j)));
+        let v1 = d[0] - d[1] + f64::from(p.margin1);
+        let v2 = d[0] - d[2] + f64::from(p.margin2);
+        (v1, v2, d, sc, pairs)
+    }
+
+    fn tolerances(
+        x: &Matrix<'_>,
+        quads: &[Quadruplet],
+        metric: Metric,
+        p: &QuadrupletParams,
+    ) -> Option<(f64, Vec<f64>)> {
+        let n = x.rows();
+        let k = 4.0 * EPS * (x.dim() + quads.len() + 16) as f64;
+        let h = |v: f64| {
+            if p.hinge == Hinge::Relu {
+                v.max(0.0)
+            } else {
+                softplus(v)
+            }
+        };
+        let slope = |v: f64| match p.hinge {
+            Hinge::Relu => f64::from(u8::from(v > 0.0)),
+            _ => 1.0 / (1.0 + (-v).exp()),
+        };
+        let mut active = 0;
+        for &q in quads {
+            let (v1, v2, _, sc, _) = margins(x, q, metric, p);
+            let err = k * (sc[0] + sc[1] + sc[2]);
+            if p.hinge == Hinge::Relu && (v1.abs() <= 4.0 * err || v2.abs() <= 4.0 * err) {
+                return None;
+            }
+            active += usize::from(p.hinge == Hinge::SoftPlus || v1 > 0.0 || v2 > 0.0);
+        }
+        let w = match p.reduction {
+            Reduction::Sum => 1.0,
+            Reduction::Mean if !quads.is_empty() => 1.0 / quads.len() as f64,
+            Reduction::MeanNonzero if active > 0 => 1.0 / active as f64,
+            _ => 0.0,
+        };
+        let mut loss = 1e-30;
+        let mut row = vec![1e-30; n];
+        for &q in quads {
+            let (v1, v2, _, sc, pairs) = margins(x, q, metric, p);
+            let vs = sc[0] + sc[1] + sc[2] + f64::from(p.margin1.abs() + p.margin2.abs());
+            loss += w * (h(v1) + h(v2) + 2.0 * vs);
+            let soft = if p.hinge == Hinge::SoftPlus {
+                0.5 * vs
+            } else {
+                0.0
+            };
+            let (s1, s2) = (slope(v1) + soft, slope(v2) + soft);
+            for ([i, j], c) in pairs.into_iter().zip([s1 + s2, s1, s2]) {
+                if i == j {
+                    continue;
+                }
+                let (a, b) = (x.row(i).unwrap(), x.row(j).unwrap());
+                row[i] += w * c * grad_scale(metric, a, b);
+                row[j] += w * c * grad_scale(metric, b, a);
+            }
+        }
+        Some((k * loss, row.into_iter().map(|r| k * r).collect()))
+    }
+
+    fn run(x: Matrix<'_>, quads: &[Quadruplet], metric: Metric, p: QuadrupletParams) {
+        let (n, d) = (x.rows(), x.dim());
+        let Some((loss_tol, row_tol)) = tolerances(&x, quads, metric, &p) else {
+            return;
+        };
+        let mut ws = vec![f32::NAN; quadruplet_workspace_len(n, d)];
+        let (mut gf, mut gs) = (vec![f32::NAN; n * d], vec![f32::NAN; n * d]);
+        let lf = quadruplet_loss_grad(x, quads, metric, p, &mut gf, &mut ws).unwrap();
+        ws.fill(1e30);
+        let mut again = vec![-1.0; n * d];
+        let lf2 = quadruplet_loss_grad(x, quads, metric, p, &mut again, &mut ws).unwrap();
+        assert_eq!((lf.to_bits(), bits(&gf)), (lf2.to_bits(), bits(&again)));
+        let lf3 = quadruplet_loss(x, quads, metric, p, &mut ws).unwrap();
+        assert_eq!(lf.to_bits(), lf3.to_bits());
+        let ls = scalar::quadruplet_loss_grad(x, quads, metric, p, &mut gs, &mut ws).unwrap();
+        assert_eq!(
+            ls.to_bits(),
+            scalar::quadruplet_loss(x, quads, metric, p, &mut ws)
+                .unwrap()
+                .to_bits()
+        );
+        assert!(
+            (f64::from(lf) - f64::from(ls)).abs() <= loss_tol,
+            "{metric:?} {p:?}: loss {lf} vs {ls}, tol {loss_tol}"
+        );
+        assert_close(&format!("{metric:?} {p:?} grad"), &gf, &gs, |k| {
+            row_tol[k / d]
+        });
+    }
+
+    /// Margins on the scale of the batch's distances.
+    fn scale_of(x: &Matrix<'_>, metric: Metric) -> f32 {
+        let r0 = x.row(0).unwrap();
+        let m = x
+            .row_iter()
+            .map(|r| dist64(metric, r0, r))
+            .fold(0.0, f64::max);
+        if m > 0.0 {
+            m as f32
+        } else {
+            1.0
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn matches_scalar(
+            (n, d, data, _labels) in batch(1usize..=33, 1usize..=67, 1u32..=2, value()),
+            raw in quads(),
+            m1 in -0.5f32..1.0,
+            m2 in -0.5f32..1.0,
+        ) {
+            let x = Matrix::new(&data, n, d).unwrap();
+            let q = to_quads(&raw, n);
+            for metric in METRICS {
+                let s = scale_of(&x, metric);
+                for hinge in HINGES {
+                    for r in REDUCTIONS {
+                        let p = QuadrupletParams::new(m1 * s, m2 * s).with_hinge(hinge).with_reduction(r);
+                        run(x, &q, metric, p);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn integers_same_decisions(
+            (n, d, data, _l) in batch(1usize..=20, 1usize..=12, 1u32..=2, int_value()),
+            raw in quads(),
+            m1 in -20i32..40,
+            m2 in -20i32..40,
+        ) {
+            let x = Matrix::new(&data, n, d).unwrap();
+            let q = to_quads(&raw, n);
+            let mut ws = vec![0.0; quadruplet_workspace_len(n, d)];
+            for metric in [Metric::SquaredEuclidean, Metric::Euclidean] {
+                for r in REDUCTIONS {
+                    let p = QuadrupletParams::new(m1 as f32, m2 as f32).with_reduction(r);
+                    let (mut gf, mut gs) = (vec![0.0; n * d], vec![0.0; n * d]);
+                    let lf = quadruplet_loss_grad(x, &q, metric, p, &mut gf, &mut ws).unwrap();
+                    let ls = scalar::quadruplet_loss_grad(x, &q, metric, p, &mut gs, &mut ws).unwrap();
+                    prop_assert!((f64::from(lf) - f64::from(ls)).abs() <= 1e-5 * (1.0 + f64::from(ls.abs())));
+                    let gmax = gs.iter().fold(1.0_f32, |m, v| m.max(v.abs()));
+                    for (a, b) in gf.iter().zip(&gs) {
+                        prop_assert!((a - b).abs() <= 1e-5 * gmax, "{a} vs {b}");
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn scalar_gradient_matches_finite_differences(
+            (n, d, data, _l) in batch(2usize..=7, 1usize..=5, 1u32..=2, small_value()),
+            raw in proptest::collection::vec(proptest::array::uniform4(0u32..1000), 1..8),
+            m1 in 0.0f32..2.0,
+            m2 in 0.0f32..2.0,
+        ) {
+            prop_assume!(data.chunks(d).all(|r| norm(r) > 0.3));
+            let x = Matrix::new(&data, n, d).unwrap();
+            let q = to_quads(&raw, n);
+            let mut ws = vec![0.0; quadruplet_workspace_len(n, d)];
+            for metric in METRICS {
+                for hinge in HINGES {
+                    for r in REDUCTIONS {
+                        let p = QuadrupletParams::new(m1, m2).with_hinge(hinge).with_reduction(r);
+                        let mut g = vec![0.0; n * d];
+                        scalar::quadruplet_loss_grad(x, &q, metric, p, &mut g, &mut ws).unwrap();
+                        let loss_at = |data: &[f32], ws: &mut [f32]| {
+                            let x = Matrix::new(data, n, d).unwrap();
+                            f64::from(scalar::quadruplet_loss(x, &q, metric, p, ws).unwrap())
+                        };
+                        let status = |data: &[f32]| {
+                            let x = Matrix::new(data, n, d).unwrap();
+                            let mut s = Vec::new();
+                            for &qq in &q {
+                                let (v1, v2, dd, _, pairs) = margins(&x, qq, metric, &p);
+                                if hinge == Hinge::Relu {
+                                    s.push(v1);
+                                    s.push(v2);
+                                }
+                                // The Euclidean distance is not smooth at 0.
+                                for (dv, [i, j]) in dd.into_iter().zip(pairs) {
+                                    if i != j {
+                                        s.push(dv);
+                                    }
+                                }
+                            }
+                            s
+                        };
+                        fd_check(&data, &g, 1e-3, &mut ws, loss_at, status);
+                    }
+                }
+            }
+        }
+
+        /// Mining on small integers: identical quadruplets from both kernels, and every
+        /// quadruplet satisfies the documented rules.
+        #[test]
+        fn mining_integers_identical(
+            (n, d, data, labels) in batch(1usize..=33, 1usize..=9, 1u32..=6, int_value()),
+        ) {
+            let x = Matrix::new(&data, n, d).unwrap();
+            for metric in [Metric::SquaredEuclidean, Metric::Euclidean] {
+                let (f, s) = mine_both(x, &labels, metric);
+                prop_assert_eq!(&f, &s);
+                check_rules(x, &labels, metric, &f, 0.0);
+            }
+        }
+
+        /// Mining on general floats: the same anchors and the same chosen distances.
+        #[test]
+        fn mining_matches_scalar(
+            (n, d, data, labels) in batch(1usize..=33, 1usize..=67, 1u32..=6, value()),
+        ) {
+            let x = Matrix::new(&data, n, d).unwrap();
+            for metric in METRICS {
+                let (f, s) = mine_both(x, &labels, metric);
+                prop_assert_eq!(f.len(), s.len());
+                let r = |i: u32| x.row(i as usize).unwrap();
+                for (qf, qs) in f.iter().zip(&s) {
+                    prop_assert_eq!(qf.anchor, qs.anchor);
+                    let tol = |i: u32, j: u32| 8.0 * (d as f64 + 16.0) * EPS * dist_scale(metric, r(i), r(j)) + 1e-30;
+                    let same = |i, j, k, l| (dist64(metric, r(i), r(j)) - dist64(metric, r(k), r(l))).abs() <= tol(i, j) + tol(k, l);
+                    prop_assert!(same(qf.anchor, qf.positive, qs.anchor, qs.positive));
+                    prop_assert!(same(qf.anchor, qf.negative1, qs.anchor, qs.negative1));
+                    if qf.negative1 == qs.negative1 {
+                        prop_assert!(same(qf.negative1, qf.negative2, qs.negative1, qs.negative2));
+                    }
+                }
+                check_rules(x, &labels, metric, &f, 8.0 * (d as f64 + 16.0) * EPS);
+            }
+        }
+    }
+
+    fn mine_both(
+        x: Matrix<'_>,
+        labels: &[u32],
+        metric: Metric,
+    ) -> (Vec<Quadruplet>, Vec<Quadruplet>) {
+        let n = x.rows();
+        let count = mine_quadruplets_count(labels);
+        let sentinel = Quadruplet::new(9, 9, 9, 9);
+        let mut ws = vec![f32::NAN; mine_quadruplets_workspace_len(n, x.dim())];
+        let mut f = vec![sentinel; count + 2];
+        let k = mine_quadruplets(x, labels, metric, &mut f, &mut ws).unwrap();
+        assert_eq!(k, count);
+        assert_eq!(&f[count..], &[sentinel; 2], "past the count is untouched");
+        let mut s = vec![sentinel; count];
+        ws.fill(0.0);
+        assert_eq!(
+            scalar::mine_quadruplets(x, labels, metric, &mut s, &mut ws),
+            Ok(count)
+        );
+        f.truncate(count);
+        (f, s)
+    }
+
+    /// Brute-force check of the documented selection rules, up to `rel` (times the
+    /// distance scale) in the comparisons.
+    fn check_rules(x: Matrix<'_>, labels: &[u32], metric: Metric, quads: &[Quadruplet], rel: f64) {
+        let n = x.rows();
+        let r = |i: usize| x.row(i).unwrap();
+        let dd = |i: usize, j: usize| dist64(metric, r(i), r(j));
+        let tol = |i: usize, j: usize| rel * dist_scale(metric, r(i), r(j)) + 1e-30;
+        let distinct = {
+            let mut l = labels.to_vec();
+            l.sort_unstable();
+            l.dedup();
+            l.len()
+        };
+        let eligible: Vec<usize> = (0..n)
+            .filter(|&a| distinct >= 3 && (0..n).any(|j| j != a && labels[j] == labels[a]))
+            .collect();
+        assert_eq!(
+            quads.iter().map(|q| q.anchor as usize).collect::<Vec<_>>(),
+            eligible
+        );
+        for q in quads {
+            let [a, p, n1, n2] = q.to_array().map(|v| v as usize);
+            assert!(p != a && labels[p] == labels[a]);
+            assert!(labels[n1] != labels[a]);
+            assert!(labels[n2] != labels[a] && labels[n2] != labels[n1]);
+            for j in 0..n {
+                if j != a && labels[j] == labels[a] {
+                    assert!(
+                        dd(a, p) + tol(a, p) + tol(a, j) >= dd(a, j),
+                        "farthest positive"
+                    );
+                    if rel == 0.0 && dd(a, j) == dd(a, p) {
+                        assert!(p <= j, "ties go to the smallest index");
+                    }
+                }
+                if labels[j] != labels[a] {
+                    assert!(
+                        dd(a, n1) <= dd(a, j) + tol(a, n1) + tol(a, j),
+                        "nearest negative"
+                    );
+                    if rel == 0.0 && dd(a, j) == dd(a, n1) {
+                        assert!(n1 <= j, "ties go to the smallest index");
+                    }
+                    if labels[j] != labels[n1] {
+                        assert!(
+                            dd(n1, n2) <= dd(n1, j) + tol(n1, n2) + tol(n1, j),
+                            "nearest third-class row"
+                        );
+                        if rel == 0.0 && dd(n1, j) == dd(n1, n2) {
+                            assert!(n2 <= j, "ties go to the smallest index");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn mining_count_rules() {
+        assert_eq!(mine_quadruplets_count(&[]), 0);
+        assert_eq!(mine_quadruplets_count(&[1]), 0);
+        assert_eq!(mine_quadruplets_count(&[1, 1, 1]), 0);
+        assert_eq!(mine_quadruplets_count(&[1, 1, 2, 2]), 0);
+        assert_eq!(mine_quadruplets_count(&[1, 2, 3]), 0);
+        assert_eq!(mine_quadruplets_count(&[1, 1, 2, 3]), 2);
+        assert_eq!(mine_quadruplets_count(&[4, 1, 4, 2, 3, 3, 9]), 4);
+        assert_eq!(mine_quadruplets_workspace_len(3, 5), 12);
+        assert_eq!(mine_quadruplets_workspace_len(usize::MAX, 5), usize::MAX);
+    }
+
+    #[test]
+    fn mining_ties_go_to_the_smallest_index() {
+        // Rows 1 and 2 are both positives of 0 at distance 1; rows 3 and 4 both negatives
+        // at distance 2; rows 5 and 6 both third-class rows at distance 1 from row 3.
+        let data = [
+            0.0, 0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 2.0, 0.0, -2.0, 1.0, 2.0, -1.0, 2.0,
+        ];
+        let x = Matrix::new(&data, 7, 2).unwrap();
+        let labels = [0, 0, 0, 1, 1, 2, 2];
+        let mut out = [Quadruplet::default(); 7];
+        let mut ws = vec![0.0; mine_quadruplets_workspace_len(7, 2)];
+        for metric in [Metric::SquaredEuclidean, Metric::Euclidean] {
+            let k = mine_quadruplets(x, &labels, metric, &mut out, &mut ws).unwrap();
+            assert_eq!(k, 7);
+            assert_eq!(out[0], Quadruplet::new(0, 1, 3, 5));
+            let mut s = [Quadruplet::default(); 7];
+            scalar::mine_quadruplets(x, &labels, metric, &mut s, &mut ws).unwrap();
+            assert_eq!(out, s);
+        }
+    }
+
+    #[test]
+    fn one_large_case() {
+        let (n, d) = (96, 130);
+        let mut next = lcg(0x1234_5677);
+        let data: Vec<f32> = (0..n * d).map(|_| next()).collect();
+        let labels: Vec<u32> = (0..n as u32).map(|i| i % 8).collect();
+        let x = Matrix::new(&data, n, d).unwrap();
+        for metric in METRICS {
+            let (q, _) = mine_both(x, &labels, metric);
+            assert_eq!(q.len(), n);
+            let s = scale_of(&x, metric);
+            for r in REDUCTIONS {
+                run(
+                    x,
+                    &q,
+                    metric,
+                    QuadrupletParams::new(0.3 * s, 0.1 * s).with_reduction(r),
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn degenerate_inputs() {
+        let data = [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 2.0, 2.0];
+        let x = Matrix::new(&data, 4, 2).unwrap();
+        let mut ws = [f32::NAN; 4];
+        let p = QuadrupletParams::new(1.0, 0.5);
+        for metric in METRICS {
+            // No quadruplets: 0 and a zero gradient, for every reduction.
+            for r in REDUCTIONS {
+                let mut g = [f32::NAN; 8];
+                assert_eq!(
+                    quadruplet_loss_grad(x, &[], metric, p.with_reduction(r), &mut g, &mut ws),
+                    Ok(0.0)
+                );
+                assert_eq!(g, [0.0; 8]);
+            }
+            // Repeated indices, duplicate rows (0 and 2), zero rows (cosine).
+            let q = [
+                Quadruplet::new(0, 0, 0, 0),
+                Quadruplet::new(0, 2, 1, 3),
+                Quadruplet::new(1, 1, 0, 2),
+            ];
+            let (mut gf, mut gs) = ([f32::NAN; 8], [f32::NAN; 8]);
+            let lf = quadruplet_loss_grad(x, &q, metric, p, &mut gf, &mut ws).unwrap();
+            let ls = scalar::quadruplet_loss_grad(x, &q, metric, p, &mut gs, &mut ws).unwrap();
+            assert!(lf.is_finite() && gf.iter().all(|v| v.is_finite()));
+            assert!((lf - ls).abs() <= 1e-6 * (1.0 + ls.abs()));
+            let gmax = gs.iter().fold(1.0_f32, |m, v| m.max(v.abs()));
+            for (a, b) in gf.iter().zip(&gs) {
+                assert!((a - b).abs() <= 1e-5 * gmax, "{metric:?}: {gf:?} vs {gs:?}");
+            }
+        }
+        // (a, a, a, a): relu(0 - 0 + m1) + relu(0 - 0 + m2), zero gradient.
+        let mut g = [f32::NAN; 8];
+        let l = quadruplet_loss_grad(
+            x,
+            &[Quadruplet::new(3, 3, 3, 3)],
+            Metric::Euclidean,
+            p,
+            &mut g,
+            &mut ws,
+        )
+        .unwrap();
+        assert_eq!((l, g), (1.5, [0.0; 8]));
+        // Mining: a class with one sample gets no quadruplet, the others do.
+        let labels = [0, 0, 1, 2];
+        let mut out = [Quadruplet::default(); 4];
+        let mut mws = vec![0.0; mine_quadruplets_workspace_len(4, 2)];
+        assert_eq!(
+            mine_quadruplets(x, &labels, Metric::Euclidean, &mut out, &mut mws),
+            Ok(2)
+        );
+        assert_eq!(
+            out[..2],
+            [Quadruplet::new(0, 1, 2, 3), Quadruplet::new(1, 0, 2, 3)]
+        );
+    }
+
+    #[test]
+    fn every_error_path() {
+        let data = [1.0_f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let x = Matrix::new(&data, 3, 2).unwrap();
+        let q = [Quadruplet::new(0, 1, 2, 0)];
+        let good = QuadrupletParams::new(1.0, 0.5);
+        let mut ws = vec![0.0_f32; quadruplet_workspace_len(3, 2)];
+        assert_eq!(ws.len(), 3);
+        let mut g = [7.0_f32; 6];
+        type Loss = fn(
+            Matrix<'_>,
+            &[Quadruplet],
+            Metric,
+            QuadrupletParams,
+            &mut [f32],
+        ) -> Result<f32, Error>;
+        type Grad = fn(
+            Matrix<'_>,
+            &[Quadruplet],
+            Metric,
+            QuadrupletParams,
+            &mut [f32],
+            &mut [f32],
+        ) -> Result<f32, Error>;
+        let bad_x = [1.0_f32, 2.0, 3.0, f32::NAN, 5.0, 6.0];
+        let xb = Matrix::new(&bad_x, 3, 2).unwrap();
+        let m = Metric::Cosine;
+        for (loss, grad) in [
+            (quadruplet_loss as Loss, quadruplet_loss_grad as Grad),
+            (scalar::quadruplet_loss, scalar::quadruplet_loss_grad),
+        ] {
+            assert_eq!(
+                grad(x, &q, m, good, &mut g[..5], &mut ws),
+                Err(Error::LengthMismatch {
+                    buffer: "grad",
+                    expected: 6,
+                    actual: 5
+                })
+            );
+            assert_eq!(
+                loss(x, &q, m, good, &mut ws[..2]),
+                Err(Error::WorkspaceTooSmall {
+                    required: 3,
+                    actual: 2
+                })
+            );
+            assert_eq!(
+                loss(x, &q, m, QuadrupletParams::new(f32::INFINITY, 0.5), &mut ws),
+                Err(Error::InvalidParameter { name: "margin1" })
+            );
+            assert_eq!(
+                grad(
+                    x,
+                    &q,
+                    m,
+                    QuadrupletParams::new(1.0, f32::NAN),
+                    &mut g,
+                    &mut ws
+                ),
+                Err(Error::InvalidParameter { name: "margin2" })
+            );
+            let far = [Quadruplet::new(0, 1, 2, 0), Quadruplet::new(0, 1, 3, 7)];
+            assert_eq!(
+                grad(x, &far, m, good, &mut g, &mut ws),
+                Err(Error::IndexOutOfRange {
+                    buffer: "quadruplets",
+                    position: 6,
+                    index: 3,
+                    bound: 3
+                })
+            );
+            assert_eq!(
+                grad(xb, &q, m, good, &mut g, &mut ws),
+                Err(Error::NonFinite {
+                    buffer: "x",
+                    position: 3
+                })
+            );
+            // Indices are checked before the data.
+            assert_eq!(
+                loss(xb, &far, m, good, &mut ws),
+                Err(Error::IndexOutOfRange {
+                    buffer: "quadruplets",
+                    position: 6,
+                    index: 3,
+                    bound: 3
+                })
+            );
+        }
+        assert!(g.iter().all(|&v| v == 7.0), "a failing call wrote to grad");
+
+        // The miner.
+        type Mine =
+            fn(Matrix<'_>, &[u32], Metric, &mut [Quadruplet], &mut [f32]) -> Result<usize, Error>;
+        let labels = [0, 0, 1, 2, 2, 1];
+        let data6 = [0.0_f32, 1.0, 2.0, 3.0, 4.0, 5.0];
+        let x6 = Matrix::new(&data6, 6, 1).unwrap();
+        let bad6 = [0.0_f32, 1.0, 2.0, 3.0, f32::NEG_INFINITY, 5.0];
+        let xb6 = Matrix::new(&bad6, 6, 1).unwrap();
+        let sentinel = Quadruplet::new(1, 2, 3, 4);
+        let mut out = [sentinel; 6];
+        let mut mws = vec![0.0; mine_quadruplets_workspace_len(6, 1)];
+        for mine in [mine_quadruplets as Mine, scalar::mine_quadruplets] {
+            assert_eq!(
+                mine(x6, &labels[..5], m, &mut out, &mut mws),
+                Err(Error::LengthMismatch {
+                    buffer: "labels",
+                    expected: 6,
+                    actual: 5
+                })
+            );
+            assert_eq!(
+                mine(x6, &labels, m, &mut out, &mut mws[..41]),
+                Err(Error::WorkspaceTooSmall {
+                    required: 42,
+                    actual: 41
+                })
+            );
+            assert_eq!(
+                mine(x6, &labels, m, &mut out[..5], &mut mws),
+                Err(Error::LengthMismatch {
+                    buffer: "out",
+                    expected: 6,
+                    actual: 5
+                })
+            );
+            assert_eq!(
+                mine(xb6, &labels, m, &mut out, &mut mws),
+                Err(Error::NonFinite {
+                    buffer: "x",
+                    position: 4
+                })
+            );
+        }
+        assert_eq!(out, [sentinel; 6], "a failing call wrote to out");
+    }
+}
+
+mod proxy {
+    use super::contrastive::fd_check;
+    use super::*;
+    use triplet_kernels::{
+        proxy_anchor_loss, proxy_anchor_loss_grad, proxy_anchor_workspace_len, proxy_nca_loss,
+        proxy_nca_loss_grad, proxy_nca_workspace_len, scalar, Error, ProxyAnchorParams,
+        ProxyNcaParams,
+    };
+
+    /// `(rows, classes, dim, x, labels, proxies)`.
+    fn proxy_batch(
+        rows: impl Strategy<Value = usize>,
+        classes: impl Strategy<Value = usize>,
+        dim: impl Strategy<Value = usize>,
+        v: impl Strategy<Value = f32> + Clone,
+    ) -> impl Strategy<Value = (usize, usize, usize, Vec<f32>, Vec<u32>, Vec<f32>)> {
+        (rows, classes, dim).prop_flat_map(move |(n, c, d)| {
+            (
+                Just(n),
+                Just(c),
+                Just(d),
+                proptest::collection::vec(v.clone(), n * d),
+                proptest::collection::vec(0..c as u32, n),
+                proptest::collection::vec(v.clone(), c * d),
+            )
+        })
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    enum Which {
+        Nca(ProxyNcaParams),
+        Anchor(ProxyAnchorParams),
+    }
+
+    impl Which {
+        fn ws_len(self, n: usize, c: usize, d: usize) -> usize {
+            match self {
+                Which::Nca(_) => proxy_nca_workspace_len(n, c, d),
+                Which::Anchor(_) => proxy_anchor_workspace_len(n, c, d),
+            }
+        }
+
+        fn loss(
+            self,
+            fast: bool,
+            x: Matrix<'_>,
+            l: &[u32],
+            p: Matrix<'_>,
+            ws: &mut [f32],
+        ) -> Result<f32, Error> {
+            match (self, fast) {
+                (Which::Nca(q), true) => proxy_nca_loss(x, l, p, q, ws),
+                (Which::Nca(q), false) => scalar::proxy_nca_loss(x, l, p, q, ws),
+                (Which::Anchor(q), true) => proxy_anchor_loss(x, l, p, q, ws),
+                (Which::Anchor(q), false) => scalar::proxy_anchor_loss(x, l, p, q, ws),
+            }
+        }
+
+        #[allow(clippy::too_many_arguments)]
+        fn grad(
+            self,
+            fast: bool,
+            x: Matrix<'_>,
+            l: &[u32],
+            p: Matrix<'_>,
+            g: &mut [f32],
+            gp: &mut [f32],
+            ws: &mut [f32],
+        ) -> Result<f32, Error> {
+            match (self, fast) {
+                (Which::Nca(q), true) => proxy_nca_loss_grad(x, l, p, q, g, gp, ws),
+                (Which::Nca(q), false) => scalar::proxy_nca_loss_grad(x, l, p, q, g, gp, ws),
+                (Which::Anchor(q), true) => proxy_anchor_loss_grad(x, l, p, q, g, gp, ws),
+                (Which::Anchor(q), false) => scalar::proxy_anchor_loss_grad(x, l, p, q, g, gp, ws),
+            }
+        }
+
+        /// `(loss tolerance, per-row factor, per-proxy factor)`: the gradient tolerance of
+        /// a row is its factor divided by the row's clamped norm.
+        fn tolerances(self, n: usize, c: usize, d: usize) -> (f64, f64, f64) {
+            // Accumulation lengths, plus the amplification of each similarity's or
+            // distance's own error ((d / 8 + 12) 2^-24) by the scale in the exponent.
+            let base = (n + c + d + 24) as f64;
+            let dist_err = d as f64 / 8.0 + 12.0;
+            match self {
+                Which::Nca(q) => {
+                    let s = f64::from(q.softmax_scale);
+                    let k = 4.0 * EPS * (base + 4.0 * s * dist_err);
+                    // sum_c |w_ic| <= 2 s / n and sum_i |w_ic| <= 2 s, times |x^ - P^| <= 2,
+                    // times 2 for the two terms of each product and 2 for safety.
+                    (
+                        k * (4.0 * s + (c as f64).ln() + 1.0),
+                        k * 16.0 * s / n as f64,
+                        k * 16.0 * s,
+                    )
+                }
+                Which::Anchor(q) => {
+                    let a = f64::from(q.alpha);
+                    let m = f64::from(q.margin.abs());
+                    let k = 4.0 * EPS * (base + a * (1.0 + m + dist_err));
+                    // sum_c |G_ic| and sum_i |G_ic| are at most 2 alpha; 2 for safety.
+                    (
+                        k * 2.0 * (a * (1.0 + m) + (n as f64 + 1.0).ln() + 1.0),
+                        k * 4.0 * a,
+                        k * 4.0 * a,
+                    )
+                }
+            }
+        }
+    }
+
+    fn run(which: Which, x: Matrix<'_>, labels: &[u32], p: Matrix<'_>) {
+        let (n, c, d) = (x.rows(), p.rows(), x.dim());
+        let mut ws = vec![f32::NAN; which.ws_len(n, c, d)];
+        let (mut gf, mut gpf) = (vec![f32::NAN; n * d], vec![f32::NAN; c * d]);
+        let lf = which
+            .grad(true, x, labels, p, &mut gf, &mut gpf, &mut ws)
+            .unwrap();
+        ws.fill(-1e30);
+        let (mut g2, mut gp2) = (vec![3.0; n * d], vec![f32::INFINITY; c * d]);
+        let lf2 = which
+            .grad(true, x, labels, p, &mut g2, &mut gp2, &mut ws)
+            .unwrap();
+        assert_eq!(
+            (lf.to_bits(), bits(&gf), bits(&gpf)),
+            (lf2.to_bits(), bits(&g2), bits(&gp2))
+        );
+        ws.fill(f32::NAN);
+        assert_eq!(
+            which.loss(true, x, labels, p, &mut ws).unwrap().to_bits(),
+            lf.to_bits()
+        );
+        let (mut gs, mut gps) = (vec![f32::NAN; n * d], vec![f32::NAN; c * d]);
+        let ls = which
+            .grad(false, x, labels, p, &mut gs, &mut gps, &mut ws)
+            .unwrap();
+        assert_eq!(
+            which.loss(false, x, labels, p, &mut ws).unwrap().to_bits(),
+            ls.to_bits()
+        );
+        assert!(
+            lf.is_finite() && gf.iter().chain(&gpf).all(|v| v.is_finite()),
+            "{which:?}: non-finite"
+        );
+        let (lt, rt, pt) = which.tolerances(n, c, d);
+        assert!(
+            (f64::from(lf) - f64::from(ls)).abs() <= lt,
+            "{which:?}: loss {lf} vs {ls}, tol {lt}"
+        );
+        let rn: Vec<f64> = x.row_iter().map(|r| norm(r).max(1e-12)).collect();
+        let pn: Vec<f64> = p.row_iter().map(|r| norm(r).max(1e-12)).collect();
+        assert_close(&format!("{which:?} grad"), &gf, &gs, |k| {
+            rt / rn[k / d] + 1e-30
+        });
+        assert_close(&format!("{which:?} grad_proxies"), &gpf, &gps, |k| {
+            pt / pn[k / d] + 1e-30
+        });
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        #[test]
+        fn nca_matches_scalar(
+            (n, c, d, xd, labels, pd) in proxy_batch(1usize..=33, 1usize..=9, 1usize..=67, value()),
+            s in 0.05f32..40.0,
+        ) {
+            let x = Matrix::new(&xd, n, d).unwrap();
+            let p = Matrix::new(&pd, c, d).unwrap();
+            run(Which::Nca(ProxyNcaParams::new(s)), x, &labels, p);
+        }
+
+        #[test]
+        fn anchor_matches_scalar(
+            (n, c, d, xd, labels, pd) in proxy_batch(1usize..=33, 1usize..=9, 1usize..=67, value()),
+            m in -0.5f32..0.5,
+            a in 0.5f32..64.0,
+        ) {
+            let x = Matrix::new(&xd, n, d).unwrap();
+            let p = Matrix::new(&pd, c, d).unwrap();
+            run(Which::Anchor(ProxyAnchorParams::new(m, a)), x, &labels, p);
+        }
+
+        /// Both scalar gradients (embeddings and proxies) against central differences.
+        #[test]
+        fn scalar_gradients_match_finite_differences(
+            (n, c, d, xd, labels, pd) in proxy_batch(1usize..=6, 1usize..=4, 1usize..=5, small_value()),
+            s in 0.1f32..8.0,
+            m in -0.3f32..0.3,
+            a in 0.5f32..12.0,
+        ) {
+            // Keep every row away from the normalisation clamp (norm 0).
+            prop_assume!(xd.chunks(d).chain(pd.chunks(d)).all(|r| norm(r) > 0.5));
+            for which in [Which::Nca(ProxyNcaParams::new(s)), Which::Anchor(ProxyAnchorParams::new(m, a))] {
+                let mut ws = vec![0.0; which.ws_len(n, c, d)];
+                let x = Matrix::new(&xd, n, d).unwrap();
+                let p = Matrix::new(&pd, c, d).unwrap();
+                let (mut g, mut gp) = (vec![0.0; n * d], vec![0.0; c * d]);
+                which.grad(false, x, &labels, p, &mut g, &mut gp, &mut ws).unwrap();
+                let none = |_: &[f32]| Vec::new();
+                fd_check(&xd, &g, 1e-3, &mut ws, |data, ws| {
+                    let x = Matrix::new(data, n, d).unwrap();
+                    f64::from(which.loss(false, x, &labels, p, ws).unwrap())
+                }, none);
+                fd_check(&pd, &gp, 1e-3, &mut ws, |data, ws| {
+                    let p = Matrix::new(data, c, d).unwrap();
+                    f64::from(which.loss(false, x, &labels, p, ws).unwrap())
+                }, none);
+            }
+        }
+    }
+
+    #[test]
+    fn one_large_case() {
+        let (n, c, d) = (100, 17, 129);
+        let mut next = lcg(0x0bad_cafe);
+        let xd: Vec<f32> = (0..n * d).map(|_| next()).collect();
+        let pd: Vec<f32> = (0..c * d).map(|_| next()).collect();
+        // Proxy 16 has no row: it only enters the negative part.
+        let labels: Vec<u32> = (0..n as u32).map(|i| i % 16).collect();
+        let x = Matrix::new(&xd, n, d).unwrap();
+        let p = Matrix::new(&pd, c, d).unwrap();
+        for which in [
+            Which::Nca(ProxyNcaParams::PYTORCH_METRIC_LEARNING),
+            Which::Nca(ProxyNcaParams::new(32.0)),
+            Which::Anchor(ProxyAnchorParams::PYTORCH_METRIC_LEARNING),
+            Which::Anchor(ProxyAnchorParams::new(0.2, 16.0)),
+        ] {
+            run(which, x, &labels, p);
+        }
+    }
+
+    /// Scales far beyond where a naive exp overflows: the log-sum-exp keeps the loss
+    /// finite and equal to the twin's.
+    #[test]
+    fn large_scales_stay_finite() {
+        let (n, c, d) = (12, 5, 7);
+        let mut next = lcg(0x5eed_0001);
+        let xd: Vec<f32> = (0..n * d).map(|_| next()).collect();
+        let pd: Vec<f32> = (0..c * d).map(|_| next()).collect();
+        let labels: Vec<u32> = (0..n as u32).map(|i| i % 4).collect();
+        let x = Matrix::new(&xd, n, d).unwrap();
+        let p = Matrix::new(&pd, c, d).unwrap();
+        for which in [
+            Which::Nca(ProxyNcaParams::new(1e4)),
+            Which::Nca(ProxyNcaParams::new(1e30)),
+            Which::Anchor(ProxyAnchorParams::new(0.1, 1e4)),
+            Which::Anchor(ProxyAnchorParams::new(0.1, 1e30)),
+        ] {
+            run(which, x, &labels, p);
+        }
+    }
+
+    /// Proxy-Anchor by hand with a proxy that has no row: its positive term is left out
+    /// of the average, its negative term stays in.
+    #[test]
+    fn anchor_proxy_without_rows() {
+        let x = Matrix::new(&[1.0, 0.0, 0.0, 1.0], 2, 2).unwrap();
+        let p = Matrix::new(&[1.0, 0.0, 0.0, 2.0, -1.0, -1.0], 3, 2).unwrap();
+        let labels = [0, 0];
+        let (m, a) = (0.1_f64, 4.0_f64);
+        let s = |xi: [f64; 2], pc: [f64; 2]| (xi[0] * pc[0] + xi[1] * pc[1]) / (pc[0].hypot(pc[1]));
+        let rows = [[1.0, 0.0], [0.0, 1.0]];
+        let prox = [[1.0, 0.0], [0.0, 2.0], [-1.0, -1.0]];
+        let pos0 = (1.0
+            + rows
+                .iter()
+                .map(|r| (-a * (s(*r, prox[0]) - m)).exp())
+                .sum::<f64>())
+        .ln();
+        let neg = |c: usize| {
+            (1.0 + rows
+                .iter()
+                .map(|r| (a * (s(*r, prox[c]) + m)).exp())
+                .sum::<f64>())
+            .ln()
+        };
+        let want = pos0 / 1.0 + (0.0 + neg(1) + neg(2)) / 3.0;
+        let mut ws = vec![0.0; proxy_anchor_workspace_len(2, 3, 2)];
+        for fast in [true, false] {
+            let l = Which::Anchor(ProxyAnchorParams::new(m as f32, a as f32))
+                .loss(fast, x, &labels, p, &mut ws)
+                .unwrap();
+            assert!((f64::from(l) - want).abs() < 1e-5 * want, "{l} vs {want}");
+        }
+    }
+
+    /// Proxy-NCA by hand on unit vectors.
+    #[test]
+    fn nca_by_hand() {
+        let x = Matrix::new(&[2.0, 0.0], 1, 2).unwrap();
+        let p = Matrix::new(&[1.0, 0.0, 0.0, 3.0, -5.0, 0.0], 3, 2).unwrap();
+        let s = 2.0_f64;
+        // q = 0, 2, 4.
+        let want = -((0.0_f64).exp() / (1.0 + (-2.0 * s).exp() + (-4.0 * s).exp())).ln();
+        let mut ws = vec![0.0; proxy_nca_workspace_len(1, 3, 2)];
+        for fast in [true, false] {
+            let l = Which::Nca(ProxyNcaParams::new(s as f32))
+                .loss(fast, x, &[0], p, &mut ws)
+                .unwrap();
+            assert!((f64::from(l) - want).abs() < 1e-6, "{l} vs {want}");
+        }
+    }
+
+    #[test]
+    fn degenerate_inputs() {
+        // A zero row, a zero proxy, a proxy with no row, a class with one row, C = 1.
+        let xd = [0.0, 0.0, 1.0, 2.0, -1.0, 0.5];
+        let pd = [0.0, 0.0, 1.0, 1.0, 3.0, -2.0];
+        let x = Matrix::new(&xd, 3, 2).unwrap();
+        for (c, labels) in [(3, [1, 1, 0]), (3, [0, 1, 1]), (1, [0, 0, 0])] {
+            let p = Matrix::new(&pd[..2 * c], c, 2).unwrap();
+            for which in [
+                Which::Nca(ProxyNcaParams::default()),
+                Which::Anchor(ProxyAnchorParams::default()),
+            ] {
+                let mut ws = vec![f32::NAN; which.ws_len(3, c, 2)];
+                let (mut gf, mut gpf) = (vec![f32::NAN; 6], vec![f32::NAN; 2 * c]);
+                let (mut gs, mut gps) = (vec![f32::NAN; 6], vec![f32::NAN; 2 * c]);
+                let lf = which
+                    .grad(true, x, &labels, p, &mut gf, &mut gpf, &mut ws)
+                    .unwrap();
+                let ls = which
+                    .grad(false, x, &labels, p, &mut gs, &mut gps, &mut ws)
+                    .unwrap();
+                assert!(
+                    lf.is_finite() && gf.iter().chain(&gpf).all(|v| v.is_finite()),
+                    "{which:?} {labels:?}"
+                );
+                assert!((lf - ls).abs() <= 1e-5 * (1.0 + ls.abs()));
+                // Zero rows and proxies get the clamped derivative (order 1e12): compare
+                // relative to the largest element.
+                for (f, s) in [(&gf, &gs), (&gpf, &gps)] {
+                    let m = s.iter().fold(1e-6_f32, |m, v| m.max(v.abs()));
+                    for (a, b) in f.iter().zip(s.iter()) {
+                        assert!(
+                            (a - b).abs() <= 1e-4 * m,
+                            "{which:?} {labels:?}: {f:?} vs {s:?}"
+                        );
+                    }
+                }
+            }
+        }
+        assert_eq!(ProxyNcaParams::default().softmax_scale, 1.0);
+        let a = ProxyAnchorParams::default();
+        assert_eq!((a.margin, a.alpha), (0.1, 32.0));
+    }
+
+    #[test]
+    fn every_error_path() {
+        let xd = [1.0_f32, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let x = Matrix::new(&xd, 3, 2).unwrap();
+        let pd = [1.0_f32, 0.0, 0.0, 1.0];
+        let p = Matrix::new(&pd, 2, 2).unwrap();
+        let p3 = Matrix::new(&xd, 2, 3).unwrap();
+        let labels = [0, 1, 1];
+        let bad_x = [1.0_f32, f32::NAN, 3.0, 4.0, 5.0, 6.0];
+        let xb = Matrix::new(&bad_x, 3, 2).unwrap();
+        let bad_p = [1.0_f32, 0.0, 0.0, f32::INFINITY];
+        let pb = Matrix::new(&bad_p, 2, 2).unwrap();
+        assert_eq!(proxy_nca_workspace_len(3, 2, 2), 2 * 4 + 2 * 2 + 2 * 2);
+        assert_eq!(proxy_anchor_workspace_len(3, 2, 2), 2 * 4 + 3 * 2 + 2 * 2);
+        assert_eq!(proxy_nca_workspace_len(1, usize::MAX, 2), usize::MAX);
+        assert_eq!(proxy_anchor_workspace_len(usize::MAX, 2, 1), usize::MAX);
+        let (mut g, mut gp) = ([7.0_f32; 6], [7.0_f32; 4]);
+        for fast in [true, false] {
+            for which in [
+                Which::Nca(ProxyNcaParams::new(1.0)),
+                Which::Anchor(ProxyAnchorParams::new(0.1, 32.0)),
+            ] {
+                let wl = which.ws_len(3, 2, 2);
+                let mut ws = vec![0.0_f32; wl];
+                assert_eq!(
+                    which.loss(fast, x, &labels, p3, &mut ws),
+                    Err(Error::DimensionMismatch { left: 2, right: 3 })
+                );
+                assert_eq!(
+                    which.loss(fast, x, &labels[..2], p, &mut ws),
+                    Err(Error::LengthMismatch {
+                        buffer: "labels",
+                        expected: 3,
+                        actual: 2
+                    })
+                );
+                assert_eq!(
+                    which.grad(fast, x, &labels, p, &mut g[..5], &mut gp, &mut ws),
+                    Err(Error::LengthMismatch {
+                        buffer: "grad",
+                        expected: 6,
+                        actual: 5
+                    })
+                );
+                assert_eq!(
+                    which.grad(fast, x, &labels, p, &mut g, &mut gp[..3], &mut ws),
+                    Err(Error::LengthMismatch {
+                        buffer: "grad_proxies",
+                        expected: 4,
+                        actual: 3
+                    })
+                );
+                assert_eq!(
+                    which.grad(fast, x, &labels, p, &mut g, &mut gp, &mut ws[..wl - 1]),
+                    Err(Error::WorkspaceTooSmall {
+                        required: wl,
+                        actual: wl - 1
+                    })
+                );
+                assert_eq!(
+                    which.grad(fast, x, &[0, 2, 1], p, &mut g, &mut gp, &mut ws),
+                    Err(Error::IndexOutOfRange {
+                        buffer: "labels",
+                        position: 1,
+                        index: 2,
+                        bound: 2
+                    })
+                );
+                assert_eq!(
+                    which.grad(fast, xb, &labels, pb, &mut g, &mut gp, &mut ws),
+                    Err(Error::NonFinite {
+                        buffer: "x",
+                        position: 1
+                    })
+                );
+                assert_eq!(
+                    which.loss(fast, x, &labels, pb, &mut ws),
+                    Err(Error::NonFinite {
+                        buffer: "proxies",
+                        position: 3
+                    })
+                );
+                // Labels are checked before the data.
+                assert_eq!(
+                    which.loss(fast, xb, &[5, 0, 0], p, &mut ws),
+                    Err(Error::IndexOutOfRange {
+                        buffer: "labels",
+                        position: 0,
+                        index: 5,
+                        bound: 2
+                    })
+                );
+            }
+            let mut ws = vec![0.0_f32; 64];
+            for s in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+                assert_eq!(
+                    Which::Nca(ProxyNcaParams::new(s))
+                        .grad(fast, x, &labels, p, &mut g, &mut gp, &mut ws),
+                    Err(Error::InvalidParameter {
+                        name: "softmax_scale"
+                    })
+                );
+            }
+            for a in [0.0, -2.0, f32::NAN, f32::INFINITY] {
+                assert_eq!(
+                    Which::Anchor(ProxyAnchorParams::new(0.1, a))
+                        .loss(fast, x, &labels, p, &mut ws),
+                    Err(Error::InvalidParameter { name: "alpha" })
+                );
+            }
+            assert_eq!(
+                Which::Anchor(ProxyAnchorParams::new(f32::NAN, 32.0))
+                    .grad(fast, x, &labels, p, &mut g, &mut gp, &mut ws),
+                Err(Error::InvalidParameter { name: "margin" })
+            );
+            // Parameters are checked before the labels' range.
+            assert_eq!(
+                Which::Nca(ProxyNcaParams::new(0.0)).loss(fast, x, &[9, 9, 9], p, &mut ws),
+                Err(Error::InvalidParameter {
+                    name: "softmax_scale"
+                })
+            );
+        }
+        assert!(
+            g.iter().chain(&gp).all(|&v| v == 7.0),
+            "a failing call wrote a gradient"
+        );
+    }
+}
