@@ -7,7 +7,8 @@
 //! - [`Hinge::SoftPlus`]: `h(v) = ln(1 + e^v)`, computed as `max(v, 0) + ln(1 + e^-|v|)`,
 //!   finite for every finite `v` (it never overflows, unlike a literal `log1p(exp(v))`).
 //! - [`Reduction::Sum`]: `sum h(v_k)`; [`Reduction::Mean`]: `sum / k`;
-//!   [`Reduction::MeanNonzero`]: the sum divided by the number of terms `> 0`
+//!   [`Reduction::MeanNonzero`]: the sum divided by the number of active terms (`v > 0`
+//!   for relu; every term with `v > -inf` for the soft margin, see [`Hinge::is_active`])
 //!   (pytorch-metric-learning's `AvgNonZeroReducer`), the count held constant for the
 //!   gradient. A reduction of zero terms, or of terms that are all 0, is 0 with a zero
 //!   gradient.
@@ -32,6 +33,18 @@ impl Hinge {
         match self {
             Hinge::Relu => math::relu(v),
             Hinge::SoftPlus => math::softplus(v),
+        }
+    }
+
+    /// Whether the term `h(v)` counts as nonzero for [`Reduction::MeanNonzero`]: decided on
+    /// `v` itself, `v > 0` for `Relu` and `v > -inf` for `SoftPlus` (whose `f32` value
+    /// underflows to 0 below `v` of about -104 although the exact term is positive), so the
+    /// count does not depend on the precision of the arithmetic.
+    #[inline]
+    pub fn is_active(self, v: f32) -> bool {
+        match self {
+            Hinge::Relu => v > 0.0,
+            Hinge::SoftPlus => v > f32::NEG_INFINITY,
         }
     }
 
@@ -108,8 +121,7 @@ impl Reduction {
 #[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn hinge_reduce(values: &[f32], hinge: Hinge, reduction: Reduction) -> Result<f32, Error> {
     let (sum, active) = values.iter().fold((0.0_f32, 0_usize), |(s, a), &v| {
-        let t = hinge.apply(v);
-        (s + t, a + usize::from(t > 0.0))
+        (s + hinge.apply(v), a + usize::from(hinge.is_active(v)))
     });
     Ok(sum * reduction.weight(values.len(), active))
 }
@@ -146,8 +158,7 @@ pub fn hinge_reduce_grad(
 ) -> Result<f32, Error> {
     check_len("grad", values.len(), grad.len())?;
     let (sum, active) = values.iter().fold((0.0_f32, 0_usize), |(s, a), &v| {
-        let t = hinge.apply(v);
-        (s + t, a + usize::from(t > 0.0))
+        (s + hinge.apply(v), a + usize::from(hinge.is_active(v)))
     });
     let w = reduction.weight(values.len(), active);
     for (g, &v) in grad.iter_mut().zip(values) {

@@ -78,9 +78,8 @@ pub fn hinge_reduce(values: &[f32], hinge: Hinge, reduction: Reduction) -> Resul
     let mut sum = 0.0_f64;
     let mut active = 0;
     for &v in values {
-        let t = hinge64(hinge, f64::from(v));
-        sum += t;
-        active += usize::from(t > 0.0);
+        sum += hinge64(hinge, f64::from(v));
+        active += usize::from(hinge.is_active(v));
     }
     Ok((sum * weight64(reduction, values.len(), active)) as f32)
 }
@@ -111,9 +110,8 @@ pub fn hinge_reduce_grad(
     let mut sum = 0.0_f64;
     let mut active = 0;
     for &v in values {
-        let t = hinge64(hinge, f64::from(v));
-        sum += t;
-        active += usize::from(t > 0.0);
+        sum += hinge64(hinge, f64::from(v));
+        active += usize::from(hinge.is_active(v));
     }
     let w = weight64(reduction, values.len(), active);
     for (g, &v) in grad.iter_mut().zip(values) {
