@@ -58,6 +58,7 @@ mod error;
 mod math;
 mod matrix;
 mod reduce;
+mod retrieval;
 pub mod scalar;
 mod simd;
 
@@ -68,3 +69,6 @@ pub use distance::{
 pub use error::Error;
 pub use matrix::Matrix;
 pub use reduce::{hinge_reduce, hinge_reduce_grad, Hinge, Reduction};
+pub use retrieval::{
+    knn, knn_workspace_len, retrieval_metrics, retrieval_metrics_workspace_len, RetrievalMetrics,
+};

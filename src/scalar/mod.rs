@@ -9,8 +9,10 @@
 
 mod distance;
 mod reduce;
+mod retrieval;
 
 pub use distance::{
     cross_distances, l2_normalize, l2_normalize_backward, pairwise_distances, row_norms,
 };
 pub use reduce::{hinge_reduce, hinge_reduce_grad};
+pub use retrieval::{knn, retrieval_metrics};
