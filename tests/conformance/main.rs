@@ -7,6 +7,7 @@
 
 mod case;
 mod distance;
+mod retrieval;
 
 use case::Case;
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ type Check = fn(&Case) -> Result<(), String>;
 fn checker(op: &str) -> Option<Check> {
     match op {
         "distance_matrix" => Some(distance::check),
+        "retrieval" => Some(retrieval::check),
         _ => None,
     }
 }
