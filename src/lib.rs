@@ -80,6 +80,7 @@ mod matrix;
 mod proxy;
 mod quadruplet;
 mod reduce;
+mod retrieval;
 pub mod scalar;
 mod simd;
 
@@ -102,4 +103,7 @@ pub use proxy::{
 pub use quadruplet::{
     mine_quadruplets, mine_quadruplets_count, mine_quadruplets_workspace_len, quadruplet_loss,
     quadruplet_loss_grad, quadruplet_workspace_len, Quadruplet, QuadrupletParams,
+};
+pub use retrieval::{
+    knn, knn_workspace_len, retrieval_metrics, retrieval_metrics_workspace_len, RetrievalMetrics,
 };

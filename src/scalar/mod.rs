@@ -12,6 +12,7 @@ mod distance;
 mod proxy;
 mod quadruplet;
 mod reduce;
+mod retrieval;
 
 pub use distance::{
     cross_distances, l2_normalize, l2_normalize_backward, pairwise_distances, row_norms,
@@ -21,3 +22,4 @@ pub use reduce::{hinge_reduce, hinge_reduce_grad};
 pub use contrastive::{contrastive_loss, contrastive_loss_grad};
 pub use proxy::{proxy_anchor_loss, proxy_anchor_loss_grad, proxy_nca_loss, proxy_nca_loss_grad};
 pub use quadruplet::{mine_quadruplets, quadruplet_loss, quadruplet_loss_grad};
+pub use retrieval::{knn, retrieval_metrics};

@@ -10,6 +10,7 @@ mod contrastive;
 mod distance;
 mod proxy;
 mod quadruplet;
+mod retrieval;
 
 use case::Case;
 use std::collections::BTreeMap;
@@ -26,6 +27,7 @@ fn checker(op: &str) -> Option<Check> {
         "quadruplet" => Some(quadruplet::check),
         "proxy_nca" => Some(proxy::check_nca),
         "proxy_anchor" => Some(proxy::check_anchor),
+        "retrieval" => Some(retrieval::check),
         _ => None,
     }
 }

@@ -1,0 +1,189 @@
+//! Scalar twins of [`crate::retrieval`]: every distance in `f64`, every query ranked by a
+//! full sort of its references.
+
+use core::cmp::Ordering;
+
+use super::distance::distance64;
+use crate::distance::Metric;
+use crate::error::Error;
+use crate::matrix::Matrix;
+use crate::retrieval::{check_knn, check_metrics, ranking_metric, RetrievalMetrics, Shape};
+
+/// Ranking of two `[distance, index]` pairs: smaller distance first, NaN after every
+/// number, equal distances (and NaN against NaN) by smaller index.
+fn rank(x: &[f64; 2], y: &[f64; 2]) -> Ordering {
+    let ([dx, ix], [dy, iy]) = (*x, *y);
+    let by_index = ix.total_cmp(&iy);
+    match (dx.is_nan(), dy.is_nan()) {
+        (false, false) => dx
+            .partial_cmp(&dy)
+            .unwrap_or(Ordering::Equal)
+            .then(by_index),
+        (false, true) => Ordering::Less,
+        (true, false) => Ordering::Greater,
+        (true, true) => by_index,
+    }
+}
+
+/// Every reference that query `q` (row `a`) can retrieve, as `[f64 distance, index]`,
+/// sorted nearest first, in the `f64`-aligned part of the workspace. Euclidean ranks by
+/// the squared distance (the exact same order), as the fast kernel does.
+fn ranked<'w>(
+    metric: Metric,
+    shape: &Shape<'_>,
+    a: &[f32],
+    q: usize,
+    workspace: &'w mut [f32],
+) -> &'w [[f64; 2]] {
+    let (_, pairs, _) = bytemuck::pod_align_to_mut::<f32, [f64; 2]>(workspace);
+    let mut len = 0;
+    for (j, b) in shape.refs.row_iter().enumerate() {
+        if shape.leave_one_out && j == q {
+            continue;
+        }
+        if let Some(p) = pairs.get_mut(len) {
+            *p = [distance64(ranking_metric(metric), a, b), j as f64];
+            len += 1;
+        }
+    }
+    let pairs = pairs.get_mut(..len).unwrap_or_default();
+    pairs.sort_unstable_by(rank);
+    pairs
+}
+
+/// Scalar twin of [`crate::knn`]: for each query, the `f64` distance to every reference,
+/// a full sort by (distance, index), the first `k` kept (distances rounded to `f32`;
+/// Euclidean sorted by the squared distance, then rooted).
+///
+/// # Errors
+///
+/// Exactly those of [`crate::knn`].
+///
+/// # Example
+///
+/// ```
+/// use triplet_kernels::{scalar, knn_workspace_len, Matrix, Metric};
+/// let q = Matrix::new(&[0.0, 0.0], 1, 2)?;
+/// let y = Matrix::new(&[3.0, 4.0, 1.0, 0.0, 0.0, -1.0], 3, 2)?;
+/// let (mut idx, mut dist) = ([0_u32; 2], [0.0_f32; 2]);
+/// let mut ws = [0.0_f32; knn_workspace_len(1, 3, 2)];
+/// scalar::knn(q, Some(y), Metric::SquaredEuclidean, 2, &mut idx, &mut dist, &mut ws)?;
+/// assert_eq!(idx, [1, 2]); // equal distances: the smaller index first
+/// assert_eq!(dist, [1.0, 1.0]);
+/// # Ok::<(), triplet_kernels::Error>(())
+/// ```
+pub fn knn(
+    queries: Matrix<'_>,
+    reference: Option<Matrix<'_>>,
+    metric: Metric,
+    k: usize,
+    indices: &mut [u32],
+    distances: &mut [f32],
+    workspace: &mut [f32],
+) -> Result<(), Error> {
+    let shape = check_knn(
+        &queries,
+        reference,
+        k,
+        indices.len(),
+        distances.len(),
+        workspace.len(),
+    )?;
+    for (q, (a, (i_row, d_row))) in queries
+        .row_iter()
+        .zip(
+            indices
+                .chunks_exact_mut(k)
+                .zip(distances.chunks_exact_mut(k)),
+        )
+        .enumerate()
+    {
+        let pairs = ranked(metric, &shape, a, q, workspace);
+        for ((&[d, j], i), o) in pairs.iter().zip(i_row.iter_mut()).zip(d_row.iter_mut()) {
+            *i = j as u32;
+            *o = if metric == Metric::Euclidean {
+                libm::sqrt(d) as f32
+            } else {
+                d as f32
+            };
+        }
+    }
+    Ok(())
+}
+
+/// Scalar twin of [`crate::retrieval_metrics`]: for each query with `R >= 1`, a full
+/// `f64` ranking of its references (as [`knn`]), then the textbook formulas of
+/// [`RetrievalMetrics`], averaged in query order.
+///
+/// # Errors
+///
+/// Exactly those of [`crate::retrieval_metrics`].
+///
+/// # Example
+///
+/// ```
+/// use triplet_kernels::{scalar, retrieval_metrics_workspace_len, Matrix, Metric};
+/// // Query label 1's nearest reference has label 2, its second nearest label 1.
+/// let q = Matrix::new(&[0.0], 1, 1)?;
+/// let y = Matrix::new(&[1.0, 2.0, 9.0], 3, 1)?;
+/// let mut ws = [0.0_f32; retrieval_metrics_workspace_len(1, 3, 1)];
+/// let m = scalar::retrieval_metrics(q, &[1], Some((y, &[2, 1, 2])), Metric::Euclidean, 2, &mut ws)?;
+/// assert_eq!((m.precision_at_1, m.recall_at_k), (0.0, 1.0));
+/// assert_eq!((m.r_precision, m.mean_average_precision_at_r), (0.0, 0.0)); // R = 1
+/// # Ok::<(), triplet_kernels::Error>(())
+/// ```
+pub fn retrieval_metrics(
+    queries: Matrix<'_>,
+    labels: &[u32],
+    reference: Option<(Matrix<'_>, &[u32])>,
+    metric: Metric,
+    k: usize,
+    workspace: &mut [f32],
+) -> Result<RetrievalMetrics, Error> {
+    let (shape, ref_labels) = check_metrics(&queries, labels, reference, k, workspace.len())?;
+    let k = k.min(shape.available);
+    let (mut p1, mut recall, mut rp, mut map) = (0.0_f64, 0.0_f64, 0.0_f64, 0.0_f64);
+    let mut evaluated = 0_usize;
+    for (q, (a, &label)) in queries.row_iter().zip(labels).enumerate() {
+        let mut r = ref_labels.iter().filter(|&&l| l == label).count();
+        if shape.leave_one_out {
+            r = r.saturating_sub(1); // the query's own label is in `ref_labels`
+        }
+        if r == 0 {
+            continue;
+        }
+        let pairs = ranked(metric, &shape, a, q, workspace);
+        let rel = |i: usize| {
+            pairs
+                .get(i)
+                .and_then(|&[_, j]| ref_labels.get(j as usize))
+                .is_some_and(|&l| l == label)
+        };
+        // precision@1 and recall@K.
+        p1 += f64::from(u8::from(rel(0)));
+        recall += f64::from(u8::from((0..k).any(rel)));
+        // R-precision and average precision over the first R.
+        let mut hits = 0_usize;
+        let mut ap = 0.0_f64;
+        for i in 0..r {
+            if rel(i) {
+                hits += 1;
+                ap += hits as f64 / (i + 1) as f64;
+            }
+        }
+        rp += hits as f64 / r as f64;
+        map += ap / r as f64;
+        evaluated += 1;
+    }
+    if evaluated == 0 {
+        return Ok(RetrievalMetrics::ZERO);
+    }
+    let n = evaluated as f64;
+    Ok(RetrievalMetrics {
+        precision_at_1: p1 / n,
+        recall_at_k: recall / n,
+        r_precision: rp / n,
+        mean_average_precision_at_r: map / n,
+        evaluated,
+    })
+}
