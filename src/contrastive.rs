@@ -397,6 +397,7 @@ impl Parts {
 /// assert_eq!(loss, 1.0);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn contrastive_loss(
     x: Matrix<'_>,
     labels: &[u32],
@@ -445,6 +446,7 @@ pub fn contrastive_loss(
 /// assert_eq!(grad, [-1.0, 1.0]); // pulls the two rows together
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn contrastive_loss_grad(
     x: Matrix<'_>,
     labels: &[u32],

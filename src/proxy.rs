@@ -360,6 +360,7 @@ fn nca(
 /// assert!((loss - want).abs() < 1e-6);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn proxy_nca_loss(
     x: Matrix<'_>,
     labels: &[u32],
@@ -407,6 +408,7 @@ pub fn proxy_nca_loss(
 /// assert!(g[1] > 0.0);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn proxy_nca_loss_grad(
     x: Matrix<'_>,
     labels: &[u32],
@@ -583,6 +585,7 @@ fn anchor(
 /// assert!((loss - want).abs() < 1e-5);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn proxy_anchor_loss(
     x: Matrix<'_>,
     labels: &[u32],
@@ -633,6 +636,7 @@ pub fn proxy_anchor_loss(
 /// assert!(g[0] < 0.0 && g[1] > 0.0);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn proxy_anchor_loss_grad(
     x: Matrix<'_>,
     labels: &[u32],

@@ -301,6 +301,7 @@ fn add_pair_grad(
 /// assert_eq!(loss, 0.5 + 0.5); // relu(1 - 1.5 + 1) + relu(1 - 1 + 0.5)
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn quadruplet_loss(
     x: Matrix<'_>,
     quadruplets: &[Quadruplet],
@@ -370,6 +371,7 @@ pub fn quadruplet_loss(
 /// assert_eq!(grad, [-1.0, 2.0, 0.0, -1.0]);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn quadruplet_loss_grad(
     x: Matrix<'_>,
     quadruplets: &[Quadruplet],
@@ -433,6 +435,7 @@ pub fn quadruplet_loss_grad(
 /// assert_eq!(mine_quadruplets_count(&[1, 1, 2, 2, 3]), 4); // the lone 3 has no positive
 /// assert_eq!(mine_quadruplets_count(&[1, 1, 2, 2]), 0); // no third class
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn mine_quadruplets_count(labels: &[u32]) -> usize {
     let Some(&l0) = labels.first() else {
         return 0;
@@ -560,6 +563,7 @@ pub(crate) fn select<T: Copy>(
 /// assert_eq!(out[0], Quadruplet::new(0, 1, 2, 5));
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn mine_quadruplets(
     x: Matrix<'_>,
     labels: &[u32],

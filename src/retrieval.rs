@@ -621,6 +621,7 @@ fn prepare<'w>(
 /// assert_eq!(dist, [1.0, 1.0, 2.0, 4.0]);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn knn(
     queries: Matrix<'_>,
     reference: Option<Matrix<'_>>,
@@ -744,6 +745,7 @@ pub fn knn(
 /// assert_eq!(m.mean_average_precision_at_r, 1.0);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn retrieval_metrics(
     queries: Matrix<'_>,
     labels: &[u32],

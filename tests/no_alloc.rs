@@ -102,3 +102,79 @@ fn reductions_do_not_allocate() {
     });
     assert_eq!(n, 0);
 }
+
+/// A small labelled batch: 24 rows of dimension 11, 4 classes (labels are class ids and
+/// proxy indices at once).
+fn batch() -> (Vec<f32>, Vec<u32>) {
+    let x = (0..24 * 11)
+        .map(|i| ((i * 53 % 97) as f32 - 48.0) / 20.0)
+        .collect();
+    let labels = (0..24).map(|i| (i % 4) as u32).collect();
+    (x, labels)
+}
+
+#[test]
+fn variant_losses_do_not_allocate() {
+    let (xd, labels) = batch();
+    let x = Matrix::new(&xd, 24, 11).unwrap();
+    let proxies = Matrix::new(&xd[..4 * 11], 4, 11).unwrap();
+    let mut ws = vec![0.0_f32; 1 << 16];
+    let mut g = vec![0.0_f32; 24 * 11];
+    let mut gp = vec![0.0_f32; 4 * 11];
+    let mut quads = vec![tk::Quadruplet::new(0, 0, 0, 0); 24];
+    let n = count(|| {
+        for metric in [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine] {
+            let p = tk::ContrastiveParams::PYTORCH_METRIC_LEARNING;
+            tk::contrastive_loss(x, &labels, metric, p, &mut ws).unwrap();
+            tk::contrastive_loss_grad(x, &labels, metric, p, &mut g, &mut ws).unwrap();
+            tk::scalar::contrastive_loss(x, &labels, metric, p, &mut ws).unwrap();
+            tk::scalar::contrastive_loss_grad(x, &labels, metric, p, &mut g, &mut ws).unwrap();
+            let k = tk::mine_quadruplets_count(&labels);
+            let got = tk::mine_quadruplets(x, &labels, metric, &mut quads[..k], &mut ws).unwrap();
+            tk::scalar::mine_quadruplets(x, &labels, metric, &mut quads[..k], &mut ws).unwrap();
+            let q = &quads[..got];
+            let qp = tk::QuadrupletParams::new(1.0, 0.5);
+            tk::quadruplet_loss(x, q, metric, qp, &mut ws).unwrap();
+            tk::quadruplet_loss_grad(x, q, metric, qp, &mut g, &mut ws).unwrap();
+            tk::scalar::quadruplet_loss(x, q, metric, qp, &mut ws).unwrap();
+            tk::scalar::quadruplet_loss_grad(x, q, metric, qp, &mut g, &mut ws).unwrap();
+        }
+        let nca = tk::ProxyNcaParams::PYTORCH_METRIC_LEARNING;
+        tk::proxy_nca_loss(x, &labels, proxies, nca, &mut ws).unwrap();
+        tk::proxy_nca_loss_grad(x, &labels, proxies, nca, &mut g, &mut gp, &mut ws).unwrap();
+        tk::scalar::proxy_nca_loss(x, &labels, proxies, nca, &mut ws).unwrap();
+        tk::scalar::proxy_nca_loss_grad(x, &labels, proxies, nca, &mut g, &mut gp, &mut ws)
+            .unwrap();
+        let pa = tk::ProxyAnchorParams::PYTORCH_METRIC_LEARNING;
+        tk::proxy_anchor_loss(x, &labels, proxies, pa, &mut ws).unwrap();
+        tk::proxy_anchor_loss_grad(x, &labels, proxies, pa, &mut g, &mut gp, &mut ws).unwrap();
+        tk::scalar::proxy_anchor_loss(x, &labels, proxies, pa, &mut ws).unwrap();
+        tk::scalar::proxy_anchor_loss_grad(x, &labels, proxies, pa, &mut g, &mut gp, &mut ws)
+            .unwrap();
+    });
+    assert_eq!(n, 0);
+}
+
+#[test]
+fn retrieval_does_not_allocate() {
+    let (xd, labels) = batch();
+    let x = Matrix::new(&xd, 24, 11).unwrap();
+    let y = Matrix::new(&xd[..10 * 11], 10, 11).unwrap();
+    let mut ws = vec![0.0_f32; 1 << 16];
+    let mut idx = vec![0_u32; 24 * 5];
+    let mut dist = vec![0.0_f32; 24 * 5];
+    let n = count(|| {
+        for metric in [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine] {
+            tk::knn(x, None, metric, 5, &mut idx, &mut dist, &mut ws).unwrap();
+            tk::scalar::knn(x, None, metric, 5, &mut idx, &mut dist, &mut ws).unwrap();
+            tk::knn(x, Some(y), metric, 5, &mut idx, &mut dist, &mut ws).unwrap();
+            tk::scalar::knn(x, Some(y), metric, 5, &mut idx, &mut dist, &mut ws).unwrap();
+            tk::retrieval_metrics(x, &labels, None, metric, 3, &mut ws).unwrap();
+            tk::scalar::retrieval_metrics(x, &labels, None, metric, 3, &mut ws).unwrap();
+            let r = Some((y, &labels[..10]));
+            tk::retrieval_metrics(x, &labels, r, metric, 3, &mut ws).unwrap();
+            tk::scalar::retrieval_metrics(x, &labels, r, metric, 3, &mut ws).unwrap();
+        }
+    });
+    assert_eq!(n, 0);
+}

@@ -116,6 +116,7 @@ fn weights64(reduction: ContrastiveReduction, p: &Parts64) -> (f64, f64) {
 /// assert_eq!(loss, 1.0);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn contrastive_loss(
     x: Matrix<'_>,
     labels: &[u32],
@@ -149,6 +150,7 @@ pub fn contrastive_loss(
 /// assert_eq!((loss, grad), (2.0, [-1.0, 1.0]));
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn contrastive_loss_grad(
     x: Matrix<'_>,
     labels: &[u32],

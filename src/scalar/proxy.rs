@@ -111,6 +111,7 @@ fn nca64(
 /// assert!((loss - (1.0_f32 + (-2.0_f32).exp()).ln()).abs() < 1e-6);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn proxy_nca_loss(
     x: Matrix<'_>,
     labels: &[u32],
@@ -142,6 +143,7 @@ pub fn proxy_nca_loss(
 /// assert!(g[0].abs() < 1e-7 && g[1] > 0.0);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn proxy_nca_loss_grad(
     x: Matrix<'_>,
     labels: &[u32],
@@ -259,6 +261,7 @@ fn anchor64(
 /// assert!((loss - want).abs() < 1e-5);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn proxy_anchor_loss(
     x: Matrix<'_>,
     labels: &[u32],
@@ -290,6 +293,7 @@ pub fn proxy_anchor_loss(
 /// assert!(g[0] < 0.0 && g[1] > 0.0);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn proxy_anchor_loss_grad(
     x: Matrix<'_>,
     labels: &[u32],

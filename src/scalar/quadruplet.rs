@@ -93,6 +93,7 @@ fn add_pair64(
 /// assert_eq!(scalar::quadruplet_loss(x, &quads, Metric::Euclidean, params, &mut ws)?, 1.0);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn quadruplet_loss(
     x: Matrix<'_>,
     quadruplets: &[Quadruplet],
@@ -128,6 +129,7 @@ pub fn quadruplet_loss(
 /// assert_eq!((loss, grad), (1.0, [-1.0, 2.0, 0.0, -1.0]));
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn quadruplet_loss_grad(
     x: Matrix<'_>,
     quadruplets: &[Quadruplet],
@@ -175,6 +177,7 @@ pub fn quadruplet_loss_grad(
 /// assert_eq!((k, out[0]), (6, Quadruplet::new(0, 1, 2, 5)));
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn mine_quadruplets(
     x: Matrix<'_>,
     labels: &[u32],

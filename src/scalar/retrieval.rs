@@ -72,6 +72,7 @@ fn ranked<'w>(
 /// assert_eq!(dist, [1.0, 1.0]);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn knn(
     queries: Matrix<'_>,
     reference: Option<Matrix<'_>>,
@@ -132,6 +133,7 @@ pub fn knn(
 /// assert_eq!((m.r_precision, m.mean_average_precision_at_r), (0.0, 0.0)); // R = 1
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn retrieval_metrics(
     queries: Matrix<'_>,
     labels: &[u32],
