@@ -8,9 +8,15 @@
 //! is wrong.
 
 mod distance;
+mod mining;
 mod reduce;
+mod triplet;
 
 pub use distance::{
     cross_distances, l2_normalize, l2_normalize_backward, pairwise_distances, row_norms,
 };
+pub use mining::{hardest_pairs, mine_triplets, mine_triplets_count};
 pub use reduce::{hinge_reduce, hinge_reduce_grad};
+pub use triplet::{
+    triplet_batch_loss, triplet_batch_loss_grad, triplet_margin_loss, triplet_margin_loss_grad,
+};
