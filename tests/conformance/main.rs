@@ -7,6 +7,7 @@
 
 mod case;
 mod distance;
+mod triplet;
 
 use case::Case;
 use std::collections::BTreeMap;
@@ -19,6 +20,8 @@ type Check = fn(&Case<'_>) -> Result<(), String>;
 fn checker(op: &str) -> Option<Check> {
     match op {
         "distance_matrix" => Some(distance::check),
+        "triplet_margin" => Some(triplet::check_margin),
+        "triplet_batch" => Some(triplet::check_batch),
         _ => None,
     }
 }
