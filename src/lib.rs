@@ -77,12 +77,14 @@ mod distance;
 mod error;
 mod math;
 mod matrix;
+pub mod mining;
 mod proxy;
 mod quadruplet;
 mod reduce;
 mod retrieval;
 pub mod scalar;
 mod simd;
+pub mod triplet;
 
 pub use distance::{
     cross_distances, cross_distances_workspace_len, l2_normalize, l2_normalize_backward,
@@ -90,6 +92,10 @@ pub use distance::{
 };
 pub use error::Error;
 pub use matrix::Matrix;
+pub use mining::{
+    hardest_pairs, mine_triplets, mine_triplets_count, mining_workspace_len, Mining, Triplet,
+    NO_INDEX,
+};
 pub use reduce::{hinge_reduce, hinge_reduce_grad, Hinge, Reduction};
 
 pub use contrastive::{
@@ -106,4 +112,9 @@ pub use quadruplet::{
 };
 pub use retrieval::{
     knn, knn_workspace_len, retrieval_metrics, retrieval_metrics_workspace_len, RetrievalMetrics,
+};
+pub use triplet::{
+    triplet_batch_loss, triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
+    triplet_batch_loss_workspace_len, triplet_margin_loss, triplet_margin_loss_grad,
+    triplet_margin_workspace_len, BatchLoss, BatchParams, TripletParams,
 };

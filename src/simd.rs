@@ -123,3 +123,55 @@ pub(crate) fn scale_into(alpha: f32, x: &[f32], y: &mut [f32]) {
         *yv = xv * alpha;
     }
 }
+
+/// `sum (a_i - b_i + offset)^2`: the squared norm of a shifted difference (PyTorch adds
+/// its `eps` to the difference vector before taking the norm). `offset = 0` is
+/// [`sq_dist`].
+#[inline]
+pub(crate) fn sq_dist_offset(a: &[f32], b: &[f32], offset: f32) -> f32 {
+    let vo = f32x8::splat(offset);
+    fold2(
+        a,
+        b,
+        |acc, x, y| {
+            let d = x - y + vo;
+            d.mul_add(d, acc)
+        },
+        |s, x, y| {
+            let d = x - y + offset;
+            d * d + s
+        },
+    )
+}
+
+/// `y += alpha * (a - b + offset)` over the common length, the difference formed before
+/// scaling (no cancellation between two separate updates when `a` and `b` are close).
+#[inline]
+pub(crate) fn axpy_diff(alpha: f32, a: &[f32], b: &[f32], offset: f32, y: &mut [f32]) {
+    let n = a.len().min(b.len()).min(y.len());
+    let (a, b, y) = (a.split_at(n).0, b.split_at(n).0, y.split_at_mut(n).0);
+    let va = f32x8::splat(alpha);
+    let vo = f32x8::splat(offset);
+    let (a8, a_tail) = a.as_chunks::<LANES>();
+    let (b8, b_tail) = b.as_chunks::<LANES>();
+    let (y8, y_tail) = y.as_chunks_mut::<LANES>();
+    for ((ac, bc), yc) in a8.iter().zip(b8).zip(y8.iter_mut()) {
+        *yc = (load(ac) - load(bc) + vo).mul_add(va, load(yc)).to_array();
+    }
+    for ((av, bv), yv) in a_tail.iter().zip(b_tail).zip(y_tail.iter_mut()) {
+        *yv += (av - bv + offset) * alpha;
+    }
+}
+
+/// `y *= alpha` in place.
+#[inline]
+pub(crate) fn scale(alpha: f32, y: &mut [f32]) {
+    let va = f32x8::splat(alpha);
+    let (y8, y_tail) = y.as_chunks_mut::<LANES>();
+    for yc in y8.iter_mut() {
+        *yc = (load(yc) * va).to_array();
+    }
+    for yv in y_tail.iter_mut() {
+        *yv *= alpha;
+    }
+}

@@ -9,17 +9,23 @@
 
 mod contrastive;
 mod distance;
+mod mining;
 mod proxy;
 mod quadruplet;
 mod reduce;
 mod retrieval;
+mod triplet;
 
 pub use distance::{
     cross_distances, l2_normalize, l2_normalize_backward, pairwise_distances, row_norms,
 };
+pub use mining::{hardest_pairs, mine_triplets, mine_triplets_count};
 pub use reduce::{hinge_reduce, hinge_reduce_grad};
 
 pub use contrastive::{contrastive_loss, contrastive_loss_grad};
 pub use proxy::{proxy_anchor_loss, proxy_anchor_loss_grad, proxy_nca_loss, proxy_nca_loss_grad};
 pub use quadruplet::{mine_quadruplets, quadruplet_loss, quadruplet_loss_grad};
 pub use retrieval::{knn, retrieval_metrics};
+pub use triplet::{
+    triplet_batch_loss, triplet_batch_loss_grad, triplet_margin_loss, triplet_margin_loss_grad,
+};

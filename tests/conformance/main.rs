@@ -11,6 +11,7 @@ mod distance;
 mod proxy;
 mod quadruplet;
 mod retrieval;
+mod triplet;
 
 use case::Case;
 use std::collections::BTreeMap;
@@ -28,6 +29,8 @@ fn checker(op: &str) -> Option<Check> {
         "proxy_nca" => Some(proxy::check_nca),
         "proxy_anchor" => Some(proxy::check_anchor),
         "retrieval" => Some(retrieval::check),
+        "triplet_margin" => Some(triplet::check_margin),
+        "triplet_batch" => Some(triplet::check_batch),
         _ => None,
     }
 }

@@ -1,0 +1,250 @@
+//! Scalar twins of [`crate::mining`]: every distance recomputed in `f64` where it is
+//! needed, selections written as the textbook loops.
+
+use crate::distance::Metric;
+use crate::error::{check_len, check_workspace, Error};
+use crate::matrix::Matrix;
+use crate::mining::{check_finite, check_labels, mining_workspace_len, Mining, Triplet, NO_INDEX};
+use crate::scalar::distance::distance64;
+
+/// `d(x_i, x_j)` in `f64` (0 for a row index out of range, which validated callers never
+/// pass).
+pub(crate) fn pair64(x: &Matrix<'_>, metric: Metric, i: usize, j: usize) -> f64 {
+    match (x.row(i), x.row(j)) {
+        (Some(a), Some(b)) => distance64(metric, a, b),
+        _ => 0.0,
+    }
+}
+
+/// The farthest positive of anchor `a` (ties to the smallest index).
+fn farthest_positive(x: &Matrix<'_>, labels: &[u32], metric: Metric, a: usize) -> Option<usize> {
+    let la = *labels.get(a)?;
+    let mut best: Option<(usize, f64)> = None;
+    for (p, &lp) in labels.iter().enumerate() {
+        if p == a || lp != la {
+            continue;
+        }
+        let d = pair64(x, metric, a, p);
+        match best {
+            Some((_, bd)) if d <= bd => {}
+            _ => best = Some((p, d)),
+        }
+    }
+    best.map(|(p, _)| p)
+}
+
+/// The nearest negative of anchor `a` (ties to the smallest index).
+fn nearest_negative(x: &Matrix<'_>, labels: &[u32], metric: Metric, a: usize) -> Option<usize> {
+    let la = *labels.get(a)?;
+    let mut best: Option<(usize, f64)> = None;
+    for (q, &lq) in labels.iter().enumerate() {
+        if lq == la {
+            continue;
+        }
+        let d = pair64(x, metric, a, q);
+        match best {
+            Some((_, bd)) if d >= bd => {}
+            _ => best = Some((q, d)),
+        }
+    }
+    best.map(|(q, _)| q)
+}
+
+/// The semi-hard negative of the pair `(a, p)`: nearest negative with `d(a, n) > d(a, p)`,
+/// else the farthest negative (ties to the smallest index).
+fn semi_hard_negative(
+    x: &Matrix<'_>,
+    labels: &[u32],
+    metric: Metric,
+    a: usize,
+    p: usize,
+) -> Option<usize> {
+    let la = *labels.get(a)?;
+    let dap = pair64(x, metric, a, p);
+    let mut above: Option<(usize, f64)> = None;
+    let mut far: Option<(usize, f64)> = None;
+    for (q, &lq) in labels.iter().enumerate() {
+        if lq == la {
+            continue;
+        }
+        let d = pair64(x, metric, a, q);
+        if d > dap {
+            match above {
+                Some((_, bd)) if d >= bd => {}
+                _ => above = Some((q, d)),
+            }
+        }
+        match far {
+            Some((_, bd)) if d <= bd => {}
+            _ => far = Some((q, d)),
+        }
+    }
+    above.or(far).map(|(q, _)| q)
+}
+
+/// Calls `f(a, p, n)` for every triplet `mining` selects, in ascending `(a, p, n)` order.
+pub(crate) fn for_each_triplet64<F: FnMut(usize, usize, usize)>(
+    x: &Matrix<'_>,
+    labels: &[u32],
+    metric: Metric,
+    mining: Mining,
+    mut f: F,
+) {
+    for (a, &la) in labels.iter().enumerate() {
+        match mining {
+            Mining::All => {
+                for (p, &lp) in labels.iter().enumerate() {
+                    if p == a || lp != la {
+                        continue;
+                    }
+                    for (q, &lq) in labels.iter().enumerate() {
+                        if lq != la {
+                            f(a, p, q);
+                        }
+                    }
+                }
+            }
+            Mining::BatchHard => {
+                if let (Some(p), Some(q)) = (
+                    farthest_positive(x, labels, metric, a),
+                    nearest_negative(x, labels, metric, a),
+                ) {
+                    f(a, p, q);
+                }
+            }
+            Mining::SemiHard => {
+                for (p, &lp) in labels.iter().enumerate() {
+                    if p == a || lp != la {
+                        continue;
+                    }
+                    if let Some(q) = semi_hard_negative(x, labels, metric, a, p) {
+                        f(a, p, q);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Scalar twin of [`crate::mine_triplets_count`].
+///
+/// # Errors
+///
+/// Exactly those of [`crate::mine_triplets_count`].
+///
+/// # Example
+///
+/// ```
+/// use triplet_kernels::{scalar, Mining};
+/// assert_eq!(scalar::mine_triplets_count(&[1, 1, 2], Mining::All)?, 2);
+/// # Ok::<(), triplet_kernels::Error>(())
+/// ```
+pub fn mine_triplets_count(labels: &[u32], mining: Mining) -> Result<usize, Error> {
+    let n = labels.len();
+    let overflow = Error::ShapeOverflow { rows: n, cols: n };
+    let mut total = 0_usize;
+    for (a, &la) in labels.iter().enumerate() {
+        let pos = labels
+            .iter()
+            .enumerate()
+            .filter(|&(j, &l)| j != a && l == la)
+            .count();
+        let neg = labels.iter().filter(|&&l| l != la).count();
+        let k = match mining {
+            Mining::All => pos.checked_mul(neg).ok_or(overflow)?,
+            Mining::BatchHard => usize::from(pos > 0 && neg > 0),
+            Mining::SemiHard => {
+                if neg > 0 {
+                    pos
+                } else {
+                    0
+                }
+            }
+        };
+        total = total.checked_add(k).ok_or(overflow)?;
+    }
+    Ok(total)
+}
+
+/// Scalar twin of [`crate::hardest_pairs`].
+///
+/// # Errors
+///
+/// Exactly those of [`crate::hardest_pairs`].
+///
+/// # Example
+///
+/// ```
+/// use triplet_kernels::{scalar, mining_workspace_len, Matrix, Metric, NO_INDEX};
+/// let x = Matrix::new(&[0.0, 2.0, 3.0], 3, 1)?;
+/// let (mut pos, mut neg) = ([0_u32; 3], [0_u32; 3]);
+/// let mut ws = [0.0_f32; mining_workspace_len(3, 1)];
+/// scalar::hardest_pairs(x, &[5, 5, 6], Metric::Euclidean, &mut pos, &mut neg, &mut ws)?;
+/// assert_eq!((pos, neg), ([1, 0, NO_INDEX], [2, 2, 1]));
+/// # Ok::<(), triplet_kernels::Error>(())
+/// ```
+pub fn hardest_pairs(
+    x: Matrix<'_>,
+    labels: &[u32],
+    metric: Metric,
+    positives: &mut [u32],
+    negatives: &mut [u32],
+    workspace: &mut [f32],
+) -> Result<(), Error> {
+    let n = check_labels(&x, labels)?;
+    check_len("positives", n, positives.len())?;
+    check_len("negatives", n, negatives.len())?;
+    check_workspace(mining_workspace_len(n, x.dim()), workspace.len())?;
+    check_finite(&x)?;
+    for (a, (pa, na)) in positives.iter_mut().zip(negatives.iter_mut()).enumerate() {
+        *pa = farthest_positive(&x, labels, metric, a).map_or(NO_INDEX, |p| p as u32);
+        *na = nearest_negative(&x, labels, metric, a).map_or(NO_INDEX, |q| q as u32);
+    }
+    Ok(())
+}
+
+/// Scalar twin of [`crate::mine_triplets`].
+///
+/// # Errors
+///
+/// Exactly those of [`crate::mine_triplets`].
+///
+/// # Example
+///
+/// ```
+/// use triplet_kernels::{scalar, mining_workspace_len, Matrix, Metric, Mining, Triplet};
+/// let x = Matrix::new(&[0.0, 2.0, 3.0], 3, 1)?;
+/// let mut out = [Triplet::default(); 2];
+/// let mut ws = [0.0_f32; mining_workspace_len(3, 1)];
+/// let k = scalar::mine_triplets(x, &[5, 5, 6], Metric::Euclidean, Mining::All, &mut out, &mut ws)?;
+/// assert_eq!(out[..k], [Triplet::new(0, 1, 2), Triplet::new(1, 0, 2)]);
+/// # Ok::<(), triplet_kernels::Error>(())
+/// ```
+pub fn mine_triplets(
+    x: Matrix<'_>,
+    labels: &[u32],
+    metric: Metric,
+    mining: Mining,
+    out: &mut [Triplet],
+    workspace: &mut [f32],
+) -> Result<usize, Error> {
+    let n = check_labels(&x, labels)?;
+    let count = mine_triplets_count(labels, mining)?;
+    if out.len() < count {
+        return Err(Error::LengthMismatch {
+            buffer: "out",
+            expected: count,
+            actual: out.len(),
+        });
+    }
+    check_workspace(mining_workspace_len(n, x.dim()), workspace.len())?;
+    check_finite(&x)?;
+    let mut k = 0_usize;
+    for_each_triplet64(&x, labels, metric, mining, |a, p, q| {
+        if let Some(t) = out.get_mut(k) {
+            *t = Triplet::new(a as u32, p as u32, q as u32);
+        }
+        k += 1;
+    });
+    Ok(k)
+}

@@ -1,0 +1,343 @@
+//! Scalar twins of [`crate::triplet`]: every distance in `f64`, every term and weight in
+//! `f64`, two plain passes (loss, then gradient with the known reduction weight).
+
+use crate::distance::Metric;
+use crate::error::{check_len, check_workspace, Error};
+use crate::matrix::Matrix;
+use crate::mining::{check_finite, Triplet};
+use crate::reduce::Hinge;
+use crate::scalar::distance::{add_distance_grad64, distance64};
+use crate::scalar::mining::{for_each_triplet64, pair64};
+use crate::scalar::reduce::{hinge64, slope64, weight64};
+use crate::scalar::{l2_normalize, l2_normalize_backward};
+use crate::triplet::{
+    check_batch_args, check_triplet_args, triplet_batch_loss_grad_workspace_len,
+    triplet_batch_loss_workspace_len, BatchLoss, BatchParams, TripletParams,
+};
+
+/// `d(a, b)` in `f64`, with PyTorch's shift `eps` of the difference vector (Euclidean
+/// metrics only; validated callers pass `eps = 0` for cosine).
+fn distance_eps64(metric: Metric, a: &[f32], b: &[f32], eps: f64) -> f64 {
+    if eps == 0.0 {
+        return distance64(metric, a, b);
+    }
+    let sq: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&u, &v)| {
+            let t = f64::from(u) - f64::from(v) + eps;
+            t * t
+        })
+        .sum();
+    match metric {
+        Metric::SquaredEuclidean => sq,
+        Metric::Euclidean => libm::sqrt(sq),
+        Metric::Cosine => distance64(metric, a, b),
+    }
+}
+
+/// Adds `coef * d d(x_i, x_j) / d x` to the rows `i` and `j` of `grad`, `dist = d(x_i, x_j)`.
+#[allow(clippy::too_many_arguments)]
+fn add_pair_grad64(
+    metric: Metric,
+    x: &Matrix<'_>,
+    i: usize,
+    j: usize,
+    dist: f64,
+    eps: f64,
+    coef: f64,
+    grad: &mut [f32],
+) {
+    let dim = x.dim();
+    let (Some(a), Some(b)) = (x.row(i), x.row(j)) else {
+        return;
+    };
+    if eps == 0.0 {
+        if let Some(g) = grad.get_mut(i * dim..(i + 1) * dim) {
+            add_distance_grad64(metric, a, b, dist, coef, g);
+        }
+        if let Some(g) = grad.get_mut(j * dim..(j + 1) * dim) {
+            add_distance_grad64(metric, b, a, dist, coef, g);
+        }
+        return;
+    }
+    // d d/d a = k (a - b + eps), d d/d b = -k (a - b + eps).
+    let k = match metric {
+        Metric::SquaredEuclidean => 2.0 * coef,
+        Metric::Euclidean if dist > 0.0 => coef / dist,
+        _ => return,
+    };
+    if let Some(g) = grad.get_mut(i * dim..(i + 1) * dim) {
+        for ((g, &u), &v) in g.iter_mut().zip(a).zip(b) {
+            *g = (f64::from(*g) + k * (f64::from(u) - f64::from(v) + eps)) as f32;
+        }
+    }
+    if let Some(g) = grad.get_mut(j * dim..(j + 1) * dim) {
+        for ((g, &u), &v) in g.iter_mut().zip(a).zip(b) {
+            *g = (f64::from(*g) - k * (f64::from(u) - f64::from(v) + eps)) as f32;
+        }
+    }
+}
+
+/// The twin of `triplet::is_active`: relu terms with `v > 0`, every soft-margin term with
+/// `v > -inf`.
+fn is_active64(hinge: Hinge, v: f64) -> bool {
+    match hinge {
+        Hinge::Relu => v > 0.0,
+        Hinge::SoftPlus => v > f64::NEG_INFINITY,
+    }
+}
+
+/// One explicit triplet in `f64`: `(v, d(a,p), (d', i, j))` with `(i, j)` the rows of the
+/// negative distance used.
+fn triplet_value64(
+    x: &Matrix<'_>,
+    t: &Triplet,
+    params: &TripletParams,
+) -> (f64, f64, (f64, usize, usize)) {
+    let (ia, ip, iq) = (t.anchor as usize, t.positive as usize, t.negative as usize);
+    let eps = f64::from(params.eps);
+    let d = |i: usize, j: usize| match (x.row(i), x.row(j)) {
+        (Some(a), Some(b)) => distance_eps64(params.metric, a, b, eps),
+        _ => 0.0,
+    };
+    let dap = d(ia, ip);
+    let dan = d(ia, iq);
+    let mut neg = (dan, ia, iq);
+    if params.swap {
+        let dpn = d(ip, iq);
+        if dpn < dan {
+            neg = (dpn, ip, iq);
+        }
+    }
+    (dap - neg.0 + f64::from(params.margin), dap, neg)
+}
+
+fn triplet_margin64(
+    x: Matrix<'_>,
+    triplets: &[Triplet],
+    params: &TripletParams,
+    terms: &mut [f32],
+    grad: Option<&mut [f32]>,
+    workspace: &mut [f32],
+) -> Result<f32, Error> {
+    check_triplet_args(&x, triplets, params, terms.len(), workspace.len())?;
+    if let Some(g) = grad.as_deref() {
+        check_len("grad", x.len(), g.len())?;
+    }
+    check_finite(&x)?;
+    let mut sum = 0.0_f64;
+    let mut active = 0_usize;
+    for (t, term) in triplets.iter().zip(terms.iter_mut()) {
+        let v = triplet_value64(&x, t, params).0;
+        let h = hinge64(params.hinge, v);
+        *term = h as f32;
+        sum += h;
+        active += usize::from(is_active64(params.hinge, v));
+    }
+    let w = weight64(params.reduction, triplets.len(), active);
+    if let Some(g) = grad {
+        g.fill(0.0);
+        if w != 0.0 {
+            let eps = f64::from(params.eps);
+            for t in triplets {
+                let (v, dap, (dneg, i, j)) = triplet_value64(&x, t, params);
+                let c = w * slope64(params.hinge, v);
+                if c != 0.0 {
+                    let (ia, ip) = (t.anchor as usize, t.positive as usize);
+                    add_pair_grad64(params.metric, &x, ia, ip, dap, eps, c, g);
+                    add_pair_grad64(params.metric, &x, i, j, dneg, eps, -c, g);
+                }
+            }
+        }
+    }
+    Ok((sum * w) as f32)
+}
+
+/// Scalar twin of [`crate::triplet_margin_loss`].
+///
+/// # Errors
+///
+/// Exactly those of [`crate::triplet_margin_loss`].
+///
+/// # Example
+///
+/// ```
+/// use triplet_kernels::{scalar, triplet_margin_workspace_len, Matrix, Triplet, TripletParams};
+/// let x = Matrix::new(&[0.0, 1.0, 3.0], 3, 1)?;
+/// let mut terms = [0.0_f32; 1];
+/// let mut ws = [0.0_f32; triplet_margin_workspace_len(3, 1)];
+/// let loss = scalar::triplet_margin_loss(
+///     x, &[Triplet::new(0, 1, 2)], TripletParams::new().with_margin(2.5), &mut terms, &mut ws)?;
+/// assert_eq!((loss, terms), (0.5, [0.5]));
+/// # Ok::<(), triplet_kernels::Error>(())
+/// ```
+pub fn triplet_margin_loss(
+    x: Matrix<'_>,
+    triplets: &[Triplet],
+    params: TripletParams,
+    terms: &mut [f32],
+    workspace: &mut [f32],
+) -> Result<f32, Error> {
+    triplet_margin64(x, triplets, &params, terms, None, workspace)
+}
+
+/// Scalar twin of [`crate::triplet_margin_loss_grad`].
+///
+/// # Errors
+///
+/// Exactly those of [`crate::triplet_margin_loss_grad`].
+///
+/// # Example
+///
+/// ```
+/// use triplet_kernels::{scalar, triplet_margin_workspace_len, Matrix, Triplet, TripletParams};
+/// let x = Matrix::new(&[0.0, 1.0, 3.0], 3, 1)?;
+/// let (mut terms, mut grad) = ([0.0_f32; 1], [0.0_f32; 3]);
+/// let mut ws = [0.0_f32; triplet_margin_workspace_len(3, 1)];
+/// let params = TripletParams::new().with_margin(2.5);
+/// scalar::triplet_margin_loss_grad(x, &[Triplet::new(0, 1, 2)], params, &mut terms, &mut grad, &mut ws)?;
+/// assert_eq!(grad, [0.0, 1.0, -1.0]);
+/// # Ok::<(), triplet_kernels::Error>(())
+/// ```
+pub fn triplet_margin_loss_grad(
+    x: Matrix<'_>,
+    triplets: &[Triplet],
+    params: TripletParams,
+    terms: &mut [f32],
+    grad: &mut [f32],
+    workspace: &mut [f32],
+) -> Result<f32, Error> {
+    triplet_margin64(x, triplets, &params, terms, Some(grad), workspace)
+}
+
+/// The textbook batch loss; `grad` is `None` for the forward pass.
+fn triplet_batch64(
+    x: Matrix<'_>,
+    labels: &[u32],
+    params: &BatchParams,
+    grad: Option<&mut [f32]>,
+    workspace: &mut [f32],
+) -> Result<BatchLoss, Error> {
+    let n = check_batch_args(&x, labels, params)?;
+    let dim = x.dim();
+    if let Some(g) = grad.as_deref() {
+        check_len("grad", x.len(), g.len())?;
+        check_workspace(
+            triplet_batch_loss_grad_workspace_len(n, dim, *params),
+            workspace.len(),
+        )?;
+    } else {
+        check_workspace(
+            triplet_batch_loss_workspace_len(n, dim, *params),
+            workspace.len(),
+        )?;
+    }
+    check_finite(&x)?;
+    // The normalised rows (rounded to f32) live at the start of the workspace.
+    let (y, tmp) = workspace.split_at_mut(if params.normalize { x.len() } else { 0 });
+    let xs = if params.normalize {
+        l2_normalize(x, y)?;
+        Matrix::new(y, n, dim)?
+    } else {
+        x
+    };
+    let (metric, hinge) = (params.metric, params.hinge);
+    let margin = f64::from(params.margin);
+    let value = |a: usize, p: usize, q: usize| {
+        let dap = pair64(&xs, metric, a, p);
+        let dan = pair64(&xs, metric, a, q);
+        (dap - dan + margin, dap, dan)
+    };
+    let mut sum = 0.0_f64;
+    let mut count = 0_usize;
+    let mut active = 0_usize;
+    for_each_triplet64(&xs, labels, metric, params.mining, |a, p, q| {
+        let v = value(a, p, q).0;
+        sum += hinge64(hinge, v);
+        count = count.saturating_add(1);
+        active = active.saturating_add(usize::from(is_active64(hinge, v)));
+    });
+    let w = weight64(params.reduction, count, active);
+    if let Some(g) = grad {
+        g.fill(0.0);
+        if w != 0.0 {
+            for_each_triplet64(&xs, labels, metric, params.mining, |a, p, q| {
+                let (v, dap, dan) = value(a, p, q);
+                let c = w * slope64(hinge, v);
+                if c != 0.0 {
+                    add_pair_grad64(metric, &xs, a, p, dap, 0.0, c, g);
+                    add_pair_grad64(metric, &xs, a, q, dan, 0.0, -c, g);
+                }
+            });
+        }
+        if params.normalize {
+            let tmp = tmp.split_at_mut(dim).0;
+            for (row, gr) in x.row_iter().zip(g.chunks_exact_mut(dim)) {
+                for (t, &v) in tmp.iter_mut().zip(gr.iter()) {
+                    *t = v;
+                }
+                l2_normalize_backward(Matrix::new(row, 1, dim)?, tmp, gr)?;
+            }
+        }
+    }
+    Ok(BatchLoss {
+        loss: (sum * w) as f32,
+        num_triplets: count,
+        num_active: active,
+    })
+}
+
+/// Scalar twin of [`crate::triplet_batch_loss`].
+///
+/// # Errors
+///
+/// Exactly those of [`crate::triplet_batch_loss`].
+///
+/// # Example
+///
+/// ```
+/// use triplet_kernels::{scalar, triplet_batch_loss_workspace_len, BatchParams, Matrix};
+/// let x = Matrix::new(&[0.0, 1.0, 1.5, 4.0], 4, 1)?;
+/// const P: BatchParams = BatchParams::new().with_margin(1.0);
+/// let mut ws = [0.0_f32; triplet_batch_loss_workspace_len(4, 1, P)];
+/// let out = scalar::triplet_batch_loss(x, &[0, 0, 1, 1], P, &mut ws)?;
+/// assert_eq!(out.loss, 1.375);
+/// # Ok::<(), triplet_kernels::Error>(())
+/// ```
+pub fn triplet_batch_loss(
+    x: Matrix<'_>,
+    labels: &[u32],
+    params: BatchParams,
+    workspace: &mut [f32],
+) -> Result<BatchLoss, Error> {
+    triplet_batch64(x, labels, &params, None, workspace)
+}
+
+/// Scalar twin of [`crate::triplet_batch_loss_grad`].
+///
+/// # Errors
+///
+/// Exactly those of [`crate::triplet_batch_loss_grad`].
+///
+/// # Example
+///
+/// ```
+/// use triplet_kernels::{scalar, triplet_batch_loss_grad_workspace_len, BatchParams, Matrix, Reduction};
+/// let x = Matrix::new(&[0.0, 1.0, 1.5, 4.0], 4, 1)?;
+/// const P: BatchParams = BatchParams::new().with_margin(1.0).with_reduction(Reduction::Sum);
+/// let mut grad = [0.0_f32; 4];
+/// let mut ws = [0.0_f32; triplet_batch_loss_grad_workspace_len(4, 1, P)];
+/// scalar::triplet_batch_loss_grad(x, &[0, 0, 1, 1], P, &mut grad, &mut ws)?;
+/// assert_eq!(grad, [-1.0, 5.0, -5.0, 1.0]);
+/// # Ok::<(), triplet_kernels::Error>(())
+/// ```
+pub fn triplet_batch_loss_grad(
+    x: Matrix<'_>,
+    labels: &[u32],
+    params: BatchParams,
+    grad: &mut [f32],
+    workspace: &mut [f32],
+) -> Result<BatchLoss, Error> {
+    triplet_batch64(x, labels, &params, Some(grad), workspace)
+}
