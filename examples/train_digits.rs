@@ -22,8 +22,7 @@ use std::time::Instant;
 
 use triplet_kernels::{
     retrieval_metrics, retrieval_metrics_workspace_len, triplet_batch_loss_grad,
-    triplet_batch_loss_grad_workspace_len, BatchParams, Hinge, Matrix, Metric, Mining,
-    Reduction,
+    triplet_batch_loss_grad_workspace_len, BatchParams, Hinge, Matrix, Metric, Mining, Reduction,
 };
 
 const PIXELS: usize = 64;
@@ -121,12 +120,22 @@ impl Digits {
 fn load() -> Result<(Digits, Digits), String> {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/data/digits.csv");
     let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
-    let mut train = Digits { pixels: vec![], labels: vec![] };
-    let mut test = Digits { pixels: vec![], labels: vec![] };
+    let mut train = Digits {
+        pixels: vec![],
+        labels: vec![],
+    };
+    let mut test = Digits {
+        pixels: vec![],
+        labels: vec![],
+    };
     for (i, line) in text.lines().skip(1).enumerate() {
         let fields: Vec<f32> = line
             .split(',')
-            .map(|f| f.trim().parse::<f32>().map_err(|e| format!("line {}: {e}", i + 2)))
+            .map(|f| {
+                f.trim()
+                    .parse::<f32>()
+                    .map_err(|e| format!("line {}: {e}", i + 2))
+            })
             .collect::<Result<_, _>>()?;
         if fields.len() != PIXELS + 1 {
             return Err(format!("line {}: {} fields", i + 2, fields.len()));
@@ -322,10 +331,16 @@ fn main() {
     let dim = o.dim;
     let mut rng = Rng(o.seed);
     let scale = (1.0 / PIXELS as f64).sqrt();
-    let mut w: Vec<f32> = (0..PIXELS * dim).map(|_| (rng.normal() * scale) as f32).collect();
+    let mut w: Vec<f32> = (0..PIXELS * dim)
+        .map(|_| (rng.normal() * scale) as f32)
+        .collect();
 
     let by_class: Vec<Vec<usize>> = (0..CLASSES as u32)
-        .map(|c| (0..train.rows()).filter(|&i| train.labels[i] == c).collect())
+        .map(|c| {
+            (0..train.rows())
+                .filter(|&i| train.labels[i] == c)
+                .collect()
+        })
         .collect();
     let params = BatchParams::new()
         .with_metric(Metric::Cosine)
@@ -416,6 +431,9 @@ fn main() {
         Ok(()) => println!("wrote {}", o.svg),
         Err(e) => eprintln!("could not write {}: {e}", o.svg),
     }
-    println!("trained and evaluated in {:.2} s", start.elapsed().as_secs_f64());
+    println!(
+        "trained and evaluated in {:.2} s",
+        start.elapsed().as_secs_f64()
+    );
     println!("recall@1 learned={r_learned:.4} pca={r_pca:.4} raw={r_raw:.4} dim={dim}");
 }

@@ -180,6 +180,7 @@ pub(crate) fn check_triplet_count(labels: &[u32], mining: Mining) -> Result<(), 
 /// assert_eq!(mine_triplets_count(&[1, 1, 1], Mining::All)?, 0); // one class
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn mine_triplets_count(labels: &[u32], mining: Mining) -> Result<usize, Error> {
     count_exact(labels, mining)
 }
@@ -336,6 +337,7 @@ pub(crate) fn distance_matrix(
 /// assert_eq!(neg, [3, 3, 3, 2, 3]);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn hardest_pairs(
     x: Matrix<'_>,
     labels: &[u32],
@@ -408,6 +410,7 @@ pub fn hardest_pairs(
 /// assert_eq!(out[3], Triplet::new(3, 2, 1));
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn mine_triplets(
     x: Matrix<'_>,
     labels: &[u32],

@@ -593,6 +593,7 @@ fn triplet_margin_impl(
 /// assert!((loss - (terms[0] + terms[1])).abs() < 1e-6);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn triplet_margin_loss(
     x: Matrix<'_>,
     triplets: &[Triplet],
@@ -647,6 +648,7 @@ pub fn triplet_margin_loss(
 /// assert_eq!(grad, [-2.0, 0.0, 4.0, 0.0, -2.0, 0.0]);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn triplet_margin_loss_grad(
     x: Matrix<'_>,
     triplets: &[Triplet],
@@ -811,6 +813,7 @@ impl Totals {
 /// assert_eq!(out.loss, (0.5 + 1.5 + 3.0 + 0.5) / 4.0);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn triplet_batch_loss(
     x: Matrix<'_>,
     labels: &[u32],
@@ -904,6 +907,7 @@ pub fn triplet_batch_loss(
 /// assert_eq!(grad, [-1.0, 5.0, -5.0, 1.0]);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn triplet_batch_loss_grad(
     x: Matrix<'_>,
     labels: &[u32],

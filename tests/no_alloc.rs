@@ -178,3 +178,45 @@ fn retrieval_does_not_allocate() {
     });
     assert_eq!(n, 0);
 }
+
+#[test]
+fn mining_and_triplet_losses_do_not_allocate() {
+    let (xd, labels) = batch();
+    let x = Matrix::new(&xd, 24, 11).unwrap();
+    let mut ws = vec![0.0_f32; 1 << 16];
+    let mut g = vec![0.0_f32; 24 * 11];
+    let mut pos = vec![0_u32; 24];
+    let mut neg = vec![0_u32; 24];
+    let mut out = vec![tk::Triplet::default(); 24 * 24 * 24];
+    let triplets = [tk::Triplet::new(0, 4, 1), tk::Triplet::new(2, 6, 3)];
+    let mut terms = [0.0_f32; 2];
+    let n = count(|| {
+        for metric in [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine] {
+            tk::hardest_pairs(x, &labels, metric, &mut pos, &mut neg, &mut ws).unwrap();
+            tk::scalar::hardest_pairs(x, &labels, metric, &mut pos, &mut neg, &mut ws).unwrap();
+            for mining in [tk::Mining::All, tk::Mining::BatchHard, tk::Mining::SemiHard] {
+                let k = tk::mine_triplets_count(&labels, mining).unwrap();
+                tk::scalar::mine_triplets_count(&labels, mining).unwrap();
+                tk::mine_triplets(x, &labels, metric, mining, &mut out[..k], &mut ws).unwrap();
+                tk::scalar::mine_triplets(x, &labels, metric, mining, &mut out[..k], &mut ws)
+                    .unwrap();
+                let p = tk::BatchParams::new()
+                    .with_metric(metric)
+                    .with_mining(mining);
+                tk::triplet_batch_loss(x, &labels, p, &mut ws).unwrap();
+                tk::triplet_batch_loss_grad(x, &labels, p, &mut g, &mut ws).unwrap();
+                tk::scalar::triplet_batch_loss(x, &labels, p, &mut ws).unwrap();
+                tk::scalar::triplet_batch_loss_grad(x, &labels, p, &mut g, &mut ws).unwrap();
+            }
+            let p = tk::TripletParams::new().with_metric(metric).with_swap(true);
+            tk::triplet_margin_loss(x, &triplets, p, &mut terms, &mut ws).unwrap();
+            tk::triplet_margin_loss_grad(x, &triplets, p, &mut terms, &mut g, &mut ws).unwrap();
+            tk::scalar::triplet_margin_loss(x, &triplets, p, &mut terms, &mut ws).unwrap();
+            tk::scalar::triplet_margin_loss_grad(x, &triplets, p, &mut terms, &mut g, &mut ws)
+                .unwrap();
+        }
+        let p = tk::BatchParams::pml_triplet_margin();
+        tk::triplet_batch_loss_grad(x, &labels, p, &mut g, &mut ws).unwrap();
+    });
+    assert_eq!(n, 0);
+}

@@ -139,6 +139,7 @@ pub(crate) fn for_each_triplet64<F: FnMut(usize, usize, usize)>(
 /// assert_eq!(scalar::mine_triplets_count(&[1, 1, 2], Mining::All)?, 2);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn mine_triplets_count(labels: &[u32], mining: Mining) -> Result<usize, Error> {
     let n = labels.len();
     let overflow = Error::ShapeOverflow { rows: n, cols: n };
@@ -183,6 +184,7 @@ pub fn mine_triplets_count(labels: &[u32], mining: Mining) -> Result<usize, Erro
 /// assert_eq!((pos, neg), ([1, 0, NO_INDEX], [2, 2, 1]));
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn hardest_pairs(
     x: Matrix<'_>,
     labels: &[u32],
@@ -220,6 +222,7 @@ pub fn hardest_pairs(
 /// assert_eq!(out[..k], [Triplet::new(0, 1, 2), Triplet::new(1, 0, 2)]);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn mine_triplets(
     x: Matrix<'_>,
     labels: &[u32],

@@ -172,6 +172,7 @@ fn triplet_margin64(
 /// assert_eq!((loss, terms), (0.5, [0.5]));
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn triplet_margin_loss(
     x: Matrix<'_>,
     triplets: &[Triplet],
@@ -200,6 +201,7 @@ pub fn triplet_margin_loss(
 /// assert_eq!(grad, [0.0, 1.0, -1.0]);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn triplet_margin_loss_grad(
     x: Matrix<'_>,
     triplets: &[Triplet],
@@ -305,6 +307,7 @@ fn triplet_batch64(
 /// assert_eq!(out.loss, 1.375);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn triplet_batch_loss(
     x: Matrix<'_>,
     labels: &[u32],
@@ -332,6 +335,7 @@ pub fn triplet_batch_loss(
 /// assert_eq!(grad, [-1.0, 5.0, -5.0, 1.0]);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn triplet_batch_loss_grad(
     x: Matrix<'_>,
     labels: &[u32],

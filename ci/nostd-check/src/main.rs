@@ -6,8 +6,8 @@
 #![no_main]
 
 use core::panic::PanicInfo;
-use triplet_kernels as tk;
 use tk::{Hinge, Matrix, Metric, Reduction};
+use triplet_kernels as tk;
 
 // The C library provides the start files' `main` caller and `memset`/`memcpy`, which the
 // compiler emits calls to; nothing else of it is used.
@@ -76,6 +76,104 @@ fn run() -> Result<bool, tk::Error> {
             let d = tk::scalar::hinge_reduce_grad(&xd, hinge, red, &mut g)?;
             ok &= a.is_finite() && b.is_finite() && c.is_finite() && d.is_finite();
         }
+    }
+    ok &= losses(x)?;
+    ok &= retrieval(x)?;
+    Ok(ok)
+}
+
+/// Labels of the batch: 4 classes of 2 rows, also valid proxy indices for 4 proxies.
+const LABELS: [u32; N] = [0, 1, 2, 3, 0, 1, 2, 3];
+
+fn losses(x: Matrix<'_>) -> Result<bool, tk::Error> {
+    let mut ok = true;
+    let mut ws = [0.0_f32; 256];
+    let mut g = [0.0_f32; N * D];
+    let mut gp = [0.0_f32; 4 * D];
+    let mut pos = [0_u32; N];
+    let mut neg = [0_u32; N];
+    let mut triplets = [tk::Triplet::default(); N * N * N];
+    let mut quads = [tk::Quadruplet::new(0, 0, 0, 0); N];
+    let explicit = [tk::Triplet::new(0, 4, 1), tk::Triplet::new(2, 6, 3)];
+    let mut terms = [0.0_f32; 2];
+    let proxies = Matrix::new(&x.as_slice()[..4 * D], 4, D)?;
+    for metric in [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine] {
+        tk::hardest_pairs(x, &LABELS, metric, &mut pos, &mut neg, &mut ws)?;
+        tk::scalar::hardest_pairs(x, &LABELS, metric, &mut pos, &mut neg, &mut ws)?;
+        for mining in [tk::Mining::All, tk::Mining::BatchHard, tk::Mining::SemiHard] {
+            let k = tk::mine_triplets_count(&LABELS, mining)?;
+            let k2 = tk::scalar::mine_triplets_count(&LABELS, mining)?;
+            ok &= k == k2;
+            let out = triplets
+                .get_mut(..k)
+                .ok_or(tk::Error::InvalidParameter { name: "k" })?;
+            tk::mine_triplets(x, &LABELS, metric, mining, out, &mut ws)?;
+            tk::scalar::mine_triplets(x, &LABELS, metric, mining, out, &mut ws)?;
+            let p = tk::BatchParams::new()
+                .with_metric(metric)
+                .with_mining(mining);
+            let a = tk::triplet_batch_loss(x, &LABELS, p, &mut ws)?;
+            let b = tk::triplet_batch_loss_grad(x, &LABELS, p, &mut g, &mut ws)?;
+            let c = tk::scalar::triplet_batch_loss(x, &LABELS, p, &mut ws)?;
+            let d = tk::scalar::triplet_batch_loss_grad(x, &LABELS, p, &mut g, &mut ws)?;
+            ok &= a.loss.is_finite() && b.loss.is_finite() && c.loss.is_finite();
+            ok &= d.loss.is_finite() && finite(&g);
+        }
+        let p = tk::TripletParams::new().with_metric(metric);
+        tk::triplet_margin_loss(x, &explicit, p, &mut terms, &mut ws)?;
+        tk::triplet_margin_loss_grad(x, &explicit, p, &mut terms, &mut g, &mut ws)?;
+        tk::scalar::triplet_margin_loss(x, &explicit, p, &mut terms, &mut ws)?;
+        tk::scalar::triplet_margin_loss_grad(x, &explicit, p, &mut terms, &mut g, &mut ws)?;
+        ok &= finite(&g) && finite(&terms);
+
+        let cp = tk::ContrastiveParams::PYTORCH_METRIC_LEARNING;
+        tk::contrastive_loss(x, &LABELS, metric, cp, &mut ws)?;
+        tk::contrastive_loss_grad(x, &LABELS, metric, cp, &mut g, &mut ws)?;
+        tk::scalar::contrastive_loss(x, &LABELS, metric, cp, &mut ws)?;
+        tk::scalar::contrastive_loss_grad(x, &LABELS, metric, cp, &mut g, &mut ws)?;
+        ok &= finite(&g);
+
+        let k = tk::mine_quadruplets_count(&LABELS);
+        let out = quads
+            .get_mut(..k)
+            .ok_or(tk::Error::InvalidParameter { name: "k" })?;
+        let got = tk::mine_quadruplets(x, &LABELS, metric, out, &mut ws)?;
+        tk::scalar::mine_quadruplets(x, &LABELS, metric, out, &mut ws)?;
+        let q = out.get(..got).unwrap_or_default();
+        let qp = tk::QuadrupletParams::new(1.0, 0.5);
+        tk::quadruplet_loss(x, q, metric, qp, &mut ws)?;
+        tk::quadruplet_loss_grad(x, q, metric, qp, &mut g, &mut ws)?;
+        tk::scalar::quadruplet_loss(x, q, metric, qp, &mut ws)?;
+        tk::scalar::quadruplet_loss_grad(x, q, metric, qp, &mut g, &mut ws)?;
+        ok &= finite(&g);
+    }
+    let nca = tk::ProxyNcaParams::PYTORCH_METRIC_LEARNING;
+    tk::proxy_nca_loss(x, &LABELS, proxies, nca, &mut ws)?;
+    tk::proxy_nca_loss_grad(x, &LABELS, proxies, nca, &mut g, &mut gp, &mut ws)?;
+    tk::scalar::proxy_nca_loss(x, &LABELS, proxies, nca, &mut ws)?;
+    tk::scalar::proxy_nca_loss_grad(x, &LABELS, proxies, nca, &mut g, &mut gp, &mut ws)?;
+    ok &= finite(&g) && finite(&gp);
+    let pa = tk::ProxyAnchorParams::PYTORCH_METRIC_LEARNING;
+    tk::proxy_anchor_loss(x, &LABELS, proxies, pa, &mut ws)?;
+    tk::proxy_anchor_loss_grad(x, &LABELS, proxies, pa, &mut g, &mut gp, &mut ws)?;
+    tk::scalar::proxy_anchor_loss(x, &LABELS, proxies, pa, &mut ws)?;
+    tk::scalar::proxy_anchor_loss_grad(x, &LABELS, proxies, pa, &mut g, &mut gp, &mut ws)?;
+    ok &= finite(&g) && finite(&gp);
+    Ok(ok)
+}
+
+fn retrieval(x: Matrix<'_>) -> Result<bool, tk::Error> {
+    let mut ws = [0.0_f32; 8192];
+    let mut idx = [0_u32; N * 3];
+    let mut dist = [0.0_f32; N * 3];
+    let mut ok = true;
+    for metric in [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine] {
+        tk::knn(x, None, metric, 3, &mut idx, &mut dist, &mut ws)?;
+        tk::scalar::knn(x, None, metric, 3, &mut idx, &mut dist, &mut ws)?;
+        ok &= finite(&dist);
+        let a = tk::retrieval_metrics(x, &LABELS, None, metric, 1, &mut ws)?;
+        let b = tk::scalar::retrieval_metrics(x, &LABELS, None, metric, 1, &mut ws)?;
+        ok &= a.evaluated == N && b.evaluated == N;
     }
     Ok(ok)
 }
