@@ -42,7 +42,19 @@ pub const NO_INDEX: u32 = u32::MAX;
 /// assert_eq!((t.anchor, t.positive, t.negative), (0, 1, 2));
 /// ```
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    PartialOrd,
+    Ord,
+    bytemuck::Pod,
+    bytemuck::Zeroable,
+)]
 pub struct Triplet {
     /// Row of the anchor.
     pub anchor: u32,
@@ -60,6 +72,33 @@ impl Triplet {
             positive,
             negative,
         }
+    }
+
+    /// Views a flat buffer `[a0, p0, n0, a1, p1, n1, ...]` (for example an index tensor
+    /// of shape `k x 3`) as `k` triplets, without copying.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LengthMismatch`] (`"triplets"`) when the length is not a multiple of 3.
+    ///
+    /// ```
+    /// use triplet_kernels::Triplet;
+    /// let flat = [0_u32, 1, 2, 3, 4, 5];
+    /// let t = Triplet::from_flat(&flat)?;
+    /// assert_eq!(t, [Triplet::new(0, 1, 2), Triplet::new(3, 4, 5)]);
+    /// # Ok::<(), triplet_kernels::Error>(())
+    /// ```
+    pub fn from_flat(flat: &[u32]) -> Result<&[Triplet], Error> {
+        bytemuck::try_cast_slice(flat).map_err(|_| Error::LengthMismatch {
+            buffer: "triplets",
+            expected: flat.len() - flat.len() % 3,
+            actual: flat.len(),
+        })
+    }
+
+    /// The triplets as one flat `u32` buffer, the inverse of [`Triplet::from_flat`].
+    pub fn as_flat(triplets: &[Triplet]) -> &[u32] {
+        bytemuck::cast_slice(triplets)
     }
 }
 

@@ -40,7 +40,19 @@ use crate::reduce::{Hinge, Reduction};
 /// assert_eq!(core::mem::size_of::<Quadruplet>(), 16);
 /// ```
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    Default,
+    PartialOrd,
+    Ord,
+    bytemuck::Pod,
+    bytemuck::Zeroable,
+)]
 pub struct Quadruplet {
     /// Row of the anchor `a`.
     pub anchor: u32,
@@ -61,6 +73,27 @@ impl Quadruplet {
             negative1,
             negative2,
         }
+    }
+
+    /// Views a flat buffer `[a0, p0, n1_0, n2_0, a1, ...]` (an index tensor of shape
+    /// `k x 4`) as `k` quadruplets, without copying.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LengthMismatch`] (`"quadruplets"`) when the length is not a multiple of 4.
+    ///
+    /// ```
+    /// use triplet_kernels::Quadruplet;
+    /// let q = Quadruplet::from_flat(&[0, 1, 2, 3])?;
+    /// assert_eq!(q, [Quadruplet::new(0, 1, 2, 3)]);
+    /// # Ok::<(), triplet_kernels::Error>(())
+    /// ```
+    pub fn from_flat(flat: &[u32]) -> Result<&[Quadruplet], Error> {
+        bytemuck::try_cast_slice(flat).map_err(|_| Error::LengthMismatch {
+            buffer: "quadruplets",
+            expected: flat.len() - flat.len() % 4,
+            actual: flat.len(),
+        })
     }
 
     /// The four indices in order `[a, p, n1, n2]`.

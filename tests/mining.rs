@@ -502,3 +502,32 @@ fn triplet_layout() {
     assert_eq!(Triplet::default(), Triplet::new(0, 0, 0));
     assert_eq!(Mining::default(), Mining::All);
 }
+
+#[test]
+fn flat_index_buffers_view_as_tuples() {
+    use triplet_kernels::{Error, Quadruplet, Triplet};
+    let flat = [0_u32, 1, 2, 3, 4, 5, 6];
+    assert_eq!(
+        Triplet::from_flat(&flat),
+        Err(Error::LengthMismatch {
+            buffer: "triplets",
+            expected: 6,
+            actual: 7
+        })
+    );
+    let t = Triplet::from_flat(&flat[..6]).unwrap();
+    assert_eq!(t, [Triplet::new(0, 1, 2), Triplet::new(3, 4, 5)]);
+    assert_eq!(Triplet::as_flat(t), &flat[..6]);
+    assert_eq!(
+        Quadruplet::from_flat(&flat),
+        Err(Error::LengthMismatch {
+            buffer: "quadruplets",
+            expected: 4,
+            actual: 7
+        })
+    );
+    assert_eq!(
+        Quadruplet::from_flat(&flat[..4]).unwrap(),
+        [Quadruplet::new(0, 1, 2, 3)]
+    );
+}
