@@ -6,6 +6,16 @@
 //! with their gradients. Every fast kernel is vectorised through one private SIMD seam
 //! and has a public reference twin in [`scalar`].
 //!
+//! # SIMD backends
+//!
+//! The kernels pick their SIMD code path at run time, once per call: on x86-64, AVX-512F
+//! or AVX2 + FMA when the CPU has them, otherwise a portable path (`wide`, whose width
+//! follows the build's target features), so a default `cargo build` already runs the
+//! widest unit of the machine it runs on. [`Backend`] lists what is available;
+//! [`set_backend`] forces one at run time (e.g. `Backend::Portable`), and the cargo
+//! feature `portable-only` leaves the x86 backends out of the build. All backends meet
+//! the same documented error bounds.
+//!
 //! # Conventions
 //!
 //! Every kernel of the crate follows these rules.
@@ -87,3 +97,4 @@ pub use distance::{
 pub use error::Error;
 pub use matrix::Matrix;
 pub use reduce::{hinge_reduce, hinge_reduce_grad, Hinge, Reduction};
+pub use simd::{reset_backend, set_backend, Backend};
