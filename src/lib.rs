@@ -91,8 +91,10 @@ pub mod scalar;
 mod simd;
 
 pub use distance::{
-    cross_distances, cross_distances_workspace_len, l2_normalize, l2_normalize_backward,
-    pairwise_distances, pairwise_distances_workspace_len, row_norms, Metric, NORM_EPS,
+    cross_distances, cross_distances_rows, cross_distances_rows_workspace_len,
+    cross_distances_workspace_len, l2_normalize, l2_normalize_backward, pairwise_distances,
+    pairwise_distances_rows, pairwise_distances_rows_workspace_len,
+    pairwise_distances_workspace_len, row_norms, DistanceMode, Metric, NORM_EPS,
 };
 pub use error::Error;
 pub use matrix::Matrix;

@@ -11,6 +11,7 @@ mod distance;
 mod reduce;
 
 pub use distance::{
-    cross_distances, l2_normalize, l2_normalize_backward, pairwise_distances, row_norms,
+    cross_distances, cross_distances_rows, l2_normalize, l2_normalize_backward, pairwise_distances,
+    pairwise_distances_rows, row_norms,
 };
 pub use reduce::{hinge_reduce, hinge_reduce_grad};

@@ -6,8 +6,8 @@
 #![no_main]
 
 use core::panic::PanicInfo;
-use triplet_kernels as tk;
 use tk::{Hinge, Matrix, Metric, Reduction};
+use triplet_kernels as tk;
 
 // The C library provides the start files' `main` caller and `memset`/`memcpy`, which the
 // compiler emits calls to; nothing else of it is used.
@@ -49,7 +49,7 @@ fn run() -> Result<bool, tk::Error> {
     let y = Matrix::new(&xd[..3 * D], 3, D)?;
     let mut ok = true;
     let mut out = [0.0_f32; N * N];
-    let mut ws = [0.0_f32; 64];
+    let mut ws = [0.0_f32; tk::pairwise_distances_workspace_len(N, D)];
     let mut g = [0.0_f32; N * D];
     for metric in [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine] {
         tk::pairwise_distances(x, metric, &mut out, &mut ws)?;
@@ -59,7 +59,29 @@ fn run() -> Result<bool, tk::Error> {
         tk::cross_distances(x, y, metric, &mut out[..N * 3], &mut ws)?;
         tk::scalar::cross_distances(x, y, metric, &mut out[..N * 3], &mut ws)?;
         ok &= finite(&out);
+        for mode in [tk::DistanceMode::Gram, tk::DistanceMode::Direct] {
+            tk::pairwise_distances_rows(x, 2..5, metric, mode, &mut out[..3 * N], &mut ws)?;
+            tk::scalar::pairwise_distances_rows(x, 2..5, metric, mode, &mut out[..3 * N], &mut ws)?;
+            tk::cross_distances_rows(x, y, 1..N, metric, mode, &mut out[..(N - 1) * 3], &mut ws)?;
+            tk::scalar::cross_distances_rows(
+                x,
+                y,
+                1..N,
+                metric,
+                mode,
+                &mut out[..(N - 1) * 3],
+                &mut ws,
+            )?;
+            ok &= finite(&out);
+        }
     }
+    // Every SIMD backend this CPU has, selected at run time without std.
+    for &b in tk::Backend::available() {
+        tk::set_backend(b)?;
+        tk::pairwise_distances(x, Metric::SquaredEuclidean, &mut out, &mut ws)?;
+        ok &= finite(&out);
+    }
+    tk::reset_backend();
     tk::row_norms(x, &mut out[..N])?;
     tk::scalar::row_norms(x, &mut out[..N])?;
     tk::l2_normalize(x, &mut g)?;
