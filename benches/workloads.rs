@@ -99,8 +99,8 @@ fn row_blocks(c: &mut Criterion) {
     let x = Matrix::new(&xd, N, D).unwrap();
     let mut out = vec![0.0_f32; N * N];
     let half = N / 2;
-    let mut ws0 = vec![0.0_f32; pairwise_distances_rows_workspace_len(half, D)];
-    let mut ws1 = vec![0.0_f32; pairwise_distances_rows_workspace_len(N - half, D)];
+    let mut ws0 = vec![0.0_f32; pairwise_distances_rows_workspace_len(N, half, D)];
+    let mut ws1 = vec![0.0_f32; pairwise_distances_rows_workspace_len(N, N - half, D)];
     let mut g = c.benchmark_group("row_blocks");
     g.throughput(flops(N, N, D));
     let metric = Metric::SquaredEuclidean;
@@ -127,8 +127,8 @@ fn row_blocks(c: &mut Criterion) {
     });
 
     // Cross: queries X against the gallery X (no symmetry), blocks of queries.
-    let mut cws0 = vec![0.0_f32; cross_distances_rows_workspace_len(half, D)];
-    let mut cws1 = vec![0.0_f32; cross_distances_rows_workspace_len(N - half, D)];
+    let mut cws0 = vec![0.0_f32; cross_distances_rows_workspace_len(half, N, D)];
+    let mut cws1 = vec![0.0_f32; cross_distances_rows_workspace_len(N - half, N, D)];
     g.bench_function("W1_sqeuclid_n1024_d128/cross_2blocks_1thread", |b| {
         b.iter(|| {
             let (top, bottom) = out.split_at_mut(half * N);

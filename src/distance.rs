@@ -18,44 +18,8 @@
 //!
 //! # Numerics
 //!
-//! Let `u = 2^-24` (the unit roundoff of `f32`), `d` the dimension, and
-//! `N = |a|^2 + |b|^2`. Each entry is accumulated sequentially over the `d` coordinates
-//! (fused multiply-adds on the AVX2 and AVX-512 backends and on FMA builds of the portable
-//! one). Bounds against the exact value (the `f64` scalar twins in [`crate::scalar`] are
-//! exact to well below them), to be multiplied by `1 / (1 - (d + 2) u)` (below 1.01 for
-//! `d < 160_000`):
-//!
-//! - [`DistanceMode::Gram`] (the default, used by [`pairwise_distances`] and
-//!   [`cross_distances`]): squared Euclidean as `|a|^2 + |b|^2 - 2 <a, b>`, clamped at 0.
-//!   `|fast - exact| <= (2 d + 4) u N`. This bounds the error by the *norms*, not by
-//!   the distance: two points much closer to each other than to the origin lose relative
-//!   accuracy (a distance below about `sqrt((2 d + 4) u) * |a|` is noise; the
-//!   Euclidean distance, a square root, is then off by up to `sqrt((2 d + 4) u N)`).
-//!   Equal rows still give exactly 0: a row's squared norm is computed with the same
-//!   arithmetic, in the same order, as the dot product of that row with itself.
-//! - [`DistanceMode::Direct`]: `sum (a_i - b_i)^2` computed as written, no cancellation.
-//!   `|fast - exact| <= (d + 2) u S` with `S` the exact squared distance: full relative
-//!   accuracy for nearly coincident points, at about half the Gram mode's speed. Use it
-//!   when points nearly coincide (or when `|x|^2` overflows `f32`, above about `1.8e19`,
-//!   where the Gram form gives NaN or infinity).
-//! - `Cosine` is the same in both modes: `1 - <a, b> (1 / |a|) (1 / |b|)` with the clamped
-//!   norms inverted once per row; `|fast - exact| <= (2 d + 10) u`.
-//! - The Euclidean distance's error is that of the squared distance passed through the
-//!   square root: relative error at most half the squared distance's, plus one rounding.
-//! - Terms below `f32`'s normal range (`|a_i|`, `|b_i|` or `|a_i - b_i|` under
-//!   `1.1e-19`) underflow, which adds an absolute error of at most `(2 d + 8) * 1.2e-38`
-//!   to a squared distance (Gram), `(d + 8) * 1.2e-38` (direct).
-//!
-//! Backends and builds (fused or unfused multiply-add, lane count) may differ in the last
-//! bits; the bounds hold for all of them. The row-wise kernels ([`row_norms`],
-//! [`l2_normalize`], [`l2_normalize_backward`]) and the per-pair helpers use the SIMD
-//! seam's two-accumulator reductions and keep their tighter bounds.
-//!
-//! The bounds hold while every row's squared norm stays below `f32::MAX / 4` (about
-//! `8.5e37`). Past it, `f32` sums overflow: squared distances saturate to `+inf` in direct
-//! mode and are `+inf` or NaN in Gram mode, cosine distances of the affected rows are
-//! unspecified (never a panic; the `f64` twin stays exact).
-//!
+//! The error bounds of the matrix kernels, for both modes and every metric, are in the
+//! public docs of [`DistanceMode`] (this module is private, its docs are not rendered).
 //! NaN and infinity in the data are not checked: they propagate to every entry computed
 //! from an affected row (NaN or infinite, which one is unspecified), never elsewhere.
 
@@ -71,7 +35,7 @@ use core::ops::Range;
 /// `cosine_similarity` do.
 pub const NORM_EPS: f32 = 1e-12;
 
-/// Which distance a kernel computes. See the [module docs](self) for the formulas.
+/// Which distance a kernel computes; each variant gives its formula.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Metric {
     /// `sum (a_i - b_i)^2`.
@@ -84,7 +48,48 @@ pub enum Metric {
 
 /// How the matrix kernels evaluate the Euclidean metrics (cosine is the same in both).
 ///
-/// See the [module docs](self#numerics) for the error bounds.
+/// # Numerics
+///
+/// Let `u = 2^-24` (the unit roundoff of `f32`), `d` the dimension, and
+/// `N = |a|^2 + |b|^2`. Each entry is accumulated sequentially over the `d` coordinates
+/// (fused multiply-adds on the AVX2 and AVX-512 backends and on FMA builds of the portable
+/// one). Bounds against the exact value (the `f64` scalar twins in [`crate::scalar`] are
+/// exact to well below them), to be multiplied by `1 / (1 - (d + 2) u)` (below 1.01 for
+/// `d < 160_000`):
+///
+/// - [`DistanceMode::Gram`] (the default, used by [`pairwise_distances`] and
+///   [`cross_distances`]): squared Euclidean as `|a|^2 + |b|^2 - 2 <a, b>`, clamped at 0.
+///   `|fast - exact| <= (2 d + 4) u N`. This bounds the error by the *norms*, not by
+///   the distance: two points much closer to each other than to the origin lose relative
+///   accuracy (a distance below about `sqrt((2 d + 4) u) * |a|` is noise; the
+///   Euclidean distance, a square root, is then off by up to `sqrt((2 d + 4) u N)`).
+///   Equal rows still give exactly 0: a row's squared norm is computed with the same
+///   arithmetic, in the same order, as the dot product of that row with itself.
+/// - [`DistanceMode::Direct`]: `sum (a_i - b_i)^2` computed as written, no cancellation.
+///   `|fast - exact| <= (d + 2) u S` with `S` the exact squared distance: full relative
+///   accuracy for nearly coincident points, at about half the Gram mode's speed. Use it
+///   when points nearly coincide (or when `|x|^2` overflows `f32`, above about `1.8e19`,
+///   where the Gram form gives NaN or infinity).
+/// - `Cosine` is the same in both modes: `1 - <a, b> (1 / |a|) (1 / |b|)` with the clamped
+///   norms inverted once per row; `|fast - exact| <= (2 d + 10) u`.
+/// - The Euclidean distance's error is that of the squared distance passed through the
+///   square root: relative error at most half the squared distance's, plus one rounding.
+/// - Terms below `f32`'s normal range (`|a_i|`, `|b_i|` or `|a_i - b_i|` under
+///   `1.1e-19`) underflow, which adds an absolute error of at most `(2 d + 8) * 1.2e-38`
+///   to a squared distance (Gram), `(d + 8) * 1.2e-38` (direct).
+///
+/// Backends and builds (fused or unfused multiply-add, lane count) may differ in the last
+/// bits; the bounds hold for all of them. The row-wise kernels ([`row_norms`],
+/// [`l2_normalize`], [`l2_normalize_backward`]) and the per-pair helpers use the SIMD
+/// seam's two-accumulator reductions and keep their tighter bounds.
+///
+/// The bounds hold while every row's squared norm stays below `f32::MAX / 4` (about
+/// `8.5e37`). Past it, `f32` sums overflow: squared distances saturate to `+inf` in direct
+/// mode and are `+inf` or NaN in Gram mode, cosine distances of the affected rows are
+/// unspecified (never a panic; the `f64` twin stays exact).
+///
+/// NaN and infinity in the data are not checked: they propagate to every entry computed
+/// from an affected row (NaN or infinite, which one is unspecified), never elsewhere.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum DistanceMode {
     /// `|a|^2 + |b|^2 - 2 <a, b>`, clamped at 0: a dot-product tile plus row norms, the
@@ -98,32 +103,39 @@ pub enum DistanceMode {
 }
 
 /// Workspace elements that [`pairwise_distances`] needs for `rows` embeddings of
-/// dimension `dim`: about `(rows + 64) * dim`, the rows packed into panels. Saturates
-/// instead of overflowing.
+/// dimension `dim`: about `(rows + 32) * (dim + 1)`, the rows packed into panels.
+/// Saturates instead of overflowing.
 pub const fn pairwise_distances_workspace_len(rows: usize, dim: usize) -> usize {
-    tile::block_workspace_len(rows, dim)
+    tile::block_workspace_len(rows, 0, dim)
 }
 
 /// Workspace elements that [`cross_distances`] needs for `rows_x` queries against
-/// `rows_y` references of dimension `dim`: about `(rows_x + 64) * dim`, independent of
-/// `rows_y`. Saturates instead of overflowing.
+/// `rows_y` references of dimension `dim`: about `(rows_x + rows_y + 96) * (dim + 1)`,
+/// both sides packed into panels. Saturates instead of overflowing.
 pub const fn cross_distances_workspace_len(rows_x: usize, rows_y: usize, dim: usize) -> usize {
-    let _ = rows_y;
-    tile::block_workspace_len(rows_x, dim)
+    tile::block_workspace_len(rows_x, rows_y, dim)
 }
 
 /// Workspace elements that [`pairwise_distances_rows`] needs for a block of `block_rows`
-/// anchor rows of dimension `dim` (independent of the total number of rows). Saturates
-/// instead of overflowing.
-pub const fn pairwise_distances_rows_workspace_len(block_rows: usize, dim: usize) -> usize {
-    tile::block_workspace_len(block_rows, dim)
+/// of the `rows` embeddings of dimension `dim`: about `(rows + 96) * (dim + 1)` (the
+/// block packed once, the other rows once). Saturates instead of overflowing.
+pub const fn pairwise_distances_rows_workspace_len(
+    rows: usize,
+    block_rows: usize,
+    dim: usize,
+) -> usize {
+    tile::block_workspace_len(block_rows, rows.saturating_sub(block_rows), dim)
 }
 
 /// Workspace elements that [`cross_distances_rows`] needs for a block of `block_rows`
-/// query rows of dimension `dim` (independent of the number of references). Saturates
-/// instead of overflowing.
-pub const fn cross_distances_rows_workspace_len(block_rows: usize, dim: usize) -> usize {
-    tile::block_workspace_len(block_rows, dim)
+/// queries against `rows_y` references of dimension `dim`: about
+/// `(block_rows + rows_y + 96) * (dim + 1)`. Saturates instead of overflowing.
+pub const fn cross_distances_rows_workspace_len(
+    block_rows: usize,
+    rows_y: usize,
+    dim: usize,
+) -> usize {
+    tile::block_workspace_len(block_rows, rows_y, dim)
 }
 
 /// Validates the arguments of a pairwise kernel; returns `n`.
@@ -160,11 +172,13 @@ fn check_dims(x: &Matrix<'_>, y: &Matrix<'_>) -> Result<(), Error> {
 }
 
 /// Validates a block of rows `rows` of a matrix with `total` rows, its `out_block` of
-/// `rows.len() * cols` elements and the workspace; returns `(r0, r1)`.
+/// `rows.len() * cols` elements and the workspace (`pairwise`: the block's own columns
+/// need no packing of their own); returns `(r0, r1)`.
 fn check_block(
     rows: &Range<usize>,
     total: usize,
     cols: usize,
+    pairwise: bool,
     dim: usize,
     out: usize,
     workspace: usize,
@@ -181,8 +195,9 @@ fn check_block(
     if r0 > r1 {
         return Err(Error::InvalidParameter { name: "rows" });
     }
+    let other = if pairwise { cols - (r1 - r0) } else { cols };
     check_len("out", checked_area(r1 - r0, cols)?, out)?;
-    check_workspace(tile::block_workspace_len(r1 - r0, dim), workspace)?;
+    check_workspace(tile::block_workspace_len(r1 - r0, other, dim), workspace)?;
     Ok((r0, r1))
 }
 
@@ -194,7 +209,7 @@ pub(crate) fn check_pairwise_rows(
     out: usize,
     workspace: usize,
 ) -> Result<(usize, usize), Error> {
-    check_block(rows, x.rows(), x.rows(), x.dim(), out, workspace)
+    check_block(rows, x.rows(), x.rows(), true, x.dim(), out, workspace)
 }
 
 /// Validates the arguments of [`cross_distances_rows`] (and its twin); returns `(r0, r1)`.
@@ -206,7 +221,7 @@ pub(crate) fn check_cross_rows(
     workspace: usize,
 ) -> Result<(usize, usize), Error> {
     check_dims(x, y)?;
-    check_block(rows, x.rows(), y.rows(), x.dim(), out, workspace)
+    check_block(rows, x.rows(), y.rows(), false, x.dim(), out, workspace)
 }
 
 /// Clamps a norm below at [`NORM_EPS`], keeping NaN.
@@ -254,7 +269,7 @@ fn pair(metric: Metric, a: &[f32], b: &[f32], na: f32, nb: f32) -> f32 {
 ///
 /// # Numerics
 ///
-/// See the [module docs](self#numerics): Gram-form bound `(2 d + 4) 2^-24 (|a|^2 + |b|^2)`
+/// See [`DistanceMode`](DistanceMode#numerics): Gram-form bound `(2 d + 4) 2^-24 (|a|^2 + |b|^2)`
 /// on squared distances, `(2 d + 10) 2^-24` on cosine distances; equal rows give exactly
 /// 0; NaN/inf propagate to the entries of affected rows.
 ///
@@ -303,7 +318,7 @@ pub fn pairwise_distances(
 /// ([`DistanceMode`]); an empty range writes nothing. Scalar twin:
 /// [`crate::scalar::pairwise_distances_rows`].
 ///
-/// `workspace` needs [`pairwise_distances_rows_workspace_len`]`(rows.len(), dim)`
+/// `workspace` needs [`pairwise_distances_rows_workspace_len`]`(n, rows.len(), dim)`
 /// elements, garbage before and after.
 ///
 /// # Errors
@@ -318,7 +333,7 @@ pub fn pairwise_distances(
 ///
 /// As [`pairwise_distances`] in [`DistanceMode::Gram`]; in [`DistanceMode::Direct`] the
 /// squared distances are within `(d + 2) 2^-24` relative of the exact ones (see the
-/// [module docs](self#numerics)). The diagonal entries in the block are exactly 0.
+/// [`DistanceMode`](DistanceMode#numerics)). The diagonal entries in the block are exactly 0.
 ///
 /// # Example
 ///
@@ -330,7 +345,7 @@ pub fn pairwise_distances(
 /// let x = Matrix::new(&[0.0, 0.0, 3.0, 4.0, 6.0, 8.0], 3, 2)?;
 /// // Row 1 only, exact mode.
 /// let mut row = [0.0_f32; 3];
-/// let mut ws = [0.0_f32; pairwise_distances_rows_workspace_len(1, 2)];
+/// let mut ws = [0.0_f32; pairwise_distances_rows_workspace_len(3, 1, 2)];
 /// pairwise_distances_rows(x, 1..2, Metric::Euclidean, DistanceMode::Direct, &mut row, &mut ws)?;
 /// assert_eq!(row, [5.0, 0.0, 5.0]);
 /// # Ok::<(), triplet_kernels::Error>(())
@@ -436,8 +451,8 @@ pub fn cross_distances(
 /// direct form of the Euclidean metrics ([`DistanceMode`]); an empty range writes
 /// nothing. Scalar twin: [`crate::scalar::cross_distances_rows`].
 ///
-/// `workspace` needs [`cross_distances_rows_workspace_len`]`(rows.len(), dim)` elements,
-/// garbage before and after.
+/// `workspace` needs [`cross_distances_rows_workspace_len`]`(rows.len(), n, dim)`
+/// elements, garbage before and after.
 ///
 /// # Errors
 ///
@@ -462,7 +477,7 @@ pub fn cross_distances(
 /// let x = Matrix::new(&[0.0, 0.0, 1.0, 1.0], 2, 2)?;
 /// let y = Matrix::new(&[1.0, 1.0, 4.0, 5.0], 2, 2)?;
 /// let mut block = [0.0_f32; 2];
-/// let mut ws = [0.0_f32; cross_distances_rows_workspace_len(1, 2)];
+/// let mut ws = [0.0_f32; cross_distances_rows_workspace_len(1, 2, 2)];
 /// cross_distances_rows(x, y, 1..2, Metric::SquaredEuclidean, DistanceMode::Gram, &mut block, &mut ws)?;
 /// assert_eq!(block, [0.0, 25.0]);
 /// # Ok::<(), triplet_kernels::Error>(())

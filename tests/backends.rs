@@ -221,11 +221,11 @@ fn blocks(n: usize, cuts: &[f64]) -> Vec<std::ops::Range<usize>> {
 fn check_pairwise_blocks(x: Matrix<'_>, metric: Metric, mode: DistanceMode, cuts: &[f64]) {
     let (n, d) = (x.rows(), x.dim());
     let mut whole = vec![f32::NAN; n * n];
-    let mut ws = vec![f32::NAN; pairwise_distances_rows_workspace_len(n, d)];
+    let mut ws = vec![f32::NAN; pairwise_distances_rows_workspace_len(n, n, d)];
     pairwise_distances_rows(x, 0..n, metric, mode, &mut whole, &mut ws).unwrap();
     let mut pieced = vec![f32::NAN; n * n];
     for r in blocks(n, cuts) {
-        let mut ws = vec![f32::NAN; pairwise_distances_rows_workspace_len(r.len(), d)];
+        let mut ws = vec![f32::NAN; pairwise_distances_rows_workspace_len(n, r.len(), d)];
         let out = &mut pieced[r.start * n..r.end * n];
         pairwise_distances_rows(x, r, metric, mode, out, &mut ws).unwrap();
     }
@@ -241,11 +241,11 @@ fn check_cross_blocks(
 ) {
     let (m, n, d) = (x.rows(), y.rows(), x.dim());
     let mut whole = vec![f32::NAN; m * n];
-    let mut ws = vec![f32::NAN; cross_distances_rows_workspace_len(m, d)];
+    let mut ws = vec![f32::NAN; cross_distances_rows_workspace_len(m, n, d)];
     cross_distances_rows(x, y, 0..m, metric, mode, &mut whole, &mut ws).unwrap();
     let mut pieced = vec![f32::NAN; m * n];
     for r in blocks(m, cuts) {
-        let mut ws = vec![f32::NAN; cross_distances_rows_workspace_len(r.len(), d)];
+        let mut ws = vec![f32::NAN; cross_distances_rows_workspace_len(r.len(), n, d)];
         let out = &mut pieced[r.start * n..r.end * n];
         cross_distances_rows(x, y, r, metric, mode, out, &mut ws).unwrap();
     }

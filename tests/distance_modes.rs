@@ -50,8 +50,9 @@ fn rows_error_paths_write_nothing() {
     let yd = data(4 * 2, 2);
     let y2 = Matrix::new(&yd, 4, 2).unwrap();
     let mut out = [7.0_f32; 5 * 5];
-    let need = pairwise_distances_rows_workspace_len(2, 3);
-    let mut ws = vec![0.0_f32; need];
+    let need = pairwise_distances_rows_workspace_len(5, 2, 3);
+    let need_c = cross_distances_rows_workspace_len(2, 5, 3);
+    let mut ws = vec![0.0_f32; need.max(need_c)];
     let m = Metric::Euclidean;
     let g = DistanceMode::Gram;
     for pw in [
@@ -90,7 +91,6 @@ fn rows_error_paths_write_nothing() {
         assert_eq!(pw(x, 5..5, m, g, &mut out[..0], &mut ws), Ok(()));
         assert_eq!(pw(x, 0..0, m, g, &mut out[..0], &mut []), Ok(()));
     }
-    let need_c = cross_distances_rows_workspace_len(2, 3);
     for cr in [
         cross_distances_rows as CrossRows,
         scalar::cross_distances_rows,
@@ -136,9 +136,14 @@ fn rows_error_paths_write_nothing() {
 fn workspace_lengths_are_const_and_saturate() {
     const PW: usize = pairwise_distances_workspace_len(4, 3);
     const CR: usize = cross_distances_workspace_len(4, 1000, 3);
-    const ROWS: usize = pairwise_distances_rows_workspace_len(4, 3);
+    const ROWS: usize = pairwise_distances_rows_workspace_len(4, 4, 3);
     assert_eq!(PW, ROWS);
-    assert_eq!(CR, cross_distances_rows_workspace_len(4, 3));
+    assert_eq!(CR, cross_distances_rows_workspace_len(4, 1000, 3));
+    // A block needs no more than the whole matrix.
+    assert!(
+        pairwise_distances_rows_workspace_len(40, 10, 3)
+            <= cross_distances_workspace_len(10, 40, 3)
+    );
     assert_eq!(pairwise_distances_workspace_len(usize::MAX, 2), usize::MAX);
     assert_eq!(cross_distances_workspace_len(3, 3, usize::MAX), usize::MAX);
 }
@@ -150,7 +155,7 @@ fn scalar_rows_twins_are_slices_of_the_whole() {
     let yd = data(m * d, 5);
     let x = Matrix::new(&xd, n, d).unwrap();
     let y = Matrix::new(&yd, m, d).unwrap();
-    let mut ws = vec![0.0_f32; pairwise_distances_workspace_len(n, d)];
+    let mut ws = vec![0.0_f32; cross_distances_workspace_len(n, n, d)];
     for metric in METRICS {
         let mut whole = vec![0.0_f32; n * n];
         scalar::pairwise_distances(x, metric, &mut whole, &mut ws).unwrap();
@@ -174,7 +179,7 @@ fn gram_mode_rows_equal_the_default_kernels() {
     let yd = data(m * d, 7);
     let x = Matrix::new(&xd, n, d).unwrap();
     let y = Matrix::new(&yd, m, d).unwrap();
-    let mut ws = vec![f32::NAN; pairwise_distances_workspace_len(n, d)];
+    let mut ws = vec![f32::NAN; cross_distances_workspace_len(n, n, d)];
     for metric in METRICS {
         let (mut a, mut b) = (vec![0.0_f32; n * n], vec![1.0_f32; n * n]);
         pairwise_distances(x, metric, &mut a, &mut ws).unwrap();
@@ -207,7 +212,7 @@ fn threads_fill_disjoint_blocks_of_one_matrix() {
                     let rows = w[0]..w[1];
                     s.spawn(move || {
                         let mut ws =
-                            vec![f32::NAN; pairwise_distances_rows_workspace_len(rows.len(), d)];
+                            vec![f32::NAN; pairwise_distances_rows_workspace_len(n, rows.len(), d)];
                         pairwise_distances_rows(x, rows, metric, mode, block, &mut ws).unwrap();
                     });
                 }

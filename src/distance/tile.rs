@@ -31,20 +31,34 @@ use crate::math;
 use crate::matrix::Matrix;
 use crate::simd::{Kernel, Simd, MR_MAX, NR_MAX};
 
-/// Workspace elements for a block of `rows` anchor rows of dimension `dim`, for every
-/// backend: row norms and packed anchors padded to a whole panel, one column panel and its
-/// norms, one tile; nothing for an empty block. Saturates instead of overflowing.
-pub(super) const fn block_workspace_len(rows: usize, dim: usize) -> usize {
+/// Workspace elements for a block of `rows` anchor rows against `other` columns outside
+/// the block's symmetric part (all of them for a cross matrix), of dimension `dim`, for
+/// every backend: norms and packed rows, each of the (up to three) groups padded to whole
+/// panels, and one tile; nothing for an empty block. Saturates instead of overflowing.
+pub(super) const fn block_workspace_len(rows: usize, other: usize, dim: usize) -> usize {
     if rows == 0 {
         return 0;
     }
-    let padded = rows.saturating_add(NR_MAX);
-    padded
-        .saturating_add(NR_MAX)
-        .saturating_add(padded.saturating_mul(dim))
-        .saturating_add(NR_MAX.saturating_mul(dim))
+    let rows_padded = rows.saturating_add(NR_MAX);
+    let other_padded = if other == 0 {
+        0
+    } else {
+        other.saturating_add(2 * NR_MAX)
+    };
+    let packed_rows = rows_padded.saturating_add(other_padded);
+    packed_rows
+        .saturating_add(packed_rows.saturating_mul(dim))
         .saturating_add(MR_MAX * NR_MAX)
+        .saturating_add(ALIGN)
 }
+
+/// Elements skipped at most to start the packed buffers on a 64-byte boundary (whole
+/// cache lines, aligned vector loads).
+const ALIGN: usize = 16;
+
+/// Packed anchor rows per row block: about 32 KiB, so a block stays in the first cache
+/// levels while every column panel passes over it.
+const ROW_BLOCK_ELEMS: usize = 8192;
 
 /// One block-of-rows distance computation; arguments already validated.
 pub(super) struct Block<'a, 'o> {
@@ -255,8 +269,11 @@ fn micro<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(
 ) -> [[S::V; NV]; MR] {
     let l = S::LANES;
     let mut acc = [[s.zero(); NV]; MR];
-    for (ak, bk) in apanel.chunks_exact(nr).zip(bpanel.chunks_exact(nr)) {
-        let Some(ak) = ak.get(off..off + MR) else {
+    // Advanced by hand: a `zip` of chunk iterators that is not inlined keeps a division by
+    // the chunk size, and with it a panic path.
+    let mut b_rows = bpanel.chunks_exact(nr);
+    for ak in apanel.chunks_exact(nr) {
+        let (Some(ak), Some(bk)) = (ak.get(off..off + MR), b_rows.next()) else {
             break;
         };
         let mut bv = [s.zero(); NV];
@@ -312,6 +329,7 @@ fn sweep<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(
     g: Geometry,
     apack: &[f32],
     row_norms: &[f32],
+    panels: (usize, usize),
     bpanel: &[f32],
     col_norms: &[f32],
     j0: usize,
@@ -333,11 +351,13 @@ fn sweep<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(
     for (v, c) in cn.iter_mut().enumerate() {
         *c = s.load(col_norms.get(v * l..ncols).unwrap_or(&[]));
     }
-    for (p, (apanel, pnorms)) in apack
+    for (p, apanel) in apack
         .chunks_exact(panel_len)
-        .zip(row_norms.chunks_exact(nr))
         .enumerate()
+        .take(panels.1)
+        .skip(panels.0)
     {
+        let pnorms = row_norms.get(p * nr..(p + 1) * nr).unwrap_or(&[]);
         for off in (0..nr).step_by(MR) {
             let i0 = r0 + p * nr + off;
             if i0 >= r1 || (symmetric && i0 >= j0 + ncols) {
@@ -419,9 +439,9 @@ fn store_transposed(
     out: &mut [f32],
 ) {
     let Geometry { n, nr, r0, .. } = g;
-    let rows = out.get_mut((j0 - r0) * n..).unwrap_or(&mut []);
-    for (c, orow) in rows.chunks_exact_mut(n).take(ncols).enumerate() {
-        let dst = orow.get_mut(i0..i0 + mr).unwrap_or(&mut []);
+    for c in 0..ncols {
+        let start = (j0 + c - r0) * n + i0;
+        let dst = out.get_mut(start..start + mr).unwrap_or(&mut []);
         for (r, o) in dst.iter_mut().enumerate() {
             if let Some(&v) = tile.get(r * nr + c) {
                 *o = v;
@@ -488,33 +508,54 @@ fn drive<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(s: S, job: Bloc
         return;
     }
     let n = b.rows();
-    let padded = m.div_ceil(nr) * nr;
-    // The caller checked `ws.len() >= block_workspace_len(m, d)`, which covers every
+    let panels = m.div_ceil(nr);
+    let padded = panels * nr;
+    // Columns outside the symmetric part: `0..r0` and `r1..n` for a pairwise block, all
+    // of `b` for a cross block. Packed once, panel by panel.
+    let regions = if pairwise {
+        [(0, r0), (r1, n)]
+    } else {
+        [(0, n), (n, n)]
+    };
+    let rect_panels = regions[0].1.div_ceil(nr) + (regions[1].1 - regions[1].0).div_ceil(nr);
+    // Norms and panels are whole multiples of `nr` elements: aligning the start aligns
+    // every panel.
+    let skip = ws.as_ptr().align_offset(4 * ALIGN).min(ALIGN);
+    let Some(ws) = ws.get_mut(skip..) else {
+        return;
+    };
+    // The caller checked `ws.len() >= block_workspace_len(m, other, d)`, which covers every
     // backend's panel width; the checked splits below cannot fail.
     let Some((row_norms, ws)) = ws.split_at_mut_checked(padded) else {
         return;
     };
-    let Some((col_norms, ws)) = ws.split_at_mut_checked(nr) else {
+    let Some((col_norms, ws)) = ws.split_at_mut_checked(rect_panels * nr) else {
         return;
     };
     let Some((apack, ws)) = ws.split_at_mut_checked(padded * d) else {
         return;
     };
-    let Some((bpack, tile)) = ws.split_at_mut_checked(panel_len) else {
+    let Some((bpack, tile)) = ws.split_at_mut_checked(rect_panels * panel_len) else {
         return;
     };
     let Some(anchors) = a.as_slice().get(r0 * d..r1 * d) else {
         return;
     };
-    for ((panel, pnorms), src) in apack
-        .chunks_exact_mut(panel_len)
-        .zip(row_norms.chunks_exact_mut(nr))
-        .zip(anchors.chunks(panel_len))
-    {
-        pack::<S, MR, NV>(s, src, d, nr, panel);
-        panel_norms::<S, NV, E>(s, panel, nr, pnorms);
+    pack_rows::<S, MR, NV, E>(s, anchors, d, nr, panel_len, apack, row_norms);
+    let mut packed_cols = 0;
+    for (c0, c1) in regions {
+        let src = b.as_slice().get(c0 * d..c1 * d).unwrap_or(&[]);
+        let count = (c1 - c0).div_ceil(nr);
+        let dst = bpack
+            .get_mut(packed_cols * panel_len..(packed_cols + count) * panel_len)
+            .unwrap_or(&mut []);
+        let norms = col_norms
+            .get_mut(packed_cols * nr..(packed_cols + count) * nr)
+            .unwrap_or(&mut []);
+        pack_rows::<S, MR, NV, E>(s, src, d, nr, panel_len, dst, norms);
+        packed_cols += count;
     }
-    let (apack, row_norms) = (&*apack, &*row_norms);
+    let (apack, row_norms, bpack, col_norms) = (&*apack, &*row_norms, &*bpack, &*col_norms);
     let g = Geometry {
         d,
         n,
@@ -524,79 +565,89 @@ fn drive<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(s: S, job: Bloc
         r1,
     };
 
-    let mut rect = Rect {
-        b,
-        bpack,
-        col_norms,
-        apack,
-        row_norms,
-    };
-    if pairwise {
-        rect.run::<S, MR, NV, E>(s, g, 0, r0, out, tile);
-        // The symmetric part: the anchor panels are the column panels.
-        for (q, (bpanel, cnorms)) in apack
-            .chunks_exact(panel_len)
-            .zip(row_norms.chunks_exact(nr))
-            .enumerate()
-        {
-            let j0 = r0 + q * nr;
-            let ncols = nr.min(r1 - j0);
-            sweep::<S, MR, NV, E>(
-                s, g, apack, row_norms, bpanel, cnorms, j0, ncols, true, out, tile,
-            );
+    // Row blocks of packed anchors, each against every column panel in order.
+    let block = (ROW_BLOCK_ELEMS / panel_len).max(1);
+    let mut p0 = 0;
+    while p0 < panels {
+        let p1 = (p0 + block).min(panels);
+        let mut rect_panel = 0;
+        for (i, &(c0, c1)) in regions.iter().enumerate() {
+            if i == 1 && pairwise {
+                // The symmetric part: the anchor panels are the column panels; only those
+                // on or right of the row block's diagonal.
+                for (q, bpanel) in apack.chunks_exact(panel_len).enumerate().skip(p0) {
+                    let cnorms = row_norms.get(q * nr..(q + 1) * nr).unwrap_or(&[]);
+                    let j0 = r0 + q * nr;
+                    let ncols = nr.min(r1 - j0);
+                    sweep::<S, MR, NV, E>(
+                        s,
+                        g,
+                        apack,
+                        row_norms,
+                        (p0, p1),
+                        bpanel,
+                        cnorms,
+                        j0,
+                        ncols,
+                        true,
+                        out,
+                        tile,
+                    );
+                }
+            }
+            let mut j0 = c0;
+            while j0 < c1 {
+                let ncols = nr.min(c1 - j0);
+                let bpanel = bpack
+                    .get(rect_panel * panel_len..(rect_panel + 1) * panel_len)
+                    .unwrap_or(&[]);
+                let cnorms = col_norms
+                    .get(rect_panel * nr..(rect_panel + 1) * nr)
+                    .unwrap_or(&[]);
+                sweep::<S, MR, NV, E>(
+                    s,
+                    g,
+                    apack,
+                    row_norms,
+                    (p0, p1),
+                    bpanel,
+                    cnorms,
+                    j0,
+                    ncols,
+                    false,
+                    out,
+                    tile,
+                );
+                j0 += nr;
+                rect_panel += 1;
+            }
         }
-        rect.run::<S, MR, NV, E>(s, g, r1, n, out, tile);
-    } else {
-        rect.run::<S, MR, NV, E>(s, g, 0, n, out, tile);
+        p0 = p1;
     }
 }
 
-/// Columns outside the symmetric part, packed panel by panel.
-struct Rect<'w, 'a> {
-    b: Matrix<'a>,
-    bpack: &'w mut [f32],
-    col_norms: &'w mut [f32],
-    apack: &'w [f32],
-    row_norms: &'w [f32],
-}
-
-impl Rect<'_, '_> {
-    /// Every tile of the anchor block against the columns `c0..c1` of `b`.
-    #[inline(always)]
-    fn run<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(
-        &mut self,
-        s: S,
-        g: Geometry,
-        c0: usize,
-        c1: usize,
-        out: &mut [f32],
-        tile: &mut [f32],
-    ) {
-        let (d, nr) = (g.d, g.nr);
-        let mut j0 = c0;
-        while j0 < c1 {
-            let ncols = nr.min(c1 - j0);
-            let src = self
-                .b
-                .as_slice()
-                .get(j0 * d..(j0 + ncols) * d)
-                .unwrap_or(&[]);
-            pack::<S, MR, NV>(s, src, d, nr, self.bpack);
-            panel_norms::<S, NV, E>(s, self.bpack, nr, self.col_norms);
-            sweep::<S, MR, NV, E>(
-                s,
-                g,
-                self.apack,
-                self.row_norms,
-                self.bpack,
-                self.col_norms,
-                j0,
-                ncols,
-                false,
-                out,
-                tile,
-            );
-            j0 += nr;
-        }
+/// Packs consecutive rows `src` (length `d` each) into whole panels of `dst` and their norm
+/// terms into `norms` (`nr` per panel).
+#[inline(always)]
+fn pack_rows<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(
+    s: S,
+    src: &[f32],
+    d: usize,
+    nr: usize,
+    panel_len: usize,
+    dst: &mut [f32],
+    norms: &mut [f32],
+) {
+    if panel_len == 0 {
+        return;
+    }
+    for (p, panel) in dst.chunks_exact_mut(panel_len).enumerate() {
+        let start = (p * panel_len).min(src.len());
+        let rows = src
+            .get(start..(start + panel_len).min(src.len()))
+            .unwrap_or(&[]);
+        let pnorms = norms.get_mut(p * nr..(p + 1) * nr).unwrap_or(&mut []);
+        pack::<S, MR, NV>(s, rows, d, nr, panel);
+        panel_norms::<S, NV, E>(s, panel, nr, pnorms);
     }
 }

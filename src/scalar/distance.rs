@@ -132,7 +132,7 @@ pub fn cross_distances(
 /// use triplet_kernels::{scalar, pairwise_distances_rows_workspace_len, DistanceMode, Matrix, Metric};
 /// let x = Matrix::new(&[0.0, 0.0, 3.0, 4.0], 2, 2)?;
 /// let mut out = [0.0_f32; 2];
-/// let mut ws = [0.0_f32; pairwise_distances_rows_workspace_len(1, 2)];
+/// let mut ws = [0.0_f32; pairwise_distances_rows_workspace_len(2, 1, 2)];
 /// scalar::pairwise_distances_rows(x, 1..2, Metric::Euclidean, DistanceMode::Gram, &mut out, &mut ws)?;
 /// assert_eq!(out, [5.0, 0.0]);
 /// # Ok::<(), triplet_kernels::Error>(())
@@ -184,7 +184,7 @@ pub fn pairwise_distances_rows(
 /// let x = Matrix::new(&[1.0, 0.0, 0.0, 3.0], 2, 2)?;
 /// let y = Matrix::new(&[0.0, 0.0], 1, 2)?;
 /// let mut out = [0.0_f32; 1];
-/// let mut ws = [0.0_f32; cross_distances_rows_workspace_len(1, 2)];
+/// let mut ws = [0.0_f32; cross_distances_rows_workspace_len(1, 1, 2)];
 /// scalar::cross_distances_rows(x, y, 1..2, Metric::Euclidean, DistanceMode::Direct, &mut out, &mut ws)?;
 /// assert_eq!(out, [3.0]);
 /// # Ok::<(), triplet_kernels::Error>(())

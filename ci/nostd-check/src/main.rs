@@ -49,7 +49,8 @@ fn run() -> Result<bool, tk::Error> {
     let y = Matrix::new(&xd[..3 * D], 3, D)?;
     let mut ok = true;
     let mut out = [0.0_f32; N * N];
-    let mut ws = [0.0_f32; tk::pairwise_distances_workspace_len(N, D)];
+    // Enough for every call below: the cross workspace packs both sides.
+    let mut ws = [0.0_f32; tk::cross_distances_workspace_len(N, N, D)];
     let mut g = [0.0_f32; N * D];
     for metric in [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine] {
         tk::pairwise_distances(x, metric, &mut out, &mut ws)?;
