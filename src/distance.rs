@@ -1,43 +1,41 @@
 //! Distance matrices (pairwise and cross), row norms and L2 normalisation.
 //!
-//! All three metrics share one pass over pairs of rows:
+//! Three metrics:
 //!
 //! - `SquaredEuclidean`: `d(a, b) = sum (a_i - b_i)^2`;
 //! - `Euclidean`: `d(a, b) = sqrt(sum (a_i - b_i)^2)`;
 //! - `Cosine`: `d(a, b) = 1 - <a, b> / (max(|a|, 1e-12) * max(|b|, 1e-12))`, so a zero
 //!   vector is at distance 1 from every other row.
 //!
+//! The matrix kernels run a packed, register-blocked microkernel (one `MR x NR` tile of
+//! accumulators in registers while the whole dimension streams through; rows packed into
+//! panels first; the SIMD backend chosen at run time, see [`crate::Backend`]). In a
+//! pairwise matrix only the tiles on or above the diagonal are computed and every value
+//! is mirrored, so the matrix is symmetric bit for bit with an exact zero diagonal.
+//! Every matrix kernel also exists for a block of anchor rows
+//! ([`pairwise_distances_rows`], [`cross_distances_rows`]), so a caller can spread one
+//! batch over threads.
+//!
 //! # Numerics
 //!
-//! The fast path computes squared Euclidean distances directly, `sum (a_i - b_i)^2`, in
-//! `f32` with eight lanes and two accumulators, so equal rows give exactly 0 and there is
-//! no cancellation. Against the `f64` scalar twin ([`crate::scalar`]) each entry satisfies
-//! `|fast - exact| <= (d / 8 + 10) * 2^-24 * S`, where `S` is the sum of the absolute
-//! values of the summed terms (`sum (a_i - b_i)^2` for Euclidean metrics, `sum |a_i b_i|`
-//! normalised by the norms for cosine); the tests check a bound of `4 * (d + 8) * 2^-24 * S`.
-//! The Euclidean distance's relative error is at most half the squared distance's. Terms
-//! below `f32`'s normal range (`|a_i - b_i| < 1.1e-19`) underflow, which adds an absolute
-//! error of at most `(d + 8) * 1.2e-38` to a squared distance (its square root to a
-//! Euclidean one).
-//! Results may differ in the last bits between builds with and without FMA.
-//!
-//! The bounds hold while every row's squared norm stays below `f32::MAX / 4` (about
-//! `8.5e37`). Past it, `f32` sums overflow: squared distances saturate to `+inf` and cosine
-//! distances of the affected rows are unspecified (never a panic; the `f64` twin stays exact).
-//!
+//! The error bounds of the matrix kernels, for both modes and every metric, are in the
+//! public docs of [`DistanceMode`] (this module is private, its docs are not rendered).
 //! NaN and infinity in the data are not checked: they propagate to every entry computed
 //! from an affected row (NaN or infinite, which one is unspecified), never elsewhere.
+
+mod tile;
 
 use crate::error::{check_len, check_workspace, checked_area, Error};
 use crate::math;
 use crate::matrix::Matrix;
-use crate::simd;
+use crate::simd::{self, Kernel, Simd};
+use core::ops::Range;
 
 /// Lower bound applied to norms before dividing, as PyTorch's `F.normalize` and
 /// `cosine_similarity` do.
 pub const NORM_EPS: f32 = 1e-12;
 
-/// Which distance a kernel computes. See the [module docs](self) for the formulas.
+/// Which distance a kernel computes; each variant gives its formula.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Metric {
     /// `sum (a_i - b_i)^2`.
@@ -48,18 +46,96 @@ pub enum Metric {
     Cosine,
 }
 
+/// How the matrix kernels evaluate the Euclidean metrics (cosine is the same in both).
+///
+/// # Numerics
+///
+/// Let `u = 2^-24` (the unit roundoff of `f32`), `d` the dimension, and
+/// `N = |a|^2 + |b|^2`. Each entry is accumulated sequentially over the `d` coordinates
+/// (fused multiply-adds on the AVX2 and AVX-512 backends and on FMA builds of the portable
+/// one). Bounds against the exact value (the `f64` scalar twins in [`crate::scalar`] are
+/// exact to well below them), to be multiplied by `1 / (1 - (d + 2) u)` (below 1.01 for
+/// `d < 160_000`):
+///
+/// - [`DistanceMode::Gram`] (the default, used by [`pairwise_distances`] and
+///   [`cross_distances`]): squared Euclidean as `|a|^2 + |b|^2 - 2 <a, b>`, clamped at 0.
+///   `|fast - exact| <= (2 d + 4) u N`. This bounds the error by the *norms*, not by
+///   the distance: two points much closer to each other than to the origin lose relative
+///   accuracy (a distance below about `sqrt((2 d + 4) u) * |a|` is noise; the
+///   Euclidean distance, a square root, is then off by up to `sqrt((2 d + 4) u N)`).
+///   Equal rows still give exactly 0: a row's squared norm is computed with the same
+///   arithmetic, in the same order, as the dot product of that row with itself.
+/// - [`DistanceMode::Direct`]: `sum (a_i - b_i)^2` computed as written, no cancellation.
+///   `|fast - exact| <= (d + 2) u S` with `S` the exact squared distance: full relative
+///   accuracy for nearly coincident points, at about half the Gram mode's speed. Use it
+///   when points nearly coincide (or when `|x|^2` overflows `f32`, above about `1.8e19`,
+///   where the Gram form gives NaN or infinity).
+/// - `Cosine` is the same in both modes: `1 - <a, b> (1 / |a|) (1 / |b|)` with the clamped
+///   norms inverted once per row; `|fast - exact| <= (2 d + 10) u`.
+/// - The Euclidean distance's error is that of the squared distance passed through the
+///   square root: relative error at most half the squared distance's, plus one rounding.
+/// - Terms below `f32`'s normal range (`|a_i|`, `|b_i|` or `|a_i - b_i|` under
+///   `1.1e-19`) underflow, which adds an absolute error of at most `(2 d + 8) * 1.2e-38`
+///   to a squared distance (Gram), `(d + 8) * 1.2e-38` (direct).
+///
+/// Backends and builds (fused or unfused multiply-add, lane count) may differ in the last
+/// bits; the bounds hold for all of them. The row-wise kernels ([`row_norms`],
+/// [`l2_normalize`], [`l2_normalize_backward`]) and the per-pair helpers use the SIMD
+/// seam's two-accumulator reductions and keep their tighter bounds.
+///
+/// The bounds hold while every row's squared norm stays below `f32::MAX / 4` (about
+/// `8.5e37`). Past it, `f32` sums overflow: squared distances saturate to `+inf` in direct
+/// mode and are `+inf` or NaN in Gram mode, cosine distances of the affected rows are
+/// unspecified (never a panic; the `f64` twin stays exact).
+///
+/// NaN and infinity in the data are not checked: they propagate to every entry computed
+/// from an affected row (NaN or infinite, which one is unspecified), never elsewhere.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum DistanceMode {
+    /// `|a|^2 + |b|^2 - 2 <a, b>`, clamped at 0: a dot-product tile plus row norms, the
+    /// fastest form. Error bounded relative to `|a|^2 + |b|^2`: nearly coincident points
+    /// lose relative accuracy.
+    #[default]
+    Gram,
+    /// `sum (a_i - b_i)^2` as written: error bounded relative to the distance itself,
+    /// about half the speed of [`DistanceMode::Gram`].
+    Direct,
+}
+
 /// Workspace elements that [`pairwise_distances`] needs for `rows` embeddings of
-/// dimension `dim`. Saturates instead of overflowing.
+/// dimension `dim`: about `(rows + 32) * (dim + 1)`, the rows packed into panels.
+/// Saturates instead of overflowing.
 pub const fn pairwise_distances_workspace_len(rows: usize, dim: usize) -> usize {
-    let _ = dim;
-    rows
+    tile::block_workspace_len(rows, 0, dim)
 }
 
 /// Workspace elements that [`cross_distances`] needs for `rows_x` queries against
-/// `rows_y` references of dimension `dim`. Saturates instead of overflowing.
+/// `rows_y` references of dimension `dim`: about `(rows_x + rows_y + 96) * (dim + 1)`,
+/// both sides packed into panels. Saturates instead of overflowing.
 pub const fn cross_distances_workspace_len(rows_x: usize, rows_y: usize, dim: usize) -> usize {
-    let _ = dim;
-    rows_x.saturating_add(rows_y)
+    tile::block_workspace_len(rows_x, rows_y, dim)
+}
+
+/// Workspace elements that [`pairwise_distances_rows`] needs for a block of `block_rows`
+/// of the `rows` embeddings of dimension `dim`: about `(rows + 96) * (dim + 1)` (the
+/// block packed once, the other rows once). Saturates instead of overflowing.
+pub const fn pairwise_distances_rows_workspace_len(
+    rows: usize,
+    block_rows: usize,
+    dim: usize,
+) -> usize {
+    tile::block_workspace_len(block_rows, rows.saturating_sub(block_rows), dim)
+}
+
+/// Workspace elements that [`cross_distances_rows`] needs for a block of `block_rows`
+/// queries against `rows_y` references of dimension `dim`: about
+/// `(block_rows + rows_y + 96) * (dim + 1)`. Saturates instead of overflowing.
+pub const fn cross_distances_rows_workspace_len(
+    block_rows: usize,
+    rows_y: usize,
+    dim: usize,
+) -> usize {
+    tile::block_workspace_len(block_rows, rows_y, dim)
 }
 
 /// Validates the arguments of a pairwise kernel; returns `n`.
@@ -77,16 +153,75 @@ pub(crate) fn check_cross(
     out: usize,
     workspace: usize,
 ) -> Result<(usize, usize), Error> {
-    if x.dim() != y.dim() {
-        return Err(Error::DimensionMismatch {
-            left: x.dim(),
-            right: y.dim(),
-        });
-    }
+    check_dims(x, y)?;
     let (m, n) = (x.rows(), y.rows());
     check_len("out", checked_area(m, n)?, out)?;
     check_workspace(cross_distances_workspace_len(m, n, x.dim()), workspace)?;
     Ok((m, n))
+}
+
+fn check_dims(x: &Matrix<'_>, y: &Matrix<'_>) -> Result<(), Error> {
+    if x.dim() == y.dim() {
+        Ok(())
+    } else {
+        Err(Error::DimensionMismatch {
+            left: x.dim(),
+            right: y.dim(),
+        })
+    }
+}
+
+/// Validates a block of rows `rows` of a matrix with `total` rows, its `out_block` of
+/// `rows.len() * cols` elements and the workspace (`pairwise`: the block's own columns
+/// need no packing of their own); returns `(r0, r1)`.
+fn check_block(
+    rows: &Range<usize>,
+    total: usize,
+    cols: usize,
+    pairwise: bool,
+    dim: usize,
+    out: usize,
+    workspace: usize,
+) -> Result<(usize, usize), Error> {
+    let (r0, r1) = (rows.start, rows.end);
+    if r1 > total {
+        return Err(Error::IndexOutOfRange {
+            buffer: "rows",
+            position: 1,
+            index: r1,
+            bound: total.saturating_add(1),
+        });
+    }
+    if r0 > r1 {
+        return Err(Error::InvalidParameter { name: "rows" });
+    }
+    let other = if pairwise { cols - (r1 - r0) } else { cols };
+    check_len("out", checked_area(r1 - r0, cols)?, out)?;
+    check_workspace(tile::block_workspace_len(r1 - r0, other, dim), workspace)?;
+    Ok((r0, r1))
+}
+
+/// Validates the arguments of [`pairwise_distances_rows`] (and its twin); returns
+/// `(r0, r1)`.
+pub(crate) fn check_pairwise_rows(
+    x: &Matrix<'_>,
+    rows: &Range<usize>,
+    out: usize,
+    workspace: usize,
+) -> Result<(usize, usize), Error> {
+    check_block(rows, x.rows(), x.rows(), true, x.dim(), out, workspace)
+}
+
+/// Validates the arguments of [`cross_distances_rows`] (and its twin); returns `(r0, r1)`.
+pub(crate) fn check_cross_rows(
+    x: &Matrix<'_>,
+    y: &Matrix<'_>,
+    rows: &Range<usize>,
+    out: usize,
+    workspace: usize,
+) -> Result<(usize, usize), Error> {
+    check_dims(x, y)?;
+    check_block(rows, x.rows(), y.rows(), false, x.dim(), out, workspace)
 }
 
 /// Clamps a norm below at [`NORM_EPS`], keeping NaN.
@@ -101,9 +236,7 @@ fn clamp_norm(n: f32) -> f32 {
 
 /// Fills `norms[i]` with the clamped norm of row `i` (cosine only).
 fn clamped_norms(x: &Matrix<'_>, norms: &mut [f32]) {
-    for (row, n) in x.row_iter().zip(norms.iter_mut()) {
-        *n = clamp_norm(math::sqrt(simd::sq_norm(row)));
-    }
+    simd::dispatch(ClampedNorms { x: *x, out: norms });
 }
 
 /// One distance from the two rows and, for cosine, their clamped norms.
@@ -120,8 +253,10 @@ fn pair(metric: Metric, a: &[f32], b: &[f32], na: f32, nb: f32) -> f32 {
 ///
 /// `out` has exactly `n * n` elements and is fully overwritten. The matrix is symmetric
 /// bit for bit (one triangle is computed, then mirrored) and its diagonal is exactly 0,
-/// also for cosine (a zero row is at distance 1 from every *other* row). Scalar twin:
-/// [`crate::scalar::pairwise_distances`].
+/// also for cosine (a zero row is at distance 1 from every *other* row). The Euclidean
+/// metrics use the Gram form ([`DistanceMode::Gram`]); for points that nearly coincide,
+/// [`pairwise_distances_rows`] over `0..n` with [`DistanceMode::Direct`] gives the same
+/// matrix with full relative accuracy. Scalar twin: [`crate::scalar::pairwise_distances`].
 ///
 /// `workspace` needs [`pairwise_distances_workspace_len`]`(n, dim)` elements; its contents
 /// are garbage before and after.
@@ -134,8 +269,9 @@ fn pair(metric: Metric, a: &[f32], b: &[f32], na: f32, nb: f32) -> f32 {
 ///
 /// # Numerics
 ///
-/// See the [module docs](self): NaN/inf propagate to the entries of affected rows; the
-/// error against the `f64` twin is bounded by the sum of absolute terms.
+/// See [`DistanceMode`](DistanceMode#numerics): Gram-form bound `(2 d + 4) 2^-24 (|a|^2 + |b|^2)`
+/// on squared distances, `(2 d + 10) 2^-24` on cosine distances; equal rows give exactly
+/// 0; NaN/inf propagate to the entries of affected rows.
 ///
 /// # Example
 ///
@@ -156,34 +292,85 @@ pub fn pairwise_distances(
     workspace: &mut [f32],
 ) -> Result<(), Error> {
     let n = check_pairwise(&x, out.len(), workspace.len())?;
-    let dim = x.dim();
-    if n == 0 || dim == 0 {
-        // Unreachable (a Matrix is never empty); lets the optimiser drop the
-        // zero-chunk-size panic of `chunks_exact`.
-        return Ok(());
-    }
-    let norms = workspace.get_mut(..n).unwrap_or_default();
-    if metric == Metric::Cosine {
-        clamped_norms(&x, norms);
-    }
-    // Row i against rows i+1.. : the strict upper triangle, then mirrored.
-    let mut rest = x.as_slice();
-    let mut rest_norms: &[f32] = norms;
-    for (a, out_row) in x.row_iter().zip(out.chunks_exact_mut(n)) {
-        rest = rest.get(dim..).unwrap_or_default();
-        let na = rest_norms.first().copied().unwrap_or(1.0);
-        rest_norms = rest_norms.get(1..).unwrap_or_default();
-        let upper = out_row
-            .get_mut(n.saturating_sub(rest_norms.len() + 1)..)
-            .unwrap_or_default();
-        if let Some((diag, upper)) = upper.split_first_mut() {
-            *diag = 0.0;
-            for ((b, o), nb) in rest.chunks_exact(dim).zip(upper.iter_mut()).zip(rest_norms) {
-                *o = pair(metric, a, b, na, *nb);
-            }
-        }
-    }
-    mirror_upper(out, n);
+    simd::dispatch(tile::Block {
+        a: x,
+        r0: 0,
+        r1: n,
+        b: x,
+        pairwise: true,
+        metric,
+        mode: DistanceMode::Gram,
+        out,
+        ws: workspace,
+    });
+    Ok(())
+}
+
+/// Rows `rows` of the pairwise distance matrix of `x`:
+/// `out_block[(i - rows.start) * n + j] = d(x_i, x_j)` for `i` in `rows`, `j` in `0..n`.
+///
+/// Blocks that partition `0..n` reproduce [`pairwise_distances`] exactly (same values,
+/// same bits: every entry is computed by the same tile arithmetic whatever the block),
+/// so disjoint blocks can run on different threads over `split_at_mut` pieces of one
+/// output. Inside the block's own columns symmetry halves the work, the columns
+/// outside it are computed in full, so `t` equal blocks do `(2 t - 1) / t` times the work
+/// of one whole call. `mode` picks the Gram or the direct form of the Euclidean metrics
+/// ([`DistanceMode`]); an empty range writes nothing. Scalar twin:
+/// [`crate::scalar::pairwise_distances_rows`].
+///
+/// `workspace` needs [`pairwise_distances_rows_workspace_len`]`(n, rows.len(), dim)`
+/// elements, garbage before and after.
+///
+/// # Errors
+///
+/// - [`Error::IndexOutOfRange`] (`"rows"`, position 1) when `rows.end > n`;
+/// - [`Error::InvalidParameter`] (`"rows"`) when `rows.start > rows.end`;
+/// - [`Error::ShapeOverflow`] when `rows.len() * n` overflows `usize`;
+/// - [`Error::LengthMismatch`] (`"out"`) when `out_block.len() != rows.len() * n`;
+/// - [`Error::WorkspaceTooSmall`] when the workspace is too short.
+///
+/// # Numerics
+///
+/// As [`pairwise_distances`] in [`DistanceMode::Gram`]; in [`DistanceMode::Direct`] the
+/// squared distances are within `(d + 2) 2^-24` relative of the exact ones (see the
+/// [`DistanceMode`](DistanceMode#numerics)). The diagonal entries in the block are exactly 0.
+///
+/// # Example
+///
+/// ```
+/// use triplet_kernels::{
+///     pairwise_distances_rows, pairwise_distances_rows_workspace_len, DistanceMode, Matrix,
+///     Metric,
+/// };
+/// let x = Matrix::new(&[0.0, 0.0, 3.0, 4.0, 6.0, 8.0], 3, 2)?;
+/// // Row 1 only, exact mode.
+/// let mut row = [0.0_f32; 3];
+/// let mut ws = [0.0_f32; pairwise_distances_rows_workspace_len(3, 1, 2)];
+/// pairwise_distances_rows(x, 1..2, Metric::Euclidean, DistanceMode::Direct, &mut row, &mut ws)?;
+/// assert_eq!(row, [5.0, 0.0, 5.0]);
+/// # Ok::<(), triplet_kernels::Error>(())
+/// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
+pub fn pairwise_distances_rows(
+    x: Matrix<'_>,
+    rows: Range<usize>,
+    metric: Metric,
+    mode: DistanceMode,
+    out_block: &mut [f32],
+    workspace: &mut [f32],
+) -> Result<(), Error> {
+    let (r0, r1) = check_pairwise_rows(&x, &rows, out_block.len(), workspace.len())?;
+    simd::dispatch(tile::Block {
+        a: x,
+        r0,
+        r1,
+        b: x,
+        pairwise: true,
+        metric,
+        mode,
+        out: out_block,
+        ws: workspace,
+    });
     Ok(())
 }
 
@@ -203,9 +390,11 @@ pub(crate) fn mirror_upper(out: &mut [f32], n: usize) {
 /// Cross distance matrix: `out[i * n + j] = d(x_i, y_j)` for `m` queries `x` and `n`
 /// references `y` (queries vs gallery, embeddings vs proxies).
 ///
-/// `out` has exactly `m * n` elements and is fully overwritten. Scalar twin:
-/// [`crate::scalar::cross_distances`]. `workspace` needs
-/// [`cross_distances_workspace_len`]`(m, n, dim)` elements, garbage before and after.
+/// `out` has exactly `m * n` elements and is fully overwritten. The Euclidean metrics use
+/// the Gram form; [`cross_distances_rows`] over `0..m` with [`DistanceMode::Direct`] is
+/// the exact alternative. Scalar twin: [`crate::scalar::cross_distances`]. `workspace`
+/// needs [`cross_distances_workspace_len`]`(m, n, dim)` elements, garbage before and
+/// after.
 ///
 /// # Errors
 ///
@@ -216,8 +405,8 @@ pub(crate) fn mirror_upper(out: &mut [f32], n: usize) {
 ///
 /// # Numerics
 ///
-/// As [`pairwise_distances`], without the forced zero diagonal: a row at distance 0 from
-/// itself gives exactly 0 for the Euclidean metrics, and `1 - cos` rounded for cosine.
+/// As [`pairwise_distances`], without the forced zero diagonal: equal rows in `x` and
+/// `y` still give exactly 0 for the Euclidean metrics, and `1 - cos` rounded for cosine.
 ///
 /// # Example
 ///
@@ -239,23 +428,165 @@ pub fn cross_distances(
     out: &mut [f32],
     workspace: &mut [f32],
 ) -> Result<(), Error> {
-    let (m, n) = check_cross(&x, &y, out.len(), workspace.len())?;
-    let (norms_x, rest) = workspace.split_at_mut(m);
-    let norms_y = rest.split_at_mut(n).0;
-    if metric == Metric::Cosine {
-        clamped_norms(&x, norms_x);
-        clamped_norms(&y, norms_y);
-    }
-    for ((a, out_row), na) in x
-        .row_iter()
-        .zip(out.chunks_exact_mut(n))
-        .zip(norms_x.iter())
-    {
-        for ((b, o), nb) in y.row_iter().zip(out_row.iter_mut()).zip(norms_y.iter()) {
-            *o = pair(metric, a, b, *na, *nb);
+    let (m, _) = check_cross(&x, &y, out.len(), workspace.len())?;
+    simd::dispatch(tile::Block {
+        a: x,
+        r0: 0,
+        r1: m,
+        b: y,
+        pairwise: false,
+        metric,
+        mode: DistanceMode::Gram,
+        out,
+        ws: workspace,
+    });
+    Ok(())
+}
+
+/// Rows `rows` of the cross distance matrix:
+/// `out_block[(i - rows.start) * n + j] = d(x_i, y_j)` for `i` in `rows`, `j` in `0..n`.
+///
+/// Blocks that partition `0..m` reproduce [`cross_distances`] bit for bit, with no extra
+/// work, so disjoint blocks can run on different threads. `mode` picks the Gram or the
+/// direct form of the Euclidean metrics ([`DistanceMode`]); an empty range writes
+/// nothing. Scalar twin: [`crate::scalar::cross_distances_rows`].
+///
+/// `workspace` needs [`cross_distances_rows_workspace_len`]`(rows.len(), n, dim)`
+/// elements, garbage before and after.
+///
+/// # Errors
+///
+/// - [`Error::DimensionMismatch`] when `x` and `y` have different dimensions;
+/// - [`Error::IndexOutOfRange`] (`"rows"`, position 1) when `rows.end > m`;
+/// - [`Error::InvalidParameter`] (`"rows"`) when `rows.start > rows.end`;
+/// - [`Error::ShapeOverflow`] when `rows.len() * n` overflows `usize`;
+/// - [`Error::LengthMismatch`] (`"out"`) when `out_block.len() != rows.len() * n`;
+/// - [`Error::WorkspaceTooSmall`] when the workspace is too short.
+///
+/// # Numerics
+///
+/// As [`cross_distances`] in [`DistanceMode::Gram`]; as [`pairwise_distances_rows`] in
+/// [`DistanceMode::Direct`].
+///
+/// # Example
+///
+/// ```
+/// use triplet_kernels::{
+///     cross_distances_rows, cross_distances_rows_workspace_len, DistanceMode, Matrix, Metric,
+/// };
+/// let x = Matrix::new(&[0.0, 0.0, 1.0, 1.0], 2, 2)?;
+/// let y = Matrix::new(&[1.0, 1.0, 4.0, 5.0], 2, 2)?;
+/// let mut block = [0.0_f32; 2];
+/// let mut ws = [0.0_f32; cross_distances_rows_workspace_len(1, 2, 2)];
+/// cross_distances_rows(x, y, 1..2, Metric::SquaredEuclidean, DistanceMode::Gram, &mut block, &mut ws)?;
+/// assert_eq!(block, [0.0, 25.0]);
+/// # Ok::<(), triplet_kernels::Error>(())
+/// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
+pub fn cross_distances_rows(
+    x: Matrix<'_>,
+    y: Matrix<'_>,
+    rows: Range<usize>,
+    metric: Metric,
+    mode: DistanceMode,
+    out_block: &mut [f32],
+    workspace: &mut [f32],
+) -> Result<(), Error> {
+    let (r0, r1) = check_cross_rows(&x, &y, &rows, out_block.len(), workspace.len())?;
+    simd::dispatch(tile::Block {
+        a: x,
+        r0,
+        r1,
+        b: y,
+        pairwise: false,
+        metric,
+        mode,
+        out: out_block,
+        ws: workspace,
+    });
+    Ok(())
+}
+
+/// Kernel of [`clamped_norms`].
+struct ClampedNorms<'a, 'o> {
+    x: Matrix<'a>,
+    out: &'o mut [f32],
+}
+impl Kernel for ClampedNorms<'_, '_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
+        for (row, n) in self.x.row_iter().zip(self.out.iter_mut()) {
+            *n = clamp_norm(math::sqrt(simd::dot_with(s, row, row)));
         }
     }
-    Ok(())
+}
+
+/// Kernel of [`row_norms`].
+struct RowNorms<'a, 'o> {
+    x: Matrix<'a>,
+    out: &'o mut [f32],
+}
+impl Kernel for RowNorms<'_, '_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
+        for (row, o) in self.x.row_iter().zip(self.out.iter_mut()) {
+            *o = math::sqrt(simd::dot_with(s, row, row));
+        }
+    }
+}
+
+/// Kernel of [`l2_normalize`].
+struct Normalize<'a, 'o> {
+    x: Matrix<'a>,
+    out: &'o mut [f32],
+}
+impl Kernel for Normalize<'_, '_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
+        for (row, o) in self
+            .x
+            .row_iter()
+            .zip(self.out.chunks_exact_mut(self.x.dim()))
+        {
+            let norm = clamp_norm(math::sqrt(simd::dot_with(s, row, row)));
+            simd::scale_into_with(s, 1.0 / norm, row, o);
+        }
+    }
+}
+
+/// Kernel of [`l2_normalize_backward`].
+struct NormalizeBackward<'a, 'o> {
+    x: Matrix<'a>,
+    grad_out: &'a [f32],
+    grad_x: &'o mut [f32],
+}
+impl Kernel for NormalizeBackward<'_, '_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
+        let dim = self.x.dim();
+        for ((row, g), gx) in self
+            .x
+            .row_iter()
+            .zip(self.grad_out.chunks_exact(dim))
+            .zip(self.grad_x.chunks_exact_mut(dim))
+        {
+            let r = math::sqrt(simd::dot_with(s, row, row));
+            // A NaN norm takes this branch and propagates.
+            if r.is_nan() || r > NORM_EPS {
+                let inv = 1.0 / r;
+                // <y, g> = <x, g> / r; grad = g / r - x <x, g> / r^3.
+                let proj = simd::dot_with(s, row, g) * inv * inv;
+                simd::scale_into_with(s, inv, g, gx);
+                simd::axpy_with(s, -proj * inv, row, gx);
+            } else {
+                simd::scale_into_with(s, 1.0 / NORM_EPS, g, gx);
+            }
+        }
+    }
 }
 
 /// Euclidean norm of every row: `out[i] = |x_i|`. `out` has exactly `rows` elements.
@@ -283,9 +614,7 @@ pub fn cross_distances(
 #[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn row_norms(x: Matrix<'_>, out: &mut [f32]) -> Result<(), Error> {
     check_len("out", x.rows(), out.len())?;
-    for (row, o) in x.row_iter().zip(out.iter_mut()) {
-        *o = math::sqrt(simd::sq_norm(row));
-    }
+    simd::dispatch(RowNorms { x, out });
     Ok(())
 }
 
@@ -314,10 +643,7 @@ pub fn row_norms(x: Matrix<'_>, out: &mut [f32]) -> Result<(), Error> {
 #[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn l2_normalize(x: Matrix<'_>, out: &mut [f32]) -> Result<(), Error> {
     check_len("out", x.len(), out.len())?;
-    for (row, o) in x.row_iter().zip(out.chunks_exact_mut(x.dim())) {
-        let norm = clamp_norm(math::sqrt(simd::sq_norm(row)));
-        simd::scale_into(1.0 / norm, row, o);
-    }
+    simd::dispatch(Normalize { x, out });
     Ok(())
 }
 
@@ -356,29 +682,17 @@ pub fn l2_normalize_backward(
 ) -> Result<(), Error> {
     check_len("grad_out", x.len(), grad_out.len())?;
     check_len("grad_x", x.len(), grad_x.len())?;
-    let dim = x.dim();
-    for ((row, g), gx) in x
-        .row_iter()
-        .zip(grad_out.chunks_exact(dim))
-        .zip(grad_x.chunks_exact_mut(dim))
-    {
-        let r = math::sqrt(simd::sq_norm(row));
-        // Written so that a NaN norm takes this branch and propagates.
-        if r.is_nan() || r > NORM_EPS {
-            let inv = 1.0 / r;
-            // <y, g> = <x, g> / r; grad = g / r - x <x, g> / r^3.
-            let proj = simd::dot(row, g) * inv * inv;
-            simd::scale_into(inv, g, gx);
-            simd::axpy(-proj * inv, row, gx);
-        } else {
-            simd::scale_into(1.0 / NORM_EPS, g, gx);
-        }
-    }
+    simd::dispatch(NormalizeBackward {
+        x,
+        grad_out,
+        grad_x,
+    });
     Ok(())
 }
 
 /// Clamped norms of every row into `norms` (`rows` elements), for kernels that need
 /// cosine distances and their gradients.
+#[allow(dead_code)] // Used by the loss kernels.
 pub(crate) fn clamped_row_norms(x: &Matrix<'_>, norms: &mut [f32]) {
     clamped_norms(x, norms);
 }
@@ -386,6 +700,7 @@ pub(crate) fn clamped_row_norms(x: &Matrix<'_>, norms: &mut [f32]) {
 /// One distance between two rows; `na`, `nb` are their clamped norms (read for cosine
 /// only, see [`clamped_row_norms`]).
 #[inline]
+#[allow(dead_code)] // Used by the loss kernels.
 pub(crate) fn distance(metric: Metric, a: &[f32], b: &[f32], na: f32, nb: f32) -> f32 {
     pair(metric, a, b, na, nb)
 }
@@ -399,7 +714,7 @@ pub(crate) fn distance(metric: Metric, a: &[f32], b: &[f32], na: f32, nb: f32) -
 /// - cosine, `d = 1 - <a,b> / (na nb)`: `-b / (na nb) + (1 - d) a / na^2`, the second term
 ///   only where the norm of `a` is above the clamp (below it the norm is a constant).
 #[inline]
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments, dead_code)] // Used by the loss kernels.
 pub(crate) fn add_distance_grad(
     metric: Metric,
     a: &[f32],

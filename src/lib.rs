@@ -6,6 +6,16 @@
 //! with their gradients. Every fast kernel is vectorised through one private SIMD seam
 //! and has a public reference twin in [`scalar`].
 //!
+//! # SIMD backends
+//!
+//! The kernels pick their SIMD code path at run time, once per call: on x86-64, AVX-512F
+//! or AVX2 + FMA when the CPU has them, otherwise a portable path (`wide`, whose width
+//! follows the build's target features), so a default `cargo build` already runs the
+//! widest unit of the machine it runs on. [`Backend`] lists what is available;
+//! [`set_backend`] forces one at run time (e.g. `Backend::Portable`), and the cargo
+//! feature `portable-only` leaves the x86 backends out of the build. All backends meet
+//! the same documented error bounds.
+//!
 //! # Conventions
 //!
 //! Every kernel of the crate follows these rules.
@@ -87,8 +97,10 @@ mod simd;
 pub mod triplet;
 
 pub use distance::{
-    cross_distances, cross_distances_workspace_len, l2_normalize, l2_normalize_backward,
-    pairwise_distances, pairwise_distances_workspace_len, row_norms, Metric, NORM_EPS,
+    cross_distances, cross_distances_rows, cross_distances_rows_workspace_len,
+    cross_distances_workspace_len, l2_normalize, l2_normalize_backward, pairwise_distances,
+    pairwise_distances_rows, pairwise_distances_rows_workspace_len,
+    pairwise_distances_workspace_len, row_norms, DistanceMode, Metric, NORM_EPS,
 };
 pub use error::Error;
 pub use matrix::Matrix;
@@ -113,6 +125,7 @@ pub use quadruplet::{
 pub use retrieval::{
     knn, knn_workspace_len, retrieval_metrics, retrieval_metrics_workspace_len, RetrievalMetrics,
 };
+pub use simd::{reset_backend, set_backend, Backend};
 pub use triplet::{
     triplet_batch_loss, triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
     triplet_batch_loss_workspace_len, triplet_margin_loss, triplet_margin_loss_grad,

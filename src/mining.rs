@@ -116,11 +116,23 @@ pub enum Mining {
 }
 
 /// Workspace elements that [`hardest_pairs`] and [`mine_triplets`] need for `rows`
-/// embeddings of dimension `dim`: `rows * rows + rows` (the distance matrix and the row
-/// norms). Saturates instead of overflowing.
+/// embeddings of dimension `dim`: `rows * rows` for the distance matrix plus
+/// [`crate::pairwise_distances_workspace_len`]`(rows, dim)` for computing it. Saturates
+/// instead of overflowing.
 pub const fn mining_workspace_len(rows: usize, dim: usize) -> usize {
-    let _ = dim;
-    rows.saturating_mul(rows).saturating_add(rows)
+    rows.saturating_mul(rows)
+        .saturating_add(distance_scratch_len(rows, dim))
+}
+
+/// Scratch for [`distance_matrix`]: what the pairwise kernel needs, and at least `rows`
+/// (the batch losses reuse it for the row norms).
+pub(crate) const fn distance_scratch_len(rows: usize, dim: usize) -> usize {
+    let pw = crate::distance::pairwise_distances_workspace_len(rows, dim);
+    if pw > rows {
+        pw
+    } else {
+        rows
+    }
 }
 
 /// Checks `labels` against `x` and that the `n x n` distance matrix fits; returns `n`.
@@ -324,7 +336,8 @@ fn semi_hard_in_row(row: &[f32], labels: &[u32], la: u32, dap: f32) -> Option<Pi
     }
 }
 
-/// Fills `dist` (`n * n`) with the pairwise distances of `x`, using `scratch` (`n`).
+/// Fills `dist` (`n * n`) with the pairwise distances of `x`, using `scratch`
+/// ([`distance_scratch_len`] elements).
 pub(crate) fn distance_matrix(
     x: Matrix<'_>,
     metric: Metric,

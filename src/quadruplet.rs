@@ -487,8 +487,8 @@ pub fn mine_quadruplets_count(labels: &[u32]) -> usize {
 }
 
 /// Workspace elements that [`mine_quadruplets`] needs for `rows` embeddings of dimension
-/// `dim`: the `rows x rows` distance matrix and `rows` norms. Saturates instead of
-/// overflowing.
+/// `dim`: the `rows x rows` distance matrix plus the scratch of
+/// [`crate::pairwise_distances`]. Saturates instead of overflowing.
 pub const fn mine_quadruplets_workspace_len(rows: usize, dim: usize) -> usize {
     rows.saturating_mul(rows)
         .saturating_add(pairwise_distances_workspace_len(rows, dim))

@@ -1,22 +1,279 @@
 //! The private SIMD seam: the only module that names vector types.
 //!
-//! Kernels call the slice-level primitives below (`dot`, `sq_dist`, `sq_norm`, `axpy`,
-//! ...); none of them sees a lane type. The portable backend is `wide`'s `f32x8`, whose
-//! code path is fixed at compile time by the target features of the build (SSE2 on a
-//! default x86-64 build, AVX2/FMA with `-C target-cpu=x86-64-v3`, NEON on aarch64, plain
-//! scalar code elsewhere). A runtime-dispatched backend slots in here, behind the same
-//! functions, without touching any kernel.
+//! Kernels call the slice-level primitives at the end of this file (`dot`, `sq_dist`,
+//! `sq_norm`, `axpy`, `scale_into`, ...); none of them sees a lane type. Behind them:
 //!
-//! Accumulation order: eight lanes, two independent accumulators, each lane summing every
-//! sixteenth element, then a horizontal sum, then the scalar tail. `mul_add` is a fused
-//! multiply-add only where the build enables FMA, so the last bits of a result may differ
-//! between builds; the documented error bound holds for all of them.
+//! - a private abstraction, [`Simd`]: a zero-sized backend token with an associated
+//!   vector type and the handful of lane-wise operations the algorithms need (load and
+//!   store with masked tails, `fma`, `add`, `sub`, `mul`, `min`, `max`, `sqrt`, `splat`,
+//!   horizontal sum). Every algorithm (the slice primitives below, the packed distance
+//!   microkernel in `distance/tile.rs`) is written once, generic over it;
+//! - backends: `Portable` (`wide::f32x8`, every target; its code path is fixed at
+//!   compile time by the build's target features: SSE2 on a default x86-64 build,
+//!   AVX/FMA with `-C target-cpu=x86-64-v3`, NEON on aarch64, scalar code elsewhere), and
+//!   on x86-64 `Avx2` (AVX2 + FMA, 8 lanes) and `Avx512` (AVX-512F, 16 lanes) over
+//!   `core::arch`, compiled into every build and chosen **at run time** (CPUID through the
+//!   `no_std` `cpufeatures` crate), so a default `cargo build` runs the widest unit the
+//!   CPU has;
+//! - [`dispatch`]: runs a [`Kernel`] with the active backend. It is called once per
+//!   kernel call, not per dot product: the whole kernel loop is monomorphised per
+//!   backend inside a `#[target_feature]` function, so the intrinsics inline into it.
+//!   Everything generic over [`Simd`] is therefore `#[inline(always)]`.
+//!
+//! `unsafe` lives in one module only, `simd/x86.rs` (intrinsics, and the calls into
+//! `#[target_feature]` functions, each justified by a token that only CPU detection
+//! constructs). Users force the portable path with the cargo feature `portable-only`
+//! (compile time: the x86 backends are not built) or with [`set_backend`] (run time).
+//!
+//! Accumulation order of the slice primitives: `LANES` lanes (8 portable or AVX2, 16
+//! AVX-512), two independent accumulators, each lane summing every `2 * LANES`-th element;
+//! the tail (fewer than `2 * LANES` elements) is loaded with zero padding into the same
+//! accumulators; then one vector add and a horizontal sum. `fma` is fused on the AVX2 and
+//! AVX-512 backends, and on the portable one only where the build enables FMA, so the
+//! last bits of a result may differ between backends and builds; the documented error
+//! bounds hold for all of them.
+
+#![allow(clippy::inline_always)] // Generic code must inline into the `#[target_feature]` entry.
+
+mod backend;
+mod portable;
+#[cfg(all(target_arch = "x86_64", not(feature = "portable-only")))]
+mod x86;
+
+pub use backend::{reset_backend, set_backend, Backend};
+pub(crate) use portable::Portable;
 
 use wide::f32x8;
 
+/// A SIMD backend: a zero-sized, `Copy` token whose existence proves that the CPU can
+/// run its instructions, with the lane-wise operations the algorithms need.
+///
+/// Lane semantics are IEEE 754 binary32 for every backend. `max(a, b)` is
+/// `if a > b { a } else { b }` lane-wise and `min(a, b)` is `if a < b { a } else { b }`
+/// (so a NaN in `a` yields `b`, a NaN in `b` yields `b`): `max(zero, v)` is a ReLU that
+/// keeps NaN.
+pub(crate) trait Simd: Copy {
+    /// Lanes of [`Self::V`].
+    const LANES: usize;
+    /// The vector type.
+    type V: Copy;
+
+    /// All lanes `0.0`.
+    fn zero(self) -> Self::V;
+    /// All lanes `x`.
+    fn splat(self, x: f32) -> Self::V;
+    /// The first `min(src.len(), LANES)` elements of `src`, the other lanes `0.0` (a
+    /// masked load for a short tail: nothing past the slice is read).
+    fn load(self, src: &[f32]) -> Self::V;
+    /// Writes the first `min(dst.len(), LANES)` lanes of `v` to `dst` (masked store for a
+    /// short tail: nothing past the slice is written).
+    fn store(self, v: Self::V, dst: &mut [f32]);
+    /// `a + b`.
+    fn add(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a - b`.
+    fn sub(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a * b`.
+    fn mul(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a * b + c`, with one rounding where the backend has FMA.
+    fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// `if a < b { a } else { b }`.
+    #[allow(dead_code)] // For mining epilogues (nearest negative).
+    fn min(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `if a > b { a } else { b }`.
+    fn max(self, a: Self::V, b: Self::V) -> Self::V;
+    /// Correctly rounded square root.
+    fn sqrt(self, a: Self::V) -> Self::V;
+    /// Sum of the lanes (in a backend-specific tree order).
+    fn reduce_add(self, a: Self::V) -> f32;
+    /// Transposes the `LANES x LANES` block held in `rows` (lane `c` of `rows[r]` is
+    /// element `(r, c)`) in place; does nothing unless `rows.len() == LANES`.
+    fn transpose(self, rows: &mut [Self::V]);
+}
+
+/// A kernel that runs over any backend: its body is written once, generic over [`Simd`],
+/// and [`dispatch`] monomorphises it per backend.
+///
+/// `MR x NV` is the backend's register tile for the packed matrix microkernels (`MR`
+/// rows, `NV` vectors of columns, `NV * LANES` a multiple of `MR`); kernels that do not
+/// tile ignore it. Square tiles (`MR == LANES`, `NV == 1`) let the microkernels mirror
+/// and pack through [`Simd::transpose`].
+///
+/// `run` (and every generic function it calls) must be `#[inline(always)]`, so that it is
+/// compiled inside the backend's `#[target_feature]` entry.
+pub(crate) trait Kernel {
+    /// What the kernel returns.
+    type Output;
+    /// The kernel body, for backend `S`.
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) -> Self::Output;
+}
+
+/// Runs `kernel` with the active backend ([`Backend::active`]): chosen once for the
+/// whole call.
+#[inline]
+pub(crate) fn dispatch<K: Kernel>(kernel: K) -> K::Output {
+    #[cfg(all(target_arch = "x86_64", not(feature = "portable-only")))]
+    match Backend::active() {
+        Backend::Avx512 => {
+            if let Some(token) = x86::Avx512::detect() {
+                return x86::run_avx512(token, kernel);
+            }
+        }
+        Backend::Avx2 => {
+            if let Some(token) = x86::Avx2::detect() {
+                return x86::run_avx2(token, kernel);
+            }
+        }
+        Backend::Portable => {}
+    }
+    kernel.run::<Portable, { portable::MR }, { portable::NV }>(Portable)
+}
+
+/// Largest `MR` of any backend (sizes workspaces).
+pub(crate) const MR_MAX: usize = 16;
+/// Largest `NV * LANES` of any backend (sizes workspaces).
+pub(crate) const NR_MAX: usize = 32;
+
+// ---------------------------------------------------------------------------------------
+// Algorithms over slices, written once.
+// ---------------------------------------------------------------------------------------
+
+/// One accumulation step of a lane-wise reduction (a trait rather than a closure: a
+/// closure body is compiled apart and could miss the entry point's target features).
+trait Step {
+    /// `acc` updated with the lanes `x`, `y`.
+    fn step<S: Simd>(s: S, acc: S::V, x: S::V, y: S::V) -> S::V;
+}
+
+/// `acc + x y`.
+struct DotStep;
+impl Step for DotStep {
+    #[inline(always)]
+    fn step<S: Simd>(s: S, acc: S::V, x: S::V, y: S::V) -> S::V {
+        s.fma(x, y, acc)
+    }
+}
+
+/// `acc + (x - y)^2`.
+struct SqDistStep;
+impl Step for SqDistStep {
+    #[inline(always)]
+    fn step<S: Simd>(s: S, acc: S::V, x: S::V, y: S::V) -> S::V {
+        let d = s.sub(x, y);
+        s.fma(d, d, acc)
+    }
+}
+
+/// Lane-wise reduction of two equally long slices (cut to the shorter), two accumulators.
+#[inline(always)]
+fn fold2_with<S: Simd, T: Step>(s: S, a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (a.split_at(n).0, b.split_at(n).0);
+    let l = S::LANES;
+    let mut acc0 = s.zero();
+    let mut acc1 = s.zero();
+    let mut ac = a.chunks_exact(2 * l);
+    let mut bc = b.chunks_exact(2 * l);
+    for (x, y) in ac.by_ref().zip(bc.by_ref()) {
+        let (x0, x1) = x.split_at(l);
+        let (y0, y1) = y.split_at(l);
+        acc0 = T::step(s, acc0, s.load(x0), s.load(y0));
+        acc1 = T::step(s, acc1, s.load(x1), s.load(y1));
+    }
+    let (x, y) = (ac.remainder(), bc.remainder());
+    if !x.is_empty() {
+        // Zero padding adds exact zeros to the accumulators.
+        acc0 = T::step(s, acc0, s.load(x), s.load(y));
+        if x.len() > l {
+            acc1 = T::step(s, acc1, s.load(x.split_at(l).1), s.load(y.split_at(l).1));
+        }
+    }
+    s.reduce_add(s.add(acc0, acc1))
+}
+
+/// `sum a_i b_i` over the common length.
+#[inline(always)]
+pub(crate) fn dot_with<S: Simd>(s: S, a: &[f32], b: &[f32]) -> f32 {
+    fold2_with::<S, DotStep>(s, a, b)
+}
+
+/// `sum (a_i - b_i)^2` over the common length, computed directly.
+#[inline(always)]
+pub(crate) fn sq_dist_with<S: Simd>(s: S, a: &[f32], b: &[f32]) -> f32 {
+    fold2_with::<S, SqDistStep>(s, a, b)
+}
+
+/// `y += alpha * x` over the common length.
+#[inline(always)]
+pub(crate) fn axpy_with<S: Simd>(s: S, alpha: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let (x, y) = (x.split_at(n).0, y.split_at_mut(n).0);
+    let va = s.splat(alpha);
+    for (xc, yc) in x.chunks(S::LANES).zip(y.chunks_mut(S::LANES)) {
+        let v = s.fma(s.load(xc), va, s.load(yc));
+        s.store(v, yc);
+    }
+}
+
+/// `y = alpha * x` over the common length.
+#[inline(always)]
+pub(crate) fn scale_into_with<S: Simd>(s: S, alpha: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let (x, y) = (x.split_at(n).0, y.split_at_mut(n).0);
+    let va = s.splat(alpha);
+    for (xc, yc) in x.chunks(S::LANES).zip(y.chunks_mut(S::LANES)) {
+        s.store(s.mul(s.load(xc), va), yc);
+    }
+}
+
+/// One-call kernels for the slice primitives below.
+struct Dot<'a>(&'a [f32], &'a [f32]);
+impl Kernel for Dot<'_> {
+    type Output = f32;
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) -> f32 {
+        dot_with(s, self.0, self.1)
+    }
+}
+
+struct SqDist<'a>(&'a [f32], &'a [f32]);
+impl Kernel for SqDist<'_> {
+    type Output = f32;
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) -> f32 {
+        sq_dist_with(s, self.0, self.1)
+    }
+}
+
+struct Axpy<'a>(f32, &'a [f32], &'a mut [f32]);
+impl Kernel for Axpy<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
+        axpy_with(s, self.0, self.1, self.2);
+    }
+}
+
+#[allow(dead_code)] // See `scale_into`.
+struct ScaleInto<'a>(f32, &'a [f32], &'a mut [f32]);
+impl Kernel for ScaleInto<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
+        scale_into_with(s, self.0, self.1, self.2);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Portable helpers over `f32x8` (the seam's original form). They always take the
+// portable path; primitives appended below may use them, dispatched ones go through
+// `Kernel` instead.
+// ---------------------------------------------------------------------------------------
+
 /// Lanes of the portable vector type.
+#[allow(dead_code)]
 pub(crate) const LANES: usize = 8;
 
+#[allow(dead_code)]
 #[inline(always)]
 fn load(chunk: &[f32; LANES]) -> f32x8 {
     f32x8::new(*chunk)
@@ -24,6 +281,7 @@ fn load(chunk: &[f32; LANES]) -> f32x8 {
 
 /// Lane-wise reduction of two equally long slices: `step(acc, a, b)` over full vectors,
 /// `tail(acc, a, b)` over the remainder. Slices are cut to the shorter length.
+#[allow(dead_code)]
 #[inline(always)]
 fn fold2(
     a: &[f32],
@@ -63,31 +321,25 @@ fn fold2(
     s
 }
 
+// ---------------------------------------------------------------------------------------
+// The seam: slice-level primitives, each dispatched to the active backend per call.
+// ---------------------------------------------------------------------------------------
+
 /// `sum a_i b_i`.
 #[inline]
 pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    fold2(a, b, |acc, x, y| x.mul_add(y, acc), |s, x, y| x * y + s)
+    dispatch(Dot(a, b))
 }
 
 /// `sum (a_i - b_i)^2`, computed directly (no cancellation: exact zero for equal rows).
 #[inline]
 pub(crate) fn sq_dist(a: &[f32], b: &[f32]) -> f32 {
-    fold2(
-        a,
-        b,
-        |acc, x, y| {
-            let d = x - y;
-            d.mul_add(d, acc)
-        },
-        |s, x, y| {
-            let d = x - y;
-            d * d + s
-        },
-    )
+    dispatch(SqDist(a, b))
 }
 
 /// `sum a_i^2`.
 #[inline]
+#[allow(dead_code)] // Seam primitive for the loss kernels.
 pub(crate) fn sq_norm(a: &[f32]) -> f32 {
     dot(a, a)
 }
@@ -95,33 +347,14 @@ pub(crate) fn sq_norm(a: &[f32]) -> f32 {
 /// `y += alpha * x` over the common length.
 #[inline]
 pub(crate) fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
-    let n = x.len().min(y.len());
-    let (x, y) = (x.split_at(n).0, y.split_at_mut(n).0);
-    let va = f32x8::splat(alpha);
-    let (x8, x_tail) = x.as_chunks::<LANES>();
-    let (y8, y_tail) = y.as_chunks_mut::<LANES>();
-    for (xc, yc) in x8.iter().zip(y8.iter_mut()) {
-        *yc = load(xc).mul_add(va, load(yc)).to_array();
-    }
-    for (xv, yv) in x_tail.iter().zip(y_tail.iter_mut()) {
-        *yv += xv * alpha;
-    }
+    dispatch(Axpy(alpha, x, y));
 }
 
 /// `y = alpha * x` over the common length.
 #[inline]
+#[allow(dead_code)] // Seam primitive for the loss kernels.
 pub(crate) fn scale_into(alpha: f32, x: &[f32], y: &mut [f32]) {
-    let n = x.len().min(y.len());
-    let (x, y) = (x.split_at(n).0, y.split_at_mut(n).0);
-    let va = f32x8::splat(alpha);
-    let (x8, x_tail) = x.as_chunks::<LANES>();
-    let (y8, y_tail) = y.as_chunks_mut::<LANES>();
-    for (xc, yc) in x8.iter().zip(y8.iter_mut()) {
-        *yc = (load(xc) * va).to_array();
-    }
-    for (xv, yv) in x_tail.iter().zip(y_tail.iter_mut()) {
-        *yv = xv * alpha;
-    }
+    dispatch(ScaleInto(alpha, x, y));
 }
 
 /// `sum (a_i - b_i + offset)^2`: the squared norm of a shifted difference (PyTorch adds

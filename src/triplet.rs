@@ -65,7 +65,8 @@ use crate::error::{check_len, check_workspace, Error};
 use crate::math;
 use crate::matrix::Matrix;
 use crate::mining::{
-    check_finite, check_labels, check_triplet_count, distance_matrix, visit_anchor, Mining, Triplet,
+    check_finite, check_labels, check_triplet_count, distance_matrix, distance_scratch_len,
+    visit_anchor, Mining, Triplet,
 };
 use crate::reduce::{Hinge, Reduction};
 use crate::simd;
@@ -664,14 +665,17 @@ pub fn triplet_margin_loss_grad(
 // Batch losses with online mining.
 
 /// Workspace elements that [`triplet_batch_loss`] needs for `rows` embeddings of
-/// dimension `dim` under `params`: `rows * rows + rows`, plus `rows * dim` when
-/// `params.normalize`. Saturates instead of overflowing.
+/// dimension `dim` under `params`: `rows * rows` for the distance matrix plus the scratch
+/// of the pairwise kernel, plus `rows * dim` when `params.normalize`. Saturates instead of
+/// overflowing.
 pub const fn triplet_batch_loss_workspace_len(
     rows: usize,
     dim: usize,
     params: BatchParams,
 ) -> usize {
-    let base = rows.saturating_mul(rows).saturating_add(rows);
+    let base = rows
+        .saturating_mul(rows)
+        .saturating_add(distance_scratch_len(rows, dim));
     if params.normalize {
         base.saturating_add(rows.saturating_mul(dim))
     } else {
@@ -680,8 +684,9 @@ pub const fn triplet_batch_loss_workspace_len(
 }
 
 /// Workspace elements that [`triplet_batch_loss_grad`] needs for `rows` embeddings of
-/// dimension `dim` under `params`: `rows * rows + 2 rows`, plus `rows * dim + dim` when
-/// `params.normalize`. Saturates instead of overflowing.
+/// dimension `dim` under `params`: `rows * rows + rows` plus the scratch of the pairwise
+/// kernel, plus `rows * dim + dim` when `params.normalize`. Saturates instead of
+/// overflowing.
 pub const fn triplet_batch_loss_grad_workspace_len(
     rows: usize,
     dim: usize,
@@ -689,7 +694,8 @@ pub const fn triplet_batch_loss_grad_workspace_len(
 ) -> usize {
     let base = rows
         .saturating_mul(rows)
-        .saturating_add(rows.saturating_mul(2));
+        .saturating_add(rows)
+        .saturating_add(distance_scratch_len(rows, dim));
     if params.normalize {
         base.saturating_add(rows.saturating_mul(dim))
             .saturating_add(dim)
@@ -827,7 +833,7 @@ pub fn triplet_batch_loss(
         workspace.len(),
     )?;
     check_finite(&x)?;
-    let (scratch, rest) = workspace.split_at_mut(n);
+    let (scratch, rest) = workspace.split_at_mut(distance_scratch_len(n, dim));
     let (dist, rest) = rest.split_at_mut(n * n);
     let xs = if params.normalize {
         let y = rest.split_at_mut(x.len()).0;
@@ -923,7 +929,7 @@ pub fn triplet_batch_loss_grad(
         workspace.len(),
     )?;
     check_finite(&x)?;
-    let (norms, rest) = workspace.split_at_mut(n);
+    let (norms, rest) = workspace.split_at_mut(distance_scratch_len(n, dim));
     let (dist, rest) = rest.split_at_mut(n * n);
     let (coef, rest) = rest.split_at_mut(n);
     let (y, tmp) = if params.normalize {

@@ -40,48 +40,39 @@ fn matrix(
     })
 }
 
-/// Sum of the absolute terms behind the distance between two rows, the scale the error
-/// bound is relative to.
-fn scale(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
-    match metric {
-        Metric::SquaredEuclidean => a
-            .iter()
-            .zip(b)
-            .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
-            .sum(),
-        // Relative error of sqrt is half that of its argument; bound it by the argument's.
-        Metric::Euclidean => a
-            .iter()
-            .zip(b)
-            .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
-            .sum::<f64>()
-            .sqrt(),
-        Metric::Cosine => {
-            let na = a
-                .iter()
-                .map(|&v| f64::from(v).powi(2))
-                .sum::<f64>()
-                .sqrt()
-                .max(1e-12);
-            let nb = b
-                .iter()
-                .map(|&v| f64::from(v).powi(2))
-                .sum::<f64>()
-                .sqrt()
-                .max(1e-12);
-            1.0 + a
-                .iter()
-                .zip(b)
-                .map(|(&x, &y)| (f64::from(x) * f64::from(y)).abs())
-                .sum::<f64>()
-                / (na * nb)
-        }
-    }
+/// Unit roundoff of `f32`.
+const U: f64 = EPS / 2.0;
+
+fn sq64(a: &[f32]) -> f64 {
+    a.iter().map(|&v| f64::from(v).powi(2)).sum()
 }
 
-/// The documented bound, with a safety factor of 4.
+/// The documented bound of the matrix kernels' Gram form (module docs of `distance`,
+/// "Numerics") on `|fast - exact|`, plus the twin's own rounding to `f32`.
 fn tolerance(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
-    4.0 * (a.len() as f64 + 8.0) * EPS * scale(metric, a, b) + 1e-30
+    let d = a.len() as f64;
+    let growth = 1.0 / (1.0 - (d + 2.0) * U);
+    let exact_sq: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
+        .sum();
+    // |a|^2 + |b|^2 bounds the Gram form's error; underflowing terms add an absolute part.
+    let sq_bound = (2.0 * d + 4.0) * U * (sq64(a) + sq64(b)) * growth + (2.0 * d + 8.0) * 1.2e-38;
+    match metric {
+        Metric::SquaredEuclidean => sq_bound + U * exact_sq,
+        // The squared distance's error through the square root, plus two roundings.
+        Metric::Euclidean => {
+            let e = exact_sq.sqrt();
+            let through_sqrt = if e > 0.0 {
+                sq_bound.sqrt().min(sq_bound / e)
+            } else {
+                sq_bound.sqrt()
+            };
+            through_sqrt + 2.0 * U * (e + sq_bound.sqrt())
+        }
+        Metric::Cosine => (2.0 * d + 10.0) * U * growth + 2.0 * U,
+    }
 }
 
 fn check_cross(x: &Matrix<'_>, y: &Matrix<'_>, metric: Metric, fast: &[f32], slow: &[f32]) {
@@ -247,7 +238,7 @@ fn zero_rows_and_cosine() {
     let data = [0.0, 0.0, 3.0, 4.0, 0.0, 0.0];
     let x = Matrix::new(&data, 3, 2).unwrap();
     let mut out = [f32::NAN; 9];
-    let mut ws = [f32::NAN; 3];
+    let mut ws = [f32::NAN; pairwise_distances_workspace_len(3, 2)];
     pairwise_distances(x, Metric::Cosine, &mut out, &mut ws).unwrap();
     // A zero vector is at distance 1 from every other row; the diagonal is exactly 0.
     assert_eq!(out, [0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0]);
@@ -266,7 +257,7 @@ fn non_finite_data_propagates_only_to_affected_entries() {
     let x = Matrix::new(&data, 3, 2).unwrap();
     for metric in METRICS {
         let mut out = [0.0; 9];
-        let mut ws = [0.0; 3];
+        let mut ws = [0.0; pairwise_distances_workspace_len(3, 2)];
         pairwise_distances(x, metric, &mut out, &mut ws).unwrap();
         for i in 0..3 {
             for j in 0..3 {
@@ -283,7 +274,8 @@ fn non_finite_data_propagates_only_to_affected_entries() {
     let big = [1e30_f32, 0.0, -1e30, 0.0];
     let x = Matrix::new(&big, 2, 2).unwrap();
     let mut out = [0.0; 4];
-    pairwise_distances(x, Metric::SquaredEuclidean, &mut out, &mut [0.0; 2]).unwrap();
+    let mut ws = [0.0; pairwise_distances_workspace_len(2, 2)];
+    pairwise_distances(x, Metric::SquaredEuclidean, &mut out, &mut ws).unwrap();
     assert_eq!(out[1], f32::INFINITY);
 }
 
@@ -316,7 +308,9 @@ fn every_error_path() {
     let x = Matrix::new(&data, 3, 2).unwrap();
     let y = Matrix::new(&data, 2, 3).unwrap();
     let mut out = [7.0_f32; 9];
-    let mut ws = [0.0_f32; 8];
+    let need_pw = pairwise_distances_workspace_len(3, 2);
+    let need_cr = cross_distances_workspace_len(3, 3, 2);
+    let mut ws = vec![0.0_f32; need_pw.max(need_cr)];
     type Pair = fn(Matrix<'_>, Metric, &mut [f32], &mut [f32]) -> Result<(), Error>;
     type Cross = fn(Matrix<'_>, Matrix<'_>, Metric, &mut [f32], &mut [f32]) -> Result<(), Error>;
     for (pw, cr) in [
@@ -332,10 +326,10 @@ fn every_error_path() {
             })
         );
         assert_eq!(
-            pw(x, Metric::Euclidean, &mut out, &mut ws[..2]),
+            pw(x, Metric::Euclidean, &mut out, &mut ws[..need_pw - 1]),
             Err(Error::WorkspaceTooSmall {
-                required: 3,
-                actual: 2
+                required: need_pw,
+                actual: need_pw - 1
             })
         );
         assert_eq!(
@@ -343,10 +337,10 @@ fn every_error_path() {
             Err(Error::DimensionMismatch { left: 2, right: 3 })
         );
         assert_eq!(
-            cr(x, x, Metric::Cosine, &mut out, &mut ws[..5]),
+            cr(x, x, Metric::Cosine, &mut out, &mut ws[..need_cr - 1]),
             Err(Error::WorkspaceTooSmall {
-                required: 6,
-                actual: 5
+                required: need_cr,
+                actual: need_cr - 1
             })
         );
         assert_eq!(

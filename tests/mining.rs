@@ -392,6 +392,8 @@ fn every_error_path() {
     let x = Matrix::new(&data, 3, 2).unwrap();
     let labels = [0, 0, 1];
     let mut ws = [0.0_f32; mining_workspace_len(3, 2)];
+    // The documented requirement: the n x n matrix plus the pairwise kernel's scratch.
+    let need = mining_workspace_len(3, 2);
     let mut pos = [7_u32; 3];
     let mut neg = [7_u32; 3];
     let mut out = [Triplet::new(9, 9, 9); 2];
@@ -429,17 +431,17 @@ fn every_error_path() {
             })
         );
         assert_eq!(
-            hp(x, &labels, m, &mut pos, &mut neg, &mut ws[..11]),
+            hp(x, &labels, m, &mut pos, &mut neg, &mut ws[..need - 1]),
             Err(Error::WorkspaceTooSmall {
-                required: 12,
-                actual: 11
+                required: need,
+                actual: need - 1
             })
         );
         assert_eq!(
-            mt(x, &labels, m, Mining::All, &mut out, &mut ws[..11]),
+            mt(x, &labels, m, Mining::All, &mut out, &mut ws[..need - 1]),
             Err(Error::WorkspaceTooSmall {
-                required: 12,
-                actual: 11
+                required: need,
+                actual: need - 1
             })
         );
         assert_eq!(

@@ -73,7 +73,23 @@ fn distance_kernels_do_not_allocate() {
             tk::scalar::pairwise_distances(x, metric, &mut out, &mut ws).unwrap();
             tk::cross_distances(x, y, metric, &mut out[..40 * 7], &mut ws).unwrap();
             tk::scalar::cross_distances(x, y, metric, &mut out[..40 * 7], &mut ws).unwrap();
+            for mode in [tk::DistanceMode::Gram, tk::DistanceMode::Direct] {
+                let block = &mut out[..11 * 40];
+                tk::pairwise_distances_rows(x, 3..14, metric, mode, block, &mut ws).unwrap();
+                tk::scalar::pairwise_distances_rows(x, 3..14, metric, mode, block, &mut ws)
+                    .unwrap();
+                let block = &mut out[..11 * 7];
+                tk::cross_distances_rows(x, y, 29..40, metric, mode, block, &mut ws).unwrap();
+                tk::scalar::cross_distances_rows(x, y, 29..40, metric, mode, block, &mut ws)
+                    .unwrap();
+            }
         }
+        // Backend selection is an atomic, no allocation either.
+        for &b in tk::Backend::available() {
+            tk::set_backend(b).unwrap();
+            tk::pairwise_distances(x, Metric::Euclidean, &mut out, &mut ws).unwrap();
+        }
+        tk::reset_backend();
         tk::row_norms(x, &mut out[..40]).unwrap();
         tk::scalar::row_norms(x, &mut out[..40]).unwrap();
         tk::l2_normalize(x, &mut g).unwrap();

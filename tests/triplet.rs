@@ -1189,7 +1189,7 @@ fn every_error_path() {
     let ts = [Triplet::new(0, 1, 2)];
     let mut terms = [7.0_f32; 1];
     let mut grad = [7.0_f32; 6];
-    let mut ws = [7.0_f32; 64];
+    let mut ws = [7.0_f32; 4096];
     type Fwd =
         fn(Matrix<'_>, &[Triplet], TripletParams, &mut [f32], &mut [f32]) -> Result<f32, Error>;
     type Bwd = fn(
@@ -1320,32 +1320,54 @@ fn every_error_path() {
             })
         );
         assert_eq!(
-            bfwd(x, &labels, bp, &mut ws[..11]),
+            bfwd(
+                x,
+                &labels,
+                bp,
+                &mut ws[..triplet_batch_loss_workspace_len(3, 2, bp) - 1]
+            ),
             Err(Error::WorkspaceTooSmall {
-                required: 12,
-                actual: 11
+                required: triplet_batch_loss_workspace_len(3, 2, bp),
+                actual: triplet_batch_loss_workspace_len(3, 2, bp) - 1
             })
         );
         assert_eq!(
-            bbwd(x, &labels, bp, &mut grad, &mut ws[..14]),
+            bbwd(
+                x,
+                &labels,
+                bp,
+                &mut grad,
+                &mut ws[..triplet_batch_loss_grad_workspace_len(3, 2, bp) - 1]
+            ),
             Err(Error::WorkspaceTooSmall {
-                required: 15,
-                actual: 14
+                required: triplet_batch_loss_grad_workspace_len(3, 2, bp),
+                actual: triplet_batch_loss_grad_workspace_len(3, 2, bp) - 1
             })
         );
         let bn = bp.with_normalize(true);
         assert_eq!(
-            bbwd(x, &labels, bn, &mut grad, &mut ws[..22]),
+            bbwd(
+                x,
+                &labels,
+                bn,
+                &mut grad,
+                &mut ws[..triplet_batch_loss_grad_workspace_len(3, 2, bn) - 1]
+            ),
             Err(Error::WorkspaceTooSmall {
-                required: 23,
-                actual: 22
+                required: triplet_batch_loss_grad_workspace_len(3, 2, bn),
+                actual: triplet_batch_loss_grad_workspace_len(3, 2, bn) - 1
             })
         );
         assert_eq!(
-            bfwd(x, &labels, bn, &mut ws[..17]),
+            bfwd(
+                x,
+                &labels,
+                bn,
+                &mut ws[..triplet_batch_loss_workspace_len(3, 2, bn) - 1]
+            ),
             Err(Error::WorkspaceTooSmall {
-                required: 18,
-                actual: 17
+                required: triplet_batch_loss_workspace_len(3, 2, bn),
+                actual: triplet_batch_loss_workspace_len(3, 2, bn) - 1
             })
         );
         for bad in [f32::NAN, f32::INFINITY] {

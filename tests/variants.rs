@@ -1056,7 +1056,10 @@ mod quadruplet {
         assert_eq!(mine_quadruplets_count(&[1, 2, 3]), 0);
         assert_eq!(mine_quadruplets_count(&[1, 1, 2, 3]), 2);
         assert_eq!(mine_quadruplets_count(&[4, 1, 4, 2, 3, 3, 9]), 4);
-        assert_eq!(mine_quadruplets_workspace_len(3, 5), 12);
+        assert_eq!(
+            mine_quadruplets_workspace_len(3, 5),
+            9 + triplet_kernels::pairwise_distances_workspace_len(3, 5)
+        );
         assert_eq!(mine_quadruplets_workspace_len(usize::MAX, 5), usize::MAX);
     }
 
@@ -1272,11 +1275,12 @@ mod quadruplet {
                     actual: 5
                 })
             );
+            let need = mine_quadruplets_workspace_len(6, 1);
             assert_eq!(
-                mine(x6, &labels, m, &mut out, &mut mws[..41]),
+                mine(x6, &labels, m, &mut out, &mut mws[..need - 1]),
                 Err(Error::WorkspaceTooSmall {
-                    required: 42,
-                    actual: 41
+                    required: need,
+                    actual: need - 1
                 })
             );
             assert_eq!(

@@ -1,8 +1,12 @@
 //! Scalar twins of [`crate::distance`].
 
-use crate::distance::{check_cross, check_pairwise, mirror_upper, Metric, NORM_EPS};
+use crate::distance::{
+    check_cross, check_cross_rows, check_pairwise, check_pairwise_rows, mirror_upper, DistanceMode,
+    Metric, NORM_EPS,
+};
 use crate::error::{check_len, Error};
 use crate::matrix::Matrix;
+use core::ops::Range;
 
 pub(crate) fn sq_dist64(a: &[f32], b: &[f32]) -> f64 {
     a.iter()
@@ -115,6 +119,102 @@ pub fn cross_distances(
     Ok(())
 }
 
+/// Scalar twin of [`crate::pairwise_distances_rows`]: the exact distances (`mode` only
+/// changes how the fast kernel evaluates them), with an exact zero diagonal.
+///
+/// # Errors
+///
+/// Exactly those of [`crate::pairwise_distances_rows`].
+///
+/// # Example
+///
+/// ```
+/// use triplet_kernels::{scalar, pairwise_distances_rows_workspace_len, DistanceMode, Matrix, Metric};
+/// let x = Matrix::new(&[0.0, 0.0, 3.0, 4.0], 2, 2)?;
+/// let mut out = [0.0_f32; 2];
+/// let mut ws = [0.0_f32; pairwise_distances_rows_workspace_len(2, 1, 2)];
+/// scalar::pairwise_distances_rows(x, 1..2, Metric::Euclidean, DistanceMode::Gram, &mut out, &mut ws)?;
+/// assert_eq!(out, [5.0, 0.0]);
+/// # Ok::<(), triplet_kernels::Error>(())
+/// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
+pub fn pairwise_distances_rows(
+    x: Matrix<'_>,
+    rows: Range<usize>,
+    metric: Metric,
+    mode: DistanceMode,
+    out_block: &mut [f32],
+    workspace: &mut [f32],
+) -> Result<(), Error> {
+    let _ = mode;
+    let (r0, r1) = check_pairwise_rows(&x, &rows, out_block.len(), workspace.len())?;
+    let n = x.rows();
+    if r0 == r1 {
+        return Ok(());
+    }
+    for ((i, a), out_row) in x
+        .row_iter()
+        .enumerate()
+        .skip(r0)
+        .zip(out_block.chunks_exact_mut(n))
+    {
+        for (j, (b, o)) in x.row_iter().zip(out_row.iter_mut()).enumerate() {
+            // Symmetric by construction: the pair is always evaluated in (min, max) order.
+            *o = match i.cmp(&j) {
+                core::cmp::Ordering::Less => distance64(metric, a, b) as f32,
+                core::cmp::Ordering::Equal => 0.0,
+                core::cmp::Ordering::Greater => distance64(metric, b, a) as f32,
+            };
+        }
+    }
+    Ok(())
+}
+
+/// Scalar twin of [`crate::cross_distances_rows`]: the exact distances (`mode` only
+/// changes how the fast kernel evaluates them).
+///
+/// # Errors
+///
+/// Exactly those of [`crate::cross_distances_rows`].
+///
+/// # Example
+///
+/// ```
+/// use triplet_kernels::{scalar, cross_distances_rows_workspace_len, DistanceMode, Matrix, Metric};
+/// let x = Matrix::new(&[1.0, 0.0, 0.0, 3.0], 2, 2)?;
+/// let y = Matrix::new(&[0.0, 0.0], 1, 2)?;
+/// let mut out = [0.0_f32; 1];
+/// let mut ws = [0.0_f32; cross_distances_rows_workspace_len(1, 1, 2)];
+/// scalar::cross_distances_rows(x, y, 1..2, Metric::Euclidean, DistanceMode::Direct, &mut out, &mut ws)?;
+/// assert_eq!(out, [3.0]);
+/// # Ok::<(), triplet_kernels::Error>(())
+/// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
+pub fn cross_distances_rows(
+    x: Matrix<'_>,
+    y: Matrix<'_>,
+    rows: Range<usize>,
+    metric: Metric,
+    mode: DistanceMode,
+    out_block: &mut [f32],
+    workspace: &mut [f32],
+) -> Result<(), Error> {
+    let _ = mode;
+    let (r0, r1) = check_cross_rows(&x, &y, &rows, out_block.len(), workspace.len())?;
+    let n = y.rows();
+    for (a, out_row) in x
+        .row_iter()
+        .skip(r0)
+        .take(r1 - r0)
+        .zip(out_block.chunks_exact_mut(n))
+    {
+        for (b, o) in y.row_iter().zip(out_row.iter_mut()) {
+            *o = distance64(metric, a, b) as f32;
+        }
+    }
+    Ok(())
+}
+
 /// Scalar twin of [`crate::row_norms`].
 ///
 /// # Errors
@@ -211,6 +311,7 @@ pub fn l2_normalize_backward(
 }
 
 /// Clamped `f64` norm of a row (cosine only).
+#[allow(dead_code)] // Used by the loss kernels' twins.
 pub(crate) fn clamped_norm64(a: &[f32]) -> f64 {
     clamp64(norm64(a))
 }
@@ -218,6 +319,7 @@ pub(crate) fn clamped_norm64(a: &[f32]) -> f64 {
 /// Adds `coef * d d(a, b) / d a` to `grad_a`, each contribution formed in `f64` and
 /// rounded once into the `f32` accumulator. `dist = d(a, b)` in `f64`. Same formulas as
 /// the fast path's helper (see `distance::add_distance_grad`), written out per element.
+#[allow(dead_code)] // Used by the loss kernels' twins.
 pub(crate) fn add_distance_grad64(
     metric: Metric,
     a: &[f32],

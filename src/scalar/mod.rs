@@ -17,7 +17,8 @@ mod retrieval;
 mod triplet;
 
 pub use distance::{
-    cross_distances, l2_normalize, l2_normalize_backward, pairwise_distances, row_norms,
+    cross_distances, cross_distances_rows, l2_normalize, l2_normalize_backward, pairwise_distances,
+    pairwise_distances_rows, row_norms,
 };
 pub use mining::{hardest_pairs, mine_triplets, mine_triplets_count};
 pub use reduce::{hinge_reduce, hinge_reduce_grad};

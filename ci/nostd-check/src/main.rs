@@ -49,7 +49,8 @@ fn run() -> Result<bool, tk::Error> {
     let y = Matrix::new(&xd[..3 * D], 3, D)?;
     let mut ok = true;
     let mut out = [0.0_f32; N * N];
-    let mut ws = [0.0_f32; 64];
+    // Enough for every call below: the cross workspace packs both sides.
+    let mut ws = [0.0_f32; tk::cross_distances_workspace_len(N, N, D)];
     let mut g = [0.0_f32; N * D];
     for metric in [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine] {
         tk::pairwise_distances(x, metric, &mut out, &mut ws)?;
@@ -59,7 +60,29 @@ fn run() -> Result<bool, tk::Error> {
         tk::cross_distances(x, y, metric, &mut out[..N * 3], &mut ws)?;
         tk::scalar::cross_distances(x, y, metric, &mut out[..N * 3], &mut ws)?;
         ok &= finite(&out);
+        for mode in [tk::DistanceMode::Gram, tk::DistanceMode::Direct] {
+            tk::pairwise_distances_rows(x, 2..5, metric, mode, &mut out[..3 * N], &mut ws)?;
+            tk::scalar::pairwise_distances_rows(x, 2..5, metric, mode, &mut out[..3 * N], &mut ws)?;
+            tk::cross_distances_rows(x, y, 1..N, metric, mode, &mut out[..(N - 1) * 3], &mut ws)?;
+            tk::scalar::cross_distances_rows(
+                x,
+                y,
+                1..N,
+                metric,
+                mode,
+                &mut out[..(N - 1) * 3],
+                &mut ws,
+            )?;
+            ok &= finite(&out);
+        }
     }
+    // Every SIMD backend this CPU has, selected at run time without std.
+    for &b in tk::Backend::available() {
+        tk::set_backend(b)?;
+        tk::pairwise_distances(x, Metric::SquaredEuclidean, &mut out, &mut ws)?;
+        ok &= finite(&out);
+    }
+    tk::reset_backend();
     tk::row_norms(x, &mut out[..N])?;
     tk::scalar::row_norms(x, &mut out[..N])?;
     tk::l2_normalize(x, &mut g)?;
@@ -87,7 +110,7 @@ const LABELS: [u32; N] = [0, 1, 2, 3, 0, 1, 2, 3];
 
 fn losses(x: Matrix<'_>) -> Result<bool, tk::Error> {
     let mut ok = true;
-    let mut ws = [0.0_f32; 256];
+    let mut ws = [0.0_f32; 8192];
     let mut g = [0.0_f32; N * D];
     let mut gp = [0.0_f32; 4 * D];
     let mut pos = [0_u32; N];

@@ -1,0 +1,653 @@
+//! The packed, register-blocked distance microkernel, written once over [`Simd`].
+//!
+//! A call computes a block of anchor rows `r0..r1` of `a` against every row of `b`
+//! (`b = a` for a pairwise matrix), writing `out[(i - r0) * n + j] = d(a_i, b_j)`.
+//!
+//! - **Packing.** Rows are copied into panels of `NR = NV * LANES` rows, transposed to
+//!   `[k][NR]`, zero-padded: for each coordinate `k`, the `NR` values are contiguous.
+//!   The anchor block is packed once; in a pairwise block its panels also serve as
+//!   column panels, other column panels are packed one at a time.
+//! - **Microkernel.** An `MR x NR` tile of accumulators stays in registers while `k` runs
+//!   over the whole dimension: per step, `NV` vector loads of the column panel, `MR`
+//!   broadcasts from the anchor panel (`MR` divides `NR`, so a micro-panel is a slice of
+//!   a packed panel), `MR * NV` fused multiply-adds. Gram mode accumulates `a_k b_k`,
+//!   direct mode `(b_k - a_k)^2`. Each entry is summed sequentially over `k`.
+//! - **Norms** (Gram mode) come from the same packed panels with the same lane
+//!   arithmetic, `fma(x_k, x_k, acc)` in `k` order, so a row's squared norm equals,
+//!   bit for bit, the tile's dot product of that row with itself: equal rows give
+//!   exactly 0.
+//! - **Epilogue.** The tile becomes distances (`|a|^2 + |b|^2 - 2 a.b` clamped at 0, its
+//!   square root, `1 - a.b / (|a| |b|)`, or the direct sum) and is stored. In the
+//!   symmetric part of a pairwise block only tiles on or above the diagonal are
+//!   computed; each strictly-upper value is written at `(i, j)` and `(j, i)`, the
+//!   diagonal is set to exactly 0.
+//! - **Square tiles** (`MR == LANES`, `NV == 1`, the x86 backends' shape): the mirror
+//!   image of a tile and the packing of `LANES x LANES` blocks go through an in-register
+//!   transpose ([`Simd::transpose`]) and whole-vector stores; other shapes fall back to
+//!   element-wise copies.
+
+use super::{clamp_norm, DistanceMode, Metric};
+use crate::math;
+use crate::matrix::Matrix;
+use crate::simd::{Kernel, Simd, MR_MAX, NR_MAX};
+
+/// Workspace elements for a block of `rows` anchor rows against `other` columns outside
+/// the block's symmetric part (all of them for a cross matrix), of dimension `dim`, for
+/// every backend: norms and packed rows, each of the (up to three) groups padded to whole
+/// panels, and one tile; nothing for an empty block. Saturates instead of overflowing.
+pub(super) const fn block_workspace_len(rows: usize, other: usize, dim: usize) -> usize {
+    if rows == 0 {
+        return 0;
+    }
+    let rows_padded = rows.saturating_add(NR_MAX);
+    let other_padded = if other == 0 {
+        0
+    } else {
+        other.saturating_add(2 * NR_MAX)
+    };
+    let packed_rows = rows_padded.saturating_add(other_padded);
+    packed_rows
+        .saturating_add(packed_rows.saturating_mul(dim))
+        .saturating_add(MR_MAX * NR_MAX)
+        .saturating_add(ALIGN)
+}
+
+/// Elements skipped at most to start the packed buffers on a 64-byte boundary (whole
+/// cache lines, aligned vector loads).
+const ALIGN: usize = 16;
+
+/// Packed anchor rows per row block: about 32 KiB, so a block stays in the first cache
+/// levels while every column panel passes over it.
+const ROW_BLOCK_ELEMS: usize = 8192;
+
+/// One block-of-rows distance computation; arguments already validated.
+pub(super) struct Block<'a, 'o> {
+    /// Anchor source.
+    pub a: Matrix<'a>,
+    /// First anchor row.
+    pub r0: usize,
+    /// One past the last anchor row (`r0 <= r1 <= a.rows()`).
+    pub r1: usize,
+    /// Column source (`a` itself when `pairwise`).
+    pub b: Matrix<'a>,
+    /// `b` is `a`: use symmetry inside `r0..r1` and put exact zeros on the diagonal.
+    pub pairwise: bool,
+    pub metric: Metric,
+    pub mode: DistanceMode,
+    /// `(r1 - r0) * b.rows()` elements.
+    pub out: &'o mut [f32],
+    /// At least `block_workspace_len(r1 - r0, dim)` elements.
+    pub ws: &'o mut [f32],
+}
+
+/// What the per-row norm buffers hold.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Norms {
+    /// Nothing (direct mode).
+    None,
+    /// `|x|^2`.
+    Squared,
+    /// `1 / max(|x|, NORM_EPS)`.
+    InvClamped,
+}
+
+/// How accumulators become distances.
+trait Epilogue {
+    /// Accumulate `(b_k - a_k)^2` instead of `a_k b_k`.
+    const DIRECT: bool;
+    const NORMS: Norms;
+    /// The distance from the accumulator and the row and column norm terms.
+    fn finish<S: Simd>(s: S, acc: S::V, row: S::V, col: S::V) -> S::V;
+}
+
+/// `max(0, |a|^2 + |b|^2 - 2 a.b)`, NaN kept.
+#[inline(always)]
+fn gram_sq<S: Simd>(s: S, acc: S::V, row: S::V, col: S::V) -> S::V {
+    s.max(s.zero(), s.sub(s.add(row, col), s.add(acc, acc)))
+}
+
+struct SqGram;
+impl Epilogue for SqGram {
+    const DIRECT: bool = false;
+    const NORMS: Norms = Norms::Squared;
+    #[inline(always)]
+    fn finish<S: Simd>(s: S, acc: S::V, row: S::V, col: S::V) -> S::V {
+        gram_sq(s, acc, row, col)
+    }
+}
+
+struct EuclidGram;
+impl Epilogue for EuclidGram {
+    const DIRECT: bool = false;
+    const NORMS: Norms = Norms::Squared;
+    #[inline(always)]
+    fn finish<S: Simd>(s: S, acc: S::V, row: S::V, col: S::V) -> S::V {
+        s.sqrt(gram_sq(s, acc, row, col))
+    }
+}
+
+struct Cosine;
+impl Epilogue for Cosine {
+    const DIRECT: bool = false;
+    const NORMS: Norms = Norms::InvClamped;
+    #[inline(always)]
+    fn finish<S: Simd>(s: S, acc: S::V, row: S::V, col: S::V) -> S::V {
+        // `row * col` first: symmetric in (i, j), so a value and its mirror image agree
+        // bit for bit whichever of the two rows is the anchor. Normal while both norms
+        // stay below the documented overflow limit.
+        s.sub(s.splat(1.0), s.mul(acc, s.mul(row, col)))
+    }
+}
+
+struct SqDirect;
+impl Epilogue for SqDirect {
+    const DIRECT: bool = true;
+    const NORMS: Norms = Norms::None;
+    #[inline(always)]
+    fn finish<S: Simd>(_: S, acc: S::V, _: S::V, _: S::V) -> S::V {
+        acc
+    }
+}
+
+struct EuclidDirect;
+impl Epilogue for EuclidDirect {
+    const DIRECT: bool = true;
+    const NORMS: Norms = Norms::None;
+    #[inline(always)]
+    fn finish<S: Simd>(s: S, acc: S::V, _: S::V, _: S::V) -> S::V {
+        s.sqrt(acc)
+    }
+}
+
+impl Kernel for Block<'_, '_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
+        match (self.metric, self.mode) {
+            (Metric::SquaredEuclidean, DistanceMode::Gram) => drive::<S, MR, NV, SqGram>(s, self),
+            (Metric::Euclidean, DistanceMode::Gram) => drive::<S, MR, NV, EuclidGram>(s, self),
+            (Metric::Cosine, _) => drive::<S, MR, NV, Cosine>(s, self),
+            (Metric::SquaredEuclidean, DistanceMode::Direct) => {
+                drive::<S, MR, NV, SqDirect>(s, self);
+            }
+            (Metric::Euclidean, DistanceMode::Direct) => {
+                drive::<S, MR, NV, EuclidDirect>(s, self);
+            }
+        }
+    }
+}
+
+/// Copies `src` (consecutive rows of length `d`, at most `nr` of them) into `panel`
+/// (`d * nr` elements) as `panel[k * nr + c] = row_c[k]`, zero-padding missing rows.
+/// With square tiles (`nr == LANES`) a block of `LANES x LANES` at a time, through
+/// [`Simd::transpose`].
+#[inline(always)]
+fn pack<S: Simd, const MR: usize, const NV: usize>(
+    s: S,
+    src: &[f32],
+    d: usize,
+    nr: usize,
+    panel: &mut [f32],
+) {
+    let l = S::LANES;
+    if NV == 1 && MR == l && nr == l {
+        let mut k0 = 0;
+        while k0 < d {
+            let kl = l.min(d - k0);
+            let mut blk = [s.zero(); MR];
+            for (c, b) in blk.iter_mut().enumerate() {
+                let start = c * d + k0;
+                // A missing row (past the end of `src`) loads as zeros.
+                *b = s.load(src.get(start..start + kl).unwrap_or(&[]));
+            }
+            s.transpose(&mut blk);
+            for (kk, b) in blk.iter().enumerate().take(kl) {
+                let start = (k0 + kk) * nr;
+                s.store(*b, panel.get_mut(start..start + nr).unwrap_or(&mut []));
+            }
+            k0 += l;
+        }
+        return;
+    }
+    let mut count = 0;
+    if d != 0 {
+        for (c, row) in src.chunks_exact(d).take(nr).enumerate() {
+            for (dst, &v) in panel.iter_mut().skip(c).step_by(nr).zip(row) {
+                *dst = v;
+            }
+            count = c + 1;
+        }
+    }
+    if count < nr {
+        for k_row in panel.chunks_exact_mut(nr) {
+            for v in k_row.iter_mut().skip(count) {
+                *v = 0.0;
+            }
+        }
+    }
+}
+
+/// Per-row norm terms of a packed panel into `out` (`nr` elements), computed lane-wise
+/// with the microkernel's arithmetic.
+#[inline(always)]
+fn panel_norms<S: Simd, const NV: usize, E: Epilogue>(
+    s: S,
+    panel: &[f32],
+    nr: usize,
+    out: &mut [f32],
+) {
+    if E::NORMS == Norms::None {
+        return;
+    }
+    let l = S::LANES;
+    let mut acc = [s.zero(); NV];
+    for k_row in panel.chunks_exact(nr) {
+        for (v, a) in acc.iter_mut().enumerate() {
+            let x = s.load(k_row.get(v * l..).unwrap_or(&[]));
+            *a = s.fma(x, x, *a);
+        }
+    }
+    for (v, a) in acc.iter().enumerate() {
+        s.store(*a, out.get_mut(v * l..).unwrap_or(&mut []));
+    }
+    if E::NORMS == Norms::InvClamped {
+        for o in out.iter_mut().take(nr) {
+            *o = 1.0 / clamp_norm(math::sqrt(*o));
+        }
+    }
+}
+
+/// The `MR x (NV * LANES)` tile of micro-panel `off..off + MR` of `apanel` against
+/// `bpanel` (both packed `[k][nr]`).
+#[inline(always)]
+fn micro<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(
+    s: S,
+    apanel: &[f32],
+    off: usize,
+    bpanel: &[f32],
+    nr: usize,
+) -> [[S::V; NV]; MR] {
+    let l = S::LANES;
+    let mut acc = [[s.zero(); NV]; MR];
+    // Advanced by hand: a `zip` of chunk iterators that is not inlined keeps a division by
+    // the chunk size, and with it a panic path.
+    let mut b_rows = bpanel.chunks_exact(nr);
+    for ak in apanel.chunks_exact(nr) {
+        let (Some(ak), Some(bk)) = (ak.get(off..off + MR), b_rows.next()) else {
+            break;
+        };
+        let mut bv = [s.zero(); NV];
+        for (v, x) in bv.iter_mut().enumerate() {
+            *x = s.load(bk.get(v * l..).unwrap_or(&[]));
+        }
+        for (acc_r, &a) in acc.iter_mut().zip(ak) {
+            let av = s.splat(a);
+            for (c, &b) in acc_r.iter_mut().zip(&bv) {
+                *c = if E::DIRECT {
+                    let t = s.sub(b, av);
+                    s.fma(t, t, *c)
+                } else {
+                    s.fma(av, b, *c)
+                };
+            }
+        }
+    }
+    acc
+}
+
+/// Shapes shared by the loops of one call.
+#[derive(Clone, Copy)]
+struct Geometry {
+    /// Dimension.
+    d: usize,
+    /// Columns of `out` (rows of `b`).
+    n: usize,
+    /// Panel width `NV * LANES`.
+    nr: usize,
+    /// `nr * d`, never 0.
+    panel_len: usize,
+    r0: usize,
+    r1: usize,
+}
+
+/// Where a tile's values go.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Placement {
+    /// Below or beside the symmetric part: stored as computed.
+    Rect,
+    /// Strictly above the diagonal of the symmetric part: stored and mirrored.
+    Upper,
+    /// Crossing the diagonal: entries above it stored and mirrored, the diagonal zeroed.
+    Diagonal,
+}
+
+/// Computes and stores every tile of the anchor block against one column panel.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn sweep<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(
+    s: S,
+    g: Geometry,
+    apack: &[f32],
+    row_norms: &[f32],
+    panels: (usize, usize),
+    bpanel: &[f32],
+    col_norms: &[f32],
+    j0: usize,
+    ncols: usize,
+    symmetric: bool,
+    out: &mut [f32],
+    tile: &mut [f32],
+) {
+    let Geometry {
+        n,
+        nr,
+        panel_len,
+        r0,
+        r1,
+        ..
+    } = g;
+    let l = S::LANES;
+    let mut cn = [s.zero(); NV];
+    for (v, c) in cn.iter_mut().enumerate() {
+        *c = s.load(col_norms.get(v * l..ncols).unwrap_or(&[]));
+    }
+    for (p, apanel) in apack
+        .chunks_exact(panel_len)
+        .enumerate()
+        .take(panels.1)
+        .skip(panels.0)
+    {
+        let pnorms = row_norms.get(p * nr..(p + 1) * nr).unwrap_or(&[]);
+        for off in (0..nr).step_by(MR) {
+            let i0 = r0 + p * nr + off;
+            if i0 >= r1 || (symmetric && i0 >= j0 + ncols) {
+                return;
+            }
+            let mr = MR.min(r1 - i0);
+            let placement = if !symmetric {
+                Placement::Rect
+            } else if i0 + MR <= j0 {
+                Placement::Upper
+            } else {
+                Placement::Diagonal
+            };
+            let acc = micro::<S, MR, NV, E>(s, apanel, off, bpanel, nr);
+            let rn = pnorms.get(off..off + MR).unwrap_or(&[]);
+            let il0 = i0 - r0;
+            if placement == Placement::Upper && NV == 1 && MR == l {
+                // Square tile: rows stored as computed, then transposed in registers and
+                // stored as the mirrored rows.
+                let mut vals = [s.zero(); MR];
+                for (r, (v, acc_r)) in vals.iter_mut().zip(&acc).enumerate() {
+                    let rv = s.splat(rn.get(r).copied().unwrap_or(0.0));
+                    if let (Some(a), Some(c)) = (acc_r.first(), cn.first()) {
+                        *v = E::finish(s, *a, rv, *c);
+                    }
+                    let start = (il0 + r) * n + j0;
+                    s.store(*v, out.get_mut(start..start + ncols).unwrap_or(&mut []));
+                }
+                s.transpose(&mut vals);
+                for (c, v) in vals.iter().enumerate().take(ncols) {
+                    let start = (j0 + c - r0) * n + i0;
+                    s.store(*v, out.get_mut(start..start + mr).unwrap_or(&mut []));
+                }
+                continue;
+            }
+            if placement == Placement::Diagonal {
+                // Values to the tile buffer, then element by element.
+                for (r, acc_r) in acc.iter().enumerate() {
+                    let rv = s.splat(rn.get(r).copied().unwrap_or(0.0));
+                    let row = tile.get_mut(r * nr..(r + 1) * nr).unwrap_or(&mut []);
+                    for (v, (a, c)) in acc_r.iter().zip(&cn).enumerate() {
+                        let val = E::finish(s, *a, rv, *c);
+                        s.store(val, row.get_mut(v * l..).unwrap_or(&mut []));
+                    }
+                }
+                store_diagonal(g, tile, i0, mr, j0, ncols, out);
+                continue;
+            }
+            for (r, acc_r) in acc.iter().enumerate().take(mr) {
+                let rv = s.splat(rn.get(r).copied().unwrap_or(0.0));
+                let start = (il0 + r) * n + j0;
+                let orow = out.get_mut(start..start + ncols).unwrap_or(&mut []);
+                let trow = tile.get_mut(r * nr..(r + 1) * nr).unwrap_or(&mut []);
+                for (v, (a, c)) in acc_r.iter().zip(&cn).enumerate() {
+                    let val = E::finish(s, *a, rv, *c);
+                    s.store(val, orow.get_mut(v * l..).unwrap_or(&mut []));
+                    if placement == Placement::Upper {
+                        s.store(val, trow.get_mut(v * l..).unwrap_or(&mut []));
+                    }
+                }
+            }
+            if placement == Placement::Upper {
+                store_transposed(g, tile, i0, mr, j0, ncols, out);
+            }
+        }
+    }
+}
+
+/// Writes `out[j][i] = tile[i - i0][j - j0]` (local rows) for the tile's `mr x ncols`
+/// values: the mirror image of a strictly-upper tile.
+#[inline(always)]
+fn store_transposed(
+    g: Geometry,
+    tile: &[f32],
+    i0: usize,
+    mr: usize,
+    j0: usize,
+    ncols: usize,
+    out: &mut [f32],
+) {
+    let Geometry { n, nr, r0, .. } = g;
+    for c in 0..ncols {
+        let start = (j0 + c - r0) * n + i0;
+        let dst = out.get_mut(start..start + mr).unwrap_or(&mut []);
+        for (r, o) in dst.iter_mut().enumerate() {
+            if let Some(&v) = tile.get(r * nr + c) {
+                *o = v;
+            }
+        }
+    }
+}
+
+/// Stores a tile that crosses the diagonal: `(i, j)` and `(j, i)` for `j > i`, exact 0 at
+/// `i == j`, nothing else (the entries below the diagonal come from other tiles' mirrors).
+#[inline(always)]
+fn store_diagonal(
+    g: Geometry,
+    tile: &[f32],
+    i0: usize,
+    mr: usize,
+    j0: usize,
+    ncols: usize,
+    out: &mut [f32],
+) {
+    let Geometry { n, nr, r0, .. } = g;
+    for r in 0..mr {
+        let i = i0 + r;
+        for c in 0..ncols {
+            let j = j0 + c;
+            if j > i {
+                let v = tile.get(r * nr + c).copied().unwrap_or(0.0);
+                if let Some(o) = out.get_mut((i - r0) * n + j) {
+                    *o = v;
+                }
+                if let Some(o) = out.get_mut((j - r0) * n + i) {
+                    *o = v;
+                }
+            } else if j == i {
+                if let Some(o) = out.get_mut((i - r0) * n + i) {
+                    *o = 0.0;
+                }
+            }
+        }
+    }
+}
+
+/// The block driver: packs the anchors, then sweeps the column panels.
+#[inline(always)]
+fn drive<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(s: S, job: Block<'_, '_>) {
+    let Block {
+        a,
+        r0,
+        r1,
+        b,
+        pairwise,
+        out,
+        ws,
+        ..
+    } = job;
+    let d = a.dim();
+    let nr = NV * S::LANES;
+    let m = r1.saturating_sub(r0);
+    // `panel_len != 0` (explicit, so the chunk iterators below have no panic path).
+    let Some(panel_len) = nr.checked_mul(d).filter(|&l| l != 0) else {
+        return;
+    };
+    if m == 0 || nr == 0 {
+        return;
+    }
+    let n = b.rows();
+    let panels = m.div_ceil(nr);
+    let padded = panels * nr;
+    // Columns outside the symmetric part: `0..r0` and `r1..n` for a pairwise block, all
+    // of `b` for a cross block. Packed once, panel by panel.
+    let regions = if pairwise {
+        [(0, r0), (r1, n)]
+    } else {
+        [(0, n), (n, n)]
+    };
+    let rect_panels = regions[0].1.div_ceil(nr) + (regions[1].1 - regions[1].0).div_ceil(nr);
+    // Norms and panels are whole multiples of `nr` elements: aligning the start aligns
+    // every panel.
+    let skip = ws.as_ptr().align_offset(4 * ALIGN).min(ALIGN);
+    let Some(ws) = ws.get_mut(skip..) else {
+        return;
+    };
+    // The caller checked `ws.len() >= block_workspace_len(m, other, d)`, which covers every
+    // backend's panel width; the checked splits below cannot fail.
+    let Some((row_norms, ws)) = ws.split_at_mut_checked(padded) else {
+        return;
+    };
+    let Some((col_norms, ws)) = ws.split_at_mut_checked(rect_panels * nr) else {
+        return;
+    };
+    let Some((apack, ws)) = ws.split_at_mut_checked(padded * d) else {
+        return;
+    };
+    let Some((bpack, tile)) = ws.split_at_mut_checked(rect_panels * panel_len) else {
+        return;
+    };
+    let Some(anchors) = a.as_slice().get(r0 * d..r1 * d) else {
+        return;
+    };
+    pack_rows::<S, MR, NV, E>(s, anchors, d, nr, panel_len, apack, row_norms);
+    let mut packed_cols = 0;
+    for (c0, c1) in regions {
+        let src = b.as_slice().get(c0 * d..c1 * d).unwrap_or(&[]);
+        let count = (c1 - c0).div_ceil(nr);
+        let dst = bpack
+            .get_mut(packed_cols * panel_len..(packed_cols + count) * panel_len)
+            .unwrap_or(&mut []);
+        let norms = col_norms
+            .get_mut(packed_cols * nr..(packed_cols + count) * nr)
+            .unwrap_or(&mut []);
+        pack_rows::<S, MR, NV, E>(s, src, d, nr, panel_len, dst, norms);
+        packed_cols += count;
+    }
+    let (apack, row_norms, bpack, col_norms) = (&*apack, &*row_norms, &*bpack, &*col_norms);
+    let g = Geometry {
+        d,
+        n,
+        nr,
+        panel_len,
+        r0,
+        r1,
+    };
+
+    // Row blocks of packed anchors, each against every column panel in order.
+    let block = (ROW_BLOCK_ELEMS / panel_len).max(1);
+    let mut p0 = 0;
+    while p0 < panels {
+        let p1 = (p0 + block).min(panels);
+        let mut rect_panel = 0;
+        for (i, &(c0, c1)) in regions.iter().enumerate() {
+            if i == 1 && pairwise {
+                // The symmetric part: the anchor panels are the column panels; only those
+                // on or right of the row block's diagonal.
+                for (q, bpanel) in apack.chunks_exact(panel_len).enumerate().skip(p0) {
+                    let cnorms = row_norms.get(q * nr..(q + 1) * nr).unwrap_or(&[]);
+                    let j0 = r0 + q * nr;
+                    let ncols = nr.min(r1 - j0);
+                    sweep::<S, MR, NV, E>(
+                        s,
+                        g,
+                        apack,
+                        row_norms,
+                        (p0, p1),
+                        bpanel,
+                        cnorms,
+                        j0,
+                        ncols,
+                        true,
+                        out,
+                        tile,
+                    );
+                }
+            }
+            let mut j0 = c0;
+            while j0 < c1 {
+                let ncols = nr.min(c1 - j0);
+                let bpanel = bpack
+                    .get(rect_panel * panel_len..(rect_panel + 1) * panel_len)
+                    .unwrap_or(&[]);
+                let cnorms = col_norms
+                    .get(rect_panel * nr..(rect_panel + 1) * nr)
+                    .unwrap_or(&[]);
+                sweep::<S, MR, NV, E>(
+                    s,
+                    g,
+                    apack,
+                    row_norms,
+                    (p0, p1),
+                    bpanel,
+                    cnorms,
+                    j0,
+                    ncols,
+                    false,
+                    out,
+                    tile,
+                );
+                j0 += nr;
+                rect_panel += 1;
+            }
+        }
+        p0 = p1;
+    }
+}
+
+/// Packs consecutive rows `src` (length `d` each) into whole panels of `dst` and their norm
+/// terms into `norms` (`nr` per panel).
+#[inline(always)]
+fn pack_rows<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(
+    s: S,
+    src: &[f32],
+    d: usize,
+    nr: usize,
+    panel_len: usize,
+    dst: &mut [f32],
+    norms: &mut [f32],
+) {
+    if panel_len == 0 {
+        return;
+    }
+    for (p, panel) in dst.chunks_exact_mut(panel_len).enumerate() {
+        let start = (p * panel_len).min(src.len());
+        let rows = src
+            .get(start..(start + panel_len).min(src.len()))
+            .unwrap_or(&[]);
+        let pnorms = norms.get_mut(p * nr..(p + 1) * nr).unwrap_or(&mut []);
+        pack::<S, MR, NV>(s, rows, d, nr, panel);
+        panel_norms::<S, NV, E>(s, panel, nr, pnorms);
+    }
+}

@@ -1,0 +1,349 @@
+//! x86-64 backends over `core::arch`: AVX2 + FMA (8 lanes) and AVX-512F (16 lanes).
+//!
+//! The only module of the crate that contains `unsafe`. Two kinds of blocks:
+//!
+//! - intrinsic calls inside the [`Simd`] methods. They are sound because a method can only
+//!   be called on a token ([`Avx2`], [`Avx512`]), and a token is only constructed by
+//!   `detect`, after CPUID (through `cpufeatures`, which also checks that the operating
+//!   system saves the wide registers) reported the features. Loads and stores check
+//!   the slice length first and use masked instructions for a short tail, which touch no
+//!   memory outside the slice;
+//! - calls into the `#[target_feature]` entry points, justified the same way.
+
+#![allow(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+use super::{Kernel, Simd};
+use core::arch::x86_64::{
+    __m256, __m256i, __m512, _mm256_add_ps, _mm256_castps256_ps128, _mm256_cmpgt_epi32,
+    _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_maskload_ps,
+    _mm256_maskstore_ps, _mm256_max_ps, _mm256_min_ps, _mm256_mul_ps, _mm256_permute2f128_ps,
+    _mm256_set1_epi32, _mm256_set1_ps, _mm256_setr_epi32, _mm256_setzero_ps, _mm256_shuffle_ps,
+    _mm256_sqrt_ps, _mm256_storeu_ps, _mm256_sub_ps, _mm256_unpackhi_ps, _mm256_unpacklo_ps,
+    _mm512_add_ps, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_mask_storeu_ps, _mm512_maskz_loadu_ps,
+    _mm512_max_ps, _mm512_min_ps, _mm512_mul_ps, _mm512_reduce_add_ps, _mm512_set1_ps,
+    _mm512_setzero_ps, _mm512_shuffle_f32x4, _mm512_shuffle_ps, _mm512_sqrt_ps, _mm512_storeu_ps,
+    _mm512_sub_ps, _mm512_unpackhi_ps, _mm512_unpacklo_ps, _mm_add_ps, _mm_add_ss, _mm_cvtss_f32,
+    _mm_movehl_ps, _mm_shuffle_ps,
+};
+
+cpufeatures::new!(cpuid_avx2_fma, "avx2", "fma");
+cpufeatures::new!(cpuid_avx512f, "avx512f");
+
+/// Token of the AVX2 + FMA backend: exists only on a CPU that has both.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx2 {
+    _detected: (),
+}
+
+impl Avx2 {
+    /// The token, when CPUID reports AVX2 and FMA (cached after the first call).
+    #[inline]
+    pub(crate) fn detect() -> Option<Self> {
+        cpuid_avx2_fma::get().then_some(Avx2 { _detected: () })
+    }
+}
+
+/// Token of the AVX-512F backend: exists only on a CPU that has it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Avx512 {
+    _detected: (),
+}
+
+impl Avx512 {
+    /// The token, when CPUID reports AVX-512F (cached after the first call).
+    #[inline]
+    pub(crate) fn detect() -> Option<Self> {
+        cpuid_avx512f::get().then_some(Avx512 { _detected: () })
+    }
+}
+
+/// Register tile of the AVX2 backend: a square 8 x 8 tile, 8 of the 16 `ymm` registers
+/// (as many accumulators as FMAs in flight: 2 ports x 4 cycles of latency).
+const AVX2_MR: usize = 8;
+const AVX2_NV: usize = 1;
+/// Register tile of the AVX-512 backend: a square 16 x 16 tile, 16 of the 32 `zmm`
+/// registers; each step issues 16 FMAs for 1 load and 16 broadcasts.
+const AVX512_MR: usize = 16;
+const AVX512_NV: usize = 1;
+
+#[target_feature(enable = "avx2,fma")]
+fn avx2_entry<K: Kernel>(token: Avx2, kernel: K) -> K::Output {
+    kernel.run::<Avx2, AVX2_MR, AVX2_NV>(token)
+}
+
+#[target_feature(enable = "avx512f")]
+fn avx512_entry<K: Kernel>(token: Avx512, kernel: K) -> K::Output {
+    kernel.run::<Avx512, AVX512_MR, AVX512_NV>(token)
+}
+
+/// Runs `kernel` on the AVX2 backend.
+#[inline]
+pub(crate) fn run_avx2<K: Kernel>(token: Avx2, kernel: K) -> K::Output {
+    // SAFETY: `token` proves that CPUID reported AVX2 and FMA, the features the entry
+    // point enables.
+    unsafe { avx2_entry(token, kernel) }
+}
+
+/// Runs `kernel` on the AVX-512 backend.
+#[inline]
+pub(crate) fn run_avx512<K: Kernel>(token: Avx512, kernel: K) -> K::Output {
+    // SAFETY: `token` proves that CPUID reported AVX-512F, the feature the entry point
+    // enables.
+    unsafe { avx512_entry(token, kernel) }
+}
+
+impl Simd for Avx2 {
+    const LANES: usize = 8;
+    type V = __m256;
+
+    #[inline(always)]
+    fn zero(self) -> __m256 {
+        // SAFETY: the token proves AVX (implied by AVX2).
+        unsafe { _mm256_setzero_ps() }
+    }
+    #[inline(always)]
+    fn splat(self, x: f32) -> __m256 {
+        // SAFETY: the token proves AVX.
+        unsafe { _mm256_set1_ps(x) }
+    }
+    #[inline(always)]
+    fn load(self, src: &[f32]) -> __m256 {
+        if src.len() >= 8 {
+            // SAFETY: the token proves AVX; `src` has at least 8 readable elements and the
+            // load has no alignment requirement.
+            unsafe { _mm256_loadu_ps(src.as_ptr()) }
+        } else {
+            // SAFETY: the token proves AVX2; lanes `>= src.len()` are masked off, and a
+            // masked-off lane is neither read nor able to fault.
+            unsafe { _mm256_maskload_ps(src.as_ptr(), self.mask(src.len())) }
+        }
+    }
+    #[inline(always)]
+    fn store(self, v: __m256, dst: &mut [f32]) {
+        if dst.len() >= 8 {
+            // SAFETY: the token proves AVX; `dst` has at least 8 writable elements and the
+            // store has no alignment requirement.
+            unsafe { _mm256_storeu_ps(dst.as_mut_ptr(), v) }
+        } else {
+            // SAFETY: the token proves AVX2; lanes `>= dst.len()` are masked off, and a
+            // masked-off lane is neither written nor able to fault.
+            unsafe { _mm256_maskstore_ps(dst.as_mut_ptr(), self.mask(dst.len()), v) }
+        }
+    }
+    #[inline(always)]
+    fn add(self, a: __m256, b: __m256) -> __m256 {
+        // SAFETY: the token proves AVX.
+        unsafe { _mm256_add_ps(a, b) }
+    }
+    #[inline(always)]
+    fn sub(self, a: __m256, b: __m256) -> __m256 {
+        // SAFETY: the token proves AVX.
+        unsafe { _mm256_sub_ps(a, b) }
+    }
+    #[inline(always)]
+    fn mul(self, a: __m256, b: __m256) -> __m256 {
+        // SAFETY: the token proves AVX.
+        unsafe { _mm256_mul_ps(a, b) }
+    }
+    #[inline(always)]
+    fn fma(self, a: __m256, b: __m256, c: __m256) -> __m256 {
+        // SAFETY: the token proves FMA.
+        unsafe { _mm256_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    fn min(self, a: __m256, b: __m256) -> __m256 {
+        // SAFETY: the token proves AVX. `vminps(a, b)` is `a < b ? a : b`.
+        unsafe { _mm256_min_ps(a, b) }
+    }
+    #[inline(always)]
+    fn max(self, a: __m256, b: __m256) -> __m256 {
+        // SAFETY: the token proves AVX. `vmaxps(a, b)` is `a > b ? a : b`.
+        unsafe { _mm256_max_ps(a, b) }
+    }
+    #[inline(always)]
+    fn sqrt(self, a: __m256) -> __m256 {
+        // SAFETY: the token proves AVX.
+        unsafe { _mm256_sqrt_ps(a) }
+    }
+    #[inline(always)]
+    fn reduce_add(self, a: __m256) -> f32 {
+        // SAFETY: the token proves AVX (and so SSE, SSE3).
+        unsafe {
+            let lo = _mm256_castps256_ps128(a);
+            let hi = _mm256_extractf128_ps::<1>(a);
+            let s4 = _mm_add_ps(lo, hi);
+            let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+            let s1 = _mm_add_ss(s2, _mm_shuffle_ps::<0b01>(s2, s2));
+            _mm_cvtss_f32(s1)
+        }
+    }
+    #[inline(always)]
+    fn transpose(self, rows: &mut [__m256]) {
+        let Some(r) = rows.first_chunk_mut::<8>() else {
+            return;
+        };
+        // SAFETY: the token proves AVX; register-only shuffles.
+        unsafe {
+            // Interleave row pairs: t[2i] = (r2i_0 r2i+1_0 r2i_1 r2i+1_1 | ...).
+            let mut t = [_mm256_setzero_ps(); 8];
+            for i in 0..4 {
+                t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+                t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+            }
+            // u[4i + k], 128-bit half h: column 4h + k of rows 4i..4i+4.
+            let mut u = [_mm256_setzero_ps(); 8];
+            for i in 0..2 {
+                u[4 * i] = _mm256_shuffle_ps::<0x44>(t[4 * i], t[4 * i + 2]);
+                u[4 * i + 1] = _mm256_shuffle_ps::<0xEE>(t[4 * i], t[4 * i + 2]);
+                u[4 * i + 2] = _mm256_shuffle_ps::<0x44>(t[4 * i + 1], t[4 * i + 3]);
+                u[4 * i + 3] = _mm256_shuffle_ps::<0xEE>(t[4 * i + 1], t[4 * i + 3]);
+            }
+            for k in 0..4 {
+                r[k] = _mm256_permute2f128_ps::<0x20>(u[k], u[4 + k]);
+                r[4 + k] = _mm256_permute2f128_ps::<0x31>(u[k], u[4 + k]);
+            }
+        }
+    }
+}
+
+impl Avx2 {
+    /// Lane mask with the first `len` (< 8) lanes set, for `maskload`/`maskstore`.
+    /// Takes the token as the proof that AVX2 is present.
+    #[inline(always)]
+    #[allow(clippy::unused_self)]
+    fn mask(self, len: usize) -> __m256i {
+        let len = i32::try_from(len).unwrap_or(i32::MAX);
+        // SAFETY: the token proves AVX2.
+        unsafe {
+            _mm256_cmpgt_epi32(
+                _mm256_set1_epi32(len),
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+            )
+        }
+    }
+}
+
+/// Mask with the first `len` (< 16) lanes set.
+#[inline(always)]
+fn avx512_mask(len: usize) -> u16 {
+    ((1_u32 << len.min(16)) - 1) as u16
+}
+
+impl Simd for Avx512 {
+    const LANES: usize = 16;
+    type V = __m512;
+
+    #[inline(always)]
+    fn zero(self) -> __m512 {
+        // SAFETY: the token proves AVX-512F.
+        unsafe { _mm512_setzero_ps() }
+    }
+    #[inline(always)]
+    fn splat(self, x: f32) -> __m512 {
+        // SAFETY: the token proves AVX-512F.
+        unsafe { _mm512_set1_ps(x) }
+    }
+    #[inline(always)]
+    fn load(self, src: &[f32]) -> __m512 {
+        if src.len() >= 16 {
+            // SAFETY: the token proves AVX-512F; `src` has at least 16 readable elements
+            // and the load has no alignment requirement.
+            unsafe { _mm512_loadu_ps(src.as_ptr()) }
+        } else {
+            // SAFETY: the token proves AVX-512F; lanes `>= src.len()` are masked off, and
+            // a masked-off lane is neither read nor able to fault.
+            unsafe { _mm512_maskz_loadu_ps(avx512_mask(src.len()), src.as_ptr()) }
+        }
+    }
+    #[inline(always)]
+    fn store(self, v: __m512, dst: &mut [f32]) {
+        if dst.len() >= 16 {
+            // SAFETY: the token proves AVX-512F; `dst` has at least 16 writable elements
+            // and the store has no alignment requirement.
+            unsafe { _mm512_storeu_ps(dst.as_mut_ptr(), v) }
+        } else {
+            // SAFETY: the token proves AVX-512F; lanes `>= dst.len()` are masked off, and
+            // a masked-off lane is neither written nor able to fault.
+            unsafe { _mm512_mask_storeu_ps(dst.as_mut_ptr(), avx512_mask(dst.len()), v) }
+        }
+    }
+    #[inline(always)]
+    fn add(self, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: the token proves AVX-512F.
+        unsafe { _mm512_add_ps(a, b) }
+    }
+    #[inline(always)]
+    fn sub(self, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: the token proves AVX-512F.
+        unsafe { _mm512_sub_ps(a, b) }
+    }
+    #[inline(always)]
+    fn mul(self, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: the token proves AVX-512F.
+        unsafe { _mm512_mul_ps(a, b) }
+    }
+    #[inline(always)]
+    fn fma(self, a: __m512, b: __m512, c: __m512) -> __m512 {
+        // SAFETY: the token proves AVX-512F.
+        unsafe { _mm512_fmadd_ps(a, b, c) }
+    }
+    #[inline(always)]
+    fn min(self, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: the token proves AVX-512F. `vminps(a, b)` is `a < b ? a : b`.
+        unsafe { _mm512_min_ps(a, b) }
+    }
+    #[inline(always)]
+    fn max(self, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: the token proves AVX-512F. `vmaxps(a, b)` is `a > b ? a : b`.
+        unsafe { _mm512_max_ps(a, b) }
+    }
+    #[inline(always)]
+    fn sqrt(self, a: __m512) -> __m512 {
+        // SAFETY: the token proves AVX-512F.
+        unsafe { _mm512_sqrt_ps(a) }
+    }
+    #[inline(always)]
+    fn reduce_add(self, a: __m512) -> f32 {
+        // SAFETY: the token proves AVX-512F.
+        unsafe { _mm512_reduce_add_ps(a) }
+    }
+    #[inline(always)]
+    fn transpose(self, rows: &mut [__m512]) {
+        let Some(r) = rows.first_chunk_mut::<16>() else {
+            return;
+        };
+        // SAFETY: the token proves AVX-512F; register-only shuffles.
+        unsafe {
+            // Interleave row pairs within each 128-bit lane.
+            let mut t = [_mm512_setzero_ps(); 16];
+            for i in 0..8 {
+                t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+                t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+            }
+            // u[4i + k], 128-bit lane l: column 4l + k of rows 4i..4i+4.
+            let mut u = [_mm512_setzero_ps(); 16];
+            for i in 0..4 {
+                u[4 * i] = _mm512_shuffle_ps::<0x44>(t[4 * i], t[4 * i + 2]);
+                u[4 * i + 1] = _mm512_shuffle_ps::<0xEE>(t[4 * i], t[4 * i + 2]);
+                u[4 * i + 2] = _mm512_shuffle_ps::<0x44>(t[4 * i + 1], t[4 * i + 3]);
+                u[4 * i + 3] = _mm512_shuffle_ps::<0xEE>(t[4 * i + 1], t[4 * i + 3]);
+            }
+            // Gather the 128-bit lanes: v[k] = (u[k].0 u[k].2 u[4+k].0 u[4+k].2), ...
+            let mut v = [_mm512_setzero_ps(); 16];
+            for k in 0..4 {
+                v[k] = _mm512_shuffle_f32x4::<0x88>(u[k], u[4 + k]);
+                v[4 + k] = _mm512_shuffle_f32x4::<0xDD>(u[k], u[4 + k]);
+                v[8 + k] = _mm512_shuffle_f32x4::<0x88>(u[8 + k], u[12 + k]);
+                v[12 + k] = _mm512_shuffle_f32x4::<0xDD>(u[8 + k], u[12 + k]);
+            }
+            // Column c = 4l + k ends in r[c].
+            for k in 0..4 {
+                r[k] = _mm512_shuffle_f32x4::<0x88>(v[k], v[8 + k]);
+                r[8 + k] = _mm512_shuffle_f32x4::<0xDD>(v[k], v[8 + k]);
+                r[4 + k] = _mm512_shuffle_f32x4::<0x88>(v[4 + k], v[12 + k]);
+                r[12 + k] = _mm512_shuffle_f32x4::<0xDD>(v[4 + k], v[12 + k]);
+            }
+        }
+    }
+}
