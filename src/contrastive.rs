@@ -245,7 +245,7 @@ pub(crate) fn two_rows_mut(
     if i >= j {
         return None;
     }
-    let (head, tail) = buf.split_at_mut(j.checked_mul(dim)?);
+    let (head, tail) = buf.split_at_mut_checked(j.checked_mul(dim)?)?;
     let ri = head.get_mut(i.checked_mul(dim)?..)?.get_mut(..dim)?;
     let rj = tail.get_mut(..dim)?;
     Some((ri, rj))
@@ -281,6 +281,17 @@ struct Parts {
     neg_active: usize,
 }
 
+/// The error of a workspace that cannot hold the `rows` norms. Unreachable once
+/// [`check_contrastive`] has passed; returning it (instead of letting a split panic) keeps
+/// the kernels free of a panic path the optimiser cannot rule out, since the required
+/// length is a saturating expression.
+fn short_workspace(rows: usize, actual: usize) -> Error {
+    Error::WorkspaceTooSmall {
+        required: contrastive_workspace_len(rows, 1),
+        actual,
+    }
+}
+
 /// Fills the norms (cosine) and the packed distances, returns the per-part sums and counts
 /// over unordered pairs.
 fn forward(
@@ -289,9 +300,12 @@ fn forward(
     metric: Metric,
     params: &ContrastiveParams,
     workspace: &mut [f32],
-) -> Parts {
+) -> Result<Parts, Error> {
     let n = x.rows();
-    let (norms, dists) = workspace.split_at_mut(n);
+    let actual = workspace.len();
+    let (norms, dists) = workspace
+        .split_at_mut_checked(n)
+        .ok_or(short_workspace(n, actual))?;
     if metric == Metric::Cosine {
         clamped_row_norms(x, norms);
     }
@@ -321,7 +335,7 @@ fn forward(
         parts.pos_sum += pos_row;
         parts.neg_sum += neg_row;
     }
-    parts
+    Ok(parts)
 }
 
 impl Parts {
@@ -406,7 +420,7 @@ pub fn contrastive_loss(
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
     check_contrastive(&x, labels, &params, None, workspace.len())?;
-    let parts = forward(&x, labels, metric, &params, workspace);
+    let parts = forward(&x, labels, metric, &params, workspace)?;
     Ok(parts.reduce(params.reduction).2)
 }
 
@@ -456,11 +470,13 @@ pub fn contrastive_loss_grad(
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
     let n = check_contrastive(&x, labels, &params, Some(grad.len()), workspace.len())?;
-    let parts = forward(&x, labels, metric, &params, workspace);
+    let parts = forward(&x, labels, metric, &params, workspace)?;
     let (wp, wn, loss) = parts.reduce(params.reduction);
+    let (norms, dists) = workspace
+        .split_at_checked(n)
+        .ok_or(short_workspace(n, workspace.len()))?;
     grad.fill(0.0);
     let dim = x.dim();
-    let (norms, dists) = workspace.split_at(n);
     let mut slots = dists.iter();
     let form = params.form;
     for (i, (a, &la)) in x.row_iter().zip(labels).enumerate() {

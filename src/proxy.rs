@@ -226,6 +226,20 @@ fn normalize_row_backward(
     l2_normalize_backward(Matrix::new(row, 1, row.len())?, grad_hat, grad_row)
 }
 
+/// `a.zip(b)` for iterators over rows (`chunks_exact`), without `Zip`'s random-access
+/// specialisation: that one's constructor divides each slice length by the chunk size,
+/// and where the optimiser keeps the constructor out of line it can no longer see that
+/// the size (a matrix dimension) is nonzero, leaving a division-by-zero panic path.
+/// Stepping both iterators costs nothing next to the row operation of each step.
+#[inline(always)]
+fn lockstep<A: IntoIterator, B: IntoIterator>(
+    a: A,
+    b: B,
+) -> impl Iterator<Item = (A::Item, B::Item)> {
+    let (mut a, mut b) = (a.into_iter(), b.into_iter());
+    core::iter::from_fn(move || Some((a.next()?, b.next()?)))
+}
+
 /// Gradient buffers of a `_grad` call.
 struct Grads<'g> {
     x: &'g mut [f32],
@@ -242,12 +256,18 @@ fn nca(
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
     let (c_count, dim, n) = (proxies.rows(), x.dim(), x.rows());
-    let (pn, rest) = workspace.split_at_mut(proxies.len());
-    let (gpn, rest) = rest.split_at_mut(proxies.len());
-    let (e, rest) = rest.split_at_mut(c_count);
-    let (wsum, rest) = rest.split_at_mut(c_count);
-    let (xn, rest) = rest.split_at_mut(dim);
-    let gxn = rest.split_at_mut(dim).0;
+    // Unreachable once the workspace length is checked; an error instead of a panicking
+    // split, whose bound the optimiser cannot derive from the saturating required length.
+    let short = Error::WorkspaceTooSmall {
+        required: proxy_nca_workspace_len(n, c_count, dim),
+        actual: workspace.len(),
+    };
+    let (pn, rest) = workspace.split_at_mut_checked(proxies.len()).ok_or(short)?;
+    let (gpn, rest) = rest.split_at_mut_checked(proxies.len()).ok_or(short)?;
+    let (e, rest) = rest.split_at_mut_checked(c_count).ok_or(short)?;
+    let (wsum, rest) = rest.split_at_mut_checked(c_count).ok_or(short)?;
+    let (xn, rest) = rest.split_at_mut_checked(dim).ok_or(short)?;
+    let gxn = rest.get_mut(..dim).ok_or(short)?;
     l2_normalize(*proxies, pn)?;
     if grads.is_some() {
         gpn.fill(0.0);
@@ -256,10 +276,10 @@ fn nca(
     let s = params.softmax_scale;
     let w_scale = s / n as f32;
     let mut loss = 0.0_f32;
-    for (i, (row, &y)) in x.row_iter().zip(labels).enumerate() {
+    for (i, (row, &y)) in lockstep(x.row_iter(), labels).enumerate() {
         normalize_row(row, xn)?;
         let mut q_min = f32::INFINITY;
-        for (p, ec) in pn.chunks_exact(dim).zip(e.iter_mut()) {
+        for (p, ec) in lockstep(pn.chunks_exact(dim), e.iter_mut()) {
             let q = simd::sq_dist(xn, p);
             *ec = q;
             q_min = q_min.min(q);
@@ -284,11 +304,8 @@ fn nca(
         }
         // d q_ic / d x^_i = 2 (x^_i - P^_c); d q_ic / d P^_c = 2 (P^_c - x^_i).
         simd::scale_into(2.0 * w_total, xn, gxn);
-        for ((p, gp), &w) in pn
-            .chunks_exact(dim)
-            .zip(gpn.chunks_exact_mut(dim))
-            .zip(e.iter())
-        {
+        let proxy_rows = lockstep(pn.chunks_exact(dim), gpn.chunks_exact_mut(dim));
+        for ((p, gp), &w) in proxy_rows.zip(e.iter()) {
             simd::axpy(-2.0 * w, p, gxn);
             simd::axpy(-2.0 * w, xn, gp);
         }
@@ -297,11 +314,8 @@ fn nca(
         }
     }
     if let Some(g) = grads {
-        for ((p, gp), &w) in pn
-            .chunks_exact(dim)
-            .zip(gpn.chunks_exact_mut(dim))
-            .zip(wsum.iter())
-        {
+        let proxy_rows = lockstep(pn.chunks_exact(dim), gpn.chunks_exact_mut(dim));
+        for ((p, gp), &w) in proxy_rows.zip(wsum.iter()) {
             simd::axpy(2.0 * w, p, gp);
         }
         l2_normalize_backward(*proxies, gpn, g.proxies)?;
@@ -449,16 +463,22 @@ fn anchor(
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
     let (c_count, dim) = (proxies.rows(), x.dim());
-    let (pn, rest) = workspace.split_at_mut(proxies.len());
-    let (gpn, rest) = rest.split_at_mut(proxies.len());
-    let (sim, rest) = rest.split_at_mut(x.rows().saturating_mul(c_count));
-    let (xn, rest) = rest.split_at_mut(dim);
-    let gxn = rest.split_at_mut(dim).0;
+    // Unreachable, as in `nca`.
+    let short = Error::WorkspaceTooSmall {
+        required: proxy_anchor_workspace_len(x.rows(), c_count, dim),
+        actual: workspace.len(),
+    };
+    let sim_len = x.rows().saturating_mul(c_count);
+    let (pn, rest) = workspace.split_at_mut_checked(proxies.len()).ok_or(short)?;
+    let (gpn, rest) = rest.split_at_mut_checked(proxies.len()).ok_or(short)?;
+    let (sim, rest) = rest.split_at_mut_checked(sim_len).ok_or(short)?;
+    let (xn, rest) = rest.split_at_mut_checked(dim).ok_or(short)?;
+    let gxn = rest.get_mut(..dim).ok_or(short)?;
     l2_normalize(*proxies, pn)?;
     // s_ic = <x^_i, P^_c>, row-major n x C.
-    for (row, s_row) in x.row_iter().zip(sim.chunks_exact_mut(c_count)) {
+    for (row, s_row) in lockstep(x.row_iter(), sim.chunks_exact_mut(c_count)) {
         normalize_row(row, xn)?;
-        for (p, s) in pn.chunks_exact(dim).zip(s_row.iter_mut()) {
+        for (p, s) in lockstep(pn.chunks_exact(dim), s_row.iter_mut()) {
             *s = simd::dot(xn, p);
         }
     }
@@ -513,18 +533,12 @@ fn anchor(
     let loss = w_pos * pos_loss + w_neg * neg_loss;
     let Some(g) = grads else { return Ok(loss) };
     gpn.fill(0.0);
-    for ((row, g_row), gx) in x
-        .row_iter()
-        .zip(sim.chunks_exact(c_count))
-        .zip(g.x.chunks_exact_mut(dim))
-    {
+    let rows = lockstep(x.row_iter(), sim.chunks_exact(c_count));
+    for ((row, g_row), gx) in lockstep(rows, g.x.chunks_exact_mut(dim)) {
         normalize_row(row, xn)?;
         gxn.fill(0.0);
-        for ((p, gp), &gs) in pn
-            .chunks_exact(dim)
-            .zip(gpn.chunks_exact_mut(dim))
-            .zip(g_row.iter())
-        {
+        let proxy_rows = lockstep(pn.chunks_exact(dim), gpn.chunks_exact_mut(dim));
+        for ((p, gp), &gs) in proxy_rows.zip(g_row) {
             simd::axpy(gs, p, gxn);
             simd::axpy(gs, xn, gp);
         }

@@ -2,6 +2,8 @@
 //! dirty buffers, ties, non-finite data and every error path.
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
+use std::cmp::Ordering;
+
 use proptest::prelude::*;
 use triplet_kernels::{
     knn, knn_workspace_len, retrieval_metrics, retrieval_metrics_workspace_len, scalar, Error,
@@ -381,6 +383,37 @@ proptest! {
                 prop_assert!(row[first_nan..].iter().all(|d| d.is_nan()));
                 let nan_idx = &fast.idx[q * k + first_nan..(q + 1) * k];
                 prop_assert!(nan_idx.windows(2).all(|w| w[0] < w[1]));
+            }
+        }
+    }
+
+    /// The twin's ranking (a heap sort stopped after `k` places) is the first `k` of a
+    /// full sort by (distance, index), NaN last: checked against the standard library's
+    /// sort on exact integer distances, with ties and NaN rows, for several `k`.
+    #[test]
+    fn twin_knn_is_a_sorted_prefix(mut p in problem(true, 33), nan in proptest::option::of(any::<prop::sample::Index>())) {
+        prop_assume!(p.available() >= 1);
+        if let Some(i) = nan {
+            let at = i.index(p.x.len());
+            p.x[at] = f32::NAN;
+        }
+        let available = p.available();
+        for k in [1, available.div_ceil(2), available] {
+            let twin = run_knn(&p, Metric::SquaredEuclidean, k, false, f32::NAN);
+            for q in 0..p.n {
+                let a = &p.x[q * p.d..(q + 1) * p.d];
+                let mut all: Vec<(f64, u32)> = (0..p.m())
+                    .filter(|&j| p.y.is_some() || j != q)
+                    .map(|j| (dist64(Metric::SquaredEuclidean, a, p.ref_row(j)), j as u32))
+                    .collect();
+                all.sort_by(|x, y| {
+                    let by_distance = x.0.partial_cmp(&y.0).unwrap_or(Ordering::Equal);
+                    (x.0.is_nan().cmp(&y.0.is_nan()))
+                        .then(by_distance)
+                        .then(x.1.cmp(&y.1))
+                });
+                let expected: Vec<u32> = all[..k].iter().map(|&(_, j)| j).collect();
+                prop_assert_eq!(&twin.idx[q * k..(q + 1) * k], &expected[..]);
             }
         }
     }

@@ -1,5 +1,5 @@
 //! Scalar twins of [`crate::retrieval`]: every distance in `f64`, every query ranked by a
-//! full sort of its references.
+//! heap sort of all its references (stopped once the places the result reads are settled).
 
 use core::cmp::Ordering;
 
@@ -25,14 +25,82 @@ fn rank(x: &[f64; 2], y: &[f64; 2]) -> Ordering {
     }
 }
 
-/// Every reference that query `q` (row `a`) can retrieve, as `[f64 distance, index]`,
-/// sorted nearest first, in the `f64`-aligned part of the workspace. Euclidean ranks by
-/// the squared distance (the exact same order), as the fast kernel does.
+/// Moves the entry at heap node `pos` down a min-heap (by [`rank`]) of `size` nodes.
+///
+/// The heap is stored mirrored: node `i` lives at `pairs[pairs.len() - 1 - i]`, so the root
+/// is the last element and the heap shrinks away from the front.
+fn sift_down(pairs: &mut [[f64; 2]], mut pos: usize, size: usize) {
+    let last = pairs.len().wrapping_sub(1);
+    let Some(&item) = pairs.get(last.wrapping_sub(pos)) else {
+        return;
+    };
+    loop {
+        // `pos < size <= pairs.len()`, so `2 * pos + 2` cannot overflow.
+        let left = 2 * pos + 1;
+        if left >= size {
+            break;
+        }
+        let Some(&l) = pairs.get(last.wrapping_sub(left)) else {
+            break;
+        };
+        let (mut child, mut least) = (left, l);
+        if left + 1 < size {
+            if let Some(&r) = pairs.get(last.wrapping_sub(left + 1)) {
+                if rank(&r, &l) == Ordering::Less {
+                    (child, least) = (left + 1, r);
+                }
+            }
+        }
+        if rank(&least, &item) != Ordering::Less {
+            break;
+        }
+        if let Some(p) = pairs.get_mut(last.wrapping_sub(pos)) {
+            *p = least;
+        }
+        pos = child;
+    }
+    if let Some(p) = pairs.get_mut(last.wrapping_sub(pos)) {
+        *p = item;
+    }
+}
+
+/// Puts the `need` least entries of `pairs` by [`rank`], in order, in `pairs[..need]`
+/// (sorts all of them when `need >= pairs.len()`); the rest is left in unspecified order.
+///
+/// A heap sort on a mirrored min-heap (see [`sift_down`]): each extracted minimum lands
+/// at the front, after the previous one, and the sort stops once `need` are out. `rank`
+/// is a strict total order on pairs with distinct indices, so the result is the unique
+/// sorted prefix, whatever the algorithm. Written with checked accesses only: the slice
+/// sorts of `core` keep a panic path for inconsistent comparators.
+fn sort_prefix(pairs: &mut [[f64; 2]], need: usize) {
+    let len = pairs.len();
+    for pos in (0..len / 2).rev() {
+        sift_down(pairs, pos, len);
+    }
+    let mut size = len;
+    while size > 1 && len - size < need {
+        // Swap the root (the least entry left) with the heap's last node, next to the
+        // settled prefix.
+        if let Some((front, back)) = pairs.split_at_mut_checked(len - size + 1) {
+            if let (Some(next), Some(root)) = (front.last_mut(), back.last_mut()) {
+                core::mem::swap(next, root);
+            }
+        }
+        size -= 1;
+        sift_down(pairs, 0, size);
+    }
+}
+
+/// Every reference that query `q` (row `a`) can retrieve, as `[f64 distance, index]`, in
+/// the `f64`-aligned part of the workspace, the `need` nearest first and in order (see
+/// [`sort_prefix`]). Euclidean ranks by the squared distance (the exact same order), as
+/// the fast kernel does.
 fn ranked<'w>(
     metric: Metric,
     shape: &Shape<'_>,
     a: &[f32],
     q: usize,
+    need: usize,
     workspace: &'w mut [f32],
 ) -> &'w [[f64; 2]] {
     let (_, pairs, _) = bytemuck::pod_align_to_mut::<f32, [f64; 2]>(workspace);
@@ -47,13 +115,14 @@ fn ranked<'w>(
         }
     }
     let pairs = pairs.get_mut(..len).unwrap_or_default();
-    pairs.sort_unstable_by(rank);
-    pairs
+    sort_prefix(pairs, need);
+    pairs.get(..need).unwrap_or(pairs)
 }
 
 /// Scalar twin of [`crate::knn`]: for each query, the `f64` distance to every reference,
-/// a full sort by (distance, index), the first `k` kept (distances rounded to `f32`;
-/// Euclidean sorted by the squared distance, then rooted).
+/// a heap sort by (distance, index) of all of them, stopped once the first `k` are in
+/// place, and those `k` kept (distances rounded to `f32`; Euclidean sorted by the squared
+/// distance, then rooted).
 ///
 /// # Errors
 ///
@@ -99,7 +168,7 @@ pub fn knn(
         )
         .enumerate()
     {
-        let pairs = ranked(metric, &shape, a, q, workspace);
+        let pairs = ranked(metric, &shape, a, q, k, workspace);
         for ((&[d, j], i), o) in pairs.iter().zip(i_row.iter_mut()).zip(d_row.iter_mut()) {
             *i = j as u32;
             *o = if metric == Metric::Euclidean {
@@ -112,9 +181,9 @@ pub fn knn(
     Ok(())
 }
 
-/// Scalar twin of [`crate::retrieval_metrics`]: for each query with `R >= 1`, a full
-/// `f64` ranking of its references (as [`knn`]), then the textbook formulas of
-/// [`RetrievalMetrics`], averaged in query order.
+/// Scalar twin of [`crate::retrieval_metrics`]: for each query with `R >= 1`, an `f64`
+/// ranking of all its references (as [`knn`], down to place `max(R, K)`), then the
+/// textbook formulas of [`RetrievalMetrics`], averaged in query order.
 ///
 /// # Errors
 ///
@@ -154,7 +223,8 @@ pub fn retrieval_metrics(
         if r == 0 {
             continue;
         }
-        let pairs = ranked(metric, &shape, a, q, workspace);
+        // `rel` below reads places `0..max(k, r)`.
+        let pairs = ranked(metric, &shape, a, q, k.max(r), workspace);
         let rel = |i: usize| {
             pairs
                 .get(i)
