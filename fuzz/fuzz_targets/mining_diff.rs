@@ -221,6 +221,9 @@ fuzz_target!(|data: &[u8]| {
     let labels = g.labels(n, classes);
     let xd = g.values(regime, n * d);
     let x = Matrix::new(&xd, n, d).unwrap();
+    if dump() {
+        eprintln!("mining: n {n} d {d} {metric:?}\nx {xd:?}\nlabels {labels:?}");
+    }
 
     for m in MININGS {
         let c = mine_triplets_count(&labels, m);

@@ -180,6 +180,9 @@ fuzz_target!(|data: &[u8]| {
         _ => g.range(1, available.max(1)),
     };
     let len = n * k;
+    if dump() {
+        eprintln!("knn: n {n} m {m} d {d} {metric:?} k {k} leave-one-out {loo}\nqueries {xd:?}\ngallery {yd:?}");
+    }
     let (rf, idf, df) = run_knn(q, y, metric, k, len, true, garbage);
     let (rs, ids, ds) = run_knn(q, y, metric, k, len, false, garbage);
     let k_ok = k >= 1 && k <= available;
@@ -256,6 +259,9 @@ fuzz_target!(|data: &[u8]| {
         1 => available + g.range(1, 5),
         _ => g.range(1, available.max(1)),
     };
+    if dump() {
+        eprintln!("retrieval_metrics: k {kr}\nlabels {labels:?}\nreference_labels {ref_labels:?}");
+    }
     let mut expected = Vec::new();
     if kr == 0 {
         expected.push(Error::InvalidParameter { name: "k" });

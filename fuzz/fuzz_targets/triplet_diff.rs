@@ -354,6 +354,9 @@ fn margin_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
         .with_hinge(g.hinge())
         .with_reduction(g.reduction());
     let garbage = g.garbage();
+    if dump() {
+        eprintln!("triplet_margin: n {n} d {d} {p:?}\nx {xd:?}\ntriplets {ts:?}");
+    }
     let errs = margin_errors(&x, &ts, &p);
     let f = margin_run(x, &ts, p, true, garbage);
     let s = margin_run(x, &ts, p, false, garbage);
@@ -515,6 +518,9 @@ fn batch_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
         .with_reduction(g.reduction())
         .with_normalize(g.bool());
     let garbage = g.garbage();
+    if dump() {
+        eprintln!("triplet_batch: n {n} d {d} {p:?}\nx {xd:?}\nlabels {labels:?}");
+    }
     let mut errs = Vec::new();
     if !p.margin.is_finite() {
         errs.push(Error::InvalidParameter { name: "margin" });

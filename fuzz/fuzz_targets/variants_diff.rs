@@ -144,6 +144,9 @@ fn contrastive_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) 
         .with_form(form)
         .with_reduction(reduction);
     let garbage = g.garbage();
+    if dump() {
+        eprintln!("contrastive: n {n} d {d} {metric:?} {p:?}\nx {xd:?}\nlabels {labels:?}");
+    }
 
     let mut expected = Vec::new();
     if !pm.is_finite() {
@@ -334,6 +337,9 @@ fn quadruplet_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
         .with_hinge(g.hinge())
         .with_reduction(g.reduction());
     let garbage = g.garbage();
+    if dump() {
+        eprintln!("quadruplet: n {n} d {d} {metric:?} {p:?}\nx {xd:?}\nquadruplets {quads:?}");
+    }
 
     let mut expected = Vec::new();
     if !m1.is_finite() {
@@ -525,6 +531,9 @@ fn mining_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
     let labels = g.labels(n, classes);
     let metric = g.metric();
     let garbage = g.garbage();
+    if dump() {
+        eprintln!("mine_quadruplets: n {n} d {d} {metric:?}\nx {xd:?}\nlabels {labels:?}");
+    }
     let count = mine_quadruplets_count(&labels);
     assert_eq!(count, count_by_formula(&labels));
     let sentinel = Quadruplet::new(9, 9, 9, 9);
