@@ -1,0 +1,902 @@
+//! Differential target: the variant losses against their scalar twins, on bounded
+//! structured inputs: contrastive (`contrastive_loss(_grad)`), quadruplet
+//! (`quadruplet_loss(_grad)`, `mine_quadruplets`), Proxy-NCA and Proxy-Anchor (loss and
+//! both gradients).
+//!
+//! - Always: no panic; fast and twin return the same `Ok`/`Err`; an `Err` is the first
+//!   failing condition of the documented order (bad parameter, index or proxy label out
+//!   of range, non-finite data at its first position) and leaves every output untouched;
+//!   the loss-only call agrees bit for bit with the one that writes gradients; garbage in
+//!   outputs and workspace changes nothing; mining counts follow the label formula.
+//! - Finite data: `mine_quadruplets` follows its rules exactly on the `f32` distance
+//!   matrix of `pairwise_distances`; the proxy losses are finite whenever the docs say so.
+//! - Data and parameters in the documented range: losses and gradients within the tests'
+//!   tolerances of the twin's (sums of absolute terms), away from hinge kinks, the
+//!   normalisation clamp and distances in `f32`'s underflow range; integer data give the
+//!   twin's quadruplets exactly, general floats quadruplets with equal distances.
+
+#![no_main]
+
+mod common;
+
+use common::*;
+use libfuzzer_sys::fuzz_target;
+use triplet_kernels::{
+    contrastive_loss, contrastive_loss_grad, contrastive_workspace_len, mine_quadruplets,
+    mine_quadruplets_count, mine_quadruplets_workspace_len, pairwise_distances,
+    pairwise_distances_workspace_len, proxy_anchor_loss, proxy_anchor_loss_grad,
+    proxy_anchor_workspace_len, proxy_nca_loss, proxy_nca_loss_grad, proxy_nca_workspace_len,
+    quadruplet_loss, quadruplet_loss_grad, quadruplet_workspace_len, scalar, ContrastiveForm,
+    ContrastiveParams, ContrastiveReduction, Error, Hinge, Matrix, Metric, ProxyAnchorParams,
+    ProxyNcaParams, Quadruplet, QuadrupletParams,
+};
+
+/// Sum of the absolute terms behind a distance, with the underflow allowance folded in
+/// (the tolerances multiply it by at least `4 * 16 * 2^-23`).
+fn scale_u(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
+    dist_scale(metric, a, b) + underflow_allowance(metric, a.len()) / (4.0 * EPS)
+}
+
+/// Bound on the elements of `d d(a, b) / d a` as the kernels form them.
+fn grad_scale(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
+    let (ia, ib) = (inf_norm(a), inf_norm(b));
+    match metric {
+        Metric::SquaredEuclidean => 2.0 * (ia + ib),
+        Metric::Euclidean => {
+            let d = dist64(metric, a, b);
+            if d > 0.0 {
+                (ia + ib) / d
+            } else {
+                0.0
+            }
+        }
+        Metric::Cosine => {
+            let (na, nb) = (clamped(norm(a)), clamped(norm(b)));
+            let d = dist64(metric, a, b);
+            ib / (na * nb) + ((1.0 - d).abs() + dist_scale(metric, a, b)) * ia / (na * na)
+        }
+    }
+}
+
+/// Whether the gradients of `metric` are comparable on these rows: no pair of distinct
+/// rows at a Euclidean distance in the underflow range, no norm at the cosine clamp.
+fn grads_comparable(metric: Metric, xd: &[f32], d: usize) -> bool {
+    match metric {
+        Metric::Cosine => !near_clamp(xd, d, 1e-4),
+        _ => {
+            let rows: Vec<&[f32]> = xd.chunks(d).collect();
+            !rows
+                .iter()
+                .enumerate()
+                .any(|(i, a)| rows[i + 1..].iter().any(|b| tiny_pair(a, b)))
+        }
+    }
+}
+
+fn max_sq_norm(xd: &[f32], d: usize) -> f64 {
+    xd.chunks(d).map(sq_norm).fold(0.0, f64::max)
+}
+
+fn untouched(v: &[f32], g: f32) -> bool {
+    v.iter().all(|x| x.to_bits() == g.to_bits())
+}
+
+/// Checks `fast` against `twin` for the outcome of a pair of calls: the same `Err`, the
+/// first of `expected` (the documented order), or both `Ok` when `expected` is empty.
+/// Returns whether both succeeded.
+fn same_outcome<T: core::fmt::Debug>(
+    fast: &Result<T, Error>,
+    twin: &Result<T, Error>,
+    expected: &[Error],
+) -> bool {
+    match (fast, twin) {
+        (Ok(_), Ok(_)) => {
+            assert!(expected.is_empty(), "Ok despite {expected:?}");
+            true
+        }
+        (Err(a), Err(b)) => {
+            assert_eq!(a, b, "fast and twin refuse differently");
+            assert_eq!(Some(a), expected.first(), "not the first documented error");
+            false
+        }
+        _ => panic!("fast {fast:?} vs twin {twin:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Contrastive.
+
+fn contrastive_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
+    let (n, d) = (x.rows(), x.dim());
+    let classes = g.range(1, 5);
+    let labels = g.labels(n, classes);
+    let metric = g.metric();
+    // Margins on the scale of the batch's distances, so that both parts are active.
+    let med = {
+        let mut all: Vec<f64> = (0..n)
+            .flat_map(|i| (i + 1..n).map(move |j| (i, j)))
+            .map(|(i, j)| dist64(metric, x.row(i).unwrap(), x.row(j).unwrap()))
+            .collect();
+        all.sort_by(f64::total_cmp);
+        all.get(all.len() / 2)
+            .copied()
+            .filter(|v| v.is_finite() && *v > 0.0)
+            .unwrap_or(1.0)
+    };
+    let (pm, nm) = if regime == Regime::Int {
+        (g.range(0, 40) as f32, g.range(0, 200) as f32)
+    } else {
+        let (u, v) = (g.param(regime, 0.0, 1.5), g.param(regime, 0.5, 2.0));
+        if g.bool() {
+            ((f64::from(u) * med) as f32, (f64::from(v) * med) as f32)
+        } else {
+            (u, v)
+        }
+    };
+    let form = [ContrastiveForm::Linear, ContrastiveForm::Squared][usize::from(g.byte() % 2)];
+    let reduction = [
+        ContrastiveReduction::MeanNonzeroPerPart,
+        ContrastiveReduction::MeanPerPart,
+        ContrastiveReduction::Mean,
+        ContrastiveReduction::Sum,
+    ][usize::from(g.byte() % 4)];
+    let p = ContrastiveParams::new(pm, nm)
+        .with_form(form)
+        .with_reduction(reduction);
+    let garbage = g.garbage();
+    if dump() {
+        eprintln!("contrastive: n {n} d {d} {metric:?} {p:?}\nx {xd:?}\nlabels {labels:?}");
+    }
+
+    let mut expected = Vec::new();
+    if !pm.is_finite() {
+        expected.push(Error::InvalidParameter { name: "pos_margin" });
+    }
+    if !nm.is_finite() {
+        expected.push(Error::InvalidParameter { name: "neg_margin" });
+    }
+    if let Some(position) = first_non_finite(xd) {
+        expected.push(Error::NonFinite {
+            buffer: "x",
+            position,
+        });
+    }
+    let mut ws = vec![garbage; contrastive_workspace_len(n, d)];
+    let (mut gf, mut gs) = (vec![garbage; n * d], vec![garbage; n * d]);
+    let lf = contrastive_loss_grad(x, &labels, metric, p, &mut gf, &mut ws);
+    ws.fill(-garbage);
+    let lf_only = contrastive_loss(x, &labels, metric, p, &mut ws);
+    let ls = scalar::contrastive_loss_grad(x, &labels, metric, p, &mut gs, &mut ws);
+    let ls_only = scalar::contrastive_loss(x, &labels, metric, p, &mut ws);
+    let ok = same_outcome(&lf, &ls, &expected);
+    assert_eq!(
+        lf.map(f32::to_bits),
+        lf_only.map(f32::to_bits),
+        "loss-only call"
+    );
+    assert_eq!(
+        ls.map(f32::to_bits),
+        ls_only.map(f32::to_bits),
+        "twin loss-only call"
+    );
+    if !ok {
+        assert!(
+            untouched(&gf, garbage) && untouched(&gs, garbage),
+            "written on Err"
+        );
+        return;
+    }
+    let (lf, ls) = (lf.unwrap(), ls.unwrap());
+    let mut again = vec![-garbage; n * d];
+    ws.fill(garbage);
+    let lf2 = contrastive_loss_grad(x, &labels, metric, p, &mut again, &mut ws).unwrap();
+    assert_eq!(
+        (lf.to_bits(), bits(&gf)),
+        (lf2.to_bits(), bits(&again)),
+        "garbage"
+    );
+
+    // In range: distances and the f32 partial sums of the terms far from overflow.
+    let dmax = match metric {
+        Metric::SquaredEuclidean => 4.0 * max_sq_norm(xd, d),
+        Metric::Euclidean => 2.0 * max_sq_norm(xd, d).sqrt(),
+        Metric::Cosine => 2.0,
+    };
+    let t = dmax + f64::from(pm).abs() + f64::from(nm).abs();
+    let term = if form == ContrastiveForm::Squared {
+        t * t
+    } else {
+        t
+    };
+    if !rows_in_range(xd, d) || (n * n) as f64 * term > 1e36 {
+        return;
+    }
+    assert!(
+        lf.is_finite() && gf.iter().all(|v| v.is_finite()),
+        "non-finite {lf}"
+    );
+    // The tests' tolerances; `None` near a kink.
+    let rows: Vec<&[f32]> = x.row_iter().collect();
+    let term_of = |positive: bool, dd: f64| {
+        let (v, sign) = if positive {
+            (dd - f64::from(pm), 1.0)
+        } else {
+            (f64::from(nm) - dd, -1.0)
+        };
+        let h = v.max(0.0);
+        match form {
+            ContrastiveForm::Linear => (v, h, if v > 0.0 { sign } else { 0.0 }),
+            ContrastiveForm::Squared => (v, h * h, if v > 0.0 { 2.0 * sign * v } else { 0.0 }),
+        }
+    };
+    let k = 4.0 * EPS * (d + 2 * n + 16) as f64;
+    let (mut pc, mut pa, mut nc, mut na) = (0, 0, 0, 0);
+    for i in 0..n {
+        for j in 0..n {
+            if i == j {
+                continue;
+            }
+            let pos = labels[i] == labels[j];
+            let (v, t, _) = term_of(pos, dist64(metric, rows[i], rows[j]));
+            if v.abs() <= 4.0 * k * scale_u(metric, rows[i], rows[j]) {
+                return;
+            }
+            if pos {
+                pc += 1;
+                pa += usize::from(t > 0.0);
+            } else {
+                nc += 1;
+                na += usize::from(t > 0.0);
+            }
+        }
+    }
+    let inv = |c: usize| if c == 0 { 0.0 } else { 1.0 / c as f64 };
+    let (wp, wn) = match reduction {
+        ContrastiveReduction::MeanNonzeroPerPart => (inv(pa), inv(na)),
+        ContrastiveReduction::MeanPerPart => (inv(pc), inv(nc)),
+        ContrastiveReduction::Mean => (inv(pc + nc), inv(pc + nc)),
+        ContrastiveReduction::Sum => (1.0, 1.0),
+    };
+    let mut loss_tol = 1e-30;
+    let mut row_tol = vec![1e-30; n];
+    for i in 0..n {
+        for j in 0..n {
+            if i == j {
+                continue;
+            }
+            let pos = labels[i] == labels[j];
+            let w = if pos { wp } else { wn };
+            let sc = scale_u(metric, rows[i], rows[j]);
+            let (_, t, s) = term_of(pos, dist64(metric, rows[i], rows[j]));
+            let slope_err = if form == ContrastiveForm::Squared {
+                2.0 * sc
+            } else {
+                0.0
+            };
+            loss_tol += w * (t + s.abs() * sc);
+            row_tol[i] += 2.0 * w * (s.abs() + slope_err) * grad_scale(metric, rows[i], rows[j]);
+        }
+    }
+    let (loss_tol, row_tol): (f64, Vec<f64>) =
+        (k * loss_tol, row_tol.iter().map(|r| k * r).collect());
+    assert!(
+        (f64::from(lf) - f64::from(ls)).abs() <= loss_tol,
+        "{metric:?} {p:?}: loss fast {lf} scalar {ls} tol {loss_tol}"
+    );
+    if grads_comparable(metric, xd, d) {
+        assert_close("contrastive grad", &gf, &gs, |k| row_tol[k / d]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Quadruplet loss.
+
+fn quadruplet_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
+    let (n, d) = (x.rows(), x.dim());
+    let count = g.range(0, 40);
+    let quads: Vec<Quadruplet> = (0..count)
+        .map(|_| {
+            let mut q = [0_u32; 4];
+            for v in &mut q {
+                *v = if g.byte() < 3 {
+                    g.u32()
+                } else {
+                    g.range(0, n - 1) as u32
+                };
+            }
+            Quadruplet::from(q)
+        })
+        .collect();
+    let metric = g.metric();
+    let scale = {
+        let r0 = x.row(0).unwrap();
+        let m = x
+            .row_iter()
+            .map(|r| dist64(metric, r0, r))
+            .fold(0.0, f64::max);
+        if m > 0.0 && m.is_finite() {
+            m as f32
+        } else {
+            1.0
+        }
+    };
+    let (m1, m2) = if regime == Regime::Int {
+        (
+            (g.range(0, 60) as f32) - 20.0,
+            (g.range(0, 60) as f32) - 20.0,
+        )
+    } else {
+        let (u, v) = (g.param(regime, -0.5, 1.0), g.param(regime, -0.5, 1.0));
+        if g.bool() {
+            (u * scale, v * scale)
+        } else {
+            (u, v)
+        }
+    };
+    let p = QuadrupletParams::new(m1, m2)
+        .with_hinge(g.hinge())
+        .with_reduction(g.reduction());
+    let garbage = g.garbage();
+    if dump() {
+        eprintln!("quadruplet: n {n} d {d} {metric:?} {p:?}\nx {xd:?}\nquadruplets {quads:?}");
+    }
+
+    let mut expected = Vec::new();
+    if !m1.is_finite() {
+        expected.push(Error::InvalidParameter { name: "margin1" });
+    }
+    if !m2.is_finite() {
+        expected.push(Error::InvalidParameter { name: "margin2" });
+    }
+    if let Some((position, index)) = quads
+        .iter()
+        .flat_map(|q| q.to_array())
+        .enumerate()
+        .find(|&(_, i)| i as usize >= n)
+    {
+        expected.push(Error::IndexOutOfRange {
+            buffer: "quadruplets",
+            position,
+            index: index as usize,
+            bound: n,
+        });
+    }
+    if let Some(position) = first_non_finite(xd) {
+        expected.push(Error::NonFinite {
+            buffer: "x",
+            position,
+        });
+    }
+    let mut ws = vec![garbage; quadruplet_workspace_len(n, d)];
+    let (mut gf, mut gs) = (vec![garbage; n * d], vec![garbage; n * d]);
+    let lf = quadruplet_loss_grad(x, &quads, metric, p, &mut gf, &mut ws);
+    let lf_only = quadruplet_loss(x, &quads, metric, p, &mut ws);
+    let ls = scalar::quadruplet_loss_grad(x, &quads, metric, p, &mut gs, &mut ws);
+    let ls_only = scalar::quadruplet_loss(x, &quads, metric, p, &mut ws);
+    let ok = same_outcome(&lf, &ls, &expected);
+    assert_eq!(
+        lf.map(f32::to_bits),
+        lf_only.map(f32::to_bits),
+        "loss-only call"
+    );
+    assert_eq!(
+        ls.map(f32::to_bits),
+        ls_only.map(f32::to_bits),
+        "twin loss-only call"
+    );
+    if !ok {
+        assert!(
+            untouched(&gf, garbage) && untouched(&gs, garbage),
+            "written on Err"
+        );
+        return;
+    }
+    let (lf, ls) = (lf.unwrap(), ls.unwrap());
+    let mut again = vec![-garbage; n * d];
+    ws.fill(-garbage);
+    let lf2 = quadruplet_loss_grad(x, &quads, metric, p, &mut again, &mut ws).unwrap();
+    assert_eq!(
+        (lf.to_bits(), bits(&gf)),
+        (lf2.to_bits(), bits(&again)),
+        "garbage"
+    );
+
+    let dmax = match metric {
+        Metric::SquaredEuclidean => 4.0 * max_sq_norm(xd, d),
+        Metric::Euclidean => 2.0 * max_sq_norm(xd, d).sqrt(),
+        Metric::Cosine => 2.0,
+    };
+    let term = 2.0 * (2.0 * dmax + f64::from(m1).abs() + f64::from(m2).abs());
+    if !rows_in_range(xd, d) || (quads.len() + 1) as f64 * term > 1e36 {
+        return;
+    }
+    assert!(
+        lf.is_finite() && gf.iter().all(|v| v.is_finite()),
+        "non-finite {lf}"
+    );
+    // The tests' tolerances.
+    let r = |i: usize| x.row(i).unwrap();
+    let k = 4.0 * EPS * (d + quads.len() + 16) as f64;
+    let margins = |q: &Quadruplet| {
+        let [a, pp, n1, n2] = q.to_array().map(|v| v as usize);
+        let pairs = [[a, pp], [a, n1], [n1, n2]];
+        let dd = pairs.map(|[i, j]| dist64(metric, r(i), r(j)));
+        let sc = pairs.map(|[i, j]| scale_u(metric, r(i), r(j)));
+        (
+            dd[0] - dd[1] + f64::from(m1),
+            dd[0] - dd[2] + f64::from(m2),
+            sc,
+            pairs,
+        )
+    };
+    let mut active = 0;
+    for q in &quads {
+        let (v1, v2, sc, _) = margins(q);
+        let err = k * (sc[0] + sc[1] + sc[2]);
+        if p.hinge == Hinge::Relu && (v1.abs() <= 4.0 * err || v2.abs() <= 4.0 * err) {
+            return;
+        }
+        active += usize::from(p.hinge == Hinge::SoftPlus || v1 > 0.0 || v2 > 0.0);
+    }
+    let w = weight64(p.reduction, quads.len(), active);
+    let mut loss_tol = 1e-30;
+    let mut row_tol = vec![1e-30; n];
+    for q in &quads {
+        let (v1, v2, sc, pairs) = margins(q);
+        let vs = sc[0] + sc[1] + sc[2] + f64::from(m1.abs()) + f64::from(m2.abs());
+        loss_tol += w * (hinge64(p.hinge, v1) + hinge64(p.hinge, v2) + 2.0 * vs);
+        let soft = if p.hinge == Hinge::SoftPlus {
+            0.5 * vs
+        } else {
+            0.0
+        };
+        let (s1, s2) = (slope64(p.hinge, v1) + soft, slope64(p.hinge, v2) + soft);
+        for ([i, j], c) in pairs.into_iter().zip([s1 + s2, s1, s2]) {
+            if i != j {
+                row_tol[i] += w * c * grad_scale(metric, r(i), r(j));
+                row_tol[j] += w * c * grad_scale(metric, r(j), r(i));
+            }
+        }
+    }
+    let loss_tol = k * loss_tol;
+    assert!(
+        (f64::from(lf) - f64::from(ls)).abs() <= loss_tol,
+        "{metric:?} {p:?}: loss {lf} vs {ls}, tol {loss_tol}"
+    );
+    if grads_comparable(metric, xd, d) {
+        assert_close("quadruplet grad", &gf, &gs, |e| k * row_tol[e / d]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Quadruplet mining.
+
+fn count_by_formula(labels: &[u32]) -> usize {
+    let mut distinct = labels.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() < 3 {
+        return 0;
+    }
+    (0..labels.len())
+        .filter(|&i| (0..labels.len()).any(|j| j != i && labels[j] == labels[i]))
+        .count()
+}
+
+/// Argmax (`far`) or argmin of `row[j]` over `cands`, ties to the smallest index.
+fn extreme(row: &[f32], cands: impl Iterator<Item = usize>, far: bool) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    for j in cands {
+        best = match best {
+            None => Some(j),
+            Some(b) if (far && row[j] > row[b]) || (!far && row[j] < row[b]) => Some(j),
+            keep => keep,
+        };
+    }
+    best
+}
+
+/// The documented rules on a distance matrix.
+fn quad_rules(dist: &[f32], labels: &[u32]) -> Vec<Quadruplet> {
+    let n = labels.len();
+    if count_by_formula(labels) == 0 {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    for a in 0..n {
+        let row = &dist[a * n..(a + 1) * n];
+        let Some(p) = extreme(
+            row,
+            (0..n).filter(|&j| j != a && labels[j] == labels[a]),
+            true,
+        ) else {
+            continue;
+        };
+        let n1 = extreme(row, (0..n).filter(|&j| labels[j] != labels[a]), false).unwrap();
+        let row1 = &dist[n1 * n..(n1 + 1) * n];
+        let n2 = extreme(
+            row1,
+            (0..n).filter(|&j| labels[j] != labels[a] && labels[j] != labels[n1]),
+            false,
+        )
+        .unwrap();
+        out.push(Quadruplet::new(a as u32, p as u32, n1 as u32, n2 as u32));
+    }
+    out
+}
+
+fn mining_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
+    let (n, d) = (x.rows(), x.dim());
+    let classes = g.range(1, 6);
+    let labels = g.labels(n, classes);
+    let metric = g.metric();
+    let garbage = g.garbage();
+    if dump() {
+        eprintln!("mine_quadruplets: n {n} d {d} {metric:?}\nx {xd:?}\nlabels {labels:?}");
+    }
+    let count = mine_quadruplets_count(&labels);
+    assert_eq!(count, count_by_formula(&labels));
+    let sentinel = Quadruplet::new(9, 9, 9, 9);
+    let mut ws = vec![garbage; mine_quadruplets_workspace_len(n, d)];
+    let (mut f, mut s) = (vec![sentinel; count + 2], vec![sentinel; count + 2]);
+    let rf = mine_quadruplets(x, &labels, metric, &mut f, &mut ws);
+    ws.fill(-garbage);
+    let rs = scalar::mine_quadruplets(x, &labels, metric, &mut s, &mut ws);
+    let expected: Vec<Error> = first_non_finite(xd)
+        .map(|position| Error::NonFinite {
+            buffer: "x",
+            position,
+        })
+        .into_iter()
+        .collect();
+    if !same_outcome(&rf, &rs, &expected) {
+        assert!(f.iter().chain(&s).all(|q| *q == sentinel), "written on Err");
+        return;
+    }
+    assert_eq!((rf, rs), (Ok(count), Ok(count)));
+    assert_eq!(&f[count..], &[sentinel; 2], "past the count");
+    assert_eq!(&s[count..], &[sentinel; 2], "past the count (twin)");
+    f.truncate(count);
+    s.truncate(count);
+    // The rules, exactly, on the distances the fast kernel decides on.
+    let mut dist = vec![0.0_f32; n * n];
+    let mut pws = vec![0.0_f32; pairwise_distances_workspace_len(n, d)];
+    pairwise_distances(x, metric, &mut dist, &mut pws).unwrap();
+    if dist.iter().all(|v| !v.is_nan()) {
+        assert_eq!(f, quad_rules(&dist, &labels), "rules on the f32 distances");
+    }
+    for q in f.iter().chain(&s) {
+        let [a, p, n1, n2] = q.to_array().map(|v| v as usize);
+        assert!(p != a && labels[p] == labels[a]);
+        assert!(labels[n1] != labels[a]);
+        assert!(labels[n2] != labels[a] && labels[n2] != labels[n1]);
+    }
+    if !rows_in_range(xd, d) {
+        return;
+    }
+    if regime == Regime::Int && metric != Metric::Cosine {
+        assert_eq!(f, s, "integer data: identical quadruplets");
+        return;
+    }
+    let r = |i: u32| x.row(i as usize).unwrap();
+    let tol = |i: u32, j: u32| 2.0 * dist_tol(metric, r(i), r(j));
+    let same = |i, j, k, l| {
+        (dist64(metric, r(i), r(j)) - dist64(metric, r(k), r(l))).abs() <= tol(i, j) + tol(k, l)
+    };
+    for (qf, qs) in f.iter().zip(&s) {
+        assert_eq!(qf.anchor, qs.anchor);
+        assert!(
+            same(qf.anchor, qf.positive, qs.anchor, qs.positive),
+            "{qf:?} vs {qs:?}"
+        );
+        assert!(
+            same(qf.anchor, qf.negative1, qs.anchor, qs.negative1),
+            "{qf:?} vs {qs:?}"
+        );
+        if qf.negative1 == qs.negative1 {
+            assert!(
+                same(qf.negative1, qf.negative2, qs.negative1, qs.negative2),
+                "{qf:?} vs {qs:?}"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Proxy losses.
+
+#[derive(Clone, Copy, Debug)]
+enum Which {
+    Nca(ProxyNcaParams),
+    Anchor(ProxyAnchorParams),
+}
+
+impl Which {
+    fn ws_len(self, n: usize, c: usize, d: usize) -> usize {
+        match self {
+            Which::Nca(_) => proxy_nca_workspace_len(n, c, d),
+            Which::Anchor(_) => proxy_anchor_workspace_len(n, c, d),
+        }
+    }
+
+    fn loss(
+        self,
+        fast: bool,
+        x: Matrix<'_>,
+        l: &[u32],
+        p: Matrix<'_>,
+        ws: &mut [f32],
+    ) -> Result<f32, Error> {
+        match (self, fast) {
+            (Which::Nca(q), true) => proxy_nca_loss(x, l, p, q, ws),
+            (Which::Nca(q), false) => scalar::proxy_nca_loss(x, l, p, q, ws),
+            (Which::Anchor(q), true) => proxy_anchor_loss(x, l, p, q, ws),
+            (Which::Anchor(q), false) => scalar::proxy_anchor_loss(x, l, p, q, ws),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn grad(
+        self,
+        fast: bool,
+        x: Matrix<'_>,
+        l: &[u32],
+        p: Matrix<'_>,
+        g: &mut [f32],
+        gp: &mut [f32],
+        ws: &mut [f32],
+    ) -> Result<f32, Error> {
+        match (self, fast) {
+            (Which::Nca(q), true) => proxy_nca_loss_grad(x, l, p, q, g, gp, ws),
+            (Which::Nca(q), false) => scalar::proxy_nca_loss_grad(x, l, p, q, g, gp, ws),
+            (Which::Anchor(q), true) => proxy_anchor_loss_grad(x, l, p, q, g, gp, ws),
+            (Which::Anchor(q), false) => scalar::proxy_anchor_loss_grad(x, l, p, q, g, gp, ws),
+        }
+    }
+
+    /// The documented parameter errors, in order.
+    fn param_errors(self) -> Vec<Error> {
+        let mut e = Vec::new();
+        match self {
+            Which::Nca(q) => {
+                if !(q.softmax_scale.is_finite() && q.softmax_scale > 0.0) {
+                    e.push(Error::InvalidParameter {
+                        name: "softmax_scale",
+                    });
+                }
+            }
+            Which::Anchor(q) => {
+                if !q.margin.is_finite() {
+                    e.push(Error::InvalidParameter { name: "margin" });
+                }
+                if !(q.alpha.is_finite() && q.alpha > 0.0) {
+                    e.push(Error::InvalidParameter { name: "alpha" });
+                }
+            }
+        }
+        e
+    }
+
+    /// Whether the exact loss of finite data is below `f32::MAX` (with room): Proxy-NCA's
+    /// is at most `4 s + ln C` per row, Proxy-Anchor's at most
+    /// `2 (alpha (1 + |margin|) + ln(n + 1))`.
+    fn exact_loss_representable(self, n: usize, c: usize) -> bool {
+        let bound = match self {
+            Which::Nca(q) => 4.0 * f64::from(q.softmax_scale) + (c as f64).ln(),
+            Which::Anchor(q) => {
+                2.0 * (f64::from(q.alpha) * (1.0 + f64::from(q.margin).abs())
+                    + (n as f64 + 1.0).ln())
+            }
+        };
+        bound < 0.99 * f64::from(f32::MAX)
+    }
+
+    /// Whether the docs promise a finite loss for finite data: whenever `4 s` is finite
+    /// (Proxy-NCA); for Proxy-Anchor the docs say whenever `alpha (1 + |margin|)` is, which
+    /// the exact loss itself contradicts (it reaches about twice that), so the exact bound
+    /// is used instead.
+    fn finite_promised(self, n: usize, c: usize) -> bool {
+        match self {
+            Which::Nca(q) => (4.0 * q.softmax_scale).is_finite(),
+            Which::Anchor(_) => self.exact_loss_representable(n, c),
+        }
+    }
+
+    /// Whether the fast kernel's `f32` sums of per-row (Proxy-NCA) or per-proxy
+    /// (Proxy-Anchor) terms may overflow before the division by their count although the
+    /// mean is representable: the known issues `nca-sum-overflow` and
+    /// `anchor-sum-overflow`.
+    fn sum_may_overflow(self, n: usize, c: usize) -> bool {
+        let sum = match self {
+            Which::Nca(q) => n as f64 * (4.0 * f64::from(q.softmax_scale) + (c as f64).ln()),
+            Which::Anchor(q) => {
+                c as f64
+                    * (f64::from(q.alpha) * (1.0 + f64::from(q.margin).abs())
+                        + (n as f64 + 1.0).ln())
+            }
+        };
+        sum >= 0.5 * f64::from(f32::MAX)
+    }
+
+    fn sum_issue(self) -> &'static str {
+        match self {
+            Which::Nca(_) => "nca-sum-overflow",
+            Which::Anchor(_) => "anchor-sum-overflow",
+        }
+    }
+
+    /// Parameters of moderate size, where the tests' tolerances apply.
+    fn moderate(self) -> bool {
+        match self {
+            Which::Nca(q) => q.softmax_scale <= 100.0,
+            Which::Anchor(q) => q.alpha <= 100.0 && q.margin.abs() <= 10.0,
+        }
+    }
+
+    /// `(loss tolerance, per-row factor, per-proxy factor)`, as in the tests.
+    fn tolerances(self, n: usize, c: usize, d: usize) -> (f64, f64, f64) {
+        let base = (n + c + d + 24) as f64;
+        let dist_err = d as f64 / 8.0 + 12.0;
+        match self {
+            Which::Nca(q) => {
+                let s = f64::from(q.softmax_scale);
+                let k = 4.0 * EPS * (base + 4.0 * s * dist_err);
+                (
+                    k * (4.0 * s + (c as f64).ln() + 1.0),
+                    k * 16.0 * s / n as f64,
+                    k * 16.0 * s,
+                )
+            }
+            Which::Anchor(q) => {
+                let a = f64::from(q.alpha);
+                let m = f64::from(q.margin.abs());
+                let k = 4.0 * EPS * (base + a * (1.0 + m + dist_err));
+                (
+                    k * 2.0 * (a * (1.0 + m) + (n as f64 + 1.0).ln() + 1.0),
+                    k * 4.0 * a,
+                    k * 4.0 * a,
+                )
+            }
+        }
+    }
+}
+
+fn proxy_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
+    let (n, d) = (x.rows(), x.dim());
+    let c = g.size(1, 9);
+    let pd = g.values(regime, c * d);
+    let proxies = Matrix::new(&pd, c, d).unwrap();
+    let labels: Vec<u32> = (0..n)
+        .map(|_| {
+            if g.byte() < 2 {
+                g.u32() | c as u32
+            } else {
+                g.range(0, c - 1) as u32
+            }
+        })
+        .collect();
+    let which = if g.bool() {
+        Which::Nca(ProxyNcaParams::new(g.param(regime, 0.05, 40.0)))
+    } else {
+        Which::Anchor(ProxyAnchorParams::new(
+            g.param(regime, -0.5, 0.5),
+            g.param(regime, 0.5, 64.0),
+        ))
+    };
+    let garbage = g.garbage();
+    if dump() {
+        eprintln!(
+            "proxy: n {n} c {c} d {d} {which:?}\nx {xd:?}\nlabels {labels:?}\nproxies {pd:?}"
+        );
+    }
+
+    let mut expected = which.param_errors();
+    if let Some((position, &l)) = labels.iter().enumerate().find(|&(_, &l)| l as usize >= c) {
+        expected.push(Error::IndexOutOfRange {
+            buffer: "labels",
+            position,
+            index: l as usize,
+            bound: c,
+        });
+    }
+    if let Some(position) = first_non_finite(xd) {
+        expected.push(Error::NonFinite {
+            buffer: "x",
+            position,
+        });
+    }
+    if let Some(position) = first_non_finite(&pd) {
+        expected.push(Error::NonFinite {
+            buffer: "proxies",
+            position,
+        });
+    }
+    let mut ws = vec![garbage; which.ws_len(n, c, d)];
+    let (mut gf, mut gpf) = (vec![garbage; n * d], vec![garbage; c * d]);
+    let (mut gs, mut gps) = (vec![garbage; n * d], vec![garbage; c * d]);
+    let lf = which.grad(true, x, &labels, proxies, &mut gf, &mut gpf, &mut ws);
+    ws.fill(-garbage);
+    let lf_only = which.loss(true, x, &labels, proxies, &mut ws);
+    let ls = which.grad(false, x, &labels, proxies, &mut gs, &mut gps, &mut ws);
+    let ls_only = which.loss(false, x, &labels, proxies, &mut ws);
+    let ok = same_outcome(&lf, &ls, &expected);
+    assert_eq!(
+        lf.map(f32::to_bits),
+        lf_only.map(f32::to_bits),
+        "loss-only call"
+    );
+    assert_eq!(
+        ls.map(f32::to_bits),
+        ls_only.map(f32::to_bits),
+        "twin loss-only call"
+    );
+    if !ok {
+        assert!(
+            [&gf, &gpf, &gs, &gps].iter().all(|v| untouched(v, garbage)),
+            "written on Err"
+        );
+        return;
+    }
+    let (lf, ls) = (lf.unwrap(), ls.unwrap());
+    let (mut g2, mut gp2) = (vec![-garbage; n * d], vec![-garbage; c * d]);
+    ws.fill(garbage);
+    let lf2 = which
+        .grad(true, x, &labels, proxies, &mut g2, &mut gp2, &mut ws)
+        .unwrap();
+    assert_eq!(
+        (lf.to_bits(), bits(&gf), bits(&gpf)),
+        (lf2.to_bits(), bits(&g2), bits(&gp2)),
+        "garbage"
+    );
+    let finite_data = first_non_finite(xd).is_none() && first_non_finite(&pd).is_none();
+    if finite_data && which.finite_promised(n, c) {
+        if !(known(which.sum_issue()) && which.sum_may_overflow(n, c)) {
+            assert!(
+                lf.is_finite(),
+                "{which:?}: loss {lf} not finite (twin {ls})"
+            );
+        }
+        if which.exact_loss_representable(n, c) {
+            assert!(ls.is_finite(), "{which:?}: twin loss {ls} not finite");
+        }
+    }
+    if !rows_in_range(xd, d) || !rows_in_range(&pd, d) || !which.moderate() {
+        return;
+    }
+    assert!(
+        gf.iter().chain(&gpf).all(|v| v.is_finite()),
+        "{which:?}: non-finite gradient"
+    );
+    let (lt, rt, pt) = which.tolerances(n, c, d);
+    assert!(
+        (f64::from(lf) - f64::from(ls)).abs() <= lt,
+        "{which:?}: loss {lf} vs {ls}, tol {lt}"
+    );
+    if near_clamp(xd, d, 1e-4) || near_clamp(&pd, d, 1e-4) {
+        return;
+    }
+    let rn: Vec<f64> = x.row_iter().map(|r| clamped(norm(r))).collect();
+    let pn: Vec<f64> = proxies.row_iter().map(|r| clamped(norm(r))).collect();
+    assert_close(&format!("{which:?} grad"), &gf, &gs, |k| {
+        rt / rn[k / d] + 1e-30
+    });
+    assert_close(&format!("{which:?} grad_proxies"), &gpf, &gps, |k| {
+        pt / pn[k / d] + 1e-30
+    });
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut g = Gen::new(data);
+    let family = g.byte() % 4;
+    let regime = g.regime();
+    let n = g.size(1, 33);
+    let d = g.size(1, 67);
+    let xd = g.values(regime, n * d);
+    let x = Matrix::new(&xd, n, d).unwrap();
+    match family {
+        0 => contrastive_case(&mut g, regime, x, &xd),
+        1 => quadruplet_case(&mut g, regime, x, &xd),
+        2 => mining_case(&mut g, regime, x, &xd),
+        _ => proxy_case(&mut g, regime, x, &xd),
+    }
+});
