@@ -27,8 +27,11 @@
 //!
 //! Every log-sum-exp is shifted by its largest exponent (including the `0` of the `1 +`),
 //! so large `softmax_scale` and `alpha` neither overflow nor lose the loss to `inf - inf`:
-//! the loss is finite whenever `4 softmax_scale` (Proxy-NCA) or
-//! `alpha (1 + |margin|)` (Proxy-Anchor) is finite in `f32`.
+//! the loss is finite whenever `4 softmax_scale + ln C` (Proxy-NCA) or
+//! `2 (alpha (1 + |margin|) + ln(n + 1))` (Proxy-Anchor, whose two parts can each reach
+//! `alpha (1 + |margin|) + ln(n + 1)`) is below `f32::MAX`. The per-row (Proxy-NCA) and
+//! per-proxy (Proxy-Anchor) terms are summed in `f64`, so a sum whose mean is finite never
+//! overflows on the way.
 //!
 //! Gradients with respect to raw (unnormalised) rows go through the normalisation, as
 //! [`crate::l2_normalize_backward`]: a row whose norm is at most `1e-12` gets the
@@ -275,7 +278,9 @@ fn nca(
     }
     let s = params.softmax_scale;
     let w_scale = s / n as f32;
-    let mut loss = 0.0_f32;
+    // Per-row terms are summed in f64: each is finite (at most 4 s + ln C), their f32 sum
+    // need not be, while the mean is.
+    let mut loss = 0.0_f64;
     for (i, (row, &y)) in lockstep(x.row_iter(), labels).enumerate() {
         normalize_row(row, xn)?;
         let mut q_min = f32::INFINITY;
@@ -290,7 +295,7 @@ fn nca(
             *ec = math::exp(-s * (*ec - q_min));
             z += *ec;
         }
-        loss += s * (q_y - q_min) + math::ln(z);
+        loss += f64::from(s * (q_y - q_min)) + f64::from(math::ln(z));
         let Some(g) = grads.as_mut() else { continue };
         // w_c = d loss / d q_ic = (s / n) (1[c = y] - softmax_c).
         let inv_z = 1.0 / z;
@@ -320,7 +325,7 @@ fn nca(
         }
         l2_normalize_backward(*proxies, gpn, g.proxies)?;
     }
-    Ok(loss / n as f32)
+    Ok((loss / n as f64) as f32)
 }
 
 /// Proxy-NCA loss (Movshovitz-Attias et al. 2017) of the rows of `x` against
@@ -495,7 +500,8 @@ fn anchor(
             alpha * (s + delta)
         }
     };
-    let (mut pos_loss, mut neg_loss) = (0.0_f32, 0.0_f32);
+    // Per-proxy log-sum-exps are summed in f64: each is finite, their f32 sum need not be.
+    let (mut pos_loss, mut neg_loss) = (0.0_f64, 0.0_f64);
     for c in 0..c_count {
         // Shift of each log-sum-exp: the largest exponent, or 0 for the `1 +`.
         let (mut m_pos, mut m_neg) = (0.0_f32, 0.0_f32);
@@ -520,8 +526,8 @@ fn anchor(
                 z_neg += e;
             }
         }
-        pos_loss += shifted_log1p_sum(m_pos, z_pos);
-        neg_loss += shifted_log1p_sum(m_neg, z_neg);
+        pos_loss += f64::from(shifted_log1p_sum(m_pos, z_pos));
+        neg_loss += f64::from(shifted_log1p_sum(m_neg, z_neg));
         if grads.is_some() {
             // d loss / d s_ic.
             let (g_pos, g_neg) = (-alpha * w_pos / z_pos, alpha * w_neg / z_neg);
@@ -530,7 +536,7 @@ fn anchor(
             }
         }
     }
-    let loss = w_pos * pos_loss + w_neg * neg_loss;
+    let loss = (f64::from(w_pos) * pos_loss + f64::from(w_neg) * neg_loss) as f32;
     let Some(g) = grads else { return Ok(loss) };
     gpn.fill(0.0);
     let rows = lockstep(x.row_iter(), sim.chunks_exact(c_count));
@@ -579,8 +585,9 @@ fn anchor(
 ///
 /// # Numerics
 ///
-/// Each of the `2 C` log-sum-exps is shifted by its largest exponent (or 0), so the loss
-/// is finite whenever `alpha (1 + |margin|)` is. Against the `f64` twin, each similarity
+/// Each of the `2 C` log-sum-exps is shifted by its largest exponent (or 0) and their sums
+/// are taken in `f64`, so the loss is finite whenever `2 (alpha (1 + |margin|) + ln(n + 1))`
+/// is below `f32::MAX` (each part is at most half of that). Against the `f64` twin, each similarity
 /// is within about `(d / 8 + 12) * 2^-24`, and the loss within about
 /// `(n + C + d / 8 + 20) * 2^-24 * alpha (1 + |margin|)`. Zero rows and zero proxies have
 /// similarity 0 with everything.
