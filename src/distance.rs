@@ -693,7 +693,6 @@ pub fn l2_normalize_backward(
 
 /// Clamped norms of every row into `norms` (`rows` elements), for kernels that need
 /// cosine distances and their gradients.
-#[allow(dead_code)] // Used by the loss kernels.
 pub(crate) fn clamped_row_norms(x: &Matrix<'_>, norms: &mut [f32]) {
     clamped_norms(x, norms);
 }
@@ -701,7 +700,6 @@ pub(crate) fn clamped_row_norms(x: &Matrix<'_>, norms: &mut [f32]) {
 /// One distance between two rows; `na`, `nb` are their clamped norms (read for cosine
 /// only, see [`clamped_row_norms`]).
 #[inline]
-#[allow(dead_code)] // Used by the loss kernels.
 pub(crate) fn distance(metric: Metric, a: &[f32], b: &[f32], na: f32, nb: f32) -> f32 {
     pair(metric, a, b, na, nb)
 }
@@ -715,7 +713,7 @@ pub(crate) fn distance(metric: Metric, a: &[f32], b: &[f32], na: f32, nb: f32) -
 /// - cosine, `d = 1 - <a,b> / (na nb)`: `-b / (na nb) + (1 - d) a / na^2`, the second term
 ///   only where the norm of `a` is above the clamp (below it the norm is a constant).
 #[inline]
-#[allow(clippy::too_many_arguments, dead_code)] // Used by the loss kernels.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn add_distance_grad(
     metric: Metric,
     a: &[f32],

@@ -303,8 +303,6 @@ fn micro<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(
 /// Shapes shared by the loops of one call.
 #[derive(Clone, Copy)]
 struct Geometry {
-    /// Dimension.
-    d: usize,
     /// Columns of `out` (rows of `b`).
     n: usize,
     /// Panel width `NV * LANES`.
@@ -562,7 +560,6 @@ fn drive<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(s: S, job: Bloc
     }
     let (apack, row_norms, bpack, col_norms) = (&*apack, &*row_norms, &*bpack, &*col_norms);
     let g = Geometry {
-        d,
         n,
         nr,
         panel_len,
