@@ -6,8 +6,9 @@
 //! - a private abstraction, [`Simd`]: a zero-sized backend token with an associated
 //!   vector type and the handful of lane-wise operations the algorithms need (load and
 //!   store with masked tails, `fma`, `add`, `sub`, `mul`, `min`, `max`, `sqrt`, `splat`,
-//!   horizontal sum). Every algorithm (the slice primitives below, the packed distance
-//!   microkernel in `distance/tile.rs`) is written once, generic over it;
+//!   horizontal sum, in-register transpose). Every algorithm (the slice primitives below,
+//!   the packed distance microkernel in `distance/tile.rs`) is written once, generic over
+//!   it;
 //! - backends: `Portable` (`wide::f32x8`, every target; its code path is fixed at
 //!   compile time by the build's target features: SSE2 on a default x86-64 build,
 //!   AVX/FMA with `-C target-cpu=x86-64-v3`, NEON on aarch64, scalar code elsewhere), and
@@ -28,10 +29,18 @@
 //! Accumulation order of the slice primitives: `LANES` lanes (8 portable or AVX2, 16
 //! AVX-512), two independent accumulators, each lane summing every `2 * LANES`-th element;
 //! the tail (fewer than `2 * LANES` elements) is loaded with zero padding into the same
-//! accumulators; then one vector add and a horizontal sum. `fma` is fused on the AVX2 and
-//! AVX-512 backends, and on the portable one only where the build enables FMA, so the
-//! last bits of a result may differ between backends and builds; the documented error
-//! bounds hold for all of them.
+//! accumulators (a primitive whose term is not 0 at `a = b = 0`, as `sq_dist_offset`,
+//! masks the padding lanes); then one vector add and a horizontal sum. `fma` is fused on
+//! the AVX2 and AVX-512 backends, and on the portable one only where the build enables
+//! FMA, so the last bits of a result may differ between backends and builds; the
+//! documented error bounds hold for all of them.
+//!
+//! Adding a primitive: write its body once as `foo_with<S: Simd>(s, ..)`,
+//! `#[inline(always)]`, calling only other `#[inline(always)]` functions (no closures:
+//! their bodies are compiled apart, without the entry point's target features); a
+//! one-call `Kernel` struct whose `run` calls it; and `pub(crate) fn foo(..)` that calls
+//! `dispatch`. A kernel that loops over many rows should be one `Kernel` itself and call
+//! the `_with` forms, so the backend is chosen once per call.
 
 #![allow(clippy::inline_always)] // Generic code must inline into the `#[target_feature]` entry.
 
