@@ -387,7 +387,8 @@ impl Parts {
 /// # Numerics
 ///
 /// Non-finite data is refused (above); finite data whose distances overflow `f32` gives
-/// a non-finite loss. Distances are those of [`crate::pairwise_distances`]; the Euclidean
+/// a non-finite loss. Distances are computed pair by pair in the direct form (as
+/// [`crate::DistanceMode::Direct`], not the Gram form of the matrix kernels); the Euclidean
 /// gradient at distance 0 is 0; a zero row is at cosine distance 1 from every other row.
 /// The loss is accumulated in `f32` per row and then over rows: against the `f64` twin
 /// the error is at most about `(d / 8 + n + 10) * 2^-24` times the weighted sum of the

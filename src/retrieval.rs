@@ -597,8 +597,10 @@ fn prepare<'w>(
 ///
 /// # Numerics
 ///
-/// Distances are those of [`crate::cross_distances`] (same values, same error bound
-/// against the `f64` twin). [`Metric::Euclidean`] ranks by the squared distance, which
+/// Distances are computed pair by pair in the direct form (as
+/// [`crate::DistanceMode::Direct`], not the Gram form of [`crate::cross_distances`]):
+/// within `(d / 8 + 10) * 2^-24 * S` of the exact ones, `S` the sum of the absolute
+/// terms (`sum (a_i - b_i)^2`, or `sum |a_i b_i| / (|a| |b|)` for cosine). [`Metric::Euclidean`] ranks by the squared distance, which
 /// orders references exactly as the distance does, and takes one square root per listed
 /// neighbour instead of one per pair. The data are not scanned: a NaN distance ranks after every number, NaN against
 /// NaN by index, so a reference row holding NaN comes last for every query and a query

@@ -6,8 +6,9 @@
 //! - a private abstraction, [`Simd`]: a zero-sized backend token with an associated
 //!   vector type and the handful of lane-wise operations the algorithms need (load and
 //!   store with masked tails, `fma`, `add`, `sub`, `mul`, `min`, `max`, `sqrt`, `splat`,
-//!   horizontal sum). Every algorithm (the slice primitives below, the packed distance
-//!   microkernel in `distance/tile.rs`) is written once, generic over it;
+//!   horizontal sum, in-register transpose). Every algorithm (the slice primitives below,
+//!   the packed distance microkernel in `distance/tile.rs`) is written once, generic over
+//!   it;
 //! - backends: `Portable` (`wide::f32x8`, every target; its code path is fixed at
 //!   compile time by the build's target features: SSE2 on a default x86-64 build,
 //!   AVX/FMA with `-C target-cpu=x86-64-v3`, NEON on aarch64, scalar code elsewhere), and
@@ -28,10 +29,18 @@
 //! Accumulation order of the slice primitives: `LANES` lanes (8 portable or AVX2, 16
 //! AVX-512), two independent accumulators, each lane summing every `2 * LANES`-th element;
 //! the tail (fewer than `2 * LANES` elements) is loaded with zero padding into the same
-//! accumulators; then one vector add and a horizontal sum. `fma` is fused on the AVX2 and
-//! AVX-512 backends, and on the portable one only where the build enables FMA, so the
-//! last bits of a result may differ between backends and builds; the documented error
-//! bounds hold for all of them.
+//! accumulators (a primitive whose term is not 0 at `a = b = 0`, as `sq_dist_offset`,
+//! masks the padding lanes); then one vector add and a horizontal sum. `fma` is fused on
+//! the AVX2 and AVX-512 backends, and on the portable one only where the build enables
+//! FMA, so the last bits of a result may differ between backends and builds; the
+//! documented error bounds hold for all of them.
+//!
+//! Adding a primitive: write its body once as `foo_with<S: Simd>(s, ..)`,
+//! `#[inline(always)]`, calling only other `#[inline(always)]` functions (no closures:
+//! their bodies are compiled apart, without the entry point's target features); a
+//! one-call `Kernel` struct whose `run` calls it; and `pub(crate) fn foo(..)` that calls
+//! `dispatch`. A kernel that loops over many rows should be one `Kernel` itself and call
+//! the `_with` forms, so the backend is chosen once per call.
 
 #![allow(clippy::inline_always)] // Generic code must inline into the `#[target_feature]` entry.
 
@@ -253,7 +262,6 @@ impl Kernel for Axpy<'_> {
     }
 }
 
-#[allow(dead_code)] // See `scale_into`.
 struct ScaleInto<'a>(f32, &'a [f32], &'a mut [f32]);
 impl Kernel for ScaleInto<'_> {
     type Output = ();
@@ -264,9 +272,9 @@ impl Kernel for ScaleInto<'_> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Portable helpers over `f32x8` (the seam's original form). They always take the
-// portable path; primitives appended below may use them, dispatched ones go through
-// `Kernel` instead.
+// Portable helpers over `f32x8` (the seam's original form). A primitive written with
+// them always takes the portable path; write new primitives generic over `Simd`, with a
+// `Kernel` for `dispatch`, as those at the end of this file.
 // ---------------------------------------------------------------------------------------
 
 /// Lanes of the portable vector type.
@@ -339,7 +347,7 @@ pub(crate) fn sq_dist(a: &[f32], b: &[f32]) -> f32 {
 
 /// `sum a_i^2`.
 #[inline]
-#[allow(dead_code)] // Seam primitive for the loss kernels.
+#[allow(dead_code)] // Part of the seam; the distance kernels use the generic form.
 pub(crate) fn sq_norm(a: &[f32]) -> f32 {
     dot(a, a)
 }
@@ -352,7 +360,6 @@ pub(crate) fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
 
 /// `y = alpha * x` over the common length.
 #[inline]
-#[allow(dead_code)] // Seam primitive for the loss kernels.
 pub(crate) fn scale_into(alpha: f32, x: &[f32], y: &mut [f32]) {
     dispatch(ScaleInto(alpha, x, y));
 }
@@ -362,49 +369,135 @@ pub(crate) fn scale_into(alpha: f32, x: &[f32], y: &mut [f32]) {
 /// [`sq_dist`].
 #[inline]
 pub(crate) fn sq_dist_offset(a: &[f32], b: &[f32], offset: f32) -> f32 {
-    let vo = f32x8::splat(offset);
-    fold2(
-        a,
-        b,
-        |acc, x, y| {
-            let d = x - y + vo;
-            d.mul_add(d, acc)
-        },
-        |s, x, y| {
-            let d = x - y + offset;
-            d * d + s
-        },
-    )
+    dispatch(SqDistOffset(a, b, offset))
 }
 
 /// `y += alpha * (a - b + offset)` over the common length, the difference formed before
 /// scaling (no cancellation between two separate updates when `a` and `b` are close).
 #[inline]
 pub(crate) fn axpy_diff(alpha: f32, a: &[f32], b: &[f32], offset: f32, y: &mut [f32]) {
-    let n = a.len().min(b.len()).min(y.len());
-    let (a, b, y) = (a.split_at(n).0, b.split_at(n).0, y.split_at_mut(n).0);
-    let va = f32x8::splat(alpha);
-    let vo = f32x8::splat(offset);
-    let (a8, a_tail) = a.as_chunks::<LANES>();
-    let (b8, b_tail) = b.as_chunks::<LANES>();
-    let (y8, y_tail) = y.as_chunks_mut::<LANES>();
-    for ((ac, bc), yc) in a8.iter().zip(b8).zip(y8.iter_mut()) {
-        *yc = (load(ac) - load(bc) + vo).mul_add(va, load(yc)).to_array();
-    }
-    for ((av, bv), yv) in a_tail.iter().zip(b_tail).zip(y_tail.iter_mut()) {
-        *yv += (av - bv + offset) * alpha;
-    }
+    dispatch(AxpyDiff {
+        alpha,
+        a,
+        b,
+        offset,
+        y,
+    });
 }
 
 /// `y *= alpha` in place.
 #[inline]
 pub(crate) fn scale(alpha: f32, y: &mut [f32]) {
-    let va = f32x8::splat(alpha);
-    let (y8, y_tail) = y.as_chunks_mut::<LANES>();
-    for yc in y8.iter_mut() {
-        *yc = (load(yc) * va).to_array();
+    dispatch(Scale(alpha, y));
+}
+
+// Generic bodies and one-call kernels of the three primitives above.
+
+/// `1.0` in every lane: `load(&ONES[..len])` is a mask of the first `len` lanes.
+static ONES: [f32; 16] = [1.0; 16];
+
+/// See [`sq_dist_offset`]. Two accumulators as [`dot_with`]; the tail's padding lanes
+/// are masked to 0 (they would add `offset^2`).
+#[inline(always)]
+pub(crate) fn sq_dist_offset_with<S: Simd>(s: S, a: &[f32], b: &[f32], offset: f32) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (a.split_at(n).0, b.split_at(n).0);
+    let l = S::LANES;
+    let vo = s.splat(offset);
+    let mut acc0 = s.zero();
+    let mut acc1 = s.zero();
+    let mut ac = a.chunks_exact(2 * l);
+    let mut bc = b.chunks_exact(2 * l);
+    while let (Some(x), Some(y)) = (ac.next(), bc.next()) {
+        let (x0, x1) = x.split_at(l);
+        let (y0, y1) = y.split_at(l);
+        let d0 = shifted_diff(s, x0, y0, vo);
+        let d1 = shifted_diff(s, x1, y1, vo);
+        acc0 = s.fma(d0, d0, acc0);
+        acc1 = s.fma(d1, d1, acc1);
     }
-    for yv in y_tail.iter_mut() {
-        *yv *= alpha;
+    let (x, y) = (ac.remainder(), bc.remainder());
+    let (x0, x1) = x.split_at(x.len().min(l));
+    let (y0, y1) = y.split_at(y.len().min(l));
+    for (xs, ys) in [(x0, y0), (x1, y1)] {
+        if !xs.is_empty() {
+            let mask = s.load(ONES.get(..xs.len()).unwrap_or(&[]));
+            let d = s.mul(shifted_diff(s, xs, ys, vo), mask);
+            acc0 = s.fma(d, d, acc0);
+        }
+    }
+    s.reduce_add(s.add(acc0, acc1))
+}
+
+/// `x - y + offset` lane-wise (a function, not a closure: a closure body is compiled
+/// apart and could miss the entry point's target features).
+#[inline(always)]
+fn shifted_diff<S: Simd>(s: S, x: &[f32], y: &[f32], offset: S::V) -> S::V {
+    s.add(s.sub(s.load(x), s.load(y)), offset)
+}
+
+/// See [`axpy_diff`].
+#[inline(always)]
+pub(crate) fn axpy_diff_with<S: Simd>(
+    s: S,
+    alpha: f32,
+    a: &[f32],
+    b: &[f32],
+    offset: f32,
+    y: &mut [f32],
+) {
+    let n = a.len().min(b.len()).min(y.len());
+    let (a, b, y) = (a.split_at(n).0, b.split_at(n).0, y.split_at_mut(n).0);
+    let (va, vo) = (s.splat(alpha), s.splat(offset));
+    for ((ac, bc), yc) in a
+        .chunks(S::LANES)
+        .zip(b.chunks(S::LANES))
+        .zip(y.chunks_mut(S::LANES))
+    {
+        let diff = s.add(s.sub(s.load(ac), s.load(bc)), vo);
+        let v = s.fma(diff, va, s.load(yc));
+        s.store(v, yc);
+    }
+}
+
+/// See [`scale`].
+#[inline(always)]
+pub(crate) fn scale_with<S: Simd>(s: S, alpha: f32, y: &mut [f32]) {
+    let va = s.splat(alpha);
+    for yc in y.chunks_mut(S::LANES) {
+        s.store(s.mul(s.load(yc), va), yc);
+    }
+}
+
+struct SqDistOffset<'a>(&'a [f32], &'a [f32], f32);
+impl Kernel for SqDistOffset<'_> {
+    type Output = f32;
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) -> f32 {
+        sq_dist_offset_with(s, self.0, self.1, self.2)
+    }
+}
+
+struct AxpyDiff<'a> {
+    alpha: f32,
+    a: &'a [f32],
+    b: &'a [f32],
+    offset: f32,
+    y: &'a mut [f32],
+}
+impl Kernel for AxpyDiff<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
+        axpy_diff_with(s, self.alpha, self.a, self.b, self.offset, self.y);
+    }
+}
+
+struct Scale<'a>(f32, &'a mut [f32]);
+impl Kernel for Scale<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
+        scale_with(s, self.0, self.1);
     }
 }

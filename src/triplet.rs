@@ -570,7 +570,7 @@ fn triplet_margin_impl(
 ///
 /// # Numerics
 ///
-/// Distances as [`crate::pairwise_distances`] (`f32`, eight lanes); terms in `f32`; their
+/// Distances computed pair by pair in `f32`, in the direct form; terms in `f32`; their
 /// sum in `f64`. The hinges are 1-Lipschitz, so each term is within
 /// `(d / 8 + 12) * 2^-24 * (S_ap + S_an + |margin|)` of the twin's, `S` being the sums of
 /// absolute values the distance bound uses (the distance itself for the Euclidean metrics,

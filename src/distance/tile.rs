@@ -5,8 +5,13 @@
 //!
 //! - **Packing.** Rows are copied into panels of `NR = NV * LANES` rows, transposed to
 //!   `[k][NR]`, zero-padded: for each coordinate `k`, the `NR` values are contiguous.
-//!   The anchor block is packed once; in a pairwise block its panels also serve as
-//!   column panels, other column panels are packed one at a time.
+//!   The anchor block and the columns outside its symmetric part are packed once, at a
+//!   64-byte boundary of the workspace; in a pairwise block the anchor panels also serve
+//!   as the column panels of the symmetric part.
+//! - **Loop order** (a GEMM macrokernel's): the packed anchors in blocks of about 32 KiB;
+//!   each block is swept by every column panel in order; each pair (anchor micro-panel,
+//!   column panel) is one microkernel call. A block stays in the first cache levels and
+//!   the stores of consecutive tiles stay in the block's rows.
 //! - **Microkernel.** An `MR x NR` tile of accumulators stays in registers while `k` runs
 //!   over the whole dimension: per step, `NV` vector loads of the column panel, `MR`
 //!   broadcasts from the anchor panel (`MR` divides `NR`, so a micro-panel is a slice of
@@ -298,8 +303,6 @@ fn micro<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(
 /// Shapes shared by the loops of one call.
 #[derive(Clone, Copy)]
 struct Geometry {
-    /// Dimension.
-    d: usize,
     /// Columns of `out` (rows of `b`).
     n: usize,
     /// Panel width `NV * LANES`.
@@ -557,7 +560,6 @@ fn drive<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(s: S, job: Bloc
     }
     let (apack, row_norms, bpack, col_norms) = (&*apack, &*row_norms, &*bpack, &*col_norms);
     let g = Geometry {
-        d,
         n,
         nr,
         panel_len,

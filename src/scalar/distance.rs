@@ -311,7 +311,6 @@ pub fn l2_normalize_backward(
 }
 
 /// Clamped `f64` norm of a row (cosine only).
-#[allow(dead_code)] // Used by the loss kernels' twins.
 pub(crate) fn clamped_norm64(a: &[f32]) -> f64 {
     clamp64(norm64(a))
 }
@@ -319,7 +318,6 @@ pub(crate) fn clamped_norm64(a: &[f32]) -> f64 {
 /// Adds `coef * d d(a, b) / d a` to `grad_a`, each contribution formed in `f64` and
 /// rounded once into the `f32` accumulator. `dist = d(a, b)` in `f64`. Same formulas as
 /// the fast path's helper (see `distance::add_distance_grad`), written out per element.
-#[allow(dead_code)] // Used by the loss kernels' twins.
 pub(crate) fn add_distance_grad64(
     metric: Metric,
     a: &[f32],
