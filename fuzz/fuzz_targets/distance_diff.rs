@@ -29,40 +29,32 @@ fn metric(m: u8) -> Metric {
     }
 }
 
+/// The documented bound of the matrix kernels' Gram form (module docs of `distance`):
+/// relative to `|a|^2 + |b|^2`, not to the distance, plus an absolute allowance for terms
+/// that underflow; cosine's is absolute. Mirrors `tests/distance.rs`.
 fn bound(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
-    let eps = f64::from(f32::EPSILON);
-    let k = 4.0 * (a.len() as f64 + 8.0) * eps;
-    let sq: f64 = a
+    let u = f64::from(f32::EPSILON) / 2.0;
+    let d = a.len() as f64;
+    let growth = 1.0 / (1.0 - (d + 2.0) * u);
+    let sq64 = |r: &[f32]| r.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>();
+    let exact_sq: f64 = a
         .iter()
         .zip(b)
         .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
         .sum();
-    // Terms below f32's normal range underflow: an absolute allowance of the smallest
-    // normal number per term (and its square root for the Euclidean distance).
-    let tiny = (a.len() as f64 + 8.0) * f64::from(f32::MIN_POSITIVE);
+    let sq_bound = (2.0 * d + 4.0) * u * (sq64(a) + sq64(b)) * growth + (2.0 * d + 8.0) * 1.2e-38;
     match metric {
-        Metric::SquaredEuclidean => k * sq + tiny,
-        Metric::Euclidean => k * sq.sqrt() + tiny.sqrt(),
-        Metric::Cosine => {
-            let na = a
-                .iter()
-                .map(|&v| f64::from(v).powi(2))
-                .sum::<f64>()
-                .sqrt()
-                .max(1e-12);
-            let nb = b
-                .iter()
-                .map(|&v| f64::from(v).powi(2))
-                .sum::<f64>()
-                .sqrt()
-                .max(1e-12);
-            let s: f64 = a
-                .iter()
-                .zip(b)
-                .map(|(&x, &y)| (f64::from(x) * f64::from(y)).abs())
-                .sum();
-            k * (1.0 + s / (na * nb))
+        Metric::SquaredEuclidean => sq_bound + u * exact_sq,
+        Metric::Euclidean => {
+            let e = exact_sq.sqrt();
+            let through_sqrt = if e > 0.0 {
+                sq_bound.sqrt().min(sq_bound / e)
+            } else {
+                sq_bound.sqrt()
+            };
+            through_sqrt + 2.0 * u * (e + sq_bound.sqrt())
         }
+        Metric::Cosine => (2.0 * d + 10.0) * u * growth + 2.0 * u,
     }
 }
 
