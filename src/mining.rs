@@ -161,7 +161,7 @@ pub enum Mining {
 /// Side of the square distance tiles of the batch-hard sweep.
 pub(crate) const TILE: usize = 256;
 /// Anchor rows per block of the row-wise minings (semi-hard, batch-all).
-pub(crate) const BLOCK: usize = 128;
+pub(crate) const BLOCK: usize = 256;
 /// Per-row `f32` arrays of the batch-hard sweep: norms and the four running choices.
 const HARD_ARRAYS: usize = 5;
 /// Per-row `f32` arrays of the row-wise minings: norms and two scratch rows.

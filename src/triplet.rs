@@ -1088,61 +1088,61 @@ fn sum_lanes(v: &[f32; W]) -> f32 {
 
 /// One anchor-positive pair of batch-all under the relu hinge: for every negative
 /// distance `m_q` of `masked` (NaN elsewhere), `v = base - m_q`; returns the sum of
-/// `max(v, 0)` (sixteen `f32` lanes, then a fixed tree) and the number of `v > 0`, and
-/// subtracts each slope (0 or 1) from `coef[q]` when given.
+/// `max(v, 0)` and the number of `v > 0` (lane-wise `f32` accumulators, then the
+/// backend's lane sum), and subtracts each slope (0 or 1) from `coef[q]` when given.
+///
+/// The slope is `min(max(v, 0) * 2^149, 1)`, computed in two exact scalings: 0 for
+/// `v <= 0` (or NaN), 1 for every `v > 0` down to the smallest subnormal.
 #[inline(always)]
-fn relu_pair(masked: &[f32], base: f32, coef: Option<&mut [f32]>) -> (f32, u32) {
-    let mut hs = [0.0_f32; W];
-    let mut on = [0_u32; W];
-    let (mc, mt) = masked.as_chunks::<W>();
+fn relu_pair<S: Simd>(s: S, masked: &[f32], base: f32, coef: Option<&mut [f32]>) -> (f32, f32) {
+    let l = S::LANES;
+    let zero = s.zero();
+    let one = s.splat(1.0);
+    let (up1, up2) = (s.splat(f32::from_bits(253 << 23)), s.splat(f32::from_bits(150 << 23)));
+    let vb = s.splat(base);
+    let (mut hs, mut on) = (zero, zero);
+    let mut chunks = masked.chunks_exact(l);
+    // Padding lanes of the tail are NaN: no term, no slope.
+    let mut tail = [f32::NAN; 16];
+    for (t, &m) in tail.iter_mut().zip(chunks.remainder()) {
+        *t = m;
+    }
+    let rem = chunks.remainder().len();
     match coef {
         Some(coef) => {
-            let (cc, ct) = coef.as_chunks_mut::<W>();
-            for (m, c) in mc.iter().zip(cc.iter_mut()) {
-                for l in 0..W {
-                    let v = base - m[l];
-                    let act = v > 0.0;
-                    hs[l] += if act { v } else { 0.0 };
-                    on[l] += u32::from(act);
-                    c[l] -= if act { 1.0 } else { 0.0 };
-                }
+            let mut cc = coef.chunks_exact_mut(l);
+            for (m, c) in chunks.by_ref().zip(cc.by_ref()) {
+                let h = s.max(s.sub(vb, s.load(m)), zero);
+                let sl = s.min(s.mul(s.mul(h, up1), up2), one);
+                hs = s.add(hs, h);
+                on = s.add(on, sl);
+                s.store(s.sub(s.load(c), sl), c);
             }
-            for (l, (&m, c)) in mt.iter().zip(ct.iter_mut()).enumerate() {
-                let v = base - m;
-                if let (Some(h), Some(o)) = (hs.get_mut(l), on.get_mut(l)) {
-                    if v > 0.0 {
-                        *h += v;
-                        *o += 1;
-                        *c -= 1.0;
-                    } else {
-                        *h += 0.0;
-                    }
-                }
+            if rem > 0 {
+                let h = s.max(s.sub(vb, s.load(&tail)), zero);
+                let sl = s.min(s.mul(s.mul(h, up1), up2), one);
+                hs = s.add(hs, h);
+                on = s.add(on, sl);
+                let c = cc.into_remainder();
+                s.store(s.sub(s.load(c), sl), c);
             }
         }
         None => {
-            for m in mc {
-                for l in 0..W {
-                    let v = base - m[l];
-                    let act = v > 0.0;
-                    hs[l] += if act { v } else { 0.0 };
-                    on[l] += u32::from(act);
-                }
+            for m in chunks.by_ref() {
+                let h = s.max(s.sub(vb, s.load(m)), zero);
+                let sl = s.min(s.mul(s.mul(h, up1), up2), one);
+                hs = s.add(hs, h);
+                on = s.add(on, sl);
             }
-            for (l, &m) in mt.iter().enumerate() {
-                let v = base - m;
-                if let (Some(h), Some(o)) = (hs.get_mut(l), on.get_mut(l)) {
-                    if v > 0.0 {
-                        *h += v;
-                        *o += 1;
-                    } else {
-                        *h += 0.0;
-                    }
-                }
+            if rem > 0 {
+                let h = s.max(s.sub(vb, s.load(&tail)), zero);
+                let sl = s.min(s.mul(s.mul(h, up1), up2), one);
+                hs = s.add(hs, h);
+                on = s.add(on, sl);
             }
         }
     }
-    (sum_lanes(&hs), on.iter().sum())
+    (s.reduce_add(hs), s.reduce_add(on))
 }
 
 /// The gradient buffers of the batch-all loss.
@@ -1224,8 +1224,8 @@ impl Kernel for AllBlock<'_, '_> {
                     let coef = grad.as_mut().map(|g| &mut *g.coef);
                     let (sum, active, slopes) = match hinge {
                         Hinge::Relu => {
-                            let (h, on) = relu_pair(masked, base, coef);
-                            (f64::from(h), on as usize, on as f32)
+                            let (h, on) = relu_pair(s, masked, base, coef);
+                            (f64::from(h), on as usize, on)
                         }
                         Hinge::SoftPlus => soft_pair(masked, base, coef),
                     };
@@ -1246,16 +1246,38 @@ impl Kernel for AllBlock<'_, '_> {
         };
         let d = x.dim();
         let rows = block.len() / n;
-        let (Some(ga), Some(xb)) = (
-            g.grad.get_mut(i0 * d..(i0 + rows) * d),
-            x.as_slice().get(i0 * d..(i0 + rows) * d),
+        let i1 = i0 + rows;
+        // The block's own columns: G[a][j] and G[j][a] both in the block, summed into one
+        // symmetric coefficient so the anchor side alone applies them.
+        for r in 0..rows {
+            for c in r + 1..rows {
+                let (u, v) = (r * n + i0 + c, c * n + i0 + r);
+                if let (Some(&gu), Some(&gv)) = (block.get(u), block.get(v)) {
+                    let sum = gu + gv;
+                    if let Some(x) = block.get_mut(u) {
+                        *x = sum;
+                    }
+                    if let Some(x) = block.get_mut(v) {
+                        *x = sum;
+                    }
+                }
+            }
+        }
+        let block = &*block;
+        let (Some(xb), Some((head, rest))) = (
+            x.as_slice().get(i0 * d..i1 * d),
+            g.grad.split_at_mut_checked(i0 * d),
         ) else {
+            return;
+        };
+        let Some((ga, tail)) = rest.split_at_mut_checked(rows * d) else {
             return;
         };
         // Anchor side: grad[a] += sum_j G[a][j] x_j.
         gemm_acc(s, block, n, 1, x.as_slice(), d, ga);
-        // Column side: grad[j] += sum_a G[a][j] x_a.
-        gemm_acc(s, block, 1, n, xb, d, g.grad);
+        // Column side, outside the block: grad[j] += sum_a G[a][j] x_a.
+        gemm_acc(s, block, 1, n, xb, d, head);
+        gemm_acc(s, block.get(i1..).unwrap_or(&[]), 1, n, xb, d, tail);
     }
 }
 
