@@ -16,16 +16,56 @@
 //!
 //! Anchors without a positive or without a negative contribute no triplet, so a
 //! single-row batch or a one-class batch selects nothing. **Ties go to the smallest
-//! index** (in the fast kernels and in their [`crate::scalar`] twins alike): rows are
-//! scanned in ascending order and a candidate replaces the current choice only when it is
-//! strictly better.
+//! index** (in the fast kernels and in their [`crate::scalar`] twins alike): a candidate
+//! replaces the current choice only when it is strictly better, and among equal
+//! distances the smallest index wins.
 //!
 //! The number of selected triplets depends on the labels only, see
 //! [`mine_triplets_count`].
+//!
+//! # Memory: no `n x n` matrix
+//!
+//! The fast kernels never hold the whole distance matrix; their workspace grows like
+//! `n * (dim + 1)` plus constants (a few MiB at `n = 4096`, `dim = 256`), see
+//! [`mining_workspace_len`]:
+//!
+//! - batch-hard sweeps the upper triangle of the matrix in square tiles of up to 256 x 256
+//!   distances: each tile updates the running farthest positive and nearest negative of
+//!   its rows *and* (by symmetry) of its columns, so every distance is computed once.
+//!   Tiles are visited row block by row block, so every anchor meets its candidates in
+//!   ascending index order and a strict comparison keeps the smallest index on ties.
+//! - semi-hard (and the batch-all loss) needs whole rows: anchors are processed in blocks
+//!   of up to 128 rows, each block's `128 x n` distances computed at once
+//!   ([`crate::pairwise_distances_rows`]) and every anchor mined from its row.
+//! - batch-all mining needs no distance at all.
+//!
+//! # Distances and their accuracy
+//!
+//! Distances come from the packed Gram-form kernels ([`crate::DistanceMode::Gram`]),
+//! whose error is bounded by the rows' norms, not by the distance: points much closer to
+//! each other than to the origin would lose relative accuracy. So, for the Euclidean
+//! metrics, every Gram value `S` (a squared distance) is checked against the rows' squared
+//! norms: when `4 S < |a|^2 + |b|^2` the value is recomputed directly as
+//! `sum (a_i - b_i)^2` ([`crate::DistanceMode::Direct`]'s arithmetic), and a tile or block
+//! in which more than one value in eight needs this is recomputed whole in direct mode.
+//! Every squared distance a decision reads is therefore within `(8 d + 16) 2^-24` of its
+//! exact value *relative to the distance itself* (times `1 / (1 - (8 d + 16) 2^-24)`,
+//! below 1.01 for `d < 500_000`), however close the points are: the Gram bound
+//! `(2 d + 4) 2^-24 (|a|^2 + |b|^2)` with `|a|^2 + |b|^2 <= 4 S`, or the direct bound
+//! `(d + 2) 2^-24 S`. Integer-valued inputs whose squared norms stay below `2^24` give
+//! exact squared distances in both forms, hence exactly the decisions of the `f64`
+//! twins. Cosine distances are the same in both forms (absolute error
+//! `(2 d + 10) 2^-24`).
 
-use crate::distance::{pairwise_distances, Metric};
-use crate::error::{check_len, check_workspace, checked_area, Error};
+use crate::distance::{
+    clamped_row_norms, cross_distances, cross_distances_rows, cross_distances_workspace_len,
+    pairwise_distances, pairwise_distances_rows, pairwise_distances_rows_workspace_len,
+    DistanceMode, Metric,
+};
+use crate::error::{check_len, check_workspace, Error};
+use crate::math;
 use crate::matrix::Matrix;
+use crate::simd::{self, Kernel, Simd};
 
 /// Marks "no such row" in the index outputs of [`hardest_pairs`] (an anchor without a
 /// positive or without a negative).
@@ -115,37 +155,103 @@ pub enum Mining {
     SemiHard,
 }
 
-/// Workspace elements that [`hardest_pairs`] and [`mine_triplets`] need for `rows`
-/// embeddings of dimension `dim`: `rows * rows` for the distance matrix plus
-/// [`crate::pairwise_distances_workspace_len`]`(rows, dim)` for computing it. Saturates
-/// instead of overflowing.
-pub const fn mining_workspace_len(rows: usize, dim: usize) -> usize {
-    rows.saturating_mul(rows)
-        .saturating_add(distance_scratch_len(rows, dim))
-}
+// ---------------------------------------------------------------------------------------
+// Workspace sizes.
 
-/// Scratch for [`distance_matrix`]: what the pairwise kernel needs, and at least `rows`
-/// (the batch losses reuse it for the row norms).
-pub(crate) const fn distance_scratch_len(rows: usize, dim: usize) -> usize {
-    let pw = crate::distance::pairwise_distances_workspace_len(rows, dim);
-    if pw > rows {
-        pw
+/// Side of the square distance tiles of the batch-hard sweep.
+pub(crate) const TILE: usize = 256;
+/// Anchor rows per block of the row-wise minings (semi-hard, batch-all).
+pub(crate) const BLOCK: usize = 256;
+/// Per-row `f32` arrays of the batch-hard sweep: norms and the four running choices.
+const HARD_ARRAYS: usize = 5;
+/// Per-row `f32` arrays of the row-wise minings: norms and two scratch rows.
+const ROW_ARRAYS: usize = 3;
+
+const fn min_len(a: usize, b: usize) -> usize {
+    if a < b {
+        a
     } else {
-        rows
+        b
     }
 }
 
-/// Checks `labels` against `x` and that the `n x n` distance matrix fits; returns `n`.
+pub(crate) const fn max_len(a: usize, b: usize) -> usize {
+    if a > b {
+        a
+    } else {
+        b
+    }
+}
+
+/// Workspace of the batch-hard sweep over `rows` rows: the per-row arrays, one tile and
+/// the packing of a tile's two row blocks. Saturates.
+pub(crate) const fn hard_len(rows: usize, dim: usize) -> usize {
+    let t = min_len(rows, TILE);
+    rows.saturating_mul(HARD_ARRAYS)
+        .saturating_add(t.saturating_mul(t))
+        .saturating_add(cross_distances_workspace_len(t, t, dim))
+}
+
+/// Rows of the largest block of the row-wise minings.
+pub(crate) const fn block_rows(rows: usize) -> usize {
+    min_len(rows, BLOCK)
+}
+
+/// Packing scratch of [`pairwise_distances_rows`] for every block of [`for_row_blocks`].
+const fn block_pack_len(rows: usize, dim: usize) -> usize {
+    let b = block_rows(rows);
+    if b == 0 {
+        return 0;
+    }
+    let last = if rows % b == 0 { b } else { rows % b };
+    max_len(
+        pairwise_distances_rows_workspace_len(rows, b, dim),
+        pairwise_distances_rows_workspace_len(rows, last, dim),
+    )
+}
+
+/// Workspace of the row-wise minings over `rows` rows: the per-row arrays plus
+/// `extra_arrays` more, one block of rows and its packing. Saturates.
+pub(crate) const fn rows_len(rows: usize, dim: usize, extra_arrays: usize) -> usize {
+    rows.saturating_mul(ROW_ARRAYS + extra_arrays)
+        .saturating_add(block_rows(rows).saturating_mul(rows))
+        .saturating_add(block_pack_len(rows, dim))
+}
+
+/// Workspace elements that [`hardest_pairs`] and [`mine_triplets`] need for `rows`
+/// embeddings of dimension `dim`, whatever the mining: the larger of the batch-hard sweep
+/// (`5 rows`, one `256 x 256` tile and the packing of two 256-row blocks,
+/// [`crate::cross_distances_workspace_len`]`(256, 256, dim)`) and the row-wise minings
+/// (`2 rows`, one `128 x rows` block of distances and its packing,
+/// [`crate::pairwise_distances_rows_workspace_len`]`(rows, 128, dim)`, about
+/// `(rows + 96) * (dim + 1)`); `256` and `128` are capped at `rows`. That is
+/// `O(rows * dim)`: no `rows x rows` matrix (about `1.4e6` elements, 5.6 MiB, for
+/// `rows = 4096`, `dim = 256`). Saturates instead of overflowing.
+pub const fn mining_workspace_len(rows: usize, dim: usize) -> usize {
+    max_len(hard_len(rows, dim), rows_len(rows, dim, 0))
+}
+
+// ---------------------------------------------------------------------------------------
+// Validation shared with the scalar twins and the losses.
+
+/// Checks `labels` against `x`; returns `n`.
 pub(crate) fn check_labels(x: &Matrix<'_>, labels: &[u32]) -> Result<usize, Error> {
     let n = x.rows();
     check_len("labels", n, labels.len())?;
-    checked_area(n, n)?;
     Ok(n)
 }
 
 /// `Err(NonFinite)` at the first NaN or infinite element of `x`.
 pub(crate) fn check_finite(x: &Matrix<'_>) -> Result<(), Error> {
-    match x.as_slice().iter().position(|v| !v.is_finite()) {
+    let data = x.as_slice();
+    // A branch-free pass (vectorised by the compiler) first; the position only on failure.
+    let bad = data
+        .iter()
+        .fold(0_u32, |acc, v| acc | u32::from(!v.is_finite()));
+    if bad == 0 {
+        return Ok(());
+    }
+    match data.iter().position(|v| !v.is_finite()) {
         Some(position) => Err(Error::NonFinite {
             buffer: "x",
             position,
@@ -236,116 +342,658 @@ pub fn mine_triplets_count(labels: &[u32], mining: Mining) -> Result<usize, Erro
     count_exact(labels, mining)
 }
 
-/// Calls `f(p, n, d(a, p), d(a, n))` for every triplet `mining` selects for anchor `a`,
-/// in ascending `(p, n)` order; `row` holds `d(a, j)` for every `j`.
-#[inline]
-pub(crate) fn visit_anchor<F: FnMut(usize, usize, f32, f32)>(
-    row: &[f32],
-    labels: &[u32],
-    a: usize,
-    mining: Mining,
-    mut f: F,
-) {
-    let Some(&la) = labels.get(a) else {
-        return;
-    };
-    match mining {
-        Mining::All => {
-            for (p, (&lp, &dap)) in labels.iter().zip(row).enumerate() {
-                if p == a || lp != la {
-                    continue;
-                }
-                for (q, (&lq, &daq)) in labels.iter().zip(row).enumerate() {
-                    if lq != la {
-                        f(p, q, dap, daq);
-                    }
-                }
-            }
+// ---------------------------------------------------------------------------------------
+// Workspace carving.
+
+/// Splits `len` elements off the front of `ws`.
+pub(crate) fn take<'w>(ws: &mut &'w mut [f32], len: usize) -> Result<&'w mut [f32], Error> {
+    let all = core::mem::take(ws);
+    let actual = all.len();
+    match all.split_at_mut_checked(len) {
+        Some((head, tail)) => {
+            *ws = tail;
+            Ok(head)
         }
-        Mining::BatchHard => {
-            if let (Some((p, dap)), Some((q, daq))) = hardest_in_row(row, labels, a, la) {
-                f(p, q, dap, daq);
-            }
-        }
-        Mining::SemiHard => {
-            for (p, (&lp, &dap)) in labels.iter().zip(row).enumerate() {
-                if p == a || lp != la {
-                    continue;
-                }
-                if let Some((q, daq)) = semi_hard_in_row(row, labels, la, dap) {
-                    f(p, q, dap, daq);
-                }
-            }
+        None => Err(Error::WorkspaceTooSmall {
+            required: len,
+            actual,
+        }),
+    }
+}
+
+/// Splits `len` elements off the front of `ws`, as `u32` (row indices).
+fn take_u32<'w>(ws: &mut &'w mut [f32], len: usize) -> Result<&'w mut [u32], Error> {
+    let head = take(ws, len)?;
+    let actual = head.len();
+    bytemuck::try_cast_slice_mut(head).map_err(|_| Error::WorkspaceTooSmall {
+        required: len,
+        actual,
+    })
+}
+
+/// Rows `r0..r1` of `x` as a matrix of their own.
+fn sub_rows<'a>(x: &Matrix<'a>, r0: usize, r1: usize) -> Result<Matrix<'a>, Error> {
+    let d = x.dim();
+    let data = x
+        .as_slice()
+        .get(r0.saturating_mul(d)..r1.saturating_mul(d))
+        .unwrap_or(&[]);
+    Matrix::new(data, r1.saturating_sub(r0), d)
+}
+
+// ---------------------------------------------------------------------------------------
+// Norms and the accuracy fix-up of Gram-form distances.
+
+/// Squared row norms.
+struct SqNorms<'a, 'o> {
+    x: Matrix<'a>,
+    out: &'o mut [f32],
+}
+impl Kernel for SqNorms<'_, '_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
+        for (row, o) in self.x.row_iter().zip(self.out.iter_mut()) {
+            *o = simd::dot_with(s, row, row);
         }
     }
 }
 
-/// A chosen row and its distance to the anchor.
-type Pick = (usize, f32);
-
-/// The farthest positive and the nearest negative of anchor `a` in one pass, each with
-/// its distance; ties to the smallest index.
-#[inline]
-fn hardest_in_row(row: &[f32], labels: &[u32], a: usize, la: u32) -> (Option<Pick>, Option<Pick>) {
-    // Plain scalars instead of options keep the loop tight; `usize::MAX` marks "none yet",
-    // and the first candidate is always taken.
-    let (mut pi, mut pd) = (usize::MAX, f32::NEG_INFINITY);
-    let (mut ni, mut nd) = (usize::MAX, f32::INFINITY);
-    for (j, (&l, &d)) in labels.iter().zip(row).enumerate() {
-        let neg = l != la;
-        let take_n = neg && (ni == usize::MAX || d < nd);
-        let take_p = !neg && j != a && (pi == usize::MAX || d > pd);
-        if take_n {
-            (ni, nd) = (j, d);
-        }
-        if take_p {
-            (pi, pd) = (j, d);
-        }
-    }
-    (
-        (pi != usize::MAX).then_some((pi, pd)),
-        (ni != usize::MAX).then_some((ni, nd)),
-    )
-}
-
-/// The semi-hard negative of an anchor-positive pair at distance `dap`: the nearest
-/// negative with `d > dap`, else the farthest negative; ties to the smallest index.
-/// `None` when the anchor has no negative.
-#[inline]
-fn semi_hard_in_row(row: &[f32], labels: &[u32], la: u32, dap: f32) -> Option<Pick> {
-    // As in `hardest_in_row`: `usize::MAX` marks "none yet".
-    let (mut ai, mut ad) = (usize::MAX, f32::INFINITY);
-    let (mut fi, mut fd) = (usize::MAX, f32::NEG_INFINITY);
-    for (j, (&l, &d)) in labels.iter().zip(row).enumerate() {
-        let neg = l != la;
-        let take_a = neg && d > dap && (ai == usize::MAX || d < ad);
-        let take_f = neg && (fi == usize::MAX || d > fd);
-        if take_a {
-            (ai, ad) = (j, d);
-        }
-        if take_f {
-            (fi, fd) = (j, d);
-        }
-    }
-    if ai != usize::MAX {
-        Some((ai, ad))
-    } else if fi != usize::MAX {
-        Some((fi, fd))
-    } else {
-        None
+/// The per-row norm terms the fused kernels need: squared norms for the Euclidean metrics
+/// (the fix-up test), clamped norms for cosine (the gradient). `out` has `rows` elements.
+pub(crate) fn metric_norms(x: &Matrix<'_>, metric: Metric, out: &mut [f32]) {
+    match metric {
+        Metric::Cosine => clamped_row_norms(x, out),
+        Metric::SquaredEuclidean | Metric::Euclidean => simd::dispatch(SqNorms { x: *x, out }),
     }
 }
 
-/// Fills `dist` (`n * n`) with the pairwise distances of `x`, using `scratch`
-/// ([`distance_scratch_len`] elements).
-pub(crate) fn distance_matrix(
-    x: Matrix<'_>,
+/// Whether a Gram-form value `v` (a squared distance, or its square root when
+/// `!squared`) is too small against the squared norms `na + nb` to keep full relative
+/// accuracy: `4 S < |a|^2 + |b|^2`.
+#[inline(always)]
+pub(crate) fn needs_direct(v: f32, squared: bool, na: f32, nb: f32) -> bool {
+    let sq = if squared { v } else { v * v };
+    4.0 * sq < na + nb
+}
+
+/// Outcome of [`FixUp`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fix {
+    /// Every value is now accurate.
+    Done,
+    /// Too many values need the direct form: recompute the whole block directly.
+    Direct,
+}
+
+/// Recomputes directly the Gram-form values of a `rows x cols` block that are too small
+/// against their rows' norms (see [`needs_direct`]), or asks for a direct block when more
+/// than one in eight are.
+struct FixUp<'a, 'o> {
+    out: &'o mut [f32],
+    cols: usize,
+    /// Rows of the block (`rows x d`).
+    ax: &'a [f32],
+    /// Columns of the block (`cols x d`).
+    bx: &'a [f32],
+    /// Squared norms of the rows and of the columns.
+    an: &'a [f32],
+    bn: &'a [f32],
+    d: usize,
+    squared: bool,
+    /// Row `r`'s own entry (an exact zero, left alone) is at column `r + off`.
+    self_off: Option<usize>,
+}
+
+impl Kernel for FixUp<'_, '_> {
+    type Output = Fix;
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) -> Fix {
+        let FixUp {
+            out,
+            cols,
+            ax,
+            bx,
+            an,
+            bn,
+            d,
+            squared,
+            self_off,
+        } = self;
+        if cols == 0 || d == 0 {
+            return Fix::Done;
+        }
+        let own = |r: usize| self_off.map_or(usize::MAX, |o| r.saturating_add(o));
+        let mut flagged = 0_usize;
+        let mut total = 0_usize;
+        for (r, (orow, &na)) in out.chunks_exact(cols).zip(an).enumerate() {
+            // Branch-free count (vectorised), then the own entry taken out again.
+            let mut count = 0_u32;
+            for (&v, &nb) in orow.iter().zip(bn) {
+                count += u32::from(needs_direct(v, squared, na, nb));
+            }
+            let mut count = count as usize;
+            if let (Some(&v), Some(&nb)) = (orow.get(own(r)), bn.get(own(r))) {
+                count = count.saturating_sub(usize::from(needs_direct(v, squared, na, nb)));
+            }
+            flagged += count;
+            total += orow.len();
+        }
+        if flagged == 0 {
+            return Fix::Done;
+        }
+        if flagged > total / 8 {
+            return Fix::Direct;
+        }
+        for ((r, orow), (&na, arow)) in out
+            .chunks_exact_mut(cols)
+            .enumerate()
+            .zip(an.iter().zip(ax.chunks_exact(d)))
+        {
+            let skip = own(r);
+            for (c, ((o, &nb), brow)) in orow
+                .iter_mut()
+                .zip(bn)
+                .zip(bx.chunks_exact(d))
+                .enumerate()
+            {
+                if c != skip && needs_direct(*o, squared, na, nb) {
+                    let sq = simd::sq_dist_with(s, arow, brow);
+                    *o = if squared { sq } else { math::sqrt(sq) };
+                }
+            }
+        }
+        Fix::Done
+    }
+}
+
+/// Runs [`FixUp`] on a block of Euclidean distances; `Ok(true)` when the caller must
+/// recompute the block in direct mode.
+#[allow(clippy::too_many_arguments)]
+fn fix_up(
     metric: Metric,
-    dist: &mut [f32],
-    scratch: &mut [f32],
-) -> Result<(), Error> {
-    pairwise_distances(x, metric, dist, scratch)
+    out: &mut [f32],
+    a: &Matrix<'_>,
+    b: &Matrix<'_>,
+    an: &[f32],
+    bn: &[f32],
+    self_off: Option<usize>,
+) -> bool {
+    let squared = match metric {
+        Metric::Cosine => return false,
+        Metric::SquaredEuclidean => true,
+        Metric::Euclidean => false,
+    };
+    simd::dispatch(FixUp {
+        out,
+        cols: b.rows(),
+        ax: a.as_slice(),
+        bx: b.as_slice(),
+        an,
+        bn,
+        d: a.dim(),
+        squared,
+        self_off,
+    }) == Fix::Direct
 }
+
+// ---------------------------------------------------------------------------------------
+// Argmin / argmax with the smallest index on ties.
+
+/// "No candidate" among row indices.
+const NONE: u32 = u32::MAX;
+/// Upper bound of the lanes of every backend (sizes a lane buffer).
+const MAX_LANES: usize = 16;
+
+/// Index of the largest (`max`) or smallest value of `buf`, ties to the smallest index;
+/// [`NONE`] when the extreme is the neutral value (`-inf` for `max`, `+inf` otherwise),
+/// that is when `buf` holds no candidate. NaN values are never chosen.
+///
+/// The extreme comes from a vector pass of `min`/`max` (every lane keeps the extreme of
+/// the positions congruent to it); the index is then searched only in the lanes that
+/// hold the extreme, first position first.
+#[inline(always)]
+fn argext<S: Simd>(s: S, buf: &[f32], max: bool) -> u32 {
+    let l = S::LANES;
+    let neutral = if max {
+        f32::NEG_INFINITY
+    } else {
+        f32::INFINITY
+    };
+    let mut acc = s.splat(neutral);
+    let mut chunks = buf.chunks_exact(l);
+    for c in chunks.by_ref() {
+        // Candidate first: a NaN candidate keeps the accumulator.
+        acc = if max {
+            s.max(s.load(c), acc)
+        } else {
+            s.min(s.load(c), acc)
+        };
+    }
+    let rem = chunks.remainder();
+    // Lanes past `l` keep the neutral value.
+    let mut lanes = [neutral; MAX_LANES];
+    s.store(acc, &mut lanes);
+    let mut m = extreme_of(&lanes, max);
+    for &v in rem {
+        let better = if max { v > m } else { v < m };
+        m = if better { v } else { m };
+    }
+    if m == neutral {
+        return NONE;
+    }
+    let full = buf.len() - rem.len();
+    // Lanes holding the extreme, as a bit mask (usually one bit).
+    let mut hits = 0_u32;
+    for (b, &v) in lanes.iter().enumerate() {
+        hits |= u32::from(v == m) << b;
+    }
+    let mut best = NONE;
+    while hits != 0 {
+        let lane = hits.trailing_zeros() as usize;
+        hits &= hits - 1;
+        let mut j = lane;
+        while j < full {
+            if buf.get(j).is_some_and(|&x| x == m) {
+                best = best.min(j as u32);
+                break;
+            }
+            j += l;
+        }
+    }
+    if best == NONE {
+        if let Some(k) = rem.iter().position(|&x| x == m) {
+            best = (full + k) as u32;
+        }
+    }
+    best
+}
+
+/// The largest (`max`) or smallest of `MAX_LANES` values (no NaN), by a fixed tree of
+/// halves.
+#[inline(always)]
+fn extreme_of(v: &[f32; MAX_LANES], max: bool) -> f32 {
+    let mut h = *v;
+    let mut w = MAX_LANES / 2;
+    while w > 0 {
+        for i in 0..MAX_LANES / 2 {
+            if i < w {
+                let (a, b) = (h[i], h[i + w]);
+                let better = if max { b > a } else { b < a };
+                h[i] = if better { b } else { a };
+            }
+        }
+        w /= 2;
+    }
+    h[0]
+}
+
+// ---------------------------------------------------------------------------------------
+// Batch-hard: the symmetric tile sweep.
+
+/// The running choices of the batch-hard sweep, one entry per row: the farthest positive
+/// and the nearest negative seen so far (value and index, [`NONE`] for none yet).
+pub(crate) struct HardState<'w> {
+    pos_val: &'w mut [f32],
+    pos_idx: &'w mut [u32],
+    neg_val: &'w mut [f32],
+    neg_idx: &'w mut [u32],
+}
+
+impl<'w> HardState<'w> {
+    /// Carves the four arrays (`4 rows` elements) off `ws`.
+    pub(crate) fn take(ws: &mut &'w mut [f32], rows: usize) -> Result<Self, Error> {
+        Ok(HardState {
+            pos_val: take(ws, rows)?,
+            pos_idx: take_u32(ws, rows)?,
+            neg_val: take(ws, rows)?,
+            neg_idx: take_u32(ws, rows)?,
+        })
+    }
+}
+
+/// The mining epilogue of one tile of the sweep: rows `i0..i0 + ti` against columns
+/// `j0..j0 + tj` (`tile` row-major, `ti x tj`). Every row takes the tile's columns as
+/// candidates; in an off-diagonal tile every column also takes the tile's rows. NaN
+/// distances are never taken here (see [`hard_fallback`]).
+struct HardTile<'a, 'o, 'w> {
+    tile: &'o mut [f32],
+    ti: usize,
+    tj: usize,
+    i0: usize,
+    j0: usize,
+    diagonal: bool,
+    labels: &'a [u32],
+    st: &'o mut HardState<'w>,
+}
+
+impl Kernel for HardTile<'_, '_, '_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
+        let HardTile {
+            tile,
+            ti,
+            tj,
+            i0,
+            j0,
+            diagonal,
+            labels,
+            st,
+        } = self;
+        if tj == 0 || tj > TILE {
+            return;
+        }
+        let (Some(cl), Some(rl)) = (labels.get(j0..j0 + tj), labels.get(i0..i0 + ti)) else {
+            return;
+        };
+        if diagonal {
+            // A row is not its own positive: its own (zero) entry is never the largest.
+            for (r, row) in tile.chunks_exact_mut(tj).enumerate() {
+                if let Some(v) = row.get_mut(r) {
+                    *v = f32::NEG_INFINITY;
+                }
+            }
+        }
+        let tile = &*tile;
+        // Rows: the row's positives (other columns -inf) and negatives (others +inf) as
+        // two scratch rows, each reduced to its extreme; merged into the state, which
+        // holds smaller indices from earlier tiles and so wins ties.
+        let mut pbuf = [f32::NEG_INFINITY; TILE];
+        let mut nbuf = [f32::INFINITY; TILE];
+        let (Some(pb), Some(nb)) = (pbuf.get_mut(..tj), nbuf.get_mut(..tj)) else {
+            return;
+        };
+        for (r, (row, &la)) in tile.chunks_exact(tj).zip(rl).enumerate() {
+            for (((p, n), &v), &lb) in pb.iter_mut().zip(nb.iter_mut()).zip(row).zip(cl) {
+                let same = lb == la;
+                *p = if same { v } else { f32::NEG_INFINITY };
+                *n = if same { f32::INFINITY } else { v };
+            }
+            let a = i0 + r;
+            let k = argext(s, pb, true);
+            if let (Some(&v), Some(sv), Some(si)) = (
+                pb.get(k as usize),
+                st.pos_val.get_mut(a),
+                st.pos_idx.get_mut(a),
+            ) {
+                if *si == NONE || v > *sv {
+                    (*sv, *si) = (v, (j0 + k as usize) as u32);
+                }
+            }
+            let k = argext(s, nb, false);
+            if let (Some(&v), Some(sv), Some(si)) = (
+                nb.get(k as usize),
+                st.neg_val.get_mut(a),
+                st.neg_idx.get_mut(a),
+            ) {
+                if *si == NONE || v < *sv {
+                    (*sv, *si) = (v, (j0 + k as usize) as u32);
+                }
+            }
+        }
+        if diagonal {
+            return;
+        }
+        // Columns: the tile's rows, in ascending order, as candidates of every column
+        // (element-wise over the columns, vectorised by the compiler).
+        let (Some(pvs), Some(pis), Some(nvs), Some(nis)) = (
+            st.pos_val.get_mut(j0..j0 + tj),
+            st.pos_idx.get_mut(j0..j0 + tj),
+            st.neg_val.get_mut(j0..j0 + tj),
+            st.neg_idx.get_mut(j0..j0 + tj),
+        ) else {
+            return;
+        };
+        for (r, (row, &li)) in tile.chunks_exact(tj).zip(rl).enumerate() {
+            let i = (i0 + r) as u32;
+            for (((((&v, &lb), pv), pi), nv), ni) in row
+                .iter()
+                .zip(cl)
+                .zip(pvs.iter_mut())
+                .zip(pis.iter_mut())
+                .zip(nvs.iter_mut())
+                .zip(nis.iter_mut())
+            {
+                let same = lb == li;
+                let tp = same & (v > *pv);
+                let tn = !same & (v < *nv);
+                *pv = if tp { v } else { *pv };
+                *pi = if tp { i } else { *pi };
+                *nv = if tn { v } else { *nv };
+                *ni = if tn { i } else { *ni };
+            }
+        }
+    }
+}
+
+/// Anchors whose candidates were all NaN distances (only possible when `|x|^2` overflows
+/// `f32`) still get a choice: the candidate of smallest index.
+fn hard_fallback(labels: &[u32], st: &mut HardState<'_>) {
+    for (a, ((pi, ni), &la)) in st
+        .pos_idx
+        .iter_mut()
+        .zip(st.neg_idx.iter_mut())
+        .zip(labels)
+        .enumerate()
+    {
+        if *pi == NONE {
+            if let Some(p) = labels
+                .iter()
+                .enumerate()
+                .position(|(j, &l)| j != a && l == la)
+            {
+                *pi = p as u32;
+            }
+        }
+        if *ni == NONE {
+            if let Some(q) = labels.iter().position(|&l| l != la) {
+                *ni = q as u32;
+            }
+        }
+    }
+}
+
+/// Batch-hard choices of every row of `x`: sweeps the upper triangle of the distance
+/// matrix in `TILE x TILE` tiles (each distance computed once, in Gram form with the
+/// accuracy fix-up), updating `st`. `norms` are [`metric_norms`]; `tile` holds at least
+/// `min(n, TILE)^2` elements and `pack` the tile kernels' scratch.
+pub(crate) fn hard_sweep(
+    x: &Matrix<'_>,
+    labels: &[u32],
+    metric: Metric,
+    norms: &[f32],
+    st: &mut HardState<'_>,
+    tile: &mut [f32],
+    pack: &mut [f32],
+) -> Result<(), Error> {
+    st.pos_val.fill(f32::NEG_INFINITY);
+    st.pos_idx.fill(NONE);
+    st.neg_val.fill(f32::INFINITY);
+    st.neg_idx.fill(NONE);
+    let n = x.rows();
+    let mut i0 = 0;
+    while i0 < n {
+        let i1 = n.min(i0 + TILE);
+        let xi = sub_rows(x, i0, i1)?;
+        let ni = norms.get(i0..i1).unwrap_or(&[]);
+        let mut j0 = i0;
+        while j0 < n {
+            let j1 = n.min(j0 + TILE);
+            let xj = sub_rows(x, j0, j1)?;
+            let nj = norms.get(j0..j1).unwrap_or(&[]);
+            let (ti, tj) = (i1 - i0, j1 - j0);
+            let area = ti * tj;
+            let actual = tile.len();
+            let out = tile.get_mut(..area).ok_or(Error::WorkspaceTooSmall {
+                required: area,
+                actual,
+            })?;
+            let diagonal = i0 == j0;
+            if diagonal {
+                pairwise_distances(xi, metric, out, pack)?;
+            } else {
+                cross_distances(xi, xj, metric, out, pack)?;
+            }
+            if fix_up(metric, out, &xi, &xj, ni, nj, diagonal.then_some(0)) {
+                let mode = DistanceMode::Direct;
+                if diagonal {
+                    pairwise_distances_rows(xi, 0..ti, metric, mode, out, pack)?;
+                } else {
+                    cross_distances_rows(xi, xj, 0..ti, metric, mode, out, pack)?;
+                }
+            }
+            simd::dispatch(HardTile {
+                tile: out,
+                ti,
+                tj,
+                i0,
+                j0,
+                diagonal,
+                labels,
+                st,
+            });
+            j0 = j1;
+        }
+        i0 = i1;
+    }
+    hard_fallback(labels, st);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Row blocks (semi-hard, batch-all).
+
+/// Calls `f(i0, i1, block)` for consecutive blocks of at most [`BLOCK`] anchor rows, with
+/// `block` (`(i1 - i0) x n`, row-major) holding their distances to every row (Gram form
+/// with the accuracy fix-up). `norms` are [`metric_norms`]; `block` holds at least
+/// `min(n, BLOCK) * n` elements and `pack` the row kernel's scratch.
+pub(crate) fn for_row_blocks<F>(
+    x: &Matrix<'_>,
+    metric: Metric,
+    norms: &[f32],
+    block: &mut [f32],
+    pack: &mut [f32],
+    mut f: F,
+) -> Result<(), Error>
+where
+    F: FnMut(usize, usize, &mut [f32]) -> Result<(), Error>,
+{
+    let n = x.rows();
+    let mut i0 = 0;
+    while i0 < n {
+        let i1 = n.min(i0 + BLOCK);
+        let area = (i1 - i0) * n;
+        let actual = block.len();
+        let out = block.get_mut(..area).ok_or(Error::WorkspaceTooSmall {
+            required: area,
+            actual,
+        })?;
+        pairwise_distances_rows(*x, i0..i1, metric, DistanceMode::Gram, out, pack)?;
+        let xi = sub_rows(x, i0, i1)?;
+        let ni = norms.get(i0..i1).unwrap_or(&[]);
+        if fix_up(metric, out, &xi, x, ni, norms, Some(i0)) {
+            pairwise_distances_rows(*x, i0..i1, metric, DistanceMode::Direct, out, pack)?;
+        }
+        f(i0, i1, out)?;
+        i0 = i1;
+    }
+    Ok(())
+}
+
+/// Receives the selected triplets, in the order of the [module docs](self). Generic over
+/// the backend so that it runs inside the mining kernel.
+pub(crate) trait Sink {
+    /// One selected triplet `(a, p, q)`.
+    fn triplet<S: Simd>(&mut self, s: S, a: usize, p: usize, q: usize);
+}
+
+/// Semi-hard mining of a block of anchor rows `i0..` (`block`: their distance rows).
+pub(crate) struct SemiBlock<'a, 'o, K> {
+    pub block: &'a [f32],
+    pub i0: usize,
+    pub labels: &'a [u32],
+    /// `2 n` elements of scratch.
+    pub scratch: &'o mut [f32],
+    pub sink: &'o mut K,
+}
+
+impl<K: Sink> Kernel for SemiBlock<'_, '_, K> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
+        let SemiBlock {
+            block,
+            i0,
+            labels,
+            scratch,
+            sink,
+        } = self;
+        let n = labels.len();
+        let Some((masked, above)) = scratch.split_at_mut_checked(n) else {
+            return;
+        };
+        let Some(above) = above.get_mut(..n) else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        for (r, row) in block.chunks_exact(n).enumerate() {
+            let a = i0 + r;
+            let Some(&la) = labels.get(a) else {
+                return;
+            };
+            // The row's negatives, every other entry -inf (never the farthest, never
+            // beyond a positive).
+            for ((m, &v), &l) in masked.iter_mut().zip(row).zip(labels) {
+                *m = if l == la { f32::NEG_INFINITY } else { v };
+            }
+            let Some(first_neg) = labels.iter().position(|&l| l != la) else {
+                continue;
+            };
+            let far = match argext(s, masked, true) {
+                NONE => first_neg,
+                q => q as usize,
+            };
+            for (p, (&lp, &dap)) in labels.iter().zip(row).enumerate() {
+                if p == a || lp != la {
+                    continue;
+                }
+                // The negatives beyond the positive (others +inf), nearest first.
+                for (b, &m) in above.iter_mut().zip(masked.iter()) {
+                    *b = if m > dap { m } else { f32::INFINITY };
+                }
+                let q = match argext(s, above, false) {
+                    NONE => far,
+                    q => q as usize,
+                };
+                sink.triplet(s, a, p, q);
+            }
+        }
+    }
+}
+
+/// Emits the batch-hard triplets of the sweep's choices, ascending anchors.
+pub(crate) struct EmitHard<'o, 'w, K> {
+    pub st: &'o HardState<'w>,
+    pub sink: &'o mut K,
+}
+
+impl<K: Sink> Kernel for EmitHard<'_, '_, K> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
+        for (a, (&p, &q)) in self.st.pos_idx.iter().zip(self.st.neg_idx.iter()).enumerate() {
+            if p != NONE && q != NONE {
+                self.sink.triplet(s, a, p as usize, q as usize);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Public mining kernels.
 
 /// Per anchor, the hardest positive and the hardest negative under `metric`:
 /// `positives[a] = argmax_{p != a, label(p) = label(a)} d(a, p)` and
@@ -355,26 +1003,29 @@ pub(crate) fn distance_matrix(
 /// elements and are fully overwritten. [`Mining::BatchHard`] selects
 /// `(a, positives[a], negatives[a])` for every anchor where both exist.
 ///
-/// Scalar twin: [`crate::scalar::hardest_pairs`]. `workspace` needs
+/// The distance matrix is never stored: its upper triangle is swept in tiles, each
+/// distance computed once and offered to both of its rows (see the
+/// [module docs](self#memory-no-n-x-n-matrix)). Scalar twin:
+/// [`crate::scalar::hardest_pairs`]. `workspace` needs
 /// [`mining_workspace_len`]`(rows, dim)` elements, garbage before and after.
 ///
 /// # Errors
 ///
 /// - [`Error::LengthMismatch`] (`"labels"`, `"positives"`, `"negatives"`) when a buffer
 ///   does not have `rows` elements;
-/// - [`Error::ShapeOverflow`] when `rows * rows` overflows `usize`;
 /// - [`Error::WorkspaceTooSmall`] when the workspace is too short;
 /// - [`Error::NonFinite`] (`"x"`, flat position) when `x` holds a NaN or an infinity:
 ///   mining would otherwise hide it in an index.
 ///
 /// # Numerics
 ///
-/// Decisions are taken on the `f32` distances of [`crate::pairwise_distances`]. Where two
-/// candidates' distances are equal as computed, the smallest index wins. On inputs whose
-/// distances are exact in `f32` (small integers, Euclidean metrics) the indices equal the
+/// Decisions are taken on `f32` distances accurate to `(8 d + 16) 2^-24` relative for the
+/// Euclidean metrics and `(2 d + 10) 2^-24` absolute for cosine (see the
+/// [module docs](self#distances-and-their-accuracy)). Where two candidates' distances are
+/// equal as computed, the smallest index wins. On integer-valued inputs (squared norms
+/// below `2^24`, Euclidean metrics) the distances are exact and the indices equal the
 /// twin's; elsewhere a candidate can differ from the twin's only when their distances lie
-/// within the distance error bound of each other, so the chosen distances agree to that
-/// bound.
+/// within that bound of each other, so the chosen distances agree to it.
 ///
 /// # Example
 ///
@@ -403,20 +1054,36 @@ pub fn hardest_pairs(
     check_len("negatives", n, negatives.len())?;
     check_workspace(mining_workspace_len(n, x.dim()), workspace.len())?;
     check_finite(&x)?;
-    let (dist, rest) = workspace.split_at_mut(n * n);
-    distance_matrix(x, metric, dist, rest)?;
-    for (a, ((row, pa), na)) in dist
-        .chunks_exact(n)
-        .zip(positives.iter_mut())
-        .zip(negatives.iter_mut())
-        .enumerate()
-    {
-        let la = labels.get(a).copied().unwrap_or_default();
-        let (p, q) = hardest_in_row(row, labels, a, la);
-        *pa = p.map_or(NO_INDEX, |(j, _)| j as u32);
-        *na = q.map_or(NO_INDEX, |(j, _)| j as u32);
+    let mut ws = workspace;
+    let norms = take(&mut ws, n)?;
+    metric_norms(&x, metric, norms);
+    let mut st = HardState::take(&mut ws, n)?;
+    let t = n.min(TILE);
+    let tile = take(&mut ws, t * t)?;
+    hard_sweep(&x, labels, metric, norms, &mut st, tile, ws)?;
+    for (o, &p) in positives.iter_mut().zip(st.pos_idx.iter()) {
+        *o = p;
+    }
+    for (o, &q) in negatives.iter_mut().zip(st.neg_idx.iter()) {
+        *o = q;
     }
     Ok(())
+}
+
+/// Writes the triplets into `out`, counting them.
+struct Writer<'o> {
+    out: &'o mut [Triplet],
+    k: usize,
+}
+
+impl Sink for Writer<'_> {
+    #[inline(always)]
+    fn triplet<S: Simd>(&mut self, _s: S, a: usize, p: usize, q: usize) {
+        if let Some(t) = self.out.get_mut(self.k) {
+            *t = Triplet::new(a as u32, p as u32, q as u32);
+        }
+        self.k += 1;
+    }
 }
 
 /// Writes the triplets `mining` selects in the batch into `out`, in the order of the
@@ -424,6 +1091,8 @@ pub fn hardest_pairs(
 /// many it wrote: exactly [`mine_triplets_count`]`(labels, mining)`. `out` needs at least
 /// that many elements; the first `count` are overwritten, the rest are left untouched.
 ///
+/// Batch-hard sweeps the distance matrix in tiles, semi-hard in blocks of anchor rows
+/// (see the [module docs](self#memory-no-n-x-n-matrix)); batch-all reads the labels only.
 /// Scalar twin: [`crate::scalar::mine_triplets`]. `workspace` needs
 /// [`mining_workspace_len`]`(rows, dim)` elements, garbage before and after. Feed the
 /// result to [`crate::triplet_margin_loss`] to compute a loss over the mined triplets, or
@@ -432,7 +1101,7 @@ pub fn hardest_pairs(
 /// # Errors
 ///
 /// - [`Error::LengthMismatch`] (`"labels"`) when `labels.len() != rows`;
-/// - [`Error::ShapeOverflow`] when `rows * rows` or the triplet count overflows `usize`;
+/// - [`Error::ShapeOverflow`] when the triplet count overflows `usize`;
 /// - [`Error::LengthMismatch`] (`"out"`, `expected` = the count) when `out` is shorter
 ///   than the count;
 /// - [`Error::WorkspaceTooSmall`] when the workspace is too short;
@@ -441,8 +1110,8 @@ pub fn hardest_pairs(
 /// # Numerics
 ///
 /// As [`hardest_pairs`]; the semi-hard boundary `d(a, n) > d(a, p)` is decided on the
-/// `f32` distances, so a negative whose distance lies within rounding of the positive's
-/// may fall on the other side than in the `f64` twin.
+/// `f32` distances, so a negative whose distance lies within their error bound of the
+/// positive's may fall on the other side than in the `f64` twin.
 ///
 /// # Example
 ///
@@ -482,16 +1151,53 @@ pub fn mine_triplets(
     }
     check_workspace(mining_workspace_len(n, x.dim()), workspace.len())?;
     check_finite(&x)?;
-    let (dist, rest) = workspace.split_at_mut(n * n);
-    distance_matrix(x, metric, dist, rest)?;
-    let mut k = 0_usize;
-    for (a, row) in dist.chunks_exact(n).enumerate() {
-        visit_anchor(row, labels, a, mining, |p, q, _, _| {
-            if let Some(t) = out.get_mut(k) {
-                *t = Triplet::new(a as u32, p as u32, q as u32);
+    let mut w = Writer { out, k: 0 };
+    match mining {
+        Mining::All => {
+            for (a, &la) in labels.iter().enumerate() {
+                for (p, &lp) in labels.iter().enumerate() {
+                    if p == a || lp != la {
+                        continue;
+                    }
+                    for (q, &lq) in labels.iter().enumerate() {
+                        if lq != la {
+                            w.triplet(simd::Portable, a, p, q);
+                        }
+                    }
+                }
             }
-            k += 1;
-        });
+        }
+        Mining::BatchHard => {
+            let mut ws = workspace;
+            let norms = take(&mut ws, n)?;
+            metric_norms(&x, metric, norms);
+            let mut st = HardState::take(&mut ws, n)?;
+            let t = n.min(TILE);
+            let tile = take(&mut ws, t * t)?;
+            hard_sweep(&x, labels, metric, norms, &mut st, tile, ws)?;
+            simd::dispatch(EmitHard {
+                st: &st,
+                sink: &mut w,
+            });
+        }
+        Mining::SemiHard => {
+            let mut ws = workspace;
+            let norms = take(&mut ws, n)?;
+            metric_norms(&x, metric, norms);
+            let scratch = take(&mut ws, 2 * n)?;
+            let block = take(&mut ws, block_rows(n) * n)?;
+            let norms = &*norms;
+            for_row_blocks(&x, metric, norms, block, ws, |i0, _, blk| {
+                simd::dispatch(SemiBlock {
+                    block: blk,
+                    i0,
+                    labels,
+                    scratch: &mut *scratch,
+                    sink: &mut w,
+                });
+                Ok(())
+            })?;
+        }
     }
-    Ok(k)
+    Ok(w.k)
 }

@@ -21,7 +21,8 @@
 //! The batch losses ([`triplet_batch_loss`], [`triplet_batch_loss_grad`]) select the
 //! triplets with a [`Mining`] strategy (see [`crate::mining`]'s rules: anchors without a
 //! positive or a negative contribute nothing, ties go to the smallest index) and never
-//! build an `n^3` mask: the workspace holds one `n x n` distance matrix.
+//! build an `n^3` mask nor an `n x n` matrix: mining runs on tiles or blocks of rows of
+//! the distance matrix, and the workspace grows like `n * dim`.
 //!
 //! # Presets
 //!
@@ -60,16 +61,17 @@
 //! squared distances overflow `f32` (`|x|` around `1e19`) gives infinite distances and
 //! may give a NaN loss in the fast kernels; the `f64` twins do not overflow there.
 
-use crate::distance::{add_distance_grad, clamped_row_norms, distance, Metric};
+use crate::distance::{add_distance_grad, clamped_row_norms, distance, Metric, NORM_EPS};
 use crate::error::{check_len, check_workspace, Error};
 use crate::math;
 use crate::matrix::Matrix;
 use crate::mining::{
-    check_finite, check_labels, check_triplet_count, distance_matrix, distance_scratch_len,
-    visit_anchor, Mining, Triplet,
+    block_rows, check_finite, check_labels, check_triplet_count, for_row_blocks, hard_len,
+    hard_sweep, metric_norms, needs_direct, rows_len, take, EmitHard, HardState, Mining,
+    SemiBlock, Sink, Triplet, TILE,
 };
 use crate::reduce::{Hinge, Reduction};
-use crate::simd;
+use crate::simd::{self, Kernel, Simd};
 use crate::{l2_normalize, l2_normalize_backward};
 
 /// Parameters of the explicit-triplet loss [`triplet_margin_loss`]. Plain `Copy` data,
@@ -664,44 +666,57 @@ pub fn triplet_margin_loss_grad(
 // ---------------------------------------------------------------------------------------
 // Batch losses with online mining.
 
+/// Extra per-row arrays of the batch-all gradient: the coefficient row and the diagonal
+/// terms.
+const ALL_GRAD_ARRAYS: usize = 2;
+
+/// Workspace of a batch loss (`grad`: with its gradient).
+const fn batch_len(rows: usize, dim: usize, params: BatchParams, grad: bool) -> usize {
+    let mining = match params.mining {
+        Mining::BatchHard => hard_len(rows, dim),
+        Mining::SemiHard => rows_len(rows, dim, 0),
+        Mining::All => rows_len(rows, dim, if grad { ALL_GRAD_ARRAYS } else { 0 }),
+    };
+    if params.normalize {
+        let y = rows.saturating_mul(dim);
+        mining
+            .saturating_add(y)
+            .saturating_add(if grad { dim } else { 0 })
+    } else {
+        mining
+    }
+}
+
 /// Workspace elements that [`triplet_batch_loss`] needs for `rows` embeddings of
-/// dimension `dim` under `params`: `rows * rows` for the distance matrix plus the scratch
-/// of the pairwise kernel, plus `rows * dim` when `params.normalize`. Saturates instead of
-/// overflowing.
+/// dimension `dim` under `params`; no `rows x rows` matrix, `O(rows * dim)`:
+///
+/// - [`Mining::BatchHard`]: `5 rows`, one tile of `t x t` distances and its packing
+///   ([`crate::cross_distances_workspace_len`]`(t, t, dim)`), `t = min(rows, 256)`;
+/// - [`Mining::SemiHard`] and [`Mining::All`]: `2 rows`, one block of `b x rows`
+///   distances and its packing ([`crate::pairwise_distances_rows_workspace_len`]`(rows, b,
+///   dim)`, about `(rows + 96) * (dim + 1)`), `b = min(rows, 128)`;
+///
+/// plus `rows * dim` when `params.normalize`. For `rows = 4096`, `dim = 256`: about
+/// `1.4e6` elements (5.6 MiB) for batch-hard, `1.6e6` for the others. Saturates instead
+/// of overflowing.
 pub const fn triplet_batch_loss_workspace_len(
     rows: usize,
     dim: usize,
     params: BatchParams,
 ) -> usize {
-    let base = rows
-        .saturating_mul(rows)
-        .saturating_add(distance_scratch_len(rows, dim));
-    if params.normalize {
-        base.saturating_add(rows.saturating_mul(dim))
-    } else {
-        base
-    }
+    batch_len(rows, dim, params, false)
 }
 
 /// Workspace elements that [`triplet_batch_loss_grad`] needs for `rows` embeddings of
-/// dimension `dim` under `params`: `rows * rows + rows` plus the scratch of the pairwise
-/// kernel, plus `rows * dim + dim` when `params.normalize`. Saturates instead of
-/// overflowing.
+/// dimension `dim` under `params`: those of [`triplet_batch_loss_workspace_len`], plus
+/// `2 rows` for [`Mining::All`] (a row of pair coefficients and the diagonal terms of the
+/// gradient) and `dim` when `params.normalize`. Saturates instead of overflowing.
 pub const fn triplet_batch_loss_grad_workspace_len(
     rows: usize,
     dim: usize,
     params: BatchParams,
 ) -> usize {
-    let base = rows
-        .saturating_mul(rows)
-        .saturating_add(rows)
-        .saturating_add(distance_scratch_len(rows, dim));
-    if params.normalize {
-        base.saturating_add(rows.saturating_mul(dim))
-            .saturating_add(dim)
-    } else {
-        base
-    }
+    batch_len(rows, dim, params, true)
 }
 
 /// Running totals of a batch loss.
@@ -713,52 +728,11 @@ struct Totals {
 }
 
 impl Totals {
-    #[inline]
+    #[inline(always)]
     fn add(&mut self, h: f32, active: bool) {
         self.sum += f64::from(h);
         self.count = self.count.saturating_add(1);
         self.active = self.active.saturating_add(usize::from(active));
-    }
-
-    /// Batch-all, one anchor-positive pair: every negative `q` of the anchor (label not
-    /// `la`) in ascending order; with `coef`, subtracts each slope from `coef[q]` and
-    /// returns the sum of the slopes (the coefficient of the pair itself).
-    #[inline]
-    #[allow(clippy::too_many_arguments)]
-    fn add_all_negatives(
-        &mut self,
-        row: &[f32],
-        labels: &[u32],
-        la: u32,
-        dap: f32,
-        margin: f32,
-        hinge: Hinge,
-        coef: Option<&mut [f32]>,
-    ) -> f32 {
-        let base = dap + margin;
-        let mut slopes = 0.0_f32;
-        match coef {
-            Some(coef) => {
-                for ((c, &d), &l) in coef.iter_mut().zip(row).zip(labels) {
-                    if l != la {
-                        let v = base - d;
-                        self.add(hinge.apply(v), is_active(hinge, v));
-                        let s = hinge.slope(v);
-                        *c -= s;
-                        slopes += s;
-                    }
-                }
-            }
-            None => {
-                for (&d, &l) in row.iter().zip(labels) {
-                    if l != la {
-                        let v = base - d;
-                        self.add(hinge.apply(v), is_active(hinge, v));
-                    }
-                }
-            }
-        }
-        slopes
     }
 
     fn finish(&self, reduction: Reduction) -> (BatchLoss, f32) {
@@ -772,17 +746,916 @@ impl Totals {
     }
 }
 
+/// `d(a, b)` as written (`sum (a_i - b_i)^2`, no Gram form), `na`, `nb` the clamped norms
+/// (cosine only): the arithmetic of [`triplet_margin_loss`].
+#[inline(always)]
+fn direct_distance<S: Simd>(s: S, metric: Metric, a: &[f32], b: &[f32], na: f32, nb: f32) -> f32 {
+    match metric {
+        Metric::SquaredEuclidean => simd::sq_dist_with(s, a, b),
+        Metric::Euclidean => math::sqrt(simd::sq_dist_with(s, a, b)),
+        Metric::Cosine => 1.0 - simd::dot_with(s, a, b) / (na * nb),
+    }
+}
+
+/// Rows `i` and `j` (`i != j`) of a row-major `grad` with rows of `d`, both mutable.
+#[inline(always)]
+fn two_rows_mut(
+    grad: &mut [f32],
+    i: usize,
+    j: usize,
+    d: usize,
+) -> Option<(&mut [f32], &mut [f32])> {
+    let (lo, hi, swap) = if i < j { (i, j, false) } else { (j, i, true) };
+    if lo == hi {
+        return None;
+    }
+    let (head, tail) = grad.split_at_mut_checked(hi.checked_mul(d)?)?;
+    let rl = head.get_mut(lo.checked_mul(d)?..)?.get_mut(..d)?;
+    let rh = tail.get_mut(..d)?;
+    Some(if swap { (rh, rl) } else { (rl, rh) })
+}
+
+/// `ga += k (a - b)`, `gb -= k (a - b)`, the difference formed once, in one pass (all four
+/// slices of one length).
+#[inline(always)]
+fn diff_update<S: Simd>(s: S, k: f32, a: &[f32], b: &[f32], ga: &mut [f32], gb: &mut [f32]) {
+    let (vk, nk) = (s.splat(k), s.splat(-k));
+    let l = S::LANES;
+    let (mut ai, mut bi) = (a.chunks_exact(l), b.chunks_exact(l));
+    let (mut gai, mut gbi) = (ga.chunks_exact_mut(l), gb.chunks_exact_mut(l));
+    for (((ac, bc), gac), gbc) in ai.by_ref().zip(bi.by_ref()).zip(gai.by_ref()).zip(gbi.by_ref()) {
+        diff_step(s, vk, nk, ac, bc, gac, gbc);
+    }
+    let (ar, br) = (ai.remainder(), bi.remainder());
+    if !ar.is_empty() {
+        diff_step(s, vk, nk, ar, br, gai.into_remainder(), gbi.into_remainder());
+    }
+}
+
+/// One vector of [`diff_update`] (`vk = k`, `nk = -k`).
+#[inline(always)]
+fn diff_step<S: Simd>(
+    s: S,
+    vk: S::V,
+    nk: S::V,
+    ac: &[f32],
+    bc: &[f32],
+    gac: &mut [f32],
+    gbc: &mut [f32],
+) {
+    let diff = s.sub(s.load(ac), s.load(bc));
+    s.store(s.fma(diff, vk, s.load(gac)), gac);
+    s.store(s.fma(diff, nk, s.load(gbc)), gbc);
+}
+
+/// One vector of the cosine pair update: `ga += sa a + cross b`, `gb += sb b + cross a`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn cosine_step<S: Simd>(
+    s: S,
+    cross: S::V,
+    sa: S::V,
+    sb: S::V,
+    ac: &[f32],
+    bc: &[f32],
+    gac: &mut [f32],
+    gbc: &mut [f32],
+) {
+    let (av, bv) = (s.load(ac), s.load(bc));
+    s.store(s.fma(sa, av, s.fma(cross, bv, s.load(gac))), gac);
+    s.store(s.fma(sb, bv, s.fma(cross, av, s.load(gbc))), gbc);
+}
+
+/// Adds `coef * d d(x_i, x_j) / d x` to the rows `i` and `j` of `grad` (`i != j`), where
+/// `dist = d(x_i, x_j)` and `norms` the clamped norms (cosine only). The Euclidean
+/// metrics form the difference once; their gradient at distance 0 is 0.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn pair_grad<S: Simd>(
+    s: S,
+    metric: Metric,
+    x: &Matrix<'_>,
+    norms: &[f32],
+    i: usize,
+    j: usize,
+    dist: f32,
+    coef: f32,
+    grad: &mut [f32],
+) {
+    let (Some(a), Some(b)) = (x.row(i), x.row(j)) else {
+        return;
+    };
+    let Some((ga, gb)) = two_rows_mut(grad, i, j, x.dim()) else {
+        return;
+    };
+    match metric {
+        Metric::SquaredEuclidean => diff_update(s, 2.0 * coef, a, b, ga, gb),
+        Metric::Euclidean => {
+            if dist > 0.0 {
+                diff_update(s, coef / dist, a, b, ga, gb);
+            }
+        }
+        Metric::Cosine => {
+            let na = norms.get(i).copied().unwrap_or(1.0);
+            let nb = norms.get(j).copied().unwrap_or(1.0);
+            // d/da = -b / (na nb) + (1 - d) a / na^2, the second term above the clamp only.
+            let cross = s.splat(-coef / (na * nb));
+            let own = |n: f32| {
+                if n > NORM_EPS {
+                    coef * (1.0 - dist) / (n * n)
+                } else {
+                    0.0
+                }
+            };
+            let (sa, sb) = (s.splat(own(na)), s.splat(own(nb)));
+            let l = S::LANES;
+            let (mut ai, mut bi) = (a.chunks_exact(l), b.chunks_exact(l));
+            let (mut gai, mut gbi) = (ga.chunks_exact_mut(l), gb.chunks_exact_mut(l));
+            for (((ac, bc), gac), gbc) in
+                ai.by_ref().zip(bi.by_ref()).zip(gai.by_ref()).zip(gbi.by_ref())
+            {
+                cosine_step(s, cross, sa, sb, ac, bc, gac, gbc);
+            }
+            let (ar, br) = (ai.remainder(), bi.remainder());
+            if !ar.is_empty() {
+                let (gar, gbr) = (gai.into_remainder(), gbi.into_remainder());
+                cosine_step(s, cross, sa, sb, ar, br, gar, gbr);
+            }
+        }
+    }
+}
+
+/// `(|a - p|^2, |a - q|^2)` computed directly, in one pass over the three rows (one
+/// lane-wise accumulator each).
+#[inline(always)]
+fn two_sq_dists<S: Simd>(s: S, a: &[f32], p: &[f32], q: &[f32]) -> (f32, f32) {
+    let l = S::LANES;
+    let (mut sp, mut sq) = (s.zero(), s.zero());
+    let (mut ai, mut pi, mut qi) = (a.chunks_exact(l), p.chunks_exact(l), q.chunks_exact(l));
+    for ((ac, pc), qc) in ai.by_ref().zip(pi.by_ref()).zip(qi.by_ref()) {
+        let av = s.load(ac);
+        let dp = s.sub(av, s.load(pc));
+        let dq = s.sub(av, s.load(qc));
+        sp = s.fma(dp, dp, sp);
+        sq = s.fma(dq, dq, sq);
+    }
+    let (ar, pr, qr) = (ai.remainder(), pi.remainder(), qi.remainder());
+    if !ar.is_empty() {
+        // Zero padding adds exact zeros.
+        let av = s.load(ar);
+        let dp = s.sub(av, s.load(pr));
+        let dq = s.sub(av, s.load(qr));
+        sp = s.fma(dp, dp, sp);
+        sq = s.fma(dq, dq, sq);
+    }
+    (s.reduce_add(sp), s.reduce_add(sq))
+}
+
+/// Rows `i`, `j`, `k` (pairwise distinct) of a row-major `grad` with rows of `d`, all
+/// mutable, in that order.
+#[inline(always)]
+fn three_rows_mut(
+    grad: &mut [f32],
+    i: usize,
+    j: usize,
+    k: usize,
+    d: usize,
+) -> Option<[&mut [f32]; 3]> {
+    // Sort the three (row, slot) pairs by row.
+    let mut o = [(i, 0_usize), (j, 1), (k, 2)];
+    if o[0].0 > o[1].0 {
+        o.swap(0, 1);
+    }
+    if o[1].0 > o[2].0 {
+        o.swap(1, 2);
+    }
+    if o[0].0 > o[1].0 {
+        o.swap(0, 1);
+    }
+    let [(r0, s0), (r1, s1), (r2, s2)] = o;
+    if r0 == r1 || r1 == r2 {
+        return None;
+    }
+    let (head, rest) = grad.split_at_mut_checked(r1.checked_mul(d)?)?;
+    let (mid, tail) = rest.split_at_mut_checked((r2 - r1).checked_mul(d)?)?;
+    let mut slots: [Option<&mut [f32]>; 3] = [None, None, None];
+    for (slot, row) in [
+        (s0, head.get_mut(r0.checked_mul(d)?..)?.get_mut(..d)?),
+        (s1, mid.get_mut(..d)?),
+        (s2, tail.get_mut(..d)?),
+    ] {
+        if let Some(x) = slots.get_mut(slot) {
+            *x = Some(row);
+        }
+    }
+    let [Some(a), Some(b), Some(c)] = slots else {
+        return None;
+    };
+    Some([a, b, c])
+}
+
+/// One triplet's Euclidean-type update in one pass: `ga += kp (a - p) - kq (a - q)`,
+/// `gp -= kp (a - p)`, `gq += kq (a - q)`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn triplet_update<S: Simd>(
+    s: S,
+    kp: f32,
+    kq: f32,
+    a: &[f32],
+    p: &[f32],
+    q: &[f32],
+    [ga, gp, gq]: [&mut [f32]; 3],
+) {
+    let k = [s.splat(kp), s.splat(-kp), s.splat(kq), s.splat(-kq)];
+    let l = S::LANES;
+    let (mut ai, mut pi, mut qi) = (a.chunks_exact(l), p.chunks_exact(l), q.chunks_exact(l));
+    let (mut gai, mut gpi, mut gqi) = (
+        ga.chunks_exact_mut(l),
+        gp.chunks_exact_mut(l),
+        gq.chunks_exact_mut(l),
+    );
+    for (((((ac, pc), qc), gac), gpc), gqc) in ai
+        .by_ref()
+        .zip(pi.by_ref())
+        .zip(qi.by_ref())
+        .zip(gai.by_ref())
+        .zip(gpi.by_ref())
+        .zip(gqi.by_ref())
+    {
+        triplet_step(s, k, [ac, pc, qc], [gac, gpc, gqc]);
+    }
+    let (ar, pr, qr) = (ai.remainder(), pi.remainder(), qi.remainder());
+    if !ar.is_empty() {
+        let g = [gai.into_remainder(), gpi.into_remainder(), gqi.into_remainder()];
+        triplet_step(s, k, [ar, pr, qr], g);
+    }
+}
+
+/// One vector of [`triplet_update`]; `k = [kp, -kp, kq, -kq]`.
+#[inline(always)]
+fn triplet_step<S: Simd>(s: S, k: [S::V; 4], [ac, pc, qc]: [&[f32]; 3], [ga, gp, gq]: [&mut [f32]; 3]) {
+    let [vkp, nkp, vkq, nkq] = k;
+    let av = s.load(ac);
+    let dp = s.sub(av, s.load(pc));
+    let dq = s.sub(av, s.load(qc));
+    s.store(s.fma(dq, nkq, s.fma(dp, vkp, s.load(ga))), ga);
+    s.store(s.fma(dp, nkp, s.load(gp)), gp);
+    s.store(s.fma(dq, vkq, s.load(gq)), gq);
+}
+
+/// The loss (and gradient) accumulator of batch-hard and semi-hard: each selected triplet's
+/// two distances recomputed directly (as [`triplet_margin_loss`] does), its term added,
+/// its two pairs updated.
+struct LossAcc<'a, 'g> {
+    x: Matrix<'a>,
+    norms: &'a [f32],
+    metric: Metric,
+    margin: f32,
+    hinge: Hinge,
+    totals: Totals,
+    grad: Option<&'g mut [f32]>,
+}
+
+impl Sink for LossAcc<'_, '_> {
+    #[inline(always)]
+    fn triplet<S: Simd>(&mut self, s: S, a: usize, p: usize, q: usize) {
+        let (Some(xa), Some(xp), Some(xq)) = (self.x.row(a), self.x.row(p), self.x.row(q)) else {
+            return;
+        };
+        let metric = self.metric;
+        let (dap, daq) = match metric {
+            Metric::SquaredEuclidean => two_sq_dists(s, xa, xp, xq),
+            Metric::Euclidean => {
+                let (sp, sq) = two_sq_dists(s, xa, xp, xq);
+                (math::sqrt(sp), math::sqrt(sq))
+            }
+            Metric::Cosine => {
+                let nrm = |i: usize| self.norms.get(i).copied().unwrap_or(1.0);
+                let (na, np, nq) = (nrm(a), nrm(p), nrm(q));
+                (
+                    direct_distance(s, metric, xa, xp, na, np),
+                    direct_distance(s, metric, xa, xq, na, nq),
+                )
+            }
+        };
+        let v = dap - daq + self.margin;
+        self.totals
+            .add(self.hinge.apply(v), is_active(self.hinge, v));
+        let Some(g) = self.grad.as_deref_mut() else {
+            return;
+        };
+        let sl = self.hinge.slope(v);
+        if sl == 0.0 {
+            return;
+        }
+        let k = |dist: f32| {
+            if metric == Metric::SquaredEuclidean {
+                2.0 * sl
+            } else if dist > 0.0 {
+                sl / dist
+            } else {
+                0.0
+            }
+        };
+        if metric == Metric::Cosine {
+            pair_grad(s, metric, &self.x, self.norms, a, p, dap, sl, g);
+            pair_grad(s, metric, &self.x, self.norms, a, q, daq, -sl, g);
+        } else if let Some(rows) = three_rows_mut(g, a, p, q, self.x.dim()) {
+            triplet_update(s, k(dap), k(daq), xa, xp, xq, rows);
+        }
+    }
+}
+
+/// Lanes of the batch-all sums.
+const W: usize = 16;
+
+/// Sum of the lanes in a fixed tree order.
+#[inline(always)]
+fn sum_lanes(v: &[f32; W]) -> f32 {
+    let mut h = *v;
+    let mut w = W / 2;
+    while w > 0 {
+        for l in 0..w {
+            if let (Some(&hi), Some(lo)) = (h.get(l + w), h.get(l)) {
+                h[l] = lo + hi;
+            }
+        }
+        w /= 2;
+    }
+    h[0]
+}
+
+/// One anchor-positive pair of batch-all under the relu hinge: for every negative
+/// distance `m_q` of `masked` (NaN elsewhere), `v = base - m_q`; returns the sum of
+/// `max(v, 0)` and the number of `v > 0` (lane-wise `f32` accumulators, then the
+/// backend's lane sum), and subtracts each slope (0 or 1) from `coef[q]` when given.
+///
+/// The slope is `min(max(v, 0) * 2^149, 1)`, computed in two exact scalings: 0 for
+/// `v <= 0` (or NaN), 1 for every `v > 0` down to the smallest subnormal.
+#[inline(always)]
+fn relu_pair<S: Simd>(s: S, masked: &[f32], base: f32, coef: Option<&mut [f32]>) -> (f32, f32) {
+    let l = S::LANES;
+    let zero = s.zero();
+    let one = s.splat(1.0);
+    let (up1, up2) = (s.splat(f32::from_bits(253 << 23)), s.splat(f32::from_bits(150 << 23)));
+    let vb = s.splat(base);
+    let (mut hs, mut on) = (zero, zero);
+    let mut chunks = masked.chunks_exact(l);
+    // Padding lanes of the tail are NaN: no term, no slope.
+    let mut tail = [f32::NAN; 16];
+    for (t, &m) in tail.iter_mut().zip(chunks.remainder()) {
+        *t = m;
+    }
+    let rem = chunks.remainder().len();
+    match coef {
+        Some(coef) => {
+            let mut cc = coef.chunks_exact_mut(l);
+            for (m, c) in chunks.by_ref().zip(cc.by_ref()) {
+                let h = s.max(s.sub(vb, s.load(m)), zero);
+                let sl = s.min(s.mul(s.mul(h, up1), up2), one);
+                hs = s.add(hs, h);
+                on = s.add(on, sl);
+                s.store(s.sub(s.load(c), sl), c);
+            }
+            if rem > 0 {
+                let h = s.max(s.sub(vb, s.load(&tail)), zero);
+                let sl = s.min(s.mul(s.mul(h, up1), up2), one);
+                hs = s.add(hs, h);
+                on = s.add(on, sl);
+                let c = cc.into_remainder();
+                s.store(s.sub(s.load(c), sl), c);
+            }
+        }
+        None => {
+            for m in chunks.by_ref() {
+                let h = s.max(s.sub(vb, s.load(m)), zero);
+                let sl = s.min(s.mul(s.mul(h, up1), up2), one);
+                hs = s.add(hs, h);
+                on = s.add(on, sl);
+            }
+            if rem > 0 {
+                let h = s.max(s.sub(vb, s.load(&tail)), zero);
+                let sl = s.min(s.mul(s.mul(h, up1), up2), one);
+                hs = s.add(hs, h);
+                on = s.add(on, sl);
+            }
+        }
+    }
+    (s.reduce_add(hs), s.reduce_add(on))
+}
+
+/// The gradient buffers of the batch-all loss.
+struct AllGrad<'o> {
+    /// Pair coefficients of the current anchor (`n`).
+    coef: &'o mut [f32],
+    /// Diagonal terms: `grad_i += diag_i * x_i` at the end (`n`).
+    diag: &'o mut [f32],
+    grad: &'o mut [f32],
+}
+
+/// Batch-all loss over a block of anchor rows `i0..` (`block`: their distance rows), with
+/// its gradient when `grad` is given.
+///
+/// Per anchor `a`, every positive `p` is swept over the row's negatives (a vector pass for
+/// the relu hinge), giving the pair coefficients `c_aj` (`+sum of slopes` for `j = p`,
+/// `-sum of slopes` for a negative). The gradient of the block is then GEMM-shaped: with
+/// `k_aj` the factor of `d d(a, j) / d a = k_aj (x_a - x_j)` (`2 c`, `c / d`) or the
+/// cosine terms, the block's row of `G` is `-k_aj` and the diagonal terms collect
+/// `sum_j k_aj`, so that `grad[block] += G X` and `grad += G^T X[block]`, plus
+/// `diag * X` at the end. Pairs whose distance is small against their norms (the
+/// accuracy fix-up's test) are updated in difference form instead.
+struct AllBlock<'a, 'o> {
+    x: Matrix<'a>,
+    labels: &'a [u32],
+    norms: &'a [f32],
+    metric: Metric,
+    hinge: Hinge,
+    margin: f32,
+    i0: usize,
+    block: &'o mut [f32],
+    masked: &'o mut [f32],
+    totals: &'o mut Totals,
+    grad: Option<AllGrad<'o>>,
+}
+
+impl Kernel for AllBlock<'_, '_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
+        let AllBlock {
+            x,
+            labels,
+            norms,
+            metric,
+            hinge,
+            margin,
+            i0,
+            block,
+            masked,
+            totals,
+            mut grad,
+        } = self;
+        let n = labels.len();
+        if n == 0 || masked.len() != n || norms.len() != n {
+            return;
+        }
+        for (r, row) in block.chunks_exact_mut(n).enumerate() {
+            let a = i0 + r;
+            let Some(&la) = labels.get(a) else {
+                return;
+            };
+            let mut negs = 0_u32;
+            for ((m, &v), &l) in masked.iter_mut().zip(row.iter()).zip(labels) {
+                let neg = l != la;
+                *m = if neg { v } else { f32::NAN };
+                negs += u32::from(neg);
+            }
+            let negs = negs as usize;
+            if let Some(g) = grad.as_mut() {
+                g.coef.fill(0.0);
+            }
+            if negs > 0 {
+                for (p, (&lp, &dap)) in labels.iter().zip(row.iter()).enumerate() {
+                    if p == a || lp != la {
+                        continue;
+                    }
+                    let base = dap + margin;
+                    let coef = grad.as_mut().map(|g| &mut *g.coef);
+                    let (sum, active, slopes) = match hinge {
+                        Hinge::Relu => {
+                            let (h, on) = relu_pair(s, masked, base, coef);
+                            (f64::from(h), on as usize, on)
+                        }
+                        Hinge::SoftPlus => soft_pair(masked, base, coef),
+                    };
+                    totals.sum += sum;
+                    totals.count = totals.count.saturating_add(negs);
+                    totals.active = totals.active.saturating_add(active);
+                    if let Some(c) = grad.as_mut().and_then(|g| g.coef.get_mut(p)) {
+                        *c += slopes;
+                    }
+                }
+            }
+            if let Some(g) = grad.as_mut() {
+                coefficient_row(s, metric, &x, norms, a, row, g);
+            }
+        }
+        let Some(g) = grad else {
+            return;
+        };
+        let d = x.dim();
+        let rows = block.len() / n;
+        let i1 = i0 + rows;
+        // The block's own columns: G[a][j] and G[j][a] both in the block, summed into one
+        // symmetric coefficient so the anchor side alone applies them.
+        for r in 0..rows {
+            for c in r + 1..rows {
+                let (u, v) = (r * n + i0 + c, c * n + i0 + r);
+                if let (Some(&gu), Some(&gv)) = (block.get(u), block.get(v)) {
+                    let sum = gu + gv;
+                    if let Some(x) = block.get_mut(u) {
+                        *x = sum;
+                    }
+                    if let Some(x) = block.get_mut(v) {
+                        *x = sum;
+                    }
+                }
+            }
+        }
+        let block = &*block;
+        let (Some(xb), Some((head, rest))) = (
+            x.as_slice().get(i0 * d..i1 * d),
+            g.grad.split_at_mut_checked(i0 * d),
+        ) else {
+            return;
+        };
+        let Some((ga, tail)) = rest.split_at_mut_checked(rows * d) else {
+            return;
+        };
+        // Anchor side: grad[a] += sum_j G[a][j] x_j.
+        gemm_acc(s, block, n, 1, x.as_slice(), d, ga);
+        // Column side, outside the block: grad[j] += sum_a G[a][j] x_a.
+        gemm_acc(s, block, 1, n, xb, d, head);
+        gemm_acc(s, block.get(i1..).unwrap_or(&[]), 1, n, xb, d, tail);
+    }
+}
+
+/// The soft-margin twin of [`relu_pair`] (scalar `ln(1 + e^v)` per term, summed in `f64`):
+/// returns the sum, the number of active terms and the sum of the slopes.
+#[inline(always)]
+fn soft_pair(masked: &[f32], base: f32, coef: Option<&mut [f32]>) -> (f64, usize, f32) {
+    let (mut sum, mut active, mut slopes) = (0.0_f64, 0_usize, 0.0_f32);
+    let hinge = Hinge::SoftPlus;
+    match coef {
+        Some(coef) => {
+            for (&m, c) in masked.iter().zip(coef.iter_mut()) {
+                if !m.is_nan() {
+                    let v = base - m;
+                    sum += f64::from(hinge.apply(v));
+                    active += usize::from(is_active(hinge, v));
+                    let sl = hinge.slope(v);
+                    *c -= sl;
+                    slopes += sl;
+                }
+            }
+        }
+        None => {
+            for &m in masked {
+                if !m.is_nan() {
+                    let v = base - m;
+                    sum += f64::from(hinge.apply(v));
+                    active += usize::from(is_active(hinge, v));
+                }
+            }
+        }
+    }
+    (sum, active, slopes)
+}
+
+/// Turns anchor `a`'s pair coefficients (`g.coef`) and distances (`row`) into its row of
+/// the GEMM coefficients `G` (written over `row`) and the diagonal terms; near pairs are
+/// updated in difference form directly.
+#[inline(always)]
+fn coefficient_row<S: Simd>(
+    s: S,
+    metric: Metric,
+    x: &Matrix<'_>,
+    norms: &[f32],
+    a: usize,
+    row: &mut [f32],
+    g: &mut AllGrad<'_>,
+) {
+    let Some(&na) = norms.get(a) else {
+        return;
+    };
+    let mut diag_a = [0.0_f32; W];
+    match metric {
+        Metric::SquaredEuclidean | Metric::Euclidean => {
+            let squared = metric == Metric::SquaredEuclidean;
+            let k_of = |c: f32, dist: f32| {
+                if squared {
+                    2.0 * c
+                } else if dist > 0.0 {
+                    c / dist
+                } else {
+                    0.0
+                }
+            };
+            // Near pairs (rare): difference form, then out of the GEMM.
+            let mut near = 0_u32;
+            for ((&dist, &c), &nj) in row.iter().zip(g.coef.iter()).zip(norms) {
+                near += u32::from((c != 0.0) & needs_direct(dist, squared, na, nj));
+            }
+            if near > 0 {
+                for (j, ((&dist, c), &nj)) in row
+                    .iter()
+                    .zip(g.coef.iter_mut())
+                    .zip(norms)
+                    .enumerate()
+                {
+                    if *c != 0.0 && needs_direct(dist, squared, na, nj) {
+                        pair_grad(s, metric, x, norms, a, j, dist, *c, g.grad);
+                        *c = 0.0;
+                    }
+                }
+            }
+            let (rc, rt) = row.as_chunks_mut::<W>();
+            let (cc, ct) = g.coef.as_chunks::<W>();
+            let (dc, dt) = g.diag.as_chunks_mut::<W>();
+            for ((r, c), dg) in rc.iter_mut().zip(cc).zip(dc.iter_mut()) {
+                for l in 0..W {
+                    let k = k_of(c[l], r[l]);
+                    r[l] = -k;
+                    dg[l] += k;
+                    diag_a[l] += k;
+                }
+            }
+            for (l, ((r, &c), dg)) in rt.iter_mut().zip(ct).zip(dt.iter_mut()).enumerate() {
+                let k = k_of(c, *r);
+                *r = -k;
+                *dg += k;
+                if let Some(da) = diag_a.get_mut(l) {
+                    *da += k;
+                }
+            }
+        }
+        Metric::Cosine => {
+            let own = |c: f32, dist: f32, n: f32| {
+                if n > NORM_EPS {
+                    c * (1.0 - dist) / (n * n)
+                } else {
+                    0.0
+                }
+            };
+            for (l, (((r, &c), &nj), dg)) in row
+                .iter_mut()
+                .zip(g.coef.iter())
+                .zip(norms)
+                .zip(g.diag.iter_mut())
+                .enumerate()
+            {
+                let dist = *r;
+                *r = -c / (na * nj);
+                *dg += own(c, dist, nj);
+                if let Some(da) = diag_a.get_mut(l % W) {
+                    *da += own(c, dist, na);
+                }
+            }
+        }
+    }
+    if let Some(da) = g.diag.get_mut(a) {
+        *da += sum_lanes(&diag_a);
+    }
+}
+
+/// Columns of the register block of [`gemm_acc`], in vectors.
+const GEMM_NV: usize = 4;
+/// Rows of the register block of [`gemm_acc`].
+const GEMM_MR: usize = 4;
+
+/// `out[r][:] += sum_t coef[r * rs + t * cs] * b[t][:]` for the rows `r` of `out` and the
+/// rows `t` of `b` (both row-major with rows of `d`): a register-blocked GEMM
+/// (`GEMM_MR` rows by `GEMM_NV` vectors of accumulators, `b` streamed once per block).
+#[inline(always)]
+fn gemm_acc<S: Simd>(
+    s: S,
+    coef: &[f32],
+    rs: usize,
+    cs: usize,
+    b: &[f32],
+    d: usize,
+    out: &mut [f32],
+) {
+    if d == 0 {
+        return;
+    }
+    let l = S::LANES;
+    let width = GEMM_NV * l;
+    let mut rows = out.chunks_exact_mut(d);
+    let mut r0 = 0;
+    loop {
+        // The next `GEMM_MR` rows of `out` (fewer at the end).
+        let mut og: [Option<&mut [f32]>; GEMM_MR] = core::array::from_fn(|_| rows.next());
+        if og[0].is_none() {
+            break;
+        }
+        let mut k0 = 0;
+        while k0 < d {
+            let mut acc = [[s.zero(); GEMM_NV]; GEMM_MR];
+            for (am, orow) in acc.iter_mut().zip(og.iter()) {
+                if let Some(orow) = orow {
+                    let orow = orow.get(k0..).unwrap_or(&[]);
+                    for (v, av) in am.iter_mut().enumerate() {
+                        *av = s.load(orow.get(v * l..).unwrap_or(&[]));
+                    }
+                }
+            }
+            for (t, brow) in b.chunks_exact(d).enumerate() {
+                let bs = brow.get(k0..).unwrap_or(&[]);
+                let mut bv = [s.zero(); GEMM_NV];
+                for (v, x) in bv.iter_mut().enumerate() {
+                    *x = s.load(bs.get(v * l..).unwrap_or(&[]));
+                }
+                for (m, (am, orow)) in acc.iter_mut().zip(og.iter()).enumerate() {
+                    let c = if orow.is_some() {
+                        coef.get((r0 + m) * rs + t * cs).copied().unwrap_or(0.0)
+                    } else {
+                        0.0
+                    };
+                    let cv = s.splat(c);
+                    for (av, &x) in am.iter_mut().zip(&bv) {
+                        *av = s.fma(cv, x, *av);
+                    }
+                }
+            }
+            for (am, orow) in acc.iter().zip(og.iter_mut()) {
+                if let Some(orow) = orow {
+                    let orow = orow.get_mut(k0..).unwrap_or(&mut []);
+                    for (v, av) in am.iter().enumerate() {
+                        s.store(*av, orow.get_mut(v * l..).unwrap_or(&mut []));
+                    }
+                }
+            }
+            k0 += width;
+        }
+        r0 += GEMM_MR;
+    }
+}
+
+/// `grad_i += diag_i * x_i` for every row.
+struct AddDiag<'a, 'o> {
+    x: Matrix<'a>,
+    diag: &'a [f32],
+    grad: &'o mut [f32],
+}
+
+impl Kernel for AddDiag<'_, '_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
+        let d = self.x.dim();
+        for (i, (row, &k)) in self.x.row_iter().zip(self.diag).enumerate() {
+            if let Some(g) = self.grad.get_mut(i * d..(i + 1) * d) {
+                simd::axpy_with(s, k, row, g);
+            }
+        }
+    }
+}
+
+/// The shared body of the batch losses; `grad` is `None` for the forward pass. Inlined
+/// into both entry points, so that the link-time no-panic proof sees its body there.
+#[inline(always)]
+fn batch_impl(
+    x: Matrix<'_>,
+    labels: &[u32],
+    params: &BatchParams,
+    mut grad: Option<&mut [f32]>,
+    workspace: &mut [f32],
+) -> Result<BatchLoss, Error> {
+    let n = check_batch_args(&x, labels, params)?;
+    let dim = x.dim();
+    if let Some(g) = grad.as_deref() {
+        check_len("grad", x.len(), g.len())?;
+    }
+    check_workspace(
+        batch_len(n, dim, *params, grad.is_some()),
+        workspace.len(),
+    )?;
+    check_finite(&x)?;
+    let mut ws = workspace;
+    let (y, tmp) = if params.normalize {
+        let y = take(&mut ws, x.len())?;
+        let tmp = take(&mut ws, if grad.is_some() { dim } else { 0 })?;
+        l2_normalize(x, y)?;
+        (Some(&*y), tmp)
+    } else {
+        (None, &mut [][..])
+    };
+    let xs = match y {
+        Some(y) => Matrix::new(y, n, dim)?,
+        None => x,
+    };
+    let norms = take(&mut ws, n)?;
+    metric_norms(&xs, params.metric, norms);
+    let norms = &*norms;
+    if let Some(g) = grad.as_deref_mut() {
+        g.fill(0.0);
+    }
+    let (metric, hinge, margin) = (params.metric, params.hinge, params.margin);
+    let totals = match params.mining {
+        Mining::BatchHard | Mining::SemiHard => {
+            let mut acc = LossAcc {
+                x: xs,
+                norms,
+                metric,
+                margin,
+                hinge,
+                totals: Totals::default(),
+                grad: grad.as_deref_mut(),
+            };
+            if params.mining == Mining::BatchHard {
+                let mut st = HardState::take(&mut ws, n)?;
+                let t = n.min(TILE);
+                let tile = take(&mut ws, t * t)?;
+                hard_sweep(&xs, labels, metric, norms, &mut st, tile, ws)?;
+                simd::dispatch(EmitHard {
+                    st: &st,
+                    sink: &mut acc,
+                });
+            } else {
+                let scratch = take(&mut ws, 2 * n)?;
+                let block = take(&mut ws, block_rows(n) * n)?;
+                for_row_blocks(&xs, metric, norms, block, ws, |i0, _, blk| {
+                    simd::dispatch(SemiBlock {
+                        block: blk,
+                        i0,
+                        labels,
+                        scratch: &mut *scratch,
+                        sink: &mut acc,
+                    });
+                    Ok(())
+                })?;
+            }
+            acc.totals
+        }
+        Mining::All => {
+            let masked = take(&mut ws, n)?;
+            let mut bufs = match grad.as_deref_mut() {
+                Some(g) => {
+                    let coef = take(&mut ws, n)?;
+                    let diag = take(&mut ws, n)?;
+                    diag.fill(0.0);
+                    Some((coef, diag, g))
+                }
+                None => None,
+            };
+            let block = take(&mut ws, block_rows(n) * n)?;
+            let mut totals = Totals::default();
+            for_row_blocks(&xs, metric, norms, block, ws, |i0, _, blk| {
+                simd::dispatch(AllBlock {
+                    x: xs,
+                    labels,
+                    norms,
+                    metric,
+                    hinge,
+                    margin,
+                    i0,
+                    block: blk,
+                    masked: &mut *masked,
+                    totals: &mut totals,
+                    grad: bufs.as_mut().map(|(coef, diag, grad)| AllGrad {
+                        coef: &mut **coef,
+                        diag: &mut **diag,
+                        grad: &mut **grad,
+                    }),
+                });
+                Ok(())
+            })?;
+            if let Some((_, diag, grad)) = bufs {
+                simd::dispatch(AddDiag {
+                    x: xs,
+                    diag,
+                    grad,
+                });
+            }
+            totals
+        }
+    };
+    let (loss, w) = totals.finish(params.reduction);
+    if let Some(g) = grad {
+        finish_grad(w, g);
+        if params.normalize {
+            // Row by row (indices, not a zip of chunk iterators, whose length would
+            // divide by the row length).
+            for (i, row) in x.row_iter().enumerate() {
+                let Some(gr) = g.get_mut(i * dim..(i + 1) * dim) else {
+                    break;
+                };
+                for (t, &v) in tmp.iter_mut().zip(gr.iter()) {
+                    *t = v;
+                }
+                l2_normalize_backward(Matrix::new(row, 1, dim)?, tmp, gr)?;
+            }
+        }
+    }
+    Ok(loss)
+}
+
 /// Triplet loss of a labelled batch with online mining: selects the triplets with
 /// `params.mining`, forms `v = d(a, p) - d(a, n) + margin` for each, applies the hinge and
 /// reduces (see the [module docs](self)). Returns the loss with the number of selected and
 /// of active (`> 0`) terms. A batch that selects nothing (one row, one class, no
 /// positives) has loss 0.
 ///
-/// The distance matrix is computed once with [`crate::pairwise_distances`] into the
-/// workspace; each anchor is then mined from its row alone (batch-hard: one pass over the
-/// row; semi-hard and batch-all: one pass per positive). Scalar twin:
-/// [`crate::scalar::triplet_batch_loss`]; with the gradient:
-/// [`triplet_batch_loss_grad`]. `workspace` needs
+/// No `n x n` matrix is held (see [`crate::mining`]'s
+/// [memory notes](crate::mining#memory-no-n-x-n-matrix)): batch-hard sweeps the upper
+/// triangle of the distance matrix in tiles, each distance computed once; semi-hard and
+/// batch-all compute blocks of 128 anchor rows at a time and mine each anchor from its
+/// row. Batch-hard and semi-hard then recompute the two distances of each selected
+/// triplet directly (`sum (a_i - b_i)^2`, as [`triplet_margin_loss`] does); batch-all
+/// uses the row's distances. Scalar twin: [`crate::scalar::triplet_batch_loss`]; with the
+/// gradient: [`triplet_batch_loss_grad`]. `workspace` needs
 /// [`triplet_batch_loss_workspace_len`]`(rows, dim, params)` elements, garbage before and
 /// after.
 ///
@@ -790,18 +1663,24 @@ impl Totals {
 ///
 /// - [`Error::InvalidParameter`] (`"margin"`) for a NaN or infinite margin;
 /// - [`Error::LengthMismatch`] (`"labels"`) when `labels.len() != rows`;
-/// - [`Error::ShapeOverflow`] when `rows * rows` or the triplet count overflows `usize`;
+/// - [`Error::ShapeOverflow`] when the triplet count overflows `usize`;
 /// - [`Error::WorkspaceTooSmall`] when the workspace is too short;
 /// - [`Error::NonFinite`] (`"x"`, flat position) when `x` holds a NaN or an infinity.
 ///
 /// # Numerics
 ///
-/// Mining decisions on the `f32` distance matrix (ties to the smallest index); terms in
-/// `f32`, their sum in `f64`. Batch-all and batch-hard losses are continuous in the
-/// distances, so they stay within the weighted sum of the per-term bounds of
-/// [`triplet_margin_loss`] even where a near-tie is decided differently from the `f64`
-/// twin; semi-hard can differ by a whole term where a negative's distance lies within
-/// rounding of the positive's.
+/// Mining decisions on `f32` distances with the accuracy of
+/// [`crate::mining`](crate::mining#distances-and-their-accuracy) (ties to the smallest
+/// index). Batch-hard and semi-hard terms use directly computed distances, within
+/// `(d + 2) 2^-24` relative of the exact squared distances; batch-all terms use the
+/// mined rows' distances, within `(8 d + 16) 2^-24` relative (Euclidean metrics) or
+/// `(2 d + 10) 2^-24` absolute (cosine). Terms in `f32`; batch-hard and semi-hard terms
+/// summed in `f64`; batch-all relu terms of one anchor-positive pair summed in sixteen
+/// `f32` lanes (error at most `(n / 16 + 5) 2^-24` times their sum), the pairs in `f64`.
+/// Batch-all and batch-hard losses are continuous in the distances, so they stay within
+/// the weighted sum of the per-term bounds even where a near-tie is decided differently
+/// from the `f64` twin; semi-hard can differ by a whole term where a negative's distance
+/// lies within rounding of the positive's.
 ///
 /// # Example
 ///
@@ -826,40 +1705,7 @@ pub fn triplet_batch_loss(
     params: BatchParams,
     workspace: &mut [f32],
 ) -> Result<BatchLoss, Error> {
-    let n = check_batch_args(&x, labels, &params)?;
-    let dim = x.dim();
-    check_workspace(
-        triplet_batch_loss_workspace_len(n, dim, params),
-        workspace.len(),
-    )?;
-    check_finite(&x)?;
-    let (scratch, rest) = workspace.split_at_mut(distance_scratch_len(n, dim));
-    let (dist, rest) = rest.split_at_mut(n * n);
-    let xs = if params.normalize {
-        let y = rest.split_at_mut(x.len()).0;
-        l2_normalize(x, y)?;
-        Matrix::new(y, n, dim)?
-    } else {
-        x
-    };
-    distance_matrix(xs, params.metric, dist, scratch)?;
-    let mut totals = Totals::default();
-    let (hinge, margin) = (params.hinge, params.margin);
-    for ((a, row), &la) in dist.chunks_exact(n).enumerate().zip(labels) {
-        if params.mining == Mining::All {
-            for (p, (&lp, &dap)) in labels.iter().zip(row).enumerate() {
-                if p != a && lp == la {
-                    totals.add_all_negatives(row, labels, la, dap, margin, hinge, None);
-                }
-            }
-        } else {
-            visit_anchor(row, labels, a, params.mining, |_, _, dap, daq| {
-                let v = dap - daq + margin;
-                totals.add(hinge.apply(v), is_active(hinge, v));
-            });
-        }
-    }
-    Ok(totals.finish(params.reduction).0)
+    batch_impl(x, labels, &params, None, workspace)
 }
 
 /// [`triplet_batch_loss`] and its gradient with respect to `x`, in one call: mines,
@@ -870,12 +1716,16 @@ pub fn triplet_batch_loss(
 /// `(a, n)` the coefficient `-s`, `s = h'(v)`; a pair with coefficient `c` adds
 /// `c * d d(a, j) / d x` to the rows `a` and `j` (formulas in
 /// [`triplet_margin_loss_grad`]), and the total is scaled by the reduction weight at the
-/// end. Batch-all first sums the coefficients of each anchor's pairs (one `n`-element row
-/// of the workspace), so every pair is updated once per anchor; batch-hard and semi-hard,
-/// with one or a few triplets per anchor, update their pairs directly. With
-/// `params.normalize` the gradient is taken through the normalisation
-/// ([`crate::l2_normalize_backward`]). Mining decisions are constants for the gradient.
-/// Scalar twin: [`crate::scalar::triplet_batch_loss_grad`]. `workspace` needs
+/// end. Batch-hard and semi-hard, with one or a few triplets per anchor, update their
+/// pairs directly (difference formed once, `O(triplets * dim)`). Batch-all sums the
+/// coefficients of each anchor's pairs and accumulates a block of anchors with two
+/// register-blocked GEMMs (`grad[block] += G X`, `grad += G^T X[block]`, `G` the block's
+/// `128 x n` coefficients written over its distances), so its backward pass is two
+/// products of the forward pass's shape; pairs that nearly coincide (the accuracy
+/// fix-up's test) are updated in difference form instead. With `params.normalize` the
+/// gradient is taken through the normalisation ([`crate::l2_normalize_backward`]). Mining
+/// decisions are constants for the gradient. Scalar twin:
+/// [`crate::scalar::triplet_batch_loss_grad`]. `workspace` needs
 /// [`triplet_batch_loss_grad_workspace_len`]`(rows, dim, params)` elements, garbage
 /// before and after.
 ///
@@ -886,12 +1736,16 @@ pub fn triplet_batch_loss(
 ///
 /// # Numerics
 ///
-/// As [`triplet_batch_loss`] for the loss. Away from hinge kinks and mining near-ties the
-/// gradient is within `(m + d / 8 + 16) * 2^-24 * G` of the twin's per element (`m`
-/// updates to the row, `G` the sum of their absolute values). It is finite on every
-/// degenerate batch (single row, one class, duplicate rows: the Euclidean gradient at
-/// distance 0 is 0; zero rows under cosine use the clamped norm `1e-12`, which gives
-/// large but finite values).
+/// As [`triplet_batch_loss`] for the loss, bit for bit the same value. Away from hinge
+/// kinks and mining near-ties the gradient is within `(m + d / 8 + 16) * 2^-24 * G` of
+/// the twin's per element for batch-hard and semi-hard (`m` updates to the row, `G` the
+/// sum of their absolute values). Batch-all's GEMM form `sum_j k_j x_a - sum_j k_j x_j`
+/// rounds relative to the rows rather than their differences; since it only takes pairs
+/// with `|a|^2 + |b|^2 <= 4 |a - b|^2`, each element stays within
+/// `3 (n + 2) sqrt(d) 2^-24 * G` (`G` as above) plus the distance errors' effect on the
+/// coefficients. The gradient is finite on every degenerate batch (single row, one class,
+/// duplicate rows: the Euclidean gradient at distance 0 is 0; zero rows under cosine use
+/// the clamped norm `1e-12`, which gives large but finite values).
 ///
 /// # Example
 ///
@@ -921,84 +1775,5 @@ pub fn triplet_batch_loss_grad(
     grad: &mut [f32],
     workspace: &mut [f32],
 ) -> Result<BatchLoss, Error> {
-    let n = check_batch_args(&x, labels, &params)?;
-    let dim = x.dim();
-    check_len("grad", x.len(), grad.len())?;
-    check_workspace(
-        triplet_batch_loss_grad_workspace_len(n, dim, params),
-        workspace.len(),
-    )?;
-    check_finite(&x)?;
-    let (norms, rest) = workspace.split_at_mut(distance_scratch_len(n, dim));
-    let (dist, rest) = rest.split_at_mut(n * n);
-    let (coef, rest) = rest.split_at_mut(n);
-    let (y, tmp) = if params.normalize {
-        let (y, rest) = rest.split_at_mut(x.len());
-        (y, rest.split_at_mut(dim).0)
-    } else {
-        (&mut [][..], &mut [][..])
-    };
-    let xs = if params.normalize {
-        l2_normalize(x, y)?;
-        Matrix::new(y, n, dim)?
-    } else {
-        x
-    };
-    distance_matrix(xs, params.metric, dist, norms)?;
-    if params.metric == Metric::Cosine {
-        clamped_row_norms(&xs, norms);
-    }
-    grad.fill(0.0);
-    let mut totals = Totals::default();
-    let (hinge, margin, metric) = (params.hinge, params.margin, params.metric);
-    for ((a, row), &la) in dist.chunks_exact(n).enumerate().zip(labels) {
-        if params.mining == Mining::All {
-            // Many triplets share each pair: gather one coefficient per pair (a, j), then
-            // one update per pair.
-            coef.fill(0.0);
-            for (p, (&lp, &dap)) in labels.iter().zip(row).enumerate() {
-                if p != a && lp == la {
-                    let s = totals.add_all_negatives(
-                        row,
-                        labels,
-                        la,
-                        dap,
-                        margin,
-                        hinge,
-                        Some(&mut coef[..]),
-                    );
-                    if let Some(c) = coef.get_mut(p) {
-                        *c += s;
-                    }
-                }
-            }
-            for (j, (&c, &d)) in coef.iter().zip(row).enumerate() {
-                if c != 0.0 {
-                    add_pair_grad(metric, &xs, norms, a, j, d, 0.0, c, grad);
-                }
-            }
-        } else {
-            // One or a few triplets per anchor: update the pairs directly.
-            visit_anchor(row, labels, a, params.mining, |p, q, dap, daq| {
-                let v = dap - daq + margin;
-                totals.add(hinge.apply(v), is_active(hinge, v));
-                let s = hinge.slope(v);
-                if s != 0.0 {
-                    add_pair_grad(metric, &xs, norms, a, p, dap, 0.0, s, grad);
-                    add_pair_grad(metric, &xs, norms, a, q, daq, 0.0, -s, grad);
-                }
-            });
-        }
-    }
-    let (loss, w) = totals.finish(params.reduction);
-    finish_grad(w, grad);
-    if params.normalize {
-        for (row, g) in x.row_iter().zip(grad.chunks_exact_mut(dim)) {
-            for (t, &v) in tmp.iter_mut().zip(g.iter()) {
-                *t = v;
-            }
-            l2_normalize_backward(Matrix::new(row, 1, dim)?, tmp, g)?;
-        }
-    }
-    Ok(loss)
+    batch_impl(x, labels, &params, Some(grad), workspace)
 }

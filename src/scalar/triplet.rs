@@ -213,7 +213,9 @@ pub fn triplet_margin_loss_grad(
     triplet_margin64(x, triplets, &params, terms, Some(grad), workspace)
 }
 
-/// The textbook batch loss; `grad` is `None` for the forward pass.
+/// The textbook batch loss; `grad` is `None` for the forward pass. Inlined into both
+/// entry points, so that the link-time no-panic proof sees its body there.
+#[inline(always)]
 fn triplet_batch64(
     x: Matrix<'_>,
     labels: &[u32],
@@ -237,7 +239,14 @@ fn triplet_batch64(
     }
     check_finite(&x)?;
     // The normalised rows (rounded to f32) live at the start of the workspace.
-    let (y, tmp) = workspace.split_at_mut(if params.normalize { x.len() } else { 0 });
+    let y_len = if params.normalize { x.len() } else { 0 };
+    let actual = workspace.len();
+    let (y, tmp) = workspace
+        .split_at_mut_checked(y_len)
+        .ok_or(Error::WorkspaceTooSmall {
+            required: y_len,
+            actual,
+        })?;
     let xs = if params.normalize {
         l2_normalize(x, y)?;
         Matrix::new(y, n, dim)?
@@ -274,7 +283,7 @@ fn triplet_batch64(
             });
         }
         if params.normalize {
-            let tmp = tmp.split_at_mut(dim).0;
+            let tmp = tmp.get_mut(..dim).unwrap_or(&mut []);
             for (row, gr) in x.row_iter().zip(g.chunks_exact_mut(dim)) {
                 for (t, &v) in tmp.iter_mut().zip(gr.iter()) {
                     *t = v;
