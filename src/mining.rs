@@ -57,6 +57,10 @@
 //! twins. Cosine distances are the same in both forms (absolute error
 //! `(2 d + 10) 2^-24`).
 
+// Workspace carving passes `&mut &mut [f32]` on purpose, and the mining scans use
+// branch-free `&` on booleans.
+#![allow(clippy::mut_mut, clippy::needless_bitwise_bool)]
+
 use crate::distance::{
     clamped_row_norms, cross_distances, cross_distances_rows, cross_distances_workspace_len,
     pairwise_distances, pairwise_distances_rows, pairwise_distances_rows_workspace_len,
@@ -203,7 +207,7 @@ const fn block_pack_len(rows: usize, dim: usize) -> usize {
     if b == 0 {
         return 0;
     }
-    let last = if rows % b == 0 { b } else { rows % b };
+    let last = if rows.is_multiple_of(b) { b } else { rows % b };
     max_len(
         pairwise_distances_rows_workspace_len(rows, b, dim),
         pairwise_distances_rows_workspace_len(rows, last, dim),
@@ -491,11 +495,7 @@ impl Kernel for FixUp<'_, '_> {
             .zip(an.iter().zip(ax.chunks_exact(d)))
         {
             let skip = own(r);
-            for (c, ((o, &nb), brow)) in orow
-                .iter_mut()
-                .zip(bn)
-                .zip(bx.chunks_exact(d))
-                .enumerate()
+            for (c, ((o, &nb), brow)) in orow.iter_mut().zip(bn).zip(bx.chunks_exact(d)).enumerate()
             {
                 if c != skip && needs_direct(*o, squared, na, nb) {
                     let sq = simd::sq_dist_with(s, arow, brow);
@@ -984,7 +984,13 @@ impl<K: Sink> Kernel for EmitHard<'_, '_, K> {
     type Output = ();
     #[inline(always)]
     fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
-        for (a, (&p, &q)) in self.st.pos_idx.iter().zip(self.st.neg_idx.iter()).enumerate() {
+        for (a, (&p, &q)) in self
+            .st
+            .pos_idx
+            .iter()
+            .zip(self.st.neg_idx.iter())
+            .enumerate()
+        {
             if p != NONE && q != NONE {
                 self.sink.triplet(s, a, p as usize, q as usize);
             }
