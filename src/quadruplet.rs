@@ -345,7 +345,15 @@ pub fn quadruplet_loss(
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
     check_quadruplet(&x, quadruplets, &params, None, workspace.len())?;
-    let norms = workspace.split_at_mut(x.rows()).0;
+    // Checked split: unreachable failure once the length is validated, but no panic path.
+    let wlen = workspace.len();
+    let norms = workspace
+        .split_at_mut_checked(x.rows())
+        .ok_or(Error::WorkspaceTooSmall {
+            required: x.rows(),
+            actual: wlen,
+        })?
+        .0;
     if metric == Metric::Cosine {
         clamped_row_norms(&x, norms);
     }
@@ -416,7 +424,15 @@ pub fn quadruplet_loss_grad(
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
     check_quadruplet(&x, quadruplets, &params, Some(grad.len()), workspace.len())?;
-    let norms = workspace.split_at_mut(x.rows()).0;
+    // Checked split: unreachable failure once the length is validated, but no panic path.
+    let wlen = workspace.len();
+    let norms = workspace
+        .split_at_mut_checked(x.rows())
+        .ok_or(Error::WorkspaceTooSmall {
+            required: x.rows(),
+            actual: wlen,
+        })?
+        .0;
     if metric == Metric::Cosine {
         clamped_row_norms(&x, norms);
     }
@@ -611,7 +627,14 @@ pub fn mine_quadruplets(
         return Ok(0);
     }
     let n = x.rows();
-    let (dist, rest) = workspace.split_at_mut(n.saturating_mul(n));
+    let wlen = workspace.len();
+    let (dist, rest) =
+        workspace
+            .split_at_mut_checked(n.saturating_mul(n))
+            .ok_or(Error::WorkspaceTooSmall {
+                required: mine_quadruplets_workspace_len(n, x.dim()),
+                actual: wlen,
+            })?;
     pairwise_distances(x, metric, dist, rest)?;
     let mut written = 0;
     let mut slots = out.iter_mut();

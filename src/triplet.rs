@@ -1136,38 +1136,35 @@ fn relu_pair<S: Simd>(s: S, masked: &[f32], base: f32, coef: Option<&mut [f32]>)
         *t = m;
     }
     let rem = chunks.remainder().len();
-    match coef {
-        Some(coef) => {
-            let mut cc = coef.chunks_exact_mut(l);
-            for (m, c) in chunks.by_ref().zip(cc.by_ref()) {
-                let h = s.max(s.sub(vb, s.load(m)), zero);
-                let sl = s.min(s.mul(s.mul(h, up1), up2), one);
-                hs = s.add(hs, h);
-                on = s.add(on, sl);
-                s.store(s.sub(s.load(c), sl), c);
-            }
-            if rem > 0 {
-                let h = s.max(s.sub(vb, s.load(&tail)), zero);
-                let sl = s.min(s.mul(s.mul(h, up1), up2), one);
-                hs = s.add(hs, h);
-                on = s.add(on, sl);
-                let c = cc.into_remainder();
-                s.store(s.sub(s.load(c), sl), c);
-            }
+    if let Some(coef) = coef {
+        let mut cc = coef.chunks_exact_mut(l);
+        for (m, c) in chunks.by_ref().zip(cc.by_ref()) {
+            let h = s.max(s.sub(vb, s.load(m)), zero);
+            let sl = s.min(s.mul(s.mul(h, up1), up2), one);
+            hs = s.add(hs, h);
+            on = s.add(on, sl);
+            s.store(s.sub(s.load(c), sl), c);
         }
-        None => {
-            for m in chunks.by_ref() {
-                let h = s.max(s.sub(vb, s.load(m)), zero);
-                let sl = s.min(s.mul(s.mul(h, up1), up2), one);
-                hs = s.add(hs, h);
-                on = s.add(on, sl);
-            }
-            if rem > 0 {
-                let h = s.max(s.sub(vb, s.load(&tail)), zero);
-                let sl = s.min(s.mul(s.mul(h, up1), up2), one);
-                hs = s.add(hs, h);
-                on = s.add(on, sl);
-            }
+        if rem > 0 {
+            let h = s.max(s.sub(vb, s.load(&tail)), zero);
+            let sl = s.min(s.mul(s.mul(h, up1), up2), one);
+            hs = s.add(hs, h);
+            on = s.add(on, sl);
+            let c = cc.into_remainder();
+            s.store(s.sub(s.load(c), sl), c);
+        }
+    } else {
+        for m in chunks.by_ref() {
+            let h = s.max(s.sub(vb, s.load(m)), zero);
+            let sl = s.min(s.mul(s.mul(h, up1), up2), one);
+            hs = s.add(hs, h);
+            on = s.add(on, sl);
+        }
+        if rem > 0 {
+            let h = s.max(s.sub(vb, s.load(&tail)), zero);
+            let sl = s.min(s.mul(s.mul(h, up1), up2), one);
+            hs = s.add(hs, h);
+            on = s.add(on, sl);
         }
     }
     (s.reduce_add(hs), s.reduce_add(on))
@@ -1626,11 +1623,9 @@ fn batch_impl(
                     block: blk,
                     masked: &mut *masked,
                     totals: &mut totals,
-                    grad: bufs.as_mut().map(|(coef, diag, grad)| AllGrad {
-                        coef: &mut **coef,
-                        diag: &mut **diag,
-                        grad: &mut **grad,
-                    }),
+                    grad: bufs
+                        .as_mut()
+                        .map(|(coef, diag, grad)| AllGrad { coef, diag, grad }),
                 });
                 Ok(())
             })?;
