@@ -491,11 +491,7 @@ impl Kernel for FixUp<'_, '_> {
             .zip(an.iter().zip(ax.chunks_exact(d)))
         {
             let skip = own(r);
-            for (c, ((o, &nb), brow)) in orow
-                .iter_mut()
-                .zip(bn)
-                .zip(bx.chunks_exact(d))
-                .enumerate()
+            for (c, ((o, &nb), brow)) in orow.iter_mut().zip(bn).zip(bx.chunks_exact(d)).enumerate()
             {
                 if c != skip && needs_direct(*o, squared, na, nb) {
                     let sq = simd::sq_dist_with(s, arow, brow);
@@ -984,7 +980,13 @@ impl<K: Sink> Kernel for EmitHard<'_, '_, K> {
     type Output = ();
     #[inline(always)]
     fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
-        for (a, (&p, &q)) in self.st.pos_idx.iter().zip(self.st.neg_idx.iter()).enumerate() {
+        for (a, (&p, &q)) in self
+            .st
+            .pos_idx
+            .iter()
+            .zip(self.st.neg_idx.iter())
+            .enumerate()
+        {
             if p != NONE && q != NONE {
                 self.sink.triplet(s, a, p as usize, q as usize);
             }

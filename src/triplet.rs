@@ -67,8 +67,8 @@ use crate::math;
 use crate::matrix::Matrix;
 use crate::mining::{
     block_rows, check_finite, check_labels, check_triplet_count, for_row_blocks, hard_len,
-    hard_sweep, metric_norms, needs_direct, rows_len, take, EmitHard, HardState, Mining,
-    SemiBlock, Sink, Triplet, TILE,
+    hard_sweep, metric_norms, needs_direct, rows_len, take, EmitHard, HardState, Mining, SemiBlock,
+    Sink, Triplet, TILE,
 };
 use crate::reduce::{Hinge, Reduction};
 use crate::simd::{self, Kernel, Simd};
@@ -783,12 +783,25 @@ fn diff_update<S: Simd>(s: S, k: f32, a: &[f32], b: &[f32], ga: &mut [f32], gb: 
     let l = S::LANES;
     let (mut ai, mut bi) = (a.chunks_exact(l), b.chunks_exact(l));
     let (mut gai, mut gbi) = (ga.chunks_exact_mut(l), gb.chunks_exact_mut(l));
-    for (((ac, bc), gac), gbc) in ai.by_ref().zip(bi.by_ref()).zip(gai.by_ref()).zip(gbi.by_ref()) {
+    for (((ac, bc), gac), gbc) in ai
+        .by_ref()
+        .zip(bi.by_ref())
+        .zip(gai.by_ref())
+        .zip(gbi.by_ref())
+    {
         diff_step(s, vk, nk, ac, bc, gac, gbc);
     }
     let (ar, br) = (ai.remainder(), bi.remainder());
     if !ar.is_empty() {
-        diff_step(s, vk, nk, ar, br, gai.into_remainder(), gbi.into_remainder());
+        diff_step(
+            s,
+            vk,
+            nk,
+            ar,
+            br,
+            gai.into_remainder(),
+            gbi.into_remainder(),
+        );
     }
 }
 
@@ -871,8 +884,11 @@ fn pair_grad<S: Simd>(
             let l = S::LANES;
             let (mut ai, mut bi) = (a.chunks_exact(l), b.chunks_exact(l));
             let (mut gai, mut gbi) = (ga.chunks_exact_mut(l), gb.chunks_exact_mut(l));
-            for (((ac, bc), gac), gbc) in
-                ai.by_ref().zip(bi.by_ref()).zip(gai.by_ref()).zip(gbi.by_ref())
+            for (((ac, bc), gac), gbc) in ai
+                .by_ref()
+                .zip(bi.by_ref())
+                .zip(gai.by_ref())
+                .zip(gbi.by_ref())
             {
                 cosine_step(s, cross, sa, sb, ac, bc, gac, gbc);
             }
@@ -987,14 +1003,23 @@ fn triplet_update<S: Simd>(
     }
     let (ar, pr, qr) = (ai.remainder(), pi.remainder(), qi.remainder());
     if !ar.is_empty() {
-        let g = [gai.into_remainder(), gpi.into_remainder(), gqi.into_remainder()];
+        let g = [
+            gai.into_remainder(),
+            gpi.into_remainder(),
+            gqi.into_remainder(),
+        ];
         triplet_step(s, k, [ar, pr, qr], g);
     }
 }
 
 /// One vector of [`triplet_update`]; `k = [kp, -kp, kq, -kq]`.
 #[inline(always)]
-fn triplet_step<S: Simd>(s: S, k: [S::V; 4], [ac, pc, qc]: [&[f32]; 3], [ga, gp, gq]: [&mut [f32]; 3]) {
+fn triplet_step<S: Simd>(
+    s: S,
+    k: [S::V; 4],
+    [ac, pc, qc]: [&[f32]; 3],
+    [ga, gp, gq]: [&mut [f32]; 3],
+) {
     let [vkp, nkp, vkq, nkq] = k;
     let av = s.load(ac);
     let dp = s.sub(av, s.load(pc));
@@ -1098,7 +1123,10 @@ fn relu_pair<S: Simd>(s: S, masked: &[f32], base: f32, coef: Option<&mut [f32]>)
     let l = S::LANES;
     let zero = s.zero();
     let one = s.splat(1.0);
-    let (up1, up2) = (s.splat(f32::from_bits(253 << 23)), s.splat(f32::from_bits(150 << 23)));
+    let (up1, up2) = (
+        s.splat(f32::from_bits(253 << 23)),
+        s.splat(f32::from_bits(150 << 23)),
+    );
     let vb = s.splat(base);
     let (mut hs, mut on) = (zero, zero);
     let mut chunks = masked.chunks_exact(l);
@@ -1348,11 +1376,8 @@ fn coefficient_row<S: Simd>(
                 near += u32::from((c != 0.0) & needs_direct(dist, squared, na, nj));
             }
             if near > 0 {
-                for (j, ((&dist, c), &nj)) in row
-                    .iter()
-                    .zip(g.coef.iter_mut())
-                    .zip(norms)
-                    .enumerate()
+                for (j, ((&dist, c), &nj)) in
+                    row.iter().zip(g.coef.iter_mut()).zip(norms).enumerate()
                 {
                     if *c != 0.0 && needs_direct(dist, squared, na, nj) {
                         pair_grad(s, metric, x, norms, a, j, dist, *c, g.grad);
@@ -1518,10 +1543,7 @@ fn batch_impl(
     if let Some(g) = grad.as_deref() {
         check_len("grad", x.len(), g.len())?;
     }
-    check_workspace(
-        batch_len(n, dim, *params, grad.is_some()),
-        workspace.len(),
-    )?;
+    check_workspace(batch_len(n, dim, *params, grad.is_some()), workspace.len())?;
     check_finite(&x)?;
     let mut ws = workspace;
     let (y, tmp) = if params.normalize {
@@ -1613,11 +1635,7 @@ fn batch_impl(
                 Ok(())
             })?;
             if let Some((_, diag, grad)) = bufs {
-                simd::dispatch(AddDiag {
-                    x: xs,
-                    diag,
-                    grad,
-                });
+                simd::dispatch(AddDiag { x: xs, diag, grad });
             }
             totals
         }
