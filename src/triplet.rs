@@ -41,7 +41,10 @@
 //! clamped at `1e-6` and the result clamped below at `1e-16` ([`Metric::Cosine`] clamps
 //! norms at `1e-12` and not the result; they differ on zero or tiny rows only). Its `"L_2"` and `"L_1"` compute
 //! distances with the Gram expansion `|a|^2 - 2 <a, b> + |b|^2` clamped at 0, which loses
-//! digits for near-identical rows; this crate sums `(a_i - b_i)^2` directly.
+//! digits for near-identical rows; this crate recomputes such distances directly as
+//! `sum (a_i - b_i)^2` (see [`crate::mining`]'s
+//! [accuracy notes](crate::mining#distances-and-their-accuracy)), so they keep full
+//! relative accuracy.
 //!
 //! Degenerate anchors are the one semantic difference. TensorFlow Addons averages over
 //! every anchor (batch-hard) or every anchor-positive pair (semi-hard), and its masked
@@ -67,8 +70,8 @@ use crate::math;
 use crate::matrix::Matrix;
 use crate::mining::{
     block_rows, check_finite, check_labels, check_triplet_count, for_row_blocks, hard_len,
-    hard_sweep, metric_norms, needs_direct, rows_len, take, EmitHard, HardState, Mining, SemiBlock,
-    Sink, Triplet, TILE,
+    hard_sweep, metric_norms, needs_direct, rows_len, Carve, EmitHard, HardState, Mining,
+    SemiBlock, Sink, Triplet, TILE,
 };
 use crate::reduce::{Hinge, Reduction};
 use crate::simd::{self, Kernel, Simd};
@@ -688,17 +691,18 @@ const fn batch_len(rows: usize, dim: usize, params: BatchParams, grad: bool) -> 
 }
 
 /// Workspace elements that [`triplet_batch_loss`] needs for `rows` embeddings of
-/// dimension `dim` under `params`; no `rows x rows` matrix, `O(rows * dim)`:
+/// dimension `dim` under `params`; no `rows x rows` matrix, `O(rows * dim)`. With
+/// `t = min(rows, 256)`:
 ///
 /// - [`Mining::BatchHard`]: `5 rows`, one tile of `t x t` distances and its packing
-///   ([`crate::cross_distances_workspace_len`]`(t, t, dim)`), `t = min(rows, 256)`;
-/// - [`Mining::SemiHard`] and [`Mining::All`]: `2 rows`, one block of `b x rows`
-///   distances and its packing ([`crate::pairwise_distances_rows_workspace_len`]`(rows, b,
-///   dim)`, about `(rows + 96) * (dim + 1)`), `b = min(rows, 128)`;
+///   ([`crate::cross_distances_workspace_len`]`(t, t, dim)`);
+/// - [`Mining::SemiHard`] and [`Mining::All`]: `3 rows`, one block of `t x rows`
+///   distances and its packing ([`crate::pairwise_distances_rows_workspace_len`]`(rows, t,
+///   dim)`, about `(rows + 96) * (dim + 1)`);
 ///
 /// plus `rows * dim` when `params.normalize`. For `rows = 4096`, `dim = 256`: about
-/// `1.4e6` elements (5.6 MiB) for batch-hard, `1.6e6` for the others. Saturates instead
-/// of overflowing.
+/// `0.24e6` elements (1 MiB) for batch-hard, `2.1e6` (8.6 MiB) for the others, against
+/// `16.8e6` for the distance matrix. Saturates instead of overflowing.
 pub const fn triplet_batch_loss_workspace_len(
     rows: usize,
     dim: usize,
@@ -1136,38 +1140,35 @@ fn relu_pair<S: Simd>(s: S, masked: &[f32], base: f32, coef: Option<&mut [f32]>)
         *t = m;
     }
     let rem = chunks.remainder().len();
-    match coef {
-        Some(coef) => {
-            let mut cc = coef.chunks_exact_mut(l);
-            for (m, c) in chunks.by_ref().zip(cc.by_ref()) {
-                let h = s.max(s.sub(vb, s.load(m)), zero);
-                let sl = s.min(s.mul(s.mul(h, up1), up2), one);
-                hs = s.add(hs, h);
-                on = s.add(on, sl);
-                s.store(s.sub(s.load(c), sl), c);
-            }
-            if rem > 0 {
-                let h = s.max(s.sub(vb, s.load(&tail)), zero);
-                let sl = s.min(s.mul(s.mul(h, up1), up2), one);
-                hs = s.add(hs, h);
-                on = s.add(on, sl);
-                let c = cc.into_remainder();
-                s.store(s.sub(s.load(c), sl), c);
-            }
+    if let Some(coef) = coef {
+        let mut cc = coef.chunks_exact_mut(l);
+        for (m, c) in chunks.by_ref().zip(cc.by_ref()) {
+            let h = s.max(s.sub(vb, s.load(m)), zero);
+            let sl = s.min(s.mul(s.mul(h, up1), up2), one);
+            hs = s.add(hs, h);
+            on = s.add(on, sl);
+            s.store(s.sub(s.load(c), sl), c);
         }
-        None => {
-            for m in chunks.by_ref() {
-                let h = s.max(s.sub(vb, s.load(m)), zero);
-                let sl = s.min(s.mul(s.mul(h, up1), up2), one);
-                hs = s.add(hs, h);
-                on = s.add(on, sl);
-            }
-            if rem > 0 {
-                let h = s.max(s.sub(vb, s.load(&tail)), zero);
-                let sl = s.min(s.mul(s.mul(h, up1), up2), one);
-                hs = s.add(hs, h);
-                on = s.add(on, sl);
-            }
+        if rem > 0 {
+            let h = s.max(s.sub(vb, s.load(&tail)), zero);
+            let sl = s.min(s.mul(s.mul(h, up1), up2), one);
+            hs = s.add(hs, h);
+            on = s.add(on, sl);
+            let c = cc.into_remainder();
+            s.store(s.sub(s.load(c), sl), c);
+        }
+    } else {
+        for m in chunks.by_ref() {
+            let h = s.max(s.sub(vb, s.load(m)), zero);
+            let sl = s.min(s.mul(s.mul(h, up1), up2), one);
+            hs = s.add(hs, h);
+            on = s.add(on, sl);
+        }
+        if rem > 0 {
+            let h = s.max(s.sub(vb, s.load(&tail)), zero);
+            let sl = s.min(s.mul(s.mul(h, up1), up2), one);
+            hs = s.add(hs, h);
+            on = s.add(on, sl);
         }
     }
     (s.reduce_add(hs), s.reduce_add(on))
@@ -1545,10 +1546,10 @@ fn batch_impl(
     }
     check_workspace(batch_len(n, dim, *params, grad.is_some()), workspace.len())?;
     check_finite(&x)?;
-    let mut ws = workspace;
+    let mut ws = Carve::new(workspace);
     let (y, tmp) = if params.normalize {
-        let y = take(&mut ws, x.len())?;
-        let tmp = take(&mut ws, if grad.is_some() { dim } else { 0 })?;
+        let y = ws.take(x.len())?;
+        let tmp = ws.take(if grad.is_some() { dim } else { 0 })?;
         l2_normalize(x, y)?;
         (Some(&*y), tmp)
     } else {
@@ -1558,7 +1559,7 @@ fn batch_impl(
         Some(y) => Matrix::new(y, n, dim)?,
         None => x,
     };
-    let norms = take(&mut ws, n)?;
+    let norms = ws.take(n)?;
     metric_norms(&xs, params.metric, norms);
     let norms = &*norms;
     if let Some(g) = grad.as_deref_mut() {
@@ -1579,16 +1580,16 @@ fn batch_impl(
             if params.mining == Mining::BatchHard {
                 let mut st = HardState::take(&mut ws, n)?;
                 let t = n.min(TILE);
-                let tile = take(&mut ws, t * t)?;
-                hard_sweep(&xs, labels, metric, norms, &mut st, tile, ws)?;
+                let tile = ws.take(t * t)?;
+                hard_sweep(&xs, labels, metric, norms, &mut st, tile, ws.rest())?;
                 simd::dispatch(EmitHard {
                     st: &st,
                     sink: &mut acc,
                 });
             } else {
-                let scratch = take(&mut ws, 2 * n)?;
-                let block = take(&mut ws, block_rows(n) * n)?;
-                for_row_blocks(&xs, metric, norms, block, ws, |i0, _, blk| {
+                let scratch = ws.take(2 * n)?;
+                let block = ws.take(block_rows(n) * n)?;
+                for_row_blocks(&xs, metric, norms, block, ws.rest(), |i0, _, blk| {
                     simd::dispatch(SemiBlock {
                         block: blk,
                         i0,
@@ -1602,19 +1603,19 @@ fn batch_impl(
             acc.totals
         }
         Mining::All => {
-            let masked = take(&mut ws, n)?;
+            let masked = ws.take(n)?;
             let mut bufs = match grad.as_deref_mut() {
                 Some(g) => {
-                    let coef = take(&mut ws, n)?;
-                    let diag = take(&mut ws, n)?;
+                    let coef = ws.take(n)?;
+                    let diag = ws.take(n)?;
                     diag.fill(0.0);
                     Some((coef, diag, g))
                 }
                 None => None,
             };
-            let block = take(&mut ws, block_rows(n) * n)?;
+            let block = ws.take(block_rows(n) * n)?;
             let mut totals = Totals::default();
-            for_row_blocks(&xs, metric, norms, block, ws, |i0, _, blk| {
+            for_row_blocks(&xs, metric, norms, block, ws.rest(), |i0, _, blk| {
                 simd::dispatch(AllBlock {
                     x: xs,
                     labels,
@@ -1626,11 +1627,9 @@ fn batch_impl(
                     block: blk,
                     masked: &mut *masked,
                     totals: &mut totals,
-                    grad: bufs.as_mut().map(|(coef, diag, grad)| AllGrad {
-                        coef: &mut **coef,
-                        diag: &mut **diag,
-                        grad: &mut **grad,
-                    }),
+                    grad: bufs
+                        .as_mut()
+                        .map(|(coef, diag, grad)| AllGrad { coef, diag, grad }),
                 });
                 Ok(())
             })?;
@@ -1669,7 +1668,7 @@ fn batch_impl(
 /// No `n x n` matrix is held (see [`crate::mining`]'s
 /// [memory notes](crate::mining#memory-no-n-x-n-matrix)): batch-hard sweeps the upper
 /// triangle of the distance matrix in tiles, each distance computed once; semi-hard and
-/// batch-all compute blocks of 128 anchor rows at a time and mine each anchor from its
+/// batch-all compute blocks of 256 anchor rows at a time and mine each anchor from its
 /// row. Batch-hard and semi-hard then recompute the two distances of each selected
 /// triplet directly (`sum (a_i - b_i)^2`, as [`triplet_margin_loss`] does); batch-all
 /// uses the row's distances. Scalar twin: [`crate::scalar::triplet_batch_loss`]; with the
@@ -1693,8 +1692,9 @@ fn batch_impl(
 /// `(d + 2) 2^-24` relative of the exact squared distances; batch-all terms use the
 /// mined rows' distances, within `(8 d + 16) 2^-24` relative (Euclidean metrics) or
 /// `(2 d + 10) 2^-24` absolute (cosine). Terms in `f32`; batch-hard and semi-hard terms
-/// summed in `f64`; batch-all relu terms of one anchor-positive pair summed in sixteen
-/// `f32` lanes (error at most `(n / 16 + 5) 2^-24` times their sum), the pairs in `f64`.
+/// summed in `f64`; batch-all relu terms of one anchor-positive pair summed in the SIMD
+/// backend's `f32` lanes (8 or 16) and then across them (error at most
+/// `(n / 8 + 5) 2^-24` times their sum), the pairs in `f64`; soft-margin terms in `f64`.
 /// Batch-all and batch-hard losses are continuous in the distances, so they stay within
 /// the weighted sum of the per-term bounds even where a near-tie is decided differently
 /// from the `f64` twin; semi-hard can differ by a whole term where a negative's distance
@@ -1734,13 +1734,16 @@ pub fn triplet_batch_loss(
 /// `(a, n)` the coefficient `-s`, `s = h'(v)`; a pair with coefficient `c` adds
 /// `c * d d(a, j) / d x` to the rows `a` and `j` (formulas in
 /// [`triplet_margin_loss_grad`]), and the total is scaled by the reduction weight at the
-/// end. Batch-hard and semi-hard, with one or a few triplets per anchor, update their
-/// pairs directly (difference formed once, `O(triplets * dim)`). Batch-all sums the
-/// coefficients of each anchor's pairs and accumulates a block of anchors with two
-/// register-blocked GEMMs (`grad[block] += G X`, `grad += G^T X[block]`, `G` the block's
-/// `128 x n` coefficients written over its distances), so its backward pass is two
-/// products of the forward pass's shape; pairs that nearly coincide (the accuracy
-/// fix-up's test) are updated in difference form instead. With `params.normalize` the
+/// end. Batch-hard and semi-hard, with one or a few triplets per anchor, update the three
+/// rows of each triplet in one pass (differences formed once, `O(triplets * dim)`).
+/// Batch-all sums the coefficients of each anchor's pairs (one vector pass per
+/// positive) and accumulates a block of anchors with register-blocked GEMMs: with `G`
+/// the block's `256 x n` pair factors (written over its distances),
+/// `grad[block] += G X` and, for the columns outside the block, `grad += G^T X[block]`;
+/// inside the block `G` is summed with its transpose first, so a batch of up to 256 rows
+/// needs the one product `G X` (`n^2 d` multiply-adds, twice the forward's triangle of
+/// distances). Pairs that nearly coincide (the accuracy fix-up's test) are updated in
+/// difference form instead. With `params.normalize` the
 /// gradient is taken through the normalisation ([`crate::l2_normalize_backward`]). Mining
 /// decisions are constants for the gradient. Scalar twin:
 /// [`crate::scalar::triplet_batch_loss_grad`]. `workspace` needs
@@ -1759,9 +1762,10 @@ pub fn triplet_batch_loss(
 /// the twin's per element for batch-hard and semi-hard (`m` updates to the row, `G` the
 /// sum of their absolute values). Batch-all's GEMM form `sum_j k_j x_a - sum_j k_j x_j`
 /// rounds relative to the rows rather than their differences; since it only takes pairs
-/// with `|a|^2 + |b|^2 <= 4 |a - b|^2`, each element stays within
-/// `3 (n + 2) sqrt(d) 2^-24 * G` (`G` as above) plus the distance errors' effect on the
-/// coefficients. The gradient is finite on every degenerate batch (single row, one class,
+/// with `|a|^2 + |b|^2 <= 4 |a - b|^2`, so that `|a_i| + |b_i| <= sqrt(8 d) max_i
+/// |a_i - b_i|`, each element stays within `(2 n + 4) sqrt(8 d) 2^-24 * G'`, `G'` the
+/// sum over the row's pair updates of `|k| max_i |a_i - b_i|`, plus the effect of the
+/// distance errors on the coefficients. The gradient is finite on every degenerate batch (single row, one class,
 /// duplicate rows: the Euclidean gradient at distance 0 is 0; zero rows under cosine use
 /// the clamped norm `1e-12`, which gives large but finite values).
 ///
