@@ -669,9 +669,9 @@ pub fn triplet_margin_loss_grad(
 // ---------------------------------------------------------------------------------------
 // Batch losses with online mining.
 
-/// Extra per-row arrays of the batch-all gradient: the coefficient row and the diagonal
-/// terms.
-const ALL_GRAD_ARRAYS: usize = 2;
+/// Extra per-row arrays of the batch-all gradient: the coefficient row, the diagonal
+/// terms and the GEMM's packed coefficients (`GEMM_MR` per row).
+const ALL_GRAD_ARRAYS: usize = 2 + GEMM_MR;
 
 /// Workspace of a batch loss (`grad`: with its gradient).
 const fn batch_len(rows: usize, dim: usize, params: BatchParams, grad: bool) -> usize {
@@ -1180,6 +1180,8 @@ struct AllGrad<'o> {
     coef: &'o mut [f32],
     /// Diagonal terms: `grad_i += diag_i * x_i` at the end (`n`).
     diag: &'o mut [f32],
+    /// The GEMM's packed coefficients (`GEMM_MR * n`).
+    cpack: &'o mut [f32],
     grad: &'o mut [f32],
 }
 
@@ -1278,16 +1280,22 @@ impl Kernel for AllBlock<'_, '_> {
         let i1 = i0 + rows;
         // The block's own columns: G[a][j] and G[j][a] both in the block, summed into one
         // symmetric coefficient so the anchor side alone applies them.
-        for r in 0..rows {
-            for c in r + 1..rows {
-                let (u, v) = (r * n + i0 + c, c * n + i0 + r);
-                if let (Some(&gu), Some(&gv)) = (block.get(u), block.get(v)) {
-                    let sum = gu + gv;
-                    if let Some(x) = block.get_mut(u) {
-                        *x = sum;
-                    }
-                    if let Some(x) = block.get_mut(v) {
-                        *x = sum;
+        // In SYM x SYM tiles, so that both the rows and the columns being read stay in
+        // the first-level cache.
+        for r0 in (0..rows).step_by(SYM) {
+            for c0 in (r0..rows).step_by(SYM) {
+                for r in r0..rows.min(r0 + SYM) {
+                    for c in c0.max(r + 1)..rows.min(c0 + SYM) {
+                        let (u, v) = (r * n + i0 + c, c * n + i0 + r);
+                        if let (Some(&gu), Some(&gv)) = (block.get(u), block.get(v)) {
+                            let sum = gu + gv;
+                            if let Some(x) = block.get_mut(u) {
+                                *x = sum;
+                            }
+                            if let Some(x) = block.get_mut(v) {
+                                *x = sum;
+                            }
+                        }
                     }
                 }
             }
@@ -1303,10 +1311,19 @@ impl Kernel for AllBlock<'_, '_> {
             return;
         };
         // Anchor side: grad[a] += sum_j G[a][j] x_j.
-        gemm_acc(s, block, n, 1, x.as_slice(), d, ga);
+        gemm_acc(s, block, n, 1, x.as_slice(), d, ga, g.cpack);
         // Column side, outside the block: grad[j] += sum_a G[a][j] x_a.
-        gemm_acc(s, block, 1, n, xb, d, head);
-        gemm_acc(s, block.get(i1..).unwrap_or(&[]), 1, n, xb, d, tail);
+        gemm_acc(s, block, 1, n, xb, d, head, g.cpack);
+        gemm_acc(
+            s,
+            block.get(i1..).unwrap_or(&[]),
+            1,
+            n,
+            xb,
+            d,
+            tail,
+            g.cpack,
+        );
     }
 }
 
@@ -1435,6 +1452,10 @@ fn coefficient_row<S: Simd>(
     }
 }
 
+/// Side of the tiles in which a block's own coefficients are summed with their mirror
+/// images.
+const SYM: usize = 16;
+
 /// Columns of the register block of [`gemm_acc`], in vectors.
 const GEMM_NV: usize = 4;
 /// Rows of the register block of [`gemm_acc`].
@@ -1442,8 +1463,11 @@ const GEMM_MR: usize = 4;
 
 /// `out[r][:] += sum_t coef[r * rs + t * cs] * b[t][:]` for the rows `r` of `out` and the
 /// rows `t` of `b` (both row-major with rows of `d`): a register-blocked GEMM
-/// (`GEMM_MR` rows by `GEMM_NV` vectors of accumulators, `b` streamed once per block).
+/// (`GEMM_MR` rows by `GEMM_NV` vectors of accumulators, `b` streamed once per block of
+/// columns). The coefficients of each group of `GEMM_MR` rows are first packed into
+/// `cpack` (`GEMM_MR` per row of `b`), contiguous in the order the inner loop reads them.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn gemm_acc<S: Simd>(
     s: S,
     coef: &[f32],
@@ -1452,12 +1476,20 @@ fn gemm_acc<S: Simd>(
     b: &[f32],
     d: usize,
     out: &mut [f32],
+    cpack: &mut [f32],
 ) {
     if d == 0 {
         return;
     }
     let l = S::LANES;
     let width = GEMM_NV * l;
+    let kdim = b.len() / d;
+    let Some(cpack) = kdim
+        .checked_mul(GEMM_MR)
+        .and_then(|len| cpack.get_mut(..len))
+    else {
+        return;
+    };
     let mut rows = out.chunks_exact_mut(d);
     let mut r0 = 0;
     loop {
@@ -1466,6 +1498,16 @@ fn gemm_acc<S: Simd>(
         if og[0].is_none() {
             break;
         }
+        for (t, cp) in cpack.chunks_exact_mut(GEMM_MR).enumerate() {
+            for (m, (c, orow)) in cp.iter_mut().zip(og.iter()).enumerate() {
+                *c = if orow.is_some() {
+                    coef.get((r0 + m) * rs + t * cs).copied().unwrap_or(0.0)
+                } else {
+                    0.0
+                };
+            }
+        }
+        let packed = &*cpack;
         let mut k0 = 0;
         while k0 < d {
             let mut acc = [[s.zero(); GEMM_NV]; GEMM_MR];
@@ -1477,22 +1519,26 @@ fn gemm_acc<S: Simd>(
                     }
                 }
             }
-            for (t, brow) in b.chunks_exact(d).enumerate() {
-                let bs = brow.get(k0..).unwrap_or(&[]);
-                let mut bv = [s.zero(); GEMM_NV];
-                for (v, x) in bv.iter_mut().enumerate() {
-                    *x = s.load(bs.get(v * l..).unwrap_or(&[]));
-                }
-                for (m, (am, orow)) in acc.iter_mut().zip(og.iter()).enumerate() {
-                    let c = if orow.is_some() {
-                        coef.get((r0 + m) * rs + t * cs).copied().unwrap_or(0.0)
-                    } else {
-                        0.0
+            if k0 + width <= d {
+                // Whole vectors: exact-width loads, no masks.
+                for (cp, brow) in packed.chunks_exact(GEMM_MR).zip(b.chunks_exact(d)) {
+                    let Some(bs) = brow.get(k0..k0 + width) else {
+                        break;
                     };
-                    let cv = s.splat(c);
-                    for (av, &x) in am.iter_mut().zip(&bv) {
-                        *av = s.fma(cv, x, *av);
+                    let mut bv = [s.zero(); GEMM_NV];
+                    for (x, c) in bv.iter_mut().zip(bs.chunks_exact(l)) {
+                        *x = s.load(c);
                     }
+                    gemm_step(s, &mut acc, cp, &bv);
+                }
+            } else {
+                for (cp, brow) in packed.chunks_exact(GEMM_MR).zip(b.chunks_exact(d)) {
+                    let bs = brow.get(k0..).unwrap_or(&[]);
+                    let mut bv = [s.zero(); GEMM_NV];
+                    for (v, x) in bv.iter_mut().enumerate() {
+                        *x = s.load(bs.get(v * l..).unwrap_or(&[]));
+                    }
+                    gemm_step(s, &mut acc, cp, &bv);
                 }
             }
             for (am, orow) in acc.iter().zip(og.iter_mut()) {
@@ -1506,6 +1552,22 @@ fn gemm_acc<S: Simd>(
             k0 += width;
         }
         r0 += GEMM_MR;
+    }
+}
+
+/// One row of `b` into the accumulators: `acc[m][v] += cp[m] * bv[v]`.
+#[inline(always)]
+fn gemm_step<S: Simd>(
+    s: S,
+    acc: &mut [[S::V; GEMM_NV]; GEMM_MR],
+    cp: &[f32],
+    bv: &[S::V; GEMM_NV],
+) {
+    for (am, &c) in acc.iter_mut().zip(cp) {
+        let cv = s.splat(c);
+        for (av, &x) in am.iter_mut().zip(bv) {
+            *av = s.fma(cv, x, *av);
+        }
     }
 }
 
@@ -1608,8 +1670,9 @@ fn batch_impl(
                 Some(g) => {
                     let coef = ws.take(n)?;
                     let diag = ws.take(n)?;
+                    let cpack = ws.take(GEMM_MR * n)?;
                     diag.fill(0.0);
-                    Some((coef, diag, g))
+                    Some((coef, diag, cpack, g))
                 }
                 None => None,
             };
@@ -1627,13 +1690,16 @@ fn batch_impl(
                     block: blk,
                     masked: &mut *masked,
                     totals: &mut totals,
-                    grad: bufs
-                        .as_mut()
-                        .map(|(coef, diag, grad)| AllGrad { coef, diag, grad }),
+                    grad: bufs.as_mut().map(|(coef, diag, cpack, grad)| AllGrad {
+                        coef,
+                        diag,
+                        cpack,
+                        grad,
+                    }),
                 });
                 Ok(())
             })?;
-            if let Some((_, diag, grad)) = bufs {
+            if let Some((_, diag, _, grad)) = bufs {
                 simd::dispatch(AddDiag { x: xs, diag, grad });
             }
             totals
