@@ -713,8 +713,9 @@ pub const fn triplet_batch_loss_workspace_len(
 
 /// Workspace elements that [`triplet_batch_loss_grad`] needs for `rows` embeddings of
 /// dimension `dim` under `params`: those of [`triplet_batch_loss_workspace_len`], plus
-/// `2 rows` for [`Mining::All`] (a row of pair coefficients and the diagonal terms of the
-/// gradient) and `dim` when `params.normalize`. Saturates instead of overflowing.
+/// `6 rows` for [`Mining::All`] (a row of pair coefficients, the diagonal terms of the
+/// gradient and the GEMM's packed coefficients) and `dim` when `params.normalize`.
+/// Saturates instead of overflowing.
 pub const fn triplet_batch_loss_grad_workspace_len(
     rows: usize,
     dim: usize,
