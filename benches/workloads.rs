@@ -153,5 +153,102 @@ fn row_blocks(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, w1, row_blocks);
+// ---------------------------------------------------------------------------------------
+// W2..W6: batch triplet losses, one call of `triplet_batch_loss_grad` (loss plus gradient)
+// each. `x` standard normal (the generator above, fixed seed), labels `i / K`, Euclidean,
+// margin 0.2, hinge, mean (W4: mean over the nonzero terms). Throughput is the batch size
+// (embeddings per second). Buffers are allocated outside the timed loop; the workspace
+// is the documented `triplet_batch_loss_grad_workspace_len`, O(n d) (no n x n matrix).
+
+/// One batch-loss workload.
+struct Batch {
+    id: &'static str,
+    n: usize,
+    d: usize,
+    k: u32,
+    mining: triplet_kernels::Mining,
+    reduction: triplet_kernels::Reduction,
+}
+
+const BATCHES: [Batch; 5] = {
+    use triplet_kernels::{Mining, Reduction};
+    [
+        Batch {
+            id: "W2_batch_hard_fwd_bwd_n256_d128",
+            n: 256,
+            d: 128,
+            k: 8,
+            mining: Mining::BatchHard,
+            reduction: Reduction::Mean,
+        },
+        Batch {
+            id: "W3_semihard_fwd_bwd_n256_d128",
+            n: 256,
+            d: 128,
+            k: 8,
+            mining: Mining::SemiHard,
+            reduction: Reduction::Mean,
+        },
+        Batch {
+            id: "W4_batch_all_fwd_bwd_n256_d128",
+            n: 256,
+            d: 128,
+            k: 8,
+            mining: Mining::All,
+            reduction: Reduction::MeanNonzero,
+        },
+        Batch {
+            id: "W5_batch_hard_fwd_bwd_n4096_d256",
+            n: 4096,
+            d: 256,
+            k: 16,
+            mining: Mining::BatchHard,
+            reduction: Reduction::Mean,
+        },
+        Batch {
+            id: "W6_batch_hard_fwd_bwd_n32_d64",
+            n: 32,
+            d: 64,
+            k: 4,
+            mining: Mining::BatchHard,
+            reduction: Reduction::Mean,
+        },
+    ]
+};
+
+fn batch_losses(c: &mut Criterion) {
+    use std::time::Duration;
+    use triplet_kernels::{
+        triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len, BatchParams, Hinge,
+    };
+    for w in &BATCHES {
+        let xd = normal(w.n * w.d, 2);
+        let x = Matrix::new(&xd, w.n, w.d).unwrap();
+        let labels: Vec<u32> = (0..w.n as u32).map(|i| i / w.k).collect();
+        let params = BatchParams::new()
+            .with_metric(Metric::Euclidean)
+            .with_mining(w.mining)
+            .with_margin(0.2)
+            .with_hinge(Hinge::Relu)
+            .with_reduction(w.reduction);
+        let mut grad = vec![0.0_f32; w.n * w.d];
+        let mut ws = vec![0.0_f32; triplet_batch_loss_grad_workspace_len(w.n, w.d, params)];
+        let mut g = c.benchmark_group("workloads");
+        g.throughput(Throughput::Elements(w.n as u64));
+        if w.n >= 4096 {
+            // About 50 ms per call: few samples keep the run short.
+            g.sample_size(10)
+                .warm_up_time(Duration::from_secs(1))
+                .measurement_time(Duration::from_secs(3));
+        }
+        g.bench_function(w.id, |b| {
+            b.iter(|| {
+                triplet_batch_loss_grad(black_box(x), &labels, params, &mut grad, &mut ws).unwrap()
+            });
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, w1, row_blocks, batch_losses);
 criterion_main!(benches);

@@ -26,17 +26,20 @@
 //! # Memory: no `n x n` matrix
 //!
 //! The fast kernels never hold the whole distance matrix; their workspace grows like
-//! `n * (dim + 1)` plus constants (a few MiB at `n = 4096`, `dim = 256`), see
+//! `n * (dim + 1)` plus `256 n` (at `n = 4096`, `dim = 256`: about 0.24e6 elements for
+//! batch-hard, 2.1e6 for semi-hard, against 16.8e6 for the matrix), see
 //! [`mining_workspace_len`]:
 //!
 //! - batch-hard sweeps the upper triangle of the matrix in square tiles of up to 256 x 256
-//!   distances: each tile updates the running farthest positive and nearest negative of
+//!   distances ([`crate::pairwise_distances`] on the diagonal, [`crate::cross_distances`]
+//!   elsewhere): each tile updates the running farthest positive and nearest negative of
 //!   its rows *and* (by symmetry) of its columns, so every distance is computed once.
 //!   Tiles are visited row block by row block, so every anchor meets its candidates in
 //!   ascending index order and a strict comparison keeps the smallest index on ties.
 //! - semi-hard (and the batch-all loss) needs whole rows: anchors are processed in blocks
-//!   of up to 128 rows, each block's `128 x n` distances computed at once
-//!   ([`crate::pairwise_distances_rows`]) and every anchor mined from its row.
+//!   of up to 256 rows, each block's `256 x n` distances computed at once
+//!   ([`crate::pairwise_distances_rows`], symmetric inside the block, so a batch of up to
+//!   256 rows costs one triangle) and every anchor mined from its row.
 //! - batch-all mining needs no distance at all.
 //!
 //! # Distances and their accuracy
@@ -224,13 +227,13 @@ pub(crate) const fn rows_len(rows: usize, dim: usize, extra_arrays: usize) -> us
 
 /// Workspace elements that [`hardest_pairs`] and [`mine_triplets`] need for `rows`
 /// embeddings of dimension `dim`, whatever the mining: the larger of the batch-hard sweep
-/// (`5 rows`, one `256 x 256` tile and the packing of two 256-row blocks,
-/// [`crate::cross_distances_workspace_len`]`(256, 256, dim)`) and the row-wise minings
-/// (`2 rows`, one `128 x rows` block of distances and its packing,
-/// [`crate::pairwise_distances_rows_workspace_len`]`(rows, 128, dim)`, about
-/// `(rows + 96) * (dim + 1)`); `256` and `128` are capped at `rows`. That is
-/// `O(rows * dim)`: no `rows x rows` matrix (about `1.4e6` elements, 5.6 MiB, for
-/// `rows = 4096`, `dim = 256`). Saturates instead of overflowing.
+/// (`5 rows`, one `t x t` tile and the packing of its two row blocks,
+/// [`crate::cross_distances_workspace_len`]`(t, t, dim)`) and the row-wise minings
+/// (`3 rows`, one `t x rows` block of distances and its packing,
+/// [`crate::pairwise_distances_rows_workspace_len`]`(rows, t, dim)`, about
+/// `(rows + 96) * (dim + 1)`), with `t = min(rows, 256)`. No `rows x rows` matrix: for
+/// `rows = 4096`, `dim = 256` about `2.1e6` elements (8.6 MiB) instead of `16.8e6`.
+/// Saturates instead of overflowing.
 pub const fn mining_workspace_len(rows: usize, dim: usize) -> usize {
     max_len(hard_len(rows, dim), rows_len(rows, dim, 0))
 }
@@ -349,30 +352,45 @@ pub fn mine_triplets_count(labels: &[u32], mining: Mining) -> Result<usize, Erro
 // ---------------------------------------------------------------------------------------
 // Workspace carving.
 
-/// Splits `len` elements off the front of `ws`.
-pub(crate) fn take<'w>(ws: &mut &'w mut [f32], len: usize) -> Result<&'w mut [f32], Error> {
-    let all = core::mem::take(ws);
-    let actual = all.len();
-    match all.split_at_mut_checked(len) {
-        Some((head, tail)) => {
-            *ws = tail;
-            Ok(head)
+/// A workspace being cut into consecutive pieces, front first.
+pub(crate) struct Carve<'w>(&'w mut [f32]);
+
+impl<'w> Carve<'w> {
+    /// The whole workspace, nothing taken yet.
+    pub(crate) fn new(ws: &'w mut [f32]) -> Self {
+        Carve(ws)
+    }
+
+    /// The next `len` elements.
+    pub(crate) fn take(&mut self, len: usize) -> Result<&'w mut [f32], Error> {
+        let all = core::mem::take(&mut self.0);
+        let actual = all.len();
+        match all.split_at_mut_checked(len) {
+            Some((head, tail)) => {
+                self.0 = tail;
+                Ok(head)
+            }
+            None => Err(Error::WorkspaceTooSmall {
+                required: len,
+                actual,
+            }),
         }
-        None => Err(Error::WorkspaceTooSmall {
+    }
+
+    /// The next `len` elements, as `u32` (row indices).
+    fn take_u32(&mut self, len: usize) -> Result<&'w mut [u32], Error> {
+        let head = self.take(len)?;
+        let actual = head.len();
+        bytemuck::try_cast_slice_mut(head).map_err(|_| Error::WorkspaceTooSmall {
             required: len,
             actual,
-        }),
+        })
     }
-}
 
-/// Splits `len` elements off the front of `ws`, as `u32` (row indices).
-fn take_u32<'w>(ws: &mut &'w mut [f32], len: usize) -> Result<&'w mut [u32], Error> {
-    let head = take(ws, len)?;
-    let actual = head.len();
-    bytemuck::try_cast_slice_mut(head).map_err(|_| Error::WorkspaceTooSmall {
-        required: len,
-        actual,
-    })
+    /// Everything not taken yet.
+    pub(crate) fn rest(self) -> &'w mut [f32] {
+        self.0
+    }
 }
 
 /// Rows `r0..r1` of `x` as a matrix of their own.
@@ -642,12 +660,12 @@ pub(crate) struct HardState<'w> {
 
 impl<'w> HardState<'w> {
     /// Carves the four arrays (`4 rows` elements) off `ws`.
-    pub(crate) fn take(ws: &mut &'w mut [f32], rows: usize) -> Result<Self, Error> {
+    pub(crate) fn take(ws: &mut Carve<'w>, rows: usize) -> Result<Self, Error> {
         Ok(HardState {
-            pos_val: take(ws, rows)?,
-            pos_idx: take_u32(ws, rows)?,
-            neg_val: take(ws, rows)?,
-            neg_idx: take_u32(ws, rows)?,
+            pos_val: ws.take(rows)?,
+            pos_idx: ws.take_u32(rows)?,
+            neg_val: ws.take(rows)?,
+            neg_idx: ws.take_u32(rows)?,
         })
     }
 }
@@ -756,8 +774,12 @@ impl Kernel for HardTile<'_, '_, '_> {
                 .zip(nis.iter_mut())
             {
                 let same = lb == li;
-                let tp = same & (v > *pv);
-                let tn = !same & (v < *nv);
+                // Non-short-circuit on purpose: branch-free selects vectorise.
+                let (tp, tn) = (
+                    u8::from(same) & u8::from(v > *pv),
+                    u8::from(!same) & u8::from(v < *nv),
+                );
+                let (tp, tn) = (tp != 0, tn != 0);
                 *pv = if tp { v } else { *pv };
                 *pi = if tp { i } else { *pi };
                 *nv = if tn { v } else { *nv };
@@ -1060,13 +1082,13 @@ pub fn hardest_pairs(
     check_len("negatives", n, negatives.len())?;
     check_workspace(mining_workspace_len(n, x.dim()), workspace.len())?;
     check_finite(&x)?;
-    let mut ws = workspace;
-    let norms = take(&mut ws, n)?;
+    let mut ws = Carve::new(workspace);
+    let norms = ws.take(n)?;
     metric_norms(&x, metric, norms);
     let mut st = HardState::take(&mut ws, n)?;
     let t = n.min(TILE);
-    let tile = take(&mut ws, t * t)?;
-    hard_sweep(&x, labels, metric, norms, &mut st, tile, ws)?;
+    let tile = ws.take(t * t)?;
+    hard_sweep(&x, labels, metric, norms, &mut st, tile, ws.rest())?;
     for (o, &p) in positives.iter_mut().zip(st.pos_idx.iter()) {
         *o = p;
     }
@@ -1174,26 +1196,26 @@ pub fn mine_triplets(
             }
         }
         Mining::BatchHard => {
-            let mut ws = workspace;
-            let norms = take(&mut ws, n)?;
+            let mut ws = Carve::new(workspace);
+            let norms = ws.take(n)?;
             metric_norms(&x, metric, norms);
             let mut st = HardState::take(&mut ws, n)?;
             let t = n.min(TILE);
-            let tile = take(&mut ws, t * t)?;
-            hard_sweep(&x, labels, metric, norms, &mut st, tile, ws)?;
+            let tile = ws.take(t * t)?;
+            hard_sweep(&x, labels, metric, norms, &mut st, tile, ws.rest())?;
             simd::dispatch(EmitHard {
                 st: &st,
                 sink: &mut w,
             });
         }
         Mining::SemiHard => {
-            let mut ws = workspace;
-            let norms = take(&mut ws, n)?;
+            let mut ws = Carve::new(workspace);
+            let norms = ws.take(n)?;
             metric_norms(&x, metric, norms);
-            let scratch = take(&mut ws, 2 * n)?;
-            let block = take(&mut ws, block_rows(n) * n)?;
+            let scratch = ws.take(2 * n)?;
+            let block = ws.take(block_rows(n) * n)?;
             let norms = &*norms;
-            for_row_blocks(&x, metric, norms, block, ws, |i0, _, blk| {
+            for_row_blocks(&x, metric, norms, block, ws.rest(), |i0, _, blk| {
                 simd::dispatch(SemiBlock {
                     block: blk,
                     i0,

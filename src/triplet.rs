@@ -41,7 +41,10 @@
 //! clamped at `1e-6` and the result clamped below at `1e-16` ([`Metric::Cosine`] clamps
 //! norms at `1e-12` and not the result; they differ on zero or tiny rows only). Its `"L_2"` and `"L_1"` compute
 //! distances with the Gram expansion `|a|^2 - 2 <a, b> + |b|^2` clamped at 0, which loses
-//! digits for near-identical rows; this crate sums `(a_i - b_i)^2` directly.
+//! digits for near-identical rows; this crate recomputes such distances directly as
+//! `sum (a_i - b_i)^2` (see [`crate::mining`]'s
+//! [accuracy notes](crate::mining#distances-and-their-accuracy)), so they keep full
+//! relative accuracy.
 //!
 //! Degenerate anchors are the one semantic difference. TensorFlow Addons averages over
 //! every anchor (batch-hard) or every anchor-positive pair (semi-hard), and its masked
@@ -67,8 +70,8 @@ use crate::math;
 use crate::matrix::Matrix;
 use crate::mining::{
     block_rows, check_finite, check_labels, check_triplet_count, for_row_blocks, hard_len,
-    hard_sweep, metric_norms, needs_direct, rows_len, take, EmitHard, HardState, Mining, SemiBlock,
-    Sink, Triplet, TILE,
+    hard_sweep, metric_norms, needs_direct, rows_len, Carve, EmitHard, HardState, Mining,
+    SemiBlock, Sink, Triplet, TILE,
 };
 use crate::reduce::{Hinge, Reduction};
 use crate::simd::{self, Kernel, Simd};
@@ -666,9 +669,9 @@ pub fn triplet_margin_loss_grad(
 // ---------------------------------------------------------------------------------------
 // Batch losses with online mining.
 
-/// Extra per-row arrays of the batch-all gradient: the coefficient row and the diagonal
-/// terms.
-const ALL_GRAD_ARRAYS: usize = 2;
+/// Extra per-row arrays of the batch-all gradient: the coefficient row, the diagonal
+/// terms and the GEMM's packed coefficients (`GEMM_MR` per row).
+const ALL_GRAD_ARRAYS: usize = 2 + GEMM_MR;
 
 /// Workspace of a batch loss (`grad`: with its gradient).
 const fn batch_len(rows: usize, dim: usize, params: BatchParams, grad: bool) -> usize {
@@ -688,17 +691,18 @@ const fn batch_len(rows: usize, dim: usize, params: BatchParams, grad: bool) -> 
 }
 
 /// Workspace elements that [`triplet_batch_loss`] needs for `rows` embeddings of
-/// dimension `dim` under `params`; no `rows x rows` matrix, `O(rows * dim)`:
+/// dimension `dim` under `params`; no `rows x rows` matrix, `O(rows * dim)`. With
+/// `t = min(rows, 256)`:
 ///
 /// - [`Mining::BatchHard`]: `5 rows`, one tile of `t x t` distances and its packing
-///   ([`crate::cross_distances_workspace_len`]`(t, t, dim)`), `t = min(rows, 256)`;
-/// - [`Mining::SemiHard`] and [`Mining::All`]: `2 rows`, one block of `b x rows`
-///   distances and its packing ([`crate::pairwise_distances_rows_workspace_len`]`(rows, b,
-///   dim)`, about `(rows + 96) * (dim + 1)`), `b = min(rows, 128)`;
+///   ([`crate::cross_distances_workspace_len`]`(t, t, dim)`);
+/// - [`Mining::SemiHard`] and [`Mining::All`]: `3 rows`, one block of `t x rows`
+///   distances and its packing ([`crate::pairwise_distances_rows_workspace_len`]`(rows, t,
+///   dim)`, about `(rows + 96) * (dim + 1)`);
 ///
 /// plus `rows * dim` when `params.normalize`. For `rows = 4096`, `dim = 256`: about
-/// `1.4e6` elements (5.6 MiB) for batch-hard, `1.6e6` for the others. Saturates instead
-/// of overflowing.
+/// `0.24e6` elements (1 MiB) for batch-hard, `2.1e6` (8.6 MiB) for the others, against
+/// `16.8e6` for the distance matrix. Saturates instead of overflowing.
 pub const fn triplet_batch_loss_workspace_len(
     rows: usize,
     dim: usize,
@@ -709,8 +713,9 @@ pub const fn triplet_batch_loss_workspace_len(
 
 /// Workspace elements that [`triplet_batch_loss_grad`] needs for `rows` embeddings of
 /// dimension `dim` under `params`: those of [`triplet_batch_loss_workspace_len`], plus
-/// `2 rows` for [`Mining::All`] (a row of pair coefficients and the diagonal terms of the
-/// gradient) and `dim` when `params.normalize`. Saturates instead of overflowing.
+/// `6 rows` for [`Mining::All`] (a row of pair coefficients, the diagonal terms of the
+/// gradient and the GEMM's packed coefficients) and `dim` when `params.normalize`.
+/// Saturates instead of overflowing.
 pub const fn triplet_batch_loss_grad_workspace_len(
     rows: usize,
     dim: usize,
@@ -1176,6 +1181,8 @@ struct AllGrad<'o> {
     coef: &'o mut [f32],
     /// Diagonal terms: `grad_i += diag_i * x_i` at the end (`n`).
     diag: &'o mut [f32],
+    /// The GEMM's packed coefficients (`GEMM_MR * n`).
+    cpack: &'o mut [f32],
     grad: &'o mut [f32],
 }
 
@@ -1274,16 +1281,22 @@ impl Kernel for AllBlock<'_, '_> {
         let i1 = i0 + rows;
         // The block's own columns: G[a][j] and G[j][a] both in the block, summed into one
         // symmetric coefficient so the anchor side alone applies them.
-        for r in 0..rows {
-            for c in r + 1..rows {
-                let (u, v) = (r * n + i0 + c, c * n + i0 + r);
-                if let (Some(&gu), Some(&gv)) = (block.get(u), block.get(v)) {
-                    let sum = gu + gv;
-                    if let Some(x) = block.get_mut(u) {
-                        *x = sum;
-                    }
-                    if let Some(x) = block.get_mut(v) {
-                        *x = sum;
+        // In SYM x SYM tiles, so that both the rows and the columns being read stay in
+        // the first-level cache.
+        for r0 in (0..rows).step_by(SYM) {
+            for c0 in (r0..rows).step_by(SYM) {
+                for r in r0..rows.min(r0 + SYM) {
+                    for c in c0.max(r + 1)..rows.min(c0 + SYM) {
+                        let (u, v) = (r * n + i0 + c, c * n + i0 + r);
+                        if let (Some(&gu), Some(&gv)) = (block.get(u), block.get(v)) {
+                            let sum = gu + gv;
+                            if let Some(x) = block.get_mut(u) {
+                                *x = sum;
+                            }
+                            if let Some(x) = block.get_mut(v) {
+                                *x = sum;
+                            }
+                        }
                     }
                 }
             }
@@ -1299,10 +1312,19 @@ impl Kernel for AllBlock<'_, '_> {
             return;
         };
         // Anchor side: grad[a] += sum_j G[a][j] x_j.
-        gemm_acc(s, block, n, 1, x.as_slice(), d, ga);
+        gemm_acc(s, block, n, 1, x.as_slice(), d, ga, g.cpack);
         // Column side, outside the block: grad[j] += sum_a G[a][j] x_a.
-        gemm_acc(s, block, 1, n, xb, d, head);
-        gemm_acc(s, block.get(i1..).unwrap_or(&[]), 1, n, xb, d, tail);
+        gemm_acc(s, block, 1, n, xb, d, head, g.cpack);
+        gemm_acc(
+            s,
+            block.get(i1..).unwrap_or(&[]),
+            1,
+            n,
+            xb,
+            d,
+            tail,
+            g.cpack,
+        );
     }
 }
 
@@ -1431,6 +1453,10 @@ fn coefficient_row<S: Simd>(
     }
 }
 
+/// Side of the tiles in which a block's own coefficients are summed with their mirror
+/// images.
+const SYM: usize = 16;
+
 /// Columns of the register block of [`gemm_acc`], in vectors.
 const GEMM_NV: usize = 4;
 /// Rows of the register block of [`gemm_acc`].
@@ -1438,8 +1464,11 @@ const GEMM_MR: usize = 4;
 
 /// `out[r][:] += sum_t coef[r * rs + t * cs] * b[t][:]` for the rows `r` of `out` and the
 /// rows `t` of `b` (both row-major with rows of `d`): a register-blocked GEMM
-/// (`GEMM_MR` rows by `GEMM_NV` vectors of accumulators, `b` streamed once per block).
+/// (`GEMM_MR` rows by `GEMM_NV` vectors of accumulators, `b` streamed once per block of
+/// columns). The coefficients of each group of `GEMM_MR` rows are first packed into
+/// `cpack` (`GEMM_MR` per row of `b`), contiguous in the order the inner loop reads them.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn gemm_acc<S: Simd>(
     s: S,
     coef: &[f32],
@@ -1448,12 +1477,20 @@ fn gemm_acc<S: Simd>(
     b: &[f32],
     d: usize,
     out: &mut [f32],
+    cpack: &mut [f32],
 ) {
     if d == 0 {
         return;
     }
     let l = S::LANES;
     let width = GEMM_NV * l;
+    let kdim = b.len() / d;
+    let Some(cpack) = kdim
+        .checked_mul(GEMM_MR)
+        .and_then(|len| cpack.get_mut(..len))
+    else {
+        return;
+    };
     let mut rows = out.chunks_exact_mut(d);
     let mut r0 = 0;
     loop {
@@ -1462,6 +1499,16 @@ fn gemm_acc<S: Simd>(
         if og[0].is_none() {
             break;
         }
+        for (t, cp) in cpack.chunks_exact_mut(GEMM_MR).enumerate() {
+            for (m, (c, orow)) in cp.iter_mut().zip(og.iter()).enumerate() {
+                *c = if orow.is_some() {
+                    coef.get((r0 + m) * rs + t * cs).copied().unwrap_or(0.0)
+                } else {
+                    0.0
+                };
+            }
+        }
+        let packed = &*cpack;
         let mut k0 = 0;
         while k0 < d {
             let mut acc = [[s.zero(); GEMM_NV]; GEMM_MR];
@@ -1473,22 +1520,26 @@ fn gemm_acc<S: Simd>(
                     }
                 }
             }
-            for (t, brow) in b.chunks_exact(d).enumerate() {
-                let bs = brow.get(k0..).unwrap_or(&[]);
-                let mut bv = [s.zero(); GEMM_NV];
-                for (v, x) in bv.iter_mut().enumerate() {
-                    *x = s.load(bs.get(v * l..).unwrap_or(&[]));
-                }
-                for (m, (am, orow)) in acc.iter_mut().zip(og.iter()).enumerate() {
-                    let c = if orow.is_some() {
-                        coef.get((r0 + m) * rs + t * cs).copied().unwrap_or(0.0)
-                    } else {
-                        0.0
+            if k0 + width <= d {
+                // Whole vectors: exact-width loads, no masks.
+                for (cp, brow) in packed.chunks_exact(GEMM_MR).zip(b.chunks_exact(d)) {
+                    let Some(bs) = brow.get(k0..k0 + width) else {
+                        break;
                     };
-                    let cv = s.splat(c);
-                    for (av, &x) in am.iter_mut().zip(&bv) {
-                        *av = s.fma(cv, x, *av);
+                    let mut bv = [s.zero(); GEMM_NV];
+                    for (x, c) in bv.iter_mut().zip(bs.chunks_exact(l)) {
+                        *x = s.load(c);
                     }
+                    gemm_step(s, &mut acc, cp, &bv);
+                }
+            } else {
+                for (cp, brow) in packed.chunks_exact(GEMM_MR).zip(b.chunks_exact(d)) {
+                    let bs = brow.get(k0..).unwrap_or(&[]);
+                    let mut bv = [s.zero(); GEMM_NV];
+                    for (v, x) in bv.iter_mut().enumerate() {
+                        *x = s.load(bs.get(v * l..).unwrap_or(&[]));
+                    }
+                    gemm_step(s, &mut acc, cp, &bv);
                 }
             }
             for (am, orow) in acc.iter().zip(og.iter_mut()) {
@@ -1502,6 +1553,22 @@ fn gemm_acc<S: Simd>(
             k0 += width;
         }
         r0 += GEMM_MR;
+    }
+}
+
+/// One row of `b` into the accumulators: `acc[m][v] += cp[m] * bv[v]`.
+#[inline(always)]
+fn gemm_step<S: Simd>(
+    s: S,
+    acc: &mut [[S::V; GEMM_NV]; GEMM_MR],
+    cp: &[f32],
+    bv: &[S::V; GEMM_NV],
+) {
+    for (am, &c) in acc.iter_mut().zip(cp) {
+        let cv = s.splat(c);
+        for (av, &x) in am.iter_mut().zip(bv) {
+            *av = s.fma(cv, x, *av);
+        }
     }
 }
 
@@ -1542,10 +1609,10 @@ fn batch_impl(
     }
     check_workspace(batch_len(n, dim, *params, grad.is_some()), workspace.len())?;
     check_finite(&x)?;
-    let mut ws = workspace;
+    let mut ws = Carve::new(workspace);
     let (y, tmp) = if params.normalize {
-        let y = take(&mut ws, x.len())?;
-        let tmp = take(&mut ws, if grad.is_some() { dim } else { 0 })?;
+        let y = ws.take(x.len())?;
+        let tmp = ws.take(if grad.is_some() { dim } else { 0 })?;
         l2_normalize(x, y)?;
         (Some(&*y), tmp)
     } else {
@@ -1555,7 +1622,7 @@ fn batch_impl(
         Some(y) => Matrix::new(y, n, dim)?,
         None => x,
     };
-    let norms = take(&mut ws, n)?;
+    let norms = ws.take(n)?;
     metric_norms(&xs, params.metric, norms);
     let norms = &*norms;
     if let Some(g) = grad.as_deref_mut() {
@@ -1576,16 +1643,16 @@ fn batch_impl(
             if params.mining == Mining::BatchHard {
                 let mut st = HardState::take(&mut ws, n)?;
                 let t = n.min(TILE);
-                let tile = take(&mut ws, t * t)?;
-                hard_sweep(&xs, labels, metric, norms, &mut st, tile, ws)?;
+                let tile = ws.take(t * t)?;
+                hard_sweep(&xs, labels, metric, norms, &mut st, tile, ws.rest())?;
                 simd::dispatch(EmitHard {
                     st: &st,
                     sink: &mut acc,
                 });
             } else {
-                let scratch = take(&mut ws, 2 * n)?;
-                let block = take(&mut ws, block_rows(n) * n)?;
-                for_row_blocks(&xs, metric, norms, block, ws, |i0, _, blk| {
+                let scratch = ws.take(2 * n)?;
+                let block = ws.take(block_rows(n) * n)?;
+                for_row_blocks(&xs, metric, norms, block, ws.rest(), |i0, _, blk| {
                     simd::dispatch(SemiBlock {
                         block: blk,
                         i0,
@@ -1599,19 +1666,20 @@ fn batch_impl(
             acc.totals
         }
         Mining::All => {
-            let masked = take(&mut ws, n)?;
+            let masked = ws.take(n)?;
             let mut bufs = match grad.as_deref_mut() {
                 Some(g) => {
-                    let coef = take(&mut ws, n)?;
-                    let diag = take(&mut ws, n)?;
+                    let coef = ws.take(n)?;
+                    let diag = ws.take(n)?;
+                    let cpack = ws.take(GEMM_MR * n)?;
                     diag.fill(0.0);
-                    Some((coef, diag, g))
+                    Some((coef, diag, cpack, g))
                 }
                 None => None,
             };
-            let block = take(&mut ws, block_rows(n) * n)?;
+            let block = ws.take(block_rows(n) * n)?;
             let mut totals = Totals::default();
-            for_row_blocks(&xs, metric, norms, block, ws, |i0, _, blk| {
+            for_row_blocks(&xs, metric, norms, block, ws.rest(), |i0, _, blk| {
                 simd::dispatch(AllBlock {
                     x: xs,
                     labels,
@@ -1623,13 +1691,16 @@ fn batch_impl(
                     block: blk,
                     masked: &mut *masked,
                     totals: &mut totals,
-                    grad: bufs
-                        .as_mut()
-                        .map(|(coef, diag, grad)| AllGrad { coef, diag, grad }),
+                    grad: bufs.as_mut().map(|(coef, diag, cpack, grad)| AllGrad {
+                        coef,
+                        diag,
+                        cpack,
+                        grad,
+                    }),
                 });
                 Ok(())
             })?;
-            if let Some((_, diag, grad)) = bufs {
+            if let Some((_, diag, _, grad)) = bufs {
                 simd::dispatch(AddDiag { x: xs, diag, grad });
             }
             totals
@@ -1664,7 +1735,7 @@ fn batch_impl(
 /// No `n x n` matrix is held (see [`crate::mining`]'s
 /// [memory notes](crate::mining#memory-no-n-x-n-matrix)): batch-hard sweeps the upper
 /// triangle of the distance matrix in tiles, each distance computed once; semi-hard and
-/// batch-all compute blocks of 128 anchor rows at a time and mine each anchor from its
+/// batch-all compute blocks of 256 anchor rows at a time and mine each anchor from its
 /// row. Batch-hard and semi-hard then recompute the two distances of each selected
 /// triplet directly (`sum (a_i - b_i)^2`, as [`triplet_margin_loss`] does); batch-all
 /// uses the row's distances. Scalar twin: [`crate::scalar::triplet_batch_loss`]; with the
@@ -1688,8 +1759,9 @@ fn batch_impl(
 /// `(d + 2) 2^-24` relative of the exact squared distances; batch-all terms use the
 /// mined rows' distances, within `(8 d + 16) 2^-24` relative (Euclidean metrics) or
 /// `(2 d + 10) 2^-24` absolute (cosine). Terms in `f32`; batch-hard and semi-hard terms
-/// summed in `f64`; batch-all relu terms of one anchor-positive pair summed in sixteen
-/// `f32` lanes (error at most `(n / 16 + 5) 2^-24` times their sum), the pairs in `f64`.
+/// summed in `f64`; batch-all relu terms of one anchor-positive pair summed in the SIMD
+/// backend's `f32` lanes (8 or 16) and then across them (error at most
+/// `(n / 8 + 5) 2^-24` times their sum), the pairs in `f64`; soft-margin terms in `f64`.
 /// Batch-all and batch-hard losses are continuous in the distances, so they stay within
 /// the weighted sum of the per-term bounds even where a near-tie is decided differently
 /// from the `f64` twin; semi-hard can differ by a whole term where a negative's distance
@@ -1729,13 +1801,16 @@ pub fn triplet_batch_loss(
 /// `(a, n)` the coefficient `-s`, `s = h'(v)`; a pair with coefficient `c` adds
 /// `c * d d(a, j) / d x` to the rows `a` and `j` (formulas in
 /// [`triplet_margin_loss_grad`]), and the total is scaled by the reduction weight at the
-/// end. Batch-hard and semi-hard, with one or a few triplets per anchor, update their
-/// pairs directly (difference formed once, `O(triplets * dim)`). Batch-all sums the
-/// coefficients of each anchor's pairs and accumulates a block of anchors with two
-/// register-blocked GEMMs (`grad[block] += G X`, `grad += G^T X[block]`, `G` the block's
-/// `128 x n` coefficients written over its distances), so its backward pass is two
-/// products of the forward pass's shape; pairs that nearly coincide (the accuracy
-/// fix-up's test) are updated in difference form instead. With `params.normalize` the
+/// end. Batch-hard and semi-hard, with one or a few triplets per anchor, update the three
+/// rows of each triplet in one pass (differences formed once, `O(triplets * dim)`).
+/// Batch-all sums the coefficients of each anchor's pairs (one vector pass per
+/// positive) and accumulates a block of anchors with register-blocked GEMMs: with `G`
+/// the block's `256 x n` pair factors (written over its distances),
+/// `grad[block] += G X` and, for the columns outside the block, `grad += G^T X[block]`;
+/// inside the block `G` is summed with its transpose first, so a batch of up to 256 rows
+/// needs the one product `G X` (`n^2 d` multiply-adds, twice the forward's triangle of
+/// distances). Pairs that nearly coincide (the accuracy fix-up's test) are updated in
+/// difference form instead. With `params.normalize` the
 /// gradient is taken through the normalisation ([`crate::l2_normalize_backward`]). Mining
 /// decisions are constants for the gradient. Scalar twin:
 /// [`crate::scalar::triplet_batch_loss_grad`]. `workspace` needs
@@ -1754,9 +1829,10 @@ pub fn triplet_batch_loss(
 /// the twin's per element for batch-hard and semi-hard (`m` updates to the row, `G` the
 /// sum of their absolute values). Batch-all's GEMM form `sum_j k_j x_a - sum_j k_j x_j`
 /// rounds relative to the rows rather than their differences; since it only takes pairs
-/// with `|a|^2 + |b|^2 <= 4 |a - b|^2`, each element stays within
-/// `3 (n + 2) sqrt(d) 2^-24 * G` (`G` as above) plus the distance errors' effect on the
-/// coefficients. The gradient is finite on every degenerate batch (single row, one class,
+/// with `|a|^2 + |b|^2 <= 4 |a - b|^2`, so that `|a_i| + |b_i| <= sqrt(8 d) max_i
+/// |a_i - b_i|`, each element stays within `(2 n + 4) sqrt(8 d) 2^-24 * G'`, `G'` the
+/// sum over the row's pair updates of `|k| max_i |a_i - b_i|`, plus the effect of the
+/// distance errors on the coefficients. The gradient is finite on every degenerate batch (single row, one class,
 /// duplicate rows: the Euclidean gradient at distance 0 is 0; zero rows under cosine use
 /// the clamped norm `1e-12`, which gives large but finite values).
 ///

@@ -303,6 +303,96 @@ fn one_large_case() {
     }
 }
 
+/// xorshift32 stream.
+fn xorshift(seed: u32) -> impl FnMut() -> u32 {
+    let mut state = seed | 1;
+    move || {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        state
+    }
+}
+
+/// More rows than one tile (256) and one block of rows (256) of the fused kernels: the
+/// sweep crosses tiles and the row-wise minings cross blocks. Few distinct values in few
+/// dimensions make ties everywhere, also between candidates of different tiles: the
+/// smallest index must win exactly as in the twins.
+#[test]
+fn tiles_and_blocks_break_ties_like_the_twins() {
+    let mut rng = xorshift(0x2545_f491);
+    for (n, d, classes) in [(300, 2, 30), (263, 1, 20), (260, 3, 130)] {
+        let data: Vec<f32> = (0..n * d).map(|_| (rng() % 3) as f32 - 1.0).collect();
+        let labels: Vec<u32> = (0..n).map(|_| rng() % classes * 7 + 1).collect();
+        let x = Matrix::new(&data, n, d).unwrap();
+        for metric in [Metric::SquaredEuclidean, Metric::Euclidean] {
+            let f = run(x, &labels, metric, true);
+            let s = run(x, &labels, metric, false);
+            assert_eq!(f.pos, s.pos, "{n} x {d}, {metric:?}");
+            assert_eq!(f.neg, s.neg, "{n} x {d}, {metric:?}");
+            assert_eq!(f.triplets, s.triplets, "{n} x {d}, {metric:?}");
+            check_definitions(x, &labels, metric, &f, false);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// Integers far from the origin: the Gram form `|a|^2 + |b|^2 - 2 <a, b>` rounds
+    /// every squared distance here (the norms exceed 2^24), while the differences are
+    /// small integers. The accuracy fix-up must recompute them directly, so the choices
+    /// are exactly the twins'.
+    #[test]
+    fn far_from_the_origin_identical(
+        (n, d, data, labels) in batch(1usize..=33, 1usize..=67, int_value()),
+        offset in prop::sample::select(vec![1.0e4_f32, -3.0e4, 2.5e5]),
+    ) {
+        let data: Vec<f32> = data.iter().map(|v| v + offset).collect();
+        let x = Matrix::new(&data, n, d).unwrap();
+        for metric in [Metric::SquaredEuclidean, Metric::Euclidean] {
+            let f = run(x, &labels, metric, true);
+            let s = run(x, &labels, metric, false);
+            prop_assert_eq!(&f.pos, &s.pos);
+            prop_assert_eq!(&f.neg, &s.neg);
+            prop_assert_eq!(&f.triplets, &s.triplets);
+            check_definitions(x, &labels, metric, &f, false);
+        }
+    }
+}
+
+/// Tight clusters far from the origin and from each other, one class each, over more than
+/// one tile: only the pairs inside a cluster are small against their norms, so the
+/// fix-up recomputes them one by one (not the whole tile). Every choice must be optimal
+/// within the distance bound *relative to the distance*, which the Gram form alone
+/// misses by orders of magnitude for the pairs inside a cluster.
+#[test]
+fn clustered_far_points_keep_relative_accuracy() {
+    let mut rng = xorshift(0x9e37_79b9);
+    let (clusters, size, d) = (27, 10, 8);
+    let n = clusters * size;
+    let mut data = Vec::with_capacity(n * d);
+    let mut labels = Vec::with_capacity(n);
+    for c in 0..clusters {
+        let center: Vec<f32> = (0..d)
+            .map(|_| (rng() % 2001) as f32 * 10.0 - 10_000.0)
+            .collect();
+        for _ in 0..size {
+            data.extend(
+                center
+                    .iter()
+                    .map(|v| v + (rng() % 1001) as f32 * 1e-3 - 0.5),
+            );
+            labels.push(c as u32 * 3 + 5);
+        }
+    }
+    let x = Matrix::new(&data, n, d).unwrap();
+    for metric in METRICS {
+        let f = run(x, &labels, metric, true);
+        check_definitions(x, &labels, metric, &f, true);
+    }
+}
+
 #[test]
 fn counts() {
     let labels = [4, 4, 9, 9, 9, 2];
@@ -392,7 +482,7 @@ fn every_error_path() {
     let x = Matrix::new(&data, 3, 2).unwrap();
     let labels = [0, 0, 1];
     let mut ws = [0.0_f32; mining_workspace_len(3, 2)];
-    // The documented requirement: the n x n matrix plus the pairwise kernel's scratch.
+    // The documented requirement (per-row arrays, one tile or block and its packing).
     let need = mining_workspace_len(3, 2);
     let mut pos = [7_u32; 3];
     let mut neg = [7_u32; 3];

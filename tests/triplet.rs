@@ -923,6 +923,57 @@ fn one_large_case() {
     }
 }
 
+/// More rows than one tile and one block of the fused kernels (256): the batch-hard sweep
+/// crosses tiles, semi-hard and batch-all cross blocks of rows, and batch-all's gradient
+/// takes both GEMM sides (rows inside and outside the block).
+#[test]
+fn tiles_and_blocks_large_case() {
+    let (n, d) = (261, 5);
+    let (data, labels) = pk_batch(n, d, 6, 0x1234_5678);
+    let ints: Vec<f32> = data.iter().map(|v| (v * 8.0).round()).collect();
+    for (metric, m, h, r, int) in [
+        (
+            Metric::Euclidean,
+            Mining::All,
+            Hinge::Relu,
+            Reduction::MeanNonzero,
+            true,
+        ),
+        (
+            Metric::Cosine,
+            Mining::All,
+            Hinge::SoftPlus,
+            Reduction::Sum,
+            false,
+        ),
+        (
+            Metric::SquaredEuclidean,
+            Mining::BatchHard,
+            Hinge::Relu,
+            Reduction::Mean,
+            true,
+        ),
+        (
+            Metric::Euclidean,
+            Mining::SemiHard,
+            Hinge::Relu,
+            Reduction::Sum,
+            false,
+        ),
+    ] {
+        let p = BatchParams::new()
+            .with_metric(metric)
+            .with_mining(m)
+            .with_margin(0.3)
+            .with_hinge(h)
+            .with_reduction(r);
+        batch_vs_scalar(n, d, &data, &labels, p).unwrap();
+        if int {
+            batch_vs_scalar(n, d, &ints, &labels, p.with_margin(1.0)).unwrap();
+        }
+    }
+}
+
 /// The batch loss equals the explicit-triplet loss over the mined triplets.
 #[test]
 fn batch_equals_explicit_over_mined_triplets() {
