@@ -349,6 +349,46 @@ pub fn mine_triplets_count(labels: &[u32], mining: Mining) -> Result<usize, Erro
     count_exact(labels, mining)
 }
 
+/// The checks of [`hardest_pairs`] and its scalar twin, in their documented order.
+/// Returns the number of rows.
+pub(crate) fn check_hardest_args(
+    x: &Matrix<'_>,
+    labels: &[u32],
+    positives_len: usize,
+    negatives_len: usize,
+    workspace_len: usize,
+) -> Result<usize, Error> {
+    let n = check_labels(x, labels)?;
+    check_len("positives", n, positives_len)?;
+    check_len("negatives", n, negatives_len)?;
+    check_workspace(mining_workspace_len(n, x.dim()), workspace_len)?;
+    check_finite(x)?;
+    Ok(n)
+}
+
+/// The checks of [`mine_triplets`] and its scalar twin, in their documented order: labels,
+/// triplet count against `out_len`, workspace, finite data. Returns the number of rows.
+pub(crate) fn check_mine_args(
+    x: &Matrix<'_>,
+    labels: &[u32],
+    mining: Mining,
+    out_len: usize,
+    workspace_len: usize,
+) -> Result<usize, Error> {
+    let n = check_labels(x, labels)?;
+    let count = count_exact(labels, mining)?;
+    if out_len < count {
+        return Err(Error::LengthMismatch {
+            buffer: "out",
+            expected: count,
+            actual: out_len,
+        });
+    }
+    check_workspace(mining_workspace_len(n, x.dim()), workspace_len)?;
+    check_finite(x)?;
+    Ok(n)
+}
+
 // ---------------------------------------------------------------------------------------
 // Workspace carving.
 
@@ -1077,11 +1117,13 @@ pub fn hardest_pairs(
     negatives: &mut [u32],
     workspace: &mut [f32],
 ) -> Result<(), Error> {
-    let n = check_labels(&x, labels)?;
-    check_len("positives", n, positives.len())?;
-    check_len("negatives", n, negatives.len())?;
-    check_workspace(mining_workspace_len(n, x.dim()), workspace.len())?;
-    check_finite(&x)?;
+    let n = check_hardest_args(
+        &x,
+        labels,
+        positives.len(),
+        negatives.len(),
+        workspace.len(),
+    )?;
     let mut ws = Carve::new(workspace);
     let norms = ws.take(n)?;
     metric_norms(&x, metric, norms);
@@ -1168,17 +1210,7 @@ pub fn mine_triplets(
     out: &mut [Triplet],
     workspace: &mut [f32],
 ) -> Result<usize, Error> {
-    let n = check_labels(&x, labels)?;
-    let count = count_exact(labels, mining)?;
-    if out.len() < count {
-        return Err(Error::LengthMismatch {
-            buffer: "out",
-            expected: count,
-            actual: out.len(),
-        });
-    }
-    check_workspace(mining_workspace_len(n, x.dim()), workspace.len())?;
-    check_finite(&x)?;
+    let n = check_mine_args(&x, labels, mining, out.len(), workspace.len())?;
     let mut w = Writer { out, k: 0 };
     match mining {
         Mining::All => {

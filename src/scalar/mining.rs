@@ -2,9 +2,9 @@
 //! needed, selections written as the textbook loops.
 
 use crate::distance::Metric;
-use crate::error::{check_len, check_workspace, Error};
+use crate::error::Error;
 use crate::matrix::Matrix;
-use crate::mining::{check_finite, check_labels, mining_workspace_len, Mining, Triplet, NO_INDEX};
+use crate::mining::{check_hardest_args, check_mine_args, Mining, Triplet, NO_INDEX};
 use crate::scalar::distance::distance64;
 
 /// `d(x_i, x_j)` in `f64` (0 for a row index out of range, which validated callers never
@@ -193,11 +193,13 @@ pub fn hardest_pairs(
     negatives: &mut [u32],
     workspace: &mut [f32],
 ) -> Result<(), Error> {
-    let n = check_labels(&x, labels)?;
-    check_len("positives", n, positives.len())?;
-    check_len("negatives", n, negatives.len())?;
-    check_workspace(mining_workspace_len(n, x.dim()), workspace.len())?;
-    check_finite(&x)?;
+    check_hardest_args(
+        &x,
+        labels,
+        positives.len(),
+        negatives.len(),
+        workspace.len(),
+    )?;
     for (a, (pa, na)) in positives.iter_mut().zip(negatives.iter_mut()).enumerate() {
         *pa = farthest_positive(&x, labels, metric, a).map_or(NO_INDEX, |p| p as u32);
         *na = nearest_negative(&x, labels, metric, a).map_or(NO_INDEX, |q| q as u32);
@@ -231,17 +233,7 @@ pub fn mine_triplets(
     out: &mut [Triplet],
     workspace: &mut [f32],
 ) -> Result<usize, Error> {
-    let n = check_labels(&x, labels)?;
-    let count = mine_triplets_count(labels, mining)?;
-    if out.len() < count {
-        return Err(Error::LengthMismatch {
-            buffer: "out",
-            expected: count,
-            actual: out.len(),
-        });
-    }
-    check_workspace(mining_workspace_len(n, x.dim()), workspace.len())?;
-    check_finite(&x)?;
+    check_mine_args(&x, labels, mining, out.len(), workspace.len())?;
     let mut k = 0_usize;
     for_each_triplet64(&x, labels, metric, mining, |a, p, q| {
         if let Some(t) = out.get_mut(k) {
