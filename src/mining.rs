@@ -418,7 +418,7 @@ impl<'w> Carve<'w> {
     }
 
     /// The next `len` elements, as `u32` (row indices).
-    fn take_u32(&mut self, len: usize) -> Result<&'w mut [u32], Error> {
+    pub(crate) fn take_u32(&mut self, len: usize) -> Result<&'w mut [u32], Error> {
         let head = self.take(len)?;
         let actual = head.len();
         bytemuck::try_cast_slice_mut(head).map_err(|_| Error::WorkspaceTooSmall {

@@ -1207,9 +1207,103 @@ struct AllBlock<'a, 'o> {
     i0: usize,
     block: &'o mut [f32],
     masked: &'o mut [f32],
+    /// Scratch for the positives of an anchor (`n` row indices).
+    pos: &'o mut [u32],
     totals: &'o mut Totals,
     grad: Option<AllGrad<'o>>,
 }
+
+/// Writes the indices of the rows labelled `label` to the front of `out`, ascending, and
+/// returns how many there are (rows past `out.len()` or past `u32::MAX` are not listed;
+/// the caller provides one slot per row and rows fit a `u32` by the batch's checks).
+#[inline(always)]
+fn list_label(labels: &[u32], label: u32, out: &mut [u32]) -> usize {
+    let mut len = 0;
+    for (j, &l) in labels.iter().enumerate() {
+        if l == label {
+            if let (Some(slot), Ok(j)) = (out.get_mut(len), u32::try_from(j)) {
+                *slot = j;
+                len += 1;
+            }
+        }
+    }
+    len
+}
+
+/// Sums a block's own pair coefficients with their mirror images: for `r != c` in
+/// `0..rows`, `block[r][i0 + c]` and `block[c][i0 + r]` (rows of `n`) both become
+/// `block[r][i0 + c] + block[c][i0 + r]`; the diagonal is left as it is. Whole
+/// `LANES x LANES` tiles go through register transposes, the edges element by element.
+#[inline(always)]
+fn symmetrise<S: Simd>(s: S, block: &mut [f32], n: usize, i0: usize, rows: usize) {
+    let l = S::LANES;
+    let full = if l <= MAX_LANES { rows / l * l } else { 0 };
+    let mut av = [s.zero(); MAX_LANES];
+    let mut bv = [s.zero(); MAX_LANES];
+    let mut diag = [0.0_f32; MAX_LANES];
+    for r0 in (0..full).step_by(l) {
+        for c0 in (r0..full).step_by(l) {
+            let (Some(a), Some(b)) = (av.get_mut(..l), bv.get_mut(..l)) else {
+                return;
+            };
+            let on_diagonal = r0 == c0;
+            if on_diagonal {
+                for (t, d) in diag.iter_mut().enumerate().take(l) {
+                    *d = block
+                        .get((r0 + t) * n + i0 + r0 + t)
+                        .copied()
+                        .unwrap_or(0.0);
+                }
+            }
+            for (t, v) in a.iter_mut().enumerate() {
+                let start = (r0 + t) * n + i0 + c0;
+                *v = s.load(block.get(start..start + l).unwrap_or(&[]));
+            }
+            for (t, v) in b.iter_mut().enumerate() {
+                let start = (c0 + t) * n + i0 + r0;
+                *v = s.load(block.get(start..start + l).unwrap_or(&[]));
+            }
+            s.transpose(b);
+            for (x, y) in a.iter_mut().zip(b.iter()) {
+                *x = s.add(*x, *y);
+            }
+            for (t, v) in a.iter().enumerate() {
+                let start = (r0 + t) * n + i0 + c0;
+                s.store(*v, block.get_mut(start..start + l).unwrap_or(&mut []));
+            }
+            s.transpose(a);
+            for (t, v) in a.iter().enumerate() {
+                let start = (c0 + t) * n + i0 + r0;
+                s.store(*v, block.get_mut(start..start + l).unwrap_or(&mut []));
+            }
+            if on_diagonal {
+                for (t, d) in diag.iter().enumerate().take(l) {
+                    if let Some(x) = block.get_mut((r0 + t) * n + i0 + r0 + t) {
+                        *x = *d;
+                    }
+                }
+            }
+        }
+    }
+    // The pairs with a column past the whole tiles.
+    for r in 0..rows {
+        for c in full.max(r + 1)..rows {
+            let (u, v) = (r * n + i0 + c, c * n + i0 + r);
+            if let (Some(&gu), Some(&gv)) = (block.get(u), block.get(v)) {
+                let sum = gu + gv;
+                if let Some(x) = block.get_mut(u) {
+                    *x = sum;
+                }
+                if let Some(x) = block.get_mut(v) {
+                    *x = sum;
+                }
+            }
+        }
+    }
+}
+
+/// The widest backend's lane count (AVX-512: 16 `f32`).
+const MAX_LANES: usize = 16;
 
 impl Kernel for AllBlock<'_, '_> {
     type Output = ();
@@ -1225,13 +1319,15 @@ impl Kernel for AllBlock<'_, '_> {
             i0,
             block,
             masked,
+            pos,
             totals,
             mut grad,
         } = self;
         let n = labels.len();
-        if n == 0 || masked.len() != n || norms.len() != n {
+        if n == 0 || masked.len() != n || norms.len() != n || pos.len() != n {
             return;
         }
+        let (mut pos_label, mut pos_len) = (None, 0);
         for (r, row) in block.chunks_exact_mut(n).enumerate() {
             let a = i0 + r;
             let Some(&la) = labels.get(a) else {
@@ -1248,8 +1344,18 @@ impl Kernel for AllBlock<'_, '_> {
                 g.coef.fill(0.0);
             }
             if negs > 0 {
-                for (p, (&lp, &dap)) in labels.iter().zip(row.iter()).enumerate() {
-                    if p == a || lp != la {
+                // The anchor's positives, ascending: the rows of its label (listed once
+                // per run of equal anchor labels) other than itself.
+                if pos_label != Some(la) {
+                    pos_len = list_label(labels, la, pos);
+                    pos_label = Some(la);
+                }
+                for &p in pos.get(..pos_len).unwrap_or(&[]) {
+                    let p = p as usize;
+                    let Some(&dap) = row.get(p) else {
+                        continue;
+                    };
+                    if p == a {
                         continue;
                     }
                     let base = dap + margin;
@@ -1281,26 +1387,7 @@ impl Kernel for AllBlock<'_, '_> {
         let i1 = i0 + rows;
         // The block's own columns: G[a][j] and G[j][a] both in the block, summed into one
         // symmetric coefficient so the anchor side alone applies them.
-        // In SYM x SYM tiles, so that both the rows and the columns being read stay in
-        // the first-level cache.
-        for r0 in (0..rows).step_by(SYM) {
-            for c0 in (r0..rows).step_by(SYM) {
-                for r in r0..rows.min(r0 + SYM) {
-                    for c in c0.max(r + 1)..rows.min(c0 + SYM) {
-                        let (u, v) = (r * n + i0 + c, c * n + i0 + r);
-                        if let (Some(&gu), Some(&gv)) = (block.get(u), block.get(v)) {
-                            let sum = gu + gv;
-                            if let Some(x) = block.get_mut(u) {
-                                *x = sum;
-                            }
-                            if let Some(x) = block.get_mut(v) {
-                                *x = sum;
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        symmetrise(s, block, n, i0, rows);
         let block = &*block;
         let (Some(xb), Some((head, rest))) = (
             x.as_slice().get(i0 * d..i1 * d),
@@ -1407,12 +1494,28 @@ fn coefficient_row<S: Simd>(
             let (rc, rt) = row.as_chunks_mut::<W>();
             let (cc, ct) = g.coef.as_chunks::<W>();
             let (dc, dt) = g.diag.as_chunks_mut::<W>();
-            for ((r, c), dg) in rc.iter_mut().zip(cc).zip(dc.iter_mut()) {
-                for l in 0..W {
-                    let k = k_of(c[l], r[l]);
-                    r[l] = -k;
-                    dg[l] += k;
-                    diag_a[l] += k;
+            // Whole chunks: one loop per metric, the division done unconditionally and
+            // then selected, so that the compiler vectorises it (the branchy closure form
+            // stays scalar).
+            let chunks = rc.iter_mut().zip(cc).zip(dc.iter_mut());
+            if squared {
+                for ((r, c), dg) in chunks {
+                    for l in 0..W {
+                        let k = 2.0 * c[l];
+                        r[l] = -k;
+                        dg[l] += k;
+                        diag_a[l] += k;
+                    }
+                }
+            } else {
+                for ((r, c), dg) in chunks {
+                    for l in 0..W {
+                        let q = c[l] / r[l];
+                        let k = if r[l] > 0.0 { q } else { 0.0 };
+                        r[l] = -k;
+                        dg[l] += k;
+                        diag_a[l] += k;
+                    }
                 }
             }
             for (l, ((r, &c), dg)) in rt.iter_mut().zip(ct).zip(dt.iter_mut()).enumerate() {
@@ -1452,10 +1555,6 @@ fn coefficient_row<S: Simd>(
         *da += sum_lanes(&diag_a);
     }
 }
-
-/// Side of the tiles in which a block's own coefficients are summed with their mirror
-/// images.
-const SYM: usize = 16;
 
 /// Columns of the register block of [`gemm_acc`], in vectors.
 const GEMM_NV: usize = 4;
@@ -1667,6 +1766,7 @@ fn batch_impl(
         }
         Mining::All => {
             let masked = ws.take(n)?;
+            let pos = ws.take_u32(n)?;
             let mut bufs = match grad.as_deref_mut() {
                 Some(g) => {
                     let coef = ws.take(n)?;
@@ -1690,6 +1790,7 @@ fn batch_impl(
                     i0,
                     block: blk,
                     masked: &mut *masked,
+                    pos: &mut *pos,
                     totals: &mut totals,
                     grad: bufs.as_mut().map(|(coef, diag, cpack, grad)| AllGrad {
                         coef,
