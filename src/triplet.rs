@@ -1116,15 +1116,26 @@ fn sum_lanes(v: &[f32; W]) -> f32 {
     h[0]
 }
 
-/// One anchor-positive pair of batch-all under the relu hinge: for every negative
-/// distance `m_q` of `masked` (NaN elsewhere), `v = base - m_q`; returns the sum of
-/// `max(v, 0)` and the number of `v > 0` (lane-wise `f32` accumulators, then the
-/// backend's lane sum), and subtracts each slope (0 or 1) from `coef[q]` when given.
+/// Positives swept together by [`relu_group`]: their terms share each load of the
+/// negatives' distances and each update of the coefficients.
+const GROUP: usize = 4;
+
+/// Up to [`GROUP`] anchor-positive pairs of batch-all under the relu hinge: for every
+/// negative distance `m_q` of `masked` (NaN elsewhere) and each `base_g` of `bases`,
+/// `v = base_g - m_q`; returns per pair the sum of `max(v, 0)` and the number of `v > 0`
+/// (lane-wise `f32` accumulators over the chunks in order, then the backend's lane sum:
+/// the same arithmetic, pair by pair, as one pair at a time), and subtracts the slopes
+/// (0 or 1, so their sum is exact) from `coef[q]` when given. A NaN base adds nothing.
 ///
 /// The slope is `min(max(v, 0) * 2^149, 1)`, computed in two exact scalings: 0 for
 /// `v <= 0` (or NaN), 1 for every `v > 0` down to the smallest subnormal.
 #[inline(always)]
-fn relu_pair<S: Simd>(s: S, masked: &[f32], base: f32, coef: Option<&mut [f32]>) -> (f32, f32) {
+fn relu_group<S: Simd>(
+    s: S,
+    masked: &[f32],
+    bases: &[f32; GROUP],
+    coef: Option<&mut [f32]>,
+) -> ([f32; GROUP], [f32; GROUP]) {
     let l = S::LANES;
     let zero = s.zero();
     let one = s.splat(1.0);
@@ -1132,8 +1143,21 @@ fn relu_pair<S: Simd>(s: S, masked: &[f32], base: f32, coef: Option<&mut [f32]>)
         s.splat(f32::from_bits(253 << 23)),
         s.splat(f32::from_bits(150 << 23)),
     );
-    let vb = s.splat(base);
-    let (mut hs, mut on) = (zero, zero);
+    let vb: [S::V; GROUP] = bases.map(|b| s.splat(b));
+    let mut hs = [zero; GROUP];
+    let mut on = [zero; GROUP];
+    // One chunk of negatives against the group; returns the chunk's summed slopes.
+    let mut step = |m: S::V| {
+        let mut count = zero;
+        for ((&b, h_acc), o_acc) in vb.iter().zip(hs.iter_mut()).zip(on.iter_mut()) {
+            let h = s.max(s.sub(b, m), zero);
+            let sl = s.min(s.mul(s.mul(h, up1), up2), one);
+            *h_acc = s.add(*h_acc, h);
+            *o_acc = s.add(*o_acc, sl);
+            count = s.add(count, sl);
+        }
+        count
+    };
     let mut chunks = masked.chunks_exact(l);
     // Padding lanes of the tail are NaN: no term, no slope.
     let mut tail = [f32::NAN; 16];
@@ -1144,35 +1168,23 @@ fn relu_pair<S: Simd>(s: S, masked: &[f32], base: f32, coef: Option<&mut [f32]>)
     if let Some(coef) = coef {
         let mut cc = coef.chunks_exact_mut(l);
         for (m, c) in chunks.by_ref().zip(cc.by_ref()) {
-            let h = s.max(s.sub(vb, s.load(m)), zero);
-            let sl = s.min(s.mul(s.mul(h, up1), up2), one);
-            hs = s.add(hs, h);
-            on = s.add(on, sl);
-            s.store(s.sub(s.load(c), sl), c);
+            let count = step(s.load(m));
+            s.store(s.sub(s.load(c), count), c);
         }
         if rem > 0 {
-            let h = s.max(s.sub(vb, s.load(&tail)), zero);
-            let sl = s.min(s.mul(s.mul(h, up1), up2), one);
-            hs = s.add(hs, h);
-            on = s.add(on, sl);
+            let count = step(s.load(&tail));
             let c = cc.into_remainder();
-            s.store(s.sub(s.load(c), sl), c);
+            s.store(s.sub(s.load(c), count), c);
         }
     } else {
         for m in chunks.by_ref() {
-            let h = s.max(s.sub(vb, s.load(m)), zero);
-            let sl = s.min(s.mul(s.mul(h, up1), up2), one);
-            hs = s.add(hs, h);
-            on = s.add(on, sl);
+            step(s.load(m));
         }
         if rem > 0 {
-            let h = s.max(s.sub(vb, s.load(&tail)), zero);
-            let sl = s.min(s.mul(s.mul(h, up1), up2), one);
-            hs = s.add(hs, h);
-            on = s.add(on, sl);
+            step(s.load(&tail));
         }
     }
-    (s.reduce_add(hs), s.reduce_add(on))
+    (hs.map(|h| s.reduce_add(h)), on.map(|o| s.reduce_add(o)))
 }
 
 /// The gradient buffers of the batch-all loss.
@@ -1350,28 +1362,65 @@ impl Kernel for AllBlock<'_, '_> {
                     pos_len = list_label(labels, la, pos);
                     pos_label = Some(la);
                 }
-                for &p in pos.get(..pos_len).unwrap_or(&[]) {
-                    let p = p as usize;
-                    let Some(&dap) = row.get(p) else {
-                        continue;
-                    };
-                    if p == a {
-                        continue;
-                    }
-                    let base = dap + margin;
-                    let coef = grad.as_mut().map(|g| &mut *g.coef);
-                    let (sum, active, slopes) = match hinge {
-                        Hinge::Relu => {
-                            let (h, on) = relu_pair(s, masked, base, coef);
-                            (f64::from(h), on as usize, on)
+                let mut positives = pos
+                    .get(..pos_len)
+                    .unwrap_or(&[])
+                    .iter()
+                    .map(|&p| p as usize)
+                    .filter(|&p| p != a);
+                loop {
+                    // The next group of positives (`usize::MAX` and a NaN base mark an
+                    // empty slot, which adds nothing).
+                    let mut members = [usize::MAX; GROUP];
+                    let mut bases = [f32::NAN; GROUP];
+                    let mut filled = 0;
+                    while filled < GROUP {
+                        let Some(p) = positives.next() else {
+                            break;
+                        };
+                        if let (Some(&dap), Some(slot), Some(base)) =
+                            (row.get(p), members.get_mut(filled), bases.get_mut(filled))
+                        {
+                            *slot = p;
+                            *base = dap + margin;
+                            filled += 1;
                         }
-                        Hinge::SoftPlus => soft_pair(masked, base, coef),
-                    };
-                    totals.sum += sum;
-                    totals.count = totals.count.saturating_add(negs);
-                    totals.active = totals.active.saturating_add(active);
-                    if let Some(c) = grad.as_mut().and_then(|g| g.coef.get_mut(p)) {
-                        *c += slopes;
+                    }
+                    if filled == 0 {
+                        break;
+                    }
+                    let mut sums = [(0.0_f64, 0_usize, 0.0_f32); GROUP];
+                    let coef = grad.as_mut().map(|g| &mut *g.coef);
+                    match hinge {
+                        Hinge::Relu => {
+                            let (h, on) = relu_group(s, masked, &bases, coef);
+                            for ((t, &h), &on) in sums.iter_mut().zip(&h).zip(&on) {
+                                *t = (f64::from(h), on as usize, on);
+                            }
+                        }
+                        Hinge::SoftPlus => {
+                            let filled = sums.iter_mut().zip(&bases).take(filled);
+                            if let Some(coef) = coef {
+                                for (t, &base) in filled {
+                                    *t = soft_pair(masked, base, Some(&mut *coef));
+                                }
+                            } else {
+                                for (t, &base) in filled {
+                                    *t = soft_pair(masked, base, None);
+                                }
+                            }
+                        }
+                    }
+                    for (&p, &(sum, active, slopes)) in members.iter().zip(&sums) {
+                        if p == usize::MAX {
+                            continue;
+                        }
+                        totals.sum += sum;
+                        totals.count = totals.count.saturating_add(negs);
+                        totals.active = totals.active.saturating_add(active);
+                        if let Some(c) = grad.as_mut().and_then(|g| g.coef.get_mut(p)) {
+                            *c += slopes;
+                        }
                     }
                 }
             }
@@ -1509,13 +1558,20 @@ fn coefficient_row<S: Simd>(
                 }
             } else {
                 for ((r, c), dg) in chunks {
+                    // In local arrays: the row and the diagonal terms are slices the
+                    // compiler cannot prove disjoint.
+                    let (rv, cv, mut dv) = (*r, *c, *dg);
+                    let mut k = [0.0_f32; W];
                     for l in 0..W {
-                        let q = c[l] / r[l];
-                        let k = if r[l] > 0.0 { q } else { 0.0 };
-                        r[l] = -k;
-                        dg[l] += k;
-                        diag_a[l] += k;
+                        let q = cv[l] / rv[l];
+                        k[l] = if rv[l] > 0.0 { q } else { 0.0 };
                     }
+                    for l in 0..W {
+                        dv[l] += k[l];
+                        diag_a[l] += k[l];
+                    }
+                    *r = k.map(|v| -v);
+                    *dg = dv;
                 }
             }
             for (l, ((r, &c), dg)) in rt.iter_mut().zip(ct).zip(dt.iter_mut()).enumerate() {
