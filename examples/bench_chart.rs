@@ -1,0 +1,613 @@
+//! Turns criterion's saved results of `benches/workloads.rs` into an SVG chart and a Markdown
+//! table, so the README's numbers and its chart come from the same run.
+//!
+//! ```sh
+//! cargo bench --bench workloads && cargo run --release --example bench_chart -- --caption "..."
+//! ```
+//!
+//! Flags (defaults relative to the crate root): `--criterion DIR` (default
+//! `$CARGO_TARGET_DIR/criterion`, else `target/criterion`),
+//! `--out FILE` (default `benches/workloads.svg`), `--caption TEXT` (CPU, build flags, date),
+//! `--peak-gflops X` (draws the core's f32 peak in the W1 panel and adds "% of peak").
+//!
+//! It reads `<dir>/workloads/<id>/new/estimates.json` (median and its 95 % confidence
+//! interval, in ns) and `benchmark.json` (throughput: `2 n n d` elements for W1, so
+//! elements/s are FLOP/s). The chart has two panels: W1 in GFLOP/s next to the GEMM anchor,
+//! and W2..W6 as median time over target. The Markdown table goes to stdout; a second table
+//! compares the `row_blocks` group on one and two threads when its results are present.
+//! Missing results are skipped with a note on stderr; malformed ones stop with status 1.
+
+#![warn(clippy::pedantic)]
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use serde_json::Value;
+
+// Targets of the performance issue (issue 5), derived from PyTorch and pytorch-metric-learning
+// figures measured on an AMD Zen 5 core: W1 must reach this fraction of the GEMM anchor's
+// GFLOP/s in the same run and be 2.5x faster than PyTorch (3.63 ms squared-Euclidean, 3.07 ms
+// cosine); W2..W6 are 5x, 30x, 30x, 10x and 50x faster than PyTorch / pml (0.95 ms, 25.1 ms,
+// 33.3 ms, 764 ms, 0.32 ms). Times in ns.
+const ANCHOR_FRACTION: f64 = 0.8;
+const W1_SQEUCLID_TARGET_NS: f64 = 3.63e6 / 2.5;
+const W1_COSINE_TARGET_NS: f64 = 3.07e6 / 2.5;
+const ANCHOR_ID: &str = "W1_gemm_anchor_n1024_d128";
+/// (criterion id, chart label, time target in ns; `None` for the anchor).
+const W1: [(&str, &str, Option<f64>); 3] = [
+    (
+        "W1_sqeuclid_n1024_d128",
+        "sqeuclid n1024 d128",
+        Some(W1_SQEUCLID_TARGET_NS),
+    ),
+    (
+        "W1_cosine_n1024_d128",
+        "cosine n1024 d128",
+        Some(W1_COSINE_TARGET_NS),
+    ),
+    (ANCHOR_ID, "GEMM anchor (X X^T)", None),
+];
+/// (criterion id, chart label, time target in ns).
+const BATCH: [(&str, &str, f64); 5] = [
+    (
+        "W2_batch_hard_fwd_bwd_n256_d128",
+        "W2 batch-hard n256",
+        0.19e6,
+    ),
+    ("W3_semihard_fwd_bwd_n256_d128", "W3 semi-hard n256", 0.84e6),
+    ("W4_batch_all_fwd_bwd_n256_d128", "W4 batch-all n256", 1.1e6),
+    (
+        "W5_batch_hard_fwd_bwd_n4096_d256",
+        "W5 batch-hard n4096",
+        76e6,
+    ),
+    ("W6_batch_hard_fwd_bwd_n32_d64", "W6 batch-hard n32", 6.5e3),
+];
+const ROW_BLOCKS: [&str; 2] = ["pairwise", "cross"];
+
+/// One criterion result: median and its confidence interval (ns), throughput elements.
+#[derive(Clone, Copy)]
+struct Est {
+    median: f64,
+    lo: f64,
+    hi: f64,
+    elements: Option<f64>,
+}
+
+impl Est {
+    /// Throughput in G elements/s (GFLOP/s for W1): (median, slowest, fastest).
+    fn giga(&self) -> Option<(f64, f64, f64)> {
+        self.elements
+            .map(|e| (e / self.median, e / self.hi, e / self.lo))
+    }
+}
+
+struct Opts {
+    criterion: PathBuf,
+    out: PathBuf,
+    caption: String,
+    peak: Option<f64>,
+}
+
+fn parse_args() -> Result<Opts, String> {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("target"),
+        PathBuf::from,
+    );
+    let mut o = Opts {
+        criterion: target.join("criterion"),
+        out: Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/workloads.svg"),
+        caption: String::new(),
+        peak: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--criterion" => o.criterion = value()?.into(),
+            "--out" => o.out = value()?.into(),
+            "--caption" => o.caption = value()?,
+            "--peak-gflops" => {
+                let v = value()?;
+                o.peak = Some(
+                    v.parse::<f64>()
+                        .ok()
+                        .filter(|p| p.is_finite() && *p > 0.0)
+                        .ok_or(format!("--peak-gflops: not a positive number: {v}"))?,
+                );
+            }
+            _ => {
+                return Err(format!(
+                    "unknown flag {flag}\nflags: --criterion DIR  --out FILE  --caption TEXT  \
+                     --peak-gflops X"
+                ))
+            }
+        }
+    }
+    Ok(o)
+}
+
+/// Parsed JSON of `path`, `None` if the file does not exist.
+fn read_json(path: &Path) -> Result<Option<Value>, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| format!("{}: malformed JSON: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// The result saved in `dir/new`, `None` (with a note on stderr) if it is missing.
+fn load(dir: &Path, name: &str) -> Result<Option<Est>, String> {
+    let path = dir.join("new").join("estimates.json");
+    let Some(est) = read_json(&path)? else {
+        eprintln!("skipping {name}: {} not found", path.display());
+        return Ok(None);
+    };
+    let num = |v: &Value, what: &str| {
+        v.as_f64()
+            .filter(|x| x.is_finite() && *x > 0.0)
+            .ok_or(format!(
+                "{}: {what} missing or not a positive number",
+                path.display()
+            ))
+    };
+    let median = &est["median"];
+    let ci = &median["confidence_interval"];
+    let bench_path = dir.join("new").join("benchmark.json");
+    let elements = match read_json(&bench_path)? {
+        Some(b) => match &b["throughput"]["Elements"] {
+            Value::Null => None,
+            v => Some(num(v, "throughput.Elements")?),
+        },
+        None => None,
+    };
+    Ok(Some(Est {
+        median: num(&median["point_estimate"], "median.point_estimate")?,
+        lo: num(&ci["lower_bound"], "median.confidence_interval.lower_bound")?,
+        hi: num(&ci["upper_bound"], "median.confidence_interval.upper_bound")?,
+        elements,
+    }))
+}
+
+/// Unit of a time in ns: (divisor, name).
+fn unit(ns: f64) -> (f64, &'static str) {
+    match ns {
+        x if x < 1e3 => (1.0, "ns"),
+        x if x < 1e6 => (1e3, "us"),
+        x if x < 1e9 => (1e6, "ms"),
+        _ => (1e9, "s"),
+    }
+}
+
+/// A number with three significant digits (no more than two decimals).
+fn sig3(v: f64) -> String {
+    match v.abs() {
+        0.0 => "0".to_string(),
+        a if a >= 100.0 => format!("{v:.0}"),
+        a if a >= 10.0 => format!("{v:.1}"),
+        _ => format!("{v:.2}"),
+    }
+}
+
+fn fmt_time(ns: f64) -> String {
+    let (div, name) = unit(ns);
+    format!("{} {name}", sig3(ns / div))
+}
+
+/// "1.37 ms (1.35-1.39)": the median and its confidence interval in the median's unit.
+fn fmt_ci(e: &Est) -> String {
+    let (div, name) = unit(e.median);
+    let s = |v: f64| sig3(v / div);
+    format!("{} {name} ({}-{})", s(e.median), s(e.lo), s(e.hi))
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A tick step giving about five ticks up to `max`.
+fn tick_step(max: f64) -> f64 {
+    let raw = max / 5.0;
+    let mag = 10f64.powf(raw.log10().floor());
+    let norm = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .into_iter()
+        .find(|m| m * mag >= raw)
+        .unwrap_or(10.0);
+    norm * mag
+}
+
+// Chart geometry (px): labels end at LABEL_X, bars run from X0 to X1, value labels start at
+// VALUE_X, clear of the bars and of the marker lines.
+const WIDTH: f64 = 860.0;
+const LABEL_X: f64 = 170.0;
+const X0: f64 = 180.0;
+const X1: f64 = 580.0;
+const VALUE_X: f64 = 592.0;
+const BAR: f64 = 22.0;
+const STEP: f64 = 32.0;
+
+struct Svg {
+    body: String,
+    y: f64,
+}
+
+impl Svg {
+    fn text(&mut self, x: f64, y: f64, attrs: &str, s: &str) {
+        let _ = writeln!(
+            self.body,
+            r#"<text x="{x:.1}" y="{y:.1}" {attrs}>{}</text>"#,
+            esc(s)
+        );
+    }
+    fn line(&mut self, (x1, y1): (f64, f64), (x2, y2): (f64, f64), attrs: &str) {
+        let _ = writeln!(
+            self.body,
+            r#"<line x1="{x1:.1}" y1="{y1:.1}" x2="{x2:.1}" y2="{y2:.1}" {attrs}/>"#
+        );
+    }
+    fn rect(&mut self, x: f64, y: f64, w: f64, h: f64, fill: &str) {
+        let _ = writeln!(
+            self.body,
+            r#"<rect x="{x:.1}" y="{y:.1}" width="{w:.1}" height="{h:.1}" fill="{fill}"/>"#
+        );
+    }
+
+    /// One bar `[0, v]` with a whisker `[lo, hi]` and a label after it; returns the bar's y.
+    fn bar(
+        &mut self,
+        sx: &dyn Fn(f64) -> f64,
+        name: &str,
+        (v, lo, hi): (f64, f64, f64),
+        fill: &str,
+        label: &str,
+    ) -> f64 {
+        let y = self.y;
+        let mid = y + BAR / 2.0;
+        self.text(
+            LABEL_X,
+            mid + 4.0,
+            r#"font-size="12" text-anchor="end""#,
+            name,
+        );
+        self.rect(X0, y, sx(v) - X0, BAR, fill);
+        let (a, b) = (sx(lo.min(hi)), sx(lo.max(hi)));
+        let ink = r##"stroke="#222" stroke-width="1.2""##;
+        self.line((a, mid), (b, mid), ink);
+        self.line((a, mid - 5.0), (a, mid + 5.0), ink);
+        self.line((b, mid - 5.0), (b, mid + 5.0), ink);
+        self.text(VALUE_X, mid + 4.0, r#"font-size="11""#, label);
+        self.y += STEP;
+        y
+    }
+
+    /// A panel's title and a grey note under it; leaves room for the marker labels.
+    fn heading(&mut self, title: &str, note: &str) {
+        self.text(16.0, self.y, r#"font-size="13" font-weight="bold""#, title);
+        self.y += 16.0;
+        self.text(16.0, self.y, r##"font-size="11" fill="#555""##, note);
+        self.y += 36.0;
+    }
+
+    /// A vertical marker across the bars from `top` with its label above them.
+    fn marker(&mut self, x: f64, top: f64, label: &str, anchor: &str, style: &str) {
+        self.line((x, top - 4.0), (x, self.y - STEP + BAR + 4.0), style);
+        let attrs = format!(r##"font-size="11" fill="#333" text-anchor="{anchor}""##);
+        self.text(x, top - 8.0, &attrs, label);
+    }
+
+    /// The x axis below the bars, ticks every `step` up to `max`.
+    fn axis(&mut self, sx: &dyn Fn(f64) -> f64, max: f64, step: f64, title: &str) {
+        let y = self.y - STEP + BAR + 8.0;
+        self.line((X0, y), (X1, y), r##"stroke="#444""##);
+        let mut t = 0.0;
+        while t <= max * 1.0001 {
+            self.line((sx(t), y), (sx(t), y + 4.0), r##"stroke="#444""##);
+            // Rounded to hide the drift of the running sum; `Display` drops trailing zeros.
+            let tick = format!("{}", (t * 1e4).round() / 1e4);
+            self.text(
+                sx(t),
+                y + 16.0,
+                r#"font-size="10" text-anchor="middle""#,
+                &tick,
+            );
+            t += step;
+        }
+        self.text(
+            f64::midpoint(X0, X1),
+            y + 30.0,
+            r#"font-size="11" text-anchor="middle""#,
+            title,
+        );
+        self.y = y + 56.0;
+    }
+}
+
+/// An axis scale: `(max, step)` with the max rounded up to a tick.
+fn scale(max: f64) -> (f64, f64) {
+    let step = tick_step(max);
+    ((max / step).ceil() * step, step)
+}
+
+/// A row of the chart or table: criterion id, chart label, result, time target (ns).
+struct Row<T> {
+    id: &'static str,
+    name: &'static str,
+    est: Est,
+    target: T,
+}
+
+/// The x scale of a panel whose axis ends at `max`.
+fn scale_x(max: f64) -> impl Fn(f64) -> f64 {
+    move |v: f64| X0 + (X1 - X0) * (v / max).clamp(0.0, 1.0)
+}
+
+/// Panel (a): W1 GFLOP/s, the 0.8x anchor marker, the optional peak line.
+fn panel_w1(svg: &mut Svg, w1: &[Row<Option<f64>>], peak: Option<f64>) {
+    svg.heading(
+        "(a) W1 distance matrix, n 1024, d 128: GFLOP/s (higher is better)",
+        "whisker: 95% CI of the median; short black tick: time target (PyTorch / 2.5) as GFLOP/s",
+    );
+    let top = svg.y;
+    let most = w1.iter().filter_map(|r| r.est.giga()).map(|g| g.2);
+    let (max, step) = scale(most.fold(peak.unwrap_or(0.0), f64::max) * 1.02);
+    let sx = scale_x(max);
+    for r in w1 {
+        let Some(g) = r.est.giga() else { continue };
+        let fill = if r.id == ANCHOR_ID {
+            "#9d9d9d"
+        } else {
+            "#4c78a8"
+        };
+        let label = format!("{} GFLOP/s, {}", sig3(g.0), fmt_time(r.est.median));
+        let y = svg.bar(&sx, r.name, g, fill, &label);
+        if let (Some(t), Some(el)) = (r.target, r.est.elements) {
+            let x = sx(el / t);
+            let ink = r#"stroke="black" stroke-width="2.5""#;
+            svg.line((x, y - 3.0), (x, y + BAR + 3.0), ink);
+        }
+    }
+    if let Some(a) = anchor_gflops(w1) {
+        let at = ANCHOR_FRACTION * a;
+        let label = format!("{ANCHOR_FRACTION}x anchor ({})", sig3(at));
+        let style = r##"stroke="#333" stroke-dasharray="5 3""##;
+        svg.marker(sx(at), top, &label, "end", style);
+    }
+    if let Some(p) = peak {
+        let label = format!("f32 peak {}", sig3(p));
+        svg.marker(
+            sx(p),
+            top,
+            &label,
+            "start",
+            r##"stroke="#b279a2" stroke-width="2""##,
+        );
+    }
+    svg.axis(&sx, max, step, "GFLOP/s");
+}
+
+/// Panel (b): W2..W6 median time over target, the target line at 1.
+fn panel_batch(svg: &mut Svg, batch: &[Row<f64>]) {
+    svg.heading(
+        "(b) W2-W6 loss + gradient: median time / target (at most 1 meets the target)",
+        "whisker: 95% CI of the median; green: target met, red: not met",
+    );
+    let top = svg.y;
+    let most = batch
+        .iter()
+        .map(|r| r.est.hi / r.target)
+        .fold(1.0, f64::max);
+    let (max, step) = scale(most * 1.02);
+    let sx = scale_x(max);
+    for r in batch {
+        let (e, t) = (&r.est, r.target);
+        let ratio = (e.median / t, e.lo / t, e.hi / t);
+        let fill = if ratio.0 <= 1.0 { "#54a24b" } else { "#e45756" };
+        let (m, tt, x) = (fmt_time(e.median), fmt_time(t), sig3(ratio.0));
+        svg.bar(
+            &sx,
+            r.name,
+            ratio,
+            fill,
+            &format!("{m} / target {tt} ({x}x)"),
+        );
+    }
+    svg.marker(
+        sx(1.0),
+        top,
+        "target",
+        "middle",
+        r#"stroke="black" stroke-width="1.5""#,
+    );
+    svg.axis(&sx, max, step, "median time / target");
+}
+
+fn chart(opts: &Opts, w1: &[Row<Option<f64>>], batch: &[Row<f64>]) -> String {
+    let mut svg = Svg {
+        body: String::new(),
+        y: 26.0,
+    };
+    let title = "triplet-kernels: cargo bench --bench workloads";
+    svg.text(16.0, svg.y, r#"font-size="16" font-weight="bold""#, title);
+    if !opts.caption.is_empty() {
+        svg.y += 20.0;
+        svg.text(
+            16.0,
+            svg.y,
+            r##"font-size="12" fill="#555""##,
+            &opts.caption,
+        );
+    }
+    svg.y += 36.0;
+    if !w1.is_empty() {
+        panel_w1(&mut svg, w1, opts.peak);
+    }
+    if !batch.is_empty() {
+        panel_batch(&mut svg, batch);
+    }
+    let h = svg.y - 16.0;
+    format!(
+        concat!(
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h:.0}" "#,
+            r#"viewBox="0 0 {w} {h:.0}" font-family="sans-serif">"#,
+            "\n",
+            r#"<rect width="100%" height="100%" fill="white"/>"#,
+            "\n{body}</svg>\n"
+        ),
+        w = WIDTH,
+        h = h,
+        body = svg.body
+    )
+}
+
+fn anchor_gflops(w1: &[Row<Option<f64>>]) -> Option<f64> {
+    w1.iter()
+        .find(|r| r.id == ANCHOR_ID)
+        .and_then(|r| r.est.giga())
+        .map(|g| g.0)
+}
+
+/// The verdict on a W1 kernel: both the anchor fraction and the time target must hold.
+fn w1_verdict(median: f64, target: f64, vs_anchor: Option<f64>) -> String {
+    let time_ok = median <= target;
+    let (ok, anchor) = match vs_anchor {
+        Some(r) if r >= ANCHOR_FRACTION => (time_ok, format!(">= {ANCHOR_FRACTION}x anchor")),
+        Some(_) => (false, format!("< {ANCHOR_FRACTION}x anchor")),
+        None => (false, "no anchor result".to_string()),
+    };
+    let verdict = if ok { "yes" } else { "no" };
+    let rel = if time_ok { "<=" } else { ">" };
+    let (m, t) = (fmt_time(median), fmt_time(target));
+    format!("{verdict} ({anchor}; {m} {rel} {t})")
+}
+
+fn print_workloads(w1: &[Row<Option<f64>>], batch: &[Row<f64>], peak: Option<f64>) {
+    let anchor = anchor_gflops(w1);
+    println!("| workload | median (CI) | GFLOP/s or target | x anchor / x target | met? |");
+    println!("|---|---|---|---|---|");
+    for r in w1 {
+        let g = r.est.giga().map_or(0.0, |g| g.0);
+        let mut gflops = format!("{} GFLOP/s", sig3(g));
+        if let Some(p) = peak {
+            let _ = write!(gflops, " ({:.0}% of peak)", 100.0 * g / p);
+        }
+        let ratio = anchor.map(|a| g / a);
+        let xa = ratio.map_or("n/a".into(), |x| format!("{x:.2}x anchor"));
+        let met = r
+            .target
+            .map_or("anchor".into(), |t| w1_verdict(r.est.median, t, ratio));
+        println!(
+            "| `{}` | {} | {gflops} | {xa} | {met} |",
+            r.id,
+            fmt_ci(&r.est)
+        );
+    }
+    for r in batch {
+        let (e, t) = (&r.est, r.target);
+        let met = if e.median <= t { "yes" } else { "no" };
+        let (ci, tt, x) = (fmt_ci(e), fmt_time(t), e.median / t);
+        println!(
+            "| `{}` | {ci} | target {tt} | {x:.2}x target | {met} |",
+            r.id
+        );
+    }
+}
+
+/// The row-block table (one vs two threads), when the `row_blocks` group has results.
+fn print_row_blocks(criterion: &Path) -> Result<(), String> {
+    let dir = criterion.join("row_blocks");
+    if !dir.is_dir() {
+        eprintln!("no {}: row-block table left out", dir.display());
+        return Ok(());
+    }
+    let mut rows = Vec::new();
+    for kind in ROW_BLOCKS {
+        let mut pair = [None, None];
+        for (slot, threads) in pair.iter_mut().zip(["1thread", "2threads"]) {
+            // criterion flattens the `/` of a function id into `_` in the directory name.
+            let flat = format!("W1_sqeuclid_n1024_d128_{kind}_2blocks_{threads}");
+            let nested = format!("W1_sqeuclid_n1024_d128/{kind}_2blocks_{threads}");
+            let name = if dir.join(&flat).is_dir() {
+                flat
+            } else {
+                nested
+            };
+            *slot = load(&dir.join(&name), &name)?;
+        }
+        if let [Some(one), Some(two)] = pair {
+            rows.push((kind, one, two));
+        }
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let cell = |e: &Est| match e.giga() {
+        Some(g) => format!("{}, {} GFLOP/s", fmt_ci(e), sig3(g.0)),
+        None => fmt_ci(e),
+    };
+    println!();
+    println!("| row blocks, W1 sqeuclid n1024 d128 | 1 thread | 2 threads | speed-up |");
+    println!("|---|---|---|---|");
+    for (kind, one, two) in &rows {
+        let (a, b, x) = (cell(one), cell(two), one.median / two.median);
+        println!("| {kind}, 2 blocks | {a} | {b} | {x:.2}x |");
+    }
+    Ok(())
+}
+
+fn run() -> Result<(), String> {
+    let opts = parse_args()?;
+    let group = opts.criterion.join("workloads");
+    let mut w1 = Vec::new();
+    for (id, name, target) in W1 {
+        match load(&group.join(id), id)? {
+            Some(e) if e.elements.is_none() => {
+                eprintln!("skipping {id}: no Elements throughput in benchmark.json");
+            }
+            Some(est) => w1.push(Row {
+                id,
+                name,
+                est,
+                target,
+            }),
+            None => {}
+        }
+    }
+    let mut batch = Vec::new();
+    for (id, name, target) in BATCH {
+        if let Some(est) = load(&group.join(id), id)? {
+            batch.push(Row {
+                id,
+                name,
+                est,
+                target,
+            });
+        }
+    }
+    if w1.is_empty() && batch.is_empty() {
+        let dir = group.display();
+        return Err(format!(
+            "no workload results under {dir}: run `cargo bench --bench workloads` first"
+        ));
+    }
+    std::fs::write(&opts.out, chart(&opts, &w1, &batch))
+        .map_err(|e| format!("could not write {}: {e}", opts.out.display()))?;
+    eprintln!("wrote {}", opts.out.display());
+    print_workloads(&w1, &batch, opts.peak);
+    print_row_blocks(&opts.criterion)
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench_chart: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
