@@ -600,14 +600,22 @@ fn prepare<'w>(
 /// Distances are computed pair by pair in the direct form (as
 /// [`crate::DistanceMode::Direct`], not the Gram form of [`crate::cross_distances`]):
 /// within `(d / 8 + 10) * 2^-24 * S` of the exact ones, `S` the sum of the absolute
-/// terms (`sum (a_i - b_i)^2`, or `sum |a_i b_i| / (|a| |b|)` for cosine). [`Metric::Euclidean`] ranks by the squared distance, which
-/// orders references exactly as the distance does, and takes one square root per listed
-/// neighbour instead of one per pair. The data are not scanned: a NaN distance ranks after every number, NaN against
-/// NaN by index, so a reference row holding NaN comes last for every query and a query
-/// row holding NaN gets the first `k` indices with NaN distances. Where two references
-/// are within rounding error of each other the fast kernel and its twin may order them
-/// differently; with data whose distances are exact in `f32` (small integers, Euclidean
-/// metrics) both return identical lists, ties included.
+/// terms of the distance: `sum (a_i - b_i)^2` for [`Metric::SquaredEuclidean`], the
+/// distance itself for [`Metric::Euclidean`] (a relative bound, which the square root
+/// halves), `1 + sum |a_i b_i| / (|a| |b|)` for [`Metric::Cosine`] (norms clamped, at most
+/// 2). Terms below `f32`'s normal range add at most `(d + 8) * 1.2e-38` to a squared
+/// distance (its square root to a Euclidean one). The bounds hold while every row's
+/// squared norm stays below `f32::MAX / 4`, as those of [`crate::DistanceMode`].
+/// [`Metric::Euclidean`] ranks by the squared distance, which orders references exactly
+/// as the distance does, and takes one square root per listed neighbour instead of one
+/// per pair: its lists are those of [`Metric::SquaredEuclidean`], distances rooted. The
+/// data are not scanned: a NaN distance ranks after every number, NaN against NaN by
+/// index, so a reference row holding NaN ranks after every reference at a numeric
+/// distance, for every query, and a query row holding NaN gets the first `k` indices
+/// with NaN distances. Where two references are within rounding error of each other the
+/// fast kernel and its twin may order them differently; with data whose distances are
+/// exact in `f32` (small integers, Euclidean metrics) both return identical lists, ties
+/// included.
 ///
 /// # Example
 ///

@@ -894,3 +894,65 @@ fn workspace_lengths_are_linear_and_saturate() {
     let ws = [0.0_f32; knn_workspace_len(2, 3, 4)];
     assert_eq!(ws.len(), 4 * 3 + 1);
 }
+
+/// `knn`'s documented bound, `(d / 8 + 10) 2^-24 S` with `S` the sum of the absolute terms
+/// of the distance: `1 + sum |a_i b_i| / (|a| |b|)` for cosine, the distance itself for
+/// the Euclidean one, plus an absolute allowance for terms below `f32`'s normal range.
+/// The docs once gave `S` without the `1` of `1 - cos`, and the squared distance for the
+/// Euclidean metric, with no underflow term: in each case below no `f32` at all lies
+/// within that of the exact distance, so no kernel could meet it.
+#[test]
+fn knn_distance_bound_terms() {
+    let u = 2f64.powi(-24);
+    let fast = |metric: Metric, a: &[f32], b: &[f32]| {
+        let d = a.len();
+        let (q, y) = (Matrix::new(a, 1, d).unwrap(), Matrix::new(b, 1, d).unwrap());
+        let (mut idx, mut dist) = ([0_u32], [0.0_f32]);
+        let mut ws = vec![f32::NAN; knn_workspace_len(1, 1, d)];
+        knn(q, Some(y), metric, 1, &mut idx, &mut dist, &mut ws).unwrap();
+        f64::from(dist[0])
+    };
+    // The error of the nearest `f32` to `x`: the least any kernel can do.
+    let least = |x: f64| (f64::from(x as f32) - x).abs();
+    let f64s = |v: &[f32]| v.iter().map(|&x| f64::from(x)).collect::<Vec<_>>();
+
+    // Cosine, nearly orthogonal rows.
+    let (a, b) = ([1.0_f32, 0.001], [0.001_f32, 1.0]);
+    let (a64, b64) = (f64s(&a), f64s(&b));
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let abs_terms: f64 = a64
+        .iter()
+        .zip(&b64)
+        .map(|(x, y)| (x * y).abs())
+        .sum::<f64>()
+        / (norm(&a64) * norm(&b64));
+    let exact = dist64(Metric::Cosine, &a, &b);
+    let c = (2.0 / 8.0 + 10.0) * u;
+    assert!(least(exact) > c * abs_terms, "old cosine wording met");
+    let got = fast(Metric::Cosine, &a, &b);
+    assert!(
+        (got - exact).abs() <= c * (1.0 + abs_terms),
+        "{got} vs {exact}"
+    );
+
+    // Euclidean, nearly coincident rows.
+    let (a, b) = ([0.0_f32, 0.0], [1e-4_f32, 1e-4]);
+    let exact = dist64(Metric::Euclidean, &a, &b);
+    assert!(
+        least(exact) > c * exact * exact,
+        "old Euclidean wording met"
+    );
+    let got = fast(Metric::Euclidean, &a, &b);
+    assert!((got - exact).abs() <= c * exact, "{got} vs {exact}");
+
+    // Squared Euclidean, a difference whose square underflows.
+    let (a, b) = ([1e-30_f32], [0.0_f32]);
+    let exact = dist64(Metric::SquaredEuclidean, &a, &b);
+    let c = (1.0 / 8.0 + 10.0) * u;
+    assert!(least(exact) > c * exact, "old underflow wording met");
+    let got = fast(Metric::SquaredEuclidean, &a, &b);
+    assert!(
+        (got - exact).abs() <= c * exact + (1.0 + 8.0) * 1.2e-38,
+        "{got} vs {exact}"
+    );
+}

@@ -1,17 +1,36 @@
 //! Differential target: retrieval (`knn`, `retrieval_metrics`) against the scalar twins,
 //! leave-one-out and against a gallery, on bounded structured inputs.
 //!
+//! `knn` computes each distance pair by pair in the direct form; nothing here depends on
+//! the last bits of another kernel's arithmetic. Checked:
+//!
 //! - Always: no panic; fast and twin return the same `Ok`/`Err`, the first documented
 //!   error for the arguments given (`k` out of range, non-finite embeddings for the
 //!   metrics), outputs untouched on `Err`; garbage in outputs and workspace changes
 //!   nothing.
-//! - Any data (NaN and infinity included, which `knn` does not scan): `knn` returns
-//!   exactly the ranking its docs define over the values of `cross_distances` (nearest
-//!   first, NaN last, ties to the smaller index, Euclidean ranked by its square), and
-//!   `retrieval_metrics` on finite data the textbook metrics of that ranking.
-//! - Data in the documented range: the twin's neighbour distances agree rank by rank
-//!   within the distance bound; on integer data under the Euclidean metrics both kernels
-//!   return identical lists and identical metrics.
+//! - Any data (NaN and infinity included, which `knn` does not scan), every list of the
+//!   fast kernel and of the twin, for the `k` asked and for `k` = every retrievable
+//!   reference: indices distinct, below `m`, never the query itself leave-one-out. The
+//!   fast lists are sorted by the documented total order of their own distances
+//!   (smaller first, NaN after every number, equal distances and NaN against NaN by the
+//!   smaller index); `Metric::Euclidean` ranks by the square, so its lists are
+//!   `Metric::SquaredEuclidean`'s, indices identical and distances their `f32` square
+//!   roots bit for bit. The twin's distances (rounded from `f64`) never decrease.
+//! - NaN rules of the docs: a query row holding NaN lists the first `k` retrievable
+//!   indices, every distance NaN; a reference row holding NaN gets a NaN distance from
+//!   every finite query and ranks after every reference whose distance to that query is
+//!   a number by construction (a finite row; for cosine, rows in the documented range).
+//! - Pairs of rows in the documented range (finite, squared norm below `f32::MAX / 8`):
+//!   every listed distance is within the documented bound `B` of the exact `f64`
+//!   distance of its (query, reference) pair; and nothing clearly nearer was missed: an
+//!   unlisted reference `j` has `exact(j) + B(j) >= exact(t) - B(t)` for every listed
+//!   `t`, and the last listed distance is at most `exact(j) + B(j)` (so it is a number).
+//!   The twin's lists obey the same. Rank by rank, fast and twin distances agree within
+//!   the distance bound; on integer data under the Euclidean metrics both return
+//!   identical lists and distances.
+//! - `retrieval_metrics` ("exactly as knn ranks"): on finite data, the textbook metrics
+//!   of `knn`'s own full ranking (`k` = every retrievable reference), within `1e-12`;
+//!   identical to the twin's on integer data under the Euclidean metrics.
 
 #![no_main]
 
@@ -22,8 +41,8 @@ use std::cmp::Ordering;
 use common::*;
 use libfuzzer_sys::fuzz_target;
 use triplet_kernels::{
-    cross_distances, cross_distances_workspace_len, knn, knn_workspace_len, retrieval_metrics,
-    retrieval_metrics_workspace_len, scalar, Error, Matrix, Metric, RetrievalMetrics,
+    knn, knn_workspace_len, retrieval_metrics, retrieval_metrics_workspace_len, scalar, Error,
+    Matrix, Metric, RetrievalMetrics,
 };
 
 /// The documented ranking key order: smaller distance first, NaN after every number,
@@ -37,42 +56,174 @@ fn rank(a: &(f32, usize), b: &(f32, usize)) -> Ordering {
     }
 }
 
-/// Every query's references in the documented order, from `cross_distances` values:
-/// `(distance as reported, index)`.
-fn brute_force(
-    queries: Matrix<'_>,
-    refs: Matrix<'_>,
-    loo: bool,
-    metric: Metric,
-) -> Vec<Vec<(f32, usize)>> {
-    let (n, m) = (queries.rows(), refs.rows());
-    let ranking = if metric == Metric::Euclidean {
-        Metric::SquaredEuclidean
-    } else {
-        metric
-    };
-    let mut dist = vec![0.0_f32; n * m];
-    let mut ws = vec![0.0_f32; cross_distances_workspace_len(n, m, queries.dim())];
-    cross_distances(queries, refs, ranking, &mut dist, &mut ws).unwrap();
-    (0..n)
-        .map(|q| {
-            let mut keys: Vec<(f32, usize)> = (0..m)
-                .filter(|&j| !(loo && j == q))
-                .map(|j| (dist[q * m + j], j))
-                .collect();
-            keys.sort_by(rank);
-            if metric == Metric::Euclidean {
-                for k in &mut keys {
-                    k.0 = k.0.sqrt();
-                }
-            }
-            keys
-        })
-        .collect()
-}
-
 fn same_f32(a: f32, b: f32) -> bool {
     a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())
+}
+
+fn has_nan(row: &[f32]) -> bool {
+    row.iter().any(|v| v.is_nan())
+}
+
+fn all_finite(row: &[f32]) -> bool {
+    row.iter().all(|v| v.is_finite())
+}
+
+/// Finite, squared norm below `f32::MAX / 8`: the range of the documented bounds.
+fn in_range(row: &[f32]) -> bool {
+    all_finite(row) && rows_in_range(row, row.len())
+}
+
+/// The bound `knn` documents for one pair, `(d / 8 + 10) 2^-24 S` with `S` the sum of the
+/// absolute terms (the distance itself for Euclidean, `1 + sum |a_i b_i| / (|a| |b|)` for
+/// cosine), plus the direct form's underflow allowance.
+fn knn_bound(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
+    let d = a.len() as f64;
+    (d / 8.0 + 10.0) * (EPS / 2.0) * dist_scale(metric, a, b) + underflow_allowance(metric, a.len())
+}
+
+/// One retrieval problem: the queries, the reference set (the queries leave-one-out).
+#[derive(Clone, Copy)]
+struct Problem<'a> {
+    q: Matrix<'a>,
+    refs: Matrix<'a>,
+    loo: bool,
+    metric: Metric,
+}
+
+impl Problem<'_> {
+    /// The references query `i` can retrieve, in index order.
+    fn retrievable(&self, i: usize) -> impl Iterator<Item = usize> + '_ {
+        let loo = self.loo;
+        (0..self.refs.rows()).filter(move |&j| !(loo && j == i))
+    }
+
+    fn reference(&self, j: usize) -> &[f32] {
+        self.refs.row(j).unwrap()
+    }
+}
+
+/// The documented contract of one list result (`k` per query) of the fast kernel
+/// (`fast`) or of its twin, checked against the problem alone.
+fn check_lists(p: &Problem<'_>, k: usize, idx: &[u32], dist: &[f32], fast: bool) {
+    let who = if fast { "knn" } else { "twin" };
+    let (n, m, metric) = (p.q.rows(), p.refs.rows(), p.metric);
+    assert_eq!((idx.len(), dist.len()), (n * k, n * k));
+    for i in 0..n {
+        let a = p.q.row(i).unwrap();
+        let ids: Vec<usize> = idx[i * k..(i + 1) * k]
+            .iter()
+            .map(|&j| j as usize)
+            .collect();
+        let ds = &dist[i * k..(i + 1) * k];
+
+        // Structure.
+        let mut listed = vec![false; m];
+        for &j in &ids {
+            assert!(j < m, "{who}: query {i} lists {j} of {m}");
+            assert!(!(p.loo && j == i), "{who}: query {i} lists itself");
+            assert!(!listed[j], "{who}: query {i} lists {j} twice");
+            listed[j] = true;
+        }
+
+        // Order of the reported distances. The fast kernel ranks exactly by them, ties
+        // and NaN by index (Euclidean ranks by the square: checked on the squared run);
+        // the twin ranks in f64, so its rounded distances only never decrease.
+        for t in 1..k {
+            let (x, y) = ((ds[t - 1], ids[t - 1]), (ds[t], ids[t]));
+            if fast && metric != Metric::Euclidean {
+                assert_eq!(
+                    rank(&x, &y),
+                    Ordering::Less,
+                    "{who}: query {i} ranks {t} and {}: {x:?} before {y:?}",
+                    t - 1
+                );
+            } else {
+                assert!(
+                    !(x.0.is_nan() && !y.0.is_nan()) && !(x.0 > y.0),
+                    "{who}: query {i} ranks {t} and {}: {x:?} before {y:?}",
+                    t - 1
+                );
+            }
+        }
+
+        // NaN rules.
+        if has_nan(a) {
+            let first: Vec<usize> = p.retrievable(i).take(k).collect();
+            assert_eq!(ids, first, "{who}: NaN query {i}: not the first indices");
+            assert!(
+                ds.iter().all(|v| v.is_nan()),
+                "{who}: NaN query {i}: distances {ds:?}"
+            );
+            continue;
+        }
+        if all_finite(a) {
+            // References whose distance to this query is a number by construction: any
+            // finite row in f64 and for the Euclidean metrics (an overflow gives +inf);
+            // for the fast cosine, rows in range (norms of huge rows overflow).
+            let numeric = |b: &[f32]| {
+                if fast && metric == Metric::Cosine {
+                    in_range(a) && in_range(b)
+                } else {
+                    all_finite(b)
+                }
+            };
+            let numeric_refs = p
+                .retrievable(i)
+                .filter(|&j| numeric(p.reference(j)))
+                .count();
+            for (t, (&j, &dj)) in ids.iter().zip(ds).enumerate() {
+                if has_nan(p.reference(j)) {
+                    assert!(
+                        dj.is_nan(),
+                        "{who}: query {i}: reference {j} holds NaN, distance {dj}"
+                    );
+                    let before = ids[..t]
+                        .iter()
+                        .filter(|&&l| numeric(p.reference(l)))
+                        .count();
+                    assert_eq!(
+                        before, numeric_refs,
+                        "{who}: query {i}: NaN reference {j} at rank {t}, before a number"
+                    );
+                }
+            }
+        }
+
+        // Bounds against the exact distances, and completeness.
+        if in_range(a) {
+            // The largest `exact(t) - B(t)` over the listed references in range.
+            let mut lower = f64::NEG_INFINITY;
+            for (t, (&j, &dj)) in ids.iter().zip(ds).enumerate() {
+                let b = p.reference(j);
+                if in_range(b) {
+                    let (e, bd) = (dist64(metric, a, b), knn_bound(metric, a, b));
+                    assert!(
+                        (f64::from(dj) - e).abs() <= bd,
+                        "{who}: query {i} rank {t} reference {j}: {dj} vs exact {e}, bound {bd}"
+                    );
+                    lower = lower.max(e - bd);
+                }
+            }
+            let last = f64::from(ds[k - 1]);
+            for j in p.retrievable(i).filter(|&j| !listed[j]) {
+                let b = p.reference(j);
+                if !in_range(b) {
+                    continue;
+                }
+                let upper = dist64(metric, a, b) + knn_bound(metric, a, b);
+                assert!(
+                    upper >= lower,
+                    "{who}: query {i}: reference {j} left out, exact + bound {upper} below \
+                     a listed exact - bound {lower}"
+                );
+                assert!(
+                    last <= upper,
+                    "{who}: query {i}: reference {j} left out, exact + bound {upper} below \
+                     the last listed distance {last}"
+                );
+            }
+        }
+    }
 }
 
 fn run_knn(
@@ -80,10 +231,10 @@ fn run_knn(
     refs: Option<Matrix<'_>>,
     metric: Metric,
     k: usize,
-    len: usize,
     fast: bool,
     garbage: f32,
 ) -> (Result<(), Error>, Vec<u32>, Vec<f32>) {
+    let len = q.rows() * k;
     let m = refs.map_or(q.rows(), |y| y.rows());
     let mut idx = vec![0xdead_u32; len];
     let mut dist = vec![garbage; len];
@@ -108,7 +259,7 @@ fn textbook(
     labels: &[u32],
     ref_labels: &[u32],
     loo: bool,
-    ranking: &[Vec<(f32, usize)>],
+    ranking: &[Vec<usize>],
     k: usize,
 ) -> ([f64; 4], usize) {
     let available = if loo {
@@ -123,10 +274,7 @@ fn textbook(
         if r == 0 {
             continue;
         }
-        let rel: Vec<bool> = ranking[q]
-            .iter()
-            .map(|&(_, j)| ref_labels[j] == label)
-            .collect();
+        let rel: Vec<bool> = ranking[q].iter().map(|&j| ref_labels[j] == label).collect();
         p1 += f64::from(u8::from(rel[0]));
         recall += f64::from(u8::from(rel[..k].iter().any(|&b| b)));
         let (mut hits, mut ap) = (0_usize, 0.0);
@@ -172,6 +320,12 @@ fuzz_target!(|data: &[u8]| {
     let available = if loo { m - 1 } else { m };
     let metric = g.metric();
     let garbage = g.garbage();
+    let p = Problem {
+        q,
+        refs,
+        loo,
+        metric,
+    };
 
     // knn.
     let k = match g.byte() % 8 {
@@ -179,12 +333,11 @@ fuzz_target!(|data: &[u8]| {
         1 => available + 1 + g.range(0, 3),
         _ => g.range(1, available.max(1)),
     };
-    let len = n * k;
     if dump() {
         eprintln!("knn: n {n} m {m} d {d} {metric:?} k {k} leave-one-out {loo}\nqueries {xd:?}\ngallery {yd:?}");
     }
-    let (rf, idf, df) = run_knn(q, y, metric, k, len, true, garbage);
-    let (rs, ids, ds) = run_knn(q, y, metric, k, len, false, garbage);
+    let (rf, idf, df) = run_knn(q, y, metric, k, true, garbage);
+    let (rs, ids, ds) = run_knn(q, y, metric, k, false, garbage);
     let k_ok = k >= 1 && k <= available;
     let expected: Vec<Error> = if k_ok {
         vec![]
@@ -193,33 +346,57 @@ fuzz_target!(|data: &[u8]| {
     };
     assert_eq!(rf, rs, "fast and twin disagree");
     assert_eq!(rf.err(), expected.first().copied());
+    // Every retrievable reference, in knn's order: the metrics' reference ranking.
+    let full = (available >= 1).then(|| {
+        let (r, idx, dist) = run_knn(q, y, metric, available, true, garbage);
+        assert_eq!(r, Ok(()), "k = every retrievable reference");
+        check_lists(&p, available, &idx, &dist, true);
+        (idx, dist)
+    });
+    if available >= 1 {
+        let (r, idx, dist) = run_knn(q, y, metric, available, false, garbage);
+        assert_eq!(r, Ok(()));
+        check_lists(&p, available, &idx, &dist, false);
+    }
     if rf.is_ok() {
-        let (_, idf2, df2) = run_knn(q, y, metric, k, len, true, -garbage);
+        let (_, idf2, df2) = run_knn(q, y, metric, k, true, -garbage);
         assert_eq!(
             (&idf, bits(&df)),
             (&idf2, bits(&df2)),
             "garbage changed knn"
         );
-        let want = brute_force(q, refs, loo, metric);
+        check_lists(&p, k, &idf, &df, true);
+        check_lists(&p, k, &ids, &ds, false);
+        // The k nearest are the first k of the full ranking: the same pair distances,
+        // one total order.
+        let (fi, fd) = full.as_ref().unwrap();
         for i in 0..n {
-            for t in 0..k {
-                let (wd, wj) = want[i][t];
-                assert_eq!(idf[i * k + t] as usize, wj, "query {i} rank {t}");
+            assert_eq!(
+                (&idf[i * k..(i + 1) * k], bits(&df[i * k..(i + 1) * k])),
+                (
+                    &fi[i * available..i * available + k],
+                    bits(&fd[i * available..i * available + k])
+                ),
+                "query {i}: the {k} nearest are not the head of the full ranking"
+            );
+        }
+        if metric == Metric::Euclidean {
+            // Ranked by the square, one square root per listed neighbour.
+            let sq = Problem {
+                metric: Metric::SquaredEuclidean,
+                ..p
+            };
+            let (r2, idq, dq) = run_knn(q, y, Metric::SquaredEuclidean, k, true, garbage);
+            assert_eq!(r2, Ok(()));
+            check_lists(&sq, k, &idq, &dq, true);
+            assert_eq!(idf, idq, "Euclidean and squared Euclidean lists differ");
+            for (t, (&e, &s)) in df.iter().zip(&dq).enumerate() {
                 assert!(
-                    same_f32(df[i * k + t], wd),
-                    "query {i} rank {t}: {} vs {wd}",
-                    df[i * k + t]
+                    same_f32(e, s.sqrt()),
+                    "entry {t}: Euclidean {e}, squared {s} (root {})",
+                    s.sqrt()
                 );
             }
-            // The twin's list: valid, distinct indices.
-            let row = &ids[i * k..(i + 1) * k];
-            let mut sorted = row.to_vec();
-            sorted.sort_unstable();
-            sorted.dedup();
-            assert_eq!(sorted.len(), k, "twin lists a reference twice");
-            assert!(row
-                .iter()
-                .all(|&j| (j as usize) < m && !(loo && j as usize == i)));
         }
         let finite = xd.iter().chain(&yd).all(|v| v.is_finite());
         if finite && rows_in_range(&xd, d) && rows_in_range(&yd, d) {
@@ -229,8 +406,8 @@ fuzz_target!(|data: &[u8]| {
             } else {
                 for i in 0..n {
                     let a = q.row(i).unwrap();
-                    let tol = (0..m)
-                        .filter(|&j| !(loo && j == i))
+                    let tol = p
+                        .retrievable(i)
                         .map(|j| dist_tol(metric, a, refs.row(j).unwrap()))
                         .fold(0.0, f64::max);
                     for t in 0..k {
@@ -303,11 +480,24 @@ fuzz_target!(|data: &[u8]| {
     );
     assert_eq!(fe, se, "evaluated queries");
     assert!(ff.iter().chain(&sf).all(|v| (0.0..=1.0).contains(v)));
-    let want = brute_force(q, refs, loo, metric);
-    let (wf, we) = textbook(&labels, &ref_labels, loo, &want, kr);
+    // knn's own full ranking ("exactly as knn ranks").
+    let ranking: Vec<Vec<usize>> = (0..n)
+        .map(|i| {
+            full.as_ref().map_or_else(Vec::new, |(idx, _)| {
+                idx[i * available..(i + 1) * available]
+                    .iter()
+                    .map(|&j| j as usize)
+                    .collect()
+            })
+        })
+        .collect();
+    let (wf, we) = textbook(&labels, &ref_labels, loo, &ranking, kr);
     assert_eq!(fe, we);
     for (a, b) in ff.iter().zip(&wf) {
-        assert!((a - b).abs() <= 1e-12, "{mf:?} vs textbook {wf:?}");
+        assert!(
+            (a - b).abs() <= 1e-12,
+            "{mf:?} vs textbook of knn's ranking {wf:?}"
+        );
     }
     if regime == Regime::Int
         && metric != Metric::Cosine
