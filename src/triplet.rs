@@ -1201,8 +1201,9 @@ struct AllGrad<'o> {
 /// Batch-all loss over a block of anchor rows `i0..` (`block`: their distance rows), with
 /// its gradient when `grad` is given.
 ///
-/// Per anchor `a`, every positive `p` is swept over the row's negatives (a vector pass for
-/// the relu hinge), giving the pair coefficients `c_aj` (`+sum of slopes` for `j = p`,
+/// Per anchor `a`, its positives `p` (listed once per run of equal anchor labels) are
+/// swept over the row's negatives four at a time (one vector pass per group for the relu
+/// hinge), giving the pair coefficients `c_aj` (`+sum of slopes` for `j = p`,
 /// `-sum of slopes` for a negative). The gradient of the block is then GEMM-shaped: with
 /// `k_aj` the factor of `d d(a, j) / d a = k_aj (x_a - x_j)` (`2 c`, `c / d`) or the
 /// cosine terms, the block's row of `G` is `-k_aj` and the diagonal terms collect
@@ -1960,8 +1961,8 @@ pub fn triplet_batch_loss(
 /// [`triplet_margin_loss_grad`]), and the total is scaled by the reduction weight at the
 /// end. Batch-hard and semi-hard, with one or a few triplets per anchor, update the three
 /// rows of each triplet in one pass (differences formed once, `O(triplets * dim)`).
-/// Batch-all sums the coefficients of each anchor's pairs (one vector pass per
-/// positive) and accumulates a block of anchors with register-blocked GEMMs: with `G`
+/// Batch-all sums the coefficients of each anchor's pairs (one vector pass per four
+/// positives) and accumulates a block of anchors with register-blocked GEMMs: with `G`
 /// the block's `256 x n` pair factors (written over its distances),
 /// `grad[block] += G X` and, for the columns outside the block, `grad += G^T X[block]`;
 /// inside the block `G` is summed with its transpose first, so a batch of up to 256 rows
