@@ -595,6 +595,34 @@ fn fix_up(
     }) == Fix::Direct
 }
 
+/// The fused miners' accuracy fix-up applied to a whole matrix `dist` from
+/// [`pairwise_distances`]: Euclidean values too small against their rows' norms (see
+/// [`needs_direct`]) are recomputed in the direct form, or the whole matrix when more
+/// than one in eight are. `scratch` holds at least
+/// [`crate::pairwise_distances_workspace_len`]`(n, d)` elements (garbage after). Cosine
+/// distances are left as they are.
+pub(crate) fn refine_pairwise(
+    x: &Matrix<'_>,
+    metric: Metric,
+    dist: &mut [f32],
+    scratch: &mut [f32],
+) -> Result<(), Error> {
+    if metric == Metric::Cosine {
+        return Ok(());
+    }
+    let n = x.rows();
+    let actual = scratch.len();
+    let norms = scratch.get_mut(..n).ok_or(Error::WorkspaceTooSmall {
+        required: n,
+        actual,
+    })?;
+    metric_norms(x, metric, norms);
+    if fix_up(metric, dist, x, x, norms, norms, Some(0)) {
+        pairwise_distances_rows(*x, 0..n, metric, DistanceMode::Direct, dist, scratch)?;
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------
 // Argmin / argmax with the smallest index on ties.
 

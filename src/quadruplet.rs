@@ -24,6 +24,7 @@ use crate::distance::{
 };
 use crate::error::{check_len, check_workspace, checked_area, Error};
 use crate::matrix::Matrix;
+use crate::mining::refine_pairwise;
 use crate::reduce::{Hinge, Reduction};
 
 /// One quadruplet of row indices: anchor, positive, first negative, second negative.
@@ -593,9 +594,13 @@ pub(crate) fn select<T: Copy>(
 /// # Numerics
 ///
 /// Decisions are taken on the distances of [`crate::pairwise_distances`] (symmetric bit
-/// for bit). They match the `f64` twin exactly whenever no two candidate distances are
-/// within the distance error bound of each other, in particular on small-integer data
-/// for the Euclidean metrics; otherwise the chosen distances agree within that bound.
+/// for bit) with the triplet miners' accuracy fix-up (see
+/// [`crate::mining`](crate::mining#distances-and-their-accuracy)): Euclidean distances
+/// too small against their rows' norms for the Gram form are recomputed directly, so a
+/// near-duplicate negative is told apart from an exact one. They match the `f64` twin
+/// exactly whenever no two candidate distances are within that accuracy of each other,
+/// in particular on small-integer data for the Euclidean metrics; otherwise the chosen
+/// distances agree within it.
 ///
 /// # Example
 ///
@@ -636,6 +641,7 @@ pub fn mine_quadruplets(
                 actual: wlen,
             })?;
     pairwise_distances(x, metric, dist, rest)?;
+    refine_pairwise(&x, metric, dist, rest)?;
     let mut written = 0;
     let mut slots = out.iter_mut();
     for (a, (row, &la)) in dist.chunks_exact(n).zip(labels).enumerate() {

@@ -3,9 +3,9 @@
 //! as the tests below. A test marked `#[ignore]` still fails: its reason names the issue.
 
 use triplet_kernels::{
-    proxy_anchor_loss, proxy_anchor_loss_grad, proxy_anchor_workspace_len, proxy_nca_loss,
-    proxy_nca_loss_grad, proxy_nca_workspace_len, scalar, Matrix, ProxyAnchorParams,
-    ProxyNcaParams,
+    mine_quadruplets, mine_quadruplets_count, mine_quadruplets_workspace_len, proxy_anchor_loss,
+    proxy_anchor_loss_grad, proxy_anchor_workspace_len, proxy_nca_loss, proxy_nca_loss_grad,
+    proxy_nca_workspace_len, scalar, Matrix, Metric, ProxyAnchorParams, ProxyNcaParams, Quadruplet,
 };
 
 /// `variants_diff`, `nca-sum-overflow`: the docs promise a finite Proxy-NCA loss for every
@@ -80,4 +80,52 @@ fn anchor_finite_condition_in_the_docs() {
         twin.is_finite() && fast.is_finite(),
         "fast {fast}, twin {twin}"
     );
+}
+
+/// `variants_diff`, `quadruplet-near-duplicate`: anchor 7's negatives include exact
+/// copies of it (rows 9 and 10, distance 0) and a near copy (row 8, squared distance
+/// 4.7e-4). With squared norms around 4.2e4 the Gram form cannot tell 4.7e-4 from 0, and
+/// the quadruplet miner, deciding on Gram distances alone, took row 8 as the nearest
+/// negative. It now re-checks such near pairs in the direct form, as the triplet miners
+/// do, and agrees with the twin.
+#[test]
+fn quadruplet_near_duplicate() {
+    let c = -102.72786_f32;
+    let t = -0.030_361_997_f32;
+    #[rustfmt::skip]
+    let data = [
+        0.002_108_208_6, -0.002_022_449_4, -0.002_022_449_4, -0.002_022_449_4,
+        -57.412_003, -3.766_676, -0.181_846_35, 0.584_418_06,
+        -1.942_634_6, -12.225_884, -630.762_27, 0.434_510_7,
+        -184.978_12, -0.202_572_08, 0.027_824_508, -0.031_159_56,
+        t, t, t, t,
+        t, t, t, t,
+        t, -33.822_47, -t, t,
+        c, c, c, c,
+        c, c, c, -102.706_21,
+        c, c, c, c,
+        c, c, c, c,
+    ];
+    let x = Matrix::new(&data, 11, 4).unwrap();
+    let labels = [
+        22955, 22955, 22955, 20873, 23130, 22955, 22955, 20873, 22955, 22955, 22955,
+    ];
+    let count = mine_quadruplets_count(&labels);
+    let mut ws = vec![0.0_f32; mine_quadruplets_workspace_len(11, 4)];
+    let (mut f, mut s) = (
+        vec![Quadruplet::default(); count],
+        vec![Quadruplet::default(); count],
+    );
+    let metric = Metric::SquaredEuclidean;
+    assert_eq!(
+        mine_quadruplets(x, &labels, metric, &mut f, &mut ws),
+        Ok(count)
+    );
+    assert_eq!(
+        scalar::mine_quadruplets(x, &labels, metric, &mut s, &mut ws),
+        Ok(count)
+    );
+    let anchor7 = |q: &[Quadruplet]| *q.iter().find(|q| q.anchor == 7).unwrap();
+    assert_eq!(anchor7(&s).negative1, 9);
+    assert_eq!(anchor7(&f), anchor7(&s));
 }
