@@ -16,7 +16,12 @@
 use crate::error::{check_len, Error};
 use crate::math;
 
-/// The function applied to each margin value. See the [module docs](self).
+/// The function applied to each margin value `v` (for a triplet,
+/// `d(a,p) - d(a,n) + margin`) before the terms are reduced ([`Reduction`]).
+///
+/// - [`Hinge::Relu`]: `h(v) = max(v, 0)`; its derivative is taken as 0 at `v = 0`.
+/// - [`Hinge::SoftPlus`]: `h(v) = ln(1 + e^v)`, computed as `max(v, 0) + ln(1 + e^-|v|)`,
+///   finite for every finite `v` (it never overflows, unlike a literal `log1p(exp(v))`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Hinge {
     /// `max(v, 0)`.
@@ -66,7 +71,15 @@ impl Hinge {
     }
 }
 
-/// How per-tuple terms become one loss. See the [module docs](self).
+/// How per-tuple terms `h(v_k)` ([`Hinge`]) become one loss.
+///
+/// - [`Reduction::Sum`]: `sum h(v_k)`; [`Reduction::Mean`]: `sum / k`;
+/// - [`Reduction::MeanNonzero`]: the sum divided by the number of active terms (`v > 0`
+///   for relu; every term with `v > -inf` for the soft margin, see [`Hinge::is_active`]),
+///   as pytorch-metric-learning's `AvgNonZeroReducer`, the count held constant for the
+///   gradient.
+///
+/// A reduction of zero terms, or of terms that are all 0, is 0 with a zero gradient.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Reduction {
     /// Sum of the terms.
