@@ -579,10 +579,15 @@ impl Kernel for NormalizeBackward<'_, '_> {
             // A NaN norm takes this branch and propagates.
             if r.is_nan() || r > NORM_EPS {
                 let inv = 1.0 / r;
-                // <y, g> = <x, g> / r; grad = g / r - x <x, g> / r^3.
-                let proj = simd::dot_with(s, row, g) * inv * inv;
-                simd::scale_into_with(s, inv, g, gx);
-                simd::axpy_with(s, -proj * inv, row, gx);
+                // With y = x / r: grad = (g - y <y, g>) / r, formed as
+                // g / r - (<y, g> / r) (x / r). Every intermediate keeps the scale of
+                // g / r or of y: the shorter form `x (<x, g> / r^3)` underflows for
+                // long rows (|x| ~ 1e17: 1 / r^3 ~ 1e-51) and left a residue of about
+                // 1e-29 where the gradient is 0.
+                let c = simd::dot_with(s, row, g) * inv * inv;
+                for ((o, &gk), &xk) in gx.iter_mut().zip(g).zip(row) {
+                    *o = gk * inv - c * (xk * inv);
+                }
             } else {
                 simd::scale_into_with(s, 1.0 / NORM_EPS, g, gx);
             }

@@ -3,9 +3,10 @@
 //! as the tests below. A test marked `#[ignore]` still fails: its reason names the issue.
 
 use triplet_kernels::{
-    mine_quadruplets, mine_quadruplets_count, mine_quadruplets_workspace_len, proxy_anchor_loss,
-    proxy_anchor_loss_grad, proxy_anchor_workspace_len, proxy_nca_loss, proxy_nca_loss_grad,
-    proxy_nca_workspace_len, scalar, Matrix, Metric, ProxyAnchorParams, ProxyNcaParams, Quadruplet,
+    l2_normalize_backward, mine_quadruplets, mine_quadruplets_count,
+    mine_quadruplets_workspace_len, proxy_anchor_loss, proxy_anchor_loss_grad,
+    proxy_anchor_workspace_len, proxy_nca_loss, proxy_nca_loss_grad, proxy_nca_workspace_len,
+    scalar, Matrix, Metric, ProxyAnchorParams, ProxyNcaParams, Quadruplet,
 };
 
 /// `variants_diff`, `nca-sum-overflow`: the docs promise a finite Proxy-NCA loss for every
@@ -128,4 +129,34 @@ fn quadruplet_near_duplicate() {
     let anchor7 = |q: &[Quadruplet]| *q.iter().find(|q| q.anchor == 7).unwrap();
     assert_eq!(anchor7(&s).negative1, 9);
     assert_eq!(anchor7(&f), anchor7(&s));
+}
+
+/// `variants_diff`, `normalize-backward-underflow`: Proxy-Anchor with `alpha = 2.6e-9` on
+/// a 1-d row of length 6.3e16, whose exact gradient is 0 (in one dimension the
+/// normalised row cannot move). The backward of the normalisation formed
+/// `x (<x, g> / r^3)`, whose factor `1 / r^3` underflows to a subnormal for such a row, and
+/// returned 1e-29 instead of a value within its documented bound
+/// `(2 d / 8 + 20) 2^-24 |g| / r` (about 2e-32 here).
+#[test]
+fn normalize_backward_underflow() {
+    let x = Matrix::new(&[-6.327_903e16], 1, 1).unwrap();
+    for g in [1e-9_f32, -3.3e-9, 1e-6, 1.0] {
+        let mut gx = [f32::NAN];
+        l2_normalize_backward(x, &[g], &mut gx).unwrap();
+        let bound =
+            (2.0 / 8.0 + 20.0) * f64::from(f32::EPSILON) / 2.0 * f64::from(g.abs()) / 6.327_903e16;
+        assert!(
+            f64::from(gx[0]).abs() <= bound,
+            "g {g}: {} > {bound}",
+            gx[0]
+        );
+    }
+    let x = Matrix::new(&[-6.327_903e16, -0.015_012_487], 2, 1).unwrap();
+    let proxies = Matrix::new(&[-0.013_473_676, -6.0, -8.0, 0.0, 0.0], 5, 1).unwrap();
+    let labels = [3, 3];
+    let params = ProxyAnchorParams::new(5.764_452e-16, 2.577_857_5e-9);
+    let mut ws = vec![0.0_f32; proxy_anchor_workspace_len(2, 5, 1)];
+    let (mut g, mut gp) = ([f32::NAN; 2], [f32::NAN; 5]);
+    proxy_anchor_loss_grad(x, &labels, proxies, params, &mut g, &mut gp, &mut ws).unwrap();
+    assert!(g[0].abs() < 1e-31, "grad[0] {}", g[0]);
 }
