@@ -72,7 +72,7 @@ use crate::distance::{
 use crate::error::{check_len, check_workspace, Error};
 use crate::math;
 use crate::matrix::Matrix;
-use crate::simd::{self, Kernel, Simd};
+use crate::simd::{self, Kernel, Simd, MAX_LANES};
 
 /// Marks "no such row" in the index outputs of [`hardest_pairs`] (an anchor without a
 /// positive or without a negative).
@@ -628,8 +628,6 @@ pub(crate) fn refine_pairwise(
 
 /// "No candidate" among row indices.
 const NONE: u32 = u32::MAX;
-/// Upper bound of the lanes of every backend (sizes a lane buffer).
-const MAX_LANES: usize = 16;
 
 /// Index of the largest (`max`) or smallest value of `buf`, ties to the smallest index;
 /// [`NONE`] when the extreme is the neutral value (`-inf` for `max`, `+inf` otherwise),

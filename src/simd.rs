@@ -141,6 +141,8 @@ pub(crate) fn dispatch<K: Kernel>(kernel: K) -> K::Output {
 pub(crate) const MR_MAX: usize = 16;
 /// Largest `NV * LANES` of any backend (sizes workspaces).
 pub(crate) const NR_MAX: usize = 32;
+/// Largest `LANES` of any backend (AVX-512: 16 `f32`; sizes lane buffers).
+pub(crate) const MAX_LANES: usize = 16;
 
 // ---------------------------------------------------------------------------------------
 // Algorithms over slices, written once.

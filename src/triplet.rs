@@ -74,7 +74,7 @@ use crate::mining::{
     SemiBlock, Sink, Triplet, TILE,
 };
 use crate::reduce::{Hinge, Reduction};
-use crate::simd::{self, Kernel, Simd};
+use crate::simd::{self, Kernel, Simd, MAX_LANES};
 use crate::{l2_normalize, l2_normalize_backward};
 
 /// Parameters of the explicit-triplet loss [`triplet_margin_loss`]. Plain `Copy` data,
@@ -1160,7 +1160,7 @@ fn relu_group<S: Simd>(
     };
     let mut chunks = masked.chunks_exact(l);
     // Padding lanes of the tail are NaN: no term, no slope.
-    let mut tail = [f32::NAN; 16];
+    let mut tail = [f32::NAN; MAX_LANES];
     for (t, &m) in tail.iter_mut().zip(chunks.remainder()) {
         *t = m;
     }
@@ -1314,9 +1314,6 @@ fn symmetrise<S: Simd>(s: S, block: &mut [f32], n: usize, i0: usize, rows: usize
         }
     }
 }
-
-/// The widest backend's lane count (AVX-512: 16 `f32`).
-const MAX_LANES: usize = 16;
 
 impl Kernel for AllBlock<'_, '_> {
     type Output = ();
