@@ -50,19 +50,6 @@ fn count_by_formula(labels: &[u32], mining: Mining) -> usize {
     total
 }
 
-/// Argmax (`far`) or argmin over `cands` of `row[j]`, ties to the smallest index.
-fn extreme(row: &[f32], cands: impl Iterator<Item = usize>, far: bool) -> Option<usize> {
-    let mut best: Option<usize> = None;
-    for j in cands {
-        best = match best {
-            None => Some(j),
-            Some(b) if (far && row[j] > row[b]) || (!far && row[j] < row[b]) => Some(j),
-            keep => keep,
-        };
-    }
-    best
-}
-
 /// The selections of the docs on a distance matrix `dist` (`n x n`).
 struct Rules {
     pos: Vec<u32>,
@@ -252,10 +239,7 @@ fuzz_target!(|data: &[u8]| {
     // The fused kernels decide on Gram distances re-checked in the direct form where the
     // Gram form is inexact; both forms are exact, and so equal to these, on integer data
     // with squared norms below 2^24. Elsewhere the value checks below hold them to the bound.
-    let exact_data = xd.iter().all(|v| v.fract() == 0.0 && v.abs() <= 64.0)
-        && xd
-            .chunks(d)
-            .all(|r| r.iter().map(|v| v * v).sum::<f32>() < 16_777_216.0);
+    let exact_data = gram_exact(&xd, d);
     if exact_data && dist.iter().all(|v| !v.is_nan()) {
         let want = rules(&dist, &labels);
         assert_eq!(f.pos, want.pos, "farthest positives");

@@ -483,19 +483,6 @@ fn count_by_formula(labels: &[u32]) -> usize {
         .count()
 }
 
-/// Argmax (`far`) or argmin of `row[j]` over `cands`, ties to the smallest index.
-fn extreme(row: &[f32], cands: impl Iterator<Item = usize>, far: bool) -> Option<usize> {
-    let mut best: Option<usize> = None;
-    for j in cands {
-        best = match best {
-            None => Some(j),
-            Some(b) if (far && row[j] > row[b]) || (!far && row[j] < row[b]) => Some(j),
-            keep => keep,
-        };
-    }
-    best
-}
-
 /// The documented rules on a distance matrix.
 fn quad_rules(dist: &[f32], labels: &[u32]) -> Vec<Quadruplet> {
     let n = labels.len();
@@ -566,10 +553,7 @@ fn mining_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
     let mut dist = vec![0.0_f32; n * n];
     let mut pws = vec![0.0_f32; pairwise_distances_workspace_len(n, d)];
     pairwise_distances(x, metric, &mut dist, &mut pws).unwrap();
-    let exact_data = xd.iter().all(|v| v.fract() == 0.0 && v.abs() <= 64.0)
-        && xd
-            .chunks(d)
-            .all(|r| r.iter().map(|v| v * v).sum::<f32>() < 16_777_216.0);
+    let exact_data = gram_exact(xd, d);
     if (metric == Metric::Cosine || exact_data) && dist.iter().all(|v| !v.is_nan()) {
         assert_eq!(f, quad_rules(&dist, &labels), "rules on the f32 distances");
     }

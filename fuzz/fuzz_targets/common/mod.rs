@@ -390,3 +390,26 @@ pub fn weight64(r: Reduction, k: usize, active: usize) -> f64 {
         1.0 / div as f64
     }
 }
+
+/// Argmax (`far`) or argmin of `row[j]` over `cands`, ties to the smallest index.
+pub fn extreme(row: &[f32], cands: impl Iterator<Item = usize>, far: bool) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    for j in cands {
+        best = match best {
+            None => Some(j),
+            Some(b) if (far && row[j] > row[b]) || (!far && row[j] < row[b]) => Some(j),
+            keep => keep,
+        };
+    }
+    best
+}
+
+/// Whether the Gram and the direct forms of the Euclidean distances of `data` (rows of
+/// `dim`) are both exact in `f32`, and so equal: integers up to 64 in magnitude with
+/// squared norms below 2^24.
+pub fn gram_exact(data: &[f32], dim: usize) -> bool {
+    data.iter().all(|v| v.fract() == 0.0 && v.abs() <= 64.0)
+        && data
+            .chunks(dim)
+            .all(|r| r.iter().map(|v| v * v).sum::<f32>() < 16_777_216.0)
+}
