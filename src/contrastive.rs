@@ -21,9 +21,10 @@
 //! A batch of one row, or without positive (negative) pairs, has no positive (negative)
 //! terms: that part is 0 with a zero gradient.
 
-use crate::distance::{add_distance_grad, clamped_row_norms, distance, Metric};
+use crate::distance::{clamped_row_norms, distance, pair_grad_rows, Metric};
 use crate::error::{check_len, check_workspace, checked_area, Error};
 use crate::matrix::Matrix;
+use crate::mining::check_rows;
 use crate::reduce::Reduction;
 
 /// Whether the pair terms of [`contrastive_loss`] are hinges or squared hinges.
@@ -234,23 +235,6 @@ pub(crate) fn check_finite(buffer: &'static str, data: &[f32]) -> Result<(), Err
     }
 }
 
-/// Rows `i` and `j` (`i < j`) of a row-major buffer with rows of `dim` elements, both
-/// mutable; `None` when `i >= j` or `j` is out of range.
-pub(crate) fn two_rows_mut(
-    buf: &mut [f32],
-    dim: usize,
-    i: usize,
-    j: usize,
-) -> Option<(&mut [f32], &mut [f32])> {
-    if i >= j {
-        return None;
-    }
-    let (head, tail) = buf.split_at_mut_checked(j.checked_mul(dim)?)?;
-    let ri = head.get_mut(i.checked_mul(dim)?..)?.get_mut(..dim)?;
-    let rj = tail.get_mut(..dim)?;
-    Some((ri, rj))
-}
-
 /// Validates the arguments of a contrastive kernel in the documented order; returns `n`.
 pub(crate) fn check_contrastive(
     x: &Matrix<'_>,
@@ -266,15 +250,15 @@ pub(crate) fn check_contrastive(
     }
     check_workspace(contrastive_workspace_len(n, x.dim()), workspace)?;
     params.validate()?;
-    check_finite("x", x.as_slice())?;
+    check_rows(x, false)?;
     Ok(n)
 }
 
 /// Sums and counts over the unordered pairs.
 #[derive(Default)]
 struct Parts {
-    pos_sum: f32,
-    neg_sum: f32,
+    pos_sum: f64,
+    neg_sum: f64,
     pos_count: usize,
     pos_active: usize,
     neg_count: usize,
@@ -314,7 +298,7 @@ fn forward(
     let form = params.form;
     for (i, (a, &la)) in x.row_iter().zip(labels).enumerate() {
         let na = norms.get(i).copied().unwrap_or(1.0);
-        let (mut pos_row, mut neg_row) = (0.0_f32, 0.0_f32);
+        let (mut pos_row, mut neg_row) = (0.0_f64, 0.0_f64);
         for ((b, &lb), &nb) in x.row_iter().zip(labels).zip(norms.iter()).skip(i + 1) {
             let d = distance(metric, a, b, na, nb);
             if let Some(s) = slots.next() {
@@ -322,12 +306,12 @@ fn forward(
             }
             if la == lb {
                 let t = form.pos_term(d, params.pos_margin);
-                pos_row += t;
+                pos_row += f64::from(t);
                 parts.pos_count += 1;
                 parts.pos_active += usize::from(t > 0.0);
             } else {
                 let t = form.neg_term(d, params.neg_margin);
-                neg_row += t;
+                neg_row += f64::from(t);
                 parts.neg_count += 1;
                 parts.neg_active += usize::from(t > 0.0);
             }
@@ -347,8 +331,9 @@ impl Parts {
             self.neg_count.saturating_mul(2),
             self.neg_active.saturating_mul(2),
         );
-        // Each unordered pair stands for two equal ordered terms.
-        let loss = 2.0 * (wp * self.pos_sum + wn * self.neg_sum);
+        // Each unordered pair stands for two equal ordered terms. Sums in f64: a sum of
+        // finite terms does not overflow before the reduction divides it.
+        let loss = (2.0 * (f64::from(wp) * self.pos_sum + f64::from(wn) * self.neg_sum)) as f32;
         (wp, wn, loss)
     }
 }
@@ -383,6 +368,8 @@ impl Parts {
 ///   margin;
 /// - [`Error::NonFinite`] (`"x"`) when `x` holds a NaN or an infinity (the position is the
 ///   first such element).
+/// - [`Error::TooLarge`] (`"x"`, row and column) when an element of `x` exceeds
+///   `2^52 / sqrt(dim)`, where squared distances could overflow `f32`.
 ///
 /// # Numerics
 ///
@@ -477,18 +464,11 @@ pub fn contrastive_loss_grad(
         .split_at_checked(n)
         .ok_or(short_workspace(n, workspace.len()))?;
     grad.fill(0.0);
-    let dim = x.dim();
     let mut slots = dists.iter();
     let form = params.form;
-    for (i, (a, &la)) in x.row_iter().zip(labels).enumerate() {
+    for (i, &la) in labels.iter().enumerate() {
         let na = norms.get(i).copied().unwrap_or(1.0);
-        for (j, ((b, &lb), &nb)) in x
-            .row_iter()
-            .zip(labels)
-            .zip(norms.iter())
-            .enumerate()
-            .skip(i + 1)
-        {
+        for (j, (&lb, &nb)) in labels.iter().zip(norms.iter()).enumerate().skip(i + 1) {
             let Some(&d) = slots.next() else { break };
             // Both ordered pairs (i, j) and (j, i) have this term.
             let coef = if la == lb {
@@ -499,10 +479,7 @@ pub fn contrastive_loss_grad(
             if coef == 0.0 {
                 continue;
             }
-            if let Some((gi, gj)) = two_rows_mut(grad, dim, i, j) {
-                add_distance_grad(metric, a, b, d, na, nb, coef, gi);
-                add_distance_grad(metric, b, a, d, nb, na, coef, gj);
-            }
+            pair_grad_rows(metric, &x, (i, j), d, (na, nb), 0.0, coef, grad);
         }
     }
     Ok(loss)

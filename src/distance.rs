@@ -11,7 +11,8 @@
 //! accumulators in registers while the whole dimension streams through; rows packed into
 //! panels first; the SIMD backend chosen at run time, see [`crate::Backend`]). In a
 //! pairwise matrix only the tiles on or above the diagonal are computed and every value
-//! is mirrored, so the matrix is symmetric bit for bit with an exact zero diagonal.
+//! is mirrored, so the matrix is symmetric bit for bit; its diagonal is the formula's
+//! value, exactly 0 except for cosine rows of norm below 1e-12 (1 for a zero row).
 //! Every matrix kernel also exists for a block of anchor rows
 //! ([`pairwise_distances_rows`], [`cross_distances_rows`]), so a caller can spread one
 //! batch over threads.
@@ -84,10 +85,13 @@ pub enum Metric {
 /// [`l2_normalize`], [`l2_normalize_backward`]) and the per-pair helpers use the SIMD
 /// seam's two-accumulator reductions and keep their tighter bounds.
 ///
-/// The bounds hold while every row's squared norm stays below `f32::MAX / 4` (about
-/// `8.5e37`). Past it, `f32` sums overflow: squared distances saturate to `+inf` in direct
-/// mode and are `+inf` or NaN in Gram mode, cosine distances of the affected rows are
-/// unspecified (never a panic; the `f64` twin stays exact).
+/// The Euclidean bounds hold while every row's squared norm stays below `f32::MAX / 4`
+/// (about `8.5e37`). Past it, `f32` sums overflow: squared distances saturate to `+inf`
+/// in direct mode and are `+inf` or NaN in Gram mode (never a panic; the `f64` twin stays
+/// exact). Cosine distances have no such limit: a row whose squared norm exceeds `2^126`
+/// is scaled by an exact power of two before its dot products, which leaves its cosine
+/// unchanged. The loss kernels reject rows past the Euclidean limit instead (see
+/// [`Error::NormOverflow`]).
 ///
 /// NaN and infinity in the data are not checked: they propagate to every entry computed
 /// from an affected row (NaN or infinite, which one is unspecified), never elsewhere.
@@ -245,7 +249,7 @@ fn clamped_norms(x: &Matrix<'_>, norms: &mut [f32]) {
 fn pair(metric: Metric, a: &[f32], b: &[f32], na: f32, nb: f32) -> f32 {
     match metric {
         Metric::SquaredEuclidean => simd::sq_dist(a, b),
-        Metric::Euclidean => math::sqrt(simd::sq_dist(a, b)),
+        Metric::Euclidean => euclidean_from_sq(simd::sq_dist(a, b), a, b, 0.0),
         Metric::Cosine => 1.0 - simd::dot(a, b) / (na * nb),
     }
 }
@@ -253,8 +257,11 @@ fn pair(metric: Metric, a: &[f32], b: &[f32], na: f32, nb: f32) -> f32 {
 /// Pairwise distance matrix of the rows of `x`: `out[i * n + j] = d(x_i, x_j)`.
 ///
 /// `out` has exactly `n * n` elements and is fully overwritten. The matrix is symmetric
-/// bit for bit (one triangle is computed, then mirrored) and its diagonal is exactly 0,
-/// also for cosine (a zero row is at distance 1 from every *other* row). The Euclidean
+/// bit for bit (one triangle is computed, then mirrored). Its diagonal is the formula's
+/// value, as in [`cross_distances`]`(x, x)`: exactly 0 for the Euclidean metrics and for
+/// cosine rows with `|x_i| >= 1e-12`; for a cosine row below the clamp,
+/// `1 - |x_i|^2 / 1e-24`, so a zero row is at distance 1 from every row, itself included
+/// (as PyTorch's `1 - cosine_similarity(0, 0)`). The Euclidean
 /// metrics use the Gram form ([`DistanceMode::Gram`]); for points that nearly coincide,
 /// [`pairwise_distances_rows`] over `0..n` with [`DistanceMode::Direct`] gives the same
 /// matrix with full relative accuracy. Scalar twin: [`crate::scalar::pairwise_distances`].
@@ -334,7 +341,8 @@ pub fn pairwise_distances(
 ///
 /// As [`pairwise_distances`] in [`DistanceMode::Gram`]; in [`DistanceMode::Direct`] the
 /// squared distances are within `(d + 2) 2^-24` relative of the exact ones (see the
-/// [`DistanceMode`](DistanceMode#numerics)). The diagonal entries in the block are exactly 0.
+/// [`DistanceMode`](DistanceMode#numerics)). The diagonal entries in the block are those
+/// of [`pairwise_distances`].
 ///
 /// # Example
 ///
@@ -406,8 +414,10 @@ pub(crate) fn mirror_upper(out: &mut [f32], n: usize) {
 ///
 /// # Numerics
 ///
-/// As [`pairwise_distances`], without the forced zero diagonal: equal rows in `x` and
-/// `y` still give exactly 0 for the Euclidean metrics, and `1 - cos` rounded for cosine.
+/// As [`pairwise_distances`]: equal rows in `x` and `y` give exactly 0 for the Euclidean
+/// metrics, and `1 - cos` rounded for cosine. Cosine rows whose squared norm exceeds
+/// `2^126` are scaled by an exact power of two when packed, so their distances stay finite
+/// and accurate for every finite input.
 ///
 /// # Example
 ///
@@ -508,6 +518,61 @@ pub fn cross_distances_rows(
     Ok(())
 }
 
+/// Squared norms at or above this are summed without losing terms to underflow (the
+/// squares of elements below `2^-63` flush into the subnormal range).
+const SAFE_SQ_MIN: f32 = 8.271_806e-25; // 2^-80
+
+/// `(r, c)` with `|row| = r / c`: `c` is a power of two (1 unless the plain sum of
+/// squares overflows or underflows) and `r` the norm of the exactly scaled row `c row`,
+/// so every finite row has a finite, accurate `r` (the `hypot` idea, with one extra pass
+/// over the row in the rare scaled case only). NaN rows give a NaN `r`; a row holding an
+/// infinity gives `r = inf`.
+#[inline(always)]
+pub(crate) fn scaled_norm_with<S: Simd>(s: S, row: &[f32]) -> (f32, f32) {
+    let sq = simd::dot_with(s, row, row);
+    if sq.is_nan() || (SAFE_SQ_MIN..=f32::MAX).contains(&sq) {
+        return (math::sqrt(sq), 1.0);
+    }
+    let m = row.iter().fold(0.0_f32, |m, v| m.max(v.abs()));
+    if m == 0.0 || m.is_infinite() {
+        return (math::sqrt(sq), 1.0);
+    }
+    let c = pow2_inverse(m);
+    let vc = s.splat(c);
+    let (mut a0, mut a1) = (s.zero(), s.zero());
+    let mut chunks = row.chunks(S::LANES);
+    while let Some(x0) = chunks.next() {
+        let v = s.mul(s.load(x0), vc);
+        a0 = s.fma(v, v, a0);
+        if let Some(x1) = chunks.next() {
+            let v = s.mul(s.load(x1), vc);
+            a1 = s.fma(v, v, a1);
+        }
+    }
+    (math::sqrt(s.reduce_add(s.add(a0, a1))), c)
+}
+
+/// A power of two `c` with `c m` in `[1, 4)` for finite `m > 0`, so `c x` is exact.
+#[inline(always)]
+fn pow2_inverse(m: f32) -> f32 {
+    // The unbiased exponent of m; subnormals count as the smallest normal exponent.
+    let e = ((m.to_bits() >> 23) & 0xff) as i32 - 127;
+    let e = e.clamp(-126, 126);
+    f32::from_bits(((127 - e) as u32) << 23)
+}
+
+/// The norm `|row|` through [`scaled_norm_with`]: infinite only where the exact norm
+/// exceeds `f32::MAX`.
+#[inline(always)]
+pub(crate) fn norm_with<S: Simd>(s: S, row: &[f32]) -> f32 {
+    let (r, c) = scaled_norm_with(s, row);
+    if c == 1.0 {
+        r
+    } else {
+        r / c
+    }
+}
+
 /// Kernel of [`clamped_norms`].
 struct ClampedNorms<'a, 'o> {
     x: Matrix<'a>,
@@ -518,7 +583,7 @@ impl Kernel for ClampedNorms<'_, '_> {
     #[inline(always)]
     fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
         for (row, n) in self.x.row_iter().zip(self.out.iter_mut()) {
-            *n = clamp_norm(math::sqrt(simd::dot_with(s, row, row)));
+            *n = clamp_norm(norm_with(s, row));
         }
     }
 }
@@ -533,7 +598,7 @@ impl Kernel for RowNorms<'_, '_> {
     #[inline(always)]
     fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
         for (row, o) in self.x.row_iter().zip(self.out.iter_mut()) {
-            *o = math::sqrt(simd::dot_with(s, row, row));
+            *o = norm_with(s, row);
         }
     }
 }
@@ -552,9 +617,25 @@ impl Kernel for Normalize<'_, '_> {
             .row_iter()
             .zip(self.out.chunks_exact_mut(self.x.dim()))
         {
-            let norm = clamp_norm(math::sqrt(simd::dot_with(s, row, row)));
-            simd::scale_into_with(s, 1.0 / norm, row, o);
+            let (r, c) = scaled_norm_with(s, row);
+            if c == 1.0 {
+                simd::scale_into_with(s, 1.0 / clamp_norm(r), row, o);
+            } else if r / c < NORM_EPS {
+                simd::scale_into_with(s, 1.0 / NORM_EPS, row, o);
+            } else {
+                // (x c) / r: the exact scaling first, so neither |x| nor 1 / |x| is formed.
+                scaled_unit_row(s, row, c, r, o);
+            }
         }
+    }
+}
+
+/// `out = (c x) * (1 / r)`: the unit row of `x` from [`scaled_norm_with`]'s `(r, c)`.
+#[inline(always)]
+fn scaled_unit_row<S: Simd>(s: S, row: &[f32], c: f32, r: f32, out: &mut [f32]) {
+    let (vc, vi) = (s.splat(c), s.splat(1.0 / r));
+    for (xc, oc) in row.chunks(S::LANES).zip(out.chunks_mut(S::LANES)) {
+        s.store(s.mul(s.mul(s.load(xc), vc), vi), oc);
     }
 }
 
@@ -575,9 +656,19 @@ impl Kernel for NormalizeBackward<'_, '_> {
             .zip(self.grad_out.chunks_exact(dim))
             .zip(self.grad_x.chunks_exact_mut(dim))
         {
-            let r = math::sqrt(simd::dot_with(s, row, row));
+            let (rs, scale) = scaled_norm_with(s, row);
+            let r = if scale == 1.0 { rs } else { rs / scale };
             // A NaN norm takes this branch and propagates.
-            if r.is_nan() || r > NORM_EPS {
+            if scale != 1.0 && r > NORM_EPS {
+                // A row whose squared norm overflows (or underflows): the same formula
+                // from the exactly scaled row, y = (x scale) / rs.
+                let inv = 1.0 / rs;
+                let yg: f32 = row.iter().zip(g).map(|(&xk, &gk)| xk * scale * inv * gk).sum();
+                let c = yg * inv * scale;
+                for ((o, &gk), &xk) in gx.iter_mut().zip(g).zip(row) {
+                    *o = gk * (inv * scale) - c * (xk * scale * inv);
+                }
+            } else if r.is_nan() || r > NORM_EPS {
                 let inv = 1.0 / r;
                 // With y = x / r: grad = (g - y <y, g>) / r, formed as
                 // g / r - (<y, g> / r) (x / r). Every intermediate keeps the scale of
@@ -604,8 +695,11 @@ impl Kernel for NormalizeBackward<'_, '_> {
 ///
 /// # Numerics
 ///
-/// Relative error at most `(d / 8 + 10) * 2^-24` against the exact norm; a sum of squares
-/// that overflows `f32` gives `inf`.
+/// Relative error at most `(d / 8 + 10) * 2^-24` against the exact norm, for every finite
+/// row: when the plain sum of squares would overflow (`|x|` above about `1.8e19`) or lose
+/// terms to underflow (`|x|` below about `9e-13`), the row is first scaled by an exact
+/// power of two, as `hypot` does. The result is infinite only where the exact norm
+/// exceeds `f32::MAX`.
 ///
 /// # Example
 ///
@@ -634,7 +728,9 @@ pub fn row_norms(x: Matrix<'_>, out: &mut [f32]) -> Result<(), Error> {
 ///
 /// # Numerics
 ///
-/// Each element within `(d / 8 + 12) * 2^-24` relative of the exact quotient.
+/// Each element within `(d / 8 + 12) * 2^-24` relative of the exact quotient. The norm is
+/// taken as in [`row_norms`], so every finite non-zero row has a finite unit image, also
+/// when its squared norm overflows `f32` (`[1.9e19, 0]` becomes `[1, 0]`).
 ///
 /// # Example
 ///
@@ -709,43 +805,195 @@ pub(crate) fn distance(metric: Metric, a: &[f32], b: &[f32], na: f32, nb: f32) -
     pair(metric, a, b, na, nb)
 }
 
-/// Adds `coef * d d(a, b) / d a` to `grad_a`, where `dist = d(a, b)` and `na`, `nb` are
-/// the clamped norms (cosine only). For the gradient with respect to `b`, call again with
-/// the rows swapped: every metric here is symmetric.
+/// `sqrt(sq)` for a directly computed squared distance `sq = sum (a_i - b_i + offset)^2`.
+/// Below `2^-80` the sum may have lost its terms to underflow (rows `1e-23` apart give
+/// `sq = 0`), so the distance is then recomputed from the difference scaled by an exact
+/// power of two: positive for any two different rows, exactly 0 for equal ones.
+#[inline(always)]
+pub(crate) fn euclidean_from_sq(sq: f32, a: &[f32], b: &[f32], offset: f32) -> f32 {
+    if sq.is_nan() || sq >= SAFE_SQ_MIN {
+        return math::sqrt(sq);
+    }
+    let diff = |(&u, &v): (&f32, &f32)| u - v + offset;
+    let m = a.iter().zip(b).map(diff).fold(0.0_f32, |m, t| m.max(t.abs()));
+    if m == 0.0 {
+        return 0.0;
+    }
+    let c = pow2_inverse(m);
+    let r: f32 = a
+        .iter()
+        .zip(b)
+        .map(|p| {
+            let t = diff(p) * c;
+            t * t
+        })
+        .sum();
+    math::sqrt(r) / c
+}
+
+/// Rows `i` and `j` of a row-major buffer with rows of `dim`, both mutable, in that order;
+/// `None` when `i == j` or a row is out of range.
+#[inline(always)]
+pub(crate) fn two_rows_mut(
+    buf: &mut [f32],
+    dim: usize,
+    i: usize,
+    j: usize,
+) -> Option<(&mut [f32], &mut [f32])> {
+    let (lo, hi) = if i < j { (i, j) } else { (j, i) };
+    if lo == hi {
+        return None;
+    }
+    let (head, tail) = buf.split_at_mut_checked(hi.checked_mul(dim)?)?;
+    let rl = head.get_mut(lo.checked_mul(dim)?..)?.get_mut(..dim)?;
+    let rh = tail.get_mut(..dim)?;
+    Some(if i < j { (rl, rh) } else { (rh, rl) })
+}
+
+/// The one pair gradient of the crate: adds `coef * d d(a, b) / d a` to `ga` and
+/// `coef * d d(a, b) / d b` to `gb`, where `dist = d(a, b)`, `na`, `nb` are the clamped
+/// norms (cosine only) and `offset` is PyTorch's shift of the difference vector
+/// (Euclidean metrics only; 0 elsewhere). Every loss's gradient goes through it.
 ///
-/// - squared Euclidean: `2 (a - b)`;
-/// - Euclidean: `(a - b) / d`, and 0 at `d = 0` (never NaN);
-/// - cosine, `d = 1 - <a,b> / (na nb)`: `-b / (na nb) + (1 - d) a / na^2`, the second term
-///   only where the norm of `a` is above the clamp (below it the norm is a constant).
-#[inline]
+/// - squared Euclidean: `2 (a - b + offset)` and its negative;
+/// - Euclidean: `(a - b + offset) / d` and its negative, 0 at `d = 0` (never NaN);
+/// - cosine, `d = 1 - <a,b> / (na nb)`: `-b / (na nb) + (1 - d) a / na^2` for `a` (the
+///   second term only where `|a|` is above the clamp, below it the norm is a constant),
+///   symmetrically for `b`.
+///
+/// The Euclidean metrics form the difference `a - b` first and scale it once, in one pass
+/// over both rows: the rounding error scales with `|a - b|`, not with `|a|` (two separate
+/// updates `+c a`, `-c b` would lose the gradient of nearly coincident rows far from the
+/// origin).
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn add_distance_grad(
+pub(crate) fn pair_grad_with<S: Simd>(
+    s: S,
     metric: Metric,
     a: &[f32],
     b: &[f32],
     dist: f32,
-    na: f32,
-    nb: f32,
+    (na, nb): (f32, f32),
+    offset: f32,
     coef: f32,
-    grad_a: &mut [f32],
+    ga: &mut [f32],
+    gb: &mut [f32],
 ) {
-    match metric {
-        Metric::SquaredEuclidean => {
-            simd::axpy(2.0 * coef, a, grad_a);
-            simd::axpy(-2.0 * coef, b, grad_a);
-        }
-        Metric::Euclidean => {
-            if dist > 0.0 {
-                let c = coef / dist;
-                simd::axpy(c, a, grad_a);
-                simd::axpy(-c, b, grad_a);
-            }
-        }
+    let k = match metric {
+        Metric::SquaredEuclidean => 2.0 * coef,
+        Metric::Euclidean if dist > 0.0 => coef / dist,
+        Metric::Euclidean => return,
         Metric::Cosine => {
-            simd::axpy(-coef / (na * nb), b, grad_a);
-            if na > NORM_EPS {
-                simd::axpy(coef * (1.0 - dist) / (na * na), a, grad_a);
+            let own = |n: f32| {
+                if n > NORM_EPS {
+                    coef * (1.0 - dist) / (n * n)
+                } else {
+                    0.0
+                }
+            };
+            let cross = s.splat(-coef / (na * nb));
+            let (sa, sb) = (s.splat(own(na)), s.splat(own(nb)));
+            let l = S::LANES;
+            for (((ac, bc), gac), gbc) in a
+                .chunks(l)
+                .zip(b.chunks(l))
+                .zip(ga.chunks_mut(l))
+                .zip(gb.chunks_mut(l))
+            {
+                let (av, bv) = (s.load(ac), s.load(bc));
+                s.store(s.fma(sa, av, s.fma(cross, bv, s.load(gac))), gac);
+                s.store(s.fma(sb, bv, s.fma(cross, av, s.load(gbc))), gbc);
             }
+            return;
         }
+    };
+    let (vk, nk, vo) = (s.splat(k), s.splat(-k), s.splat(offset));
+    let l = S::LANES;
+    for (((ac, bc), gac), gbc) in a
+        .chunks(l)
+        .zip(b.chunks(l))
+        .zip(ga.chunks_mut(l))
+        .zip(gb.chunks_mut(l))
+    {
+        let diff = s.add(s.sub(s.load(ac), s.load(bc)), vo);
+        s.store(s.fma(diff, vk, s.load(gac)), gac);
+        s.store(s.fma(diff, nk, s.load(gbc)), gbc);
+    }
+}
+
+/// [`pair_grad_with`] on rows `i` and `j` of `x`, into the same rows of `grad`; nothing
+/// when `i == j` (the derivative of `d(x_i, x_i)` is 0 for every metric).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pair_grad_rows_with<S: Simd>(
+    s: S,
+    metric: Metric,
+    x: &Matrix<'_>,
+    (i, j): (usize, usize),
+    dist: f32,
+    norms: (f32, f32),
+    offset: f32,
+    coef: f32,
+    grad: &mut [f32],
+) {
+    let (Some(a), Some(b)) = (x.row(i), x.row(j)) else {
+        return;
+    };
+    if let Some((ga, gb)) = two_rows_mut(grad, x.dim(), i, j) {
+        pair_grad_with(s, metric, a, b, dist, norms, offset, coef, ga, gb);
+    }
+}
+
+/// [`pair_grad_rows_with`] with the active backend, for callers outside a [`Kernel`].
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pair_grad_rows(
+    metric: Metric,
+    x: &Matrix<'_>,
+    rows: (usize, usize),
+    dist: f32,
+    norms: (f32, f32),
+    offset: f32,
+    coef: f32,
+    grad: &mut [f32],
+) {
+    simd::dispatch(PairGradRows {
+        metric,
+        x,
+        rows,
+        dist,
+        norms,
+        offset,
+        coef,
+        grad,
+    });
+}
+
+/// Kernel of [`pair_grad_rows`].
+struct PairGradRows<'a, 'x, 'g> {
+    metric: Metric,
+    x: &'a Matrix<'x>,
+    rows: (usize, usize),
+    dist: f32,
+    norms: (f32, f32),
+    offset: f32,
+    coef: f32,
+    grad: &'g mut [f32],
+}
+impl Kernel for PairGradRows<'_, '_, '_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
+        pair_grad_rows_with(
+            s,
+            self.metric,
+            self.x,
+            self.rows,
+            self.dist,
+            self.norms,
+            self.offset,
+            self.coef,
+            self.grad,
+        );
     }
 }

@@ -73,6 +73,19 @@ pub enum Error {
         /// Position (flat index) of the first non-finite element.
         position: usize,
     },
+    /// A data value too large for the kernel's `f32` arithmetic: the loss kernels and
+    /// miners require `|x_ik| * sqrt(dim) <= 2^52` (about `4.5e15 / sqrt(dim)`) for the
+    /// rows they take distances of without normalising them first, so that no squared
+    /// norm, squared distance or running sum of them can overflow `f32` (see the crate
+    /// docs, "Data range").
+    TooLarge {
+        /// Which argument holds it.
+        buffer: &'static str,
+        /// Row of the largest element (the first one, if several are equal).
+        row: usize,
+        /// Column of that element.
+        col: usize,
+    },
 }
 
 impl fmt::Display for Error {
@@ -116,6 +129,11 @@ impl fmt::Display for Error {
             Error::NonFinite { buffer, position } => {
                 write!(f, "`{buffer}[{position}]` is NaN or infinite")
             }
+            Error::TooLarge { buffer, row, col } => write!(
+                f,
+                "`{buffer}` row {row}, column {col}: |value| * sqrt(dim) exceeds 2^52 \
+                 (about 4.5e15), so its squared distances could overflow f32"
+            ),
         }
     }
 }

@@ -42,6 +42,16 @@
 //!   (which of NaN or infinity is unspecified) and into no other. Loss kernels, whose
 //!   discrete decisions (mining, hinges) would otherwise hide a NaN, say in their docs how
 //!   they treat it.
+//! - **Data range**: the loss kernels and miners that take distances of rows they do not
+//!   normalise first require `|x_ik| * sqrt(dim) <= 2^52` (about `4.5e15 / sqrt(dim)`);
+//!   a larger element is an [`Error::TooLarge`] naming its row and column. One rule for
+//!   every mining strategy and loss: inside it no squared norm, squared distance or
+//!   running sum can overflow `f32`; outside it the call returns `Err` rather than an
+//!   infinity, a NaN or a silently wrong zero. Kernels that normalise first (`normalize:
+//!   true`, the proxy losses) accept any finite data: [`l2_normalize`] scales a row by an
+//!   exact power of two when its squared norm would overflow, so every finite non-zero
+//!   row has a finite unit image. The distance matrices accept any data (see
+//!   [`DistanceMode`] for their range); loss sums are accumulated in `f64`.
 //! - **Scalar twins**: [`scalar`] holds, for every fast kernel, a function of the same name,
 //!   arguments and errors: the textbook formula with `f64` accumulation. Each fast kernel's
 //!   `# Numerics` section bounds its distance from the twin.

@@ -67,10 +67,9 @@
 use crate::distance::{
     clamped_row_norms, cross_distances, cross_distances_rows, cross_distances_workspace_len,
     pairwise_distances, pairwise_distances_rows, pairwise_distances_rows_workspace_len,
-    DistanceMode, Metric,
+    euclidean_from_sq, DistanceMode, Metric,
 };
 use crate::error::{check_len, check_workspace, Error};
-use crate::math;
 use crate::matrix::Matrix;
 use crate::simd::{self, Kernel, Simd, MAX_LANES};
 
@@ -248,23 +247,47 @@ pub(crate) fn check_labels(x: &Matrix<'_>, labels: &[u32]) -> Result<usize, Erro
     Ok(n)
 }
 
-/// `Err(NonFinite)` at the first NaN or infinite element of `x`.
-pub(crate) fn check_finite(x: &Matrix<'_>) -> Result<(), Error> {
+/// The square of the largest `|x_ik| * sqrt(dim)` the loss kernels accept for rows they
+/// take distances of without normalising them: `(2^52)^2`. Every squared norm is then at
+/// most `2^104` and every squared distance (`|a - b|^2 <= 2 |a|^2 + 2 |b|^2`) and Gram
+/// term at most `2^106`, so even a sum of `2^21` such terms (a batch-all row sum, in
+/// `f32` lanes) stays below `f32::MAX` (about `2^128`).
+pub(crate) const ELEMENT_BOUND_SQ_TIMES_DIM: f64 = 2.028_240_960_365_167e31; // 2^104
+
+/// Validates the data of a loss kernel or miner: every element finite
+/// ([`Error::NonFinite`] at the first offender), and, unless the kernel normalises the
+/// rows first (`normalized`), within the range [`Error::TooLarge`] documents. One
+/// branch-free pass over the absolute values' bit patterns (an integer maximum, which
+/// vectorises); the positions are searched only on failure.
+pub(crate) fn check_rows(x: &Matrix<'_>, normalized: bool) -> Result<(), Error> {
     let data = x.as_slice();
-    // A branch-free pass (vectorised by the compiler) first; the position only on failure.
-    let bad = data
+    let max_bits = data
         .iter()
-        .fold(0_u32, |acc, v| acc | u32::from(!v.is_finite()));
-    if bad == 0 {
+        .fold(0_u32, |m, v| m.max(v.to_bits() & 0x7fff_ffff));
+    if max_bits >= 0x7f80_0000 {
+        if let Some(position) = data.iter().position(|v| !v.is_finite()) {
+            return Err(Error::NonFinite {
+                buffer: "x",
+                position,
+            });
+        }
+    }
+    if normalized {
         return Ok(());
     }
-    match data.iter().position(|v| !v.is_finite()) {
-        Some(position) => Err(Error::NonFinite {
-            buffer: "x",
-            position,
-        }),
-        None => Ok(()),
+    let m = f64::from(f32::from_bits(max_bits));
+    if m * m * x.dim() as f64 <= ELEMENT_BOUND_SQ_TIMES_DIM {
+        return Ok(());
     }
+    let position = data
+        .iter()
+        .position(|v| v.to_bits() & 0x7fff_ffff == max_bits)
+        .unwrap_or(0);
+    Err(Error::TooLarge {
+        buffer: "x",
+        row: position / x.dim(),
+        col: position % x.dim(),
+    })
 }
 
 /// Positives and negatives of anchor `a`.
@@ -362,7 +385,7 @@ pub(crate) fn check_hardest_args(
     check_len("positives", n, positives_len)?;
     check_len("negatives", n, negatives_len)?;
     check_workspace(mining_workspace_len(n, x.dim()), workspace_len)?;
-    check_finite(x)?;
+    check_rows(x, false)?;
     Ok(n)
 }
 
@@ -385,7 +408,7 @@ pub(crate) fn check_mine_args(
         });
     }
     check_workspace(mining_workspace_len(n, x.dim()), workspace_len)?;
-    check_finite(x)?;
+    check_rows(x, false)?;
     Ok(n)
 }
 
@@ -557,7 +580,11 @@ impl Kernel for FixUp<'_, '_> {
             {
                 if c != skip && needs_direct(*o, squared, na, nb) {
                     let sq = simd::sq_dist_with(s, arow, brow);
-                    *o = if squared { sq } else { math::sqrt(sq) };
+                    *o = if squared {
+                        sq
+                    } else {
+                        euclidean_from_sq(sq, arow, brow, 0.0)
+                    };
                 }
             }
         }
@@ -1110,6 +1137,8 @@ impl<K: Sink> Kernel for EmitHard<'_, '_, K> {
 /// - [`Error::WorkspaceTooSmall`] when the workspace is too short;
 /// - [`Error::NonFinite`] (`"x"`, flat position) when `x` holds a NaN or an infinity:
 ///   mining would otherwise hide it in an index.
+/// - [`Error::TooLarge`] (`"x"`, row and column) when an element of `x` exceeds
+///   `2^52 / sqrt(dim)`, where squared distances could overflow `f32`.
 ///
 /// # Numerics
 ///
@@ -1202,6 +1231,8 @@ impl Sink for Writer<'_> {
 ///   than the count;
 /// - [`Error::WorkspaceTooSmall`] when the workspace is too short;
 /// - [`Error::NonFinite`] (`"x"`, flat position) when `x` holds a NaN or an infinity.
+/// - [`Error::TooLarge`] (`"x"`, row and column) when an element of `x` exceeds
+///   `2^52 / sqrt(dim)`, where squared distances could overflow `f32`.
 ///
 /// # Numerics
 ///

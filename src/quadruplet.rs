@@ -17,9 +17,9 @@
 //! The loss kernels do not look at labels: any indices below `rows` are accepted,
 //! repeated ones included, and the formula is applied as written.
 
-use crate::contrastive::check_finite;
+use crate::mining::check_rows;
 use crate::distance::{
-    add_distance_grad, clamped_row_norms, distance, pairwise_distances,
+    clamped_row_norms, distance, pair_grad_rows, pairwise_distances,
     pairwise_distances_workspace_len, Metric,
 };
 use crate::error::{check_len, check_workspace, checked_area, Error};
@@ -209,7 +209,7 @@ pub(crate) fn check_quadruplet(
     check_workspace(quadruplet_workspace_len(x.rows(), x.dim()), workspace)?;
     params.validate()?;
     check_indices(quadruplets, x.rows())?;
-    check_finite("x", x.as_slice())
+    check_rows(x, false)
 }
 
 /// Whether a quadruplet's term is `> 0` in exact arithmetic, the count of
@@ -261,29 +261,6 @@ impl<'a> Rows<'a> {
     }
 }
 
-/// Adds `coef * d d(x_i, x_j) / d(x_i, x_j)` to rows `i` and `j` of `grad`.
-#[allow(clippy::too_many_arguments)]
-fn add_pair_grad(
-    metric: Metric,
-    grad: &mut [f32],
-    dim: usize,
-    (i, a, na): (usize, &[f32], f32),
-    (j, b, nb): (usize, &[f32], f32),
-    dist: f32,
-    coef: f32,
-) {
-    if coef == 0.0 || i == j {
-        // i == j: the distance of a row to itself is constant (0) for every metric.
-        return;
-    }
-    let (lo, hi) = if i < j { (i, j) } else { (j, i) };
-    if let Some((g_lo, g_hi)) = crate::contrastive::two_rows_mut(grad, dim, lo, hi) {
-        let (gi, gj) = if i < j { (g_lo, g_hi) } else { (g_hi, g_lo) };
-        add_distance_grad(metric, a, b, dist, na, nb, coef, gi);
-        add_distance_grad(metric, b, a, dist, nb, na, coef, gj);
-    }
-}
-
 /// Quadruplet loss (Chen et al., CVPR 2017) of the given quadruplets of rows of `x`.
 /// Scalar twin: [`crate::scalar::quadruplet_loss`]; with the gradient:
 /// [`quadruplet_loss_grad`]; quadruplets from a labelled batch: [`mine_quadruplets`].
@@ -311,6 +288,8 @@ fn add_pair_grad(
 ///   the flat position `4 k + f` of the first bad index (`f` = 0, 1, 2, 3 for a, p, n1,
 ///   n2), as if the quadruplets were a `[u32]`;
 /// - [`Error::NonFinite`] (`"x"`) when `x` holds a NaN or an infinity.
+/// - [`Error::TooLarge`] (`"x"`, row and column) when an element of `x` exceeds
+///   `2^52 / sqrt(dim)`, where squared distances could overflow `f32`.
 ///
 /// # Numerics
 ///
@@ -359,7 +338,7 @@ pub fn quadruplet_loss(
         clamped_row_norms(&x, norms);
     }
     let h = params.hinge;
-    let mut sum = 0.0_f32;
+    let mut sum = 0.0_f64;
     let mut active = 0_usize;
     for &q in quadruplets {
         let Some(rows) = Rows::get(&x, norms, q) else {
@@ -370,10 +349,10 @@ pub fn quadruplet_loss(
             d.ap - d.an1 + params.margin1,
             d.ap - d.n1n2 + params.margin2,
         );
-        sum += h.apply(v1) + h.apply(v2);
+        sum += f64::from(h.apply(v1)) + f64::from(h.apply(v2));
         active += usize::from(is_active(h, v1, v2));
     }
-    Ok(sum * params.reduction.weight(quadruplets.len(), active))
+    Ok(params.reduction.reduce(sum, quadruplets.len(), active))
 }
 
 /// [`quadruplet_loss`] and its gradient: returns the loss and writes
@@ -438,9 +417,8 @@ pub fn quadruplet_loss_grad(
         clamped_row_norms(&x, norms);
     }
     grad.fill(0.0);
-    let dim = x.dim();
     let h = params.hinge;
-    let mut sum = 0.0_f32;
+    let mut sum = 0.0_f64;
     let mut active = 0_usize;
     for &q in quadruplets {
         let Some(rows) = Rows::get(&x, norms, q) else {
@@ -449,23 +427,20 @@ pub fn quadruplet_loss_grad(
         let d = rows.dists(metric);
         let v1 = d.ap - d.an1 + params.margin1;
         let v2 = d.ap - d.n1n2 + params.margin2;
-        sum += h.apply(v1) + h.apply(v2);
+        sum += f64::from(h.apply(v1)) + f64::from(h.apply(v2));
         active += usize::from(is_active(h, v1, v2));
         let (s1, s2) = (h.slope(v1), h.slope(v2));
         let [ia, ip, in1, in2] = q.to_array().map(|v| v as usize);
-        let [a, p, n1, n2] = rows.r;
         let [na, np, nn1, nn2] = rows.n;
-        add_pair_grad(metric, grad, dim, (ia, a, na), (ip, p, np), d.ap, s1 + s2);
-        add_pair_grad(metric, grad, dim, (ia, a, na), (in1, n1, nn1), d.an1, -s1);
-        add_pair_grad(
-            metric,
-            grad,
-            dim,
-            (in1, n1, nn1),
-            (in2, n2, nn2),
-            d.n1n2,
-            -s2,
-        );
+        for ((i, j), dist, coef, norms) in [
+            ((ia, ip), d.ap, s1 + s2, (na, np)),
+            ((ia, in1), d.an1, -s1, (na, nn1)),
+            ((in1, in2), d.n1n2, -s2, (nn1, nn2)),
+        ] {
+            if coef != 0.0 {
+                pair_grad_rows(metric, &x, (i, j), dist, norms, 0.0, coef, grad);
+            }
+        }
     }
     let w = params.reduction.weight(quadruplets.len(), active);
     if w != 1.0 {
@@ -473,7 +448,7 @@ pub fn quadruplet_loss_grad(
             *g *= w;
         }
     }
-    Ok(sum * w)
+    Ok(params.reduction.reduce(sum, quadruplets.len(), active))
 }
 
 /// How many quadruplets [`mine_quadruplets`] forms for this batch: the number of rows
@@ -536,7 +511,7 @@ pub(crate) fn check_mining(
             actual: out,
         });
     }
-    check_finite("x", x.as_slice())?;
+    check_rows(&x, false)?;
     Ok(count)
 }
 
@@ -590,6 +565,8 @@ pub(crate) fn select<T: Copy>(
 /// - [`Error::LengthMismatch`] (`"out"`, `expected` = the count) when `out` is shorter
 ///   than [`mine_quadruplets_count`]`(labels)`;
 /// - [`Error::NonFinite`] (`"x"`) when `x` holds a NaN or an infinity.
+/// - [`Error::TooLarge`] (`"x"`, row and column) when an element of `x` exceeds
+///   `2^52 / sqrt(dim)`, where squared distances could overflow `f32`.
 ///
 /// # Numerics
 ///

@@ -107,6 +107,21 @@ impl Reduction {
             1.0 / divisor as f32
         }
     }
+
+    /// The reduced loss from the `f64` sum of `count` terms, `active` of them active:
+    /// the division in `f64`, one rounding to `f32`.
+    pub(crate) fn reduce(self, sum: f64, count: usize, active: usize) -> f32 {
+        let divisor = match self {
+            Reduction::Sum => return sum as f32,
+            Reduction::Mean => count,
+            Reduction::MeanNonzero => active,
+        };
+        if divisor == 0 {
+            0.0
+        } else {
+            (sum / divisor as f64) as f32
+        }
+    }
 }
 
 /// Applies `hinge` to each margin value and reduces: the loss of already formed margin
@@ -119,8 +134,10 @@ impl Reduction {
 ///
 /// # Numerics
 ///
-/// `f32` accumulation: error at most `k * 2^-24 * sum |h(v_k)|` plus the hinge's own
-/// rounding (a few ulp for soft margin). NaN values give a NaN loss.
+/// Each term in `f32`, the sum in `f64` (no overflow for any finite terms: the mean of
+/// `[f32::MAX, f32::MAX]` is `f32::MAX`), one rounding at the end: error at most a few
+/// ulp of each term (soft margin) plus one rounding of the result. NaN values give a NaN
+/// loss.
 ///
 /// # Example
 ///
@@ -133,10 +150,10 @@ impl Reduction {
 /// ```
 #[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn hinge_reduce(values: &[f32], hinge: Hinge, reduction: Reduction) -> Result<f32, Error> {
-    let (sum, active) = values.iter().fold((0.0_f32, 0_usize), |(s, a), &v| {
-        (s + hinge.apply(v), a + usize::from(hinge.is_active(v)))
+    let (sum, active) = values.iter().fold((0.0_f64, 0_usize), |(s, a), &v| {
+        (s + f64::from(hinge.apply(v)), a + usize::from(hinge.is_active(v)))
     });
-    Ok(sum * reduction.weight(values.len(), active))
+    Ok(reduction.reduce(sum, values.len(), active))
 }
 
 /// [`hinge_reduce`] and its gradient: returns the loss and writes
@@ -170,12 +187,12 @@ pub fn hinge_reduce_grad(
     grad: &mut [f32],
 ) -> Result<f32, Error> {
     check_len("grad", values.len(), grad.len())?;
-    let (sum, active) = values.iter().fold((0.0_f32, 0_usize), |(s, a), &v| {
-        (s + hinge.apply(v), a + usize::from(hinge.is_active(v)))
+    let (sum, active) = values.iter().fold((0.0_f64, 0_usize), |(s, a), &v| {
+        (s + f64::from(hinge.apply(v)), a + usize::from(hinge.is_active(v)))
     });
     let w = reduction.weight(values.len(), active);
     for (g, &v) in grad.iter_mut().zip(values) {
         *g = if w == 0.0 { 0.0 } else { w * hinge.slope(v) };
     }
-    Ok(sum * w)
+    Ok(reduction.reduce(sum, values.len(), active))
 }

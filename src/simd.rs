@@ -374,19 +374,6 @@ pub(crate) fn sq_dist_offset(a: &[f32], b: &[f32], offset: f32) -> f32 {
     dispatch(SqDistOffset(a, b, offset))
 }
 
-/// `y += alpha * (a - b + offset)` over the common length, the difference formed before
-/// scaling (no cancellation between two separate updates when `a` and `b` are close).
-#[inline]
-pub(crate) fn axpy_diff(alpha: f32, a: &[f32], b: &[f32], offset: f32, y: &mut [f32]) {
-    dispatch(AxpyDiff {
-        alpha,
-        a,
-        b,
-        offset,
-        y,
-    });
-}
-
 /// `y *= alpha` in place.
 #[inline]
 pub(crate) fn scale(alpha: f32, y: &mut [f32]) {
@@ -438,30 +425,6 @@ fn shifted_diff<S: Simd>(s: S, x: &[f32], y: &[f32], offset: S::V) -> S::V {
     s.add(s.sub(s.load(x), s.load(y)), offset)
 }
 
-/// See [`axpy_diff`].
-#[inline(always)]
-pub(crate) fn axpy_diff_with<S: Simd>(
-    s: S,
-    alpha: f32,
-    a: &[f32],
-    b: &[f32],
-    offset: f32,
-    y: &mut [f32],
-) {
-    let n = a.len().min(b.len()).min(y.len());
-    let (a, b, y) = (a.split_at(n).0, b.split_at(n).0, y.split_at_mut(n).0);
-    let (va, vo) = (s.splat(alpha), s.splat(offset));
-    for ((ac, bc), yc) in a
-        .chunks(S::LANES)
-        .zip(b.chunks(S::LANES))
-        .zip(y.chunks_mut(S::LANES))
-    {
-        let diff = s.add(s.sub(s.load(ac), s.load(bc)), vo);
-        let v = s.fma(diff, va, s.load(yc));
-        s.store(v, yc);
-    }
-}
-
 /// See [`scale`].
 #[inline(always)]
 pub(crate) fn scale_with<S: Simd>(s: S, alpha: f32, y: &mut [f32]) {
@@ -477,21 +440,6 @@ impl Kernel for SqDistOffset<'_> {
     #[inline(always)]
     fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) -> f32 {
         sq_dist_offset_with(s, self.0, self.1, self.2)
-    }
-}
-
-struct AxpyDiff<'a> {
-    alpha: f32,
-    a: &'a [f32],
-    b: &'a [f32],
-    offset: f32,
-    y: &'a mut [f32],
-}
-impl Kernel for AxpyDiff<'_> {
-    type Output = ();
-    #[inline(always)]
-    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
-        axpy_diff_with(s, self.alpha, self.a, self.b, self.offset, self.y);
     }
 }
 

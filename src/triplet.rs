@@ -64,12 +64,14 @@
 //! squared distances overflow `f32` (`|x|` around `1e19`) gives infinite distances and
 //! may give a NaN loss in the fast kernels; the `f64` twins do not overflow there.
 
-use crate::distance::{add_distance_grad, clamped_row_norms, distance, Metric, NORM_EPS};
+use crate::distance::{
+    clamped_row_norms, distance, euclidean_from_sq, pair_grad_rows, pair_grad_rows_with, Metric,
+    NORM_EPS,
+};
 use crate::error::{check_len, check_workspace, Error};
-use crate::math;
 use crate::matrix::Matrix;
 use crate::mining::{
-    block_rows, check_finite, check_labels, check_triplet_count, for_row_blocks, hard_len,
+    block_rows, check_labels, check_rows, check_triplet_count, for_row_blocks, hard_len,
     hard_sweep, metric_norms, needs_direct, rows_len, Carve, EmitHard, HardState, Mining,
     SemiBlock, Sink, Triplet, TILE,
 };
@@ -100,7 +102,8 @@ pub struct TripletParams {
     pub swap: bool,
     /// Added to every element of the difference vector before the norm, as PyTorch's
     /// `pairwise_distance` does: `d(a, b) = |a - b + eps|` (squared for
-    /// [`Metric::SquaredEuclidean`]). Any finite value; must be 0 for [`Metric::Cosine`].
+    /// [`Metric::SquaredEuclidean`]). `|eps| <= 1` (PyTorch's default is `1e-6`; larger
+    /// shifts could overflow the squared distances); must be 0 for [`Metric::Cosine`].
     /// Note that it makes `d(a, b) != d(b, a)`.
     pub eps: f32,
     /// Hinge applied to each margin value.
@@ -195,7 +198,8 @@ pub struct BatchParams {
     pub metric: Metric,
     /// Which triplets of the batch are used.
     pub mining: Mining,
-    /// The margin added to `d(a, p) - d(a, n)`; any finite value (use 0 with
+    /// The margin added to `d(a, p) - d(a, n)`; `|margin| <= 2^100` (about `1.3e30`, so
+    /// that batch-all's `f32` row sums of hinge terms cannot overflow; use 0 with
     /// [`Hinge::SoftPlus`] for the soft margin of Hermans et al. and TensorFlow Addons).
     pub margin: f32,
     /// Hinge applied to each margin value.
@@ -362,7 +366,9 @@ pub(crate) fn check_triplet_params(params: &TripletParams) -> Result<(), Error> 
     if !params.margin.is_finite() {
         return Err(Error::InvalidParameter { name: "margin" });
     }
-    if !params.eps.is_finite() || (params.metric == Metric::Cosine && params.eps != 0.0) {
+    // |eps| <= 1 keeps the shifted squared distances inside f32 for every accepted row
+    // (see `Error::TooLarge`); PyTorch's default is 1e-6.
+    if !(params.eps.abs() <= 1.0) || (params.metric == Metric::Cosine && params.eps != 0.0) {
         return Err(Error::InvalidParameter { name: "eps" });
     }
     Ok(())
@@ -395,6 +401,9 @@ pub(crate) fn check_triplet_args(
     Ok(n)
 }
 
+/// Largest `|margin|` of the batch losses: `2^100` (about `1.3e30`).
+pub(crate) const MARGIN_MAX: f32 = 1.267_650_6e30;
+
 /// Checks every argument of a batch loss except the gradient and the workspace; returns
 /// `n`.
 pub(crate) fn check_batch_args(
@@ -402,7 +411,9 @@ pub(crate) fn check_batch_args(
     labels: &[u32],
     params: &BatchParams,
 ) -> Result<usize, Error> {
-    if !params.margin.is_finite() {
+    // |margin| <= 2^100 keeps batch-all's f32 row sums of hinge terms finite (see
+    // `Error::TooLarge` for the data side of the same rule).
+    if !(params.margin.abs() <= MARGIN_MAX) {
         return Err(Error::InvalidParameter { name: "margin" });
     }
     let n = check_labels(x, labels)?;
@@ -429,57 +440,8 @@ fn distance_eps(metric: Metric, a: &[f32], b: &[f32], na: f32, nb: f32, eps: f32
     }
     match metric {
         Metric::SquaredEuclidean => simd::sq_dist_offset(a, b, eps),
-        Metric::Euclidean => math::sqrt(simd::sq_dist_offset(a, b, eps)),
+        Metric::Euclidean => euclidean_from_sq(simd::sq_dist_offset(a, b, eps), a, b, eps),
         Metric::Cosine => distance(metric, a, b, na, nb),
-    }
-}
-
-/// Adds `coef * d d(a, b) / d x` to the rows `ia` (`a`) and `ib` (`b`) of `grad`, where
-/// `dist = d(a, b)` (with the shift `eps`, Euclidean metrics only). The Euclidean metrics
-/// form the difference once (`axpy_diff`); the Euclidean gradient at distance 0 is 0.
-#[allow(clippy::too_many_arguments)]
-#[inline]
-fn add_pair_grad(
-    metric: Metric,
-    x: &Matrix<'_>,
-    norms: &[f32],
-    ia: usize,
-    ib: usize,
-    dist: f32,
-    eps: f32,
-    coef: f32,
-    grad: &mut [f32],
-) {
-    let dim = x.dim();
-    let (Some(a), Some(b)) = (x.row(ia), x.row(ib)) else {
-        return;
-    };
-    let k = match metric {
-        Metric::SquaredEuclidean => 2.0 * coef,
-        Metric::Euclidean => {
-            if dist > 0.0 {
-                coef / dist
-            } else {
-                return;
-            }
-        }
-        Metric::Cosine => {
-            let na = norms.get(ia).copied().unwrap_or(1.0);
-            let nb = norms.get(ib).copied().unwrap_or(1.0);
-            if let Some(ga) = grad.get_mut(ia * dim..(ia + 1) * dim) {
-                add_distance_grad(metric, a, b, dist, na, nb, coef, ga);
-            }
-            if let Some(gb) = grad.get_mut(ib * dim..(ib + 1) * dim) {
-                add_distance_grad(metric, b, a, dist, nb, na, coef, gb);
-            }
-            return;
-        }
-    };
-    if let Some(ga) = grad.get_mut(ia * dim..(ia + 1) * dim) {
-        simd::axpy_diff(k, a, b, eps, ga);
-    }
-    if let Some(gb) = grad.get_mut(ib * dim..(ib + 1) * dim) {
-        simd::axpy_diff(k, b, a, -eps, gb);
     }
 }
 
@@ -506,7 +468,7 @@ fn triplet_margin_impl(
     if let Some(g) = grad.as_deref() {
         check_len("grad", x.len(), g.len())?;
     }
-    check_finite(&x)?;
+    check_rows(&x, false)?;
     let norms = workspace.split_at_mut(n).0;
     if params.metric == Metric::Cosine {
         clamped_row_norms(&x, norms);
@@ -541,8 +503,10 @@ fn triplet_margin_impl(
         if let Some(g) = grad.as_deref_mut() {
             let s = params.hinge.slope(v);
             if s != 0.0 {
-                add_pair_grad(metric, &x, norms, ia, ip, dap, eps, s, g);
-                add_pair_grad(metric, &x, norms, neg.1, neg.2, neg.0, eps, -s, g);
+                let nrm = |i: usize| norms.get(i).copied().unwrap_or(1.0);
+                let (i, j) = (neg.1, neg.2);
+                pair_grad_rows(metric, &x, (ia, ip), dap, (nrm(ia), nrm(ip)), eps, s, g);
+                pair_grad_rows(metric, &x, (i, j), neg.0, (nrm(i), nrm(j)), eps, -s, g);
             }
         }
     }
@@ -565,13 +529,15 @@ fn triplet_margin_impl(
 ///
 /// # Errors
 ///
-/// - [`Error::InvalidParameter`] (`"margin"`, `"eps"`) for a NaN or infinite margin or
-///   `eps`, or a nonzero `eps` with [`Metric::Cosine`];
+/// - [`Error::InvalidParameter`] (`"margin"`, `"eps"`) for a NaN or infinite margin, an
+///   `eps` that is NaN or outside `[-1, 1]`, or a nonzero `eps` with [`Metric::Cosine`];
 /// - [`Error::LengthMismatch`] (`"terms"`) when `terms.len() != triplets.len()`;
 /// - [`Error::IndexOutOfRange`] (`"triplets"`, position `3 k + field` with fields
 ///   anchor, positive, negative) for an index `>= rows`;
 /// - [`Error::WorkspaceTooSmall`] when the workspace is too short;
 /// - [`Error::NonFinite`] (`"x"`, flat position) when `x` holds a NaN or an infinity.
+/// - [`Error::TooLarge`] (`"x"`, row and column) when an element of `x` exceeds
+///   `2^52 / sqrt(dim)`, where squared distances could overflow `f32`.
 ///
 /// # Numerics
 ///
@@ -757,96 +723,13 @@ impl Totals {
 fn direct_distance<S: Simd>(s: S, metric: Metric, a: &[f32], b: &[f32], na: f32, nb: f32) -> f32 {
     match metric {
         Metric::SquaredEuclidean => simd::sq_dist_with(s, a, b),
-        Metric::Euclidean => math::sqrt(simd::sq_dist_with(s, a, b)),
+        Metric::Euclidean => euclidean_from_sq(simd::sq_dist_with(s, a, b), a, b, 0.0),
         Metric::Cosine => 1.0 - simd::dot_with(s, a, b) / (na * nb),
     }
 }
 
-/// Rows `i` and `j` (`i != j`) of a row-major `grad` with rows of `d`, both mutable.
-#[inline(always)]
-fn two_rows_mut(
-    grad: &mut [f32],
-    i: usize,
-    j: usize,
-    d: usize,
-) -> Option<(&mut [f32], &mut [f32])> {
-    let (lo, hi, swap) = if i < j { (i, j, false) } else { (j, i, true) };
-    if lo == hi {
-        return None;
-    }
-    let (head, tail) = grad.split_at_mut_checked(hi.checked_mul(d)?)?;
-    let rl = head.get_mut(lo.checked_mul(d)?..)?.get_mut(..d)?;
-    let rh = tail.get_mut(..d)?;
-    Some(if swap { (rh, rl) } else { (rl, rh) })
-}
-
-/// `ga += k (a - b)`, `gb -= k (a - b)`, the difference formed once, in one pass (all four
-/// slices of one length).
-#[inline(always)]
-fn diff_update<S: Simd>(s: S, k: f32, a: &[f32], b: &[f32], ga: &mut [f32], gb: &mut [f32]) {
-    let (vk, nk) = (s.splat(k), s.splat(-k));
-    let l = S::LANES;
-    let (mut ai, mut bi) = (a.chunks_exact(l), b.chunks_exact(l));
-    let (mut gai, mut gbi) = (ga.chunks_exact_mut(l), gb.chunks_exact_mut(l));
-    for (((ac, bc), gac), gbc) in ai
-        .by_ref()
-        .zip(bi.by_ref())
-        .zip(gai.by_ref())
-        .zip(gbi.by_ref())
-    {
-        diff_step(s, vk, nk, ac, bc, gac, gbc);
-    }
-    let (ar, br) = (ai.remainder(), bi.remainder());
-    if !ar.is_empty() {
-        diff_step(
-            s,
-            vk,
-            nk,
-            ar,
-            br,
-            gai.into_remainder(),
-            gbi.into_remainder(),
-        );
-    }
-}
-
-/// One vector of [`diff_update`] (`vk = k`, `nk = -k`).
-#[inline(always)]
-fn diff_step<S: Simd>(
-    s: S,
-    vk: S::V,
-    nk: S::V,
-    ac: &[f32],
-    bc: &[f32],
-    gac: &mut [f32],
-    gbc: &mut [f32],
-) {
-    let diff = s.sub(s.load(ac), s.load(bc));
-    s.store(s.fma(diff, vk, s.load(gac)), gac);
-    s.store(s.fma(diff, nk, s.load(gbc)), gbc);
-}
-
-/// One vector of the cosine pair update: `ga += sa a + cross b`, `gb += sb b + cross a`.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn cosine_step<S: Simd>(
-    s: S,
-    cross: S::V,
-    sa: S::V,
-    sb: S::V,
-    ac: &[f32],
-    bc: &[f32],
-    gac: &mut [f32],
-    gbc: &mut [f32],
-) {
-    let (av, bv) = (s.load(ac), s.load(bc));
-    s.store(s.fma(sa, av, s.fma(cross, bv, s.load(gac))), gac);
-    s.store(s.fma(sb, bv, s.fma(cross, av, s.load(gbc))), gbc);
-}
-
-/// Adds `coef * d d(x_i, x_j) / d x` to the rows `i` and `j` of `grad` (`i != j`), where
-/// `dist = d(x_i, x_j)` and `norms` the clamped norms (cosine only). The Euclidean
-/// metrics form the difference once; their gradient at distance 0 is 0.
+/// [`pair_grad_rows_with`] for rows `i`, `j` of `x`, their clamped norms read from
+/// `norms` (cosine only).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn pair_grad<S: Simd>(
@@ -860,50 +743,8 @@ fn pair_grad<S: Simd>(
     coef: f32,
     grad: &mut [f32],
 ) {
-    let (Some(a), Some(b)) = (x.row(i), x.row(j)) else {
-        return;
-    };
-    let Some((ga, gb)) = two_rows_mut(grad, i, j, x.dim()) else {
-        return;
-    };
-    match metric {
-        Metric::SquaredEuclidean => diff_update(s, 2.0 * coef, a, b, ga, gb),
-        Metric::Euclidean => {
-            if dist > 0.0 {
-                diff_update(s, coef / dist, a, b, ga, gb);
-            }
-        }
-        Metric::Cosine => {
-            let na = norms.get(i).copied().unwrap_or(1.0);
-            let nb = norms.get(j).copied().unwrap_or(1.0);
-            // d/da = -b / (na nb) + (1 - d) a / na^2, the second term above the clamp only.
-            let cross = s.splat(-coef / (na * nb));
-            let own = |n: f32| {
-                if n > NORM_EPS {
-                    coef * (1.0 - dist) / (n * n)
-                } else {
-                    0.0
-                }
-            };
-            let (sa, sb) = (s.splat(own(na)), s.splat(own(nb)));
-            let l = S::LANES;
-            let (mut ai, mut bi) = (a.chunks_exact(l), b.chunks_exact(l));
-            let (mut gai, mut gbi) = (ga.chunks_exact_mut(l), gb.chunks_exact_mut(l));
-            for (((ac, bc), gac), gbc) in ai
-                .by_ref()
-                .zip(bi.by_ref())
-                .zip(gai.by_ref())
-                .zip(gbi.by_ref())
-            {
-                cosine_step(s, cross, sa, sb, ac, bc, gac, gbc);
-            }
-            let (ar, br) = (ai.remainder(), bi.remainder());
-            if !ar.is_empty() {
-                let (gar, gbr) = (gai.into_remainder(), gbi.into_remainder());
-                cosine_step(s, cross, sa, sb, ar, br, gar, gbr);
-            }
-        }
-    }
+    let nrm = |k: usize| norms.get(k).copied().unwrap_or(1.0);
+    pair_grad_rows_with(s, metric, x, (i, j), dist, (nrm(i), nrm(j)), 0.0, coef, grad);
 }
 
 /// `(|a - p|^2, |a - q|^2)` computed directly, in one pass over the three rows (one
@@ -1058,7 +899,10 @@ impl Sink for LossAcc<'_, '_> {
             Metric::SquaredEuclidean => two_sq_dists(s, xa, xp, xq),
             Metric::Euclidean => {
                 let (sp, sq) = two_sq_dists(s, xa, xp, xq);
-                (math::sqrt(sp), math::sqrt(sq))
+                (
+                    euclidean_from_sq(sp, xa, xp, 0.0),
+                    euclidean_from_sq(sq, xa, xq, 0.0),
+                )
             }
             Metric::Cosine => {
                 let nrm = |i: usize| self.norms.get(i).copied().unwrap_or(1.0);
@@ -1761,7 +1605,7 @@ fn batch_impl(
         check_len("grad", x.len(), g.len())?;
     }
     check_workspace(batch_len(n, dim, *params, grad.is_some()), workspace.len())?;
-    check_finite(&x)?;
+    check_rows(&x, params.normalize)?;
     let mut ws = Carve::new(workspace);
     let (y, tmp) = if params.normalize {
         let y = ws.take(x.len())?;
@@ -1900,11 +1744,15 @@ fn batch_impl(
 ///
 /// # Errors
 ///
-/// - [`Error::InvalidParameter`] (`"margin"`) for a NaN or infinite margin;
+/// - [`Error::InvalidParameter`] (`"margin"`) for a margin that is NaN or above `2^100` in
+///   magnitude;
 /// - [`Error::LengthMismatch`] (`"labels"`) when `labels.len() != rows`;
 /// - [`Error::ShapeOverflow`] when the triplet count overflows `usize`;
 /// - [`Error::WorkspaceTooSmall`] when the workspace is too short;
 /// - [`Error::NonFinite`] (`"x"`, flat position) when `x` holds a NaN or an infinity.
+/// - [`Error::TooLarge`] (`"x"`, row and column) when an element of `x` exceeds
+///   `2^52 / sqrt(dim)` and the rows are not normalised first (`normalize: false`),
+///   where squared distances could overflow `f32`.
 ///
 /// # Numerics
 ///

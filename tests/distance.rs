@@ -105,7 +105,11 @@ fn run_pairwise(x: Matrix<'_>, metric: Metric, exact: bool) {
     );
     scalar::pairwise_distances(x, metric, &mut slow, &mut ws).unwrap();
     for i in 0..n {
-        assert_eq!(fast[i * n + i], 0.0, "diagonal");
+        // The formula's value: exactly 0, or (cosine, zero row) exactly 1, as the twin.
+        let zero_cosine_row = metric == Metric::Cosine && x.row(i).unwrap().iter().all(|&v| v == 0.0);
+        let diagonal = if zero_cosine_row { 1.0 } else { 0.0 };
+        assert_eq!(fast[i * n + i], diagonal, "diagonal");
+        assert_eq!(slow[i * n + i], diagonal, "twin's diagonal");
         for j in 0..n {
             assert_eq!(
                 fast[i * n + j].to_bits(),
@@ -240,8 +244,10 @@ fn zero_rows_and_cosine() {
     let mut out = [f32::NAN; 9];
     let mut ws = [f32::NAN; pairwise_distances_workspace_len(3, 2)];
     pairwise_distances(x, Metric::Cosine, &mut out, &mut ws).unwrap();
-    // A zero vector is at distance 1 from every other row; the diagonal is exactly 0.
-    assert_eq!(out, [0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0]);
+    // A zero vector is at distance 1 from every row, itself included (the formula with the
+    // clamped norm, as PyTorch's 1 - cosine_similarity(0, 0)); other diagonal entries are
+    // exactly 0.
+    assert_eq!(out, [1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0]);
     let mut n = [f32::NAN; 6];
     l2_normalize(x, &mut n).unwrap();
     assert_eq!(n, [0.0, 0.0, 0.6, 0.8, 0.0, 0.0]);

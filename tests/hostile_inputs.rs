@@ -264,8 +264,17 @@ fn magnitudes_whose_squares_overflow_never_panic() {
         for mining in MININGS {
             let p = BatchParams::new().with_metric(metric).with_mining(mining);
             let mut g = [0.0_f32; 8];
-            // Ok with a possibly non-finite value: never a panic, never an out-of-bounds write.
-            assert!(tk::triplet_batch_loss_grad(x, &labels, p, &mut g, &mut ws()).is_ok());
+            // The documented data range: an error naming the largest element (row 0 and
+            // row 3 both hold 1e20 in magnitude; the first is reported), never a panic or
+            // a silently finite loss.
+            assert_eq!(
+                tk::triplet_batch_loss_grad(x, &labels, p, &mut g, &mut ws()).map(|_| ()),
+                Err(Error::TooLarge { buffer: "x", row: 0, col: 0 })
+            );
+            // Normalised first, any finite data is accepted.
+            let p = p.with_normalize(true);
+            let out = tk::triplet_batch_loss_grad(x, &labels, p, &mut g, &mut ws()).unwrap();
+            assert!(out.loss.is_finite() && g.iter().all(|v| v.is_finite()));
         }
     }
 }

@@ -24,14 +24,15 @@
 //! - **Epilogue.** The tile becomes distances (`|a|^2 + |b|^2 - 2 a.b` clamped at 0, its
 //!   square root, `1 - a.b / (|a| |b|)`, or the direct sum) and is stored. In the
 //!   symmetric part of a pairwise block only tiles on or above the diagonal are
-//!   computed; each strictly-upper value is written at `(i, j)` and `(j, i)`, the
-//!   diagonal is set to exactly 0.
+//!   computed; each strictly-upper value is written at `(i, j)` and `(j, i)`; the
+//!   diagonal is exactly 0, except for cosine rows whose norm is clamped (see
+//!   `Epilogue::diagonal`).
 //! - **Square tiles** (`MR == LANES`, `NV == 1`, the x86 backends' shape): the mirror
 //!   image of a tile and the packing of `LANES x LANES` blocks go through an in-register
 //!   transpose ([`Simd::transpose`]) and whole-vector stores; other shapes fall back to
 //!   element-wise copies.
 
-use super::{clamp_norm, DistanceMode, Metric};
+use super::{clamp_norm, DistanceMode, Metric, NORM_EPS};
 use crate::math;
 use crate::matrix::Matrix;
 use crate::simd::{Kernel, Simd, MR_MAX, NR_MAX};
@@ -75,7 +76,7 @@ pub(super) struct Block<'a, 'o> {
     pub r1: usize,
     /// Column source (`a` itself when `pairwise`).
     pub b: Matrix<'a>,
-    /// `b` is `a`: use symmetry inside `r0..r1` and put exact zeros on the diagonal.
+    /// `b` is `a`: use symmetry inside `r0..r1` and write the diagonal exactly.
     pub pairwise: bool,
     pub metric: Metric,
     pub mode: DistanceMode,
@@ -103,6 +104,13 @@ trait Epilogue {
     const NORMS: Norms;
     /// The distance from the accumulator and the row and column norm terms.
     fn finish<S: Simd>(s: S, acc: S::V, row: S::V, col: S::V) -> S::V;
+    /// The diagonal entry `d(x_i, x_i)` of a pairwise matrix, from the tile's value there
+    /// and the row's norm term: exactly 0 for the Euclidean metrics.
+    #[inline(always)]
+    fn diagonal(value: f32, norm_term: f32) -> f32 {
+        let _ = (value, norm_term);
+        0.0
+    }
 }
 
 /// `max(0, |a|^2 + |b|^2 - 2 a.b)`, NaN kept.
@@ -141,6 +149,17 @@ impl Epilogue for Cosine {
         // bit for bit whichever of the two rows is the anchor. Normal while both norms
         // stay below the documented overflow limit.
         s.sub(s.splat(1.0), s.mul(acc, s.mul(row, col)))
+    }
+    /// The formula's value `1 - |a|^2 / max(|a|, eps)^2`: exactly 0 for a row whose norm
+    /// is above the clamp, `1 - (|a| / eps)^2` (1 for a zero row) below it, as the same
+    /// row gives in a cross matrix.
+    #[inline(always)]
+    fn diagonal(value: f32, norm_term: f32) -> f32 {
+        if norm_term == 1.0 / NORM_EPS {
+            value
+        } else {
+            0.0
+        }
     }
 }
 
@@ -237,7 +256,7 @@ fn pack<S: Simd, const MR: usize, const NV: usize>(
 #[inline(always)]
 fn panel_norms<S: Simd, const NV: usize, E: Epilogue>(
     s: S,
-    panel: &[f32],
+    panel: &mut [f32],
     nr: usize,
     out: &mut [f32],
 ) {
@@ -256,10 +275,38 @@ fn panel_norms<S: Simd, const NV: usize, E: Epilogue>(
         s.store(*a, out.get_mut(v * l..).unwrap_or(&mut []));
     }
     if E::NORMS == Norms::InvClamped {
-        for o in out.iter_mut().take(nr) {
+        for (c, o) in out.iter_mut().take(nr).enumerate() {
+            if *o > COSINE_SQ_MAX {
+                *o = rescale_column(panel, nr, c);
+            }
             *o = 1.0 / clamp_norm(math::sqrt(*o));
         }
     }
+}
+
+/// Largest squared norm a cosine row is packed with: below it no dot product of two
+/// packed rows can overflow (`|<a, b>| <= |a| |b|`).
+const COSINE_SQ_MAX: f32 = 8.507_059e37; // 2^126
+
+/// Scales column `c` of a packed panel (one row, `panel[k * nr + c]`) by a power of two
+/// that brings its largest element into `[1, 4)`, and returns its new squared norm.
+/// Exact, and invisible to the cosine distance, which is scale-invariant per row; only
+/// rows whose squared norm exceeds [`COSINE_SQ_MAX`] take this path, far above the norm
+/// clamp. A row holding an infinity keeps it (and its distances stay non-finite).
+#[inline(always)]
+fn rescale_column(panel: &mut [f32], nr: usize, c: usize) -> f32 {
+    let column = || panel.iter().skip(c).step_by(nr);
+    let m = column().fold(0.0_f32, |m, v| m.max(v.abs()));
+    if !m.is_finite() {
+        return f32::INFINITY;
+    }
+    let scale = super::pow2_inverse(m);
+    let mut sq = 0.0_f32;
+    for v in panel.iter_mut().skip(c).step_by(nr) {
+        *v *= scale;
+        sq += *v * *v;
+    }
+    sq
 }
 
 /// The `MR x (NV * LANES)` tile of micro-panel `off..off + MR` of `apanel` against
@@ -320,7 +367,7 @@ enum Placement {
     Rect,
     /// Strictly above the diagonal of the symmetric part: stored and mirrored.
     Upper,
-    /// Crossing the diagonal: entries above it stored and mirrored, the diagonal zeroed.
+    /// Crossing the diagonal: entries above it stored and mirrored, the diagonal exact.
     Diagonal,
 }
 
@@ -406,7 +453,7 @@ fn sweep<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(
                         s.store(val, row.get_mut(v * l..).unwrap_or(&mut []));
                     }
                 }
-                store_diagonal(g, tile, i0, mr, j0, ncols, out);
+                store_diagonal::<E>(g, tile, rn, i0, mr, j0, ncols, out);
                 continue;
             }
             for (r, acc_r) in acc.iter().enumerate().take(mr) {
@@ -453,12 +500,15 @@ fn store_transposed(
     }
 }
 
-/// Stores a tile that crosses the diagonal: `(i, j)` and `(j, i)` for `j > i`, exact 0 at
-/// `i == j`, nothing else (the entries below the diagonal come from other tiles' mirrors).
+/// Stores a tile that crosses the diagonal: `(i, j)` and `(j, i)` for `j > i`,
+/// [`Epilogue::diagonal`] at `i == j` (`rn`: the rows' norm terms), nothing else (the
+/// entries below the diagonal come from other tiles' mirrors).
 #[inline(always)]
-fn store_diagonal(
+#[allow(clippy::too_many_arguments)]
+fn store_diagonal<E: Epilogue>(
     g: Geometry,
     tile: &[f32],
+    rn: &[f32],
     i0: usize,
     mr: usize,
     j0: usize,
@@ -479,8 +529,10 @@ fn store_diagonal(
                     *o = v;
                 }
             } else if j == i {
+                let v = tile.get(r * nr + c).copied().unwrap_or(0.0);
+                let norm_term = rn.get(r).copied().unwrap_or(0.0);
                 if let Some(o) = out.get_mut((i - r0) * n + i) {
-                    *o = 0.0;
+                    *o = E::diagonal(v, norm_term);
                 }
             }
         }

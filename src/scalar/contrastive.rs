@@ -1,9 +1,9 @@
 //! Scalar twins of [`crate::contrastive`].
 
 use crate::contrastive::{
-    check_contrastive, two_rows_mut, ContrastiveForm, ContrastiveParams, ContrastiveReduction,
+    check_contrastive, ContrastiveForm, ContrastiveParams, ContrastiveReduction,
 };
-use crate::distance::Metric;
+use crate::distance::{two_rows_mut, Metric};
 use crate::error::Error;
 use crate::matrix::Matrix;
 use crate::scalar::distance::{add_distance_grad64, distance64};

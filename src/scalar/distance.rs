@@ -37,6 +37,16 @@ fn clamp64(n: f64) -> f64 {
     }
 }
 
+/// `d(a, a)` by the formula: 0, except for a cosine row whose norm is clamped, where it is
+/// `1 - |a|^2 / 1e-24` (1 for a zero row).
+fn self_distance64(metric: Metric, a: &[f32]) -> f64 {
+    let eps = f64::from(NORM_EPS);
+    match metric {
+        Metric::Cosine if norm64(a) < eps => 1.0 - dot64(a, a) / (eps * eps),
+        _ => 0.0,
+    }
+}
+
 /// The distance between two rows in `f64`.
 pub(crate) fn distance64(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
     match metric {
@@ -76,7 +86,7 @@ pub fn pairwise_distances(
             if j > i {
                 *o = distance64(metric, a, b) as f32;
             } else if j == i {
-                *o = 0.0;
+                *o = self_distance64(metric, a) as f32;
             }
         }
     }
@@ -120,7 +130,7 @@ pub fn cross_distances(
 }
 
 /// Scalar twin of [`crate::pairwise_distances_rows`]: the exact distances (`mode` only
-/// changes how the fast kernel evaluates them), with an exact zero diagonal.
+/// changes how the fast kernel evaluates them), the diagonal by the formula.
 ///
 /// # Errors
 ///
@@ -162,7 +172,7 @@ pub fn pairwise_distances_rows(
             // Symmetric by construction: the pair is always evaluated in (min, max) order.
             *o = match i.cmp(&j) {
                 core::cmp::Ordering::Less => distance64(metric, a, b) as f32,
-                core::cmp::Ordering::Equal => 0.0,
+                core::cmp::Ordering::Equal => self_distance64(metric, a) as f32,
                 core::cmp::Ordering::Greater => distance64(metric, b, a) as f32,
             };
         }

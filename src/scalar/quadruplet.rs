@@ -1,7 +1,6 @@
 //! Scalar twins of [`crate::quadruplet`].
 
-use crate::contrastive::two_rows_mut;
-use crate::distance::Metric;
+use crate::distance::{two_rows_mut, Metric};
 use crate::error::Error;
 use crate::matrix::Matrix;
 use crate::quadruplet::{

@@ -4,7 +4,7 @@
 use crate::distance::Metric;
 use crate::error::{check_len, check_workspace, Error};
 use crate::matrix::Matrix;
-use crate::mining::{check_finite, Triplet};
+use crate::mining::{check_rows, Triplet};
 use crate::reduce::Hinge;
 use crate::scalar::distance::{add_distance_grad64, distance64};
 use crate::scalar::mining::{for_each_triplet64, pair64};
@@ -125,7 +125,7 @@ fn triplet_margin64(
     if let Some(g) = grad.as_deref() {
         check_len("grad", x.len(), g.len())?;
     }
-    check_finite(&x)?;
+    check_rows(&x, false)?;
     let mut sum = 0.0_f64;
     let mut active = 0_usize;
     for (t, term) in triplets.iter().zip(terms.iter_mut()) {
@@ -237,7 +237,7 @@ fn triplet_batch64(
             workspace.len(),
         )?;
     }
-    check_finite(&x)?;
+    check_rows(&x, params.normalize)?;
     // The normalised rows (rounded to f32) live at the start of the workspace.
     let y_len = if params.normalize { x.len() } else { 0 };
     let actual = workspace.len();
