@@ -91,7 +91,7 @@ pub enum Metric {
 /// exact). Cosine distances have no such limit: a row whose squared norm exceeds `2^126`
 /// is scaled by an exact power of two before its dot products, which leaves its cosine
 /// unchanged. The loss kernels reject rows past the Euclidean limit instead (see
-/// [`Error::NormOverflow`]).
+/// [`Error::TooLarge`]).
 ///
 /// NaN and infinity in the data are not checked: they propagate to every entry computed
 /// from an affected row (NaN or infinite, which one is unspecified), never elsewhere.
@@ -556,7 +556,7 @@ pub(crate) fn scaled_norm_with<S: Simd>(s: S, row: &[f32]) -> (f32, f32) {
 #[inline(always)]
 fn pow2_inverse(m: f32) -> f32 {
     // The unbiased exponent of m; subnormals count as the smallest normal exponent.
-    let e = ((m.to_bits() >> 23) & 0xff) as i32 - 127;
+    let e = ((m.to_bits() >> 23) & 0xff).cast_signed() - 127;
     let e = e.clamp(-126, 126);
     f32::from_bits(((127 - e) as u32) << 23)
 }
@@ -663,7 +663,11 @@ impl Kernel for NormalizeBackward<'_, '_> {
                 // A row whose squared norm overflows (or underflows): the same formula
                 // from the exactly scaled row, y = (x scale) / rs.
                 let inv = 1.0 / rs;
-                let yg: f32 = row.iter().zip(g).map(|(&xk, &gk)| xk * scale * inv * gk).sum();
+                let yg: f32 = row
+                    .iter()
+                    .zip(g)
+                    .map(|(&xk, &gk)| xk * scale * inv * gk)
+                    .sum();
                 let c = yg * inv * scale;
                 for ((o, &gk), &xk) in gx.iter_mut().zip(g).zip(row) {
                     *o = gk * (inv * scale) - c * (xk * scale * inv);
@@ -815,7 +819,11 @@ pub(crate) fn euclidean_from_sq(sq: f32, a: &[f32], b: &[f32], offset: f32) -> f
         return math::sqrt(sq);
     }
     let diff = |(&u, &v): (&f32, &f32)| u - v + offset;
-    let m = a.iter().zip(b).map(diff).fold(0.0_f32, |m, t| m.max(t.abs()));
+    let m = a
+        .iter()
+        .zip(b)
+        .map(diff)
+        .fold(0.0_f32, |m, t| m.max(t.abs()));
     if m == 0.0 {
         return 0.0;
     }

@@ -66,8 +66,8 @@
 
 use crate::distance::{
     clamped_row_norms, cross_distances, cross_distances_rows, cross_distances_workspace_len,
-    pairwise_distances, pairwise_distances_rows, pairwise_distances_rows_workspace_len,
-    euclidean_from_sq, DistanceMode, Metric,
+    euclidean_from_sq, pairwise_distances, pairwise_distances_rows,
+    pairwise_distances_rows_workspace_len, DistanceMode, Metric,
 };
 use crate::error::{check_len, check_workspace, Error};
 use crate::matrix::Matrix;

@@ -17,13 +17,13 @@
 //! The loss kernels do not look at labels: any indices below `rows` are accepted,
 //! repeated ones included, and the formula is applied as written.
 
-use crate::mining::check_rows;
 use crate::distance::{
     clamped_row_norms, distance, pair_grad_rows, pairwise_distances,
     pairwise_distances_workspace_len, Metric,
 };
 use crate::error::{check_len, check_workspace, checked_area, Error};
 use crate::matrix::Matrix;
+use crate::mining::check_rows;
 use crate::mining::refine_pairwise;
 use crate::reduce::{Hinge, Reduction};
 
@@ -511,7 +511,7 @@ pub(crate) fn check_mining(
             actual: out,
         });
     }
-    check_rows(&x, false)?;
+    check_rows(x, false)?;
     Ok(count)
 }
 

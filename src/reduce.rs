@@ -151,7 +151,10 @@ impl Reduction {
 #[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn hinge_reduce(values: &[f32], hinge: Hinge, reduction: Reduction) -> Result<f32, Error> {
     let (sum, active) = values.iter().fold((0.0_f64, 0_usize), |(s, a), &v| {
-        (s + f64::from(hinge.apply(v)), a + usize::from(hinge.is_active(v)))
+        (
+            s + f64::from(hinge.apply(v)),
+            a + usize::from(hinge.is_active(v)),
+        )
     });
     Ok(reduction.reduce(sum, values.len(), active))
 }
@@ -188,7 +191,10 @@ pub fn hinge_reduce_grad(
 ) -> Result<f32, Error> {
     check_len("grad", values.len(), grad.len())?;
     let (sum, active) = values.iter().fold((0.0_f64, 0_usize), |(s, a), &v| {
-        (s + f64::from(hinge.apply(v)), a + usize::from(hinge.is_active(v)))
+        (
+            s + f64::from(hinge.apply(v)),
+            a + usize::from(hinge.is_active(v)),
+        )
     });
     let w = reduction.weight(values.len(), active);
     for (g, &v) in grad.iter_mut().zip(values) {

@@ -368,7 +368,8 @@ pub(crate) fn check_triplet_params(params: &TripletParams) -> Result<(), Error> 
     }
     // |eps| <= 1 keeps the shifted squared distances inside f32 for every accepted row
     // (see `Error::TooLarge`); PyTorch's default is 1e-6.
-    if !(params.eps.abs() <= 1.0) || (params.metric == Metric::Cosine && params.eps != 0.0) {
+    let eps_ok = params.eps.abs() <= 1.0;
+    if !eps_ok || (params.metric == Metric::Cosine && params.eps != 0.0) {
         return Err(Error::InvalidParameter { name: "eps" });
     }
     Ok(())
@@ -413,7 +414,8 @@ pub(crate) fn check_batch_args(
 ) -> Result<usize, Error> {
     // |margin| <= 2^100 keeps batch-all's f32 row sums of hinge terms finite (see
     // `Error::TooLarge` for the data side of the same rule).
-    if !(params.margin.abs() <= MARGIN_MAX) {
+    let margin_ok = params.margin.abs() <= MARGIN_MAX;
+    if !margin_ok {
         return Err(Error::InvalidParameter { name: "margin" });
     }
     let n = check_labels(x, labels)?;
@@ -744,7 +746,17 @@ fn pair_grad<S: Simd>(
     grad: &mut [f32],
 ) {
     let nrm = |k: usize| norms.get(k).copied().unwrap_or(1.0);
-    pair_grad_rows_with(s, metric, x, (i, j), dist, (nrm(i), nrm(j)), 0.0, coef, grad);
+    pair_grad_rows_with(
+        s,
+        metric,
+        x,
+        (i, j),
+        dist,
+        (nrm(i), nrm(j)),
+        0.0,
+        coef,
+        grad,
+    );
 }
 
 /// `(|a - p|^2, |a - q|^2)` computed directly, in one pass over the three rows (one

@@ -146,7 +146,11 @@ fn check_pairwise(x: Matrix<'_>, metric: Metric, mode: DistanceMode, exact: bool
     scalar::pairwise_distances(x, metric, &mut slow, &mut ws).unwrap();
     for i in 0..n {
         // The formula's value, as the twin's: 0, or 1 for a zero row under cosine.
-        assert_eq!(fast[i * n + i].to_bits(), slow[i * n + i].to_bits(), "diagonal");
+        assert_eq!(
+            fast[i * n + i].to_bits(),
+            slow[i * n + i].to_bits(),
+            "diagonal"
+        );
         for j in 0..n {
             assert_eq!(
                 fast[i * n + j].to_bits(),

@@ -106,7 +106,8 @@ fn run_pairwise(x: Matrix<'_>, metric: Metric, exact: bool) {
     scalar::pairwise_distances(x, metric, &mut slow, &mut ws).unwrap();
     for i in 0..n {
         // The formula's value: exactly 0, or (cosine, zero row) exactly 1, as the twin.
-        let zero_cosine_row = metric == Metric::Cosine && x.row(i).unwrap().iter().all(|&v| v == 0.0);
+        let zero_cosine_row =
+            metric == Metric::Cosine && x.row(i).unwrap().iter().all(|&v| v == 0.0);
         let diagonal = if zero_cosine_row { 1.0 } else { 0.0 };
         assert_eq!(fast[i * n + i], diagonal, "diagonal");
         assert_eq!(slow[i * n + i], diagonal, "twin's diagonal");

@@ -269,7 +269,11 @@ fn magnitudes_whose_squares_overflow_never_panic() {
             // a silently finite loss.
             assert_eq!(
                 tk::triplet_batch_loss_grad(x, &labels, p, &mut g, &mut ws()).map(|_| ()),
-                Err(Error::TooLarge { buffer: "x", row: 0, col: 0 })
+                Err(Error::TooLarge {
+                    buffer: "x",
+                    row: 0,
+                    col: 0
+                })
             );
             // Normalised first, any finite data is accepted.
             let p = p.with_normalize(true);
