@@ -141,3 +141,9 @@ pub use triplet::{
     triplet_batch_loss_workspace_len, triplet_margin_loss, triplet_margin_loss_grad,
     triplet_margin_workspace_len, BatchLoss, BatchParams, TripletParams,
 };
+
+/// The README's Rust examples, compiled and run by `cargo test --doc`; not part of the
+/// API (the item exists only when rustdoc collects doctests).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
