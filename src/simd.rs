@@ -1,7 +1,7 @@
 //! The private SIMD seam: the only module that names vector types.
 //!
 //! Kernels call the slice-level primitives at the end of this file (`dot`, `sq_dist`,
-//! `sq_norm`, `axpy`, `scale_into`, ...); none of them sees a lane type. Behind them:
+//! `axpy`, `scale_into`, ...); none of them sees a lane type. Behind them:
 //!
 //! - a private abstraction, [`Simd`]: a zero-sized backend token with an associated
 //!   vector type and the handful of lane-wise operations the algorithms need (load and
@@ -52,8 +52,6 @@ mod x86;
 pub use backend::{reset_backend, set_backend, Backend};
 pub(crate) use portable::Portable;
 
-use wide::f32x8;
-
 /// A SIMD backend: a zero-sized, `Copy` token whose existence proves that the CPU can
 /// run its instructions, with the lane-wise operations the algorithms need.
 ///
@@ -86,7 +84,6 @@ pub(crate) trait Simd: Copy {
     /// `a * b + c`, with one rounding where the backend has FMA.
     fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     /// `if a < b { a } else { b }`.
-    #[allow(dead_code)] // For mining epilogues (nearest negative).
     fn min(self, a: Self::V, b: Self::V) -> Self::V;
     /// `if a > b { a } else { b }`.
     fn max(self, a: Self::V, b: Self::V) -> Self::V;
@@ -274,64 +271,6 @@ impl Kernel for ScaleInto<'_> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Portable helpers over `f32x8` (the seam's original form). A primitive written with
-// them always takes the portable path; write new primitives generic over `Simd`, with a
-// `Kernel` for `dispatch`, as those at the end of this file.
-// ---------------------------------------------------------------------------------------
-
-/// Lanes of the portable vector type.
-#[allow(dead_code)]
-pub(crate) const LANES: usize = 8;
-
-#[allow(dead_code)]
-#[inline(always)]
-fn load(chunk: &[f32; LANES]) -> f32x8 {
-    f32x8::new(*chunk)
-}
-
-/// Lane-wise reduction of two equally long slices: `step(acc, a, b)` over full vectors,
-/// `tail(acc, a, b)` over the remainder. Slices are cut to the shorter length.
-#[allow(dead_code)]
-#[inline(always)]
-fn fold2(
-    a: &[f32],
-    b: &[f32],
-    step: impl Fn(f32x8, f32x8, f32x8) -> f32x8,
-    tail: impl Fn(f32, f32, f32) -> f32,
-) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (a.split_at(n).0, b.split_at(n).0);
-    let (a16, a_rest) = a.as_chunks::<{ 2 * LANES }>();
-    let (b16, b_rest) = b.as_chunks::<{ 2 * LANES }>();
-    let mut acc0 = f32x8::ZERO;
-    let mut acc1 = f32x8::ZERO;
-    for (x, y) in a16.iter().zip(b16) {
-        let (x0, x1) = x.split_at(LANES);
-        let (y0, y1) = y.split_at(LANES);
-        // Both halves are exactly LANES long; the conversions cannot fail.
-        if let (Ok(x0), Ok(x1), Ok(y0), Ok(y1)) = (
-            <&[f32; LANES]>::try_from(x0),
-            <&[f32; LANES]>::try_from(x1),
-            <&[f32; LANES]>::try_from(y0),
-            <&[f32; LANES]>::try_from(y1),
-        ) {
-            acc0 = step(acc0, load(x0), load(y0));
-            acc1 = step(acc1, load(x1), load(y1));
-        }
-    }
-    let (a8, a_tail) = a_rest.as_chunks::<LANES>();
-    let (b8, b_tail) = b_rest.as_chunks::<LANES>();
-    for (x, y) in a8.iter().zip(b8) {
-        acc0 = step(acc0, load(x), load(y));
-    }
-    let mut s = (acc0 + acc1).reduce_add();
-    for (&x, &y) in a_tail.iter().zip(b_tail) {
-        s = tail(s, x, y);
-    }
-    s
-}
-
-// ---------------------------------------------------------------------------------------
 // The seam: slice-level primitives, each dispatched to the active backend per call.
 // ---------------------------------------------------------------------------------------
 
@@ -345,13 +284,6 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[inline]
 pub(crate) fn sq_dist(a: &[f32], b: &[f32]) -> f32 {
     dispatch(SqDist(a, b))
-}
-
-/// `sum a_i^2`.
-#[inline]
-#[allow(dead_code)] // Part of the seam; the distance kernels use the generic form.
-pub(crate) fn sq_norm(a: &[f32]) -> f32 {
-    dot(a, a)
 }
 
 /// `y += alpha * x` over the common length.
