@@ -28,7 +28,7 @@ mod tile;
 use crate::error::{check_len, check_workspace, checked_area, Error};
 use crate::math;
 use crate::matrix::Matrix;
-use crate::simd::{self, Kernel, Simd};
+use crate::simd::{self, Backend, Kernel, Simd};
 use core::ops::Range;
 
 /// Lower bound applied to norms before dividing, as PyTorch's `F.normalize` and
@@ -236,17 +236,17 @@ fn clamp_norm(n: f32) -> f32 {
 }
 
 /// Fills `norms[i]` with the clamped norm of row `i` (cosine only).
-fn clamped_norms(x: &Matrix<'_>, norms: &mut [f32]) {
-    simd::dispatch(ClampedNorms { x: *x, out: norms });
+fn clamped_norms(backend: Backend, x: &Matrix<'_>, norms: &mut [f32]) {
+    backend.dispatch(ClampedNorms { x: *x, out: norms });
 }
 
 /// One distance from the two rows and, for cosine, their clamped norms.
 #[inline(always)]
-fn pair(metric: Metric, a: &[f32], b: &[f32], na: f32, nb: f32) -> f32 {
+fn pair(backend: Backend, metric: Metric, a: &[f32], b: &[f32], na: f32, nb: f32) -> f32 {
     match metric {
-        Metric::SquaredEuclidean => simd::sq_dist(a, b),
-        Metric::Euclidean => math::sqrt(simd::sq_dist(a, b)),
-        Metric::Cosine => 1.0 - simd::dot(a, b) / (na * nb),
+        Metric::SquaredEuclidean => simd::sq_dist(backend, a, b),
+        Metric::Euclidean => math::sqrt(simd::sq_dist(backend, a, b)),
+        Metric::Cosine => 1.0 - simd::dot(backend, a, b) / (na * nb),
     }
 }
 
@@ -292,8 +292,19 @@ pub fn pairwise_distances(
     out: &mut [f32],
     workspace: &mut [f32],
 ) -> Result<(), Error> {
+    pairwise_distances_on(Backend::active(), x, metric, out, workspace)
+}
+
+/// [`pairwise_distances`] with the caller's backend.
+pub(crate) fn pairwise_distances_on(
+    backend: Backend,
+    x: Matrix<'_>,
+    metric: Metric,
+    out: &mut [f32],
+    workspace: &mut [f32],
+) -> Result<(), Error> {
     let n = check_pairwise(&x, out.len(), workspace.len())?;
-    simd::dispatch(tile::Block {
+    backend.dispatch(tile::Block {
         a: x,
         r0: 0,
         r1: n,
@@ -360,8 +371,22 @@ pub fn pairwise_distances_rows(
     out_block: &mut [f32],
     workspace: &mut [f32],
 ) -> Result<(), Error> {
+    let backend = Backend::active();
+    pairwise_distances_rows_on(backend, x, rows, metric, mode, out_block, workspace)
+}
+
+/// [`pairwise_distances_rows`] with the caller's backend.
+pub(crate) fn pairwise_distances_rows_on(
+    backend: Backend,
+    x: Matrix<'_>,
+    rows: Range<usize>,
+    metric: Metric,
+    mode: DistanceMode,
+    out_block: &mut [f32],
+    workspace: &mut [f32],
+) -> Result<(), Error> {
     let (r0, r1) = check_pairwise_rows(&x, &rows, out_block.len(), workspace.len())?;
-    simd::dispatch(tile::Block {
+    backend.dispatch(tile::Block {
         a: x,
         r0,
         r1,
@@ -429,8 +454,20 @@ pub fn cross_distances(
     out: &mut [f32],
     workspace: &mut [f32],
 ) -> Result<(), Error> {
+    cross_distances_on(Backend::active(), x, y, metric, out, workspace)
+}
+
+/// [`cross_distances`] with the caller's backend.
+pub(crate) fn cross_distances_on(
+    backend: Backend,
+    x: Matrix<'_>,
+    y: Matrix<'_>,
+    metric: Metric,
+    out: &mut [f32],
+    workspace: &mut [f32],
+) -> Result<(), Error> {
     let (m, _) = check_cross(&x, &y, out.len(), workspace.len())?;
-    simd::dispatch(tile::Block {
+    backend.dispatch(tile::Block {
         a: x,
         r0: 0,
         r1: m,
@@ -493,8 +530,24 @@ pub fn cross_distances_rows(
     out_block: &mut [f32],
     workspace: &mut [f32],
 ) -> Result<(), Error> {
+    let backend = Backend::active();
+    cross_distances_rows_on(backend, x, y, rows, metric, mode, out_block, workspace)
+}
+
+/// [`cross_distances_rows`] with the caller's backend.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn cross_distances_rows_on(
+    backend: Backend,
+    x: Matrix<'_>,
+    y: Matrix<'_>,
+    rows: Range<usize>,
+    metric: Metric,
+    mode: DistanceMode,
+    out_block: &mut [f32],
+    workspace: &mut [f32],
+) -> Result<(), Error> {
     let (r0, r1) = check_cross_rows(&x, &y, &rows, out_block.len(), workspace.len())?;
-    simd::dispatch(tile::Block {
+    backend.dispatch(tile::Block {
         a: x,
         r0,
         r1,
@@ -620,7 +673,7 @@ impl Kernel for NormalizeBackward<'_, '_> {
 #[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn row_norms(x: Matrix<'_>, out: &mut [f32]) -> Result<(), Error> {
     check_len("out", x.rows(), out.len())?;
-    simd::dispatch(RowNorms { x, out });
+    Backend::active().dispatch(RowNorms { x, out });
     Ok(())
 }
 
@@ -648,8 +701,17 @@ pub fn row_norms(x: Matrix<'_>, out: &mut [f32]) -> Result<(), Error> {
 /// ```
 #[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn l2_normalize(x: Matrix<'_>, out: &mut [f32]) -> Result<(), Error> {
+    l2_normalize_on(Backend::active(), x, out)
+}
+
+/// [`l2_normalize`] with the caller's backend.
+pub(crate) fn l2_normalize_on(
+    backend: Backend,
+    x: Matrix<'_>,
+    out: &mut [f32],
+) -> Result<(), Error> {
     check_len("out", x.len(), out.len())?;
-    simd::dispatch(Normalize { x, out });
+    backend.dispatch(Normalize { x, out });
     Ok(())
 }
 
@@ -686,9 +748,19 @@ pub fn l2_normalize_backward(
     grad_out: &[f32],
     grad_x: &mut [f32],
 ) -> Result<(), Error> {
+    l2_normalize_backward_on(Backend::active(), x, grad_out, grad_x)
+}
+
+/// [`l2_normalize_backward`] with the caller's backend.
+pub(crate) fn l2_normalize_backward_on(
+    backend: Backend,
+    x: Matrix<'_>,
+    grad_out: &[f32],
+    grad_x: &mut [f32],
+) -> Result<(), Error> {
     check_len("grad_out", x.len(), grad_out.len())?;
     check_len("grad_x", x.len(), grad_x.len())?;
-    simd::dispatch(NormalizeBackward {
+    backend.dispatch(NormalizeBackward {
         x,
         grad_out,
         grad_x,
@@ -698,15 +770,22 @@ pub fn l2_normalize_backward(
 
 /// Clamped norms of every row into `norms` (`rows` elements), for kernels that need
 /// cosine distances and their gradients.
-pub(crate) fn clamped_row_norms(x: &Matrix<'_>, norms: &mut [f32]) {
-    clamped_norms(x, norms);
+pub(crate) fn clamped_row_norms(backend: Backend, x: &Matrix<'_>, norms: &mut [f32]) {
+    clamped_norms(backend, x, norms);
 }
 
 /// One distance between two rows; `na`, `nb` are their clamped norms (read for cosine
 /// only, see [`clamped_row_norms`]).
 #[inline]
-pub(crate) fn distance(metric: Metric, a: &[f32], b: &[f32], na: f32, nb: f32) -> f32 {
-    pair(metric, a, b, na, nb)
+pub(crate) fn distance(
+    backend: Backend,
+    metric: Metric,
+    a: &[f32],
+    b: &[f32],
+    na: f32,
+    nb: f32,
+) -> f32 {
+    pair(backend, metric, a, b, na, nb)
 }
 
 /// Adds `coef * d d(a, b) / d a` to `grad_a`, where `dist = d(a, b)` and `na`, `nb` are
@@ -720,6 +799,7 @@ pub(crate) fn distance(metric: Metric, a: &[f32], b: &[f32], na: f32, nb: f32) -
 #[inline]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn add_distance_grad(
+    backend: Backend,
     metric: Metric,
     a: &[f32],
     b: &[f32],
@@ -731,20 +811,20 @@ pub(crate) fn add_distance_grad(
 ) {
     match metric {
         Metric::SquaredEuclidean => {
-            simd::axpy(2.0 * coef, a, grad_a);
-            simd::axpy(-2.0 * coef, b, grad_a);
+            simd::axpy(backend, 2.0 * coef, a, grad_a);
+            simd::axpy(backend, -2.0 * coef, b, grad_a);
         }
         Metric::Euclidean => {
             if dist > 0.0 {
                 let c = coef / dist;
-                simd::axpy(c, a, grad_a);
-                simd::axpy(-c, b, grad_a);
+                simd::axpy(backend, c, a, grad_a);
+                simd::axpy(backend, -c, b, grad_a);
             }
         }
         Metric::Cosine => {
-            simd::axpy(-coef / (na * nb), b, grad_a);
+            simd::axpy(backend, -coef / (na * nb), b, grad_a);
             if na > NORM_EPS {
-                simd::axpy(coef * (1.0 - dist) / (na * na), a, grad_a);
+                simd::axpy(backend, coef * (1.0 - dist) / (na * na), a, grad_a);
             }
         }
     }

@@ -19,13 +19,14 @@
 
 use crate::contrastive::check_finite;
 use crate::distance::{
-    add_distance_grad, clamped_row_norms, distance, pairwise_distances,
+    add_distance_grad, clamped_row_norms, distance, pairwise_distances_on,
     pairwise_distances_workspace_len, Metric,
 };
 use crate::error::{check_len, check_workspace, checked_area, Error};
 use crate::matrix::Matrix;
 use crate::mining::refine_pairwise;
 use crate::reduce::{Hinge, Reduction};
+use crate::simd::Backend;
 
 /// One quadruplet of row indices: anchor, positive, first negative, second negative.
 ///
@@ -250,13 +251,13 @@ impl<'a> Rows<'a> {
         Some(Rows { r, n })
     }
 
-    fn dists(&self, metric: Metric) -> Dists {
+    fn dists(&self, backend: Backend, metric: Metric) -> Dists {
         let [a, p, n1, n2] = self.r;
         let [na, np, nn1, nn2] = self.n;
         Dists {
-            ap: distance(metric, a, p, na, np),
-            an1: distance(metric, a, n1, na, nn1),
-            n1n2: distance(metric, n1, n2, nn1, nn2),
+            ap: distance(backend, metric, a, p, na, np),
+            an1: distance(backend, metric, a, n1, na, nn1),
+            n1n2: distance(backend, metric, n1, n2, nn1, nn2),
         }
     }
 }
@@ -264,6 +265,7 @@ impl<'a> Rows<'a> {
 /// Adds `coef * d d(x_i, x_j) / d(x_i, x_j)` to rows `i` and `j` of `grad`.
 #[allow(clippy::too_many_arguments)]
 fn add_pair_grad(
+    backend: Backend,
     metric: Metric,
     grad: &mut [f32],
     dim: usize,
@@ -279,8 +281,8 @@ fn add_pair_grad(
     let (lo, hi) = if i < j { (i, j) } else { (j, i) };
     if let Some((g_lo, g_hi)) = crate::contrastive::two_rows_mut(grad, dim, lo, hi) {
         let (gi, gj) = if i < j { (g_lo, g_hi) } else { (g_hi, g_lo) };
-        add_distance_grad(metric, a, b, dist, na, nb, coef, gi);
-        add_distance_grad(metric, b, a, dist, nb, na, coef, gj);
+        add_distance_grad(backend, metric, a, b, dist, na, nb, coef, gi);
+        add_distance_grad(backend, metric, b, a, dist, nb, na, coef, gj);
     }
 }
 
@@ -355,8 +357,9 @@ pub fn quadruplet_loss(
             actual: wlen,
         })?
         .0;
+    let backend = Backend::active();
     if metric == Metric::Cosine {
-        clamped_row_norms(&x, norms);
+        clamped_row_norms(backend, &x, norms);
     }
     let h = params.hinge;
     let mut sum = 0.0_f32;
@@ -365,7 +368,7 @@ pub fn quadruplet_loss(
         let Some(rows) = Rows::get(&x, norms, q) else {
             continue;
         };
-        let d = rows.dists(metric);
+        let d = rows.dists(backend, metric);
         let (v1, v2) = (
             d.ap - d.an1 + params.margin1,
             d.ap - d.n1n2 + params.margin2,
@@ -434,8 +437,10 @@ pub fn quadruplet_loss_grad(
             actual: wlen,
         })?
         .0;
+    // Read once: the norms, the distances and the gradient updates use it.
+    let backend = Backend::active();
     if metric == Metric::Cosine {
-        clamped_row_norms(&x, norms);
+        clamped_row_norms(backend, &x, norms);
     }
     grad.fill(0.0);
     let dim = x.dim();
@@ -446,7 +451,7 @@ pub fn quadruplet_loss_grad(
         let Some(rows) = Rows::get(&x, norms, q) else {
             continue;
         };
-        let d = rows.dists(metric);
+        let d = rows.dists(backend, metric);
         let v1 = d.ap - d.an1 + params.margin1;
         let v2 = d.ap - d.n1n2 + params.margin2;
         sum += h.apply(v1) + h.apply(v2);
@@ -455,9 +460,28 @@ pub fn quadruplet_loss_grad(
         let [ia, ip, in1, in2] = q.to_array().map(|v| v as usize);
         let [a, p, n1, n2] = rows.r;
         let [na, np, nn1, nn2] = rows.n;
-        add_pair_grad(metric, grad, dim, (ia, a, na), (ip, p, np), d.ap, s1 + s2);
-        add_pair_grad(metric, grad, dim, (ia, a, na), (in1, n1, nn1), d.an1, -s1);
         add_pair_grad(
+            backend,
+            metric,
+            grad,
+            dim,
+            (ia, a, na),
+            (ip, p, np),
+            d.ap,
+            s1 + s2,
+        );
+        add_pair_grad(
+            backend,
+            metric,
+            grad,
+            dim,
+            (ia, a, na),
+            (in1, n1, nn1),
+            d.an1,
+            -s1,
+        );
+        add_pair_grad(
+            backend,
             metric,
             grad,
             dim,
@@ -640,8 +664,9 @@ pub fn mine_quadruplets(
                 required: mine_quadruplets_workspace_len(n, x.dim()),
                 actual: wlen,
             })?;
-    pairwise_distances(x, metric, dist, rest)?;
-    refine_pairwise(&x, metric, dist, rest)?;
+    let backend = Backend::active();
+    pairwise_distances_on(backend, x, metric, dist, rest)?;
+    refine_pairwise(backend, &x, metric, dist, rest)?;
     let mut written = 0;
     let mut slots = out.iter_mut();
     for (a, (row, &la)) in dist.chunks_exact(n).zip(labels).enumerate() {

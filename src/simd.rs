@@ -1,14 +1,27 @@
-//! The private SIMD seam: the only module that names vector types.
+//! The private SIMD seam: the only module (with its submodules) that names concrete
+//! vector types.
 //!
-//! Kernels call the slice-level primitives at the end of this file (`dot`, `sq_dist`,
-//! `axpy`, `scale_into`, ...); none of them sees a lane type. Behind them:
+//! Kernels use it in one of two ways:
+//!
+//! - the slice-level primitives at the end of this file (`dot`, `sq_dist`,
+//!   `sq_dist_offset`, `axpy`, `axpy_diff`, `scale`, `scale_into`): plain functions over
+//!   `&[f32]` taking the caller's [`Backend`], one [`Backend::dispatch`] each, for
+//!   kernels that are not themselves generic over the backend and work pair by pair
+//!   (contrastive, quadruplet, proxy and explicit triplet losses, retrieval); their
+//!   callers see no lane type;
+//! - a [`Kernel`]: a struct whose `run` is generic over [`Simd`], dispatched once for a
+//!   whole loop (the distance microkernel in `distance/tile.rs`, the row-norm and
+//!   normalisation kernels, the mining epilogues, the batch triplet blocks). Its body
+//!   calls the `_with` forms of the primitives (`dot_with(s, ..)`, ...) and the [`Simd`]
+//!   operations themselves, so it does see the vector type `S::V`.
+//!
+//! Behind them:
 //!
 //! - a private abstraction, [`Simd`]: a zero-sized backend token with an associated
 //!   vector type and the handful of lane-wise operations the algorithms need (load and
 //!   store with masked tails, `fma`, `add`, `sub`, `mul`, `min`, `max`, `sqrt`, `splat`,
-//!   horizontal sum, in-register transpose). Every algorithm (the slice primitives below,
-//!   the packed distance microkernel in `distance/tile.rs`) is written once, generic over
-//!   it;
+//!   horizontal sum, in-register transpose). Every algorithm is written once, generic
+//!   over it;
 //! - backends: `Portable` (`wide::f32x8`, every target; its code path is fixed at
 //!   compile time by the build's target features: SSE2 on a default x86-64 build,
 //!   AVX/FMA with `-C target-cpu=x86-64-v3`, NEON on aarch64, scalar code elsewhere), and
@@ -16,31 +29,43 @@
 //!   `core::arch`, compiled into every build and chosen **at run time** (CPUID through the
 //!   `no_std` `cpufeatures` crate), so a default `cargo build` runs the widest unit the
 //!   CPU has;
-//! - [`dispatch`]: runs a [`Kernel`] with the active backend. It is called once per
-//!   kernel call, not per dot product: the whole kernel loop is monomorphised per
-//!   backend inside a `#[target_feature]` function, so the intrinsics inline into it.
-//!   Everything generic over [`Simd`] is therefore `#[inline(always)]`.
+//! - [`Backend::dispatch`]: `backend.dispatch(kernel)` runs a [`Kernel`] with that
+//!   backend, monomorphised per backend inside a `#[target_feature]` function so that
+//!   the intrinsics inline into the whole kernel loop. Everything generic over [`Simd`]
+//!   is therefore `#[inline(always)]`.
+//!
+//! **One backend per public call.** Every public kernel reads [`Backend::active`] once,
+//! at its entry, and passes that value (a `Copy` enum) to every `dispatch` and slice
+//! primitive of the call, through every internal helper, and into the crate-internal
+//! `_on(backend, ..)` forms of the public kernels it calls itself (`l2_normalize_on`
+//! inside the batch triplet loss, `pairwise_distances_rows_on` inside the miners, ...).
+//! Nothing below a public entry point reads the atomic again, so a call started under
+//! one backend finishes under it even while [`set_backend`] runs on another thread, and
+//! its result is exactly that backend's.
 //!
 //! `unsafe` lives in one module only, `simd/x86.rs` (intrinsics, and the calls into
 //! `#[target_feature]` functions, each justified by a token that only CPU detection
 //! constructs). Users force the portable path with the cargo feature `portable-only`
 //! (compile time: the x86 backends are not built) or with [`set_backend`] (run time).
 //!
-//! Accumulation order of the slice primitives: `LANES` lanes (8 portable or AVX2, 16
-//! AVX-512), two independent accumulators, each lane summing every `2 * LANES`-th element;
-//! the tail (fewer than `2 * LANES` elements) is loaded with zero padding into the same
-//! accumulators (a primitive whose term is not 0 at `a = b = 0`, as `sq_dist_offset`,
-//! masks the padding lanes); then one vector add and a horizontal sum. `fma` is fused on
-//! the AVX2 and AVX-512 backends, and on the portable one only where the build enables
-//! FMA, so the last bits of a result may differ between backends and builds; the
-//! documented error bounds hold for all of them.
+//! Accumulation order of the reductions `dot`, `sq_dist` and `sq_dist_offset`:
+//! `S::LANES` lanes (8 portable or AVX2, 16 AVX-512), two independent accumulators, each
+//! lane summing every `2 * LANES`-th element; the tail (fewer than `2 * LANES` elements)
+//! is loaded with zero padding into the same accumulators (`sq_dist_offset`, whose term
+//! is not 0 at `a = b = 0`, masks the padding lanes); then one vector add and a
+//! horizontal sum. `fma` is fused on the AVX2 and AVX-512 backends, and on the portable
+//! one only where the build enables FMA, so the last bits of a result may differ between
+//! backends and builds; the documented error bounds hold for all of them.
 //!
 //! Adding a primitive: write its body once as `foo_with<S: Simd>(s, ..)`,
-//! `#[inline(always)]`, calling only other `#[inline(always)]` functions (no closures:
-//! their bodies are compiled apart, without the entry point's target features); a
-//! one-call `Kernel` struct whose `run` calls it; and `pub(crate) fn foo(..)` that calls
-//! `dispatch`. A kernel that loops over many rows should be one `Kernel` itself and call
-//! the `_with` forms, so the backend is chosen once per call.
+//! `#[inline(always)]`; a one-call `Kernel` struct whose `run` calls it; and
+//! `pub(crate) fn foo(backend: Backend, ..)` that calls `backend.dispatch(..)`. A
+//! kernel that loops over many rows should be one `Kernel` itself and call the `_with`
+//! forms, so that it pays for one dispatch, not one per row. Vector code called from a
+//! `Kernel` goes into `#[inline(always)]` functions (or a trait method, as [`Step`]), not
+//! closures: a closure is a function of its own, which, when not inlined, is compiled
+//! without the entry point's target features. Closures over scalars (a coefficient, an
+//! index) are fine.
 
 #![allow(clippy::inline_always)] // Generic code must inline into the `#[target_feature]` entry.
 
@@ -97,7 +122,7 @@ pub(crate) trait Simd: Copy {
 }
 
 /// A kernel that runs over any backend: its body is written once, generic over [`Simd`],
-/// and [`dispatch`] monomorphises it per backend.
+/// and [`Backend::dispatch`] monomorphises it per backend.
 ///
 /// `MR x NV` is the backend's register tile for the packed matrix microkernels (`MR`
 /// rows, `NV` vectors of columns, `NV * LANES` a multiple of `MR`); kernels that do not
@@ -113,25 +138,29 @@ pub(crate) trait Kernel {
     fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) -> Self::Output;
 }
 
-/// Runs `kernel` with the active backend ([`Backend::active`]): chosen once for the
-/// whole call.
-#[inline]
-pub(crate) fn dispatch<K: Kernel>(kernel: K) -> K::Output {
-    #[cfg(all(target_arch = "x86_64", not(feature = "portable-only")))]
-    match Backend::active() {
-        Backend::Avx512 => {
-            if let Some(token) = x86::Avx512::detect() {
-                return x86::run_avx512(token, kernel);
+impl Backend {
+    /// Runs `kernel` with this backend: the value the public entry point read once from
+    /// [`Backend::active`] and passes down to every stage and helper of its call.
+    #[inline]
+    pub(crate) fn dispatch<K: Kernel>(self, kernel: K) -> K::Output {
+        #[cfg(all(target_arch = "x86_64", not(feature = "portable-only")))]
+        match self {
+            Backend::Avx512 => {
+                if let Some(token) = x86::Avx512::detect() {
+                    return x86::run_avx512(token, kernel);
+                }
             }
-        }
-        Backend::Avx2 => {
-            if let Some(token) = x86::Avx2::detect() {
-                return x86::run_avx2(token, kernel);
+            Backend::Avx2 => {
+                if let Some(token) = x86::Avx2::detect() {
+                    return x86::run_avx2(token, kernel);
+                }
             }
+            Backend::Portable => {}
         }
-        Backend::Portable => {}
+        #[cfg(not(all(target_arch = "x86_64", not(feature = "portable-only"))))]
+        let _ = self; // Only the portable backend is built.
+        kernel.run::<Portable, { portable::MR }, { portable::NV }>(Portable)
     }
-    kernel.run::<Portable, { portable::MR }, { portable::NV }>(Portable)
 }
 
 /// Largest `MR` of any backend (sizes workspaces).
@@ -271,46 +300,53 @@ impl Kernel for ScaleInto<'_> {
 }
 
 // ---------------------------------------------------------------------------------------
-// The seam: slice-level primitives, each dispatched to the active backend per call.
+// The seam: slice-level primitives, each one dispatch with the caller's backend.
 // ---------------------------------------------------------------------------------------
 
 /// `sum a_i b_i`.
 #[inline]
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    dispatch(Dot(a, b))
+pub(crate) fn dot(backend: Backend, a: &[f32], b: &[f32]) -> f32 {
+    backend.dispatch(Dot(a, b))
 }
 
 /// `sum (a_i - b_i)^2`, computed directly (no cancellation: exact zero for equal rows).
 #[inline]
-pub(crate) fn sq_dist(a: &[f32], b: &[f32]) -> f32 {
-    dispatch(SqDist(a, b))
+pub(crate) fn sq_dist(backend: Backend, a: &[f32], b: &[f32]) -> f32 {
+    backend.dispatch(SqDist(a, b))
 }
 
 /// `y += alpha * x` over the common length.
 #[inline]
-pub(crate) fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
-    dispatch(Axpy(alpha, x, y));
+pub(crate) fn axpy(backend: Backend, alpha: f32, x: &[f32], y: &mut [f32]) {
+    backend.dispatch(Axpy(alpha, x, y));
 }
 
 /// `y = alpha * x` over the common length.
 #[inline]
-pub(crate) fn scale_into(alpha: f32, x: &[f32], y: &mut [f32]) {
-    dispatch(ScaleInto(alpha, x, y));
+pub(crate) fn scale_into(backend: Backend, alpha: f32, x: &[f32], y: &mut [f32]) {
+    backend.dispatch(ScaleInto(alpha, x, y));
 }
 
 /// `sum (a_i - b_i + offset)^2`: the squared norm of a shifted difference (PyTorch adds
 /// its `eps` to the difference vector before taking the norm). `offset = 0` is
 /// [`sq_dist`].
 #[inline]
-pub(crate) fn sq_dist_offset(a: &[f32], b: &[f32], offset: f32) -> f32 {
-    dispatch(SqDistOffset(a, b, offset))
+pub(crate) fn sq_dist_offset(backend: Backend, a: &[f32], b: &[f32], offset: f32) -> f32 {
+    backend.dispatch(SqDistOffset(a, b, offset))
 }
 
 /// `y += alpha * (a - b + offset)` over the common length, the difference formed before
 /// scaling (no cancellation between two separate updates when `a` and `b` are close).
 #[inline]
-pub(crate) fn axpy_diff(alpha: f32, a: &[f32], b: &[f32], offset: f32, y: &mut [f32]) {
-    dispatch(AxpyDiff {
+pub(crate) fn axpy_diff(
+    backend: Backend,
+    alpha: f32,
+    a: &[f32],
+    b: &[f32],
+    offset: f32,
+    y: &mut [f32],
+) {
+    backend.dispatch(AxpyDiff {
         alpha,
         a,
         b,
@@ -321,8 +357,8 @@ pub(crate) fn axpy_diff(alpha: f32, a: &[f32], b: &[f32], offset: f32, y: &mut [
 
 /// `y *= alpha` in place.
 #[inline]
-pub(crate) fn scale(alpha: f32, y: &mut [f32]) {
-    dispatch(Scale(alpha, y));
+pub(crate) fn scale(backend: Backend, alpha: f32, y: &mut [f32]) {
+    backend.dispatch(Scale(alpha, y));
 }
 
 // Generic bodies and one-call kernels of the three primitives above.
