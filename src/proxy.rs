@@ -419,8 +419,11 @@ pub fn proxy_nca_loss(
 ///
 /// As [`proxy_nca_loss`]; each gradient element sums `C` (rows) or `n` (proxies) terms in
 /// `f32`, error within about `(C + n + d / 4 + 30) * 2^-24` times the sum of their
-/// absolute values, divided by the row's norm. A zero row or proxy (norm `<= 1e-12`) gets
-/// gradients of order `1e12`, the derivative of the clamped normalisation.
+/// absolute values, divided by the row's norm `r`. Terms below `f32`'s normal range
+/// (about `1.2e-38`: a tiny `softmax_scale`, or softmax weights that small) keep only an
+/// absolute precision and add about `(3 (n + C) + d + 3) (1 + 1 / r) 2^-150` per element.
+/// A zero row or proxy (norm `<= 1e-12`) gets gradients of order `1e12`, the derivative
+/// of the clamped normalisation.
 ///
 /// # Example
 ///
@@ -664,9 +667,11 @@ pub fn proxy_anchor_loss(
 ///
 /// As [`proxy_anchor_loss`]; each gradient element sums `C` (rows) or `n` (proxies)
 /// terms in `f32`, error within about `(C + n + d / 4 + 30) * 2^-24` times the sum of
-/// their absolute values, divided by the row's norm. A zero row or proxy (norm
-/// `<= 1e-12`) gets gradients of order `1e12`, the derivative of the clamped
-/// normalisation.
+/// their absolute values, divided by the row's norm `r`. Terms below `f32`'s normal range
+/// (about `1.2e-38`: a tiny `alpha`, or softmax weights that small) keep only an absolute
+/// precision and add about `(3 (n + C) + d + 3) (1 + 1 / r) 2^-150` per element. A zero
+/// row or proxy (norm `<= 1e-12`) gets gradients of order `1e12`, the derivative of the
+/// clamped normalisation.
 ///
 /// # Example
 ///
