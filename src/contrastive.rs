@@ -26,6 +26,7 @@ use crate::error::{check_len, check_workspace, checked_area, Error};
 use crate::matrix::Matrix;
 use crate::mining::check_rows;
 use crate::reduce::Reduction;
+use crate::simd::Backend;
 
 /// Whether the pair terms of [`contrastive_loss`] are hinges or squared hinges.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -279,6 +280,7 @@ fn short_workspace(rows: usize, actual: usize) -> Error {
 /// Fills the norms (cosine) and the packed distances, returns the per-part sums and counts
 /// over unordered pairs.
 fn forward(
+    backend: Backend,
     x: &Matrix<'_>,
     labels: &[u32],
     metric: Metric,
@@ -291,7 +293,7 @@ fn forward(
         .split_at_mut_checked(n)
         .ok_or(short_workspace(n, actual))?;
     if metric == Metric::Cosine {
-        clamped_row_norms(x, norms);
+        clamped_row_norms(backend, x, norms);
     }
     let mut parts = Parts::default();
     let mut slots = dists.iter_mut();
@@ -300,7 +302,7 @@ fn forward(
         let na = norms.get(i).copied().unwrap_or(1.0);
         let (mut pos_row, mut neg_row) = (0.0_f64, 0.0_f64);
         for ((b, &lb), &nb) in x.row_iter().zip(labels).zip(norms.iter()).skip(i + 1) {
-            let d = distance(metric, a, b, na, nb);
+            let d = distance(backend, metric, a, b, na, nb);
             if let Some(s) = slots.next() {
                 *s = d;
             }
@@ -408,7 +410,7 @@ pub fn contrastive_loss(
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
     check_contrastive(&x, labels, &params, None, workspace.len())?;
-    let parts = forward(&x, labels, metric, &params, workspace)?;
+    let parts = forward(Backend::active(), &x, labels, metric, &params, workspace)?;
     Ok(parts.reduce(params.reduction).2)
 }
 
@@ -458,7 +460,9 @@ pub fn contrastive_loss_grad(
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
     let n = check_contrastive(&x, labels, &params, Some(grad.len()), workspace.len())?;
-    let parts = forward(&x, labels, metric, &params, workspace)?;
+    // Read once: the distances and the gradient updates use the same backend.
+    let backend = Backend::active();
+    let parts = forward(backend, &x, labels, metric, &params, workspace)?;
     let (wp, wn, loss) = parts.reduce(params.reduction);
     let (norms, dists) = workspace
         .split_at_checked(n)
@@ -479,7 +483,7 @@ pub fn contrastive_loss_grad(
             if coef == 0.0 {
                 continue;
             }
-            pair_grad_rows(metric, &x, (i, j), d, (na, nb), 0.0, coef, grad);
+            pair_grad_rows(backend, metric, &x, (i, j), d, (na, nb), 0.0, coef, grad);
         }
     }
     Ok(loss)

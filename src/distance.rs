@@ -29,7 +29,7 @@ mod tile;
 use crate::error::{check_len, check_workspace, checked_area, Error};
 use crate::math;
 use crate::matrix::Matrix;
-use crate::simd::{self, Kernel, Simd};
+use crate::simd::{self, Backend, Kernel, Simd};
 use core::ops::Range;
 
 /// Lower bound applied to norms before dividing, as PyTorch's `F.normalize` and
@@ -240,17 +240,17 @@ fn clamp_norm(n: f32) -> f32 {
 }
 
 /// Fills `norms[i]` with the clamped norm of row `i` (cosine only).
-fn clamped_norms(x: &Matrix<'_>, norms: &mut [f32]) {
-    simd::dispatch(ClampedNorms { x: *x, out: norms });
+fn clamped_norms(backend: Backend, x: &Matrix<'_>, norms: &mut [f32]) {
+    backend.dispatch(ClampedNorms { x: *x, out: norms });
 }
 
 /// One distance from the two rows and, for cosine, their clamped norms.
 #[inline(always)]
-fn pair(metric: Metric, a: &[f32], b: &[f32], na: f32, nb: f32) -> f32 {
+fn pair(backend: Backend, metric: Metric, a: &[f32], b: &[f32], na: f32, nb: f32) -> f32 {
     match metric {
-        Metric::SquaredEuclidean => simd::sq_dist(a, b),
-        Metric::Euclidean => euclidean_from_sq(simd::sq_dist(a, b), a, b, 0.0),
-        Metric::Cosine => 1.0 - simd::dot(a, b) / (na * nb),
+        Metric::SquaredEuclidean => simd::sq_dist(backend, a, b),
+        Metric::Euclidean => euclidean_from_sq(simd::sq_dist(backend, a, b), a, b, 0.0),
+        Metric::Cosine => 1.0 - simd::dot(backend, a, b) / (na * nb),
     }
 }
 
@@ -299,8 +299,19 @@ pub fn pairwise_distances(
     out: &mut [f32],
     workspace: &mut [f32],
 ) -> Result<(), Error> {
+    pairwise_distances_on(Backend::active(), x, metric, out, workspace)
+}
+
+/// [`pairwise_distances`] with the caller's backend.
+pub(crate) fn pairwise_distances_on(
+    backend: Backend,
+    x: Matrix<'_>,
+    metric: Metric,
+    out: &mut [f32],
+    workspace: &mut [f32],
+) -> Result<(), Error> {
     let n = check_pairwise(&x, out.len(), workspace.len())?;
-    simd::dispatch(tile::Block {
+    backend.dispatch(tile::Block {
         a: x,
         r0: 0,
         r1: n,
@@ -368,8 +379,22 @@ pub fn pairwise_distances_rows(
     out_block: &mut [f32],
     workspace: &mut [f32],
 ) -> Result<(), Error> {
+    let backend = Backend::active();
+    pairwise_distances_rows_on(backend, x, rows, metric, mode, out_block, workspace)
+}
+
+/// [`pairwise_distances_rows`] with the caller's backend.
+pub(crate) fn pairwise_distances_rows_on(
+    backend: Backend,
+    x: Matrix<'_>,
+    rows: Range<usize>,
+    metric: Metric,
+    mode: DistanceMode,
+    out_block: &mut [f32],
+    workspace: &mut [f32],
+) -> Result<(), Error> {
     let (r0, r1) = check_pairwise_rows(&x, &rows, out_block.len(), workspace.len())?;
-    simd::dispatch(tile::Block {
+    backend.dispatch(tile::Block {
         a: x,
         r0,
         r1,
@@ -439,8 +464,20 @@ pub fn cross_distances(
     out: &mut [f32],
     workspace: &mut [f32],
 ) -> Result<(), Error> {
+    cross_distances_on(Backend::active(), x, y, metric, out, workspace)
+}
+
+/// [`cross_distances`] with the caller's backend.
+pub(crate) fn cross_distances_on(
+    backend: Backend,
+    x: Matrix<'_>,
+    y: Matrix<'_>,
+    metric: Metric,
+    out: &mut [f32],
+    workspace: &mut [f32],
+) -> Result<(), Error> {
     let (m, _) = check_cross(&x, &y, out.len(), workspace.len())?;
-    simd::dispatch(tile::Block {
+    backend.dispatch(tile::Block {
         a: x,
         r0: 0,
         r1: m,
@@ -503,8 +540,24 @@ pub fn cross_distances_rows(
     out_block: &mut [f32],
     workspace: &mut [f32],
 ) -> Result<(), Error> {
+    let backend = Backend::active();
+    cross_distances_rows_on(backend, x, y, rows, metric, mode, out_block, workspace)
+}
+
+/// [`cross_distances_rows`] with the caller's backend.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn cross_distances_rows_on(
+    backend: Backend,
+    x: Matrix<'_>,
+    y: Matrix<'_>,
+    rows: Range<usize>,
+    metric: Metric,
+    mode: DistanceMode,
+    out_block: &mut [f32],
+    workspace: &mut [f32],
+) -> Result<(), Error> {
     let (r0, r1) = check_cross_rows(&x, &y, &rows, out_block.len(), workspace.len())?;
-    simd::dispatch(tile::Block {
+    backend.dispatch(tile::Block {
         a: x,
         r0,
         r1,
@@ -675,13 +728,16 @@ impl Kernel for NormalizeBackward<'_, '_> {
             } else if r.is_nan() || r > NORM_EPS {
                 let inv = 1.0 / r;
                 // With y = x / r: grad = (g - y <y, g>) / r, formed as
-                // g / r - (<y, g> / r) (x / r). Every intermediate keeps the scale of
-                // g / r or of y: the shorter form `x (<x, g> / r^3)` underflows for
-                // long rows (|x| ~ 1e17: 1 / r^3 ~ 1e-51) and left a residue of about
-                // 1e-29 where the gradient is 0.
-                let c = simd::dot_with(s, row, g) * inv * inv;
-                for ((o, &gk), &xk) in gx.iter_mut().zip(g).zip(row) {
-                    *o = gk * inv - c * (xk * inv);
+                // g / r - (<x, g / r> / r) (x / r). Every intermediate keeps the scale of
+                // g / r, of y, or of <y, g> (the products x_k (g_k / r)), so none
+                // underflows unless g itself is that small. Shorter forms did: for long
+                // rows `x (<x, g> / r^3)` (|x| ~ 1e17: 1 / r^3 ~ 1e-51) left a residue of
+                // about 1e-29 where the gradient is 0; for short rows `<x, g> / r^2`
+                // (|x| ~ 4e-11, |g| ~ 1e-30: <x, g> ~ 4e-41, subnormal) left 3e-25.
+                simd::scale_into_with(s, inv, g, gx);
+                let c = simd::dot_with(s, row, gx) * inv;
+                for (o, &xk) in gx.iter_mut().zip(row) {
+                    *o -= c * (xk * inv);
                 }
             } else {
                 simd::scale_into_with(s, 1.0 / NORM_EPS, g, gx);
@@ -718,7 +774,7 @@ impl Kernel for NormalizeBackward<'_, '_> {
 #[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn row_norms(x: Matrix<'_>, out: &mut [f32]) -> Result<(), Error> {
     check_len("out", x.rows(), out.len())?;
-    simd::dispatch(RowNorms { x, out });
+    Backend::active().dispatch(RowNorms { x, out });
     Ok(())
 }
 
@@ -748,8 +804,17 @@ pub fn row_norms(x: Matrix<'_>, out: &mut [f32]) -> Result<(), Error> {
 /// ```
 #[cfg_attr(feature = "no-panic", no_panic::no_panic)]
 pub fn l2_normalize(x: Matrix<'_>, out: &mut [f32]) -> Result<(), Error> {
+    l2_normalize_on(Backend::active(), x, out)
+}
+
+/// [`l2_normalize`] with the caller's backend.
+pub(crate) fn l2_normalize_on(
+    backend: Backend,
+    x: Matrix<'_>,
+    out: &mut [f32],
+) -> Result<(), Error> {
     check_len("out", x.len(), out.len())?;
-    simd::dispatch(Normalize { x, out });
+    backend.dispatch(Normalize { x, out });
     Ok(())
 }
 
@@ -767,7 +832,11 @@ pub fn l2_normalize(x: Matrix<'_>, out: &mut [f32]) -> Result<(), Error> {
 ///
 /// # Numerics
 ///
-/// Error bounded by `(2 d / 8 + 20) * 2^-24 * (|grad_out| / r)` per element.
+/// Error bounded by `(2 d / 8 + 20) * 2^-24 * (|grad_out| / r)` per element while the
+/// intermediates `grad_out / r` and `<y, grad_out>` stay in `f32`'s normal range (above
+/// about `1.2e-38`). Below it they round to multiples of `2^-149`, which adds an absolute
+/// error of at most `(d + 3) (1 + 1 / r) 2^-150` (under `7e-34 (d + 3)` for any
+/// `r > 1e-12`).
 ///
 /// # Example
 ///
@@ -786,9 +855,19 @@ pub fn l2_normalize_backward(
     grad_out: &[f32],
     grad_x: &mut [f32],
 ) -> Result<(), Error> {
+    l2_normalize_backward_on(Backend::active(), x, grad_out, grad_x)
+}
+
+/// [`l2_normalize_backward`] with the caller's backend.
+pub(crate) fn l2_normalize_backward_on(
+    backend: Backend,
+    x: Matrix<'_>,
+    grad_out: &[f32],
+    grad_x: &mut [f32],
+) -> Result<(), Error> {
     check_len("grad_out", x.len(), grad_out.len())?;
     check_len("grad_x", x.len(), grad_x.len())?;
-    simd::dispatch(NormalizeBackward {
+    backend.dispatch(NormalizeBackward {
         x,
         grad_out,
         grad_x,
@@ -798,15 +877,22 @@ pub fn l2_normalize_backward(
 
 /// Clamped norms of every row into `norms` (`rows` elements), for kernels that need
 /// cosine distances and their gradients.
-pub(crate) fn clamped_row_norms(x: &Matrix<'_>, norms: &mut [f32]) {
-    clamped_norms(x, norms);
+pub(crate) fn clamped_row_norms(backend: Backend, x: &Matrix<'_>, norms: &mut [f32]) {
+    clamped_norms(backend, x, norms);
 }
 
 /// One distance between two rows; `na`, `nb` are their clamped norms (read for cosine
 /// only, see [`clamped_row_norms`]).
 #[inline]
-pub(crate) fn distance(metric: Metric, a: &[f32], b: &[f32], na: f32, nb: f32) -> f32 {
-    pair(metric, a, b, na, nb)
+pub(crate) fn distance(
+    backend: Backend,
+    metric: Metric,
+    a: &[f32],
+    b: &[f32],
+    na: f32,
+    nb: f32,
+) -> f32 {
+    pair(backend, metric, a, b, na, nb)
 }
 
 /// `sqrt(sq)` for a directly computed squared distance `sq = sum (a_i - b_i + offset)^2`.
@@ -952,10 +1038,11 @@ pub(crate) fn pair_grad_rows_with<S: Simd>(
     }
 }
 
-/// [`pair_grad_rows_with`] with the active backend, for callers outside a [`Kernel`].
+/// [`pair_grad_rows_with`] on `backend`, for callers outside a [`Kernel`].
 #[inline]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn pair_grad_rows(
+    backend: Backend,
     metric: Metric,
     x: &Matrix<'_>,
     rows: (usize, usize),
@@ -965,7 +1052,7 @@ pub(crate) fn pair_grad_rows(
     coef: f32,
     grad: &mut [f32],
 ) {
-    simd::dispatch(PairGradRows {
+    backend.dispatch(PairGradRows {
         metric,
         x,
         rows,

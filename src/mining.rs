@@ -65,13 +65,13 @@
 #![allow(clippy::mut_mut, clippy::needless_bitwise_bool)]
 
 use crate::distance::{
-    clamped_row_norms, cross_distances, cross_distances_rows, cross_distances_workspace_len,
-    euclidean_from_sq, pairwise_distances, pairwise_distances_rows,
+    clamped_row_norms, cross_distances_on, cross_distances_rows_on, cross_distances_workspace_len,
+    euclidean_from_sq, pairwise_distances_on, pairwise_distances_rows_on,
     pairwise_distances_rows_workspace_len, DistanceMode, Metric,
 };
 use crate::error::{check_len, check_workspace, Error};
 use crate::matrix::Matrix;
-use crate::simd::{self, Kernel, Simd, MAX_LANES};
+use crate::simd::{self, Backend, Kernel, Simd, MAX_LANES};
 
 /// Marks "no such row" in the index outputs of [`hardest_pairs`] (an anchor without a
 /// positive or without a negative).
@@ -203,7 +203,7 @@ pub(crate) const fn block_rows(rows: usize) -> usize {
     min_len(rows, BLOCK)
 }
 
-/// Packing scratch of [`pairwise_distances_rows`] for every block of [`for_row_blocks`].
+/// Packing scratch of [`crate::pairwise_distances_rows`] for every block of [`for_row_blocks`].
 const fn block_pack_len(rows: usize, dim: usize) -> usize {
     let b = block_rows(rows);
     if b == 0 {
@@ -486,10 +486,12 @@ impl Kernel for SqNorms<'_, '_> {
 
 /// The per-row norm terms the fused kernels need: squared norms for the Euclidean metrics
 /// (the fix-up test), clamped norms for cosine (the gradient). `out` has `rows` elements.
-pub(crate) fn metric_norms(x: &Matrix<'_>, metric: Metric, out: &mut [f32]) {
+pub(crate) fn metric_norms(backend: Backend, x: &Matrix<'_>, metric: Metric, out: &mut [f32]) {
     match metric {
-        Metric::Cosine => clamped_row_norms(x, out),
-        Metric::SquaredEuclidean | Metric::Euclidean => simd::dispatch(SqNorms { x: *x, out }),
+        Metric::Cosine => clamped_row_norms(backend, x, out),
+        Metric::SquaredEuclidean | Metric::Euclidean => {
+            backend.dispatch(SqNorms { x: *x, out });
+        }
     }
 }
 
@@ -596,6 +598,7 @@ impl Kernel for FixUp<'_, '_> {
 /// recompute the block in direct mode.
 #[allow(clippy::too_many_arguments)]
 fn fix_up(
+    backend: Backend,
     metric: Metric,
     out: &mut [f32],
     a: &Matrix<'_>,
@@ -609,7 +612,7 @@ fn fix_up(
         Metric::SquaredEuclidean => true,
         Metric::Euclidean => false,
     };
-    simd::dispatch(FixUp {
+    backend.dispatch(FixUp {
         out,
         cols: b.rows(),
         ax: a.as_slice(),
@@ -623,12 +626,13 @@ fn fix_up(
 }
 
 /// The fused miners' accuracy fix-up applied to a whole matrix `dist` from
-/// [`pairwise_distances`]: Euclidean values too small against their rows' norms (see
+/// [`crate::pairwise_distances`]: Euclidean values too small against their rows' norms (see
 /// [`needs_direct`]) are recomputed in the direct form, or the whole matrix when more
 /// than one in eight are. `scratch` holds at least
 /// [`crate::pairwise_distances_workspace_len`]`(n, d)` elements (garbage after). Cosine
 /// distances are left as they are.
 pub(crate) fn refine_pairwise(
+    backend: Backend,
     x: &Matrix<'_>,
     metric: Metric,
     dist: &mut [f32],
@@ -643,9 +647,10 @@ pub(crate) fn refine_pairwise(
         required: n,
         actual,
     })?;
-    metric_norms(x, metric, norms);
-    if fix_up(metric, dist, x, x, norms, norms, Some(0)) {
-        pairwise_distances_rows(*x, 0..n, metric, DistanceMode::Direct, dist, scratch)?;
+    metric_norms(backend, x, metric, norms);
+    if fix_up(backend, metric, dist, x, x, norms, norms, Some(0)) {
+        let mode = DistanceMode::Direct;
+        pairwise_distances_rows_on(backend, *x, 0..n, metric, mode, dist, scratch)?;
     }
     Ok(())
 }
@@ -913,7 +918,9 @@ fn hard_fallback(labels: &[u32], st: &mut HardState<'_>) {
 /// matrix in `TILE x TILE` tiles (each distance computed once, in Gram form with the
 /// accuracy fix-up), updating `st`. `norms` are [`metric_norms`]; `tile` holds at least
 /// `min(n, TILE)^2` elements and `pack` the tile kernels' scratch.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn hard_sweep(
+    backend: Backend,
     x: &Matrix<'_>,
     labels: &[u32],
     metric: Metric,
@@ -946,19 +953,20 @@ pub(crate) fn hard_sweep(
             })?;
             let diagonal = i0 == j0;
             if diagonal {
-                pairwise_distances(xi, metric, out, pack)?;
+                pairwise_distances_on(backend, xi, metric, out, pack)?;
             } else {
-                cross_distances(xi, xj, metric, out, pack)?;
+                cross_distances_on(backend, xi, xj, metric, out, pack)?;
             }
-            if fix_up(metric, out, &xi, &xj, ni, nj, diagonal.then_some(0)) {
+            let own = diagonal.then_some(0);
+            if fix_up(backend, metric, out, &xi, &xj, ni, nj, own) {
                 let mode = DistanceMode::Direct;
                 if diagonal {
-                    pairwise_distances_rows(xi, 0..ti, metric, mode, out, pack)?;
+                    pairwise_distances_rows_on(backend, xi, 0..ti, metric, mode, out, pack)?;
                 } else {
-                    cross_distances_rows(xi, xj, 0..ti, metric, mode, out, pack)?;
+                    cross_distances_rows_on(backend, xi, xj, 0..ti, metric, mode, out, pack)?;
                 }
             }
-            simd::dispatch(HardTile {
+            backend.dispatch(HardTile {
                 tile: out,
                 ti,
                 tj,
@@ -984,6 +992,7 @@ pub(crate) fn hard_sweep(
 /// with the accuracy fix-up). `norms` are [`metric_norms`]; `block` holds at least
 /// `min(n, BLOCK) * n` elements and `pack` the row kernel's scratch.
 pub(crate) fn for_row_blocks<F>(
+    backend: Backend,
     x: &Matrix<'_>,
     metric: Metric,
     norms: &[f32],
@@ -1004,11 +1013,13 @@ where
             required: area,
             actual,
         })?;
-        pairwise_distances_rows(*x, i0..i1, metric, DistanceMode::Gram, out, pack)?;
+        let mode = DistanceMode::Gram;
+        pairwise_distances_rows_on(backend, *x, i0..i1, metric, mode, out, pack)?;
         let xi = sub_rows(x, i0, i1)?;
         let ni = norms.get(i0..i1).unwrap_or(&[]);
-        if fix_up(metric, out, &xi, x, ni, norms, Some(i0)) {
-            pairwise_distances_rows(*x, i0..i1, metric, DistanceMode::Direct, out, pack)?;
+        if fix_up(backend, metric, out, &xi, x, ni, norms, Some(i0)) {
+            let mode = DistanceMode::Direct;
+            pairwise_distances_rows_on(backend, *x, i0..i1, metric, mode, out, pack)?;
         }
         f(i0, i1, out)?;
         i0 = i1;
@@ -1179,13 +1190,15 @@ pub fn hardest_pairs(
         negatives.len(),
         workspace.len(),
     )?;
+    let backend = Backend::active();
     let mut ws = Carve::new(workspace);
     let norms = ws.take(n)?;
-    metric_norms(&x, metric, norms);
+    metric_norms(backend, &x, metric, norms);
     let mut st = HardState::take(&mut ws, n)?;
     let t = n.min(TILE);
     let tile = ws.take(t * t)?;
-    hard_sweep(&x, labels, metric, norms, &mut st, tile, ws.rest())?;
+    let pack = ws.rest();
+    hard_sweep(backend, &x, labels, metric, norms, &mut st, tile, pack)?;
     for (o, &p) in positives.iter_mut().zip(st.pos_idx.iter()) {
         *o = p;
     }
@@ -1268,6 +1281,7 @@ pub fn mine_triplets(
     workspace: &mut [f32],
 ) -> Result<usize, Error> {
     let n = check_mine_args(&x, labels, mining, out.len(), workspace.len())?;
+    let backend = Backend::active();
     let mut w = Writer { out, k: 0 };
     match mining {
         Mining::All => {
@@ -1287,12 +1301,13 @@ pub fn mine_triplets(
         Mining::BatchHard => {
             let mut ws = Carve::new(workspace);
             let norms = ws.take(n)?;
-            metric_norms(&x, metric, norms);
+            metric_norms(backend, &x, metric, norms);
             let mut st = HardState::take(&mut ws, n)?;
             let t = n.min(TILE);
             let tile = ws.take(t * t)?;
-            hard_sweep(&x, labels, metric, norms, &mut st, tile, ws.rest())?;
-            simd::dispatch(EmitHard {
+            let pack = ws.rest();
+            hard_sweep(backend, &x, labels, metric, norms, &mut st, tile, pack)?;
+            backend.dispatch(EmitHard {
                 st: &st,
                 sink: &mut w,
             });
@@ -1300,12 +1315,13 @@ pub fn mine_triplets(
         Mining::SemiHard => {
             let mut ws = Carve::new(workspace);
             let norms = ws.take(n)?;
-            metric_norms(&x, metric, norms);
+            metric_norms(backend, &x, metric, norms);
             let scratch = ws.take(2 * n)?;
             let block = ws.take(block_rows(n) * n)?;
             let norms = &*norms;
-            for_row_blocks(&x, metric, norms, block, ws.rest(), |i0, _, blk| {
-                simd::dispatch(SemiBlock {
+            let pack = ws.rest();
+            for_row_blocks(backend, &x, metric, norms, block, pack, |i0, _, blk| {
+                backend.dispatch(SemiBlock {
                     block: blk,
                     i0,
                     labels,

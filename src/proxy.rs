@@ -38,11 +38,11 @@
 //! derivative of the clamped formula, `1e12` times the gradient of its normalised value.
 
 use crate::contrastive::check_finite;
-use crate::distance::{l2_normalize, l2_normalize_backward};
+use crate::distance::{l2_normalize_backward_on, l2_normalize_on};
 use crate::error::{check_len, check_workspace, Error};
 use crate::math;
 use crate::matrix::Matrix;
-use crate::simd;
+use crate::simd::{self, Backend};
 
 /// Parameters of [`proxy_nca_loss`].
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -215,18 +215,19 @@ pub(crate) fn check_anchor(
     check_proxy_data(x, labels, proxies)
 }
 
-/// Normalises one row into `out` (as [`l2_normalize`] does for a matrix).
-fn normalize_row(row: &[f32], out: &mut [f32]) -> Result<(), Error> {
-    l2_normalize(Matrix::new(row, 1, row.len())?, out)
+/// Normalises one row into `out` (as [`crate::l2_normalize`] does for a matrix).
+fn normalize_row(backend: Backend, row: &[f32], out: &mut [f32]) -> Result<(), Error> {
+    l2_normalize_on(backend, Matrix::new(row, 1, row.len())?, out)
 }
 
 /// Backward of [`normalize_row`]: `grad_row = d/d row` from `grad_hat = d/d row^`.
 fn normalize_row_backward(
+    backend: Backend,
     row: &[f32],
     grad_hat: &[f32],
     grad_row: &mut [f32],
 ) -> Result<(), Error> {
-    l2_normalize_backward(Matrix::new(row, 1, row.len())?, grad_hat, grad_row)
+    l2_normalize_backward_on(backend, Matrix::new(row, 1, row.len())?, grad_hat, grad_row)
 }
 
 /// `a.zip(b)` for iterators over rows (`chunks_exact`), without `Zip`'s random-access
@@ -251,6 +252,7 @@ struct Grads<'g> {
 
 /// Proxy-NCA forward (and backward when `grads` is given); arguments already checked.
 fn nca(
+    backend: Backend,
     x: &Matrix<'_>,
     labels: &[u32],
     proxies: &Matrix<'_>,
@@ -271,7 +273,7 @@ fn nca(
     let (wsum, rest) = rest.split_at_mut_checked(c_count).ok_or(short)?;
     let (xn, rest) = rest.split_at_mut_checked(dim).ok_or(short)?;
     let gxn = rest.get_mut(..dim).ok_or(short)?;
-    l2_normalize(*proxies, pn)?;
+    l2_normalize_on(backend, *proxies, pn)?;
     if grads.is_some() {
         gpn.fill(0.0);
         wsum.fill(0.0);
@@ -282,10 +284,10 @@ fn nca(
     // need not be, while the mean is.
     let mut loss = 0.0_f64;
     for (i, (row, &y)) in lockstep(x.row_iter(), labels).enumerate() {
-        normalize_row(row, xn)?;
+        normalize_row(backend, row, xn)?;
         let mut q_min = f32::INFINITY;
         for (p, ec) in lockstep(pn.chunks_exact(dim), e.iter_mut()) {
-            let q = simd::sq_dist(xn, p);
+            let q = simd::sq_dist(backend, xn, p);
             *ec = q;
             q_min = q_min.min(q);
         }
@@ -308,22 +310,22 @@ fn nca(
             w_total += w;
         }
         // d q_ic / d x^_i = 2 (x^_i - P^_c); d q_ic / d P^_c = 2 (P^_c - x^_i).
-        simd::scale_into(2.0 * w_total, xn, gxn);
+        simd::scale_into(backend, 2.0 * w_total, xn, gxn);
         let proxy_rows = lockstep(pn.chunks_exact(dim), gpn.chunks_exact_mut(dim));
         for ((p, gp), &w) in proxy_rows.zip(e.iter()) {
-            simd::axpy(-2.0 * w, p, gxn);
-            simd::axpy(-2.0 * w, xn, gp);
+            simd::axpy(backend, -2.0 * w, p, gxn);
+            simd::axpy(backend, -2.0 * w, xn, gp);
         }
         if let Some(gx) = g.x.chunks_exact_mut(dim).nth(i) {
-            normalize_row_backward(row, gxn, gx)?;
+            normalize_row_backward(backend, row, gxn, gx)?;
         }
     }
     if let Some(g) = grads {
         let proxy_rows = lockstep(pn.chunks_exact(dim), gpn.chunks_exact_mut(dim));
         for ((p, gp), &w) in proxy_rows.zip(wsum.iter()) {
-            simd::axpy(2.0 * w, p, gp);
+            simd::axpy(backend, 2.0 * w, p, gp);
         }
-        l2_normalize_backward(*proxies, gpn, g.proxies)?;
+        l2_normalize_backward_on(backend, *proxies, gpn, g.proxies)?;
     }
     Ok((loss / n as f64) as f32)
 }
@@ -388,7 +390,15 @@ pub fn proxy_nca_loss(
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
     check_nca(&x, labels, &proxies, params, None, workspace.len())?;
-    nca(&x, labels, &proxies, params, None, workspace)
+    nca(
+        Backend::active(),
+        &x,
+        labels,
+        &proxies,
+        params,
+        None,
+        workspace,
+    )
 }
 
 /// [`proxy_nca_loss`] and its gradients: returns the loss and writes
@@ -409,8 +419,11 @@ pub fn proxy_nca_loss(
 ///
 /// As [`proxy_nca_loss`]; each gradient element sums `C` (rows) or `n` (proxies) terms in
 /// `f32`, error within about `(C + n + d / 4 + 30) * 2^-24` times the sum of their
-/// absolute values, divided by the row's norm. A zero row or proxy (norm `<= 1e-12`) gets
-/// gradients of order `1e12`, the derivative of the clamped normalisation.
+/// absolute values, divided by the row's norm `r`. Terms below `f32`'s normal range
+/// (about `1.2e-38`: a tiny `softmax_scale`, or softmax weights that small) keep only an
+/// absolute precision and add about `(3 (n + C) + d + 3) (1 + 1 / r) 2^-150` per element.
+/// A zero row or proxy (norm `<= 1e-12`) gets gradients of order `1e12`, the derivative
+/// of the clamped normalisation.
 ///
 /// # Example
 ///
@@ -449,7 +462,15 @@ pub fn proxy_nca_loss_grad(
         x: grad,
         proxies: grad_proxies,
     };
-    nca(&x, labels, &proxies, params, Some(grads), workspace)
+    nca(
+        Backend::active(),
+        &x,
+        labels,
+        &proxies,
+        params,
+        Some(grads),
+        workspace,
+    )
 }
 
 /// `ln(1 + sum e^v)` from its shift `m` and the shifted sum `z = e^-m + sum e^(v - m)`.
@@ -460,6 +481,7 @@ fn shifted_log1p_sum(m: f32, z: f32) -> f32 {
 
 /// Proxy-Anchor forward (and backward when `grads` is given); arguments already checked.
 fn anchor(
+    backend: Backend,
     x: &Matrix<'_>,
     labels: &[u32],
     proxies: &Matrix<'_>,
@@ -479,12 +501,12 @@ fn anchor(
     let (sim, rest) = rest.split_at_mut_checked(sim_len).ok_or(short)?;
     let (xn, rest) = rest.split_at_mut_checked(dim).ok_or(short)?;
     let gxn = rest.get_mut(..dim).ok_or(short)?;
-    l2_normalize(*proxies, pn)?;
+    l2_normalize_on(backend, *proxies, pn)?;
     // s_ic = <x^_i, P^_c>, row-major n x C.
     for (row, s_row) in lockstep(x.row_iter(), sim.chunks_exact_mut(c_count)) {
-        normalize_row(row, xn)?;
+        normalize_row(backend, row, xn)?;
         for (p, s) in lockstep(pn.chunks_exact(dim), s_row.iter_mut()) {
-            *s = simd::dot(xn, p);
+            *s = simd::dot(backend, xn, p);
         }
     }
     let with_pos = (0..c_count)
@@ -541,16 +563,16 @@ fn anchor(
     gpn.fill(0.0);
     let rows = lockstep(x.row_iter(), sim.chunks_exact(c_count));
     for ((row, g_row), gx) in lockstep(rows, g.x.chunks_exact_mut(dim)) {
-        normalize_row(row, xn)?;
+        normalize_row(backend, row, xn)?;
         gxn.fill(0.0);
         let proxy_rows = lockstep(pn.chunks_exact(dim), gpn.chunks_exact_mut(dim));
         for ((p, gp), &gs) in proxy_rows.zip(g_row) {
-            simd::axpy(gs, p, gxn);
-            simd::axpy(gs, xn, gp);
+            simd::axpy(backend, gs, p, gxn);
+            simd::axpy(backend, gs, xn, gp);
         }
-        normalize_row_backward(row, gxn, gx)?;
+        normalize_row_backward(backend, row, gxn, gx)?;
     }
-    l2_normalize_backward(*proxies, gpn, g.proxies)?;
+    l2_normalize_backward_on(backend, *proxies, gpn, g.proxies)?;
     Ok(loss)
 }
 
@@ -615,7 +637,15 @@ pub fn proxy_anchor_loss(
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
     check_anchor(&x, labels, &proxies, params, None, workspace.len())?;
-    anchor(&x, labels, &proxies, params, None, workspace)
+    anchor(
+        Backend::active(),
+        &x,
+        labels,
+        &proxies,
+        params,
+        None,
+        workspace,
+    )
 }
 
 /// [`proxy_anchor_loss`] and its gradients: returns the loss and writes
@@ -637,9 +667,11 @@ pub fn proxy_anchor_loss(
 ///
 /// As [`proxy_anchor_loss`]; each gradient element sums `C` (rows) or `n` (proxies)
 /// terms in `f32`, error within about `(C + n + d / 4 + 30) * 2^-24` times the sum of
-/// their absolute values, divided by the row's norm. A zero row or proxy (norm
-/// `<= 1e-12`) gets gradients of order `1e12`, the derivative of the clamped
-/// normalisation.
+/// their absolute values, divided by the row's norm `r`. Terms below `f32`'s normal range
+/// (about `1.2e-38`: a tiny `alpha`, or softmax weights that small) keep only an absolute
+/// precision and add about `(3 (n + C) + d + 3) (1 + 1 / r) 2^-150` per element. A zero
+/// row or proxy (norm `<= 1e-12`) gets gradients of order `1e12`, the derivative of the
+/// clamped normalisation.
 ///
 /// # Example
 ///
@@ -679,5 +711,13 @@ pub fn proxy_anchor_loss_grad(
         x: grad,
         proxies: grad_proxies,
     };
-    anchor(&x, labels, &proxies, params, Some(grads), workspace)
+    anchor(
+        Backend::active(),
+        &x,
+        labels,
+        &proxies,
+        params,
+        Some(grads),
+        workspace,
+    )
 }

@@ -18,7 +18,7 @@
 //! repeated ones included, and the formula is applied as written.
 
 use crate::distance::{
-    clamped_row_norms, distance, pair_grad_rows, pairwise_distances,
+    clamped_row_norms, distance, pair_grad_rows, pairwise_distances_on,
     pairwise_distances_workspace_len, Metric,
 };
 use crate::error::{check_len, check_workspace, checked_area, Error};
@@ -26,6 +26,7 @@ use crate::matrix::Matrix;
 use crate::mining::check_rows;
 use crate::mining::refine_pairwise;
 use crate::reduce::{Hinge, Reduction};
+use crate::simd::Backend;
 
 /// One quadruplet of row indices: anchor, positive, first negative, second negative.
 ///
@@ -250,13 +251,13 @@ impl<'a> Rows<'a> {
         Some(Rows { r, n })
     }
 
-    fn dists(&self, metric: Metric) -> Dists {
+    fn dists(&self, backend: Backend, metric: Metric) -> Dists {
         let [a, p, n1, n2] = self.r;
         let [na, np, nn1, nn2] = self.n;
         Dists {
-            ap: distance(metric, a, p, na, np),
-            an1: distance(metric, a, n1, na, nn1),
-            n1n2: distance(metric, n1, n2, nn1, nn2),
+            ap: distance(backend, metric, a, p, na, np),
+            an1: distance(backend, metric, a, n1, na, nn1),
+            n1n2: distance(backend, metric, n1, n2, nn1, nn2),
         }
     }
 }
@@ -334,8 +335,9 @@ pub fn quadruplet_loss(
             actual: wlen,
         })?
         .0;
+    let backend = Backend::active();
     if metric == Metric::Cosine {
-        clamped_row_norms(&x, norms);
+        clamped_row_norms(backend, &x, norms);
     }
     let h = params.hinge;
     let mut sum = 0.0_f64;
@@ -344,7 +346,7 @@ pub fn quadruplet_loss(
         let Some(rows) = Rows::get(&x, norms, q) else {
             continue;
         };
-        let d = rows.dists(metric);
+        let d = rows.dists(backend, metric);
         let (v1, v2) = (
             d.ap - d.an1 + params.margin1,
             d.ap - d.n1n2 + params.margin2,
@@ -413,8 +415,10 @@ pub fn quadruplet_loss_grad(
             actual: wlen,
         })?
         .0;
+    // Read once: the norms, the distances and the gradient updates use it.
+    let backend = Backend::active();
     if metric == Metric::Cosine {
-        clamped_row_norms(&x, norms);
+        clamped_row_norms(backend, &x, norms);
     }
     grad.fill(0.0);
     let h = params.hinge;
@@ -424,7 +428,7 @@ pub fn quadruplet_loss_grad(
         let Some(rows) = Rows::get(&x, norms, q) else {
             continue;
         };
-        let d = rows.dists(metric);
+        let d = rows.dists(backend, metric);
         let v1 = d.ap - d.an1 + params.margin1;
         let v2 = d.ap - d.n1n2 + params.margin2;
         sum += f64::from(h.apply(v1)) + f64::from(h.apply(v2));
@@ -438,7 +442,7 @@ pub fn quadruplet_loss_grad(
             ((in1, in2), d.n1n2, -s2, (nn1, nn2)),
         ] {
             if coef != 0.0 {
-                pair_grad_rows(metric, &x, (i, j), dist, norms, 0.0, coef, grad);
+                pair_grad_rows(backend, metric, &x, (i, j), dist, norms, 0.0, coef, grad);
             }
         }
     }
@@ -617,8 +621,9 @@ pub fn mine_quadruplets(
                 required: mine_quadruplets_workspace_len(n, x.dim()),
                 actual: wlen,
             })?;
-    pairwise_distances(x, metric, dist, rest)?;
-    refine_pairwise(&x, metric, dist, rest)?;
+    let backend = Backend::active();
+    pairwise_distances_on(backend, x, metric, dist, rest)?;
+    refine_pairwise(backend, &x, metric, dist, rest)?;
     let mut written = 0;
     let mut slots = out.iter_mut();
     for (a, (row, &la)) in dist.chunks_exact(n).zip(labels).enumerate() {

@@ -17,6 +17,7 @@ use crate::distance::{clamped_row_norms, distance, Metric};
 use crate::error::{check_len, check_workspace, checked_area, Error};
 use crate::math;
 use crate::matrix::Matrix;
+use crate::simd::Backend;
 
 /// Queries per block of the streaming pass.
 const QUERY_BLOCK: usize = 16;
@@ -448,6 +449,8 @@ impl<'s> Heap<'s> {
 
 /// What the streaming pass needs besides the heaps.
 struct Stream<'a> {
+    /// The backend of the whole call.
+    backend: Backend,
     metric: Metric,
     queries: Matrix<'a>,
     shape: Shape<'a>,
@@ -480,7 +483,7 @@ impl Stream<'_> {
                     continue;
                 };
                 for ((b, &nb), t) in rows.chunks_exact(dim).zip(r_norms).zip(t_row.iter_mut()) {
-                    *t = distance(self.metric, a, b, na, nb);
+                    *t = distance(self.backend, self.metric, a, b, na, nb);
                 }
             }
             // Then selection, query by query.
@@ -515,6 +518,7 @@ struct Parts<'w> {
 /// Splits the workspace of the fast pass into reference norms, query norms, tile and the
 /// rest, computing the norms for cosine (the other metrics never read them).
 fn prepare<'w>(
+    backend: Backend,
     queries: Matrix<'_>,
     shape: Shape<'_>,
     metric: Metric,
@@ -526,13 +530,13 @@ fn prepare<'w>(
     let tile_len = min(QUERY_BLOCK, n) * min(REFERENCE_BLOCK, m);
     let (tile, rest) = rest.split_at_mut_checked(tile_len)?;
     if metric == Metric::Cosine {
-        clamped_row_norms(&shape.refs, r_norms);
+        clamped_row_norms(backend, &shape.refs, r_norms);
         if shape.leave_one_out {
             for (q, r) in q_norms.iter_mut().zip(r_norms.iter()) {
                 *q = *r;
             }
         } else {
-            clamped_row_norms(&queries, q_norms);
+            clamped_row_norms(backend, &queries, q_norms);
         }
     }
     Some(Parts {
@@ -649,17 +653,20 @@ pub fn knn(
         distances.len(),
         workspace.len(),
     )?;
+    // Read once: the norms and every distance of this call use it.
+    let backend = Backend::active();
     // Unreachable `else`: the workspace length was checked.
     let Some(Parts {
         r_norms,
         q_norms,
         tile,
         ..
-    }) = prepare(queries, shape, metric, workspace)
+    }) = prepare(backend, queries, shape, metric, workspace)
     else {
         return Ok(());
     };
     let stream = Stream {
+        backend,
         metric: ranking_metric(metric),
         queries,
         shape,
@@ -765,6 +772,8 @@ pub fn retrieval_metrics(
     workspace: &mut [f32],
 ) -> Result<RetrievalMetrics, Error> {
     let (shape, ref_labels) = check_metrics(&queries, labels, reference, k, workspace.len())?;
+    // Read once: the norms and every distance of this call use it.
+    let backend = Backend::active();
     let k = min(k, shape.available);
     let m = shape.refs.rows();
     // The `else` branches below are unreachable: the workspace length was checked, and an
@@ -774,7 +783,7 @@ pub fn retrieval_metrics(
         q_norms,
         tile,
         rest,
-    }) = prepare(queries, shape, metric, workspace)
+    }) = prepare(backend, queries, shape, metric, workspace)
     else {
         return Ok(RetrievalMetrics::ZERO);
     };
@@ -788,6 +797,7 @@ pub fn retrieval_metrics(
         return Ok(RetrievalMetrics::ZERO);
     };
     let stream = Stream {
+        backend,
         metric: ranking_metric(metric),
         queries,
         shape,

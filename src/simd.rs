@@ -1,14 +1,27 @@
-//! The private SIMD seam: the only module that names vector types.
+//! The private SIMD seam: the only module (with its submodules) that names concrete
+//! vector types.
 //!
-//! Kernels call the slice-level primitives at the end of this file (`dot`, `sq_dist`,
-//! `sq_norm`, `axpy`, `scale_into`, ...); none of them sees a lane type. Behind them:
+//! Kernels use it in one of two ways:
+//!
+//! - the slice-level primitives at the end of this file (`dot`, `sq_dist`,
+//!   `sq_dist_offset`, `axpy`, `axpy_diff`, `scale`, `scale_into`): plain functions over
+//!   `&[f32]` taking the caller's [`Backend`], one [`Backend::dispatch`] each, for
+//!   kernels that are not themselves generic over the backend and work pair by pair
+//!   (contrastive, quadruplet, proxy and explicit triplet losses, retrieval); their
+//!   callers see no lane type;
+//! - a [`Kernel`]: a struct whose `run` is generic over [`Simd`], dispatched once for a
+//!   whole loop (the distance microkernel in `distance/tile.rs`, the row-norm and
+//!   normalisation kernels, the mining epilogues, the batch triplet blocks). Its body
+//!   calls the `_with` forms of the primitives (`dot_with(s, ..)`, ...) and the [`Simd`]
+//!   operations themselves, so it does see the vector type `S::V`.
+//!
+//! Behind them:
 //!
 //! - a private abstraction, [`Simd`]: a zero-sized backend token with an associated
 //!   vector type and the handful of lane-wise operations the algorithms need (load and
 //!   store with masked tails, `fma`, `add`, `sub`, `mul`, `min`, `max`, `sqrt`, `splat`,
-//!   horizontal sum, in-register transpose). Every algorithm (the slice primitives below,
-//!   the packed distance microkernel in `distance/tile.rs`) is written once, generic over
-//!   it;
+//!   horizontal sum, in-register transpose). Every algorithm is written once, generic
+//!   over it;
 //! - backends: `Portable` (`wide::f32x8`, every target; its code path is fixed at
 //!   compile time by the build's target features: SSE2 on a default x86-64 build,
 //!   AVX/FMA with `-C target-cpu=x86-64-v3`, NEON on aarch64, scalar code elsewhere), and
@@ -16,31 +29,43 @@
 //!   `core::arch`, compiled into every build and chosen **at run time** (CPUID through the
 //!   `no_std` `cpufeatures` crate), so a default `cargo build` runs the widest unit the
 //!   CPU has;
-//! - [`dispatch`]: runs a [`Kernel`] with the active backend. It is called once per
-//!   kernel call, not per dot product: the whole kernel loop is monomorphised per
-//!   backend inside a `#[target_feature]` function, so the intrinsics inline into it.
-//!   Everything generic over [`Simd`] is therefore `#[inline(always)]`.
+//! - [`Backend::dispatch`]: `backend.dispatch(kernel)` runs a [`Kernel`] with that
+//!   backend, monomorphised per backend inside a `#[target_feature]` function so that
+//!   the intrinsics inline into the whole kernel loop. Everything generic over [`Simd`]
+//!   is therefore `#[inline(always)]`.
+//!
+//! **One backend per public call.** Every public kernel reads [`Backend::active`] once,
+//! at its entry, and passes that value (a `Copy` enum) to every `dispatch` and slice
+//! primitive of the call, through every internal helper, and into the crate-internal
+//! `_on(backend, ..)` forms of the public kernels it calls itself (`l2_normalize_on`
+//! inside the batch triplet loss, `pairwise_distances_rows_on` inside the miners, ...).
+//! Nothing below a public entry point reads the atomic again, so a call started under
+//! one backend finishes under it even while [`set_backend`] runs on another thread, and
+//! its result is exactly that backend's.
 //!
 //! `unsafe` lives in one module only, `simd/x86.rs` (intrinsics, and the calls into
 //! `#[target_feature]` functions, each justified by a token that only CPU detection
 //! constructs). Users force the portable path with the cargo feature `portable-only`
 //! (compile time: the x86 backends are not built) or with [`set_backend`] (run time).
 //!
-//! Accumulation order of the slice primitives: `LANES` lanes (8 portable or AVX2, 16
-//! AVX-512), two independent accumulators, each lane summing every `2 * LANES`-th element;
-//! the tail (fewer than `2 * LANES` elements) is loaded with zero padding into the same
-//! accumulators (a primitive whose term is not 0 at `a = b = 0`, as `sq_dist_offset`,
-//! masks the padding lanes); then one vector add and a horizontal sum. `fma` is fused on
-//! the AVX2 and AVX-512 backends, and on the portable one only where the build enables
-//! FMA, so the last bits of a result may differ between backends and builds; the
-//! documented error bounds hold for all of them.
+//! Accumulation order of the reductions `dot`, `sq_dist` and `sq_dist_offset`:
+//! `S::LANES` lanes (8 portable or AVX2, 16 AVX-512), two independent accumulators, each
+//! lane summing every `2 * LANES`-th element; the tail (fewer than `2 * LANES` elements)
+//! is loaded with zero padding into the same accumulators (`sq_dist_offset`, whose term
+//! is not 0 at `a = b = 0`, masks the padding lanes); then one vector add and a
+//! horizontal sum. `fma` is fused on the AVX2 and AVX-512 backends, and on the portable
+//! one only where the build enables FMA, so the last bits of a result may differ between
+//! backends and builds; the documented error bounds hold for all of them.
 //!
 //! Adding a primitive: write its body once as `foo_with<S: Simd>(s, ..)`,
-//! `#[inline(always)]`, calling only other `#[inline(always)]` functions (no closures:
-//! their bodies are compiled apart, without the entry point's target features); a
-//! one-call `Kernel` struct whose `run` calls it; and `pub(crate) fn foo(..)` that calls
-//! `dispatch`. A kernel that loops over many rows should be one `Kernel` itself and call
-//! the `_with` forms, so the backend is chosen once per call.
+//! `#[inline(always)]`; a one-call `Kernel` struct whose `run` calls it; and
+//! `pub(crate) fn foo(backend: Backend, ..)` that calls `backend.dispatch(..)`. A
+//! kernel that loops over many rows should be one `Kernel` itself and call the `_with`
+//! forms, so that it pays for one dispatch, not one per row. Vector code called from a
+//! `Kernel` goes into `#[inline(always)]` functions (or a trait method, as [`Step`]), not
+//! closures: a closure is a function of its own, which, when not inlined, is compiled
+//! without the entry point's target features. Closures over scalars (a coefficient, an
+//! index) are fine.
 
 #![allow(clippy::inline_always)] // Generic code must inline into the `#[target_feature]` entry.
 
@@ -51,8 +76,6 @@ mod x86;
 
 pub use backend::{reset_backend, set_backend, Backend};
 pub(crate) use portable::Portable;
-
-use wide::f32x8;
 
 /// A SIMD backend: a zero-sized, `Copy` token whose existence proves that the CPU can
 /// run its instructions, with the lane-wise operations the algorithms need.
@@ -86,7 +109,6 @@ pub(crate) trait Simd: Copy {
     /// `a * b + c`, with one rounding where the backend has FMA.
     fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     /// `if a < b { a } else { b }`.
-    #[allow(dead_code)] // For mining epilogues (nearest negative).
     fn min(self, a: Self::V, b: Self::V) -> Self::V;
     /// `if a > b { a } else { b }`.
     fn max(self, a: Self::V, b: Self::V) -> Self::V;
@@ -100,7 +122,7 @@ pub(crate) trait Simd: Copy {
 }
 
 /// A kernel that runs over any backend: its body is written once, generic over [`Simd`],
-/// and [`dispatch`] monomorphises it per backend.
+/// and [`Backend::dispatch`] monomorphises it per backend.
 ///
 /// `MR x NV` is the backend's register tile for the packed matrix microkernels (`MR`
 /// rows, `NV` vectors of columns, `NV * LANES` a multiple of `MR`); kernels that do not
@@ -116,25 +138,29 @@ pub(crate) trait Kernel {
     fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) -> Self::Output;
 }
 
-/// Runs `kernel` with the active backend ([`Backend::active`]): chosen once for the
-/// whole call.
-#[inline]
-pub(crate) fn dispatch<K: Kernel>(kernel: K) -> K::Output {
-    #[cfg(all(target_arch = "x86_64", not(feature = "portable-only")))]
-    match Backend::active() {
-        Backend::Avx512 => {
-            if let Some(token) = x86::Avx512::detect() {
-                return x86::run_avx512(token, kernel);
+impl Backend {
+    /// Runs `kernel` with this backend: the value the public entry point read once from
+    /// [`Backend::active`] and passes down to every stage and helper of its call.
+    #[inline]
+    pub(crate) fn dispatch<K: Kernel>(self, kernel: K) -> K::Output {
+        #[cfg(all(target_arch = "x86_64", not(feature = "portable-only")))]
+        match self {
+            Backend::Avx512 => {
+                if let Some(token) = x86::Avx512::detect() {
+                    return x86::run_avx512(token, kernel);
+                }
             }
-        }
-        Backend::Avx2 => {
-            if let Some(token) = x86::Avx2::detect() {
-                return x86::run_avx2(token, kernel);
+            Backend::Avx2 => {
+                if let Some(token) = x86::Avx2::detect() {
+                    return x86::run_avx2(token, kernel);
+                }
             }
+            Backend::Portable => {}
         }
-        Backend::Portable => {}
+        #[cfg(not(all(target_arch = "x86_64", not(feature = "portable-only"))))]
+        let _ = self; // Only the portable backend is built.
+        kernel.run::<Portable, { portable::MR }, { portable::NV }>(Portable)
     }
-    kernel.run::<Portable, { portable::MR }, { portable::NV }>(Portable)
 }
 
 /// Largest `MR` of any backend (sizes workspaces).
@@ -274,110 +300,45 @@ impl Kernel for ScaleInto<'_> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Portable helpers over `f32x8` (the seam's original form). A primitive written with
-// them always takes the portable path; write new primitives generic over `Simd`, with a
-// `Kernel` for `dispatch`, as those at the end of this file.
-// ---------------------------------------------------------------------------------------
-
-/// Lanes of the portable vector type.
-#[allow(dead_code)]
-pub(crate) const LANES: usize = 8;
-
-#[allow(dead_code)]
-#[inline(always)]
-fn load(chunk: &[f32; LANES]) -> f32x8 {
-    f32x8::new(*chunk)
-}
-
-/// Lane-wise reduction of two equally long slices: `step(acc, a, b)` over full vectors,
-/// `tail(acc, a, b)` over the remainder. Slices are cut to the shorter length.
-#[allow(dead_code)]
-#[inline(always)]
-fn fold2(
-    a: &[f32],
-    b: &[f32],
-    step: impl Fn(f32x8, f32x8, f32x8) -> f32x8,
-    tail: impl Fn(f32, f32, f32) -> f32,
-) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (a.split_at(n).0, b.split_at(n).0);
-    let (a16, a_rest) = a.as_chunks::<{ 2 * LANES }>();
-    let (b16, b_rest) = b.as_chunks::<{ 2 * LANES }>();
-    let mut acc0 = f32x8::ZERO;
-    let mut acc1 = f32x8::ZERO;
-    for (x, y) in a16.iter().zip(b16) {
-        let (x0, x1) = x.split_at(LANES);
-        let (y0, y1) = y.split_at(LANES);
-        // Both halves are exactly LANES long; the conversions cannot fail.
-        if let (Ok(x0), Ok(x1), Ok(y0), Ok(y1)) = (
-            <&[f32; LANES]>::try_from(x0),
-            <&[f32; LANES]>::try_from(x1),
-            <&[f32; LANES]>::try_from(y0),
-            <&[f32; LANES]>::try_from(y1),
-        ) {
-            acc0 = step(acc0, load(x0), load(y0));
-            acc1 = step(acc1, load(x1), load(y1));
-        }
-    }
-    let (a8, a_tail) = a_rest.as_chunks::<LANES>();
-    let (b8, b_tail) = b_rest.as_chunks::<LANES>();
-    for (x, y) in a8.iter().zip(b8) {
-        acc0 = step(acc0, load(x), load(y));
-    }
-    let mut s = (acc0 + acc1).reduce_add();
-    for (&x, &y) in a_tail.iter().zip(b_tail) {
-        s = tail(s, x, y);
-    }
-    s
-}
-
-// ---------------------------------------------------------------------------------------
-// The seam: slice-level primitives, each dispatched to the active backend per call.
+// The seam: slice-level primitives, each one dispatch with the caller's backend.
 // ---------------------------------------------------------------------------------------
 
 /// `sum a_i b_i`.
 #[inline]
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    dispatch(Dot(a, b))
+pub(crate) fn dot(backend: Backend, a: &[f32], b: &[f32]) -> f32 {
+    backend.dispatch(Dot(a, b))
 }
 
 /// `sum (a_i - b_i)^2`, computed directly (no cancellation: exact zero for equal rows).
 #[inline]
-pub(crate) fn sq_dist(a: &[f32], b: &[f32]) -> f32 {
-    dispatch(SqDist(a, b))
-}
-
-/// `sum a_i^2`.
-#[inline]
-#[allow(dead_code)] // Part of the seam; the distance kernels use the generic form.
-pub(crate) fn sq_norm(a: &[f32]) -> f32 {
-    dot(a, a)
+pub(crate) fn sq_dist(backend: Backend, a: &[f32], b: &[f32]) -> f32 {
+    backend.dispatch(SqDist(a, b))
 }
 
 /// `y += alpha * x` over the common length.
 #[inline]
-pub(crate) fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
-    dispatch(Axpy(alpha, x, y));
+pub(crate) fn axpy(backend: Backend, alpha: f32, x: &[f32], y: &mut [f32]) {
+    backend.dispatch(Axpy(alpha, x, y));
 }
 
 /// `y = alpha * x` over the common length.
 #[inline]
-pub(crate) fn scale_into(alpha: f32, x: &[f32], y: &mut [f32]) {
-    dispatch(ScaleInto(alpha, x, y));
+pub(crate) fn scale_into(backend: Backend, alpha: f32, x: &[f32], y: &mut [f32]) {
+    backend.dispatch(ScaleInto(alpha, x, y));
 }
 
 /// `sum (a_i - b_i + offset)^2`: the squared norm of a shifted difference (PyTorch adds
 /// its `eps` to the difference vector before taking the norm). `offset = 0` is
 /// [`sq_dist`].
 #[inline]
-pub(crate) fn sq_dist_offset(a: &[f32], b: &[f32], offset: f32) -> f32 {
-    dispatch(SqDistOffset(a, b, offset))
+pub(crate) fn sq_dist_offset(backend: Backend, a: &[f32], b: &[f32], offset: f32) -> f32 {
+    backend.dispatch(SqDistOffset(a, b, offset))
 }
 
 /// `y *= alpha` in place.
 #[inline]
-pub(crate) fn scale(alpha: f32, y: &mut [f32]) {
-    dispatch(Scale(alpha, y));
+pub(crate) fn scale(backend: Backend, alpha: f32, y: &mut [f32]) {
+    backend.dispatch(Scale(alpha, y));
 }
 
 // Generic bodies and one-call kernels of the three primitives above.

@@ -65,8 +65,8 @@
 //! may give a NaN loss in the fast kernels; the `f64` twins do not overflow there.
 
 use crate::distance::{
-    clamped_row_norms, distance, euclidean_from_sq, pair_grad_rows, pair_grad_rows_with, Metric,
-    NORM_EPS,
+    clamped_row_norms, distance, euclidean_from_sq, l2_normalize_backward_on, l2_normalize_on,
+    pair_grad_rows, pair_grad_rows_with, Metric, NORM_EPS,
 };
 use crate::error::{check_len, check_workspace, Error};
 use crate::matrix::Matrix;
@@ -76,8 +76,7 @@ use crate::mining::{
     SemiBlock, Sink, Triplet, TILE,
 };
 use crate::reduce::{Hinge, Reduction};
-use crate::simd::{self, Kernel, Simd, MAX_LANES};
-use crate::{l2_normalize, l2_normalize_backward};
+use crate::simd::{self, Backend, Kernel, Simd, MAX_LANES};
 
 /// Parameters of the explicit-triplet loss [`triplet_margin_loss`]. Plain `Copy` data,
 /// validated at call time.
@@ -436,24 +435,32 @@ pub const fn triplet_margin_workspace_len(rows: usize, dim: usize) -> usize {
 
 /// `d(a, b)` with the optional difference shift `eps` (Euclidean metrics only).
 #[inline]
-fn distance_eps(metric: Metric, a: &[f32], b: &[f32], na: f32, nb: f32, eps: f32) -> f32 {
+fn distance_eps(
+    backend: Backend,
+    metric: Metric,
+    a: &[f32],
+    b: &[f32],
+    na: f32,
+    nb: f32,
+    eps: f32,
+) -> f32 {
     if eps == 0.0 {
-        return distance(metric, a, b, na, nb);
+        return distance(backend, metric, a, b, na, nb);
     }
     match metric {
-        Metric::SquaredEuclidean => simd::sq_dist_offset(a, b, eps),
-        Metric::Euclidean => euclidean_from_sq(simd::sq_dist_offset(a, b, eps), a, b, eps),
-        Metric::Cosine => distance(metric, a, b, na, nb),
+        Metric::SquaredEuclidean => simd::sq_dist_offset(backend, a, b, eps),
+        Metric::Euclidean => euclidean_from_sq(simd::sq_dist_offset(backend, a, b, eps), a, b, eps),
+        Metric::Cosine => distance(backend, metric, a, b, na, nb),
     }
 }
 
 /// Scales an accumulated gradient by the reduction weight (exact zeros when it is 0).
 #[inline]
-fn finish_grad(w: f32, grad: &mut [f32]) {
+fn finish_grad(backend: Backend, w: f32, grad: &mut [f32]) {
     if w == 0.0 {
         grad.fill(0.0);
     } else if w != 1.0 {
-        simd::scale(w, grad);
+        simd::scale(backend, w, grad);
     }
 }
 
@@ -471,9 +478,11 @@ fn triplet_margin_impl(
         check_len("grad", x.len(), g.len())?;
     }
     check_rows(&x, false)?;
+    // Read once: every distance and gradient update of this call uses it.
+    let backend = Backend::active();
     let norms = workspace.split_at_mut(n).0;
     if params.metric == Metric::Cosine {
-        clamped_row_norms(&x, norms);
+        clamped_row_norms(backend, &x, norms);
     }
     if let Some(g) = grad.as_deref_mut() {
         g.fill(0.0);
@@ -487,12 +496,12 @@ fn triplet_margin_impl(
             continue;
         };
         let nrm = |i: usize| norms.get(i).copied().unwrap_or(1.0);
-        let dap = distance_eps(metric, a, p, nrm(ia), nrm(ip), eps);
-        let dan = distance_eps(metric, a, q, nrm(ia), nrm(iq), eps);
+        let dap = distance_eps(backend, metric, a, p, nrm(ia), nrm(ip), eps);
+        let dan = distance_eps(backend, metric, a, q, nrm(ia), nrm(iq), eps);
         // (distance, first row, second row) of the negative distance actually used.
         let mut neg = (dan, ia, iq);
         if params.swap {
-            let dpn = distance_eps(metric, p, q, nrm(ip), nrm(iq), eps);
+            let dpn = distance_eps(backend, metric, p, q, nrm(ip), nrm(iq), eps);
             if dpn < dan {
                 neg = (dpn, ip, iq);
             }
@@ -507,14 +516,34 @@ fn triplet_margin_impl(
             if s != 0.0 {
                 let nrm = |i: usize| norms.get(i).copied().unwrap_or(1.0);
                 let (i, j) = (neg.1, neg.2);
-                pair_grad_rows(metric, &x, (ia, ip), dap, (nrm(ia), nrm(ip)), eps, s, g);
-                pair_grad_rows(metric, &x, (i, j), neg.0, (nrm(i), nrm(j)), eps, -s, g);
+                pair_grad_rows(
+                    backend,
+                    metric,
+                    &x,
+                    (ia, ip),
+                    dap,
+                    (nrm(ia), nrm(ip)),
+                    eps,
+                    s,
+                    g,
+                );
+                pair_grad_rows(
+                    backend,
+                    metric,
+                    &x,
+                    (i, j),
+                    neg.0,
+                    (nrm(i), nrm(j)),
+                    eps,
+                    -s,
+                    g,
+                );
             }
         }
     }
     let w = params.reduction.weight(triplets.len(), active);
     if let Some(g) = grad {
-        finish_grad(w, g);
+        finish_grad(backend, w, g);
     }
     Ok((sum * f64::from(w)) as f32)
 }
@@ -1618,11 +1647,14 @@ fn batch_impl(
     }
     check_workspace(batch_len(n, dim, *params, grad.is_some()), workspace.len())?;
     check_rows(&x, params.normalize)?;
+    // Read once: normalisation, distances, mining, gradient blocks and the backward
+    // normalisation of this call all use it.
+    let backend = Backend::active();
     let mut ws = Carve::new(workspace);
     let (y, tmp) = if params.normalize {
         let y = ws.take(x.len())?;
         let tmp = ws.take(if grad.is_some() { dim } else { 0 })?;
-        l2_normalize(x, y)?;
+        l2_normalize_on(backend, x, y)?;
         (Some(&*y), tmp)
     } else {
         (None, &mut [][..])
@@ -1632,7 +1664,7 @@ fn batch_impl(
         None => x,
     };
     let norms = ws.take(n)?;
-    metric_norms(&xs, params.metric, norms);
+    metric_norms(backend, &xs, params.metric, norms);
     let norms = &*norms;
     if let Some(g) = grad.as_deref_mut() {
         g.fill(0.0);
@@ -1653,16 +1685,18 @@ fn batch_impl(
                 let mut st = HardState::take(&mut ws, n)?;
                 let t = n.min(TILE);
                 let tile = ws.take(t * t)?;
-                hard_sweep(&xs, labels, metric, norms, &mut st, tile, ws.rest())?;
-                simd::dispatch(EmitHard {
+                let pack = ws.rest();
+                hard_sweep(backend, &xs, labels, metric, norms, &mut st, tile, pack)?;
+                backend.dispatch(EmitHard {
                     st: &st,
                     sink: &mut acc,
                 });
             } else {
                 let scratch = ws.take(2 * n)?;
                 let block = ws.take(block_rows(n) * n)?;
-                for_row_blocks(&xs, metric, norms, block, ws.rest(), |i0, _, blk| {
-                    simd::dispatch(SemiBlock {
+                let pack = ws.rest();
+                for_row_blocks(backend, &xs, metric, norms, block, pack, |i0, _, blk| {
+                    backend.dispatch(SemiBlock {
                         block: blk,
                         i0,
                         labels,
@@ -1689,8 +1723,9 @@ fn batch_impl(
             };
             let block = ws.take(block_rows(n) * n)?;
             let mut totals = Totals::default();
-            for_row_blocks(&xs, metric, norms, block, ws.rest(), |i0, _, blk| {
-                simd::dispatch(AllBlock {
+            let pack = ws.rest();
+            for_row_blocks(backend, &xs, metric, norms, block, pack, |i0, _, blk| {
+                backend.dispatch(AllBlock {
                     x: xs,
                     labels,
                     norms,
@@ -1712,14 +1747,14 @@ fn batch_impl(
                 Ok(())
             })?;
             if let Some((_, diag, _, grad)) = bufs {
-                simd::dispatch(AddDiag { x: xs, diag, grad });
+                backend.dispatch(AddDiag { x: xs, diag, grad });
             }
             totals
         }
     };
     let (loss, w) = totals.finish(params.reduction);
     if let Some(g) = grad {
-        finish_grad(w, g);
+        finish_grad(backend, w, g);
         if params.normalize {
             // Row by row (indices, not a zip of chunk iterators, whose length would
             // divide by the row length).
@@ -1730,7 +1765,7 @@ fn batch_impl(
                 for (t, &v) in tmp.iter_mut().zip(gr.iter()) {
                     *t = v;
                 }
-                l2_normalize_backward(Matrix::new(row, 1, dim)?, tmp, gr)?;
+                l2_normalize_backward_on(backend, Matrix::new(row, 1, dim)?, tmp, gr)?;
             }
         }
     }

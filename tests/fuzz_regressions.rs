@@ -160,3 +160,40 @@ fn normalize_backward_underflow() {
     proxy_anchor_loss_grad(x, &labels, proxies, params, &mut g, &mut gp, &mut ws).unwrap();
     assert!(g[0].abs() < 1e-31, "grad[0] {}", g[0]);
 }
+
+/// `variants_diff`, `normalize-backward-short-row`: Proxy-Anchor with
+/// `margin = alpha = f32::MIN_POSITIVE` on one row and two equal 1-d proxies of length
+/// `4e-11`, whose exact gradients are 0 (in one dimension the normalised rows cannot
+/// move). The backward of the proxies' normalisation formed `<x, g> / r^2`; with
+/// `g = -5.9e-39` the product `<x, g>` (`-2.3e-49`) underflowed to 0, the projection
+/// vanished and `g / r = -1.5e-28` came out, against the documented bound
+/// `(2 d / 8 + 20) 2^-24 |g| / r + (d + 3) (1 + 1 / r) 2^-150` (about `2.5e-34` here). No
+/// extreme parameter is needed: a normal `g = 1e-30` on the same row left `3.4e-25`
+/// (bound `3e-26`), through the subnormal `<x, g> = 4e-41`.
+#[test]
+fn normalize_backward_short_row() {
+    let r = 3.960_403_5e-11_f32;
+    let (row, pd) = ([r], [r, r]);
+    let x = Matrix::new(&row, 1, 1).unwrap();
+    for g in [-5.9e-39_f32, 1e-30, -1e-25, 1e-20] {
+        let mut gx = [f32::NAN];
+        l2_normalize_backward(x, &[g], &mut gx).unwrap();
+        let (r, g) = (f64::from(r), f64::from(g));
+        let bound = (2.0 / 8.0 + 20.0) * f64::from(f32::EPSILON) / 2.0 * g.abs() / r
+            + 4.0 * (1.0 + 1.0 / r) * 2.0_f64.powi(-150);
+        assert!(
+            f64::from(gx[0]).abs() <= bound,
+            "g {g}: {} > {bound}",
+            gx[0]
+        );
+    }
+    let x = Matrix::new(&[0.012_087_498], 1, 1).unwrap();
+    let proxies = Matrix::new(&pd, 2, 1).unwrap();
+    let params = ProxyAnchorParams::new(f32::MIN_POSITIVE, f32::MIN_POSITIVE);
+    let mut ws = vec![0.0_f32; proxy_anchor_workspace_len(1, 2, 1)];
+    let (mut g, mut gp) = ([f32::NAN; 1], [f32::NAN; 2]);
+    proxy_anchor_loss_grad(x, &[0], proxies, params, &mut g, &mut gp, &mut ws).unwrap();
+    for v in g.iter().chain(&gp) {
+        assert!(v.abs() < 1e-30, "grad {g:?}, grad_proxies {gp:?}");
+    }
+}

@@ -107,10 +107,13 @@ impl Backend {
 
 /// Forces every following kernel call, on every thread, to use `backend`.
 ///
-/// Meant for start-up, tests and benchmarks. The choice is a process-wide atomic; a kernel
-/// already running keeps the backend it started with. [`reset_backend`] returns to the
-/// automatic choice. The cargo feature `portable-only` removes the x86 backends at compile
-/// time instead.
+/// Meant for start-up, tests and benchmarks. The choice is a process-wide atomic, which
+/// every public kernel reads exactly once, when it starts: the whole call (every stage,
+/// and the other kernels it runs internally) uses that backend, so a kernel already
+/// running keeps the backend it started with, and a call that overlaps a change returns
+/// exactly the result of one backend, the old or the new. [`reset_backend`] returns to
+/// the automatic choice. The cargo feature `portable-only` removes the x86 backends at
+/// compile time instead.
 ///
 /// # Errors
 ///
