@@ -7,6 +7,7 @@
 //! where the fast and the scalar result differ beyond the documented bound, the fast one
 //! is wrong.
 
+mod acc;
 mod contrastive;
 mod distance;
 mod mining;
@@ -23,10 +24,16 @@ pub use distance::{
 pub use mining::{hardest_pairs, mine_triplets, mine_triplets_count};
 pub use reduce::{hinge_reduce, hinge_reduce_grad};
 
-pub use contrastive::{contrastive_loss, contrastive_loss_grad};
-pub use proxy::{proxy_anchor_loss, proxy_anchor_loss_grad, proxy_nca_loss, proxy_nca_loss_grad};
-pub use quadruplet::{mine_quadruplets, quadruplet_loss, quadruplet_loss_grad};
+pub use contrastive::{contrastive_loss, contrastive_loss_grad, contrastive_workspace_len};
+pub use proxy::{
+    proxy_anchor_loss, proxy_anchor_loss_grad, proxy_anchor_workspace_len, proxy_nca_loss,
+    proxy_nca_loss_grad, proxy_nca_workspace_len,
+};
+pub use quadruplet::{
+    mine_quadruplets, quadruplet_loss, quadruplet_loss_grad, quadruplet_workspace_len,
+};
 pub use retrieval::{knn, retrieval_metrics};
 pub use triplet::{
-    triplet_batch_loss, triplet_batch_loss_grad, triplet_margin_loss, triplet_margin_loss_grad,
+    triplet_batch_loss, triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
+    triplet_margin_loss, triplet_margin_loss_grad, triplet_margin_workspace_len,
 };
