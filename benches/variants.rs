@@ -51,7 +51,8 @@ fn contrastive(c: &mut Criterion) {
     let x = Matrix::new(&xd, N, D).unwrap();
     let labels = labels();
     let mut grad = vec![0.0_f32; N * D];
-    let mut ws = vec![0.0_f32; contrastive_workspace_len(N, D)];
+    let mut ws =
+        vec![0.0_f32; contrastive_workspace_len(N, D).max(scalar::contrastive_workspace_len(N, D))];
     g.throughput(Throughput::Elements((N * (N - 1)) as u64));
     for (metric, params) in [
         (Metric::Euclidean, ContrastiveParams::new(0.0, 16.0)),
@@ -106,7 +107,8 @@ fn quadruplet(c: &mut Criterion) {
 
     let params = QuadrupletParams::new(1.0, 0.5);
     let mut grad = vec![0.0_f32; N * D];
-    let mut ws = vec![0.0_f32; quadruplet_workspace_len(N, D)];
+    let mut ws =
+        vec![0.0_f32; quadruplet_workspace_len(N, D).max(scalar::quadruplet_workspace_len(N, D))];
     g.throughput(Throughput::Elements((3 * k) as u64));
     g.bench_function(BenchmarkId::new("fast", &id), |b| {
         b.iter(|| {
@@ -136,7 +138,10 @@ fn proxies(c: &mut Criterion) {
     g.sample_size(20);
     g.throughput(Throughput::Elements((N * C) as u64));
     let params = ProxyNcaParams::PYTORCH_METRIC_LEARNING;
-    let mut ws = vec![0.0_f32; proxy_nca_workspace_len(N, C, D)];
+    let mut ws = vec![
+        0.0_f32;
+        proxy_nca_workspace_len(N, C, D).max(scalar::proxy_nca_workspace_len(N, C, D))
+    ];
     g.bench_function(BenchmarkId::new("fast", &id), |b| {
         b.iter(|| {
             proxy_nca_loss_grad(
@@ -171,7 +176,11 @@ fn proxies(c: &mut Criterion) {
     g.sample_size(20);
     g.throughput(Throughput::Elements((N * C) as u64));
     let params = ProxyAnchorParams::PYTORCH_METRIC_LEARNING;
-    let mut ws = vec![0.0_f32; proxy_anchor_workspace_len(N, C, D)];
+    let mut ws = vec![
+        0.0_f32;
+        proxy_anchor_workspace_len(N, C, D)
+            .max(scalar::proxy_anchor_workspace_len(N, C, D))
+    ];
     g.bench_function(BenchmarkId::new("fast", &id), |b| {
         b.iter(|| {
             proxy_anchor_loss_grad(

@@ -19,7 +19,10 @@ fn nca_sum_overflow() {
     let proxies = Matrix::new(&[-5.0, 7.0, 7.0, -3.0, 0.0], 5, 1).unwrap();
     let labels = [4, 0];
     let params = ProxyNcaParams::new(f32::MAX / 4.0);
-    let mut ws = vec![0.0_f32; proxy_nca_workspace_len(2, 5, 1)];
+    let mut ws = vec![
+        0.0_f32;
+        proxy_nca_workspace_len(2, 5, 1).max(scalar::proxy_nca_workspace_len(2, 5, 1))
+    ];
     let twin = scalar::proxy_nca_loss(x, &labels, proxies, params, &mut ws).unwrap();
     assert!(twin.is_finite(), "twin {twin}");
     let fast = proxy_nca_loss(x, &labels, proxies, params, &mut ws).unwrap();
@@ -45,7 +48,11 @@ fn anchor_sum_overflow() {
     let labels = [2];
     let params = ProxyAnchorParams::new(5.316_911_7e36, 12.950_98);
     assert!((params.alpha * (1.0 + params.margin.abs())).is_finite());
-    let mut ws = vec![0.0_f32; proxy_anchor_workspace_len(1, 6, 1)];
+    let mut ws = vec![
+        0.0_f32;
+        proxy_anchor_workspace_len(1, 6, 1)
+            .max(scalar::proxy_anchor_workspace_len(1, 6, 1))
+    ];
     let twin = scalar::proxy_anchor_loss(x, &labels, proxies, params, &mut ws).unwrap();
     assert!(twin.is_finite(), "twin {twin}");
     let fast = proxy_anchor_loss(x, &labels, proxies, params, &mut ws).unwrap();
@@ -68,7 +75,11 @@ fn anchor_finite_condition_in_the_docs() {
     let bound = |p: ProxyAnchorParams| {
         2.0 * (f64::from(p.alpha) * (1.0 + f64::from(p.margin.abs())) + 4.0_f64.ln())
     };
-    let mut ws = vec![0.0_f32; proxy_anchor_workspace_len(3, 2, 1)];
+    let mut ws = vec![
+        0.0_f32;
+        proxy_anchor_workspace_len(3, 2, 1)
+            .max(scalar::proxy_anchor_workspace_len(3, 2, 1))
+    ];
     let outside = ProxyAnchorParams::new(0.0, f32::MAX * 0.99);
     assert!(bound(outside) > f64::from(f32::MAX));
     let twin = scalar::proxy_anchor_loss(x, &labels, proxies, outside, &mut ws).unwrap();

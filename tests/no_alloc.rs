@@ -233,6 +233,7 @@ fn mining_and_triplet_losses_do_not_allocate() {
         }
         let p = tk::BatchParams::pml_triplet_margin();
         tk::triplet_batch_loss_grad(x, &labels, p, &mut g, &mut ws).unwrap();
+        tk::scalar::triplet_batch_loss_grad(x, &labels, p, &mut g, &mut ws).unwrap();
     });
     assert_eq!(n, 0);
 }

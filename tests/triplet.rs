@@ -444,7 +444,12 @@ fn margin_run(
 ) -> MarginOut {
     let mut terms = vec![garbage; ts.len()];
     let mut grad = vec![garbage; x.len()];
-    let mut ws = vec![garbage; triplet_margin_workspace_len(x.rows(), x.dim())];
+    let ws_len = if fast {
+        triplet_margin_workspace_len(x.rows(), x.dim())
+    } else {
+        scalar::triplet_margin_workspace_len(x.rows(), x.dim())
+    };
+    let mut ws = vec![garbage; ws_len];
     let loss = if fast {
         triplet_margin_loss_grad(x, ts, p, &mut terms, &mut grad, &mut ws)
     } else {
@@ -478,7 +483,12 @@ fn batch_run(
 ) -> (BatchLoss, Vec<f32>) {
     let (n, d) = (x.rows(), x.dim());
     let mut grad = vec![garbage; x.len()];
-    let mut ws = vec![garbage; triplet_batch_loss_grad_workspace_len(n, d, p)];
+    let ws_len = if fast {
+        triplet_batch_loss_grad_workspace_len(n, d, p)
+    } else {
+        scalar::triplet_batch_loss_grad_workspace_len(n, d, p)
+    };
+    let mut ws = vec![garbage; ws_len];
     let out = if fast {
         triplet_batch_loss_grad(x, labels, p, &mut grad, &mut ws)
     } else {
@@ -1254,18 +1264,25 @@ fn every_error_path() {
     type BFwd = fn(Matrix<'_>, &[u32], BatchParams, &mut [f32]) -> Result<BatchLoss, Error>;
     type BBwd =
         fn(Matrix<'_>, &[u32], BatchParams, &mut [f32], &mut [f32]) -> Result<BatchLoss, Error>;
-    for (fwd, bwd, bfwd, bbwd) in [
+    // The workspace requirements, the fast kernels' or the twins' own.
+    type MLen = fn(usize, usize) -> usize;
+    type BLen = fn(usize, usize, BatchParams) -> usize;
+    for (fwd, bwd, bfwd, bbwd, margin_len, grad_len) in [
         (
             triplet_margin_loss as Fwd,
             triplet_margin_loss_grad as Bwd,
             triplet_batch_loss as BFwd,
             triplet_batch_loss_grad as BBwd,
+            triplet_margin_workspace_len as MLen,
+            triplet_batch_loss_grad_workspace_len as BLen,
         ),
         (
             scalar::triplet_margin_loss,
             scalar::triplet_margin_loss_grad,
             scalar::triplet_batch_loss,
             scalar::triplet_batch_loss_grad,
+            scalar::triplet_margin_workspace_len,
+            scalar::triplet_batch_loss_grad_workspace_len,
         ),
     ] {
         let p = TripletParams::new();
@@ -1347,10 +1364,24 @@ fn every_error_path() {
             })
         );
         assert_eq!(
-            fwd(x, &ts, p, &mut terms, &mut ws[..2]),
+            fwd(x, &ts, p, &mut terms, &mut ws[..margin_len(3, 2) - 1]),
             Err(Error::WorkspaceTooSmall {
-                required: 3,
-                actual: 2
+                required: margin_len(3, 2),
+                actual: margin_len(3, 2) - 1
+            })
+        );
+        assert_eq!(
+            bwd(
+                x,
+                &ts,
+                p,
+                &mut terms,
+                &mut grad,
+                &mut ws[..margin_len(3, 2) - 1]
+            ),
+            Err(Error::WorkspaceTooSmall {
+                required: margin_len(3, 2),
+                actual: margin_len(3, 2) - 1
             })
         );
         let bp = BatchParams::new();
@@ -1383,30 +1414,18 @@ fn every_error_path() {
             })
         );
         assert_eq!(
-            bbwd(
-                x,
-                &labels,
-                bp,
-                &mut grad,
-                &mut ws[..triplet_batch_loss_grad_workspace_len(3, 2, bp) - 1]
-            ),
+            bbwd(x, &labels, bp, &mut grad, &mut ws[..grad_len(3, 2, bp) - 1]),
             Err(Error::WorkspaceTooSmall {
-                required: triplet_batch_loss_grad_workspace_len(3, 2, bp),
-                actual: triplet_batch_loss_grad_workspace_len(3, 2, bp) - 1
+                required: grad_len(3, 2, bp),
+                actual: grad_len(3, 2, bp) - 1
             })
         );
         let bn = bp.with_normalize(true);
         assert_eq!(
-            bbwd(
-                x,
-                &labels,
-                bn,
-                &mut grad,
-                &mut ws[..triplet_batch_loss_grad_workspace_len(3, 2, bn) - 1]
-            ),
+            bbwd(x, &labels, bn, &mut grad, &mut ws[..grad_len(3, 2, bn) - 1]),
             Err(Error::WorkspaceTooSmall {
-                required: triplet_batch_loss_grad_workspace_len(3, 2, bn),
-                actual: triplet_batch_loss_grad_workspace_len(3, 2, bn) - 1
+                required: grad_len(3, 2, bn),
+                actual: grad_len(3, 2, bn) - 1
             })
         );
         assert_eq!(
@@ -1449,6 +1468,14 @@ fn every_error_path() {
         usize::MAX
     );
     assert_eq!(triplet_margin_workspace_len(5, 9), 5);
+    assert_eq!(
+        scalar::triplet_batch_loss_grad_workspace_len(1 << 40, 1 << 40, p),
+        usize::MAX
+    );
+    assert_eq!(
+        scalar::triplet_margin_workspace_len(usize::MAX, 2),
+        usize::MAX
+    );
 }
 
 /// Finite data whose distances overflow f32, subnormals, signed zeros and extreme label

@@ -269,7 +269,11 @@ mod contrastive {
         let Some((loss_tol, row_tol)) = tolerances(d, pairs, labels, &p) else {
             return;
         };
-        let mut ws = vec![f32::NAN; contrastive_workspace_len(n, d)];
+        let mut ws = vec![
+            f32::NAN;
+            contrastive_workspace_len(n, d)
+                .max(scalar::contrastive_workspace_len(n, d))
+        ];
         let (mut gf, mut gs) = (vec![f32::NAN; n * d], vec![f32::NAN; n * d]);
         let lf = contrastive_loss_grad(x, labels, metric, p, &mut gf, &mut ws).unwrap();
         // Garbage in the workspace and the output does not matter.
@@ -335,7 +339,7 @@ mod contrastive {
             nm in 0i32..200,
         ) {
             let x = Matrix::new(&data, n, d).unwrap();
-            let mut ws = vec![f32::NAN; contrastive_workspace_len(n, d)];
+            let mut ws = vec![f32::NAN; contrastive_workspace_len(n, d).max(scalar::contrastive_workspace_len(n, d))];
             for metric in [Metric::SquaredEuclidean, Metric::Euclidean] {
                 for form in FORMS {
                     for r in REDUCTIONS {
@@ -366,7 +370,7 @@ mod contrastive {
             // Rows away from 0, where the cosine distance jumps.
             prop_assume!(data.chunks(d).all(|r| norm(r) > 0.3));
             let x = Matrix::new(&data, n, d).unwrap();
-            let mut ws = vec![0.0; contrastive_workspace_len(n, d)];
+            let mut ws = vec![0.0; contrastive_workspace_len(n, d).max(scalar::contrastive_workspace_len(n, d))];
             for metric in METRICS {
                 let (pm, nm) = margins(&Pairs::new(&x, metric), u, v);
                 for form in FORMS {
@@ -507,7 +511,11 @@ mod contrastive {
 
     #[test]
     fn degenerate_batches() {
-        let mut ws = vec![f32::NAN; contrastive_workspace_len(4, 2)];
+        let mut ws = vec![
+            f32::NAN;
+            contrastive_workspace_len(4, 2)
+                .max(scalar::contrastive_workspace_len(4, 2))
+        ];
         for metric in METRICS {
             for r in REDUCTIONS {
                 let p = ContrastiveParams::new(0.1, 1.0).with_reduction(r);
@@ -576,9 +584,9 @@ mod contrastive {
         let x = Matrix::new(&data, 3, 2).unwrap();
         let labels = [0, 0, 1];
         let good = ContrastiveParams::default();
-        let wl = contrastive_workspace_len(3, 2);
-        assert_eq!(wl, 3 + 3);
-        let mut ws = vec![0.0_f32; wl];
+        assert_eq!(contrastive_workspace_len(3, 2), 3 + 3);
+        assert_eq!(scalar::contrastive_workspace_len(3, 2), 3 * 2);
+        let mut ws = vec![0.0_f32; 64];
         let mut g = [7.0_f32; 6];
         type Loss =
             fn(Matrix<'_>, &[u32], Metric, ContrastiveParams, &mut [f32]) -> Result<f32, Error>;
@@ -592,10 +600,20 @@ mod contrastive {
         ) -> Result<f32, Error>;
         let bad_x = [1.0_f32, 2.0, f32::INFINITY, 4.0, f32::NAN, 6.0];
         let xb = Matrix::new(&bad_x, 3, 2).unwrap();
-        for (loss, grad) in [
-            (contrastive_loss as Loss, contrastive_loss_grad as Grad),
-            (scalar::contrastive_loss, scalar::contrastive_loss_grad),
+        type Len = fn(usize, usize) -> usize;
+        for (loss, grad, len) in [
+            (
+                contrastive_loss as Loss,
+                contrastive_loss_grad as Grad,
+                contrastive_workspace_len as Len,
+            ),
+            (
+                scalar::contrastive_loss,
+                scalar::contrastive_loss_grad,
+                scalar::contrastive_workspace_len,
+            ),
         ] {
+            let wl = len(3, 2);
             let m = Metric::Euclidean;
             assert_eq!(
                 loss(x, &labels[..2], m, good, &mut ws),
@@ -614,10 +632,10 @@ mod contrastive {
                 })
             );
             assert_eq!(
-                grad(x, &labels, m, good, &mut g, &mut ws[..5]),
+                grad(x, &labels, m, good, &mut g, &mut ws[..wl - 1]),
                 Err(Error::WorkspaceTooSmall {
-                    required: 6,
-                    actual: 5
+                    required: wl,
+                    actual: wl - 1
                 })
             );
             assert_eq!(
@@ -674,7 +692,7 @@ mod contrastive {
                     &mut []
                 ),
                 Err(Error::WorkspaceTooSmall {
-                    required: 6,
+                    required: wl,
                     actual: 0
                 })
             );
@@ -683,6 +701,8 @@ mod contrastive {
         assert_eq!(contrastive_workspace_len(usize::MAX, 1), usize::MAX);
         assert_eq!(contrastive_workspace_len(1, 1), 1);
         assert_eq!(contrastive_workspace_len(4, 9), 4 + 6);
+        assert_eq!(scalar::contrastive_workspace_len(4, 9), 36);
+        assert_eq!(scalar::contrastive_workspace_len(usize::MAX, 2), usize::MAX);
     }
 }
 
@@ -796,7 +816,10 @@ mod quadruplet {
         let Some((loss_tol, row_tol)) = tolerances(&x, quads, metric, &p) else {
             return;
         };
-        let mut ws = vec![f32::NAN; quadruplet_workspace_len(n, d)];
+        let mut ws = vec![
+            f32::NAN;
+            quadruplet_workspace_len(n, d).max(scalar::quadruplet_workspace_len(n, d))
+        ];
         let (mut gf, mut gs) = (vec![f32::NAN; n * d], vec![f32::NAN; n * d]);
         let lf = quadruplet_loss_grad(x, quads, metric, p, &mut gf, &mut ws).unwrap();
         ws.fill(1e30);
@@ -867,7 +890,7 @@ mod quadruplet {
         ) {
             let x = Matrix::new(&data, n, d).unwrap();
             let q = to_quads(&raw, n);
-            let mut ws = vec![0.0; quadruplet_workspace_len(n, d)];
+            let mut ws = vec![0.0; quadruplet_workspace_len(n, d).max(scalar::quadruplet_workspace_len(n, d))];
             for metric in [Metric::SquaredEuclidean, Metric::Euclidean] {
                 for r in REDUCTIONS {
                     let p = QuadrupletParams::new(m1 as f32, m2 as f32).with_reduction(r);
@@ -893,7 +916,7 @@ mod quadruplet {
             prop_assume!(data.chunks(d).all(|r| norm(r) > 0.3));
             let x = Matrix::new(&data, n, d).unwrap();
             let q = to_quads(&raw, n);
-            let mut ws = vec![0.0; quadruplet_workspace_len(n, d)];
+            let mut ws = vec![0.0; quadruplet_workspace_len(n, d).max(scalar::quadruplet_workspace_len(n, d))];
             for metric in METRICS {
                 for hinge in HINGES {
                     for r in REDUCTIONS {
@@ -1110,7 +1133,7 @@ mod quadruplet {
     fn degenerate_inputs() {
         let data = [0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 2.0, 2.0];
         let x = Matrix::new(&data, 4, 2).unwrap();
-        let mut ws = [f32::NAN; 4];
+        let mut ws = [f32::NAN; 8];
         let p = QuadrupletParams::new(1.0, 0.5);
         for metric in METRICS {
             // No quadruplets: 0 and a zero gradient, for every reduction.
@@ -1170,8 +1193,10 @@ mod quadruplet {
         let x = Matrix::new(&data, 3, 2).unwrap();
         let q = [Quadruplet::new(0, 1, 2, 0)];
         let good = QuadrupletParams::new(1.0, 0.5);
-        let mut ws = vec![0.0_f32; quadruplet_workspace_len(3, 2)];
-        assert_eq!(ws.len(), 3);
+        assert_eq!(quadruplet_workspace_len(3, 2), 3);
+        assert_eq!(scalar::quadruplet_workspace_len(3, 2), 6);
+        assert_eq!(scalar::quadruplet_workspace_len(usize::MAX, 2), usize::MAX);
+        let mut ws = vec![0.0_f32; 6];
         let mut g = [7.0_f32; 6];
         type Loss = fn(
             Matrix<'_>,
@@ -1191,10 +1216,20 @@ mod quadruplet {
         let bad_x = [1.0_f32, 2.0, 3.0, f32::NAN, 5.0, 6.0];
         let xb = Matrix::new(&bad_x, 3, 2).unwrap();
         let m = Metric::Cosine;
-        for (loss, grad) in [
-            (quadruplet_loss as Loss, quadruplet_loss_grad as Grad),
-            (scalar::quadruplet_loss, scalar::quadruplet_loss_grad),
+        type Len = fn(usize, usize) -> usize;
+        for (loss, grad, len) in [
+            (
+                quadruplet_loss as Loss,
+                quadruplet_loss_grad as Grad,
+                quadruplet_workspace_len as Len,
+            ),
+            (
+                scalar::quadruplet_loss,
+                scalar::quadruplet_loss_grad,
+                scalar::quadruplet_workspace_len,
+            ),
         ] {
+            let wl = len(3, 2);
             assert_eq!(
                 grad(x, &q, m, good, &mut g[..5], &mut ws),
                 Err(Error::LengthMismatch {
@@ -1204,10 +1239,10 @@ mod quadruplet {
                 })
             );
             assert_eq!(
-                loss(x, &q, m, good, &mut ws[..2]),
+                loss(x, &q, m, good, &mut ws[..wl - 1]),
                 Err(Error::WorkspaceTooSmall {
-                    required: 3,
-                    actual: 2
+                    required: wl,
+                    actual: wl - 1
                 })
             );
             assert_eq!(
@@ -1338,11 +1373,20 @@ mod proxy {
     }
 
     impl Which {
-        fn ws_len(self, n: usize, c: usize, d: usize) -> usize {
-            match self {
-                Which::Nca(_) => proxy_nca_workspace_len(n, c, d),
-                Which::Anchor(_) => proxy_anchor_workspace_len(n, c, d),
+        /// The workspace the fast kernel (`fast`) or the twin needs.
+        fn ws_need(self, fast: bool, n: usize, c: usize, d: usize) -> usize {
+            match (self, fast) {
+                (Which::Nca(_), true) => proxy_nca_workspace_len(n, c, d),
+                (Which::Nca(_), false) => scalar::proxy_nca_workspace_len(n, c, d),
+                (Which::Anchor(_), true) => proxy_anchor_workspace_len(n, c, d),
+                (Which::Anchor(_), false) => scalar::proxy_anchor_workspace_len(n, c, d),
             }
+        }
+
+        /// A workspace for both the fast kernel and the twin.
+        fn ws_len(self, n: usize, c: usize, d: usize) -> usize {
+            self.ws_need(true, n, c, d)
+                .max(self.ws_need(false, n, c, d))
         }
 
         fn loss(
@@ -1581,7 +1625,11 @@ mod proxy {
             .ln()
         };
         let want = pos0 / 1.0 + (0.0 + neg(1) + neg(2)) / 3.0;
-        let mut ws = vec![0.0; proxy_anchor_workspace_len(2, 3, 2)];
+        let mut ws = vec![
+            0.0;
+            proxy_anchor_workspace_len(2, 3, 2)
+                .max(scalar::proxy_anchor_workspace_len(2, 3, 2))
+        ];
         for fast in [true, false] {
             let l = Which::Anchor(ProxyAnchorParams::new(m as f32, a as f32))
                 .loss(fast, x, &labels, p, &mut ws)
@@ -1598,7 +1646,11 @@ mod proxy {
         let s = 2.0_f64;
         // q = 0, 2, 4.
         let want = -((0.0_f64).exp() / (1.0 + (-2.0 * s).exp() + (-4.0 * s).exp())).ln();
-        let mut ws = vec![0.0; proxy_nca_workspace_len(1, 3, 2)];
+        let mut ws = vec![
+            0.0;
+            proxy_nca_workspace_len(1, 3, 2)
+                .max(scalar::proxy_nca_workspace_len(1, 3, 2))
+        ];
         for fast in [true, false] {
             let l = Which::Nca(ProxyNcaParams::new(s as f32))
                 .loss(fast, x, &[0], p, &mut ws)
@@ -1667,13 +1719,23 @@ mod proxy {
         assert_eq!(proxy_anchor_workspace_len(3, 2, 2), 2 * 4 + 3 * 2 + 2 * 2);
         assert_eq!(proxy_nca_workspace_len(1, usize::MAX, 2), usize::MAX);
         assert_eq!(proxy_anchor_workspace_len(usize::MAX, 2, 1), usize::MAX);
+        assert_eq!(scalar::proxy_nca_workspace_len(3, 2, 2), (3 + 2) * 2);
+        assert_eq!(scalar::proxy_anchor_workspace_len(3, 2, 2), (3 + 2) * 2);
+        assert_eq!(
+            scalar::proxy_nca_workspace_len(1, usize::MAX, 2),
+            usize::MAX
+        );
+        assert_eq!(
+            scalar::proxy_anchor_workspace_len(usize::MAX, 2, 1),
+            usize::MAX
+        );
         let (mut g, mut gp) = ([7.0_f32; 6], [7.0_f32; 4]);
         for fast in [true, false] {
             for which in [
                 Which::Nca(ProxyNcaParams::new(1.0)),
                 Which::Anchor(ProxyAnchorParams::new(0.1, 32.0)),
             ] {
-                let wl = which.ws_len(3, 2, 2);
+                let wl = which.ws_need(fast, 3, 2, 2);
                 let mut ws = vec![0.0_f32; wl];
                 assert_eq!(
                     which.loss(fast, x, &labels, p3, &mut ws),

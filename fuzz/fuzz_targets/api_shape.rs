@@ -4,7 +4,8 @@
 //! - return `Ok` exactly when the documented conditions hold;
 //! - otherwise return one of the documented errors for the conditions that fail (the
 //!   first one where the docs give an order), the same error from the fast kernel and
-//!   from its twin;
+//!   from its twin (a twin with a workspace length of its own reports that requirement
+//!   instead of the fast kernel's);
 //! - leave every output untouched on `Err` (and `out` past the count on `Ok`);
 //! - refuse non-finite data with `Error::NonFinite` at the first bad element where the
 //!   docs say so, and accept it where they say the data are not scanned;
@@ -72,34 +73,52 @@ impl Conds {
         }
     }
 
-    /// Checks the outcome of the fast call and of its twin.
-    fn check<T: core::fmt::Debug, U: core::fmt::Debug>(
-        &self,
-        what: &str,
-        fast: &Result<T, Error>,
-        twin: &Result<U, Error>,
-    ) {
+    /// Checks one outcome against the conditions.
+    fn check_one<T: core::fmt::Debug>(&self, what: &str, r: &Result<T, Error>) {
         let failing: Vec<Error> = self
             .list
             .iter()
             .filter(|(ok, _)| !ok)
             .map(|&(_, e)| e)
             .collect();
-        match (fast, twin) {
-            (Ok(_), Ok(_)) => assert!(failing.is_empty(), "{what}: Ok despite {failing:?}"),
-            (Err(a), Err(b)) => {
+        match r {
+            Ok(_) => assert!(failing.is_empty(), "{what}: Ok despite {failing:?}"),
+            Err(a) if self.ordered => assert_eq!(
+                Some(a),
+                failing.first(),
+                "{what}: not the first of {failing:?}"
+            ),
+            Err(a) => assert!(failing.contains(a), "{what}: {a:?} not among {failing:?}"),
+        }
+    }
+
+    /// Checks the outcome of the fast call and of its twin, under the same conditions.
+    fn check<T: core::fmt::Debug, U: core::fmt::Debug>(
+        &self,
+        what: &str,
+        fast: &Result<T, Error>,
+        twin: &Result<U, Error>,
+    ) {
+        self.check_twin(self, what, fast, twin);
+    }
+
+    /// Checks the fast call under these conditions and its twin under `twin_conds` (the
+    /// same but for the twin's own workspace requirement): both refuse alike unless one of
+    /// them refuses the workspace.
+    fn check_twin<T: core::fmt::Debug, U: core::fmt::Debug>(
+        &self,
+        twin_conds: &Conds,
+        what: &str,
+        fast: &Result<T, Error>,
+        twin: &Result<U, Error>,
+    ) {
+        self.check_one(&format!("{what} (fast)"), fast);
+        twin_conds.check_one(&format!("{what} (twin)"), twin);
+        if let (Err(a), Err(b)) = (fast, twin) {
+            let ws = |e: &Error| matches!(e, Error::WorkspaceTooSmall { .. });
+            if !ws(a) && !ws(b) {
                 assert_eq!(a, b, "{what}: fast and twin refuse differently");
-                if self.ordered {
-                    assert_eq!(
-                        Some(a),
-                        failing.first(),
-                        "{what}: not the first of {failing:?}"
-                    );
-                } else {
-                    assert!(failing.contains(a), "{what}: {a:?} not among {failing:?}");
-                }
             }
-            _ => panic!("{what}: fast {fast:?} vs twin {twin:?}"),
         }
     }
 }
@@ -370,7 +389,7 @@ fn triplets(c: &mut Case<'_>) {
         .with_swap(c.g.bool())
         .with_hinge(c.g.hinge())
         .with_reduction(c.g.reduction());
-    let conds = |tl: usize, wl: usize, grad: Option<usize>| {
+    let conds = |tl: usize, wl: usize, grad: Option<usize>, need: usize| {
         let mut k = Conds::new(false);
         k.param(p.margin.is_finite(), "margin").param(
             p.eps.is_finite() && !(metric == Metric::Cosine && p.eps != 0.0),
@@ -393,37 +412,44 @@ fn triplets(c: &mut Case<'_>) {
                 },
             );
         }
-        k.ws(tk::triplet_margin_workspace_len(n, d), wl);
+        k.ws(need, wl);
         if let Some(gl) = grad {
             k.len("grad", n * d, gl);
         }
         k.finite("x", &xd);
         k
     };
-    let (tl, wl, gl) = (
-        c.len_near(nt),
-        c.ws_near(tk::triplet_margin_workspace_len(n, d)),
-        c.len_near(n * d),
+    let (need_f, need_s) = (
+        tk::triplet_margin_workspace_len(n, d),
+        scalar::triplet_margin_workspace_len(n, d),
     );
+    let base = if c.g.bool() { need_f } else { need_s };
+    let (tl, wl, gl) = (c.len_near(nt), c.ws_near(base), c.len_near(n * d));
     let (mut tf, mut tsc, mut ws) = (vec![G; tl], vec![G; tl], vec![G; wl]);
     let rf = tk::triplet_margin_loss(x, &ts, p, &mut tf, &mut ws);
     let rs = scalar::triplet_margin_loss(x, &ts, p, &mut tsc, &mut ws);
-    conds(tl, wl, None).check("triplet_margin_loss", &rf, &rs);
-    if rf.is_err() {
-        assert!(untouched(&tf, G) && untouched(&tsc, G), "written on Err");
-    }
+    conds(tl, wl, None, need_f).check_twin(
+        &conds(tl, wl, None, need_s),
+        "triplet_margin_loss",
+        &rf,
+        &rs,
+    );
+    // Each on its own: the twin's workspace condition differs.
+    assert!(rf.is_ok() || untouched(&tf, G), "written on Err");
+    assert!(rs.is_ok() || untouched(&tsc, G), "written on Err");
     let (mut gf, mut gs) = (vec![G; gl], vec![G; gl]);
     tf.fill(G);
     tsc.fill(G);
     let rf = tk::triplet_margin_loss_grad(x, &ts, p, &mut tf, &mut gf, &mut ws);
     let rs = scalar::triplet_margin_loss_grad(x, &ts, p, &mut tsc, &mut gs, &mut ws);
-    conds(tl, wl, Some(gl)).check("triplet_margin_loss_grad", &rf, &rs);
-    if rf.is_err() {
-        assert!(
-            [&tf, &tsc, &gf, &gs].iter().all(|v| untouched(v, G)),
-            "written on Err"
-        );
-    }
+    conds(tl, wl, Some(gl), need_f).check_twin(
+        &conds(tl, wl, Some(gl), need_s),
+        "triplet_margin_loss_grad",
+        &rf,
+        &rs,
+    );
+    assert!(rf.is_ok() || untouched(&tf, G) && untouched(&gf, G), "written on Err");
+    assert!(rs.is_ok() || untouched(&tsc, G) && untouched(&gs, G), "written on Err");
 
     // Batch losses.
     let ll = c.len_near(n);
@@ -438,7 +464,12 @@ fn triplets(c: &mut Case<'_>) {
         .with_normalize(c.g.bool());
     let need = tk::triplet_batch_loss_workspace_len(n, d, bp);
     let need_g = tk::triplet_batch_loss_grad_workspace_len(n, d, bp);
-    let base = if c.g.bool() { need } else { need_g };
+    let need_gs = scalar::triplet_batch_loss_grad_workspace_len(n, d, bp);
+    let base = match c.g.byte() % 3 {
+        0 => need,
+        1 => need_g,
+        _ => need_gs,
+    };
     let wl = c.ws_near(base);
     let gl = c.len_near(n * d);
     let mut ws = vec![G; wl];
@@ -456,16 +487,18 @@ fn triplets(c: &mut Case<'_>) {
     let (mut gf, mut gs) = (vec![G; gl], vec![G; gl]);
     let rf = tk::triplet_batch_loss_grad(x, &labels, bp, &mut gf, &mut ws);
     let rs = scalar::triplet_batch_loss_grad(x, &labels, bp, &mut gs, &mut ws);
-    let mut k = Conds::new(false);
-    k.param(bp.margin.is_finite(), "margin")
-        .len("labels", n, ll)
-        .len("grad", n * d, gl)
-        .ws(need_g, wl)
-        .finite("x", &xd);
-    k.check("triplet_batch_loss_grad", &rf, &rs);
-    if rf.is_err() {
-        assert!(untouched(&gf, G) && untouched(&gs, G), "written on Err");
-    }
+    let conds = |need: usize| {
+        let mut k = Conds::new(false);
+        k.param(bp.margin.is_finite(), "margin")
+            .len("labels", n, ll)
+            .len("grad", n * d, gl)
+            .ws(need, wl)
+            .finite("x", &xd);
+        k
+    };
+    conds(need_g).check_twin(&conds(need_gs), "triplet_batch_loss_grad", &rf, &rs);
+    assert!(rf.is_ok() || untouched(&gf, G), "written on Err");
+    assert!(rs.is_ok() || untouched(&gs, G), "written on Err");
 }
 
 fn contrastive(c: &mut Case<'_>) {
@@ -486,9 +519,13 @@ fn contrastive(c: &mut Case<'_>) {
                 ContrastiveReduction::Sum,
             ][c.g.range(0, 3)],
         );
-    let need = tk::contrastive_workspace_len(n, d);
-    let (wl, gl) = (c.ws_near(need), c.len_near(n * d));
-    let conds = |grad: Option<usize>| {
+    let (need_f, need_s) = (
+        tk::contrastive_workspace_len(n, d),
+        scalar::contrastive_workspace_len(n, d),
+    );
+    let base = if c.g.bool() { need_f } else { need_s };
+    let (wl, gl) = (c.ws_near(base), c.len_near(n * d));
+    let conds = |grad: Option<usize>, need: usize| {
         let mut k = Conds::new(true);
         k.len("labels", n, ll);
         if let Some(gl) = grad {
@@ -503,14 +540,18 @@ fn contrastive(c: &mut Case<'_>) {
     let mut ws = vec![G; wl];
     let rf = tk::contrastive_loss(x, &labels, metric, p, &mut ws);
     let rs = scalar::contrastive_loss(x, &labels, metric, p, &mut ws);
-    conds(None).check("contrastive_loss", &rf, &rs);
+    conds(None, need_f).check_twin(&conds(None, need_s), "contrastive_loss", &rf, &rs);
     let (mut gf, mut gs) = (vec![G; gl], vec![G; gl]);
     let rf = tk::contrastive_loss_grad(x, &labels, metric, p, &mut gf, &mut ws);
     let rs = scalar::contrastive_loss_grad(x, &labels, metric, p, &mut gs, &mut ws);
-    conds(Some(gl)).check("contrastive_loss_grad", &rf, &rs);
-    if rf.is_err() {
-        assert!(untouched(&gf, G) && untouched(&gs, G), "written on Err");
-    }
+    conds(Some(gl), need_f).check_twin(
+        &conds(Some(gl), need_s),
+        "contrastive_loss_grad",
+        &rf,
+        &rs,
+    );
+    assert!(rf.is_ok() || untouched(&gf, G), "written on Err");
+    assert!(rs.is_ok() || untouched(&gs, G), "written on Err");
 }
 
 fn quadruplets(c: &mut Case<'_>) {
@@ -532,9 +573,13 @@ fn quadruplets(c: &mut Case<'_>) {
     let p = QuadrupletParams::new(c.param(1.0), c.param(0.5))
         .with_hinge(c.g.hinge())
         .with_reduction(c.g.reduction());
-    let need = tk::quadruplet_workspace_len(n, d);
-    let (wl, gl) = (c.ws_near(need), c.len_near(n * d));
-    let conds = |grad: Option<usize>| {
+    let (need_f, need_s) = (
+        tk::quadruplet_workspace_len(n, d),
+        scalar::quadruplet_workspace_len(n, d),
+    );
+    let base = if c.g.bool() { need_f } else { need_s };
+    let (wl, gl) = (c.ws_near(base), c.len_near(n * d));
+    let conds = |grad: Option<usize>, need: usize| {
         let mut k = Conds::new(true);
         if let Some(gl) = grad {
             k.len("grad", n * d, gl);
@@ -564,14 +609,18 @@ fn quadruplets(c: &mut Case<'_>) {
     let mut ws = vec![G; wl];
     let rf = tk::quadruplet_loss(x, &quads, metric, p, &mut ws);
     let rs = scalar::quadruplet_loss(x, &quads, metric, p, &mut ws);
-    conds(None).check("quadruplet_loss", &rf, &rs);
+    conds(None, need_f).check_twin(&conds(None, need_s), "quadruplet_loss", &rf, &rs);
     let (mut gf, mut gs) = (vec![G; gl], vec![G; gl]);
     let rf = tk::quadruplet_loss_grad(x, &quads, metric, p, &mut gf, &mut ws);
     let rs = scalar::quadruplet_loss_grad(x, &quads, metric, p, &mut gs, &mut ws);
-    conds(Some(gl)).check("quadruplet_loss_grad", &rf, &rs);
-    if rf.is_err() {
-        assert!(untouched(&gf, G) && untouched(&gs, G), "written on Err");
-    }
+    conds(Some(gl), need_f).check_twin(
+        &conds(Some(gl), need_s),
+        "quadruplet_loss_grad",
+        &rf,
+        &rs,
+    );
+    assert!(rf.is_ok() || untouched(&gf, G), "written on Err");
+    assert!(rs.is_ok() || untouched(&gs, G), "written on Err");
 
     // Mining.
     let ll = c.len_near(n);
@@ -640,13 +689,20 @@ fn proxies(c: &mut Case<'_>) {
         ProxyNcaParams::new(c.param(1.0)),
         ProxyAnchorParams::new(c.param(0.1), c.param(32.0)),
     );
-    let need = if nca {
-        tk::proxy_nca_workspace_len(n, classes, d)
+    let (need_f, need_s) = if nca {
+        (
+            tk::proxy_nca_workspace_len(n, classes, d),
+            scalar::proxy_nca_workspace_len(n, classes, d),
+        )
     } else {
-        tk::proxy_anchor_workspace_len(n, classes, d)
+        (
+            tk::proxy_anchor_workspace_len(n, classes, d),
+            scalar::proxy_anchor_workspace_len(n, classes, d),
+        )
     };
-    let (wl, gl, gpl) = (c.ws_near(need), c.len_near(n * d), c.len_near(classes * dp));
-    let conds = |grads: bool| {
+    let base = if c.g.bool() { need_f } else { need_s };
+    let (wl, gl, gpl) = (c.ws_near(base), c.len_near(n * d), c.len_near(classes * dp));
+    let conds = |grads: bool, need: usize| {
         let mut k = Conds::new(true);
         k.add(d == dp, Error::DimensionMismatch { left: d, right: dp })
             .len("labels", n, ll);
@@ -692,7 +748,7 @@ fn proxies(c: &mut Case<'_>) {
             scalar::proxy_anchor_loss(x, &labels, pm, ap, &mut ws),
         )
     };
-    conds(false).check("proxy loss", &rf, &rs);
+    conds(false, need_f).check_twin(&conds(false, need_s), "proxy loss", &rf, &rs);
     let (mut gf, mut gs, mut gpf, mut gps) = (vec![G; gl], vec![G; gl], vec![G; gpl], vec![G; gpl]);
     let (rf, rs) = if nca {
         (
@@ -705,13 +761,9 @@ fn proxies(c: &mut Case<'_>) {
             scalar::proxy_anchor_loss_grad(x, &labels, pm, ap, &mut gs, &mut gps, &mut ws),
         )
     };
-    conds(true).check("proxy loss grad", &rf, &rs);
-    if rf.is_err() {
-        assert!(
-            [&gf, &gs, &gpf, &gps].iter().all(|v| untouched(v, G)),
-            "written on Err"
-        );
-    }
+    conds(true, need_f).check_twin(&conds(true, need_s), "proxy loss grad", &rf, &rs);
+    assert!(rf.is_ok() || untouched(&gf, G) && untouched(&gpf, G), "written on Err");
+    assert!(rs.is_ok() || untouched(&gs, G) && untouched(&gps, G), "written on Err");
 }
 
 fn retrieval(c: &mut Case<'_>) {
@@ -808,6 +860,14 @@ fn shapes(c: &mut Case<'_>) {
         tk::proxy_anchor_workspace_len(r, s, d),
         tk::knn_workspace_len(r, s, d),
         tk::retrieval_metrics_workspace_len(r, s, d),
+    );
+    let _ = (
+        scalar::triplet_margin_workspace_len(r, d),
+        scalar::triplet_batch_loss_grad_workspace_len(r, d, bp),
+        scalar::contrastive_workspace_len(r, d),
+        scalar::quadruplet_workspace_len(r, d),
+        scalar::proxy_nca_workspace_len(r, s, d),
+        scalar::proxy_anchor_workspace_len(r, s, d),
     );
     // Matrix::new: Ok exactly for a non-empty shape whose area is the data length.
     let rows = if c.g.bool() { r } else { c.g.range(0, 64) };

@@ -247,7 +247,12 @@ fn margin_run(
 ) -> Result<MarginOut, Error> {
     let mut terms = vec![garbage; ts.len()];
     let mut grad = vec![garbage; x.len()];
-    let mut ws = vec![garbage; triplet_margin_workspace_len(x.rows(), x.dim())];
+    let ws_len = if fast {
+        triplet_margin_workspace_len(x.rows(), x.dim())
+    } else {
+        scalar::triplet_margin_workspace_len(x.rows(), x.dim())
+    };
+    let mut ws = vec![garbage; ws_len];
     let r = if fast {
         triplet_margin_loss_grad(x, ts, p, &mut terms, &mut grad, &mut ws)
     } else {
@@ -438,7 +443,12 @@ fn batch_run(
 ) -> Result<(BatchLoss, Vec<f32>), Error> {
     let (n, d) = (x.rows(), x.dim());
     let mut grad = vec![garbage; x.len()];
-    let mut ws = vec![garbage; triplet_batch_loss_grad_workspace_len(n, d, p)];
+    let ws_len = if fast {
+        triplet_batch_loss_grad_workspace_len(n, d, p)
+    } else {
+        scalar::triplet_batch_loss_grad_workspace_len(n, d, p)
+    };
+    let mut ws = vec![garbage; ws_len];
     let out = if fast {
         triplet_batch_loss_grad(x, labels, p, &mut grad, &mut ws)
     } else {

@@ -161,7 +161,9 @@ fn contrastive_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) 
             position,
         });
     }
-    let mut ws = vec![garbage; contrastive_workspace_len(n, d)];
+    // One workspace for the fast kernel and its twin.
+    let ws_len = contrastive_workspace_len(n, d).max(scalar::contrastive_workspace_len(n, d));
+    let mut ws = vec![garbage; ws_len];
     let (mut gf, mut gs) = (vec![garbage; n * d], vec![garbage; n * d]);
     let lf = contrastive_loss_grad(x, &labels, metric, p, &mut gf, &mut ws);
     ws.fill(-garbage);
@@ -367,7 +369,9 @@ fn quadruplet_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
             position,
         });
     }
-    let mut ws = vec![garbage; quadruplet_workspace_len(n, d)];
+    // One workspace for the fast kernel and its twin.
+    let ws_len = quadruplet_workspace_len(n, d).max(scalar::quadruplet_workspace_len(n, d));
+    let mut ws = vec![garbage; ws_len];
     let (mut gf, mut gs) = (vec![garbage; n * d], vec![garbage; n * d]);
     let lf = quadruplet_loss_grad(x, &quads, metric, p, &mut gf, &mut ws);
     let lf_only = quadruplet_loss(x, &quads, metric, p, &mut ws);
@@ -604,10 +608,14 @@ enum Which {
 }
 
 impl Which {
+    /// A workspace for both the fast kernel and the twin.
     fn ws_len(self, n: usize, c: usize, d: usize) -> usize {
         match self {
-            Which::Nca(_) => proxy_nca_workspace_len(n, c, d),
-            Which::Anchor(_) => proxy_anchor_workspace_len(n, c, d),
+            Which::Nca(_) => {
+                proxy_nca_workspace_len(n, c, d).max(scalar::proxy_nca_workspace_len(n, c, d))
+            }
+            Which::Anchor(_) => proxy_anchor_workspace_len(n, c, d)
+                .max(scalar::proxy_anchor_workspace_len(n, c, d)),
         }
     }
 

@@ -3,11 +3,35 @@
 use crate::contrastive::{
     check_contrastive, ContrastiveForm, ContrastiveParams, ContrastiveReduction,
 };
-use crate::distance::{two_rows_mut, Metric};
+use crate::distance::Metric;
 use crate::error::Error;
 use crate::matrix::Matrix;
+use crate::scalar::acc::{check_twin_workspace, Acc64};
 use crate::scalar::distance::{add_distance_grad64, distance64};
 use crate::scalar::reduce::weight64;
+
+/// Workspace elements that the twins [`contrastive_loss`] and [`contrastive_loss_grad`]
+/// need for `rows` embeddings of dimension `dim`: `rows * dim`, the low halves of the
+/// gradient's `f64` accumulators (the high halves live in `grad`). The loss alone uses
+/// none of it but checks the same length. Saturates instead of overflowing.
+pub const fn contrastive_workspace_len(rows: usize, dim: usize) -> usize {
+    rows.saturating_mul(dim)
+}
+
+/// The shared argument checks with the twin's workspace requirement; returns `n`.
+fn check64(
+    x: &Matrix<'_>,
+    labels: &[u32],
+    params: &ContrastiveParams,
+    grad: Option<usize>,
+    workspace: usize,
+) -> Result<usize, Error> {
+    check_twin_workspace(
+        contrastive_workspace_len(x.rows(), x.dim()),
+        workspace,
+        |ws| check_contrastive(x, labels, params, grad, ws),
+    )
+}
 
 fn relu64(v: f64) -> f64 {
     if v < 0.0 {
@@ -99,18 +123,20 @@ fn weights64(reduction: ContrastiveReduction, p: &Parts64) -> (f64, f64) {
 
 /// Scalar twin of [`crate::contrastive_loss`]: every ordered pair in `f64`.
 ///
-/// `workspace` is checked for the same length as the fast kernel but not used.
+/// `workspace` needs [`contrastive_workspace_len`]`(rows, dim)` elements (the twin's, see
+/// there), checked but not used.
 ///
 /// # Errors
 ///
-/// Exactly those of [`crate::contrastive_loss`].
+/// Those of [`crate::contrastive_loss`], in the same order;
+/// [`Error::WorkspaceTooSmall`] reports the twin's requirement.
 ///
 /// # Example
 ///
 /// ```
-/// use triplet_kernels::{scalar, contrastive_workspace_len, ContrastiveParams, Matrix, Metric};
+/// use triplet_kernels::{scalar, ContrastiveParams, Matrix, Metric};
 /// let x = Matrix::new(&[0.0, 1.0, 1.5], 3, 1)?;
-/// let mut ws = [0.0_f32; contrastive_workspace_len(3, 1)];
+/// let mut ws = [0.0_f32; scalar::contrastive_workspace_len(3, 1)];
 /// let params = ContrastiveParams::new(0.5, 1.0);
 /// let loss = scalar::contrastive_loss(x, &[7, 7, 9], Metric::Euclidean, params, &mut ws)?;
 /// assert_eq!(loss, 1.0);
@@ -124,26 +150,30 @@ pub fn contrastive_loss(
     params: ContrastiveParams,
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
-    check_contrastive(&x, labels, &params, None, workspace.len())?;
+    check64(&x, labels, &params, None, workspace.len())?;
     let p = forward64(&x, labels, metric, &params);
     let (wp, wn) = weights64(params.reduction, &p);
     Ok((wp * p.pos_sum + wn * p.neg_sum) as f32)
 }
 
-/// Scalar twin of [`crate::contrastive_loss_grad`]: every ordered pair in `f64`, each
-/// gradient contribution rounded once into `grad`.
+/// Scalar twin of [`crate::contrastive_loss_grad`]: every ordered pair in `f64`, every
+/// gradient element summed in `f64` and rounded to `f32` once.
+///
+/// `workspace` needs [`contrastive_workspace_len`]`(rows, dim)` elements, garbage before
+/// and after.
 ///
 /// # Errors
 ///
-/// Exactly those of [`crate::contrastive_loss_grad`].
+/// Those of [`crate::contrastive_loss_grad`], in the same order;
+/// [`Error::WorkspaceTooSmall`] reports the twin's requirement.
 ///
 /// # Example
 ///
 /// ```
-/// use triplet_kernels::{scalar, contrastive_workspace_len, ContrastiveParams, Matrix, Metric};
+/// use triplet_kernels::{scalar, ContrastiveParams, Matrix, Metric};
 /// let x = Matrix::new(&[0.0, 2.0], 2, 1)?;
 /// let mut grad = [0.0_f32; 2];
-/// let mut ws = [0.0_f32; contrastive_workspace_len(2, 1)];
+/// let mut ws = [0.0_f32; scalar::contrastive_workspace_len(2, 1)];
 /// let params = ContrastiveParams::new(0.0, 1.0);
 /// let loss =
 ///     scalar::contrastive_loss_grad(x, &[1, 1], Metric::Euclidean, params, &mut grad, &mut ws)?;
@@ -159,11 +189,10 @@ pub fn contrastive_loss_grad(
     grad: &mut [f32],
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
-    check_contrastive(&x, labels, &params, Some(grad.len()), workspace.len())?;
+    check64(&x, labels, &params, Some(grad.len()), workspace.len())?;
+    let (mut acc, _) = Acc64::new(grad, workspace)?;
     let p = forward64(&x, labels, metric, &params);
     let (wp, wn) = weights64(params.reduction, &p);
-    grad.fill(0.0);
-    let dim = x.dim();
     for (i, (a, &la)) in x.row_iter().zip(labels).enumerate() {
         for (j, (b, &lb)) in x.row_iter().zip(labels).enumerate() {
             if i == j {
@@ -177,13 +206,10 @@ pub fn contrastive_loss_grad(
                 continue;
             }
             // The term of (i, j) depends on both rows.
-            let (lo, hi) = if i < j { (i, j) } else { (j, i) };
-            if let Some((g_lo, g_hi)) = two_rows_mut(grad, dim, lo, hi) {
-                let (gi, gj) = if i < j { (g_lo, g_hi) } else { (g_hi, g_lo) };
-                add_distance_grad64(metric, a, b, d, coef, gi);
-                add_distance_grad64(metric, b, a, d, coef, gj);
-            }
+            add_distance_grad64(metric, a, b, d, coef, &mut acc, i);
+            add_distance_grad64(metric, b, a, d, coef, &mut acc, j);
         }
     }
+    acc.finish();
     Ok((wp * p.pos_sum + wn * p.neg_sum) as f32)
 }

@@ -6,6 +6,7 @@ use crate::distance::{
 };
 use crate::error::{check_len, Error};
 use crate::matrix::Matrix;
+use crate::scalar::acc::Acc64;
 use core::ops::Range;
 
 pub(crate) fn sq_dist64(a: &[f32], b: &[f32]) -> f64 {
@@ -325,28 +326,27 @@ pub(crate) fn clamped_norm64(a: &[f32]) -> f64 {
     clamp64(norm64(a))
 }
 
-/// Adds `coef * d d(a, b) / d a` to `grad_a`, each contribution formed in `f64` and
-/// rounded once into the `f32` accumulator. `dist = d(a, b)` in `f64`. Same formulas as
-/// the fast path's helper (see `distance::add_distance_grad`), written out per element.
+/// Adds `coef * d d(a, b) / d a` to row `row` of `acc`, every contribution formed and
+/// summed in `f64`. `dist = d(a, b)` in `f64`. Same formulas as the fast path's helper
+/// (see `distance::add_distance_grad`), written out per element.
 pub(crate) fn add_distance_grad64(
     metric: Metric,
     a: &[f32],
     b: &[f32],
     dist: f64,
     coef: f64,
-    grad_a: &mut [f32],
+    acc: &mut Acc64<'_>,
+    row: usize,
 ) {
+    let dim = a.len();
+    let pairs = a.iter().zip(b).map(|(&x, &y)| (f64::from(x), f64::from(y)));
     match metric {
         Metric::SquaredEuclidean => {
-            for ((g, &x), &y) in grad_a.iter_mut().zip(a).zip(b) {
-                *g = (f64::from(*g) + 2.0 * coef * (f64::from(x) - f64::from(y))) as f32;
-            }
+            acc.add_row(row, dim, pairs.map(|(x, y)| 2.0 * coef * (x - y)));
         }
         Metric::Euclidean => {
             if dist > 0.0 {
-                for ((g, &x), &y) in grad_a.iter_mut().zip(a).zip(b) {
-                    *g = (f64::from(*g) + coef * (f64::from(x) - f64::from(y)) / dist) as f32;
-                }
+                acc.add_row(row, dim, pairs.map(|(x, y)| coef * (x - y) / dist));
             }
         }
         Metric::Cosine => {
@@ -357,10 +357,38 @@ pub(crate) fn add_distance_grad64(
             } else {
                 0.0
             };
-            for ((g, &x), &y) in grad_a.iter_mut().zip(a).zip(b) {
-                let v = -f64::from(y) / (na * nb) + own * f64::from(x);
-                *g = (f64::from(*g) + coef * v) as f32;
-            }
+            acc.add_row(
+                row,
+                dim,
+                pairs.map(|(x, y)| coef * (-y / (na * nb) + own * x)),
+            );
+        }
+    }
+}
+
+/// Replaces the gradient `g` with respect to the normalised row `x / max(|x|, 1e-12)`
+/// held in row `row` of `acc` by the gradient with respect to `x`, in `f64`: the formula
+/// of [`l2_normalize_backward`], `(g - x <x, g> / |x|^2) / |x|`, or `g / 1e-12` where the
+/// clamp is active.
+pub(crate) fn normalize_backward64(x: &[f32], acc: &mut Acc64<'_>, row: usize) {
+    let dim = x.len();
+    let start = row.saturating_mul(dim);
+    let at = |e: usize| start.saturating_add(e);
+    let r = norm64(x);
+    if r.is_nan() || r > f64::from(NORM_EPS) {
+        let xg: f64 = x
+            .iter()
+            .enumerate()
+            .map(|(e, &v)| f64::from(v) * acc.get(at(e)))
+            .sum();
+        for (e, &v) in x.iter().enumerate() {
+            let g = acc.get(at(e));
+            acc.set(at(e), (g - f64::from(v) * xg / (r * r)) / r);
+        }
+    } else {
+        for e in 0..dim {
+            let g = acc.get(at(e));
+            acc.set(at(e), g / f64::from(NORM_EPS));
         }
     }
 }

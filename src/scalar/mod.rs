@@ -1,12 +1,48 @@
-//! Reference twins of every fast kernel: same names, same arguments, same errors.
+//! Reference twins of every fast kernel: same names, same arguments, same errors (a short
+//! workspace aside, see [below](#workspace)).
 //!
-//! Each twin is the textbook formula in plain loops with `f64` accumulation, rounded to
-//! `f32` once at the end. They never call a fast path (only the shared argument checks),
-//! so the property tests, the fuzz targets and users can hold the fast kernels to them.
-//! They follow the same NaN rules as the fast kernels. They are slower, not sloppier:
-//! where the fast and the scalar result differ beyond the documented bound, the fast one
-//! is wrong.
+//! Each twin is the textbook formula in plain loops, computed in `f64` from the `f32`
+//! inputs. They never call a fast path (only the shared argument checks), so the property
+//! tests, the fuzz targets and users can hold the fast kernels to them. They follow the
+//! same NaN rules as the fast kernels. They are slower, not sloppier: where the fast and
+//! the scalar result differ beyond the documented bound, the fast one is wrong.
+//!
+//! # What is exact
+//!
+//! - Every distance, norm, dot product, hinge term, log-sum-exp and reduction is computed
+//!   in `f64` from the `f32` inputs (each product of two inputs is exact in `f64`), and so
+//!   are the discrete decisions that depend on them (mining, hinge activity, `swap`).
+//! - Every `f32` output element (a distance, a term, a loss, an element of `grad` or
+//!   `grad_proxies`) is its `f64` value rounded to `f32` once. A gradient element sums
+//!   every contribution it receives in `f64` and is rounded only after the last one; where
+//!   rows are normalised, the gradient is chained through the normalisation in `f64`,
+//!   from the unrounded sums. (The retrieval metrics are returned in `f64`.)
+//! - The one `f32` intermediate: [`triplet_batch_loss`] and [`triplet_batch_loss_grad`]
+//!   with `normalize: true` normalise the rows in `f64` and round them to `f32`, as the
+//!   fast kernel does, and compute the loss of these rounded rows (the gradient is then
+//!   chained through the normalisation of the original rows). The proxy losses normalise
+//!   in `f64` and never round.
+//!
+//! The `f64` arithmetic rounds too, by `2^-53` relative per operation: a sum of `k` terms
+//! is within about `k 2^-53` times the sum of their magnitudes. That is negligible against
+//! the final rounding to `f32` (`2^-24` of the result) unless the sum cancels by a factor
+//! approaching `2^29 / k`; `exp`, `ln` and `sqrt` come from `libm` in `f64`.
+//!
+//! # Workspace
+//!
+//! A gradient twin keeps one `f64` accumulator per gradient element without allocating:
+//! its high half in the element itself, its low half in the workspace. Where the twins
+//! need a different workspace than the fast kernels, this module has its own length
+//! functions, named like the fast ones: [`triplet_margin_workspace_len`],
+//! [`triplet_batch_loss_grad_workspace_len`], [`contrastive_workspace_len`],
+//! [`quadruplet_workspace_len`], [`proxy_nca_workspace_len`] and
+//! [`proxy_anchor_workspace_len`]. Each governs every twin that the fast function of the
+//! same name governs (for example both [`contrastive_loss`] and [`contrastive_loss_grad`]);
+//! every other twin takes the fast kernel's length. A twin whose workspace is too short
+//! reports its own requirement in [`Error::WorkspaceTooSmall`](crate::Error); every other
+//! error is the fast kernel's, in the same order.
 
+mod acc;
 mod contrastive;
 mod distance;
 mod mining;
@@ -23,10 +59,16 @@ pub use distance::{
 pub use mining::{hardest_pairs, mine_triplets, mine_triplets_count};
 pub use reduce::{hinge_reduce, hinge_reduce_grad};
 
-pub use contrastive::{contrastive_loss, contrastive_loss_grad};
-pub use proxy::{proxy_anchor_loss, proxy_anchor_loss_grad, proxy_nca_loss, proxy_nca_loss_grad};
-pub use quadruplet::{mine_quadruplets, quadruplet_loss, quadruplet_loss_grad};
+pub use contrastive::{contrastive_loss, contrastive_loss_grad, contrastive_workspace_len};
+pub use proxy::{
+    proxy_anchor_loss, proxy_anchor_loss_grad, proxy_anchor_workspace_len, proxy_nca_loss,
+    proxy_nca_loss_grad, proxy_nca_workspace_len,
+};
+pub use quadruplet::{
+    mine_quadruplets, quadruplet_loss, quadruplet_loss_grad, quadruplet_workspace_len,
+};
 pub use retrieval::{knn, retrieval_metrics};
 pub use triplet::{
-    triplet_batch_loss, triplet_batch_loss_grad, triplet_margin_loss, triplet_margin_loss_grad,
+    triplet_batch_loss, triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
+    triplet_margin_loss, triplet_margin_loss_grad, triplet_margin_workspace_len,
 };

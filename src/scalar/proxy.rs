@@ -1,10 +1,45 @@
 //! Scalar twins of [`crate::proxy`].
 
-use crate::distance::{Metric, NORM_EPS};
+use crate::distance::Metric;
 use crate::error::Error;
 use crate::matrix::Matrix;
 use crate::proxy::{check_anchor, check_nca, ProxyAnchorParams, ProxyNcaParams};
-use crate::scalar::distance::{add_distance_grad64, clamped_norm64, dot64, norm64};
+use crate::scalar::acc::{check_twin_workspace, Acc64};
+use crate::scalar::distance::{add_distance_grad64, clamped_norm64, dot64, normalize_backward64};
+
+/// `(rows + classes) * dim`, saturating.
+const fn proxy_len(rows: usize, classes: usize, dim: usize) -> usize {
+    rows.saturating_add(classes).saturating_mul(dim)
+}
+
+/// Workspace elements that the twins [`proxy_nca_loss`] and [`proxy_nca_loss_grad`] need
+/// for `rows` embeddings, `classes` proxies and dimension `dim`: `(rows + classes) * dim`,
+/// the low halves of the `f64` accumulators of `grad` and `grad_proxies` (the high halves
+/// live in those buffers). The loss alone uses none of it but checks the same length.
+/// Saturates instead of overflowing.
+pub const fn proxy_nca_workspace_len(rows: usize, classes: usize, dim: usize) -> usize {
+    proxy_len(rows, classes, dim)
+}
+
+/// Workspace elements that the twins [`proxy_anchor_loss`] and [`proxy_anchor_loss_grad`]
+/// need for `rows` embeddings, `classes` proxies and dimension `dim`:
+/// `(rows + classes) * dim`, the low halves of the `f64` accumulators of `grad` and
+/// `grad_proxies` (the high halves live in those buffers). The loss alone uses none of it
+/// but checks the same length. Saturates instead of overflowing.
+pub const fn proxy_anchor_workspace_len(rows: usize, classes: usize, dim: usize) -> usize {
+    proxy_len(rows, classes, dim)
+}
+
+/// The accumulators of `grad` and `grad_proxies`, in this order, from one workspace.
+fn accumulators<'a>(
+    grad: &'a mut [f32],
+    grad_proxies: &'a mut [f32],
+    workspace: &'a mut [f32],
+) -> Result<(Acc64<'a>, Acc64<'a>), Error> {
+    let (g, rest) = Acc64::new(grad, workspace)?;
+    let (gp, _) = Acc64::new(grad_proxies, rest)?;
+    Ok((g, gp))
+}
 
 /// `|a / ra - b / rb|^2` in `f64`, `ra`, `rb` the clamped norms.
 fn normalized_sq_dist64(a: &[f32], ra: f64, b: &[f32], rb: f64) -> f64 {
@@ -17,53 +52,24 @@ fn normalized_sq_dist64(a: &[f32], ra: f64, b: &[f32], rb: f64) -> f64 {
         .sum()
 }
 
-/// Adds `coef * d |a^ - b^|^2 / d a` to `grad_a`, with `v^ = v / max(|v|, 1e-12)`: the
-/// gradient `g = 2 (a^ - b^)` of the normalised row, chained through the normalisation
-/// (`(g - a^ <a^, g>) / |a|`, or `g / 1e-12` where the clamp is active). Each element's
-/// contribution is formed in `f64` and rounded once into `grad_a`.
-fn add_normalized_sq_dist_grad64(a: &[f32], b: &[f32], coef: f64, grad_a: &mut [f32]) {
-    let raw = norm64(a);
-    let ra = clamped_norm64(a);
-    let rb = clamped_norm64(b);
-    let g = |u: f32, v: f32| 2.0 * (f64::from(u) / ra - f64::from(v) / rb);
-    if raw > f64::from(NORM_EPS) {
-        let proj: f64 = a
-            .iter()
-            .zip(b)
-            .map(|(&u, &v)| f64::from(u) / ra * g(u, v))
-            .sum();
-        for ((o, &u), &v) in grad_a.iter_mut().zip(a).zip(b) {
-            let d = (g(u, v) - f64::from(u) / ra * proj) / ra;
-            *o = (f64::from(*o) + coef * d) as f32;
-        }
-    } else {
-        for ((o, &u), &v) in grad_a.iter_mut().zip(a).zip(b) {
-            *o = (f64::from(*o) + coef * g(u, v) / f64::from(NORM_EPS)) as f32;
-        }
-    }
-}
-
 /// `cos(a, b)` with clamped norms, in `f64`.
 fn cos64(a: &[f32], b: &[f32]) -> f64 {
     dot64(a, b) / (clamped_norm64(a) * clamped_norm64(b))
 }
 
-/// Proxy-NCA in `f64`, adding the gradients when `grads` is given.
+/// Proxy-NCA in `f64`, accumulating the gradients when `grads` is given: first with
+/// respect to the normalised rows and proxies, then chained through the normalisations.
 fn nca64(
     x: &Matrix<'_>,
     labels: &[u32],
     proxies: &Matrix<'_>,
     params: ProxyNcaParams,
-    mut grads: Option<(&mut [f32], &mut [f32])>,
+    mut grads: Option<(Acc64<'_>, Acc64<'_>)>,
 ) -> f64 {
     let s = f64::from(params.softmax_scale);
     let n = x.rows() as f64;
     let dim = x.dim();
     let mut loss = 0.0;
-    if let Some((g, gp)) = grads.as_mut() {
-        g.fill(0.0);
-        gp.fill(0.0);
-    }
     for (i, (xi, &y)) in x.row_iter().zip(labels).enumerate() {
         let rx = clamped_norm64(xi);
         let q = |p: &[f32]| normalized_sq_dist64(xi, rx, p, clamped_norm64(p));
@@ -74,39 +80,56 @@ fn nca64(
             .map(|p| libm::exp(-s * (q(p) - q_min)))
             .sum();
         loss += s * (q_y - q_min) + libm::log(z);
-        let Some((g, gp)) = grads.as_mut() else {
+        let Some((gx, gp)) = grads.as_mut() else {
             continue;
         };
-        let Some(gx) = g.chunks_exact_mut(dim).nth(i) else {
-            continue;
-        };
-        for (c, (p, gpc)) in proxies.row_iter().zip(gp.chunks_exact_mut(dim)).enumerate() {
+        for (c, p) in proxies.row_iter().enumerate() {
             let prob = libm::exp(-s * (q(p) - q_min)) / z;
             let target = if c == y as usize { 1.0 } else { 0.0 };
             let w = s * (target - prob) / n;
-            add_normalized_sq_dist_grad64(xi, p, w, gx);
-            add_normalized_sq_dist_grad64(p, xi, w, gpc);
+            let rp = clamped_norm64(p);
+            // d |x^ - p^|^2 = 2 (x^ - p^) d x^ - 2 (x^ - p^) d p^.
+            let diff = || {
+                xi.iter()
+                    .zip(p)
+                    .map(move |(&u, &v)| 2.0 * w * (f64::from(u) / rx - f64::from(v) / rp))
+            };
+            gx.add_row(i, dim, diff());
+            gp.add_row(c, dim, diff().map(|t| -t));
         }
+    }
+    if let Some((mut gx, mut gp)) = grads {
+        for (i, xi) in x.row_iter().enumerate() {
+            normalize_backward64(xi, &mut gx, i);
+        }
+        for (c, p) in proxies.row_iter().enumerate() {
+            normalize_backward64(p, &mut gp, c);
+        }
+        gx.finish();
+        gp.finish();
     }
     loss / n
 }
 
 /// Scalar twin of [`crate::proxy_nca_loss`]: the formula row by row in `f64`
-/// (log-sum-exp shifted by the smallest distance).
+/// (log-sum-exp shifted by the smallest distance), on rows and proxies normalised in
+/// `f64`.
 ///
-/// `workspace` is checked for the same length as the fast kernel but not used.
+/// `workspace` needs [`proxy_nca_workspace_len`]`(rows, classes, dim)` elements (the
+/// twin's, see there), checked but not used.
 ///
 /// # Errors
 ///
-/// Exactly those of [`crate::proxy_nca_loss`].
+/// Those of [`crate::proxy_nca_loss`], in the same order;
+/// [`Error::WorkspaceTooSmall`] reports the twin's requirement.
 ///
 /// # Example
 ///
 /// ```
-/// use triplet_kernels::{scalar, proxy_nca_workspace_len, Matrix, ProxyNcaParams};
+/// use triplet_kernels::{scalar, Matrix, ProxyNcaParams};
 /// let x = Matrix::new(&[1.0, 0.0, 0.0, 2.0], 2, 2)?;
 /// let proxies = Matrix::new(&[3.0, 0.0, 0.0, 1.0], 2, 2)?;
-/// let mut ws = [0.0_f32; proxy_nca_workspace_len(2, 2, 2)];
+/// let mut ws = [0.0_f32; scalar::proxy_nca_workspace_len(2, 2, 2)];
 /// let loss = scalar::proxy_nca_loss(x, &[0, 1], proxies, ProxyNcaParams::new(1.0), &mut ws)?;
 /// assert!((loss - (1.0_f32 + (-2.0_f32).exp()).ln()).abs() < 1e-6);
 /// # Ok::<(), triplet_kernels::Error>(())
@@ -119,25 +142,35 @@ pub fn proxy_nca_loss(
     params: ProxyNcaParams,
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
-    check_nca(&x, labels, &proxies, params, None, workspace.len())?;
+    check_twin_workspace(
+        proxy_nca_workspace_len(x.rows(), proxies.rows(), x.dim()),
+        workspace.len(),
+        |ws| check_nca(&x, labels, &proxies, params, None, ws),
+    )?;
     Ok(nca64(&x, labels, &proxies, params, None) as f32)
 }
 
-/// Scalar twin of [`crate::proxy_nca_loss_grad`]: the formula in `f64`, each gradient
-/// contribution (per row and proxy) rounded once into `grad` or `grad_proxies`.
+/// Scalar twin of [`crate::proxy_nca_loss_grad`]: the formula in `f64`. The gradients
+/// with respect to the normalised rows and proxies are summed in `f64`, chained through
+/// the normalisations in `f64`, and every element of `grad` and `grad_proxies` is rounded
+/// to `f32` once.
+///
+/// `workspace` needs [`proxy_nca_workspace_len`]`(rows, classes, dim)` elements, garbage
+/// before and after.
 ///
 /// # Errors
 ///
-/// Exactly those of [`crate::proxy_nca_loss_grad`].
+/// Those of [`crate::proxy_nca_loss_grad`], in the same order;
+/// [`Error::WorkspaceTooSmall`] reports the twin's requirement.
 ///
 /// # Example
 ///
 /// ```
-/// use triplet_kernels::{scalar, proxy_nca_workspace_len, Matrix, ProxyNcaParams};
+/// use triplet_kernels::{scalar, Matrix, ProxyNcaParams};
 /// let x = Matrix::new(&[1.0, 0.0, 0.0, 2.0], 2, 2)?;
 /// let proxies = Matrix::new(&[3.0, 0.0, 0.0, 1.0], 2, 2)?;
 /// let (mut g, mut gp) = ([0.0_f32; 4], [0.0_f32; 4]);
-/// let mut ws = [0.0_f32; proxy_nca_workspace_len(2, 2, 2)];
+/// let mut ws = [0.0_f32; scalar::proxy_nca_workspace_len(2, 2, 2)];
 /// let params = ProxyNcaParams::new(1.0);
 /// scalar::proxy_nca_loss_grad(x, &[0, 1], proxies, params, &mut g, &mut gp, &mut ws)?;
 /// assert!(g[0].abs() < 1e-7 && g[1] > 0.0);
@@ -153,38 +186,32 @@ pub fn proxy_nca_loss_grad(
     grad_proxies: &mut [f32],
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
-    check_nca(
-        &x,
-        labels,
-        &proxies,
-        params,
-        Some((grad.len(), grad_proxies.len())),
+    let lens = Some((grad.len(), grad_proxies.len()));
+    check_twin_workspace(
+        proxy_nca_workspace_len(x.rows(), proxies.rows(), x.dim()),
         workspace.len(),
+        |ws| check_nca(&x, labels, &proxies, params, lens, ws),
     )?;
-    Ok(nca64(&x, labels, &proxies, params, Some((grad, grad_proxies))) as f32)
+    let accs = accumulators(grad, grad_proxies, workspace)?;
+    Ok(nca64(&x, labels, &proxies, params, Some(accs)) as f32)
 }
 
-/// Proxy-Anchor in `f64`, adding the gradients when `grads` is given.
+/// Proxy-Anchor in `f64`, accumulating the gradients when `grads` is given.
 fn anchor64(
     x: &Matrix<'_>,
     labels: &[u32],
     proxies: &Matrix<'_>,
     params: ProxyAnchorParams,
-    mut grads: Option<(&mut [f32], &mut [f32])>,
+    mut grads: Option<(Acc64<'_>, Acc64<'_>)>,
 ) -> f64 {
     let alpha = f64::from(params.alpha);
     let delta = f64::from(params.margin);
     let c_count = proxies.rows();
-    let dim = x.dim();
     let with_pos = (0..c_count)
         .filter(|&c| labels.iter().any(|&l| l as usize == c))
         .count();
     let w_pos = 1.0 / with_pos.max(1) as f64;
     let w_neg = 1.0 / c_count as f64;
-    if let Some((g, gp)) = grads.as_mut() {
-        g.fill(0.0);
-        gp.fill(0.0);
-    }
     let (mut pos_loss, mut neg_loss) = (0.0, 0.0);
     for (c, p) in proxies.row_iter().enumerate() {
         let exponent = |xi: &[f32], l: u32| {
@@ -216,13 +243,10 @@ fn anchor64(
         }
         pos_loss += m_pos + libm::log(z_pos);
         neg_loss += m_neg + libm::log(z_neg);
-        let Some((g, gp)) = grads.as_mut() else {
+        let Some((gx, gp)) = grads.as_mut() else {
             continue;
         };
-        let Some(gpc) = gp.chunks_exact_mut(dim).nth(c) else {
-            continue;
-        };
-        for ((xi, &l), gx) in x.row_iter().zip(labels).zip(g.chunks_exact_mut(dim)) {
+        for (i, (xi, &l)) in x.row_iter().zip(labels).enumerate() {
             let v = exponent(xi, l);
             // d loss / d s_ic.
             let gs = if l as usize == c {
@@ -232,29 +256,35 @@ fn anchor64(
             };
             // s = 1 - cosine distance: d s = -d dist.
             let dist = 1.0 - cos64(xi, p);
-            add_distance_grad64(Metric::Cosine, xi, p, dist, -gs, gx);
-            add_distance_grad64(Metric::Cosine, p, xi, dist, -gs, gpc);
+            add_distance_grad64(Metric::Cosine, xi, p, dist, -gs, gx, i);
+            add_distance_grad64(Metric::Cosine, p, xi, dist, -gs, gp, c);
         }
+    }
+    if let Some((gx, gp)) = grads {
+        gx.finish();
+        gp.finish();
     }
     w_pos * pos_loss + w_neg * neg_loss
 }
 
 /// Scalar twin of [`crate::proxy_anchor_loss`]: the formula proxy by proxy in `f64`
-/// (each log-sum-exp shifted by its largest exponent).
+/// (each log-sum-exp shifted by its largest exponent), cosines from `f64` norms.
 ///
-/// `workspace` is checked for the same length as the fast kernel but not used.
+/// `workspace` needs [`proxy_anchor_workspace_len`]`(rows, classes, dim)` elements (the
+/// twin's, see there), checked but not used.
 ///
 /// # Errors
 ///
-/// Exactly those of [`crate::proxy_anchor_loss`].
+/// Those of [`crate::proxy_anchor_loss`], in the same order;
+/// [`Error::WorkspaceTooSmall`] reports the twin's requirement.
 ///
 /// # Example
 ///
 /// ```
-/// use triplet_kernels::{scalar, proxy_anchor_workspace_len, Matrix, ProxyAnchorParams};
+/// use triplet_kernels::{scalar, Matrix, ProxyAnchorParams};
 /// let x = Matrix::new(&[1.0, 0.0], 1, 2)?;
 /// let proxies = Matrix::new(&[2.0, 0.0, 0.0, 5.0], 2, 2)?;
-/// let mut ws = [0.0_f32; proxy_anchor_workspace_len(1, 2, 2)];
+/// let mut ws = [0.0_f32; scalar::proxy_anchor_workspace_len(1, 2, 2)];
 /// let params = ProxyAnchorParams::new(0.1, 32.0);
 /// let loss = scalar::proxy_anchor_loss(x, &[0], proxies, params, &mut ws)?;
 /// let want = (1.0_f32 + (-32.0_f32 * 0.9).exp()).ln() + (1.0_f32 + 3.2_f32.exp()).ln() / 2.0;
@@ -269,25 +299,33 @@ pub fn proxy_anchor_loss(
     params: ProxyAnchorParams,
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
-    check_anchor(&x, labels, &proxies, params, None, workspace.len())?;
+    check_twin_workspace(
+        proxy_anchor_workspace_len(x.rows(), proxies.rows(), x.dim()),
+        workspace.len(),
+        |ws| check_anchor(&x, labels, &proxies, params, None, ws),
+    )?;
     Ok(anchor64(&x, labels, &proxies, params, None) as f32)
 }
 
-/// Scalar twin of [`crate::proxy_anchor_loss_grad`]: the formula in `f64`, each gradient
-/// contribution (per row and proxy) rounded once into `grad` or `grad_proxies`.
+/// Scalar twin of [`crate::proxy_anchor_loss_grad`]: the formula in `f64`, every element
+/// of `grad` and `grad_proxies` summed in `f64` and rounded to `f32` once.
+///
+/// `workspace` needs [`proxy_anchor_workspace_len`]`(rows, classes, dim)` elements,
+/// garbage before and after.
 ///
 /// # Errors
 ///
-/// Exactly those of [`crate::proxy_anchor_loss_grad`].
+/// Those of [`crate::proxy_anchor_loss_grad`], in the same order;
+/// [`Error::WorkspaceTooSmall`] reports the twin's requirement.
 ///
 /// # Example
 ///
 /// ```
-/// use triplet_kernels::{scalar, proxy_anchor_workspace_len, Matrix, ProxyAnchorParams};
+/// use triplet_kernels::{scalar, Matrix, ProxyAnchorParams};
 /// let x = Matrix::new(&[1.0, 1.0], 1, 2)?;
 /// let proxies = Matrix::new(&[1.0, 0.0, 0.0, 1.0], 2, 2)?;
 /// let (mut g, mut gp) = ([0.0_f32; 2], [0.0_f32; 4]);
-/// let mut ws = [0.0_f32; proxy_anchor_workspace_len(1, 2, 2)];
+/// let mut ws = [0.0_f32; scalar::proxy_anchor_workspace_len(1, 2, 2)];
 /// let params = ProxyAnchorParams::PYTORCH_METRIC_LEARNING;
 /// scalar::proxy_anchor_loss_grad(x, &[0], proxies, params, &mut g, &mut gp, &mut ws)?;
 /// assert!(g[0] < 0.0 && g[1] > 0.0);
@@ -303,13 +341,12 @@ pub fn proxy_anchor_loss_grad(
     grad_proxies: &mut [f32],
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
-    check_anchor(
-        &x,
-        labels,
-        &proxies,
-        params,
-        Some((grad.len(), grad_proxies.len())),
+    let lens = Some((grad.len(), grad_proxies.len()));
+    check_twin_workspace(
+        proxy_anchor_workspace_len(x.rows(), proxies.rows(), x.dim()),
         workspace.len(),
+        |ws| check_anchor(&x, labels, &proxies, params, lens, ws),
     )?;
-    Ok(anchor64(&x, labels, &proxies, params, Some((grad, grad_proxies))) as f32)
+    let accs = accumulators(grad, grad_proxies, workspace)?;
+    Ok(anchor64(&x, labels, &proxies, params, Some(accs)) as f32)
 }

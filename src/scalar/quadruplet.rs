@@ -1,13 +1,37 @@
 //! Scalar twins of [`crate::quadruplet`].
 
-use crate::distance::{two_rows_mut, Metric};
+use crate::distance::Metric;
 use crate::error::Error;
 use crate::matrix::Matrix;
 use crate::quadruplet::{
     check_mining, check_quadruplet, is_active, select, Quadruplet, QuadrupletParams,
 };
+use crate::scalar::acc::{check_twin_workspace, Acc64};
 use crate::scalar::distance::{add_distance_grad64, distance64};
 use crate::scalar::reduce::{hinge64, slope64, weight64};
+
+/// Workspace elements that the twins [`quadruplet_loss`] and [`quadruplet_loss_grad`] need
+/// for `rows` embeddings of dimension `dim`: `rows * dim`, the low halves of the
+/// gradient's `f64` accumulators (the high halves live in `grad`). The loss alone uses
+/// none of it but checks the same length. Saturates instead of overflowing.
+pub const fn quadruplet_workspace_len(rows: usize, dim: usize) -> usize {
+    rows.saturating_mul(dim)
+}
+
+/// The shared argument checks with the twin's workspace requirement.
+fn check64(
+    x: &Matrix<'_>,
+    quadruplets: &[Quadruplet],
+    params: &QuadrupletParams,
+    grad: Option<usize>,
+    workspace: usize,
+) -> Result<(), Error> {
+    check_twin_workspace(
+        quadruplet_workspace_len(x.rows(), x.dim()),
+        workspace,
+        |ws| check_quadruplet(x, quadruplets, params, grad, ws),
+    )
+}
 
 /// The rows of a quadruplet (indices already checked).
 fn rows<'a>(x: &Matrix<'a>, q: Quadruplet) -> Option<[&'a [f32]; 4]> {
@@ -50,11 +74,10 @@ fn forward64(
     (sum, active)
 }
 
-/// Adds `coef * d d(x_i, x_j)` to rows `i` and `j` of `grad`.
+/// Adds `coef * d d(x_i, x_j)` to rows `i` and `j` of `acc`.
 fn add_pair64(
     metric: Metric,
-    grad: &mut [f32],
-    dim: usize,
+    acc: &mut Acc64<'_>,
     (i, a): (usize, &[f32]),
     (j, b): (usize, &[f32]),
     dist: f64,
@@ -63,31 +86,29 @@ fn add_pair64(
     if coef == 0.0 || i == j {
         return;
     }
-    let (lo, hi) = if i < j { (i, j) } else { (j, i) };
-    if let Some((g_lo, g_hi)) = two_rows_mut(grad, dim, lo, hi) {
-        let (gi, gj) = if i < j { (g_lo, g_hi) } else { (g_hi, g_lo) };
-        add_distance_grad64(metric, a, b, dist, coef, gi);
-        add_distance_grad64(metric, b, a, dist, coef, gj);
-    }
+    add_distance_grad64(metric, a, b, dist, coef, acc, i);
+    add_distance_grad64(metric, b, a, dist, coef, acc, j);
 }
 
 /// Scalar twin of [`crate::quadruplet_loss`]: the formula per quadruplet in `f64`.
 ///
-/// `workspace` is checked for the same length as the fast kernel but not used.
+/// `workspace` needs [`quadruplet_workspace_len`]`(rows, dim)` elements (the twin's, see
+/// there), checked but not used.
 ///
 /// # Errors
 ///
-/// Exactly those of [`crate::quadruplet_loss`].
+/// Those of [`crate::quadruplet_loss`], in the same order;
+/// [`Error::WorkspaceTooSmall`] reports the twin's requirement.
 ///
 /// # Example
 ///
 /// ```
 /// use triplet_kernels::{
-///     scalar, quadruplet_workspace_len, Matrix, Metric, Quadruplet, QuadrupletParams,
+///     scalar, Matrix, Metric, Quadruplet, QuadrupletParams,
 /// };
 /// let x = Matrix::new(&[0.0, 1.0, 1.5, 2.5], 4, 1)?;
 /// let quads = [Quadruplet::new(0, 1, 2, 3)];
-/// let mut ws = [0.0_f32; quadruplet_workspace_len(4, 1)];
+/// let mut ws = [0.0_f32; scalar::quadruplet_workspace_len(4, 1)];
 /// let params = QuadrupletParams::new(1.0, 0.5);
 /// assert_eq!(scalar::quadruplet_loss(x, &quads, Metric::Euclidean, params, &mut ws)?, 1.0);
 /// # Ok::<(), triplet_kernels::Error>(())
@@ -100,28 +121,32 @@ pub fn quadruplet_loss(
     params: QuadrupletParams,
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
-    check_quadruplet(&x, quadruplets, &params, None, workspace.len())?;
+    check64(&x, quadruplets, &params, None, workspace.len())?;
     let (sum, active) = forward64(&x, quadruplets, metric, &params);
     Ok((sum * weight64(params.reduction, quadruplets.len(), active)) as f32)
 }
 
 /// Scalar twin of [`crate::quadruplet_loss_grad`]: the formula per quadruplet in `f64`,
-/// each weighted gradient contribution rounded once into `grad`.
+/// every gradient element summed in `f64` and rounded to `f32` once.
+///
+/// `workspace` needs [`quadruplet_workspace_len`]`(rows, dim)` elements, garbage before
+/// and after.
 ///
 /// # Errors
 ///
-/// Exactly those of [`crate::quadruplet_loss_grad`].
+/// Those of [`crate::quadruplet_loss_grad`], in the same order;
+/// [`Error::WorkspaceTooSmall`] reports the twin's requirement.
 ///
 /// # Example
 ///
 /// ```
 /// use triplet_kernels::{
-///     scalar, quadruplet_workspace_len, Matrix, Metric, Quadruplet, QuadrupletParams,
+///     scalar, Matrix, Metric, Quadruplet, QuadrupletParams,
 /// };
 /// let x = Matrix::new(&[0.0, 1.0, 1.5, 2.5], 4, 1)?;
 /// let quads = [Quadruplet::new(0, 1, 2, 3)];
 /// let mut grad = [0.0_f32; 4];
-/// let mut ws = [0.0_f32; quadruplet_workspace_len(4, 1)];
+/// let mut ws = [0.0_f32; scalar::quadruplet_workspace_len(4, 1)];
 /// let params = QuadrupletParams::new(1.0, 0.5);
 /// let loss =
 ///     scalar::quadruplet_loss_grad(x, &quads, Metric::Euclidean, params, &mut grad, &mut ws)?;
@@ -137,11 +162,10 @@ pub fn quadruplet_loss_grad(
     grad: &mut [f32],
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
-    check_quadruplet(&x, quadruplets, &params, Some(grad.len()), workspace.len())?;
+    check64(&x, quadruplets, &params, Some(grad.len()), workspace.len())?;
+    let (mut acc, _) = Acc64::new(grad, workspace)?;
     let (sum, active) = forward64(&x, quadruplets, metric, &params);
     let w = weight64(params.reduction, quadruplets.len(), active);
-    grad.fill(0.0);
-    let dim = x.dim();
     for &q in quadruplets {
         let Some(r) = rows(&x, q) else { continue };
         let (d, v1, v2) = margins64(metric, r, &params);
@@ -149,10 +173,11 @@ pub fn quadruplet_loss_grad(
         let s2 = w * slope64(params.hinge, v2);
         let [ia, ip, in1, in2] = q.to_array().map(|v| v as usize);
         let [a, p, n1, n2] = r;
-        add_pair64(metric, grad, dim, (ia, a), (ip, p), d[0], s1 + s2);
-        add_pair64(metric, grad, dim, (ia, a), (in1, n1), d[1], -s1);
-        add_pair64(metric, grad, dim, (in1, n1), (in2, n2), d[2], -s2);
+        add_pair64(metric, &mut acc, (ia, a), (ip, p), d[0], s1 + s2);
+        add_pair64(metric, &mut acc, (ia, a), (in1, n1), d[1], -s1);
+        add_pair64(metric, &mut acc, (in1, n1), (in2, n2), d[2], -s2);
     }
+    acc.finish();
     Ok((sum * w) as f32)
 }
 

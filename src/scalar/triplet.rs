@@ -6,14 +6,43 @@ use crate::error::{check_len, check_workspace, Error};
 use crate::matrix::Matrix;
 use crate::mining::{check_rows, Triplet};
 use crate::reduce::Hinge;
-use crate::scalar::distance::{add_distance_grad64, distance64};
+use crate::scalar::acc::{check_twin_workspace, Acc64};
+use crate::scalar::distance::{add_distance_grad64, distance64, normalize_backward64};
+use crate::scalar::l2_normalize;
 use crate::scalar::mining::{for_each_triplet64, pair64};
 use crate::scalar::reduce::{hinge64, slope64, weight64};
-use crate::scalar::{l2_normalize, l2_normalize_backward};
 use crate::triplet::{
-    check_batch_args, check_triplet_args, triplet_batch_loss_grad_workspace_len,
-    triplet_batch_loss_workspace_len, BatchLoss, BatchParams, TripletParams,
+    check_batch_args, check_triplet_args, triplet_batch_loss_workspace_len, BatchLoss, BatchParams,
+    TripletParams,
 };
+
+/// Workspace elements that the twins [`triplet_margin_loss`] and
+/// [`triplet_margin_loss_grad`] need for `rows` embeddings of dimension `dim`:
+/// `rows * dim`, the low halves of the gradient's `f64` accumulators (the high halves live
+/// in `grad`). The loss alone uses none of it but checks the same length. Saturates
+/// instead of overflowing.
+pub const fn triplet_margin_workspace_len(rows: usize, dim: usize) -> usize {
+    rows.saturating_mul(dim)
+}
+
+/// Workspace elements that the twin [`triplet_batch_loss_grad`] needs for `rows`
+/// embeddings of dimension `dim` under `params`: `rows * dim` for the low halves of the
+/// gradient's `f64` accumulators (the high halves live in `grad`), plus `rows * dim` for
+/// the normalised rows when `params.normalize`. The twin [`triplet_batch_loss`] takes the
+/// fast kernel's [`crate::triplet_batch_loss_workspace_len`]. Saturates instead of
+/// overflowing.
+pub const fn triplet_batch_loss_grad_workspace_len(
+    rows: usize,
+    dim: usize,
+    params: BatchParams,
+) -> usize {
+    let len = rows.saturating_mul(dim);
+    if params.normalize {
+        len.saturating_mul(2)
+    } else {
+        len
+    }
+}
 
 /// `d(a, b)` in `f64`, with PyTorch's shift `eps` of the difference vector (Euclidean
 /// metrics only; validated callers pass `eps = 0` for cosine).
@@ -36,7 +65,7 @@ fn distance_eps64(metric: Metric, a: &[f32], b: &[f32], eps: f64) -> f64 {
     }
 }
 
-/// Adds `coef * d d(x_i, x_j) / d x` to the rows `i` and `j` of `grad`, `dist = d(x_i, x_j)`.
+/// Adds `coef * d d(x_i, x_j) / d x` to the rows `i` and `j` of `acc`, `dist = d(x_i, x_j)`.
 #[allow(clippy::too_many_arguments)]
 fn add_pair_grad64(
     metric: Metric,
@@ -46,19 +75,15 @@ fn add_pair_grad64(
     dist: f64,
     eps: f64,
     coef: f64,
-    grad: &mut [f32],
+    acc: &mut Acc64<'_>,
 ) {
     let dim = x.dim();
     let (Some(a), Some(b)) = (x.row(i), x.row(j)) else {
         return;
     };
     if eps == 0.0 {
-        if let Some(g) = grad.get_mut(i * dim..(i + 1) * dim) {
-            add_distance_grad64(metric, a, b, dist, coef, g);
-        }
-        if let Some(g) = grad.get_mut(j * dim..(j + 1) * dim) {
-            add_distance_grad64(metric, b, a, dist, coef, g);
-        }
+        add_distance_grad64(metric, a, b, dist, coef, acc, i);
+        add_distance_grad64(metric, b, a, dist, coef, acc, j);
         return;
     }
     // d d/d a = k (a - b + eps), d d/d b = -k (a - b + eps).
@@ -67,16 +92,13 @@ fn add_pair_grad64(
         Metric::Euclidean if dist > 0.0 => coef / dist,
         _ => return,
     };
-    if let Some(g) = grad.get_mut(i * dim..(i + 1) * dim) {
-        for ((g, &u), &v) in g.iter_mut().zip(a).zip(b) {
-            *g = (f64::from(*g) + k * (f64::from(u) - f64::from(v) + eps)) as f32;
-        }
-    }
-    if let Some(g) = grad.get_mut(j * dim..(j + 1) * dim) {
-        for ((g, &u), &v) in g.iter_mut().zip(a).zip(b) {
-            *g = (f64::from(*g) - k * (f64::from(u) - f64::from(v) + eps)) as f32;
-        }
-    }
+    let diff = || {
+        a.iter()
+            .zip(b)
+            .map(move |(&u, &v)| k * (f64::from(u) - f64::from(v) + eps))
+    };
+    acc.add_row(i, dim, diff());
+    acc.add_row(j, dim, diff().map(|t| -t));
 }
 
 /// The twin of `triplet::is_active`: relu terms with `v > 0`, every soft-margin term with
@@ -121,11 +143,19 @@ fn triplet_margin64(
     grad: Option<&mut [f32]>,
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
-    check_triplet_args(&x, triplets, params, terms.len(), workspace.len())?;
+    check_twin_workspace(
+        triplet_margin_workspace_len(x.rows(), x.dim()),
+        workspace.len(),
+        |ws| check_triplet_args(&x, triplets, params, terms.len(), ws),
+    )?;
     if let Some(g) = grad.as_deref() {
         check_len("grad", x.len(), g.len())?;
     }
     check_rows(&x, false)?;
+    let acc = match grad {
+        Some(g) => Some(Acc64::new(g, workspace)?.0),
+        None => None,
+    };
     let mut sum = 0.0_f64;
     let mut active = 0_usize;
     for (t, term) in triplets.iter().zip(terms.iter_mut()) {
@@ -136,8 +166,7 @@ fn triplet_margin64(
         active += usize::from(is_active64(params.hinge, v));
     }
     let w = weight64(params.reduction, triplets.len(), active);
-    if let Some(g) = grad {
-        g.fill(0.0);
+    if let Some(mut acc) = acc {
         if w != 0.0 {
             let eps = f64::from(params.eps);
             for t in triplets {
@@ -145,28 +174,33 @@ fn triplet_margin64(
                 let c = w * slope64(params.hinge, v);
                 if c != 0.0 {
                     let (ia, ip) = (t.anchor as usize, t.positive as usize);
-                    add_pair_grad64(params.metric, &x, ia, ip, dap, eps, c, g);
-                    add_pair_grad64(params.metric, &x, i, j, dneg, eps, -c, g);
+                    add_pair_grad64(params.metric, &x, ia, ip, dap, eps, c, &mut acc);
+                    add_pair_grad64(params.metric, &x, i, j, dneg, eps, -c, &mut acc);
                 }
             }
         }
+        acc.finish();
     }
     Ok((sum * w) as f32)
 }
 
-/// Scalar twin of [`crate::triplet_margin_loss`].
+/// Scalar twin of [`crate::triplet_margin_loss`]: every distance, term and sum in `f64`.
+///
+/// `workspace` needs [`triplet_margin_workspace_len`]`(rows, dim)` elements (the twin's,
+/// see there), checked but not used.
 ///
 /// # Errors
 ///
-/// Exactly those of [`crate::triplet_margin_loss`].
+/// Those of [`crate::triplet_margin_loss`], in the same order;
+/// [`Error::WorkspaceTooSmall`] reports the twin's requirement.
 ///
 /// # Example
 ///
 /// ```
-/// use triplet_kernels::{scalar, triplet_margin_workspace_len, Matrix, Triplet, TripletParams};
+/// use triplet_kernels::{scalar, Matrix, Triplet, TripletParams};
 /// let x = Matrix::new(&[0.0, 1.0, 3.0], 3, 1)?;
 /// let mut terms = [0.0_f32; 1];
-/// let mut ws = [0.0_f32; triplet_margin_workspace_len(3, 1)];
+/// let mut ws = [0.0_f32; scalar::triplet_margin_workspace_len(3, 1)];
 /// let loss = scalar::triplet_margin_loss(
 ///     x, &[Triplet::new(0, 1, 2)], TripletParams::new().with_margin(2.5), &mut terms, &mut ws)?;
 /// assert_eq!((loss, terms), (0.5, [0.5]));
@@ -183,19 +217,24 @@ pub fn triplet_margin_loss(
     triplet_margin64(x, triplets, &params, terms, None, workspace)
 }
 
-/// Scalar twin of [`crate::triplet_margin_loss_grad`].
+/// Scalar twin of [`crate::triplet_margin_loss_grad`]: every distance, term and sum in
+/// `f64`; every gradient element summed in `f64` and rounded to `f32` once.
+///
+/// `workspace` needs [`triplet_margin_workspace_len`]`(rows, dim)` elements, garbage
+/// before and after.
 ///
 /// # Errors
 ///
-/// Exactly those of [`crate::triplet_margin_loss_grad`].
+/// Those of [`crate::triplet_margin_loss_grad`], in the same order;
+/// [`Error::WorkspaceTooSmall`] reports the twin's requirement.
 ///
 /// # Example
 ///
 /// ```
-/// use triplet_kernels::{scalar, triplet_margin_workspace_len, Matrix, Triplet, TripletParams};
+/// use triplet_kernels::{scalar, Matrix, Triplet, TripletParams};
 /// let x = Matrix::new(&[0.0, 1.0, 3.0], 3, 1)?;
 /// let (mut terms, mut grad) = ([0.0_f32; 1], [0.0_f32; 3]);
-/// let mut ws = [0.0_f32; triplet_margin_workspace_len(3, 1)];
+/// let mut ws = [0.0_f32; scalar::triplet_margin_workspace_len(3, 1)];
 /// let params = TripletParams::new().with_margin(2.5);
 /// scalar::triplet_margin_loss_grad(x, &[Triplet::new(0, 1, 2)], params, &mut terms, &mut grad, &mut ws)?;
 /// assert_eq!(grad, [0.0, 1.0, -1.0]);
@@ -241,7 +280,7 @@ fn triplet_batch64(
     // The normalised rows (rounded to f32) live at the start of the workspace.
     let y_len = if params.normalize { x.len() } else { 0 };
     let actual = workspace.len();
-    let (y, tmp) = workspace
+    let (y, rest) = workspace
         .split_at_mut_checked(y_len)
         .ok_or(Error::WorkspaceTooSmall {
             required: y_len,
@@ -271,26 +310,24 @@ fn triplet_batch64(
     });
     let w = weight64(params.reduction, count, active);
     if let Some(g) = grad {
-        g.fill(0.0);
+        let (mut acc, _) = Acc64::new(g, rest)?;
         if w != 0.0 {
             for_each_triplet64(&xs, labels, metric, params.mining, |a, p, q| {
                 let (v, dap, dan) = value(a, p, q);
                 let c = w * slope64(hinge, v);
                 if c != 0.0 {
-                    add_pair_grad64(metric, &xs, a, p, dap, 0.0, c, g);
-                    add_pair_grad64(metric, &xs, a, q, dan, 0.0, -c, g);
+                    add_pair_grad64(metric, &xs, a, p, dap, 0.0, c, &mut acc);
+                    add_pair_grad64(metric, &xs, a, q, dan, 0.0, -c, &mut acc);
                 }
             });
         }
         if params.normalize {
-            let tmp = tmp.get_mut(..dim).unwrap_or(&mut []);
-            for (row, gr) in x.row_iter().zip(g.chunks_exact_mut(dim)) {
-                for (t, &v) in tmp.iter_mut().zip(gr.iter()) {
-                    *t = v;
-                }
-                l2_normalize_backward(Matrix::new(row, 1, dim)?, tmp, gr)?;
+            // From the f64 gradient with respect to the normalised rows to that of x.
+            for (i, row) in x.row_iter().enumerate() {
+                normalize_backward64(row, &mut acc, i);
             }
         }
+        acc.finish();
     }
     Ok(BatchLoss {
         loss: (sum * w) as f32,
@@ -299,7 +336,10 @@ fn triplet_batch64(
     })
 }
 
-/// Scalar twin of [`crate::triplet_batch_loss`].
+/// Scalar twin of [`crate::triplet_batch_loss`]: the selected triplets enumerated one by
+/// one, every distance, term and sum in `f64`. With `params.normalize`, the rows are
+/// normalised in `f64` and rounded to `f32` (as the fast kernel does), in the workspace of
+/// [`crate::triplet_batch_loss_workspace_len`].
 ///
 /// # Errors
 ///
@@ -326,20 +366,31 @@ pub fn triplet_batch_loss(
     triplet_batch64(x, labels, &params, None, workspace)
 }
 
-/// Scalar twin of [`crate::triplet_batch_loss_grad`].
+/// Scalar twin of [`crate::triplet_batch_loss_grad`]: the selected triplets enumerated
+/// one by one, every distance, term and sum in `f64`; every gradient element summed in
+/// `f64` and rounded to `f32` once.
+///
+/// With `params.normalize`, the rows are normalised in `f64` and rounded to `f32`, as the
+/// fast kernel does: the loss and its gradient are those of these rounded rows. The
+/// gradient with respect to them is chained through the normalisation in `f64`, from the
+/// unrounded sums.
+///
+/// `workspace` needs [`triplet_batch_loss_grad_workspace_len`]`(rows, dim, params)`
+/// elements, garbage before and after.
 ///
 /// # Errors
 ///
-/// Exactly those of [`crate::triplet_batch_loss_grad`].
+/// Those of [`crate::triplet_batch_loss_grad`], in the same order;
+/// [`Error::WorkspaceTooSmall`] reports the twin's requirement.
 ///
 /// # Example
 ///
 /// ```
-/// use triplet_kernels::{scalar, triplet_batch_loss_grad_workspace_len, BatchParams, Matrix, Reduction};
+/// use triplet_kernels::{scalar, BatchParams, Matrix, Reduction};
 /// let x = Matrix::new(&[0.0, 1.0, 1.5, 4.0], 4, 1)?;
 /// const P: BatchParams = BatchParams::new().with_margin(1.0).with_reduction(Reduction::Sum);
 /// let mut grad = [0.0_f32; 4];
-/// let mut ws = [0.0_f32; triplet_batch_loss_grad_workspace_len(4, 1, P)];
+/// let mut ws = [0.0_f32; scalar::triplet_batch_loss_grad_workspace_len(4, 1, P)];
 /// scalar::triplet_batch_loss_grad(x, &[0, 0, 1, 1], P, &mut grad, &mut ws)?;
 /// assert_eq!(grad, [-1.0, 5.0, -5.0, 1.0]);
 /// # Ok::<(), triplet_kernels::Error>(())

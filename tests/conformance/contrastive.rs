@@ -36,6 +36,7 @@ pub fn check(case: &Case<'_>) -> Result<(), String> {
     case.close("loss (grad call)", f64::from(loss), want_loss)?;
     case.close_mat("grad", &grad, &want_grad, xm.rows, xm.cols)?;
     // The reference twin must agree with the same vectors.
+    let mut ws = vec![f32::NAN; scalar::contrastive_workspace_len(x.rows(), x.dim())];
     let loss = scalar::contrastive_loss_grad(x, &labels, metric, params, &mut grad, &mut ws)
         .map_err(|e| e.to_string())?;
     case.close("scalar loss", f64::from(loss), want_loss)?;

@@ -76,7 +76,8 @@ fn run(
 pub fn check_nca(case: &Case<'_>) -> Result<(), String> {
     let inp = inputs(case)?;
     let params = ProxyNcaParams::new(case.f64("softmax_scale")? as f32);
-    let ws_len = proxy_nca_workspace_len(inp.xm.rows, inp.pm.rows, inp.xm.cols);
+    let (n, c, d) = (inp.xm.rows, inp.pm.rows, inp.xm.cols);
+    let ws_len = proxy_nca_workspace_len(n, c, d).max(scalar::proxy_nca_workspace_len(n, c, d));
     run(
         case,
         &inp,
@@ -96,7 +97,9 @@ pub fn check_nca(case: &Case<'_>) -> Result<(), String> {
 pub fn check_anchor(case: &Case<'_>) -> Result<(), String> {
     let inp = inputs(case)?;
     let params = ProxyAnchorParams::new(case.f64("margin")? as f32, case.f64("alpha")? as f32);
-    let ws_len = proxy_anchor_workspace_len(inp.xm.rows, inp.pm.rows, inp.xm.cols);
+    let (n, c, d) = (inp.xm.rows, inp.pm.rows, inp.xm.cols);
+    let ws_len =
+        proxy_anchor_workspace_len(n, c, d).max(scalar::proxy_anchor_workspace_len(n, c, d));
     run(
         case,
         &inp,

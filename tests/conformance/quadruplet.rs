@@ -44,6 +44,7 @@ pub fn check(case: &Case<'_>) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     case.close("loss (grad call)", f64::from(loss), want_loss)?;
     case.close_mat("grad", &grad, &want_grad, xm.rows, xm.cols)?;
+    let mut ws = vec![f32::NAN; scalar::quadruplet_workspace_len(x.rows(), x.dim())];
     let loss = scalar::quadruplet_loss_grad(x, &quads, metric, params, &mut grad, &mut ws)
         .map_err(|e| e.to_string())?;
     case.close("scalar loss", f64::from(loss), want_loss)?;

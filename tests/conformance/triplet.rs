@@ -46,7 +46,12 @@ pub fn check_margin(case: &Case<'_>) -> Result<(), String> {
     for twin in ["fast", "scalar"] {
         let mut terms = vec![f32::NAN; k];
         let mut grad = vec![f32::NAN; x.len()];
-        let mut ws = vec![f32::NAN; triplet_margin_workspace_len(x.rows(), x.dim())];
+        let ws_len = if twin == "fast" {
+            triplet_margin_workspace_len(x.rows(), x.dim())
+        } else {
+            scalar::triplet_margin_workspace_len(x.rows(), x.dim())
+        };
+        let mut ws = vec![f32::NAN; ws_len];
         let loss = if twin == "fast" {
             triplet_margin_loss_grad(x, &triplets, params, &mut terms, &mut grad, &mut ws)
         } else {
@@ -120,7 +125,12 @@ pub fn check_batch(case: &Case<'_>) -> Result<(), String> {
 
     for twin in ["fast", "scalar"] {
         let mut grad = vec![f32::NAN; x.len()];
-        let mut ws = vec![f32::NAN; triplet_batch_loss_grad_workspace_len(n, d, params)];
+        let ws_len = if twin == "fast" {
+            triplet_batch_loss_grad_workspace_len(n, d, params)
+        } else {
+            scalar::triplet_batch_loss_grad_workspace_len(n, d, params)
+        };
+        let mut ws = vec![f32::NAN; ws_len];
         let out: BatchLoss = if twin == "fast" {
             triplet_batch_loss_grad(x, &labels, params, &mut grad, &mut ws)
         } else {
