@@ -51,10 +51,13 @@
 //!   true`, the proxy losses) accept any finite data: [`l2_normalize`] scales a row by an
 //!   exact power of two when its squared norm would overflow, so every finite non-zero
 //!   row has a finite unit image. The distance matrices accept any data (see
-//!   [`DistanceMode`] for their range); loss sums are accumulated in `f64`.
-//! - **Scalar twins**: [`scalar`] holds, for every fast kernel, a function of the same name,
-//!   arguments and errors: the textbook formula with `f64` accumulation. Each fast kernel's
-//!   `# Numerics` section bounds its distance from the twin.
+//!   [`DistanceMode`] for their range); loss totals are accumulated in `f64`.
+//! - **Scalar twins**: [`scalar`] holds, for every fast kernel, a function of the same name
+//!   and arguments: the textbook formula, every distance, sum and gradient element
+//!   accumulated in `f64` and rounded to `f32` once. They return the fast kernel's errors,
+//!   except that a gradient twin may need a longer workspace, given by
+//!   `scalar::<kernel>_workspace_len` where it differs. Each fast kernel's `# Numerics`
+//!   section bounds its distance from the twin.
 //!
 //! # Example
 //!
