@@ -108,6 +108,7 @@ mod retrieval;
 pub mod scalar;
 mod simd;
 pub mod triplet;
+pub mod verification;
 
 pub use distance::{
     cross_distances, cross_distances_rows, cross_distances_rows_workspace_len,
@@ -143,6 +144,9 @@ pub use triplet::{
     triplet_batch_loss, triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
     triplet_batch_loss_workspace_len, triplet_margin_loss, triplet_margin_loss_grad,
     triplet_margin_workspace_len, BatchLoss, BatchParams, TripletParams,
+};
+pub use verification::{
+    verification_metrics, verification_metrics_workspace_len, Score, VerificationMetrics,
 };
 
 /// The README's Rust examples, compiled and run by `cargo test --doc`; not part of the

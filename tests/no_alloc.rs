@@ -191,6 +191,14 @@ fn retrieval_does_not_allocate() {
             tk::retrieval_metrics(x, &labels, r, metric, 3, &mut ws).unwrap();
             tk::scalar::retrieval_metrics(x, &labels, r, metric, 3, &mut ws).unwrap();
         }
+        let (genuine, impostor) = xd.split_at(40);
+        let mut tar = [0.0_f64; 3];
+        let fars = [1e-3, 1e-2, 0.1];
+        for score in [tk::Score::Similarity, tk::Score::Distance] {
+            tk::verification_metrics(genuine, impostor, score, &fars, &mut tar, &mut ws).unwrap();
+            tk::scalar::verification_metrics(genuine, impostor, score, &fars, &mut tar, &mut ws)
+                .unwrap();
+        }
     });
     assert_eq!(n, 0);
 }

@@ -51,6 +51,7 @@ mod quadruplet;
 mod reduce;
 mod retrieval;
 mod triplet;
+mod verification;
 
 pub use distance::{
     cross_distances, cross_distances_rows, l2_normalize, l2_normalize_backward, pairwise_distances,
@@ -72,3 +73,4 @@ pub use triplet::{
     triplet_batch_loss, triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
     triplet_margin_loss, triplet_margin_loss_grad, triplet_margin_workspace_len,
 };
+pub use verification::verification_metrics;

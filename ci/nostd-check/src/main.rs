@@ -198,6 +198,14 @@ fn retrieval(x: Matrix<'_>) -> Result<bool, tk::Error> {
         let b = tk::scalar::retrieval_metrics(x, &LABELS, None, metric, 1, &mut ws)?;
         ok &= a.evaluated == N && b.evaluated == N;
     }
+    let (genuine, impostor) = x.as_slice().split_at(N);
+    let mut tar = [0.0_f64; 2];
+    for score in [tk::Score::Similarity, tk::Score::Distance] {
+        let a = tk::verification_metrics(genuine, impostor, score, &[0.0, 0.1], &mut tar, &mut ws)?;
+        let b =
+            tk::scalar::verification_metrics(genuine, impostor, score, &[0.0, 0.1], &mut tar, &mut ws)?;
+        ok &= a == b;
+    }
     Ok(ok)
 }
 
