@@ -975,7 +975,14 @@ pub(crate) fn pair_grad_with<S: Simd>(
 ) {
     let k = match metric {
         Metric::SquaredEuclidean => 2.0 * coef,
-        Metric::Euclidean if dist > 0.0 => coef / dist,
+        Metric::Euclidean if dist >= TINY_DISTANCE => coef / dist,
+        Metric::Euclidean if dist > 0.0 => {
+            // `coef / dist` could overflow: scale the difference and the distance by the
+            // same exact power of two, so `(a - b) c / (dist c)` stays near unit size.
+            let c = pow2_inverse(dist);
+            pair_diff_update(a, b, offset, c, coef / (dist * c), ga, gb);
+            return;
+        }
         Metric::Euclidean => return,
         Metric::Cosine => {
             let own = |n: f32| {
@@ -1012,6 +1019,29 @@ pub(crate) fn pair_grad_with<S: Simd>(
         let diff = s.add(s.sub(s.load(ac), s.load(bc)), vo);
         s.store(s.fma(diff, vk, s.load(gac)), gac);
         s.store(s.fma(diff, nk, s.load(gbc)), gbc);
+    }
+}
+
+/// Euclidean distances below this take the scaled path of [`pair_grad_with`]: above it,
+/// `coef / dist` cannot overflow for any coefficient the losses form (`|coef| < 2^64`).
+const TINY_DISTANCE: f32 = 5.421_011e-20; // 2^-64
+
+/// `ga += k (c (a - b + offset))`, `gb -= ...`: the rare tiny-distance form of the pair
+/// update, with the difference scaled by the exact power of two `c` first.
+#[inline(always)]
+fn pair_diff_update(
+    a: &[f32],
+    b: &[f32],
+    offset: f32,
+    c: f32,
+    k: f32,
+    ga: &mut [f32],
+    gb: &mut [f32],
+) {
+    for (((&u, &v), x), y) in a.iter().zip(b).zip(ga.iter_mut()).zip(gb.iter_mut()) {
+        let t = (u - v + offset) * c * k;
+        *x += t;
+        *y -= t;
     }
 }
 

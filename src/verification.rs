@@ -60,10 +60,78 @@ pub struct VerificationMetrics {
     pub impostor: usize,
 }
 
-/// Workspace elements [`verification_metrics`] needs: `genuine + impostor` (a sorted
-/// copy of the scores). Saturates instead of overflowing.
+/// Workspace elements [`verification_metrics`] needs: `genuine + impostor + max(genuine,
+/// impostor)` (a sorted copy of the scores and the radix sort's scratch). Saturates
+/// instead of overflowing.
 pub const fn verification_metrics_workspace_len(genuine: usize, impostor: usize) -> usize {
-    genuine.saturating_add(impostor)
+    let larger = if genuine > impostor {
+        genuine
+    } else {
+        impostor
+    };
+    genuine.saturating_add(impostor).saturating_add(larger)
+}
+
+/// The order-preserving map of finite `f32` to `u32`, inverted so that ascending keys are
+/// descending scores (`-0.0` taken as `+0.0`).
+#[inline]
+fn descending_key(v: f32) -> u32 {
+    let b = (v + 0.0).to_bits();
+    let ascending = if b >> 31 == 1 { !b } else { b | 0x8000_0000 };
+    !ascending
+}
+
+/// Inverse of [`descending_key`].
+#[inline]
+fn score_of_key(k: u32) -> f32 {
+    let ascending = !k;
+    if ascending >> 31 == 1 {
+        f32::from_bits(ascending & 0x7fff_ffff)
+    } else {
+        f32::from_bits(!ascending)
+    }
+}
+
+/// Sorts `data` ascending: a least-significant-digit radix sort, four passes of 8 bits
+/// through `scratch` (at least as long as `data`). Stable, `O(n)`, no comparisons and no
+/// panic path (a short `scratch` leaves `data` unsorted; callers size it).
+fn radix_sort(data: &mut [u32], scratch: &mut [u32]) {
+    let Some(scratch) = scratch.get_mut(..data.len()) else {
+        return;
+    };
+    let (mut src, mut dst) = (data, scratch);
+    for shift in [0_u32, 8, 16, 24] {
+        let mut start = [0_usize; 256];
+        for &k in src.iter() {
+            let c = &mut start[((k >> shift) & 0xff) as usize];
+            *c = c.wrapping_add(1);
+        }
+        let mut sum = 0_usize;
+        for c in &mut start {
+            let count = *c;
+            *c = sum;
+            sum = sum.wrapping_add(count);
+        }
+        for &k in src.iter() {
+            let c = &mut start[((k >> shift) & 0xff) as usize];
+            if let Some(d) = dst.get_mut(*c) {
+                *d = k;
+            }
+            *c = c.wrapping_add(1);
+        }
+        core::mem::swap(&mut src, &mut dst);
+    }
+}
+
+/// Copies the similarities `sign * scores` into `out`, sorted from most to least alike.
+fn sorted_similarities(scores: &[f32], sign: f32, out: &mut [u32], scratch: &mut [u32]) {
+    for (o, &s) in out.iter_mut().zip(scores) {
+        *o = descending_key(sign * s);
+    }
+    radix_sort(out, scratch);
+    for o in out.iter_mut() {
+        *o = score_of_key(*o).to_bits();
+    }
 }
 
 /// Validates the arguments of [`verification_metrics`] (and its twin) in the documented
@@ -122,7 +190,7 @@ pub(crate) fn interpolate_eer((far0, frr0): (f64, f64), (far1, frr1): (f64, f64)
 ///
 /// `workspace` needs [`verification_metrics_workspace_len`]`(genuine.len(),
 /// impostor.len())` elements, garbage before and after. No allocation: the scores are
-/// copied there and sorted.
+/// copied there and radix-sorted.
 ///
 /// # Errors
 ///
@@ -171,20 +239,23 @@ pub fn verification_metrics(
     check_verification(genuine, impostor, far_targets, tar_at_far.len())?;
     let (g, i) = (genuine.len(), impostor.len());
     check_workspace(verification_metrics_workspace_len(g, i), workspace.len())?;
-    let (gs, rest) = workspace.split_at_mut(g.min(workspace.len()));
-    let is = rest.get_mut(..i).unwrap_or(&mut []);
-    // Similarities, sorted from most to least alike.
     let sign = match score {
         Score::Similarity => 1.0,
         Score::Distance => -1.0,
     };
-    for (dst, src) in [(&mut *gs, genuine), (&mut *is, impostor)] {
-        for (d, &s) in dst.iter_mut().zip(src) {
-            *d = sign * s;
-        }
-        dst.sort_unstable_by(|a, b| b.total_cmp(a));
-    }
-    let (gs, is) = (&*gs, &*is);
+    // Similarities, sorted from most to least alike (bit patterns in the workspace).
+    let Ok(words) = bytemuck::try_cast_slice_mut::<f32, u32>(workspace) else {
+        return Err(Error::WorkspaceTooSmall {
+            required: verification_metrics_workspace_len(g, i),
+            actual: 0,
+        });
+    };
+    let (gw, rest) = words.split_at_mut(g.min(words.len()));
+    let (iw, scratch) = rest.split_at_mut(i.min(rest.len()));
+    sorted_similarities(genuine, sign, gw, scratch);
+    sorted_similarities(impostor, sign, iw, scratch);
+    let (gs, is) = workspace.split_at(g.min(workspace.len()));
+    let is = is.get(..i).unwrap_or(&[]);
 
     // AUC: for each genuine score, the impostors strictly below it and those equal.
     let mut pairs2 = 0_u128; // twice the count of (genuine > impostor) + ties
@@ -207,7 +278,7 @@ pub fn verification_metrics(
         let k = allowed_false_accepts(f, i);
         *t = match is.get(k) {
             None => 1.0,
-            Some(&cut) => gs.partition_point(|&v| v > cut) as f64 / g as f64,
+            Some(&cut) => gs.iter().take_while(|&&v| v > cut).count() as f64 / g as f64,
         };
     }
 

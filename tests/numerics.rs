@@ -493,3 +493,30 @@ fn cancelling_explicit_triplets() {
         g[0]
     );
 }
+
+/// Pairs at subnormal distance (found by fuzzing after the underflow fix): the gradient
+/// is the unit direction times the coefficient, finite, never `coef / dist = inf`.
+#[test]
+fn euclidean_gradient_of_subnormal_distances_is_finite() {
+    let data = [0.0_f32, 1e-44];
+    let x = Matrix::new(&data, 2, 1).unwrap();
+    let params = ContrastiveParams::new(0.0, 1.0).with_reduction(ContrastiveReduction::Sum);
+    let mut w = ws(contrastive_workspace_len(2, 1), 2);
+    let mut g = [f32::NAN; 2];
+    contrastive_loss_grad(x, &[0, 1], Metric::Euclidean, params, &mut g, &mut w).unwrap();
+    // Negative pair inside the margin: the loss 2 (1 - d) pulls the rows apart.
+    assert_eq!(g, [2.0, -2.0]);
+    scalar::contrastive_loss_grad(x, &[0, 1], Metric::Euclidean, params, &mut g, &mut w).unwrap();
+    assert_eq!(g, [2.0, -2.0]);
+    let data = [1.171_584e-38_f32, 0.0, 1.175_494_4e-38, 0.0];
+    let x = Matrix::new(&data, 2, 2).unwrap();
+    let t = [Triplet::new(0, 1, 0)];
+    let params = TripletParams::new()
+        .with_margin(1.0)
+        .with_reduction(Reduction::Sum);
+    let (mut terms, mut g) = ([0.0_f32; 1], [f32::NAN; 4]);
+    let mut w = ws(triplet_margin_workspace_len(2, 2), 4);
+    triplet_margin_loss_grad(x, &t, params, &mut terms, &mut g, &mut w).unwrap();
+    // The difference is subnormal (a few significant bits): within a few ulp of the unit.
+    assert!(max_err(&g, &[-1.0, 0.0, 1.0, 0.0]) <= 4.0 * U, "{g:?}");
+}

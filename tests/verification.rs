@@ -98,7 +98,7 @@ fn errors_in_documented_order() {
     assert_eq!(
         e(&[1.0], &[1.0, 2.0], &[], 0, 2),
         Err(Error::WorkspaceTooSmall {
-            required: 3,
+            required: 5,
             actual: 2
         })
     );

@@ -9,6 +9,9 @@
 //! - leave every output untouched on `Err` (and `out` past the count on `Ok`);
 //! - refuse non-finite data with `Error::NonFinite` at the first bad element where the
 //!   docs say so, and accept it where they say the data are not scanned;
+//! - refuse finite data outside the loss kernels' range with `Error::TooLarge` at the
+//!   first element of largest magnitude where the docs say so (right after the
+//!   non-finite check);
 //! - never panic, including the saturating `*_workspace_len` queries on any size.
 
 #![no_main]
@@ -69,6 +72,22 @@ impl Conds {
     fn finite(&mut self, buffer: &'static str, data: &[f32]) -> &mut Self {
         match first_non_finite(data) {
             Some(position) => self.add(false, Error::NonFinite { buffer, position }),
+            None => self,
+        }
+    }
+
+    /// The data range of the loss kernels and miners (`x` only, checked once `x` is
+    /// finite): `|x_ik| sqrt(dim) <= 2^52`.
+    fn range(&mut self, data: &[f32], dim: usize) -> &mut Self {
+        match first_non_finite(data).map_or_else(|| too_large(data, dim), |_| None) {
+            Some((row, col)) => self.add(
+                false,
+                Error::TooLarge {
+                    buffer: "x",
+                    row,
+                    col,
+                },
+            ),
             None => self,
         }
     }
@@ -155,11 +174,27 @@ impl Case<'_> {
         }
     }
 
-    /// Finite data with, sometimes, NaN or infinity at a few positions.
+    /// Finite data with, sometimes, a few values around or past the loss kernels' data
+    /// range (`2^52 / sqrt(dim)`) and NaN or infinity at a few positions.
     fn data(&mut self, len: usize) -> Vec<f32> {
         let mut v: Vec<f32> = (0..len)
             .map(|_| f32::from(self.g.byte() % 9) - 4.0)
             .collect();
+        if len > 0 && self.g.byte() < 30 {
+            for _ in 0..self.g.range(1, 3) {
+                let i = self.g.range(0, len - 1);
+                let k = f64::from(self.g.byte() % 6 + 1);
+                let edge = (4_503_599_627_370_496.0 / k.sqrt()) as f32;
+                let sign = if self.g.bool() { -1.0 } else { 1.0 };
+                v[i] = sign
+                    * match self.g.byte() % 4 {
+                        0 => f32::from_bits(edge.to_bits() + 1),
+                        1 => f32::from_bits(edge.to_bits() - 1),
+                        2 => edge,
+                        _ => [1e30, f32::MAX, 1e19][self.g.range(0, 2)],
+                    };
+            }
+        }
         if len > 0 && self.g.byte() < 40 {
             for _ in 0..self.g.range(1, 3) {
                 let i = self.g.range(0, len - 1);
@@ -321,7 +356,8 @@ fn mining(c: &mut Case<'_>) {
         .len("positives", n, pl)
         .len("negatives", n, nl)
         .ws(wneed, wl)
-        .finite("x", &xd);
+        .finite("x", &xd)
+        .range(&xd, d);
     k.check("hardest_pairs", &rf, &rs);
     if rf.is_err() {
         assert!(
@@ -348,7 +384,8 @@ fn mining(c: &mut Case<'_>) {
             },
         )
         .ws(wneed, wl)
-        .finite("x", &xd);
+        .finite("x", &xd)
+        .range(&xd, d);
     k.check("mine_triplets", &rf, &rs);
     match rf {
         Ok(written) => {
@@ -378,8 +415,10 @@ fn triplets(c: &mut Case<'_>) {
         })
         .collect();
     let metric = c.g.metric();
-    let eps = match c.g.byte() % 4 {
+    let eps = match c.g.byte() % 6 {
         0 => c.param(1e-6),
+        // Around the edges of |eps| <= 1.
+        1 => [1.0, -1.0, 1.000_000_1, -1.000_000_1, 0.999_999_94][c.g.range(0, 4)],
         _ => 0.0,
     };
     let p = TripletParams::new()
@@ -392,7 +431,7 @@ fn triplets(c: &mut Case<'_>) {
     let conds = |tl: usize, wl: usize, grad: Option<usize>, need: usize| {
         let mut k = Conds::new(false);
         k.param(p.margin.is_finite(), "margin").param(
-            p.eps.is_finite() && !(metric == Metric::Cosine && p.eps != 0.0),
+            p.eps.abs() <= 1.0 && !(metric == Metric::Cosine && p.eps != 0.0),
             "eps",
         );
         k.len("terms", ts.len(), tl);
@@ -416,7 +455,7 @@ fn triplets(c: &mut Case<'_>) {
         if let Some(gl) = grad {
             k.len("grad", n * d, gl);
         }
-        k.finite("x", &xd);
+        k.finite("x", &xd).range(&xd, d);
         k
     };
     let (need_f, need_s) = (
@@ -455,10 +494,20 @@ fn triplets(c: &mut Case<'_>) {
     let ll = c.len_near(n);
     let classes = c.g.range(1, 4);
     let labels = c.labels(ll, classes);
+    let margin = match c.g.byte() % 8 {
+        // Around the edges of |margin| <= 2^100.
+        0 => [
+            MARGIN_MAX,
+            -MARGIN_MAX,
+            f32::from_bits(MARGIN_MAX.to_bits() + 1),
+            1e31,
+        ][c.g.range(0, 3)],
+        _ => c.param(0.2),
+    };
     let bp = BatchParams::new()
         .with_metric(metric)
         .with_mining(c.g.mining())
-        .with_margin(c.param(0.2))
+        .with_margin(margin)
         .with_hinge(c.g.hinge())
         .with_reduction(c.g.reduction())
         .with_normalize(c.g.bool());
@@ -476,10 +525,13 @@ fn triplets(c: &mut Case<'_>) {
     let rf = tk::triplet_batch_loss(x, &labels, bp, &mut ws);
     let rs = scalar::triplet_batch_loss(x, &labels, bp, &mut ws);
     let mut k = Conds::new(false);
-    k.param(bp.margin.is_finite(), "margin")
+    k.param(bp.margin.abs() <= MARGIN_MAX, "margin")
         .len("labels", n, ll)
         .ws(need, wl)
         .finite("x", &xd);
+    if !bp.normalize {
+        k.range(&xd, d);
+    }
     k.check("triplet_batch_loss", &rf, &rs);
     if let Ok(out) = rf {
         assert_eq!(out.num_triplets, count(&labels, bp.mining));
@@ -489,11 +541,14 @@ fn triplets(c: &mut Case<'_>) {
     let rs = scalar::triplet_batch_loss_grad(x, &labels, bp, &mut gs, &mut ws);
     let conds = |need: usize| {
         let mut k = Conds::new(false);
-        k.param(bp.margin.is_finite(), "margin")
+        k.param(bp.margin.abs() <= MARGIN_MAX, "margin")
             .len("labels", n, ll)
             .len("grad", n * d, gl)
             .ws(need, wl)
             .finite("x", &xd);
+        if !bp.normalize {
+            k.range(&xd, d);
+        }
         k
     };
     conds(need_g).check_twin(&conds(need_gs), "triplet_batch_loss_grad", &rf, &rs);
@@ -534,7 +589,8 @@ fn contrastive(c: &mut Case<'_>) {
         k.ws(need, wl)
             .param(p.pos_margin.is_finite(), "pos_margin")
             .param(p.neg_margin.is_finite(), "neg_margin")
-            .finite("x", &xd);
+            .finite("x", &xd)
+            .range(&xd, d);
         k
     };
     let mut ws = vec![G; wl];
@@ -603,7 +659,7 @@ fn quadruplets(c: &mut Case<'_>) {
                 },
             );
         }
-        k.finite("x", &xd);
+        k.finite("x", &xd).range(&xd, d);
         k
     };
     let mut ws = vec![G; wl];
@@ -656,7 +712,7 @@ fn quadruplets(c: &mut Case<'_>) {
             actual: ol,
         },
     );
-    k.finite("x", &xd);
+    k.finite("x", &xd).range(&xd, d);
     k.check("mine_quadruplets", &rf, &rs);
     match rf {
         Ok(written) => {

@@ -2,17 +2,19 @@
 //! `hardest_pairs`) against the scalar twins, on bounded structured batches.
 //!
 //! - Always: no panic; fast and twin agree on `Ok`/`Err`; non-finite data gives
-//!   `NonFinite` at the first bad element with every output untouched; counts are the
-//!   label formulas; the selections are structurally valid (positives share the anchor's
-//!   label, negatives do not, `NO_INDEX` exactly where no candidate exists, `out` past the
-//!   count untouched).
-//! - Finite data: the fast selections follow the documented rules *exactly* on the `f32`
-//!   distance matrix of `pairwise_distances` (ties to the smallest index).
-//! - Data in the documented range: integer data under the Euclidean metrics give indices
-//!   identical to the twin's; general floats give chosen distances equal within the
-//!   distance bound. Semi-hard decisions may differ where a negative lies within rounding
-//!   of the positive's distance, so there only the values are compared, and only away from
-//!   such ties.
+//!   `NonFinite` at the first bad element, finite data outside the documented range
+//!   (`|x_ik| sqrt(dim) > 2^52`) `TooLarge` at the first element of largest magnitude,
+//!   with every output untouched; counts are the label formulas; the selections are
+//!   structurally valid (positives share the anchor's label, negatives do not, `NO_INDEX`
+//!   exactly where no candidate exists, `out` past the count untouched).
+//! - Accepted data: the fast selections follow the documented rules *exactly* on the
+//!   `f32` distance matrix of `pairwise_distances` (ties to the smallest index) where both
+//!   distance forms are exact.
+//! - Accepted data (always in the range of the distance bounds): integer data under the
+//!   Euclidean metrics give indices identical to the twin's; general floats give chosen
+//!   distances equal within the distance bound. Semi-hard decisions may differ where a
+//!   negative lies within rounding of the positive's distance, so there only the values
+//!   are compared, and only away from such ties.
 
 #![no_main]
 
@@ -22,7 +24,7 @@ use common::*;
 use libfuzzer_sys::fuzz_target;
 use triplet_kernels::{
     hardest_pairs, mine_triplets, mine_triplets_count, mining_workspace_len, pairwise_distances,
-    pairwise_distances_workspace_len, scalar, Error, Matrix, Metric, Mining, Triplet, NO_INDEX,
+    pairwise_distances_workspace_len, scalar, Matrix, Metric, Mining, Triplet, NO_INDEX,
 };
 
 /// `sum_a pos(a) * neg(a)` and friends, from the labels.
@@ -102,7 +104,8 @@ struct Run {
 }
 
 /// Runs the three kernels (fast or twin); `None` when they refuse the batch (after
-/// checking that the refusal is the documented `NonFinite` and that nothing was written).
+/// checking that the refusal is the documented `NonFinite` or `TooLarge` and that nothing
+/// was written).
 fn run(x: Matrix<'_>, labels: &[u32], metric: Metric, fast: bool, garbage: f32) -> Option<Run> {
     let n = x.rows();
     let mut ws = vec![garbage; mining_workspace_len(n, x.dim())];
@@ -113,7 +116,7 @@ fn run(x: Matrix<'_>, labels: &[u32], metric: Metric, fast: bool, garbage: f32) 
     } else {
         scalar::hardest_pairs(x, labels, metric, &mut pos, &mut neg, &mut ws)
     };
-    let bad = first_non_finite(x.as_slice());
+    let bad = data_error(x.as_slice(), x.dim(), true);
     let sentinel = Triplet::new(1, 2, 3);
     let triplets = MININGS.map(|m| {
         let count = mine_triplets_count(labels, m).unwrap();
@@ -125,14 +128,8 @@ fn run(x: Matrix<'_>, labels: &[u32], metric: Metric, fast: bool, garbage: f32) 
             scalar::mine_triplets(x, labels, metric, m, &mut out, &mut ws)
         };
         match bad {
-            Some(position) => {
-                assert_eq!(
-                    k,
-                    Err(Error::NonFinite {
-                        buffer: "x",
-                        position
-                    })
-                );
+            Some(e) => {
+                assert_eq!(k, Err(e));
                 assert!(out.iter().all(|t| *t == sentinel), "written on Err");
             }
             None => assert_eq!(k, Ok(count), "{m:?}"),
@@ -141,14 +138,8 @@ fn run(x: Matrix<'_>, labels: &[u32], metric: Metric, fast: bool, garbage: f32) 
         out.truncate(count);
         out
     });
-    if let Some(position) = bad {
-        assert_eq!(
-            r,
-            Err(Error::NonFinite {
-                buffer: "x",
-                position
-            })
-        );
+    if let Some(e) = bad {
+        assert_eq!(r, Err(e));
         assert!(pos.iter().chain(&neg).all(|&v| v == 7), "written on Err");
         return None;
     }
@@ -247,9 +238,8 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(f.triplets, want.triplets, "mined triplets");
     }
 
-    if !rows_in_range(&xd, d) {
-        return;
-    }
+    // Accepted data lie in the range of the distance bounds.
+    assert!(rows_in_range(&xd, d), "accepted data past the range");
     if regime == Regime::Int && metric != Metric::Cosine {
         assert_eq!(f.pos, s.pos);
         assert_eq!(f.neg, s.neg);

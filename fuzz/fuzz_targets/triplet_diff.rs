@@ -5,17 +5,22 @@
 //!
 //! - Always: no panic; fast and twin return the same `Ok`/`Err`; an `Err` is one of the
 //!   documented ones for the arguments given (bad margin or eps, index out of range,
-//!   non-finite data at its first position) and leaves every output untouched; the
+//!   non-finite data at its first position, unnormalised data past `|x_ik| sqrt(dim) <=
+//!   2^52` at its first largest element) and leaves every output untouched; the
 //!   forward-only call agrees bit for bit with the one that also writes the gradient;
 //!   garbage in outputs and workspace does not change any result; triplet counts are
 //!   those of `mine_triplets_count`.
-//! - Data and parameters in the documented range: the loss is finite with a finite
-//!   gradient and both are within the documented bounds of the twin's (the tests'
-//!   tolerances, built from the sums of absolute terms), skipping the configurations the
-//!   docs exclude: relu margin values within rounding of the kink (for `MeanNonzero` and
-//!   for gradients), swap decisions within rounding of a tie, semi-hard batches whose
-//!   mining differs near a tie, norms within rounding of the normalisation clamp and
-//!   Euclidean distances in `f32`'s underflow range (for gradients).
+//! - Every accepted batch (the data range and the margin limit exist for this) has a
+//!   finite loss and gradient.
+//! - Accepted data with margins far from `f32`'s overflow (normalised batches: any finite
+//!   data): the loss is finite with a finite gradient and both are within the documented
+//!   bounds of the twin's (the tests' tolerances, built from the sums of absolute terms),
+//!   skipping the configurations the docs exclude: relu margin values within rounding of
+//!   the kink (for `MeanNonzero` and for gradients), swap decisions within rounding of a
+//!   tie, semi-hard batches whose mining differs near a tie, norms within rounding of the
+//!   normalisation clamp and distances in `f32`'s underflow range (for gradients;
+//!   explicit triplets without the `eps` shift only exclude Euclidean distances below
+//!   `2^-100`, which the kernels recompute from the scaled difference).
 
 #![no_main]
 
@@ -142,6 +147,9 @@ struct Bounds {
     near_swap: bool,
     /// A Euclidean distance between different rows is in f32's underflow range.
     tiny: bool,
+    /// A squared Euclidean distance in that range, or a Euclidean one below `2^-100`,
+    /// where even the recomputed distance has lost digits to subnormals.
+    very_tiny: bool,
 }
 
 fn bounds(
@@ -165,6 +173,7 @@ fn bounds(
     let mut near_kink = false;
     let mut near_swap = false;
     let mut tiny = false;
+    let mut very_tiny = false;
     let tiny_sq = (d as f64 + 8.0) * TINY * 1e8;
     for e in evals {
         let dv = dv_bound(y, d, e, tp.metric, eps, tp.margin) + dv_extra;
@@ -181,6 +190,7 @@ fn bounds(
             };
             if tp.metric != Metric::Cosine && i != j && sq < tiny_sq {
                 tiny = true;
+                very_tiny |= tp.metric == Metric::SquaredEuclidean || sq < 2f64.powi(-200);
             }
         }
         loss += w * (dv + 8.0 * EPS * hinge64(tp.hinge, e.v));
@@ -213,16 +223,22 @@ fn bounds(
         near_kink,
         near_swap,
         tiny,
+        very_tiny,
     }
 }
 
 /// The documented range: every row's squared norm below `f32::MAX / 8` (distances and
-/// norms do not overflow), and the exact loss far from `f32`'s overflow.
-fn in_range(xd: &[f32], d: usize, terms: usize, margin: f32, eps: f32) -> bool {
-    let max_sq = xd.chunks(d).map(sq_norm).fold(0.0, f64::max);
+/// norms do not overflow; accepted unnormalised data always are, and normalised rows are
+/// units), and the exact loss far from `f32`'s overflow.
+fn in_range(xd: &[f32], d: usize, terms: usize, margin: f32, eps: f32, normalized: bool) -> bool {
+    let max_sq = if normalized {
+        1.0
+    } else {
+        xd.chunks(d).map(sq_norm).fold(0.0, f64::max)
+    };
     let shift = f64::from(eps).abs() * (d as f64).sqrt();
     let term = 4.0 * max_sq + shift * shift + f64::from(margin).abs() + 4.0;
-    rows_in_range(xd, d) && (terms as f64 + 1.0) * term < 1e36
+    (normalized || rows_in_range(xd, d)) && (terms as f64 + 1.0) * term < 1e36
 }
 
 fn to64(v: &[f32]) -> Vec<f64> {
@@ -299,7 +315,7 @@ fn margin_errors(x: &Matrix<'_>, ts: &[Triplet], p: &TripletParams) -> Vec<Error
     if !p.margin.is_finite() {
         errs.push(Error::InvalidParameter { name: "margin" });
     }
-    if !p.eps.is_finite() || (p.metric == Metric::Cosine && p.eps != 0.0) {
+    if p.eps.is_nan() || p.eps.abs() > 1.0 || (p.metric == Metric::Cosine && p.eps != 0.0) {
         errs.push(Error::InvalidParameter { name: "eps" });
     }
     let n = x.rows();
@@ -316,12 +332,7 @@ fn margin_errors(x: &Matrix<'_>, ts: &[Triplet], p: &TripletParams) -> Vec<Error
             bound: n,
         });
     }
-    if let Some(position) = first_non_finite(x.as_slice()) {
-        errs.push(Error::NonFinite {
-            buffer: "x",
-            position,
-        });
-    }
+    errs.extend(data_error(x.as_slice(), x.dim(), true));
     errs
 }
 
@@ -342,10 +353,12 @@ fn margin_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
         })
         .collect();
     let metric = g.metric();
-    let eps = match g.byte() % 4 {
+    let eps = match g.byte() % 5 {
         0 | 1 => 0.0,
         2 => 1e-6,
-        _ => g.param(regime, -1e-3, 1e-3),
+        3 => g.param(regime, -1e-3, 1e-3),
+        // Up to the limit |eps| <= 1.
+        _ => g.param(regime, -1.0, 1.0),
     };
     let p = TripletParams::new()
         .with_metric(metric)
@@ -390,7 +403,7 @@ fn margin_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
 
     // The documented range: rows and margins whose distances and terms stay far from
     // f32's overflow.
-    if !in_range(xd, d, ts.len(), p.margin, p.eps) {
+    if !in_range(xd, d, ts.len(), p.margin, p.eps, false) {
         return;
     }
     let x64 = to64(xd);
@@ -425,7 +438,10 @@ fn margin_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
             "term {tf} vs {tsv} tol {dv}"
         );
     }
-    if b.near_kink || b.tiny || (p.metric == Metric::Cosine && near_clamp(xd, d, 1e-4)) {
+    // Without the shift, tiny Euclidean distances are recomputed from the scaled
+    // difference, and their gradients keep full accuracy down to `2^-100`.
+    let tiny = if p.eps == 0.0 { b.very_tiny } else { b.tiny };
+    if b.near_kink || tiny || (p.metric == Metric::Cosine && near_clamp(xd, d, 1e-4)) {
         return;
     }
     assert_close("explicit grad", &f.grad, &s.grad, |k| b.grad[k / d]);
@@ -532,15 +548,10 @@ fn batch_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
         eprintln!("triplet_batch: n {n} d {d} {p:?}\nx {xd:?}\nlabels {labels:?}");
     }
     let mut errs = Vec::new();
-    if !p.margin.is_finite() {
+    if p.margin.is_nan() || p.margin.abs() > MARGIN_MAX {
         errs.push(Error::InvalidParameter { name: "margin" });
     }
-    if let Some(position) = first_non_finite(xd) {
-        errs.push(Error::NonFinite {
-            buffer: "x",
-            position,
-        });
-    }
+    errs.extend(data_error(xd, d, !p.normalize));
     let f = batch_run(x, &labels, p, true, garbage);
     let s = batch_run(x, &labels, p, false, garbage);
     let ((f, fg), (s, sg)) = match (f, s) {
@@ -566,16 +577,18 @@ fn batch_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
         "garbage changed the result"
     );
     assert_eq!(bits(&fg), bits(&fg2), "garbage changed the gradient");
-
-    if !in_range(xd, d, count, p.margin, 0.0) {
-        return;
-    }
+    // The data range and the margin limit exist so that every accepted batch has a
+    // finite loss and gradient.
     assert!(
         f.loss.is_finite() && fg.iter().all(|v| v.is_finite()),
         "non-finite loss {} or gradient",
         f.loss
     );
     assert!(s.loss.is_finite() && sg.iter().all(|v| v.is_finite()));
+
+    if !in_range(xd, d, count, p.margin, 0.0, p.normalize) {
+        return;
+    }
     // The rows each kernel mines on: the fast one's and the twin's normalisation.
     let (mut yf, mut ys) = (xd.to_vec(), xd.to_vec());
     if p.normalize {
@@ -628,6 +641,11 @@ fn batch_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
         return;
     }
     if (p.normalize || p.metric == Metric::Cosine) && near_clamp(xd, d, 1e-4) {
+        return;
+    }
+    // Normalised rows from data past the distance bounds' range: the gradients scale as
+    // 1 / |x| and may underflow, which the relative tolerances below do not allow for.
+    if !rows_in_range(xd, d) {
         return;
     }
     let mut tol = b.grad.clone();

@@ -5,15 +5,20 @@
 //!
 //! - Always: no panic; fast and twin return the same `Ok`/`Err`; an `Err` is the first
 //!   failing condition of the documented order (bad parameter, index or proxy label out
-//!   of range, non-finite data at its first position) and leaves every output untouched;
+//!   of range, non-finite data at its first position, data past the contrastive,
+//!   quadruplet and mining range `|x_ik| sqrt(dim) <= 2^52` at its first largest
+//!   element) and leaves every output untouched;
 //!   the loss-only call agrees bit for bit with the one that writes gradients; garbage in
 //!   outputs and workspace changes nothing; mining counts follow the label formula.
 //! - Finite data: `mine_quadruplets` follows its rules exactly on the `f32` distance
 //!   matrix of `pairwise_distances`; the proxy losses are finite whenever the docs say so.
-//! - Data and parameters in the documented range: losses and gradients within the tests'
-//!   tolerances of the twin's (sums of absolute terms), away from hinge kinks, the
-//!   normalisation clamp and distances in `f32`'s underflow range; integer data give the
-//!   twin's quadruplets exactly, general floats quadruplets with equal distances.
+//! - Accepted data with parameters far from `f32`'s overflow: losses and gradients
+//!   within the tests' tolerances of the twin's (sums of absolute terms; the Euclidean
+//!   gradients' relative to `|a - b|`, the difference being formed before it is scaled),
+//!   away from hinge kinks, the normalisation clamp and distances in `f32`'s underflow
+//!   range (Euclidean: below `2^-100` only, as such distances are recomputed from the
+//!   scaled difference); integer data give the twin's quadruplets exactly, general floats
+//!   quadruplets with equal distances.
 
 #![no_main]
 
@@ -28,7 +33,7 @@ use triplet_kernels::{
     proxy_anchor_workspace_len, proxy_nca_loss, proxy_nca_loss_grad, proxy_nca_workspace_len,
     quadruplet_loss, quadruplet_loss_grad, quadruplet_workspace_len, scalar, ContrastiveForm,
     ContrastiveParams, ContrastiveReduction, Error, Hinge, Matrix, Metric, ProxyAnchorParams,
-    ProxyNcaParams, Quadruplet, QuadrupletParams,
+    ProxyNcaParams, Quadruplet, QuadrupletParams, Reduction,
 };
 
 /// Sum of the absolute terms behind a distance, with the underflow allowance folded in
@@ -37,15 +42,19 @@ fn scale_u(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
     dist_scale(metric, a, b) + underflow_allowance(metric, a.len()) / (4.0 * EPS)
 }
 
-/// Bound on the elements of `d d(a, b) / d a` as the kernels form them.
+/// Bound on the elements of `d d(a, b) / d a` as the kernels form them: the Euclidean
+/// metrics form `a - b` first and scale it once, so their error scales with `|a - b|`.
 fn grad_scale(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
     let (ia, ib) = (inf_norm(a), inf_norm(b));
+    let diff = f64s(a)
+        .zip(f64s(b))
+        .fold(0.0_f64, |m, (u, v)| m.max((u - v).abs()));
     match metric {
-        Metric::SquaredEuclidean => 2.0 * (ia + ib),
+        Metric::SquaredEuclidean => 2.0 * diff,
         Metric::Euclidean => {
             let d = dist64(metric, a, b);
             if d > 0.0 {
-                (ia + ib) / d
+                diff / d
             } else {
                 0.0
             }
@@ -59,8 +68,17 @@ fn grad_scale(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// Whether the gradients of `metric` are comparable on these rows: no pair of distinct
-/// rows at a Euclidean distance in the underflow range, no norm at the cosine clamp.
+/// rows at a squared Euclidean distance in the underflow range (a Euclidean distance
+/// below `2^-100`: larger ones are recomputed from the scaled difference and keep their
+/// accuracy), no norm at the cosine clamp.
 fn grads_comparable(metric: Metric, xd: &[f32], d: usize) -> bool {
+    let tiny = |a: &[f32], b: &[f32]| match metric {
+        Metric::Euclidean => {
+            let s = sq_dist(a, b);
+            s > 0.0 && s < 2f64.powi(-200)
+        }
+        _ => tiny_pair(a, b),
+    };
     match metric {
         Metric::Cosine => !near_clamp(xd, d, 1e-4),
         _ => {
@@ -68,7 +86,7 @@ fn grads_comparable(metric: Metric, xd: &[f32], d: usize) -> bool {
             !rows
                 .iter()
                 .enumerate()
-                .any(|(i, a)| rows[i + 1..].iter().any(|b| tiny_pair(a, b)))
+                .any(|(i, a)| rows[i + 1..].iter().any(|b| tiny(a, b)))
         }
     }
 }
@@ -155,12 +173,7 @@ fn contrastive_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) 
     if !nm.is_finite() {
         expected.push(Error::InvalidParameter { name: "neg_margin" });
     }
-    if let Some(position) = first_non_finite(xd) {
-        expected.push(Error::NonFinite {
-            buffer: "x",
-            position,
-        });
-    }
+    expected.extend(data_error(xd, d, true));
     // One workspace for the fast kernel and its twin.
     let ws_len = contrastive_workspace_len(n, d).max(scalar::contrastive_workspace_len(n, d));
     let mut ws = vec![garbage; ws_len];
@@ -198,7 +211,10 @@ fn contrastive_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) 
         "garbage"
     );
 
-    // In range: distances and the f32 partial sums of the terms far from overflow.
+    // Accepted data are in the range of the distance bounds.
+    assert!(rows_in_range(xd, d), "accepted data past the range");
+    // In range: distances, terms and the reduced loss far from overflow (the sums are in
+    // f64: only the `Sum` total may exceed one term by more than a factor of 2).
     let dmax = match metric {
         Metric::SquaredEuclidean => 4.0 * max_sq_norm(xd, d),
         Metric::Euclidean => 2.0 * max_sq_norm(xd, d).sqrt(),
@@ -210,7 +226,12 @@ fn contrastive_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) 
     } else {
         t
     };
-    if !rows_in_range(xd, d) || (n * n) as f64 * term > 1e36 {
+    let terms = if reduction == ContrastiveReduction::Sum {
+        (n * n) as f64
+    } else {
+        4.0
+    };
+    if terms * term > 1e36 {
         return;
     }
     assert!(
@@ -363,12 +384,7 @@ fn quadruplet_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
             bound: n,
         });
     }
-    if let Some(position) = first_non_finite(xd) {
-        expected.push(Error::NonFinite {
-            buffer: "x",
-            position,
-        });
-    }
+    expected.extend(data_error(xd, d, true));
     // One workspace for the fast kernel and its twin.
     let ws_len = quadruplet_workspace_len(n, d).max(scalar::quadruplet_workspace_len(n, d));
     let mut ws = vec![garbage; ws_len];
@@ -411,7 +427,14 @@ fn quadruplet_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
         Metric::Cosine => 2.0,
     };
     let term = 2.0 * (2.0 * dmax + f64::from(m1).abs() + f64::from(m2).abs());
-    if !rows_in_range(xd, d) || (quads.len() + 1) as f64 * term > 1e36 {
+    assert!(rows_in_range(xd, d), "accepted data past the range");
+    // The sum is in f64: only the `Sum` total may exceed one term.
+    let terms = if p.reduction == Reduction::Sum {
+        (quads.len() + 1) as f64
+    } else {
+        2.0
+    };
+    if terms * term > 1e36 {
         return;
     }
     assert!(
@@ -533,13 +556,7 @@ fn mining_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
     let rf = mine_quadruplets(x, &labels, metric, &mut f, &mut ws);
     ws.fill(-garbage);
     let rs = scalar::mine_quadruplets(x, &labels, metric, &mut s, &mut ws);
-    let expected: Vec<Error> = first_non_finite(xd)
-        .map(|position| Error::NonFinite {
-            buffer: "x",
-            position,
-        })
-        .into_iter()
-        .collect();
+    let expected: Vec<Error> = data_error(xd, d, true).into_iter().collect();
     if !same_outcome(&rf, &rs, &expected) {
         assert!(f.iter().chain(&s).all(|q| *q == sentinel), "written on Err");
         return;
@@ -567,9 +584,7 @@ fn mining_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
         assert!(labels[n1] != labels[a]);
         assert!(labels[n2] != labels[a] && labels[n2] != labels[n1]);
     }
-    if !rows_in_range(xd, d) {
-        return;
-    }
+    assert!(rows_in_range(xd, d), "accepted data past the range");
     if regime == Regime::Int && metric != Metric::Cosine {
         assert_eq!(f, s, "integer data: identical quadruplets");
         return;

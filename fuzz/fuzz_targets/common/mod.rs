@@ -14,7 +14,7 @@
 #![allow(dead_code)]
 
 use arbitrary::Unstructured;
-use triplet_kernels::{Hinge, Metric, Mining, Reduction, NORM_EPS};
+use triplet_kernels::{Error, Hinge, Metric, Mining, Reduction, NORM_EPS};
 
 /// `2^-23`, the `f32` machine epsilon, as `f64`.
 pub const EPS: f64 = f32::EPSILON as f64;
@@ -128,7 +128,14 @@ impl<'a> Gen<'a> {
             0 if enabled & NON_FINITE != 0 => f32::NAN,
             1 if enabled & NON_FINITE != 0 => sign * f32::INFINITY,
             2 if enabled & HUGE != 0 => sign * 1e30,
-            3 if enabled & HUGE != 0 => sign * f32::MAX,
+            3 if enabled & HUGE != 0 && self.bool() => sign * f32::MAX,
+            // The loss kernels' data range: 2^52 / sqrt(k), a few ulp either side.
+            3 if enabled & HUGE != 0 => {
+                let k = f64::from(self.byte() % 67 + 1);
+                let edge = (4_503_599_627_370_496.0 / k.sqrt()) as f32;
+                let ulps = i32::from(self.byte() % 5) - 2;
+                sign * f32::from_bits(edge.to_bits().wrapping_add_signed(ulps))
+            }
             4 if enabled & ANY_NORMAL != 0 => {
                 // Any normal number: exponent field 1..=254.
                 let e = u32::from(self.byte() % 254) + 1;
@@ -243,6 +250,48 @@ pub fn dump() -> bool {
     use std::sync::OnceLock;
     static DUMP: OnceLock<bool> = OnceLock::new();
     *DUMP.get_or_init(|| std::env::var_os("TRIPLET_FUZZ_DUMP").is_some())
+}
+
+// ---------------------------------------------------------------------------------------
+// The documented data rules of the loss kernels and miners.
+
+/// `(2^52)^2`: the loss kernels and miners refuse rows they take distances of without
+/// normalising them when `m * m * dim` exceeds it in `f64`, `m` the largest `|x_ik|`.
+pub const ELEMENT_BOUND_SQ_TIMES_DIM: f64 = (1_u128 << 104) as f64;
+
+/// Largest `|margin|` of the batch losses: `2^100`.
+pub const MARGIN_MAX: f32 = (1_u128 << 100) as f32;
+
+/// `(row, col)` of the first element of largest magnitude when finite `data` (rows of
+/// `dim`) lie outside the loss kernels' data range; `None` inside it.
+pub fn too_large(data: &[f32], dim: usize) -> Option<(usize, usize)> {
+    let m = data.iter().fold(0.0_f32, |m, v| m.max(v.abs()));
+    let m64 = f64::from(m);
+    if m64 * m64 * dim as f64 <= ELEMENT_BOUND_SQ_TIMES_DIM {
+        return None;
+    }
+    let k = data.iter().position(|v| v.abs() == m)?;
+    Some((k / dim, k % dim))
+}
+
+/// The data error a loss kernel or miner documents for `x` (rows of `dim`): `NonFinite`
+/// at the first NaN or infinity, else `TooLarge` when the rows are not normalised first
+/// (`range_checked`) and lie outside the data range.
+pub fn data_error(data: &[f32], dim: usize, range_checked: bool) -> Option<Error> {
+    if let Some(position) = first_non_finite(data) {
+        return Some(Error::NonFinite {
+            buffer: "x",
+            position,
+        });
+    }
+    if !range_checked {
+        return None;
+    }
+    too_large(data, dim).map(|(row, col)| Error::TooLarge {
+        buffer: "x",
+        row,
+        col,
+    })
 }
 
 // ---------------------------------------------------------------------------------------
