@@ -375,14 +375,16 @@ impl Parts {
 ///
 /// # Numerics
 ///
-/// Non-finite data is refused (above); finite data whose distances overflow `f32` gives
-/// a non-finite loss. Distances are computed pair by pair in the direct form (as
+/// Non-finite data and data past the documented range are refused (above), so no
+/// distance overflows. Distances are computed pair by pair in the direct form (as
 /// [`crate::DistanceMode::Direct`], not the Gram form of the matrix kernels); the Euclidean
 /// gradient at distance 0 is 0; a zero row is at cosine distance 1 from every other row.
-/// The loss is accumulated in `f32` per row and then over rows: against the `f64` twin
-/// the error is at most about `(d / 8 + n + 10) * 2^-24` times the weighted sum of the
-/// absolute terms, as long as no term sits within that error of its hinge kink (where the
-/// two may count a different number of active terms).
+/// Each term is rounded once to `f32` and the terms are summed in `f64`: against the
+/// `f64` twin the error is at most about `(d / 8 + 10) * 2^-24` times the weighted sum of
+/// the absolute terms, as long as no term sits within that error of its hinge kink (where
+/// the two may count a different number of active terms). The gradient adds each pair's
+/// update in difference form (`a - b` first), so nearly coincident rows keep their
+/// gradient's relative accuracy.
 ///
 /// # Example
 ///

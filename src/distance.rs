@@ -756,7 +756,9 @@ impl Kernel for NormalizeBackward<'_, '_> {
 /// # Numerics
 ///
 /// Relative error at most `(d / 8 + 10) * 2^-24` against the exact norm, for every finite
-/// row: when the plain sum of squares would overflow (`|x|` above about `1.8e19`) or lose
+/// row whose norm is a normal `f32` (a norm below `1.2e-38` is rounded to the subnormal
+/// grid, an absolute error of at most `2^-150`): when the plain sum of squares would
+/// overflow (`|x|` above about `1.8e19`) or lose
 /// terms to underflow (`|x|` below about `9e-13`), the row is first scaled by an exact
 /// power of two, as `hypot` does. The result is infinite only where the exact norm
 /// exceeds `f32::MAX`.

@@ -294,11 +294,10 @@ impl<'a> Rows<'a> {
 ///
 /// # Numerics
 ///
-/// Non-finite data is refused; finite data whose distances overflow gives a non-finite
-/// loss. Each distance is computed pair by pair in the direct form, within
+/// Non-finite data and data past the documented range are refused, so no distance
+/// overflows. Each distance is computed pair by pair in the direct form, within
 /// `(d / 8 + 10) * 2^-24 * S` of the exact one (`S` the sum of its absolute terms); the
-/// loss is
-/// accumulated in `f32`, error at most about `(d / 8 + k + 10) * 2^-24` times the sum of
+/// terms are summed in `f64`, error at most about `(d / 8 + 10) * 2^-24` times the sum of
 /// the absolute values of the distances and margins involved, against the `f64` twin
 /// (away from hinge kinks, where `MeanNonzero` may count differently).
 ///
