@@ -22,11 +22,11 @@
 //! terms: that part is 0 with a zero gradient.
 
 use crate::distance::{clamped_row_norms, distance, pair_grad_rows, Metric};
-use crate::error::{check_len, check_workspace, checked_area, Error};
+use crate::error::Error;
 use crate::matrix::Matrix;
-use crate::mining::check_rows;
 use crate::reduce::Reduction;
 use crate::simd::Backend;
+use crate::validate::{check_labels, check_len, check_rows, check_workspace};
 
 /// Whether the pair terms of [`contrastive_loss`] are hinges or squared hinges.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -228,14 +228,6 @@ pub const fn contrastive_workspace_len(rows: usize, dim: usize) -> usize {
     rows.saturating_add(pairs)
 }
 
-/// `Err(NonFinite)` at the first NaN or infinite element of `data`.
-pub(crate) fn check_finite(buffer: &'static str, data: &[f32]) -> Result<(), Error> {
-    match data.iter().position(|v| !v.is_finite()) {
-        Some(position) => Err(Error::NonFinite { buffer, position }),
-        None => Ok(()),
-    }
-}
-
 /// Validates the arguments of a contrastive kernel in the documented order; returns `n`.
 pub(crate) fn check_contrastive(
     x: &Matrix<'_>,
@@ -244,10 +236,9 @@ pub(crate) fn check_contrastive(
     grad: Option<usize>,
     workspace: usize,
 ) -> Result<usize, Error> {
-    let n = x.rows();
-    check_len("labels", n, labels.len())?;
+    let n = check_labels(x, labels)?;
     if let Some(g) = grad {
-        check_len("grad", checked_area(n, x.dim())?, g)?;
+        check_len("grad", x.len(), g)?;
     }
     check_workspace(contrastive_workspace_len(n, x.dim()), workspace)?;
     params.validate()?;

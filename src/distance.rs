@@ -26,10 +26,11 @@
 
 mod tile;
 
-use crate::error::{check_len, check_workspace, checked_area, Error};
+use crate::error::Error;
 use crate::math;
 use crate::matrix::Matrix;
 use crate::simd::{self, Backend, Kernel, Simd};
+use crate::validate::{check_len, check_workspace, checked_area};
 use core::ops::Range;
 
 /// Lower bound applied to norms before dividing, as PyTorch's `F.normalize` and

@@ -105,6 +105,7 @@ mod retrieval;
 pub mod scalar;
 mod simd;
 pub mod triplet;
+mod validate;
 
 pub use distance::{
     cross_distances, cross_distances_rows, cross_distances_rows_workspace_len,

@@ -69,9 +69,10 @@ use crate::distance::{
     euclidean_from_sq, pairwise_distances_on, pairwise_distances_rows_on,
     pairwise_distances_rows_workspace_len, DistanceMode, Metric,
 };
-use crate::error::{check_len, check_workspace, Error};
+use crate::error::Error;
 use crate::matrix::Matrix;
 use crate::simd::{self, Backend, Kernel, Simd, MAX_LANES};
+use crate::validate::{check_labels, check_len, check_rows, check_workspace};
 
 /// Marks "no such row" in the index outputs of [`hardest_pairs`] (an anchor without a
 /// positive or without a negative).
@@ -238,57 +239,7 @@ pub const fn mining_workspace_len(rows: usize, dim: usize) -> usize {
 }
 
 // ---------------------------------------------------------------------------------------
-// Validation shared with the scalar twins and the losses.
-
-/// Checks `labels` against `x`; returns `n`.
-pub(crate) fn check_labels(x: &Matrix<'_>, labels: &[u32]) -> Result<usize, Error> {
-    let n = x.rows();
-    check_len("labels", n, labels.len())?;
-    Ok(n)
-}
-
-/// The square of the largest `|x_ik| * sqrt(dim)` the loss kernels accept for rows they
-/// take distances of without normalising them: `(2^52)^2`. Every squared norm is then at
-/// most `2^104` and every squared distance (`|a - b|^2 <= 2 |a|^2 + 2 |b|^2`) and Gram
-/// term at most `2^106`, so even a sum of `2^21` such terms (a batch-all row sum, in
-/// `f32` lanes) stays below `f32::MAX` (about `2^128`).
-pub(crate) const ELEMENT_BOUND_SQ_TIMES_DIM: f64 = 2.028_240_960_365_167e31; // 2^104
-
-/// Validates the data of a loss kernel or miner: every element finite
-/// ([`Error::NonFinite`] at the first offender), and, unless the kernel normalises the
-/// rows first (`normalized`), within the range [`Error::TooLarge`] documents. One
-/// branch-free pass over the absolute values' bit patterns (an integer maximum, which
-/// vectorises); the positions are searched only on failure.
-pub(crate) fn check_rows(x: &Matrix<'_>, normalized: bool) -> Result<(), Error> {
-    let data = x.as_slice();
-    let max_bits = data
-        .iter()
-        .fold(0_u32, |m, v| m.max(v.to_bits() & 0x7fff_ffff));
-    if max_bits >= 0x7f80_0000 {
-        if let Some(position) = data.iter().position(|v| !v.is_finite()) {
-            return Err(Error::NonFinite {
-                buffer: "x",
-                position,
-            });
-        }
-    }
-    if normalized {
-        return Ok(());
-    }
-    let m = f64::from(f32::from_bits(max_bits));
-    if m * m * x.dim() as f64 <= ELEMENT_BOUND_SQ_TIMES_DIM {
-        return Ok(());
-    }
-    let position = data
-        .iter()
-        .position(|v| v.to_bits() & 0x7fff_ffff == max_bits)
-        .unwrap_or(0);
-    Err(Error::TooLarge {
-        buffer: "x",
-        row: position / x.dim(),
-        col: position % x.dim(),
-    })
-}
+// Triplet counts and the argument checks of the miners.
 
 /// Positives and negatives of anchor `a`.
 fn anchor_counts(labels: &[u32], a: usize, la: u32) -> (usize, usize) {
@@ -325,17 +276,6 @@ pub(crate) fn count_exact(labels: &[u32], mining: Mining) -> Result<usize, Error
         total = total.checked_add(k).ok_or(overflow)?;
     }
     Ok(total)
-}
-
-/// `Err(ShapeOverflow)` when the number of triplets of a batch could overflow `usize`
-/// (checked exactly only when `n^3` itself overflows).
-pub(crate) fn check_triplet_count(labels: &[u32], mining: Mining) -> Result<(), Error> {
-    let n = labels.len();
-    if n.checked_mul(n).and_then(|m| m.checked_mul(n)).is_some() {
-        Ok(())
-    } else {
-        count_exact(labels, mining).map(|_| ())
-    }
 }
 
 /// Number of triplets that `mining` selects in a batch with these `labels`. It depends on

@@ -37,12 +37,12 @@
 //! [`crate::l2_normalize_backward`]: a row whose norm is at most `1e-12` gets the
 //! derivative of the clamped formula, `1e12` times the gradient of its normalised value.
 
-use crate::contrastive::check_finite;
 use crate::distance::{l2_normalize_backward_on, l2_normalize_on};
-use crate::error::{check_len, check_workspace, Error};
+use crate::error::Error;
 use crate::math;
 use crate::matrix::Matrix;
 use crate::simd::{self, Backend};
+use crate::validate::{check_finite, check_labels, check_len, check_workspace};
 
 /// Parameters of [`proxy_nca_loss`].
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -154,7 +154,7 @@ pub(crate) fn check_proxy_shapes(
             right: proxies.dim(),
         });
     }
-    check_len("labels", x.rows(), labels.len())?;
+    check_labels(x, labels)?;
     if let Some((g, gp)) = grads {
         check_len("grad", x.len(), g)?;
         check_len("grad_proxies", proxies.len(), gp)?;

@@ -21,12 +21,12 @@ use crate::distance::{
     clamped_row_norms, distance, pair_grad_rows, pairwise_distances_on,
     pairwise_distances_workspace_len, Metric,
 };
-use crate::error::{check_len, check_workspace, checked_area, Error};
+use crate::error::Error;
 use crate::matrix::Matrix;
-use crate::mining::check_rows;
 use crate::mining::refine_pairwise;
 use crate::reduce::{Hinge, Reduction};
 use crate::simd::Backend;
+use crate::validate::{check_labels, check_len, check_rows, check_workspace};
 
 /// One quadruplet of row indices: anchor, positive, first negative, second negative.
 ///
@@ -205,7 +205,7 @@ pub(crate) fn check_quadruplet(
     workspace: usize,
 ) -> Result<(), Error> {
     if let Some(g) = grad {
-        check_len("grad", checked_area(x.rows(), x.dim())?, g)?;
+        check_len("grad", x.len(), g)?;
     }
     check_workspace(quadruplet_workspace_len(x.rows(), x.dim()), workspace)?;
     params.validate()?;
@@ -499,7 +499,7 @@ pub(crate) fn check_mining(
     out: usize,
     workspace: usize,
 ) -> Result<usize, Error> {
-    check_len("labels", x.rows(), labels.len())?;
+    check_labels(x, labels)?;
     if u32::try_from(x.rows()).is_err() {
         return Err(Error::ShapeOverflow {
             rows: x.rows(),

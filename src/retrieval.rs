@@ -14,10 +14,11 @@
 //! on [`knn`], in its public docs.
 
 use crate::distance::{clamped_row_norms, distance, Metric};
-use crate::error::{check_len, check_workspace, checked_area, Error};
+use crate::error::Error;
 use crate::math;
 use crate::matrix::Matrix;
 use crate::simd::Backend;
+use crate::validate::{check_finite, check_labels, check_len, check_workspace, checked_area};
 
 /// Queries per block of the streaming pass.
 const QUERY_BLOCK: usize = 16;
@@ -247,7 +248,7 @@ pub(crate) fn check_metrics<'a>(
     workspace: usize,
 ) -> Result<(Shape<'a>, &'a [u32]), Error> {
     let shape = check_refs(queries, reference.map(|(y, _)| y))?;
-    check_len("labels", queries.rows(), labels.len())?;
+    check_labels(queries, labels)?;
     let ref_labels = match reference {
         Some((y, yl)) => {
             check_len("reference_labels", y.rows(), yl.len())?;
@@ -262,18 +263,11 @@ pub(crate) fn check_metrics<'a>(
         retrieval_metrics_workspace_len(queries.rows(), shape.refs.rows(), queries.dim()),
         workspace,
     )?;
-    check_finite("queries", queries)?;
+    check_finite("queries", queries.as_slice())?;
     if !shape.leave_one_out {
-        check_finite("reference", &shape.refs)?;
+        check_finite("reference", shape.refs.as_slice())?;
     }
     Ok((shape, ref_labels))
-}
-
-fn check_finite(buffer: &'static str, x: &Matrix<'_>) -> Result<(), Error> {
-    match x.as_slice().iter().position(|v| !v.is_finite()) {
-        Some(position) => Err(Error::NonFinite { buffer, position }),
-        None => Ok(()),
-    }
 }
 
 /// Number of references sharing query `q`'s label, not counting `q` itself

@@ -68,15 +68,15 @@ use crate::distance::{
     clamped_row_norms, distance, euclidean_from_sq, l2_normalize_backward_on, l2_normalize_on,
     pair_grad_rows, pair_grad_rows_with, Metric, NORM_EPS,
 };
-use crate::error::{check_len, check_workspace, Error};
+use crate::error::Error;
 use crate::matrix::Matrix;
 use crate::mining::{
-    block_rows, check_labels, check_rows, check_triplet_count, for_row_blocks, hard_len,
-    hard_sweep, metric_norms, needs_direct, rows_len, Carve, EmitHard, HardState, Mining,
-    SemiBlock, Sink, Triplet, TILE,
+    block_rows, for_row_blocks, hard_len, hard_sweep, metric_norms, needs_direct, rows_len, Carve,
+    EmitHard, HardState, Mining, SemiBlock, Sink, Triplet, TILE,
 };
 use crate::reduce::{Hinge, Reduction};
 use crate::simd::{self, Backend, Kernel, Simd, MAX_LANES};
+use crate::validate::{check_labels, check_len, check_rows, check_triplet_count, check_workspace};
 
 /// Parameters of the explicit-triplet loss [`triplet_margin_loss`]. Plain `Copy` data,
 /// validated at call time.
