@@ -27,6 +27,7 @@ use crate::matrix::Matrix;
 use crate::reduce::Reduction;
 use crate::simd::Backend;
 use crate::validate::{check_labels, check_len, check_rows, check_workspace};
+use crate::workspace::Carve;
 
 /// Whether the pair terms of [`contrastive_loss`] are hinges or squared hinges.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -257,17 +258,6 @@ struct Parts {
     neg_active: usize,
 }
 
-/// The error of a workspace that cannot hold the `rows` norms. Unreachable once
-/// [`check_contrastive`] has passed; returning it (instead of letting a split panic) keeps
-/// the kernels free of a panic path the optimiser cannot rule out, since the required
-/// length is a saturating expression.
-fn short_workspace(rows: usize, actual: usize) -> Error {
-    Error::WorkspaceTooSmall {
-        required: contrastive_workspace_len(rows, 1),
-        actual,
-    }
-}
-
 /// Fills the norms (cosine) and the packed distances, returns the per-part sums and counts
 /// over unordered pairs.
 fn forward(
@@ -279,10 +269,9 @@ fn forward(
     workspace: &mut [f32],
 ) -> Result<Parts, Error> {
     let n = x.rows();
-    let actual = workspace.len();
-    let (norms, dists) = workspace
-        .split_at_mut_checked(n)
-        .ok_or(short_workspace(n, actual))?;
+    let mut ws = Carve::new(workspace);
+    let norms = ws.take(n)?;
+    let dists = ws.rest();
     if metric == Metric::Cosine {
         clamped_row_norms(backend, x, norms);
     }
@@ -455,9 +444,9 @@ pub fn contrastive_loss_grad(
     let backend = Backend::active();
     let parts = forward(backend, &x, labels, metric, &params, workspace)?;
     let (wp, wn, loss) = parts.reduce(params.reduction);
-    let (norms, dists) = workspace
-        .split_at_checked(n)
-        .ok_or(short_workspace(n, workspace.len()))?;
+    let mut ws = Carve::new(workspace);
+    let norms = &*ws.take(n)?;
+    let dists = &*ws.rest();
     grad.fill(0.0);
     let mut slots = dists.iter();
     let form = params.form;

@@ -106,6 +106,7 @@ pub mod scalar;
 mod simd;
 pub mod triplet;
 mod validate;
+mod workspace;
 
 pub use distance::{
     cross_distances, cross_distances_rows, cross_distances_rows_workspace_len,

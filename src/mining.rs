@@ -60,10 +60,6 @@
 //! twins. Cosine distances are the same in both forms (absolute error
 //! `(2 d + 10) 2^-24`).
 
-// Workspace carving passes `&mut &mut [f32]` on purpose, and the mining scans use
-// branch-free `&` on booleans.
-#![allow(clippy::mut_mut, clippy::needless_bitwise_bool)]
-
 use crate::distance::{
     clamped_row_norms, cross_distances_on, cross_distances_rows_on, cross_distances_workspace_len,
     euclidean_from_sq, pairwise_distances_on, pairwise_distances_rows_on,
@@ -73,6 +69,7 @@ use crate::error::Error;
 use crate::matrix::Matrix;
 use crate::simd::{self, Backend, Kernel, Simd, MAX_LANES};
 use crate::validate::{check_labels, check_len, check_rows, check_workspace};
+use crate::workspace::{max_len, min_len, Carve};
 
 /// Marks "no such row" in the index outputs of [`hardest_pairs`] (an anchor without a
 /// positive or without a negative).
@@ -173,22 +170,6 @@ pub(crate) const BLOCK: usize = 256;
 const HARD_ARRAYS: usize = 5;
 /// Per-row `f32` arrays of the row-wise minings: norms and two scratch rows.
 const ROW_ARRAYS: usize = 3;
-
-const fn min_len(a: usize, b: usize) -> usize {
-    if a < b {
-        a
-    } else {
-        b
-    }
-}
-
-pub(crate) const fn max_len(a: usize, b: usize) -> usize {
-    if a > b {
-        a
-    } else {
-        b
-    }
-}
 
 /// Workspace of the batch-hard sweep over `rows` rows: the per-row arrays, one tile and
 /// the packing of a tile's two row blocks. Saturates.
@@ -350,50 +331,6 @@ pub(crate) fn check_mine_args(
     check_workspace(mining_workspace_len(n, x.dim()), workspace_len)?;
     check_rows(x, false)?;
     Ok(n)
-}
-
-// ---------------------------------------------------------------------------------------
-// Workspace carving.
-
-/// A workspace being cut into consecutive pieces, front first.
-pub(crate) struct Carve<'w>(&'w mut [f32]);
-
-impl<'w> Carve<'w> {
-    /// The whole workspace, nothing taken yet.
-    pub(crate) fn new(ws: &'w mut [f32]) -> Self {
-        Carve(ws)
-    }
-
-    /// The next `len` elements.
-    pub(crate) fn take(&mut self, len: usize) -> Result<&'w mut [f32], Error> {
-        let all = core::mem::take(&mut self.0);
-        let actual = all.len();
-        match all.split_at_mut_checked(len) {
-            Some((head, tail)) => {
-                self.0 = tail;
-                Ok(head)
-            }
-            None => Err(Error::WorkspaceTooSmall {
-                required: len,
-                actual,
-            }),
-        }
-    }
-
-    /// The next `len` elements, as `u32` (row indices).
-    pub(crate) fn take_u32(&mut self, len: usize) -> Result<&'w mut [u32], Error> {
-        let head = self.take(len)?;
-        let actual = head.len();
-        bytemuck::try_cast_slice_mut(head).map_err(|_| Error::WorkspaceTooSmall {
-            required: len,
-            actual,
-        })
-    }
-
-    /// Everything not taken yet.
-    pub(crate) fn rest(self) -> &'w mut [f32] {
-        self.0
-    }
 }
 
 /// Rows `r0..r1` of `x` as a matrix of their own.

@@ -27,6 +27,7 @@ use crate::mining::refine_pairwise;
 use crate::reduce::{Hinge, Reduction};
 use crate::simd::Backend;
 use crate::validate::{check_labels, check_len, check_rows, check_workspace};
+use crate::workspace::Carve;
 
 /// One quadruplet of row indices: anchor, positive, first negative, second negative.
 ///
@@ -326,15 +327,7 @@ pub fn quadruplet_loss(
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
     check_quadruplet(&x, quadruplets, &params, None, workspace.len())?;
-    // Checked split: unreachable failure once the length is validated, but no panic path.
-    let wlen = workspace.len();
-    let norms = workspace
-        .split_at_mut_checked(x.rows())
-        .ok_or(Error::WorkspaceTooSmall {
-            required: x.rows(),
-            actual: wlen,
-        })?
-        .0;
+    let norms = Carve::new(workspace).take(x.rows())?;
     let backend = Backend::active();
     if metric == Metric::Cosine {
         clamped_row_norms(backend, &x, norms);
@@ -406,15 +399,7 @@ pub fn quadruplet_loss_grad(
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
     check_quadruplet(&x, quadruplets, &params, Some(grad.len()), workspace.len())?;
-    // Checked split: unreachable failure once the length is validated, but no panic path.
-    let wlen = workspace.len();
-    let norms = workspace
-        .split_at_mut_checked(x.rows())
-        .ok_or(Error::WorkspaceTooSmall {
-            required: x.rows(),
-            actual: wlen,
-        })?
-        .0;
+    let norms = Carve::new(workspace).take(x.rows())?;
     // Read once: the norms, the distances and the gradient updates use it.
     let backend = Backend::active();
     if metric == Metric::Cosine {
@@ -613,14 +598,9 @@ pub fn mine_quadruplets(
         return Ok(0);
     }
     let n = x.rows();
-    let wlen = workspace.len();
-    let (dist, rest) =
-        workspace
-            .split_at_mut_checked(n.saturating_mul(n))
-            .ok_or(Error::WorkspaceTooSmall {
-                required: mine_quadruplets_workspace_len(n, x.dim()),
-                actual: wlen,
-            })?;
+    let mut ws = Carve::new(workspace);
+    let dist = ws.take(n.saturating_mul(n))?;
+    let rest = ws.rest();
     let backend = Backend::active();
     pairwise_distances_on(backend, x, metric, dist, rest)?;
     refine_pairwise(backend, &x, metric, dist, rest)?;

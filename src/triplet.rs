@@ -71,12 +71,13 @@ use crate::distance::{
 use crate::error::Error;
 use crate::matrix::Matrix;
 use crate::mining::{
-    block_rows, for_row_blocks, hard_len, hard_sweep, metric_norms, needs_direct, rows_len, Carve,
+    block_rows, for_row_blocks, hard_len, hard_sweep, metric_norms, needs_direct, rows_len,
     EmitHard, HardState, Mining, SemiBlock, Sink, Triplet, TILE,
 };
 use crate::reduce::{Hinge, Reduction};
 use crate::simd::{self, Backend, Kernel, Simd, MAX_LANES};
 use crate::validate::{check_labels, check_len, check_rows, check_triplet_count, check_workspace};
+use crate::workspace::Carve;
 
 /// Parameters of the explicit-triplet loss [`triplet_margin_loss`]. Plain `Copy` data,
 /// validated at call time.
