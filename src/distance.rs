@@ -24,6 +24,7 @@
 //! NaN and infinity in the data are not checked: they propagate to every entry computed
 //! from an affected row (NaN or infinite, which one is unspecified), never elsewhere.
 
+mod fixup;
 mod tile;
 
 use crate::error::Error;
@@ -32,6 +33,8 @@ use crate::matrix::Matrix;
 use crate::simd::{self, Backend, Kernel, Simd};
 use crate::validate::{check_len, check_workspace, checked_area};
 use core::ops::Range;
+
+pub(crate) use fixup::{fix_up, metric_norms, needs_direct, refine_pairwise};
 
 /// Lower bound applied to norms before dividing, as PyTorch's `F.normalize` and
 /// `cosine_similarity` do.

@@ -98,4 +98,15 @@ impl<'a> Matrix<'a> {
     pub fn row_iter(&self) -> core::slice::ChunksExact<'a, f32> {
         self.data.chunks_exact(self.dim.get())
     }
+
+    /// Rows `r0..r1` as a matrix of their own (an error for an empty or out-of-range
+    /// range).
+    pub(crate) fn sub_rows(&self, r0: usize, r1: usize) -> Result<Matrix<'a>, Error> {
+        let d = self.dim();
+        let data = self
+            .as_slice()
+            .get(r0.saturating_mul(d)..r1.saturating_mul(d))
+            .unwrap_or(&[]);
+        Matrix::new(data, r1.saturating_sub(r0), d)
+    }
 }

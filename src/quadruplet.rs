@@ -19,11 +19,10 @@
 
 use crate::distance::{
     clamped_row_norms, distance, pair_grad_rows, pairwise_distances_on,
-    pairwise_distances_workspace_len, Metric,
+    pairwise_distances_workspace_len, refine_pairwise, Metric,
 };
 use crate::error::Error;
 use crate::matrix::Matrix;
-use crate::mining::refine_pairwise;
 use crate::reduce::{Hinge, Reduction};
 use crate::simd::Backend;
 use crate::validate::{check_labels, check_len, check_rows, check_workspace};

@@ -66,13 +66,13 @@
 
 use crate::distance::{
     clamped_row_norms, distance, euclidean_from_sq, l2_normalize_backward_on, l2_normalize_on,
-    pair_grad_rows, pair_grad_rows_with, Metric, NORM_EPS,
+    metric_norms, needs_direct, pair_grad_rows, pair_grad_rows_with, Metric, NORM_EPS,
 };
 use crate::error::Error;
 use crate::matrix::Matrix;
 use crate::mining::{
-    block_rows, for_row_blocks, hard_len, hard_sweep, metric_norms, needs_direct, rows_len,
-    EmitHard, HardState, Mining, SemiBlock, Sink, Triplet, TILE,
+    block_rows, for_row_blocks, hard_len, hard_sweep, rows_len, EmitHard, HardState, Mining,
+    SemiBlock, Sink, Triplet, TILE,
 };
 use crate::reduce::{Hinge, Reduction};
 use crate::simd::{self, Backend, Kernel, Simd, MAX_LANES};
