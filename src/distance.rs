@@ -25,6 +25,7 @@
 //! from an affected row (NaN or infinite, which one is unspecified), never elsewhere.
 
 mod fixup;
+mod gemm;
 mod tile;
 
 use crate::error::Error;
@@ -35,6 +36,7 @@ use crate::validate::{check_len, check_workspace, checked_area};
 use core::ops::Range;
 
 pub(crate) use fixup::{fix_up, metric_norms, needs_direct, refine_pairwise};
+pub(crate) use gemm::{gemm_acc, symmetrise, GEMM_MR};
 
 /// Lower bound applied to norms before dividing, as PyTorch's `F.normalize` and
 /// `cosine_similarity` do.
