@@ -30,7 +30,7 @@ mod tile;
 
 use crate::error::Error;
 use crate::math;
-use crate::matrix::Matrix;
+use crate::matrix::{two_rows_mut, Matrix};
 use crate::simd::{self, Backend, Kernel, Simd};
 use crate::validate::{check_len, check_workspace, checked_area};
 use core::ops::Range;
@@ -929,25 +929,6 @@ pub(crate) fn euclidean_from_sq(sq: f32, a: &[f32], b: &[f32], offset: f32) -> f
         })
         .sum();
     math::sqrt(r) / c
-}
-
-/// Rows `i` and `j` of a row-major buffer with rows of `dim`, both mutable, in that order;
-/// `None` when `i == j` or a row is out of range.
-#[inline(always)]
-pub(crate) fn two_rows_mut(
-    buf: &mut [f32],
-    dim: usize,
-    i: usize,
-    j: usize,
-) -> Option<(&mut [f32], &mut [f32])> {
-    let (lo, hi) = if i < j { (i, j) } else { (j, i) };
-    if lo == hi {
-        return None;
-    }
-    let (head, tail) = buf.split_at_mut_checked(hi.checked_mul(dim)?)?;
-    let rl = head.get_mut(lo.checked_mul(dim)?..)?.get_mut(..dim)?;
-    let rh = tail.get_mut(..dim)?;
-    Some(if i < j { (rl, rh) } else { (rh, rl) })
 }
 
 /// The one pair gradient of the crate: adds `coef * d d(a, b) / d a` to `ga` and
