@@ -350,18 +350,6 @@ pub struct BatchLoss {
     pub num_active: usize,
 }
 
-/// Whether a term counts as nonzero for [`Reduction::MeanNonzero`] and `num_active`: by
-/// the exact value of the hinge, `v > 0` for relu and every `v > -inf` for the soft margin
-/// (whose `f32` value underflows to 0 below `v` of about -104 although the term is
-/// positive), so the count does not depend on the precision of the arithmetic.
-#[inline]
-pub(crate) fn is_active(hinge: Hinge, v: f32) -> bool {
-    match hinge {
-        Hinge::Relu => v > 0.0,
-        Hinge::SoftPlus => v > f32::NEG_INFINITY,
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // Validation shared with the scalar twins.
 

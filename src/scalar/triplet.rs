@@ -102,8 +102,8 @@ fn add_pair_grad64(
     acc.add_row(j, dim, diff().map(|t| -t));
 }
 
-/// The twin of `triplet::is_active`: relu terms with `v > 0`, every soft-margin term with
-/// `v > -inf`.
+/// The `f64` twin of [`Hinge::is_active`]: relu terms with `v > 0`, every soft-margin term
+/// with `v > -inf`.
 fn is_active64(hinge: Hinge, v: f64) -> bool {
     match hinge {
         Hinge::Relu => v > 0.0,

@@ -7,7 +7,7 @@
 
 use super::batch::Totals;
 use super::per_triplet::pair_grad;
-use super::{is_active, BatchParams};
+use super::BatchParams;
 use crate::distance::{gemm_acc, needs_direct, symmetrise, Metric, GEMM_MR, NORM_EPS};
 use crate::error::Error;
 use crate::matrix::Matrix;
@@ -20,21 +20,23 @@ use crate::workspace::Carve;
 /// terms and the GEMM's packed coefficients (`GEMM_MR` per row).
 pub(super) const ALL_GRAD_ARRAYS: usize = 2 + GEMM_MR;
 
-/// Lanes of the batch-all sums.
-const W: usize = 16;
+/// Width of the fixed-size chunks that [`coefficient_row`] walks its row in (loops over
+/// a whole chunk vectorise, whatever the backend's lane count), and so the number of
+/// partial sums it keeps for the anchor's diagonal term.
+const CHUNK: usize = 16;
 
-/// Sum of the lanes in a fixed tree order.
+/// Sum of a chunk's partial sums in a fixed tree order (halves added pairwise).
 #[inline(always)]
-fn sum_lanes(v: &[f32; W]) -> f32 {
+fn sum_lanes(v: &[f32; CHUNK]) -> f32 {
     let mut h = *v;
-    let mut w = W / 2;
-    while w > 0 {
-        for l in 0..w {
-            if let (Some(&hi), Some(lo)) = (h.get(l + w), h.get(l)) {
+    let mut half = CHUNK / 2;
+    while half > 0 {
+        for l in 0..half {
+            if let (Some(&hi), Some(lo)) = (h.get(l + half), h.get(l)) {
                 h[l] = lo + hi;
             }
         }
-        w /= 2;
+        half /= 2;
     }
     h[0]
 }
@@ -313,8 +315,11 @@ impl Kernel for AllBlock<'_, '_> {
     }
 }
 
-/// The soft-margin twin of [`relu_pair`] (scalar `ln(1 + e^v)` per term, summed in `f64`):
-/// returns the sum, the number of active terms and the sum of the slopes.
+/// One anchor-positive pair of batch-all under the soft margin, the counterpart of
+/// [`relu_group`]: for every negative distance `m` of `masked` (NaN elsewhere),
+/// `v = base - m`, the term `ln(1 + e^v)` computed per term and summed in `f64`; returns
+/// the sum, the number of active terms and the sum of the slopes, and subtracts each slope
+/// from `coef[q]` when given.
 #[inline(always)]
 fn soft_pair(masked: &[f32], base: f32, coef: Option<&mut [f32]>) -> (f64, usize, f32) {
     let (mut sum, mut active, mut slopes) = (0.0_f64, 0_usize, 0.0_f32);
@@ -325,7 +330,7 @@ fn soft_pair(masked: &[f32], base: f32, coef: Option<&mut [f32]>) -> (f64, usize
                 if !m.is_nan() {
                     let v = base - m;
                     sum += f64::from(hinge.apply(v));
-                    active += usize::from(is_active(hinge, v));
+                    active += usize::from(hinge.is_active(v));
                     let sl = hinge.slope(v);
                     *c -= sl;
                     slopes += sl;
@@ -337,7 +342,7 @@ fn soft_pair(masked: &[f32], base: f32, coef: Option<&mut [f32]>) -> (f64, usize
                 if !m.is_nan() {
                     let v = base - m;
                     sum += f64::from(hinge.apply(v));
-                    active += usize::from(is_active(hinge, v));
+                    active += usize::from(hinge.is_active(v));
                 }
             }
         }
@@ -361,7 +366,7 @@ fn coefficient_row<S: Simd>(
     let Some(&na) = norms.get(a) else {
         return;
     };
-    let mut diag_a = [0.0_f32; W];
+    let mut diag_a = [0.0_f32; CHUNK];
     match metric {
         Metric::SquaredEuclidean | Metric::Euclidean => {
             let squared = metric == Metric::SquaredEuclidean;
@@ -389,16 +394,16 @@ fn coefficient_row<S: Simd>(
                     }
                 }
             }
-            let (rc, rt) = row.as_chunks_mut::<W>();
-            let (cc, ct) = g.coef.as_chunks::<W>();
-            let (dc, dt) = g.diag.as_chunks_mut::<W>();
+            let (rc, rt) = row.as_chunks_mut::<CHUNK>();
+            let (cc, ct) = g.coef.as_chunks::<CHUNK>();
+            let (dc, dt) = g.diag.as_chunks_mut::<CHUNK>();
             // Whole chunks: one loop per metric, the division done unconditionally and
             // then selected, so that the compiler vectorises it (the branchy closure form
             // stays scalar).
             let chunks = rc.iter_mut().zip(cc).zip(dc.iter_mut());
             if squared {
                 for ((r, c), dg) in chunks {
-                    for l in 0..W {
+                    for l in 0..CHUNK {
                         let k = 2.0 * c[l];
                         r[l] = -k;
                         dg[l] += k;
@@ -410,12 +415,12 @@ fn coefficient_row<S: Simd>(
                     // In local arrays: the row and the diagonal terms are slices the
                     // compiler cannot prove disjoint.
                     let (rv, cv, mut dv) = (*r, *c, *dg);
-                    let mut k = [0.0_f32; W];
-                    for l in 0..W {
+                    let mut k = [0.0_f32; CHUNK];
+                    for l in 0..CHUNK {
                         let q = cv[l] / rv[l];
                         k[l] = if rv[l] > 0.0 { q } else { 0.0 };
                     }
-                    for l in 0..W {
+                    for l in 0..CHUNK {
                         dv[l] += k[l];
                         diag_a[l] += k[l];
                     }
@@ -450,7 +455,7 @@ fn coefficient_row<S: Simd>(
                 let dist = *r;
                 *r = -c / (na * nj);
                 *dg += own(c, dist, nj);
-                if let Some(da) = diag_a.get_mut(l % W) {
+                if let Some(da) = diag_a.get_mut(l % CHUNK) {
                     *da += own(c, dist, na);
                 }
             }

@@ -3,7 +3,7 @@
 //! form, with PyTorch's difference shift `eps` and distance swap (see the
 //! [family docs](super)).
 
-use super::{check_triplet_args, finish_grad, is_active, TripletParams};
+use super::{check_triplet_args, finish_grad, TripletParams};
 use crate::distance::{clamped_row_norms, distance, euclidean_from_sq, pair_grad_rows, Metric};
 use crate::error::Error;
 use crate::matrix::Matrix;
@@ -86,7 +86,7 @@ fn triplet_margin_impl(
         let h = params.hinge.apply(v);
         *term = h;
         sum += f64::from(h);
-        active += usize::from(is_active(params.hinge, v));
+        active += usize::from(params.hinge.is_active(v));
         if let Some(g) = grad.as_deref_mut() {
             let s = params.hinge.slope(v);
             if s != 0.0 {

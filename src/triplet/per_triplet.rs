@@ -5,7 +5,7 @@
 //! one pass ([`triplet_update`]; cosine goes pair by pair through [`pair_grad`]).
 
 use super::batch::Totals;
-use super::{is_active, BatchParams};
+use super::BatchParams;
 use crate::distance::{euclidean_from_sq, pair_grad_rows_with, Metric};
 use crate::error::Error;
 use crate::matrix::{three_rows_mut, Matrix};
@@ -181,7 +181,7 @@ impl Sink for LossAcc<'_, '_> {
         };
         let v = dap - daq + self.margin;
         self.totals
-            .add(self.hinge.apply(v), is_active(self.hinge, v));
+            .add(self.hinge.apply(v), self.hinge.is_active(v));
         let Some(g) = self.grad.as_deref_mut() else {
             return;
         };
