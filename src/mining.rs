@@ -336,18 +336,29 @@ pub(crate) fn check_mine_args(
 // ---------------------------------------------------------------------------------------
 // Argmin / argmax with the smallest index on ties.
 
-/// "No candidate" among row indices.
-const NONE: u32 = u32::MAX;
+/// Index of the largest value of `buf`, ties to the smallest index; [`NO_INDEX`] when
+/// `buf` holds no candidate (every value `-inf` or NaN). See [`arg_extreme`].
+#[inline(always)]
+fn argmax<S: Simd>(s: S, buf: &[f32]) -> u32 {
+    arg_extreme(s, buf, true)
+}
+
+/// Index of the smallest value of `buf`, ties to the smallest index; [`NO_INDEX`] when
+/// `buf` holds no candidate (every value `+inf` or NaN). See [`arg_extreme`].
+#[inline(always)]
+fn argmin<S: Simd>(s: S, buf: &[f32]) -> u32 {
+    arg_extreme(s, buf, false)
+}
 
 /// Index of the largest (`max`) or smallest value of `buf`, ties to the smallest index;
-/// [`NONE`] when the extreme is the neutral value (`-inf` for `max`, `+inf` otherwise),
-/// that is when `buf` holds no candidate. NaN values are never chosen.
+/// [`NO_INDEX`] when the extreme is the neutral value (`-inf` for `max`, `+inf`
+/// otherwise), that is when `buf` holds no candidate. NaN values are never chosen.
 ///
 /// The extreme comes from a vector pass of `min`/`max` (every lane keeps the extreme of
 /// the positions congruent to it); the index is then searched only in the lanes that
 /// hold the extreme, first position first.
 #[inline(always)]
-fn argext<S: Simd>(s: S, buf: &[f32], max: bool) -> u32 {
+fn arg_extreme<S: Simd>(s: S, buf: &[f32], max: bool) -> u32 {
     let l = S::LANES;
     let neutral = if max {
         f32::NEG_INFINITY
@@ -374,7 +385,7 @@ fn argext<S: Simd>(s: S, buf: &[f32], max: bool) -> u32 {
         m = if better { v } else { m };
     }
     if m == neutral {
-        return NONE;
+        return NO_INDEX;
     }
     let full = buf.len() - rem.len();
     // Lanes holding the extreme, as a bit mask (usually one bit).
@@ -382,7 +393,7 @@ fn argext<S: Simd>(s: S, buf: &[f32], max: bool) -> u32 {
     for (b, &v) in lanes.iter().enumerate() {
         hits |= u32::from(v == m) << b;
     }
-    let mut best = NONE;
+    let mut best = NO_INDEX;
     while hits != 0 {
         let lane = hits.trailing_zeros() as usize;
         hits &= hits - 1;
@@ -395,7 +406,7 @@ fn argext<S: Simd>(s: S, buf: &[f32], max: bool) -> u32 {
             j += l;
         }
     }
-    if best == NONE {
+    if best == NO_INDEX {
         if let Some(k) = rem.iter().position(|&x| x == m) {
             best = (full + k) as u32;
         }
@@ -426,7 +437,7 @@ fn extreme_of(v: &[f32; MAX_LANES], max: bool) -> f32 {
 // Batch-hard: the symmetric tile sweep.
 
 /// The running choices of the batch-hard sweep, one entry per row: the farthest positive
-/// and the nearest negative seen so far (value and index, [`NONE`] for none yet).
+/// and the nearest negative seen so far (value and index, [`NO_INDEX`] for none yet).
 pub(crate) struct HardState<'w> {
     pos_val: &'w mut [f32],
     pos_idx: &'w mut [u32],
@@ -505,23 +516,23 @@ impl Kernel for HardTile<'_, '_, '_> {
                 *n = if same { f32::INFINITY } else { v };
             }
             let a = i0 + r;
-            let k = argext(s, pb, true);
+            let k = argmax(s, pb);
             if let (Some(&v), Some(sv), Some(si)) = (
                 pb.get(k as usize),
                 st.pos_val.get_mut(a),
                 st.pos_idx.get_mut(a),
             ) {
-                if *si == NONE || v > *sv {
+                if *si == NO_INDEX || v > *sv {
                     (*sv, *si) = (v, (j0 + k as usize) as u32);
                 }
             }
-            let k = argext(s, nb, false);
+            let k = argmin(s, nb);
             if let (Some(&v), Some(sv), Some(si)) = (
                 nb.get(k as usize),
                 st.neg_val.get_mut(a),
                 st.neg_idx.get_mut(a),
             ) {
-                if *si == NONE || v < *sv {
+                if *si == NO_INDEX || v < *sv {
                     (*sv, *si) = (v, (j0 + k as usize) as u32);
                 }
             }
@@ -575,7 +586,7 @@ fn hard_fallback(labels: &[u32], st: &mut HardState<'_>) {
         .zip(labels)
         .enumerate()
     {
-        if *pi == NONE {
+        if *pi == NO_INDEX {
             if let Some(p) = labels
                 .iter()
                 .enumerate()
@@ -584,7 +595,7 @@ fn hard_fallback(labels: &[u32], st: &mut HardState<'_>) {
                 *pi = p as u32;
             }
         }
-        if *ni == NONE {
+        if *ni == NO_INDEX {
             if let Some(q) = labels.iter().position(|&l| l != la) {
                 *ni = q as u32;
             }
@@ -608,9 +619,9 @@ pub(crate) fn hard_sweep(
     pack: &mut [f32],
 ) -> Result<(), Error> {
     st.pos_val.fill(f32::NEG_INFINITY);
-    st.pos_idx.fill(NONE);
+    st.pos_idx.fill(NO_INDEX);
     st.neg_val.fill(f32::INFINITY);
-    st.neg_idx.fill(NONE);
+    st.neg_idx.fill(NO_INDEX);
     let n = x.rows();
     let mut i0 = 0;
     while i0 < n {
@@ -756,8 +767,8 @@ impl<K: Sink> Kernel for SemiBlock<'_, '_, K> {
             let Some(first_neg) = labels.iter().position(|&l| l != la) else {
                 continue;
             };
-            let far = match argext(s, masked, true) {
-                NONE => first_neg,
+            let far = match argmax(s, masked) {
+                NO_INDEX => first_neg,
                 q => q as usize,
             };
             for (p, (&lp, &dap)) in labels.iter().zip(row).enumerate() {
@@ -768,8 +779,8 @@ impl<K: Sink> Kernel for SemiBlock<'_, '_, K> {
                 for (b, &m) in above.iter_mut().zip(masked.iter()) {
                     *b = if m > dap { m } else { f32::INFINITY };
                 }
-                let q = match argext(s, above, false) {
-                    NONE => far,
+                let q = match argmin(s, above) {
+                    NO_INDEX => far,
                     q => q as usize,
                 };
                 sink.triplet(s, a, p, q);
@@ -795,7 +806,7 @@ impl<K: Sink> Kernel for EmitHard<'_, '_, K> {
             .zip(self.st.neg_idx.iter())
             .enumerate()
         {
-            if p != NONE && q != NONE {
+            if p != NO_INDEX && q != NO_INDEX {
                 self.sink.triplet(s, a, p as usize, q as usize);
             }
         }
