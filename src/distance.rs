@@ -245,21 +245,6 @@ fn clamp_norm(n: f32) -> f32 {
     }
 }
 
-/// Fills `norms[i]` with the clamped norm of row `i` (cosine only).
-fn clamped_norms(backend: Backend, x: &Matrix<'_>, norms: &mut [f32]) {
-    backend.dispatch(ClampedNorms { x: *x, out: norms });
-}
-
-/// One distance from the two rows and, for cosine, their clamped norms.
-#[inline(always)]
-fn pair(backend: Backend, metric: Metric, a: &[f32], b: &[f32], na: f32, nb: f32) -> f32 {
-    match metric {
-        Metric::SquaredEuclidean => simd::sq_dist(backend, a, b),
-        Metric::Euclidean => euclidean_from_sq(simd::sq_dist(backend, a, b), a, b, 0.0),
-        Metric::Cosine => 1.0 - simd::dot(backend, a, b) / (na * nb),
-    }
-}
-
 /// Pairwise distance matrix of the rows of `x`: `out[i * n + j] = d(x_i, x_j)`.
 ///
 /// `out` has exactly `n * n` elements and is fully overwritten. The matrix is symmetric
@@ -632,7 +617,7 @@ pub(crate) fn norm_with<S: Simd>(s: S, row: &[f32]) -> f32 {
     }
 }
 
-/// Kernel of [`clamped_norms`].
+/// Kernel of [`clamped_row_norms`].
 struct ClampedNorms<'a, 'o> {
     x: Matrix<'a>,
     out: &'o mut [f32],
@@ -884,11 +869,12 @@ pub(crate) fn l2_normalize_backward_on(
 /// Clamped norms of every row into `norms` (`rows` elements), for kernels that need
 /// cosine distances and their gradients.
 pub(crate) fn clamped_row_norms(backend: Backend, x: &Matrix<'_>, norms: &mut [f32]) {
-    clamped_norms(backend, x, norms);
+    backend.dispatch(ClampedNorms { x: *x, out: norms });
 }
 
-/// One distance between two rows; `na`, `nb` are their clamped norms (read for cosine
-/// only, see [`clamped_row_norms`]).
+/// One distance between two rows, computed directly (`sum (a_i - b_i)^2`, no Gram form);
+/// `na`, `nb` are their clamped norms (read for cosine only, see [`clamped_row_norms`]).
+/// [`distance_with`] is the same arithmetic inside a [`Kernel`].
 #[inline]
 pub(crate) fn distance(
     backend: Backend,
@@ -898,7 +884,29 @@ pub(crate) fn distance(
     na: f32,
     nb: f32,
 ) -> f32 {
-    pair(backend, metric, a, b, na, nb)
+    match metric {
+        Metric::SquaredEuclidean => simd::sq_dist(backend, a, b),
+        Metric::Euclidean => euclidean_from_sq(simd::sq_dist(backend, a, b), a, b, 0.0),
+        Metric::Cosine => 1.0 - simd::dot(backend, a, b) / (na * nb),
+    }
+}
+
+/// [`distance`] on the backend `s`, for code generic over [`Simd`] (inlined into the
+/// caller's target-feature entry point).
+#[inline(always)]
+pub(crate) fn distance_with<S: Simd>(
+    s: S,
+    metric: Metric,
+    a: &[f32],
+    b: &[f32],
+    na: f32,
+    nb: f32,
+) -> f32 {
+    match metric {
+        Metric::SquaredEuclidean => simd::sq_dist_with(s, a, b),
+        Metric::Euclidean => euclidean_from_sq(simd::sq_dist_with(s, a, b), a, b, 0.0),
+        Metric::Cosine => 1.0 - simd::dot_with(s, a, b) / (na * nb),
+    }
 }
 
 /// `sqrt(sq)` for a directly computed squared distance `sq = sum (a_i - b_i + offset)^2`.
@@ -965,13 +973,7 @@ pub(crate) fn pair_grad_with<S: Simd>(
         Metric::Euclidean if dist > 0.0 => coef / dist,
         Metric::Euclidean => return,
         Metric::Cosine => {
-            let own = |n: f32| {
-                if n > NORM_EPS {
-                    coef * (1.0 - dist) / (n * n)
-                } else {
-                    0.0
-                }
-            };
+            let own = |n: f32| cosine_own_factor(coef, dist, n);
             let cross = s.splat(-coef / (na * nb));
             let (sa, sb) = (s.splat(own(na)), s.splat(own(nb)));
             let l = S::LANES;
@@ -999,6 +1001,33 @@ pub(crate) fn pair_grad_with<S: Simd>(
         let diff = s.add(s.sub(s.load(ac), s.load(bc)), vo);
         s.store(s.fma(diff, vk, s.load(gac)), gac);
         s.store(s.fma(diff, nk, s.load(gbc)), gbc);
+    }
+}
+
+/// The factor `k` of a Euclidean-type pair gradient, `d d(a, b) / d a = k (a - b)`, for
+/// a pair with coefficient `coef` at distance `dist`: `2 coef` for the squared distance,
+/// `coef / dist` for the distance itself, 0 at `dist = 0` (where [`pair_grad_with`]
+/// leaves the rows alone) and for a NaN distance.
+#[inline(always)]
+pub(crate) fn euclidean_grad_factor(squared: bool, coef: f32, dist: f32) -> f32 {
+    if squared {
+        2.0 * coef
+    } else if dist > 0.0 {
+        coef / dist
+    } else {
+        0.0
+    }
+}
+
+/// The own-norm factor of the cosine pair gradient: `d d(a, b) / d a` holds
+/// `coef (1 - d) a / |a|^2` for a pair with coefficient `coef` at distance `dist`, `norm`
+/// being `|a|`; 0 where the norm is clamped at [`NORM_EPS`] (a constant there).
+#[inline(always)]
+pub(crate) fn cosine_own_factor(coef: f32, dist: f32, norm: f32) -> f32 {
+    if norm > NORM_EPS {
+        coef * (1.0 - dist) / (norm * norm)
+    } else {
+        0.0
     }
 }
 

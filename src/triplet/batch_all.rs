@@ -8,7 +8,9 @@
 use super::batch::Totals;
 use super::per_triplet::pair_grad;
 use super::BatchParams;
-use crate::distance::{gemm_acc, needs_direct, symmetrise, Metric, GEMM_MR, NORM_EPS};
+use crate::distance::{
+    cosine_own_factor, euclidean_grad_factor, gemm_acc, needs_direct, symmetrise, Metric, GEMM_MR,
+};
 use crate::error::Error;
 use crate::matrix::Matrix;
 use crate::mining::{block_rows, for_row_blocks};
@@ -370,15 +372,6 @@ fn coefficient_row<S: Simd>(
     match metric {
         Metric::SquaredEuclidean | Metric::Euclidean => {
             let squared = metric == Metric::SquaredEuclidean;
-            let k_of = |c: f32, dist: f32| {
-                if squared {
-                    2.0 * c
-                } else if dist > 0.0 {
-                    c / dist
-                } else {
-                    0.0
-                }
-            };
             // Near pairs (rare): difference form, then out of the GEMM.
             let mut near = 0_u32;
             for ((&dist, &c), &nj) in row.iter().zip(g.coef.iter()).zip(norms) {
@@ -429,7 +422,7 @@ fn coefficient_row<S: Simd>(
                 }
             }
             for (l, ((r, &c), dg)) in rt.iter_mut().zip(ct).zip(dt.iter_mut()).enumerate() {
-                let k = k_of(c, *r);
+                let k = euclidean_grad_factor(squared, c, *r);
                 *r = -k;
                 *dg += k;
                 if let Some(da) = diag_a.get_mut(l) {
@@ -438,13 +431,6 @@ fn coefficient_row<S: Simd>(
             }
         }
         Metric::Cosine => {
-            let own = |c: f32, dist: f32, n: f32| {
-                if n > NORM_EPS {
-                    c * (1.0 - dist) / (n * n)
-                } else {
-                    0.0
-                }
-            };
             for (l, (((r, &c), &nj), dg)) in row
                 .iter_mut()
                 .zip(g.coef.iter())
@@ -454,9 +440,9 @@ fn coefficient_row<S: Simd>(
             {
                 let dist = *r;
                 *r = -c / (na * nj);
-                *dg += own(c, dist, nj);
+                *dg += cosine_own_factor(c, dist, nj);
                 if let Some(da) = diag_a.get_mut(l % CHUNK) {
-                    *da += own(c, dist, na);
+                    *da += cosine_own_factor(c, dist, na);
                 }
             }
         }

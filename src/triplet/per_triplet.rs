@@ -6,26 +6,17 @@
 
 use super::batch::Totals;
 use super::BatchParams;
-use crate::distance::{euclidean_from_sq, pair_grad_rows_with, Metric};
+use crate::distance::{
+    distance_with, euclidean_from_sq, euclidean_grad_factor, pair_grad_rows_with, Metric,
+};
 use crate::error::Error;
 use crate::matrix::{three_rows_mut, Matrix};
 use crate::mining::{
     block_rows, for_row_blocks, hard_sweep, EmitHard, HardState, Mining, SemiBlock, Sink, TILE,
 };
 use crate::reduce::Hinge;
-use crate::simd::{self, Backend, Simd};
+use crate::simd::{Backend, Simd};
 use crate::workspace::Carve;
-
-/// `d(a, b)` as written (`sum (a_i - b_i)^2`, no Gram form), `na`, `nb` the clamped norms
-/// (cosine only): the arithmetic of [`triplet_margin_loss`](super::triplet_margin_loss).
-#[inline(always)]
-fn direct_distance<S: Simd>(s: S, metric: Metric, a: &[f32], b: &[f32], na: f32, nb: f32) -> f32 {
-    match metric {
-        Metric::SquaredEuclidean => simd::sq_dist_with(s, a, b),
-        Metric::Euclidean => euclidean_from_sq(simd::sq_dist_with(s, a, b), a, b, 0.0),
-        Metric::Cosine => 1.0 - simd::dot_with(s, a, b) / (na * nb),
-    }
-}
 
 /// [`pair_grad_rows_with`] for rows `i`, `j` of `x`, their clamped norms read from
 /// `norms` (cosine only).
@@ -174,8 +165,8 @@ impl Sink for LossAcc<'_, '_> {
                 let nrm = |i: usize| self.norms.get(i).copied().unwrap_or(1.0);
                 let (na, np, nq) = (nrm(a), nrm(p), nrm(q));
                 (
-                    direct_distance(s, metric, xa, xp, na, np),
-                    direct_distance(s, metric, xa, xq, na, nq),
+                    distance_with(s, metric, xa, xp, na, np),
+                    distance_with(s, metric, xa, xq, na, nq),
                 )
             }
         };
@@ -189,15 +180,7 @@ impl Sink for LossAcc<'_, '_> {
         if sl == 0.0 {
             return;
         }
-        let k = |dist: f32| {
-            if metric == Metric::SquaredEuclidean {
-                2.0 * sl
-            } else if dist > 0.0 {
-                sl / dist
-            } else {
-                0.0
-            }
-        };
+        let k = |dist: f32| euclidean_grad_factor(metric == Metric::SquaredEuclidean, sl, dist);
         if metric == Metric::Cosine {
             pair_grad(s, metric, &self.x, self.norms, a, p, dap, sl, g);
             pair_grad(s, metric, &self.x, self.norms, a, q, daq, -sl, g);
