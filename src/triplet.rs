@@ -53,9 +53,9 @@
 //! distance becoming the row minimum, 0), one without a negative
 //! `h(max_p d(a, p) - max_j d(a, j) + margin)`, and in semi-hard every positive pair of an
 //! anchor without a negative contributes `h(d(a, p) + margin)`. This crate leaves such
-//! anchors out, as the conformance format requires. On batches where every anchor has a
-//! positive and a negative (every P x K batch with P, K >= 2, as in all of the shipped
-//! TensorFlow Addons vectors) both agree.
+//! anchors out (a triplet needs a positive and a negative), as its conformance vectors
+//! expect. On batches where every anchor has a positive and a negative (every P x K batch
+//! with P, K >= 2, as in all of the shipped TensorFlow Addons vectors) both agree.
 //!
 //! # Non-finite data
 //!
