@@ -262,6 +262,72 @@ impl<'a> Rows<'a> {
     }
 }
 
+/// The shared body of the quadruplet losses; `grad` is `None` for the forward pass.
+/// Inlined into both entry points, as their bodies were.
+#[inline(always)]
+fn quadruplet_impl(
+    x: Matrix<'_>,
+    quadruplets: &[Quadruplet],
+    metric: Metric,
+    params: &QuadrupletParams,
+    mut grad: Option<&mut [f32]>,
+    workspace: &mut [f32],
+) -> Result<f32, Error> {
+    check_quadruplet(
+        &x,
+        quadruplets,
+        params,
+        grad.as_deref().map(<[f32]>::len),
+        workspace.len(),
+    )?;
+    let norms = Carve::new(workspace).take(x.rows())?;
+    // Read once: the norms, the distances and the gradient updates use it.
+    let backend = Backend::active();
+    if metric == Metric::Cosine {
+        clamped_row_norms(backend, &x, norms);
+    }
+    if let Some(g) = grad.as_deref_mut() {
+        g.fill(0.0);
+    }
+    let h = params.hinge;
+    let mut sum = 0.0_f64;
+    let mut active = 0_usize;
+    for &q in quadruplets {
+        let Some(rows) = Rows::get(&x, norms, q) else {
+            continue;
+        };
+        let d = rows.dists(backend, metric);
+        let v1 = d.ap - d.an1 + params.margin1;
+        let v2 = d.ap - d.n1n2 + params.margin2;
+        sum += f64::from(h.apply(v1)) + f64::from(h.apply(v2));
+        active += usize::from(is_active(h, v1, v2));
+        let Some(grad) = grad.as_deref_mut() else {
+            continue;
+        };
+        let (s1, s2) = (h.slope(v1), h.slope(v2));
+        let [ia, ip, in1, in2] = q.to_array().map(|v| v as usize);
+        let [na, np, nn1, nn2] = rows.n;
+        for ((i, j), dist, coef, norms) in [
+            ((ia, ip), d.ap, s1 + s2, (na, np)),
+            ((ia, in1), d.an1, -s1, (na, nn1)),
+            ((in1, in2), d.n1n2, -s2, (nn1, nn2)),
+        ] {
+            if coef != 0.0 {
+                pair_grad_rows(backend, metric, &x, (i, j), dist, norms, 0.0, coef, grad);
+            }
+        }
+    }
+    if let Some(grad) = grad {
+        let w = params.reduction.weight(quadruplets.len(), active);
+        if w != 1.0 {
+            for g in grad.iter_mut() {
+                *g *= w;
+            }
+        }
+    }
+    Ok(params.reduction.reduce(sum, quadruplets.len(), active))
+}
+
 /// Quadruplet loss (Chen et al., CVPR 2017) of the given quadruplets of rows of `x`.
 /// Scalar twin: [`crate::scalar::quadruplet_loss`]; with the gradient:
 /// [`quadruplet_loss_grad`]; quadruplets from a labelled batch: [`mine_quadruplets`].
@@ -325,28 +391,7 @@ pub fn quadruplet_loss(
     params: QuadrupletParams,
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
-    check_quadruplet(&x, quadruplets, &params, None, workspace.len())?;
-    let norms = Carve::new(workspace).take(x.rows())?;
-    let backend = Backend::active();
-    if metric == Metric::Cosine {
-        clamped_row_norms(backend, &x, norms);
-    }
-    let h = params.hinge;
-    let mut sum = 0.0_f64;
-    let mut active = 0_usize;
-    for &q in quadruplets {
-        let Some(rows) = Rows::get(&x, norms, q) else {
-            continue;
-        };
-        let d = rows.dists(backend, metric);
-        let (v1, v2) = (
-            d.ap - d.an1 + params.margin1,
-            d.ap - d.n1n2 + params.margin2,
-        );
-        sum += f64::from(h.apply(v1)) + f64::from(h.apply(v2));
-        active += usize::from(is_active(h, v1, v2));
-    }
-    Ok(params.reduction.reduce(sum, quadruplets.len(), active))
+    quadruplet_impl(x, quadruplets, metric, &params, None, workspace)
 }
 
 /// [`quadruplet_loss`] and its gradient: returns the loss and writes
@@ -397,46 +442,7 @@ pub fn quadruplet_loss_grad(
     grad: &mut [f32],
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
-    check_quadruplet(&x, quadruplets, &params, Some(grad.len()), workspace.len())?;
-    let norms = Carve::new(workspace).take(x.rows())?;
-    // Read once: the norms, the distances and the gradient updates use it.
-    let backend = Backend::active();
-    if metric == Metric::Cosine {
-        clamped_row_norms(backend, &x, norms);
-    }
-    grad.fill(0.0);
-    let h = params.hinge;
-    let mut sum = 0.0_f64;
-    let mut active = 0_usize;
-    for &q in quadruplets {
-        let Some(rows) = Rows::get(&x, norms, q) else {
-            continue;
-        };
-        let d = rows.dists(backend, metric);
-        let v1 = d.ap - d.an1 + params.margin1;
-        let v2 = d.ap - d.n1n2 + params.margin2;
-        sum += f64::from(h.apply(v1)) + f64::from(h.apply(v2));
-        active += usize::from(is_active(h, v1, v2));
-        let (s1, s2) = (h.slope(v1), h.slope(v2));
-        let [ia, ip, in1, in2] = q.to_array().map(|v| v as usize);
-        let [na, np, nn1, nn2] = rows.n;
-        for ((i, j), dist, coef, norms) in [
-            ((ia, ip), d.ap, s1 + s2, (na, np)),
-            ((ia, in1), d.an1, -s1, (na, nn1)),
-            ((in1, in2), d.n1n2, -s2, (nn1, nn2)),
-        ] {
-            if coef != 0.0 {
-                pair_grad_rows(backend, metric, &x, (i, j), dist, norms, 0.0, coef, grad);
-            }
-        }
-    }
-    let w = params.reduction.weight(quadruplets.len(), active);
-    if w != 1.0 {
-        for g in grad.iter_mut() {
-            *g *= w;
-        }
-    }
-    Ok(params.reduction.reduce(sum, quadruplets.len(), active))
+    quadruplet_impl(x, quadruplets, metric, &params, Some(grad), workspace)
 }
 
 /// How many quadruplets [`mine_quadruplets`] forms for this batch: the number of rows
