@@ -170,9 +170,10 @@ fn batch_impl(
 /// triangle of the distance matrix in tiles, each distance computed once; semi-hard and
 /// batch-all compute blocks of 256 anchor rows at a time and mine each anchor from its
 /// row. Batch-hard and semi-hard then recompute the two distances of each selected
-/// triplet directly (`sum (a_i - b_i)^2`, as [`triplet_margin_loss`](super::triplet_margin_loss) does); batch-all
-/// uses the row's distances. Scalar twin: [`crate::scalar::triplet_batch_loss`]; with the
-/// gradient: [`triplet_batch_loss_grad`]. `workspace` needs
+/// triplet directly (`sum (a_i - b_i)^2`, as
+/// [`triplet_margin_loss`](super::triplet_margin_loss) does); batch-all uses the row's
+/// distances. Scalar twin: [`crate::scalar::triplet_batch_loss`]; with the gradient:
+/// [`triplet_batch_loss_grad`]. `workspace` needs
 /// [`triplet_batch_loss_workspace_len`]`(rows, dim, params)` elements, garbage before and
 /// after.
 ///
@@ -237,9 +238,10 @@ pub fn triplet_batch_loss(
 /// Each selected triplet gives the pair `(a, p)` the coefficient `+s` and the pair
 /// `(a, n)` the coefficient `-s`, `s = h'(v)`; a pair with coefficient `c` adds
 /// `c * d d(a, j) / d x` to the rows `a` and `j` (formulas in
-/// [`triplet_margin_loss_grad`](super::triplet_margin_loss_grad)), and the total is scaled by the reduction weight at the
-/// end. Batch-hard and semi-hard, with one or a few triplets per anchor, update the three
-/// rows of each triplet in one pass (differences formed once, `O(triplets * dim)`).
+/// [`triplet_margin_loss_grad`](super::triplet_margin_loss_grad)), and the total is scaled
+/// by the reduction weight at the end. Batch-hard and semi-hard, with one or a few
+/// triplets per anchor, update the three rows of each triplet in one pass (differences
+/// formed once, `O(triplets * dim)`).
 /// Batch-all sums the coefficients of each anchor's pairs (one vector pass per four
 /// positives) and accumulates a block of anchors with register-blocked GEMMs: with `G`
 /// the block's `256 x n` pair factors (written over its distances),

@@ -133,8 +133,9 @@ fn triplet_step<S: Simd>(
 }
 
 /// The loss (and gradient) accumulator of batch-hard and semi-hard: each selected triplet's
-/// two distances recomputed directly (as [`triplet_margin_loss`](super::triplet_margin_loss) does), its term added,
-/// its two pairs updated.
+/// two distances recomputed directly (as
+/// [`triplet_margin_loss`](super::triplet_margin_loss) does), its term added, its two
+/// pairs updated.
 struct LossAcc<'a, 'g> {
     x: Matrix<'a>,
     norms: &'a [f32],
