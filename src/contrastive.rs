@@ -22,11 +22,12 @@
 //! terms: that part is 0 with a zero gradient.
 
 use crate::distance::{clamped_row_norms, distance, pair_grad_rows, Metric};
-use crate::error::{check_len, check_workspace, checked_area, Error};
+use crate::error::Error;
 use crate::matrix::Matrix;
-use crate::mining::check_rows;
 use crate::reduce::Reduction;
 use crate::simd::Backend;
+use crate::validate::{check_labels, check_len, check_rows, check_workspace};
+use crate::workspace::Carve;
 
 /// Whether the pair terms of [`contrastive_loss`] are hinges or squared hinges.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -228,14 +229,6 @@ pub const fn contrastive_workspace_len(rows: usize, dim: usize) -> usize {
     rows.saturating_add(pairs)
 }
 
-/// `Err(NonFinite)` at the first NaN or infinite element of `data`.
-pub(crate) fn check_finite(buffer: &'static str, data: &[f32]) -> Result<(), Error> {
-    match data.iter().position(|v| !v.is_finite()) {
-        Some(position) => Err(Error::NonFinite { buffer, position }),
-        None => Ok(()),
-    }
-}
-
 /// Validates the arguments of a contrastive kernel in the documented order; returns `n`.
 pub(crate) fn check_contrastive(
     x: &Matrix<'_>,
@@ -244,10 +237,9 @@ pub(crate) fn check_contrastive(
     grad: Option<usize>,
     workspace: usize,
 ) -> Result<usize, Error> {
-    let n = x.rows();
-    check_len("labels", n, labels.len())?;
+    let n = check_labels(x, labels)?;
     if let Some(g) = grad {
-        check_len("grad", checked_area(n, x.dim())?, g)?;
+        check_len("grad", x.len(), g)?;
     }
     check_workspace(contrastive_workspace_len(n, x.dim()), workspace)?;
     params.validate()?;
@@ -266,17 +258,6 @@ struct Parts {
     neg_active: usize,
 }
 
-/// The error of a workspace that cannot hold the `rows` norms. Unreachable once
-/// [`check_contrastive`] has passed; returning it (instead of letting a split panic) keeps
-/// the kernels free of a panic path the optimiser cannot rule out, since the required
-/// length is a saturating expression.
-fn short_workspace(rows: usize, actual: usize) -> Error {
-    Error::WorkspaceTooSmall {
-        required: contrastive_workspace_len(rows, 1),
-        actual,
-    }
-}
-
 /// Fills the norms (cosine) and the packed distances, returns the per-part sums and counts
 /// over unordered pairs.
 fn forward(
@@ -288,10 +269,9 @@ fn forward(
     workspace: &mut [f32],
 ) -> Result<Parts, Error> {
     let n = x.rows();
-    let actual = workspace.len();
-    let (norms, dists) = workspace
-        .split_at_mut_checked(n)
-        .ok_or(short_workspace(n, actual))?;
+    let mut ws = Carve::new(workspace);
+    let norms = ws.take(n)?;
+    let dists = ws.rest();
     if metric == Metric::Cosine {
         clamped_row_norms(backend, x, norms);
     }
@@ -466,9 +446,9 @@ pub fn contrastive_loss_grad(
     let backend = Backend::active();
     let parts = forward(backend, &x, labels, metric, &params, workspace)?;
     let (wp, wn, loss) = parts.reduce(params.reduction);
-    let (norms, dists) = workspace
-        .split_at_checked(n)
-        .ok_or(short_workspace(n, workspace.len()))?;
+    let mut ws = Carve::new(workspace);
+    let norms = &*ws.take(n)?;
+    let dists = &*ws.rest();
     grad.fill(0.0);
     let mut slots = dists.iter();
     let form = params.form;

@@ -17,6 +17,12 @@
 //! ([`pairwise_distances_rows`], [`cross_distances_rows`]), so a caller can spread one
 //! batch over threads.
 //!
+//! This file holds the metrics, the matrix kernels and their checks; the rest of the
+//! module is split by idea: the microkernel they run ([`tile`]), row norms and L2
+//! normalisation ([`norms`]), the distance and gradient of one pair that every loss uses
+//! ([`pair`]), the Gram-to-direct accuracy fix-up of the miners ([`fixup`]) and the
+//! register-blocked products of batch-all's gradient ([`gemm`]).
+//!
 //! # Numerics
 //!
 //! The error bounds of the matrix kernels, for both modes and every metric, are in the
@@ -24,13 +30,27 @@
 //! NaN and infinity in the data are not checked: they propagate to every entry computed
 //! from an affected row (NaN or infinite, which one is unspecified), never elsewhere.
 
+mod fixup;
+mod gemm;
+mod norms;
+mod pair;
 mod tile;
 
-use crate::error::{check_len, check_workspace, checked_area, Error};
-use crate::math;
+use crate::error::Error;
 use crate::matrix::Matrix;
-use crate::simd::{self, Backend, Kernel, Simd};
+use crate::simd::Backend;
+use crate::validate::{check_len, check_workspace, checked_area};
 use core::ops::Range;
+
+pub use norms::{l2_normalize, l2_normalize_backward, row_norms};
+
+pub(crate) use fixup::{fix_up, metric_norms, needs_direct, refine_pairwise};
+pub(crate) use gemm::{gemm_acc, symmetrise, GEMM_MR};
+pub(crate) use norms::{clamped_row_norms, l2_normalize_backward_on, l2_normalize_on};
+pub(crate) use pair::{
+    cosine_own_factor, distance, distance_with, euclidean_from_sq, euclidean_grad_factor,
+    pair_grad_rows, pair_grad_rows_with, TINY_DISTANCE,
+};
 
 /// Lower bound applied to norms before dividing, as PyTorch's `F.normalize` and
 /// `cosine_similarity` do.
@@ -227,31 +247,6 @@ pub(crate) fn check_cross_rows(
 ) -> Result<(usize, usize), Error> {
     check_dims(x, y)?;
     check_block(rows, x.rows(), y.rows(), false, x.dim(), out, workspace)
-}
-
-/// Clamps a norm below at [`NORM_EPS`], keeping NaN.
-#[inline]
-fn clamp_norm(n: f32) -> f32 {
-    if n < NORM_EPS {
-        NORM_EPS
-    } else {
-        n
-    }
-}
-
-/// Fills `norms[i]` with the clamped norm of row `i` (cosine only).
-fn clamped_norms(backend: Backend, x: &Matrix<'_>, norms: &mut [f32]) {
-    backend.dispatch(ClampedNorms { x: *x, out: norms });
-}
-
-/// One distance from the two rows and, for cosine, their clamped norms.
-#[inline(always)]
-fn pair(backend: Backend, metric: Metric, a: &[f32], b: &[f32], na: f32, nb: f32) -> f32 {
-    match metric {
-        Metric::SquaredEuclidean => simd::sq_dist(backend, a, b),
-        Metric::Euclidean => euclidean_from_sq(simd::sq_dist(backend, a, b), a, b, 0.0),
-        Metric::Cosine => 1.0 - simd::dot(backend, a, b) / (na * nb),
-    }
 }
 
 /// Pairwise distance matrix of the rows of `x`: `out[i * n + j] = d(x_i, x_j)`.
@@ -571,39 +566,22 @@ pub(crate) fn cross_distances_rows_on(
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------------
+// Norm clamping and exact rescaling, shared by the tile, the norms and the pair kernels.
+
+/// Clamps a norm below at [`NORM_EPS`], keeping NaN.
+#[inline]
+fn clamp_norm(n: f32) -> f32 {
+    if n < NORM_EPS {
+        NORM_EPS
+    } else {
+        n
+    }
+}
+
 /// Squared norms at or above this are summed without losing terms to underflow (the
 /// squares of elements below `2^-63` flush into the subnormal range).
 const SAFE_SQ_MIN: f32 = 8.271_806e-25; // 2^-80
-
-/// `(r, c)` with `|row| = r / c`: `c` is a power of two (1 unless the plain sum of
-/// squares overflows or underflows) and `r` the norm of the exactly scaled row `c row`,
-/// so every finite row has a finite, accurate `r` (the `hypot` idea, with one extra pass
-/// over the row in the rare scaled case only). NaN rows give a NaN `r`; a row holding an
-/// infinity gives `r = inf`.
-#[inline(always)]
-pub(crate) fn scaled_norm_with<S: Simd>(s: S, row: &[f32]) -> (f32, f32) {
-    let sq = simd::dot_with(s, row, row);
-    if sq.is_nan() || (SAFE_SQ_MIN..=f32::MAX).contains(&sq) {
-        return (math::sqrt(sq), 1.0);
-    }
-    let m = row.iter().fold(0.0_f32, |m, v| m.max(v.abs()));
-    if m == 0.0 || m.is_infinite() {
-        return (math::sqrt(sq), 1.0);
-    }
-    let c = pow2_inverse(m);
-    let vc = s.splat(c);
-    let (mut a0, mut a1) = (s.zero(), s.zero());
-    let mut chunks = row.chunks(S::LANES);
-    while let Some(x0) = chunks.next() {
-        let v = s.mul(s.load(x0), vc);
-        a0 = s.fma(v, v, a0);
-        if let Some(x1) = chunks.next() {
-            let v = s.mul(s.load(x1), vc);
-            a1 = s.fma(v, v, a1);
-        }
-    }
-    (math::sqrt(s.reduce_add(s.add(a0, a1))), c)
-}
 
 /// A power of two `c` with `c m` in `[1, 4)` for finite `m > 0`, so `c x` is exact.
 #[inline(always)]
@@ -612,515 +590,4 @@ fn pow2_inverse(m: f32) -> f32 {
     let e = ((m.to_bits() >> 23) & 0xff).cast_signed() - 127;
     let e = e.clamp(-126, 126);
     f32::from_bits(((127 - e) as u32) << 23)
-}
-
-/// The norm `|row|` through [`scaled_norm_with`]: infinite only where the exact norm
-/// exceeds `f32::MAX`.
-#[inline(always)]
-pub(crate) fn norm_with<S: Simd>(s: S, row: &[f32]) -> f32 {
-    let (r, c) = scaled_norm_with(s, row);
-    if c == 1.0 {
-        r
-    } else {
-        r / c
-    }
-}
-
-/// Kernel of [`clamped_norms`].
-struct ClampedNorms<'a, 'o> {
-    x: Matrix<'a>,
-    out: &'o mut [f32],
-}
-impl Kernel for ClampedNorms<'_, '_> {
-    type Output = ();
-    #[inline(always)]
-    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
-        for (row, n) in self.x.row_iter().zip(self.out.iter_mut()) {
-            *n = clamp_norm(norm_with(s, row));
-        }
-    }
-}
-
-/// Kernel of [`row_norms`].
-struct RowNorms<'a, 'o> {
-    x: Matrix<'a>,
-    out: &'o mut [f32],
-}
-impl Kernel for RowNorms<'_, '_> {
-    type Output = ();
-    #[inline(always)]
-    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
-        for (row, o) in self.x.row_iter().zip(self.out.iter_mut()) {
-            *o = norm_with(s, row);
-        }
-    }
-}
-
-/// Kernel of [`l2_normalize`].
-struct Normalize<'a, 'o> {
-    x: Matrix<'a>,
-    out: &'o mut [f32],
-}
-impl Kernel for Normalize<'_, '_> {
-    type Output = ();
-    #[inline(always)]
-    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
-        for (row, o) in self
-            .x
-            .row_iter()
-            .zip(self.out.chunks_exact_mut(self.x.dim()))
-        {
-            let (r, c) = scaled_norm_with(s, row);
-            if c == 1.0 {
-                simd::scale_into_with(s, 1.0 / clamp_norm(r), row, o);
-            } else if r / c < NORM_EPS {
-                simd::scale_into_with(s, 1.0 / NORM_EPS, row, o);
-            } else {
-                // (x c) / r: the exact scaling first, so neither |x| nor 1 / |x| is formed.
-                scaled_unit_row(s, row, c, r, o);
-            }
-        }
-    }
-}
-
-/// `out = (c x) * (1 / r)`: the unit row of `x` from [`scaled_norm_with`]'s `(r, c)`.
-#[inline(always)]
-fn scaled_unit_row<S: Simd>(s: S, row: &[f32], c: f32, r: f32, out: &mut [f32]) {
-    let (vc, vi) = (s.splat(c), s.splat(1.0 / r));
-    for (xc, oc) in row.chunks(S::LANES).zip(out.chunks_mut(S::LANES)) {
-        s.store(s.mul(s.mul(s.load(xc), vc), vi), oc);
-    }
-}
-
-/// Kernel of [`l2_normalize_backward`].
-struct NormalizeBackward<'a, 'o> {
-    x: Matrix<'a>,
-    grad_out: &'a [f32],
-    grad_x: &'o mut [f32],
-}
-impl Kernel for NormalizeBackward<'_, '_> {
-    type Output = ();
-    #[inline(always)]
-    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
-        let dim = self.x.dim();
-        for ((row, g), gx) in self
-            .x
-            .row_iter()
-            .zip(self.grad_out.chunks_exact(dim))
-            .zip(self.grad_x.chunks_exact_mut(dim))
-        {
-            let (rs, scale) = scaled_norm_with(s, row);
-            let r = if scale == 1.0 { rs } else { rs / scale };
-            // A NaN norm takes this branch and propagates.
-            if scale != 1.0 && r > NORM_EPS {
-                // A row whose squared norm overflows (or underflows): the same formula
-                // from the exactly scaled row, y = (x scale) / rs.
-                let inv = 1.0 / rs;
-                let yg: f32 = row
-                    .iter()
-                    .zip(g)
-                    .map(|(&xk, &gk)| xk * scale * inv * gk)
-                    .sum();
-                let c = yg * inv * scale;
-                for ((o, &gk), &xk) in gx.iter_mut().zip(g).zip(row) {
-                    *o = gk * (inv * scale) - c * (xk * scale * inv);
-                }
-            } else if r.is_nan() || r > NORM_EPS {
-                let inv = 1.0 / r;
-                // With y = x / r: grad = (g - y <y, g>) / r, formed as
-                // g / r - (<x, g / r> / r) (x / r). Every intermediate keeps the scale of
-                // g / r, of y, or of <y, g> (the products x_k (g_k / r)), so none
-                // underflows unless g itself is that small. Shorter forms did: for long
-                // rows `x (<x, g> / r^3)` (|x| ~ 1e17: 1 / r^3 ~ 1e-51) left a residue of
-                // about 1e-29 where the gradient is 0; for short rows `<x, g> / r^2`
-                // (|x| ~ 4e-11, |g| ~ 1e-30: <x, g> ~ 4e-41, subnormal) left 3e-25.
-                simd::scale_into_with(s, inv, g, gx);
-                let c = simd::dot_with(s, row, gx) * inv;
-                for (o, &xk) in gx.iter_mut().zip(row) {
-                    *o -= c * (xk * inv);
-                }
-            } else {
-                simd::scale_into_with(s, 1.0 / NORM_EPS, g, gx);
-            }
-        }
-    }
-}
-
-/// Euclidean norm of every row: `out[i] = |x_i|`. `out` has exactly `rows` elements.
-/// Scalar twin: [`crate::scalar::row_norms`].
-///
-/// # Errors
-///
-/// [`Error::LengthMismatch`] (`"out"`) when `out.len() != rows`.
-///
-/// # Numerics
-///
-/// Relative error at most `(d / 8 + 10) * 2^-24` against the exact norm, for every finite
-/// row whose norm is a normal `f32` (a norm below `1.2e-38` is rounded to the subnormal
-/// grid, an absolute error of at most `2^-150`): when the plain sum of squares would
-/// overflow (`|x|` above about `1.8e19`) or lose
-/// terms to underflow (`|x|` below about `9e-13`), the row is first scaled by an exact
-/// power of two, as `hypot` does. The result is infinite only where the exact norm
-/// exceeds `f32::MAX`.
-///
-/// # Example
-///
-/// ```
-/// use triplet_kernels::{row_norms, Matrix};
-/// let x = Matrix::new(&[3.0, 4.0, 0.0, 0.0], 2, 2)?;
-/// let mut out = [0.0_f32; 2];
-/// row_norms(x, &mut out)?;
-/// assert_eq!(out, [5.0, 0.0]);
-/// # Ok::<(), triplet_kernels::Error>(())
-/// ```
-#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
-pub fn row_norms(x: Matrix<'_>, out: &mut [f32]) -> Result<(), Error> {
-    check_len("out", x.rows(), out.len())?;
-    Backend::active().dispatch(RowNorms { x, out });
-    Ok(())
-}
-
-/// L2-normalises every row: `out_i = x_i / max(|x_i|, 1e-12)` (PyTorch's `F.normalize`).
-/// A zero row stays zero. `out` has exactly `rows * dim` elements. Scalar twin:
-/// [`crate::scalar::l2_normalize`]. Backward pass: [`l2_normalize_backward`].
-///
-/// # Errors
-///
-/// [`Error::LengthMismatch`] (`"out"`) when `out.len() != rows * dim`.
-///
-/// # Numerics
-///
-/// Each element within `(d / 8 + 12) * 2^-24` relative of the exact quotient. The norm is
-/// taken as in [`row_norms`], so every finite non-zero row has a finite unit image, also
-/// when its squared norm overflows `f32` (`[1.9e19, 0]` becomes `[1, 0]`).
-///
-/// # Example
-///
-/// ```
-/// use triplet_kernels::{l2_normalize, Matrix};
-/// let x = Matrix::new(&[3.0, 4.0], 1, 2)?;
-/// let mut out = [0.0_f32; 2];
-/// l2_normalize(x, &mut out)?;
-/// assert_eq!(out, [0.6, 0.8]);
-/// # Ok::<(), triplet_kernels::Error>(())
-/// ```
-#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
-pub fn l2_normalize(x: Matrix<'_>, out: &mut [f32]) -> Result<(), Error> {
-    l2_normalize_on(Backend::active(), x, out)
-}
-
-/// [`l2_normalize`] with the caller's backend.
-pub(crate) fn l2_normalize_on(
-    backend: Backend,
-    x: Matrix<'_>,
-    out: &mut [f32],
-) -> Result<(), Error> {
-    check_len("out", x.len(), out.len())?;
-    backend.dispatch(Normalize { x, out });
-    Ok(())
-}
-
-/// Gradient of [`l2_normalize`]: given `x` and `grad_out = dL/dy` for `y = normalize(x)`,
-/// writes `grad_x = dL/dx`.
-///
-/// With `r = |x|`: when `r > 1e-12`, `grad_x = (grad_out - y <y, grad_out>) / r`;
-/// otherwise (the clamp is active) `grad_x = grad_out / 1e-12`, the derivative of the
-/// clamped formula. Scalar twin: [`crate::scalar::l2_normalize_backward`].
-///
-/// # Errors
-///
-/// [`Error::LengthMismatch`] (`"grad_out"` or `"grad_x"`) when either buffer does not have
-/// `rows * dim` elements.
-///
-/// # Numerics
-///
-/// Error bounded by `(2 d / 8 + 20) * 2^-24 * (|grad_out| / r)` per element while the
-/// intermediates `grad_out / r` and `<y, grad_out>` stay in `f32`'s normal range (above
-/// about `1.2e-38`). Below it they round to multiples of `2^-149`, which adds an absolute
-/// error of at most `(d + 3) (1 + 1 / r) 2^-150` (under `7e-34 (d + 3)` for any
-/// `r > 1e-12`).
-///
-/// # Example
-///
-/// ```
-/// use triplet_kernels::{l2_normalize_backward, Matrix};
-/// let x = Matrix::new(&[3.0, 4.0], 1, 2)?;
-/// // Moving along x itself does not change the normalised vector.
-/// let mut gx = [9.0_f32; 2];
-/// l2_normalize_backward(x, &[0.6, 0.8], &mut gx)?;
-/// assert!(gx.iter().all(|g| g.abs() < 1e-7));
-/// # Ok::<(), triplet_kernels::Error>(())
-/// ```
-#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
-pub fn l2_normalize_backward(
-    x: Matrix<'_>,
-    grad_out: &[f32],
-    grad_x: &mut [f32],
-) -> Result<(), Error> {
-    l2_normalize_backward_on(Backend::active(), x, grad_out, grad_x)
-}
-
-/// [`l2_normalize_backward`] with the caller's backend.
-pub(crate) fn l2_normalize_backward_on(
-    backend: Backend,
-    x: Matrix<'_>,
-    grad_out: &[f32],
-    grad_x: &mut [f32],
-) -> Result<(), Error> {
-    check_len("grad_out", x.len(), grad_out.len())?;
-    check_len("grad_x", x.len(), grad_x.len())?;
-    backend.dispatch(NormalizeBackward {
-        x,
-        grad_out,
-        grad_x,
-    });
-    Ok(())
-}
-
-/// Clamped norms of every row into `norms` (`rows` elements), for kernels that need
-/// cosine distances and their gradients.
-pub(crate) fn clamped_row_norms(backend: Backend, x: &Matrix<'_>, norms: &mut [f32]) {
-    clamped_norms(backend, x, norms);
-}
-
-/// One distance between two rows; `na`, `nb` are their clamped norms (read for cosine
-/// only, see [`clamped_row_norms`]).
-#[inline]
-pub(crate) fn distance(
-    backend: Backend,
-    metric: Metric,
-    a: &[f32],
-    b: &[f32],
-    na: f32,
-    nb: f32,
-) -> f32 {
-    pair(backend, metric, a, b, na, nb)
-}
-
-/// `sqrt(sq)` for a directly computed squared distance `sq = sum (a_i - b_i + offset)^2`.
-/// Below `2^-80` the sum may have lost its terms to underflow (rows `1e-23` apart give
-/// `sq = 0`), so the distance is then recomputed from the difference scaled by an exact
-/// power of two: positive for any two different rows, exactly 0 for equal ones.
-#[inline(always)]
-pub(crate) fn euclidean_from_sq(sq: f32, a: &[f32], b: &[f32], offset: f32) -> f32 {
-    if sq.is_nan() || sq >= SAFE_SQ_MIN {
-        return math::sqrt(sq);
-    }
-    let diff = |(&u, &v): (&f32, &f32)| u - v + offset;
-    let m = a
-        .iter()
-        .zip(b)
-        .map(diff)
-        .fold(0.0_f32, |m, t| m.max(t.abs()));
-    if m == 0.0 {
-        return 0.0;
-    }
-    let c = pow2_inverse(m);
-    let r: f32 = a
-        .iter()
-        .zip(b)
-        .map(|p| {
-            let t = diff(p) * c;
-            t * t
-        })
-        .sum();
-    math::sqrt(r) / c
-}
-
-/// Rows `i` and `j` of a row-major buffer with rows of `dim`, both mutable, in that order;
-/// `None` when `i == j` or a row is out of range.
-#[inline(always)]
-pub(crate) fn two_rows_mut(
-    buf: &mut [f32],
-    dim: usize,
-    i: usize,
-    j: usize,
-) -> Option<(&mut [f32], &mut [f32])> {
-    let (lo, hi) = if i < j { (i, j) } else { (j, i) };
-    if lo == hi {
-        return None;
-    }
-    let (head, tail) = buf.split_at_mut_checked(hi.checked_mul(dim)?)?;
-    let rl = head.get_mut(lo.checked_mul(dim)?..)?.get_mut(..dim)?;
-    let rh = tail.get_mut(..dim)?;
-    Some(if i < j { (rl, rh) } else { (rh, rl) })
-}
-
-/// The one pair gradient of the crate: adds `coef * d d(a, b) / d a` to `ga` and
-/// `coef * d d(a, b) / d b` to `gb`, where `dist = d(a, b)`, `na`, `nb` are the clamped
-/// norms (cosine only) and `offset` is PyTorch's shift of the difference vector
-/// (Euclidean metrics only; 0 elsewhere). Every loss's gradient goes through it.
-///
-/// - squared Euclidean: `2 (a - b + offset)` and its negative;
-/// - Euclidean: `(a - b + offset) / d` and its negative, 0 at `d = 0` (never NaN);
-/// - cosine, `d = 1 - <a,b> / (na nb)`: `-b / (na nb) + (1 - d) a / na^2` for `a` (the
-///   second term only where `|a|` is above the clamp, below it the norm is a constant),
-///   symmetrically for `b`.
-///
-/// The Euclidean metrics form the difference `a - b` first and scale it once, in one pass
-/// over both rows: the rounding error scales with `|a - b|`, not with `|a|` (two separate
-/// updates `+c a`, `-c b` would lose the gradient of nearly coincident rows far from the
-/// origin).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn pair_grad_with<S: Simd>(
-    s: S,
-    metric: Metric,
-    a: &[f32],
-    b: &[f32],
-    dist: f32,
-    (na, nb): (f32, f32),
-    offset: f32,
-    coef: f32,
-    ga: &mut [f32],
-    gb: &mut [f32],
-) {
-    let k = match metric {
-        Metric::SquaredEuclidean => 2.0 * coef,
-        Metric::Euclidean if dist >= TINY_DISTANCE => coef / dist,
-        Metric::Euclidean if dist > 0.0 => {
-            // `coef / dist` could overflow: scale the difference and the distance by the
-            // same exact power of two, so `(a - b) c / (dist c)` stays near unit size.
-            let c = pow2_inverse(dist);
-            pair_diff_update(a, b, offset, c, coef / (dist * c), ga, gb);
-            return;
-        }
-        Metric::Euclidean => return,
-        Metric::Cosine => {
-            let own = |n: f32| {
-                if n > NORM_EPS {
-                    coef * (1.0 - dist) / (n * n)
-                } else {
-                    0.0
-                }
-            };
-            let cross = s.splat(-coef / (na * nb));
-            let (sa, sb) = (s.splat(own(na)), s.splat(own(nb)));
-            let l = S::LANES;
-            for (((ac, bc), gac), gbc) in a
-                .chunks(l)
-                .zip(b.chunks(l))
-                .zip(ga.chunks_mut(l))
-                .zip(gb.chunks_mut(l))
-            {
-                let (av, bv) = (s.load(ac), s.load(bc));
-                s.store(s.fma(sa, av, s.fma(cross, bv, s.load(gac))), gac);
-                s.store(s.fma(sb, bv, s.fma(cross, av, s.load(gbc))), gbc);
-            }
-            return;
-        }
-    };
-    let (vk, nk, vo) = (s.splat(k), s.splat(-k), s.splat(offset));
-    let l = S::LANES;
-    for (((ac, bc), gac), gbc) in a
-        .chunks(l)
-        .zip(b.chunks(l))
-        .zip(ga.chunks_mut(l))
-        .zip(gb.chunks_mut(l))
-    {
-        let diff = s.add(s.sub(s.load(ac), s.load(bc)), vo);
-        s.store(s.fma(diff, vk, s.load(gac)), gac);
-        s.store(s.fma(diff, nk, s.load(gbc)), gbc);
-    }
-}
-
-/// Euclidean distances below this take the scaled path of [`pair_grad_with`]: above it,
-/// `coef / dist` cannot overflow for any coefficient the losses form (`|coef| < 2^64`).
-const TINY_DISTANCE: f32 = 5.421_011e-20; // 2^-64
-
-/// `ga += k (c (a - b + offset))`, `gb -= ...`: the rare tiny-distance form of the pair
-/// update, with the difference scaled by the exact power of two `c` first.
-#[inline(always)]
-fn pair_diff_update(
-    a: &[f32],
-    b: &[f32],
-    offset: f32,
-    c: f32,
-    k: f32,
-    ga: &mut [f32],
-    gb: &mut [f32],
-) {
-    for (((&u, &v), x), y) in a.iter().zip(b).zip(ga.iter_mut()).zip(gb.iter_mut()) {
-        let t = (u - v + offset) * c * k;
-        *x += t;
-        *y -= t;
-    }
-}
-
-/// [`pair_grad_with`] on rows `i` and `j` of `x`, into the same rows of `grad`; nothing
-/// when `i == j` (the derivative of `d(x_i, x_i)` is 0 for every metric).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn pair_grad_rows_with<S: Simd>(
-    s: S,
-    metric: Metric,
-    x: &Matrix<'_>,
-    (i, j): (usize, usize),
-    dist: f32,
-    norms: (f32, f32),
-    offset: f32,
-    coef: f32,
-    grad: &mut [f32],
-) {
-    let (Some(a), Some(b)) = (x.row(i), x.row(j)) else {
-        return;
-    };
-    if let Some((ga, gb)) = two_rows_mut(grad, x.dim(), i, j) {
-        pair_grad_with(s, metric, a, b, dist, norms, offset, coef, ga, gb);
-    }
-}
-
-/// [`pair_grad_rows_with`] on `backend`, for callers outside a [`Kernel`].
-#[inline]
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn pair_grad_rows(
-    backend: Backend,
-    metric: Metric,
-    x: &Matrix<'_>,
-    rows: (usize, usize),
-    dist: f32,
-    norms: (f32, f32),
-    offset: f32,
-    coef: f32,
-    grad: &mut [f32],
-) {
-    backend.dispatch(PairGradRows {
-        metric,
-        x,
-        rows,
-        dist,
-        norms,
-        offset,
-        coef,
-        grad,
-    });
-}
-
-/// Kernel of [`pair_grad_rows`].
-struct PairGradRows<'a, 'x, 'g> {
-    metric: Metric,
-    x: &'a Matrix<'x>,
-    rows: (usize, usize),
-    dist: f32,
-    norms: (f32, f32),
-    offset: f32,
-    coef: f32,
-    grad: &'g mut [f32],
-}
-impl Kernel for PairGradRows<'_, '_, '_> {
-    type Output = ();
-    #[inline(always)]
-    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
-        pair_grad_rows_with(
-            s,
-            self.metric,
-            self.x,
-            self.rows,
-            self.dist,
-            self.norms,
-            self.offset,
-            self.coef,
-            self.grad,
-        );
-    }
 }

@@ -139,34 +139,3 @@ impl fmt::Display for Error {
 }
 
 impl core::error::Error for Error {}
-
-/// Checks that `buffer` has exactly `expected` elements.
-#[inline]
-pub(crate) fn check_len(buffer: &'static str, expected: usize, actual: usize) -> Result<(), Error> {
-    if expected == actual {
-        Ok(())
-    } else {
-        Err(Error::LengthMismatch {
-            buffer,
-            expected,
-            actual,
-        })
-    }
-}
-
-/// Checks that a workspace has at least `required` elements.
-#[inline]
-pub(crate) fn check_workspace(required: usize, actual: usize) -> Result<(), Error> {
-    if actual >= required {
-        Ok(())
-    } else {
-        Err(Error::WorkspaceTooSmall { required, actual })
-    }
-}
-
-/// `a * b`, or `ShapeOverflow`.
-#[inline]
-pub(crate) fn checked_area(rows: usize, cols: usize) -> Result<usize, Error> {
-    rows.checked_mul(cols)
-        .ok_or(Error::ShapeOverflow { rows, cols })
-}

@@ -108,7 +108,9 @@ mod retrieval;
 pub mod scalar;
 mod simd;
 pub mod triplet;
+mod validate;
 pub mod verification;
+mod workspace;
 
 pub use distance::{
     cross_distances, cross_distances_rows, cross_distances_rows_workspace_len,

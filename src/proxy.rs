@@ -37,12 +37,13 @@
 //! [`crate::l2_normalize_backward`]: a row whose norm is at most `1e-12` gets the
 //! derivative of the clamped formula, `1e12` times the gradient of its normalised value.
 
-use crate::contrastive::check_finite;
 use crate::distance::{l2_normalize_backward_on, l2_normalize_on};
-use crate::error::{check_len, check_workspace, Error};
+use crate::error::Error;
 use crate::math;
 use crate::matrix::Matrix;
 use crate::simd::{self, Backend};
+use crate::validate::{check_finite, check_labels, check_len, check_workspace};
+use crate::workspace::Carve;
 
 /// Parameters of [`proxy_nca_loss`].
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -154,7 +155,7 @@ pub(crate) fn check_proxy_shapes(
             right: proxies.dim(),
         });
     }
-    check_len("labels", x.rows(), labels.len())?;
+    check_labels(x, labels)?;
     if let Some((g, gp)) = grads {
         check_len("grad", x.len(), g)?;
         check_len("grad_proxies", proxies.len(), gp)?;
@@ -261,18 +262,13 @@ fn nca(
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
     let (c_count, dim, n) = (proxies.rows(), x.dim(), x.rows());
-    // Unreachable once the workspace length is checked; an error instead of a panicking
-    // split, whose bound the optimiser cannot derive from the saturating required length.
-    let short = Error::WorkspaceTooSmall {
-        required: proxy_nca_workspace_len(n, c_count, dim),
-        actual: workspace.len(),
-    };
-    let (pn, rest) = workspace.split_at_mut_checked(proxies.len()).ok_or(short)?;
-    let (gpn, rest) = rest.split_at_mut_checked(proxies.len()).ok_or(short)?;
-    let (e, rest) = rest.split_at_mut_checked(c_count).ok_or(short)?;
-    let (wsum, rest) = rest.split_at_mut_checked(c_count).ok_or(short)?;
-    let (xn, rest) = rest.split_at_mut_checked(dim).ok_or(short)?;
-    let gxn = rest.get_mut(..dim).ok_or(short)?;
+    let mut ws = Carve::new(workspace);
+    let pn = ws.take(proxies.len())?;
+    let gpn = ws.take(proxies.len())?;
+    let e = ws.take(c_count)?;
+    let wsum = ws.take(c_count)?;
+    let xn = ws.take(dim)?;
+    let gxn = ws.take(dim)?;
     l2_normalize_on(backend, *proxies, pn)?;
     if grads.is_some() {
         gpn.fill(0.0);
@@ -490,17 +486,13 @@ fn anchor(
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
     let (c_count, dim) = (proxies.rows(), x.dim());
-    // Unreachable, as in `nca`.
-    let short = Error::WorkspaceTooSmall {
-        required: proxy_anchor_workspace_len(x.rows(), c_count, dim),
-        actual: workspace.len(),
-    };
     let sim_len = x.rows().saturating_mul(c_count);
-    let (pn, rest) = workspace.split_at_mut_checked(proxies.len()).ok_or(short)?;
-    let (gpn, rest) = rest.split_at_mut_checked(proxies.len()).ok_or(short)?;
-    let (sim, rest) = rest.split_at_mut_checked(sim_len).ok_or(short)?;
-    let (xn, rest) = rest.split_at_mut_checked(dim).ok_or(short)?;
-    let gxn = rest.get_mut(..dim).ok_or(short)?;
+    let mut ws = Carve::new(workspace);
+    let pn = ws.take(proxies.len())?;
+    let gpn = ws.take(proxies.len())?;
+    let sim = ws.take(sim_len)?;
+    let xn = ws.take(dim)?;
+    let gxn = ws.take(dim)?;
     l2_normalize_on(backend, *proxies, pn)?;
     // s_ic = <x^_i, P^_c>, row-major n x C.
     for (row, s_row) in lockstep(x.row_iter(), sim.chunks_exact_mut(c_count)) {

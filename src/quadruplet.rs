@@ -19,14 +19,14 @@
 
 use crate::distance::{
     clamped_row_norms, distance, pair_grad_rows, pairwise_distances_on,
-    pairwise_distances_workspace_len, Metric,
+    pairwise_distances_workspace_len, refine_pairwise, Metric,
 };
-use crate::error::{check_len, check_workspace, checked_area, Error};
+use crate::error::Error;
 use crate::matrix::Matrix;
-use crate::mining::check_rows;
-use crate::mining::refine_pairwise;
 use crate::reduce::{Hinge, Reduction};
 use crate::simd::Backend;
+use crate::validate::{check_labels, check_len, check_rows, check_workspace};
+use crate::workspace::Carve;
 
 /// One quadruplet of row indices: anchor, positive, first negative, second negative.
 ///
@@ -205,7 +205,7 @@ pub(crate) fn check_quadruplet(
     workspace: usize,
 ) -> Result<(), Error> {
     if let Some(g) = grad {
-        check_len("grad", checked_area(x.rows(), x.dim())?, g)?;
+        check_len("grad", x.len(), g)?;
     }
     check_workspace(quadruplet_workspace_len(x.rows(), x.dim()), workspace)?;
     params.validate()?;
@@ -260,6 +260,72 @@ impl<'a> Rows<'a> {
             n1n2: distance(backend, metric, n1, n2, nn1, nn2),
         }
     }
+}
+
+/// The shared body of the quadruplet losses; `grad` is `None` for the forward pass.
+/// Inlined into both entry points, as their bodies were.
+#[inline(always)]
+fn quadruplet_impl(
+    x: Matrix<'_>,
+    quadruplets: &[Quadruplet],
+    metric: Metric,
+    params: &QuadrupletParams,
+    mut grad: Option<&mut [f32]>,
+    workspace: &mut [f32],
+) -> Result<f32, Error> {
+    check_quadruplet(
+        &x,
+        quadruplets,
+        params,
+        grad.as_deref().map(<[f32]>::len),
+        workspace.len(),
+    )?;
+    let norms = Carve::new(workspace).take(x.rows())?;
+    // Read once: the norms, the distances and the gradient updates use it.
+    let backend = Backend::active();
+    if metric == Metric::Cosine {
+        clamped_row_norms(backend, &x, norms);
+    }
+    if let Some(g) = grad.as_deref_mut() {
+        g.fill(0.0);
+    }
+    let h = params.hinge;
+    let mut sum = 0.0_f64;
+    let mut active = 0_usize;
+    for &q in quadruplets {
+        let Some(rows) = Rows::get(&x, norms, q) else {
+            continue;
+        };
+        let d = rows.dists(backend, metric);
+        let v1 = d.ap - d.an1 + params.margin1;
+        let v2 = d.ap - d.n1n2 + params.margin2;
+        sum += f64::from(h.apply(v1)) + f64::from(h.apply(v2));
+        active += usize::from(is_active(h, v1, v2));
+        let Some(grad) = grad.as_deref_mut() else {
+            continue;
+        };
+        let (s1, s2) = (h.slope(v1), h.slope(v2));
+        let [ia, ip, in1, in2] = q.to_array().map(|v| v as usize);
+        let [na, np, nn1, nn2] = rows.n;
+        for ((i, j), dist, coef, norms) in [
+            ((ia, ip), d.ap, s1 + s2, (na, np)),
+            ((ia, in1), d.an1, -s1, (na, nn1)),
+            ((in1, in2), d.n1n2, -s2, (nn1, nn2)),
+        ] {
+            if coef != 0.0 {
+                pair_grad_rows(backend, metric, &x, (i, j), dist, norms, 0.0, coef, grad);
+            }
+        }
+    }
+    if let Some(grad) = grad {
+        let w = params.reduction.weight(quadruplets.len(), active);
+        if w != 1.0 {
+            for g in grad.iter_mut() {
+                *g *= w;
+            }
+        }
+    }
+    Ok(params.reduction.reduce(sum, quadruplets.len(), active))
 }
 
 /// Quadruplet loss (Chen et al., CVPR 2017) of the given quadruplets of rows of `x`.
@@ -324,36 +390,7 @@ pub fn quadruplet_loss(
     params: QuadrupletParams,
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
-    check_quadruplet(&x, quadruplets, &params, None, workspace.len())?;
-    // Checked split: unreachable failure once the length is validated, but no panic path.
-    let wlen = workspace.len();
-    let norms = workspace
-        .split_at_mut_checked(x.rows())
-        .ok_or(Error::WorkspaceTooSmall {
-            required: x.rows(),
-            actual: wlen,
-        })?
-        .0;
-    let backend = Backend::active();
-    if metric == Metric::Cosine {
-        clamped_row_norms(backend, &x, norms);
-    }
-    let h = params.hinge;
-    let mut sum = 0.0_f64;
-    let mut active = 0_usize;
-    for &q in quadruplets {
-        let Some(rows) = Rows::get(&x, norms, q) else {
-            continue;
-        };
-        let d = rows.dists(backend, metric);
-        let (v1, v2) = (
-            d.ap - d.an1 + params.margin1,
-            d.ap - d.n1n2 + params.margin2,
-        );
-        sum += f64::from(h.apply(v1)) + f64::from(h.apply(v2));
-        active += usize::from(is_active(h, v1, v2));
-    }
-    Ok(params.reduction.reduce(sum, quadruplets.len(), active))
+    quadruplet_impl(x, quadruplets, metric, &params, None, workspace)
 }
 
 /// [`quadruplet_loss`] and its gradient: returns the loss and writes
@@ -404,54 +441,7 @@ pub fn quadruplet_loss_grad(
     grad: &mut [f32],
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
-    check_quadruplet(&x, quadruplets, &params, Some(grad.len()), workspace.len())?;
-    // Checked split: unreachable failure once the length is validated, but no panic path.
-    let wlen = workspace.len();
-    let norms = workspace
-        .split_at_mut_checked(x.rows())
-        .ok_or(Error::WorkspaceTooSmall {
-            required: x.rows(),
-            actual: wlen,
-        })?
-        .0;
-    // Read once: the norms, the distances and the gradient updates use it.
-    let backend = Backend::active();
-    if metric == Metric::Cosine {
-        clamped_row_norms(backend, &x, norms);
-    }
-    grad.fill(0.0);
-    let h = params.hinge;
-    let mut sum = 0.0_f64;
-    let mut active = 0_usize;
-    for &q in quadruplets {
-        let Some(rows) = Rows::get(&x, norms, q) else {
-            continue;
-        };
-        let d = rows.dists(backend, metric);
-        let v1 = d.ap - d.an1 + params.margin1;
-        let v2 = d.ap - d.n1n2 + params.margin2;
-        sum += f64::from(h.apply(v1)) + f64::from(h.apply(v2));
-        active += usize::from(is_active(h, v1, v2));
-        let (s1, s2) = (h.slope(v1), h.slope(v2));
-        let [ia, ip, in1, in2] = q.to_array().map(|v| v as usize);
-        let [na, np, nn1, nn2] = rows.n;
-        for ((i, j), dist, coef, norms) in [
-            ((ia, ip), d.ap, s1 + s2, (na, np)),
-            ((ia, in1), d.an1, -s1, (na, nn1)),
-            ((in1, in2), d.n1n2, -s2, (nn1, nn2)),
-        ] {
-            if coef != 0.0 {
-                pair_grad_rows(backend, metric, &x, (i, j), dist, norms, 0.0, coef, grad);
-            }
-        }
-    }
-    let w = params.reduction.weight(quadruplets.len(), active);
-    if w != 1.0 {
-        for g in grad.iter_mut() {
-            *g *= w;
-        }
-    }
-    Ok(params.reduction.reduce(sum, quadruplets.len(), active))
+    quadruplet_impl(x, quadruplets, metric, &params, Some(grad), workspace)
 }
 
 /// How many quadruplets [`mine_quadruplets`] forms for this batch: the number of rows
@@ -498,7 +488,7 @@ pub(crate) fn check_mining(
     out: usize,
     workspace: usize,
 ) -> Result<usize, Error> {
-    check_len("labels", x.rows(), labels.len())?;
+    check_labels(x, labels)?;
     if u32::try_from(x.rows()).is_err() {
         return Err(Error::ShapeOverflow {
             rows: x.rows(),
@@ -612,14 +602,9 @@ pub fn mine_quadruplets(
         return Ok(0);
     }
     let n = x.rows();
-    let wlen = workspace.len();
-    let (dist, rest) =
-        workspace
-            .split_at_mut_checked(n.saturating_mul(n))
-            .ok_or(Error::WorkspaceTooSmall {
-                required: mine_quadruplets_workspace_len(n, x.dim()),
-                actual: wlen,
-            })?;
+    let mut ws = Carve::new(workspace);
+    let dist = ws.take(n.saturating_mul(n))?;
+    let rest = ws.rest();
     let backend = Backend::active();
     pairwise_distances_on(backend, x, metric, dist, rest)?;
     refine_pairwise(backend, &x, metric, dist, rest)?;

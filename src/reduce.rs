@@ -13,8 +13,9 @@
 //!   gradient. A reduction of zero terms, or of terms that are all 0, is 0 with a zero
 //!   gradient.
 
-use crate::error::{check_len, Error};
+use crate::error::Error;
 use crate::math;
+use crate::validate::check_len;
 
 /// The function applied to each margin value `v` (for a triplet,
 /// `d(a,p) - d(a,n) + margin`) before the terms are reduced ([`Reduction`]).

@@ -14,35 +14,21 @@
 //! on [`knn`], in its public docs.
 
 use crate::distance::{clamped_row_norms, distance, Metric};
-use crate::error::{check_len, check_workspace, checked_area, Error};
+use crate::error::Error;
 use crate::math;
 use crate::matrix::Matrix;
 use crate::simd::Backend;
+use crate::validate::{check_finite, check_labels, check_len, check_workspace, checked_area};
+use crate::workspace::{max_len, min_len, Carve};
 
 /// Queries per block of the streaming pass.
 const QUERY_BLOCK: usize = 16;
 /// References per block of the streaming pass.
 const REFERENCE_BLOCK: usize = 256;
 
-const fn min(a: usize, b: usize) -> usize {
-    if a < b {
-        a
-    } else {
-        b
-    }
-}
-
-const fn max(a: usize, b: usize) -> usize {
-    if a > b {
-        a
-    } else {
-        b
-    }
-}
-
 /// Workspace of the fast streaming pass: reference norms, query norms, one tile.
 const fn stream_len(queries: usize, references: usize) -> usize {
-    let tile = min(QUERY_BLOCK, queries).saturating_mul(min(REFERENCE_BLOCK, references));
+    let tile = min_len(QUERY_BLOCK, queries).saturating_mul(min_len(REFERENCE_BLOCK, references));
     references.saturating_add(queries).saturating_add(tile)
 }
 
@@ -58,7 +44,7 @@ const fn scalar_len(references: usize) -> usize {
 /// overflowing.
 pub const fn knn_workspace_len(queries: usize, references: usize, dim: usize) -> usize {
     let _ = dim;
-    max(stream_len(queries, references), scalar_len(references))
+    max_len(stream_len(queries, references), scalar_len(references))
 }
 
 /// Workspace elements that [`retrieval_metrics`] (and its scalar twin) needs for
@@ -71,7 +57,7 @@ pub const fn retrieval_metrics_workspace_len(
     dim: usize,
 ) -> usize {
     let _ = dim;
-    max(
+    max_len(
         stream_len(queries, references).saturating_add(references.saturating_mul(2)),
         scalar_len(references),
     )
@@ -247,7 +233,7 @@ pub(crate) fn check_metrics<'a>(
     workspace: usize,
 ) -> Result<(Shape<'a>, &'a [u32]), Error> {
     let shape = check_refs(queries, reference.map(|(y, _)| y))?;
-    check_len("labels", queries.rows(), labels.len())?;
+    check_labels(queries, labels)?;
     let ref_labels = match reference {
         Some((y, yl)) => {
             check_len("reference_labels", y.rows(), yl.len())?;
@@ -262,18 +248,11 @@ pub(crate) fn check_metrics<'a>(
         retrieval_metrics_workspace_len(queries.rows(), shape.refs.rows(), queries.dim()),
         workspace,
     )?;
-    check_finite("queries", queries)?;
+    check_finite("queries", queries.as_slice())?;
     if !shape.leave_one_out {
-        check_finite("reference", &shape.refs)?;
+        check_finite("reference", shape.refs.as_slice())?;
     }
     Ok((shape, ref_labels))
-}
-
-fn check_finite(buffer: &'static str, x: &Matrix<'_>) -> Result<(), Error> {
-    match x.as_slice().iter().position(|v| !v.is_finite()) {
-        Some(position) => Err(Error::NonFinite { buffer, position }),
-        None => Ok(()),
-    }
 }
 
 /// Number of references sharing query `q`'s label, not counting `q` itself
@@ -467,10 +446,10 @@ impl Stream<'_> {
         let refs = self.shape.refs;
         let dim = refs.dim();
         let m = refs.rows();
-        let width = min(REFERENCE_BLOCK, m);
+        let width = min_len(REFERENCE_BLOCK, m);
         let mut start = 0;
         while start < m {
-            let rb = min(REFERENCE_BLOCK, m - start);
+            let rb = min_len(REFERENCE_BLOCK, m - start);
             let (Some(rows), Some(r_norms)) = (
                 refs.as_slice().get(start * dim..(start + rb) * dim),
                 self.r_norms.get(start..start + rb),
@@ -525,10 +504,12 @@ fn prepare<'w>(
     workspace: &'w mut [f32],
 ) -> Option<Parts<'w>> {
     let (n, m) = (queries.rows(), shape.refs.rows());
-    let (r_norms, rest) = workspace.split_at_mut_checked(m)?;
-    let (q_norms, rest) = rest.split_at_mut_checked(n)?;
-    let tile_len = min(QUERY_BLOCK, n) * min(REFERENCE_BLOCK, m);
-    let (tile, rest) = rest.split_at_mut_checked(tile_len)?;
+    let mut ws = Carve::new(workspace);
+    let r_norms = ws.take(m).ok()?;
+    let q_norms = ws.take(n).ok()?;
+    let tile = ws
+        .take(min_len(QUERY_BLOCK, n) * min_len(REFERENCE_BLOCK, m))
+        .ok()?;
     if metric == Metric::Cosine {
         clamped_row_norms(backend, &shape.refs, r_norms);
         if shape.leave_one_out {
@@ -543,7 +524,7 @@ fn prepare<'w>(
         r_norms,
         q_norms,
         tile,
-        rest,
+        rest: ws.rest(),
     })
 }
 
@@ -680,7 +661,7 @@ pub fn knn(
         .zip(distances.chunks_exact_mut(k));
     let mut q0 = 0;
     while q0 < n {
-        let qb = min(QUERY_BLOCK, n - q0);
+        let qb = min_len(QUERY_BLOCK, n - q0);
         let mut heaps: [Heap<'_>; QUERY_BLOCK] = core::array::from_fn(|_| Heap::empty());
         for ((id, heap), (q, (i_row, d_row))) in ids
             .iter_mut()
@@ -774,7 +755,7 @@ pub fn retrieval_metrics(
     let (shape, ref_labels) = check_metrics(&queries, labels, reference, k, workspace.len())?;
     // Read once: the norms and every distance of this call use it.
     let backend = Backend::active();
-    let k = min(k, shape.available);
+    let k = min_len(k, shape.available);
     let m = shape.refs.rows();
     // The `else` branches below are unreachable: the workspace length was checked, and an
     // `f32` slice always reinterprets as `u32`.
@@ -787,13 +768,8 @@ pub fn retrieval_metrics(
     else {
         return Ok(RetrievalMetrics::ZERO);
     };
-    let Some((pool_d, rest)) = rest.split_at_mut_checked(m) else {
-        return Ok(RetrievalMetrics::ZERO);
-    };
-    let Some(pool_i) = rest
-        .get_mut(..m)
-        .and_then(|w| bytemuck::try_cast_slice_mut::<f32, u32>(w).ok())
-    else {
+    let mut pool = Carve::new(rest);
+    let (Ok(pool_d), Ok(pool_i)) = (pool.take(m), pool.take_u32(m)) else {
         return Ok(RetrievalMetrics::ZERO);
     };
     let stream = Stream {
@@ -823,13 +799,13 @@ pub fn retrieval_metrics(
                 next += 1;
                 continue;
             }
-            let cap = max(r, k);
+            let cap = max_len(r, k);
             if cap > free_d.len() && count > 0 {
                 break;
             }
-            let cap = min(cap, free_d.len());
+            let cap = min_len(cap, free_d.len());
             let (d, rest_d) = free_d.split_at_mut(cap);
-            let (i, rest_i) = free_i.split_at_mut(min(cap, free_i.len()));
+            let (i, rest_i) = free_i.split_at_mut(min_len(cap, free_i.len()));
             (free_d, free_i) = (rest_d, rest_i);
             if let (Some(h), Some(id), Some(rr)) =
                 (heaps.get_mut(count), ids.get_mut(count), rs.get_mut(count))

@@ -29,7 +29,8 @@
 //! counting, `O(G I + (G + I)^2)`) agree to the last bit except for the EER's
 //! interpolation, within a few `f64` roundings.
 
-use crate::error::{check_len, check_workspace, Error};
+use crate::error::Error;
+use crate::validate::{check_len, check_workspace};
 
 /// What a pair score means.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -520,3 +520,24 @@ fn euclidean_gradient_of_subnormal_distances_is_finite() {
     // The difference is subnormal (a few significant bits): within a few ulp of the unit.
     assert!(max_err(&g, &[-1.0, 0.0, 1.0, 0.0]) <= 4.0 * U, "{g:?}");
 }
+
+/// The same through the batch losses' fused per-triplet update (batch-hard, semi-hard).
+#[test]
+fn batch_gradients_of_subnormal_distances_are_finite() {
+    let data = [0.0_f32, 1e-44, 1.0];
+    let x = Matrix::new(&data, 3, 1).unwrap();
+    for mining in [Mining::BatchHard, Mining::SemiHard, Mining::All] {
+        let p = BatchParams::new()
+            .with_mining(mining)
+            .with_metric(Metric::Euclidean)
+            .with_margin(1.0)
+            .with_reduction(Reduction::Sum);
+        let mut w = ws(triplet_batch_loss_grad_workspace_len(3, 1, p), 3);
+        let (mut g, mut t) = ([f32::NAN; 3], [f32::NAN; 3]);
+        triplet_batch_loss_grad(x, &[0, 0, 1], p, &mut g, &mut w).unwrap();
+        scalar::triplet_batch_loss_grad(x, &[0, 0, 1], p, &mut t, &mut w).unwrap();
+        assert!(g.iter().all(|v| v.is_finite()), "{mining:?}: {g:?}");
+        let t64: Vec<f64> = t.iter().map(|&v| f64::from(v)).collect();
+        assert!(max_err(&g, &t64) <= 8.0 * U, "{mining:?}: fast {g:?} twin {t:?}");
+    }
+}

@@ -4,9 +4,10 @@ use crate::distance::{
     check_cross, check_cross_rows, check_pairwise, check_pairwise_rows, mirror_upper, DistanceMode,
     Metric, NORM_EPS,
 };
-use crate::error::{check_len, Error};
+use crate::error::Error;
 use crate::matrix::Matrix;
 use crate::scalar::acc::Acc64;
+use crate::validate::check_len;
 use core::ops::Range;
 
 pub(crate) fn sq_dist64(a: &[f32], b: &[f32]) -> f64 {

@@ -1,7 +1,8 @@
 //! Scalar twins of [`crate::reduce`].
 
-use crate::error::{check_len, Error};
+use crate::error::Error;
 use crate::reduce::{Hinge, Reduction};
+use crate::validate::check_len;
 
 /// `h(v)` in `f64`.
 pub(crate) fn hinge64(hinge: Hinge, v: f64) -> f64 {

@@ -2,9 +2,9 @@
 //! `f64`, two plain passes (loss, then gradient with the known reduction weight).
 
 use crate::distance::Metric;
-use crate::error::{check_len, check_workspace, Error};
+use crate::error::Error;
 use crate::matrix::Matrix;
-use crate::mining::{check_rows, Triplet};
+use crate::mining::Triplet;
 use crate::reduce::Hinge;
 use crate::scalar::acc::{check_twin_workspace, Acc64};
 use crate::scalar::distance::{add_distance_grad64, distance64, normalize_backward64};
@@ -15,6 +15,7 @@ use crate::triplet::{
     check_batch_args, check_triplet_args, triplet_batch_loss_workspace_len, BatchLoss, BatchParams,
     TripletParams,
 };
+use crate::validate::{check_len, check_rows, check_workspace};
 
 /// Workspace elements that the twins [`triplet_margin_loss`] and
 /// [`triplet_margin_loss_grad`] need for `rows` embeddings of dimension `dim`:
@@ -101,8 +102,8 @@ fn add_pair_grad64(
     acc.add_row(j, dim, diff().map(|t| -t));
 }
 
-/// The twin of `triplet::is_active`: relu terms with `v > 0`, every soft-margin term with
-/// `v > -inf`.
+/// The `f64` twin of [`Hinge::is_active`]: relu terms with `v > 0`, every soft-margin term
+/// with `v > -inf`.
 fn is_active64(hinge: Hinge, v: f64) -> bool {
     match hinge {
         Hinge::Relu => v > 0.0,

@@ -1,6 +1,7 @@
 //! Scalar twin of [`crate::verification`]: every rate by direct counting over the pairs.
 
-use crate::error::{check_workspace, Error};
+use crate::error::Error;
+use crate::validate::check_workspace;
 use crate::verification::{
     allowed_false_accepts, check_verification, interpolate_eer, verification_metrics_workspace_len,
     Score, VerificationMetrics,

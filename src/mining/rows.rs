@@ -1,0 +1,152 @@
+//! The row-wise minings: anchors in blocks of up to `BLOCK` rows, each block's distances
+//! to every row computed at once (Gram form with the accuracy fix-up, see
+//! [`for_row_blocks`]) and every anchor mined from its row. Semi-hard mining
+//! ([`SemiBlock`]) lives here; the batch-all loss walks the same blocks.
+
+use super::select::{argmax, argmin};
+use super::{Sink, NO_INDEX};
+use crate::distance::{
+    fix_up, pairwise_distances_rows_on, pairwise_distances_rows_workspace_len, DistanceMode, Metric,
+};
+use crate::error::Error;
+use crate::matrix::Matrix;
+use crate::simd::{Backend, Kernel, Simd};
+use crate::workspace::{max_len, min_len};
+
+/// Anchor rows per block of the row-wise minings (semi-hard, batch-all).
+const BLOCK: usize = 256;
+/// Per-row `f32` arrays of the row-wise minings: norms and two scratch rows.
+const ROW_ARRAYS: usize = 3;
+
+/// Rows of the largest block of the row-wise minings.
+pub(crate) const fn block_rows(rows: usize) -> usize {
+    min_len(rows, BLOCK)
+}
+
+/// Packing scratch of [`crate::pairwise_distances_rows`] for every block of [`for_row_blocks`].
+const fn block_pack_len(rows: usize, dim: usize) -> usize {
+    let b = block_rows(rows);
+    if b == 0 {
+        return 0;
+    }
+    let last = if rows.is_multiple_of(b) { b } else { rows % b };
+    max_len(
+        pairwise_distances_rows_workspace_len(rows, b, dim),
+        pairwise_distances_rows_workspace_len(rows, last, dim),
+    )
+}
+
+/// Workspace of the row-wise minings over `rows` rows: the per-row arrays plus
+/// `extra_arrays` more, one block of rows and its packing. Saturates.
+pub(crate) const fn rows_len(rows: usize, dim: usize, extra_arrays: usize) -> usize {
+    rows.saturating_mul(ROW_ARRAYS + extra_arrays)
+        .saturating_add(block_rows(rows).saturating_mul(rows))
+        .saturating_add(block_pack_len(rows, dim))
+}
+
+/// Calls `f(i0, i1, block)` for consecutive blocks of at most [`BLOCK`] anchor rows, with
+/// `block` (`(i1 - i0) x n`, row-major) holding their distances to every row (Gram form
+/// with the accuracy fix-up). `norms` are the rows'
+/// [`metric_norms`](crate::distance::metric_norms); `block` holds at least
+/// `min(n, BLOCK) * n` elements and `pack` the row kernel's scratch.
+pub(crate) fn for_row_blocks<F>(
+    backend: Backend,
+    x: &Matrix<'_>,
+    metric: Metric,
+    norms: &[f32],
+    block: &mut [f32],
+    pack: &mut [f32],
+    mut f: F,
+) -> Result<(), Error>
+where
+    F: FnMut(usize, usize, &mut [f32]) -> Result<(), Error>,
+{
+    let n = x.rows();
+    let mut i0 = 0;
+    while i0 < n {
+        let i1 = n.min(i0 + BLOCK);
+        let area = (i1 - i0) * n;
+        let actual = block.len();
+        let out = block.get_mut(..area).ok_or(Error::WorkspaceTooSmall {
+            required: area,
+            actual,
+        })?;
+        let mode = DistanceMode::Gram;
+        pairwise_distances_rows_on(backend, *x, i0..i1, metric, mode, out, pack)?;
+        let xi = x.sub_rows(i0, i1)?;
+        let ni = norms.get(i0..i1).unwrap_or(&[]);
+        if fix_up(backend, metric, out, &xi, x, ni, norms, Some(i0)) {
+            let mode = DistanceMode::Direct;
+            pairwise_distances_rows_on(backend, *x, i0..i1, metric, mode, out, pack)?;
+        }
+        f(i0, i1, out)?;
+        i0 = i1;
+    }
+    Ok(())
+}
+
+/// Semi-hard mining of a block of anchor rows `i0..` (`block`: their distance rows).
+pub(crate) struct SemiBlock<'a, 'o, K> {
+    pub block: &'a [f32],
+    pub i0: usize,
+    pub labels: &'a [u32],
+    /// `2 n` elements of scratch.
+    pub scratch: &'o mut [f32],
+    pub sink: &'o mut K,
+}
+
+impl<K: Sink> Kernel for SemiBlock<'_, '_, K> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
+        let SemiBlock {
+            block,
+            i0,
+            labels,
+            scratch,
+            sink,
+        } = self;
+        let n = labels.len();
+        let Some((masked, above)) = scratch.split_at_mut_checked(n) else {
+            return;
+        };
+        let Some(above) = above.get_mut(..n) else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        for (r, row) in block.chunks_exact(n).enumerate() {
+            let a = i0 + r;
+            let Some(&la) = labels.get(a) else {
+                return;
+            };
+            // The row's negatives, every other entry -inf (never the farthest, never
+            // beyond a positive).
+            for ((m, &v), &l) in masked.iter_mut().zip(row).zip(labels) {
+                *m = if l == la { f32::NEG_INFINITY } else { v };
+            }
+            let Some(first_neg) = labels.iter().position(|&l| l != la) else {
+                continue;
+            };
+            let far = match argmax(s, masked) {
+                NO_INDEX => first_neg,
+                q => q as usize,
+            };
+            for (p, (&lp, &dap)) in labels.iter().zip(row).enumerate() {
+                if p == a || lp != la {
+                    continue;
+                }
+                // The negatives beyond the positive (others +inf), nearest first.
+                for (b, &m) in above.iter_mut().zip(masked.iter()) {
+                    *b = if m > dap { m } else { f32::INFINITY };
+                }
+                let q = match argmin(s, above) {
+                    NO_INDEX => far,
+                    q => q as usize,
+                };
+                sink.triplet(s, a, p, q);
+            }
+        }
+    }
+}
