@@ -57,12 +57,14 @@
 //! expect. On batches where every anchor has a positive and a negative (every P x K batch
 //! with P, K >= 2, as in all of the shipped TensorFlow Addons vectors) both agree.
 //!
-//! # Non-finite data
+//! # Non-finite data and the data range
 //!
 //! The loss kernels scan `x` first and return [`Error::NonFinite`] for a NaN or an
-//! infinity (a hinge or a mining decision would otherwise hide it). Finite data whose
-//! squared distances overflow `f32` (`|x|` around `1e19`) gives infinite distances and
-//! may give a NaN loss in the fast kernels; the `f64` twins do not overflow there.
+//! infinity (a hinge or a mining decision would otherwise hide it). Without `normalize`,
+//! they also return [`Error::TooLarge`] for an element above `2^52 / sqrt(dim)` (about
+//! `4.5e15 / sqrt(dim)`): past it squared distances or their sums could overflow `f32`.
+//! One rule for every mining strategy, fast kernel and twin alike; with `normalize` any
+//! finite data is accepted (normalisation is overflow-safe).
 
 mod batch;
 mod batch_all;

@@ -129,7 +129,9 @@ fn triplet_margin_impl(
 /// (see the [module docs](super) for `d'`, `h` and the reductions).
 ///
 /// `terms` has exactly `triplets.len()` elements (PyTorch's `reduction = 'none'` output).
-/// Indices may repeat and may coincide (`a == p` gives `d(a, p) = 0`). Zero triplets give
+/// Indices may repeat and may coincide (`a == p` gives `d(a, p) = d(a, a)`: 0, except
+/// for a cosine row below the norm clamp, where it is `1 - |a|^2 / 1e-24`, 1 for a zero
+/// row). Zero triplets give
 /// a loss of 0. Scalar twin: [`crate::scalar::triplet_margin_loss`]; with the gradient:
 /// [`triplet_margin_loss_grad`]. `workspace` needs
 /// [`triplet_margin_workspace_len`]`(rows, dim)` elements, garbage before and after.
