@@ -8,18 +8,9 @@ use triplet_kernels::{
     pairwise_distances_workspace_len, scalar, Matrix, Metric,
 };
 
-/// Deterministic data in [-1, 1) (xorshift), so runs are comparable.
-fn data(len: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s as f32 / u32::MAX as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+#[path = "common/workloads.rs"]
+mod workloads;
+use workloads::uniform as data;
 
 fn metric_name(m: Metric) -> &'static str {
     match m {
