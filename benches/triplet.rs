@@ -1,21 +1,31 @@
-//! Batch triplet losses, loss plus gradient in one call, fast vs scalar twin, on the named
-//! workloads of `benches/common/workloads.rs` (W2, W3, W4, W6; W5's twin would take
-//! minutes per call): `x` standard normal, P x K labels `i / K`, Euclidean metric, margin
-//! 0.2, hinge, mean reduction (mean over the nonzero terms for batch-all). Throughput is
-//! the batch size, so criterion reports embeddings per second.
+//! Triplet losses and mining, fast vs scalar twin.
+//!
+//! - The batch losses, loss plus gradient in one call, on the named workloads of
+//!   `benches/common/workloads.rs` (W2, W3, W4, W6; W5's twin would take minutes per
+//!   call): `x` standard normal, P x K labels `i / K`, Euclidean metric, margin 0.2,
+//!   hinge, mean reduction (mean over the nonzero terms for batch-all). Throughput is the
+//!   batch size, so criterion reports embeddings per second.
+//! - Mining (`hardest_pairs`, `mine_triplets` with each strategy) and the loss over
+//!   explicit triplets (`triplet_margin_loss`, `triplet_margin_loss_grad`, on the
+//!   semi-hard triplets of the batch) on W2's batch (n = 256, d = 128, classes of 8).
+//!   Throughput is the batch size for mining, the number of triplets for the losses.
+//! - `hinge_reduce` and `hinge_reduce_grad` over 65536 standard normal values.
 //!
 //! Run one workload with `cargo bench --bench triplet -- W2`.
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 use std::time::Duration;
 use triplet_kernels::{
-    scalar, triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len, Matrix,
+    hardest_pairs, hinge_reduce, hinge_reduce_grad, mine_triplets, mine_triplets_count,
+    mining_workspace_len, scalar, triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
+    triplet_margin_loss, triplet_margin_loss_grad, triplet_margin_workspace_len, Hinge, Matrix,
+    Metric, Mining, Reduction, Triplet, TripletParams,
 };
 
 #[path = "common/workloads.rs"]
 mod workloads;
-use workloads::WORKLOADS;
+use workloads::{normal, workload, WORKLOADS};
 
 fn batch(c: &mut Criterion) {
     // W5 (n = 4096) is left to `benches/workloads.rs`: its twin takes minutes per call.
@@ -55,5 +65,173 @@ fn batch(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, batch);
+fn mining_name(m: Mining) -> &'static str {
+    match m {
+        Mining::All => "all",
+        Mining::BatchHard => "batch_hard",
+        Mining::SemiHard => "semihard",
+    }
+}
+
+/// `hardest_pairs` and `mine_triplets` on W2's batch.
+fn mining(c: &mut Criterion) {
+    let w = workload("W2_batch_hard_fwd_bwd_n256_d128");
+    let (n, d) = (w.n, w.d);
+    let data = w.data();
+    let labels = w.labels().unwrap();
+    let x = Matrix::new(&data, n, d).unwrap();
+    let metric = Metric::Euclidean;
+    // The twins take the fast kernels' workspace.
+    let mut ws = vec![0.0_f32; mining_workspace_len(n, d)];
+    let shape = format!("euclid_n{n}_d{d}");
+
+    let mut g = c.benchmark_group("hardest_pairs");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(n as u64));
+    let (mut pos, mut neg) = (vec![0_u32; n], vec![0_u32; n]);
+    g.bench_function(BenchmarkId::new("fast", &shape), |b| {
+        b.iter(|| {
+            hardest_pairs(black_box(x), &labels, metric, &mut pos, &mut neg, &mut ws).unwrap()
+        });
+    });
+    g.bench_function(BenchmarkId::new("scalar", &shape), |b| {
+        b.iter(|| {
+            scalar::hardest_pairs(black_box(x), &labels, metric, &mut pos, &mut neg, &mut ws)
+                .unwrap()
+        });
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("mine_triplets");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(n as u64));
+    for m in [Mining::BatchHard, Mining::SemiHard, Mining::All] {
+        let mut out = vec![Triplet::default(); mine_triplets_count(&labels, m).unwrap()];
+        let id = format!("{}_{shape}", mining_name(m));
+        g.bench_function(BenchmarkId::new("fast", &id), |b| {
+            b.iter(|| mine_triplets(black_box(x), &labels, metric, m, &mut out, &mut ws).unwrap());
+        });
+        g.bench_function(BenchmarkId::new("scalar", &id), |b| {
+            b.iter(|| {
+                scalar::mine_triplets(black_box(x), &labels, metric, m, &mut out, &mut ws).unwrap()
+            });
+        });
+    }
+    g.finish();
+}
+
+/// `triplet_margin_loss` and `triplet_margin_loss_grad` over the semi-hard triplets of
+/// W2's batch.
+fn margin(c: &mut Criterion) {
+    let w = workload("W2_batch_hard_fwd_bwd_n256_d128");
+    let (n, d) = (w.n, w.d);
+    let data = w.data();
+    let labels = w.labels().unwrap();
+    let x = Matrix::new(&data, n, d).unwrap();
+    let metric = Metric::Euclidean;
+    let mut triplets =
+        vec![Triplet::default(); mine_triplets_count(&labels, Mining::SemiHard).unwrap()];
+    let mut mws = vec![0.0_f32; mining_workspace_len(n, d)];
+    let k = mine_triplets(
+        x,
+        &labels,
+        metric,
+        Mining::SemiHard,
+        &mut triplets,
+        &mut mws,
+    )
+    .unwrap();
+    let params = TripletParams::new()
+        .with_metric(metric)
+        .with_margin(0.2)
+        .with_reduction(Reduction::Mean);
+    let mut terms = vec![0.0_f32; k];
+    let mut grad = vec![0.0_f32; n * d];
+    // One workspace for the fast kernels and their twins (the twins' is longer).
+    let mut ws = vec![
+        0.0_f32;
+        triplet_margin_workspace_len(n, d)
+            .max(scalar::triplet_margin_workspace_len(n, d))
+    ];
+    let id = format!("euclid_n{n}_d{d}_k{k}");
+
+    let mut g = c.benchmark_group("triplet_margin_loss");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(k as u64));
+    g.bench_function(BenchmarkId::new("fast", &id), |b| {
+        b.iter(|| {
+            triplet_margin_loss(black_box(x), &triplets, params, &mut terms, &mut ws).unwrap()
+        });
+    });
+    g.bench_function(BenchmarkId::new("scalar", &id), |b| {
+        b.iter(|| {
+            scalar::triplet_margin_loss(black_box(x), &triplets, params, &mut terms, &mut ws)
+                .unwrap()
+        });
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("triplet_margin_loss_grad");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(k as u64));
+    g.bench_function(BenchmarkId::new("fast", &id), |b| {
+        b.iter(|| {
+            triplet_margin_loss_grad(
+                black_box(x),
+                &triplets,
+                params,
+                &mut terms,
+                &mut grad,
+                &mut ws,
+            )
+            .unwrap()
+        });
+    });
+    g.bench_function(BenchmarkId::new("scalar", &id), |b| {
+        b.iter(|| {
+            scalar::triplet_margin_loss_grad(
+                black_box(x),
+                &triplets,
+                params,
+                &mut terms,
+                &mut grad,
+                &mut ws,
+            )
+            .unwrap()
+        });
+    });
+    g.finish();
+}
+
+/// `hinge_reduce` and `hinge_reduce_grad` over standard normal margin values.
+fn hinges(c: &mut Criterion) {
+    const LEN: usize = 65536;
+    let values = normal(LEN, 3);
+    let mut grad = vec![0.0_f32; LEN];
+    for (name, hinge) in [("relu", Hinge::Relu), ("softplus", Hinge::SoftPlus)] {
+        let id = format!("{name}_mean_len{LEN}");
+        let r = Reduction::Mean;
+        let mut g = c.benchmark_group("hinge_reduce");
+        g.throughput(Throughput::Elements(LEN as u64));
+        g.bench_function(BenchmarkId::new("fast", &id), |b| {
+            b.iter(|| hinge_reduce(black_box(&values), hinge, r).unwrap());
+        });
+        g.bench_function(BenchmarkId::new("scalar", &id), |b| {
+            b.iter(|| scalar::hinge_reduce(black_box(&values), hinge, r).unwrap());
+        });
+        g.finish();
+
+        let mut g = c.benchmark_group("hinge_reduce_grad");
+        g.throughput(Throughput::Elements(LEN as u64));
+        g.bench_function(BenchmarkId::new("fast", &id), |b| {
+            b.iter(|| hinge_reduce_grad(black_box(&values), hinge, r, &mut grad).unwrap());
+        });
+        g.bench_function(BenchmarkId::new("scalar", &id), |b| {
+            b.iter(|| scalar::hinge_reduce_grad(black_box(&values), hinge, r, &mut grad).unwrap());
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, batch, mining, margin, hinges);
 criterion_main!(benches);
