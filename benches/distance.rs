@@ -1,25 +1,18 @@
 //! Distance matrices, fast vs scalar twin. Throughput is set to the matrix's FLOP count,
-//! `2 n m d`, so criterion reports FLOP/s.
+//! `2 n m d`, so criterion reports FLOP/s. Also the row kernels (`row_norms`,
+//! `l2_normalize`, `l2_normalize_backward`), fast vs scalar, with the `n d` elements of
+//! their input as throughput.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 use triplet_kernels::{
-    cross_distances, cross_distances_workspace_len, pairwise_distances,
-    pairwise_distances_workspace_len, scalar, Matrix, Metric,
+    cross_distances, cross_distances_workspace_len, l2_normalize, l2_normalize_backward,
+    pairwise_distances, pairwise_distances_workspace_len, row_norms, scalar, Matrix, Metric,
 };
 
-/// Deterministic data in [-1, 1) (xorshift), so runs are comparable.
-fn data(len: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s as f32 / u32::MAX as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+#[path = "common/workloads.rs"]
+mod workloads;
+use workloads::uniform as data;
 
 fn metric_name(m: Metric) -> &'static str {
     match m {
@@ -88,5 +81,46 @@ fn cross(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, pairwise, cross);
+fn row_kernels(c: &mut Criterion) {
+    for &(n, d) in &[(1024usize, 128usize), (256, 67)] {
+        let xd = data(n * d, 9);
+        let gd = data(n * d, 10);
+        let x = Matrix::new(&xd, n, d).unwrap();
+        let mut norms = vec![0.0_f32; n];
+        let mut out = vec![0.0_f32; n * d];
+        let id = format!("n{n}_d{d}");
+
+        let mut g = c.benchmark_group("row_norms");
+        g.throughput(Throughput::Elements((n * d) as u64));
+        g.bench_function(BenchmarkId::new("fast", &id), |b| {
+            b.iter(|| row_norms(black_box(x), &mut norms).unwrap());
+        });
+        g.bench_function(BenchmarkId::new("scalar", &id), |b| {
+            b.iter(|| scalar::row_norms(black_box(x), &mut norms).unwrap());
+        });
+        g.finish();
+
+        let mut g = c.benchmark_group("l2_normalize");
+        g.throughput(Throughput::Elements((n * d) as u64));
+        g.bench_function(BenchmarkId::new("fast", &id), |b| {
+            b.iter(|| l2_normalize(black_box(x), &mut out).unwrap());
+        });
+        g.bench_function(BenchmarkId::new("scalar", &id), |b| {
+            b.iter(|| scalar::l2_normalize(black_box(x), &mut out).unwrap());
+        });
+        g.finish();
+
+        let mut g = c.benchmark_group("l2_normalize_backward");
+        g.throughput(Throughput::Elements((n * d) as u64));
+        g.bench_function(BenchmarkId::new("fast", &id), |b| {
+            b.iter(|| l2_normalize_backward(black_box(x), &gd, &mut out).unwrap());
+        });
+        g.bench_function(BenchmarkId::new("scalar", &id), |b| {
+            b.iter(|| scalar::l2_normalize_backward(black_box(x), &gd, &mut out).unwrap());
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, pairwise, cross, row_kernels);
 criterion_main!(benches);

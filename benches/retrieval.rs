@@ -17,34 +17,26 @@ const DIM: usize = 64;
 const CLASSES: u32 = 64;
 const K: usize = 10;
 
-/// Deterministic xorshift values in [-1, 1).
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-}
+#[path = "common/workloads.rs"]
+mod workloads;
+use workloads::Rng;
 
 /// `rows` embeddings around the class centres, and their labels.
 fn clustered(rng: &mut Rng, centres: &[f32], rows: usize) -> (Vec<f32>, Vec<u32>) {
     let mut data = Vec::with_capacity(rows * DIM);
     let mut labels = Vec::with_capacity(rows);
     for i in 0..rows {
-        let c = (i as u32 * 7 + (rng.next().to_bits() & 3)) % CLASSES;
+        let c = (i as u32 * 7 + (rng.uniform().to_bits() & 3)) % CLASSES;
         labels.push(c);
         let centre = &centres[c as usize * DIM..(c as usize + 1) * DIM];
-        data.extend(centre.iter().map(|&v| v + 0.8 * rng.next()));
+        data.extend(centre.iter().map(|&v| v + 0.8 * rng.uniform()));
     }
     (data, labels)
 }
 
 fn bench(c: &mut Criterion) {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let centres: Vec<f32> = (0..CLASSES as usize * DIM).map(|_| rng.next()).collect();
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
+    let centres: Vec<f32> = (0..CLASSES as usize * DIM).map(|_| rng.uniform()).collect();
     let (xd, xl) = clustered(&mut rng, &centres, QUERIES);
     let (yd, yl) = clustered(&mut rng, &centres, GALLERY);
     let x = Matrix::new(&xd, QUERIES, DIM).unwrap();

@@ -1,98 +1,39 @@
-//! Batch triplet losses, loss plus gradient in one call, fast vs scalar twin, on the named
-//! workloads: `x` standard normal (fixed seed), P x K labels `i / K`, Euclidean metric,
-//! margin 0.2, hinge, mean reduction (mean over the nonzero terms for batch-all).
-//! Throughput is set to the batch size, so criterion reports embeddings per second.
+//! Triplet losses and mining, fast vs scalar twin.
+//!
+//! - The batch losses, loss plus gradient in one call, on the named workloads of
+//!   `benches/common/workloads.rs` (W2, W3, W4, W6; W5's twin would take minutes per
+//!   call): `x` standard normal, P x K labels `i / K`, Euclidean metric, margin 0.2,
+//!   hinge, mean reduction (mean over the nonzero terms for batch-all). Throughput is the
+//!   batch size, so criterion reports embeddings per second.
+//! - Mining (`hardest_pairs`, `mine_triplets` with each strategy) and the loss over
+//!   explicit triplets (`triplet_margin_loss`, `triplet_margin_loss_grad`, on the
+//!   semi-hard triplets of the batch) on W2's batch (n = 256, d = 128, classes of 8).
+//!   Throughput is the batch size for mining, the number of triplets for the losses.
+//! - `hinge_reduce` and `hinge_reduce_grad` over 65536 standard normal values.
 //!
 //! Run one workload with `cargo bench --bench triplet -- W2`.
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 use std::time::Duration;
 use triplet_kernels::{
-    scalar, triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len, BatchParams, Hinge,
-    Matrix, Metric, Mining, Reduction,
+    hardest_pairs, hinge_reduce, hinge_reduce_grad, mine_triplets, mine_triplets_count,
+    mining_workspace_len, scalar, triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
+    triplet_margin_loss, triplet_margin_loss_grad, triplet_margin_workspace_len, Hinge, Matrix,
+    Metric, Mining, Reduction, Triplet, TripletParams,
 };
 
-/// Standard normal data from a fixed-seed generator (splitmix64 and Box-Muller), so runs
-/// are comparable across machines and commits.
-fn standard_normal(len: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed;
-    let mut uniform = move || {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        // 53 random bits in (0, 1].
-        ((z >> 11) as f64 + 1.0) / (1u64 << 53) as f64
-    };
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        let (u1, u2) = (uniform(), uniform());
-        let r = (-2.0 * u1.ln()).sqrt();
-        let t = 2.0 * std::f64::consts::PI * u2;
-        out.push((r * t.cos()) as f32);
-        out.push((r * t.sin()) as f32);
-    }
-    out.truncate(len);
-    out
-}
-
-struct Workload {
-    id: &'static str,
-    n: usize,
-    d: usize,
-    k: usize,
-    mining: Mining,
-    reduction: Reduction,
-}
-
-const WORKLOADS: [Workload; 4] = [
-    Workload {
-        id: "W2_batch_hard_fwd_bwd_n256_d128",
-        n: 256,
-        d: 128,
-        k: 8,
-        mining: Mining::BatchHard,
-        reduction: Reduction::Mean,
-    },
-    Workload {
-        id: "W3_semihard_fwd_bwd_n256_d128",
-        n: 256,
-        d: 128,
-        k: 8,
-        mining: Mining::SemiHard,
-        reduction: Reduction::Mean,
-    },
-    Workload {
-        id: "W4_batch_all_fwd_bwd_n256_d128",
-        n: 256,
-        d: 128,
-        k: 8,
-        mining: Mining::All,
-        reduction: Reduction::MeanNonzero,
-    },
-    Workload {
-        id: "W6_batch_hard_fwd_bwd_n32_d64",
-        n: 32,
-        d: 64,
-        k: 4,
-        mining: Mining::BatchHard,
-        reduction: Reduction::Mean,
-    },
-];
+#[path = "common/workloads.rs"]
+mod workloads;
+use workloads::{normal, workload, WORKLOADS};
 
 fn batch(c: &mut Criterion) {
-    for w in &WORKLOADS {
-        let data = standard_normal(w.n * w.d, 0x5eed_0000 + w.n as u64);
-        let labels: Vec<u32> = (0..w.n as u32).map(|i| i / w.k as u32).collect();
+    // W5 (n = 4096) is left to `benches/workloads.rs`: its twin takes minutes per call.
+    for w in WORKLOADS.iter().filter(|w| w.is_batch() && w.n < 4096) {
+        let data = w.data();
+        let labels = w.labels().unwrap();
         let x = Matrix::new(&data, w.n, w.d).unwrap();
-        let params = BatchParams::new()
-            .with_metric(Metric::Euclidean)
-            .with_mining(w.mining)
-            .with_margin(0.2)
-            .with_hinge(Hinge::Relu)
-            .with_reduction(w.reduction);
+        let params = w.batch_params().unwrap();
         // Buffers allocated once, outside the timed loop.
         let mut grad = vec![0.0_f32; w.n * w.d];
         // One workspace for the fast kernel and its twin.
@@ -102,7 +43,7 @@ fn batch(c: &mut Criterion) {
         let mut ws = vec![0.0_f32; ws_len];
 
         let mut g = c.benchmark_group(w.id);
-        g.throughput(Throughput::Elements(w.n as u64));
+        g.throughput(Throughput::Elements(w.elements()));
         if w.n >= 256 {
             // The scalar twin takes up to a second per call here: few, short samples.
             g.sample_size(10)
@@ -124,5 +65,173 @@ fn batch(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, batch);
+fn mining_name(m: Mining) -> &'static str {
+    match m {
+        Mining::All => "all",
+        Mining::BatchHard => "batch_hard",
+        Mining::SemiHard => "semihard",
+    }
+}
+
+/// `hardest_pairs` and `mine_triplets` on W2's batch.
+fn mining(c: &mut Criterion) {
+    let w = workload("W2_batch_hard_fwd_bwd_n256_d128");
+    let (n, d) = (w.n, w.d);
+    let data = w.data();
+    let labels = w.labels().unwrap();
+    let x = Matrix::new(&data, n, d).unwrap();
+    let metric = Metric::Euclidean;
+    // The twins take the fast kernels' workspace.
+    let mut ws = vec![0.0_f32; mining_workspace_len(n, d)];
+    let shape = format!("euclid_n{n}_d{d}");
+
+    let mut g = c.benchmark_group("hardest_pairs");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(n as u64));
+    let (mut pos, mut neg) = (vec![0_u32; n], vec![0_u32; n]);
+    g.bench_function(BenchmarkId::new("fast", &shape), |b| {
+        b.iter(|| {
+            hardest_pairs(black_box(x), &labels, metric, &mut pos, &mut neg, &mut ws).unwrap()
+        });
+    });
+    g.bench_function(BenchmarkId::new("scalar", &shape), |b| {
+        b.iter(|| {
+            scalar::hardest_pairs(black_box(x), &labels, metric, &mut pos, &mut neg, &mut ws)
+                .unwrap()
+        });
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("mine_triplets");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(n as u64));
+    for m in [Mining::BatchHard, Mining::SemiHard, Mining::All] {
+        let mut out = vec![Triplet::default(); mine_triplets_count(&labels, m).unwrap()];
+        let id = format!("{}_{shape}", mining_name(m));
+        g.bench_function(BenchmarkId::new("fast", &id), |b| {
+            b.iter(|| mine_triplets(black_box(x), &labels, metric, m, &mut out, &mut ws).unwrap());
+        });
+        g.bench_function(BenchmarkId::new("scalar", &id), |b| {
+            b.iter(|| {
+                scalar::mine_triplets(black_box(x), &labels, metric, m, &mut out, &mut ws).unwrap()
+            });
+        });
+    }
+    g.finish();
+}
+
+/// `triplet_margin_loss` and `triplet_margin_loss_grad` over the semi-hard triplets of
+/// W2's batch.
+fn margin(c: &mut Criterion) {
+    let w = workload("W2_batch_hard_fwd_bwd_n256_d128");
+    let (n, d) = (w.n, w.d);
+    let data = w.data();
+    let labels = w.labels().unwrap();
+    let x = Matrix::new(&data, n, d).unwrap();
+    let metric = Metric::Euclidean;
+    let mut triplets =
+        vec![Triplet::default(); mine_triplets_count(&labels, Mining::SemiHard).unwrap()];
+    let mut mws = vec![0.0_f32; mining_workspace_len(n, d)];
+    let k = mine_triplets(
+        x,
+        &labels,
+        metric,
+        Mining::SemiHard,
+        &mut triplets,
+        &mut mws,
+    )
+    .unwrap();
+    let params = TripletParams::new()
+        .with_metric(metric)
+        .with_margin(0.2)
+        .with_reduction(Reduction::Mean);
+    let mut terms = vec![0.0_f32; k];
+    let mut grad = vec![0.0_f32; n * d];
+    // One workspace for the fast kernels and their twins (the twins' is longer).
+    let mut ws = vec![
+        0.0_f32;
+        triplet_margin_workspace_len(n, d)
+            .max(scalar::triplet_margin_workspace_len(n, d))
+    ];
+    let id = format!("euclid_n{n}_d{d}_k{k}");
+
+    let mut g = c.benchmark_group("triplet_margin_loss");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(k as u64));
+    g.bench_function(BenchmarkId::new("fast", &id), |b| {
+        b.iter(|| {
+            triplet_margin_loss(black_box(x), &triplets, params, &mut terms, &mut ws).unwrap()
+        });
+    });
+    g.bench_function(BenchmarkId::new("scalar", &id), |b| {
+        b.iter(|| {
+            scalar::triplet_margin_loss(black_box(x), &triplets, params, &mut terms, &mut ws)
+                .unwrap()
+        });
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("triplet_margin_loss_grad");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(k as u64));
+    g.bench_function(BenchmarkId::new("fast", &id), |b| {
+        b.iter(|| {
+            triplet_margin_loss_grad(
+                black_box(x),
+                &triplets,
+                params,
+                &mut terms,
+                &mut grad,
+                &mut ws,
+            )
+            .unwrap()
+        });
+    });
+    g.bench_function(BenchmarkId::new("scalar", &id), |b| {
+        b.iter(|| {
+            scalar::triplet_margin_loss_grad(
+                black_box(x),
+                &triplets,
+                params,
+                &mut terms,
+                &mut grad,
+                &mut ws,
+            )
+            .unwrap()
+        });
+    });
+    g.finish();
+}
+
+/// `hinge_reduce` and `hinge_reduce_grad` over standard normal margin values.
+fn hinges(c: &mut Criterion) {
+    const LEN: usize = 65536;
+    let values = normal(LEN, 3);
+    let mut grad = vec![0.0_f32; LEN];
+    for (name, hinge) in [("relu", Hinge::Relu), ("softplus", Hinge::SoftPlus)] {
+        let id = format!("{name}_mean_len{LEN}");
+        let r = Reduction::Mean;
+        let mut g = c.benchmark_group("hinge_reduce");
+        g.throughput(Throughput::Elements(LEN as u64));
+        g.bench_function(BenchmarkId::new("fast", &id), |b| {
+            b.iter(|| hinge_reduce(black_box(&values), hinge, r).unwrap());
+        });
+        g.bench_function(BenchmarkId::new("scalar", &id), |b| {
+            b.iter(|| scalar::hinge_reduce(black_box(&values), hinge, r).unwrap());
+        });
+        g.finish();
+
+        let mut g = c.benchmark_group("hinge_reduce_grad");
+        g.throughput(Throughput::Elements(LEN as u64));
+        g.bench_function(BenchmarkId::new("fast", &id), |b| {
+            b.iter(|| hinge_reduce_grad(black_box(&values), hinge, r, &mut grad).unwrap());
+        });
+        g.bench_function(BenchmarkId::new("scalar", &id), |b| {
+            b.iter(|| scalar::hinge_reduce_grad(black_box(&values), hinge, r, &mut grad).unwrap());
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, batch, mining, margin, hinges);
 criterion_main!(benches);

@@ -19,18 +19,9 @@ const N: usize = 256;
 const D: usize = 128;
 const C: usize = 64;
 
-/// Deterministic data in [-1, 1) (xorshift), so runs are comparable.
-fn data(len: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s as f32 / u32::MAX as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
+#[path = "common/workloads.rs"]
+mod workloads;
+use workloads::uniform as data;
 
 fn labels() -> Vec<u32> {
     (0..N as u32).map(|i| i % C as u32).collect()

@@ -26,51 +26,22 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-// Targets of the performance issue (issue 5), derived from PyTorch and pytorch-metric-learning
-// figures measured on an AMD Zen 5 core: W1 must reach this fraction of the GEMM anchor's
-// GFLOP/s in the same run and be 2.5x faster than PyTorch (3.63 ms squared-Euclidean, 3.07 ms
-// cosine); W2..W6 are 5x, 30x, 30x, 10x and 50x faster than PyTorch / pml (0.95 ms, 25.1 ms,
-// 33.3 ms, 764 ms, 0.32 ms). Times in ns.
+// The workloads, their labels and time targets: the table the benches measure.
+#[path = "../benches/common/workloads.rs"]
+mod workloads;
+use workloads::{Kind, WORKLOADS};
+
+/// W1 must reach this fraction of the GEMM anchor's GFLOP/s in the same run (and its time
+/// target, from the table).
 const ANCHOR_FRACTION: f64 = 0.8;
-const W1_SQEUCLID_TARGET_NS: f64 = 3.63e6 / 2.5;
-const W1_COSINE_TARGET_NS: f64 = 3.07e6 / 2.5;
-const ANCHOR_ID: &str = "W1_gemm_anchor_n1024_d128";
 /// Fraction of a full `X X^T` product that the W1 pairwise kernels execute (one triangle
 /// of 16 x 16 tiles, n = 1024): `(n + 16) / (2 n)`. Their GFLOP/s are reported as the
 /// product's `2 n^2 d` over the time, the rate a full product would need; of peak, the
 /// executed share counts.
 const PAIRWISE_WORK: f64 = (1024.0 + 16.0) / 2048.0;
-/// (criterion id, chart label, time target in ns; `None` for the anchor).
-const W1: [(&str, &str, Option<f64>); 3] = [
-    (
-        "W1_sqeuclid_n1024_d128",
-        "sqeuclid n1024 d128",
-        Some(W1_SQEUCLID_TARGET_NS),
-    ),
-    (
-        "W1_cosine_n1024_d128",
-        "cosine n1024 d128",
-        Some(W1_COSINE_TARGET_NS),
-    ),
-    (ANCHOR_ID, "GEMM anchor (X X^T)", None),
-];
-/// (criterion id, chart label, time target in ns).
-const BATCH: [(&str, &str, f64); 5] = [
-    (
-        "W2_batch_hard_fwd_bwd_n256_d128",
-        "W2 batch-hard n256",
-        0.19e6,
-    ),
-    ("W3_semihard_fwd_bwd_n256_d128", "W3 semi-hard n256", 0.84e6),
-    ("W4_batch_all_fwd_bwd_n256_d128", "W4 batch-all n256", 1.1e6),
-    (
-        "W5_batch_hard_fwd_bwd_n4096_d256",
-        "W5 batch-hard n4096",
-        76e6,
-    ),
-    ("W6_batch_hard_fwd_bwd_n32_d64", "W6 batch-hard n32", 6.5e3),
-];
 const ROW_BLOCKS: [&str; 2] = ["pairwise", "cross"];
+/// The workload the `row_blocks` group splits into two blocks.
+const ROW_BLOCKS_ID: &str = "W1_sqeuclid_n1024_d128";
 
 /// One criterion result: its time estimate and confidence interval (ns), throughput elements.
 #[derive(Clone, Copy)]
@@ -353,6 +324,15 @@ struct Row<T> {
     target: T,
 }
 
+impl<T> Row<T> {
+    /// Whether the row is the GEMM anchor of the W1 panel.
+    fn is_anchor(&self) -> bool {
+        WORKLOADS
+            .iter()
+            .any(|w| w.id == self.id && matches!(w.kind, Kind::GemmAnchor))
+    }
+}
+
 /// The x scale of a panel whose axis ends at `max`.
 fn scale_x(max: f64) -> impl Fn(f64) -> f64 {
     move |v: f64| X0 + (X1 - X0) * (v / max).clamp(0.0, 1.0)
@@ -370,11 +350,7 @@ fn panel_w1(svg: &mut Svg, w1: &[Row<Option<f64>>], peak: Option<f64>) {
     let sx = scale_x(max);
     for r in w1 {
         let Some(g) = r.est.giga() else { continue };
-        let fill = if r.id == ANCHOR_ID {
-            "#9d9d9d"
-        } else {
-            "#4c78a8"
-        };
+        let fill = if r.is_anchor() { "#9d9d9d" } else { "#4c78a8" };
         let label = format!("{} GFLOP/s, {}", sig3(g.0), fmt_time(r.est.time));
         let y = svg.bar(&sx, r.name, g, fill, &label);
         if let (Some(t), Some(el)) = (r.target, r.est.elements) {
@@ -478,7 +454,7 @@ fn chart(opts: &Opts, w1: &[Row<Option<f64>>], batch: &[Row<f64>]) -> String {
 
 fn anchor_gflops(w1: &[Row<Option<f64>>]) -> Option<f64> {
     w1.iter()
-        .find(|r| r.id == ANCHOR_ID)
+        .find(|r| r.is_anchor())
         .and_then(|r| r.est.giga())
         .map(|g| g.0)
 }
@@ -507,11 +483,7 @@ fn print_workloads(w1: &[Row<Option<f64>>], batch: &[Row<f64>], peak: Option<f64
         if let Some(p) = peak {
             // The pairwise kernels compute one triangle of 16 x 16 tiles (diagonal tiles
             // whole): `n (n + 16) d` multiply-adds instead of the product's `n^2 d`.
-            let executed = if r.id == ANCHOR_ID {
-                g
-            } else {
-                g * PAIRWISE_WORK
-            };
+            let executed = if r.is_anchor() { g } else { g * PAIRWISE_WORK };
             let _ = write!(gflops, " ({:.0}% of peak)", 100.0 * executed / p);
         }
         let ratio = anchor.map(|a| g / a);
@@ -548,8 +520,8 @@ fn print_row_blocks(criterion: &Path) -> Result<(), String> {
         let mut pair = [None, None];
         for (slot, threads) in pair.iter_mut().zip(["1thread", "2threads"]) {
             // criterion flattens the `/` of a function id into `_` in the directory name.
-            let flat = format!("W1_sqeuclid_n1024_d128_{kind}_2blocks_{threads}");
-            let nested = format!("W1_sqeuclid_n1024_d128/{kind}_2blocks_{threads}");
+            let flat = format!("{ROW_BLOCKS_ID}_{kind}_2blocks_{threads}");
+            let nested = format!("{ROW_BLOCKS_ID}/{kind}_2blocks_{threads}");
             let name = if dir.join(&flat).is_dir() {
                 flat
             } else {
@@ -582,29 +554,31 @@ fn run() -> Result<(), String> {
     let opts = parse_args()?;
     let group = opts.criterion.join("workloads");
     let mut w1 = Vec::new();
-    for (id, name, target) in W1 {
-        match load(&group.join(id), id)? {
-            Some(e) if e.elements.is_none() => {
-                eprintln!("skipping {id}: no Elements throughput in benchmark.json");
-            }
-            Some(est) => w1.push(Row {
+    let mut batch = Vec::new();
+    for w in &WORKLOADS {
+        let (id, name) = (w.id, w.label);
+        let Some(est) = load(&group.join(id), id)? else {
+            continue;
+        };
+        match (w.kind, w.target_ns) {
+            (Kind::Batch { .. }, Some(target)) => batch.push(Row {
                 id,
                 name,
                 est,
                 target,
             }),
-            None => {}
-        }
-    }
-    let mut batch = Vec::new();
-    for (id, name, target) in BATCH {
-        if let Some(est) = load(&group.join(id), id)? {
-            batch.push(Row {
+            (Kind::Batch { .. }, None) => {
+                return Err(format!("workload {id} has no time target"));
+            }
+            (Kind::Pairwise(_) | Kind::GemmAnchor, _) if est.elements.is_none() => {
+                eprintln!("skipping {id}: no Elements throughput in benchmark.json");
+            }
+            (Kind::Pairwise(_) | Kind::GemmAnchor, target) => w1.push(Row {
                 id,
                 name,
                 est,
                 target,
-            });
+            }),
         }
     }
     if w1.is_empty() && batch.is_empty() {

@@ -1,6 +1,8 @@
 //! Every SIMD backend the machine supports, forced in turn with `set_backend`, held to the
-//! scalar twins by one property suite (the `backend_suite!` macro, instantiated per
-//! backend). A backend the CPU lacks is skipped with a note on stderr.
+//! scalar twins. The distance kernels: one property suite (the `backend_suite!` macro,
+//! instantiated per backend; a backend the CPU lacks is skipped with a note on stderr).
+//! Every other kernel: `backends/kernels.rs`, whose tests run each check under every
+//! backend `Backend::available()` lists. `every_listed_backend_is_exercised` guards both.
 //!
 //! Tolerances are the documented bounds of `src/distance.rs` (module docs, "Numerics"),
 //! plus the twin's own rounding to `f32`; nothing looser.
@@ -34,12 +36,18 @@ impl Drop for Forced {
     }
 }
 
-/// Forces `backend`, or returns `None` (with a note) when this CPU lacks it.
+/// Forces `backend`, or returns `None` (with a note) when this CPU lacks it. A backend
+/// that `Backend::available()` lists is never skipped: refusing it fails the test.
 fn force(backend: Backend) -> Option<Forced> {
     let guard = BACKEND
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if set_backend(backend).is_err() {
+    if let Err(e) = set_backend(backend) {
+        assert!(
+            !Backend::available().contains(&backend),
+            "{} is listed as available but refused: {e}",
+            backend.name()
+        );
         eprintln!(
             "skipping {}: not available on this CPU/build",
             backend.name()
@@ -49,6 +57,28 @@ fn force(backend: Backend) -> Option<Forced> {
     assert_eq!(Backend::active(), backend);
     Some(Forced(guard))
 }
+
+/// Runs `check` under each backend `Backend::available()` lists, in turn, holding the
+/// lock; a failure names the backend. Fails unless every listed backend ran.
+fn on_every_backend(what: &str, mut check: impl FnMut(Backend)) {
+    let mut ran = Vec::new();
+    for &backend in Backend::available() {
+        let Some(_forced) = force(backend) else {
+            unreachable!("force fails on a listed backend")
+        };
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(backend)));
+        if let Err(panic) = outcome {
+            eprintln!("{what}: failed under the {} backend", backend.name());
+            std::panic::resume_unwind(panic);
+        }
+        assert_eq!(Backend::active(), backend, "{what}: the backend changed");
+        ran.push(backend);
+    }
+    assert_eq!(ran, Backend::available(), "{what}: not every backend ran");
+}
+
+#[path = "backends/kernels.rs"]
+mod kernels;
 
 /// Values of every magnitude from 1e-3 to 1e3, signs mixed.
 fn value() -> impl Strategy<Value = f32> + Clone {
@@ -448,6 +478,42 @@ macro_rules! backend_suite {
 backend_suite!(portable, Backend::Portable);
 backend_suite!(avx2, Backend::Avx2);
 backend_suite!(avx512, Backend::Avx512);
+
+/// The backends with a `backend_suite!` instance above.
+const SUITES: [Backend; 3] = [Backend::Portable, Backend::Avx2, Backend::Avx512];
+
+/// No backend the CPU runs goes untested: every backend `Backend::available()` lists has
+/// a distance suite (whose `force` fails rather than skips a listed backend) and is run by
+/// `on_every_backend`, and the list holds every x86 backend the CPU reports (so a detection
+/// fault cannot shrink the suites to the portable path unnoticed).
+#[test]
+fn every_listed_backend_is_exercised() {
+    let available = Backend::available();
+    for b in available {
+        assert!(SUITES.contains(b), "{} has no backend_suite!", b.name());
+    }
+    #[cfg(all(target_arch = "x86_64", not(feature = "portable-only")))]
+    {
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        let avx512 = is_x86_feature_detected!("avx512f");
+        assert_eq!(
+            available.contains(&Backend::Avx2),
+            avx2,
+            "AVX2 + FMA detection"
+        );
+        assert_eq!(
+            available.contains(&Backend::Avx512),
+            avx512,
+            "AVX-512F detection"
+        );
+    }
+    let mut seen = Vec::new();
+    on_every_backend("guard", |b| {
+        assert_eq!(Backend::active(), b);
+        seen.push(b);
+    });
+    assert_eq!(seen, available);
+}
 
 #[test]
 fn backend_list_is_consistent() {

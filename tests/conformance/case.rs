@@ -1,24 +1,105 @@
 //! Typed access to one conformance case, remembering which fields were read so that a
 //! field no checker understands fails the case instead of being skipped.
+//!
+//! A checker reads each field once, as a type ([`Case::get`], [`Case::get_opt`]): plain
+//! numbers, booleans and index lists, or the serde types of this module (matrices, index
+//! tuples, metric names) and of the op modules (their reduction and mining names). Each
+//! read is recorded; [`Case::all_fields_read`] then fails the case if the case holds a
+//! top-level or `expected` field that no read touched.
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
 
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::Value;
-use triplet_kernels::Metric;
+use triplet_kernels::{Matrix, Metric, Quadruplet, Triplet};
 
-/// A row-major matrix read from a case.
-#[derive(Clone, Debug)]
+/// A row-major matrix of a case: `{"rows": r, "cols": c, "data": [r * c numbers]}`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(try_from = "RawMat")]
 pub struct Mat {
     pub rows: usize,
     pub cols: usize,
     pub data: Vec<f64>,
+    /// The values as `f32` (inputs are exact `f32` values printed with 9 digits).
+    f32: Vec<f32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMat {
+    rows: usize,
+    cols: usize,
+    data: Vec<f64>,
+}
+
+impl TryFrom<RawMat> for Mat {
+    type Error = String;
+
+    fn try_from(m: RawMat) -> Result<Self, String> {
+        if Some(m.data.len()) != m.rows.checked_mul(m.cols) {
+            return Err(format!(
+                "{} x {} matrix with {} values",
+                m.rows,
+                m.cols,
+                m.data.len()
+            ));
+        }
+        Ok(Mat {
+            rows: m.rows,
+            cols: m.cols,
+            f32: m.data.iter().map(|&v| v as f32).collect(),
+            data: m.data,
+        })
+    }
 }
 
 impl Mat {
-    /// The values as `f32` (inputs are exact `f32` values printed with 9 digits).
-    pub fn f32(&self) -> Vec<f32> {
-        self.data.iter().map(|&v| v as f32).collect()
+    /// The matrix as the kernels' input.
+    pub fn matrix(&self) -> Result<Matrix<'_>, String> {
+        Matrix::new(&self.f32, self.rows, self.cols).map_err(|e| e.to_string())
+    }
+}
+
+/// A metric name of the format.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MetricName {
+    SquaredEuclidean,
+    Euclidean,
+    Cosine,
+}
+
+impl From<MetricName> for Metric {
+    fn from(m: MetricName) -> Metric {
+        match m {
+            MetricName::SquaredEuclidean => Metric::SquaredEuclidean,
+            MetricName::Euclidean => Metric::Euclidean,
+            MetricName::Cosine => Metric::Cosine,
+        }
+    }
+}
+
+/// An `[anchor, positive, negative]` index triple.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(from = "[u32; 3]")]
+pub struct TripletIdx(pub Triplet);
+
+impl From<[u32; 3]> for TripletIdx {
+    fn from([a, p, n]: [u32; 3]) -> Self {
+        TripletIdx(Triplet::new(a, p, n))
+    }
+}
+
+/// An `[anchor, positive, negative1, negative2]` index quadruple.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(from = "[u32; 4]")]
+pub struct QuadrupletIdx(pub Quadruplet);
+
+impl From<[u32; 4]> for QuadrupletIdx {
+    fn from(q: [u32; 4]) -> Self {
+        QuadrupletIdx(Quadruplet::from(q))
     }
 }
 
@@ -74,7 +155,7 @@ impl<'a> Case<'a> {
         }
     }
 
-    /// A top-level field, or `expected.<key>` when the key has that prefix.
+    /// A top-level field, or `expected.<key>` when the key has that prefix; marked read.
     fn field(&self, key: &str) -> Option<&'a Value> {
         self.mark(key);
         match key.strip_prefix("expected.") {
@@ -86,106 +167,47 @@ impl<'a> Case<'a> {
         }
     }
 
-    pub fn has(&self, key: &str) -> bool {
+    fn parse<T: DeserializeOwned>(key: &str, v: &Value) -> Result<T, String> {
+        T::deserialize(v).map_err(|e| format!("`{key}`: {e}"))
+    }
+
+    /// The field `key` (`expected.<k>` for an expectation) as a `T`; marks it read.
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<T, String> {
+        let v = self
+            .field(key)
+            .ok_or_else(|| format!("missing field `{key}`"))?;
+        Self::parse(key, v)
+    }
+
+    /// [`Case::get`] for an optional field: `None` (and nothing marked) when absent.
+    pub fn get_opt<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, String> {
+        if self.has(key) {
+            self.get(key).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The whole `expected` object as one matrix (the distance op's expectation): its
+    /// `rows`, `cols` and `data` are read by [`Mat`], which refuses any other key.
+    pub fn expected_matrix(&self) -> Result<Mat, String> {
+        let want: Mat = self.get("expected")?;
+        for k in ["rows", "cols", "data"] {
+            self.mark(&format!("expected.{k}"));
+        }
+        Ok(want)
+    }
+
+    fn has(&self, key: &str) -> bool {
         match key.strip_prefix("expected.") {
             Some(k) => self.raw["expected"].get(k).is_some(),
             None => self.raw.get(key).is_some(),
         }
     }
 
-    pub fn value(&self, key: &str) -> Result<&'a Value, String> {
-        self.field(key)
-            .ok_or_else(|| format!("missing field `{key}`"))
-    }
-
-    pub fn f64(&self, key: &str) -> Result<f64, String> {
-        self.value(key)?
-            .as_f64()
-            .ok_or_else(|| format!("`{key}` is not a number"))
-    }
-
-    pub fn bool(&self, key: &str) -> Result<bool, String> {
-        self.value(key)?
-            .as_bool()
-            .ok_or_else(|| format!("`{key}` is not a boolean"))
-    }
-
-    pub fn str(&self, key: &str) -> Result<&'a str, String> {
-        self.value(key)?
-            .as_str()
-            .ok_or_else(|| format!("`{key}` is not a string"))
-    }
-
-    pub fn f64s(&self, key: &str) -> Result<Vec<f64>, String> {
-        self.value(key)?
-            .as_array()
-            .ok_or_else(|| format!("`{key}` is not an array"))?
-            .iter()
-            .map(|v| {
-                v.as_f64()
-                    .ok_or_else(|| format!("`{key}` holds a non-number"))
-            })
-            .collect()
-    }
-
-    pub fn u32s(&self, key: &str) -> Result<Vec<u32>, String> {
-        self.value(key)?
-            .as_array()
-            .ok_or_else(|| format!("`{key}` is not an array"))?
-            .iter()
-            .map(|v| {
-                v.as_u64()
-                    .and_then(|v| u32::try_from(v).ok())
-                    .ok_or_else(|| format!("`{key}` holds a non-u32"))
-            })
-            .collect()
-    }
-
-    /// An array of equally long index tuples (triplets, quadruplets).
-    pub fn tuples<const K: usize>(&self, key: &str) -> Result<Vec<[u32; K]>, String> {
-        self.value(key)?
-            .as_array()
-            .ok_or_else(|| format!("`{key}` is not an array"))?
-            .iter()
-            .map(|t| {
-                let v: Vec<u32> = t
-                    .as_array()
-                    .ok_or_else(|| format!("`{key}` holds a non-array"))?
-                    .iter()
-                    .map(|v| v.as_u64().and_then(|v| u32::try_from(v).ok()))
-                    .collect::<Option<_>>()
-                    .ok_or_else(|| format!("`{key}` holds a non-index"))?;
-                <[u32; K]>::try_from(v).map_err(|_| format!("`{key}` tuple is not of length {K}"))
-            })
-            .collect()
-    }
-
-    pub fn mat(&self, key: &str) -> Result<Mat, String> {
-        let v = self.value(key)?;
-        let rows = v["rows"].as_u64().ok_or("matrix without rows")? as usize;
-        let cols = v["cols"].as_u64().ok_or("matrix without cols")? as usize;
-        let data = v["data"]
-            .as_array()
-            .ok_or("matrix without data")?
-            .iter()
-            .map(|x| x.as_f64().ok_or("matrix holds a non-number"))
-            .collect::<Result<Vec<_>, _>>()?;
-        if data.len() != rows * cols {
-            return Err(format!(
-                "`{key}`: {rows} x {cols} with {} values",
-                data.len()
-            ));
-        }
-        Ok(Mat { rows, cols, data })
-    }
-
+    /// The case's `metric`.
     pub fn metric(&self) -> Result<Metric, String> {
-        match self.str("metric")? {
-            "squared_euclidean" => Ok(Metric::SquaredEuclidean),
-            "euclidean" => Ok(Metric::Euclidean),
-            "cosine" => Ok(Metric::Cosine),
-            other => Err(format!("unknown metric `{other}`")),
-        }
+        self.get::<MetricName>("metric").map(Metric::from)
     }
 
     fn tol(&self) -> (f64, f64) {

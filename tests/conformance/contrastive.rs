@@ -1,31 +1,46 @@
 //! Op `contrastive`: all ordered pairs of a labelled batch.
 
-use crate::case::Case;
+use crate::case::{Case, Mat};
+use serde::Deserialize;
 use triplet_kernels::{
     contrastive_loss, contrastive_loss_grad, contrastive_workspace_len, scalar, ContrastiveParams,
-    ContrastiveReduction, Matrix,
+    ContrastiveReduction,
 };
+
+/// The format's contrastive reductions.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ReductionName {
+    MeanNonzeroPerPart,
+    MeanPerPart,
+    Mean,
+    Sum,
+}
+
+impl From<ReductionName> for ContrastiveReduction {
+    fn from(r: ReductionName) -> Self {
+        match r {
+            ReductionName::MeanNonzeroPerPart => ContrastiveReduction::MeanNonzeroPerPart,
+            ReductionName::MeanPerPart => ContrastiveReduction::MeanPerPart,
+            ReductionName::Mean => ContrastiveReduction::Mean,
+            ReductionName::Sum => ContrastiveReduction::Sum,
+        }
+    }
+}
 
 pub fn check(case: &Case<'_>) -> Result<(), String> {
     let metric = case.metric()?;
-    let xm = case.mat("x")?;
-    let xd = xm.f32();
-    let x = Matrix::new(&xd, xm.rows, xm.cols).map_err(|e| e.to_string())?;
-    let labels = case.u32s("labels")?;
-    let reduction = match case.str("reduction")? {
-        "mean_nonzero_per_part" => ContrastiveReduction::MeanNonzeroPerPart,
-        "mean_per_part" => ContrastiveReduction::MeanPerPart,
-        "mean" => ContrastiveReduction::Mean,
-        "sum" => ContrastiveReduction::Sum,
-        other => return Err(format!("unknown reduction `{other}`")),
-    };
+    let xm: Mat = case.get("x")?;
+    let x = xm.matrix()?;
+    let labels: Vec<u32> = case.get("labels")?;
+    let reduction: ReductionName = case.get("reduction")?;
     let params = ContrastiveParams::new(
-        case.f64("pos_margin")? as f32,
-        case.f64("neg_margin")? as f32,
+        case.get::<f64>("pos_margin")? as f32,
+        case.get::<f64>("neg_margin")? as f32,
     )
-    .with_reduction(reduction);
-    let want_loss = case.f64("expected.loss")?;
-    let want_grad = case.mat("expected.grad")?;
+    .with_reduction(reduction.into());
+    let want_loss: f64 = case.get("expected.loss")?;
+    let want_grad: Mat = case.get("expected.grad")?;
 
     let mut ws = vec![f32::NAN; contrastive_workspace_len(x.rows(), x.dim())];
     let loss = contrastive_loss(x, &labels, metric, params, &mut ws).map_err(|e| e.to_string())?;

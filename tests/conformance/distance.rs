@@ -1,25 +1,19 @@
 //! Op `distance_matrix`: pairwise (no `y`) or cross distance matrices.
 
-use crate::case::Case;
+use crate::case::{Case, Mat};
 use triplet_kernels::{
     cross_distances, cross_distances_workspace_len, pairwise_distances,
-    pairwise_distances_workspace_len, Matrix,
+    pairwise_distances_workspace_len,
 };
 
 pub fn check(case: &Case<'_>) -> Result<(), String> {
     let metric = case.metric()?;
-    let xm = case.mat("x")?;
-    let xd = xm.f32();
-    let x = Matrix::new(&xd, xm.rows, xm.cols).map_err(|e| e.to_string())?;
-    let want = case.mat("expected")?;
-    // `expected` is itself the matrix: its rows/cols/data are read by `mat`.
-    for k in ["rows", "cols", "data"] {
-        let _ = case.value(&format!("expected.{k}"));
-    }
-    if case.has("y") {
-        let ym = case.mat("y")?;
-        let yd = ym.f32();
-        let y = Matrix::new(&yd, ym.rows, ym.cols).map_err(|e| e.to_string())?;
+    let xm: Mat = case.get("x")?;
+    let x = xm.matrix()?;
+    // `expected` is itself the matrix.
+    let want = case.expected_matrix()?;
+    if let Some(ym) = case.get_opt::<Mat>("y")? {
+        let y = ym.matrix()?;
         let mut out = vec![f32::NAN; x.rows() * y.rows()];
         let mut ws = vec![f32::NAN; cross_distances_workspace_len(x.rows(), y.rows(), x.dim())];
         cross_distances(x, y, metric, &mut out, &mut ws).map_err(|e| e.to_string())?;

@@ -2,7 +2,10 @@
 //! (or the folder named by `TRIPLET_CONFORMANCE_DIR`), computed by PyTorch,
 //! pytorch-metric-learning and TensorFlow Addons. Format: `triplet-conformance/1`.
 //!
-//! Prints one line per op: `conformance <op>: <P> passed, <F> failed, <U> unsupported`.
+//! Each case is a test named `<op>::<case name>`, so the usual arguments select and list
+//! them (`cargo test --test conformance -- triplet_batch`, `-- --list`). Cases of ops the
+//! crate does not implement are reported as ignored. After the run it prints one line per
+//! op with a selected case: `conformance <op>: <P> passed, <F> failed, <U> unsupported`.
 //! Any failed case, or any case holding a field its op's checker did not read, fails the run.
 
 mod case;
@@ -14,8 +17,10 @@ mod retrieval;
 mod triplet;
 
 use case::Case;
+use libtest_mimic::{Arguments, Completion, Trial};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// A checker for one op: `Ok` when the case passes, `Err(reason)` otherwise.
 type Check = fn(&Case<'_>) -> Result<(), String>;
@@ -42,7 +47,28 @@ struct Tally {
     unsupported: usize,
 }
 
+type Tallies = Arc<Mutex<BTreeMap<String, Tally>>>;
+
+/// Runs one case of a supported op and counts its outcome.
+fn run_case(
+    check: Check,
+    raw: &serde_json::Value,
+    op: &str,
+    tallies: &Tallies,
+) -> Result<(), String> {
+    let case = Case::new(raw);
+    let outcome = check(&case).and_then(|()| case.all_fields_read());
+    let mut t = tallies.lock().unwrap_or_else(PoisonError::into_inner);
+    let tally = t.entry(op.to_owned()).or_default();
+    match outcome {
+        Ok(()) => tally.passed += 1,
+        Err(_) => tally.failed += 1,
+    }
+    outcome
+}
+
 fn main() {
+    let args = Arguments::from_args();
     let dir = std::env::var_os("TRIPLET_CONFORMANCE_DIR").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/conformance"),
         PathBuf::from,
@@ -55,12 +81,12 @@ fn main() {
     files.sort();
     assert!(!files.is_empty(), "no *.json in {}", dir.display());
 
-    let mut tallies: BTreeMap<String, Tally> = BTreeMap::new();
-    let mut failures = Vec::new();
+    let tallies: Tallies = Arc::default();
+    let mut trials = Vec::new();
     for path in &files {
         let text = std::fs::read_to_string(path)
             .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-        let doc: serde_json::Value = serde_json::from_str(&text)
+        let mut doc: serde_json::Value = serde_json::from_str(&text)
             .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
         assert_eq!(
             doc["format"],
@@ -69,37 +95,48 @@ fn main() {
             path.display()
         );
         let op = doc["op"].as_str().expect("op is a string").to_owned();
-        let cases = doc["cases"].as_array().expect("cases is an array");
-        let tally = tallies.entry(op.clone()).or_default();
+        let cases = doc["cases"]
+            .as_array_mut()
+            .map(std::mem::take)
+            .expect("cases is an array");
         let file = path.file_name().unwrap_or_default().to_string_lossy();
         for raw in cases {
-            let case = Case::new(raw);
-            let name = case.name();
-            let Some(check) = checker(&op) else {
-                tally.unsupported += 1;
-                continue;
+            let name = format!("{op}::{}", Case::new(&raw).name());
+            let trial = match checker(&op) {
+                Some(check) => {
+                    let (op, file, tallies) = (op.clone(), file.to_string(), Arc::clone(&tallies));
+                    Trial::test(name, move || {
+                        run_case(check, &raw, &op, &tallies)
+                            .map_err(|why| format!("{file}: {why}").into())
+                    })
+                }
+                None => {
+                    let reason = format!("op `{op}` is not implemented");
+                    Trial::ignorable_test(name, move || Ok(Completion::ignored_with(reason)))
+                        .with_ignored_flag(true)
+                }
             };
-            let outcome = check(&case).and_then(|()| case.all_fields_read());
-            match outcome {
-                Ok(()) => tally.passed += 1,
-                Err(why) => {
-                    tally.failed += 1;
-                    failures.push(format!("{file} {op} {name}: {why}"));
+            // Unsupported cases do not run: count those the arguments select.
+            if !args.is_filtered_out(&trial) {
+                let mut t = tallies.lock().unwrap_or_else(PoisonError::into_inner);
+                let tally = t.entry(op.clone()).or_default();
+                if trial.has_ignored_flag() {
+                    tally.unsupported += 1;
                 }
             }
+            trials.push(trial);
         }
     }
-    for f in &failures {
-        println!("FAILED {f}");
+
+    let conclusion = libtest_mimic::run(&args, trials);
+    if !args.list {
+        let tallies = tallies.lock().unwrap_or_else(PoisonError::into_inner);
+        for (op, t) in tallies.iter() {
+            println!(
+                "conformance {op}: {} passed, {} failed, {} unsupported",
+                t.passed, t.failed, t.unsupported
+            );
+        }
     }
-    for (op, t) in &tallies {
-        println!(
-            "conformance {op}: {} passed, {} failed, {} unsupported",
-            t.passed, t.failed, t.unsupported
-        );
-    }
-    if !failures.is_empty() {
-        eprintln!("{} conformance case(s) failed", failures.len());
-        std::process::exit(1);
-    }
+    conclusion.exit();
 }

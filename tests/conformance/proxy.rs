@@ -20,12 +20,12 @@ struct Inputs {
 
 fn inputs(case: &Case<'_>) -> Result<Inputs, String> {
     Ok(Inputs {
-        xm: case.mat("x")?,
-        pm: case.mat("proxies")?,
-        labels: case.u32s("labels")?,
-        loss: case.f64("expected.loss")?,
-        grad: case.mat("expected.grad")?,
-        grad_proxies: case.mat("expected.grad_proxies")?,
+        xm: case.get("x")?,
+        pm: case.get("proxies")?,
+        labels: case.get("labels")?,
+        loss: case.get("expected.loss")?,
+        grad: case.get("expected.grad")?,
+        grad_proxies: case.get("expected.grad_proxies")?,
     })
 }
 
@@ -47,10 +47,8 @@ fn run(
     loss_fn: &LossFn,
     grads: [(&str, &GradFn); 2],
 ) -> Result<(), String> {
-    let xd = inp.xm.f32();
-    let pd = inp.pm.f32();
-    let x = Matrix::new(&xd, inp.xm.rows, inp.xm.cols).map_err(|e| e.to_string())?;
-    let p = Matrix::new(&pd, inp.pm.rows, inp.pm.cols).map_err(|e| e.to_string())?;
+    let x = inp.xm.matrix()?;
+    let p = inp.pm.matrix()?;
     let mut ws = vec![f32::NAN; ws_len];
     let loss = loss_fn(x, &inp.labels, p, &mut ws).map_err(|e| e.to_string())?;
     case.close("loss", f64::from(loss), inp.loss)?;
@@ -75,7 +73,7 @@ fn run(
 
 pub fn check_nca(case: &Case<'_>) -> Result<(), String> {
     let inp = inputs(case)?;
-    let params = ProxyNcaParams::new(case.f64("softmax_scale")? as f32);
+    let params = ProxyNcaParams::new(case.get::<f64>("softmax_scale")? as f32);
     let (n, c, d) = (inp.xm.rows, inp.pm.rows, inp.xm.cols);
     let ws_len = proxy_nca_workspace_len(n, c, d).max(scalar::proxy_nca_workspace_len(n, c, d));
     run(
@@ -96,7 +94,10 @@ pub fn check_nca(case: &Case<'_>) -> Result<(), String> {
 
 pub fn check_anchor(case: &Case<'_>) -> Result<(), String> {
     let inp = inputs(case)?;
-    let params = ProxyAnchorParams::new(case.f64("margin")? as f32, case.f64("alpha")? as f32);
+    let params = ProxyAnchorParams::new(
+        case.get::<f64>("margin")? as f32,
+        case.get::<f64>("alpha")? as f32,
+    );
     let (n, c, d) = (inp.xm.rows, inp.pm.rows, inp.xm.cols);
     let ws_len =
         proxy_anchor_workspace_len(n, c, d).max(scalar::proxy_anchor_workspace_len(n, c, d));

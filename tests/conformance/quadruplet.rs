@@ -1,21 +1,29 @@
 //! Op `quadruplet`: explicit (a, p, n1, n2) quadruplets.
 
-use crate::case::Case;
+use crate::case::{Case, Mat, QuadrupletIdx};
+use serde::Deserialize;
 use triplet_kernels::{
-    quadruplet_loss, quadruplet_loss_grad, quadruplet_workspace_len, scalar, Matrix, Quadruplet,
+    quadruplet_loss, quadruplet_loss_grad, quadruplet_workspace_len, scalar, Quadruplet,
     QuadrupletParams, Reduction,
 };
 
+/// The format's quadruplet reductions.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ReductionName {
+    Mean,
+    Sum,
+}
+
 pub fn check(case: &Case<'_>) -> Result<(), String> {
     let metric = case.metric()?;
-    let xm = case.mat("x")?;
-    let xd = xm.f32();
-    let x = Matrix::new(&xd, xm.rows, xm.cols).map_err(|e| e.to_string())?;
-    let labels = case.u32s("labels")?;
+    let xm: Mat = case.get("x")?;
+    let x = xm.matrix()?;
+    let labels: Vec<u32> = case.get("labels")?;
     let quads: Vec<Quadruplet> = case
-        .tuples::<4>("quadruplets")?
+        .get::<Vec<QuadrupletIdx>>("quadruplets")?
         .into_iter()
-        .map(Quadruplet::from)
+        .map(|q| q.0)
         .collect();
     // The kernel takes the quadruplets as given; the labels only document their roles.
     let label = |i: u32| labels.get(i as usize).copied().ok_or("index out of range");
@@ -26,15 +34,17 @@ pub fn check(case: &Case<'_>) -> Result<(), String> {
             return Err(format!("quadruplet {q:?} does not match the labels"));
         }
     }
-    let reduction = match case.str("reduction")? {
-        "mean" => Reduction::Mean,
-        "sum" => Reduction::Sum,
-        other => return Err(format!("unknown reduction `{other}`")),
+    let reduction = match case.get::<ReductionName>("reduction")? {
+        ReductionName::Mean => Reduction::Mean,
+        ReductionName::Sum => Reduction::Sum,
     };
-    let params = QuadrupletParams::new(case.f64("margin1")? as f32, case.f64("margin2")? as f32)
-        .with_reduction(reduction);
-    let want_loss = case.f64("expected.loss")?;
-    let want_grad = case.mat("expected.grad")?;
+    let params = QuadrupletParams::new(
+        case.get::<f64>("margin1")? as f32,
+        case.get::<f64>("margin2")? as f32,
+    )
+    .with_reduction(reduction);
+    let want_loss: f64 = case.get("expected.loss")?;
+    let want_grad: Mat = case.get("expected.grad")?;
 
     let mut ws = vec![f32::NAN; quadruplet_workspace_len(x.rows(), x.dim())];
     let loss = quadruplet_loss(x, &quads, metric, params, &mut ws).map_err(|e| e.to_string())?;

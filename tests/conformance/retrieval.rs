@@ -1,30 +1,26 @@
 //! Op `retrieval`: precision@1, R-precision and MAP@R of queries against a labelled
 //! reference set (`y`, `y_labels`), or leave-one-out against themselves (no `y`).
 
-use crate::case::Case;
-use triplet_kernels::{retrieval_metrics, retrieval_metrics_workspace_len, scalar, Matrix};
+use crate::case::{Case, Mat};
+use triplet_kernels::{retrieval_metrics, retrieval_metrics_workspace_len, scalar};
 
 pub fn check(case: &Case<'_>) -> Result<(), String> {
     let metric = case.metric()?;
-    let xm = case.mat("x")?;
-    let xd = xm.f32();
-    let x = Matrix::new(&xd, xm.rows, xm.cols).map_err(|e| e.to_string())?;
-    let labels = case.u32s("labels")?;
-    let want_p1 = case.f64("expected.precision_at_1")?;
-    let want_rp = case.f64("expected.r_precision")?;
-    let want_map = case.f64("expected.mean_average_precision_at_r")?;
+    let xm: Mat = case.get("x")?;
+    let x = xm.matrix()?;
+    let labels: Vec<u32> = case.get("labels")?;
+    let want_p1: f64 = case.get("expected.precision_at_1")?;
+    let want_rp: f64 = case.get("expected.r_precision")?;
+    let want_map: f64 = case.get("expected.mean_average_precision_at_r")?;
 
-    let (yd, y_labels, m) = if case.has("y") {
-        let ym = case.mat("y")?;
-        (ym.f32(), case.u32s("y_labels")?, ym.rows)
-    } else {
-        (Vec::new(), Vec::new(), x.rows())
+    // The reference set and its labels come together.
+    let ym = case.get_opt::<Mat>("y")?;
+    let y_labels: Vec<u32> = match ym {
+        Some(_) => case.get("y_labels")?,
+        None => Vec::new(),
     };
-    let y = if case.has("y") {
-        Some(Matrix::new(&yd, m, x.dim()).map_err(|e| e.to_string())?)
-    } else {
-        None
-    };
+    let y = ym.as_ref().map(Mat::matrix).transpose()?;
+    let m = y.map_or(x.rows(), |y| y.rows());
     let reference = y.map(|y| (y, &y_labels[..]));
 
     let mut ws = vec![f32::NAN; retrieval_metrics_workspace_len(x.rows(), m, x.dim())];

@@ -1,47 +1,79 @@
 //! Ops `triplet_margin` (explicit triplets) and `triplet_batch` (online mining in a
 //! labelled batch). Every case is checked against the fast kernels and their scalar twins.
 
-use crate::case::{Case, Mat};
+use crate::case::{Case, Mat, TripletIdx};
+use serde::Deserialize;
 use triplet_kernels::{
     mine_triplets, mine_triplets_count, mining_workspace_len, scalar, triplet_batch_loss,
     triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
     triplet_batch_loss_workspace_len, triplet_margin_loss, triplet_margin_loss_grad,
-    triplet_margin_workspace_len, BatchLoss, BatchParams, Hinge, Matrix, Mining, Reduction,
-    Triplet, TripletParams,
+    triplet_margin_workspace_len, BatchLoss, BatchParams, Hinge, Mining, Reduction, Triplet,
+    TripletParams,
 };
 
 fn err(e: triplet_kernels::Error) -> String {
     e.to_string()
 }
 
-/// Reads `expected.grad`, a matrix (its rows/cols/data are read by `mat`).
-fn expected_grad(case: &Case<'_>) -> Result<Mat, String> {
-    case.mat("expected.grad")
+/// The format's reductions of both triplet ops (`none`: explicit triplets only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum ReductionName {
+    None,
+    Sum,
+    Mean,
+    MeanNonzero,
+}
+
+/// The format's mining strategies.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum MiningName {
+    All,
+    Hard,
+    Semihard,
+}
+
+impl From<MiningName> for Mining {
+    fn from(m: MiningName) -> Self {
+        match m {
+            MiningName::All => Mining::All,
+            MiningName::Hard => Mining::BatchHard,
+            MiningName::Semihard => Mining::SemiHard,
+        }
+    }
+}
+
+fn triplets(idx: Vec<TripletIdx>) -> Vec<Triplet> {
+    idx.into_iter().map(|t| t.0).collect()
 }
 
 /// Op `triplet_margin`.
 pub fn check_margin(case: &Case<'_>) -> Result<(), String> {
-    let xm = case.mat("x")?;
-    let xd = xm.f32();
-    let x = Matrix::new(&xd, xm.rows, xm.cols).map_err(err)?;
-    let triplets: Vec<Triplet> = case
-        .tuples::<3>("triplets")?
-        .into_iter()
-        .map(|[a, p, n]| Triplet::new(a, p, n))
-        .collect();
-    let reduction = case.str("reduction")?;
+    let xm: Mat = case.get("x")?;
+    let x = xm.matrix()?;
+    let triplets = triplets(case.get("triplets")?);
+    let reduction: ReductionName = case.get("reduction")?;
     let params = TripletParams::new()
         .with_metric(case.metric()?)
-        .with_margin(case.f64("margin")? as f32)
-        .with_swap(case.bool("swap")?)
-        .with_eps(case.f64("eps")? as f32)
+        .with_margin(case.get::<f64>("margin")? as f32)
+        .with_swap(case.get("swap")?)
+        .with_eps(case.get::<f64>("eps")? as f32)
         .with_reduction(match reduction {
-            "mean" => Reduction::Mean,
+            ReductionName::Mean => Reduction::Mean,
             // `none`: the terms, and the gradient of their sum.
-            "sum" | "none" => Reduction::Sum,
-            other => return Err(format!("unknown reduction `{other}`")),
+            ReductionName::Sum | ReductionName::None => Reduction::Sum,
+            ReductionName::MeanNonzero => {
+                return Err("reduction `mean_nonzero` is not one of triplet_margin's".into())
+            }
         });
-    let want_grad = expected_grad(case)?;
+    // The loss: the terms for `none`, a number otherwise.
+    let (want_terms, want_loss) = if reduction == ReductionName::None {
+        (Some(case.get::<Vec<f64>>("expected.loss")?), None)
+    } else {
+        (None, Some(case.get::<f64>("expected.loss")?))
+    };
+    let want_grad: Mat = case.get("expected.grad")?;
     let k = triplets.len();
     for twin in ["fast", "scalar"] {
         let mut terms = vec![f32::NAN; k];
@@ -69,15 +101,11 @@ pub fn check_margin(case: &Case<'_>) -> Result<(), String> {
         if loss2.to_bits() != loss.to_bits() || terms2 != terms {
             return Err(format!("{twin}: forward and fused forward differ"));
         }
-        if reduction == "none" {
-            let want = case.f64s("expected.loss")?;
-            case.close_all(&format!("{twin} terms"), &terms, &want)?;
-        } else {
-            case.close(
-                &format!("{twin} loss"),
-                f64::from(loss),
-                case.f64("expected.loss")?,
-            )?;
+        if let Some(want) = &want_terms {
+            case.close_all(&format!("{twin} terms"), &terms, want)?;
+        }
+        if let Some(want) = want_loss {
+            case.close(&format!("{twin} loss"), f64::from(loss), want)?;
         }
         case.close_mat(
             &format!("{twin} grad"),
@@ -90,38 +118,58 @@ pub fn check_margin(case: &Case<'_>) -> Result<(), String> {
     Ok(())
 }
 
+/// The expectations of a `triplet_batch` case: either `finite: true` alone (only
+/// finiteness is checked) or the loss and gradient, with optional counts and triplets.
+struct BatchExpected {
+    loss: f64,
+    grad: Mat,
+    num_triplets: Option<f64>,
+    num_active: Option<f64>,
+    triplets: Option<Vec<Triplet>>,
+}
+
+fn batch_expected(case: &Case<'_>) -> Result<Option<BatchExpected>, String> {
+    match case.get_opt::<bool>("expected.finite")? {
+        Some(true) => return Ok(None),
+        Some(false) => return Err("`expected.finite` is false".into()),
+        None => {}
+    }
+    Ok(Some(BatchExpected {
+        loss: case.get("expected.loss")?,
+        grad: case.get("expected.grad")?,
+        num_triplets: case.get_opt("expected.num_triplets")?,
+        num_active: case.get_opt("expected.num_active")?,
+        triplets: case
+            .get_opt::<Vec<TripletIdx>>("expected.triplets")?
+            .map(triplets),
+    }))
+}
+
 /// Op `triplet_batch`.
 pub fn check_batch(case: &Case<'_>) -> Result<(), String> {
-    let xm = case.mat("x")?;
-    let xd = xm.f32();
-    let x = Matrix::new(&xd, xm.rows, xm.cols).map_err(err)?;
-    let labels = case.u32s("labels")?;
-    let mining = match case.str("mining")? {
-        "all" => Mining::All,
-        "hard" => Mining::BatchHard,
-        "semihard" => Mining::SemiHard,
-        other => return Err(format!("unknown mining `{other}`")),
-    };
+    let xm: Mat = case.get("x")?;
+    let x = xm.matrix()?;
+    let labels: Vec<u32> = case.get("labels")?;
+    let mining = Mining::from(case.get::<MiningName>("mining")?);
     let params = BatchParams::new()
         .with_metric(case.metric()?)
         .with_mining(mining)
-        .with_margin(case.f64("margin")? as f32)
-        .with_hinge(if case.bool("soft")? {
+        .with_margin(case.get::<f64>("margin")? as f32)
+        .with_hinge(if case.get("soft")? {
             Hinge::SoftPlus
         } else {
             Hinge::Relu
         })
-        .with_reduction(match case.str("reduction")? {
-            "mean" => Reduction::Mean,
-            "sum" => Reduction::Sum,
-            "mean_nonzero" => Reduction::MeanNonzero,
-            other => return Err(format!("unknown reduction `{other}`")),
+        .with_reduction(match case.get::<ReductionName>("reduction")? {
+            ReductionName::Mean => Reduction::Mean,
+            ReductionName::Sum => Reduction::Sum,
+            ReductionName::MeanNonzero => Reduction::MeanNonzero,
+            ReductionName::None => {
+                return Err("reduction `none` is not one of triplet_batch's".into())
+            }
         });
     let (n, d) = (x.rows(), x.dim());
-    let finite_only = case.has("expected.finite");
-    if finite_only && !case.bool("expected.finite")? {
-        return Err("`expected.finite` is false".into());
-    }
+    let want = batch_expected(case)?;
 
     for twin in ["fast", "scalar"] {
         let mut grad = vec![f32::NAN; x.len()];
@@ -150,20 +198,15 @@ pub fn check_batch(case: &Case<'_>) -> Result<(), String> {
         if !out.loss.is_finite() || grad.iter().any(|g| !g.is_finite()) {
             return Err(format!("{twin}: non-finite loss or gradient"));
         }
-        if finite_only {
+        let Some(want) = &want else {
             continue;
-        }
-        case.close(
-            &format!("{twin} loss"),
-            f64::from(out.loss),
-            case.f64("expected.loss")?,
-        )?;
-        case.close_mat(&format!("{twin} grad"), &grad, &expected_grad(case)?, n, d)?;
-        if case.has("expected.num_triplets") {
-            let want = case.f64("expected.num_triplets")?;
-            if out.num_triplets as f64 != want {
+        };
+        case.close(&format!("{twin} loss"), f64::from(out.loss), want.loss)?;
+        case.close_mat(&format!("{twin} grad"), &grad, &want.grad, n, d)?;
+        if let Some(num) = want.num_triplets {
+            if out.num_triplets as f64 != num {
                 return Err(format!(
-                    "{twin} num_triplets: got {}, want {want}",
+                    "{twin} num_triplets: got {}, want {num}",
                     out.num_triplets
                 ));
             }
@@ -177,21 +220,15 @@ pub fn check_batch(case: &Case<'_>) -> Result<(), String> {
                 return Err(format!("{twin} mine_triplets_count: {count}"));
             }
         }
-        if case.has("expected.num_active") {
-            let want = case.f64("expected.num_active")?;
-            if out.num_active as f64 != want {
+        if let Some(num) = want.num_active {
+            if out.num_active as f64 != num {
                 return Err(format!(
-                    "{twin} num_active: got {}, want {want}",
+                    "{twin} num_active: got {}, want {num}",
                     out.num_active
                 ));
             }
         }
-        if case.has("expected.triplets") {
-            let want: Vec<Triplet> = case
-                .tuples::<3>("expected.triplets")?
-                .into_iter()
-                .map(|[a, p, n]| Triplet::new(a, p, n))
-                .collect();
+        if let Some(want) = &want.triplets {
             let mut got = vec![Triplet::new(u32::MAX, u32::MAX, u32::MAX); want.len() + 1];
             let mut ws = vec![f32::NAN; mining_workspace_len(n, d)];
             let k = if twin == "fast" {

@@ -1,0 +1,1537 @@
+//! The kernels beyond the distance matrices, under every backend: each test runs its
+//! checks once per backend that `Backend::available()` lists (forced with `set_backend`)
+//! and compares the result with the scalar twin within the kernel's documented bound.
+//!
+//! They reach the SIMD helpers that only these kernels use: batch-all's relu groups,
+//! coefficient symmetrisation and GEMM (its loss and gradient), the argmin/argmax and the
+//! tiles of the mining sweeps (batch-hard, semi-hard, `hardest_pairs`, `mine_triplets`,
+//! `mine_quadruplets`), and the pair kernels of contrastive, quadruplet, the proxy
+//! losses, `knn`, `retrieval_metrics`, the explicit-triplet loss and the row kernels.
+//! Shapes cross several register tiles and leave remainders for every lane count (8 and
+//! 16): `n` 37, 70 and 45 by `d` 19, 33 and 67 (`d = 67` fills whole GEMM column blocks
+//! of the widest backend), and `n = 261`, past one 256-row tile of the batch-hard sweep
+//! and one block of the row-wise minings. Each shape comes with small-integer data, on
+//! which Euclidean distances are exact and mining must equal the twin's, and with
+//! real-valued data, on which a choice may differ only between candidates within the
+//! distance bound.
+//!
+//! The bounds are those the kernels' `# Numerics` sections state and the per-kernel test
+//! files check (the helpers below follow `tests/triplet.rs` and `tests/variants.rs`).
+
+use super::{check_row_kernels, on_every_backend};
+use triplet_kernels::{
+    contrastive_loss, contrastive_loss_grad, contrastive_workspace_len, hardest_pairs, knn,
+    knn_workspace_len, mine_quadruplets, mine_quadruplets_count, mine_quadruplets_workspace_len,
+    mine_triplets, mine_triplets_count, mining_workspace_len, proxy_anchor_loss,
+    proxy_anchor_loss_grad, proxy_anchor_workspace_len, proxy_nca_loss, proxy_nca_loss_grad,
+    proxy_nca_workspace_len, quadruplet_loss, quadruplet_loss_grad, quadruplet_workspace_len,
+    retrieval_metrics, retrieval_metrics_workspace_len, scalar, triplet_batch_loss,
+    triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
+    triplet_batch_loss_workspace_len, triplet_margin_loss, triplet_margin_loss_grad,
+    triplet_margin_workspace_len, Backend, BatchParams, ContrastiveForm, ContrastiveParams,
+    ContrastiveReduction, Hinge, Matrix, Metric, Mining, ProxyAnchorParams, ProxyNcaParams,
+    Quadruplet, QuadrupletParams, Reduction, Triplet, TripletParams, NO_INDEX,
+};
+
+const EPS: f64 = f32::EPSILON as f64;
+/// Unit roundoff of `f32`.
+const U: f64 = EPS / 2.0;
+const METRICS: [Metric; 3] = [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine];
+const SHAPES: [(usize, usize); 3] = [(37, 19), (70, 33), (45, 67)];
+
+// ---------------------------------------------------------------------------------------
+// Data.
+
+/// A labelled batch: `n x d` data, about seven interleaved classes.
+struct Batch {
+    n: usize,
+    d: usize,
+    data: Vec<f32>,
+    labels: Vec<u32>,
+    /// Small integers: Euclidean distances are exact in `f32`.
+    ints: bool,
+}
+
+impl Batch {
+    fn x(&self) -> Matrix<'_> {
+        Matrix::new(&self.data, self.n, self.d).unwrap()
+    }
+
+    fn name(&self) -> String {
+        let kind = if self.ints { "integer" } else { "real" };
+        format!("n {} d {} {kind}", self.n, self.d)
+    }
+
+    /// Whether the twin's decisions must be reproduced exactly under `metric`.
+    fn exact(&self, metric: Metric) -> bool {
+        self.ints && metric != Metric::Cosine
+    }
+}
+
+fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut s = seed | 1;
+    move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    }
+}
+
+/// Values in `[-2, 2)`, or integers in `-8..=8`.
+fn values(len: usize, seed: u64, ints: bool) -> Vec<f32> {
+    let mut next = xorshift(seed);
+    (0..len)
+        .map(|_| {
+            let r = next();
+            if ints {
+                (r % 17) as f32 - 8.0
+            } else {
+                (r >> 40) as f32 / (1u64 << 22) as f32 - 2.0
+            }
+        })
+        .collect()
+}
+
+/// Every shape, with real and with integer data.
+fn batches() -> Vec<Batch> {
+    let mut out = Vec::new();
+    for (k, &(n, d)) in SHAPES.iter().enumerate() {
+        for ints in [false, true] {
+            out.push(Batch {
+                n,
+                d,
+                data: values(n * d, 0x9e37_79b9 + k as u64, ints),
+                labels: (0..n as u32).map(|i| (i * 5 % 7) * 31 + 3).collect(),
+                ints,
+            });
+        }
+    }
+    out
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+fn to64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| f64::from(x)).collect()
+}
+
+/// `|got - want| <= tol(k)` element-wise.
+fn assert_close(what: &str, got: &[f32], want: &[f32], tol: impl Fn(usize) -> f64) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (k, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let t = tol(k);
+        assert!(
+            (f64::from(g) - f64::from(w)).abs() <= t,
+            "{what}[{k}]: fast {g}, scalar {w}, tol {t:e}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Distances in f64 and the scales their bounds are relative to (as tests/variants.rs).
+
+fn norm(a: &[f32]) -> f64 {
+    a.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt()
+}
+
+fn inf_norm(a: &[f32]) -> f64 {
+    a.iter().fold(0.0, |m, &v| m.max(f64::from(v).abs()))
+}
+
+fn dist64(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
+    let sq: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
+        .sum();
+    match metric {
+        Metric::SquaredEuclidean => sq,
+        Metric::Euclidean => sq.sqrt(),
+        Metric::Cosine => {
+            let dot: f64 = a
+                .iter()
+                .zip(b)
+                .map(|(&x, &y)| f64::from(x) * f64::from(y))
+                .sum();
+            1.0 - dot / (norm(a).max(1e-12) * norm(b).max(1e-12))
+        }
+    }
+}
+
+/// Sum of the absolute terms behind one distance (the distance itself for the Euclidean
+/// metrics, at most 2 for cosine).
+fn dist_scale(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
+    match metric {
+        Metric::Cosine => {
+            let abs: f64 = a
+                .iter()
+                .zip(b)
+                .map(|(&x, &y)| (f64::from(x) * f64::from(y)).abs())
+                .sum();
+            1.0 + abs / (norm(a).max(1e-12) * norm(b).max(1e-12))
+        }
+        m => dist64(m, a, b),
+    }
+}
+
+/// Bound on the elements of `d d(a, b) / d a` (and of the terms the kernels add for it).
+fn grad_scale(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
+    let (ia, ib) = (inf_norm(a), inf_norm(b));
+    match metric {
+        Metric::SquaredEuclidean => 2.0 * (ia + ib),
+        Metric::Euclidean => {
+            let d = dist64(metric, a, b);
+            if d > 0.0 {
+                (ia + ib) / d
+            } else {
+                0.0
+            }
+        }
+        Metric::Cosine => {
+            let (na, nb) = (norm(a).max(1e-12), norm(b).max(1e-12));
+            let d = dist64(metric, a, b);
+            ib / (na * nb) + ((1.0 - d).abs() + dist_scale(metric, a, b)) * ia / (na * na)
+        }
+    }
+}
+
+/// The miners' accuracy for one distance (`crate::mining`, "distances and their
+/// accuracy"): `(8 d + 16) 2^-24` relative for the Euclidean metrics, `(2 d + 10) 2^-24`
+/// absolute for cosine; twice that, for the twin's rounding and safety.
+fn mining_tol(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
+    let d = a.len() as f64;
+    2.0 * match metric {
+        Metric::Cosine => (2.0 * d + 10.0) * U,
+        m => (8.0 * d + 16.0) * U * dist64(m, a, b),
+    } + 1e-30
+}
+
+// ---------------------------------------------------------------------------------------
+// Mining.
+
+/// `hardest_pairs` against its definition: each chosen positive is the farthest, each
+/// negative the nearest, up to the distance bound; [`NO_INDEX`] exactly where the anchor
+/// has no candidate; equal to the twin's on exact data.
+fn check_hardest(b: &Batch, twin: &MinedTwin, backend: Backend) -> (Vec<u32>, Vec<u32>) {
+    let (x, labels, n, metric) = (b.x(), &b.labels, b.n, twin.metric);
+    let mut ws = vec![f32::NAN; mining_workspace_len(n, b.d)];
+    let (mut pf, mut nf) = (vec![7_u32; n], vec![7_u32; n]);
+    hardest_pairs(x, labels, metric, &mut pf, &mut nf, &mut ws).unwrap();
+    let (pt, nt) = &twin.hardest;
+    let what = format!("{} hardest_pairs {metric:?} {}", backend.name(), b.name());
+    if b.exact(metric) {
+        assert_eq!((&pf, &nf), (pt, nt), "{what}");
+    }
+    let r = |i: u32| x.row(i as usize).unwrap();
+    for a in 0..n {
+        for (got, want, far) in [(pf[a], pt[a], true), (nf[a], nt[a], false)] {
+            assert_eq!(got == NO_INDEX, want == NO_INDEX, "{what}: anchor {a}");
+            if got == want || got == NO_INDEX {
+                continue;
+            }
+            let ra = x.row(a).unwrap();
+            let (dg, dw) = (dist64(metric, ra, r(got)), dist64(metric, ra, r(want)));
+            let tol = mining_tol(metric, ra, r(got)) + mining_tol(metric, ra, r(want));
+            let ok = if far { dg >= dw - tol } else { dg <= dw + tol };
+            assert!(
+                ok,
+                "{what}: anchor {a} chose {got} ({dg}), twin {want} ({dw})"
+            );
+            assert_eq!(labels[got as usize] == labels[a], far, "{what}: anchor {a}");
+        }
+    }
+    (pf, nf)
+}
+
+/// The twins' mining of a batch under `metric` (the same for every backend).
+struct MinedTwin {
+    metric: Metric,
+    hardest: (Vec<u32>, Vec<u32>),
+    lists: Vec<(Mining, Vec<Triplet>)>,
+}
+
+fn mined_twin(b: &Batch, metric: Metric, minings: &[Mining]) -> MinedTwin {
+    let (x, labels, n) = (b.x(), &b.labels, b.n);
+    let mut ws = vec![f32::NAN; mining_workspace_len(n, b.d)];
+    let (mut pt, mut nt) = (vec![0_u32; n], vec![0_u32; n]);
+    scalar::hardest_pairs(x, labels, metric, &mut pt, &mut nt, &mut ws).unwrap();
+    let lists = minings
+        .iter()
+        .map(|&mining| {
+            let count = mine_triplets_count(labels, mining).unwrap();
+            let mut twin = vec![Triplet::new(9, 9, 9); count];
+            let k = scalar::mine_triplets(x, labels, metric, mining, &mut twin, &mut ws).unwrap();
+            assert_eq!(k, count);
+            (mining, twin)
+        })
+        .collect();
+    MinedTwin {
+        metric,
+        hardest: (pt, nt),
+        lists,
+    }
+}
+
+/// Every twin mining of `batches`, for each metric `metrics` gives a batch.
+fn mined_twins<'b>(
+    batches: &'b [Batch],
+    metrics: impl Fn(&Batch) -> &'static [Metric],
+    minings: &[Mining],
+) -> Vec<(&'b Batch, MinedTwin)> {
+    batches
+        .iter()
+        .flat_map(|b| metrics(b).iter().map(move |&m| (b, m)))
+        .map(|(b, m)| (b, mined_twin(b, m, minings)))
+        .collect()
+}
+
+/// `mine_triplets` with every strategy of `twin`: the twin's list on exact data;
+/// otherwise the same anchors and positives, and negatives that satisfy the rule up to the
+/// distance bound.
+fn check_mined(b: &Batch, twin: &MinedTwin, backend: Backend) {
+    let (x, labels, n, metric) = (b.x(), &b.labels, b.n, twin.metric);
+    let (pos, neg) = check_hardest(b, twin, backend);
+    let mut ws = vec![f32::NAN; mining_workspace_len(n, b.d)];
+    for (mining, twin) in &twin.lists {
+        let mining = *mining;
+        let what = format!(
+            "{} mine_triplets {mining:?} {metric:?} {}",
+            backend.name(),
+            b.name()
+        );
+        let count = twin.len();
+        let mut fast = vec![Triplet::new(9, 9, 9); count];
+        assert_eq!(
+            mine_triplets(x, labels, metric, mining, &mut fast, &mut ws).unwrap(),
+            count
+        );
+        if b.exact(metric) || mining == Mining::All {
+            assert_eq!(&fast, twin, "{what}");
+            continue;
+        }
+        let r = |i: u32| x.row(i as usize).unwrap();
+        for (f, t) in fast.iter().zip(twin) {
+            if mining == Mining::BatchHard {
+                // The sweep's choices, as `hardest_pairs` made them.
+                let a = f.anchor as usize;
+                assert_eq!((f.positive, f.negative), (pos[a], neg[a]), "{what}");
+                continue;
+            }
+            assert_eq!((f.anchor, f.positive), (t.anchor, t.positive), "{what}");
+            let (a, p, q) = (r(f.anchor), r(f.positive), r(f.negative));
+            assert_ne!(
+                labels[f.negative as usize], labels[f.anchor as usize],
+                "{what}"
+            );
+            if f.negative == t.negative {
+                continue;
+            }
+            // Semi-hard: the nearest negative beyond the positive, else the farthest.
+            let dp = dist64(metric, a, p);
+            let dq = dist64(metric, a, q);
+            let tp = mining_tol(metric, a, p);
+            for j in (0..n).filter(|&j| labels[j] != labels[f.anchor as usize]) {
+                let rj = x.row(j).unwrap();
+                let (dj, tj) = (dist64(metric, a, rj), mining_tol(metric, a, rj));
+                let slack = tp + tj + mining_tol(metric, a, q);
+                if dq > dp - slack {
+                    // No negative clearly beyond the positive and clearly nearer.
+                    assert!(
+                        !(dj > dp + tp + tj && dj < dq - slack),
+                        "{what}: {f:?} skips negative {j}"
+                    );
+                } else {
+                    // The fallback: no negative clearly beyond, and the farthest.
+                    assert!(
+                        dj <= dp + tp + tj && dj <= dq + slack,
+                        "{what}: {f:?} vs {j}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn mining_matches_scalar() {
+    let batches = batches();
+    let all = [Mining::All, Mining::BatchHard, Mining::SemiHard];
+    let twins = mined_twins(&batches, |_| &METRICS, &all);
+    on_every_backend("hardest_pairs, mine_triplets", |backend| {
+        for (b, twin) in &twins {
+            check_mined(b, twin, backend);
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Triplet losses: an f64 definition for the tolerances (as tests/triplet.rs).
+
+fn row(x: &[f64], d: usize, i: usize) -> &[f64] {
+    &x[i * d..(i + 1) * d]
+}
+
+fn norm64(a: &[f64]) -> f64 {
+    a.iter().map(|v| v * v).sum::<f64>().sqrt()
+}
+
+/// `d(a, b)` with PyTorch's shift `eps`.
+fn tdist(metric: Metric, a: &[f64], b: &[f64], eps: f64) -> f64 {
+    let sq: f64 = a.iter().zip(b).map(|(u, v)| (u - v + eps).powi(2)).sum();
+    match metric {
+        Metric::SquaredEuclidean => sq,
+        Metric::Euclidean => sq.sqrt(),
+        Metric::Cosine => {
+            let dot: f64 = a.iter().zip(b).map(|(u, v)| u * v).sum();
+            1.0 - dot / (norm64(a).max(1e-12) * norm64(b).max(1e-12))
+        }
+    }
+}
+
+fn tdist_scale(metric: Metric, a: &[f64], b: &[f64], eps: f64) -> f64 {
+    match metric {
+        Metric::Cosine => 2.0,
+        m => tdist(m, a, b, eps),
+    }
+}
+
+/// Largest `|d d(a, b) / d a_e|` over the elements (the size of one gradient update).
+fn tgrad_scale(metric: Metric, a: &[f64], b: &[f64], eps: f64) -> f64 {
+    match metric {
+        Metric::SquaredEuclidean => {
+            2.0 * a
+                .iter()
+                .zip(b)
+                .map(|(u, v)| (u - v + eps).abs())
+                .fold(0.0, f64::max)
+        }
+        Metric::Euclidean => 1.0,
+        Metric::Cosine => {
+            let (na, nb) = (norm64(a).max(1e-12), norm64(b).max(1e-12));
+            let ma = a.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
+            let mb = b.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
+            mb / (na * nb) + 2.0 * ma / (na * na)
+        }
+    }
+}
+
+fn hinge64(h: Hinge, v: f64) -> f64 {
+    match h {
+        Hinge::Relu => v.max(0.0),
+        Hinge::SoftPlus => v.max(0.0) + (-v.abs()).exp().ln_1p(),
+    }
+}
+
+fn slope64(h: Hinge, v: f64) -> f64 {
+    match h {
+        Hinge::Relu => f64::from(u8::from(v > 0.0)),
+        Hinge::SoftPlus => 1.0 / (1.0 + (-v).exp()),
+    }
+}
+
+fn weight(r: Reduction, k: usize, active: usize) -> f64 {
+    let div = match r {
+        Reduction::Sum => return 1.0,
+        Reduction::Mean => k,
+        Reduction::MeanNonzero => active,
+    };
+    if div == 0 {
+        0.0
+    } else {
+        1.0 / div as f64
+    }
+}
+
+/// One evaluated triplet: margin value, its pairs with their distances, and the gap
+/// between the two swap candidates.
+struct Eval {
+    v: f64,
+    ap: (usize, usize, f64),
+    neg: (usize, usize, f64),
+    swap_gap: f64,
+}
+
+fn eval_triplet(x: &[f64], d: usize, t: Triplet, p: &TripletParams) -> Eval {
+    let eps = f64::from(p.eps);
+    let (a, pp, q) = (t.anchor as usize, t.positive as usize, t.negative as usize);
+    let dap = tdist(p.metric, row(x, d, a), row(x, d, pp), eps);
+    let dan = tdist(p.metric, row(x, d, a), row(x, d, q), eps);
+    let mut neg = (a, q, dan);
+    let mut gap = f64::INFINITY;
+    if p.swap {
+        let dpn = tdist(p.metric, row(x, d, pp), row(x, d, q), eps);
+        if a != pp {
+            gap = (dpn - dan).abs();
+        }
+        if dpn < dan {
+            neg = (pp, q, dpn);
+        }
+    }
+    Eval {
+        v: dap - neg.2 + f64::from(p.margin),
+        ap: (a, pp, dap),
+        neg,
+        swap_gap: gap,
+    }
+}
+
+struct Bounds {
+    loss: f64,
+    grad: Vec<f64>,
+    near_kink: bool,
+    near_swap: bool,
+}
+
+/// The documented bounds over evaluated triplets on rows `y`, with the safety factors of
+/// tests/triplet.rs. `all`: batch-all, whose terms use the mined (Gram) distances and
+/// whose gradient is GEMM-shaped (the wider bounds of `triplet_batch_loss(_grad)`).
+fn bounds(y: &[f64], n: usize, d: usize, evals: &[Eval], tp: &TripletParams, all: bool) -> Bounds {
+    let eps = f64::from(tp.eps);
+    let df = d as f64;
+    let active = evals
+        .iter()
+        .filter(|e| tp.hinge == Hinge::SoftPlus || e.v > 0.0)
+        .count();
+    let w = weight(tp.reduction, evals.len(), active);
+    let (mut loss, mut terms) = (0.0, 0.0);
+    let mut g = vec![0.0; n];
+    let mut m = vec![0usize; n];
+    let mut extra = vec![0.0; n];
+    let (mut near_kink, mut near_swap) = (false, false);
+    for e in evals {
+        let s_ap = tdist_scale(tp.metric, row(y, d, e.ap.0), row(y, d, e.ap.1), eps);
+        let s_an = tdist_scale(tp.metric, row(y, d, e.neg.0), row(y, d, e.neg.1), eps);
+        let mut dv = 4.0 * (df / 8.0 + 12.0) * EPS * (s_ap + s_an + f64::from(tp.margin).abs());
+        if all {
+            dv += 2.0
+                * match tp.metric {
+                    Metric::Cosine => 2.0 * (2.0 * df + 10.0) * U,
+                    _ => (8.0 * df + 16.0) * U * (e.ap.2 + e.neg.2),
+                };
+        }
+        near_kink |= tp.hinge == Hinge::Relu && e.v.abs() <= 2.0 * dv;
+        near_swap |= e.swap_gap <= 2.0 * dv;
+        loss += w * (dv + 8.0 * EPS * hinge64(tp.hinge, e.v));
+        terms += w * hinge64(tp.hinge, e.v);
+        let c = w * slope64(tp.hinge, e.v);
+        // Soft margin: the slope moves with the margin value's error (sigmoid' <= 1/4).
+        let dc = if tp.hinge == Hinge::SoftPlus {
+            w * dv / 4.0
+        } else {
+            0.0
+        };
+        for &(i, j, _) in &[e.ap, e.neg] {
+            let gs = tgrad_scale(tp.metric, row(y, d, i), row(y, d, j), eps).max(tgrad_scale(
+                tp.metric,
+                row(y, d, j),
+                row(y, d, i),
+                -eps,
+            ));
+            for r in [i, j] {
+                g[r] += c * gs;
+                m[r] += 1;
+                extra[r] += dc * gs;
+            }
+        }
+    }
+    if all {
+        // Relu terms of a pair summed in the backend's f32 lanes.
+        loss += 2.0 * (n as f64 / 8.0 + 5.0) * U * terms;
+    }
+    let gemm = if all {
+        2.0 * ((2.0 * n as f64 + 4.0) * (8.0 * df).sqrt() + 8.0 * df + 16.0) * U
+    } else {
+        0.0
+    };
+    let grad = (0..n)
+        .map(|r| {
+            8.0 * (m[r] as f64 + df + 16.0) * EPS * g[r] + gemm * g[r] + 2.0 * extra[r] + 1e-30
+        })
+        .collect();
+    Bounds {
+        loss: loss + 1e-30,
+        grad,
+        near_kink,
+        near_swap,
+    }
+}
+
+/// The batch loss with its gradient (fast or twin), checked against the loss-only call.
+fn batch_run(
+    x: Matrix<'_>,
+    labels: &[u32],
+    p: BatchParams,
+    fast: bool,
+    fill: f32,
+) -> (f32, usize, usize, Vec<f32>) {
+    let (n, d) = (x.rows(), x.dim());
+    let mut grad = vec![fill; x.len()];
+    let ws_len = if fast {
+        triplet_batch_loss_grad_workspace_len(n, d, p)
+    } else {
+        scalar::triplet_batch_loss_grad_workspace_len(n, d, p)
+    };
+    let mut ws = vec![fill; ws_len];
+    let out = if fast {
+        triplet_batch_loss_grad(x, labels, p, &mut grad, &mut ws)
+    } else {
+        scalar::triplet_batch_loss_grad(x, labels, p, &mut grad, &mut ws)
+    }
+    .unwrap();
+    let mut ws = vec![-fill; triplet_batch_loss_workspace_len(n, d, p)];
+    let fwd = if fast {
+        triplet_batch_loss(x, labels, p, &mut ws)
+    } else {
+        scalar::triplet_batch_loss(x, labels, p, &mut ws)
+    }
+    .unwrap();
+    assert_eq!(fwd, out, "loss-only and fused calls differ");
+    (out.loss, out.num_triplets, out.num_active, grad)
+}
+
+fn mined(x: Matrix<'_>, labels: &[u32], metric: Metric, m: Mining, fast: bool) -> Vec<Triplet> {
+    let mut out = vec![Triplet::default(); mine_triplets_count(labels, m).unwrap()];
+    let mut ws = vec![0.0; mining_workspace_len(x.rows(), x.dim())];
+    if fast {
+        mine_triplets(x, labels, metric, m, &mut out, &mut ws)
+    } else {
+        scalar::mine_triplets(x, labels, metric, m, &mut out, &mut ws)
+    }
+    .unwrap();
+    out
+}
+
+/// The twin's side of one batch-loss configuration (the same for every backend).
+struct BatchTwin {
+    p: BatchParams,
+    loss: f32,
+    count: usize,
+    active: usize,
+    grad: Vec<f32>,
+    mined: Vec<Triplet>,
+    bounds: Bounds,
+}
+
+fn batch_twin(b: &Batch, p: BatchParams) -> BatchTwin {
+    let (x, labels, n, d) = (b.x(), &b.labels[..], b.n, b.d);
+    let mut grad = vec![f32::NAN; n * d];
+    let mut ws = vec![f32::NAN; scalar::triplet_batch_loss_grad_workspace_len(n, d, p)];
+    let out = scalar::triplet_batch_loss_grad(x, labels, p, &mut grad, &mut ws).unwrap();
+    let (loss, count, active) = (out.loss, out.num_triplets, out.num_active);
+    let mined = mined(x, labels, p.metric, p.mining, false);
+    let tp = TripletParams::new()
+        .with_metric(p.metric)
+        .with_margin(p.margin)
+        .with_hinge(p.hinge)
+        .with_reduction(p.reduction);
+    let x64 = to64(&b.data);
+    let evals: Vec<Eval> = mined
+        .iter()
+        .map(|&t| eval_triplet(&x64, d, t, &tp))
+        .collect();
+    let bounds = bounds(&x64, n, d, &evals, &tp, p.mining == Mining::All);
+    BatchTwin {
+        p,
+        loss,
+        count,
+        active,
+        grad,
+        mined,
+        bounds,
+    }
+}
+
+/// Fast batch loss and gradient against the twin; returns whether the gradient was
+/// compared (not near a relu kink or, for semi-hard, a mining near-tie).
+fn check_batch(b: &Batch, twin: &BatchTwin, backend: Backend) -> bool {
+    let (x, labels, d, p) = (b.x(), &b.labels[..], b.d, twin.p);
+    let what = format!("{} {p:?} {}", backend.name(), b.name());
+    // NaN-filled buffers: every element the kernel reads must have been written first.
+    let (lf, kf, af, gf) = batch_run(x, labels, p, true, f32::NAN);
+    assert!(lf.is_finite() && gf.iter().all(|g| g.is_finite()), "{what}");
+    assert_eq!(kf, twin.count, "{what}: triplet count");
+    let same_choice = mined(x, labels, p.metric, p.mining, true) == twin.mined;
+    if b.exact(p.metric) {
+        assert!(same_choice, "{what}: mining differs on exact data");
+    }
+    let (bd, ls) = (&twin.bounds, twin.loss);
+    if bd.near_kink && p.reduction == Reduction::MeanNonzero {
+        return false;
+    }
+    // Batch-all and batch-hard losses are continuous in the distances; semi-hard only
+    // where both chose the same triplets.
+    if same_choice || p.mining != Mining::SemiHard {
+        assert!(
+            (f64::from(lf) - f64::from(ls)).abs() <= bd.loss,
+            "{what}: loss fast {lf} scalar {ls} tol {:e}",
+            bd.loss
+        );
+    }
+    if !same_choice || bd.near_kink {
+        return false;
+    }
+    assert_eq!(af, twin.active, "{what}: active terms");
+    assert_close(&format!("{what} grad"), &gf, &twin.grad, |k| bd.grad[k / d]);
+    true
+}
+
+#[test]
+fn batch_losses_match_scalar() {
+    let batches = batches();
+    // The twins' results and the bounds, once: they do not depend on the backend.
+    let mut cases = Vec::new();
+    for (i, b) in batches.iter().enumerate() {
+        for metric in METRICS {
+            for (mining, hinge, reduction) in [
+                (Mining::All, Hinge::Relu, Reduction::MeanNonzero),
+                (Mining::All, Hinge::SoftPlus, Reduction::Sum),
+                (Mining::BatchHard, Hinge::Relu, Reduction::Mean),
+                (Mining::SemiHard, Hinge::Relu, Reduction::Sum),
+            ] {
+                // The soft margin's batch-all path once per shape (its twin is slow).
+                if hinge == Hinge::SoftPlus && (b.ints || metric != Metric::Euclidean) {
+                    continue;
+                }
+                // Margins on the scale of the metric's distances; integers for exact
+                // data, so the relu kinks stay exact too.
+                let margin = match (metric, b.exact(metric)) {
+                    (Metric::Cosine, _) => 0.1,
+                    (_, true) => 1.0,
+                    (Metric::SquaredEuclidean, false) => 2.0,
+                    (_, false) => 0.3,
+                };
+                let p = BatchParams::new()
+                    .with_metric(metric)
+                    .with_mining(mining)
+                    .with_margin(margin)
+                    .with_hinge(hinge)
+                    .with_reduction(reduction);
+                cases.push((i, batch_twin(b, p)));
+            }
+        }
+    }
+    on_every_backend("triplet_batch_loss(_grad)", |backend| {
+        let mut grads = 0;
+        for (i, twin) in &cases {
+            grads += usize::from(check_batch(&batches[*i], twin, backend));
+        }
+        // Near-ties are rare on this data: most gradients are compared.
+        assert!(
+            2 * grads >= cases.len(),
+            "{}: {grads} of {} gradients compared",
+            backend.name(),
+            cases.len()
+        );
+    });
+}
+
+/// The explicit-triplet loss and gradient (swap, eps, both hinges) against the twin.
+#[test]
+fn margin_loss_matches_scalar() {
+    let batches = batches();
+    on_every_backend("triplet_margin_loss(_grad)", |backend| {
+        let (mut runs, mut grads) = (0, 0);
+        for b in &batches {
+            let (x, n, d) = (b.x(), b.n, b.d);
+            let mut next = xorshift(n as u64 * 1000 + d as u64);
+            let ts: Vec<Triplet> = (0..3 * n)
+                .map(|_| {
+                    let mut i = || (next() % n as u64) as u32;
+                    Triplet::new(i(), i(), i())
+                })
+                .collect();
+            let x64 = to64(&b.data);
+            for metric in METRICS {
+                for (swap, hinge, reduction) in [
+                    (false, Hinge::Relu, Reduction::Mean),
+                    (true, Hinge::SoftPlus, Reduction::Sum),
+                    (true, Hinge::Relu, Reduction::MeanNonzero),
+                ] {
+                    let eps: f32 = if metric == Metric::Cosine { 0.0 } else { 1e-6 };
+                    let p = TripletParams::new()
+                        .with_metric(metric)
+                        .with_margin(if metric == Metric::Cosine { 0.1 } else { 0.5 })
+                        .with_swap(swap)
+                        .with_eps(eps)
+                        .with_hinge(hinge)
+                        .with_reduction(reduction);
+                    let what = format!("{} {p:?} {}", backend.name(), b.name());
+                    let k = ts.len();
+                    let run = |fast: bool, fill: f32| {
+                        let (mut terms, mut grad) = (vec![fill; k], vec![fill; n * d]);
+                        let mut ws = vec![
+                            fill;
+                            if fast {
+                                triplet_margin_workspace_len(n, d)
+                            } else {
+                                scalar::triplet_margin_workspace_len(n, d)
+                            }
+                        ];
+                        let loss = if fast {
+                            triplet_margin_loss_grad(x, &ts, p, &mut terms, &mut grad, &mut ws)
+                        } else {
+                            scalar::triplet_margin_loss_grad(
+                                x, &ts, p, &mut terms, &mut grad, &mut ws,
+                            )
+                        }
+                        .unwrap();
+                        let mut terms2 = vec![-fill; k];
+                        let loss2 = if fast {
+                            triplet_margin_loss(x, &ts, p, &mut terms2, &mut ws)
+                        } else {
+                            scalar::triplet_margin_loss(x, &ts, p, &mut terms2, &mut ws)
+                        }
+                        .unwrap();
+                        assert_eq!(
+                            (loss.to_bits(), bits(&terms)),
+                            (loss2.to_bits(), bits(&terms2))
+                        );
+                        (loss, terms, grad)
+                    };
+                    let (lf, tf, gf) = run(true, f32::NAN);
+                    let (lf2, _, gf2) = run(true, 1e30);
+                    assert_eq!(
+                        (lf.to_bits(), bits(&gf)),
+                        (lf2.to_bits(), bits(&gf2)),
+                        "{what}"
+                    );
+                    let (ls, tsl, gs) = run(false, f32::NAN);
+                    let evals: Vec<Eval> =
+                        ts.iter().map(|&t| eval_triplet(&x64, d, t, &p)).collect();
+                    let bd = bounds(&x64, n, d, &evals, &p, false);
+                    runs += 1;
+                    if bd.near_kink && reduction == Reduction::MeanNonzero || bd.near_swap {
+                        continue;
+                    }
+                    assert!(
+                        (f64::from(lf) - f64::from(ls)).abs() <= bd.loss,
+                        "{what}: loss fast {lf} scalar {ls} tol {:e}",
+                        bd.loss
+                    );
+                    let eps = f64::from(eps);
+                    for (i, e) in evals.iter().enumerate() {
+                        let s =
+                            tdist_scale(metric, row(&x64, d, e.ap.0), row(&x64, d, e.ap.1), eps)
+                                + tdist_scale(
+                                    metric,
+                                    row(&x64, d, e.neg.0),
+                                    row(&x64, d, e.neg.1),
+                                    eps,
+                                )
+                                + f64::from(p.margin).abs();
+                        let tol = 4.0 * (d as f64 / 8.0 + 12.0) * EPS * s
+                            + 8.0 * EPS * f64::from(tsl[i].abs())
+                            + 1e-30;
+                        assert!(
+                            (f64::from(tf[i]) - f64::from(tsl[i])).abs() <= tol,
+                            "{what}: term {i}: fast {} scalar {} tol {tol:e}",
+                            tf[i],
+                            tsl[i]
+                        );
+                    }
+                    if !bd.near_kink {
+                        grads += 1;
+                        assert_close(&format!("{what} grad"), &gf, &gs, |k| bd.grad[k / d]);
+                    }
+                }
+            }
+        }
+        assert!(
+            2 * grads >= runs,
+            "{}: {grads} of {runs} gradients compared",
+            backend.name()
+        );
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Contrastive (as tests/variants.rs).
+
+/// `(hinge argument, term, slope)` of one pair.
+fn contrastive_term(p: &ContrastiveParams, positive: bool, d: f64) -> (f64, f64, f64) {
+    let (v, sign) = if positive {
+        (d - f64::from(p.pos_margin), 1.0)
+    } else {
+        (f64::from(p.neg_margin) - d, -1.0)
+    };
+    let h = v.max(0.0);
+    match p.form {
+        ContrastiveForm::Linear => (v, h, if v > 0.0 { sign } else { 0.0 }),
+        _ => (v, h * h, if v > 0.0 { 2.0 * sign * v } else { 0.0 }),
+    }
+}
+
+/// The documented bounds (`(d / 8 + n + 10) 2^-24` of the weighted absolute terms and
+/// gradient contributions, with the safety factor of tests/variants.rs), or `None` when a
+/// term sits within its error of the kink.
+fn contrastive_tolerances(
+    x: Matrix<'_>,
+    labels: &[u32],
+    metric: Metric,
+    p: &ContrastiveParams,
+) -> Option<(f64, Vec<f64>)> {
+    let (n, dim) = (x.rows(), x.dim());
+    let r = |i: usize| x.row(i).unwrap();
+    let k = 4.0 * EPS * (dim + 2 * n + 16) as f64;
+    let (mut pc, mut pa, mut nc, mut na) = (0, 0, 0, 0);
+    for i in 0..n {
+        for j in (0..n).filter(|&j| j != i) {
+            let pos = labels[i] == labels[j];
+            let (v, t, _) = contrastive_term(p, pos, dist64(metric, r(i), r(j)));
+            if v.abs() <= 4.0 * k * dist_scale(metric, r(i), r(j)) {
+                return None;
+            }
+            if pos {
+                pc += 1;
+                pa += usize::from(t > 0.0);
+            } else {
+                nc += 1;
+                na += usize::from(t > 0.0);
+            }
+        }
+    }
+    let inv = |k: usize| if k == 0 { 0.0 } else { 1.0 / k as f64 };
+    let (wp, wn) = match p.reduction {
+        ContrastiveReduction::MeanNonzeroPerPart => (inv(pa), inv(na)),
+        ContrastiveReduction::MeanPerPart => (inv(pc), inv(nc)),
+        ContrastiveReduction::Mean => (inv(pc + nc), inv(pc + nc)),
+        _ => (1.0, 1.0),
+    };
+    let mut loss = 1e-30;
+    let mut rows = vec![1e-30; n];
+    for i in 0..n {
+        for j in (0..n).filter(|&j| j != i) {
+            let pos = labels[i] == labels[j];
+            let w = if pos { wp } else { wn };
+            let sc = dist_scale(metric, r(i), r(j));
+            let (_, t, s) = contrastive_term(p, pos, dist64(metric, r(i), r(j)));
+            let slope_err = if p.form == ContrastiveForm::Squared {
+                2.0 * sc
+            } else {
+                0.0
+            };
+            loss += w * (t + s.abs() * sc);
+            rows[i] += 2.0 * w * (s.abs() + slope_err) * grad_scale(metric, r(i), r(j));
+        }
+    }
+    Some((k * loss, rows.into_iter().map(|v| k * v).collect()))
+}
+
+#[test]
+fn contrastive_matches_scalar() {
+    let batches = batches();
+    // The configurations, their bounds and the twin's results, once: they do not depend
+    // on the backend. `None` bounds: a pair at a kink (the configuration is skipped).
+    let mut cases = Vec::new();
+    for b in &batches {
+        let (x, labels, n, d) = (b.x(), &b.labels[..], b.n, b.d);
+        for metric in METRICS {
+            // Margins among the batch's own distances, both parts active, each in the
+            // middle of the widest gap between distances near its quantile: no pair sits
+            // at a kink.
+            let mut all: Vec<f64> = (0..n)
+                .flat_map(|i| (i + 1..n).map(move |j| (i, j)))
+                .map(|(i, j)| dist64(metric, x.row(i).unwrap(), x.row(j).unwrap()))
+                .collect();
+            all.sort_by(f64::total_cmp);
+            let in_gap = |q0: f64, q1: f64| {
+                let (i0, i1) = (
+                    (q0 * all.len() as f64) as usize,
+                    (q1 * all.len() as f64) as usize,
+                );
+                let w = all[i0..=i1]
+                    .windows(2)
+                    .max_by(|u, v| (u[1] - u[0]).total_cmp(&(v[1] - v[0])))
+                    .unwrap();
+                (0.5 * (w[0] + w[1])) as f32
+            };
+            let (pos_margin, neg_margin) = (in_gap(0.05, 0.3), in_gap(0.5, 0.8));
+            for (form, reduction) in [
+                (
+                    ContrastiveForm::Linear,
+                    ContrastiveReduction::MeanNonzeroPerPart,
+                ),
+                (ContrastiveForm::Squared, ContrastiveReduction::Sum),
+                (ContrastiveForm::Linear, ContrastiveReduction::Mean),
+            ] {
+                let p = ContrastiveParams::new(pos_margin, neg_margin)
+                    .with_form(form)
+                    .with_reduction(reduction);
+                let tol = contrastive_tolerances(x, labels, metric, &p);
+                let mut ws = vec![f32::NAN; scalar::contrastive_workspace_len(n, d)];
+                let mut gs = vec![f32::NAN; n * d];
+                let ls =
+                    scalar::contrastive_loss_grad(x, labels, metric, p, &mut gs, &mut ws).unwrap();
+                cases.push((b, metric, p, tol, ls, gs));
+            }
+        }
+    }
+    let checked = cases.iter().filter(|c| c.3.is_some()).count();
+    assert!(
+        2 * checked >= cases.len(),
+        "{checked} of {} compared",
+        cases.len()
+    );
+    on_every_backend("contrastive_loss(_grad)", |backend| {
+        for (b, metric, p, tol, ls, gs) in &cases {
+            let Some((loss_tol, row_tol)) = tol else {
+                continue;
+            };
+            let (x, labels, n, d, metric, p) = (b.x(), &b.labels[..], b.n, b.d, *metric, *p);
+            let what = format!("{} {metric:?} {p:?} {}", backend.name(), b.name());
+            let mut ws = vec![f32::NAN; contrastive_workspace_len(n, d)];
+            let mut gf = vec![f32::NAN; n * d];
+            let lf = contrastive_loss_grad(x, labels, metric, p, &mut gf, &mut ws).unwrap();
+            ws.fill(-3.5);
+            let lf2 = contrastive_loss(x, labels, metric, p, &mut ws).unwrap();
+            assert_eq!(lf.to_bits(), lf2.to_bits(), "{what}: loss-only call");
+            assert!(
+                (f64::from(lf) - f64::from(*ls)).abs() <= *loss_tol,
+                "{what}: loss fast {lf} scalar {ls} tol {loss_tol:e}"
+            );
+            assert_close(&format!("{what} grad"), &gf, gs, |k| row_tol[k / d]);
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Quadruplet: the miner, then the loss over its quadruplets (as tests/variants.rs).
+
+/// `mine_quadruplets` against the twin (exact data) or against its rule up to the
+/// distance bound; returns the fast kernel's quadruplets.
+fn check_mined_quadruplets(b: &Batch, metric: Metric, backend: Backend) -> Vec<Quadruplet> {
+    let (x, labels, n) = (b.x(), &b.labels[..], b.n);
+    let what = format!(
+        "{} mine_quadruplets {metric:?} {}",
+        backend.name(),
+        b.name()
+    );
+    let count = mine_quadruplets_count(labels);
+    let mut ws = vec![f32::NAN; mine_quadruplets_workspace_len(n, b.d)];
+    let (mut fast, mut twin) = (
+        vec![Quadruplet::default(); count],
+        vec![Quadruplet::default(); count],
+    );
+    assert_eq!(
+        mine_quadruplets(x, labels, metric, &mut fast, &mut ws).unwrap(),
+        count
+    );
+    assert_eq!(
+        scalar::mine_quadruplets(x, labels, metric, &mut twin, &mut ws).unwrap(),
+        count
+    );
+    if b.exact(metric) {
+        assert_eq!(fast, twin, "{what}");
+        return fast;
+    }
+    let r = |i: usize| x.row(i).unwrap();
+    let dd = |i: usize, j: usize| dist64(metric, r(i), r(j));
+    let tol = |i: usize, j: usize| mining_tol(metric, r(i), r(j));
+    for (f, t) in fast.iter().zip(&twin) {
+        assert_eq!(f.anchor, t.anchor, "{what}");
+        let [a, p, n1, n2] = f.to_array().map(|v| v as usize);
+        assert!(p != a && labels[p] == labels[a], "{what}: {f:?}");
+        assert!(labels[n1] != labels[a], "{what}: {f:?}");
+        assert!(
+            labels[n2] != labels[a] && labels[n2] != labels[n1],
+            "{what}: {f:?}"
+        );
+        for j in 0..n {
+            if j != a && labels[j] == labels[a] {
+                assert!(
+                    dd(a, p) + tol(a, p) + tol(a, j) >= dd(a, j),
+                    "{what}: farthest positive"
+                );
+            }
+            if labels[j] != labels[a] {
+                assert!(
+                    dd(a, n1) <= dd(a, j) + tol(a, n1) + tol(a, j),
+                    "{what}: nearest negative"
+                );
+                if labels[j] != labels[n1] {
+                    assert!(
+                        dd(n1, n2) <= dd(n1, j) + tol(n1, n2) + tol(n1, j),
+                        "{what}: nearest third-class row"
+                    );
+                }
+            }
+        }
+    }
+    fast
+}
+
+fn softplus(v: f64) -> f64 {
+    v.max(0.0) + (-v.abs()).exp().ln_1p()
+}
+
+/// The documented bounds of `quadruplet_loss(_grad)` (tests/variants.rs), or `None` when
+/// a relu margin value sits within its error of the kink.
+fn quadruplet_tolerances(
+    x: Matrix<'_>,
+    quads: &[Quadruplet],
+    metric: Metric,
+    p: &QuadrupletParams,
+) -> Option<(f64, Vec<f64>)> {
+    let n = x.rows();
+    let r = |i: usize| x.row(i).unwrap();
+    let k = 4.0 * EPS * (x.dim() + quads.len() + 16) as f64;
+    let h = |v: f64| {
+        if p.hinge == Hinge::Relu {
+            v.max(0.0)
+        } else {
+            softplus(v)
+        }
+    };
+    let slope = |v: f64| slope64(p.hinge, v);
+    let eval = |q: &Quadruplet| {
+        let [a, pp, n1, n2] = q.to_array().map(|v| v as usize);
+        let pairs = [[a, pp], [a, n1], [n1, n2]];
+        let d = pairs.map(|[i, j]| dist64(metric, r(i), r(j)));
+        let sc = pairs.map(|[i, j]| dist_scale(metric, r(i), r(j)));
+        (
+            d[0] - d[1] + f64::from(p.margin1),
+            d[0] - d[2] + f64::from(p.margin2),
+            sc,
+            pairs,
+        )
+    };
+    let mut active = 0;
+    for q in quads {
+        let (v1, v2, sc, _) = eval(q);
+        let err = k * (sc[0] + sc[1] + sc[2]);
+        if p.hinge == Hinge::Relu && (v1.abs() <= 4.0 * err || v2.abs() <= 4.0 * err) {
+            return None;
+        }
+        active += usize::from(p.hinge == Hinge::SoftPlus || v1 > 0.0 || v2 > 0.0);
+    }
+    let w = match p.reduction {
+        Reduction::Sum => 1.0,
+        Reduction::Mean if !quads.is_empty() => 1.0 / quads.len() as f64,
+        Reduction::MeanNonzero if active > 0 => 1.0 / active as f64,
+        _ => 0.0,
+    };
+    let mut loss = 1e-30;
+    let mut rows = vec![1e-30; n];
+    for q in quads {
+        let (v1, v2, sc, pairs) = eval(q);
+        let vs = sc[0] + sc[1] + sc[2] + f64::from(p.margin1.abs() + p.margin2.abs());
+        loss += w * (h(v1) + h(v2) + 2.0 * vs);
+        let soft = if p.hinge == Hinge::SoftPlus {
+            0.5 * vs
+        } else {
+            0.0
+        };
+        let (s1, s2) = (slope(v1) + soft, slope(v2) + soft);
+        for ([i, j], c) in pairs.into_iter().zip([s1 + s2, s1, s2]) {
+            if i != j {
+                rows[i] += w * c * grad_scale(metric, r(i), r(j));
+                rows[j] += w * c * grad_scale(metric, r(j), r(i));
+            }
+        }
+    }
+    Some((k * loss, rows.into_iter().map(|v| k * v).collect()))
+}
+
+#[test]
+fn quadruplet_matches_scalar() {
+    let batches = batches();
+    on_every_backend("mine_quadruplets, quadruplet_loss(_grad)", |backend| {
+        let (mut runs, mut checked) = (0, 0);
+        for b in &batches {
+            let (x, n, d) = (b.x(), b.n, b.d);
+            for metric in METRICS {
+                let quads = check_mined_quadruplets(b, metric, backend);
+                let scale = (0..n)
+                    .map(|j| dist64(metric, x.row(0).unwrap(), x.row(j).unwrap()))
+                    .fold(0.0, f64::max) as f32;
+                for (hinge, reduction) in [
+                    (Hinge::Relu, Reduction::MeanNonzero),
+                    (Hinge::SoftPlus, Reduction::Mean),
+                ] {
+                    let p = QuadrupletParams::new(0.37 * scale, 0.19 * scale)
+                        .with_hinge(hinge)
+                        .with_reduction(reduction);
+                    let what = format!("{} {metric:?} {p:?} {}", backend.name(), b.name());
+                    runs += 1;
+                    let Some((loss_tol, row_tol)) = quadruplet_tolerances(x, &quads, metric, &p)
+                    else {
+                        continue;
+                    };
+                    checked += 1;
+                    let mut ws = vec![
+                        f32::NAN;
+                        quadruplet_workspace_len(n, d)
+                            .max(scalar::quadruplet_workspace_len(n, d))
+                    ];
+                    let (mut gf, mut gs) = (vec![f32::NAN; n * d], vec![f32::NAN; n * d]);
+                    let lf = quadruplet_loss_grad(x, &quads, metric, p, &mut gf, &mut ws).unwrap();
+                    ws.fill(1e30);
+                    assert_eq!(
+                        quadruplet_loss(x, &quads, metric, p, &mut ws)
+                            .unwrap()
+                            .to_bits(),
+                        lf.to_bits(),
+                        "{what}"
+                    );
+                    let ls = scalar::quadruplet_loss_grad(x, &quads, metric, p, &mut gs, &mut ws)
+                        .unwrap();
+                    assert!(
+                        (f64::from(lf) - f64::from(ls)).abs() <= loss_tol,
+                        "{what}: loss fast {lf} scalar {ls} tol {loss_tol:e}"
+                    );
+                    assert_close(&format!("{what} grad"), &gf, &gs, |k| row_tol[k / d]);
+                }
+            }
+        }
+        assert!(
+            2 * checked >= runs,
+            "{}: {checked} of {runs} compared",
+            backend.name()
+        );
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Proxy losses (as tests/variants.rs).
+
+#[derive(Clone, Copy, Debug)]
+enum Proxy {
+    Nca(ProxyNcaParams),
+    Anchor(ProxyAnchorParams),
+}
+
+impl Proxy {
+    fn ws_len(self, n: usize, c: usize, d: usize) -> usize {
+        match self {
+            Proxy::Nca(_) => {
+                proxy_nca_workspace_len(n, c, d).max(scalar::proxy_nca_workspace_len(n, c, d))
+            }
+            Proxy::Anchor(_) => {
+                proxy_anchor_workspace_len(n, c, d).max(scalar::proxy_anchor_workspace_len(n, c, d))
+            }
+        }
+    }
+
+    /// Loss and both gradients, fast or twin; checked against the loss-only call.
+    fn run(self, fast: bool, x: Matrix<'_>, l: &[u32], p: Matrix<'_>) -> (f32, Vec<f32>, Vec<f32>) {
+        let (n, c, d) = (x.rows(), p.rows(), x.dim());
+        let mut ws = vec![f32::NAN; self.ws_len(n, c, d)];
+        let (mut g, mut gp) = (vec![f32::NAN; n * d], vec![f32::NAN; c * d]);
+        let loss = match (self, fast) {
+            (Proxy::Nca(q), true) => proxy_nca_loss_grad(x, l, p, q, &mut g, &mut gp, &mut ws),
+            (Proxy::Nca(q), false) => {
+                scalar::proxy_nca_loss_grad(x, l, p, q, &mut g, &mut gp, &mut ws)
+            }
+            (Proxy::Anchor(q), true) => {
+                proxy_anchor_loss_grad(x, l, p, q, &mut g, &mut gp, &mut ws)
+            }
+            (Proxy::Anchor(q), false) => {
+                scalar::proxy_anchor_loss_grad(x, l, p, q, &mut g, &mut gp, &mut ws)
+            }
+        }
+        .unwrap();
+        ws.fill(-1e30);
+        let loss2 = match (self, fast) {
+            (Proxy::Nca(q), true) => proxy_nca_loss(x, l, p, q, &mut ws),
+            (Proxy::Nca(q), false) => scalar::proxy_nca_loss(x, l, p, q, &mut ws),
+            (Proxy::Anchor(q), true) => proxy_anchor_loss(x, l, p, q, &mut ws),
+            (Proxy::Anchor(q), false) => scalar::proxy_anchor_loss(x, l, p, q, &mut ws),
+        }
+        .unwrap();
+        assert_eq!(loss.to_bits(), loss2.to_bits(), "{self:?}: loss-only call");
+        (loss, g, gp)
+    }
+
+    /// `(loss tolerance, per-row factor, per-proxy factor)`; a row's gradient tolerance is
+    /// its factor over the row's clamped norm.
+    fn tolerances(self, n: usize, c: usize, d: usize) -> (f64, f64, f64) {
+        let base = (n + c + d + 24) as f64;
+        let dist_err = d as f64 / 8.0 + 12.0;
+        match self {
+            Proxy::Nca(q) => {
+                let s = f64::from(q.softmax_scale);
+                let k = 4.0 * EPS * (base + 4.0 * s * dist_err);
+                (
+                    k * (4.0 * s + (c as f64).ln() + 1.0),
+                    k * 16.0 * s / n as f64,
+                    k * 16.0 * s,
+                )
+            }
+            Proxy::Anchor(q) => {
+                let a = f64::from(q.alpha);
+                let m = f64::from(q.margin.abs());
+                let k = 4.0 * EPS * (base + a * (1.0 + m + dist_err));
+                (
+                    k * 2.0 * (a * (1.0 + m) + (n as f64 + 1.0).ln() + 1.0),
+                    k * 4.0 * a,
+                    k * 4.0 * a,
+                )
+            }
+        }
+    }
+}
+
+#[test]
+fn proxy_losses_match_scalar() {
+    let batches = batches();
+    on_every_backend(
+        "proxy_nca_loss(_grad), proxy_anchor_loss(_grad)",
+        |backend| {
+            for b in &batches {
+                let (x, n, d) = (b.x(), b.n, b.d);
+                // Proxy labels index the proxies: 9 classes, one without rows at n = 37.
+                let c = 9;
+                let labels: Vec<u32> = (0..n as u32)
+                    .map(|i| i * 4 % (c as u32 - u32::from(n == 37)))
+                    .collect();
+                let pd = values(c * d, 0x5eed + d as u64, b.ints);
+                let p = Matrix::new(&pd, c, d).unwrap();
+                for which in [
+                    Proxy::Nca(ProxyNcaParams::new(3.0)),
+                    Proxy::Nca(ProxyNcaParams::PYTORCH_METRIC_LEARNING),
+                    Proxy::Anchor(ProxyAnchorParams::PYTORCH_METRIC_LEARNING),
+                    Proxy::Anchor(ProxyAnchorParams::new(-0.2, 8.0)),
+                ] {
+                    let what = format!("{} {which:?} {}", backend.name(), b.name());
+                    let (lf, gf, gpf) = which.run(true, x, &labels, p);
+                    let (ls, gs, gps) = which.run(false, x, &labels, p);
+                    assert!(
+                        lf.is_finite() && gf.iter().chain(&gpf).all(|v| v.is_finite()),
+                        "{what}"
+                    );
+                    let (lt, rt, pt) = which.tolerances(n, c, d);
+                    assert!(
+                        (f64::from(lf) - f64::from(ls)).abs() <= lt,
+                        "{what}: loss {lf} vs {ls}, tol {lt:e}"
+                    );
+                    let rn: Vec<f64> = x.row_iter().map(|r| norm(r).max(1e-12)).collect();
+                    let pn: Vec<f64> = p.row_iter().map(|r| norm(r).max(1e-12)).collect();
+                    assert_close(&format!("{what} grad"), &gf, &gs, |k| {
+                        rt / rn[k / d] + 1e-30
+                    });
+                    assert_close(&format!("{what} grad_proxies"), &gpf, &gps, |k| {
+                        pt / pn[k / d] + 1e-30
+                    });
+                }
+            }
+        },
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Retrieval.
+
+/// The bound of `knn`'s distances (`(d / 8 + 10) 2^-24` times the distance's absolute
+/// terms, plus the twin's rounding), twice over.
+fn knn_tol(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
+    let d = a.len() as f64;
+    let s = match metric {
+        Metric::SquaredEuclidean => dist64(metric, a, b),
+        m => dist_scale(m, a, b),
+    };
+    2.0 * ((d / 8.0 + 10.0) * U * s + U * dist64(metric, a, b).abs()) + 1e-30
+}
+
+/// The gallery of a batch: `m` rows of the same kind of data, labelled like the batch.
+fn gallery(b: &Batch) -> (Vec<f32>, Vec<u32>, usize) {
+    let m = b.n + 13;
+    let yd = values(m * b.d, 0xfeed + b.n as u64, b.ints);
+    let yl = (0..m as u32).map(|i| (i * 3 % 7) * 31 + 3).collect();
+    (yd, yl, m)
+}
+
+#[test]
+fn knn_matches_scalar() {
+    let batches = batches();
+    on_every_backend("knn", |backend| {
+        for b in &batches {
+            let (x, d) = (b.x(), b.d);
+            let (yd, _, m) = gallery(b);
+            let y = Matrix::new(&yd, m, d).unwrap();
+            for (reference, refs) in [(None, b.n - 1), (Some(y), m)] {
+                for metric in METRICS {
+                    for k in [5, refs] {
+                        let what = format!(
+                            "{} knn {metric:?} k {k} gallery {} {}",
+                            backend.name(),
+                            reference.is_some(),
+                            b.name()
+                        );
+                        let q = b.n;
+                        let mut ws = vec![
+                            f32::NAN;
+                            knn_workspace_len(q, reference.map_or(q, |y| y.rows()), d)
+                        ];
+                        let (mut fi, mut fd) = (vec![7_u32; q * k], vec![f32::NAN; q * k]);
+                        knn(x, reference, metric, k, &mut fi, &mut fd, &mut ws).unwrap();
+                        let (mut si, mut sd) = (vec![7_u32; q * k], vec![f32::NAN; q * k]);
+                        scalar::knn(x, reference, metric, k, &mut si, &mut sd, &mut ws).unwrap();
+                        if b.exact(metric) {
+                            assert_eq!(fi, si, "{what}");
+                        }
+                        let r = |j: u32| reference.unwrap_or(x).row(j as usize).unwrap();
+                        for i in 0..q * k {
+                            let a = x.row(i / k).unwrap();
+                            // Rank by rank: the distances agree even where near-ties swap
+                            // two neighbours.
+                            let tol =
+                                knn_tol(metric, a, r(fi[i])).max(knn_tol(metric, a, r(si[i])));
+                            assert!(
+                                (f64::from(fd[i]) - f64::from(sd[i])).abs() <= 2.0 * tol,
+                                "{what}: rank {i}: fast {} ({}) scalar {} ({}) tol {tol:e}",
+                                fd[i],
+                                fi[i],
+                                sd[i],
+                                si[i]
+                            );
+                            let own = dist64(metric, a, r(fi[i]));
+                            assert!(
+                                (f64::from(fd[i]) - own).abs() <= tol,
+                                "{what}: rank {i} distance"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+#[test]
+fn retrieval_metrics_match_scalar() {
+    let batches = batches();
+    on_every_backend("retrieval_metrics", |backend| {
+        for b in &batches {
+            let (x, d) = (b.x(), b.d);
+            let (yd, yl, m) = gallery(b);
+            let y = Matrix::new(&yd, m, d).unwrap();
+            for (reference, refs) in [(None, b.n), (Some((y, &yl[..])), m)] {
+                for metric in METRICS {
+                    let k = 5;
+                    let what = format!(
+                        "{} retrieval_metrics {metric:?} gallery {} {}",
+                        backend.name(),
+                        reference.is_some(),
+                        b.name()
+                    );
+                    let mut ws = vec![f32::NAN; retrieval_metrics_workspace_len(b.n, refs, d)];
+                    let f = retrieval_metrics(x, &b.labels, reference, metric, k, &mut ws).unwrap();
+                    let s = scalar::retrieval_metrics(x, &b.labels, reference, metric, k, &mut ws)
+                        .unwrap();
+                    assert_eq!(f.evaluated, s.evaluated, "{what}");
+                    // Each query can change only where two of its references are within the
+                    // distance bound of each other (none on exact data).
+                    let ambiguous = if b.exact(metric) {
+                        0
+                    } else {
+                        (0..b.n)
+                            .filter(|&i| {
+                                let a = x.row(i).unwrap();
+                                let (rows, own): (Vec<&[f32]>, bool) = match reference {
+                                    Some((y, _)) => (y.row_iter().collect(), false),
+                                    None => (x.row_iter().collect(), true),
+                                };
+                                let mut ds: Vec<(f64, f64)> = rows
+                                    .iter()
+                                    .enumerate()
+                                    .filter(|&(j, _)| !(own && j == i))
+                                    .map(|(_, r)| (dist64(metric, a, r), knn_tol(metric, a, r)))
+                                    .collect();
+                                ds.sort_by(|u, v| u.0.total_cmp(&v.0));
+                                ds.windows(2).any(|w| w[1].0 - w[0].0 <= w[0].1 + w[1].1)
+                            })
+                            .count()
+                    };
+                    let tol = ambiguous as f64 / f.evaluated.max(1) as f64 + 1e-12;
+                    for (name, fv, sv) in [
+                        ("precision_at_1", f.precision_at_1, s.precision_at_1),
+                        ("recall_at_k", f.recall_at_k, s.recall_at_k),
+                        ("r_precision", f.r_precision, s.r_precision),
+                        (
+                            "map_at_r",
+                            f.mean_average_precision_at_r,
+                            s.mean_average_precision_at_r,
+                        ),
+                    ] {
+                        if b.exact(metric) {
+                            assert_eq!(fv, sv, "{what}: {name}");
+                        }
+                        assert!(
+                            (fv - sv).abs() <= tol,
+                            "{what}: {name} fast {fv} scalar {sv} tol {tol}"
+                        );
+                    }
+                }
+            }
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Row kernels.
+
+#[test]
+fn row_kernels_match_scalar() {
+    let batches = batches();
+    on_every_backend("row_norms, l2_normalize(_backward)", |_| {
+        for b in &batches {
+            check_row_kernels(b.x());
+        }
+    });
+}
+
+/// More rows than one tile of the batch-hard sweep and one block of the row-wise minings
+/// (256): off-diagonal tiles and a second block, under every backend.
+#[test]
+fn tiles_and_blocks_match_scalar() {
+    let (n, d) = (261, 5);
+    let batches: Vec<Batch> = [false, true]
+        .into_iter()
+        .map(|ints| Batch {
+            n,
+            d,
+            data: values(n * d, 0x7_11e5, ints),
+            labels: (0..n as u32).map(|i| (i * 5 % 7) * 31 + 3).collect(),
+            ints,
+        })
+        .collect();
+    // Real data: Euclidean and cosine; integer data (exact decisions): squared Euclidean.
+    let metrics = |b: &Batch| -> &'static [Metric] {
+        if b.ints {
+            &METRICS[..1]
+        } else {
+            &METRICS[1..]
+        }
+    };
+    let mut cases = Vec::new();
+    for (i, b) in batches.iter().enumerate() {
+        for (metric, mining, margin) in [
+            (Metric::Euclidean, Mining::BatchHard, 0.3),
+            (Metric::SquaredEuclidean, Mining::SemiHard, 1.0),
+            (Metric::Cosine, Mining::BatchHard, 0.1),
+        ] {
+            if !metrics(b).contains(&metric) {
+                continue;
+            }
+            let p = BatchParams::new()
+                .with_metric(metric)
+                .with_mining(mining)
+                .with_margin(margin)
+                .with_reduction(Reduction::Mean);
+            cases.push((i, batch_twin(b, p)));
+        }
+    }
+    // Batch-all mining reads the labels only (and lists 2.1e6 triplets here).
+    let twins = mined_twins(&batches, metrics, &[Mining::BatchHard, Mining::SemiHard]);
+    on_every_backend("tiles and blocks", |backend| {
+        for (b, twin) in &twins {
+            check_mined(b, twin, backend);
+        }
+        for (i, twin) in &cases {
+            check_batch(&batches[*i], twin, backend);
+        }
+    });
+}
