@@ -538,6 +538,9 @@ fn batch_gradients_of_subnormal_distances_are_finite() {
         scalar::triplet_batch_loss_grad(x, &[0, 0, 1], p, &mut t, &mut w).unwrap();
         assert!(g.iter().all(|v| v.is_finite()), "{mining:?}: {g:?}");
         let t64: Vec<f64> = t.iter().map(|&v| f64::from(v)).collect();
-        assert!(max_err(&g, &t64) <= 8.0 * U, "{mining:?}: fast {g:?} twin {t:?}");
+        assert!(
+            max_err(&g, &t64) <= 8.0 * U,
+            "{mining:?}: fast {g:?} twin {t:?}"
+        );
     }
 }
