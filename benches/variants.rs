@@ -8,11 +8,11 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 use triplet_kernels::{
-    contrastive_loss_grad, contrastive_workspace_len, mine_quadruplets, mine_quadruplets_count,
-    mine_quadruplets_workspace_len, proxy_anchor_loss_grad, proxy_anchor_workspace_len,
-    proxy_nca_loss_grad, proxy_nca_workspace_len, quadruplet_loss_grad, quadruplet_workspace_len,
-    scalar, ContrastiveParams, Matrix, Metric, ProxyAnchorParams, ProxyNcaParams, Quadruplet,
-    QuadrupletParams,
+    contrastive_loss_grad, contrastive_loss_workspace_len, mine_quadruplets,
+    mine_quadruplets_count, mine_quadruplets_workspace_len, proxy_anchor_loss_grad,
+    proxy_anchor_loss_workspace_len, proxy_nca_loss_grad, proxy_nca_loss_workspace_len,
+    quadruplet_loss_grad, quadruplet_loss_workspace_len, scalar, ContrastiveParams, Matrix, Metric,
+    ProxyAnchorParams, ProxyNcaParams, Quadruplet, QuadrupletParams,
 };
 
 const N: usize = 256;
@@ -51,8 +51,11 @@ fn contrastive(c: &mut Criterion) {
     let x = Matrix::new(&xd, N, D).unwrap();
     let labels = labels();
     let mut grad = vec![0.0_f32; N * D];
-    let mut ws =
-        vec![0.0_f32; contrastive_workspace_len(N, D).max(scalar::contrastive_workspace_len(N, D))];
+    let mut ws = vec![
+        0.0_f32;
+        contrastive_loss_workspace_len(N, D)
+            .max(scalar::contrastive_loss_workspace_len(N, D))
+    ];
     g.throughput(Throughput::Elements((N * (N - 1)) as u64));
     for (metric, params) in [
         (Metric::Euclidean, ContrastiveParams::new(0.0, 16.0)),
@@ -107,8 +110,11 @@ fn quadruplet(c: &mut Criterion) {
 
     let params = QuadrupletParams::new(1.0, 0.5);
     let mut grad = vec![0.0_f32; N * D];
-    let mut ws =
-        vec![0.0_f32; quadruplet_workspace_len(N, D).max(scalar::quadruplet_workspace_len(N, D))];
+    let mut ws = vec![
+        0.0_f32;
+        quadruplet_loss_workspace_len(N, D)
+            .max(scalar::quadruplet_loss_workspace_len(N, D))
+    ];
     g.throughput(Throughput::Elements((3 * k) as u64));
     g.bench_function(BenchmarkId::new("fast", &id), |b| {
         b.iter(|| {
@@ -140,7 +146,8 @@ fn proxies(c: &mut Criterion) {
     let params = ProxyNcaParams::PYTORCH_METRIC_LEARNING;
     let mut ws = vec![
         0.0_f32;
-        proxy_nca_workspace_len(N, C, D).max(scalar::proxy_nca_workspace_len(N, C, D))
+        proxy_nca_loss_workspace_len(N, C, D)
+            .max(scalar::proxy_nca_loss_workspace_len(N, C, D))
     ];
     g.bench_function(BenchmarkId::new("fast", &id), |b| {
         b.iter(|| {
@@ -178,8 +185,8 @@ fn proxies(c: &mut Criterion) {
     let params = ProxyAnchorParams::PYTORCH_METRIC_LEARNING;
     let mut ws = vec![
         0.0_f32;
-        proxy_anchor_workspace_len(N, C, D)
-            .max(scalar::proxy_anchor_workspace_len(N, C, D))
+        proxy_anchor_loss_workspace_len(N, C, D)
+            .max(scalar::proxy_anchor_loss_workspace_len(N, C, D))
     ];
     g.bench_function(BenchmarkId::new("fast", &id), |b| {
         b.iter(|| {

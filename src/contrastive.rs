@@ -219,7 +219,7 @@ impl Default for ContrastiveParams {
 /// Workspace elements that [`contrastive_loss`] and [`contrastive_loss_grad`] need for
 /// `rows` embeddings of dimension `dim`: `rows` norms plus the `rows (rows - 1) / 2`
 /// distances of the unordered pairs. Saturates instead of overflowing.
-pub const fn contrastive_workspace_len(rows: usize, dim: usize) -> usize {
+pub const fn contrastive_loss_workspace_len(rows: usize, dim: usize) -> usize {
     let _ = dim;
     let pairs = if rows.is_multiple_of(2) {
         (rows / 2).saturating_mul(rows.saturating_sub(1))
@@ -227,6 +227,12 @@ pub const fn contrastive_workspace_len(rows: usize, dim: usize) -> usize {
         rows.saturating_mul(rows.saturating_sub(1) / 2)
     };
     rows.saturating_add(pairs)
+}
+
+/// Deprecated name of [`contrastive_loss_workspace_len`].
+#[deprecated(since = "0.2.0", note = "renamed to `contrastive_loss_workspace_len`")]
+pub const fn contrastive_workspace_len(rows: usize, dim: usize) -> usize {
+    contrastive_loss_workspace_len(rows, dim)
 }
 
 /// Validates the arguments of a contrastive kernel in the documented order; returns `n`.
@@ -241,7 +247,7 @@ pub(crate) fn check_contrastive(
     if let Some(g) = grad {
         check_len("grad", x.len(), g)?;
     }
-    check_workspace(contrastive_workspace_len(n, x.dim()), workspace)?;
+    check_workspace(contrastive_loss_workspace_len(n, x.dim()), workspace)?;
     params.validate()?;
     check_rows(x, false)?;
     Ok(n)
@@ -339,7 +345,7 @@ impl Parts {
 /// without any term (one row; no positive or no negative pair) is 0 with a zero gradient.
 ///
 /// `labels` has one arbitrary id per row, compared for equality only. `workspace` needs
-/// [`contrastive_workspace_len`]`(rows, dim)` elements, garbage before and after.
+/// [`contrastive_loss_workspace_len`]`(rows, dim)` elements, garbage before and after.
 ///
 /// # Errors
 ///
@@ -370,12 +376,12 @@ impl Parts {
 ///
 /// ```
 /// use triplet_kernels::{
-///     contrastive_loss, contrastive_workspace_len, ContrastiveParams, Matrix, Metric,
+///     contrastive_loss, contrastive_loss_workspace_len, ContrastiveParams, Matrix, Metric,
 /// };
 /// // Two classes on a line: 0 and 1 are positives at distance 1, 2 is a negative.
 /// let x = Matrix::new(&[0.0, 1.0, 1.5], 3, 1)?;
 /// let labels = [7, 7, 9];
-/// let mut ws = [0.0_f32; contrastive_workspace_len(3, 1)];
+/// let mut ws = [0.0_f32; contrastive_loss_workspace_len(3, 1)];
 /// let params = ContrastiveParams::new(0.5, 1.0);
 /// let loss = contrastive_loss(x, &labels, Metric::Euclidean, params, &mut ws)?;
 /// // positive part: relu(1 - 0.5) = 0.5; negative part: relu(1 - 0.5) = 0.5 (pair 1, 2),
@@ -419,12 +425,12 @@ pub fn contrastive_loss(
 ///
 /// ```
 /// use triplet_kernels::{
-///     contrastive_loss_grad, contrastive_workspace_len, ContrastiveParams, Matrix, Metric,
+///     contrastive_loss_grad, contrastive_loss_workspace_len, ContrastiveParams, Matrix, Metric,
 /// };
 /// let x = Matrix::new(&[0.0, 2.0], 2, 1)?;
 /// let labels = [1, 1];
 /// let mut grad = [0.0_f32; 2];
-/// let mut ws = [0.0_f32; contrastive_workspace_len(2, 1)];
+/// let mut ws = [0.0_f32; contrastive_loss_workspace_len(2, 1)];
 /// let loss = contrastive_loss_grad(
 ///     x, &labels, Metric::Euclidean, ContrastiveParams::new(0.0, 1.0), &mut grad, &mut ws,
 /// )?;

@@ -55,7 +55,7 @@
 //! - **Scalar twins**: [`scalar`] holds, for every fast kernel, a function of the same name
 //!   and arguments: the textbook formula, every distance, sum and gradient element
 //!   accumulated in `f64` and rounded to `f32` once. They return the fast kernel's errors,
-//!   except that a gradient twin may need a longer workspace, given by
+//!   except that a gradient twin or a retrieval twin may need another workspace, given by
 //!   `scalar::<kernel>_workspace_len` where it differs. Each fast kernel's `# Numerics`
 //!   section bounds its distance from the twin.
 //!
@@ -121,22 +121,22 @@ pub use distance::{
 pub use error::Error;
 pub use matrix::Matrix;
 pub use mining::{
-    hardest_pairs, mine_triplets, mine_triplets_count, mining_workspace_len, Mining, Triplet,
-    NO_INDEX,
+    hardest_pairs, hardest_pairs_workspace_len, mine_triplets, mine_triplets_count,
+    mine_triplets_workspace_len, Mining, Triplet, NO_INDEX,
 };
 pub use reduce::{hinge_reduce, hinge_reduce_grad, Hinge, Reduction};
 
 pub use contrastive::{
-    contrastive_loss, contrastive_loss_grad, contrastive_workspace_len, ContrastiveForm,
+    contrastive_loss, contrastive_loss_grad, contrastive_loss_workspace_len, ContrastiveForm,
     ContrastiveParams, ContrastiveReduction,
 };
 pub use proxy::{
-    proxy_anchor_loss, proxy_anchor_loss_grad, proxy_anchor_workspace_len, proxy_nca_loss,
-    proxy_nca_loss_grad, proxy_nca_workspace_len, ProxyAnchorParams, ProxyNcaParams,
+    proxy_anchor_loss, proxy_anchor_loss_grad, proxy_anchor_loss_workspace_len, proxy_nca_loss,
+    proxy_nca_loss_grad, proxy_nca_loss_workspace_len, ProxyAnchorParams, ProxyNcaParams,
 };
 pub use quadruplet::{
     mine_quadruplets, mine_quadruplets_count, mine_quadruplets_workspace_len, quadruplet_loss,
-    quadruplet_loss_grad, quadruplet_workspace_len, Quadruplet, QuadrupletParams,
+    quadruplet_loss_grad, quadruplet_loss_workspace_len, Quadruplet, QuadrupletParams,
 };
 pub use retrieval::{
     knn, knn_workspace_len, retrieval_metrics, retrieval_metrics_workspace_len, RetrievalMetrics,
@@ -145,11 +145,23 @@ pub use simd::{reset_backend, set_backend, Backend};
 pub use triplet::{
     triplet_batch_loss, triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
     triplet_batch_loss_workspace_len, triplet_margin_loss, triplet_margin_loss_grad,
-    triplet_margin_workspace_len, BatchLoss, BatchParams, TripletParams,
+    triplet_margin_loss_workspace_len, BatchLoss, BatchParams, TripletParams,
 };
 pub use verification::{
     verification_metrics, verification_metrics_workspace_len, Score, VerificationMetrics,
 };
+
+// The 0.1 names of the workspace queries, deprecated for one release.
+#[allow(deprecated)]
+pub use contrastive::contrastive_workspace_len;
+#[allow(deprecated)]
+pub use mining::mining_workspace_len;
+#[allow(deprecated)]
+pub use proxy::{proxy_anchor_workspace_len, proxy_nca_workspace_len};
+#[allow(deprecated)]
+pub use quadruplet::quadruplet_workspace_len;
+#[allow(deprecated)]
+pub use triplet::triplet_margin_workspace_len;
 
 /// The README's Rust examples, compiled and run by `cargo test --doc`; not part of the
 /// API (the item exists only when rustdoc collects doctests).

@@ -120,7 +120,7 @@ impl Default for ProxyAnchorParams {
 /// Workspace elements that [`proxy_nca_loss`] and [`proxy_nca_loss_grad`] need for `rows`
 /// embeddings, `classes` proxies and dimension `dim`: `2 classes dim + 2 classes + 2 dim`
 /// (independent of `rows`). Saturates instead of overflowing.
-pub const fn proxy_nca_workspace_len(rows: usize, classes: usize, dim: usize) -> usize {
+pub const fn proxy_nca_loss_workspace_len(rows: usize, classes: usize, dim: usize) -> usize {
     let _ = rows;
     classes
         .saturating_mul(dim)
@@ -129,15 +129,27 @@ pub const fn proxy_nca_workspace_len(rows: usize, classes: usize, dim: usize) ->
         .saturating_add(dim.saturating_mul(2))
 }
 
+/// Deprecated name of [`proxy_nca_loss_workspace_len`].
+#[deprecated(since = "0.2.0", note = "renamed to `proxy_nca_loss_workspace_len`")]
+pub const fn proxy_nca_workspace_len(rows: usize, classes: usize, dim: usize) -> usize {
+    proxy_nca_loss_workspace_len(rows, classes, dim)
+}
+
 /// Workspace elements that [`proxy_anchor_loss`] and [`proxy_anchor_loss_grad`] need for
 /// `rows` embeddings, `classes` proxies and dimension `dim`:
 /// `2 classes dim + rows classes + 2 dim`. Saturates instead of overflowing.
-pub const fn proxy_anchor_workspace_len(rows: usize, classes: usize, dim: usize) -> usize {
+pub const fn proxy_anchor_loss_workspace_len(rows: usize, classes: usize, dim: usize) -> usize {
     classes
         .saturating_mul(dim)
         .saturating_mul(2)
         .saturating_add(rows.saturating_mul(classes))
         .saturating_add(dim.saturating_mul(2))
+}
+
+/// Deprecated name of [`proxy_anchor_loss_workspace_len`].
+#[deprecated(since = "0.2.0", note = "renamed to `proxy_anchor_loss_workspace_len`")]
+pub const fn proxy_anchor_workspace_len(rows: usize, classes: usize, dim: usize) -> usize {
+    proxy_anchor_loss_workspace_len(rows, classes, dim)
 }
 
 /// Shape checks shared by both proxy losses (first half of the documented order).
@@ -195,7 +207,7 @@ pub(crate) fn check_nca(
     grads: Option<(usize, usize)>,
     workspace: usize,
 ) -> Result<(), Error> {
-    let required = proxy_nca_workspace_len(x.rows(), proxies.rows(), x.dim());
+    let required = proxy_nca_loss_workspace_len(x.rows(), proxies.rows(), x.dim());
     check_proxy_shapes(x, labels, proxies, grads, required, workspace)?;
     params.validate()?;
     check_proxy_data(x, labels, proxies)
@@ -210,7 +222,7 @@ pub(crate) fn check_anchor(
     grads: Option<(usize, usize)>,
     workspace: usize,
 ) -> Result<(), Error> {
-    let required = proxy_anchor_workspace_len(x.rows(), proxies.rows(), x.dim());
+    let required = proxy_anchor_loss_workspace_len(x.rows(), proxies.rows(), x.dim());
     check_proxy_shapes(x, labels, proxies, grads, required, workspace)?;
     params.validate()?;
     check_proxy_data(x, labels, proxies)
@@ -339,7 +351,7 @@ fn nca(
 /// ```
 ///
 /// `labels[i]` is the index of row `i`'s proxy, in `0..proxies.rows()`. `workspace` needs
-/// [`proxy_nca_workspace_len`]`(rows, classes, dim)` elements, garbage before and after.
+/// [`proxy_nca_loss_workspace_len`]`(rows, classes, dim)` elements, garbage before and after.
 ///
 /// pytorch-metric-learning drops the rows whose softmax probability underflows to exactly
 /// 0 in floating point; this kernel computes the log-softmax directly and keeps them (the
@@ -367,11 +379,11 @@ fn nca(
 /// # Example
 ///
 /// ```
-/// use triplet_kernels::{proxy_nca_loss, proxy_nca_workspace_len, Matrix, ProxyNcaParams};
+/// use triplet_kernels::{proxy_nca_loss, proxy_nca_loss_workspace_len, Matrix, ProxyNcaParams};
 /// let x = Matrix::new(&[1.0, 0.0, 0.0, 2.0], 2, 2)?;
 /// let proxies = Matrix::new(&[3.0, 0.0, 0.0, 1.0], 2, 2)?;
 /// let labels = [0, 1]; // each row sits on its own proxy: q = 0 to it, 2 to the other
-/// let mut ws = [0.0_f32; proxy_nca_workspace_len(2, 2, 2)];
+/// let mut ws = [0.0_f32; proxy_nca_loss_workspace_len(2, 2, 2)];
 /// let loss = proxy_nca_loss(x, &labels, proxies, ProxyNcaParams::new(1.0), &mut ws)?;
 /// let want = (1.0_f32 + (-2.0_f32).exp()).ln(); // -ln(1 / (1 + e^-2))
 /// assert!((loss - want).abs() < 1e-6);
@@ -424,11 +436,11 @@ pub fn proxy_nca_loss(
 /// # Example
 ///
 /// ```
-/// use triplet_kernels::{proxy_nca_loss_grad, proxy_nca_workspace_len, Matrix, ProxyNcaParams};
+/// use triplet_kernels::{proxy_nca_loss_grad, proxy_nca_loss_workspace_len, Matrix, ProxyNcaParams};
 /// let x = Matrix::new(&[1.0, 0.0, 0.0, 2.0], 2, 2)?;
 /// let proxies = Matrix::new(&[3.0, 0.0, 0.0, 1.0], 2, 2)?;
 /// let (mut g, mut gp) = ([0.0_f32; 4], [0.0_f32; 4]);
-/// let mut ws = [0.0_f32; proxy_nca_workspace_len(2, 2, 2)];
+/// let mut ws = [0.0_f32; proxy_nca_loss_workspace_len(2, 2, 2)];
 /// let params = ProxyNcaParams::new(1.0);
 /// let loss = proxy_nca_loss_grad(x, &[0, 1], proxies, params, &mut g, &mut gp, &mut ws)?;
 /// assert!(loss > 0.0);
@@ -583,7 +595,7 @@ fn anchor(
 ///
 /// `labels[i]` is the index of row `i`'s proxy, in `0..proxies.rows()`. The positive part
 /// is averaged over the proxies that have at least one row in the batch, the negative part
-/// over all `C` proxies. `workspace` needs [`proxy_anchor_workspace_len`]`(rows, classes,
+/// over all `C` proxies. `workspace` needs [`proxy_anchor_loss_workspace_len`]`(rows, classes,
 /// dim)` elements, garbage before and after.
 ///
 /// # Errors
@@ -609,10 +621,10 @@ fn anchor(
 /// # Example
 ///
 /// ```
-/// use triplet_kernels::{proxy_anchor_loss, proxy_anchor_workspace_len, Matrix, ProxyAnchorParams};
+/// use triplet_kernels::{proxy_anchor_loss, proxy_anchor_loss_workspace_len, Matrix, ProxyAnchorParams};
 /// let x = Matrix::new(&[1.0, 0.0], 1, 2)?;
 /// let proxies = Matrix::new(&[2.0, 0.0, 0.0, 5.0], 2, 2)?;
-/// let mut ws = [0.0_f32; proxy_anchor_workspace_len(1, 2, 2)];
+/// let mut ws = [0.0_f32; proxy_anchor_loss_workspace_len(1, 2, 2)];
 /// let params = ProxyAnchorParams::new(0.1, 32.0);
 /// let loss = proxy_anchor_loss(x, &[0], proxies, params, &mut ws)?;
 /// // s = 1 with proxy 0 (positive), s = 0 with proxy 1 (negative, one of C = 2 proxies).
@@ -669,12 +681,12 @@ pub fn proxy_anchor_loss(
 ///
 /// ```
 /// use triplet_kernels::{
-///     proxy_anchor_loss_grad, proxy_anchor_workspace_len, Matrix, ProxyAnchorParams,
+///     proxy_anchor_loss_grad, proxy_anchor_loss_workspace_len, Matrix, ProxyAnchorParams,
 /// };
 /// let x = Matrix::new(&[1.0, 1.0], 1, 2)?;
 /// let proxies = Matrix::new(&[1.0, 0.0, 0.0, 1.0], 2, 2)?;
 /// let (mut g, mut gp) = ([0.0_f32; 2], [0.0_f32; 4]);
-/// let mut ws = [0.0_f32; proxy_anchor_workspace_len(1, 2, 2)];
+/// let mut ws = [0.0_f32; proxy_anchor_loss_workspace_len(1, 2, 2)];
 /// let params = ProxyAnchorParams::PYTORCH_METRIC_LEARNING;
 /// proxy_anchor_loss_grad(x, &[0], proxies, params, &mut g, &mut gp, &mut ws)?;
 /// // The row is pulled towards proxy 0 (first axis) and away from proxy 1 (second).

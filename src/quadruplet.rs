@@ -171,9 +171,15 @@ impl QuadrupletParams {
 
 /// Workspace elements that [`quadruplet_loss`] and [`quadruplet_loss_grad`] need for
 /// `rows` embeddings of dimension `dim` (the row norms). Saturates instead of overflowing.
-pub const fn quadruplet_workspace_len(rows: usize, dim: usize) -> usize {
+pub const fn quadruplet_loss_workspace_len(rows: usize, dim: usize) -> usize {
     let _ = dim;
     rows
+}
+
+/// Deprecated name of [`quadruplet_loss_workspace_len`].
+#[deprecated(since = "0.2.0", note = "renamed to `quadruplet_loss_workspace_len`")]
+pub const fn quadruplet_workspace_len(rows: usize, dim: usize) -> usize {
+    quadruplet_loss_workspace_len(rows, dim)
 }
 
 /// `Err(IndexOutOfRange)` for the first index `>= rows`; the position is the flat one,
@@ -207,7 +213,7 @@ pub(crate) fn check_quadruplet(
     if let Some(g) = grad {
         check_len("grad", x.len(), g)?;
     }
-    check_workspace(quadruplet_workspace_len(x.rows(), x.dim()), workspace)?;
+    check_workspace(quadruplet_loss_workspace_len(x.rows(), x.dim()), workspace)?;
     params.validate()?;
     check_indices(quadruplets, x.rows())?;
     check_rows(x, false)
@@ -344,7 +350,7 @@ fn quadruplet_impl(
 /// not checked: any indices below `rows` are accepted, repeated ones included.
 ///
 /// An empty `quadruplets` gives 0. `workspace` needs
-/// [`quadruplet_workspace_len`]`(rows, dim)` elements, garbage before and after.
+/// [`quadruplet_loss_workspace_len`]`(rows, dim)` elements, garbage before and after.
 ///
 /// # Errors
 ///
@@ -371,12 +377,12 @@ fn quadruplet_impl(
 ///
 /// ```
 /// use triplet_kernels::{
-///     quadruplet_loss, quadruplet_workspace_len, Matrix, Metric, Quadruplet, QuadrupletParams,
+///     quadruplet_loss, quadruplet_loss_workspace_len, Matrix, Metric, Quadruplet, QuadrupletParams,
 /// };
 /// // a = 0, p = 1 (d = 1), n1 = 2 (d(a, n1) = 1.5), n2 = 3 (d(n1, n2) = 1).
 /// let x = Matrix::new(&[0.0, 1.0, 1.5, 2.5], 4, 1)?;
 /// let quads = [Quadruplet::new(0, 1, 2, 3)];
-/// let mut ws = [0.0_f32; quadruplet_workspace_len(4, 1)];
+/// let mut ws = [0.0_f32; quadruplet_loss_workspace_len(4, 1)];
 /// let params = QuadrupletParams::new(1.0, 0.5);
 /// let loss = quadruplet_loss(x, &quads, Metric::Euclidean, params, &mut ws)?;
 /// assert_eq!(loss, 0.5 + 0.5); // relu(1 - 1.5 + 1) + relu(1 - 1 + 0.5)
@@ -417,13 +423,13 @@ pub fn quadruplet_loss(
 ///
 /// ```
 /// use triplet_kernels::{
-///     quadruplet_loss_grad, quadruplet_workspace_len, Matrix, Metric, Quadruplet,
+///     quadruplet_loss_grad, quadruplet_loss_workspace_len, Matrix, Metric, Quadruplet,
 ///     QuadrupletParams,
 /// };
 /// let x = Matrix::new(&[0.0, 1.0, 1.5, 2.5], 4, 1)?;
 /// let quads = [Quadruplet::new(0, 1, 2, 3)];
 /// let mut grad = [0.0_f32; 4];
-/// let mut ws = [0.0_f32; quadruplet_workspace_len(4, 1)];
+/// let mut ws = [0.0_f32; quadruplet_loss_workspace_len(4, 1)];
 /// let params = QuadrupletParams::new(1.0, 0.5);
 /// let loss = quadruplet_loss_grad(x, &quads, Metric::Euclidean, params, &mut grad, &mut ws)?;
 /// assert_eq!(loss, 1.0);

@@ -34,33 +34,34 @@ const fn stream_len(queries: usize, references: usize) -> usize {
 
 /// Workspace of the scalar twins: one `(f64 distance, f64 index)` pair per reference, in
 /// `f32` words, plus one word to reach `f64` alignment.
-const fn scalar_len(references: usize) -> usize {
+pub(crate) const fn scalar_len(references: usize) -> usize {
     references.saturating_mul(4).saturating_add(1)
 }
 
-/// Workspace elements that [`knn`] (and its scalar twin) needs for `queries` queries
-/// against `references` references of dimension `dim`. For leave-one-out retrieval pass
-/// `references = queries`. Linear in `queries + references`; saturates instead of
-/// overflowing.
+/// Workspace elements that [`knn`] needs for `queries` queries against `references`
+/// references of dimension `dim`: `references + queries + min(queries, 16) *
+/// min(references, 256)` (the cosine norms and one distance tile). For leave-one-out
+/// retrieval pass `references = queries`. Linear in `queries + references`; saturates
+/// instead of overflowing. The scalar twin has its own,
+/// [`crate::scalar::knn_workspace_len`].
 pub const fn knn_workspace_len(queries: usize, references: usize, dim: usize) -> usize {
     let _ = dim;
-    max_len(stream_len(queries, references), scalar_len(references))
+    stream_len(queries, references)
 }
 
-/// Workspace elements that [`retrieval_metrics`] (and its scalar twin) needs for
-/// `queries` queries against `references` references of dimension `dim`. For
-/// leave-one-out retrieval pass `references = queries`. Linear in `queries + references`
-/// whatever the class sizes; saturates instead of overflowing.
+/// Workspace elements that [`retrieval_metrics`] needs for `queries` queries against
+/// `references` references of dimension `dim`: those of [`knn_workspace_len`] plus
+/// `2 references` (the pool of neighbour lists). For leave-one-out retrieval pass
+/// `references = queries`. Linear in `queries + references` whatever the class sizes;
+/// saturates instead of overflowing. The scalar twin has its own,
+/// [`crate::scalar::retrieval_metrics_workspace_len`].
 pub const fn retrieval_metrics_workspace_len(
     queries: usize,
     references: usize,
     dim: usize,
 ) -> usize {
     let _ = dim;
-    max_len(
-        stream_len(queries, references).saturating_add(references.saturating_mul(2)),
-        scalar_len(references),
-    )
+    stream_len(queries, references).saturating_add(references.saturating_mul(2))
 }
 
 /// The four retrieval metrics of [`retrieval_metrics`], each a mean over the evaluated
@@ -208,6 +209,7 @@ pub(crate) fn check_knn<'a>(
     indices: usize,
     distances: usize,
     workspace: usize,
+    twin: bool,
 ) -> Result<Shape<'a>, Error> {
     let shape = check_refs(queries, reference)?;
     if k == 0 || k > shape.available {
@@ -216,10 +218,12 @@ pub(crate) fn check_knn<'a>(
     let len = checked_area(queries.rows(), k)?;
     check_len("indices", len, indices)?;
     check_len("distances", len, distances)?;
-    check_workspace(
-        knn_workspace_len(queries.rows(), shape.refs.rows(), queries.dim()),
-        workspace,
-    )?;
+    let required = if twin {
+        scalar_len(shape.refs.rows())
+    } else {
+        knn_workspace_len(queries.rows(), shape.refs.rows(), queries.dim())
+    };
+    check_workspace(required, workspace)?;
     Ok(shape)
 }
 
@@ -231,6 +235,7 @@ pub(crate) fn check_metrics<'a>(
     reference: Option<(Matrix<'a>, &'a [u32])>,
     k: usize,
     workspace: usize,
+    twin: bool,
 ) -> Result<(Shape<'a>, &'a [u32]), Error> {
     let shape = check_refs(queries, reference.map(|(y, _)| y))?;
     check_labels(queries, labels)?;
@@ -244,10 +249,12 @@ pub(crate) fn check_metrics<'a>(
     if k == 0 {
         return Err(Error::InvalidParameter { name: "k" });
     }
-    check_workspace(
-        retrieval_metrics_workspace_len(queries.rows(), shape.refs.rows(), queries.dim()),
-        workspace,
-    )?;
+    let required = if twin {
+        scalar_len(shape.refs.rows())
+    } else {
+        retrieval_metrics_workspace_len(queries.rows(), shape.refs.rows(), queries.dim())
+    };
+    check_workspace(required, workspace)?;
     check_finite("queries", queries.as_slice())?;
     if !shape.leave_one_out {
         check_finite("reference", shape.refs.as_slice())?;
@@ -565,8 +572,9 @@ fn prepare<'w>(
 ///   `3 m + n + 16 * 256` elements, whatever the class sizes.
 ///
 /// The workspace queries ([`knn_workspace_len`], [`retrieval_metrics_workspace_len`])
-/// return the larger of that and the scalar twins' need (`4 m + 1`: one `f64` distance and
-/// index per reference), so one buffer serves both: linear in `n + m`, never `n x m`.
+/// return exactly these; the scalar twins need `4 m + 1` (one `f64` distance and index
+/// per reference), given by [`crate::scalar::knn_workspace_len`] and
+/// [`crate::scalar::retrieval_metrics_workspace_len`]. Linear in `n + m`, never `n x m`.
 ///
 /// # Errors
 ///
@@ -633,6 +641,7 @@ pub fn knn(
         indices.len(),
         distances.len(),
         workspace.len(),
+        false,
     )?;
     // Read once: the norms and every distance of this call use it.
     let backend = Backend::active();
@@ -752,7 +761,8 @@ pub fn retrieval_metrics(
     k: usize,
     workspace: &mut [f32],
 ) -> Result<RetrievalMetrics, Error> {
-    let (shape, ref_labels) = check_metrics(&queries, labels, reference, k, workspace.len())?;
+    let (shape, ref_labels) =
+        check_metrics(&queries, labels, reference, k, workspace.len(), false)?;
     // Read once: the norms and every distance of this call use it.
     let backend = Backend::active();
     let k = min_len(k, shape.available);

@@ -73,7 +73,11 @@ pub use batch::{
     triplet_batch_loss, triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
     triplet_batch_loss_workspace_len,
 };
-pub use explicit::{triplet_margin_loss, triplet_margin_loss_grad, triplet_margin_workspace_len};
+#[allow(deprecated)]
+pub use explicit::triplet_margin_workspace_len;
+pub use explicit::{
+    triplet_margin_loss, triplet_margin_loss_grad, triplet_margin_loss_workspace_len,
+};
 
 use crate::distance::Metric;
 use crate::error::Error;
@@ -390,7 +394,7 @@ pub(crate) fn check_triplet_args(
             }
         }
     }
-    check_workspace(triplet_margin_workspace_len(n, x.dim()), workspace)?;
+    check_workspace(triplet_margin_loss_workspace_len(n, x.dim()), workspace)?;
     Ok(n)
 }
 

@@ -10,6 +10,21 @@ use triplet_kernels::{
     Matrix, Metric, RetrievalMetrics,
 };
 
+/// A workspace long enough for `knn` and for its twin.
+fn knn_ws_len(queries: usize, references: usize, dim: usize) -> usize {
+    knn_workspace_len(queries, references, dim)
+        .max(scalar::knn_workspace_len(queries, references, dim))
+}
+
+/// A workspace long enough for `retrieval_metrics` and for its twin.
+fn metrics_ws_len(queries: usize, references: usize, dim: usize) -> usize {
+    retrieval_metrics_workspace_len(queries, references, dim).max(
+        scalar::retrieval_metrics_workspace_len(queries, references, dim),
+    )
+}
+
+type LenFn = fn(usize, usize, usize) -> usize;
+
 const METRICS: [Metric; 3] = [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine];
 
 /// One generated problem: queries, labels and, unless leave-one-out, a gallery.
@@ -148,7 +163,7 @@ struct Lists {
 fn run_knn(p: &Problem, metric: Metric, k: usize, fast: bool, fill: f32) -> Lists {
     let mut idx = vec![u32::MAX; p.n * k];
     let mut dist = vec![fill; p.n * k];
-    let mut ws = vec![fill; knn_workspace_len(p.n, p.m(), p.d)];
+    let mut ws = vec![fill; knn_ws_len(p.n, p.m(), p.d)];
     let f = if fast { knn } else { scalar::knn };
     f(
         p.queries(),
@@ -164,7 +179,7 @@ fn run_knn(p: &Problem, metric: Metric, k: usize, fast: bool, fill: f32) -> List
 }
 
 fn run_metrics(p: &Problem, metric: Metric, k: usize, fast: bool, fill: f32) -> RetrievalMetrics {
-    let mut ws = vec![fill; retrieval_metrics_workspace_len(p.n, p.m(), p.d)];
+    let mut ws = vec![fill; metrics_ws_len(p.n, p.m(), p.d)];
     let f = if fast {
         retrieval_metrics
     } else {
@@ -472,7 +487,7 @@ fn hand_computed_metrics() {
     let q = Matrix::new(&[0.0], 1, 1).unwrap();
     let y = Matrix::new(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 6, 1).unwrap();
     let yl = [1, 2, 1, 2, 2, 1];
-    let mut ws = vec![f32::NAN; retrieval_metrics_workspace_len(1, 6, 1)];
+    let mut ws = vec![f32::NAN; metrics_ws_len(1, 6, 1)];
     for f in [retrieval_metrics, scalar::retrieval_metrics] {
         let m = f(q, &[1], Some((y, &yl)), Metric::Euclidean, 2, &mut ws).unwrap();
         assert_eq!(m.evaluated, 1);
@@ -497,7 +512,7 @@ fn ties_go_to_the_smaller_index() {
     // References 0..4 at equal distance from the query except index 2 (nearer).
     let q = Matrix::new(&[0.0, 0.0], 1, 2).unwrap();
     let y = Matrix::new(&[1.0, 0.0, 0.0, 1.0, 0.5, 0.0, -1.0, 0.0, 0.0, -1.0], 5, 2).unwrap();
-    let mut ws = vec![f32::NAN; knn_workspace_len(1, 5, 2)];
+    let mut ws = vec![f32::NAN; knn_ws_len(1, 5, 2)];
     for f in [knn, scalar::knn] {
         let (mut idx, mut dist) = ([0_u32; 5], [0.0_f32; 5]);
         f(
@@ -516,7 +531,7 @@ fn ties_go_to_the_smaller_index() {
     // Leave-one-out with duplicates: a query's duplicate is listed (distance 0), the
     // query itself is not.
     let x = Matrix::new(&[1.0, 1.0, 1.0, 5.0], 4, 1).unwrap();
-    let mut ws = vec![f32::NAN; knn_workspace_len(4, 4, 1)];
+    let mut ws = vec![f32::NAN; knn_ws_len(4, 4, 1)];
     for f in [knn, scalar::knn] {
         let (mut idx, mut dist) = ([0_u32; 12], [0.0_f32; 12]);
         f(
@@ -538,7 +553,7 @@ fn ties_go_to_the_smaller_index() {
 fn degenerate_queries() {
     // Every label is lone: nothing evaluated, every metric 0.
     let x = Matrix::new(&[0.0, 1.0, 2.0], 3, 1).unwrap();
-    let mut ws = vec![f32::NAN; retrieval_metrics_workspace_len(3, 3, 1)];
+    let mut ws = vec![f32::NAN; metrics_ws_len(3, 3, 1)];
     for f in [retrieval_metrics, scalar::retrieval_metrics] {
         let m = f(x, &[1, 2, 3], None, Metric::Cosine, 1, &mut ws).unwrap();
         assert_eq!(m, run_zero());
@@ -591,7 +606,7 @@ fn degenerate_queries() {
 fn recall_k_beyond_the_references_means_all() {
     let x = Matrix::new(&[0.0, 1.0, 5.0, 6.0], 4, 1).unwrap();
     let labels = [1, 2, 1, 2];
-    let mut ws = vec![f32::NAN; retrieval_metrics_workspace_len(4, 4, 1)];
+    let mut ws = vec![f32::NAN; metrics_ws_len(4, 4, 1)];
     for f in [retrieval_metrics, scalar::retrieval_metrics] {
         let at1 = f(x, &labels, None, Metric::Euclidean, 1, &mut ws).unwrap();
         assert_eq!(at1.recall_at_k, 0.0);
@@ -630,68 +645,71 @@ fn knn_errors_write_nothing() {
     let x = Matrix::new(&xd, 3, 2).unwrap();
     let y3 = Matrix::new(&xd, 2, 3).unwrap();
     let y = Matrix::new(&xd[..4], 2, 2).unwrap();
-    let full = knn_workspace_len(3, 3, 2);
-    let gal = knn_workspace_len(3, 2, 2);
-    let cases: [(Option<Matrix<'_>>, usize, usize, usize, usize, Error); 8] = [
-        (
-            Some(y3),
-            1,
-            3,
-            3,
-            gal,
-            Error::DimensionMismatch { left: 2, right: 3 },
-        ),
-        (None, 0, 0, 0, full, Error::InvalidParameter { name: "k" }),
-        (None, 3, 9, 9, full, Error::InvalidParameter { name: "k" }),
-        (Some(y), 3, 9, 9, gal, Error::InvalidParameter { name: "k" }),
-        (
-            None,
-            2,
-            5,
-            6,
-            full,
-            Error::LengthMismatch {
-                buffer: "indices",
-                expected: 6,
-                actual: 5,
-            },
-        ),
-        (
-            None,
-            2,
-            6,
-            7,
-            full,
-            Error::LengthMismatch {
-                buffer: "distances",
-                expected: 6,
-                actual: 7,
-            },
-        ),
-        (
-            None,
-            2,
-            6,
-            6,
-            full - 1,
-            Error::WorkspaceTooSmall {
-                required: full,
-                actual: full - 1,
-            },
-        ),
-        (
-            Some(y),
-            2,
-            6,
-            6,
-            gal - 1,
-            Error::WorkspaceTooSmall {
-                required: gal,
-                actual: gal - 1,
-            },
-        ),
-    ];
-    for f in [knn as KnnFn, scalar::knn as KnnFn] {
+    for (f, len) in [
+        (knn as KnnFn, knn_workspace_len as LenFn),
+        (scalar::knn as KnnFn, scalar::knn_workspace_len as LenFn),
+    ] {
+        let full = len(3, 3, 2);
+        let gal = len(3, 2, 2);
+        let cases: [(Option<Matrix<'_>>, usize, usize, usize, usize, Error); 8] = [
+            (
+                Some(y3),
+                1,
+                3,
+                3,
+                gal,
+                Error::DimensionMismatch { left: 2, right: 3 },
+            ),
+            (None, 0, 0, 0, full, Error::InvalidParameter { name: "k" }),
+            (None, 3, 9, 9, full, Error::InvalidParameter { name: "k" }),
+            (Some(y), 3, 9, 9, gal, Error::InvalidParameter { name: "k" }),
+            (
+                None,
+                2,
+                5,
+                6,
+                full,
+                Error::LengthMismatch {
+                    buffer: "indices",
+                    expected: 6,
+                    actual: 5,
+                },
+            ),
+            (
+                None,
+                2,
+                6,
+                7,
+                full,
+                Error::LengthMismatch {
+                    buffer: "distances",
+                    expected: 6,
+                    actual: 7,
+                },
+            ),
+            (
+                None,
+                2,
+                6,
+                6,
+                full - 1,
+                Error::WorkspaceTooSmall {
+                    required: full,
+                    actual: full - 1,
+                },
+            ),
+            (
+                Some(y),
+                2,
+                6,
+                6,
+                gal - 1,
+                Error::WorkspaceTooSmall {
+                    required: gal,
+                    actual: gal - 1,
+                },
+            ),
+        ];
         for (reference, k, ni, nd, nw, want) in cases {
             let mut idx = vec![7_u32; ni];
             let mut dist = vec![7.0_f32; nd];
@@ -771,73 +789,79 @@ fn metrics_errors() {
     let x = Matrix::new(&xd, 3, 2).unwrap();
     let y3 = Matrix::new(&xd, 2, 3).unwrap();
     let y = Matrix::new(&xd[..4], 2, 2).unwrap();
-    let full = retrieval_metrics_workspace_len(3, 3, 2);
-    let gal = retrieval_metrics_workspace_len(3, 2, 2);
-    let l3: &[u32] = &[1, 1, 2];
-    let l2: &[u32] = &[1, 2];
-    let cases: [(&[u32], Labelled<'_>, usize, usize, Error); 7] = [
+    for (f, len) in [
         (
-            l3,
-            Some((y3, l2)),
-            1,
-            gal,
-            Error::DimensionMismatch { left: 2, right: 3 },
+            retrieval_metrics as MetricsFn,
+            retrieval_metrics_workspace_len as LenFn,
         ),
         (
-            l2,
-            None,
-            1,
-            full,
-            Error::LengthMismatch {
-                buffer: "labels",
-                expected: 3,
-                actual: 2,
-            },
+            scalar::retrieval_metrics as MetricsFn,
+            scalar::retrieval_metrics_workspace_len as LenFn,
         ),
-        (
-            l3,
-            Some((y, l3)),
-            1,
-            gal,
-            Error::LengthMismatch {
-                buffer: "reference_labels",
-                expected: 2,
-                actual: 3,
-            },
-        ),
-        (l3, None, 0, full, Error::InvalidParameter { name: "k" }),
-        (
-            l3,
-            Some((y, l2)),
-            0,
-            gal,
-            Error::InvalidParameter { name: "k" },
-        ),
-        (
-            l3,
-            None,
-            1,
-            full - 1,
-            Error::WorkspaceTooSmall {
-                required: full,
-                actual: full - 1,
-            },
-        ),
-        (
-            l3,
-            Some((y, l2)),
-            1,
-            gal - 1,
-            Error::WorkspaceTooSmall {
-                required: gal,
-                actual: gal - 1,
-            },
-        ),
-    ];
-    for f in [
-        retrieval_metrics as MetricsFn,
-        scalar::retrieval_metrics as MetricsFn,
     ] {
+        let full = len(3, 3, 2);
+        let gal = len(3, 2, 2);
+        let l3: &[u32] = &[1, 1, 2];
+        let l2: &[u32] = &[1, 2];
+        let cases: [(&[u32], Labelled<'_>, usize, usize, Error); 7] = [
+            (
+                l3,
+                Some((y3, l2)),
+                1,
+                gal,
+                Error::DimensionMismatch { left: 2, right: 3 },
+            ),
+            (
+                l2,
+                None,
+                1,
+                full,
+                Error::LengthMismatch {
+                    buffer: "labels",
+                    expected: 3,
+                    actual: 2,
+                },
+            ),
+            (
+                l3,
+                Some((y, l3)),
+                1,
+                gal,
+                Error::LengthMismatch {
+                    buffer: "reference_labels",
+                    expected: 2,
+                    actual: 3,
+                },
+            ),
+            (l3, None, 0, full, Error::InvalidParameter { name: "k" }),
+            (
+                l3,
+                Some((y, l2)),
+                0,
+                gal,
+                Error::InvalidParameter { name: "k" },
+            ),
+            (
+                l3,
+                None,
+                1,
+                full - 1,
+                Error::WorkspaceTooSmall {
+                    required: full,
+                    actual: full - 1,
+                },
+            ),
+            (
+                l3,
+                Some((y, l2)),
+                1,
+                gal - 1,
+                Error::WorkspaceTooSmall {
+                    required: gal,
+                    actual: gal - 1,
+                },
+            ),
+        ];
         for (labels, reference, k, nw, want) in cases {
             let mut ws = vec![7.0_f32; nw];
             assert_eq!(
@@ -892,6 +916,8 @@ fn workspace_lengths_are_linear_and_saturate() {
     );
     // Usable as a stack array length.
     let ws = [0.0_f32; knn_workspace_len(2, 3, 4)];
+    assert_eq!(ws.len(), 3 + 2 + 2 * 3);
+    let ws = [0.0_f32; scalar::knn_workspace_len(2, 3, 4)];
     assert_eq!(ws.len(), 4 * 3 + 1);
 }
 

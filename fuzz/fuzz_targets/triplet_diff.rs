@@ -29,10 +29,10 @@ mod common;
 use common::*;
 use libfuzzer_sys::fuzz_target;
 use triplet_kernels::{
-    l2_normalize, mine_triplets, mine_triplets_count, mining_workspace_len, scalar,
+    l2_normalize, mine_triplets, mine_triplets_count, mine_triplets_workspace_len, scalar,
     triplet_batch_loss, triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
     triplet_batch_loss_workspace_len, triplet_margin_loss, triplet_margin_loss_grad,
-    triplet_margin_workspace_len, BatchLoss, BatchParams, Error, Hinge, Matrix, Metric, Mining,
+    triplet_margin_loss_workspace_len, BatchLoss, BatchParams, Error, Hinge, Matrix, Metric, Mining,
     Reduction, Triplet, TripletParams,
 };
 
@@ -264,9 +264,9 @@ fn margin_run(
     let mut terms = vec![garbage; ts.len()];
     let mut grad = vec![garbage; x.len()];
     let ws_len = if fast {
-        triplet_margin_workspace_len(x.rows(), x.dim())
+        triplet_margin_loss_workspace_len(x.rows(), x.dim())
     } else {
-        scalar::triplet_margin_workspace_len(x.rows(), x.dim())
+        scalar::triplet_margin_loss_workspace_len(x.rows(), x.dim())
     };
     let mut ws = vec![garbage; ws_len];
     let r = if fast {
@@ -499,7 +499,7 @@ fn batch_run(
 
 fn mined(x: Matrix<'_>, labels: &[u32], metric: Metric, m: Mining, fast: bool) -> Vec<Triplet> {
     let mut out = vec![Triplet::default(); mine_triplets_count(labels, m).unwrap()];
-    let mut ws = vec![0.0; mining_workspace_len(x.rows(), x.dim())];
+    let mut ws = vec![0.0; mine_triplets_workspace_len(x.rows(), x.dim())];
     let k = if fast {
         mine_triplets(x, labels, metric, m, &mut out, &mut ws)
     } else {

@@ -27,11 +27,11 @@ mod common;
 use common::*;
 use libfuzzer_sys::fuzz_target;
 use triplet_kernels::{
-    contrastive_loss, contrastive_loss_grad, contrastive_workspace_len, mine_quadruplets,
+    contrastive_loss, contrastive_loss_grad, contrastive_loss_workspace_len, mine_quadruplets,
     mine_quadruplets_count, mine_quadruplets_workspace_len, pairwise_distances,
     pairwise_distances_workspace_len, proxy_anchor_loss, proxy_anchor_loss_grad,
-    proxy_anchor_workspace_len, proxy_nca_loss, proxy_nca_loss_grad, proxy_nca_workspace_len,
-    quadruplet_loss, quadruplet_loss_grad, quadruplet_workspace_len, scalar, ContrastiveForm,
+    proxy_anchor_loss_workspace_len, proxy_nca_loss, proxy_nca_loss_grad, proxy_nca_loss_workspace_len,
+    quadruplet_loss, quadruplet_loss_grad, quadruplet_loss_workspace_len, scalar, ContrastiveForm,
     ContrastiveParams, ContrastiveReduction, Error, Hinge, Matrix, Metric, ProxyAnchorParams,
     ProxyNcaParams, Quadruplet, QuadrupletParams, Reduction,
 };
@@ -175,7 +175,7 @@ fn contrastive_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) 
     }
     expected.extend(data_error(xd, d, true));
     // One workspace for the fast kernel and its twin.
-    let ws_len = contrastive_workspace_len(n, d).max(scalar::contrastive_workspace_len(n, d));
+    let ws_len = contrastive_loss_workspace_len(n, d).max(scalar::contrastive_loss_workspace_len(n, d));
     let mut ws = vec![garbage; ws_len];
     let (mut gf, mut gs) = (vec![garbage; n * d], vec![garbage; n * d]);
     let lf = contrastive_loss_grad(x, &labels, metric, p, &mut gf, &mut ws);
@@ -386,7 +386,7 @@ fn quadruplet_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
     }
     expected.extend(data_error(xd, d, true));
     // One workspace for the fast kernel and its twin.
-    let ws_len = quadruplet_workspace_len(n, d).max(scalar::quadruplet_workspace_len(n, d));
+    let ws_len = quadruplet_loss_workspace_len(n, d).max(scalar::quadruplet_loss_workspace_len(n, d));
     let mut ws = vec![garbage; ws_len];
     let (mut gf, mut gs) = (vec![garbage; n * d], vec![garbage; n * d]);
     let lf = quadruplet_loss_grad(x, &quads, metric, p, &mut gf, &mut ws);
@@ -627,10 +627,10 @@ impl Which {
     fn ws_len(self, n: usize, c: usize, d: usize) -> usize {
         match self {
             Which::Nca(_) => {
-                proxy_nca_workspace_len(n, c, d).max(scalar::proxy_nca_workspace_len(n, c, d))
+                proxy_nca_loss_workspace_len(n, c, d).max(scalar::proxy_nca_loss_workspace_len(n, c, d))
             }
-            Which::Anchor(_) => proxy_anchor_workspace_len(n, c, d)
-                .max(scalar::proxy_anchor_workspace_len(n, c, d)),
+            Which::Anchor(_) => proxy_anchor_loss_workspace_len(n, c, d)
+                .max(scalar::proxy_anchor_loss_workspace_len(n, c, d)),
         }
     }
 

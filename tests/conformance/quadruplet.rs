@@ -2,8 +2,8 @@
 
 use crate::case::Case;
 use triplet_kernels::{
-    quadruplet_loss, quadruplet_loss_grad, quadruplet_workspace_len, scalar, Matrix, Quadruplet,
-    QuadrupletParams, Reduction,
+    quadruplet_loss, quadruplet_loss_grad, quadruplet_loss_workspace_len, scalar, Matrix,
+    Quadruplet, QuadrupletParams, Reduction,
 };
 
 pub fn check(case: &Case<'_>) -> Result<(), String> {
@@ -36,7 +36,7 @@ pub fn check(case: &Case<'_>) -> Result<(), String> {
     let want_loss = case.f64("expected.loss")?;
     let want_grad = case.mat("expected.grad")?;
 
-    let mut ws = vec![f32::NAN; quadruplet_workspace_len(x.rows(), x.dim())];
+    let mut ws = vec![f32::NAN; quadruplet_loss_workspace_len(x.rows(), x.dim())];
     let loss = quadruplet_loss(x, &quads, metric, params, &mut ws).map_err(|e| e.to_string())?;
     case.close("loss", f64::from(loss), want_loss)?;
     let mut grad = vec![f32::NAN; x.len()];
@@ -44,7 +44,7 @@ pub fn check(case: &Case<'_>) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     case.close("loss (grad call)", f64::from(loss), want_loss)?;
     case.close_mat("grad", &grad, &want_grad, xm.rows, xm.cols)?;
-    let mut ws = vec![f32::NAN; scalar::quadruplet_workspace_len(x.rows(), x.dim())];
+    let mut ws = vec![f32::NAN; scalar::quadruplet_loss_workspace_len(x.rows(), x.dim())];
     let loss = scalar::quadruplet_loss_grad(x, &quads, metric, params, &mut grad, &mut ws)
         .map_err(|e| e.to_string())?;
     case.close("scalar loss", f64::from(loss), want_loss)?;
