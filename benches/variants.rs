@@ -143,7 +143,7 @@ fn proxies(c: &mut Criterion) {
     let mut g = c.benchmark_group("proxy_nca");
     g.sample_size(20);
     g.throughput(Throughput::Elements((N * C) as u64));
-    let params = ProxyNcaParams::PYTORCH_METRIC_LEARNING;
+    let params = ProxyNcaParams::pytorch_metric_learning();
     let mut ws = vec![
         0.0_f32;
         proxy_nca_loss_workspace_len(N, C, D)
@@ -182,7 +182,7 @@ fn proxies(c: &mut Criterion) {
     let mut g = c.benchmark_group("proxy_anchor");
     g.sample_size(20);
     g.throughput(Throughput::Elements((N * C) as u64));
-    let params = ProxyAnchorParams::PYTORCH_METRIC_LEARNING;
+    let params = ProxyAnchorParams::pytorch_metric_learning();
     let mut ws = vec![
         0.0_f32;
         proxy_anchor_loss_workspace_len(N, C, D)

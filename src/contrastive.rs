@@ -160,7 +160,16 @@ impl ContrastiveParams {
     /// L2-normalised embeddings: to reproduce it, normalise with [`crate::l2_normalize`],
     /// use [`Metric::Euclidean`], and chain the gradient through
     /// [`crate::l2_normalize_backward`].
-    pub const PYTORCH_METRIC_LEARNING: Self = Self::new(0.0, 1.0);
+    pub const fn pytorch_metric_learning() -> Self {
+        Self::new(0.0, 1.0)
+    }
+
+    /// Deprecated form of [`ContrastiveParams::pytorch_metric_learning`].
+    #[deprecated(
+        since = "0.2.0",
+        note = "use `ContrastiveParams::pytorch_metric_learning()`"
+    )]
+    pub const PYTORCH_METRIC_LEARNING: Self = Self::pytorch_metric_learning();
 
     /// Linear hinges with the given margins, reduced by
     /// [`ContrastiveReduction::MeanNonzeroPerPart`].
@@ -210,9 +219,9 @@ impl ContrastiveParams {
 }
 
 impl Default for ContrastiveParams {
-    /// [`ContrastiveParams::PYTORCH_METRIC_LEARNING`].
+    /// [`ContrastiveParams::pytorch_metric_learning`].
     fn default() -> Self {
-        Self::PYTORCH_METRIC_LEARNING
+        Self::pytorch_metric_learning()
     }
 }
 

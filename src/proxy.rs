@@ -54,7 +54,16 @@ pub struct ProxyNcaParams {
 
 impl ProxyNcaParams {
     /// pytorch-metric-learning's `ProxyNCALoss` default: `softmax_scale = 1`.
-    pub const PYTORCH_METRIC_LEARNING: Self = Self::new(1.0);
+    pub const fn pytorch_metric_learning() -> Self {
+        Self::new(1.0)
+    }
+
+    /// Deprecated form of [`ProxyNcaParams::pytorch_metric_learning`].
+    #[deprecated(
+        since = "0.2.0",
+        note = "use `ProxyNcaParams::pytorch_metric_learning()`"
+    )]
+    pub const PYTORCH_METRIC_LEARNING: Self = Self::pytorch_metric_learning();
 
     /// Proxy-NCA with the given softmax scale.
     pub const fn new(softmax_scale: f32) -> Self {
@@ -74,9 +83,9 @@ impl ProxyNcaParams {
 }
 
 impl Default for ProxyNcaParams {
-    /// [`ProxyNcaParams::PYTORCH_METRIC_LEARNING`].
+    /// [`ProxyNcaParams::pytorch_metric_learning`].
     fn default() -> Self {
-        Self::PYTORCH_METRIC_LEARNING
+        Self::pytorch_metric_learning()
     }
 }
 
@@ -92,7 +101,16 @@ pub struct ProxyAnchorParams {
 impl ProxyAnchorParams {
     /// pytorch-metric-learning's `ProxyAnchorLoss` defaults, also the paper's:
     /// `margin = 0.1`, `alpha = 32`.
-    pub const PYTORCH_METRIC_LEARNING: Self = Self::new(0.1, 32.0);
+    pub const fn pytorch_metric_learning() -> Self {
+        Self::new(0.1, 32.0)
+    }
+
+    /// Deprecated form of [`ProxyAnchorParams::pytorch_metric_learning`].
+    #[deprecated(
+        since = "0.2.0",
+        note = "use `ProxyAnchorParams::pytorch_metric_learning()`"
+    )]
+    pub const PYTORCH_METRIC_LEARNING: Self = Self::pytorch_metric_learning();
 
     /// Proxy-Anchor with the given margin and scale.
     pub const fn new(margin: f32, alpha: f32) -> Self {
@@ -111,9 +129,9 @@ impl ProxyAnchorParams {
 }
 
 impl Default for ProxyAnchorParams {
-    /// [`ProxyAnchorParams::PYTORCH_METRIC_LEARNING`].
+    /// [`ProxyAnchorParams::pytorch_metric_learning`].
     fn default() -> Self {
-        Self::PYTORCH_METRIC_LEARNING
+        Self::pytorch_metric_learning()
     }
 }
 
@@ -687,7 +705,7 @@ pub fn proxy_anchor_loss(
 /// let proxies = Matrix::new(&[1.0, 0.0, 0.0, 1.0], 2, 2)?;
 /// let (mut g, mut gp) = ([0.0_f32; 2], [0.0_f32; 4]);
 /// let mut ws = [0.0_f32; proxy_anchor_loss_workspace_len(1, 2, 2)];
-/// let params = ProxyAnchorParams::PYTORCH_METRIC_LEARNING;
+/// let params = ProxyAnchorParams::pytorch_metric_learning();
 /// proxy_anchor_loss_grad(x, &[0], proxies, params, &mut g, &mut gp, &mut ws)?;
 /// // The row is pulled towards proxy 0 (first axis) and away from proxy 1 (second).
 /// assert!(g[0] < 0.0 && g[1] > 0.0);

@@ -249,7 +249,7 @@ fn cases(data: &Data) -> Vec<Case<'_>> {
         Box::new(move || {
             let (mut g, mut gp) = (vec![0.0; N * D], vec![0.0; PROXIES * D]);
             let mut ws = vec![0.0; proxy_anchor_loss_workspace_len(N, PROXIES, D)];
-            let params = ProxyAnchorParams::PYTORCH_METRIC_LEARNING;
+            let params = ProxyAnchorParams::pytorch_metric_learning();
             let l = proxy_anchor_loss_grad(
                 data.x(),
                 &data.labels,

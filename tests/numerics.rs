@@ -223,7 +223,7 @@ fn proxy_nca_on_huge_rows() {
     let x = Matrix::new(&data, 2, 2).unwrap();
     let small = Matrix::new(&base, 2, 2).unwrap();
     let proxies = Matrix::new(&base, 2, 2).unwrap();
-    let p = ProxyNcaParams::PYTORCH_METRIC_LEARNING;
+    let p = ProxyNcaParams::pytorch_metric_learning();
     let mut w = ws(proxy_nca_loss_workspace_len(2, 2, 2), 4);
     let huge = proxy_nca_loss(x, &[0, 1], proxies, p, &mut w).unwrap();
     let unit = proxy_nca_loss(small, &[0, 1], proxies, p, &mut w).unwrap();
@@ -373,7 +373,7 @@ fn overflowing_rows_are_an_error_for_every_mining_strategy() {
             assert_eq!(big, triplet_batch_loss(xu, &labels, pn, &mut w).unwrap());
         }
     }
-    let params = ContrastiveParams::PYTORCH_METRIC_LEARNING;
+    let params = ContrastiveParams::pytorch_metric_learning();
     let mut w = ws(contrastive_loss_workspace_len(4, 2), 8);
     assert_eq!(
         contrastive_loss(x, &labels, Metric::Euclidean, params, &mut w).map(|_| ()),

@@ -464,9 +464,9 @@ mod contrastive {
     fn presets() {
         assert_eq!(
             ContrastiveParams::default(),
-            ContrastiveParams::PYTORCH_METRIC_LEARNING
+            ContrastiveParams::pytorch_metric_learning()
         );
-        let p = ContrastiveParams::PYTORCH_METRIC_LEARNING;
+        let p = ContrastiveParams::pytorch_metric_learning();
         assert_eq!((p.pos_margin, p.neg_margin), (0.0, 1.0));
         assert_eq!(p.form, ContrastiveForm::Linear);
         assert_eq!(p.reduction, ContrastiveReduction::MeanNonzeroPerPart);
@@ -1577,9 +1577,9 @@ mod proxy {
         let x = Matrix::new(&xd, n, d).unwrap();
         let p = Matrix::new(&pd, c, d).unwrap();
         for which in [
-            Which::Nca(ProxyNcaParams::PYTORCH_METRIC_LEARNING),
+            Which::Nca(ProxyNcaParams::pytorch_metric_learning()),
             Which::Nca(ProxyNcaParams::new(32.0)),
-            Which::Anchor(ProxyAnchorParams::PYTORCH_METRIC_LEARNING),
+            Which::Anchor(ProxyAnchorParams::pytorch_metric_learning()),
             Which::Anchor(ProxyAnchorParams::new(0.2, 16.0)),
         ] {
             run(which, x, &labels, p);

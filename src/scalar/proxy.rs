@@ -338,7 +338,7 @@ pub fn proxy_anchor_loss(
 /// let proxies = Matrix::new(&[1.0, 0.0, 0.0, 1.0], 2, 2)?;
 /// let (mut g, mut gp) = ([0.0_f32; 2], [0.0_f32; 4]);
 /// let mut ws = [0.0_f32; scalar::proxy_anchor_loss_workspace_len(1, 2, 2)];
-/// let params = ProxyAnchorParams::PYTORCH_METRIC_LEARNING;
+/// let params = ProxyAnchorParams::pytorch_metric_learning();
 /// scalar::proxy_anchor_loss_grad(x, &[0], proxies, params, &mut g, &mut gp, &mut ws)?;
 /// assert!(g[0] < 0.0 && g[1] > 0.0);
 /// # Ok::<(), triplet_kernels::Error>(())
