@@ -92,7 +92,7 @@ fn quadruplet(c: &mut Criterion) {
     let x = Matrix::new(&xd, N, D).unwrap();
     let labels = labels();
     let metric = Metric::Euclidean;
-    let mut quads = vec![Quadruplet::default(); mine_quadruplets_count(&labels)];
+    let mut quads = vec![Quadruplet::default(); mine_quadruplets_count(&labels).unwrap()];
     let mut mws = vec![0.0_f32; mine_quadruplets_workspace_len(N, D)];
     let k = mine_quadruplets(x, &labels, metric, &mut quads, &mut mws).unwrap();
     let id = format!("euclid_n{N}_d{D}_k{k}");

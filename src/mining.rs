@@ -150,12 +150,15 @@ impl Triplet {
 }
 
 /// Which triplets of a labelled batch a loss uses. See the [module docs](self).
+///
+/// The default is [`Mining::BatchHard`], as in [`crate::BatchParams::new`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Mining {
     /// Every valid triplet (batch-all).
-    #[default]
     All,
-    /// Per anchor, the farthest positive and the nearest negative (batch-hard).
+    /// Per anchor, the farthest positive and the nearest negative (batch-hard). The
+    /// default.
+    #[default]
     BatchHard,
     /// Per anchor-positive pair, the nearest negative farther than the positive, else the
     /// farthest negative (semi-hard, FaceNet / TensorFlow Addons).

@@ -452,17 +452,29 @@ pub fn quadruplet_loss_grad(
 
 /// How many quadruplets [`mine_quadruplets`] forms for this batch: the number of rows
 /// whose label occurs at least twice, when the batch holds at least three distinct labels;
-/// 0 otherwise. Depends on the labels only (O(n^2) comparisons, no allocation).
+/// 0 otherwise. Depends on the labels only (O(n^2) comparisons, no allocation). Scalar
+/// twin: [`crate::scalar::mine_quadruplets_count`].
+///
+/// # Errors
+///
+/// None today (the count never exceeds `labels.len()`); the `Result` matches
+/// [`crate::mine_triplets_count`], so both counts are used alike.
 ///
 /// # Example
 ///
 /// ```
 /// use triplet_kernels::mine_quadruplets_count;
-/// assert_eq!(mine_quadruplets_count(&[1, 1, 2, 2, 3]), 4); // the lone 3 has no positive
-/// assert_eq!(mine_quadruplets_count(&[1, 1, 2, 2]), 0); // no third class
+/// assert_eq!(mine_quadruplets_count(&[1, 1, 2, 2, 3])?, 4); // the lone 3 has no positive
+/// assert_eq!(mine_quadruplets_count(&[1, 1, 2, 2])?, 0); // no third class
+/// # Ok::<(), triplet_kernels::Error>(())
 /// ```
 #[cfg_attr(feature = "no-panic", no_panic::no_panic)]
-pub fn mine_quadruplets_count(labels: &[u32]) -> usize {
+pub fn mine_quadruplets_count(labels: &[u32]) -> Result<usize, Error> {
+    Ok(count_quadruplets(labels))
+}
+
+/// The count of [`mine_quadruplets_count`].
+fn count_quadruplets(labels: &[u32]) -> usize {
     let Some(&l0) = labels.first() else {
         return 0;
     };
@@ -502,7 +514,7 @@ pub(crate) fn check_mining(
         });
     }
     check_workspace(mine_quadruplets_workspace_len(x.rows(), x.dim()), workspace)?;
-    let count = mine_quadruplets_count(labels);
+    let count = count_quadruplets(labels);
     if out < count {
         return Err(Error::LengthMismatch {
             buffer: "out",
@@ -590,7 +602,7 @@ pub(crate) fn select<T: Copy>(
 /// let mut out = [Quadruplet::default(); 6];
 /// let mut ws = [0.0_f32; mine_quadruplets_workspace_len(6, 1)];
 /// let k = mine_quadruplets(x, &labels, Metric::Euclidean, &mut out, &mut ws)?;
-/// assert_eq!(k, mine_quadruplets_count(&labels));
+/// assert_eq!(k, mine_quadruplets_count(&labels)?);
 /// // Anchor 0: positive 1, nearest negative 2 (at 3), nearest third-class row to 2: 5.
 /// assert_eq!(out[0], Quadruplet::new(0, 1, 2, 5));
 /// # Ok::<(), triplet_kernels::Error>(())

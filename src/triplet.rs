@@ -220,8 +220,8 @@ pub struct BatchParams {
 }
 
 impl BatchParams {
-    /// Euclidean, [`Mining::BatchHard`], margin 0.2, [`Hinge::Relu`], [`Reduction::Mean`],
-    /// no normalisation.
+    /// Euclidean, [`Mining::BatchHard`] (which is also `Mining::default()`), margin 0.2,
+    /// [`Hinge::Relu`], [`Reduction::Mean`], no normalisation.
     pub const fn new() -> Self {
         BatchParams {
             metric: Metric::Euclidean,

@@ -124,7 +124,7 @@ fn quadruplet_near_duplicate() {
     let labels = [
         22955, 22955, 22955, 20873, 23130, 22955, 22955, 20873, 22955, 22955, 22955,
     ];
-    let count = mine_quadruplets_count(&labels);
+    let count = mine_quadruplets_count(&labels).unwrap();
     let mut ws = vec![0.0_f32; mine_quadruplets_workspace_len(11, 4)];
     let (mut f, mut s) = (
         vec![Quadruplet::default(); count],

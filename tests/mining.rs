@@ -593,7 +593,11 @@ fn triplet_layout() {
     assert_eq!(core::mem::size_of::<Triplet>(), 12);
     assert_eq!(core::mem::align_of::<Triplet>(), 4);
     assert_eq!(Triplet::default(), Triplet::new(0, 0, 0));
-    assert_eq!(Mining::default(), Mining::All);
+    assert_eq!(Mining::default(), Mining::BatchHard);
+    assert_eq!(
+        triplet_kernels::BatchParams::new().mining,
+        Mining::default()
+    );
 }
 
 #[test]

@@ -145,7 +145,7 @@ fn variant_losses_do_not_allocate() {
             tk::contrastive_loss_grad(x, &labels, metric, p, &mut g, &mut ws).unwrap();
             tk::scalar::contrastive_loss(x, &labels, metric, p, &mut ws).unwrap();
             tk::scalar::contrastive_loss_grad(x, &labels, metric, p, &mut g, &mut ws).unwrap();
-            let k = tk::mine_quadruplets_count(&labels);
+            let k = tk::mine_quadruplets_count(&labels).unwrap();
             let got = tk::mine_quadruplets(x, &labels, metric, &mut quads[..k], &mut ws).unwrap();
             tk::scalar::mine_quadruplets(x, &labels, metric, &mut quads[..k], &mut ws).unwrap();
             let q = &quads[..got];

@@ -1000,7 +1000,7 @@ mod quadruplet {
         metric: Metric,
     ) -> (Vec<Quadruplet>, Vec<Quadruplet>) {
         let n = x.rows();
-        let count = mine_quadruplets_count(labels);
+        let count = mine_quadruplets_count(labels).unwrap();
         let sentinel = Quadruplet::new(9, 9, 9, 9);
         let mut ws = vec![f32::NAN; mine_quadruplets_workspace_len(n, x.dim())];
         let mut f = vec![sentinel; count + 2];
@@ -1076,13 +1076,24 @@ mod quadruplet {
 
     #[test]
     fn mining_count_rules() {
-        assert_eq!(mine_quadruplets_count(&[]), 0);
-        assert_eq!(mine_quadruplets_count(&[1]), 0);
-        assert_eq!(mine_quadruplets_count(&[1, 1, 1]), 0);
-        assert_eq!(mine_quadruplets_count(&[1, 1, 2, 2]), 0);
-        assert_eq!(mine_quadruplets_count(&[1, 2, 3]), 0);
-        assert_eq!(mine_quadruplets_count(&[1, 1, 2, 3]), 2);
-        assert_eq!(mine_quadruplets_count(&[4, 1, 4, 2, 3, 3, 9]), 4);
+        assert_eq!(mine_quadruplets_count(&[]), Ok(0));
+        assert_eq!(mine_quadruplets_count(&[1]), Ok(0));
+        assert_eq!(mine_quadruplets_count(&[1, 1, 1]), Ok(0));
+        assert_eq!(mine_quadruplets_count(&[1, 1, 2, 2]), Ok(0));
+        assert_eq!(mine_quadruplets_count(&[1, 2, 3]), Ok(0));
+        assert_eq!(mine_quadruplets_count(&[1, 1, 2, 3]), Ok(2));
+        assert_eq!(mine_quadruplets_count(&[4, 1, 4, 2, 3, 3, 9]), Ok(4));
+        for labels in [
+            &[][..],
+            &[1, 1, 2, 3],
+            &[4, 1, 4, 2, 3, 3, 9],
+            &[1, 1, 2, 2],
+        ] {
+            assert_eq!(
+                triplet_kernels::scalar::mine_quadruplets_count(labels),
+                mine_quadruplets_count(labels)
+            );
+        }
         assert_eq!(
             mine_quadruplets_workspace_len(3, 5),
             9 + triplet_kernels::pairwise_distances_workspace_len(3, 5)

@@ -157,7 +157,7 @@ fn fast_kernels_run_with_exactly_their_workspace() {
                     quadruplet_loss_workspace_len(n, d),
                     |ws| quadruplet_loss_grad(x, &quads, metric, qp, &mut grad, ws),
                 );
-                let count = mine_quadruplets_count(&labels);
+                let count = mine_quadruplets_count(&labels).unwrap();
                 let mut mined = vec![Quadruplet::default(); count];
                 exact(
                     &what("mine_quadruplets"),

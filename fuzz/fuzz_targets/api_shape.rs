@@ -683,7 +683,8 @@ fn quadruplets(c: &mut Case<'_>) {
     let ll = c.len_near(n);
     let classes = c.g.range(1, 5);
     let labels = c.labels(ll, classes);
-    let count = tk::mine_quadruplets_count(&labels);
+    let count = tk::mine_quadruplets_count(&labels).unwrap();
+    assert_eq!(scalar::mine_quadruplets_count(&labels), Ok(count));
     let distinct = {
         let mut l = labels.clone();
         l.sort_unstable();

@@ -548,7 +548,7 @@ fn mining_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
     if dump() {
         eprintln!("mine_quadruplets: n {n} d {d} {metric:?}\nx {xd:?}\nlabels {labels:?}");
     }
-    let count = mine_quadruplets_count(&labels);
+    let count = mine_quadruplets_count(&labels).unwrap();
     assert_eq!(count, count_by_formula(&labels));
     let sentinel = Quadruplet::new(9, 9, 9, 9);
     let mut ws = vec![garbage; mine_quadruplets_workspace_len(n, d)];

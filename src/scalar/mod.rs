@@ -68,7 +68,8 @@ pub use proxy::{
     proxy_nca_loss_grad, proxy_nca_loss_workspace_len,
 };
 pub use quadruplet::{
-    mine_quadruplets, quadruplet_loss, quadruplet_loss_grad, quadruplet_loss_workspace_len,
+    mine_quadruplets, mine_quadruplets_count, quadruplet_loss, quadruplet_loss_grad,
+    quadruplet_loss_workspace_len,
 };
 pub use retrieval::{knn, knn_workspace_len, retrieval_metrics, retrieval_metrics_workspace_len};
 pub use triplet::{

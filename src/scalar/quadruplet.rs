@@ -252,3 +252,38 @@ pub fn mine_quadruplets(
     }
     Ok(written)
 }
+
+/// Scalar twin of [`crate::mine_quadruplets_count`], by its definition: when the batch
+/// holds at least three distinct labels, the number of rows whose label occurs on another
+/// row; 0 otherwise.
+///
+/// # Errors
+///
+/// Exactly those of [`crate::mine_quadruplets_count`] (none today).
+///
+/// # Example
+///
+/// ```
+/// use triplet_kernels::scalar;
+/// assert_eq!(scalar::mine_quadruplets_count(&[1, 1, 2, 2, 3])?, 4);
+/// # Ok::<(), triplet_kernels::Error>(())
+/// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
+pub fn mine_quadruplets_count(labels: &[u32]) -> Result<usize, Error> {
+    let mut classes = 0_usize;
+    for (i, l) in labels.iter().enumerate() {
+        if !labels.get(..i).is_some_and(|seen| seen.contains(l)) {
+            classes += 1;
+        }
+    }
+    if classes < 3 {
+        return Ok(0);
+    }
+    let mut count = 0_usize;
+    for (i, li) in labels.iter().enumerate() {
+        if labels.iter().enumerate().any(|(j, lj)| j != i && lj == li) {
+            count += 1;
+        }
+    }
+    Ok(count)
+}

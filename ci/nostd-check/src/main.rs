@@ -156,7 +156,7 @@ fn losses(x: Matrix<'_>) -> Result<bool, tk::Error> {
         tk::scalar::contrastive_loss_grad(x, &LABELS, metric, cp, &mut g, &mut ws)?;
         ok &= finite(&g);
 
-        let k = tk::mine_quadruplets_count(&LABELS);
+        let k = tk::mine_quadruplets_count(&LABELS)?;
         let out = quads
             .get_mut(..k)
             .ok_or(tk::Error::InvalidParameter { name: "k" })?;
