@@ -31,6 +31,7 @@ use crate::workspace::Carve;
 
 /// Whether the pair terms of [`contrastive_loss`] are hinges or squared hinges.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum ContrastiveForm {
     /// `relu(d - pos_margin)` and `relu(neg_margin - d)` (pytorch-metric-learning).
     #[default]
@@ -95,6 +96,7 @@ impl ContrastiveForm {
 /// `P` and `N` are the numbers of ordered positive and negative pairs, `P+` and `N+` the
 /// numbers of those whose term is `> 0`. A division by a zero count gives 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum ContrastiveReduction {
     /// `sum(pos) / P+ + sum(neg) / N+`: pytorch-metric-learning's default
     /// (`AvgNonZeroReducer`, applied to each part).
@@ -141,6 +143,7 @@ impl ContrastiveReduction {
 /// Margins are in the unit of the chosen [`Metric`] (squared units for
 /// [`Metric::SquaredEuclidean`]); any finite value is accepted.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct ContrastiveParams {
     /// Positive pairs closer than this cost nothing.
     pub pos_margin: f32,
@@ -192,6 +195,18 @@ impl ContrastiveParams {
             form: ContrastiveForm::Squared,
             reduction: ContrastiveReduction::Mean,
         }
+    }
+
+    /// The same parameters with another `pos_margin`.
+    #[must_use]
+    pub const fn with_pos_margin(self, pos_margin: f32) -> Self {
+        ContrastiveParams { pos_margin, ..self }
+    }
+
+    /// The same parameters with another `neg_margin`.
+    #[must_use]
+    pub const fn with_neg_margin(self, neg_margin: f32) -> Self {
+        ContrastiveParams { neg_margin, ..self }
     }
 
     /// The same parameters with another form.

@@ -58,6 +58,7 @@ pub const NORM_EPS: f32 = 1e-12;
 
 /// Which distance a kernel computes; each variant gives its formula.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Metric {
     /// `sum (a_i - b_i)^2`.
     SquaredEuclidean,
@@ -116,6 +117,7 @@ pub enum Metric {
 /// NaN and infinity in the data are not checked: they propagate to every entry computed
 /// from an affected row (NaN or infinite, which one is unspecified), never elsewhere.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum DistanceMode {
     /// `|a|^2 + |b|^2 - 2 <a, b>`, clamped at 0: a dot-product tile plus row norms, the
     /// fastest form. Error bounded relative to `|a|^2 + |b|^2`: nearly coincident points

@@ -153,6 +153,7 @@ impl Triplet {
 ///
 /// The default is [`Mining::BatchHard`], as in [`crate::BatchParams::new`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum Mining {
     /// Every valid triplet (batch-all).
     All,

@@ -47,6 +47,7 @@ use crate::workspace::Carve;
 
 /// Parameters of [`proxy_nca_loss`].
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct ProxyNcaParams {
     /// Scale `s` of the negated squared distances inside the softmax; finite and `> 0`.
     pub softmax_scale: f32,
@@ -70,6 +71,13 @@ impl ProxyNcaParams {
         ProxyNcaParams { softmax_scale }
     }
 
+    /// The same parameters with another `softmax_scale`.
+    #[must_use]
+    pub const fn with_softmax_scale(mut self, softmax_scale: f32) -> Self {
+        self.softmax_scale = softmax_scale;
+        self
+    }
+
     pub(crate) fn validate(self) -> Result<(), Error> {
         let s = self.softmax_scale;
         if s.is_finite() && s > 0.0 {
@@ -91,6 +99,7 @@ impl Default for ProxyNcaParams {
 
 /// Parameters of [`proxy_anchor_loss`].
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct ProxyAnchorParams {
     /// Margin `delta` on the cosine similarity; finite (any sign).
     pub margin: f32,
@@ -115,6 +124,18 @@ impl ProxyAnchorParams {
     /// Proxy-Anchor with the given margin and scale.
     pub const fn new(margin: f32, alpha: f32) -> Self {
         ProxyAnchorParams { margin, alpha }
+    }
+
+    /// The same parameters with another `margin`.
+    #[must_use]
+    pub const fn with_margin(self, margin: f32) -> Self {
+        ProxyAnchorParams { margin, ..self }
+    }
+
+    /// The same parameters with another `alpha`.
+    #[must_use]
+    pub const fn with_alpha(self, alpha: f32) -> Self {
+        ProxyAnchorParams { alpha, ..self }
     }
 
     pub(crate) fn validate(self) -> Result<(), Error> {

@@ -124,6 +124,7 @@ impl From<Quadruplet> for [u32; 4] {
 /// et al. take `margin2` smaller than `margin1` (the constraint on pairs that do not share
 /// the anchor is weaker).
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct QuadrupletParams {
     /// Margin of the triplet part, `d(a,p) - d(a,n1) + margin1`.
     pub margin1: f32,
@@ -144,6 +145,18 @@ impl QuadrupletParams {
             hinge: Hinge::Relu,
             reduction: Reduction::Mean,
         }
+    }
+
+    /// The same parameters with another `margin1`.
+    #[must_use]
+    pub const fn with_margin1(self, margin1: f32) -> Self {
+        QuadrupletParams { margin1, ..self }
+    }
+
+    /// The same parameters with another `margin2`.
+    #[must_use]
+    pub const fn with_margin2(self, margin2: f32) -> Self {
+        QuadrupletParams { margin2, ..self }
     }
 
     /// The same parameters with another hinge.

@@ -101,6 +101,7 @@ use crate::validate::{check_labels, check_len, check_triplet_count, check_worksp
 /// assert_eq!(TripletParams::pytorch().eps, 1e-6);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct TripletParams {
     /// The distance `d`.
     pub metric: Metric,
@@ -201,6 +202,7 @@ impl Default for TripletParams {
 /// assert!(BatchParams::pml_triplet_margin().normalize);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct BatchParams {
     /// The distance `d`.
     pub metric: Metric,
@@ -342,6 +344,7 @@ impl Default for BatchParams {
 
 /// What a batch loss returns: the loss and how many triplets it saw.
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
+#[non_exhaustive]
 pub struct BatchLoss {
     /// The reduced loss.
     pub loss: f32,

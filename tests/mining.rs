@@ -74,6 +74,7 @@ fn dist64(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
                 .sum();
             1.0 - dot / (na * nb)
         }
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -83,6 +84,7 @@ fn dist_tol(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
         Metric::SquaredEuclidean => dist64(Metric::SquaredEuclidean, a, b),
         Metric::Euclidean => dist64(Metric::Euclidean, a, b),
         Metric::Cosine => 2.0,
+        _ => unreachable!("a variant this test does not know"),
     };
     4.0 * (a.len() as f64 + 8.0) * EPS * s + 1e-30
 }

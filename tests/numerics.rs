@@ -323,6 +323,7 @@ proptest! {
                         Metric::SquaredEuclidean => 2.0 * (2.0 * d as f64 + 4.0) * U * nn,
                         Metric::Euclidean => (2.0 * (2.0 * d as f64 + 4.0) * U * nn).sqrt() + 1e-30,
                         Metric::Cosine => 2.0 * (2.0 * d as f64 + 10.0) * U,
+                        _ => unreachable!("a variant this test does not know"),
                     } * 1.01;
                     let (a, b) = (f64::from(p[i * n + j]), f64::from(c[i * n + j]));
                     prop_assert!((a - b).abs() <= tol, "{metric:?} ({i},{j}): pairwise {a} cross {b} tol {tol}");

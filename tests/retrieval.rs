@@ -138,6 +138,7 @@ fn dist64(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
         Metric::SquaredEuclidean => sq,
         Metric::Euclidean => sq.sqrt(),
         Metric::Cosine => 1.0 - dot / (norm(a) * norm(b)),
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 

@@ -134,6 +134,7 @@ fn dist(metric: Metric, a: &[f64], b: &[f64], eps: f64) -> f64 {
             let dot: f64 = a.iter().zip(b).map(|(u, v)| u * v).sum();
             1.0 - dot / (norm(a).max(1e-12) * norm(b).max(1e-12))
         }
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -162,6 +163,7 @@ fn grad_scale(metric: Metric, a: &[f64], b: &[f64], eps: f64) -> f64 {
             let mb = b.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
             mb / (na * nb) + 2.0 * ma / (na * na)
         }
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -169,6 +171,7 @@ fn hinge64(h: Hinge, v: f64) -> f64 {
     match h {
         Hinge::Relu => v.max(0.0),
         Hinge::SoftPlus => v.max(0.0) + (-v.abs()).exp().ln_1p(),
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -176,6 +179,7 @@ fn slope64(h: Hinge, v: f64) -> f64 {
     match h {
         Hinge::Relu => f64::from(u8::from(v > 0.0)),
         Hinge::SoftPlus => 1.0 / (1.0 + (-v).exp()),
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -184,6 +188,7 @@ fn weight(r: Reduction, k: usize, active: usize) -> f64 {
         Reduction::Sum => return 1.0,
         Reduction::Mean => k,
         Reduction::MeanNonzero => active,
+        _ => unreachable!("a variant this test does not know"),
     };
     if div == 0 {
         0.0
@@ -293,6 +298,7 @@ fn mine_ref(
                     out.push((a, p, q.unwrap()));
                 }
             }
+            _ => unreachable!("a variant this test does not know"),
         }
     }
     out
@@ -609,6 +615,7 @@ fn hess_scale(metric: Metric, dist: f64) -> f64 {
             }
         }
         Metric::Cosine => 8.0,
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 

@@ -94,6 +94,7 @@ fn dist(metric: Metric, a: &[f64], b: &[f64]) -> f64 {
         Metric::SquaredEuclidean => sq,
         Metric::Euclidean => sq.sqrt(),
         Metric::Cosine => 1.0 - dot(a, b) / (clamped(norm(a)) * clamped(norm(b))),
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -122,6 +123,7 @@ fn dist_grad(metric: Metric, a: &[f64], b: &[f64], dist: f64) -> Vec<f64> {
                 .map(|(u, v)| -v / (na * nb) + own * u)
                 .collect()
         }
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -171,6 +173,7 @@ fn hinge(h: Hinge, v: f64) -> f64 {
                 v.exp().ln_1p()
             }
         }
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -178,6 +181,7 @@ fn slope(h: Hinge, v: f64) -> f64 {
     match h {
         Hinge::Relu => f64::from(u8::from(v > 0.0)),
         Hinge::SoftPlus => 1.0 / (1.0 + (-v).exp()),
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -185,6 +189,7 @@ fn active(h: Hinge, v: f64) -> bool {
     match h {
         Hinge::Relu => v > 0.0,
         Hinge::SoftPlus => true,
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -193,6 +198,7 @@ fn weight(r: Reduction, count: usize, active: usize) -> f64 {
         Reduction::Sum => return 1.0,
         Reduction::Mean => count,
         Reduction::MeanNonzero => active,
+        _ => unreachable!("a variant this test does not know"),
     };
     if divisor == 0 {
         0.0
@@ -281,6 +287,7 @@ fn select(dm: &[f64], labels: &[u32], mining: Mining) -> Vec<(usize, usize, usiz
                     out.push((a, p, q.unwrap()));
                 }
             }
+            _ => unreachable!("a variant this test does not know"),
         }
     }
     out
@@ -594,6 +601,7 @@ fn contrastive_exact(
                     let h = v.max(0.0);
                     (h * h, 2.0 * sign * h)
                 }
+                _ => unreachable!("a variant this test does not know"),
             };
             pairs[i * n + j] = (t, s, positive);
             if positive {
@@ -619,6 +627,7 @@ fn contrastive_exact(
             (w, w)
         }
         ContrastiveReduction::Sum => (1.0, 1.0),
+        _ => unreachable!("a variant this test does not know"),
     };
     let mut loss = 0.0;
     let mut coef = vec![0.0; n * n];

@@ -69,6 +69,7 @@ fn dist64(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
             let dot: f64 = f64s(a).zip(f64s(b)).map(|(x, y)| x * y).sum();
             1.0 - dot / (norm(a).max(1e-12) * norm(b).max(1e-12))
         }
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -86,6 +87,7 @@ fn dist_scale(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
                 .sum::<f64>()
                 / (norm(a).max(1e-12) * norm(b).max(1e-12))
         }
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -108,6 +110,7 @@ fn grad_scale(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
             let d = dist64(metric, a, b);
             ib / (na * nb) + ((1.0 - d).abs() + dist_scale(metric, a, b)) * ia / (na * na)
         }
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 

@@ -327,6 +327,7 @@ fn count(labels: &[u32], mining: Mining) -> usize {
                 Mining::All => pos * neg,
                 Mining::BatchHard => usize::from(pos > 0 && neg > 0),
                 Mining::SemiHard => pos * usize::from(neg > 0),
+                _ => unreachable!("a variant this test does not know"),
             }
         })
         .sum()
@@ -488,8 +489,14 @@ fn triplets(c: &mut Case<'_>) {
         &rf,
         &rs,
     );
-    assert!(rf.is_ok() || untouched(&tf, G) && untouched(&gf, G), "written on Err");
-    assert!(rs.is_ok() || untouched(&tsc, G) && untouched(&gs, G), "written on Err");
+    assert!(
+        rf.is_ok() || untouched(&tf, G) && untouched(&gf, G),
+        "written on Err"
+    );
+    assert!(
+        rs.is_ok() || untouched(&tsc, G) && untouched(&gs, G),
+        "written on Err"
+    );
 
     // Batch losses.
     let ll = c.len_near(n);
@@ -601,12 +608,7 @@ fn contrastive(c: &mut Case<'_>) {
     let (mut gf, mut gs) = (vec![G; gl], vec![G; gl]);
     let rf = tk::contrastive_loss_grad(x, &labels, metric, p, &mut gf, &mut ws);
     let rs = scalar::contrastive_loss_grad(x, &labels, metric, p, &mut gs, &mut ws);
-    conds(Some(gl), need_f).check_twin(
-        &conds(Some(gl), need_s),
-        "contrastive_loss_grad",
-        &rf,
-        &rs,
-    );
+    conds(Some(gl), need_f).check_twin(&conds(Some(gl), need_s), "contrastive_loss_grad", &rf, &rs);
     assert!(rf.is_ok() || untouched(&gf, G), "written on Err");
     assert!(rs.is_ok() || untouched(&gs, G), "written on Err");
 }
@@ -670,12 +672,7 @@ fn quadruplets(c: &mut Case<'_>) {
     let (mut gf, mut gs) = (vec![G; gl], vec![G; gl]);
     let rf = tk::quadruplet_loss_grad(x, &quads, metric, p, &mut gf, &mut ws);
     let rs = scalar::quadruplet_loss_grad(x, &quads, metric, p, &mut gs, &mut ws);
-    conds(Some(gl), need_f).check_twin(
-        &conds(Some(gl), need_s),
-        "quadruplet_loss_grad",
-        &rf,
-        &rs,
-    );
+    conds(Some(gl), need_f).check_twin(&conds(Some(gl), need_s), "quadruplet_loss_grad", &rf, &rs);
     assert!(rf.is_ok() || untouched(&gf, G), "written on Err");
     assert!(rs.is_ok() || untouched(&gs, G), "written on Err");
 
@@ -820,8 +817,14 @@ fn proxies(c: &mut Case<'_>) {
         )
     };
     conds(true, need_f).check_twin(&conds(true, need_s), "proxy loss grad", &rf, &rs);
-    assert!(rf.is_ok() || untouched(&gf, G) && untouched(&gpf, G), "written on Err");
-    assert!(rs.is_ok() || untouched(&gs, G) && untouched(&gps, G), "written on Err");
+    assert!(
+        rf.is_ok() || untouched(&gf, G) && untouched(&gpf, G),
+        "written on Err"
+    );
+    assert!(
+        rs.is_ok() || untouched(&gs, G) && untouched(&gps, G),
+        "written on Err"
+    );
 }
 
 fn retrieval(c: &mut Case<'_>) {
@@ -884,7 +887,8 @@ fn retrieval(c: &mut Case<'_>) {
         tk::retrieval_metrics_workspace_len(n, refs_rows, d),
         scalar::retrieval_metrics_workspace_len(n, refs_rows, d),
     );
-    let wl = c.ws_near(if c.g.bool() { need_f } else { need_s });
+    let base = if c.g.bool() { need_f } else { need_s };
+    let wl = c.ws_near(base);
     let mut ws = vec![G; wl];
     let rf = tk::retrieval_metrics(x, &labels, reference, metric, kr, &mut ws);
     let rs = scalar::retrieval_metrics(x, &labels, reference, metric, kr, &mut ws);
