@@ -9,7 +9,9 @@
 //! With [`ContrastiveForm::Squared`] each term is squared instead: `relu(d - pos_margin)^2`
 //! and `relu(neg_margin - d)^2`, which with `pos_margin = 0` is the classic form of Hadsell,
 //! Chopra and LeCun (2006), `d^2` for positives and `relu(m - d)^2` for negatives, as
-//! TensorFlow Addons ships it (without the paper's factor 1/2).
+//! TensorFlow Addons ships it. **No factor 1/2**: the paper's loss is
+//! `(1/2) d^2 + (1/2) relu(m - d)^2`, so these terms (and their gradients) are twice the
+//! paper's; halve the loss and the gradient to reproduce it.
 //!
 //! The terms are reduced by a [`ContrastiveReduction`]; the default,
 //! [`ContrastiveReduction::MeanNonzeroPerPart`], is pytorch-metric-learning's: the mean of

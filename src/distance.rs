@@ -17,18 +17,17 @@
 //! ([`pairwise_distances_rows`], [`cross_distances_rows`]), so a caller can spread one
 //! batch over threads.
 //!
-//! This file holds the metrics, the matrix kernels and their checks; the rest of the
-//! module is split by idea: the microkernel they run ([`tile`]), row norms and L2
-//! normalisation ([`norms`]), the distance and gradient of one pair that every loss uses
-//! ([`pair`]), the Gram-to-direct accuracy fix-up of the miners ([`fixup`]) and the
-//! register-blocked products of batch-all's gradient ([`gemm`]).
+//! Internally, the matrix kernels share one packed microkernel; row norms and L2
+//! normalisation, the distance and gradient of one pair that every loss uses, the
+//! Gram-to-direct accuracy fix-up of the miners and the register-blocked products of
+//! batch-all's gradient live beside them.
 //!
 //! # Numerics
 //!
 //! The error bounds of the matrix kernels, for both modes and every metric, are in the
-//! public docs of [`DistanceMode`] (this module is private, its docs are not rendered).
-//! NaN and infinity in the data are not checked: they propagate to every entry computed
-//! from an affected row (NaN or infinite, which one is unspecified), never elsewhere.
+//! docs of [`DistanceMode`]. NaN and infinity in the data are not checked: they propagate
+//! to every entry computed from an affected row (NaN or infinite, which one is
+//! unspecified), never elsewhere.
 
 mod fixup;
 mod gemm;
