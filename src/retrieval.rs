@@ -10,6 +10,10 @@
 //!   `mean_average_precision_at_r`, as pytorch-metric-learning's `AccuracyCalculator`
 //!   defines them (see [`RetrievalMetrics`]).
 //!
+//! One rule for `k` in both: `1 <= k <= ` the references a query can retrieve (`m` with
+//! a gallery, `n - 1` leave-one-out); any other `k` is an
+//! [`Error::InvalidParameter`](crate::Error::InvalidParameter) naming `k`.
+//!
 //! The streaming design (no `n x m` matrix; workspace linear in `n + m`) is documented
 //! on [`knn`], in its public docs.
 
@@ -82,8 +86,7 @@ pub const fn retrieval_metrics_workspace_len(
 pub struct RetrievalMetrics {
     /// Fraction of evaluated queries whose nearest reference shares their label.
     pub precision_at_1: f64,
-    /// Fraction of evaluated queries with a same-label reference among their `K` nearest
-    /// (`K` clamped to the number of references a query can retrieve).
+    /// Fraction of evaluated queries with a same-label reference among their `K` nearest.
     pub recall_at_k: f64,
     /// Mean over evaluated queries of the fraction of same-label items among the `R`
     /// nearest.
@@ -246,7 +249,7 @@ pub(crate) fn check_metrics<'a>(
         }
         None => labels,
     };
-    if k == 0 {
+    if k == 0 || k > shape.available {
         return Err(Error::InvalidParameter { name: "k" });
     }
     let required = if twin {
@@ -710,8 +713,8 @@ pub fn knn(
 ///
 /// `recall_at_k` is the fraction of evaluated queries with at least one same-label
 /// reference among their `k` nearest (the usual metric-learning recall@K; with `k = 1` it
-/// equals `precision_at_1`). A `k` above the references a query can retrieve (`m`, or
-/// `n - 1` leave-one-out) means all of them. Scalar twin:
+/// equals `precision_at_1`). `k` follows [`knn`]'s rule: at least 1 and at most the
+/// references a query can retrieve (`m`, or `n - 1` leave-one-out). Scalar twin:
 /// [`crate::scalar::retrieval_metrics`].
 ///
 /// `workspace` needs [`retrieval_metrics_workspace_len`]`(n, m, d)` elements (`m = n`
@@ -724,7 +727,9 @@ pub fn knn(
 ///   `u32::MAX` rows;
 /// - [`Error::LengthMismatch`] (`"labels"`, `"reference_labels"`) when a label slice does
 ///   not have one label per row;
-/// - [`Error::InvalidParameter`] (`"k"`) when `k == 0`;
+/// - [`Error::InvalidParameter`] (`"k"`) when `k == 0` or `k` exceeds the references a
+///   query can retrieve (`m`, or `n - 1` leave-one-out; so a single query cannot be
+///   evaluated leave-one-out);
 /// - [`Error::WorkspaceTooSmall`] when the workspace is too short;
 /// - [`Error::NonFinite`] (`"queries"` or `"reference"`, flat position of the first one)
 ///   when the embeddings hold NaN or infinity: a ranking of such data would silently hide
@@ -765,7 +770,6 @@ pub fn retrieval_metrics(
         check_metrics(&queries, labels, reference, k, workspace.len(), false)?;
     // Read once: the norms and every distance of this call use it.
     let backend = Backend::active();
-    let k = min_len(k, shape.available);
     let m = shape.refs.rows();
     // The `else` branches below are unreachable: the workspace length was checked, and an
     // `f32` slice always reinterprets as `u32`.

@@ -179,7 +179,10 @@ fn run_knn(p: &Problem, metric: Metric, k: usize, fast: bool, fill: f32) -> List
     Lists { idx, dist }
 }
 
+/// `k` is clamped to the references a query can retrieve, the largest `k` the kernels
+/// accept (the textbook evaluation clamps it alike).
 fn run_metrics(p: &Problem, metric: Metric, k: usize, fast: bool, fill: f32) -> RetrievalMetrics {
+    let k = k.min(p.available());
     let mut ws = vec![fill; metrics_ws_len(p.n, p.m(), p.d)];
     let f = if fast {
         retrieval_metrics
@@ -237,7 +240,7 @@ fn textbook(p: &Problem, ranking: &Lists, k: usize) -> RetrievalMetrics {
 fn run_zero() -> RetrievalMetrics {
     let x = Matrix::new(&[0.0], 1, 1).unwrap();
     let mut ws = [0.0_f32; retrieval_metrics_workspace_len(1, 1, 1)];
-    retrieval_metrics(x, &[0], None, Metric::Euclidean, 1, &mut ws).unwrap()
+    retrieval_metrics(x, &[0], Some((x, &[1])), Metric::Euclidean, 1, &mut ws).unwrap()
 }
 
 fn assert_metrics_close(a: &RetrievalMetrics, b: &RetrievalMetrics, tol: f64) {
@@ -335,19 +338,24 @@ proptest! {
     fn metrics_match_textbook(p in problem(true, 33), float in problem(false, 33), k in 1..40_usize) {
         for (p, exact) in [(&p, true), (&float, false)] {
             for metric in METRICS {
-                let fast = run_metrics(p, metric, k, true, f32::NAN);
-                let twin = run_metrics(p, metric, k, false, f32::NAN);
                 if p.available() >= 1 {
+                    let fast = run_metrics(p, metric, k, true, f32::NAN);
+                    let twin = run_metrics(p, metric, k, false, f32::NAN);
+                    if exact && metric != Metric::Cosine {
+                        prop_assert_eq!(fast, twin);
+                    }
                     let all = p.available();
                     let fast_rank = run_knn(p, metric, all, true, 0.0);
                     let twin_rank = run_knn(p, metric, all, false, 0.0);
                     assert_metrics_close(&fast, &textbook(p, &fast_rank, k), 1e-12);
                     assert_metrics_close(&twin, &textbook(p, &twin_rank, k), 1e-12);
                 } else {
-                    prop_assert_eq!(fast.evaluated, 0);
-                }
-                if exact && metric != Metric::Cosine {
-                    prop_assert_eq!(fast, twin);
+                    // Nothing to retrieve: no `k` is valid.
+                    let mut ws = vec![0.0; metrics_ws_len(p.n, p.m(), p.d)];
+                    for f in [retrieval_metrics, scalar::retrieval_metrics] {
+                        let got = f(p.queries(), &p.labels, p.labelled(), metric, k, &mut ws);
+                        prop_assert_eq!(got, Err(Error::InvalidParameter { name: "k" }));
+                    }
                 }
             }
         }
@@ -570,12 +578,12 @@ fn degenerate_queries() {
         );
         // A single row retrieving from itself has no reference at all.
         let one = Matrix::new(&[4.0], 1, 1).unwrap();
-        assert_eq!(
-            f(one, &[1], None, Metric::Euclidean, 5, &mut ws)
-                .unwrap()
-                .evaluated,
-            0
-        );
+        for k in [1, 5] {
+            assert_eq!(
+                f(one, &[1], None, Metric::Euclidean, k, &mut ws),
+                Err(Error::InvalidParameter { name: "k" })
+            );
+        }
         // A gallery without the query labels: left out.
         let y = Matrix::new(&[0.0, 1.0], 2, 1).unwrap();
         let m = f(
@@ -604,7 +612,7 @@ fn degenerate_queries() {
 }
 
 #[test]
-fn recall_k_beyond_the_references_means_all() {
+fn k_beyond_the_references_is_refused() {
     let x = Matrix::new(&[0.0, 1.0, 5.0, 6.0], 4, 1).unwrap();
     let labels = [1, 2, 1, 2];
     let mut ws = vec![f32::NAN; metrics_ws_len(4, 4, 1)];
@@ -612,10 +620,15 @@ fn recall_k_beyond_the_references_means_all() {
         let at1 = f(x, &labels, None, Metric::Euclidean, 1, &mut ws).unwrap();
         assert_eq!(at1.recall_at_k, 0.0);
         assert_eq!(at1.recall_at_k, at1.precision_at_1);
-        let huge = f(x, &labels, None, Metric::Euclidean, usize::MAX, &mut ws).unwrap();
+        // As knn: at most the n - 1 references a query can retrieve leave-one-out.
+        for k in [4, usize::MAX] {
+            assert_eq!(
+                f(x, &labels, None, Metric::Euclidean, k, &mut ws),
+                Err(Error::InvalidParameter { name: "k" })
+            );
+        }
         let all = f(x, &labels, None, Metric::Euclidean, 3, &mut ws).unwrap();
-        assert_eq!(huge, all);
-        assert_eq!(huge.recall_at_k, 1.0);
+        assert_eq!(all.recall_at_k, 1.0);
     }
 }
 
@@ -804,7 +817,7 @@ fn metrics_errors() {
         let gal = len(3, 2, 2);
         let l3: &[u32] = &[1, 1, 2];
         let l2: &[u32] = &[1, 2];
-        let cases: [(&[u32], Labelled<'_>, usize, usize, Error); 7] = [
+        let cases: [(&[u32], Labelled<'_>, usize, usize, Error); 9] = [
             (
                 l3,
                 Some((y3, l2)),
@@ -839,6 +852,14 @@ fn metrics_errors() {
                 l3,
                 Some((y, l2)),
                 0,
+                gal,
+                Error::InvalidParameter { name: "k" },
+            ),
+            (l3, None, 3, full, Error::InvalidParameter { name: "k" }),
+            (
+                l3,
+                Some((y, l2)),
+                3,
                 gal,
                 Error::InvalidParameter { name: "k" },
             ),

@@ -902,7 +902,7 @@ fn retrieval(c: &mut Case<'_>) {
         if gallery {
             kc.len("reference_labels", m, rll);
         }
-        kc.param(kr >= 1, "k").ws(need, wl).finite("queries", &xd);
+        kc.param(kr >= 1 && kr <= available, "k").ws(need, wl).finite("queries", &xd);
         if gallery {
             kc.finite("reference", &yd);
         }

@@ -238,7 +238,6 @@ pub fn retrieval_metrics(
     workspace: &mut [f32],
 ) -> Result<RetrievalMetrics, Error> {
     let (shape, ref_labels) = check_metrics(&queries, labels, reference, k, workspace.len(), true)?;
-    let k = k.min(shape.available);
     let (mut p1, mut recall, mut rp, mut map) = (0.0_f64, 0.0_f64, 0.0_f64, 0.0_f64);
     let mut evaluated = 0_usize;
     for (q, (a, &label)) in queries.row_iter().zip(labels).enumerate() {
