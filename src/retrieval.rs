@@ -10,9 +10,9 @@
 //!   `mean_average_precision_at_r`, as pytorch-metric-learning's `AccuracyCalculator`
 //!   defines them (see [`RetrievalMetrics`]).
 //!
-//! One rule for `k` in both: `1 <= k <= ` the references a query can retrieve (`m` with
-//! a gallery, `n - 1` leave-one-out); any other `k` is an
-//! [`Error::InvalidParameter`](crate::Error::InvalidParameter) naming `k`.
+//! One rule for `k` in both: at least 1 and at most the references a query can retrieve
+//! (`m` with a gallery, `n - 1` leave-one-out); any other `k` is an
+//! [`Error::InvalidParameter`] naming `k`.
 //!
 //! The streaming design (no `n x m` matrix; workspace linear in `n + m`) is documented
 //! on [`knn`], in its public docs.
