@@ -19,6 +19,7 @@ fn metric_name(m: Metric) -> &'static str {
         Metric::SquaredEuclidean => "sqeuclid",
         Metric::Euclidean => "euclid",
         Metric::Cosine => "cosine",
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 

@@ -45,7 +45,11 @@ fn bench(c: &mut Criterion) {
 
     let mut idx = vec![0_u32; QUERIES * K];
     let mut dist = vec![0.0_f32; QUERIES * K];
-    let mut ws = vec![0.0_f32; knn_workspace_len(QUERIES, GALLERY, DIM)];
+    let mut ws = vec![
+        0.0_f32;
+        knn_workspace_len(QUERIES, GALLERY, DIM)
+            .max(scalar::knn_workspace_len(QUERIES, GALLERY, DIM))
+    ];
     let mut g = c.benchmark_group("knn_1024x8192_d64_k10_euclidean");
     g.throughput(Throughput::Elements(pairs));
     g.sample_size(10);
@@ -94,7 +98,12 @@ fn bench(c: &mut Criterion) {
     });
     g.finish();
 
-    let mut ws = vec![0.0_f32; retrieval_metrics_workspace_len(QUERIES, GALLERY, DIM)];
+    let mut ws = vec![
+        0.0_f32;
+        retrieval_metrics_workspace_len(QUERIES, GALLERY, DIM).max(
+            scalar::retrieval_metrics_workspace_len(QUERIES, GALLERY, DIM)
+        )
+    ];
     let mut g = c.benchmark_group("retrieval_metrics_1024x8192_d64_cosine");
     g.throughput(Throughput::Elements(pairs));
     g.sample_size(10);

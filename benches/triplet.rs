@@ -18,9 +18,10 @@ use std::hint::black_box;
 use std::time::Duration;
 use triplet_kernels::{
     hardest_pairs, hinge_reduce, hinge_reduce_grad, mine_triplets, mine_triplets_count,
-    mining_workspace_len, scalar, triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
-    triplet_margin_loss, triplet_margin_loss_grad, triplet_margin_workspace_len, Hinge, Matrix,
-    Metric, Mining, Reduction, Triplet, TripletParams,
+    mine_triplets_workspace_len, scalar, triplet_batch_loss_grad,
+    triplet_batch_loss_grad_workspace_len, triplet_margin_loss, triplet_margin_loss_grad,
+    triplet_margin_loss_workspace_len, Hinge, Matrix, Metric, Mining, Reduction, Triplet,
+    TripletParams,
 };
 
 #[path = "common/workloads.rs"]
@@ -70,6 +71,7 @@ fn mining_name(m: Mining) -> &'static str {
         Mining::All => "all",
         Mining::BatchHard => "batch_hard",
         Mining::SemiHard => "semihard",
+        _ => "other",
     }
 }
 
@@ -82,7 +84,7 @@ fn mining(c: &mut Criterion) {
     let x = Matrix::new(&data, n, d).unwrap();
     let metric = Metric::Euclidean;
     // The twins take the fast kernels' workspace.
-    let mut ws = vec![0.0_f32; mining_workspace_len(n, d)];
+    let mut ws = vec![0.0_f32; mine_triplets_workspace_len(n, d)];
     let shape = format!("euclid_n{n}_d{d}");
 
     let mut g = c.benchmark_group("hardest_pairs");
@@ -131,7 +133,7 @@ fn margin(c: &mut Criterion) {
     let metric = Metric::Euclidean;
     let mut triplets =
         vec![Triplet::default(); mine_triplets_count(&labels, Mining::SemiHard).unwrap()];
-    let mut mws = vec![0.0_f32; mining_workspace_len(n, d)];
+    let mut mws = vec![0.0_f32; mine_triplets_workspace_len(n, d)];
     let k = mine_triplets(
         x,
         &labels,
@@ -150,8 +152,8 @@ fn margin(c: &mut Criterion) {
     // One workspace for the fast kernels and their twins (the twins' is longer).
     let mut ws = vec![
         0.0_f32;
-        triplet_margin_workspace_len(n, d)
-            .max(scalar::triplet_margin_workspace_len(n, d))
+        triplet_margin_loss_workspace_len(n, d)
+            .max(scalar::triplet_margin_loss_workspace_len(n, d))
     ];
     let id = format!("euclid_n{n}_d{d}_k{k}");
 

@@ -8,11 +8,11 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
 use triplet_kernels::{
-    contrastive_loss_grad, contrastive_workspace_len, mine_quadruplets, mine_quadruplets_count,
-    mine_quadruplets_workspace_len, proxy_anchor_loss_grad, proxy_anchor_workspace_len,
-    proxy_nca_loss_grad, proxy_nca_workspace_len, quadruplet_loss_grad, quadruplet_workspace_len,
-    scalar, ContrastiveParams, Matrix, Metric, ProxyAnchorParams, ProxyNcaParams, Quadruplet,
-    QuadrupletParams,
+    contrastive_loss_grad, contrastive_loss_workspace_len, mine_quadruplets,
+    mine_quadruplets_count, mine_quadruplets_workspace_len, proxy_anchor_loss_grad,
+    proxy_anchor_loss_workspace_len, proxy_nca_loss_grad, proxy_nca_loss_workspace_len,
+    quadruplet_loss_grad, quadruplet_loss_workspace_len, scalar, ContrastiveParams, Matrix, Metric,
+    ProxyAnchorParams, ProxyNcaParams, Quadruplet, QuadrupletParams,
 };
 
 const N: usize = 256;
@@ -32,6 +32,7 @@ fn metric_name(m: Metric) -> &'static str {
         Metric::SquaredEuclidean => "sqeuclid",
         Metric::Euclidean => "euclid",
         Metric::Cosine => "cosine",
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -42,8 +43,11 @@ fn contrastive(c: &mut Criterion) {
     let x = Matrix::new(&xd, N, D).unwrap();
     let labels = labels();
     let mut grad = vec![0.0_f32; N * D];
-    let mut ws =
-        vec![0.0_f32; contrastive_workspace_len(N, D).max(scalar::contrastive_workspace_len(N, D))];
+    let mut ws = vec![
+        0.0_f32;
+        contrastive_loss_workspace_len(N, D)
+            .max(scalar::contrastive_loss_workspace_len(N, D))
+    ];
     g.throughput(Throughput::Elements((N * (N - 1)) as u64));
     for (metric, params) in [
         (Metric::Euclidean, ContrastiveParams::new(0.0, 16.0)),
@@ -80,7 +84,7 @@ fn quadruplet(c: &mut Criterion) {
     let x = Matrix::new(&xd, N, D).unwrap();
     let labels = labels();
     let metric = Metric::Euclidean;
-    let mut quads = vec![Quadruplet::default(); mine_quadruplets_count(&labels)];
+    let mut quads = vec![Quadruplet::default(); mine_quadruplets_count(&labels).unwrap()];
     let mut mws = vec![0.0_f32; mine_quadruplets_workspace_len(N, D)];
     let k = mine_quadruplets(x, &labels, metric, &mut quads, &mut mws).unwrap();
     let id = format!("euclid_n{N}_d{D}_k{k}");
@@ -98,8 +102,11 @@ fn quadruplet(c: &mut Criterion) {
 
     let params = QuadrupletParams::new(1.0, 0.5);
     let mut grad = vec![0.0_f32; N * D];
-    let mut ws =
-        vec![0.0_f32; quadruplet_workspace_len(N, D).max(scalar::quadruplet_workspace_len(N, D))];
+    let mut ws = vec![
+        0.0_f32;
+        quadruplet_loss_workspace_len(N, D)
+            .max(scalar::quadruplet_loss_workspace_len(N, D))
+    ];
     g.throughput(Throughput::Elements((3 * k) as u64));
     g.bench_function(BenchmarkId::new("fast", &id), |b| {
         b.iter(|| {
@@ -128,10 +135,11 @@ fn proxies(c: &mut Criterion) {
     let mut g = c.benchmark_group("proxy_nca");
     g.sample_size(20);
     g.throughput(Throughput::Elements((N * C) as u64));
-    let params = ProxyNcaParams::PYTORCH_METRIC_LEARNING;
+    let params = ProxyNcaParams::pytorch_metric_learning();
     let mut ws = vec![
         0.0_f32;
-        proxy_nca_workspace_len(N, C, D).max(scalar::proxy_nca_workspace_len(N, C, D))
+        proxy_nca_loss_workspace_len(N, C, D)
+            .max(scalar::proxy_nca_loss_workspace_len(N, C, D))
     ];
     g.bench_function(BenchmarkId::new("fast", &id), |b| {
         b.iter(|| {
@@ -166,11 +174,11 @@ fn proxies(c: &mut Criterion) {
     let mut g = c.benchmark_group("proxy_anchor");
     g.sample_size(20);
     g.throughput(Throughput::Elements((N * C) as u64));
-    let params = ProxyAnchorParams::PYTORCH_METRIC_LEARNING;
+    let params = ProxyAnchorParams::pytorch_metric_learning();
     let mut ws = vec![
         0.0_f32;
-        proxy_anchor_workspace_len(N, C, D)
-            .max(scalar::proxy_anchor_workspace_len(N, C, D))
+        proxy_anchor_loss_workspace_len(N, C, D)
+            .max(scalar::proxy_anchor_loss_workspace_len(N, C, D))
     ];
     g.bench_function(BenchmarkId::new("fast", &id), |b| {
         b.iter(|| {

@@ -9,7 +9,9 @@
 //! With [`ContrastiveForm::Squared`] each term is squared instead: `relu(d - pos_margin)^2`
 //! and `relu(neg_margin - d)^2`, which with `pos_margin = 0` is the classic form of Hadsell,
 //! Chopra and LeCun (2006), `d^2` for positives and `relu(m - d)^2` for negatives, as
-//! TensorFlow Addons ships it (without the paper's factor 1/2).
+//! TensorFlow Addons ships it. **No factor 1/2**: the paper's loss is
+//! `(1/2) d^2 + (1/2) relu(m - d)^2`, so these terms (and their gradients) are twice the
+//! paper's; halve the loss and the gradient to reproduce it.
 //!
 //! The terms are reduced by a [`ContrastiveReduction`]; the default,
 //! [`ContrastiveReduction::MeanNonzeroPerPart`], is pytorch-metric-learning's: the mean of
@@ -31,6 +33,7 @@ use crate::workspace::Carve;
 
 /// Whether the pair terms of [`contrastive_loss`] are hinges or squared hinges.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum ContrastiveForm {
     /// `relu(d - pos_margin)` and `relu(neg_margin - d)` (pytorch-metric-learning).
     #[default]
@@ -95,6 +98,7 @@ impl ContrastiveForm {
 /// `P` and `N` are the numbers of ordered positive and negative pairs, `P+` and `N+` the
 /// numbers of those whose term is `> 0`. A division by a zero count gives 0.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum ContrastiveReduction {
     /// `sum(pos) / P+ + sum(neg) / N+`: pytorch-metric-learning's default
     /// (`AvgNonZeroReducer`, applied to each part).
@@ -141,6 +145,7 @@ impl ContrastiveReduction {
 /// Margins are in the unit of the chosen [`Metric`] (squared units for
 /// [`Metric::SquaredEuclidean`]); any finite value is accepted.
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct ContrastiveParams {
     /// Positive pairs closer than this cost nothing.
     pub pos_margin: f32,
@@ -160,7 +165,16 @@ impl ContrastiveParams {
     /// L2-normalised embeddings: to reproduce it, normalise with [`crate::l2_normalize`],
     /// use [`Metric::Euclidean`], and chain the gradient through
     /// [`crate::l2_normalize_backward`].
-    pub const PYTORCH_METRIC_LEARNING: Self = Self::new(0.0, 1.0);
+    pub const fn pytorch_metric_learning() -> Self {
+        Self::new(0.0, 1.0)
+    }
+
+    /// Deprecated form of [`ContrastiveParams::pytorch_metric_learning`].
+    #[deprecated(
+        since = "0.2.0",
+        note = "use `ContrastiveParams::pytorch_metric_learning()`"
+    )]
+    pub const PYTORCH_METRIC_LEARNING: Self = Self::pytorch_metric_learning();
 
     /// Linear hinges with the given margins, reduced by
     /// [`ContrastiveReduction::MeanNonzeroPerPart`].
@@ -183,6 +197,18 @@ impl ContrastiveParams {
             form: ContrastiveForm::Squared,
             reduction: ContrastiveReduction::Mean,
         }
+    }
+
+    /// The same parameters with another `pos_margin`.
+    #[must_use]
+    pub const fn with_pos_margin(self, pos_margin: f32) -> Self {
+        ContrastiveParams { pos_margin, ..self }
+    }
+
+    /// The same parameters with another `neg_margin`.
+    #[must_use]
+    pub const fn with_neg_margin(self, neg_margin: f32) -> Self {
+        ContrastiveParams { neg_margin, ..self }
     }
 
     /// The same parameters with another form.
@@ -210,16 +236,16 @@ impl ContrastiveParams {
 }
 
 impl Default for ContrastiveParams {
-    /// [`ContrastiveParams::PYTORCH_METRIC_LEARNING`].
+    /// [`ContrastiveParams::pytorch_metric_learning`].
     fn default() -> Self {
-        Self::PYTORCH_METRIC_LEARNING
+        Self::pytorch_metric_learning()
     }
 }
 
 /// Workspace elements that [`contrastive_loss`] and [`contrastive_loss_grad`] need for
 /// `rows` embeddings of dimension `dim`: `rows` norms plus the `rows (rows - 1) / 2`
 /// distances of the unordered pairs. Saturates instead of overflowing.
-pub const fn contrastive_workspace_len(rows: usize, dim: usize) -> usize {
+pub const fn contrastive_loss_workspace_len(rows: usize, dim: usize) -> usize {
     let _ = dim;
     let pairs = if rows.is_multiple_of(2) {
         (rows / 2).saturating_mul(rows.saturating_sub(1))
@@ -227,6 +253,12 @@ pub const fn contrastive_workspace_len(rows: usize, dim: usize) -> usize {
         rows.saturating_mul(rows.saturating_sub(1) / 2)
     };
     rows.saturating_add(pairs)
+}
+
+/// Deprecated name of [`contrastive_loss_workspace_len`].
+#[deprecated(since = "0.2.0", note = "renamed to `contrastive_loss_workspace_len`")]
+pub const fn contrastive_workspace_len(rows: usize, dim: usize) -> usize {
+    contrastive_loss_workspace_len(rows, dim)
 }
 
 /// Validates the arguments of a contrastive kernel in the documented order; returns `n`.
@@ -241,7 +273,7 @@ pub(crate) fn check_contrastive(
     if let Some(g) = grad {
         check_len("grad", x.len(), g)?;
     }
-    check_workspace(contrastive_workspace_len(n, x.dim()), workspace)?;
+    check_workspace(contrastive_loss_workspace_len(n, x.dim()), workspace)?;
     params.validate()?;
     check_rows(x, false)?;
     Ok(n)
@@ -339,7 +371,7 @@ impl Parts {
 /// without any term (one row; no positive or no negative pair) is 0 with a zero gradient.
 ///
 /// `labels` has one arbitrary id per row, compared for equality only. `workspace` needs
-/// [`contrastive_workspace_len`]`(rows, dim)` elements, garbage before and after.
+/// [`contrastive_loss_workspace_len`]`(rows, dim)` elements, garbage before and after.
 ///
 /// # Errors
 ///
@@ -370,12 +402,12 @@ impl Parts {
 ///
 /// ```
 /// use triplet_kernels::{
-///     contrastive_loss, contrastive_workspace_len, ContrastiveParams, Matrix, Metric,
+///     contrastive_loss, contrastive_loss_workspace_len, ContrastiveParams, Matrix, Metric,
 /// };
 /// // Two classes on a line: 0 and 1 are positives at distance 1, 2 is a negative.
 /// let x = Matrix::new(&[0.0, 1.0, 1.5], 3, 1)?;
 /// let labels = [7, 7, 9];
-/// let mut ws = [0.0_f32; contrastive_workspace_len(3, 1)];
+/// let mut ws = [0.0_f32; contrastive_loss_workspace_len(3, 1)];
 /// let params = ContrastiveParams::new(0.5, 1.0);
 /// let loss = contrastive_loss(x, &labels, Metric::Euclidean, params, &mut ws)?;
 /// // positive part: relu(1 - 0.5) = 0.5; negative part: relu(1 - 0.5) = 0.5 (pair 1, 2),
@@ -419,12 +451,12 @@ pub fn contrastive_loss(
 ///
 /// ```
 /// use triplet_kernels::{
-///     contrastive_loss_grad, contrastive_workspace_len, ContrastiveParams, Matrix, Metric,
+///     contrastive_loss_grad, contrastive_loss_workspace_len, ContrastiveParams, Matrix, Metric,
 /// };
 /// let x = Matrix::new(&[0.0, 2.0], 2, 1)?;
 /// let labels = [1, 1];
 /// let mut grad = [0.0_f32; 2];
-/// let mut ws = [0.0_f32; contrastive_workspace_len(2, 1)];
+/// let mut ws = [0.0_f32; contrastive_loss_workspace_len(2, 1)];
 /// let loss = contrastive_loss_grad(
 ///     x, &labels, Metric::Euclidean, ContrastiveParams::new(0.0, 1.0), &mut grad, &mut ws,
 /// )?;

@@ -17,18 +17,17 @@
 //! ([`pairwise_distances_rows`], [`cross_distances_rows`]), so a caller can spread one
 //! batch over threads.
 //!
-//! This file holds the metrics, the matrix kernels and their checks; the rest of the
-//! module is split by idea: the microkernel they run ([`tile`]), row norms and L2
-//! normalisation ([`norms`]), the distance and gradient of one pair that every loss uses
-//! ([`pair`]), the Gram-to-direct accuracy fix-up of the miners ([`fixup`]) and the
-//! register-blocked products of batch-all's gradient ([`gemm`]).
+//! Internally, the matrix kernels share one packed microkernel; row norms and L2
+//! normalisation, the distance and gradient of one pair that every loss uses, the
+//! Gram-to-direct accuracy fix-up of the miners and the register-blocked products of
+//! batch-all's gradient live beside them.
 //!
 //! # Numerics
 //!
 //! The error bounds of the matrix kernels, for both modes and every metric, are in the
-//! public docs of [`DistanceMode`] (this module is private, its docs are not rendered).
-//! NaN and infinity in the data are not checked: they propagate to every entry computed
-//! from an affected row (NaN or infinite, which one is unspecified), never elsewhere.
+//! docs of [`DistanceMode`]. NaN and infinity in the data are not checked: they propagate
+//! to every entry computed from an affected row (NaN or infinite, which one is
+//! unspecified), never elsewhere.
 
 mod fixup;
 mod gemm;
@@ -58,6 +57,7 @@ pub const NORM_EPS: f32 = 1e-12;
 
 /// Which distance a kernel computes; each variant gives its formula.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Metric {
     /// `sum (a_i - b_i)^2`.
     SquaredEuclidean,
@@ -116,6 +116,7 @@ pub enum Metric {
 /// NaN and infinity in the data are not checked: they propagate to every entry computed
 /// from an affected row (NaN or infinite, which one is unspecified), never elsewhere.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum DistanceMode {
     /// `|a|^2 + |b|^2 - 2 <a, b>`, clamped at 0: a dot-product tile plus row norms, the
     /// fastest form. Error bounded relative to `|a|^2 + |b|^2`: nearly coincident points

@@ -1,10 +1,90 @@
 //! Allocation-free, `no_std` kernels for triplet loss and its relatives.
 //!
 //! `triplet_kernels` computes the building blocks of metric learning over caller-provided
-//! buffers: distance matrices (squared Euclidean, Euclidean, cosine; pairwise and cross),
-//! margin hinges and reductions, and, as the crate grows, online mining and the losses
-//! with their gradients. Every fast kernel is vectorised through one private SIMD seam
-//! and has a public reference twin in [`scalar`].
+//! buffers: distance matrices, online mining, triplet, contrastive, quadruplet and proxy
+//! losses with their gradients, retrieval and verification metrics. Every fast kernel is
+//! vectorised through one private SIMD seam and has a public reference twin in
+//! [`scalar`]. Each family is a module whose docs give its formulas; everything below is
+//! also re-exported at the crate root.
+//!
+//! # Entry points
+//!
+//! Each `*_workspace_len` function is the `const fn` length of the scratch its kernel
+//! needs (see "Conventions" below).
+//!
+//! **Data and errors.** [`Matrix`]: a validated row-major `rows x dim` view of `f32`
+//! embeddings. [`Error`]: why a call refused its arguments.
+//!
+//! **[Distances](distance)** ([`Metric`]: squared Euclidean, Euclidean, cosine;
+//! [`DistanceMode`]: Gram or direct form and their error bounds; [`NORM_EPS`]: the norm
+//! clamp)
+//! - [`pairwise_distances`] / [`pairwise_distances_workspace_len`]: the `n x n` matrix of
+//!   one batch.
+//! - [`pairwise_distances_rows`] / [`pairwise_distances_rows_workspace_len`]: a block of
+//!   its rows (to spread a batch over threads).
+//! - [`cross_distances`] / [`cross_distances_workspace_len`]: the `m x n` matrix between
+//!   two sets.
+//! - [`cross_distances_rows`] / [`cross_distances_rows_workspace_len`]: a block of its rows.
+//! - [`row_norms`]: the Euclidean norm of every row.
+//! - [`l2_normalize`] and [`l2_normalize_backward`]: rows scaled to unit norm, and the
+//!   gradient through that scaling.
+//!
+//! **[Online mining](mining)** ([`Mining`]: batch-all, batch-hard, semi-hard;
+//! [`Triplet`]; [`NO_INDEX`])
+//! - [`mine_triplets`] / [`mine_triplets_workspace_len`]: the triplets a strategy selects.
+//! - [`mine_triplets_count`]: how many it selects (labels only), to size the output.
+//! - [`hardest_pairs`] / [`hardest_pairs_workspace_len`]: per anchor, the farthest positive
+//!   and the nearest negative.
+//!
+//! **[Hinges and reductions](reduce)** ([`Hinge`]: relu, soft margin; [`Reduction`]: none,
+//! sum, mean, mean over active terms)
+//! - [`hinge_reduce`]: a hinge applied to margin values, then reduced.
+//! - [`hinge_reduce_grad`]: its gradient with respect to the values.
+//!
+//! **[Triplet losses](triplet)**
+//! - [`triplet_margin_loss`] / [`triplet_margin_loss_grad`] /
+//!   [`triplet_margin_loss_workspace_len`]: over caller-given triplets, PyTorch's
+//!   `TripletMarginLoss` ([`TripletParams`]).
+//! - [`triplet_batch_loss`] / [`triplet_batch_loss_workspace_len`]: over a labelled batch,
+//!   mining and reducing in one call ([`BatchParams`], returning a [`BatchLoss`]).
+//! - [`triplet_batch_loss_grad`] / [`triplet_batch_loss_grad_workspace_len`]: the same
+//!   with its gradient.
+//!
+//! **[Contrastive loss](contrastive)** ([`ContrastiveParams`], [`ContrastiveForm`],
+//! [`ContrastiveReduction`])
+//! - [`contrastive_loss`] / [`contrastive_loss_grad`] / [`contrastive_loss_workspace_len`]:
+//!   over every ordered pair of a labelled batch, pytorch-metric-learning's or Hadsell's
+//!   form.
+//!
+//! **[Quadruplet loss](quadruplet)** ([`QuadrupletParams`], [`Quadruplet`])
+//! - [`quadruplet_loss`] / [`quadruplet_loss_grad`] / [`quadruplet_loss_workspace_len`]:
+//!   Chen et al.'s loss over caller-given quadruplets.
+//! - [`mine_quadruplets`] / [`mine_quadruplets_workspace_len`]: quadruplets formed inside a
+//!   labelled batch; [`mine_quadruplets_count`]: how many.
+//!
+//! **[Proxy losses](proxy)**
+//! - [`proxy_nca_loss`] / [`proxy_nca_loss_grad`] / [`proxy_nca_loss_workspace_len`]:
+//!   Proxy-NCA ([`ProxyNcaParams`]), gradients for the rows and the proxies.
+//! - [`proxy_anchor_loss`] / [`proxy_anchor_loss_grad`] /
+//!   [`proxy_anchor_loss_workspace_len`]: Proxy-Anchor ([`ProxyAnchorParams`]), likewise.
+//!
+//! **[Retrieval](retrieval)**
+//! - [`knn`] / [`knn_workspace_len`]: the `k` nearest references of every query, streamed.
+//! - [`retrieval_metrics`] / [`retrieval_metrics_workspace_len`]: precision@1, recall@k,
+//!   R-precision and MAP@R ([`RetrievalMetrics`]).
+//!
+//! **[Verification](verification)**
+//! - [`verification_metrics`] / [`verification_metrics_workspace_len`]: ROC AUC, equal
+//!   error rate and TAR at given FARs of genuine and impostor scores
+//!   ([`VerificationMetrics`], [`Score`]: similarity or distance).
+//!
+//! **Backends**
+//! - [`Backend`]: the SIMD code paths (AVX-512F, AVX2 + FMA, portable) and which one runs.
+//! - [`set_backend`] / [`reset_backend`]: force one for the whole process, or return to the
+//!   automatic choice.
+//!
+//! **[Scalar twins](scalar)**: the same functions, computed in `f64`, with their own
+//! `scalar::*_workspace_len` where their scratch differs.
 //!
 //! # SIMD backends
 //!
@@ -55,7 +135,7 @@
 //! - **Scalar twins**: [`scalar`] holds, for every fast kernel, a function of the same name
 //!   and arguments: the textbook formula, every distance, sum and gradient element
 //!   accumulated in `f64` and rounded to `f32` once. They return the fast kernel's errors,
-//!   except that a gradient twin may need a longer workspace, given by
+//!   except that a gradient twin or a retrieval twin may need another workspace, given by
 //!   `scalar::<kernel>_workspace_len` where it differs. Each fast kernel's `# Numerics`
 //!   section bounds its distance from the twin.
 //!
@@ -95,16 +175,16 @@
     clippy::inline_always
 )]
 
-mod contrastive;
-mod distance;
+pub mod contrastive;
+pub mod distance;
 mod error;
 mod math;
 mod matrix;
 pub mod mining;
-mod proxy;
-mod quadruplet;
-mod reduce;
-mod retrieval;
+pub mod proxy;
+pub mod quadruplet;
+pub mod reduce;
+pub mod retrieval;
 pub mod scalar;
 mod simd;
 pub mod triplet;
@@ -121,22 +201,22 @@ pub use distance::{
 pub use error::Error;
 pub use matrix::Matrix;
 pub use mining::{
-    hardest_pairs, mine_triplets, mine_triplets_count, mining_workspace_len, Mining, Triplet,
-    NO_INDEX,
+    hardest_pairs, hardest_pairs_workspace_len, mine_triplets, mine_triplets_count,
+    mine_triplets_workspace_len, Mining, Triplet, NO_INDEX,
 };
 pub use reduce::{hinge_reduce, hinge_reduce_grad, Hinge, Reduction};
 
 pub use contrastive::{
-    contrastive_loss, contrastive_loss_grad, contrastive_workspace_len, ContrastiveForm,
+    contrastive_loss, contrastive_loss_grad, contrastive_loss_workspace_len, ContrastiveForm,
     ContrastiveParams, ContrastiveReduction,
 };
 pub use proxy::{
-    proxy_anchor_loss, proxy_anchor_loss_grad, proxy_anchor_workspace_len, proxy_nca_loss,
-    proxy_nca_loss_grad, proxy_nca_workspace_len, ProxyAnchorParams, ProxyNcaParams,
+    proxy_anchor_loss, proxy_anchor_loss_grad, proxy_anchor_loss_workspace_len, proxy_nca_loss,
+    proxy_nca_loss_grad, proxy_nca_loss_workspace_len, ProxyAnchorParams, ProxyNcaParams,
 };
 pub use quadruplet::{
     mine_quadruplets, mine_quadruplets_count, mine_quadruplets_workspace_len, quadruplet_loss,
-    quadruplet_loss_grad, quadruplet_workspace_len, Quadruplet, QuadrupletParams,
+    quadruplet_loss_grad, quadruplet_loss_workspace_len, Quadruplet, QuadrupletParams,
 };
 pub use retrieval::{
     knn, knn_workspace_len, retrieval_metrics, retrieval_metrics_workspace_len, RetrievalMetrics,
@@ -145,11 +225,23 @@ pub use simd::{reset_backend, set_backend, Backend};
 pub use triplet::{
     triplet_batch_loss, triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
     triplet_batch_loss_workspace_len, triplet_margin_loss, triplet_margin_loss_grad,
-    triplet_margin_workspace_len, BatchLoss, BatchParams, TripletParams,
+    triplet_margin_loss_workspace_len, BatchLoss, BatchParams, TripletParams,
 };
 pub use verification::{
     verification_metrics, verification_metrics_workspace_len, Score, VerificationMetrics,
 };
+
+// The 0.1 names of the workspace queries, deprecated for one release.
+#[allow(deprecated)]
+pub use contrastive::contrastive_workspace_len;
+#[allow(deprecated)]
+pub use mining::mining_workspace_len;
+#[allow(deprecated)]
+pub use proxy::{proxy_anchor_workspace_len, proxy_nca_workspace_len};
+#[allow(deprecated)]
+pub use quadruplet::quadruplet_workspace_len;
+#[allow(deprecated)]
+pub use triplet::triplet_margin_workspace_len;
 
 /// The README's Rust examples, compiled and run by `cargo test --doc`; not part of the
 /// API (the item exists only when rustdoc collects doctests).

@@ -28,7 +28,7 @@
 //! The fast kernels never hold the whole distance matrix; their workspace grows like
 //! `n * (dim + 1)` plus `256 n` (at `n = 4096`, `dim = 256`: about 0.24e6 elements for
 //! batch-hard, 2.1e6 for semi-hard, against 16.8e6 for the matrix), see
-//! [`mining_workspace_len`]:
+//! [`hardest_pairs_workspace_len`] and [`mine_triplets_workspace_len`]:
 //!
 //! - batch-hard sweeps the upper triangle of the matrix in square tiles of up to 256 x 256
 //!   distances ([`crate::pairwise_distances`] on the diagonal, [`crate::cross_distances`]
@@ -150,12 +150,16 @@ impl Triplet {
 }
 
 /// Which triplets of a labelled batch a loss uses. See the [module docs](self).
+///
+/// The default is [`Mining::BatchHard`], as in [`crate::BatchParams::new`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum Mining {
     /// Every valid triplet (batch-all).
-    #[default]
     All,
-    /// Per anchor, the farthest positive and the nearest negative (batch-hard).
+    /// Per anchor, the farthest positive and the nearest negative (batch-hard). The
+    /// default.
+    #[default]
     BatchHard,
     /// Per anchor-positive pair, the nearest negative farther than the positive, else the
     /// farthest negative (semi-hard, FaceNet / TensorFlow Addons).
@@ -165,17 +169,33 @@ pub enum Mining {
 // ---------------------------------------------------------------------------------------
 // Workspace sizes.
 
-/// Workspace elements that [`hardest_pairs`] and [`mine_triplets`] need for `rows`
-/// embeddings of dimension `dim`, whatever the mining: the larger of the batch-hard sweep
-/// (`5 rows`, one `t x t` tile and the packing of its two row blocks,
-/// [`crate::cross_distances_workspace_len`]`(t, t, dim)`) and the row-wise minings
-/// (`3 rows`, one `t x rows` block of distances and its packing,
+/// Workspace elements that [`mine_triplets`] needs for `rows` embeddings of dimension
+/// `dim`, whatever the mining: the larger of the batch-hard sweep
+/// ([`hardest_pairs_workspace_len`]) and the row-wise minings (`3 rows`, one `t x rows`
+/// block of distances and its packing,
 /// [`crate::pairwise_distances_rows_workspace_len`]`(rows, t, dim)`, about
 /// `(rows + 96) * (dim + 1)`), with `t = min(rows, 256)`. No `rows x rows` matrix: for
 /// `rows = 4096`, `dim = 256` about `2.1e6` elements (8.6 MiB) instead of `16.8e6`.
 /// Saturates instead of overflowing.
-pub const fn mining_workspace_len(rows: usize, dim: usize) -> usize {
+pub const fn mine_triplets_workspace_len(rows: usize, dim: usize) -> usize {
     max_len(hard_len(rows, dim), rows_len(rows, dim, 0))
+}
+
+/// Workspace elements that [`hardest_pairs`] needs for `rows` embeddings of dimension
+/// `dim`: the batch-hard sweep's `5 rows`, one `t x t` tile (`t = min(rows, 256)`) and the
+/// packing of its rows ([`crate::pairwise_distances_workspace_len`]`(t, dim)` when
+/// `rows <= 256`, a single diagonal tile; [`crate::cross_distances_workspace_len`]`(t, t,
+/// dim)` otherwise). For `rows = 4096`, `dim = 256` about `0.24e6` elements (1 MiB).
+/// Saturates instead of overflowing.
+pub const fn hardest_pairs_workspace_len(rows: usize, dim: usize) -> usize {
+    hard_len(rows, dim)
+}
+
+/// Deprecated name of [`mine_triplets_workspace_len`] (which also covers
+/// [`hardest_pairs`]).
+#[deprecated(since = "0.2.0", note = "renamed to `mine_triplets_workspace_len`")]
+pub const fn mining_workspace_len(rows: usize, dim: usize) -> usize {
+    mine_triplets_workspace_len(rows, dim)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -264,7 +284,7 @@ pub(crate) fn check_hardest_args(
     let n = check_labels(x, labels)?;
     check_len("positives", n, positives_len)?;
     check_len("negatives", n, negatives_len)?;
-    check_workspace(mining_workspace_len(n, x.dim()), workspace_len)?;
+    check_workspace(hardest_pairs_workspace_len(n, x.dim()), workspace_len)?;
     check_rows(x, false)?;
     Ok(n)
 }
@@ -287,7 +307,7 @@ pub(crate) fn check_mine_args(
             actual: out_len,
         });
     }
-    check_workspace(mining_workspace_len(n, x.dim()), workspace_len)?;
+    check_workspace(mine_triplets_workspace_len(n, x.dim()), workspace_len)?;
     check_rows(x, false)?;
     Ok(n)
 }
@@ -317,7 +337,7 @@ pub(crate) trait Sink {
 /// distance computed once and offered to both of its rows (see the
 /// [module docs](self#memory-no-n-x-n-matrix)). Scalar twin:
 /// [`crate::scalar::hardest_pairs`]. `workspace` needs
-/// [`mining_workspace_len`]`(rows, dim)` elements, garbage before and after.
+/// [`hardest_pairs_workspace_len`]`(rows, dim)` elements, garbage before and after.
 ///
 /// # Errors
 ///
@@ -342,11 +362,11 @@ pub(crate) trait Sink {
 /// # Example
 ///
 /// ```
-/// use triplet_kernels::{hardest_pairs, mining_workspace_len, Matrix, Metric, NO_INDEX};
+/// use triplet_kernels::{hardest_pairs, hardest_pairs_workspace_len, Matrix, Metric, NO_INDEX};
 /// let x = Matrix::new(&[0.0, 1.0, 3.0, 4.0, 10.0], 5, 1)?;
 /// let labels = [0, 0, 0, 1, 2];
 /// let (mut pos, mut neg) = ([0_u32; 5], [0_u32; 5]);
-/// let mut ws = [0.0_f32; mining_workspace_len(5, 1)];
+/// let mut ws = [0.0_f32; hardest_pairs_workspace_len(5, 1)];
 /// hardest_pairs(x, &labels, Metric::Euclidean, &mut pos, &mut neg, &mut ws)?;
 /// assert_eq!(pos, [2, 2, 0, NO_INDEX, NO_INDEX]);
 /// assert_eq!(neg, [3, 3, 3, 2, 3]);
@@ -410,7 +430,7 @@ impl Sink for Writer<'_> {
 /// Batch-hard sweeps the distance matrix in tiles, semi-hard in blocks of anchor rows
 /// (see the [module docs](self#memory-no-n-x-n-matrix)); batch-all reads the labels only.
 /// Scalar twin: [`crate::scalar::mine_triplets`]. `workspace` needs
-/// [`mining_workspace_len`]`(rows, dim)` elements, garbage before and after. Feed the
+/// [`mine_triplets_workspace_len`]`(rows, dim)` elements, garbage before and after. Feed the
 /// result to [`crate::triplet_margin_loss`] to compute a loss over the mined triplets, or
 /// use [`crate::triplet_batch_loss`], which mines and reduces in one call.
 ///
@@ -434,12 +454,12 @@ impl Sink for Writer<'_> {
 /// # Example
 ///
 /// ```
-/// use triplet_kernels::{mine_triplets, mine_triplets_count, mining_workspace_len};
+/// use triplet_kernels::{mine_triplets, mine_triplets_count, mine_triplets_workspace_len};
 /// use triplet_kernels::{Matrix, Metric, Mining, Triplet};
 /// let x = Matrix::new(&[0.0, 1.0, 3.0, 4.0], 4, 1)?;
 /// let labels = [0, 0, 1, 1];
 /// let mut out = [Triplet::default(); 4];
-/// let mut ws = [0.0_f32; mining_workspace_len(4, 1)];
+/// let mut ws = [0.0_f32; mine_triplets_workspace_len(4, 1)];
 /// assert_eq!(mine_triplets_count(&labels, Mining::SemiHard)?, 4);
 /// let k = mine_triplets(x, &labels, Metric::Euclidean, Mining::SemiHard, &mut out, &mut ws)?;
 /// assert_eq!(k, 4);

@@ -47,6 +47,7 @@ use crate::workspace::Carve;
 
 /// Parameters of [`proxy_nca_loss`].
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct ProxyNcaParams {
     /// Scale `s` of the negated squared distances inside the softmax; finite and `> 0`.
     pub softmax_scale: f32,
@@ -54,11 +55,27 @@ pub struct ProxyNcaParams {
 
 impl ProxyNcaParams {
     /// pytorch-metric-learning's `ProxyNCALoss` default: `softmax_scale = 1`.
-    pub const PYTORCH_METRIC_LEARNING: Self = Self::new(1.0);
+    pub const fn pytorch_metric_learning() -> Self {
+        Self::new(1.0)
+    }
+
+    /// Deprecated form of [`ProxyNcaParams::pytorch_metric_learning`].
+    #[deprecated(
+        since = "0.2.0",
+        note = "use `ProxyNcaParams::pytorch_metric_learning()`"
+    )]
+    pub const PYTORCH_METRIC_LEARNING: Self = Self::pytorch_metric_learning();
 
     /// Proxy-NCA with the given softmax scale.
     pub const fn new(softmax_scale: f32) -> Self {
         ProxyNcaParams { softmax_scale }
+    }
+
+    /// The same parameters with another `softmax_scale`.
+    #[must_use]
+    pub const fn with_softmax_scale(mut self, softmax_scale: f32) -> Self {
+        self.softmax_scale = softmax_scale;
+        self
     }
 
     pub(crate) fn validate(self) -> Result<(), Error> {
@@ -74,14 +91,15 @@ impl ProxyNcaParams {
 }
 
 impl Default for ProxyNcaParams {
-    /// [`ProxyNcaParams::PYTORCH_METRIC_LEARNING`].
+    /// [`ProxyNcaParams::pytorch_metric_learning`].
     fn default() -> Self {
-        Self::PYTORCH_METRIC_LEARNING
+        Self::pytorch_metric_learning()
     }
 }
 
 /// Parameters of [`proxy_anchor_loss`].
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct ProxyAnchorParams {
     /// Margin `delta` on the cosine similarity; finite (any sign).
     pub margin: f32,
@@ -92,11 +110,32 @@ pub struct ProxyAnchorParams {
 impl ProxyAnchorParams {
     /// pytorch-metric-learning's `ProxyAnchorLoss` defaults, also the paper's:
     /// `margin = 0.1`, `alpha = 32`.
-    pub const PYTORCH_METRIC_LEARNING: Self = Self::new(0.1, 32.0);
+    pub const fn pytorch_metric_learning() -> Self {
+        Self::new(0.1, 32.0)
+    }
+
+    /// Deprecated form of [`ProxyAnchorParams::pytorch_metric_learning`].
+    #[deprecated(
+        since = "0.2.0",
+        note = "use `ProxyAnchorParams::pytorch_metric_learning()`"
+    )]
+    pub const PYTORCH_METRIC_LEARNING: Self = Self::pytorch_metric_learning();
 
     /// Proxy-Anchor with the given margin and scale.
     pub const fn new(margin: f32, alpha: f32) -> Self {
         ProxyAnchorParams { margin, alpha }
+    }
+
+    /// The same parameters with another `margin`.
+    #[must_use]
+    pub const fn with_margin(self, margin: f32) -> Self {
+        ProxyAnchorParams { margin, ..self }
+    }
+
+    /// The same parameters with another `alpha`.
+    #[must_use]
+    pub const fn with_alpha(self, alpha: f32) -> Self {
+        ProxyAnchorParams { alpha, ..self }
     }
 
     pub(crate) fn validate(self) -> Result<(), Error> {
@@ -111,16 +150,16 @@ impl ProxyAnchorParams {
 }
 
 impl Default for ProxyAnchorParams {
-    /// [`ProxyAnchorParams::PYTORCH_METRIC_LEARNING`].
+    /// [`ProxyAnchorParams::pytorch_metric_learning`].
     fn default() -> Self {
-        Self::PYTORCH_METRIC_LEARNING
+        Self::pytorch_metric_learning()
     }
 }
 
 /// Workspace elements that [`proxy_nca_loss`] and [`proxy_nca_loss_grad`] need for `rows`
 /// embeddings, `classes` proxies and dimension `dim`: `2 classes dim + 2 classes + 2 dim`
 /// (independent of `rows`). Saturates instead of overflowing.
-pub const fn proxy_nca_workspace_len(rows: usize, classes: usize, dim: usize) -> usize {
+pub const fn proxy_nca_loss_workspace_len(rows: usize, classes: usize, dim: usize) -> usize {
     let _ = rows;
     classes
         .saturating_mul(dim)
@@ -129,15 +168,27 @@ pub const fn proxy_nca_workspace_len(rows: usize, classes: usize, dim: usize) ->
         .saturating_add(dim.saturating_mul(2))
 }
 
+/// Deprecated name of [`proxy_nca_loss_workspace_len`].
+#[deprecated(since = "0.2.0", note = "renamed to `proxy_nca_loss_workspace_len`")]
+pub const fn proxy_nca_workspace_len(rows: usize, classes: usize, dim: usize) -> usize {
+    proxy_nca_loss_workspace_len(rows, classes, dim)
+}
+
 /// Workspace elements that [`proxy_anchor_loss`] and [`proxy_anchor_loss_grad`] need for
 /// `rows` embeddings, `classes` proxies and dimension `dim`:
 /// `2 classes dim + rows classes + 2 dim`. Saturates instead of overflowing.
-pub const fn proxy_anchor_workspace_len(rows: usize, classes: usize, dim: usize) -> usize {
+pub const fn proxy_anchor_loss_workspace_len(rows: usize, classes: usize, dim: usize) -> usize {
     classes
         .saturating_mul(dim)
         .saturating_mul(2)
         .saturating_add(rows.saturating_mul(classes))
         .saturating_add(dim.saturating_mul(2))
+}
+
+/// Deprecated name of [`proxy_anchor_loss_workspace_len`].
+#[deprecated(since = "0.2.0", note = "renamed to `proxy_anchor_loss_workspace_len`")]
+pub const fn proxy_anchor_workspace_len(rows: usize, classes: usize, dim: usize) -> usize {
+    proxy_anchor_loss_workspace_len(rows, classes, dim)
 }
 
 /// Shape checks shared by both proxy losses (first half of the documented order).
@@ -195,7 +246,7 @@ pub(crate) fn check_nca(
     grads: Option<(usize, usize)>,
     workspace: usize,
 ) -> Result<(), Error> {
-    let required = proxy_nca_workspace_len(x.rows(), proxies.rows(), x.dim());
+    let required = proxy_nca_loss_workspace_len(x.rows(), proxies.rows(), x.dim());
     check_proxy_shapes(x, labels, proxies, grads, required, workspace)?;
     params.validate()?;
     check_proxy_data(x, labels, proxies)
@@ -210,7 +261,7 @@ pub(crate) fn check_anchor(
     grads: Option<(usize, usize)>,
     workspace: usize,
 ) -> Result<(), Error> {
-    let required = proxy_anchor_workspace_len(x.rows(), proxies.rows(), x.dim());
+    let required = proxy_anchor_loss_workspace_len(x.rows(), proxies.rows(), x.dim());
     check_proxy_shapes(x, labels, proxies, grads, required, workspace)?;
     params.validate()?;
     check_proxy_data(x, labels, proxies)
@@ -339,7 +390,7 @@ fn nca(
 /// ```
 ///
 /// `labels[i]` is the index of row `i`'s proxy, in `0..proxies.rows()`. `workspace` needs
-/// [`proxy_nca_workspace_len`]`(rows, classes, dim)` elements, garbage before and after.
+/// [`proxy_nca_loss_workspace_len`]`(rows, classes, dim)` elements, garbage before and after.
 ///
 /// pytorch-metric-learning drops the rows whose softmax probability underflows to exactly
 /// 0 in floating point; this kernel computes the log-softmax directly and keeps them (the
@@ -367,11 +418,11 @@ fn nca(
 /// # Example
 ///
 /// ```
-/// use triplet_kernels::{proxy_nca_loss, proxy_nca_workspace_len, Matrix, ProxyNcaParams};
+/// use triplet_kernels::{proxy_nca_loss, proxy_nca_loss_workspace_len, Matrix, ProxyNcaParams};
 /// let x = Matrix::new(&[1.0, 0.0, 0.0, 2.0], 2, 2)?;
 /// let proxies = Matrix::new(&[3.0, 0.0, 0.0, 1.0], 2, 2)?;
 /// let labels = [0, 1]; // each row sits on its own proxy: q = 0 to it, 2 to the other
-/// let mut ws = [0.0_f32; proxy_nca_workspace_len(2, 2, 2)];
+/// let mut ws = [0.0_f32; proxy_nca_loss_workspace_len(2, 2, 2)];
 /// let loss = proxy_nca_loss(x, &labels, proxies, ProxyNcaParams::new(1.0), &mut ws)?;
 /// let want = (1.0_f32 + (-2.0_f32).exp()).ln(); // -ln(1 / (1 + e^-2))
 /// assert!((loss - want).abs() < 1e-6);
@@ -424,11 +475,11 @@ pub fn proxy_nca_loss(
 /// # Example
 ///
 /// ```
-/// use triplet_kernels::{proxy_nca_loss_grad, proxy_nca_workspace_len, Matrix, ProxyNcaParams};
+/// use triplet_kernels::{proxy_nca_loss_grad, proxy_nca_loss_workspace_len, Matrix, ProxyNcaParams};
 /// let x = Matrix::new(&[1.0, 0.0, 0.0, 2.0], 2, 2)?;
 /// let proxies = Matrix::new(&[3.0, 0.0, 0.0, 1.0], 2, 2)?;
 /// let (mut g, mut gp) = ([0.0_f32; 4], [0.0_f32; 4]);
-/// let mut ws = [0.0_f32; proxy_nca_workspace_len(2, 2, 2)];
+/// let mut ws = [0.0_f32; proxy_nca_loss_workspace_len(2, 2, 2)];
 /// let params = ProxyNcaParams::new(1.0);
 /// let loss = proxy_nca_loss_grad(x, &[0, 1], proxies, params, &mut g, &mut gp, &mut ws)?;
 /// assert!(loss > 0.0);
@@ -583,7 +634,7 @@ fn anchor(
 ///
 /// `labels[i]` is the index of row `i`'s proxy, in `0..proxies.rows()`. The positive part
 /// is averaged over the proxies that have at least one row in the batch, the negative part
-/// over all `C` proxies. `workspace` needs [`proxy_anchor_workspace_len`]`(rows, classes,
+/// over all `C` proxies. `workspace` needs [`proxy_anchor_loss_workspace_len`]`(rows, classes,
 /// dim)` elements, garbage before and after.
 ///
 /// # Errors
@@ -609,10 +660,10 @@ fn anchor(
 /// # Example
 ///
 /// ```
-/// use triplet_kernels::{proxy_anchor_loss, proxy_anchor_workspace_len, Matrix, ProxyAnchorParams};
+/// use triplet_kernels::{proxy_anchor_loss, proxy_anchor_loss_workspace_len, Matrix, ProxyAnchorParams};
 /// let x = Matrix::new(&[1.0, 0.0], 1, 2)?;
 /// let proxies = Matrix::new(&[2.0, 0.0, 0.0, 5.0], 2, 2)?;
-/// let mut ws = [0.0_f32; proxy_anchor_workspace_len(1, 2, 2)];
+/// let mut ws = [0.0_f32; proxy_anchor_loss_workspace_len(1, 2, 2)];
 /// let params = ProxyAnchorParams::new(0.1, 32.0);
 /// let loss = proxy_anchor_loss(x, &[0], proxies, params, &mut ws)?;
 /// // s = 1 with proxy 0 (positive), s = 0 with proxy 1 (negative, one of C = 2 proxies).
@@ -669,13 +720,13 @@ pub fn proxy_anchor_loss(
 ///
 /// ```
 /// use triplet_kernels::{
-///     proxy_anchor_loss_grad, proxy_anchor_workspace_len, Matrix, ProxyAnchorParams,
+///     proxy_anchor_loss_grad, proxy_anchor_loss_workspace_len, Matrix, ProxyAnchorParams,
 /// };
 /// let x = Matrix::new(&[1.0, 1.0], 1, 2)?;
 /// let proxies = Matrix::new(&[1.0, 0.0, 0.0, 1.0], 2, 2)?;
 /// let (mut g, mut gp) = ([0.0_f32; 2], [0.0_f32; 4]);
-/// let mut ws = [0.0_f32; proxy_anchor_workspace_len(1, 2, 2)];
-/// let params = ProxyAnchorParams::PYTORCH_METRIC_LEARNING;
+/// let mut ws = [0.0_f32; proxy_anchor_loss_workspace_len(1, 2, 2)];
+/// let params = ProxyAnchorParams::pytorch_metric_learning();
 /// proxy_anchor_loss_grad(x, &[0], proxies, params, &mut g, &mut gp, &mut ws)?;
 /// // The row is pulled towards proxy 0 (first axis) and away from proxy 1 (second).
 /// assert!(g[0] < 0.0 && g[1] > 0.0);

@@ -124,6 +124,7 @@ impl From<Quadruplet> for [u32; 4] {
 /// et al. take `margin2` smaller than `margin1` (the constraint on pairs that do not share
 /// the anchor is weaker).
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct QuadrupletParams {
     /// Margin of the triplet part, `d(a,p) - d(a,n1) + margin1`.
     pub margin1: f32,
@@ -144,6 +145,18 @@ impl QuadrupletParams {
             hinge: Hinge::Relu,
             reduction: Reduction::Mean,
         }
+    }
+
+    /// The same parameters with another `margin1`.
+    #[must_use]
+    pub const fn with_margin1(self, margin1: f32) -> Self {
+        QuadrupletParams { margin1, ..self }
+    }
+
+    /// The same parameters with another `margin2`.
+    #[must_use]
+    pub const fn with_margin2(self, margin2: f32) -> Self {
+        QuadrupletParams { margin2, ..self }
     }
 
     /// The same parameters with another hinge.
@@ -171,9 +184,15 @@ impl QuadrupletParams {
 
 /// Workspace elements that [`quadruplet_loss`] and [`quadruplet_loss_grad`] need for
 /// `rows` embeddings of dimension `dim` (the row norms). Saturates instead of overflowing.
-pub const fn quadruplet_workspace_len(rows: usize, dim: usize) -> usize {
+pub const fn quadruplet_loss_workspace_len(rows: usize, dim: usize) -> usize {
     let _ = dim;
     rows
+}
+
+/// Deprecated name of [`quadruplet_loss_workspace_len`].
+#[deprecated(since = "0.2.0", note = "renamed to `quadruplet_loss_workspace_len`")]
+pub const fn quadruplet_workspace_len(rows: usize, dim: usize) -> usize {
+    quadruplet_loss_workspace_len(rows, dim)
 }
 
 /// `Err(IndexOutOfRange)` for the first index `>= rows`; the position is the flat one,
@@ -207,7 +226,7 @@ pub(crate) fn check_quadruplet(
     if let Some(g) = grad {
         check_len("grad", x.len(), g)?;
     }
-    check_workspace(quadruplet_workspace_len(x.rows(), x.dim()), workspace)?;
+    check_workspace(quadruplet_loss_workspace_len(x.rows(), x.dim()), workspace)?;
     params.validate()?;
     check_indices(quadruplets, x.rows())?;
     check_rows(x, false)
@@ -344,7 +363,7 @@ fn quadruplet_impl(
 /// not checked: any indices below `rows` are accepted, repeated ones included.
 ///
 /// An empty `quadruplets` gives 0. `workspace` needs
-/// [`quadruplet_workspace_len`]`(rows, dim)` elements, garbage before and after.
+/// [`quadruplet_loss_workspace_len`]`(rows, dim)` elements, garbage before and after.
 ///
 /// # Errors
 ///
@@ -371,12 +390,12 @@ fn quadruplet_impl(
 ///
 /// ```
 /// use triplet_kernels::{
-///     quadruplet_loss, quadruplet_workspace_len, Matrix, Metric, Quadruplet, QuadrupletParams,
+///     quadruplet_loss, quadruplet_loss_workspace_len, Matrix, Metric, Quadruplet, QuadrupletParams,
 /// };
 /// // a = 0, p = 1 (d = 1), n1 = 2 (d(a, n1) = 1.5), n2 = 3 (d(n1, n2) = 1).
 /// let x = Matrix::new(&[0.0, 1.0, 1.5, 2.5], 4, 1)?;
 /// let quads = [Quadruplet::new(0, 1, 2, 3)];
-/// let mut ws = [0.0_f32; quadruplet_workspace_len(4, 1)];
+/// let mut ws = [0.0_f32; quadruplet_loss_workspace_len(4, 1)];
 /// let params = QuadrupletParams::new(1.0, 0.5);
 /// let loss = quadruplet_loss(x, &quads, Metric::Euclidean, params, &mut ws)?;
 /// assert_eq!(loss, 0.5 + 0.5); // relu(1 - 1.5 + 1) + relu(1 - 1 + 0.5)
@@ -417,13 +436,13 @@ pub fn quadruplet_loss(
 ///
 /// ```
 /// use triplet_kernels::{
-///     quadruplet_loss_grad, quadruplet_workspace_len, Matrix, Metric, Quadruplet,
+///     quadruplet_loss_grad, quadruplet_loss_workspace_len, Matrix, Metric, Quadruplet,
 ///     QuadrupletParams,
 /// };
 /// let x = Matrix::new(&[0.0, 1.0, 1.5, 2.5], 4, 1)?;
 /// let quads = [Quadruplet::new(0, 1, 2, 3)];
 /// let mut grad = [0.0_f32; 4];
-/// let mut ws = [0.0_f32; quadruplet_workspace_len(4, 1)];
+/// let mut ws = [0.0_f32; quadruplet_loss_workspace_len(4, 1)];
 /// let params = QuadrupletParams::new(1.0, 0.5);
 /// let loss = quadruplet_loss_grad(x, &quads, Metric::Euclidean, params, &mut grad, &mut ws)?;
 /// assert_eq!(loss, 1.0);
@@ -446,17 +465,29 @@ pub fn quadruplet_loss_grad(
 
 /// How many quadruplets [`mine_quadruplets`] forms for this batch: the number of rows
 /// whose label occurs at least twice, when the batch holds at least three distinct labels;
-/// 0 otherwise. Depends on the labels only (O(n^2) comparisons, no allocation).
+/// 0 otherwise. Depends on the labels only (O(n^2) comparisons, no allocation). Scalar
+/// twin: [`crate::scalar::mine_quadruplets_count`].
+///
+/// # Errors
+///
+/// None today (the count never exceeds `labels.len()`); the `Result` matches
+/// [`crate::mine_triplets_count`], so both counts are used alike.
 ///
 /// # Example
 ///
 /// ```
 /// use triplet_kernels::mine_quadruplets_count;
-/// assert_eq!(mine_quadruplets_count(&[1, 1, 2, 2, 3]), 4); // the lone 3 has no positive
-/// assert_eq!(mine_quadruplets_count(&[1, 1, 2, 2]), 0); // no third class
+/// assert_eq!(mine_quadruplets_count(&[1, 1, 2, 2, 3])?, 4); // the lone 3 has no positive
+/// assert_eq!(mine_quadruplets_count(&[1, 1, 2, 2])?, 0); // no third class
+/// # Ok::<(), triplet_kernels::Error>(())
 /// ```
 #[cfg_attr(feature = "no-panic", no_panic::no_panic)]
-pub fn mine_quadruplets_count(labels: &[u32]) -> usize {
+pub fn mine_quadruplets_count(labels: &[u32]) -> Result<usize, Error> {
+    Ok(count_quadruplets(labels))
+}
+
+/// The count of [`mine_quadruplets_count`].
+fn count_quadruplets(labels: &[u32]) -> usize {
     let Some(&l0) = labels.first() else {
         return 0;
     };
@@ -496,7 +527,7 @@ pub(crate) fn check_mining(
         });
     }
     check_workspace(mine_quadruplets_workspace_len(x.rows(), x.dim()), workspace)?;
-    let count = mine_quadruplets_count(labels);
+    let count = count_quadruplets(labels);
     if out < count {
         return Err(Error::LengthMismatch {
             buffer: "out",
@@ -584,7 +615,7 @@ pub(crate) fn select<T: Copy>(
 /// let mut out = [Quadruplet::default(); 6];
 /// let mut ws = [0.0_f32; mine_quadruplets_workspace_len(6, 1)];
 /// let k = mine_quadruplets(x, &labels, Metric::Euclidean, &mut out, &mut ws)?;
-/// assert_eq!(k, mine_quadruplets_count(&labels));
+/// assert_eq!(k, mine_quadruplets_count(&labels)?);
 /// // Anchor 0: positive 1, nearest negative 2 (at 3), nearest third-class row to 2: 5.
 /// assert_eq!(out[0], Quadruplet::new(0, 1, 2, 5));
 /// # Ok::<(), triplet_kernels::Error>(())

@@ -24,6 +24,7 @@ use crate::validate::check_len;
 /// - [`Hinge::SoftPlus`]: `h(v) = ln(1 + e^v)`, computed as `max(v, 0) + ln(1 + e^-|v|)`,
 ///   finite for every finite `v` (it never overflows, unlike a literal `log1p(exp(v))`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum Hinge {
     /// `max(v, 0)`.
     #[default]
@@ -82,6 +83,7 @@ impl Hinge {
 ///
 /// A reduction of zero terms, or of terms that are all 0, is 0 with a zero gradient.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum Reduction {
     /// Sum of the terms.
     Sum,

@@ -10,6 +10,10 @@
 //!   `mean_average_precision_at_r`, as pytorch-metric-learning's `AccuracyCalculator`
 //!   defines them (see [`RetrievalMetrics`]).
 //!
+//! One rule for `k` in both: at least 1 and at most the references a query can retrieve
+//! (`m` with a gallery, `n - 1` leave-one-out); any other `k` is an
+//! [`Error::InvalidParameter`] naming `k`.
+//!
 //! The streaming design (no `n x m` matrix; workspace linear in `n + m`) is documented
 //! on [`knn`], in its public docs.
 
@@ -34,33 +38,34 @@ const fn stream_len(queries: usize, references: usize) -> usize {
 
 /// Workspace of the scalar twins: one `(f64 distance, f64 index)` pair per reference, in
 /// `f32` words, plus one word to reach `f64` alignment.
-const fn scalar_len(references: usize) -> usize {
+pub(crate) const fn scalar_len(references: usize) -> usize {
     references.saturating_mul(4).saturating_add(1)
 }
 
-/// Workspace elements that [`knn`] (and its scalar twin) needs for `queries` queries
-/// against `references` references of dimension `dim`. For leave-one-out retrieval pass
-/// `references = queries`. Linear in `queries + references`; saturates instead of
-/// overflowing.
+/// Workspace elements that [`knn`] needs for `queries` queries against `references`
+/// references of dimension `dim`: `references + queries + min(queries, 16) *
+/// min(references, 256)` (the cosine norms and one distance tile). For leave-one-out
+/// retrieval pass `references = queries`. Linear in `queries + references`; saturates
+/// instead of overflowing. The scalar twin has its own,
+/// [`crate::scalar::knn_workspace_len`].
 pub const fn knn_workspace_len(queries: usize, references: usize, dim: usize) -> usize {
     let _ = dim;
-    max_len(stream_len(queries, references), scalar_len(references))
+    stream_len(queries, references)
 }
 
-/// Workspace elements that [`retrieval_metrics`] (and its scalar twin) needs for
-/// `queries` queries against `references` references of dimension `dim`. For
-/// leave-one-out retrieval pass `references = queries`. Linear in `queries + references`
-/// whatever the class sizes; saturates instead of overflowing.
+/// Workspace elements that [`retrieval_metrics`] needs for `queries` queries against
+/// `references` references of dimension `dim`: those of [`knn_workspace_len`] plus
+/// `2 references` (the pool of neighbour lists). For leave-one-out retrieval pass
+/// `references = queries`. Linear in `queries + references` whatever the class sizes;
+/// saturates instead of overflowing. The scalar twin has its own,
+/// [`crate::scalar::retrieval_metrics_workspace_len`].
 pub const fn retrieval_metrics_workspace_len(
     queries: usize,
     references: usize,
     dim: usize,
 ) -> usize {
     let _ = dim;
-    max_len(
-        stream_len(queries, references).saturating_add(references.saturating_mul(2)),
-        scalar_len(references),
-    )
+    stream_len(queries, references).saturating_add(references.saturating_mul(2))
 }
 
 /// The four retrieval metrics of [`retrieval_metrics`], each a mean over the evaluated
@@ -81,8 +86,7 @@ pub const fn retrieval_metrics_workspace_len(
 pub struct RetrievalMetrics {
     /// Fraction of evaluated queries whose nearest reference shares their label.
     pub precision_at_1: f64,
-    /// Fraction of evaluated queries with a same-label reference among their `K` nearest
-    /// (`K` clamped to the number of references a query can retrieve).
+    /// Fraction of evaluated queries with a same-label reference among their `K` nearest.
     pub recall_at_k: f64,
     /// Mean over evaluated queries of the fraction of same-label items among the `R`
     /// nearest.
@@ -208,6 +212,7 @@ pub(crate) fn check_knn<'a>(
     indices: usize,
     distances: usize,
     workspace: usize,
+    twin: bool,
 ) -> Result<Shape<'a>, Error> {
     let shape = check_refs(queries, reference)?;
     if k == 0 || k > shape.available {
@@ -216,10 +221,12 @@ pub(crate) fn check_knn<'a>(
     let len = checked_area(queries.rows(), k)?;
     check_len("indices", len, indices)?;
     check_len("distances", len, distances)?;
-    check_workspace(
-        knn_workspace_len(queries.rows(), shape.refs.rows(), queries.dim()),
-        workspace,
-    )?;
+    let required = if twin {
+        scalar_len(shape.refs.rows())
+    } else {
+        knn_workspace_len(queries.rows(), shape.refs.rows(), queries.dim())
+    };
+    check_workspace(required, workspace)?;
     Ok(shape)
 }
 
@@ -231,6 +238,7 @@ pub(crate) fn check_metrics<'a>(
     reference: Option<(Matrix<'a>, &'a [u32])>,
     k: usize,
     workspace: usize,
+    twin: bool,
 ) -> Result<(Shape<'a>, &'a [u32]), Error> {
     let shape = check_refs(queries, reference.map(|(y, _)| y))?;
     check_labels(queries, labels)?;
@@ -241,13 +249,15 @@ pub(crate) fn check_metrics<'a>(
         }
         None => labels,
     };
-    if k == 0 {
+    if k == 0 || k > shape.available {
         return Err(Error::InvalidParameter { name: "k" });
     }
-    check_workspace(
-        retrieval_metrics_workspace_len(queries.rows(), shape.refs.rows(), queries.dim()),
-        workspace,
-    )?;
+    let required = if twin {
+        scalar_len(shape.refs.rows())
+    } else {
+        retrieval_metrics_workspace_len(queries.rows(), shape.refs.rows(), queries.dim())
+    };
+    check_workspace(required, workspace)?;
     check_finite("queries", queries.as_slice())?;
     if !shape.leave_one_out {
         check_finite("reference", shape.refs.as_slice())?;
@@ -565,8 +575,9 @@ fn prepare<'w>(
 ///   `3 m + n + 16 * 256` elements, whatever the class sizes.
 ///
 /// The workspace queries ([`knn_workspace_len`], [`retrieval_metrics_workspace_len`])
-/// return the larger of that and the scalar twins' need (`4 m + 1`: one `f64` distance and
-/// index per reference), so one buffer serves both: linear in `n + m`, never `n x m`.
+/// return exactly these; the scalar twins need `4 m + 1` (one `f64` distance and index
+/// per reference), given by [`crate::scalar::knn_workspace_len`] and
+/// [`crate::scalar::retrieval_metrics_workspace_len`]. Linear in `n + m`, never `n x m`.
 ///
 /// # Errors
 ///
@@ -633,6 +644,7 @@ pub fn knn(
         indices.len(),
         distances.len(),
         workspace.len(),
+        false,
     )?;
     // Read once: the norms and every distance of this call use it.
     let backend = Backend::active();
@@ -701,8 +713,8 @@ pub fn knn(
 ///
 /// `recall_at_k` is the fraction of evaluated queries with at least one same-label
 /// reference among their `k` nearest (the usual metric-learning recall@K; with `k = 1` it
-/// equals `precision_at_1`). A `k` above the references a query can retrieve (`m`, or
-/// `n - 1` leave-one-out) means all of them. Scalar twin:
+/// equals `precision_at_1`). `k` follows [`knn`]'s rule: at least 1 and at most the
+/// references a query can retrieve (`m`, or `n - 1` leave-one-out). Scalar twin:
 /// [`crate::scalar::retrieval_metrics`].
 ///
 /// `workspace` needs [`retrieval_metrics_workspace_len`]`(n, m, d)` elements (`m = n`
@@ -715,7 +727,9 @@ pub fn knn(
 ///   `u32::MAX` rows;
 /// - [`Error::LengthMismatch`] (`"labels"`, `"reference_labels"`) when a label slice does
 ///   not have one label per row;
-/// - [`Error::InvalidParameter`] (`"k"`) when `k == 0`;
+/// - [`Error::InvalidParameter`] (`"k"`) when `k == 0` or `k` exceeds the references a
+///   query can retrieve (`m`, or `n - 1` leave-one-out; so a single query cannot be
+///   evaluated leave-one-out);
 /// - [`Error::WorkspaceTooSmall`] when the workspace is too short;
 /// - [`Error::NonFinite`] (`"queries"` or `"reference"`, flat position of the first one)
 ///   when the embeddings hold NaN or infinity: a ranking of such data would silently hide
@@ -752,10 +766,10 @@ pub fn retrieval_metrics(
     k: usize,
     workspace: &mut [f32],
 ) -> Result<RetrievalMetrics, Error> {
-    let (shape, ref_labels) = check_metrics(&queries, labels, reference, k, workspace.len())?;
+    let (shape, ref_labels) =
+        check_metrics(&queries, labels, reference, k, workspace.len(), false)?;
     // Read once: the norms and every distance of this call use it.
     let backend = Backend::active();
-    let k = min_len(k, shape.available);
     let m = shape.refs.rows();
     // The `else` branches below are unreachable: the workspace length was checked, and an
     // `f32` slice always reinterprets as `u32`.

@@ -75,7 +75,11 @@ pub use batch::{
     triplet_batch_loss, triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
     triplet_batch_loss_workspace_len,
 };
-pub use explicit::{triplet_margin_loss, triplet_margin_loss_grad, triplet_margin_workspace_len};
+#[allow(deprecated)]
+pub use explicit::triplet_margin_workspace_len;
+pub use explicit::{
+    triplet_margin_loss, triplet_margin_loss_grad, triplet_margin_loss_workspace_len,
+};
 
 use crate::distance::Metric;
 use crate::error::Error;
@@ -99,6 +103,7 @@ use crate::validate::{check_labels, check_len, check_triplet_count, check_worksp
 /// assert_eq!(TripletParams::pytorch().eps, 1e-6);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct TripletParams {
     /// The distance `d`.
     pub metric: Metric,
@@ -199,6 +204,7 @@ impl Default for TripletParams {
 /// assert!(BatchParams::pml_triplet_margin().normalize);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct BatchParams {
     /// The distance `d`.
     pub metric: Metric,
@@ -218,8 +224,8 @@ pub struct BatchParams {
 }
 
 impl BatchParams {
-    /// Euclidean, [`Mining::BatchHard`], margin 0.2, [`Hinge::Relu`], [`Reduction::Mean`],
-    /// no normalisation.
+    /// Euclidean, [`Mining::BatchHard`] (which is also `Mining::default()`), margin 0.2,
+    /// [`Hinge::Relu`], [`Reduction::Mean`], no normalisation.
     pub const fn new() -> Self {
         BatchParams {
             metric: Metric::Euclidean,
@@ -340,6 +346,7 @@ impl Default for BatchParams {
 
 /// What a batch loss returns: the loss and how many triplets it saw.
 #[derive(Clone, Copy, Debug, PartialEq, Default)]
+#[non_exhaustive]
 pub struct BatchLoss {
     /// The reduced loss.
     pub loss: f32,
@@ -392,7 +399,7 @@ pub(crate) fn check_triplet_args(
             }
         }
     }
-    check_workspace(triplet_margin_workspace_len(n, x.dim()), workspace)?;
+    check_workspace(triplet_margin_loss_workspace_len(n, x.dim()), workspace)?;
     Ok(n)
 }
 

@@ -13,13 +13,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 use triplet_kernels::{
-    contrastive_loss_grad, contrastive_workspace_len, knn, knn_workspace_len, pairwise_distances,
-    pairwise_distances_workspace_len, proxy_anchor_loss_grad, proxy_anchor_workspace_len,
-    proxy_nca_loss_grad, proxy_nca_workspace_len, quadruplet_loss_grad, quadruplet_workspace_len,
-    reset_backend, retrieval_metrics, retrieval_metrics_workspace_len, set_backend,
-    triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len, triplet_margin_loss_grad,
-    triplet_margin_workspace_len, Backend, BatchParams, ContrastiveParams, Matrix, Metric, Mining,
-    ProxyAnchorParams, ProxyNcaParams, Quadruplet, QuadrupletParams, Triplet, TripletParams,
+    contrastive_loss_grad, contrastive_loss_workspace_len, knn, knn_workspace_len,
+    pairwise_distances, pairwise_distances_workspace_len, proxy_anchor_loss_grad,
+    proxy_anchor_loss_workspace_len, proxy_nca_loss_grad, proxy_nca_loss_workspace_len,
+    quadruplet_loss_grad, quadruplet_loss_workspace_len, reset_backend, retrieval_metrics,
+    retrieval_metrics_workspace_len, set_backend, triplet_batch_loss_grad,
+    triplet_batch_loss_grad_workspace_len, triplet_margin_loss_grad,
+    triplet_margin_loss_workspace_len, Backend, BatchParams, ContrastiveParams, Matrix, Metric,
+    Mining, ProxyAnchorParams, ProxyNcaParams, Quadruplet, QuadrupletParams, Triplet,
+    TripletParams,
 };
 
 /// Rows and dimension: `d = 37` leaves a tail after every lane count (8, 16, 32), so the
@@ -132,7 +134,7 @@ fn cases(data: &Data) -> Vec<Case<'_>> {
             Box::new(move || {
                 let mut terms = vec![0.0; data.triplets.len()];
                 let mut g = vec![0.0; N * D];
-                let mut ws = vec![0.0; triplet_margin_workspace_len(N, D)];
+                let mut ws = vec![0.0; triplet_margin_loss_workspace_len(N, D)];
                 let l = triplet_margin_loss_grad(
                     data.x(),
                     &data.triplets,
@@ -154,7 +156,7 @@ fn cases(data: &Data) -> Vec<Case<'_>> {
             Box::new(move || {
                 let params = ContrastiveParams::new(0.1, 1.0);
                 let mut g = vec![0.0; N * D];
-                let mut ws = vec![0.0; contrastive_workspace_len(N, D)];
+                let mut ws = vec![0.0; contrastive_loss_workspace_len(N, D)];
                 let l =
                     contrastive_loss_grad(data.x(), &data.labels, metric, params, &mut g, &mut ws)
                         .unwrap();
@@ -168,7 +170,7 @@ fn cases(data: &Data) -> Vec<Case<'_>> {
             Box::new(move || {
                 let params = QuadrupletParams::new(1.0, 0.5);
                 let mut g = vec![0.0; N * D];
-                let mut ws = vec![0.0; quadruplet_workspace_len(N, D)];
+                let mut ws = vec![0.0; quadruplet_loss_workspace_len(N, D)];
                 let l = quadruplet_loss_grad(
                     data.x(),
                     &data.quadruplets,
@@ -225,7 +227,7 @@ fn cases(data: &Data) -> Vec<Case<'_>> {
         "proxy_nca_loss_grad".into(),
         Box::new(move || {
             let (mut g, mut gp) = (vec![0.0; N * D], vec![0.0; PROXIES * D]);
-            let mut ws = vec![0.0; proxy_nca_workspace_len(N, PROXIES, D)];
+            let mut ws = vec![0.0; proxy_nca_loss_workspace_len(N, PROXIES, D)];
             let params = ProxyNcaParams::new(8.0);
             let l = proxy_nca_loss_grad(
                 data.x(),
@@ -246,8 +248,8 @@ fn cases(data: &Data) -> Vec<Case<'_>> {
         "proxy_anchor_loss_grad".into(),
         Box::new(move || {
             let (mut g, mut gp) = (vec![0.0; N * D], vec![0.0; PROXIES * D]);
-            let mut ws = vec![0.0; proxy_anchor_workspace_len(N, PROXIES, D)];
-            let params = ProxyAnchorParams::PYTORCH_METRIC_LEARNING;
+            let mut ws = vec![0.0; proxy_anchor_loss_workspace_len(N, PROXIES, D)];
+            let params = ProxyAnchorParams::pytorch_metric_learning();
             let l = proxy_anchor_loss_grad(
                 data.x(),
                 &data.labels,

@@ -131,6 +131,7 @@ fn tolerance(metric: Metric, mode: DistanceMode, a: &[f32], b: &[f32]) -> f64 {
     let sq_bound = match mode {
         DistanceMode::Gram => (2.0 * d + 4.0) * U * (sq64(a) + sq64(b)) * growth,
         DistanceMode::Direct => (d + 2.0) * U * exact_sq * growth,
+        _ => unreachable!("a variant this test does not know"),
     } + (2.0 * d + 8.0) * TINY;
     match metric {
         Metric::SquaredEuclidean => sq_bound + U * exact_sq,
@@ -144,6 +145,7 @@ fn tolerance(metric: Metric, mode: DistanceMode, a: &[f32], b: &[f32]) -> f64 {
             through_sqrt + 2.0 * U * (e + sq_bound.sqrt())
         }
         Metric::Cosine => (2.0 * d + 10.0) * U * growth + 2.0 * U,
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -162,6 +164,7 @@ fn check_pairwise(x: Matrix<'_>, metric: Metric, mode: DistanceMode, exact: bool
         DistanceMode::Direct => {
             pairwise_distances_rows(x, 0..n, metric, mode, &mut fast, &mut ws).unwrap();
         }
+        _ => unreachable!("a variant this test does not know"),
     }
     // Dirty workspace and output: same bits.
     let mut again = vec![-7.0_f32; n * n];
@@ -208,6 +211,7 @@ fn check_cross(
         DistanceMode::Direct => {
             cross_distances_rows(x, y, 0..m, metric, mode, &mut fast, &mut ws).unwrap();
         }
+        _ => unreachable!("a variant this test does not know"),
     }
     let mut slow = vec![f32::NAN; m * n];
     ws.fill(f32::NAN);

@@ -72,6 +72,7 @@ fn tolerance(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
             through_sqrt + 2.0 * U * (e + sq_bound.sqrt())
         }
         Metric::Cosine => (2.0 * d + 10.0) * U * growth + 2.0 * U,
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 

@@ -5,8 +5,9 @@
 use triplet_kernels::{
     l2_normalize_backward, mine_quadruplets, mine_quadruplets_count,
     mine_quadruplets_workspace_len, proxy_anchor_loss, proxy_anchor_loss_grad,
-    proxy_anchor_workspace_len, proxy_nca_loss, proxy_nca_loss_grad, proxy_nca_workspace_len,
-    scalar, Matrix, Metric, ProxyAnchorParams, ProxyNcaParams, Quadruplet,
+    proxy_anchor_loss_workspace_len, proxy_nca_loss, proxy_nca_loss_grad,
+    proxy_nca_loss_workspace_len, scalar, Matrix, Metric, ProxyAnchorParams, ProxyNcaParams,
+    Quadruplet,
 };
 
 /// `variants_diff`, `nca-sum-overflow`: the docs promise a finite Proxy-NCA loss for every
@@ -21,7 +22,8 @@ fn nca_sum_overflow() {
     let params = ProxyNcaParams::new(f32::MAX / 4.0);
     let mut ws = vec![
         0.0_f32;
-        proxy_nca_workspace_len(2, 5, 1).max(scalar::proxy_nca_workspace_len(2, 5, 1))
+        proxy_nca_loss_workspace_len(2, 5, 1)
+            .max(scalar::proxy_nca_loss_workspace_len(2, 5, 1))
     ];
     let twin = scalar::proxy_nca_loss(x, &labels, proxies, params, &mut ws).unwrap();
     assert!(twin.is_finite(), "twin {twin}");
@@ -50,8 +52,8 @@ fn anchor_sum_overflow() {
     assert!((params.alpha * (1.0 + params.margin.abs())).is_finite());
     let mut ws = vec![
         0.0_f32;
-        proxy_anchor_workspace_len(1, 6, 1)
-            .max(scalar::proxy_anchor_workspace_len(1, 6, 1))
+        proxy_anchor_loss_workspace_len(1, 6, 1)
+            .max(scalar::proxy_anchor_loss_workspace_len(1, 6, 1))
     ];
     let twin = scalar::proxy_anchor_loss(x, &labels, proxies, params, &mut ws).unwrap();
     assert!(twin.is_finite(), "twin {twin}");
@@ -77,8 +79,8 @@ fn anchor_finite_condition_in_the_docs() {
     };
     let mut ws = vec![
         0.0_f32;
-        proxy_anchor_workspace_len(3, 2, 1)
-            .max(scalar::proxy_anchor_workspace_len(3, 2, 1))
+        proxy_anchor_loss_workspace_len(3, 2, 1)
+            .max(scalar::proxy_anchor_loss_workspace_len(3, 2, 1))
     ];
     let outside = ProxyAnchorParams::new(0.0, f32::MAX * 0.99);
     assert!(bound(outside) > f64::from(f32::MAX));
@@ -122,7 +124,7 @@ fn quadruplet_near_duplicate() {
     let labels = [
         22955, 22955, 22955, 20873, 23130, 22955, 22955, 20873, 22955, 22955, 22955,
     ];
-    let count = mine_quadruplets_count(&labels);
+    let count = mine_quadruplets_count(&labels).unwrap();
     let mut ws = vec![0.0_f32; mine_quadruplets_workspace_len(11, 4)];
     let (mut f, mut s) = (
         vec![Quadruplet::default(); count],
@@ -166,7 +168,7 @@ fn normalize_backward_underflow() {
     let proxies = Matrix::new(&[-0.013_473_676, -6.0, -8.0, 0.0, 0.0], 5, 1).unwrap();
     let labels = [3, 3];
     let params = ProxyAnchorParams::new(5.764_452e-16, 2.577_857_5e-9);
-    let mut ws = vec![0.0_f32; proxy_anchor_workspace_len(2, 5, 1)];
+    let mut ws = vec![0.0_f32; proxy_anchor_loss_workspace_len(2, 5, 1)];
     let (mut g, mut gp) = ([f32::NAN; 2], [f32::NAN; 5]);
     proxy_anchor_loss_grad(x, &labels, proxies, params, &mut g, &mut gp, &mut ws).unwrap();
     assert!(g[0].abs() < 1e-31, "grad[0] {}", g[0]);
@@ -201,7 +203,7 @@ fn normalize_backward_short_row() {
     let x = Matrix::new(&[0.012_087_498], 1, 1).unwrap();
     let proxies = Matrix::new(&pd, 2, 1).unwrap();
     let params = ProxyAnchorParams::new(f32::MIN_POSITIVE, f32::MIN_POSITIVE);
-    let mut ws = vec![0.0_f32; proxy_anchor_workspace_len(1, 2, 1)];
+    let mut ws = vec![0.0_f32; proxy_anchor_loss_workspace_len(1, 2, 1)];
     let (mut g, mut gp) = ([f32::NAN; 1], [f32::NAN; 2]);
     proxy_anchor_loss_grad(x, &[0], proxies, params, &mut g, &mut gp, &mut ws).unwrap();
     for v in g.iter().chain(&gp) {

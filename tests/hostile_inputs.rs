@@ -83,7 +83,7 @@ fn single_row_and_one_class_batches_give_zero_loss_and_gradient() {
                 assert_eq!((out.loss, out.num_triplets, out.num_active), (0.0, 0, 0));
                 assert!(g.iter().all(|&v| v == 0.0));
             }
-            let cp = tk::ContrastiveParams::PYTORCH_METRIC_LEARNING;
+            let cp = tk::ContrastiveParams::pytorch_metric_learning();
             let mut g = vec![f32::NAN; 2 * n];
             let l = tk::contrastive_loss_grad(x, &labels, metric, cp, &mut g, &mut ws()).unwrap();
             assert!(l.is_finite() && g.iter().all(|v| v.is_finite()));
@@ -236,7 +236,7 @@ fn nan_and_inf_in_data() {
             })
         );
         assert_eq!(g, [7.0; 8]);
-        let cp = tk::ContrastiveParams::PYTORCH_METRIC_LEARNING;
+        let cp = tk::ContrastiveParams::pytorch_metric_learning();
         assert!(matches!(
             tk::contrastive_loss(x, &labels, Metric::Euclidean, cp, &mut ws()),
             Err(Error::NonFinite { position: 2, .. })
@@ -303,7 +303,7 @@ fn duplicate_rows_give_finite_losses_and_gradients() {
             );
         }
         let mut g = [f32::NAN; 8];
-        let cp = tk::ContrastiveParams::PYTORCH_METRIC_LEARNING;
+        let cp = tk::ContrastiveParams::pytorch_metric_learning();
         let l = tk::contrastive_loss_grad(x, &labels, metric, cp, &mut g, &mut ws()).unwrap();
         assert!(l.is_finite() && g.iter().all(|v| v.is_finite()));
     }

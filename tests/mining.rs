@@ -3,8 +3,8 @@
 
 use proptest::prelude::*;
 use triplet_kernels::{
-    hardest_pairs, mine_triplets, mine_triplets_count, mining_workspace_len, scalar, Error, Matrix,
-    Metric, Mining, Triplet, NO_INDEX,
+    hardest_pairs, hardest_pairs_workspace_len, mine_triplets, mine_triplets_count,
+    mine_triplets_workspace_len, scalar, Error, Matrix, Metric, Mining, Triplet, NO_INDEX,
 };
 
 const METRICS: [Metric; 3] = [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine];
@@ -74,6 +74,7 @@ fn dist64(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
                 .sum();
             1.0 - dot / (na * nb)
         }
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -83,6 +84,7 @@ fn dist_tol(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
         Metric::SquaredEuclidean => dist64(Metric::SquaredEuclidean, a, b),
         Metric::Euclidean => dist64(Metric::Euclidean, a, b),
         Metric::Cosine => 2.0,
+        _ => unreachable!("a variant this test does not know"),
     };
     4.0 * (a.len() as f64 + 8.0) * EPS * s + 1e-30
 }
@@ -95,7 +97,7 @@ struct Run {
 
 fn run(x: Matrix<'_>, labels: &[u32], metric: Metric, fast: bool) -> Run {
     let n = x.rows();
-    let mut ws = vec![f32::NAN; mining_workspace_len(n, x.dim())];
+    let mut ws = vec![f32::NAN; mine_triplets_workspace_len(n, x.dim())];
     let mut pos = vec![7_u32; n];
     let mut neg = vec![7_u32; n];
     if fast {
@@ -481,9 +483,10 @@ fn every_error_path() {
     let data = [0.0_f32, 1.0, 2.0, 3.0, 4.0, 5.0];
     let x = Matrix::new(&data, 3, 2).unwrap();
     let labels = [0, 0, 1];
-    let mut ws = [0.0_f32; mining_workspace_len(3, 2)];
+    let mut ws = [0.0_f32; mine_triplets_workspace_len(3, 2)];
     // The documented requirement (per-row arrays, one tile or block and its packing).
-    let need = mining_workspace_len(3, 2);
+    let need = mine_triplets_workspace_len(3, 2);
+    let need_hp = hardest_pairs_workspace_len(3, 2);
     let mut pos = [7_u32; 3];
     let mut neg = [7_u32; 3];
     let mut out = [Triplet::new(9, 9, 9); 2];
@@ -521,10 +524,10 @@ fn every_error_path() {
             })
         );
         assert_eq!(
-            hp(x, &labels, m, &mut pos, &mut neg, &mut ws[..need - 1]),
+            hp(x, &labels, m, &mut pos, &mut neg, &mut ws[..need_hp - 1]),
             Err(Error::WorkspaceTooSmall {
-                required: need,
-                actual: need - 1
+                required: need_hp,
+                actual: need_hp - 1
             })
         );
         assert_eq!(
@@ -584,7 +587,7 @@ fn every_error_path() {
     assert_eq!(neg, [7; 3]);
     assert_eq!(out, [Triplet::new(9, 9, 9); 2]);
     // The workspace query saturates instead of overflowing.
-    assert_eq!(mining_workspace_len(usize::MAX, 3), usize::MAX);
+    assert_eq!(mine_triplets_workspace_len(usize::MAX, 3), usize::MAX);
 }
 
 #[test]
@@ -592,7 +595,11 @@ fn triplet_layout() {
     assert_eq!(core::mem::size_of::<Triplet>(), 12);
     assert_eq!(core::mem::align_of::<Triplet>(), 4);
     assert_eq!(Triplet::default(), Triplet::new(0, 0, 0));
-    assert_eq!(Mining::default(), Mining::All);
+    assert_eq!(Mining::default(), Mining::BatchHard);
+    assert_eq!(
+        triplet_kernels::BatchParams::new().mining,
+        Mining::default()
+    );
 }
 
 #[test]

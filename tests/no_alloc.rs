@@ -140,12 +140,12 @@ fn variant_losses_do_not_allocate() {
     let mut quads = vec![tk::Quadruplet::new(0, 0, 0, 0); 24];
     let n = count(|| {
         for metric in [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine] {
-            let p = tk::ContrastiveParams::PYTORCH_METRIC_LEARNING;
+            let p = tk::ContrastiveParams::pytorch_metric_learning();
             tk::contrastive_loss(x, &labels, metric, p, &mut ws).unwrap();
             tk::contrastive_loss_grad(x, &labels, metric, p, &mut g, &mut ws).unwrap();
             tk::scalar::contrastive_loss(x, &labels, metric, p, &mut ws).unwrap();
             tk::scalar::contrastive_loss_grad(x, &labels, metric, p, &mut g, &mut ws).unwrap();
-            let k = tk::mine_quadruplets_count(&labels);
+            let k = tk::mine_quadruplets_count(&labels).unwrap();
             let got = tk::mine_quadruplets(x, &labels, metric, &mut quads[..k], &mut ws).unwrap();
             tk::scalar::mine_quadruplets(x, &labels, metric, &mut quads[..k], &mut ws).unwrap();
             let q = &quads[..got];
@@ -155,13 +155,13 @@ fn variant_losses_do_not_allocate() {
             tk::scalar::quadruplet_loss(x, q, metric, qp, &mut ws).unwrap();
             tk::scalar::quadruplet_loss_grad(x, q, metric, qp, &mut g, &mut ws).unwrap();
         }
-        let nca = tk::ProxyNcaParams::PYTORCH_METRIC_LEARNING;
+        let nca = tk::ProxyNcaParams::pytorch_metric_learning();
         tk::proxy_nca_loss(x, &labels, proxies, nca, &mut ws).unwrap();
         tk::proxy_nca_loss_grad(x, &labels, proxies, nca, &mut g, &mut gp, &mut ws).unwrap();
         tk::scalar::proxy_nca_loss(x, &labels, proxies, nca, &mut ws).unwrap();
         tk::scalar::proxy_nca_loss_grad(x, &labels, proxies, nca, &mut g, &mut gp, &mut ws)
             .unwrap();
-        let pa = tk::ProxyAnchorParams::PYTORCH_METRIC_LEARNING;
+        let pa = tk::ProxyAnchorParams::pytorch_metric_learning();
         tk::proxy_anchor_loss(x, &labels, proxies, pa, &mut ws).unwrap();
         tk::proxy_anchor_loss_grad(x, &labels, proxies, pa, &mut g, &mut gp, &mut ws).unwrap();
         tk::scalar::proxy_anchor_loss(x, &labels, proxies, pa, &mut ws).unwrap();

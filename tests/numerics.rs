@@ -3,13 +3,13 @@
 
 use proptest::prelude::*;
 use triplet_kernels::{
-    contrastive_loss, contrastive_loss_grad, contrastive_workspace_len, cross_distances,
+    contrastive_loss, contrastive_loss_grad, contrastive_loss_workspace_len, cross_distances,
     cross_distances_workspace_len, hinge_reduce, hinge_reduce_grad, l2_normalize,
     l2_normalize_backward, pairwise_distances, pairwise_distances_workspace_len, proxy_nca_loss,
-    proxy_nca_workspace_len, quadruplet_loss_grad, quadruplet_workspace_len, row_norms, scalar,
-    triplet_batch_loss, triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
+    proxy_nca_loss_workspace_len, quadruplet_loss_grad, quadruplet_loss_workspace_len, row_norms,
+    scalar, triplet_batch_loss, triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
     triplet_batch_loss_workspace_len, triplet_margin_loss, triplet_margin_loss_grad,
-    triplet_margin_workspace_len, BatchParams, ContrastiveParams, ContrastiveReduction, Error,
+    triplet_margin_loss_workspace_len, BatchParams, ContrastiveParams, ContrastiveReduction, Error,
     Hinge, Matrix, Metric, Mining, ProxyNcaParams, Quadruplet, QuadrupletParams, Reduction,
     Triplet, TripletParams,
 };
@@ -41,7 +41,7 @@ fn contrastive_near_pair_gradient() {
     let data = [3.0_f32, 3.0001];
     let x = Matrix::new(&data, 2, 1).unwrap();
     let params = ContrastiveParams::new(0.0, 1.0).with_reduction(ContrastiveReduction::Sum);
-    let mut w = ws(contrastive_workspace_len(2, 1), 2);
+    let mut w = ws(contrastive_loss_workspace_len(2, 1), 2);
     let mut g = [f32::NAN; 2];
     contrastive_loss_grad(x, &[0, 0], Metric::Euclidean, params, &mut g, &mut w).unwrap();
     assert!(max_err(&g, &[-2.0, 2.0]) <= 4.0 * 2.0 * U, "fast {g:?}");
@@ -94,7 +94,7 @@ fn contrastive_far_near_pairs_gradient() {
             exact[j * d + k] -= 2.0 * g[k];
         }
     }
-    let mut w = ws(contrastive_workspace_len(4, d), 4 * d);
+    let mut w = ws(contrastive_loss_workspace_len(4, d), 4 * d);
     let mut g = vec![f32::NAN; 4 * d];
     contrastive_loss_grad(x, &labels, Metric::Euclidean, params, &mut g, &mut w).unwrap();
     let err = max_err(&g, &exact);
@@ -124,7 +124,7 @@ fn quadruplet_far_near_pairs_gradient() {
             exact[j * d + k] -= c * g[k];
         }
     }
-    let mut w = ws(quadruplet_workspace_len(4, d), 4 * d);
+    let mut w = ws(quadruplet_loss_workspace_len(4, d), 4 * d);
     let mut g = vec![f32::NAN; 4 * d];
     quadruplet_loss_grad(x, &q, Metric::Euclidean, params, &mut g, &mut w).unwrap();
     let err = max_err(&g, &exact);
@@ -148,7 +148,7 @@ fn euclidean_gradient_survives_underflowing_squared_distance() {
     let params = TripletParams::new()
         .with_margin(2.0)
         .with_reduction(Reduction::Sum);
-    let mut w = ws(triplet_margin_workspace_len(3, 1), 3);
+    let mut w = ws(triplet_margin_loss_workspace_len(3, 1), 3);
     let (mut terms, mut g) = ([0.0_f32; 1], [f32::NAN; 3]);
     let loss = triplet_margin_loss_grad(x, &t, params, &mut terms, &mut g, &mut w).unwrap();
     assert_eq!(g, [0.0, 1.0, -1.0]);
@@ -223,8 +223,8 @@ fn proxy_nca_on_huge_rows() {
     let x = Matrix::new(&data, 2, 2).unwrap();
     let small = Matrix::new(&base, 2, 2).unwrap();
     let proxies = Matrix::new(&base, 2, 2).unwrap();
-    let p = ProxyNcaParams::PYTORCH_METRIC_LEARNING;
-    let mut w = ws(proxy_nca_workspace_len(2, 2, 2), 4);
+    let p = ProxyNcaParams::pytorch_metric_learning();
+    let mut w = ws(proxy_nca_loss_workspace_len(2, 2, 2), 4);
     let huge = proxy_nca_loss(x, &[0, 1], proxies, p, &mut w).unwrap();
     let unit = proxy_nca_loss(small, &[0, 1], proxies, p, &mut w).unwrap();
     let twin = scalar::proxy_nca_loss(x, &[0, 1], proxies, p, &mut w).unwrap();
@@ -278,7 +278,7 @@ fn cosine_zero_row_is_at_distance_one_from_itself() {
         .with_metric(Metric::Cosine)
         .with_margin(0.5);
     let mut terms = [f32::NAN];
-    let mut tw = ws(triplet_margin_workspace_len(2, 2), 4);
+    let mut tw = ws(triplet_margin_loss_workspace_len(2, 2), 4);
     let loss = triplet_margin_loss(x, &t, params, &mut terms, &mut tw).unwrap();
     // d(a, a) - d(a, n) + 0.5 = 1 - 1 + 0.5.
     assert_eq!(loss, 0.5);
@@ -323,6 +323,7 @@ proptest! {
                         Metric::SquaredEuclidean => 2.0 * (2.0 * d as f64 + 4.0) * U * nn,
                         Metric::Euclidean => (2.0 * (2.0 * d as f64 + 4.0) * U * nn).sqrt() + 1e-30,
                         Metric::Cosine => 2.0 * (2.0 * d as f64 + 10.0) * U,
+                        _ => unreachable!("a variant this test does not know"),
                     } * 1.01;
                     let (a, b) = (f64::from(p[i * n + j]), f64::from(c[i * n + j]));
                     prop_assert!((a - b).abs() <= tol, "{metric:?} ({i},{j}): pairwise {a} cross {b} tol {tol}");
@@ -373,15 +374,15 @@ fn overflowing_rows_are_an_error_for_every_mining_strategy() {
             assert_eq!(big, triplet_batch_loss(xu, &labels, pn, &mut w).unwrap());
         }
     }
-    let params = ContrastiveParams::PYTORCH_METRIC_LEARNING;
-    let mut w = ws(contrastive_workspace_len(4, 2), 8);
+    let params = ContrastiveParams::pytorch_metric_learning();
+    let mut w = ws(contrastive_loss_workspace_len(4, 2), 8);
     assert_eq!(
         contrastive_loss(x, &labels, Metric::Euclidean, params, &mut w).map(|_| ()),
         want
     );
     let t = [Triplet::new(0, 1, 2)];
     let mut terms = [0.0_f32];
-    let mut w = ws(triplet_margin_workspace_len(4, 2), 8);
+    let mut w = ws(triplet_margin_loss_workspace_len(4, 2), 8);
     assert_eq!(
         triplet_margin_loss(x, &t, TripletParams::new(), &mut terms, &mut w).map(|_| ()),
         want
@@ -414,7 +415,7 @@ fn running_sums_do_not_overflow() {
     let x = Matrix::new(&data, 4, 1).unwrap();
     let labels = [0, 1, 2, 3];
     let params = ContrastiveParams::new(0.0, 3e38).with_reduction(ContrastiveReduction::Mean);
-    let mut w = ws(contrastive_workspace_len(4, 1), 4);
+    let mut w = ws(contrastive_loss_workspace_len(4, 1), 4);
     let fast = contrastive_loss(x, &labels, Metric::Euclidean, params, &mut w).unwrap();
     let twin = scalar::contrastive_loss(x, &labels, Metric::Euclidean, params, &mut w).unwrap();
     assert!(
@@ -448,7 +449,7 @@ fn eps_outside_its_range_is_an_error() {
     let x = Matrix::new(&data, 3, 1).unwrap();
     let t = [Triplet::new(0, 1, 2)];
     let mut terms = [0.0_f32];
-    let mut w = ws(triplet_margin_workspace_len(3, 1), 3);
+    let mut w = ws(triplet_margin_loss_workspace_len(3, 1), 3);
     for eps in [1e30_f32, -2.0, f32::NAN, f32::INFINITY] {
         let p = TripletParams::new().with_eps(eps);
         let want = Err(Error::InvalidParameter { name: "eps" });
@@ -481,7 +482,7 @@ fn cancelling_explicit_triplets() {
         .with_reduction(Reduction::Sum);
     let mut terms = vec![0.0_f32; t.len()];
     let mut g = [f32::NAN; 4];
-    let mut w = ws(triplet_margin_workspace_len(4, 1), 4);
+    let mut w = ws(triplet_margin_loss_workspace_len(4, 1), 4);
     scalar::triplet_margin_loss_grad(x, &t, p, &mut terms, &mut g, &mut w).unwrap();
     assert_eq!(g[0], -500.0, "twin");
     triplet_margin_loss_grad(x, &t, p, &mut terms, &mut g, &mut w).unwrap();
@@ -501,7 +502,7 @@ fn euclidean_gradient_of_subnormal_distances_is_finite() {
     let data = [0.0_f32, 1e-44];
     let x = Matrix::new(&data, 2, 1).unwrap();
     let params = ContrastiveParams::new(0.0, 1.0).with_reduction(ContrastiveReduction::Sum);
-    let mut w = ws(contrastive_workspace_len(2, 1), 2);
+    let mut w = ws(contrastive_loss_workspace_len(2, 1), 2);
     let mut g = [f32::NAN; 2];
     contrastive_loss_grad(x, &[0, 1], Metric::Euclidean, params, &mut g, &mut w).unwrap();
     // Negative pair inside the margin: the loss 2 (1 - d) pulls the rows apart.
@@ -515,7 +516,7 @@ fn euclidean_gradient_of_subnormal_distances_is_finite() {
         .with_margin(1.0)
         .with_reduction(Reduction::Sum);
     let (mut terms, mut g) = ([0.0_f32; 1], [f32::NAN; 4]);
-    let mut w = ws(triplet_margin_workspace_len(2, 2), 4);
+    let mut w = ws(triplet_margin_loss_workspace_len(2, 2), 4);
     triplet_margin_loss_grad(x, &t, params, &mut terms, &mut g, &mut w).unwrap();
     // The difference is subnormal (a few significant bits): within a few ulp of the unit.
     assert!(max_err(&g, &[-1.0, 0.0, 1.0, 0.0]) <= 4.0 * U, "{g:?}");

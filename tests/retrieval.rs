@@ -10,6 +10,21 @@ use triplet_kernels::{
     Matrix, Metric, RetrievalMetrics,
 };
 
+/// A workspace long enough for `knn` and for its twin.
+fn knn_ws_len(queries: usize, references: usize, dim: usize) -> usize {
+    knn_workspace_len(queries, references, dim)
+        .max(scalar::knn_workspace_len(queries, references, dim))
+}
+
+/// A workspace long enough for `retrieval_metrics` and for its twin.
+fn metrics_ws_len(queries: usize, references: usize, dim: usize) -> usize {
+    retrieval_metrics_workspace_len(queries, references, dim).max(
+        scalar::retrieval_metrics_workspace_len(queries, references, dim),
+    )
+}
+
+type LenFn = fn(usize, usize, usize) -> usize;
+
 const METRICS: [Metric; 3] = [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine];
 
 /// One generated problem: queries, labels and, unless leave-one-out, a gallery.
@@ -123,6 +138,7 @@ fn dist64(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
         Metric::SquaredEuclidean => sq,
         Metric::Euclidean => sq.sqrt(),
         Metric::Cosine => 1.0 - dot / (norm(a) * norm(b)),
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -148,7 +164,7 @@ struct Lists {
 fn run_knn(p: &Problem, metric: Metric, k: usize, fast: bool, fill: f32) -> Lists {
     let mut idx = vec![u32::MAX; p.n * k];
     let mut dist = vec![fill; p.n * k];
-    let mut ws = vec![fill; knn_workspace_len(p.n, p.m(), p.d)];
+    let mut ws = vec![fill; knn_ws_len(p.n, p.m(), p.d)];
     let f = if fast { knn } else { scalar::knn };
     f(
         p.queries(),
@@ -163,8 +179,11 @@ fn run_knn(p: &Problem, metric: Metric, k: usize, fast: bool, fill: f32) -> List
     Lists { idx, dist }
 }
 
+/// `k` is clamped to the references a query can retrieve, the largest `k` the kernels
+/// accept (the textbook evaluation clamps it alike).
 fn run_metrics(p: &Problem, metric: Metric, k: usize, fast: bool, fill: f32) -> RetrievalMetrics {
-    let mut ws = vec![fill; retrieval_metrics_workspace_len(p.n, p.m(), p.d)];
+    let k = k.min(p.available());
+    let mut ws = vec![fill; metrics_ws_len(p.n, p.m(), p.d)];
     let f = if fast {
         retrieval_metrics
     } else {
@@ -221,7 +240,7 @@ fn textbook(p: &Problem, ranking: &Lists, k: usize) -> RetrievalMetrics {
 fn run_zero() -> RetrievalMetrics {
     let x = Matrix::new(&[0.0], 1, 1).unwrap();
     let mut ws = [0.0_f32; retrieval_metrics_workspace_len(1, 1, 1)];
-    retrieval_metrics(x, &[0], None, Metric::Euclidean, 1, &mut ws).unwrap()
+    retrieval_metrics(x, &[0], Some((x, &[1])), Metric::Euclidean, 1, &mut ws).unwrap()
 }
 
 fn assert_metrics_close(a: &RetrievalMetrics, b: &RetrievalMetrics, tol: f64) {
@@ -319,19 +338,24 @@ proptest! {
     fn metrics_match_textbook(p in problem(true, 33), float in problem(false, 33), k in 1..40_usize) {
         for (p, exact) in [(&p, true), (&float, false)] {
             for metric in METRICS {
-                let fast = run_metrics(p, metric, k, true, f32::NAN);
-                let twin = run_metrics(p, metric, k, false, f32::NAN);
                 if p.available() >= 1 {
+                    let fast = run_metrics(p, metric, k, true, f32::NAN);
+                    let twin = run_metrics(p, metric, k, false, f32::NAN);
+                    if exact && metric != Metric::Cosine {
+                        prop_assert_eq!(fast, twin);
+                    }
                     let all = p.available();
                     let fast_rank = run_knn(p, metric, all, true, 0.0);
                     let twin_rank = run_knn(p, metric, all, false, 0.0);
                     assert_metrics_close(&fast, &textbook(p, &fast_rank, k), 1e-12);
                     assert_metrics_close(&twin, &textbook(p, &twin_rank, k), 1e-12);
                 } else {
-                    prop_assert_eq!(fast.evaluated, 0);
-                }
-                if exact && metric != Metric::Cosine {
-                    prop_assert_eq!(fast, twin);
+                    // Nothing to retrieve: no `k` is valid.
+                    let mut ws = vec![0.0; metrics_ws_len(p.n, p.m(), p.d)];
+                    for f in [retrieval_metrics, scalar::retrieval_metrics] {
+                        let got = f(p.queries(), &p.labels, p.labelled(), metric, k, &mut ws);
+                        prop_assert_eq!(got, Err(Error::InvalidParameter { name: "k" }));
+                    }
                 }
             }
         }
@@ -472,7 +496,7 @@ fn hand_computed_metrics() {
     let q = Matrix::new(&[0.0], 1, 1).unwrap();
     let y = Matrix::new(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 6, 1).unwrap();
     let yl = [1, 2, 1, 2, 2, 1];
-    let mut ws = vec![f32::NAN; retrieval_metrics_workspace_len(1, 6, 1)];
+    let mut ws = vec![f32::NAN; metrics_ws_len(1, 6, 1)];
     for f in [retrieval_metrics, scalar::retrieval_metrics] {
         let m = f(q, &[1], Some((y, &yl)), Metric::Euclidean, 2, &mut ws).unwrap();
         assert_eq!(m.evaluated, 1);
@@ -497,7 +521,7 @@ fn ties_go_to_the_smaller_index() {
     // References 0..4 at equal distance from the query except index 2 (nearer).
     let q = Matrix::new(&[0.0, 0.0], 1, 2).unwrap();
     let y = Matrix::new(&[1.0, 0.0, 0.0, 1.0, 0.5, 0.0, -1.0, 0.0, 0.0, -1.0], 5, 2).unwrap();
-    let mut ws = vec![f32::NAN; knn_workspace_len(1, 5, 2)];
+    let mut ws = vec![f32::NAN; knn_ws_len(1, 5, 2)];
     for f in [knn, scalar::knn] {
         let (mut idx, mut dist) = ([0_u32; 5], [0.0_f32; 5]);
         f(
@@ -516,7 +540,7 @@ fn ties_go_to_the_smaller_index() {
     // Leave-one-out with duplicates: a query's duplicate is listed (distance 0), the
     // query itself is not.
     let x = Matrix::new(&[1.0, 1.0, 1.0, 5.0], 4, 1).unwrap();
-    let mut ws = vec![f32::NAN; knn_workspace_len(4, 4, 1)];
+    let mut ws = vec![f32::NAN; knn_ws_len(4, 4, 1)];
     for f in [knn, scalar::knn] {
         let (mut idx, mut dist) = ([0_u32; 12], [0.0_f32; 12]);
         f(
@@ -538,7 +562,7 @@ fn ties_go_to_the_smaller_index() {
 fn degenerate_queries() {
     // Every label is lone: nothing evaluated, every metric 0.
     let x = Matrix::new(&[0.0, 1.0, 2.0], 3, 1).unwrap();
-    let mut ws = vec![f32::NAN; retrieval_metrics_workspace_len(3, 3, 1)];
+    let mut ws = vec![f32::NAN; metrics_ws_len(3, 3, 1)];
     for f in [retrieval_metrics, scalar::retrieval_metrics] {
         let m = f(x, &[1, 2, 3], None, Metric::Cosine, 1, &mut ws).unwrap();
         assert_eq!(m, run_zero());
@@ -554,12 +578,12 @@ fn degenerate_queries() {
         );
         // A single row retrieving from itself has no reference at all.
         let one = Matrix::new(&[4.0], 1, 1).unwrap();
-        assert_eq!(
-            f(one, &[1], None, Metric::Euclidean, 5, &mut ws)
-                .unwrap()
-                .evaluated,
-            0
-        );
+        for k in [1, 5] {
+            assert_eq!(
+                f(one, &[1], None, Metric::Euclidean, k, &mut ws),
+                Err(Error::InvalidParameter { name: "k" })
+            );
+        }
         // A gallery without the query labels: left out.
         let y = Matrix::new(&[0.0, 1.0], 2, 1).unwrap();
         let m = f(
@@ -588,18 +612,23 @@ fn degenerate_queries() {
 }
 
 #[test]
-fn recall_k_beyond_the_references_means_all() {
+fn k_beyond_the_references_is_refused() {
     let x = Matrix::new(&[0.0, 1.0, 5.0, 6.0], 4, 1).unwrap();
     let labels = [1, 2, 1, 2];
-    let mut ws = vec![f32::NAN; retrieval_metrics_workspace_len(4, 4, 1)];
+    let mut ws = vec![f32::NAN; metrics_ws_len(4, 4, 1)];
     for f in [retrieval_metrics, scalar::retrieval_metrics] {
         let at1 = f(x, &labels, None, Metric::Euclidean, 1, &mut ws).unwrap();
         assert_eq!(at1.recall_at_k, 0.0);
         assert_eq!(at1.recall_at_k, at1.precision_at_1);
-        let huge = f(x, &labels, None, Metric::Euclidean, usize::MAX, &mut ws).unwrap();
+        // As knn: at most the n - 1 references a query can retrieve leave-one-out.
+        for k in [4, usize::MAX] {
+            assert_eq!(
+                f(x, &labels, None, Metric::Euclidean, k, &mut ws),
+                Err(Error::InvalidParameter { name: "k" })
+            );
+        }
         let all = f(x, &labels, None, Metric::Euclidean, 3, &mut ws).unwrap();
-        assert_eq!(huge, all);
-        assert_eq!(huge.recall_at_k, 1.0);
+        assert_eq!(all.recall_at_k, 1.0);
     }
 }
 
@@ -630,68 +659,71 @@ fn knn_errors_write_nothing() {
     let x = Matrix::new(&xd, 3, 2).unwrap();
     let y3 = Matrix::new(&xd, 2, 3).unwrap();
     let y = Matrix::new(&xd[..4], 2, 2).unwrap();
-    let full = knn_workspace_len(3, 3, 2);
-    let gal = knn_workspace_len(3, 2, 2);
-    let cases: [(Option<Matrix<'_>>, usize, usize, usize, usize, Error); 8] = [
-        (
-            Some(y3),
-            1,
-            3,
-            3,
-            gal,
-            Error::DimensionMismatch { left: 2, right: 3 },
-        ),
-        (None, 0, 0, 0, full, Error::InvalidParameter { name: "k" }),
-        (None, 3, 9, 9, full, Error::InvalidParameter { name: "k" }),
-        (Some(y), 3, 9, 9, gal, Error::InvalidParameter { name: "k" }),
-        (
-            None,
-            2,
-            5,
-            6,
-            full,
-            Error::LengthMismatch {
-                buffer: "indices",
-                expected: 6,
-                actual: 5,
-            },
-        ),
-        (
-            None,
-            2,
-            6,
-            7,
-            full,
-            Error::LengthMismatch {
-                buffer: "distances",
-                expected: 6,
-                actual: 7,
-            },
-        ),
-        (
-            None,
-            2,
-            6,
-            6,
-            full - 1,
-            Error::WorkspaceTooSmall {
-                required: full,
-                actual: full - 1,
-            },
-        ),
-        (
-            Some(y),
-            2,
-            6,
-            6,
-            gal - 1,
-            Error::WorkspaceTooSmall {
-                required: gal,
-                actual: gal - 1,
-            },
-        ),
-    ];
-    for f in [knn as KnnFn, scalar::knn as KnnFn] {
+    for (f, len) in [
+        (knn as KnnFn, knn_workspace_len as LenFn),
+        (scalar::knn as KnnFn, scalar::knn_workspace_len as LenFn),
+    ] {
+        let full = len(3, 3, 2);
+        let gal = len(3, 2, 2);
+        let cases: [(Option<Matrix<'_>>, usize, usize, usize, usize, Error); 8] = [
+            (
+                Some(y3),
+                1,
+                3,
+                3,
+                gal,
+                Error::DimensionMismatch { left: 2, right: 3 },
+            ),
+            (None, 0, 0, 0, full, Error::InvalidParameter { name: "k" }),
+            (None, 3, 9, 9, full, Error::InvalidParameter { name: "k" }),
+            (Some(y), 3, 9, 9, gal, Error::InvalidParameter { name: "k" }),
+            (
+                None,
+                2,
+                5,
+                6,
+                full,
+                Error::LengthMismatch {
+                    buffer: "indices",
+                    expected: 6,
+                    actual: 5,
+                },
+            ),
+            (
+                None,
+                2,
+                6,
+                7,
+                full,
+                Error::LengthMismatch {
+                    buffer: "distances",
+                    expected: 6,
+                    actual: 7,
+                },
+            ),
+            (
+                None,
+                2,
+                6,
+                6,
+                full - 1,
+                Error::WorkspaceTooSmall {
+                    required: full,
+                    actual: full - 1,
+                },
+            ),
+            (
+                Some(y),
+                2,
+                6,
+                6,
+                gal - 1,
+                Error::WorkspaceTooSmall {
+                    required: gal,
+                    actual: gal - 1,
+                },
+            ),
+        ];
         for (reference, k, ni, nd, nw, want) in cases {
             let mut idx = vec![7_u32; ni];
             let mut dist = vec![7.0_f32; nd];
@@ -771,73 +803,87 @@ fn metrics_errors() {
     let x = Matrix::new(&xd, 3, 2).unwrap();
     let y3 = Matrix::new(&xd, 2, 3).unwrap();
     let y = Matrix::new(&xd[..4], 2, 2).unwrap();
-    let full = retrieval_metrics_workspace_len(3, 3, 2);
-    let gal = retrieval_metrics_workspace_len(3, 2, 2);
-    let l3: &[u32] = &[1, 1, 2];
-    let l2: &[u32] = &[1, 2];
-    let cases: [(&[u32], Labelled<'_>, usize, usize, Error); 7] = [
+    for (f, len) in [
         (
-            l3,
-            Some((y3, l2)),
-            1,
-            gal,
-            Error::DimensionMismatch { left: 2, right: 3 },
+            retrieval_metrics as MetricsFn,
+            retrieval_metrics_workspace_len as LenFn,
         ),
         (
-            l2,
-            None,
-            1,
-            full,
-            Error::LengthMismatch {
-                buffer: "labels",
-                expected: 3,
-                actual: 2,
-            },
+            scalar::retrieval_metrics as MetricsFn,
+            scalar::retrieval_metrics_workspace_len as LenFn,
         ),
-        (
-            l3,
-            Some((y, l3)),
-            1,
-            gal,
-            Error::LengthMismatch {
-                buffer: "reference_labels",
-                expected: 2,
-                actual: 3,
-            },
-        ),
-        (l3, None, 0, full, Error::InvalidParameter { name: "k" }),
-        (
-            l3,
-            Some((y, l2)),
-            0,
-            gal,
-            Error::InvalidParameter { name: "k" },
-        ),
-        (
-            l3,
-            None,
-            1,
-            full - 1,
-            Error::WorkspaceTooSmall {
-                required: full,
-                actual: full - 1,
-            },
-        ),
-        (
-            l3,
-            Some((y, l2)),
-            1,
-            gal - 1,
-            Error::WorkspaceTooSmall {
-                required: gal,
-                actual: gal - 1,
-            },
-        ),
-    ];
-    for f in [
-        retrieval_metrics as MetricsFn,
-        scalar::retrieval_metrics as MetricsFn,
     ] {
+        let full = len(3, 3, 2);
+        let gal = len(3, 2, 2);
+        let l3: &[u32] = &[1, 1, 2];
+        let l2: &[u32] = &[1, 2];
+        let cases: [(&[u32], Labelled<'_>, usize, usize, Error); 9] = [
+            (
+                l3,
+                Some((y3, l2)),
+                1,
+                gal,
+                Error::DimensionMismatch { left: 2, right: 3 },
+            ),
+            (
+                l2,
+                None,
+                1,
+                full,
+                Error::LengthMismatch {
+                    buffer: "labels",
+                    expected: 3,
+                    actual: 2,
+                },
+            ),
+            (
+                l3,
+                Some((y, l3)),
+                1,
+                gal,
+                Error::LengthMismatch {
+                    buffer: "reference_labels",
+                    expected: 2,
+                    actual: 3,
+                },
+            ),
+            (l3, None, 0, full, Error::InvalidParameter { name: "k" }),
+            (
+                l3,
+                Some((y, l2)),
+                0,
+                gal,
+                Error::InvalidParameter { name: "k" },
+            ),
+            (l3, None, 3, full, Error::InvalidParameter { name: "k" }),
+            (
+                l3,
+                Some((y, l2)),
+                3,
+                gal,
+                Error::InvalidParameter { name: "k" },
+            ),
+            (
+                l3,
+                None,
+                1,
+                full - 1,
+                Error::WorkspaceTooSmall {
+                    required: full,
+                    actual: full - 1,
+                },
+            ),
+            (
+                l3,
+                Some((y, l2)),
+                1,
+                gal - 1,
+                Error::WorkspaceTooSmall {
+                    required: gal,
+                    actual: gal - 1,
+                },
+            ),
+        ];
         for (labels, reference, k, nw, want) in cases {
             let mut ws = vec![7.0_f32; nw];
             assert_eq!(
@@ -892,6 +938,8 @@ fn workspace_lengths_are_linear_and_saturate() {
     );
     // Usable as a stack array length.
     let ws = [0.0_f32; knn_workspace_len(2, 3, 4)];
+    assert_eq!(ws.len(), 3 + 2 + 2 * 3);
+    let ws = [0.0_f32; scalar::knn_workspace_len(2, 3, 4)];
     assert_eq!(ws.len(), 4 * 3 + 1);
 }
 

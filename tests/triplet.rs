@@ -4,11 +4,11 @@
 
 use proptest::prelude::*;
 use triplet_kernels::{
-    l2_normalize, l2_normalize_backward, mine_triplets, mine_triplets_count, mining_workspace_len,
-    scalar, triplet_batch_loss, triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
-    triplet_batch_loss_workspace_len, triplet_margin_loss, triplet_margin_loss_grad,
-    triplet_margin_workspace_len, BatchLoss, BatchParams, Error, Hinge, Matrix, Metric, Mining,
-    Reduction, Triplet, TripletParams,
+    l2_normalize, l2_normalize_backward, mine_triplets, mine_triplets_count,
+    mine_triplets_workspace_len, scalar, triplet_batch_loss, triplet_batch_loss_grad,
+    triplet_batch_loss_grad_workspace_len, triplet_batch_loss_workspace_len, triplet_margin_loss,
+    triplet_margin_loss_grad, triplet_margin_loss_workspace_len, BatchLoss, BatchParams, Error,
+    Hinge, Matrix, Metric, Mining, Reduction, Triplet, TripletParams,
 };
 
 const METRICS: [Metric; 3] = [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine];
@@ -134,6 +134,7 @@ fn dist(metric: Metric, a: &[f64], b: &[f64], eps: f64) -> f64 {
             let dot: f64 = a.iter().zip(b).map(|(u, v)| u * v).sum();
             1.0 - dot / (norm(a).max(1e-12) * norm(b).max(1e-12))
         }
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -162,6 +163,7 @@ fn grad_scale(metric: Metric, a: &[f64], b: &[f64], eps: f64) -> f64 {
             let mb = b.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
             mb / (na * nb) + 2.0 * ma / (na * na)
         }
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -169,6 +171,7 @@ fn hinge64(h: Hinge, v: f64) -> f64 {
     match h {
         Hinge::Relu => v.max(0.0),
         Hinge::SoftPlus => v.max(0.0) + (-v.abs()).exp().ln_1p(),
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -176,6 +179,7 @@ fn slope64(h: Hinge, v: f64) -> f64 {
     match h {
         Hinge::Relu => f64::from(u8::from(v > 0.0)),
         Hinge::SoftPlus => 1.0 / (1.0 + (-v).exp()),
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -184,6 +188,7 @@ fn weight(r: Reduction, k: usize, active: usize) -> f64 {
         Reduction::Sum => return 1.0,
         Reduction::Mean => k,
         Reduction::MeanNonzero => active,
+        _ => unreachable!("a variant this test does not know"),
     };
     if div == 0 {
         0.0
@@ -293,6 +298,7 @@ fn mine_ref(
                     out.push((a, p, q.unwrap()));
                 }
             }
+            _ => unreachable!("a variant this test does not know"),
         }
     }
     out
@@ -445,9 +451,9 @@ fn margin_run(
     let mut terms = vec![garbage; ts.len()];
     let mut grad = vec![garbage; x.len()];
     let ws_len = if fast {
-        triplet_margin_workspace_len(x.rows(), x.dim())
+        triplet_margin_loss_workspace_len(x.rows(), x.dim())
     } else {
-        scalar::triplet_margin_workspace_len(x.rows(), x.dim())
+        scalar::triplet_margin_loss_workspace_len(x.rows(), x.dim())
     };
     let mut ws = vec![garbage; ws_len];
     let loss = if fast {
@@ -512,7 +518,7 @@ fn batch_run(
 
 fn mined(x: Matrix<'_>, labels: &[u32], metric: Metric, m: Mining, fast: bool) -> Vec<Triplet> {
     let mut out = vec![Triplet::default(); mine_triplets_count(labels, m).unwrap()];
-    let mut ws = vec![0.0; mining_workspace_len(x.rows(), x.dim())];
+    let mut ws = vec![0.0; mine_triplets_workspace_len(x.rows(), x.dim())];
     let k = if fast {
         mine_triplets(x, labels, metric, m, &mut out, &mut ws)
     } else {
@@ -609,6 +615,7 @@ fn hess_scale(metric: Metric, dist: f64) -> f64 {
             }
         }
         Metric::Cosine => 8.0,
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -1273,7 +1280,7 @@ fn every_error_path() {
             triplet_margin_loss_grad as Bwd,
             triplet_batch_loss as BFwd,
             triplet_batch_loss_grad as BBwd,
-            triplet_margin_workspace_len as MLen,
+            triplet_margin_loss_workspace_len as MLen,
             triplet_batch_loss_grad_workspace_len as BLen,
         ),
         (
@@ -1281,7 +1288,7 @@ fn every_error_path() {
             scalar::triplet_margin_loss_grad,
             scalar::triplet_batch_loss,
             scalar::triplet_batch_loss_grad,
-            scalar::triplet_margin_workspace_len,
+            scalar::triplet_margin_loss_workspace_len,
             scalar::triplet_batch_loss_grad_workspace_len,
         ),
     ] {
@@ -1467,13 +1474,13 @@ fn every_error_path() {
         triplet_batch_loss_grad_workspace_len(1 << 40, 1 << 40, p),
         usize::MAX
     );
-    assert_eq!(triplet_margin_workspace_len(5, 9), 5);
+    assert_eq!(triplet_margin_loss_workspace_len(5, 9), 5);
     assert_eq!(
         scalar::triplet_batch_loss_grad_workspace_len(1 << 40, 1 << 40, p),
         usize::MAX
     );
     assert_eq!(
-        scalar::triplet_margin_workspace_len(usize::MAX, 2),
+        scalar::triplet_margin_loss_workspace_len(usize::MAX, 2),
         usize::MAX
     );
 }
@@ -1539,7 +1546,7 @@ fn extreme_finite_inputs_never_panic() {
         for metric in METRICS {
             for m in MININGS {
                 let mut out = vec![Triplet::default(); mine_triplets_count(labels, m).unwrap()];
-                let mut ws = vec![0.0; mining_workspace_len(x.rows(), x.dim())];
+                let mut ws = vec![0.0; mine_triplets_workspace_len(x.rows(), x.dim())];
                 let f = mine_triplets(x, labels, metric, m, &mut out, &mut ws);
                 let s = scalar::mine_triplets(x, labels, metric, m, &mut out, &mut ws);
                 assert_eq!(f, s);
@@ -1567,7 +1574,7 @@ fn batch_try(x: Matrix<'_>, labels: &[u32], p: BatchParams, fast: bool) -> Resul
 fn margin_try(x: Matrix<'_>, ts: &[Triplet], p: TripletParams, fast: bool) -> Result<(), Error> {
     let mut terms = vec![f32::NAN; ts.len()];
     let mut grad = vec![f32::NAN; x.len()];
-    let mut ws = vec![f32::NAN; triplet_margin_workspace_len(x.rows(), x.dim()) + 4 * x.len()];
+    let mut ws = vec![f32::NAN; triplet_margin_loss_workspace_len(x.rows(), x.dim()) + 4 * x.len()];
     if fast {
         triplet_margin_loss_grad(x, ts, p, &mut terms, &mut grad, &mut ws)?;
         triplet_margin_loss(x, ts, p, &mut terms, &mut ws)?;

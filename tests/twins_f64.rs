@@ -94,6 +94,7 @@ fn dist(metric: Metric, a: &[f64], b: &[f64]) -> f64 {
         Metric::SquaredEuclidean => sq,
         Metric::Euclidean => sq.sqrt(),
         Metric::Cosine => 1.0 - dot(a, b) / (clamped(norm(a)) * clamped(norm(b))),
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -122,6 +123,7 @@ fn dist_grad(metric: Metric, a: &[f64], b: &[f64], dist: f64) -> Vec<f64> {
                 .map(|(u, v)| -v / (na * nb) + own * u)
                 .collect()
         }
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -171,6 +173,7 @@ fn hinge(h: Hinge, v: f64) -> f64 {
                 v.exp().ln_1p()
             }
         }
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -178,6 +181,7 @@ fn slope(h: Hinge, v: f64) -> f64 {
     match h {
         Hinge::Relu => f64::from(u8::from(v > 0.0)),
         Hinge::SoftPlus => 1.0 / (1.0 + (-v).exp()),
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -185,6 +189,7 @@ fn active(h: Hinge, v: f64) -> bool {
     match h {
         Hinge::Relu => v > 0.0,
         Hinge::SoftPlus => true,
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -193,6 +198,7 @@ fn weight(r: Reduction, count: usize, active: usize) -> f64 {
         Reduction::Sum => return 1.0,
         Reduction::Mean => count,
         Reduction::MeanNonzero => active,
+        _ => unreachable!("a variant this test does not know"),
     };
     if divisor == 0 {
         0.0
@@ -281,6 +287,7 @@ fn select(dm: &[f64], labels: &[u32], mining: Mining) -> Vec<(usize, usize, usiz
                     out.push((a, p, q.unwrap()));
                 }
             }
+            _ => unreachable!("a variant this test does not know"),
         }
     }
     out
@@ -459,7 +466,7 @@ fn explicit_triplets_cancellation_row_0_is_minus_500() {
         .with_reduction(Reduction::Sum);
     let mut terms = vec![0.0_f32; triplets.len()];
     let mut grad = [f32::NAN; 4];
-    let mut ws = vec![f32::NAN; scalar::triplet_margin_workspace_len(4, 1)];
+    let mut ws = vec![f32::NAN; scalar::triplet_margin_loss_workspace_len(4, 1)];
     scalar::triplet_margin_loss_grad(x, &triplets, p, &mut terms, &mut grad, &mut ws).unwrap();
     assert_eq!(grad[0], -500.0);
     assert_eq!(grad, [-500.0, 0.0, 500.0, 0.0]);
@@ -547,7 +554,7 @@ fn explicit_triplets_swap_and_eps() {
                     }
                     let mut terms = vec![0.0_f32; k];
                     let mut grad = vec![f32::NAN; n * d];
-                    let mut ws = vec![f32::NAN; scalar::triplet_margin_workspace_len(n, d)];
+                    let mut ws = vec![f32::NAN; scalar::triplet_margin_loss_workspace_len(n, d)];
                     let l = scalar::triplet_margin_loss_grad(
                         m, &triplets, p, &mut terms, &mut grad, &mut ws,
                     )
@@ -594,6 +601,7 @@ fn contrastive_exact(
                     let h = v.max(0.0);
                     (h * h, 2.0 * sign * h)
                 }
+                _ => unreachable!("a variant this test does not know"),
             };
             pairs[i * n + j] = (t, s, positive);
             if positive {
@@ -619,6 +627,7 @@ fn contrastive_exact(
             (w, w)
         }
         ContrastiveReduction::Sum => (1.0, 1.0),
+        _ => unreachable!("a variant this test does not know"),
     };
     let mut loss = 0.0;
     let mut coef = vec![0.0; n * n];
@@ -662,7 +671,7 @@ fn contrastive_both_forms_every_reduction() {
                     .with_reduction(reduction);
                 let (loss, exact) = contrastive_exact(&xr, &labels, metric, &p);
                 let mut grad = vec![f32::NAN; n * d];
-                let mut ws = vec![f32::NAN; scalar::contrastive_workspace_len(n, d)];
+                let mut ws = vec![f32::NAN; scalar::contrastive_loss_workspace_len(n, d)];
                 let l = scalar::contrastive_loss_grad(m, &labels, metric, p, &mut grad, &mut ws)
                     .unwrap();
                 let what = format!("{metric:?} {p:?}");
@@ -746,7 +755,7 @@ fn quadruplet_100k_quadruplets() {
         }
         let exact = flat(&pair_grad(metric, &xr, &coef));
         let mut grad = vec![f32::NAN; n * d];
-        let mut ws = vec![f32::NAN; scalar::quadruplet_workspace_len(n, d)];
+        let mut ws = vec![f32::NAN; scalar::quadruplet_loss_workspace_len(n, d)];
         let l = scalar::quadruplet_loss_grad(m, &quads, metric, p, &mut grad, &mut ws).unwrap();
         let what = format!("{metric:?} {p:?}");
         check_loss(&what, l, w * sum);
@@ -830,7 +839,7 @@ fn proxy_nca_loss_and_both_gradients() {
             .map(|(r, g)| through_normalization(r, g))
             .collect();
         let (mut g, mut gpt) = (vec![f32::NAN; n * d], vec![f32::NAN; c * d]);
-        let mut ws = vec![f32::NAN; scalar::proxy_nca_workspace_len(n, c, d)];
+        let mut ws = vec![f32::NAN; scalar::proxy_nca_loss_workspace_len(n, c, d)];
         let params = ProxyNcaParams::new(scale);
         let l = scalar::proxy_nca_loss_grad(m, &pd.labels, pm, params, &mut g, &mut gpt, &mut ws)
             .unwrap();
@@ -906,7 +915,7 @@ fn proxy_anchor_loss_and_both_gradients() {
             }
         }
         let (mut g, mut gpt) = (vec![f32::NAN; n * d], vec![f32::NAN; c * d]);
-        let mut ws = vec![f32::NAN; scalar::proxy_anchor_workspace_len(n, c, d)];
+        let mut ws = vec![f32::NAN; scalar::proxy_anchor_loss_workspace_len(n, c, d)];
         let l =
             scalar::proxy_anchor_loss_grad(m, &pd.labels, pm, params, &mut g, &mut gpt, &mut ws)
                 .unwrap();
@@ -940,7 +949,7 @@ fn twin_workspace_errors_keep_the_fast_order() {
     let mut ws = vec![0.0_f32; 64];
 
     // Contrastive: labels and grad, then the workspace, then parameters and data.
-    let need = scalar::contrastive_workspace_len(3, 4);
+    let need = scalar::contrastive_loss_workspace_len(3, 4);
     assert_eq!(need, 12);
     let p = ContrastiveParams::default();
     let nan_p = ContrastiveParams::new(f32::NAN, 1.0);
@@ -971,8 +980,8 @@ fn twin_workspace_errors_keep_the_fast_order() {
     // A twin that needs less than the fast kernel: its parameters are checked next.
     let x8 = Matrix::new(&data[..8], 8, 1).unwrap();
     let l8 = [0, 1, 0, 1, 0, 1, 0, 1];
-    assert!(triplet_kernels::contrastive_workspace_len(8, 1) > 8);
-    assert_eq!(scalar::contrastive_workspace_len(8, 1), 8);
+    assert!(triplet_kernels::contrastive_loss_workspace_len(8, 1) > 8);
+    assert_eq!(scalar::contrastive_loss_workspace_len(8, 1), 8);
     assert_eq!(
         scalar::contrastive_loss_grad(x8, &l8, m, nan_p, &mut g[..8], &mut ws[..8]),
         Err(Error::InvalidParameter { name: "pos_margin" })
@@ -981,7 +990,7 @@ fn twin_workspace_errors_keep_the_fast_order() {
     assert!(scalar::contrastive_loss_grad(x8, &l8, m, p, &mut g8, &mut ws[..8]).is_ok());
 
     // Quadruplets: grad, then the workspace, then parameters, indices and data.
-    let need = scalar::quadruplet_workspace_len(3, 4);
+    let need = scalar::quadruplet_loss_workspace_len(3, 4);
     let quads = [Quadruplet::new(0, 1, 2, 0)];
     let qp = QuadrupletParams::new(1.0, 0.5);
     assert_eq!(
@@ -999,7 +1008,7 @@ fn twin_workspace_errors_keep_the_fast_order() {
 
     // Explicit triplets: parameters, terms and indices, then the workspace, then grad and
     // data.
-    let need = scalar::triplet_margin_workspace_len(3, 4);
+    let need = scalar::triplet_margin_loss_workspace_len(3, 4);
     let ts = [Triplet::new(0, 1, 2)];
     let tp = TripletParams::new();
     let mut terms = [0.0_f32; 1];
@@ -1040,8 +1049,8 @@ fn twin_workspace_errors_keep_the_fast_order() {
     let proxies = Matrix::new(&data[..8], 2, 4).unwrap();
     let wide = Matrix::new(&data[..10], 2, 5).unwrap();
     let mut gp = [7.0_f32; 8];
-    let need = scalar::proxy_nca_workspace_len(3, 2, 4);
-    assert_eq!(need, scalar::proxy_anchor_workspace_len(3, 2, 4));
+    let need = scalar::proxy_nca_loss_workspace_len(3, 2, 4);
+    assert_eq!(need, scalar::proxy_anchor_loss_workspace_len(3, 2, 4));
     let nca = ProxyNcaParams::new(f32::NAN);
     let anchor = ProxyAnchorParams::new(0.1, -1.0);
     assert_eq!(

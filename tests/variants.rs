@@ -69,6 +69,7 @@ fn dist64(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
             let dot: f64 = f64s(a).zip(f64s(b)).map(|(x, y)| x * y).sum();
             1.0 - dot / (norm(a).max(1e-12) * norm(b).max(1e-12))
         }
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -86,6 +87,7 @@ fn dist_scale(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
                 .sum::<f64>()
                 / (norm(a).max(1e-12) * norm(b).max(1e-12))
         }
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -108,6 +110,7 @@ fn grad_scale(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
             let d = dist64(metric, a, b);
             ib / (na * nb) + ((1.0 - d).abs() + dist_scale(metric, a, b)) * ia / (na * na)
         }
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -141,7 +144,7 @@ fn lcg(seed: u32) -> impl FnMut() -> f32 {
 mod contrastive {
     use super::*;
     use triplet_kernels::{
-        contrastive_loss, contrastive_loss_grad, contrastive_workspace_len, scalar,
+        contrastive_loss, contrastive_loss_grad, contrastive_loss_workspace_len, scalar,
         ContrastiveForm, ContrastiveParams, ContrastiveReduction, Error,
     };
 
@@ -271,8 +274,8 @@ mod contrastive {
         };
         let mut ws = vec![
             f32::NAN;
-            contrastive_workspace_len(n, d)
-                .max(scalar::contrastive_workspace_len(n, d))
+            contrastive_loss_workspace_len(n, d)
+                .max(scalar::contrastive_loss_workspace_len(n, d))
         ];
         let (mut gf, mut gs) = (vec![f32::NAN; n * d], vec![f32::NAN; n * d]);
         let lf = contrastive_loss_grad(x, labels, metric, p, &mut gf, &mut ws).unwrap();
@@ -339,7 +342,7 @@ mod contrastive {
             nm in 0i32..200,
         ) {
             let x = Matrix::new(&data, n, d).unwrap();
-            let mut ws = vec![f32::NAN; contrastive_workspace_len(n, d).max(scalar::contrastive_workspace_len(n, d))];
+            let mut ws = vec![f32::NAN; contrastive_loss_workspace_len(n, d).max(scalar::contrastive_loss_workspace_len(n, d))];
             for metric in [Metric::SquaredEuclidean, Metric::Euclidean] {
                 for form in FORMS {
                     for r in REDUCTIONS {
@@ -370,7 +373,7 @@ mod contrastive {
             // Rows away from 0, where the cosine distance jumps.
             prop_assume!(data.chunks(d).all(|r| norm(r) > 0.3));
             let x = Matrix::new(&data, n, d).unwrap();
-            let mut ws = vec![0.0; contrastive_workspace_len(n, d).max(scalar::contrastive_workspace_len(n, d))];
+            let mut ws = vec![0.0; contrastive_loss_workspace_len(n, d).max(scalar::contrastive_loss_workspace_len(n, d))];
             for metric in METRICS {
                 let (pm, nm) = margins(&Pairs::new(&x, metric), u, v);
                 for form in FORMS {
@@ -464,9 +467,9 @@ mod contrastive {
     fn presets() {
         assert_eq!(
             ContrastiveParams::default(),
-            ContrastiveParams::PYTORCH_METRIC_LEARNING
+            ContrastiveParams::pytorch_metric_learning()
         );
-        let p = ContrastiveParams::PYTORCH_METRIC_LEARNING;
+        let p = ContrastiveParams::pytorch_metric_learning();
         assert_eq!((p.pos_margin, p.neg_margin), (0.0, 1.0));
         assert_eq!(p.form, ContrastiveForm::Linear);
         assert_eq!(p.reduction, ContrastiveReduction::MeanNonzeroPerPart);
@@ -488,7 +491,7 @@ mod contrastive {
     fn hadsell_by_hand() {
         let x = Matrix::new(&[0.0, 1.0, 3.0], 3, 1).unwrap();
         let labels = [0, 0, 1];
-        let mut ws = [0.0; contrastive_workspace_len(3, 1)];
+        let mut ws = [0.0; contrastive_loss_workspace_len(3, 1)];
         let mut g = [0.0; 3];
         let loss = contrastive_loss_grad(
             x,
@@ -513,8 +516,8 @@ mod contrastive {
     fn degenerate_batches() {
         let mut ws = vec![
             f32::NAN;
-            contrastive_workspace_len(4, 2)
-                .max(scalar::contrastive_workspace_len(4, 2))
+            contrastive_loss_workspace_len(4, 2)
+                .max(scalar::contrastive_loss_workspace_len(4, 2))
         ];
         for metric in METRICS {
             for r in REDUCTIONS {
@@ -584,8 +587,8 @@ mod contrastive {
         let x = Matrix::new(&data, 3, 2).unwrap();
         let labels = [0, 0, 1];
         let good = ContrastiveParams::default();
-        assert_eq!(contrastive_workspace_len(3, 2), 3 + 3);
-        assert_eq!(scalar::contrastive_workspace_len(3, 2), 3 * 2);
+        assert_eq!(contrastive_loss_workspace_len(3, 2), 3 + 3);
+        assert_eq!(scalar::contrastive_loss_workspace_len(3, 2), 3 * 2);
         let mut ws = vec![0.0_f32; 64];
         let mut g = [7.0_f32; 6];
         type Loss =
@@ -605,12 +608,12 @@ mod contrastive {
             (
                 contrastive_loss as Loss,
                 contrastive_loss_grad as Grad,
-                contrastive_workspace_len as Len,
+                contrastive_loss_workspace_len as Len,
             ),
             (
                 scalar::contrastive_loss,
                 scalar::contrastive_loss_grad,
-                scalar::contrastive_workspace_len,
+                scalar::contrastive_loss_workspace_len,
             ),
         ] {
             let wl = len(3, 2);
@@ -698,11 +701,14 @@ mod contrastive {
             );
         }
         assert!(g.iter().all(|&v| v == 7.0), "a failing call wrote to grad");
-        assert_eq!(contrastive_workspace_len(usize::MAX, 1), usize::MAX);
-        assert_eq!(contrastive_workspace_len(1, 1), 1);
-        assert_eq!(contrastive_workspace_len(4, 9), 4 + 6);
-        assert_eq!(scalar::contrastive_workspace_len(4, 9), 36);
-        assert_eq!(scalar::contrastive_workspace_len(usize::MAX, 2), usize::MAX);
+        assert_eq!(contrastive_loss_workspace_len(usize::MAX, 1), usize::MAX);
+        assert_eq!(contrastive_loss_workspace_len(1, 1), 1);
+        assert_eq!(contrastive_loss_workspace_len(4, 9), 4 + 6);
+        assert_eq!(scalar::contrastive_loss_workspace_len(4, 9), 36);
+        assert_eq!(
+            scalar::contrastive_loss_workspace_len(usize::MAX, 2),
+            usize::MAX
+        );
     }
 }
 
@@ -711,7 +717,7 @@ mod quadruplet {
     use super::*;
     use triplet_kernels::{
         mine_quadruplets, mine_quadruplets_count, mine_quadruplets_workspace_len, quadruplet_loss,
-        quadruplet_loss_grad, quadruplet_workspace_len, scalar, Error, Hinge, Quadruplet,
+        quadruplet_loss_grad, quadruplet_loss_workspace_len, scalar, Error, Hinge, Quadruplet,
         QuadrupletParams, Reduction,
     };
 
@@ -818,7 +824,8 @@ mod quadruplet {
         };
         let mut ws = vec![
             f32::NAN;
-            quadruplet_workspace_len(n, d).max(scalar::quadruplet_workspace_len(n, d))
+            quadruplet_loss_workspace_len(n, d)
+                .max(scalar::quadruplet_loss_workspace_len(n, d))
         ];
         let (mut gf, mut gs) = (vec![f32::NAN; n * d], vec![f32::NAN; n * d]);
         let lf = quadruplet_loss_grad(x, quads, metric, p, &mut gf, &mut ws).unwrap();
@@ -890,7 +897,7 @@ mod quadruplet {
         ) {
             let x = Matrix::new(&data, n, d).unwrap();
             let q = to_quads(&raw, n);
-            let mut ws = vec![0.0; quadruplet_workspace_len(n, d).max(scalar::quadruplet_workspace_len(n, d))];
+            let mut ws = vec![0.0; quadruplet_loss_workspace_len(n, d).max(scalar::quadruplet_loss_workspace_len(n, d))];
             for metric in [Metric::SquaredEuclidean, Metric::Euclidean] {
                 for r in REDUCTIONS {
                     let p = QuadrupletParams::new(m1 as f32, m2 as f32).with_reduction(r);
@@ -916,7 +923,7 @@ mod quadruplet {
             prop_assume!(data.chunks(d).all(|r| norm(r) > 0.3));
             let x = Matrix::new(&data, n, d).unwrap();
             let q = to_quads(&raw, n);
-            let mut ws = vec![0.0; quadruplet_workspace_len(n, d).max(scalar::quadruplet_workspace_len(n, d))];
+            let mut ws = vec![0.0; quadruplet_loss_workspace_len(n, d).max(scalar::quadruplet_loss_workspace_len(n, d))];
             for metric in METRICS {
                 for hinge in HINGES {
                     for r in REDUCTIONS {
@@ -996,7 +1003,7 @@ mod quadruplet {
         metric: Metric,
     ) -> (Vec<Quadruplet>, Vec<Quadruplet>) {
         let n = x.rows();
-        let count = mine_quadruplets_count(labels);
+        let count = mine_quadruplets_count(labels).unwrap();
         let sentinel = Quadruplet::new(9, 9, 9, 9);
         let mut ws = vec![f32::NAN; mine_quadruplets_workspace_len(n, x.dim())];
         let mut f = vec![sentinel; count + 2];
@@ -1072,13 +1079,24 @@ mod quadruplet {
 
     #[test]
     fn mining_count_rules() {
-        assert_eq!(mine_quadruplets_count(&[]), 0);
-        assert_eq!(mine_quadruplets_count(&[1]), 0);
-        assert_eq!(mine_quadruplets_count(&[1, 1, 1]), 0);
-        assert_eq!(mine_quadruplets_count(&[1, 1, 2, 2]), 0);
-        assert_eq!(mine_quadruplets_count(&[1, 2, 3]), 0);
-        assert_eq!(mine_quadruplets_count(&[1, 1, 2, 3]), 2);
-        assert_eq!(mine_quadruplets_count(&[4, 1, 4, 2, 3, 3, 9]), 4);
+        assert_eq!(mine_quadruplets_count(&[]), Ok(0));
+        assert_eq!(mine_quadruplets_count(&[1]), Ok(0));
+        assert_eq!(mine_quadruplets_count(&[1, 1, 1]), Ok(0));
+        assert_eq!(mine_quadruplets_count(&[1, 1, 2, 2]), Ok(0));
+        assert_eq!(mine_quadruplets_count(&[1, 2, 3]), Ok(0));
+        assert_eq!(mine_quadruplets_count(&[1, 1, 2, 3]), Ok(2));
+        assert_eq!(mine_quadruplets_count(&[4, 1, 4, 2, 3, 3, 9]), Ok(4));
+        for labels in [
+            &[][..],
+            &[1, 1, 2, 3],
+            &[4, 1, 4, 2, 3, 3, 9],
+            &[1, 1, 2, 2],
+        ] {
+            assert_eq!(
+                triplet_kernels::scalar::mine_quadruplets_count(labels),
+                mine_quadruplets_count(labels)
+            );
+        }
         assert_eq!(
             mine_quadruplets_workspace_len(3, 5),
             9 + triplet_kernels::pairwise_distances_workspace_len(3, 5)
@@ -1193,9 +1211,12 @@ mod quadruplet {
         let x = Matrix::new(&data, 3, 2).unwrap();
         let q = [Quadruplet::new(0, 1, 2, 0)];
         let good = QuadrupletParams::new(1.0, 0.5);
-        assert_eq!(quadruplet_workspace_len(3, 2), 3);
-        assert_eq!(scalar::quadruplet_workspace_len(3, 2), 6);
-        assert_eq!(scalar::quadruplet_workspace_len(usize::MAX, 2), usize::MAX);
+        assert_eq!(quadruplet_loss_workspace_len(3, 2), 3);
+        assert_eq!(scalar::quadruplet_loss_workspace_len(3, 2), 6);
+        assert_eq!(
+            scalar::quadruplet_loss_workspace_len(usize::MAX, 2),
+            usize::MAX
+        );
         let mut ws = vec![0.0_f32; 6];
         let mut g = [7.0_f32; 6];
         type Loss = fn(
@@ -1221,12 +1242,12 @@ mod quadruplet {
             (
                 quadruplet_loss as Loss,
                 quadruplet_loss_grad as Grad,
-                quadruplet_workspace_len as Len,
+                quadruplet_loss_workspace_len as Len,
             ),
             (
                 scalar::quadruplet_loss,
                 scalar::quadruplet_loss_grad,
-                scalar::quadruplet_workspace_len,
+                scalar::quadruplet_loss_workspace_len,
             ),
         ] {
             let wl = len(3, 2);
@@ -1342,8 +1363,8 @@ mod proxy {
     use super::contrastive::fd_check;
     use super::*;
     use triplet_kernels::{
-        proxy_anchor_loss, proxy_anchor_loss_grad, proxy_anchor_workspace_len, proxy_nca_loss,
-        proxy_nca_loss_grad, proxy_nca_workspace_len, scalar, Error, ProxyAnchorParams,
+        proxy_anchor_loss, proxy_anchor_loss_grad, proxy_anchor_loss_workspace_len, proxy_nca_loss,
+        proxy_nca_loss_grad, proxy_nca_loss_workspace_len, scalar, Error, ProxyAnchorParams,
         ProxyNcaParams,
     };
 
@@ -1376,10 +1397,10 @@ mod proxy {
         /// The workspace the fast kernel (`fast`) or the twin needs.
         fn ws_need(self, fast: bool, n: usize, c: usize, d: usize) -> usize {
             match (self, fast) {
-                (Which::Nca(_), true) => proxy_nca_workspace_len(n, c, d),
-                (Which::Nca(_), false) => scalar::proxy_nca_workspace_len(n, c, d),
-                (Which::Anchor(_), true) => proxy_anchor_workspace_len(n, c, d),
-                (Which::Anchor(_), false) => scalar::proxy_anchor_workspace_len(n, c, d),
+                (Which::Nca(_), true) => proxy_nca_loss_workspace_len(n, c, d),
+                (Which::Nca(_), false) => scalar::proxy_nca_loss_workspace_len(n, c, d),
+                (Which::Anchor(_), true) => proxy_anchor_loss_workspace_len(n, c, d),
+                (Which::Anchor(_), false) => scalar::proxy_anchor_loss_workspace_len(n, c, d),
             }
         }
 
@@ -1570,9 +1591,9 @@ mod proxy {
         let x = Matrix::new(&xd, n, d).unwrap();
         let p = Matrix::new(&pd, c, d).unwrap();
         for which in [
-            Which::Nca(ProxyNcaParams::PYTORCH_METRIC_LEARNING),
+            Which::Nca(ProxyNcaParams::pytorch_metric_learning()),
             Which::Nca(ProxyNcaParams::new(32.0)),
-            Which::Anchor(ProxyAnchorParams::PYTORCH_METRIC_LEARNING),
+            Which::Anchor(ProxyAnchorParams::pytorch_metric_learning()),
             Which::Anchor(ProxyAnchorParams::new(0.2, 16.0)),
         ] {
             run(which, x, &labels, p);
@@ -1627,8 +1648,8 @@ mod proxy {
         let want = pos0 / 1.0 + (0.0 + neg(1) + neg(2)) / 3.0;
         let mut ws = vec![
             0.0;
-            proxy_anchor_workspace_len(2, 3, 2)
-                .max(scalar::proxy_anchor_workspace_len(2, 3, 2))
+            proxy_anchor_loss_workspace_len(2, 3, 2)
+                .max(scalar::proxy_anchor_loss_workspace_len(2, 3, 2))
         ];
         for fast in [true, false] {
             let l = Which::Anchor(ProxyAnchorParams::new(m as f32, a as f32))
@@ -1648,8 +1669,8 @@ mod proxy {
         let want = -((0.0_f64).exp() / (1.0 + (-2.0 * s).exp() + (-4.0 * s).exp())).ln();
         let mut ws = vec![
             0.0;
-            proxy_nca_workspace_len(1, 3, 2)
-                .max(scalar::proxy_nca_workspace_len(1, 3, 2))
+            proxy_nca_loss_workspace_len(1, 3, 2)
+                .max(scalar::proxy_nca_loss_workspace_len(1, 3, 2))
         ];
         for fast in [true, false] {
             let l = Which::Nca(ProxyNcaParams::new(s as f32))
@@ -1715,18 +1736,27 @@ mod proxy {
         let xb = Matrix::new(&bad_x, 3, 2).unwrap();
         let bad_p = [1.0_f32, 0.0, 0.0, f32::INFINITY];
         let pb = Matrix::new(&bad_p, 2, 2).unwrap();
-        assert_eq!(proxy_nca_workspace_len(3, 2, 2), 2 * 4 + 2 * 2 + 2 * 2);
-        assert_eq!(proxy_anchor_workspace_len(3, 2, 2), 2 * 4 + 3 * 2 + 2 * 2);
-        assert_eq!(proxy_nca_workspace_len(1, usize::MAX, 2), usize::MAX);
-        assert_eq!(proxy_anchor_workspace_len(usize::MAX, 2, 1), usize::MAX);
-        assert_eq!(scalar::proxy_nca_workspace_len(3, 2, 2), (3 + 2) * 2);
-        assert_eq!(scalar::proxy_anchor_workspace_len(3, 2, 2), (3 + 2) * 2);
+        assert_eq!(proxy_nca_loss_workspace_len(3, 2, 2), 2 * 4 + 2 * 2 + 2 * 2);
         assert_eq!(
-            scalar::proxy_nca_workspace_len(1, usize::MAX, 2),
+            proxy_anchor_loss_workspace_len(3, 2, 2),
+            2 * 4 + 3 * 2 + 2 * 2
+        );
+        assert_eq!(proxy_nca_loss_workspace_len(1, usize::MAX, 2), usize::MAX);
+        assert_eq!(
+            proxy_anchor_loss_workspace_len(usize::MAX, 2, 1),
+            usize::MAX
+        );
+        assert_eq!(scalar::proxy_nca_loss_workspace_len(3, 2, 2), (3 + 2) * 2);
+        assert_eq!(
+            scalar::proxy_anchor_loss_workspace_len(3, 2, 2),
+            (3 + 2) * 2
+        );
+        assert_eq!(
+            scalar::proxy_nca_loss_workspace_len(1, usize::MAX, 2),
             usize::MAX
         );
         assert_eq!(
-            scalar::proxy_anchor_workspace_len(usize::MAX, 2, 1),
+            scalar::proxy_anchor_loss_workspace_len(usize::MAX, 2, 1),
             usize::MAX
         );
         let (mut g, mut gp) = ([7.0_f32; 6], [7.0_f32; 4]);

@@ -327,6 +327,7 @@ fn count(labels: &[u32], mining: Mining) -> usize {
                 Mining::All => pos * neg,
                 Mining::BatchHard => usize::from(pos > 0 && neg > 0),
                 Mining::SemiHard => pos * usize::from(neg > 0),
+                _ => unreachable!("a variant this test does not know"),
             }
         })
         .sum()
@@ -345,7 +346,7 @@ fn mining(c: &mut Case<'_>) {
     assert_eq!(tk::mine_triplets_count(&labels, mining), Ok(want));
     assert_eq!(scalar::mine_triplets_count(&labels, mining), Ok(want));
 
-    let wneed = tk::mining_workspace_len(n, d);
+    let wneed = tk::hardest_pairs_workspace_len(n, d);
     let (pl, nl, wl) = (c.len_near(n), c.len_near(n), c.ws_near(wneed));
     let (mut pf, mut nf, mut ps, mut ns) = (vec![GI; pl], vec![GI; nl], vec![GI; pl], vec![GI; nl]);
     let mut ws = vec![G; wl];
@@ -369,6 +370,7 @@ fn mining(c: &mut Case<'_>) {
     let ol = c.len_near(want);
     let sentinel = Triplet::new(GI, GI, GI);
     let (mut of, mut os) = (vec![sentinel; ol], vec![sentinel; ol]);
+    let wneed = tk::mine_triplets_workspace_len(n, d);
     let wl = c.ws_near(wneed);
     let mut ws = vec![G; wl];
     let rf = tk::mine_triplets(x, &labels, metric, mining, &mut of, &mut ws);
@@ -459,8 +461,8 @@ fn triplets(c: &mut Case<'_>) {
         k
     };
     let (need_f, need_s) = (
-        tk::triplet_margin_workspace_len(n, d),
-        scalar::triplet_margin_workspace_len(n, d),
+        tk::triplet_margin_loss_workspace_len(n, d),
+        scalar::triplet_margin_loss_workspace_len(n, d),
     );
     let base = if c.g.bool() { need_f } else { need_s };
     let (tl, wl, gl) = (c.len_near(nt), c.ws_near(base), c.len_near(n * d));
@@ -487,8 +489,14 @@ fn triplets(c: &mut Case<'_>) {
         &rf,
         &rs,
     );
-    assert!(rf.is_ok() || untouched(&tf, G) && untouched(&gf, G), "written on Err");
-    assert!(rs.is_ok() || untouched(&tsc, G) && untouched(&gs, G), "written on Err");
+    assert!(
+        rf.is_ok() || untouched(&tf, G) && untouched(&gf, G),
+        "written on Err"
+    );
+    assert!(
+        rs.is_ok() || untouched(&tsc, G) && untouched(&gs, G),
+        "written on Err"
+    );
 
     // Batch losses.
     let ll = c.len_near(n);
@@ -575,8 +583,8 @@ fn contrastive(c: &mut Case<'_>) {
             ][c.g.range(0, 3)],
         );
     let (need_f, need_s) = (
-        tk::contrastive_workspace_len(n, d),
-        scalar::contrastive_workspace_len(n, d),
+        tk::contrastive_loss_workspace_len(n, d),
+        scalar::contrastive_loss_workspace_len(n, d),
     );
     let base = if c.g.bool() { need_f } else { need_s };
     let (wl, gl) = (c.ws_near(base), c.len_near(n * d));
@@ -600,12 +608,7 @@ fn contrastive(c: &mut Case<'_>) {
     let (mut gf, mut gs) = (vec![G; gl], vec![G; gl]);
     let rf = tk::contrastive_loss_grad(x, &labels, metric, p, &mut gf, &mut ws);
     let rs = scalar::contrastive_loss_grad(x, &labels, metric, p, &mut gs, &mut ws);
-    conds(Some(gl), need_f).check_twin(
-        &conds(Some(gl), need_s),
-        "contrastive_loss_grad",
-        &rf,
-        &rs,
-    );
+    conds(Some(gl), need_f).check_twin(&conds(Some(gl), need_s), "contrastive_loss_grad", &rf, &rs);
     assert!(rf.is_ok() || untouched(&gf, G), "written on Err");
     assert!(rs.is_ok() || untouched(&gs, G), "written on Err");
 }
@@ -630,8 +633,8 @@ fn quadruplets(c: &mut Case<'_>) {
         .with_hinge(c.g.hinge())
         .with_reduction(c.g.reduction());
     let (need_f, need_s) = (
-        tk::quadruplet_workspace_len(n, d),
-        scalar::quadruplet_workspace_len(n, d),
+        tk::quadruplet_loss_workspace_len(n, d),
+        scalar::quadruplet_loss_workspace_len(n, d),
     );
     let base = if c.g.bool() { need_f } else { need_s };
     let (wl, gl) = (c.ws_near(base), c.len_near(n * d));
@@ -669,12 +672,7 @@ fn quadruplets(c: &mut Case<'_>) {
     let (mut gf, mut gs) = (vec![G; gl], vec![G; gl]);
     let rf = tk::quadruplet_loss_grad(x, &quads, metric, p, &mut gf, &mut ws);
     let rs = scalar::quadruplet_loss_grad(x, &quads, metric, p, &mut gs, &mut ws);
-    conds(Some(gl), need_f).check_twin(
-        &conds(Some(gl), need_s),
-        "quadruplet_loss_grad",
-        &rf,
-        &rs,
-    );
+    conds(Some(gl), need_f).check_twin(&conds(Some(gl), need_s), "quadruplet_loss_grad", &rf, &rs);
     assert!(rf.is_ok() || untouched(&gf, G), "written on Err");
     assert!(rs.is_ok() || untouched(&gs, G), "written on Err");
 
@@ -682,7 +680,8 @@ fn quadruplets(c: &mut Case<'_>) {
     let ll = c.len_near(n);
     let classes = c.g.range(1, 5);
     let labels = c.labels(ll, classes);
-    let count = tk::mine_quadruplets_count(&labels);
+    let count = tk::mine_quadruplets_count(&labels).unwrap();
+    assert_eq!(scalar::mine_quadruplets_count(&labels), Ok(count));
     let distinct = {
         let mut l = labels.clone();
         l.sort_unstable();
@@ -747,13 +746,13 @@ fn proxies(c: &mut Case<'_>) {
     );
     let (need_f, need_s) = if nca {
         (
-            tk::proxy_nca_workspace_len(n, classes, d),
-            scalar::proxy_nca_workspace_len(n, classes, d),
+            tk::proxy_nca_loss_workspace_len(n, classes, d),
+            scalar::proxy_nca_loss_workspace_len(n, classes, d),
         )
     } else {
         (
-            tk::proxy_anchor_workspace_len(n, classes, d),
-            scalar::proxy_anchor_workspace_len(n, classes, d),
+            tk::proxy_anchor_loss_workspace_len(n, classes, d),
+            scalar::proxy_anchor_loss_workspace_len(n, classes, d),
         )
     };
     let base = if c.g.bool() { need_f } else { need_s };
@@ -818,8 +817,14 @@ fn proxies(c: &mut Case<'_>) {
         )
     };
     conds(true, need_f).check_twin(&conds(true, need_s), "proxy loss grad", &rf, &rs);
-    assert!(rf.is_ok() || untouched(&gf, G) && untouched(&gpf, G), "written on Err");
-    assert!(rs.is_ok() || untouched(&gs, G) && untouched(&gps, G), "written on Err");
+    assert!(
+        rf.is_ok() || untouched(&gf, G) && untouched(&gpf, G),
+        "written on Err"
+    );
+    assert!(
+        rs.is_ok() || untouched(&gs, G) && untouched(&gps, G),
+        "written on Err"
+    );
 }
 
 fn retrieval(c: &mut Case<'_>) {
@@ -841,23 +846,30 @@ fn retrieval(c: &mut Case<'_>) {
         1 => available + 1,
         _ => c.g.range(1, available.max(1)),
     };
-    let need = tk::knn_workspace_len(n, refs_rows, d);
-    let (il, dl, wl) = (c.len_near(n * k), c.len_near(n * k), c.ws_near(need));
+    let (need_f, need_s) = (
+        tk::knn_workspace_len(n, refs_rows, d),
+        scalar::knn_workspace_len(n, refs_rows, d),
+    );
+    let base = if c.g.bool() { need_f } else { need_s };
+    let (il, dl, wl) = (c.len_near(n * k), c.len_near(n * k), c.ws_near(base));
     let (mut i_f, mut i_s) = (vec![GI; il], vec![GI; il]);
     let (mut d_f, mut d_s, mut ws) = (vec![G; dl], vec![G; dl], vec![G; wl]);
     let rf = tk::knn(x, y, metric, k, &mut i_f, &mut d_f, &mut ws);
     let rs = scalar::knn(x, y, metric, k, &mut i_s, &mut d_s, &mut ws);
     // The data are not scanned: NaN and infinity are accepted.
-    let mut kc = Conds::new(false);
-    kc.add(
-        !gallery || dy == d,
-        Error::DimensionMismatch { left: d, right: dy },
-    )
-    .param(k >= 1 && k <= available, "k")
-    .len("indices", n * k, il)
-    .len("distances", n * k, dl)
-    .ws(need, wl);
-    kc.check("knn", &rf, &rs);
+    let knn_conds = |need: usize| {
+        let mut kc = Conds::new(false);
+        kc.add(
+            !gallery || dy == d,
+            Error::DimensionMismatch { left: d, right: dy },
+        )
+        .param(k >= 1 && k <= available, "k")
+        .len("indices", n * k, il)
+        .len("distances", n * k, dl)
+        .ws(need, wl);
+        kc
+    };
+    knn_conds(need_f).check_twin(&knn_conds(need_s), "knn", &rf, &rs);
     if rf.is_err() {
         assert!(
             untouched(&i_f, GI) && untouched(&i_s, GI) && untouched(&d_f, G) && untouched(&d_s, G)
@@ -871,25 +883,32 @@ fn retrieval(c: &mut Case<'_>) {
     let ref_labels = c.labels(rll, classes);
     let reference = y.map(|y| (y, &ref_labels[..]));
     let kr = c.g.range(0, available + 2);
-    let need = tk::retrieval_metrics_workspace_len(n, refs_rows, d);
-    let wl = c.ws_near(need);
+    let (need_f, need_s) = (
+        tk::retrieval_metrics_workspace_len(n, refs_rows, d),
+        scalar::retrieval_metrics_workspace_len(n, refs_rows, d),
+    );
+    let base = if c.g.bool() { need_f } else { need_s };
+    let wl = c.ws_near(base);
     let mut ws = vec![G; wl];
     let rf = tk::retrieval_metrics(x, &labels, reference, metric, kr, &mut ws);
     let rs = scalar::retrieval_metrics(x, &labels, reference, metric, kr, &mut ws);
-    let mut kc = Conds::new(false);
-    kc.add(
-        !gallery || dy == d,
-        Error::DimensionMismatch { left: d, right: dy },
-    )
-    .len("labels", n, ll);
-    if gallery {
-        kc.len("reference_labels", m, rll);
-    }
-    kc.param(kr >= 1, "k").ws(need, wl).finite("queries", &xd);
-    if gallery {
-        kc.finite("reference", &yd);
-    }
-    kc.check("retrieval_metrics", &rf, &rs);
+    let metrics_conds = |need: usize| {
+        let mut kc = Conds::new(false);
+        kc.add(
+            !gallery || dy == d,
+            Error::DimensionMismatch { left: d, right: dy },
+        )
+        .len("labels", n, ll);
+        if gallery {
+            kc.len("reference_labels", m, rll);
+        }
+        kc.param(kr >= 1 && kr <= available, "k").ws(need, wl).finite("queries", &xd);
+        if gallery {
+            kc.finite("reference", &yd);
+        }
+        kc
+    };
+    metrics_conds(need_f).check_twin(&metrics_conds(need_s), "retrieval_metrics", &rf, &rs);
 }
 
 /// Shapes, and the saturating workspace queries on any size.
@@ -905,25 +924,28 @@ fn shapes(c: &mut Case<'_>) {
     let _ = (
         tk::pairwise_distances_workspace_len(r, d),
         tk::cross_distances_workspace_len(r, s, d),
-        tk::mining_workspace_len(r, d),
-        tk::triplet_margin_workspace_len(r, d),
+        tk::mine_triplets_workspace_len(r, d),
+        tk::hardest_pairs_workspace_len(r, d),
+        tk::triplet_margin_loss_workspace_len(r, d),
         tk::triplet_batch_loss_workspace_len(r, d, bp),
         tk::triplet_batch_loss_grad_workspace_len(r, d, bp),
-        tk::contrastive_workspace_len(r, d),
-        tk::quadruplet_workspace_len(r, d),
+        tk::contrastive_loss_workspace_len(r, d),
+        tk::quadruplet_loss_workspace_len(r, d),
         tk::mine_quadruplets_workspace_len(r, d),
-        tk::proxy_nca_workspace_len(r, s, d),
-        tk::proxy_anchor_workspace_len(r, s, d),
+        tk::proxy_nca_loss_workspace_len(r, s, d),
+        tk::proxy_anchor_loss_workspace_len(r, s, d),
         tk::knn_workspace_len(r, s, d),
         tk::retrieval_metrics_workspace_len(r, s, d),
     );
     let _ = (
-        scalar::triplet_margin_workspace_len(r, d),
+        scalar::triplet_margin_loss_workspace_len(r, d),
         scalar::triplet_batch_loss_grad_workspace_len(r, d, bp),
-        scalar::contrastive_workspace_len(r, d),
-        scalar::quadruplet_workspace_len(r, d),
-        scalar::proxy_nca_workspace_len(r, s, d),
-        scalar::proxy_anchor_workspace_len(r, s, d),
+        scalar::contrastive_loss_workspace_len(r, d),
+        scalar::quadruplet_loss_workspace_len(r, d),
+        scalar::proxy_nca_loss_workspace_len(r, s, d),
+        scalar::proxy_anchor_loss_workspace_len(r, s, d),
+        scalar::knn_workspace_len(r, s, d),
+        scalar::retrieval_metrics_workspace_len(r, s, d),
     );
     // Matrix::new: Ok exactly for a non-empty shape whose area is the data length.
     let rows = if c.g.bool() { r } else { c.g.range(0, 64) };

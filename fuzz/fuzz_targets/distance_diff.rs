@@ -62,6 +62,7 @@ fn bound(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
             through_sqrt + 2.0 * u * (e + sq_bound.sqrt())
         }
         Metric::Cosine => (2.0 * d + 10.0) * u * growth + 2.0 * u,
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 

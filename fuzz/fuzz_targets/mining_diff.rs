@@ -23,8 +23,9 @@ mod common;
 use common::*;
 use libfuzzer_sys::fuzz_target;
 use triplet_kernels::{
-    hardest_pairs, mine_triplets, mine_triplets_count, mining_workspace_len, pairwise_distances,
-    pairwise_distances_workspace_len, scalar, Matrix, Metric, Mining, Triplet, NO_INDEX,
+    hardest_pairs, mine_triplets, mine_triplets_count, mine_triplets_workspace_len,
+    pairwise_distances, pairwise_distances_workspace_len, scalar, Matrix, Metric, Mining, Triplet,
+    NO_INDEX,
 };
 
 /// `sum_a pos(a) * neg(a)` and friends, from the labels.
@@ -47,6 +48,7 @@ fn count_by_formula(labels: &[u32], mining: Mining) -> usize {
                     0
                 }
             }
+            _ => unreachable!("a variant this test does not know"),
         };
     }
     total
@@ -108,7 +110,7 @@ struct Run {
 /// was written).
 fn run(x: Matrix<'_>, labels: &[u32], metric: Metric, fast: bool, garbage: f32) -> Option<Run> {
     let n = x.rows();
-    let mut ws = vec![garbage; mining_workspace_len(n, x.dim())];
+    let mut ws = vec![garbage; mine_triplets_workspace_len(n, x.dim())];
     let mut pos = vec![7_u32; n];
     let mut neg = vec![7_u32; n];
     let r = if fast {

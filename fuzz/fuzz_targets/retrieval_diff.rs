@@ -238,7 +238,12 @@ fn run_knn(
     let m = refs.map_or(q.rows(), |y| y.rows());
     let mut idx = vec![0xdead_u32; len];
     let mut dist = vec![garbage; len];
-    let mut ws = vec![garbage; knn_workspace_len(q.rows(), m, q.dim())];
+    let wlen = if fast {
+        knn_workspace_len(q.rows(), m, q.dim())
+    } else {
+        scalar::knn_workspace_len(q.rows(), m, q.dim())
+    };
+    let mut ws = vec![garbage; wlen];
     let r = if fast {
         knn(q, refs, metric, k, &mut idx, &mut dist, &mut ws)
     } else {
@@ -440,7 +445,7 @@ fuzz_target!(|data: &[u8]| {
         eprintln!("retrieval_metrics: k {kr}\nlabels {labels:?}\nreference_labels {ref_labels:?}");
     }
     let mut expected = Vec::new();
-    if kr == 0 {
+    if kr == 0 || kr > available {
         expected.push(Error::InvalidParameter { name: "k" });
     }
     if let Some(position) = first_non_finite(&xd) {
@@ -455,7 +460,8 @@ fuzz_target!(|data: &[u8]| {
             position,
         });
     }
-    let wlen = retrieval_metrics_workspace_len(n, m, d);
+    let wlen = retrieval_metrics_workspace_len(n, m, d)
+        .max(scalar::retrieval_metrics_workspace_len(n, m, d));
     let mut ws = vec![garbage; wlen];
     let mf = retrieval_metrics(q, &labels, reference, metric, kr, &mut ws);
     ws.fill(-garbage);

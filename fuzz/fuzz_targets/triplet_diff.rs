@@ -29,11 +29,11 @@ mod common;
 use common::*;
 use libfuzzer_sys::fuzz_target;
 use triplet_kernels::{
-    l2_normalize, mine_triplets, mine_triplets_count, mining_workspace_len, scalar,
+    l2_normalize, mine_triplets, mine_triplets_count, mine_triplets_workspace_len, scalar,
     triplet_batch_loss, triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
     triplet_batch_loss_workspace_len, triplet_margin_loss, triplet_margin_loss_grad,
-    triplet_margin_workspace_len, BatchLoss, BatchParams, Error, Hinge, Matrix, Metric, Mining,
-    Reduction, Triplet, TripletParams,
+    triplet_margin_loss_workspace_len, BatchLoss, BatchParams, Error, Hinge, Matrix, Metric,
+    Mining, Reduction, Triplet, TripletParams,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -56,6 +56,7 @@ fn dist(metric: Metric, a: &[f64], b: &[f64], eps: f64) -> f64 {
             let dot: f64 = a.iter().zip(b).map(|(u, v)| u * v).sum();
             1.0 - dot / (clamped(norm64(a)) * clamped(norm64(b)))
         }
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -85,6 +86,7 @@ fn grad_scale(metric: Metric, a: &[f64], b: &[f64], eps: f64) -> f64 {
             let mb = b.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
             mb / (na * nb) + 2.0 * ma / (na * na)
         }
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -264,9 +266,9 @@ fn margin_run(
     let mut terms = vec![garbage; ts.len()];
     let mut grad = vec![garbage; x.len()];
     let ws_len = if fast {
-        triplet_margin_workspace_len(x.rows(), x.dim())
+        triplet_margin_loss_workspace_len(x.rows(), x.dim())
     } else {
-        scalar::triplet_margin_workspace_len(x.rows(), x.dim())
+        scalar::triplet_margin_loss_workspace_len(x.rows(), x.dim())
     };
     let mut ws = vec![garbage; ws_len];
     let r = if fast {
@@ -499,7 +501,7 @@ fn batch_run(
 
 fn mined(x: Matrix<'_>, labels: &[u32], metric: Metric, m: Mining, fast: bool) -> Vec<Triplet> {
     let mut out = vec![Triplet::default(); mine_triplets_count(labels, m).unwrap()];
-    let mut ws = vec![0.0; mining_workspace_len(x.rows(), x.dim())];
+    let mut ws = vec![0.0; mine_triplets_workspace_len(x.rows(), x.dim())];
     let k = if fast {
         mine_triplets(x, labels, metric, m, &mut out, &mut ws)
     } else {
@@ -529,6 +531,7 @@ fn hess_scale(metric: Metric, dist: f64) -> f64 {
             }
         }
         Metric::Cosine => 8.0,
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 

@@ -27,13 +27,14 @@ mod common;
 use common::*;
 use libfuzzer_sys::fuzz_target;
 use triplet_kernels::{
-    contrastive_loss, contrastive_loss_grad, contrastive_workspace_len, mine_quadruplets,
+    contrastive_loss, contrastive_loss_grad, contrastive_loss_workspace_len, mine_quadruplets,
     mine_quadruplets_count, mine_quadruplets_workspace_len, pairwise_distances,
     pairwise_distances_workspace_len, proxy_anchor_loss, proxy_anchor_loss_grad,
-    proxy_anchor_workspace_len, proxy_nca_loss, proxy_nca_loss_grad, proxy_nca_workspace_len,
-    quadruplet_loss, quadruplet_loss_grad, quadruplet_workspace_len, scalar, ContrastiveForm,
-    ContrastiveParams, ContrastiveReduction, Error, Hinge, Matrix, Metric, ProxyAnchorParams,
-    ProxyNcaParams, Quadruplet, QuadrupletParams, Reduction,
+    proxy_anchor_loss_workspace_len, proxy_nca_loss, proxy_nca_loss_grad,
+    proxy_nca_loss_workspace_len, quadruplet_loss, quadruplet_loss_grad,
+    quadruplet_loss_workspace_len, scalar, ContrastiveForm, ContrastiveParams,
+    ContrastiveReduction, Error, Hinge, Matrix, Metric, ProxyAnchorParams, ProxyNcaParams,
+    Quadruplet, QuadrupletParams, Reduction,
 };
 
 /// Sum of the absolute terms behind a distance, with the underflow allowance folded in
@@ -64,6 +65,7 @@ fn grad_scale(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
             let d = dist64(metric, a, b);
             ib / (na * nb) + ((1.0 - d).abs() + dist_scale(metric, a, b)) * ia / (na * na)
         }
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -175,7 +177,8 @@ fn contrastive_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) 
     }
     expected.extend(data_error(xd, d, true));
     // One workspace for the fast kernel and its twin.
-    let ws_len = contrastive_workspace_len(n, d).max(scalar::contrastive_workspace_len(n, d));
+    let ws_len =
+        contrastive_loss_workspace_len(n, d).max(scalar::contrastive_loss_workspace_len(n, d));
     let mut ws = vec![garbage; ws_len];
     let (mut gf, mut gs) = (vec![garbage; n * d], vec![garbage; n * d]);
     let lf = contrastive_loss_grad(x, &labels, metric, p, &mut gf, &mut ws);
@@ -219,6 +222,7 @@ fn contrastive_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) 
         Metric::SquaredEuclidean => 4.0 * max_sq_norm(xd, d),
         Metric::Euclidean => 2.0 * max_sq_norm(xd, d).sqrt(),
         Metric::Cosine => 2.0,
+        _ => unreachable!("a variant this test does not know"),
     };
     let t = dmax + f64::from(pm).abs() + f64::from(nm).abs();
     let term = if form == ContrastiveForm::Squared {
@@ -250,6 +254,7 @@ fn contrastive_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) 
         match form {
             ContrastiveForm::Linear => (v, h, if v > 0.0 { sign } else { 0.0 }),
             ContrastiveForm::Squared => (v, h * h, if v > 0.0 { 2.0 * sign * v } else { 0.0 }),
+            _ => unreachable!("a variant this test does not know"),
         }
     };
     let k = 4.0 * EPS * (d + 2 * n + 16) as f64;
@@ -279,6 +284,7 @@ fn contrastive_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) 
         ContrastiveReduction::MeanPerPart => (inv(pc), inv(nc)),
         ContrastiveReduction::Mean => (inv(pc + nc), inv(pc + nc)),
         ContrastiveReduction::Sum => (1.0, 1.0),
+        _ => unreachable!("a variant this test does not know"),
     };
     let mut loss_tol = 1e-30;
     let mut row_tol = vec![1e-30; n];
@@ -386,7 +392,8 @@ fn quadruplet_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
     }
     expected.extend(data_error(xd, d, true));
     // One workspace for the fast kernel and its twin.
-    let ws_len = quadruplet_workspace_len(n, d).max(scalar::quadruplet_workspace_len(n, d));
+    let ws_len =
+        quadruplet_loss_workspace_len(n, d).max(scalar::quadruplet_loss_workspace_len(n, d));
     let mut ws = vec![garbage; ws_len];
     let (mut gf, mut gs) = (vec![garbage; n * d], vec![garbage; n * d]);
     let lf = quadruplet_loss_grad(x, &quads, metric, p, &mut gf, &mut ws);
@@ -425,6 +432,7 @@ fn quadruplet_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
         Metric::SquaredEuclidean => 4.0 * max_sq_norm(xd, d),
         Metric::Euclidean => 2.0 * max_sq_norm(xd, d).sqrt(),
         Metric::Cosine => 2.0,
+        _ => unreachable!("a variant this test does not know"),
     };
     let term = 2.0 * (2.0 * dmax + f64::from(m1).abs() + f64::from(m2).abs());
     assert!(rows_in_range(xd, d), "accepted data past the range");
@@ -548,7 +556,7 @@ fn mining_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
     if dump() {
         eprintln!("mine_quadruplets: n {n} d {d} {metric:?}\nx {xd:?}\nlabels {labels:?}");
     }
-    let count = mine_quadruplets_count(&labels);
+    let count = mine_quadruplets_count(&labels).unwrap();
     assert_eq!(count, count_by_formula(&labels));
     let sentinel = Quadruplet::new(9, 9, 9, 9);
     let mut ws = vec![garbage; mine_quadruplets_workspace_len(n, d)];
@@ -626,11 +634,10 @@ impl Which {
     /// A workspace for both the fast kernel and the twin.
     fn ws_len(self, n: usize, c: usize, d: usize) -> usize {
         match self {
-            Which::Nca(_) => {
-                proxy_nca_workspace_len(n, c, d).max(scalar::proxy_nca_workspace_len(n, c, d))
-            }
-            Which::Anchor(_) => proxy_anchor_workspace_len(n, c, d)
-                .max(scalar::proxy_anchor_workspace_len(n, c, d)),
+            Which::Nca(_) => proxy_nca_loss_workspace_len(n, c, d)
+                .max(scalar::proxy_nca_loss_workspace_len(n, c, d)),
+            Which::Anchor(_) => proxy_anchor_loss_workspace_len(n, c, d)
+                .max(scalar::proxy_anchor_loss_workspace_len(n, c, d)),
         }
     }
 

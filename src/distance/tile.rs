@@ -45,7 +45,9 @@ pub(super) const fn block_workspace_len(rows: usize, other: usize, dim: usize) -
     if rows == 0 {
         return 0;
     }
-    let rows_padded = rows.saturating_add(NR_MAX);
+    // Every backend's panel width divides `NR_MAX`, so whole `NR_MAX` panels cover its
+    // whole panels.
+    let rows_padded = rows.div_ceil(NR_MAX).saturating_mul(NR_MAX);
     let other_padded = if other == 0 {
         0
     } else {

@@ -9,7 +9,8 @@ use super::select::{argmax, argmin};
 use super::{Sink, NO_INDEX};
 use crate::distance::{
     cross_distances_on, cross_distances_rows_on, cross_distances_workspace_len, fix_up,
-    pairwise_distances_on, pairwise_distances_rows_on, DistanceMode, Metric,
+    pairwise_distances_on, pairwise_distances_rows_on, pairwise_distances_workspace_len,
+    DistanceMode, Metric,
 };
 use crate::error::Error;
 use crate::matrix::Matrix;
@@ -22,12 +23,19 @@ pub(crate) const TILE: usize = 256;
 const HARD_ARRAYS: usize = 5;
 
 /// Workspace of the batch-hard sweep over `rows` rows: the per-row arrays, one tile and
-/// the packing of a tile's two row blocks. Saturates.
+/// the packing of a tile's rows: the one diagonal tile's rows (a pairwise block) when
+/// `rows <= TILE`, else the two row blocks of an off-diagonal tile (a cross block).
+/// Saturates.
 pub(crate) const fn hard_len(rows: usize, dim: usize) -> usize {
     let t = min_len(rows, TILE);
+    let pack = if rows <= TILE {
+        pairwise_distances_workspace_len(t, dim)
+    } else {
+        cross_distances_workspace_len(t, t, dim)
+    };
     rows.saturating_mul(HARD_ARRAYS)
         .saturating_add(t.saturating_mul(t))
-        .saturating_add(cross_distances_workspace_len(t, t, dim))
+        .saturating_add(pack)
 }
 
 /// The running choices of the batch-hard sweep, one entry per row: the farthest positive

@@ -14,8 +14,14 @@ use crate::scalar::reduce::weight64;
 /// need for `rows` embeddings of dimension `dim`: `rows * dim`, the low halves of the
 /// gradient's `f64` accumulators (the high halves live in `grad`). The loss alone uses
 /// none of it but checks the same length. Saturates instead of overflowing.
-pub const fn contrastive_workspace_len(rows: usize, dim: usize) -> usize {
+pub const fn contrastive_loss_workspace_len(rows: usize, dim: usize) -> usize {
     rows.saturating_mul(dim)
+}
+
+/// Deprecated name of [`contrastive_loss_workspace_len`].
+#[deprecated(since = "0.2.0", note = "renamed to `contrastive_loss_workspace_len`")]
+pub const fn contrastive_workspace_len(rows: usize, dim: usize) -> usize {
+    contrastive_loss_workspace_len(rows, dim)
 }
 
 /// The shared argument checks with the twin's workspace requirement; returns `n`.
@@ -27,7 +33,7 @@ fn check64(
     workspace: usize,
 ) -> Result<usize, Error> {
     check_twin_workspace(
-        contrastive_workspace_len(x.rows(), x.dim()),
+        contrastive_loss_workspace_len(x.rows(), x.dim()),
         workspace,
         |ws| check_contrastive(x, labels, params, grad, ws),
     )
@@ -123,7 +129,7 @@ fn weights64(reduction: ContrastiveReduction, p: &Parts64) -> (f64, f64) {
 
 /// Scalar twin of [`crate::contrastive_loss`]: every ordered pair in `f64`.
 ///
-/// `workspace` needs [`contrastive_workspace_len`]`(rows, dim)` elements (the twin's, see
+/// `workspace` needs [`contrastive_loss_workspace_len`]`(rows, dim)` elements (the twin's, see
 /// there), checked but not used.
 ///
 /// # Errors
@@ -136,7 +142,7 @@ fn weights64(reduction: ContrastiveReduction, p: &Parts64) -> (f64, f64) {
 /// ```
 /// use triplet_kernels::{scalar, ContrastiveParams, Matrix, Metric};
 /// let x = Matrix::new(&[0.0, 1.0, 1.5], 3, 1)?;
-/// let mut ws = [0.0_f32; scalar::contrastive_workspace_len(3, 1)];
+/// let mut ws = [0.0_f32; scalar::contrastive_loss_workspace_len(3, 1)];
 /// let params = ContrastiveParams::new(0.5, 1.0);
 /// let loss = scalar::contrastive_loss(x, &[7, 7, 9], Metric::Euclidean, params, &mut ws)?;
 /// assert_eq!(loss, 1.0);
@@ -159,7 +165,7 @@ pub fn contrastive_loss(
 /// Scalar twin of [`crate::contrastive_loss_grad`]: every ordered pair in `f64`, every
 /// gradient element summed in `f64` and rounded to `f32` once.
 ///
-/// `workspace` needs [`contrastive_workspace_len`]`(rows, dim)` elements, garbage before
+/// `workspace` needs [`contrastive_loss_workspace_len`]`(rows, dim)` elements, garbage before
 /// and after.
 ///
 /// # Errors
@@ -173,7 +179,7 @@ pub fn contrastive_loss(
 /// use triplet_kernels::{scalar, ContrastiveParams, Matrix, Metric};
 /// let x = Matrix::new(&[0.0, 2.0], 2, 1)?;
 /// let mut grad = [0.0_f32; 2];
-/// let mut ws = [0.0_f32; scalar::contrastive_workspace_len(2, 1)];
+/// let mut ws = [0.0_f32; scalar::contrastive_loss_workspace_len(2, 1)];
 /// let params = ContrastiveParams::new(0.0, 1.0);
 /// let loss =
 ///     scalar::contrastive_loss_grad(x, &[1, 1], Metric::Euclidean, params, &mut grad, &mut ws)?;

@@ -176,10 +176,10 @@ pub fn mine_triplets_count(labels: &[u32], mining: Mining) -> Result<usize, Erro
 /// # Example
 ///
 /// ```
-/// use triplet_kernels::{scalar, mining_workspace_len, Matrix, Metric, NO_INDEX};
+/// use triplet_kernels::{scalar, hardest_pairs_workspace_len, Matrix, Metric, NO_INDEX};
 /// let x = Matrix::new(&[0.0, 2.0, 3.0], 3, 1)?;
 /// let (mut pos, mut neg) = ([0_u32; 3], [0_u32; 3]);
-/// let mut ws = [0.0_f32; mining_workspace_len(3, 1)];
+/// let mut ws = [0.0_f32; hardest_pairs_workspace_len(3, 1)];
 /// scalar::hardest_pairs(x, &[5, 5, 6], Metric::Euclidean, &mut pos, &mut neg, &mut ws)?;
 /// assert_eq!((pos, neg), ([1, 0, NO_INDEX], [2, 2, 1]));
 /// # Ok::<(), triplet_kernels::Error>(())
@@ -216,10 +216,10 @@ pub fn hardest_pairs(
 /// # Example
 ///
 /// ```
-/// use triplet_kernels::{scalar, mining_workspace_len, Matrix, Metric, Mining, Triplet};
+/// use triplet_kernels::{scalar, mine_triplets_workspace_len, Matrix, Metric, Mining, Triplet};
 /// let x = Matrix::new(&[0.0, 2.0, 3.0], 3, 1)?;
 /// let mut out = [Triplet::default(); 2];
-/// let mut ws = [0.0_f32; mining_workspace_len(3, 1)];
+/// let mut ws = [0.0_f32; mine_triplets_workspace_len(3, 1)];
 /// let k = scalar::mine_triplets(x, &[5, 5, 6], Metric::Euclidean, Mining::All, &mut out, &mut ws)?;
 /// assert_eq!(out[..k], [Triplet::new(0, 1, 2), Triplet::new(1, 0, 2)]);
 /// # Ok::<(), triplet_kernels::Error>(())

@@ -31,12 +31,14 @@
 //! # Workspace
 //!
 //! A gradient twin keeps one `f64` accumulator per gradient element without allocating:
-//! its high half in the element itself, its low half in the workspace. Where the twins
-//! need a different workspace than the fast kernels, this module has its own length
-//! functions, named like the fast ones: [`triplet_margin_workspace_len`],
-//! [`triplet_batch_loss_grad_workspace_len`], [`contrastive_workspace_len`],
-//! [`quadruplet_workspace_len`], [`proxy_nca_workspace_len`] and
-//! [`proxy_anchor_workspace_len`]. Each governs every twin that the fast function of the
+//! its high half in the element itself, its low half in the workspace; the retrieval
+//! twins rank one `f64` (distance, index) pair per reference. Where the twins need a
+//! different workspace than the fast kernels, this module has its own length functions,
+//! named like the fast ones: [`triplet_margin_loss_workspace_len`],
+//! [`triplet_batch_loss_grad_workspace_len`], [`contrastive_loss_workspace_len`],
+//! [`quadruplet_loss_workspace_len`], [`proxy_nca_loss_workspace_len`],
+//! [`proxy_anchor_loss_workspace_len`], [`knn_workspace_len`] and
+//! [`retrieval_metrics_workspace_len`]. Each governs every twin that the fast function of the
 //! same name governs (for example both [`contrastive_loss`] and [`contrastive_loss_grad`]);
 //! every other twin takes the fast kernel's length. A twin whose workspace is too short
 //! reports its own requirement in [`Error::WorkspaceTooSmall`](crate::Error); every other
@@ -60,17 +62,28 @@ pub use distance::{
 pub use mining::{hardest_pairs, mine_triplets, mine_triplets_count};
 pub use reduce::{hinge_reduce, hinge_reduce_grad};
 
-pub use contrastive::{contrastive_loss, contrastive_loss_grad, contrastive_workspace_len};
+pub use contrastive::{contrastive_loss, contrastive_loss_grad, contrastive_loss_workspace_len};
 pub use proxy::{
-    proxy_anchor_loss, proxy_anchor_loss_grad, proxy_anchor_workspace_len, proxy_nca_loss,
-    proxy_nca_loss_grad, proxy_nca_workspace_len,
+    proxy_anchor_loss, proxy_anchor_loss_grad, proxy_anchor_loss_workspace_len, proxy_nca_loss,
+    proxy_nca_loss_grad, proxy_nca_loss_workspace_len,
 };
 pub use quadruplet::{
-    mine_quadruplets, quadruplet_loss, quadruplet_loss_grad, quadruplet_workspace_len,
+    mine_quadruplets, mine_quadruplets_count, quadruplet_loss, quadruplet_loss_grad,
+    quadruplet_loss_workspace_len,
 };
-pub use retrieval::{knn, retrieval_metrics};
+pub use retrieval::{knn, knn_workspace_len, retrieval_metrics, retrieval_metrics_workspace_len};
 pub use triplet::{
     triplet_batch_loss, triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
-    triplet_margin_loss, triplet_margin_loss_grad, triplet_margin_workspace_len,
+    triplet_margin_loss, triplet_margin_loss_grad, triplet_margin_loss_workspace_len,
 };
 pub use verification::verification_metrics;
+
+// The 0.1 names of the twins' workspace queries, deprecated for one release.
+#[allow(deprecated)]
+pub use contrastive::contrastive_workspace_len;
+#[allow(deprecated)]
+pub use proxy::{proxy_anchor_workspace_len, proxy_nca_workspace_len};
+#[allow(deprecated)]
+pub use quadruplet::quadruplet_workspace_len;
+#[allow(deprecated)]
+pub use triplet::triplet_margin_workspace_len;

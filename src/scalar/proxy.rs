@@ -17,8 +17,14 @@ const fn proxy_len(rows: usize, classes: usize, dim: usize) -> usize {
 /// the low halves of the `f64` accumulators of `grad` and `grad_proxies` (the high halves
 /// live in those buffers). The loss alone uses none of it but checks the same length.
 /// Saturates instead of overflowing.
-pub const fn proxy_nca_workspace_len(rows: usize, classes: usize, dim: usize) -> usize {
+pub const fn proxy_nca_loss_workspace_len(rows: usize, classes: usize, dim: usize) -> usize {
     proxy_len(rows, classes, dim)
+}
+
+/// Deprecated name of [`proxy_nca_loss_workspace_len`].
+#[deprecated(since = "0.2.0", note = "renamed to `proxy_nca_loss_workspace_len`")]
+pub const fn proxy_nca_workspace_len(rows: usize, classes: usize, dim: usize) -> usize {
+    proxy_nca_loss_workspace_len(rows, classes, dim)
 }
 
 /// Workspace elements that the twins [`proxy_anchor_loss`] and [`proxy_anchor_loss_grad`]
@@ -26,8 +32,14 @@ pub const fn proxy_nca_workspace_len(rows: usize, classes: usize, dim: usize) ->
 /// `(rows + classes) * dim`, the low halves of the `f64` accumulators of `grad` and
 /// `grad_proxies` (the high halves live in those buffers). The loss alone uses none of it
 /// but checks the same length. Saturates instead of overflowing.
-pub const fn proxy_anchor_workspace_len(rows: usize, classes: usize, dim: usize) -> usize {
+pub const fn proxy_anchor_loss_workspace_len(rows: usize, classes: usize, dim: usize) -> usize {
     proxy_len(rows, classes, dim)
+}
+
+/// Deprecated name of [`proxy_anchor_loss_workspace_len`].
+#[deprecated(since = "0.2.0", note = "renamed to `proxy_anchor_loss_workspace_len`")]
+pub const fn proxy_anchor_workspace_len(rows: usize, classes: usize, dim: usize) -> usize {
+    proxy_anchor_loss_workspace_len(rows, classes, dim)
 }
 
 /// The accumulators of `grad` and `grad_proxies`, in this order, from one workspace.
@@ -115,7 +127,7 @@ fn nca64(
 /// (log-sum-exp shifted by the smallest distance), on rows and proxies normalised in
 /// `f64`.
 ///
-/// `workspace` needs [`proxy_nca_workspace_len`]`(rows, classes, dim)` elements (the
+/// `workspace` needs [`proxy_nca_loss_workspace_len`]`(rows, classes, dim)` elements (the
 /// twin's, see there), checked but not used.
 ///
 /// # Errors
@@ -129,7 +141,7 @@ fn nca64(
 /// use triplet_kernels::{scalar, Matrix, ProxyNcaParams};
 /// let x = Matrix::new(&[1.0, 0.0, 0.0, 2.0], 2, 2)?;
 /// let proxies = Matrix::new(&[3.0, 0.0, 0.0, 1.0], 2, 2)?;
-/// let mut ws = [0.0_f32; scalar::proxy_nca_workspace_len(2, 2, 2)];
+/// let mut ws = [0.0_f32; scalar::proxy_nca_loss_workspace_len(2, 2, 2)];
 /// let loss = scalar::proxy_nca_loss(x, &[0, 1], proxies, ProxyNcaParams::new(1.0), &mut ws)?;
 /// assert!((loss - (1.0_f32 + (-2.0_f32).exp()).ln()).abs() < 1e-6);
 /// # Ok::<(), triplet_kernels::Error>(())
@@ -143,7 +155,7 @@ pub fn proxy_nca_loss(
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
     check_twin_workspace(
-        proxy_nca_workspace_len(x.rows(), proxies.rows(), x.dim()),
+        proxy_nca_loss_workspace_len(x.rows(), proxies.rows(), x.dim()),
         workspace.len(),
         |ws| check_nca(&x, labels, &proxies, params, None, ws),
     )?;
@@ -155,7 +167,7 @@ pub fn proxy_nca_loss(
 /// the normalisations in `f64`, and every element of `grad` and `grad_proxies` is rounded
 /// to `f32` once.
 ///
-/// `workspace` needs [`proxy_nca_workspace_len`]`(rows, classes, dim)` elements, garbage
+/// `workspace` needs [`proxy_nca_loss_workspace_len`]`(rows, classes, dim)` elements, garbage
 /// before and after.
 ///
 /// # Errors
@@ -170,7 +182,7 @@ pub fn proxy_nca_loss(
 /// let x = Matrix::new(&[1.0, 0.0, 0.0, 2.0], 2, 2)?;
 /// let proxies = Matrix::new(&[3.0, 0.0, 0.0, 1.0], 2, 2)?;
 /// let (mut g, mut gp) = ([0.0_f32; 4], [0.0_f32; 4]);
-/// let mut ws = [0.0_f32; scalar::proxy_nca_workspace_len(2, 2, 2)];
+/// let mut ws = [0.0_f32; scalar::proxy_nca_loss_workspace_len(2, 2, 2)];
 /// let params = ProxyNcaParams::new(1.0);
 /// scalar::proxy_nca_loss_grad(x, &[0, 1], proxies, params, &mut g, &mut gp, &mut ws)?;
 /// assert!(g[0].abs() < 1e-7 && g[1] > 0.0);
@@ -188,7 +200,7 @@ pub fn proxy_nca_loss_grad(
 ) -> Result<f32, Error> {
     let lens = Some((grad.len(), grad_proxies.len()));
     check_twin_workspace(
-        proxy_nca_workspace_len(x.rows(), proxies.rows(), x.dim()),
+        proxy_nca_loss_workspace_len(x.rows(), proxies.rows(), x.dim()),
         workspace.len(),
         |ws| check_nca(&x, labels, &proxies, params, lens, ws),
     )?;
@@ -270,7 +282,7 @@ fn anchor64(
 /// Scalar twin of [`crate::proxy_anchor_loss`]: the formula proxy by proxy in `f64`
 /// (each log-sum-exp shifted by its largest exponent), cosines from `f64` norms.
 ///
-/// `workspace` needs [`proxy_anchor_workspace_len`]`(rows, classes, dim)` elements (the
+/// `workspace` needs [`proxy_anchor_loss_workspace_len`]`(rows, classes, dim)` elements (the
 /// twin's, see there), checked but not used.
 ///
 /// # Errors
@@ -284,7 +296,7 @@ fn anchor64(
 /// use triplet_kernels::{scalar, Matrix, ProxyAnchorParams};
 /// let x = Matrix::new(&[1.0, 0.0], 1, 2)?;
 /// let proxies = Matrix::new(&[2.0, 0.0, 0.0, 5.0], 2, 2)?;
-/// let mut ws = [0.0_f32; scalar::proxy_anchor_workspace_len(1, 2, 2)];
+/// let mut ws = [0.0_f32; scalar::proxy_anchor_loss_workspace_len(1, 2, 2)];
 /// let params = ProxyAnchorParams::new(0.1, 32.0);
 /// let loss = scalar::proxy_anchor_loss(x, &[0], proxies, params, &mut ws)?;
 /// let want = (1.0_f32 + (-32.0_f32 * 0.9).exp()).ln() + (1.0_f32 + 3.2_f32.exp()).ln() / 2.0;
@@ -300,7 +312,7 @@ pub fn proxy_anchor_loss(
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
     check_twin_workspace(
-        proxy_anchor_workspace_len(x.rows(), proxies.rows(), x.dim()),
+        proxy_anchor_loss_workspace_len(x.rows(), proxies.rows(), x.dim()),
         workspace.len(),
         |ws| check_anchor(&x, labels, &proxies, params, None, ws),
     )?;
@@ -310,7 +322,7 @@ pub fn proxy_anchor_loss(
 /// Scalar twin of [`crate::proxy_anchor_loss_grad`]: the formula in `f64`, every element
 /// of `grad` and `grad_proxies` summed in `f64` and rounded to `f32` once.
 ///
-/// `workspace` needs [`proxy_anchor_workspace_len`]`(rows, classes, dim)` elements,
+/// `workspace` needs [`proxy_anchor_loss_workspace_len`]`(rows, classes, dim)` elements,
 /// garbage before and after.
 ///
 /// # Errors
@@ -325,8 +337,8 @@ pub fn proxy_anchor_loss(
 /// let x = Matrix::new(&[1.0, 1.0], 1, 2)?;
 /// let proxies = Matrix::new(&[1.0, 0.0, 0.0, 1.0], 2, 2)?;
 /// let (mut g, mut gp) = ([0.0_f32; 2], [0.0_f32; 4]);
-/// let mut ws = [0.0_f32; scalar::proxy_anchor_workspace_len(1, 2, 2)];
-/// let params = ProxyAnchorParams::PYTORCH_METRIC_LEARNING;
+/// let mut ws = [0.0_f32; scalar::proxy_anchor_loss_workspace_len(1, 2, 2)];
+/// let params = ProxyAnchorParams::pytorch_metric_learning();
 /// scalar::proxy_anchor_loss_grad(x, &[0], proxies, params, &mut g, &mut gp, &mut ws)?;
 /// assert!(g[0] < 0.0 && g[1] > 0.0);
 /// # Ok::<(), triplet_kernels::Error>(())
@@ -343,7 +355,7 @@ pub fn proxy_anchor_loss_grad(
 ) -> Result<f32, Error> {
     let lens = Some((grad.len(), grad_proxies.len()));
     check_twin_workspace(
-        proxy_anchor_workspace_len(x.rows(), proxies.rows(), x.dim()),
+        proxy_anchor_loss_workspace_len(x.rows(), proxies.rows(), x.dim()),
         workspace.len(),
         |ws| check_anchor(&x, labels, &proxies, params, lens, ws),
     )?;

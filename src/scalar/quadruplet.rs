@@ -14,8 +14,14 @@ use crate::scalar::reduce::{hinge64, slope64, weight64};
 /// for `rows` embeddings of dimension `dim`: `rows * dim`, the low halves of the
 /// gradient's `f64` accumulators (the high halves live in `grad`). The loss alone uses
 /// none of it but checks the same length. Saturates instead of overflowing.
-pub const fn quadruplet_workspace_len(rows: usize, dim: usize) -> usize {
+pub const fn quadruplet_loss_workspace_len(rows: usize, dim: usize) -> usize {
     rows.saturating_mul(dim)
+}
+
+/// Deprecated name of [`quadruplet_loss_workspace_len`].
+#[deprecated(since = "0.2.0", note = "renamed to `quadruplet_loss_workspace_len`")]
+pub const fn quadruplet_workspace_len(rows: usize, dim: usize) -> usize {
+    quadruplet_loss_workspace_len(rows, dim)
 }
 
 /// The shared argument checks with the twin's workspace requirement.
@@ -27,7 +33,7 @@ fn check64(
     workspace: usize,
 ) -> Result<(), Error> {
     check_twin_workspace(
-        quadruplet_workspace_len(x.rows(), x.dim()),
+        quadruplet_loss_workspace_len(x.rows(), x.dim()),
         workspace,
         |ws| check_quadruplet(x, quadruplets, params, grad, ws),
     )
@@ -92,7 +98,7 @@ fn add_pair64(
 
 /// Scalar twin of [`crate::quadruplet_loss`]: the formula per quadruplet in `f64`.
 ///
-/// `workspace` needs [`quadruplet_workspace_len`]`(rows, dim)` elements (the twin's, see
+/// `workspace` needs [`quadruplet_loss_workspace_len`]`(rows, dim)` elements (the twin's, see
 /// there), checked but not used.
 ///
 /// # Errors
@@ -108,7 +114,7 @@ fn add_pair64(
 /// };
 /// let x = Matrix::new(&[0.0, 1.0, 1.5, 2.5], 4, 1)?;
 /// let quads = [Quadruplet::new(0, 1, 2, 3)];
-/// let mut ws = [0.0_f32; scalar::quadruplet_workspace_len(4, 1)];
+/// let mut ws = [0.0_f32; scalar::quadruplet_loss_workspace_len(4, 1)];
 /// let params = QuadrupletParams::new(1.0, 0.5);
 /// assert_eq!(scalar::quadruplet_loss(x, &quads, Metric::Euclidean, params, &mut ws)?, 1.0);
 /// # Ok::<(), triplet_kernels::Error>(())
@@ -129,7 +135,7 @@ pub fn quadruplet_loss(
 /// Scalar twin of [`crate::quadruplet_loss_grad`]: the formula per quadruplet in `f64`,
 /// every gradient element summed in `f64` and rounded to `f32` once.
 ///
-/// `workspace` needs [`quadruplet_workspace_len`]`(rows, dim)` elements, garbage before
+/// `workspace` needs [`quadruplet_loss_workspace_len`]`(rows, dim)` elements, garbage before
 /// and after.
 ///
 /// # Errors
@@ -146,7 +152,7 @@ pub fn quadruplet_loss(
 /// let x = Matrix::new(&[0.0, 1.0, 1.5, 2.5], 4, 1)?;
 /// let quads = [Quadruplet::new(0, 1, 2, 3)];
 /// let mut grad = [0.0_f32; 4];
-/// let mut ws = [0.0_f32; scalar::quadruplet_workspace_len(4, 1)];
+/// let mut ws = [0.0_f32; scalar::quadruplet_loss_workspace_len(4, 1)];
 /// let params = QuadrupletParams::new(1.0, 0.5);
 /// let loss =
 ///     scalar::quadruplet_loss_grad(x, &quads, Metric::Euclidean, params, &mut grad, &mut ws)?;
@@ -245,4 +251,39 @@ pub fn mine_quadruplets(
         }
     }
     Ok(written)
+}
+
+/// Scalar twin of [`crate::mine_quadruplets_count`], by its definition: when the batch
+/// holds at least three distinct labels, the number of rows whose label occurs on another
+/// row; 0 otherwise.
+///
+/// # Errors
+///
+/// Exactly those of [`crate::mine_quadruplets_count`] (none today).
+///
+/// # Example
+///
+/// ```
+/// use triplet_kernels::scalar;
+/// assert_eq!(scalar::mine_quadruplets_count(&[1, 1, 2, 2, 3])?, 4);
+/// # Ok::<(), triplet_kernels::Error>(())
+/// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
+pub fn mine_quadruplets_count(labels: &[u32]) -> Result<usize, Error> {
+    let mut classes = 0_usize;
+    for (i, l) in labels.iter().enumerate() {
+        if !labels.get(..i).is_some_and(|seen| seen.contains(l)) {
+            classes += 1;
+        }
+    }
+    if classes < 3 {
+        return Ok(0);
+    }
+    let mut count = 0_usize;
+    for (i, li) in labels.iter().enumerate() {
+        if labels.iter().enumerate().any(|(j, lj)| j != i && lj == li) {
+            count += 1;
+        }
+    }
+    Ok(count)
 }

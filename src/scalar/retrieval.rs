@@ -7,7 +7,29 @@ use super::distance::distance64;
 use crate::distance::Metric;
 use crate::error::Error;
 use crate::matrix::Matrix;
-use crate::retrieval::{check_knn, check_metrics, ranking_metric, RetrievalMetrics, Shape};
+use crate::retrieval::{
+    check_knn, check_metrics, ranking_metric, scalar_len, RetrievalMetrics, Shape,
+};
+
+/// Workspace elements that the twin [`knn`] needs for `queries` queries against
+/// `references` references of dimension `dim`: `4 references + 1`, one `f64` distance and
+/// index per reference (plus one element to reach `f64` alignment). For leave-one-out
+/// retrieval pass `references = queries`. Saturates instead of overflowing.
+pub const fn knn_workspace_len(queries: usize, references: usize, dim: usize) -> usize {
+    let _ = (queries, dim);
+    scalar_len(references)
+}
+
+/// Workspace elements that the twin [`retrieval_metrics`] needs: as
+/// [`knn_workspace_len`], `4 references + 1`. Saturates instead of overflowing.
+pub const fn retrieval_metrics_workspace_len(
+    queries: usize,
+    references: usize,
+    dim: usize,
+) -> usize {
+    let _ = (queries, dim);
+    scalar_len(references)
+}
 
 /// Ranking of two `[distance, index]` pairs: smaller distance first, NaN after every
 /// number, equal distances (and NaN against NaN) by smaller index.
@@ -126,16 +148,17 @@ fn ranked<'w>(
 ///
 /// # Errors
 ///
-/// Exactly those of [`crate::knn`].
+/// Those of [`crate::knn`], except that the workspace must hold [`knn_workspace_len`]
+/// elements (the twin's own requirement, reported by [`Error::WorkspaceTooSmall`]).
 ///
 /// # Example
 ///
 /// ```
-/// use triplet_kernels::{scalar, knn_workspace_len, Matrix, Metric};
+/// use triplet_kernels::{scalar, Matrix, Metric};
 /// let q = Matrix::new(&[0.0, 0.0], 1, 2)?;
 /// let y = Matrix::new(&[3.0, 4.0, 1.0, 0.0, 0.0, -1.0], 3, 2)?;
 /// let (mut idx, mut dist) = ([0_u32; 2], [0.0_f32; 2]);
-/// let mut ws = [0.0_f32; knn_workspace_len(1, 3, 2)];
+/// let mut ws = [0.0_f32; scalar::knn_workspace_len(1, 3, 2)];
 /// scalar::knn(q, Some(y), Metric::SquaredEuclidean, 2, &mut idx, &mut dist, &mut ws)?;
 /// assert_eq!(idx, [1, 2]); // equal distances: the smaller index first
 /// assert_eq!(dist, [1.0, 1.0]);
@@ -158,6 +181,7 @@ pub fn knn(
         indices.len(),
         distances.len(),
         workspace.len(),
+        true,
     )?;
     for (q, (a, (i_row, d_row))) in queries
         .row_iter()
@@ -187,16 +211,18 @@ pub fn knn(
 ///
 /// # Errors
 ///
-/// Exactly those of [`crate::retrieval_metrics`].
+/// Those of [`crate::retrieval_metrics`], except that the workspace must hold
+/// [`retrieval_metrics_workspace_len`] elements (the twin's own requirement, reported by
+/// [`Error::WorkspaceTooSmall`]).
 ///
 /// # Example
 ///
 /// ```
-/// use triplet_kernels::{scalar, retrieval_metrics_workspace_len, Matrix, Metric};
+/// use triplet_kernels::{scalar, Matrix, Metric};
 /// // Query label 1's nearest reference has label 2, its second nearest label 1.
 /// let q = Matrix::new(&[0.0], 1, 1)?;
 /// let y = Matrix::new(&[1.0, 2.0, 9.0], 3, 1)?;
-/// let mut ws = [0.0_f32; retrieval_metrics_workspace_len(1, 3, 1)];
+/// let mut ws = [0.0_f32; scalar::retrieval_metrics_workspace_len(1, 3, 1)];
 /// let m = scalar::retrieval_metrics(q, &[1], Some((y, &[2, 1, 2])), Metric::Euclidean, 2, &mut ws)?;
 /// assert_eq!((m.precision_at_1, m.recall_at_k), (0.0, 1.0));
 /// assert_eq!((m.r_precision, m.mean_average_precision_at_r), (0.0, 0.0)); // R = 1
@@ -211,8 +237,7 @@ pub fn retrieval_metrics(
     k: usize,
     workspace: &mut [f32],
 ) -> Result<RetrievalMetrics, Error> {
-    let (shape, ref_labels) = check_metrics(&queries, labels, reference, k, workspace.len())?;
-    let k = k.min(shape.available);
+    let (shape, ref_labels) = check_metrics(&queries, labels, reference, k, workspace.len(), true)?;
     let (mut p1, mut recall, mut rp, mut map) = (0.0_f64, 0.0_f64, 0.0_f64, 0.0_f64);
     let mut evaluated = 0_usize;
     for (q, (a, &label)) in queries.row_iter().zip(labels).enumerate() {

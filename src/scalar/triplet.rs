@@ -22,8 +22,17 @@ use crate::validate::{check_len, check_rows, check_workspace};
 /// `rows * dim`, the low halves of the gradient's `f64` accumulators (the high halves live
 /// in `grad`). The loss alone uses none of it but checks the same length. Saturates
 /// instead of overflowing.
-pub const fn triplet_margin_workspace_len(rows: usize, dim: usize) -> usize {
+pub const fn triplet_margin_loss_workspace_len(rows: usize, dim: usize) -> usize {
     rows.saturating_mul(dim)
+}
+
+/// Deprecated name of [`triplet_margin_loss_workspace_len`].
+#[deprecated(
+    since = "0.2.0",
+    note = "renamed to `triplet_margin_loss_workspace_len`"
+)]
+pub const fn triplet_margin_workspace_len(rows: usize, dim: usize) -> usize {
+    triplet_margin_loss_workspace_len(rows, dim)
 }
 
 /// Workspace elements that the twin [`triplet_batch_loss_grad`] needs for `rows`
@@ -145,7 +154,7 @@ fn triplet_margin64(
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
     check_twin_workspace(
-        triplet_margin_workspace_len(x.rows(), x.dim()),
+        triplet_margin_loss_workspace_len(x.rows(), x.dim()),
         workspace.len(),
         |ws| check_triplet_args(&x, triplets, params, terms.len(), ws),
     )?;
@@ -187,7 +196,7 @@ fn triplet_margin64(
 
 /// Scalar twin of [`crate::triplet_margin_loss`]: every distance, term and sum in `f64`.
 ///
-/// `workspace` needs [`triplet_margin_workspace_len`]`(rows, dim)` elements (the twin's,
+/// `workspace` needs [`triplet_margin_loss_workspace_len`]`(rows, dim)` elements (the twin's,
 /// see there), checked but not used.
 ///
 /// # Errors
@@ -201,7 +210,7 @@ fn triplet_margin64(
 /// use triplet_kernels::{scalar, Matrix, Triplet, TripletParams};
 /// let x = Matrix::new(&[0.0, 1.0, 3.0], 3, 1)?;
 /// let mut terms = [0.0_f32; 1];
-/// let mut ws = [0.0_f32; scalar::triplet_margin_workspace_len(3, 1)];
+/// let mut ws = [0.0_f32; scalar::triplet_margin_loss_workspace_len(3, 1)];
 /// let loss = scalar::triplet_margin_loss(
 ///     x, &[Triplet::new(0, 1, 2)], TripletParams::new().with_margin(2.5), &mut terms, &mut ws)?;
 /// assert_eq!((loss, terms), (0.5, [0.5]));
@@ -221,7 +230,7 @@ pub fn triplet_margin_loss(
 /// Scalar twin of [`crate::triplet_margin_loss_grad`]: every distance, term and sum in
 /// `f64`; every gradient element summed in `f64` and rounded to `f32` once.
 ///
-/// `workspace` needs [`triplet_margin_workspace_len`]`(rows, dim)` elements, garbage
+/// `workspace` needs [`triplet_margin_loss_workspace_len`]`(rows, dim)` elements, garbage
 /// before and after.
 ///
 /// # Errors
@@ -235,7 +244,7 @@ pub fn triplet_margin_loss(
 /// use triplet_kernels::{scalar, Matrix, Triplet, TripletParams};
 /// let x = Matrix::new(&[0.0, 1.0, 3.0], 3, 1)?;
 /// let (mut terms, mut grad) = ([0.0_f32; 1], [0.0_f32; 3]);
-/// let mut ws = [0.0_f32; scalar::triplet_margin_workspace_len(3, 1)];
+/// let mut ws = [0.0_f32; scalar::triplet_margin_loss_workspace_len(3, 1)];
 /// let params = TripletParams::new().with_margin(2.5);
 /// scalar::triplet_margin_loss_grad(x, &[Triplet::new(0, 1, 2)], params, &mut terms, &mut grad, &mut ws)?;
 /// assert_eq!(grad, [0.0, 1.0, -1.0]);

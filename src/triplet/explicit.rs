@@ -14,9 +14,18 @@ use crate::validate::{check_len, check_rows};
 /// Workspace elements that [`triplet_margin_loss`] and [`triplet_margin_loss_grad`] need
 /// for `rows` embeddings of dimension `dim` (the row norms): `rows`. Saturates instead of
 /// overflowing.
-pub const fn triplet_margin_workspace_len(rows: usize, dim: usize) -> usize {
+pub const fn triplet_margin_loss_workspace_len(rows: usize, dim: usize) -> usize {
     let _ = dim;
     rows
+}
+
+/// Deprecated name of [`triplet_margin_loss_workspace_len`].
+#[deprecated(
+    since = "0.2.0",
+    note = "renamed to `triplet_margin_loss_workspace_len`"
+)]
+pub const fn triplet_margin_workspace_len(rows: usize, dim: usize) -> usize {
+    triplet_margin_loss_workspace_len(rows, dim)
 }
 
 /// `d(a, b)` with the optional difference shift `eps` (Euclidean metrics only).
@@ -134,7 +143,7 @@ fn triplet_margin_impl(
 /// row). Zero triplets give
 /// a loss of 0. Scalar twin: [`crate::scalar::triplet_margin_loss`]; with the gradient:
 /// [`triplet_margin_loss_grad`]. `workspace` needs
-/// [`triplet_margin_workspace_len`]`(rows, dim)` elements, garbage before and after.
+/// [`triplet_margin_loss_workspace_len`]`(rows, dim)` elements, garbage before and after.
 ///
 /// # Errors
 ///
@@ -160,13 +169,13 @@ fn triplet_margin_impl(
 /// # Example
 ///
 /// ```
-/// use triplet_kernels::{triplet_margin_loss, triplet_margin_workspace_len};
+/// use triplet_kernels::{triplet_margin_loss, triplet_margin_loss_workspace_len};
 /// use triplet_kernels::{Matrix, Reduction, Triplet, TripletParams};
 /// let x = Matrix::new(&[0.0, 0.0, 1.0, 0.0, 0.0, 3.0], 3, 2)?;
 /// let triplets = [Triplet::new(0, 1, 2), Triplet::new(1, 0, 2)];
 /// let params = TripletParams::new().with_margin(3.0).with_reduction(Reduction::Sum);
 /// let mut terms = [0.0_f32; 2];
-/// let mut ws = [0.0_f32; triplet_margin_workspace_len(3, 2)];
+/// let mut ws = [0.0_f32; triplet_margin_loss_workspace_len(3, 2)];
 /// let loss = triplet_margin_loss(x, &triplets, params, &mut terms, &mut ws)?;
 /// // d(0,1) = 1, d(0,2) = 3: 1 - 3 + 3 = 1; d(1,0) = 1, d(1,2) = sqrt(10).
 /// assert_eq!(terms[0], 1.0);
@@ -214,13 +223,13 @@ pub fn triplet_margin_loss(
 /// # Example
 ///
 /// ```
-/// use triplet_kernels::{triplet_margin_loss_grad, triplet_margin_workspace_len};
+/// use triplet_kernels::{triplet_margin_loss_grad, triplet_margin_loss_workspace_len};
 /// use triplet_kernels::{Matrix, Metric, Reduction, Triplet, TripletParams};
 /// let x = Matrix::new(&[0.0, 0.0, 2.0, 0.0, 1.0, 0.0], 3, 2)?;
 /// let params = TripletParams::new().with_metric(Metric::SquaredEuclidean).with_margin(1.0);
 /// let mut terms = [0.0_f32; 1];
 /// let mut grad = [0.0_f32; 6];
-/// let mut ws = [0.0_f32; triplet_margin_workspace_len(3, 2)];
+/// let mut ws = [0.0_f32; triplet_margin_loss_workspace_len(3, 2)];
 /// let loss =
 ///     triplet_margin_loss_grad(x, &[Triplet::new(0, 1, 2)], params, &mut terms, &mut grad, &mut ws)?;
 /// assert_eq!(loss, 4.0 - 1.0 + 1.0);

@@ -20,15 +20,15 @@
 
 use super::{check_row_kernels, on_every_backend};
 use triplet_kernels::{
-    contrastive_loss, contrastive_loss_grad, contrastive_workspace_len, hardest_pairs, knn,
+    contrastive_loss, contrastive_loss_grad, contrastive_loss_workspace_len, hardest_pairs, knn,
     knn_workspace_len, mine_quadruplets, mine_quadruplets_count, mine_quadruplets_workspace_len,
-    mine_triplets, mine_triplets_count, mining_workspace_len, proxy_anchor_loss,
-    proxy_anchor_loss_grad, proxy_anchor_workspace_len, proxy_nca_loss, proxy_nca_loss_grad,
-    proxy_nca_workspace_len, quadruplet_loss, quadruplet_loss_grad, quadruplet_workspace_len,
-    retrieval_metrics, retrieval_metrics_workspace_len, scalar, triplet_batch_loss,
-    triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
+    mine_triplets, mine_triplets_count, mine_triplets_workspace_len, proxy_anchor_loss,
+    proxy_anchor_loss_grad, proxy_anchor_loss_workspace_len, proxy_nca_loss, proxy_nca_loss_grad,
+    proxy_nca_loss_workspace_len, quadruplet_loss, quadruplet_loss_grad,
+    quadruplet_loss_workspace_len, retrieval_metrics, retrieval_metrics_workspace_len, scalar,
+    triplet_batch_loss, triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
     triplet_batch_loss_workspace_len, triplet_margin_loss, triplet_margin_loss_grad,
-    triplet_margin_workspace_len, Backend, BatchParams, ContrastiveForm, ContrastiveParams,
+    triplet_margin_loss_workspace_len, Backend, BatchParams, ContrastiveForm, ContrastiveParams,
     ContrastiveReduction, Hinge, Matrix, Metric, Mining, ProxyAnchorParams, ProxyNcaParams,
     Quadruplet, QuadrupletParams, Reduction, Triplet, TripletParams, NO_INDEX,
 };
@@ -158,6 +158,7 @@ fn dist64(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
                 .sum();
             1.0 - dot / (norm(a).max(1e-12) * norm(b).max(1e-12))
         }
+        _ => unreachable!("a metric this test does not know"),
     }
 }
 
@@ -195,6 +196,7 @@ fn grad_scale(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
             let d = dist64(metric, a, b);
             ib / (na * nb) + ((1.0 - d).abs() + dist_scale(metric, a, b)) * ia / (na * na)
         }
+        _ => unreachable!("a metric this test does not know"),
     }
 }
 
@@ -217,7 +219,7 @@ fn mining_tol(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
 /// has no candidate; equal to the twin's on exact data.
 fn check_hardest(b: &Batch, twin: &MinedTwin, backend: Backend) -> (Vec<u32>, Vec<u32>) {
     let (x, labels, n, metric) = (b.x(), &b.labels, b.n, twin.metric);
-    let mut ws = vec![f32::NAN; mining_workspace_len(n, b.d)];
+    let mut ws = vec![f32::NAN; mine_triplets_workspace_len(n, b.d)];
     let (mut pf, mut nf) = (vec![7_u32; n], vec![7_u32; n]);
     hardest_pairs(x, labels, metric, &mut pf, &mut nf, &mut ws).unwrap();
     let (pt, nt) = &twin.hardest;
@@ -255,7 +257,7 @@ struct MinedTwin {
 
 fn mined_twin(b: &Batch, metric: Metric, minings: &[Mining]) -> MinedTwin {
     let (x, labels, n) = (b.x(), &b.labels, b.n);
-    let mut ws = vec![f32::NAN; mining_workspace_len(n, b.d)];
+    let mut ws = vec![f32::NAN; mine_triplets_workspace_len(n, b.d)];
     let (mut pt, mut nt) = (vec![0_u32; n], vec![0_u32; n]);
     scalar::hardest_pairs(x, labels, metric, &mut pt, &mut nt, &mut ws).unwrap();
     let lists = minings
@@ -294,7 +296,7 @@ fn mined_twins<'b>(
 fn check_mined(b: &Batch, twin: &MinedTwin, backend: Backend) {
     let (x, labels, n, metric) = (b.x(), &b.labels, b.n, twin.metric);
     let (pos, neg) = check_hardest(b, twin, backend);
-    let mut ws = vec![f32::NAN; mining_workspace_len(n, b.d)];
+    let mut ws = vec![f32::NAN; mine_triplets_workspace_len(n, b.d)];
     for (mining, twin) in &twin.lists {
         let mining = *mining;
         let what = format!(
@@ -388,6 +390,7 @@ fn tdist(metric: Metric, a: &[f64], b: &[f64], eps: f64) -> f64 {
             let dot: f64 = a.iter().zip(b).map(|(u, v)| u * v).sum();
             1.0 - dot / (norm64(a).max(1e-12) * norm64(b).max(1e-12))
         }
+        _ => unreachable!("a metric this test does not know"),
     }
 }
 
@@ -415,6 +418,7 @@ fn tgrad_scale(metric: Metric, a: &[f64], b: &[f64], eps: f64) -> f64 {
             let mb = b.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
             mb / (na * nb) + 2.0 * ma / (na * na)
         }
+        _ => unreachable!("a metric this test does not know"),
     }
 }
 
@@ -422,6 +426,7 @@ fn hinge64(h: Hinge, v: f64) -> f64 {
     match h {
         Hinge::Relu => v.max(0.0),
         Hinge::SoftPlus => v.max(0.0) + (-v.abs()).exp().ln_1p(),
+        _ => unreachable!("a metric this test does not know"),
     }
 }
 
@@ -429,6 +434,7 @@ fn slope64(h: Hinge, v: f64) -> f64 {
     match h {
         Hinge::Relu => f64::from(u8::from(v > 0.0)),
         Hinge::SoftPlus => 1.0 / (1.0 + (-v).exp()),
+        _ => unreachable!("a metric this test does not know"),
     }
 }
 
@@ -437,6 +443,7 @@ fn weight(r: Reduction, k: usize, active: usize) -> f64 {
         Reduction::Sum => return 1.0,
         Reduction::Mean => k,
         Reduction::MeanNonzero => active,
+        _ => unreachable!("a metric this test does not know"),
     };
     if div == 0 {
         0.0
@@ -594,7 +601,7 @@ fn batch_run(
 
 fn mined(x: Matrix<'_>, labels: &[u32], metric: Metric, m: Mining, fast: bool) -> Vec<Triplet> {
     let mut out = vec![Triplet::default(); mine_triplets_count(labels, m).unwrap()];
-    let mut ws = vec![0.0; mining_workspace_len(x.rows(), x.dim())];
+    let mut ws = vec![0.0; mine_triplets_workspace_len(x.rows(), x.dim())];
     if fast {
         mine_triplets(x, labels, metric, m, &mut out, &mut ws)
     } else {
@@ -765,9 +772,9 @@ fn margin_loss_matches_scalar() {
                         let mut ws = vec![
                             fill;
                             if fast {
-                                triplet_margin_workspace_len(n, d)
+                                triplet_margin_loss_workspace_len(n, d)
                             } else {
-                                scalar::triplet_margin_workspace_len(n, d)
+                                scalar::triplet_margin_loss_workspace_len(n, d)
                             }
                         ];
                         let loss = if fast {
@@ -961,7 +968,7 @@ fn contrastive_matches_scalar() {
                     .with_form(form)
                     .with_reduction(reduction);
                 let tol = contrastive_tolerances(x, labels, metric, &p);
-                let mut ws = vec![f32::NAN; scalar::contrastive_workspace_len(n, d)];
+                let mut ws = vec![f32::NAN; scalar::contrastive_loss_workspace_len(n, d)];
                 let mut gs = vec![f32::NAN; n * d];
                 let ls =
                     scalar::contrastive_loss_grad(x, labels, metric, p, &mut gs, &mut ws).unwrap();
@@ -982,7 +989,7 @@ fn contrastive_matches_scalar() {
             };
             let (x, labels, n, d, metric, p) = (b.x(), &b.labels[..], b.n, b.d, *metric, *p);
             let what = format!("{} {metric:?} {p:?} {}", backend.name(), b.name());
-            let mut ws = vec![f32::NAN; contrastive_workspace_len(n, d)];
+            let mut ws = vec![f32::NAN; contrastive_loss_workspace_len(n, d)];
             let mut gf = vec![f32::NAN; n * d];
             let lf = contrastive_loss_grad(x, labels, metric, p, &mut gf, &mut ws).unwrap();
             ws.fill(-3.5);
@@ -1009,7 +1016,7 @@ fn check_mined_quadruplets(b: &Batch, metric: Metric, backend: Backend) -> Vec<Q
         backend.name(),
         b.name()
     );
-    let count = mine_quadruplets_count(labels);
+    let count = mine_quadruplets_count(labels).unwrap();
     let mut ws = vec![f32::NAN; mine_quadruplets_workspace_len(n, b.d)];
     let (mut fast, mut twin) = (
         vec![Quadruplet::default(); count],
@@ -1163,8 +1170,8 @@ fn quadruplet_matches_scalar() {
                     checked += 1;
                     let mut ws = vec![
                         f32::NAN;
-                        quadruplet_workspace_len(n, d)
-                            .max(scalar::quadruplet_workspace_len(n, d))
+                        quadruplet_loss_workspace_len(n, d)
+                            .max(scalar::quadruplet_loss_workspace_len(n, d))
                     ];
                     let (mut gf, mut gs) = (vec![f32::NAN; n * d], vec![f32::NAN; n * d]);
                     let lf = quadruplet_loss_grad(x, &quads, metric, p, &mut gf, &mut ws).unwrap();
@@ -1206,12 +1213,10 @@ enum Proxy {
 impl Proxy {
     fn ws_len(self, n: usize, c: usize, d: usize) -> usize {
         match self {
-            Proxy::Nca(_) => {
-                proxy_nca_workspace_len(n, c, d).max(scalar::proxy_nca_workspace_len(n, c, d))
-            }
-            Proxy::Anchor(_) => {
-                proxy_anchor_workspace_len(n, c, d).max(scalar::proxy_anchor_workspace_len(n, c, d))
-            }
+            Proxy::Nca(_) => proxy_nca_loss_workspace_len(n, c, d)
+                .max(scalar::proxy_nca_loss_workspace_len(n, c, d)),
+            Proxy::Anchor(_) => proxy_anchor_loss_workspace_len(n, c, d)
+                .max(scalar::proxy_anchor_loss_workspace_len(n, c, d)),
         }
     }
 
@@ -1291,8 +1296,8 @@ fn proxy_losses_match_scalar() {
                 let p = Matrix::new(&pd, c, d).unwrap();
                 for which in [
                     Proxy::Nca(ProxyNcaParams::new(3.0)),
-                    Proxy::Nca(ProxyNcaParams::PYTORCH_METRIC_LEARNING),
-                    Proxy::Anchor(ProxyAnchorParams::PYTORCH_METRIC_LEARNING),
+                    Proxy::Nca(ProxyNcaParams::pytorch_metric_learning()),
+                    Proxy::Anchor(ProxyAnchorParams::pytorch_metric_learning()),
                     Proxy::Anchor(ProxyAnchorParams::new(-0.2, 8.0)),
                 ] {
                     let what = format!("{} {which:?} {}", backend.name(), b.name());

@@ -3,8 +3,8 @@
 use crate::case::{Case, Mat};
 use serde::Deserialize;
 use triplet_kernels::{
-    contrastive_loss, contrastive_loss_grad, contrastive_workspace_len, scalar, ContrastiveParams,
-    ContrastiveReduction,
+    contrastive_loss, contrastive_loss_grad, contrastive_loss_workspace_len, scalar,
+    ContrastiveParams, ContrastiveReduction,
 };
 
 /// The format's contrastive reductions.
@@ -42,7 +42,7 @@ pub fn check(case: &Case<'_>) -> Result<(), String> {
     let want_loss: f64 = case.get("expected.loss")?;
     let want_grad: Mat = case.get("expected.grad")?;
 
-    let mut ws = vec![f32::NAN; contrastive_workspace_len(x.rows(), x.dim())];
+    let mut ws = vec![f32::NAN; contrastive_loss_workspace_len(x.rows(), x.dim())];
     let loss = contrastive_loss(x, &labels, metric, params, &mut ws).map_err(|e| e.to_string())?;
     case.close("loss", f64::from(loss), want_loss)?;
     let mut grad = vec![f32::NAN; x.len()];
@@ -51,7 +51,7 @@ pub fn check(case: &Case<'_>) -> Result<(), String> {
     case.close("loss (grad call)", f64::from(loss), want_loss)?;
     case.close_mat("grad", &grad, &want_grad, xm.rows, xm.cols)?;
     // The reference twin must agree with the same vectors.
-    let mut ws = vec![f32::NAN; scalar::contrastive_workspace_len(x.rows(), x.dim())];
+    let mut ws = vec![f32::NAN; scalar::contrastive_loss_workspace_len(x.rows(), x.dim())];
     let loss = scalar::contrastive_loss_grad(x, &labels, metric, params, &mut grad, &mut ws)
         .map_err(|e| e.to_string())?;
     case.close("scalar loss", f64::from(loss), want_loss)?;

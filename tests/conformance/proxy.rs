@@ -3,8 +3,8 @@
 
 use crate::case::{Case, Mat};
 use triplet_kernels::{
-    proxy_anchor_loss, proxy_anchor_loss_grad, proxy_anchor_workspace_len, proxy_nca_loss,
-    proxy_nca_loss_grad, proxy_nca_workspace_len, scalar, Error, Matrix, ProxyAnchorParams,
+    proxy_anchor_loss, proxy_anchor_loss_grad, proxy_anchor_loss_workspace_len, proxy_nca_loss,
+    proxy_nca_loss_grad, proxy_nca_loss_workspace_len, scalar, Error, Matrix, ProxyAnchorParams,
     ProxyNcaParams,
 };
 
@@ -75,7 +75,8 @@ pub fn check_nca(case: &Case<'_>) -> Result<(), String> {
     let inp = inputs(case)?;
     let params = ProxyNcaParams::new(case.get::<f64>("softmax_scale")? as f32);
     let (n, c, d) = (inp.xm.rows, inp.pm.rows, inp.xm.cols);
-    let ws_len = proxy_nca_workspace_len(n, c, d).max(scalar::proxy_nca_workspace_len(n, c, d));
+    let ws_len =
+        proxy_nca_loss_workspace_len(n, c, d).max(scalar::proxy_nca_loss_workspace_len(n, c, d));
     run(
         case,
         &inp,
@@ -99,8 +100,8 @@ pub fn check_anchor(case: &Case<'_>) -> Result<(), String> {
         case.get::<f64>("alpha")? as f32,
     );
     let (n, c, d) = (inp.xm.rows, inp.pm.rows, inp.xm.cols);
-    let ws_len =
-        proxy_anchor_workspace_len(n, c, d).max(scalar::proxy_anchor_workspace_len(n, c, d));
+    let ws_len = proxy_anchor_loss_workspace_len(n, c, d)
+        .max(scalar::proxy_anchor_loss_workspace_len(n, c, d));
     run(
         case,
         &inp,

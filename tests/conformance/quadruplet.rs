@@ -3,7 +3,7 @@
 use crate::case::{Case, Mat, QuadrupletIdx};
 use serde::Deserialize;
 use triplet_kernels::{
-    quadruplet_loss, quadruplet_loss_grad, quadruplet_workspace_len, scalar, Quadruplet,
+    quadruplet_loss, quadruplet_loss_grad, quadruplet_loss_workspace_len, scalar, Quadruplet,
     QuadrupletParams, Reduction,
 };
 
@@ -46,7 +46,7 @@ pub fn check(case: &Case<'_>) -> Result<(), String> {
     let want_loss: f64 = case.get("expected.loss")?;
     let want_grad: Mat = case.get("expected.grad")?;
 
-    let mut ws = vec![f32::NAN; quadruplet_workspace_len(x.rows(), x.dim())];
+    let mut ws = vec![f32::NAN; quadruplet_loss_workspace_len(x.rows(), x.dim())];
     let loss = quadruplet_loss(x, &quads, metric, params, &mut ws).map_err(|e| e.to_string())?;
     case.close("loss", f64::from(loss), want_loss)?;
     let mut grad = vec![f32::NAN; x.len()];
@@ -54,7 +54,7 @@ pub fn check(case: &Case<'_>) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     case.close("loss (grad call)", f64::from(loss), want_loss)?;
     case.close_mat("grad", &grad, &want_grad, xm.rows, xm.cols)?;
-    let mut ws = vec![f32::NAN; scalar::quadruplet_workspace_len(x.rows(), x.dim())];
+    let mut ws = vec![f32::NAN; scalar::quadruplet_loss_workspace_len(x.rows(), x.dim())];
     let loss = scalar::quadruplet_loss_grad(x, &quads, metric, params, &mut grad, &mut ws)
         .map_err(|e| e.to_string())?;
     case.close("scalar loss", f64::from(loss), want_loss)?;

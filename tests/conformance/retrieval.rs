@@ -23,7 +23,12 @@ pub fn check(case: &Case<'_>) -> Result<(), String> {
     let m = y.map_or(x.rows(), |y| y.rows());
     let reference = y.map(|y| (y, &y_labels[..]));
 
-    let mut ws = vec![f32::NAN; retrieval_metrics_workspace_len(x.rows(), m, x.dim())];
+    let mut ws = vec![
+        f32::NAN;
+        retrieval_metrics_workspace_len(x.rows(), m, x.dim()).max(
+            scalar::retrieval_metrics_workspace_len(x.rows(), m, x.dim())
+        )
+    ];
     // recall@1 is precision@1: checked against the same expectation.
     let fast =
         retrieval_metrics(x, &labels, reference, metric, 1, &mut ws).map_err(|e| e.to_string())?;

@@ -4,10 +4,10 @@
 use crate::case::{Case, Mat, TripletIdx};
 use serde::Deserialize;
 use triplet_kernels::{
-    mine_triplets, mine_triplets_count, mining_workspace_len, scalar, triplet_batch_loss,
+    mine_triplets, mine_triplets_count, mine_triplets_workspace_len, scalar, triplet_batch_loss,
     triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
     triplet_batch_loss_workspace_len, triplet_margin_loss, triplet_margin_loss_grad,
-    triplet_margin_workspace_len, BatchLoss, BatchParams, Hinge, Mining, Reduction, Triplet,
+    triplet_margin_loss_workspace_len, BatchLoss, BatchParams, Hinge, Mining, Reduction, Triplet,
     TripletParams,
 };
 
@@ -79,9 +79,9 @@ pub fn check_margin(case: &Case<'_>) -> Result<(), String> {
         let mut terms = vec![f32::NAN; k];
         let mut grad = vec![f32::NAN; x.len()];
         let ws_len = if twin == "fast" {
-            triplet_margin_workspace_len(x.rows(), x.dim())
+            triplet_margin_loss_workspace_len(x.rows(), x.dim())
         } else {
-            scalar::triplet_margin_workspace_len(x.rows(), x.dim())
+            scalar::triplet_margin_loss_workspace_len(x.rows(), x.dim())
         };
         let mut ws = vec![f32::NAN; ws_len];
         let loss = if twin == "fast" {
@@ -230,7 +230,7 @@ pub fn check_batch(case: &Case<'_>) -> Result<(), String> {
         }
         if let Some(want) = &want.triplets {
             let mut got = vec![Triplet::new(u32::MAX, u32::MAX, u32::MAX); want.len() + 1];
-            let mut ws = vec![f32::NAN; mining_workspace_len(n, d)];
+            let mut ws = vec![f32::NAN; mine_triplets_workspace_len(n, d)];
             let k = if twin == "fast" {
                 mine_triplets(x, &labels, params.metric, mining, &mut got, &mut ws)
             } else {

@@ -149,14 +149,14 @@ fn losses(x: Matrix<'_>) -> Result<bool, tk::Error> {
         tk::scalar::triplet_margin_loss_grad(x, &explicit, p, &mut terms, &mut g, &mut ws)?;
         ok &= finite(&g) && finite(&terms);
 
-        let cp = tk::ContrastiveParams::PYTORCH_METRIC_LEARNING;
+        let cp = tk::ContrastiveParams::pytorch_metric_learning();
         tk::contrastive_loss(x, &LABELS, metric, cp, &mut ws)?;
         tk::contrastive_loss_grad(x, &LABELS, metric, cp, &mut g, &mut ws)?;
         tk::scalar::contrastive_loss(x, &LABELS, metric, cp, &mut ws)?;
         tk::scalar::contrastive_loss_grad(x, &LABELS, metric, cp, &mut g, &mut ws)?;
         ok &= finite(&g);
 
-        let k = tk::mine_quadruplets_count(&LABELS);
+        let k = tk::mine_quadruplets_count(&LABELS)?;
         let out = quads
             .get_mut(..k)
             .ok_or(tk::Error::InvalidParameter { name: "k" })?;
@@ -170,13 +170,13 @@ fn losses(x: Matrix<'_>) -> Result<bool, tk::Error> {
         tk::scalar::quadruplet_loss_grad(x, q, metric, qp, &mut g, &mut ws)?;
         ok &= finite(&g);
     }
-    let nca = tk::ProxyNcaParams::PYTORCH_METRIC_LEARNING;
+    let nca = tk::ProxyNcaParams::pytorch_metric_learning();
     tk::proxy_nca_loss(x, &LABELS, proxies, nca, &mut ws)?;
     tk::proxy_nca_loss_grad(x, &LABELS, proxies, nca, &mut g, &mut gp, &mut ws)?;
     tk::scalar::proxy_nca_loss(x, &LABELS, proxies, nca, &mut ws)?;
     tk::scalar::proxy_nca_loss_grad(x, &LABELS, proxies, nca, &mut g, &mut gp, &mut ws)?;
     ok &= finite(&g) && finite(&gp);
-    let pa = tk::ProxyAnchorParams::PYTORCH_METRIC_LEARNING;
+    let pa = tk::ProxyAnchorParams::pytorch_metric_learning();
     tk::proxy_anchor_loss(x, &LABELS, proxies, pa, &mut ws)?;
     tk::proxy_anchor_loss_grad(x, &LABELS, proxies, pa, &mut g, &mut gp, &mut ws)?;
     tk::scalar::proxy_anchor_loss(x, &LABELS, proxies, pa, &mut ws)?;

@@ -330,6 +330,7 @@ pub fn dist64(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
             let dot: f64 = f64s(a).zip(f64s(b)).map(|(x, y)| x * y).sum();
             1.0 - dot / (clamped(norm(a)) * clamped(norm(b)))
         }
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -345,6 +346,7 @@ pub fn dist_scale(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
                 .sum::<f64>()
                 / (clamped(norm(a)) * clamped(norm(b)))
         }
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -355,6 +357,7 @@ pub fn underflow_allowance(metric: Metric, dim: usize) -> f64 {
         Metric::SquaredEuclidean => t,
         Metric::Euclidean => t.sqrt(),
         Metric::Cosine => 0.0,
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -417,6 +420,7 @@ pub fn hinge64(h: Hinge, v: f64) -> f64 {
     match h {
         Hinge::Relu => v.max(0.0),
         Hinge::SoftPlus => v.max(0.0) + (-v.abs()).exp().ln_1p(),
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -424,6 +428,7 @@ pub fn slope64(h: Hinge, v: f64) -> f64 {
     match h {
         Hinge::Relu => f64::from(u8::from(v > 0.0)),
         Hinge::SoftPlus => 1.0 / (1.0 + (-v).exp()),
+        _ => unreachable!("a variant this test does not know"),
     }
 }
 
@@ -432,6 +437,7 @@ pub fn weight64(r: Reduction, k: usize, active: usize) -> f64 {
         Reduction::Sum => return 1.0,
         Reduction::Mean => k,
         Reduction::MeanNonzero => active,
+        _ => unreachable!("a variant this test does not know"),
     };
     if div == 0 {
         0.0
