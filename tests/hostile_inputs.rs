@@ -232,18 +232,19 @@ fn nan_and_inf_in_data() {
             tk::triplet_batch_loss_grad(x, &labels, BatchParams::new(), &mut g, &mut ws()),
             Err(Error::NonFinite {
                 buffer: "x",
-                position: 2
+                row: 1,
+                col: 0,
             })
         );
         assert_eq!(g, [7.0; 8]);
         let cp = tk::ContrastiveParams::pytorch_metric_learning();
         assert!(matches!(
             tk::contrastive_loss(x, &labels, Metric::Euclidean, cp, &mut ws()),
-            Err(Error::NonFinite { position: 2, .. })
+            Err(Error::NonFinite { row: 1, col: 0, .. })
         ));
         assert!(matches!(
             tk::retrieval_metrics(x, &labels, None, Metric::Euclidean, 1, &mut ws()),
-            Err(Error::NonFinite { position: 2, .. })
+            Err(Error::NonFinite { row: 1, col: 0, .. })
         ));
     }
 }
@@ -335,6 +336,13 @@ fn k_out_of_range_for_knn_is_an_error() {
             &mut dist[..4 * k],
             &mut ws(),
         );
-        assert_eq!(r, Err(Error::InvalidParameter { name: "k" }), "k = {k}");
+        assert_eq!(
+            r,
+            Err(Error::InvalidParameter {
+                name: "k",
+                expected: "1 <= k <= references a query can retrieve",
+            }),
+            "k = {k}"
+        );
     }
 }
