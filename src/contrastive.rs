@@ -226,10 +226,16 @@ impl ContrastiveParams {
     /// `Err(InvalidParameter)` for a NaN or infinite margin.
     pub(crate) fn validate(&self) -> Result<(), Error> {
         if !self.pos_margin.is_finite() {
-            return Err(Error::InvalidParameter { name: "pos_margin" });
+            return Err(Error::InvalidParameter {
+                name: "pos_margin",
+                expected: "finite",
+            });
         }
         if !self.neg_margin.is_finite() {
-            return Err(Error::InvalidParameter { name: "neg_margin" });
+            return Err(Error::InvalidParameter {
+                name: "neg_margin",
+                expected: "finite",
+            });
         }
         Ok(())
     }
@@ -380,8 +386,8 @@ impl Parts {
 /// - [`Error::WorkspaceTooSmall`] when the workspace is too short;
 /// - [`Error::InvalidParameter`] (`"pos_margin"`, `"neg_margin"`) for a NaN or infinite
 ///   margin;
-/// - [`Error::NonFinite`] (`"x"`) when `x` holds a NaN or an infinity (the position is the
-///   first such element).
+/// - [`Error::NonFinite`] (`"x"`, row and column of the first such element) when `x`
+///   holds a NaN or an infinity.
 /// - [`Error::TooLarge`] (`"x"`, row and column) when an element of `x` exceeds
 ///   `2^52 / sqrt(dim)`, where squared distances could overflow `f32`.
 ///

@@ -219,7 +219,10 @@ fn check_block(
         });
     }
     if r0 > r1 {
-        return Err(Error::InvalidParameter { name: "rows" });
+        return Err(Error::InvalidParameter {
+            name: "rows",
+            expected: "a range with start <= end",
+        });
     }
     let other = if pairwise { cols - (r1 - r0) } else { cols };
     check_len("out", checked_area(r1 - r0, cols)?, out)?;

@@ -60,18 +60,28 @@ pub enum Error {
         /// The exclusive upper bound it had to respect.
         bound: usize,
     },
-    /// A scalar parameter is outside its documented domain (NaN, infinite, or negative
-    /// where only non-negative values make sense).
+    /// A scalar parameter is outside its documented domain (NaN, infinite, beyond a
+    /// bound, or of a sign the kernel does not accept).
     InvalidParameter {
         /// The parameter's name, as in the kernel's docs.
         name: &'static str,
+        /// The condition the parameter must meet, as the kernel's docs state it (for
+        /// example `"finite"`, `"finite, |margin| <= 2^100"`, `"in [0, 1]"`); `Display`
+        /// prints it after "must be".
+        expected: &'static str,
     },
     /// A data value is NaN or infinite where the kernel requires finite data.
+    ///
+    /// For matrix data, `row` and `col` locate the first non-finite element in row-major
+    /// order. For one-dimensional data (verification scores, ...) `row` is the element's
+    /// index and `col` is 0.
     NonFinite {
         /// Which argument holds it.
         buffer: &'static str,
-        /// Position (flat index) of the first non-finite element.
-        position: usize,
+        /// Row of the first non-finite element (its index, for one-dimensional data).
+        row: usize,
+        /// Column of that element (0 for one-dimensional data).
+        col: usize,
     },
     /// A data value too large for the kernel's `f32` arithmetic: the loss kernels and
     /// miners require `|x_ik| * sqrt(dim) <= 2^52` (about `4.5e15 / sqrt(dim)`) for the
@@ -123,11 +133,11 @@ impl fmt::Display for Error {
                 f,
                 "`{buffer}[{position}]` = {index} is out of range (must be < {bound})"
             ),
-            Error::InvalidParameter { name } => {
-                write!(f, "parameter `{name}` is out of its domain")
+            Error::InvalidParameter { name, expected } => {
+                write!(f, "parameter `{name}` must be {expected}")
             }
-            Error::NonFinite { buffer, position } => {
-                write!(f, "`{buffer}[{position}]` is NaN or infinite")
+            Error::NonFinite { buffer, row, col } => {
+                write!(f, "`{buffer}` row {row}, column {col} is NaN or infinite")
             }
             Error::TooLarge { buffer, row, col } => write!(
                 f,

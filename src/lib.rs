@@ -116,7 +116,8 @@
 //!   for any input**: wrong lengths, shape products that overflow `usize`, empty inputs
 //!   and bad parameters return `Err`.
 //! - **Parameters** are small `Copy` values validated at call time: a NaN or infinite
-//!   margin or scale is an [`Error::InvalidParameter`].
+//!   margin or scale is an [`Error::InvalidParameter`], which names the parameter and the
+//!   condition it must meet.
 //! - **Non-finite data**: distance kernels do not scan their input; NaN and infinity
 //!   propagate by IEEE 754 arithmetic into every output computed from an affected row
 //!   (which of NaN or infinity is unspecified) and into no other. Loss kernels, whose

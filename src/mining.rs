@@ -344,8 +344,8 @@ pub(crate) trait Sink {
 /// - [`Error::LengthMismatch`] (`"labels"`, `"positives"`, `"negatives"`) when a buffer
 ///   does not have `rows` elements;
 /// - [`Error::WorkspaceTooSmall`] when the workspace is too short;
-/// - [`Error::NonFinite`] (`"x"`, flat position) when `x` holds a NaN or an infinity:
-///   mining would otherwise hide it in an index.
+/// - [`Error::NonFinite`] (`"x"`, row and column of the first one) when `x` holds a NaN
+///   or an infinity: mining would otherwise hide it in an index.
 /// - [`Error::TooLarge`] (`"x"`, row and column) when an element of `x` exceeds
 ///   `2^52 / sqrt(dim)`, where squared distances could overflow `f32`.
 ///
@@ -441,7 +441,7 @@ impl Sink for Writer<'_> {
 /// - [`Error::LengthMismatch`] (`"out"`, `expected` = the count) when `out` is shorter
 ///   than the count;
 /// - [`Error::WorkspaceTooSmall`] when the workspace is too short;
-/// - [`Error::NonFinite`] (`"x"`, flat position) when `x` holds a NaN or an infinity.
+/// - [`Error::NonFinite`] (`"x"`, row and column of the first one) when `x` holds a NaN or an infinity.
 /// - [`Error::TooLarge`] (`"x"`, row and column) when an element of `x` exceeds
 ///   `2^52 / sqrt(dim)`, where squared distances could overflow `f32`.
 ///

@@ -85,6 +85,7 @@ impl ProxyNcaParams {
         } else {
             Err(Error::InvalidParameter {
                 name: "softmax_scale",
+                expected: "finite and > 0",
             })
         }
     }
@@ -140,10 +141,16 @@ impl ProxyAnchorParams {
 
     pub(crate) fn validate(self) -> Result<(), Error> {
         if !self.margin.is_finite() {
-            return Err(Error::InvalidParameter { name: "margin" });
+            return Err(Error::InvalidParameter {
+                name: "margin",
+                expected: "finite",
+            });
         }
         if !(self.alpha.is_finite() && self.alpha > 0.0) {
-            return Err(Error::InvalidParameter { name: "alpha" });
+            return Err(Error::InvalidParameter {
+                name: "alpha",
+                expected: "finite and > 0",
+            });
         }
         Ok(())
     }
@@ -233,8 +240,8 @@ pub(crate) fn check_proxy_data(
             bound,
         });
     }
-    check_finite("x", x.as_slice())?;
-    check_finite("proxies", proxies.as_slice())
+    check_finite("x", x.as_slice(), x.dim())?;
+    check_finite("proxies", proxies.as_slice(), proxies.dim())
 }
 
 /// All argument checks of Proxy-NCA, in the documented order.

@@ -173,10 +173,16 @@ impl QuadrupletParams {
 
     pub(crate) fn validate(&self) -> Result<(), Error> {
         if !self.margin1.is_finite() {
-            return Err(Error::InvalidParameter { name: "margin1" });
+            return Err(Error::InvalidParameter {
+                name: "margin1",
+                expected: "finite",
+            });
         }
         if !self.margin2.is_finite() {
-            return Err(Error::InvalidParameter { name: "margin2" });
+            return Err(Error::InvalidParameter {
+                name: "margin2",
+                expected: "finite",
+            });
         }
         Ok(())
     }

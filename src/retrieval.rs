@@ -204,6 +204,9 @@ fn check_refs<'a>(queries: &Matrix<'a>, reference: Option<Matrix<'a>>) -> Result
     })
 }
 
+/// The domain of `k` in [`knn`] and [`retrieval_metrics`], as their docs state it.
+const K_EXPECTED: &str = "1 <= k <= references a query can retrieve";
+
 /// Validates the arguments of [`knn`] and its twin.
 pub(crate) fn check_knn<'a>(
     queries: &Matrix<'a>,
@@ -216,7 +219,10 @@ pub(crate) fn check_knn<'a>(
 ) -> Result<Shape<'a>, Error> {
     let shape = check_refs(queries, reference)?;
     if k == 0 || k > shape.available {
-        return Err(Error::InvalidParameter { name: "k" });
+        return Err(Error::InvalidParameter {
+            name: "k",
+            expected: K_EXPECTED,
+        });
     }
     let len = checked_area(queries.rows(), k)?;
     check_len("indices", len, indices)?;
@@ -250,7 +256,10 @@ pub(crate) fn check_metrics<'a>(
         None => labels,
     };
     if k == 0 || k > shape.available {
-        return Err(Error::InvalidParameter { name: "k" });
+        return Err(Error::InvalidParameter {
+            name: "k",
+            expected: K_EXPECTED,
+        });
     }
     let required = if twin {
         scalar_len(shape.refs.rows())
@@ -258,9 +267,9 @@ pub(crate) fn check_metrics<'a>(
         retrieval_metrics_workspace_len(queries.rows(), shape.refs.rows(), queries.dim())
     };
     check_workspace(required, workspace)?;
-    check_finite("queries", queries.as_slice())?;
+    check_finite("queries", queries.as_slice(), queries.dim())?;
     if !shape.leave_one_out {
-        check_finite("reference", shape.refs.as_slice())?;
+        check_finite("reference", shape.refs.as_slice(), shape.refs.dim())?;
     }
     Ok((shape, ref_labels))
 }
@@ -731,7 +740,7 @@ pub fn knn(
 ///   query can retrieve (`m`, or `n - 1` leave-one-out; so a single query cannot be
 ///   evaluated leave-one-out);
 /// - [`Error::WorkspaceTooSmall`] when the workspace is too short;
-/// - [`Error::NonFinite`] (`"queries"` or `"reference"`, flat position of the first one)
+/// - [`Error::NonFinite`] (`"queries"` or `"reference"`, row and column of the first one)
 ///   when the embeddings hold NaN or infinity: a ranking of such data would silently hide
 ///   it, so the data are scanned first.
 ///

@@ -365,13 +365,19 @@ pub struct BatchLoss {
 /// Checks the parameters of an explicit-triplet loss.
 pub(crate) fn check_triplet_params(params: &TripletParams) -> Result<(), Error> {
     if !params.margin.is_finite() {
-        return Err(Error::InvalidParameter { name: "margin" });
+        return Err(Error::InvalidParameter {
+            name: "margin",
+            expected: "finite",
+        });
     }
     // |eps| <= 1 keeps the shifted squared distances inside f32 for every accepted row
     // (see `Error::TooLarge`); PyTorch's default is 1e-6.
     let eps_ok = params.eps.abs() <= 1.0;
     if !eps_ok || (params.metric == Metric::Cosine && params.eps != 0.0) {
-        return Err(Error::InvalidParameter { name: "eps" });
+        return Err(Error::InvalidParameter {
+            name: "eps",
+            expected: "|eps| <= 1, and 0 for cosine",
+        });
     }
     Ok(())
 }
@@ -417,7 +423,10 @@ pub(crate) fn check_batch_args(
     // `Error::TooLarge` for the data side of the same rule).
     let margin_ok = params.margin.abs() <= MARGIN_MAX;
     if !margin_ok {
-        return Err(Error::InvalidParameter { name: "margin" });
+        return Err(Error::InvalidParameter {
+            name: "margin",
+            expected: "finite, |margin| <= 2^100",
+        });
     }
     let n = check_labels(x, labels)?;
     check_triplet_count(labels, params.mining)?;

@@ -54,10 +54,16 @@ pub(crate) fn check_labels(x: &Matrix<'_>, labels: &[u32]) -> Result<usize, Erro
 // Data.
 
 /// `Err(NonFinite)` at the first NaN or infinite element of `data`, which the caller
-/// names `buffer`.
-pub(crate) fn check_finite(buffer: &'static str, data: &[f32]) -> Result<(), Error> {
+/// names `buffer`: row-major data of `cols` columns (the matrix dimension, or 1 for
+/// one-dimensional data, whose `row` is then the index and `col` 0).
+pub(crate) fn check_finite(buffer: &'static str, data: &[f32], cols: usize) -> Result<(), Error> {
+    let cols = cols.max(1);
     match data.iter().position(|v| !v.is_finite()) {
-        Some(position) => Err(Error::NonFinite { buffer, position }),
+        Some(position) => Err(Error::NonFinite {
+            buffer,
+            row: position / cols,
+            col: position % cols,
+        }),
         None => Ok(()),
     }
 }
@@ -80,7 +86,7 @@ pub(crate) fn check_rows(x: &Matrix<'_>, normalized: bool) -> Result<(), Error> 
         .iter()
         .fold(0_u32, |m, v| m.max(v.to_bits() & 0x7fff_ffff));
     if max_bits >= 0x7f80_0000 {
-        check_finite("x", data)?;
+        check_finite("x", data, x.dim())?;
     }
     if normalized {
         return Ok(());

@@ -30,7 +30,7 @@
 //! interpolation, within a few `f64` roundings.
 
 use crate::error::Error;
-use crate::validate::{check_len, check_workspace};
+use crate::validate::{check_finite, check_len, check_workspace};
 
 /// What a pair score means.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -156,12 +156,11 @@ pub(crate) fn check_verification(
     if far_targets.iter().any(|f| !(0.0..=1.0).contains(f)) {
         return Err(Error::InvalidParameter {
             name: "far_targets",
+            expected: "in [0, 1]",
         });
     }
     for (buffer, scores) in [("genuine", genuine), ("impostor", impostor)] {
-        if let Some(position) = scores.iter().position(|s| !s.is_finite()) {
-            return Err(Error::NonFinite { buffer, position });
-        }
+        check_finite(buffer, scores, 1)?;
     }
     Ok(())
 }
@@ -201,8 +200,8 @@ pub(crate) fn interpolate_eer((far0, frr0): (f64, f64), (far1, frr1): (f64, f64)
 /// - [`Error::LengthMismatch`] (`"tar_at_far"`) when `tar_at_far.len() !=
 ///   far_targets.len()`;
 /// - [`Error::InvalidParameter`] (`"far_targets"`) for a target outside `[0, 1]` or NaN;
-/// - [`Error::NonFinite`] (`"genuine"` or `"impostor"`, position) for a NaN or infinite
-///   score;
+/// - [`Error::NonFinite`] (`"genuine"` or `"impostor"`, the score's index as `row`,
+///   `col` 0) for a NaN or infinite score;
 /// - [`Error::WorkspaceTooSmall`] when the workspace is too short.
 ///
 /// # Numerics

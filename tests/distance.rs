@@ -437,10 +437,14 @@ fn error_display_is_informative() {
             index: 9,
             bound: 4,
         },
-        Error::InvalidParameter { name: "margin" },
+        Error::InvalidParameter {
+            name: "margin",
+            expected: "finite",
+        },
         Error::NonFinite {
             buffer: "x",
-            position: 5,
+            row: 2,
+            col: 1,
         },
     ];
     for e in all {
@@ -456,5 +460,22 @@ fn error_display_is_informative() {
         }
         .to_string(),
         "`out` has length 3, the shapes require 4"
+    );
+    assert_eq!(
+        Error::InvalidParameter {
+            name: "margin",
+            expected: "finite",
+        }
+        .to_string(),
+        "parameter `margin` must be finite"
+    );
+    assert_eq!(
+        Error::NonFinite {
+            buffer: "x",
+            row: 2,
+            col: 1,
+        }
+        .to_string(),
+        "`x` row 2, column 1 is NaN or infinite"
     );
 }

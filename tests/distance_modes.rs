@@ -68,10 +68,10 @@ fn rows_error_paths_write_nothing() {
                 bound: 6
             })
         );
-        assert_eq!(
+        assert!(matches!(
             pw(x, 3..1, m, g, &mut out[..0], &mut ws),
-            Err(Error::InvalidParameter { name: "rows" })
-        );
+            Err(Error::InvalidParameter { name: "rows", .. })
+        ));
         assert_eq!(
             pw(x, 1..3, m, g, &mut out[..9], &mut ws),
             Err(Error::LengthMismatch {
@@ -108,10 +108,10 @@ fn rows_error_paths_write_nothing() {
                 bound: 6
             })
         );
-        assert_eq!(
+        assert!(matches!(
             cr(x, x, 2..1, m, g, &mut out[..0], &mut ws),
-            Err(Error::InvalidParameter { name: "rows" })
-        );
+            Err(Error::InvalidParameter { name: "rows", .. })
+        ));
         assert_eq!(
             cr(x, x, 0..2, m, g, &mut out[..11], &mut ws),
             Err(Error::LengthMismatch {

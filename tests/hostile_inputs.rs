@@ -232,18 +232,19 @@ fn nan_and_inf_in_data() {
             tk::triplet_batch_loss_grad(x, &labels, BatchParams::new(), &mut g, &mut ws()),
             Err(Error::NonFinite {
                 buffer: "x",
-                position: 2
+                row: 1,
+                col: 0,
             })
         );
         assert_eq!(g, [7.0; 8]);
         let cp = tk::ContrastiveParams::pytorch_metric_learning();
         assert!(matches!(
             tk::contrastive_loss(x, &labels, Metric::Euclidean, cp, &mut ws()),
-            Err(Error::NonFinite { position: 2, .. })
+            Err(Error::NonFinite { row: 1, col: 0, .. })
         ));
         assert!(matches!(
             tk::retrieval_metrics(x, &labels, None, Metric::Euclidean, 1, &mut ws()),
-            Err(Error::NonFinite { position: 2, .. })
+            Err(Error::NonFinite { row: 1, col: 0, .. })
         ));
     }
 }
@@ -335,6 +336,104 @@ fn k_out_of_range_for_knn_is_an_error() {
             &mut dist[..4 * k],
             &mut ws(),
         );
-        assert_eq!(r, Err(Error::InvalidParameter { name: "k" }), "k = {k}");
+        assert_eq!(
+            r,
+            Err(Error::InvalidParameter {
+                name: "k",
+                expected: "1 <= k <= references a query can retrieve",
+            }),
+            "k = {k}"
+        );
     }
+}
+
+/// Each kernel family's parameter error names the parameter and the condition its docs
+/// state; the data error names the row and column of the first bad element.
+#[test]
+fn errors_state_the_violated_condition() {
+    let xd = [0.5_f32, 1.0, -1.0, 2.0, 0.0, 1.0, 3.0, -2.0];
+    let x = Matrix::new(&xd, 4, 2).unwrap();
+    let labels = [0, 0, 1, 1];
+    let msg = |r: Result<(), Error>| r.unwrap_err().to_string();
+
+    let ts = [Triplet::new(0, 1, 2)];
+    let mut terms = [0.0_f32; 1];
+    let p = TripletParams::new()
+        .with_metric(Metric::Cosine)
+        .with_eps(1e-6);
+    assert_eq!(
+        msg(tk::triplet_margin_loss(x, &ts, p, &mut terms, &mut ws()).map(|_| ())),
+        "parameter `eps` must be |eps| <= 1, and 0 for cosine"
+    );
+    let p = BatchParams::new().with_margin(1e31);
+    assert_eq!(
+        msg(tk::triplet_batch_loss(x, &labels, p, &mut ws()).map(|_| ())),
+        "parameter `margin` must be finite, |margin| <= 2^100"
+    );
+    let cp = tk::ContrastiveParams::new(0.0, f32::NAN);
+    assert_eq!(
+        msg(tk::contrastive_loss(x, &labels, Metric::Euclidean, cp, &mut ws()).map(|_| ())),
+        "parameter `neg_margin` must be finite"
+    );
+    let q = [tk::Quadruplet::new(0, 1, 2, 3)];
+    let qp = tk::QuadrupletParams::new(f32::INFINITY, 0.5);
+    assert_eq!(
+        msg(tk::quadruplet_loss(x, &q, Metric::Euclidean, qp, &mut ws()).map(|_| ())),
+        "parameter `margin1` must be finite"
+    );
+    let proxies = Matrix::new(&xd[..4], 2, 2).unwrap();
+    let ap = tk::ProxyAnchorParams::new(0.1, 0.0);
+    assert_eq!(
+        msg(tk::proxy_anchor_loss(x, &labels, proxies, ap, &mut ws()).map(|_| ())),
+        "parameter `alpha` must be finite and > 0"
+    );
+    assert_eq!(
+        msg(tk::retrieval_metrics(x, &labels, None, Metric::Euclidean, 4, &mut ws()).map(|_| ())),
+        "parameter `k` must be 1 <= k <= references a query can retrieve"
+    );
+    let mut tar = [0.0_f64; 1];
+    let r = tk::verification_metrics(
+        &[0.9],
+        &[0.1],
+        tk::Score::Similarity,
+        &[1.5],
+        &mut tar,
+        &mut ws(),
+    );
+    assert_eq!(
+        msg(r.map(|_| ())),
+        "parameter `far_targets` must be in [0, 1]"
+    );
+    let r = tk::verification_metrics(
+        &[0.9, f32::NAN],
+        &[0.1],
+        tk::Score::Similarity,
+        &[],
+        &mut [],
+        &mut ws(),
+    );
+    assert_eq!(
+        msg(r.map(|_| ())),
+        "`genuine` row 1, column 0 is NaN or infinite"
+    );
+    let mut out = [0.0_f32; 8];
+    #[allow(clippy::reversed_empty_ranges)]
+    let rows = 2..1;
+    let r = tk::pairwise_distances_rows(
+        x,
+        rows,
+        Metric::Euclidean,
+        tk::DistanceMode::Direct,
+        &mut out,
+        &mut ws(),
+    );
+    assert_eq!(msg(r), "parameter `rows` must be a range with start <= end");
+
+    let mut bad = xd;
+    bad[5] = f32::INFINITY;
+    let xb = Matrix::new(&bad, 4, 2).unwrap();
+    assert_eq!(
+        msg(tk::triplet_batch_loss(xb, &labels, BatchParams::new(), &mut ws()).map(|_| ())),
+        "`x` row 2, column 1 is NaN or infinite"
+    );
 }

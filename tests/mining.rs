@@ -570,14 +570,16 @@ fn every_error_path() {
                 hp(xb, &labels, m, &mut pos, &mut neg, &mut ws),
                 Err(Error::NonFinite {
                     buffer: "x",
-                    position: 3
+                    row: 1,
+                    col: 1,
                 })
             );
             assert_eq!(
                 mt(xb, &labels, m, Mining::SemiHard, &mut out, &mut ws),
                 Err(Error::NonFinite {
                     buffer: "x",
-                    position: 3
+                    row: 1,
+                    col: 1,
                 })
             );
         }

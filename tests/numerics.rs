@@ -427,7 +427,10 @@ fn running_sums_do_not_overflow() {
         .with_margin(3e38)
         .with_reduction(Reduction::Mean);
     let mut w = ws(triplet_batch_loss_workspace_len(4, 1, p), 4);
-    let want = Err(Error::InvalidParameter { name: "margin" });
+    let want = Err(Error::InvalidParameter {
+        name: "margin",
+        expected: "finite, |margin| <= 2^100",
+    });
     assert_eq!(
         triplet_batch_loss(x, &[0, 0, 1, 1], p, &mut w).map(|_| ()),
         want
@@ -452,7 +455,10 @@ fn eps_outside_its_range_is_an_error() {
     let mut w = ws(triplet_margin_loss_workspace_len(3, 1), 3);
     for eps in [1e30_f32, -2.0, f32::NAN, f32::INFINITY] {
         let p = TripletParams::new().with_eps(eps);
-        let want = Err(Error::InvalidParameter { name: "eps" });
+        let want = Err(Error::InvalidParameter {
+            name: "eps",
+            expected: "|eps| <= 1, and 0 for cosine",
+        });
         assert_eq!(triplet_margin_loss(x, &t, p, &mut terms, &mut w), want);
         assert_eq!(
             scalar::triplet_margin_loss(x, &t, p, &mut terms, &mut w),

@@ -27,6 +27,12 @@ type LenFn = fn(usize, usize, usize) -> usize;
 
 const METRICS: [Metric; 3] = [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine];
 
+/// The error of a `k` outside `1..=` the references a query can retrieve.
+const K_ERR: Error = Error::InvalidParameter {
+    name: "k",
+    expected: "1 <= k <= references a query can retrieve",
+};
+
 /// One generated problem: queries, labels and, unless leave-one-out, a gallery.
 #[derive(Clone, Debug)]
 struct Problem {
@@ -354,7 +360,7 @@ proptest! {
                     let mut ws = vec![0.0; metrics_ws_len(p.n, p.m(), p.d)];
                     for f in [retrieval_metrics, scalar::retrieval_metrics] {
                         let got = f(p.queries(), &p.labels, p.labelled(), metric, k, &mut ws);
-                        prop_assert_eq!(got, Err(Error::InvalidParameter { name: "k" }));
+                        prop_assert_eq!(got, Err(K_ERR));
                     }
                 }
             }
@@ -579,10 +585,10 @@ fn degenerate_queries() {
         // A single row retrieving from itself has no reference at all.
         let one = Matrix::new(&[4.0], 1, 1).unwrap();
         for k in [1, 5] {
-            assert_eq!(
+            assert!(matches!(
                 f(one, &[1], None, Metric::Euclidean, k, &mut ws),
-                Err(Error::InvalidParameter { name: "k" })
-            );
+                Err(Error::InvalidParameter { name: "k", .. })
+            ));
         }
         // A gallery without the query labels: left out.
         let y = Matrix::new(&[0.0, 1.0], 2, 1).unwrap();
@@ -622,10 +628,10 @@ fn k_beyond_the_references_is_refused() {
         assert_eq!(at1.recall_at_k, at1.precision_at_1);
         // As knn: at most the n - 1 references a query can retrieve leave-one-out.
         for k in [4, usize::MAX] {
-            assert_eq!(
+            assert!(matches!(
                 f(x, &labels, None, Metric::Euclidean, k, &mut ws),
-                Err(Error::InvalidParameter { name: "k" })
-            );
+                Err(Error::InvalidParameter { name: "k", .. })
+            ));
         }
         let all = f(x, &labels, None, Metric::Euclidean, 3, &mut ws).unwrap();
         assert_eq!(all.recall_at_k, 1.0);
@@ -674,9 +680,9 @@ fn knn_errors_write_nothing() {
                 gal,
                 Error::DimensionMismatch { left: 2, right: 3 },
             ),
-            (None, 0, 0, 0, full, Error::InvalidParameter { name: "k" }),
-            (None, 3, 9, 9, full, Error::InvalidParameter { name: "k" }),
-            (Some(y), 3, 9, 9, gal, Error::InvalidParameter { name: "k" }),
+            (None, 0, 0, 0, full, K_ERR),
+            (None, 3, 9, 9, full, K_ERR),
+            (Some(y), 3, 9, 9, gal, K_ERR),
             (
                 None,
                 2,
@@ -752,7 +758,10 @@ fn knn_errors_write_nothing() {
             &mut [],
             &mut [],
         );
-        assert_eq!(got, Err(Error::InvalidParameter { name: "k" }));
+        assert!(matches!(
+            got,
+            Err(Error::InvalidParameter { name: "k", .. })
+        ));
     }
 }
 
@@ -847,22 +856,10 @@ fn metrics_errors() {
                     actual: 3,
                 },
             ),
-            (l3, None, 0, full, Error::InvalidParameter { name: "k" }),
-            (
-                l3,
-                Some((y, l2)),
-                0,
-                gal,
-                Error::InvalidParameter { name: "k" },
-            ),
-            (l3, None, 3, full, Error::InvalidParameter { name: "k" }),
-            (
-                l3,
-                Some((y, l2)),
-                3,
-                gal,
-                Error::InvalidParameter { name: "k" },
-            ),
+            (l3, None, 0, full, K_ERR),
+            (l3, Some((y, l2)), 0, gal, K_ERR),
+            (l3, None, 3, full, K_ERR),
+            (l3, Some((y, l2)), 3, gal, K_ERR),
             (
                 l3,
                 None,
@@ -901,21 +898,24 @@ fn metrics_errors() {
             f(xb, l3, None, Metric::Euclidean, 1, &mut ws),
             Err(Error::NonFinite {
                 buffer: "queries",
-                position: 2
+                row: 1,
+                col: 0,
             })
         );
         assert_eq!(
             f(xb, l3, Some((y, l2)), Metric::Euclidean, 1, &mut ws),
             Err(Error::NonFinite {
                 buffer: "queries",
-                position: 2
+                row: 1,
+                col: 0,
             })
         );
         assert_eq!(
             f(x, l3, Some((yb, l2)), Metric::Euclidean, 1, &mut ws),
             Err(Error::NonFinite {
                 buffer: "reference",
-                position: 0
+                row: 0,
+                col: 0,
             })
         );
     }

@@ -1294,26 +1294,36 @@ fn every_error_path() {
     ] {
         let p = TripletParams::new();
         for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-            let margin = Err(Error::InvalidParameter { name: "margin" });
+            let margin = Err(Error::InvalidParameter {
+                name: "margin",
+                expected: "finite",
+            });
             assert_eq!(fwd(x, &ts, p.with_margin(bad), &mut terms, &mut ws), margin);
             assert_eq!(
                 bwd(x, &ts, p.with_margin(bad), &mut terms, &mut grad, &mut ws),
                 margin
             );
-            let eps = Err(Error::InvalidParameter { name: "eps" });
+            let eps = Err(Error::InvalidParameter {
+                name: "eps",
+                expected: "|eps| <= 1, and 0 for cosine",
+            });
             assert_eq!(fwd(x, &ts, p.with_eps(bad), &mut terms, &mut ws), eps);
             assert_eq!(
                 bwd(x, &ts, p.with_eps(bad), &mut terms, &mut grad, &mut ws),
                 eps
             );
+            let bmargin = Err(Error::InvalidParameter {
+                name: "margin",
+                expected: "finite, |margin| <= 2^100",
+            });
             let bp = BatchParams::new().with_margin(bad);
-            assert_eq!(bfwd(x, &labels, bp, &mut ws).map(|o| o.loss), margin);
+            assert_eq!(bfwd(x, &labels, bp, &mut ws).map(|o| o.loss), bmargin);
             assert_eq!(
                 bbwd(x, &labels, bp, &mut grad, &mut ws).map(|o| o.loss),
-                margin
+                bmargin
             );
         }
-        assert_eq!(
+        assert!(matches!(
             fwd(
                 x,
                 &ts,
@@ -1321,8 +1331,8 @@ fn every_error_path() {
                 &mut terms,
                 &mut ws
             ),
-            Err(Error::InvalidParameter { name: "eps" })
-        );
+            Err(Error::InvalidParameter { name: "eps", .. })
+        ));
         assert_eq!(
             fwd(x, &ts, p, &mut [0.0; 2], &mut ws),
             Err(Error::LengthMismatch {
@@ -1453,7 +1463,8 @@ fn every_error_path() {
             let xb = Matrix::new(&d, 3, 2).unwrap();
             let e = Err(Error::NonFinite {
                 buffer: "x",
-                position: 5,
+                row: 2,
+                col: 1,
             });
             assert_eq!(fwd(xb, &ts, p, &mut terms, &mut ws), e);
             assert_eq!(bwd(xb, &ts, p, &mut terms, &mut grad, &mut ws), e);

@@ -982,10 +982,13 @@ fn twin_workspace_errors_keep_the_fast_order() {
     let l8 = [0, 1, 0, 1, 0, 1, 0, 1];
     assert!(triplet_kernels::contrastive_loss_workspace_len(8, 1) > 8);
     assert_eq!(scalar::contrastive_loss_workspace_len(8, 1), 8);
-    assert_eq!(
+    assert!(matches!(
         scalar::contrastive_loss_grad(x8, &l8, m, nan_p, &mut g[..8], &mut ws[..8]),
-        Err(Error::InvalidParameter { name: "pos_margin" })
-    );
+        Err(Error::InvalidParameter {
+            name: "pos_margin",
+            ..
+        })
+    ));
     let mut g8 = [0.0_f32; 8];
     assert!(scalar::contrastive_loss_grad(x8, &l8, m, p, &mut g8, &mut ws[..8]).is_ok());
 
@@ -1020,10 +1023,10 @@ fn twin_workspace_errors_keep_the_fast_order() {
         scalar::triplet_margin_loss_grad(xb, &ts, tp, &mut terms, &mut g[..1], &mut ws[..3]),
         short(need, 3)
     );
-    assert_eq!(
+    assert!(matches!(
         scalar::triplet_margin_loss(x, &ts, tp.with_margin(f32::NAN), &mut terms, &mut []),
-        Err(Error::InvalidParameter { name: "margin" })
-    );
+        Err(Error::InvalidParameter { name: "margin", .. })
+    ));
     assert!(matches!(
         scalar::triplet_margin_loss(x, &[Triplet::new(0, 1, 7)], tp, &mut terms, &mut []),
         Err(Error::IndexOutOfRange { .. })
@@ -1072,10 +1075,10 @@ fn twin_workspace_errors_keep_the_fast_order() {
             ..
         })
     ));
-    assert_eq!(
+    assert!(matches!(
         scalar::proxy_anchor_loss(x, &labels, proxies, anchor, &mut ws[..need]),
-        Err(Error::InvalidParameter { name: "alpha" })
-    );
+        Err(Error::InvalidParameter { name: "alpha", .. })
+    ));
     // Nothing was written by a failing call.
     assert!(g.iter().chain(&gp).all(|&v| v == 7.0));
 }

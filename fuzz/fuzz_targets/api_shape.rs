@@ -65,13 +65,14 @@ impl Conds {
         )
     }
 
-    fn param(&mut self, holds: bool, name: &'static str) -> &mut Self {
-        self.add(holds, Error::InvalidParameter { name })
+    fn param(&mut self, holds: bool, name: &'static str, expected: &'static str) -> &mut Self {
+        self.add(holds, invalid(name, expected))
     }
 
-    fn finite(&mut self, buffer: &'static str, data: &[f32]) -> &mut Self {
-        match first_non_finite(data) {
-            Some(position) => self.add(false, Error::NonFinite { buffer, position }),
+    /// `data`: row-major, `cols` columns.
+    fn finite(&mut self, buffer: &'static str, data: &[f32], cols: usize) -> &mut Self {
+        match non_finite(buffer, data, cols) {
+            Some(e) => self.add(false, e),
             None => self,
         }
     }
@@ -357,7 +358,7 @@ fn mining(c: &mut Case<'_>) {
         .len("positives", n, pl)
         .len("negatives", n, nl)
         .ws(wneed, wl)
-        .finite("x", &xd)
+        .finite("x", &xd, d)
         .range(&xd, d);
     k.check("hardest_pairs", &rf, &rs);
     if rf.is_err() {
@@ -386,7 +387,7 @@ fn mining(c: &mut Case<'_>) {
             },
         )
         .ws(wneed, wl)
-        .finite("x", &xd)
+        .finite("x", &xd, d)
         .range(&xd, d);
     k.check("mine_triplets", &rf, &rs);
     match rf {
@@ -432,10 +433,12 @@ fn triplets(c: &mut Case<'_>) {
         .with_reduction(c.g.reduction());
     let conds = |tl: usize, wl: usize, grad: Option<usize>, need: usize| {
         let mut k = Conds::new(false);
-        k.param(p.margin.is_finite(), "margin").param(
-            p.eps.abs() <= 1.0 && !(metric == Metric::Cosine && p.eps != 0.0),
-            "eps",
-        );
+        k.param(p.margin.is_finite(), "margin", DOMAIN_FINITE)
+            .param(
+                p.eps.abs() <= 1.0 && !(metric == Metric::Cosine && p.eps != 0.0),
+                "eps",
+                DOMAIN_EPS,
+            );
         k.len("terms", ts.len(), tl);
         if let Some((position, index)) = ts
             .iter()
@@ -457,7 +460,7 @@ fn triplets(c: &mut Case<'_>) {
         if let Some(gl) = grad {
             k.len("grad", n * d, gl);
         }
-        k.finite("x", &xd).range(&xd, d);
+        k.finite("x", &xd, d).range(&xd, d);
         k
     };
     let (need_f, need_s) = (
@@ -533,10 +536,10 @@ fn triplets(c: &mut Case<'_>) {
     let rf = tk::triplet_batch_loss(x, &labels, bp, &mut ws);
     let rs = scalar::triplet_batch_loss(x, &labels, bp, &mut ws);
     let mut k = Conds::new(false);
-    k.param(bp.margin.abs() <= MARGIN_MAX, "margin")
+    k.param(bp.margin.abs() <= MARGIN_MAX, "margin", DOMAIN_BATCH_MARGIN)
         .len("labels", n, ll)
         .ws(need, wl)
-        .finite("x", &xd);
+        .finite("x", &xd, d);
     if !bp.normalize {
         k.range(&xd, d);
     }
@@ -549,11 +552,11 @@ fn triplets(c: &mut Case<'_>) {
     let rs = scalar::triplet_batch_loss_grad(x, &labels, bp, &mut gs, &mut ws);
     let conds = |need: usize| {
         let mut k = Conds::new(false);
-        k.param(bp.margin.abs() <= MARGIN_MAX, "margin")
+        k.param(bp.margin.abs() <= MARGIN_MAX, "margin", DOMAIN_BATCH_MARGIN)
             .len("labels", n, ll)
             .len("grad", n * d, gl)
             .ws(need, wl)
-            .finite("x", &xd);
+            .finite("x", &xd, d);
         if !bp.normalize {
             k.range(&xd, d);
         }
@@ -595,9 +598,9 @@ fn contrastive(c: &mut Case<'_>) {
             k.len("grad", n * d, gl);
         }
         k.ws(need, wl)
-            .param(p.pos_margin.is_finite(), "pos_margin")
-            .param(p.neg_margin.is_finite(), "neg_margin")
-            .finite("x", &xd)
+            .param(p.pos_margin.is_finite(), "pos_margin", DOMAIN_FINITE)
+            .param(p.neg_margin.is_finite(), "neg_margin", DOMAIN_FINITE)
+            .finite("x", &xd, d)
             .range(&xd, d);
         k
     };
@@ -644,8 +647,8 @@ fn quadruplets(c: &mut Case<'_>) {
             k.len("grad", n * d, gl);
         }
         k.ws(need, wl)
-            .param(p.margin1.is_finite(), "margin1")
-            .param(p.margin2.is_finite(), "margin2");
+            .param(p.margin1.is_finite(), "margin1", DOMAIN_FINITE)
+            .param(p.margin2.is_finite(), "margin2", DOMAIN_FINITE);
         if let Some((position, index)) = quads
             .iter()
             .flat_map(|q| q.to_array())
@@ -662,7 +665,7 @@ fn quadruplets(c: &mut Case<'_>) {
                 },
             );
         }
-        k.finite("x", &xd).range(&xd, d);
+        k.finite("x", &xd, d).range(&xd, d);
         k
     };
     let mut ws = vec![G; wl];
@@ -711,7 +714,7 @@ fn quadruplets(c: &mut Case<'_>) {
             actual: ol,
         },
     );
-    k.finite("x", &xd).range(&xd, d);
+    k.finite("x", &xd, d).range(&xd, d);
     k.check("mine_quadruplets", &rf, &rs);
     match rf {
         Ok(written) => {
@@ -768,10 +771,14 @@ fn proxies(c: &mut Case<'_>) {
         k.ws(need, wl);
         if nca {
             let s = np.softmax_scale;
-            k.param(s.is_finite() && s > 0.0, "softmax_scale");
+            k.param(s.is_finite() && s > 0.0, "softmax_scale", DOMAIN_POSITIVE);
         } else {
-            k.param(ap.margin.is_finite(), "margin")
-                .param(ap.alpha.is_finite() && ap.alpha > 0.0, "alpha");
+            k.param(ap.margin.is_finite(), "margin", DOMAIN_FINITE)
+                .param(
+                    ap.alpha.is_finite() && ap.alpha > 0.0,
+                    "alpha",
+                    DOMAIN_POSITIVE,
+                );
         }
         if let Some((position, &l)) = labels
             .iter()
@@ -788,7 +795,7 @@ fn proxies(c: &mut Case<'_>) {
                 },
             );
         }
-        k.finite("x", &xd).finite("proxies", &pd);
+        k.finite("x", &xd, d).finite("proxies", &pd, d);
         k
     };
     let mut ws = vec![G; wl];
@@ -863,7 +870,7 @@ fn retrieval(c: &mut Case<'_>) {
             !gallery || dy == d,
             Error::DimensionMismatch { left: d, right: dy },
         )
-        .param(k >= 1 && k <= available, "k")
+        .param(k >= 1 && k <= available, "k", DOMAIN_K)
         .len("indices", n * k, il)
         .len("distances", n * k, dl)
         .ws(need, wl);
@@ -902,9 +909,11 @@ fn retrieval(c: &mut Case<'_>) {
         if gallery {
             kc.len("reference_labels", m, rll);
         }
-        kc.param(kr >= 1 && kr <= available, "k").ws(need, wl).finite("queries", &xd);
+        kc.param(kr >= 1 && kr <= available, "k", DOMAIN_K)
+            .ws(need, wl)
+            .finite("queries", &xd, d);
         if gallery {
-            kc.finite("reference", &yd);
+            kc.finite("reference", &yd, d);
         }
         kc
     };

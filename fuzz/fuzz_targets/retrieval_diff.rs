@@ -347,7 +347,7 @@ fuzz_target!(|data: &[u8]| {
     let expected: Vec<Error> = if k_ok {
         vec![]
     } else {
-        vec![Error::InvalidParameter { name: "k" }]
+        vec![invalid("k", DOMAIN_K)]
     };
     assert_eq!(rf, rs, "fast and twin disagree");
     assert_eq!(rf.err(), expected.first().copied());
@@ -446,20 +446,10 @@ fuzz_target!(|data: &[u8]| {
     }
     let mut expected = Vec::new();
     if kr == 0 || kr > available {
-        expected.push(Error::InvalidParameter { name: "k" });
+        expected.push(invalid("k", DOMAIN_K));
     }
-    if let Some(position) = first_non_finite(&xd) {
-        expected.push(Error::NonFinite {
-            buffer: "queries",
-            position,
-        });
-    }
-    if let Some(position) = first_non_finite(&yd) {
-        expected.push(Error::NonFinite {
-            buffer: "reference",
-            position,
-        });
-    }
+    expected.extend(non_finite("queries", &xd, d));
+    expected.extend(non_finite("reference", &yd, d));
     let wlen = retrieval_metrics_workspace_len(n, m, d)
         .max(scalar::retrieval_metrics_workspace_len(n, m, d));
     let mut ws = vec![garbage; wlen];

@@ -315,10 +315,10 @@ fn margin_run(
 fn margin_errors(x: &Matrix<'_>, ts: &[Triplet], p: &TripletParams) -> Vec<Error> {
     let mut errs = Vec::new();
     if !p.margin.is_finite() {
-        errs.push(Error::InvalidParameter { name: "margin" });
+        errs.push(invalid("margin", DOMAIN_FINITE));
     }
     if p.eps.is_nan() || p.eps.abs() > 1.0 || (p.metric == Metric::Cosine && p.eps != 0.0) {
-        errs.push(Error::InvalidParameter { name: "eps" });
+        errs.push(invalid("eps", DOMAIN_EPS));
     }
     let n = x.rows();
     if let Some((pos, index)) = ts
@@ -552,7 +552,7 @@ fn batch_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
     }
     let mut errs = Vec::new();
     if p.margin.is_nan() || p.margin.abs() > MARGIN_MAX {
-        errs.push(Error::InvalidParameter { name: "margin" });
+        errs.push(invalid("margin", DOMAIN_BATCH_MARGIN));
     }
     errs.extend(data_error(xd, d, !p.normalize));
     let f = batch_run(x, &labels, p, true, garbage);

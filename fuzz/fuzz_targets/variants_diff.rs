@@ -170,10 +170,10 @@ fn contrastive_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) 
 
     let mut expected = Vec::new();
     if !pm.is_finite() {
-        expected.push(Error::InvalidParameter { name: "pos_margin" });
+        expected.push(invalid("pos_margin", DOMAIN_FINITE));
     }
     if !nm.is_finite() {
-        expected.push(Error::InvalidParameter { name: "neg_margin" });
+        expected.push(invalid("neg_margin", DOMAIN_FINITE));
     }
     expected.extend(data_error(xd, d, true));
     // One workspace for the fast kernel and its twin.
@@ -372,10 +372,10 @@ fn quadruplet_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
 
     let mut expected = Vec::new();
     if !m1.is_finite() {
-        expected.push(Error::InvalidParameter { name: "margin1" });
+        expected.push(invalid("margin1", DOMAIN_FINITE));
     }
     if !m2.is_finite() {
-        expected.push(Error::InvalidParameter { name: "margin2" });
+        expected.push(invalid("margin2", DOMAIN_FINITE));
     }
     if let Some((position, index)) = quads
         .iter()
@@ -682,17 +682,15 @@ impl Which {
         match self {
             Which::Nca(q) => {
                 if !(q.softmax_scale.is_finite() && q.softmax_scale > 0.0) {
-                    e.push(Error::InvalidParameter {
-                        name: "softmax_scale",
-                    });
+                    e.push(invalid("softmax_scale", DOMAIN_POSITIVE));
                 }
             }
             Which::Anchor(q) => {
                 if !q.margin.is_finite() {
-                    e.push(Error::InvalidParameter { name: "margin" });
+                    e.push(invalid("margin", DOMAIN_FINITE));
                 }
                 if !(q.alpha.is_finite() && q.alpha > 0.0) {
-                    e.push(Error::InvalidParameter { name: "alpha" });
+                    e.push(invalid("alpha", DOMAIN_POSITIVE));
                 }
             }
         }
@@ -821,18 +819,8 @@ fn proxy_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
             bound: c,
         });
     }
-    if let Some(position) = first_non_finite(xd) {
-        expected.push(Error::NonFinite {
-            buffer: "x",
-            position,
-        });
-    }
-    if let Some(position) = first_non_finite(&pd) {
-        expected.push(Error::NonFinite {
-            buffer: "proxies",
-            position,
-        });
-    }
+    expected.extend(non_finite("x", xd, d));
+    expected.extend(non_finite("proxies", &pd, d));
     let mut ws = vec![garbage; which.ws_len(n, c, d)];
     let (mut gf, mut gpf) = (vec![garbage; n * d], vec![garbage; c * d]);
     let (mut gs, mut gps) = (vec![garbage; n * d], vec![garbage; c * d]);

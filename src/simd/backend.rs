@@ -133,7 +133,10 @@ impl Backend {
 /// ```
 pub fn set_backend(backend: Backend) -> Result<(), Error> {
     if !backend.is_available() {
-        return Err(Error::InvalidParameter { name: "backend" });
+        return Err(Error::InvalidParameter {
+            name: "backend",
+            expected: "an available backend",
+        });
     }
     FORCED.store(backend.code(), Ordering::Relaxed);
     Ok(())

@@ -184,7 +184,7 @@ fn batch_impl(
 /// - [`Error::LengthMismatch`] (`"labels"`) when `labels.len() != rows`;
 /// - [`Error::ShapeOverflow`] when the triplet count overflows `usize`;
 /// - [`Error::WorkspaceTooSmall`] when the workspace is too short;
-/// - [`Error::NonFinite`] (`"x"`, flat position) when `x` holds a NaN or an infinity.
+/// - [`Error::NonFinite`] (`"x"`, row and column of the first one) when `x` holds a NaN or an infinity.
 /// - [`Error::TooLarge`] (`"x"`, row and column) when an element of `x` exceeds
 ///   `2^52 / sqrt(dim)` and the rows are not normalised first (`normalize: false`),
 ///   where squared distances could overflow `f32`.

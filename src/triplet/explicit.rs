@@ -153,7 +153,7 @@ fn triplet_margin_impl(
 /// - [`Error::IndexOutOfRange`] (`"triplets"`, position `3 k + field` with fields
 ///   anchor, positive, negative) for an index `>= rows`;
 /// - [`Error::WorkspaceTooSmall`] when the workspace is too short;
-/// - [`Error::NonFinite`] (`"x"`, flat position) when `x` holds a NaN or an infinity.
+/// - [`Error::NonFinite`] (`"x"`, row and column of the first one) when `x` holds a NaN or an infinity.
 /// - [`Error::TooLarge`] (`"x"`, row and column) when an element of `x` exceeds
 ///   `2^52 / sqrt(dim)`, where squared distances could overflow `f32`.
 ///

@@ -127,9 +127,10 @@ fn losses(x: Matrix<'_>) -> Result<bool, tk::Error> {
             let k = tk::mine_triplets_count(&LABELS, mining)?;
             let k2 = tk::scalar::mine_triplets_count(&LABELS, mining)?;
             ok &= k == k2;
-            let out = triplets
-                .get_mut(..k)
-                .ok_or(tk::Error::InvalidParameter { name: "k" })?;
+            let out = triplets.get_mut(..k).ok_or(tk::Error::InvalidParameter {
+                name: "k",
+                expected: "at most the output buffer's length",
+            })?;
             tk::mine_triplets(x, &LABELS, metric, mining, out, &mut ws)?;
             tk::scalar::mine_triplets(x, &LABELS, metric, mining, out, &mut ws)?;
             let p = tk::BatchParams::new()
@@ -157,9 +158,10 @@ fn losses(x: Matrix<'_>) -> Result<bool, tk::Error> {
         ok &= finite(&g);
 
         let k = tk::mine_quadruplets_count(&LABELS)?;
-        let out = quads
-            .get_mut(..k)
-            .ok_or(tk::Error::InvalidParameter { name: "k" })?;
+        let out = quads.get_mut(..k).ok_or(tk::Error::InvalidParameter {
+            name: "k",
+            expected: "at most the output buffer's length",
+        })?;
         let got = tk::mine_quadruplets(x, &LABELS, metric, out, &mut ws)?;
         tk::scalar::mine_quadruplets(x, &LABELS, metric, out, &mut ws)?;
         let q = out.get(..got).unwrap_or_default();
@@ -202,8 +204,14 @@ fn retrieval(x: Matrix<'_>) -> Result<bool, tk::Error> {
     let mut tar = [0.0_f64; 2];
     for score in [tk::Score::Similarity, tk::Score::Distance] {
         let a = tk::verification_metrics(genuine, impostor, score, &[0.0, 0.1], &mut tar, &mut ws)?;
-        let b =
-            tk::scalar::verification_metrics(genuine, impostor, score, &[0.0, 0.1], &mut tar, &mut ws)?;
+        let b = tk::scalar::verification_metrics(
+            genuine,
+            impostor,
+            score,
+            &[0.0, 0.1],
+            &mut tar,
+            &mut ws,
+        )?;
         ok &= a == b;
     }
     Ok(ok)

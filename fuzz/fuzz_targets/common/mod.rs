@@ -278,11 +278,8 @@ pub fn too_large(data: &[f32], dim: usize) -> Option<(usize, usize)> {
 /// at the first NaN or infinity, else `TooLarge` when the rows are not normalised first
 /// (`range_checked`) and lie outside the data range.
 pub fn data_error(data: &[f32], dim: usize, range_checked: bool) -> Option<Error> {
-    if let Some(position) = first_non_finite(data) {
-        return Some(Error::NonFinite {
-            buffer: "x",
-            position,
-        });
+    if let Some(e) = non_finite("x", data, dim) {
+        return Some(e);
     }
     if !range_checked {
         return None;
@@ -403,6 +400,33 @@ pub fn bits(v: &[f32]) -> Vec<u32> {
 pub fn first_non_finite(v: &[f32]) -> Option<usize> {
     v.iter().position(|x| !x.is_finite())
 }
+
+/// The `NonFinite` error a kernel documents for row-major `data` of `cols` columns (1 for
+/// one-dimensional data): the row and column of the first NaN or infinity.
+pub fn non_finite(buffer: &'static str, data: &[f32], cols: usize) -> Option<Error> {
+    first_non_finite(data).map(|position| Error::NonFinite {
+        buffer,
+        row: position / cols,
+        col: position % cols,
+    })
+}
+
+/// The `InvalidParameter` error for parameter `name`, whose documented domain is
+/// `expected` (one of the `DOMAIN_*` constants).
+pub fn invalid(name: &'static str, expected: &'static str) -> Error {
+    Error::InvalidParameter { name, expected }
+}
+
+/// Documented domains of the parameters, as `Error::InvalidParameter` states them.
+pub const DOMAIN_FINITE: &str = "finite";
+/// The margin of the batch triplet losses.
+pub const DOMAIN_BATCH_MARGIN: &str = "finite, |margin| <= 2^100";
+/// `eps` of the explicit-triplet loss.
+pub const DOMAIN_EPS: &str = "|eps| <= 1, and 0 for cosine";
+/// Proxy-NCA's `softmax_scale` and Proxy-Anchor's `alpha`.
+pub const DOMAIN_POSITIVE: &str = "finite and > 0";
+/// `k` of `knn` and `retrieval_metrics`.
+pub const DOMAIN_K: &str = "1 <= k <= references a query can retrieve";
 
 /// `|got - want| <= tol(k)` element-wise.
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: impl Fn(usize) -> f64) {
