@@ -11,6 +11,14 @@ use triplet_kernels::{
     Hinge, Matrix, Metric, Mining, Reduction, Triplet, TripletParams,
 };
 
+mod common;
+use common::strategies::{int_value, sparse_batch, value};
+use common::triplet_def::{
+    as_triplet, bounds, dist, dv_bound, eval_triplet, hinge64, mined, norm, row, slope64,
+    weight, Eval, Idx3,
+};
+use common::{bits, to64};
+
 const METRICS: [Metric; 3] = [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine];
 const MININGS: [Mining; 3] = [Mining::All, Mining::BatchHard, Mining::SemiHard];
 const HINGES: [Hinge; 2] = [Hinge::Relu, Hinge::SoftPlus];
@@ -20,36 +28,13 @@ const EPS: f64 = f32::EPSILON as f64;
 // ---------------------------------------------------------------------------------------
 // Strategies.
 
-/// Values of every magnitude from 1e-3 to 1e3, signs mixed.
-fn value() -> impl Strategy<Value = f32> + Clone {
-    (-3.0_f32..3.0, any::<bool>()).prop_map(|(e, neg)| {
-        let v = 10.0_f32.powf(e);
-        if neg {
-            -v
-        } else {
-            v
-        }
-    })
-}
-
-fn int_value() -> impl Strategy<Value = f32> + Clone {
-    (-8_i8..=8).prop_map(f32::from)
-}
-
 /// Rows, dim, data, labels (sparse ids from up to six classes).
 fn batch(
     rows: impl Strategy<Value = usize>,
     dim: impl Strategy<Value = usize>,
     v: impl Strategy<Value = f32> + Clone,
 ) -> impl Strategy<Value = (usize, usize, Vec<f32>, Vec<u32>)> {
-    (rows, dim, 1u32..=6).prop_flat_map(move |(r, d, classes)| {
-        (
-            Just(r),
-            Just(d),
-            proptest::collection::vec(v.clone(), r * d),
-            proptest::collection::vec((0..classes).prop_map(|c| c * 31 + 3), r),
-        )
-    })
+    sparse_batch(rows, dim, v, 31, 3)
 }
 
 fn metric() -> impl Strategy<Value = Metric> {
@@ -115,123 +100,6 @@ fn batch_params() -> impl Strategy<Value = BatchParams> {
 
 // ---------------------------------------------------------------------------------------
 // An independent f64 definition of the losses (used for tolerances and finite differences).
-
-fn row(x: &[f64], d: usize, i: usize) -> &[f64] {
-    &x[i * d..(i + 1) * d]
-}
-
-fn norm(a: &[f64]) -> f64 {
-    a.iter().map(|v| v * v).sum::<f64>().sqrt()
-}
-
-/// `d(a, b)` with PyTorch's shift `eps`.
-fn dist(metric: Metric, a: &[f64], b: &[f64], eps: f64) -> f64 {
-    let sq: f64 = a.iter().zip(b).map(|(u, v)| (u - v + eps).powi(2)).sum();
-    match metric {
-        Metric::SquaredEuclidean => sq,
-        Metric::Euclidean => sq.sqrt(),
-        Metric::Cosine => {
-            let dot: f64 = a.iter().zip(b).map(|(u, v)| u * v).sum();
-            1.0 - dot / (norm(a).max(1e-12) * norm(b).max(1e-12))
-        }
-        _ => unreachable!("a variant this test does not know"),
-    }
-}
-
-/// Sum of the absolute values the distance bound is relative to.
-fn dist_scale(metric: Metric, a: &[f64], b: &[f64], eps: f64) -> f64 {
-    match metric {
-        Metric::Cosine => 2.0,
-        m => dist(m, a, b, eps),
-    }
-}
-
-/// Largest `|d d(a, b) / d a_e|` over the elements (the size of one gradient update).
-fn grad_scale(metric: Metric, a: &[f64], b: &[f64], eps: f64) -> f64 {
-    match metric {
-        Metric::SquaredEuclidean => {
-            2.0 * a
-                .iter()
-                .zip(b)
-                .map(|(u, v)| (u - v + eps).abs())
-                .fold(0.0, f64::max)
-        }
-        Metric::Euclidean => 1.0,
-        Metric::Cosine => {
-            let (na, nb) = (norm(a).max(1e-12), norm(b).max(1e-12));
-            let ma = a.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
-            let mb = b.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
-            mb / (na * nb) + 2.0 * ma / (na * na)
-        }
-        _ => unreachable!("a variant this test does not know"),
-    }
-}
-
-fn hinge64(h: Hinge, v: f64) -> f64 {
-    match h {
-        Hinge::Relu => v.max(0.0),
-        Hinge::SoftPlus => v.max(0.0) + (-v.abs()).exp().ln_1p(),
-        _ => unreachable!("a variant this test does not know"),
-    }
-}
-
-fn slope64(h: Hinge, v: f64) -> f64 {
-    match h {
-        Hinge::Relu => f64::from(u8::from(v > 0.0)),
-        Hinge::SoftPlus => 1.0 / (1.0 + (-v).exp()),
-        _ => unreachable!("a variant this test does not know"),
-    }
-}
-
-fn weight(r: Reduction, k: usize, active: usize) -> f64 {
-    let div = match r {
-        Reduction::Sum => return 1.0,
-        Reduction::Mean => k,
-        Reduction::MeanNonzero => active,
-        _ => unreachable!("a variant this test does not know"),
-    };
-    if div == 0 {
-        0.0
-    } else {
-        1.0 / div as f64
-    }
-}
-
-/// One evaluated triplet: margin value, its rows and distances, and the pair of the
-/// negative distance used.
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct Eval {
-    v: f64,
-    ap: (usize, usize, f64),
-    neg: (usize, usize, f64),
-    /// Distance between the two swap candidates (for skipping swap ties).
-    swap_gap: f64,
-}
-
-fn eval_triplet(x: &[f64], d: usize, t: (usize, usize, usize), p: &TripletParams) -> Eval {
-    let eps = f64::from(p.eps);
-    let (a, pp, q) = t;
-    let dap = dist(p.metric, row(x, d, a), row(x, d, pp), eps);
-    let dan = dist(p.metric, row(x, d, a), row(x, d, q), eps);
-    let mut neg = (a, q, dan);
-    let mut gap = f64::INFINITY;
-    if p.swap {
-        let dpn = dist(p.metric, row(x, d, pp), row(x, d, q), eps);
-        // With a == p both candidates are the same function: no decision to skip.
-        if a != pp {
-            gap = (dpn - dan).abs();
-        }
-        if dpn < dan {
-            neg = (pp, q, dpn);
-        }
-    }
-    Eval {
-        v: dap - neg.2 + f64::from(p.margin),
-        ap: (a, pp, dap),
-        neg,
-        swap_gap: gap,
-    }
-}
 
 /// The loss of the definition.
 fn reduce(evals: &[Eval], h: Hinge, r: Reduction) -> f64 {
@@ -313,18 +181,6 @@ fn normalized(x: &[f64], d: usize) -> Vec<f64> {
         .collect()
 }
 
-/// Batch params as explicit-triplet params (no swap, no eps).
-fn as_triplet(p: &BatchParams) -> TripletParams {
-    TripletParams::new()
-        .with_metric(p.metric)
-        .with_margin(p.margin)
-        .with_hinge(p.hinge)
-        .with_reduction(p.reduction)
-}
-
-/// Row indices of a triplet.
-type Idx3 = (usize, usize, usize);
-
 /// The loss of the definition, the triplets it selected, their evaluations and the rows
 /// the distances were taken on.
 type RefBatch = (f64, Vec<Idx3>, Vec<Eval>, Vec<f64>);
@@ -340,96 +196,6 @@ fn batch_ref(x: &[f64], d: usize, labels: &[u32], p: &BatchParams) -> RefBatch {
     let tp = as_triplet(p);
     let evals: Vec<Eval> = ts.iter().map(|&t| eval_triplet(&y, d, t, &tp)).collect();
     (reduce(&evals, p.hinge, p.reduction), ts, evals, y)
-}
-
-fn to64(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| f64::from(x)).collect()
-}
-
-// ---------------------------------------------------------------------------------------
-// Tolerances from the documented bounds.
-
-/// Per-term error bound of the margin value: the distance bounds of the two distances.
-fn dv_bound(y: &[f64], d: usize, e: &Eval, metric: Metric, eps: f64, margin: f32) -> f64 {
-    let s = dist_scale(metric, row(y, d, e.ap.0), row(y, d, e.ap.1), eps)
-        + dist_scale(metric, row(y, d, e.neg.0), row(y, d, e.neg.1), eps)
-        + f64::from(margin).abs();
-    4.0 * (d as f64 / 8.0 + 12.0) * EPS * s
-}
-
-struct Bounds {
-    /// Loss tolerance.
-    loss: f64,
-    /// Per-row gradient tolerance.
-    grad: Vec<f64>,
-    /// Some relu margin value lies within its error bound of the kink.
-    near_kink: bool,
-    /// Some swap decision lies within the error bounds of a tie.
-    near_swap: bool,
-}
-
-/// The bounds of the docs, with a safety factor, over evaluated triplets on rows `y`.
-/// `dv_extra` is added to each margin value's error bound (the rounding of normalised
-/// rows).
-fn bounds(
-    y: &[f64],
-    n: usize,
-    d: usize,
-    evals: &[Eval],
-    tp: &TripletParams,
-    dv_extra: f64,
-) -> Bounds {
-    let eps = f64::from(tp.eps);
-    let active = evals
-        .iter()
-        .filter(|e| tp.hinge == Hinge::SoftPlus || e.v > 0.0)
-        .count();
-    let w = weight(tp.reduction, evals.len(), active);
-    let mut loss = 0.0;
-    let mut g = vec![0.0; n];
-    let mut m = vec![0usize; n];
-    let mut extra = vec![0.0; n];
-    let mut near_kink = false;
-    let mut near_swap = false;
-    for e in evals {
-        let dv = dv_bound(y, d, e, tp.metric, eps, tp.margin) + dv_extra;
-        if tp.hinge == Hinge::Relu && e.v.abs() <= 2.0 * dv {
-            near_kink = true;
-        }
-        if e.swap_gap <= 2.0 * dv {
-            near_swap = true;
-        }
-        loss += w * (dv + 8.0 * EPS * hinge64(tp.hinge, e.v));
-        let c = w * slope64(tp.hinge, e.v);
-        // Soft margin: the slope moves with the margin value's error (sigmoid' <= 1/4).
-        let dc = if tp.hinge == Hinge::SoftPlus {
-            w * dv / 4.0
-        } else {
-            0.0
-        };
-        for &(i, j, _) in &[e.ap, e.neg] {
-            let gs = grad_scale(tp.metric, row(y, d, i), row(y, d, j), eps).max(grad_scale(
-                tp.metric,
-                row(y, d, j),
-                row(y, d, i),
-                -eps,
-            ));
-            for r in [i, j] {
-                g[r] += c * gs;
-                m[r] += 1;
-                extra[r] += dc * gs;
-            }
-        }
-    }
-    let grad = (0..n)
-        .map(|r| 8.0 * (m[r] as f64 + d as f64 + 16.0) * EPS * g[r] + 2.0 * extra[r] + 1e-30)
-        .collect();
-    Bounds {
-        loss: loss + 1e-30,
-        grad,
-        near_kink,
-        near_swap,
-    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -476,10 +242,6 @@ fn margin_run(
     MarginOut { loss, terms, grad }
 }
 
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
-
 fn batch_run(
     x: Matrix<'_>,
     labels: &[u32],
@@ -514,19 +276,6 @@ fn batch_run(
         (out.num_triplets, out.num_active)
     );
     (out, grad)
-}
-
-fn mined(x: Matrix<'_>, labels: &[u32], metric: Metric, m: Mining, fast: bool) -> Vec<Triplet> {
-    let mut out = vec![Triplet::default(); mine_triplets_count(labels, m).unwrap()];
-    let mut ws = vec![0.0; mine_triplets_workspace_len(x.rows(), x.dim())];
-    let k = if fast {
-        mine_triplets(x, labels, metric, m, &mut out, &mut ws)
-    } else {
-        scalar::mine_triplets(x, labels, metric, m, &mut out, &mut ws)
-    }
-    .unwrap();
-    assert_eq!(k, out.len());
-    out
 }
 
 fn check_grad(fast: &[f32], slow: &[f32], tol: &[f64], d: usize) -> Result<(), TestCaseError> {
@@ -574,7 +323,7 @@ fn margin_vs_scalar(
             )
         })
         .collect();
-    let b = bounds(&x64, n, d, &evals, &p, 0.0);
+    let b = bounds(&x64, n, d, &evals, &p, 0.0, false);
     prop_assert!(f.loss.is_finite() && f.grad.iter().all(|g| g.is_finite()));
     if b.near_kink && p.reduction == Reduction::MeanNonzero || b.near_swap {
         return Ok(());
@@ -660,7 +409,15 @@ fn batch_vs_scalar(
         0.0
     };
     let dv_extra = 16.0 * (d as f64).sqrt() * dy;
-    let b = bounds(&y, n, d, &evals, &as_triplet(&p), dv_extra);
+    let b = bounds(
+        &y,
+        n,
+        d,
+        &evals,
+        &as_triplet(&p),
+        dv_extra,
+        p.mining == Mining::All,
+    );
     let loss_tol = b.loss;
     // The twin against the definition.
     let want_tol = 4.0 * EPS * want.abs() + if p.normalize { loss_tol } else { 1e-30 };

@@ -1,0 +1,84 @@
+//! Documented error bounds of the distance matrices and of the proxy losses.
+
+use super::{EPS, TINY, U};
+use triplet_kernels::{DistanceMode, Metric, ProxyAnchorParams, ProxyNcaParams};
+
+fn sq64(a: &[f32]) -> f64 {
+    a.iter().map(|&v| f64::from(v).powi(2)).sum()
+}
+
+fn sq_dist64(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
+        .sum()
+}
+
+/// The documented bound (module docs of `distance`, "Numerics") on `|fast - exact|` for
+/// one entry, plus the twin's rounding (`u |exact|`), for `metric` in `mode` between rows
+/// `a` and `b`.
+pub fn distance_tolerance(metric: Metric, mode: DistanceMode, a: &[f32], b: &[f32]) -> f64 {
+    let d = a.len() as f64;
+    let growth = 1.0 / (1.0 - (d + 2.0) * U);
+    let exact_sq = sq_dist64(a, b);
+    // |a|^2 + |b|^2 bounds the Gram form's error; underflowing terms add an absolute part.
+    let sq_bound = match mode {
+        DistanceMode::Gram => (2.0 * d + 4.0) * U * (sq64(a) + sq64(b)) * growth,
+        DistanceMode::Direct => (d + 2.0) * U * exact_sq * growth,
+        _ => unreachable!("a variant this test does not know"),
+    } + (2.0 * d + 8.0) * TINY;
+    match metric {
+        Metric::SquaredEuclidean => sq_bound + U * exact_sq,
+        // The squared distance's error through the square root, plus two roundings.
+        Metric::Euclidean => {
+            let e = exact_sq.sqrt();
+            let through_sqrt = if e > 0.0 {
+                sq_bound.sqrt().min(sq_bound / e)
+            } else {
+                sq_bound.sqrt()
+            };
+            through_sqrt + 2.0 * U * (e + sq_bound.sqrt())
+        }
+        Metric::Cosine => (2.0 * d + 10.0) * U * growth + 2.0 * U,
+        _ => unreachable!("a variant this test does not know"),
+    }
+}
+
+/// Proxy-NCA's `(loss tolerance, per-row factor, per-proxy factor)`: the gradient
+/// tolerance of a row is its factor divided by the row's clamped norm.
+pub fn proxy_nca_tolerances(q: ProxyNcaParams, n: usize, c: usize, d: usize) -> (f64, f64, f64) {
+    // Accumulation lengths, plus the amplification of each similarity's or distance's
+    // own error ((d / 8 + 12) 2^-24) by the scale in the exponent.
+    let base = (n + c + d + 24) as f64;
+    let dist_err = d as f64 / 8.0 + 12.0;
+    let s = f64::from(q.softmax_scale);
+    let k = 4.0 * EPS * (base + 4.0 * s * dist_err);
+    // sum_c |w_ic| <= 2 s / n and sum_i |w_ic| <= 2 s, times |x^ - P^| <= 2, times 2 for
+    // the two terms of each product and 2 for safety.
+    (
+        k * (4.0 * s + (c as f64).ln() + 1.0),
+        k * 16.0 * s / n as f64,
+        k * 16.0 * s,
+    )
+}
+
+/// Proxy-Anchor's `(loss tolerance, per-row factor, per-proxy factor)`, as
+/// [`proxy_nca_tolerances`].
+pub fn proxy_anchor_tolerances(
+    q: ProxyAnchorParams,
+    n: usize,
+    c: usize,
+    d: usize,
+) -> (f64, f64, f64) {
+    let base = (n + c + d + 24) as f64;
+    let dist_err = d as f64 / 8.0 + 12.0;
+    let a = f64::from(q.alpha);
+    let m = f64::from(q.margin.abs());
+    let k = 4.0 * EPS * (base + a * (1.0 + m + dist_err));
+    // sum_c |G_ic| and sum_i |G_ic| are at most 2 alpha; 2 for safety.
+    (
+        k * 2.0 * (a * (1.0 + m) + (n as f64 + 1.0).ln() + 1.0),
+        k * 4.0 * a,
+        k * 4.0 * a,
+    )
+}

@@ -1,0 +1,253 @@
+//! An independent `f64` definition of the triplet losses (for tolerances and finite
+//! differences) and the documented bounds of `triplet_margin_loss(_grad)` and
+//! `triplet_batch_loss(_grad)` over its evaluated triplets.
+
+use super::{EPS, U};
+use triplet_kernels::{
+    mine_triplets, mine_triplets_count, mine_triplets_workspace_len, scalar, BatchParams,
+    Hinge, Matrix, Metric, Mining, Reduction, Triplet, TripletParams,
+};
+
+/// Row indices of a triplet.
+pub type Idx3 = (usize, usize, usize);
+
+pub fn row(x: &[f64], d: usize, i: usize) -> &[f64] {
+    &x[i * d..(i + 1) * d]
+}
+
+pub fn norm(a: &[f64]) -> f64 {
+    a.iter().map(|v| v * v).sum::<f64>().sqrt()
+}
+
+/// `d(a, b)` with PyTorch's shift `eps`.
+pub fn dist(metric: Metric, a: &[f64], b: &[f64], eps: f64) -> f64 {
+    let sq: f64 = a.iter().zip(b).map(|(u, v)| (u - v + eps).powi(2)).sum();
+    match metric {
+        Metric::SquaredEuclidean => sq,
+        Metric::Euclidean => sq.sqrt(),
+        Metric::Cosine => {
+            let dot: f64 = a.iter().zip(b).map(|(u, v)| u * v).sum();
+            1.0 - dot / (norm(a).max(1e-12) * norm(b).max(1e-12))
+        }
+        _ => unreachable!("a variant this test does not know"),
+    }
+}
+
+/// Sum of the absolute values the distance bound is relative to.
+pub fn dist_scale(metric: Metric, a: &[f64], b: &[f64], eps: f64) -> f64 {
+    match metric {
+        Metric::Cosine => 2.0,
+        m => dist(m, a, b, eps),
+    }
+}
+
+/// Largest `|d d(a, b) / d a_e|` over the elements (the size of one gradient update).
+pub fn grad_scale(metric: Metric, a: &[f64], b: &[f64], eps: f64) -> f64 {
+    match metric {
+        Metric::SquaredEuclidean => {
+            2.0 * a
+                .iter()
+                .zip(b)
+                .map(|(u, v)| (u - v + eps).abs())
+                .fold(0.0, f64::max)
+        }
+        Metric::Euclidean => 1.0,
+        Metric::Cosine => {
+            let (na, nb) = (norm(a).max(1e-12), norm(b).max(1e-12));
+            let ma = a.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
+            let mb = b.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
+            mb / (na * nb) + 2.0 * ma / (na * na)
+        }
+        _ => unreachable!("a variant this test does not know"),
+    }
+}
+
+pub fn hinge64(h: Hinge, v: f64) -> f64 {
+    match h {
+        Hinge::Relu => v.max(0.0),
+        Hinge::SoftPlus => v.max(0.0) + (-v.abs()).exp().ln_1p(),
+        _ => unreachable!("a variant this test does not know"),
+    }
+}
+
+pub fn slope64(h: Hinge, v: f64) -> f64 {
+    match h {
+        Hinge::Relu => f64::from(u8::from(v > 0.0)),
+        Hinge::SoftPlus => 1.0 / (1.0 + (-v).exp()),
+        _ => unreachable!("a variant this test does not know"),
+    }
+}
+
+pub fn weight(r: Reduction, k: usize, active: usize) -> f64 {
+    let div = match r {
+        Reduction::Sum => return 1.0,
+        Reduction::Mean => k,
+        Reduction::MeanNonzero => active,
+        _ => unreachable!("a variant this test does not know"),
+    };
+    if div == 0 {
+        0.0
+    } else {
+        1.0 / div as f64
+    }
+}
+
+/// One evaluated triplet: margin value, its rows and distances, and the pair of the
+/// negative distance used.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Eval {
+    pub v: f64,
+    pub ap: (usize, usize, f64),
+    pub neg: (usize, usize, f64),
+    /// Distance between the two swap candidates (for skipping swap ties).
+    pub swap_gap: f64,
+}
+
+pub fn eval_triplet(x: &[f64], d: usize, t: Idx3, p: &TripletParams) -> Eval {
+    let eps = f64::from(p.eps);
+    let (a, pp, q) = t;
+    let dap = dist(p.metric, row(x, d, a), row(x, d, pp), eps);
+    let dan = dist(p.metric, row(x, d, a), row(x, d, q), eps);
+    let mut neg = (a, q, dan);
+    let mut gap = f64::INFINITY;
+    if p.swap {
+        let dpn = dist(p.metric, row(x, d, pp), row(x, d, q), eps);
+        // With a == p both candidates are the same function: no decision to skip.
+        if a != pp {
+            gap = (dpn - dan).abs();
+        }
+        if dpn < dan {
+            neg = (pp, q, dpn);
+        }
+    }
+    Eval {
+        v: dap - neg.2 + f64::from(p.margin),
+        ap: (a, pp, dap),
+        neg,
+        swap_gap: gap,
+    }
+}
+
+/// Per-term error bound of the margin value: the distance bounds of the two distances.
+pub fn dv_bound(y: &[f64], d: usize, e: &Eval, metric: Metric, eps: f64, margin: f32) -> f64 {
+    let s = dist_scale(metric, row(y, d, e.ap.0), row(y, d, e.ap.1), eps)
+        + dist_scale(metric, row(y, d, e.neg.0), row(y, d, e.neg.1), eps)
+        + f64::from(margin).abs();
+    4.0 * (d as f64 / 8.0 + 12.0) * EPS * s
+}
+
+pub struct Bounds {
+    /// Loss tolerance.
+    pub loss: f64,
+    /// Per-row gradient tolerance.
+    pub grad: Vec<f64>,
+    /// Some relu margin value lies within its error bound of the kink.
+    pub near_kink: bool,
+    /// Some swap decision lies within the error bounds of a tie.
+    pub near_swap: bool,
+}
+
+/// The documented bounds, with a safety factor, over evaluated triplets on rows `y`.
+/// `dv_extra` is added to each margin value's error bound (the rounding of normalised
+/// rows). `all`: batch-all, whose terms use the mined (Gram) distances, whose relu terms
+/// are summed in the backend's `f32` lanes and whose gradient is GEMM-shaped (the wider
+/// bounds of `triplet_batch_loss(_grad)`).
+pub fn bounds(
+    y: &[f64],
+    n: usize,
+    d: usize,
+    evals: &[Eval],
+    tp: &TripletParams,
+    dv_extra: f64,
+    all: bool,
+) -> Bounds {
+    let eps = f64::from(tp.eps);
+    let df = d as f64;
+    let active = evals
+        .iter()
+        .filter(|e| tp.hinge == Hinge::SoftPlus || e.v > 0.0)
+        .count();
+    let w = weight(tp.reduction, evals.len(), active);
+    let (mut loss, mut terms) = (0.0, 0.0);
+    let mut g = vec![0.0; n];
+    let mut m = vec![0usize; n];
+    let mut extra = vec![0.0; n];
+    let (mut near_kink, mut near_swap) = (false, false);
+    for e in evals {
+        let mut dv = dv_bound(y, d, e, tp.metric, eps, tp.margin) + dv_extra;
+        if all {
+            dv += 2.0
+                * match tp.metric {
+                    Metric::Cosine => 2.0 * (2.0 * df + 10.0) * U,
+                    _ => (8.0 * df + 16.0) * U * (e.ap.2 + e.neg.2),
+                };
+        }
+        near_kink |= tp.hinge == Hinge::Relu && e.v.abs() <= 2.0 * dv;
+        near_swap |= e.swap_gap <= 2.0 * dv;
+        loss += w * (dv + 8.0 * EPS * hinge64(tp.hinge, e.v));
+        terms += w * hinge64(tp.hinge, e.v);
+        let c = w * slope64(tp.hinge, e.v);
+        // Soft margin: the slope moves with the margin value's error (sigmoid' <= 1/4).
+        let dc = if tp.hinge == Hinge::SoftPlus {
+            w * dv / 4.0
+        } else {
+            0.0
+        };
+        for &(i, j, _) in &[e.ap, e.neg] {
+            let gs = grad_scale(tp.metric, row(y, d, i), row(y, d, j), eps).max(grad_scale(
+                tp.metric,
+                row(y, d, j),
+                row(y, d, i),
+                -eps,
+            ));
+            for r in [i, j] {
+                g[r] += c * gs;
+                m[r] += 1;
+                extra[r] += dc * gs;
+            }
+        }
+    }
+    if all {
+        // Relu terms of a pair summed in the backend's f32 lanes.
+        loss += 2.0 * (n as f64 / 8.0 + 5.0) * U * terms;
+    }
+    let gemm = if all {
+        2.0 * ((2.0 * n as f64 + 4.0) * (8.0 * df).sqrt() + 8.0 * df + 16.0) * U
+    } else {
+        0.0
+    };
+    let grad = (0..n)
+        .map(|r| {
+            8.0 * (m[r] as f64 + df + 16.0) * EPS * g[r] + gemm * g[r] + 2.0 * extra[r] + 1e-30
+        })
+        .collect();
+    Bounds {
+        loss: loss + 1e-30,
+        grad,
+        near_kink,
+        near_swap,
+    }
+}
+
+/// Batch params as explicit-triplet params (no swap, no eps).
+pub fn as_triplet(p: &BatchParams) -> TripletParams {
+    TripletParams::new()
+        .with_metric(p.metric)
+        .with_margin(p.margin)
+        .with_hinge(p.hinge)
+        .with_reduction(p.reduction)
+}
+
+/// The triplets `mine_triplets` (fast or twin) selects.
+pub fn mined(x: Matrix<'_>, labels: &[u32], metric: Metric, m: Mining, fast: bool) -> Vec<Triplet> {
+    let mut out = vec![Triplet::default(); mine_triplets_count(labels, m).unwrap()];
+    let mut ws = vec![0.0; mine_triplets_workspace_len(x.rows(), x.dim())];
+    let k = if fast {
+        mine_triplets(x, labels, metric, m, &mut out, &mut ws)
+    } else {
+        scalar::mine_triplets(x, labels, metric, m, &mut out, &mut ws)
+    }
+    .unwrap();
+    assert_eq!(k, out.len());
+    out
+}
