@@ -17,12 +17,7 @@ use triplet_kernels::{
     DistanceMode, Matrix, Metric,
 };
 
-const METRICS: [Metric; 3] = [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine];
 const MODES: [DistanceMode; 2] = [DistanceMode::Gram, DistanceMode::Direct];
-/// Unit roundoff of `f32`.
-const U: f64 = 1.0 / 16_777_216.0;
-/// Smallest normal `f32`: the absolute error scale of an underflowing term.
-const TINY: f64 = 1.2e-38;
 
 /// The backend is process-wide: tests that set it take this lock for their whole body.
 static BACKEND: Mutex<()> = Mutex::new(());
@@ -77,81 +72,13 @@ fn on_every_backend(what: &str, mut check: impl FnMut(Backend)) {
     assert_eq!(ran, Backend::available(), "{what}: not every backend ran");
 }
 
+mod common;
+use common::bounds::{distance_tolerance, sq64};
+use common::strategies::{int_value, matrix, value};
+use common::{bits, METRICS, U};
+
 #[path = "backends/kernels.rs"]
 mod kernels;
-
-/// Values of every magnitude from 1e-3 to 1e3, signs mixed.
-fn value() -> impl Strategy<Value = f32> + Clone {
-    (-3.0_f32..3.0, any::<bool>()).prop_map(|(e, neg)| {
-        let v = 10.0_f32.powf(e);
-        if neg {
-            -v
-        } else {
-            v
-        }
-    })
-}
-
-/// Integer values -8..=8: every sum of products is exact in f32, in any order.
-fn int_value() -> impl Strategy<Value = f32> + Clone {
-    (-8_i8..=8).prop_map(f32::from)
-}
-
-fn matrix(
-    rows: impl Strategy<Value = usize>,
-    dim: impl Strategy<Value = usize>,
-    v: impl Strategy<Value = f32> + Clone,
-) -> impl Strategy<Value = (usize, usize, Vec<f32>)> {
-    (rows, dim).prop_flat_map(move |(r, d)| {
-        (
-            Just(r),
-            Just(d),
-            proptest::collection::vec(v.clone(), r * d),
-        )
-    })
-}
-
-fn sq64(a: &[f32]) -> f64 {
-    a.iter().map(|&v| f64::from(v).powi(2)).sum()
-}
-
-fn sq_dist64(a: &[f32], b: &[f32]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
-        .sum()
-}
-
-/// The documented bound on `|fast - exact|` for one entry, plus the twin's rounding
-/// (`u |exact|`), for `metric` in `mode` between rows `a` and `b`.
-fn tolerance(metric: Metric, mode: DistanceMode, a: &[f32], b: &[f32]) -> f64 {
-    let d = a.len() as f64;
-    let growth = 1.0 / (1.0 - (d + 2.0) * U);
-    let exact_sq = sq_dist64(a, b);
-    let sq_bound = match mode {
-        DistanceMode::Gram => (2.0 * d + 4.0) * U * (sq64(a) + sq64(b)) * growth,
-        DistanceMode::Direct => (d + 2.0) * U * exact_sq * growth,
-        _ => unreachable!("a variant this test does not know"),
-    } + (2.0 * d + 8.0) * TINY;
-    match metric {
-        Metric::SquaredEuclidean => sq_bound + U * exact_sq,
-        Metric::Euclidean => {
-            let e = exact_sq.sqrt();
-            let through_sqrt = if e > 0.0 {
-                sq_bound.sqrt().min(sq_bound / e)
-            } else {
-                sq_bound.sqrt()
-            };
-            through_sqrt + 2.0 * U * (e + sq_bound.sqrt())
-        }
-        Metric::Cosine => (2.0 * d + 10.0) * U * growth + 2.0 * U,
-        _ => unreachable!("a variant this test does not know"),
-    }
-}
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
 
 /// Fast pairwise matrix (`mode`, through the row-block entry point over `0..n` for
 /// `Direct`) against the twin; symmetric bit for bit, exact zero diagonal.
@@ -237,7 +164,7 @@ fn compare(
                 assert_eq!(f, s, "{mode:?} ({i},{j}) on integers");
                 continue;
             }
-            let tol = tolerance(metric, mode, a, b);
+            let tol = distance_tolerance(metric, mode, a, b);
             assert!(
                 (f64::from(f) - f64::from(s)).abs() <= tol,
                 "{metric:?} {mode:?} ({i},{j}): fast {f} scalar {s} tol {tol:e}"

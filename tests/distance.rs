@@ -3,85 +3,23 @@
 use proptest::prelude::*;
 use triplet_kernels::{
     cross_distances, cross_distances_workspace_len, l2_normalize, l2_normalize_backward,
-    pairwise_distances, pairwise_distances_workspace_len, row_norms, scalar, Error, Matrix, Metric,
+    pairwise_distances, pairwise_distances_workspace_len, row_norms, scalar, DistanceMode, Error,
+    Matrix, Metric,
 };
 
-const METRICS: [Metric; 3] = [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine];
 const EPS: f64 = f32::EPSILON as f64;
 
-/// Values of every magnitude from 1e-3 to 1e3, signs mixed.
-fn value() -> impl Strategy<Value = f32> + Clone {
-    (-3.0_f32..3.0, any::<bool>()).prop_map(|(e, neg)| {
-        let v = 10.0_f32.powf(e);
-        if neg {
-            -v
-        } else {
-            v
-        }
-    })
-}
-
-/// Integer values -8..=8: every sum of products is exact in f32, in any order.
-fn int_value() -> impl Strategy<Value = f32> + Clone {
-    (-8_i8..=8).prop_map(f32::from)
-}
-
-fn matrix(
-    rows: impl Strategy<Value = usize>,
-    dim: impl Strategy<Value = usize>,
-    v: impl Strategy<Value = f32> + Clone,
-) -> impl Strategy<Value = (usize, usize, Vec<f32>)> {
-    (rows, dim).prop_flat_map(move |(r, d)| {
-        (
-            Just(r),
-            Just(d),
-            proptest::collection::vec(v.clone(), r * d),
-        )
-    })
-}
-
-/// Unit roundoff of `f32`.
-const U: f64 = EPS / 2.0;
-
-fn sq64(a: &[f32]) -> f64 {
-    a.iter().map(|&v| f64::from(v).powi(2)).sum()
-}
-
-/// The documented bound of the matrix kernels' Gram form (module docs of `distance`,
-/// "Numerics") on `|fast - exact|`, plus the twin's own rounding to `f32`.
-fn tolerance(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
-    let d = a.len() as f64;
-    let growth = 1.0 / (1.0 - (d + 2.0) * U);
-    let exact_sq: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
-        .sum();
-    // |a|^2 + |b|^2 bounds the Gram form's error; underflowing terms add an absolute part.
-    let sq_bound = (2.0 * d + 4.0) * U * (sq64(a) + sq64(b)) * growth + (2.0 * d + 8.0) * 1.2e-38;
-    match metric {
-        Metric::SquaredEuclidean => sq_bound + U * exact_sq,
-        // The squared distance's error through the square root, plus two roundings.
-        Metric::Euclidean => {
-            let e = exact_sq.sqrt();
-            let through_sqrt = if e > 0.0 {
-                sq_bound.sqrt().min(sq_bound / e)
-            } else {
-                sq_bound.sqrt()
-            };
-            through_sqrt + 2.0 * U * (e + sq_bound.sqrt())
-        }
-        Metric::Cosine => (2.0 * d + 10.0) * U * growth + 2.0 * U,
-        _ => unreachable!("a variant this test does not know"),
-    }
-}
+mod common;
+use common::bounds::distance_tolerance;
+use common::strategies::{int_value, matrix, value};
+use common::METRICS;
 
 fn check_cross(x: &Matrix<'_>, y: &Matrix<'_>, metric: Metric, fast: &[f32], slow: &[f32]) {
     let n = y.rows();
     for (i, a) in x.row_iter().enumerate() {
         for (j, b) in y.row_iter().enumerate() {
             let (f, s) = (fast[i * n + j], slow[i * n + j]);
-            let tol = tolerance(metric, a, b);
+            let tol = distance_tolerance(metric, DistanceMode::Gram, a, b);
             assert!(
                 (f64::from(f) - f64::from(s)).abs() <= tol,
                 "{metric:?} ({i},{j}): fast {f} scalar {s} tol {tol}"

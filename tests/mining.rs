@@ -11,22 +11,8 @@ const METRICS: [Metric; 3] = [Metric::SquaredEuclidean, Metric::Euclidean, Metri
 const MININGS: [Mining; 3] = [Mining::All, Mining::BatchHard, Mining::SemiHard];
 const EPS: f64 = f32::EPSILON as f64;
 
-/// Values of every magnitude from 1e-3 to 1e3, signs mixed.
-fn value() -> impl Strategy<Value = f32> + Clone {
-    (-3.0_f32..3.0, any::<bool>()).prop_map(|(e, neg)| {
-        let v = 10.0_f32.powf(e);
-        if neg {
-            -v
-        } else {
-            v
-        }
-    })
-}
-
-/// Integer values -8..=8: squared distances are exact in f32 in any order.
-fn int_value() -> impl Strategy<Value = f32> + Clone {
-    (-8_i8..=8).prop_map(f32::from)
-}
+mod common;
+use common::strategies::{int_value, sparse_batch, value};
 
 /// A batch: rows, dim, data and labels drawn from `classes` ids (sparse ids, not 0..C).
 fn batch(
@@ -34,14 +20,7 @@ fn batch(
     dim: impl Strategy<Value = usize>,
     v: impl Strategy<Value = f32> + Clone,
 ) -> impl Strategy<Value = (usize, usize, Vec<f32>, Vec<u32>)> {
-    (rows, dim, 1u32..=6).prop_flat_map(move |(r, d, classes)| {
-        (
-            Just(r),
-            Just(d),
-            proptest::collection::vec(v.clone(), r * d),
-            proptest::collection::vec((0..classes).prop_map(|c| c * 1009 + 7), r),
-        )
-    })
+    sparse_batch(rows, dim, v, 1009, 7)
 }
 
 /// `d(x_i, x_j)` in f64, the definition.

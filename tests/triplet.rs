@@ -14,8 +14,8 @@ use triplet_kernels::{
 mod common;
 use common::strategies::{int_value, sparse_batch, value};
 use common::triplet_def::{
-    as_triplet, bounds, dist, dv_bound, eval_triplet, hinge64, mined, norm, row, slope64,
-    weight, Eval, Idx3,
+    as_triplet, bounds, dist, dv_bound, eval_triplet, hinge64, mined, norm, row, slope64, weight,
+    Eval, Idx3,
 };
 use common::{bits, to64};
 

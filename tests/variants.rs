@@ -5,25 +5,11 @@
 use proptest::prelude::*;
 use triplet_kernels::{Matrix, Metric};
 
-const METRICS: [Metric; 3] = [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine];
-const EPS: f64 = f32::EPSILON as f64;
-
-/// Values of every magnitude from 1e-3 to 1e3, signs mixed.
-fn value() -> impl Strategy<Value = f32> + Clone {
-    (-3.0_f32..3.0, any::<bool>()).prop_map(|(e, neg)| {
-        let v = 10.0_f32.powf(e);
-        if neg {
-            -v
-        } else {
-            v
-        }
-    })
-}
-
-/// Integer values -8..=8: every distance is exact in f32, in any order.
-fn int_value() -> impl Strategy<Value = f32> + Clone {
-    (-8_i8..=8).prop_map(f32::from)
-}
+mod common;
+use common::bounds::{proxy_anchor_tolerances, proxy_nca_tolerances};
+use common::rows::{dist64, dist_scale, grad_scale, norm};
+use common::strategies::{int_value, value};
+use common::{assert_close, bits, EPS, METRICS};
 
 /// Moderate values for finite differences.
 fn small_value() -> impl Strategy<Value = f32> + Clone {
@@ -45,89 +31,6 @@ fn batch(
             proptest::collection::vec(0..k, r),
         )
     })
-}
-
-fn f64s(v: &[f32]) -> impl Iterator<Item = f64> + '_ {
-    v.iter().map(|&x| f64::from(x))
-}
-
-fn norm(a: &[f32]) -> f64 {
-    f64s(a).map(|v| v * v).sum::<f64>().sqrt()
-}
-
-fn inf_norm(a: &[f32]) -> f64 {
-    f64s(a).fold(0.0, |m, v| m.max(v.abs()))
-}
-
-/// The distance in f64 (test-side, for scales and kink checks).
-fn dist64(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
-    let sq: f64 = f64s(a).zip(f64s(b)).map(|(x, y)| (x - y) * (x - y)).sum();
-    match metric {
-        Metric::SquaredEuclidean => sq,
-        Metric::Euclidean => sq.sqrt(),
-        Metric::Cosine => {
-            let dot: f64 = f64s(a).zip(f64s(b)).map(|(x, y)| x * y).sum();
-            1.0 - dot / (norm(a).max(1e-12) * norm(b).max(1e-12))
-        }
-        _ => unreachable!("a variant this test does not know"),
-    }
-}
-
-/// Sum of the absolute terms behind one distance: its error is at most
-/// `(d / 8 + 12) * 2^-24` times this (see the distance module).
-fn dist_scale(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
-    let sq: f64 = f64s(a).zip(f64s(b)).map(|(x, y)| (x - y) * (x - y)).sum();
-    match metric {
-        Metric::SquaredEuclidean => sq,
-        Metric::Euclidean => sq.sqrt(),
-        Metric::Cosine => {
-            1.0 + f64s(a)
-                .zip(f64s(b))
-                .map(|(x, y)| (x * y).abs())
-                .sum::<f64>()
-                / (norm(a).max(1e-12) * norm(b).max(1e-12))
-        }
-        _ => unreachable!("a variant this test does not know"),
-    }
-}
-
-/// Bound on the elements of the terms the kernels add for `d d(a, b) / d a` (separately
-/// for `a` and `b`, so that their rounding is covered even when `a - b` cancels).
-fn grad_scale(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
-    let (ia, ib) = (inf_norm(a), inf_norm(b));
-    match metric {
-        Metric::SquaredEuclidean => 2.0 * (ia + ib),
-        Metric::Euclidean => {
-            let d = dist64(metric, a, b);
-            if d > 0.0 {
-                (ia + ib) / d
-            } else {
-                0.0
-            }
-        }
-        Metric::Cosine => {
-            let (na, nb) = (norm(a).max(1e-12), norm(b).max(1e-12));
-            let d = dist64(metric, a, b);
-            ib / (na * nb) + ((1.0 - d).abs() + dist_scale(metric, a, b)) * ia / (na * na)
-        }
-        _ => unreachable!("a variant this test does not know"),
-    }
-}
-
-/// `|got - want| <= tol` element-wise, with a message.
-fn assert_close(what: &str, got: &[f32], want: &[f32], tol: impl Fn(usize) -> f64) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    for (k, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let t = tol(k);
-        assert!(
-            (f64::from(g) - f64::from(w)).abs() <= t,
-            "{what}[{k}]: fast {g}, scalar {w}, tol {t}"
-        );
-    }
-}
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
 }
 
 /// A deterministic pseudo-random generator for the larger fixed cases.
@@ -1463,33 +1366,9 @@ mod proxy {
         /// `(loss tolerance, per-row factor, per-proxy factor)`: the gradient tolerance of
         /// a row is its factor divided by the row's clamped norm.
         fn tolerances(self, n: usize, c: usize, d: usize) -> (f64, f64, f64) {
-            // Accumulation lengths, plus the amplification of each similarity's or
-            // distance's own error ((d / 8 + 12) 2^-24) by the scale in the exponent.
-            let base = (n + c + d + 24) as f64;
-            let dist_err = d as f64 / 8.0 + 12.0;
             match self {
-                Which::Nca(q) => {
-                    let s = f64::from(q.softmax_scale);
-                    let k = 4.0 * EPS * (base + 4.0 * s * dist_err);
-                    // sum_c |w_ic| <= 2 s / n and sum_i |w_ic| <= 2 s, times |x^ - P^| <= 2,
-                    // times 2 for the two terms of each product and 2 for safety.
-                    (
-                        k * (4.0 * s + (c as f64).ln() + 1.0),
-                        k * 16.0 * s / n as f64,
-                        k * 16.0 * s,
-                    )
-                }
-                Which::Anchor(q) => {
-                    let a = f64::from(q.alpha);
-                    let m = f64::from(q.margin.abs());
-                    let k = 4.0 * EPS * (base + a * (1.0 + m + dist_err));
-                    // sum_c |G_ic| and sum_i |G_ic| are at most 2 alpha; 2 for safety.
-                    (
-                        k * 2.0 * (a * (1.0 + m) + (n as f64 + 1.0).ln() + 1.0),
-                        k * 4.0 * a,
-                        k * 4.0 * a,
-                    )
-                }
+                Which::Nca(q) => proxy_nca_tolerances(q, n, c, d),
+                Which::Anchor(q) => proxy_anchor_tolerances(q, n, c, d),
             }
         }
     }

@@ -33,10 +33,13 @@ use triplet_kernels::{
     Quadruplet, QuadrupletParams, Reduction, Triplet, TripletParams, NO_INDEX,
 };
 
-const EPS: f64 = f32::EPSILON as f64;
-/// Unit roundoff of `f32`.
-const U: f64 = EPS / 2.0;
-const METRICS: [Metric; 3] = [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine];
+use crate::common::bounds::{proxy_anchor_tolerances, proxy_nca_tolerances};
+use crate::common::rows::{dist64, dist_scale, grad_scale, norm};
+use crate::common::triplet_def::{
+    bounds, dist_scale as tdist_scale, eval_triplet, mined, row, slope64, Bounds, Eval,
+};
+use crate::common::{assert_close, bits, to64, EPS, METRICS, U};
+
 const SHAPES: [(usize, usize); 3] = [(37, 19), (70, 33), (45, 67)];
 
 // ---------------------------------------------------------------------------------------
@@ -108,96 +111,6 @@ fn batches() -> Vec<Batch> {
         }
     }
     out
-}
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
-
-fn to64(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| f64::from(x)).collect()
-}
-
-/// `|got - want| <= tol(k)` element-wise.
-fn assert_close(what: &str, got: &[f32], want: &[f32], tol: impl Fn(usize) -> f64) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    for (k, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let t = tol(k);
-        assert!(
-            (f64::from(g) - f64::from(w)).abs() <= t,
-            "{what}[{k}]: fast {g}, scalar {w}, tol {t:e}"
-        );
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Distances in f64 and the scales their bounds are relative to (as tests/variants.rs).
-
-fn norm(a: &[f32]) -> f64 {
-    a.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>().sqrt()
-}
-
-fn inf_norm(a: &[f32]) -> f64 {
-    a.iter().fold(0.0, |m, &v| m.max(f64::from(v).abs()))
-}
-
-fn dist64(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
-    let sq: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
-        .sum();
-    match metric {
-        Metric::SquaredEuclidean => sq,
-        Metric::Euclidean => sq.sqrt(),
-        Metric::Cosine => {
-            let dot: f64 = a
-                .iter()
-                .zip(b)
-                .map(|(&x, &y)| f64::from(x) * f64::from(y))
-                .sum();
-            1.0 - dot / (norm(a).max(1e-12) * norm(b).max(1e-12))
-        }
-        _ => unreachable!("a metric this test does not know"),
-    }
-}
-
-/// Sum of the absolute terms behind one distance (the distance itself for the Euclidean
-/// metrics, at most 2 for cosine).
-fn dist_scale(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
-    match metric {
-        Metric::Cosine => {
-            let abs: f64 = a
-                .iter()
-                .zip(b)
-                .map(|(&x, &y)| (f64::from(x) * f64::from(y)).abs())
-                .sum();
-            1.0 + abs / (norm(a).max(1e-12) * norm(b).max(1e-12))
-        }
-        m => dist64(m, a, b),
-    }
-}
-
-/// Bound on the elements of `d d(a, b) / d a` (and of the terms the kernels add for it).
-fn grad_scale(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
-    let (ia, ib) = (inf_norm(a), inf_norm(b));
-    match metric {
-        Metric::SquaredEuclidean => 2.0 * (ia + ib),
-        Metric::Euclidean => {
-            let d = dist64(metric, a, b);
-            if d > 0.0 {
-                (ia + ib) / d
-            } else {
-                0.0
-            }
-        }
-        Metric::Cosine => {
-            let (na, nb) = (norm(a).max(1e-12), norm(b).max(1e-12));
-            let d = dist64(metric, a, b);
-            ib / (na * nb) + ((1.0 - d).abs() + dist_scale(metric, a, b)) * ia / (na * na)
-        }
-        _ => unreachable!("a metric this test does not know"),
-    }
 }
 
 /// The miners' accuracy for one distance (`crate::mining`, "distances and their
@@ -369,203 +282,6 @@ fn mining_matches_scalar() {
     });
 }
 
-// ---------------------------------------------------------------------------------------
-// Triplet losses: an f64 definition for the tolerances (as tests/triplet.rs).
-
-fn row(x: &[f64], d: usize, i: usize) -> &[f64] {
-    &x[i * d..(i + 1) * d]
-}
-
-fn norm64(a: &[f64]) -> f64 {
-    a.iter().map(|v| v * v).sum::<f64>().sqrt()
-}
-
-/// `d(a, b)` with PyTorch's shift `eps`.
-fn tdist(metric: Metric, a: &[f64], b: &[f64], eps: f64) -> f64 {
-    let sq: f64 = a.iter().zip(b).map(|(u, v)| (u - v + eps).powi(2)).sum();
-    match metric {
-        Metric::SquaredEuclidean => sq,
-        Metric::Euclidean => sq.sqrt(),
-        Metric::Cosine => {
-            let dot: f64 = a.iter().zip(b).map(|(u, v)| u * v).sum();
-            1.0 - dot / (norm64(a).max(1e-12) * norm64(b).max(1e-12))
-        }
-        _ => unreachable!("a metric this test does not know"),
-    }
-}
-
-fn tdist_scale(metric: Metric, a: &[f64], b: &[f64], eps: f64) -> f64 {
-    match metric {
-        Metric::Cosine => 2.0,
-        m => tdist(m, a, b, eps),
-    }
-}
-
-/// Largest `|d d(a, b) / d a_e|` over the elements (the size of one gradient update).
-fn tgrad_scale(metric: Metric, a: &[f64], b: &[f64], eps: f64) -> f64 {
-    match metric {
-        Metric::SquaredEuclidean => {
-            2.0 * a
-                .iter()
-                .zip(b)
-                .map(|(u, v)| (u - v + eps).abs())
-                .fold(0.0, f64::max)
-        }
-        Metric::Euclidean => 1.0,
-        Metric::Cosine => {
-            let (na, nb) = (norm64(a).max(1e-12), norm64(b).max(1e-12));
-            let ma = a.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
-            let mb = b.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
-            mb / (na * nb) + 2.0 * ma / (na * na)
-        }
-        _ => unreachable!("a metric this test does not know"),
-    }
-}
-
-fn hinge64(h: Hinge, v: f64) -> f64 {
-    match h {
-        Hinge::Relu => v.max(0.0),
-        Hinge::SoftPlus => v.max(0.0) + (-v.abs()).exp().ln_1p(),
-        _ => unreachable!("a metric this test does not know"),
-    }
-}
-
-fn slope64(h: Hinge, v: f64) -> f64 {
-    match h {
-        Hinge::Relu => f64::from(u8::from(v > 0.0)),
-        Hinge::SoftPlus => 1.0 / (1.0 + (-v).exp()),
-        _ => unreachable!("a metric this test does not know"),
-    }
-}
-
-fn weight(r: Reduction, k: usize, active: usize) -> f64 {
-    let div = match r {
-        Reduction::Sum => return 1.0,
-        Reduction::Mean => k,
-        Reduction::MeanNonzero => active,
-        _ => unreachable!("a metric this test does not know"),
-    };
-    if div == 0 {
-        0.0
-    } else {
-        1.0 / div as f64
-    }
-}
-
-/// One evaluated triplet: margin value, its pairs with their distances, and the gap
-/// between the two swap candidates.
-struct Eval {
-    v: f64,
-    ap: (usize, usize, f64),
-    neg: (usize, usize, f64),
-    swap_gap: f64,
-}
-
-fn eval_triplet(x: &[f64], d: usize, t: Triplet, p: &TripletParams) -> Eval {
-    let eps = f64::from(p.eps);
-    let (a, pp, q) = (t.anchor as usize, t.positive as usize, t.negative as usize);
-    let dap = tdist(p.metric, row(x, d, a), row(x, d, pp), eps);
-    let dan = tdist(p.metric, row(x, d, a), row(x, d, q), eps);
-    let mut neg = (a, q, dan);
-    let mut gap = f64::INFINITY;
-    if p.swap {
-        let dpn = tdist(p.metric, row(x, d, pp), row(x, d, q), eps);
-        if a != pp {
-            gap = (dpn - dan).abs();
-        }
-        if dpn < dan {
-            neg = (pp, q, dpn);
-        }
-    }
-    Eval {
-        v: dap - neg.2 + f64::from(p.margin),
-        ap: (a, pp, dap),
-        neg,
-        swap_gap: gap,
-    }
-}
-
-struct Bounds {
-    loss: f64,
-    grad: Vec<f64>,
-    near_kink: bool,
-    near_swap: bool,
-}
-
-/// The documented bounds over evaluated triplets on rows `y`, with the safety factors of
-/// tests/triplet.rs. `all`: batch-all, whose terms use the mined (Gram) distances and
-/// whose gradient is GEMM-shaped (the wider bounds of `triplet_batch_loss(_grad)`).
-fn bounds(y: &[f64], n: usize, d: usize, evals: &[Eval], tp: &TripletParams, all: bool) -> Bounds {
-    let eps = f64::from(tp.eps);
-    let df = d as f64;
-    let active = evals
-        .iter()
-        .filter(|e| tp.hinge == Hinge::SoftPlus || e.v > 0.0)
-        .count();
-    let w = weight(tp.reduction, evals.len(), active);
-    let (mut loss, mut terms) = (0.0, 0.0);
-    let mut g = vec![0.0; n];
-    let mut m = vec![0usize; n];
-    let mut extra = vec![0.0; n];
-    let (mut near_kink, mut near_swap) = (false, false);
-    for e in evals {
-        let s_ap = tdist_scale(tp.metric, row(y, d, e.ap.0), row(y, d, e.ap.1), eps);
-        let s_an = tdist_scale(tp.metric, row(y, d, e.neg.0), row(y, d, e.neg.1), eps);
-        let mut dv = 4.0 * (df / 8.0 + 12.0) * EPS * (s_ap + s_an + f64::from(tp.margin).abs());
-        if all {
-            dv += 2.0
-                * match tp.metric {
-                    Metric::Cosine => 2.0 * (2.0 * df + 10.0) * U,
-                    _ => (8.0 * df + 16.0) * U * (e.ap.2 + e.neg.2),
-                };
-        }
-        near_kink |= tp.hinge == Hinge::Relu && e.v.abs() <= 2.0 * dv;
-        near_swap |= e.swap_gap <= 2.0 * dv;
-        loss += w * (dv + 8.0 * EPS * hinge64(tp.hinge, e.v));
-        terms += w * hinge64(tp.hinge, e.v);
-        let c = w * slope64(tp.hinge, e.v);
-        // Soft margin: the slope moves with the margin value's error (sigmoid' <= 1/4).
-        let dc = if tp.hinge == Hinge::SoftPlus {
-            w * dv / 4.0
-        } else {
-            0.0
-        };
-        for &(i, j, _) in &[e.ap, e.neg] {
-            let gs = tgrad_scale(tp.metric, row(y, d, i), row(y, d, j), eps).max(tgrad_scale(
-                tp.metric,
-                row(y, d, j),
-                row(y, d, i),
-                -eps,
-            ));
-            for r in [i, j] {
-                g[r] += c * gs;
-                m[r] += 1;
-                extra[r] += dc * gs;
-            }
-        }
-    }
-    if all {
-        // Relu terms of a pair summed in the backend's f32 lanes.
-        loss += 2.0 * (n as f64 / 8.0 + 5.0) * U * terms;
-    }
-    let gemm = if all {
-        2.0 * ((2.0 * n as f64 + 4.0) * (8.0 * df).sqrt() + 8.0 * df + 16.0) * U
-    } else {
-        0.0
-    };
-    let grad = (0..n)
-        .map(|r| {
-            8.0 * (m[r] as f64 + df + 16.0) * EPS * g[r] + gemm * g[r] + 2.0 * extra[r] + 1e-30
-        })
-        .collect();
-    Bounds {
-        loss: loss + 1e-30,
-        grad,
-        near_kink,
-        near_swap,
-    }
-}
-
 /// The batch loss with its gradient (fast or twin), checked against the loss-only call.
 fn batch_run(
     x: Matrix<'_>,
@@ -599,16 +315,9 @@ fn batch_run(
     (out.loss, out.num_triplets, out.num_active, grad)
 }
 
-fn mined(x: Matrix<'_>, labels: &[u32], metric: Metric, m: Mining, fast: bool) -> Vec<Triplet> {
-    let mut out = vec![Triplet::default(); mine_triplets_count(labels, m).unwrap()];
-    let mut ws = vec![0.0; mine_triplets_workspace_len(x.rows(), x.dim())];
-    if fast {
-        mine_triplets(x, labels, metric, m, &mut out, &mut ws)
-    } else {
-        scalar::mine_triplets(x, labels, metric, m, &mut out, &mut ws)
-    }
-    .unwrap();
-    out
+/// A triplet's row indices.
+fn triple(t: Triplet) -> (usize, usize, usize) {
+    (t.anchor as usize, t.positive as usize, t.negative as usize)
 }
 
 /// The twin's side of one batch-loss configuration (the same for every backend).
@@ -637,9 +346,9 @@ fn batch_twin(b: &Batch, p: BatchParams) -> BatchTwin {
     let x64 = to64(&b.data);
     let evals: Vec<Eval> = mined
         .iter()
-        .map(|&t| eval_triplet(&x64, d, t, &tp))
+        .map(|&t| eval_triplet(&x64, d, triple(t), &tp))
         .collect();
-    let bounds = bounds(&x64, n, d, &evals, &tp, p.mining == Mining::All);
+    let bounds = bounds(&x64, n, d, &evals, &tp, 0.0, p.mining == Mining::All);
     BatchTwin {
         p,
         loss,
@@ -806,9 +515,11 @@ fn margin_loss_matches_scalar() {
                         "{what}"
                     );
                     let (ls, tsl, gs) = run(false, f32::NAN);
-                    let evals: Vec<Eval> =
-                        ts.iter().map(|&t| eval_triplet(&x64, d, t, &p)).collect();
-                    let bd = bounds(&x64, n, d, &evals, &p, false);
+                    let evals: Vec<Eval> = ts
+                        .iter()
+                        .map(|&t| eval_triplet(&x64, d, triple(t), &p))
+                        .collect();
+                    let bd = bounds(&x64, n, d, &evals, &p, 0.0, false);
                     runs += 1;
                     if bd.near_kink && reduction == Reduction::MeanNonzero || bd.near_swap {
                         continue;
@@ -1253,28 +964,9 @@ impl Proxy {
     /// `(loss tolerance, per-row factor, per-proxy factor)`; a row's gradient tolerance is
     /// its factor over the row's clamped norm.
     fn tolerances(self, n: usize, c: usize, d: usize) -> (f64, f64, f64) {
-        let base = (n + c + d + 24) as f64;
-        let dist_err = d as f64 / 8.0 + 12.0;
         match self {
-            Proxy::Nca(q) => {
-                let s = f64::from(q.softmax_scale);
-                let k = 4.0 * EPS * (base + 4.0 * s * dist_err);
-                (
-                    k * (4.0 * s + (c as f64).ln() + 1.0),
-                    k * 16.0 * s / n as f64,
-                    k * 16.0 * s,
-                )
-            }
-            Proxy::Anchor(q) => {
-                let a = f64::from(q.alpha);
-                let m = f64::from(q.margin.abs());
-                let k = 4.0 * EPS * (base + a * (1.0 + m + dist_err));
-                (
-                    k * 2.0 * (a * (1.0 + m) + (n as f64 + 1.0).ln() + 1.0),
-                    k * 4.0 * a,
-                    k * 4.0 * a,
-                )
-            }
+            Proxy::Nca(q) => proxy_nca_tolerances(q, n, c, d),
+            Proxy::Anchor(q) => proxy_anchor_tolerances(q, n, c, d),
         }
     }
 }

@@ -3,7 +3,7 @@
 use super::{EPS, TINY, U};
 use triplet_kernels::{DistanceMode, Metric, ProxyAnchorParams, ProxyNcaParams};
 
-fn sq64(a: &[f32]) -> f64 {
+pub fn sq64(a: &[f32]) -> f64 {
     a.iter().map(|&v| f64::from(v).powi(2)).sum()
 }
 

@@ -4,8 +4,8 @@
 
 use super::{EPS, U};
 use triplet_kernels::{
-    mine_triplets, mine_triplets_count, mine_triplets_workspace_len, scalar, BatchParams,
-    Hinge, Matrix, Metric, Mining, Reduction, Triplet, TripletParams,
+    mine_triplets, mine_triplets_count, mine_triplets_workspace_len, scalar, BatchParams, Hinge,
+    Matrix, Metric, Mining, Reduction, Triplet, TripletParams,
 };
 
 /// Row indices of a triplet.
