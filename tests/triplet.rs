@@ -416,7 +416,10 @@ fn batch_vs_scalar(
         &evals,
         &as_triplet(&p),
         dv_extra,
-        p.mining == Mining::All,
+        // Without the batch-all terms: this file has always held batch-all to the
+        // tighter per-triplet model, and it holds; the per-backend suite checks the
+        // documented (wider) batch-all bound.
+        false,
     );
     let loss_tol = b.loss;
     // The twin against the definition.
