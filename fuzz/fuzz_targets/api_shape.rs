@@ -877,11 +877,16 @@ fn retrieval(c: &mut Case<'_>) {
         kc
     };
     knn_conds(need_f).check_twin(&knn_conds(need_s), "knn", &rf, &rs);
-    if rf.is_err() {
-        assert!(
-            untouched(&i_f, GI) && untouched(&i_s, GI) && untouched(&d_f, G) && untouched(&d_s, G)
-        );
-    }
+    // The fast kernel and the twin size their workspaces differently (the fast one needs
+    // more for a small gallery, less for a large one), so each call is checked on its own.
+    assert!(
+        rf.is_ok() || untouched(&i_f, GI) && untouched(&d_f, G),
+        "knn wrote on Err"
+    );
+    assert!(
+        rs.is_ok() || untouched(&i_s, GI) && untouched(&d_s, G),
+        "twin knn wrote on Err"
+    );
 
     let classes = c.g.range(1, 4);
     let ll = c.len_near(n);
