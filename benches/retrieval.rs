@@ -8,7 +8,8 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use triplet_kernels::{
     cross_distances, cross_distances_workspace_len, knn, knn_workspace_len, retrieval_metrics,
-    retrieval_metrics_workspace_len, scalar, Matrix, Metric,
+    retrieval_metrics_workspace_len, scalar, verification_metrics,
+    verification_metrics_workspace_len, Matrix, Metric, Score,
 };
 
 const QUERIES: usize = 1024;
@@ -128,6 +129,51 @@ fn bench(c: &mut Criterion) {
                 Some((black_box(y), &yl)),
                 Metric::Cosine,
                 1,
+                &mut ws,
+            )
+            .unwrap()
+        });
+    });
+    g.finish();
+    verification(c);
+}
+
+/// Verification metrics of 2,000 genuine and 20,000 impostor cosine similarities drawn from
+/// two overlapping distributions (fast: two radix sorts and a merge; twin: pair counting,
+/// quadratic). Throughput counts scores.
+fn verification(c: &mut Criterion) {
+    const GENUINE: usize = 2_000;
+    const IMPOSTOR: usize = 20_000;
+    let mut rng = Rng::new(0x0bad_cafe);
+    let genuine: Vec<f32> = (0..GENUINE).map(|_| 0.5 + 0.3 * rng.uniform()).collect();
+    let impostor: Vec<f32> = (0..IMPOSTOR).map(|_| 0.3 * rng.uniform()).collect();
+    let fars = [1e-4, 1e-3, 1e-2];
+    let mut tar = [0.0_f64; 3];
+    let mut ws = vec![0.0_f32; verification_metrics_workspace_len(GENUINE, IMPOSTOR)];
+    let mut g = c.benchmark_group("verification_metrics_g2000_i20000");
+    g.throughput(Throughput::Elements((GENUINE + IMPOSTOR) as u64));
+    g.sample_size(10);
+    g.bench_function("fast", |b| {
+        b.iter(|| {
+            verification_metrics(
+                black_box(&genuine),
+                black_box(&impostor),
+                Score::Similarity,
+                &fars,
+                &mut tar,
+                &mut ws,
+            )
+            .unwrap()
+        });
+    });
+    g.bench_function("scalar", |b| {
+        b.iter(|| {
+            scalar::verification_metrics(
+                black_box(&genuine),
+                black_box(&impostor),
+                Score::Similarity,
+                &fars,
+                &mut tar,
                 &mut ws,
             )
             .unwrap()
