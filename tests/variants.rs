@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use triplet_kernels::{Matrix, Metric};
 
 mod common;
-use common::bounds::{proxy_anchor_tolerances, proxy_nca_tolerances};
+use common::bounds::{assert_proxy_close, proxy_anchor_tolerances, proxy_nca_tolerances};
 use common::rows::{dist64, dist_scale, grad_scale, norm};
 use common::strategies::{int_value, value};
 use common::{assert_close, bits, EPS, METRICS};
@@ -1402,23 +1402,13 @@ mod proxy {
             which.loss(false, x, labels, p, &mut ws).unwrap().to_bits(),
             ls.to_bits()
         );
-        assert!(
-            lf.is_finite() && gf.iter().chain(&gpf).all(|v| v.is_finite()),
-            "{which:?}: non-finite"
+        assert_proxy_close(
+            &format!("{which:?}"),
+            (x, p),
+            (lf, &gf, &gpf),
+            (ls, &gs, &gps),
+            which.tolerances(n, c, d),
         );
-        let (lt, rt, pt) = which.tolerances(n, c, d);
-        assert!(
-            (f64::from(lf) - f64::from(ls)).abs() <= lt,
-            "{which:?}: loss {lf} vs {ls}, tol {lt}"
-        );
-        let rn: Vec<f64> = x.row_iter().map(|r| norm(r).max(1e-12)).collect();
-        let pn: Vec<f64> = p.row_iter().map(|r| norm(r).max(1e-12)).collect();
-        assert_close(&format!("{which:?} grad"), &gf, &gs, |k| {
-            rt / rn[k / d] + 1e-30
-        });
-        assert_close(&format!("{which:?} grad_proxies"), &gpf, &gps, |k| {
-            pt / pn[k / d] + 1e-30
-        });
     }
 
     proptest! {

@@ -33,8 +33,8 @@ use triplet_kernels::{
     Quadruplet, QuadrupletParams, Reduction, Triplet, TripletParams, NO_INDEX,
 };
 
-use crate::common::bounds::{proxy_anchor_tolerances, proxy_nca_tolerances};
-use crate::common::rows::{dist64, dist_scale, grad_scale, norm};
+use crate::common::bounds::{assert_proxy_close, proxy_anchor_tolerances, proxy_nca_tolerances};
+use crate::common::rows::{dist64, dist_scale, grad_scale};
 use crate::common::triplet_def::{
     bounds, dist_scale as tdist_scale, eval_triplet, mined, row, slope64, Bounds, Eval,
 };
@@ -995,23 +995,13 @@ fn proxy_losses_match_scalar() {
                     let what = format!("{} {which:?} {}", backend.name(), b.name());
                     let (lf, gf, gpf) = which.run(true, x, &labels, p);
                     let (ls, gs, gps) = which.run(false, x, &labels, p);
-                    assert!(
-                        lf.is_finite() && gf.iter().chain(&gpf).all(|v| v.is_finite()),
-                        "{what}"
+                    assert_proxy_close(
+                        &what,
+                        (x, p),
+                        (lf, &gf, &gpf),
+                        (ls, &gs, &gps),
+                        which.tolerances(n, c, d),
                     );
-                    let (lt, rt, pt) = which.tolerances(n, c, d);
-                    assert!(
-                        (f64::from(lf) - f64::from(ls)).abs() <= lt,
-                        "{what}: loss {lf} vs {ls}, tol {lt:e}"
-                    );
-                    let rn: Vec<f64> = x.row_iter().map(|r| norm(r).max(1e-12)).collect();
-                    let pn: Vec<f64> = p.row_iter().map(|r| norm(r).max(1e-12)).collect();
-                    assert_close(&format!("{what} grad"), &gf, &gs, |k| {
-                        rt / rn[k / d] + 1e-30
-                    });
-                    assert_close(&format!("{what} grad_proxies"), &gpf, &gps, |k| {
-                        pt / pn[k / d] + 1e-30
-                    });
                 }
             }
         },

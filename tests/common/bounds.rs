@@ -1,7 +1,8 @@
 //! Documented error bounds of the distance matrices and of the proxy losses.
 
-use super::{EPS, TINY, U};
-use triplet_kernels::{DistanceMode, Metric, ProxyAnchorParams, ProxyNcaParams};
+use super::rows::norm;
+use super::{assert_close, EPS, TINY, U};
+use triplet_kernels::{DistanceMode, Matrix, Metric, ProxyAnchorParams, ProxyNcaParams};
 
 pub fn sq64(a: &[f32]) -> f64 {
     a.iter().map(|&v| f64::from(v).powi(2)).sum()
@@ -81,4 +82,32 @@ pub fn proxy_anchor_tolerances(
         k * 4.0 * a,
         k * 4.0 * a,
     )
+}
+
+/// One proxy loss's fast result `(loss, grad, grad_proxies)` against its twin's, within
+/// the tolerances `(loss, per-row factor, per-proxy factor)` of
+/// [`proxy_nca_tolerances`] / [`proxy_anchor_tolerances`]: finite everywhere, the loss
+/// within its tolerance, each gradient row within its factor over the row's clamped norm.
+pub fn assert_proxy_close(
+    what: &str,
+    (x, p): (Matrix<'_>, Matrix<'_>),
+    (lf, gf, gpf): (f32, &[f32], &[f32]),
+    (ls, gs, gps): (f32, &[f32], &[f32]),
+    (lt, rt, pt): (f64, f64, f64),
+) {
+    let d = x.dim();
+    assert!(
+        lf.is_finite() && gf.iter().chain(gpf).all(|v| v.is_finite()),
+        "{what}: non-finite"
+    );
+    assert!(
+        (f64::from(lf) - f64::from(ls)).abs() <= lt,
+        "{what}: loss {lf} vs {ls}, tol {lt:e}"
+    );
+    let rn: Vec<f64> = x.row_iter().map(|r| norm(r).max(1e-12)).collect();
+    let pn: Vec<f64> = p.row_iter().map(|r| norm(r).max(1e-12)).collect();
+    assert_close(&format!("{what} grad"), gf, gs, |k| rt / rn[k / d] + 1e-30);
+    assert_close(&format!("{what} grad_proxies"), gpf, gps, |k| {
+        pt / pn[k / d] + 1e-30
+    });
 }
