@@ -9,8 +9,8 @@ use crate::simd::{self, Backend, Kernel, Simd};
 
 /// One distance between two rows, computed directly (`sum (a_i - b_i)^2`, no Gram form);
 /// `na`, `nb` are their clamped norms (read for cosine only, see
-/// [`clamped_row_norms`](super::clamped_row_norms)).
-/// [`distance_with`] is the same arithmetic inside a [`Kernel`].
+/// [`clamped_row_norms`](super::clamped_row_norms)): [`distance_with`] on `backend`, for
+/// callers outside a [`Kernel`].
 #[inline]
 pub(crate) fn distance(
     backend: Backend,
@@ -20,15 +20,33 @@ pub(crate) fn distance(
     na: f32,
     nb: f32,
 ) -> f32 {
-    match metric {
-        Metric::SquaredEuclidean => simd::sq_dist(backend, a, b),
-        Metric::Euclidean => euclidean_from_sq(simd::sq_dist(backend, a, b), a, b, 0.0),
-        Metric::Cosine => 1.0 - simd::dot(backend, a, b) / (na * nb),
+    backend.dispatch(Distance {
+        metric,
+        a,
+        b,
+        na,
+        nb,
+    })
+}
+
+/// Kernel of [`distance`].
+struct Distance<'a> {
+    metric: Metric,
+    a: &'a [f32],
+    b: &'a [f32],
+    na: f32,
+    nb: f32,
+}
+impl Kernel for Distance<'_> {
+    type Output = f32;
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) -> f32 {
+        distance_with(s, self.metric, self.a, self.b, self.na, self.nb)
     }
 }
 
-/// [`distance`] on the backend `s`, for code generic over [`Simd`] (inlined into the
-/// caller's target-feature entry point).
+/// One distance between two rows on the backend `s` (see [`distance`]), for code generic
+/// over [`Simd`] (inlined into the caller's target-feature entry point).
 #[inline(always)]
 pub(crate) fn distance_with<S: Simd>(
     s: S,
