@@ -7,7 +7,7 @@ use crate::distance::Metric;
 use crate::error::Error;
 use crate::matrix::Matrix;
 use crate::scalar::acc::{check_twin_workspace, Acc64};
-use crate::scalar::distance::{add_distance_grad64, distance64};
+use crate::scalar::distance::{distance64, pair_grad64};
 use crate::scalar::reduce::weight64;
 
 /// Workspace elements that the twins [`contrastive_loss`] and [`contrastive_loss_grad`]
@@ -208,12 +208,8 @@ pub fn contrastive_loss_grad(
             let d = distance64(metric, a, b);
             let (_, slope) = term64(&params, positive, d);
             let coef = slope * if positive { wp } else { wn };
-            if coef == 0.0 {
-                continue;
-            }
             // The term of (i, j) depends on both rows.
-            add_distance_grad64(metric, a, b, d, coef, &mut acc, i);
-            add_distance_grad64(metric, b, a, d, coef, &mut acc, j);
+            pair_grad64(metric, (i, a), (j, b), d, 0.0, coef, &mut acc);
         }
     }
     acc.finish();

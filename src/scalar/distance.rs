@@ -327,9 +327,47 @@ pub(crate) fn clamped_norm64(a: &[f32]) -> f64 {
     clamp64(norm64(a))
 }
 
+/// The twin of the fast kernels' one pair gradient (`distance::pair_grad_with`): adds
+/// `coef * d d(a, b) / d a` to row `i` of `acc` and `coef * d d(a, b) / d b` to row `j`,
+/// every contribution formed and summed in `f64`; `dist = d(a, b)` in `f64`, with
+/// PyTorch's shift `eps` of the difference vector (Euclidean metrics only, 0 elsewhere).
+/// Nothing when `i == j` (the distance of a row to itself is constant) or `coef == 0`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pair_grad64(
+    metric: Metric,
+    (i, a): (usize, &[f32]),
+    (j, b): (usize, &[f32]),
+    dist: f64,
+    eps: f64,
+    coef: f64,
+    acc: &mut Acc64<'_>,
+) {
+    if coef == 0.0 || i == j {
+        return;
+    }
+    if eps == 0.0 {
+        add_distance_grad64(metric, a, b, dist, coef, acc, i);
+        add_distance_grad64(metric, b, a, dist, coef, acc, j);
+        return;
+    }
+    // d d/d a = k (a - b + eps), d d/d b = -k (a - b + eps).
+    let k = match metric {
+        Metric::SquaredEuclidean => 2.0 * coef,
+        Metric::Euclidean if dist > 0.0 => coef / dist,
+        _ => return,
+    };
+    let diff = || {
+        a.iter()
+            .zip(b)
+            .map(move |(&u, &v)| k * (f64::from(u) - f64::from(v) + eps))
+    };
+    acc.add_row(i, a.len(), diff());
+    acc.add_row(j, a.len(), diff().map(|t| -t));
+}
+
 /// Adds `coef * d d(a, b) / d a` to row `row` of `acc`, every contribution formed and
-/// summed in `f64`. `dist = d(a, b)` in `f64`. Same formulas as the fast path's helper
-/// (see `distance::add_distance_grad`), written out per element.
+/// summed in `f64`. `dist = d(a, b)` in `f64`: one side of [`pair_grad64`], written out
+/// per element (the proxy twins call it for a row and a proxy held in two accumulators).
 pub(crate) fn add_distance_grad64(
     metric: Metric,
     a: &[f32],

@@ -7,7 +7,7 @@ use crate::quadruplet::{
     check_mining, check_quadruplet, is_active, select, Quadruplet, QuadrupletParams,
 };
 use crate::scalar::acc::{check_twin_workspace, Acc64};
-use crate::scalar::distance::{add_distance_grad64, distance64};
+use crate::scalar::distance::{distance64, pair_grad64};
 use crate::scalar::reduce::{hinge64, slope64, weight64};
 
 /// Workspace elements that the twins [`quadruplet_loss`] and [`quadruplet_loss_grad`] need
@@ -78,22 +78,6 @@ fn forward64(
         active += usize::from(is_active(params.hinge, v1, v2));
     }
     (sum, active)
-}
-
-/// Adds `coef * d d(x_i, x_j)` to rows `i` and `j` of `acc`.
-fn add_pair64(
-    metric: Metric,
-    acc: &mut Acc64<'_>,
-    (i, a): (usize, &[f32]),
-    (j, b): (usize, &[f32]),
-    dist: f64,
-    coef: f64,
-) {
-    if coef == 0.0 || i == j {
-        return;
-    }
-    add_distance_grad64(metric, a, b, dist, coef, acc, i);
-    add_distance_grad64(metric, b, a, dist, coef, acc, j);
 }
 
 /// Scalar twin of [`crate::quadruplet_loss`]: the formula per quadruplet in `f64`.
@@ -179,9 +163,9 @@ pub fn quadruplet_loss_grad(
         let s2 = w * slope64(params.hinge, v2);
         let [ia, ip, in1, in2] = q.to_array().map(|v| v as usize);
         let [a, p, n1, n2] = r;
-        add_pair64(metric, &mut acc, (ia, a), (ip, p), d[0], s1 + s2);
-        add_pair64(metric, &mut acc, (ia, a), (in1, n1), d[1], -s1);
-        add_pair64(metric, &mut acc, (in1, n1), (in2, n2), d[2], -s2);
+        pair_grad64(metric, (ia, a), (ip, p), d[0], 0.0, s1 + s2, &mut acc);
+        pair_grad64(metric, (ia, a), (in1, n1), d[1], 0.0, -s1, &mut acc);
+        pair_grad64(metric, (in1, n1), (in2, n2), d[2], 0.0, -s2, &mut acc);
     }
     acc.finish();
     Ok((sum * w) as f32)

@@ -7,7 +7,7 @@ use crate::matrix::Matrix;
 use crate::mining::Triplet;
 use crate::reduce::Hinge;
 use crate::scalar::acc::{check_twin_workspace, Acc64};
-use crate::scalar::distance::{add_distance_grad64, distance64, normalize_backward64};
+use crate::scalar::distance::{distance64, normalize_backward64, pair_grad64};
 use crate::scalar::l2_normalize;
 use crate::scalar::mining::{for_each_triplet64, pair64};
 use crate::scalar::reduce::{hinge64, slope64, weight64};
@@ -75,7 +75,7 @@ fn distance_eps64(metric: Metric, a: &[f32], b: &[f32], eps: f64) -> f64 {
     }
 }
 
-/// Adds `coef * d d(x_i, x_j) / d x` to the rows `i` and `j` of `acc`, `dist = d(x_i, x_j)`.
+/// [`pair_grad64`] on rows `i` and `j` of `x`.
 #[allow(clippy::too_many_arguments)]
 fn add_pair_grad64(
     metric: Metric,
@@ -87,28 +87,9 @@ fn add_pair_grad64(
     coef: f64,
     acc: &mut Acc64<'_>,
 ) {
-    let dim = x.dim();
-    let (Some(a), Some(b)) = (x.row(i), x.row(j)) else {
-        return;
-    };
-    if eps == 0.0 {
-        add_distance_grad64(metric, a, b, dist, coef, acc, i);
-        add_distance_grad64(metric, b, a, dist, coef, acc, j);
-        return;
+    if let (Some(a), Some(b)) = (x.row(i), x.row(j)) {
+        pair_grad64(metric, (i, a), (j, b), dist, eps, coef, acc);
     }
-    // d d/d a = k (a - b + eps), d d/d b = -k (a - b + eps).
-    let k = match metric {
-        Metric::SquaredEuclidean => 2.0 * coef,
-        Metric::Euclidean if dist > 0.0 => coef / dist,
-        _ => return,
-    };
-    let diff = || {
-        a.iter()
-            .zip(b)
-            .map(move |(&u, &v)| k * (f64::from(u) - f64::from(v) + eps))
-    };
-    acc.add_row(i, dim, diff());
-    acc.add_row(j, dim, diff().map(|t| -t));
 }
 
 /// The `f64` twin of [`Hinge::is_active`]: relu terms with `v > 0`, every soft-margin term
