@@ -257,22 +257,6 @@ pub fn verification_metrics(
     let (gs, is) = workspace.split_at(g.min(workspace.len()));
     let is = is.get(..i).unwrap_or(&[]);
 
-    // AUC: for each genuine score, the impostors strictly below it and those equal.
-    let mut pairs2 = 0_u128; // twice the count of (genuine > impostor) + ties
-    let (mut below_start, mut tie_start) = (0_usize, 0_usize);
-    for &s in gs.iter().rev() {
-        // `is` descending: impostors < s are a suffix; walk from the least alike end.
-        while below_start < i && is.get(i - 1 - below_start).is_some_and(|&v| v < s) {
-            below_start += 1;
-        }
-        tie_start = tie_start.max(below_start);
-        while tie_start < i && is.get(i - 1 - tie_start).is_some_and(|&v| v <= s) {
-            tie_start += 1;
-        }
-        pairs2 += 2 * below_start as u128 + (tie_start - below_start) as u128;
-    }
-    let roc_auc = pairs2 as f64 / (2.0 * g as f64 * i as f64);
-
     // TAR at each FAR: accept scores strictly above the (k + 1)-th best impostor.
     for (t, &f) in tar_at_far.iter_mut().zip(far_targets) {
         let k = allowed_false_accepts(f, i);
@@ -282,11 +266,14 @@ pub fn verification_metrics(
         };
     }
 
-    // EER: sweep the distinct scores from most to least alike.
+    // One sweep over the distinct scores, from most to least alike, for the AUC and the
+    // EER. At each score, the `db` impostors there lose to the genuine pairs accepted
+    // before it and tie with those accepted at it: twice their Mann-Whitney count is
+    // `db (a_before + a_after)`, exact in integers.
     let (mut a, mut b) = (0_usize, 0_usize); // genuine / impostor accepted so far
+    let mut pairs2 = 0_u128;
     let mut prev = (0.0_f64, 1.0_f64); // (FAR, FRR) accepting nothing
-    let mut eer = 0.0;
-    let mut eer_threshold = f32::INFINITY;
+    let mut eer = None;
     loop {
         let next = match (gs.get(a), is.get(b)) {
             (Some(&x), Some(&y)) => x.max(y),
@@ -294,20 +281,23 @@ pub fn verification_metrics(
             (None, Some(&y)) => y,
             (None, None) => break,
         };
+        let (a0, b0) = (a, b);
         while gs.get(a).is_some_and(|&v| v >= next) {
             a += 1;
         }
         while is.get(b).is_some_and(|&v| v >= next) {
             b += 1;
         }
+        pairs2 += (b - b0) as u128 * (a0 + a) as u128;
         let cur = (b as f64 / i as f64, 1.0 - a as f64 / g as f64);
-        if cur.0 >= cur.1 {
-            eer = interpolate_eer(prev, cur);
-            eer_threshold = sign * next;
-            break;
+        if eer.is_none() && cur.0 >= cur.1 {
+            eer = Some((interpolate_eer(prev, cur), sign * next));
         }
         prev = cur;
     }
+    let roc_auc = pairs2 as f64 / (2.0 * g as f64 * i as f64);
+    // Accepting everything gives FAR 1 >= FRR 0, so the sweep always crosses.
+    let (eer, eer_threshold) = eer.unwrap_or((0.0, f32::INFINITY));
     Ok(VerificationMetrics {
         roc_auc,
         eer,
