@@ -289,11 +289,13 @@ pub fn verification_metrics(
             b += 1;
         }
         pairs2 += (b - b0) as u128 * (a0 + a) as u128;
-        let cur = (b as f64 / i as f64, 1.0 - a as f64 / g as f64);
-        if eer.is_none() && cur.0 >= cur.1 {
-            eer = Some((interpolate_eer(prev, cur), sign * next));
+        if eer.is_none() {
+            let cur = (b as f64 / i as f64, 1.0 - a as f64 / g as f64);
+            if cur.0 >= cur.1 {
+                eer = Some((interpolate_eer(prev, cur), sign * next));
+            }
+            prev = cur;
         }
-        prev = cur;
     }
     let roc_auc = pairs2 as f64 / (2.0 * g as f64 * i as f64);
     // Accepting everything gives FAR 1 >= FRR 0, so the sweep always crosses.
