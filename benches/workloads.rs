@@ -178,5 +178,92 @@ fn batch_losses(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, w1, row_blocks, batch_losses);
+// ---------------------------------------------------------------------------------------
+// R1..R5: exact k-NN and retrieval metrics, as the `RETRIEVAL` table defines them.
+// Throughput is `2 nq ng d` (the brute-force search's FLOPs). Outputs, workspaces and the
+// prepared gallery (R4) are made outside the timed loop; the two-thread form splits the
+// queries in two blocks, each thread with its own workspace, spawned inside the loop.
+
+fn retrieval(c: &mut Criterion) {
+    use std::time::Duration;
+    use triplet_kernels::{
+        gallery_norms_len, knn, knn_gallery, knn_gallery_workspace_len, knn_workspace_len,
+        prepare_gallery, retrieval_metrics, retrieval_metrics_workspace_len,
+    };
+    use workloads::{Search, RETRIEVAL};
+    for w in &RETRIEVAL {
+        let (qd, gd) = (w.queries(), w.gallery());
+        let q = Matrix::new(&qd, w.nq, w.d).unwrap();
+        let y = Matrix::new(&gd, w.ng, w.d).unwrap();
+        let mut g = c.benchmark_group("workloads");
+        g.throughput(Throughput::Elements(2 * w.multiply_adds()));
+        if w.multiply_adds() > 1 << 30 {
+            // R3: a few hundred ms per call.
+            g.sample_size(10)
+                .warm_up_time(Duration::from_secs(1))
+                .measurement_time(Duration::from_secs(5));
+        }
+        match w.search {
+            Search::Knn { k, threads } => {
+                let per = w.nq.div_ceil(threads);
+                let mut idx = vec![0_u32; w.nq * k];
+                let mut dist = vec![0.0_f32; w.nq * k];
+                let mut wss: Vec<Vec<f32>> = (0..threads)
+                    .map(|_| vec![0.0; knn_workspace_len(per, w.ng, w.d)])
+                    .collect();
+                g.bench_function(w.id, |b| {
+                    b.iter(|| {
+                        std::thread::scope(|sc| {
+                            let parts = idx
+                                .chunks_mut(per * k)
+                                .zip(dist.chunks_mut(per * k))
+                                .zip(wss.iter_mut())
+                                .enumerate();
+                            for (t, ((i, dd), ws)) in parts {
+                                let rows = i.len() / k;
+                                let qs = &qd[t * per * w.d..(t * per + rows) * w.d];
+                                let qb = Matrix::new(qs, rows, w.d).unwrap();
+                                let mut job = move || {
+                                    knn(black_box(qb), Some(y), w.metric, k, i, dd, ws).unwrap();
+                                };
+                                if threads == 1 {
+                                    job();
+                                } else {
+                                    sc.spawn(job);
+                                }
+                            }
+                        });
+                    });
+                });
+            }
+            Search::KnnPrepared { k } => {
+                let mut norms = vec![0.0_f32; gallery_norms_len(w.ng)];
+                let gallery = prepare_gallery(y, w.metric.into(), &mut norms).unwrap();
+                let mut idx = vec![0_u32; w.nq * k];
+                let mut dist = vec![0.0_f32; w.nq * k];
+                let mut ws = vec![0.0_f32; knn_gallery_workspace_len(w.nq, w.ng, w.d)];
+                g.bench_function(w.id, |b| {
+                    b.iter(|| {
+                        knn_gallery(black_box(q), &gallery, k, &mut idx, &mut dist, &mut ws)
+                            .unwrap();
+                    });
+                });
+            }
+            Search::Metrics => {
+                let ql: Vec<u32> = (0..w.nq as u32).map(|i| i % 100).collect();
+                let gl: Vec<u32> = (0..w.ng as u32).map(|i| i % 100).collect();
+                let mut ws = vec![0.0_f32; retrieval_metrics_workspace_len(w.nq, w.ng, w.d)];
+                g.bench_function(w.id, |b| {
+                    b.iter(|| {
+                        retrieval_metrics(black_box(q), &ql, Some((y, &gl)), w.metric, 10, &mut ws)
+                            .unwrap()
+                    });
+                });
+            }
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, w1, row_blocks, batch_losses, retrieval);
 criterion_main!(benches);

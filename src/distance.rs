@@ -318,6 +318,7 @@ pub(crate) fn pairwise_distances_on(
         pairwise: true,
         metric,
         mode: DistanceMode::Gram,
+        neg_dot: false,
         out,
         ws: workspace,
     });
@@ -401,6 +402,7 @@ pub(crate) fn pairwise_distances_rows_on(
         pairwise: true,
         metric,
         mode,
+        neg_dot: false,
         out: out_block,
         ws: workspace,
     });
@@ -484,6 +486,7 @@ pub(crate) fn cross_distances_on(
         pairwise: false,
         metric,
         mode: DistanceMode::Gram,
+        neg_dot: false,
         out,
         ws: workspace,
     });
@@ -564,10 +567,50 @@ pub(crate) fn cross_distances_rows_on(
         pairwise: false,
         metric,
         mode,
+        neg_dot: false,
         out: out_block,
         ws: workspace,
     });
     Ok(())
+}
+
+/// The block of rows `rows` of `x` against every row of `y` into `out` (`rows.len() *
+/// y.rows()` values), as [`cross_distances_rows`] computes it, for callers that have
+/// validated the shapes and sized `ws` with [`cross_distances_rows_workspace_len`]
+/// (nothing is written when they are short); `-<x_i, y_j>` instead when `neg_dot`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn cross_tile_on(
+    backend: Backend,
+    x: Matrix<'_>,
+    rows: Range<usize>,
+    y: Matrix<'_>,
+    metric: Metric,
+    mode: DistanceMode,
+    neg_dot: bool,
+    out: &mut [f32],
+    ws: &mut [f32],
+) {
+    let (r0, r1) = (rows.start, rows.end);
+    let fits = r0 <= r1
+        && r1 <= x.rows()
+        && x.dim() == y.dim()
+        && out.len() == (r1 - r0).saturating_mul(y.rows())
+        && ws.len() >= tile::block_workspace_len(r1 - r0, y.rows(), x.dim());
+    if !fits {
+        return;
+    }
+    backend.dispatch(tile::Block {
+        a: x,
+        r0,
+        r1,
+        b: y,
+        pairwise: false,
+        metric,
+        mode,
+        neg_dot,
+        out,
+        ws,
+    });
 }
 
 // ---------------------------------------------------------------------------------------

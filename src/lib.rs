@@ -69,7 +69,11 @@
 //!   [`proxy_anchor_loss_workspace_len`]: Proxy-Anchor ([`ProxyAnchorParams`]), likewise.
 //!
 //! **[Retrieval](retrieval)**
-//! - [`knn`] / [`knn_workspace_len`]: the `k` nearest references of every query, streamed.
+//! - [`knn`] / [`knn_workspace_len`]: the `k` nearest references of every query, streamed
+//!   over Gram tiles, exact in the direct form.
+//! - [`prepare_gallery`] / [`gallery_norms_len`]: a [`Gallery`] enrolled once (rows, norm
+//!   terms, [`SearchMetric`], inner product included); [`knn_gallery`] /
+//!   [`knn_gallery_workspace_len`]: k-NN against it.
 //! - [`retrieval_metrics`] / [`retrieval_metrics_workspace_len`]: precision@1, recall@k,
 //!   R-precision and MAP@R ([`RetrievalMetrics`]).
 //!
@@ -218,6 +222,10 @@ pub use proxy::{
 pub use quadruplet::{
     mine_quadruplets, mine_quadruplets_count, mine_quadruplets_workspace_len, quadruplet_loss,
     quadruplet_loss_grad, quadruplet_loss_workspace_len, Quadruplet, QuadrupletParams,
+};
+pub use retrieval::{
+    gallery_norms_len, knn_gallery, knn_gallery_workspace_len, prepare_gallery, Gallery,
+    SearchMetric,
 };
 pub use retrieval::{
     knn, knn_workspace_len, retrieval_metrics, retrieval_metrics_workspace_len, RetrievalMetrics,

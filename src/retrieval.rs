@@ -17,24 +17,24 @@
 //! The streaming design (no `n x m` matrix; workspace linear in `n + m`) is documented
 //! on [`knn`], in its public docs.
 
-use crate::distance::{clamped_row_norms, distance, Metric};
+mod gallery;
+mod heap;
+mod search;
+
+pub use gallery::{
+    gallery_norms_len, knn_gallery, knn_gallery_workspace_len, prepare_gallery, Gallery,
+    SearchMetric,
+};
+
+use crate::distance::{metric_norms, Metric};
 use crate::error::Error;
 use crate::math;
 use crate::matrix::Matrix;
 use crate::simd::Backend;
 use crate::validate::{check_finite, check_labels, check_len, check_workspace, checked_area};
 use crate::workspace::{max_len, min_len, Carve};
-
-/// Queries per block of the streaming pass.
-const QUERY_BLOCK: usize = 16;
-/// References per block of the streaming pass.
-const REFERENCE_BLOCK: usize = 256;
-
-/// Workspace of the fast streaming pass: reference norms, query norms, one tile.
-const fn stream_len(queries: usize, references: usize) -> usize {
-    let tile = min_len(QUERY_BLOCK, queries).saturating_mul(min_len(REFERENCE_BLOCK, references));
-    references.saturating_add(queries).saturating_add(tile)
-}
+use heap::Heap;
+use search::{stream_len, Rank, Stream, QUERY_BLOCK};
 
 /// Workspace of the scalar twins: one `(f64 distance, f64 index)` pair per reference, in
 /// `f32` words, plus one word to reach `f64` alignment.
@@ -43,14 +43,15 @@ pub(crate) const fn scalar_len(references: usize) -> usize {
 }
 
 /// Workspace elements that [`knn`] needs for `queries` queries against `references`
-/// references of dimension `dim`: `references + queries + min(queries, 16) *
-/// min(references, 256)` (the cosine norms and one distance tile). For leave-one-out
+/// references of dimension `dim`: `references + 2 queries + qb rb +`
+/// [`crate::cross_distances_rows_workspace_len`]`(qb, rb, dim)` with `qb = min(queries,
+/// 128)` and `rb = min(references, 512)` (the norm terms, the heap sizes, one Gram tile
+/// and its packed rows; see [`knn`]'s streaming design). For leave-one-out
 /// retrieval pass `references = queries`. Linear in `queries + references`; saturates
 /// instead of overflowing. The scalar twin has its own,
 /// [`crate::scalar::knn_workspace_len`].
 pub const fn knn_workspace_len(queries: usize, references: usize, dim: usize) -> usize {
-    let _ = dim;
-    stream_len(queries, references)
+    stream_len(queries, references, dim)
 }
 
 /// Workspace elements that [`retrieval_metrics`] needs for `queries` queries against
@@ -64,8 +65,7 @@ pub const fn retrieval_metrics_workspace_len(
     references: usize,
     dim: usize,
 ) -> usize {
-    let _ = dim;
-    stream_len(queries, references).saturating_add(references.saturating_mul(2))
+    stream_len(queries, references, dim).saturating_add(references.saturating_mul(2))
 }
 
 /// The four retrieval metrics of [`retrieval_metrics`], each a mean over the evaluated
@@ -295,226 +295,20 @@ pub(crate) fn ranking_metric(metric: Metric) -> Metric {
     }
 }
 
-/// `true` when key `(da, ia)` ranks strictly before `(db, ib)`: smaller distance first,
-/// NaN after every number, equal distances (and NaN against NaN) by smaller index.
-#[inline]
-fn before(da: f32, ia: u32, db: f32, ib: u32) -> bool {
-    if da < db {
-        true
-    } else if da == db {
-        ia < ib
-    } else {
-        // `da > db`, or at least one is NaN.
-        match (da.is_nan(), db.is_nan()) {
-            (false, true) => true,
-            (true, true) => ia < ib,
-            _ => false,
-        }
-    }
-}
-
-/// The `cap` nearest candidates seen so far, as a max-heap (farthest at the root) over
-/// two parallel slices of length `cap`.
-struct Heap<'s> {
-    dist: &'s mut [f32],
-    idx: &'s mut [u32],
-    len: usize,
-}
-
-impl<'s> Heap<'s> {
-    fn new(dist: &'s mut [f32], idx: &'s mut [u32]) -> Self {
-        let cap = dist.len().min(idx.len());
-        Heap {
-            dist: dist.split_at_mut(cap).0,
-            idx: idx.split_at_mut(cap).0,
-            len: 0,
-        }
-    }
-
-    fn empty() -> Heap<'static> {
-        Heap {
-            dist: &mut [],
-            idx: &mut [],
-            len: 0,
-        }
-    }
-
-    #[inline]
-    fn key(&self, i: usize) -> Option<(f32, u32)> {
-        Some((*self.dist.get(i)?, *self.idx.get(i)?))
-    }
-
-    #[inline]
-    fn set(&mut self, i: usize, d: f32, j: u32) {
-        if let (Some(sd), Some(sj)) = (self.dist.get_mut(i), self.idx.get_mut(i)) {
-            *sd = d;
-            *sj = j;
-        }
-    }
-
-    /// Offers the candidates `row[r]`, reference `start + r`, except `r == skip`. Every
-    /// index offered must be above every index already held (the streaming order), so a
-    /// candidate whose distance equals the farthest kept one loses the tie: the common
-    /// case costs one comparison.
-    #[inline]
-    fn offer(&mut self, row: &[f32], start: usize, skip: usize) {
-        let cap = self.dist.len();
-        let mut full = self.len == cap;
-        let mut worst = self.dist.first().copied().unwrap_or(f32::NAN);
-        for (r, &d) in row.iter().enumerate() {
-            // Kept when nearer than the farthest kept entry, or a number against its NaN.
-            let nearer = d < worst || (worst.is_nan() && !d.is_nan());
-            if full && !nearer {
-                continue;
-            }
-            if r == skip {
-                continue;
-            }
-            // `start + r < m <= u32::MAX`, checked on entry.
-            let j = (start + r) as u32;
-            if full {
-                self.sift_down(0, cap, d, j);
-            } else {
-                self.sift_up(d, j);
-                full = self.len == cap;
-            }
-            worst = self.dist.first().copied().unwrap_or(f32::NAN);
-        }
-    }
-
-    /// Inserts into a heap that is not full.
-    fn sift_up(&mut self, d: f32, j: u32) {
-        let mut pos = self.len;
-        self.len += 1;
-        while pos > 0 {
-            let parent = (pos - 1) / 2;
-            let Some((pd, pj)) = self.key(parent) else {
-                break;
-            };
-            if before(pd, pj, d, j) {
-                self.set(pos, pd, pj);
-                pos = parent;
-            } else {
-                break;
-            }
-        }
-        self.set(pos, d, j);
-    }
-
-    /// Places `(d, j)` in the hole at `pos` of the heap's first `len` entries, moving
-    /// larger children up.
-    fn sift_down(&mut self, mut pos: usize, len: usize, d: f32, j: u32) {
-        // `pos < len <= cap`, a slice length, so `2 * pos + 2` cannot overflow.
-        loop {
-            let left = 2 * pos + 1;
-            if left >= len {
-                break;
-            }
-            let Some((mut cd, mut cj)) = self.key(left) else {
-                break;
-            };
-            let mut child = left;
-            if left + 1 < len {
-                if let Some((rd, rj)) = self.key(left + 1) {
-                    if before(cd, cj, rd, rj) {
-                        (cd, cj, child) = (rd, rj, left + 1);
-                    }
-                }
-            }
-            if before(d, j, cd, cj) {
-                self.set(pos, cd, cj);
-                pos = child;
-            } else {
-                break;
-            }
-        }
-        self.set(pos, d, j);
-    }
-
-    /// Sorts the entries nearest first (heapsort); the heap must be full.
-    fn sort(&mut self) {
-        let mut end = self.len;
-        while end > 1 {
-            end -= 1;
-            let (Some((rd, rj)), Some((ld, lj))) = (self.key(0), self.key(end)) else {
-                break;
-            };
-            self.set(end, rd, rj);
-            self.sift_down(0, end, ld, lj);
-        }
-    }
-}
-
-/// What the streaming pass needs besides the heaps.
-struct Stream<'a> {
-    /// The backend of the whole call.
-    backend: Backend,
-    metric: Metric,
-    queries: Matrix<'a>,
-    shape: Shape<'a>,
-    /// Clamped norms of the queries (cosine only; else unread).
-    q_norms: &'a [f32],
-    /// Clamped norms of the references (cosine only; else unread).
-    r_norms: &'a [f32],
-}
-
-impl Stream<'_> {
-    /// Streams every reference block past the queries `block[i]`, pushing each distance
-    /// into `heaps[i]`. `tile` holds at least `block.len() * min(256, m)` values.
-    fn scan(&self, block: &[usize], heaps: &mut [Heap<'_>], tile: &mut [f32]) {
-        let refs = self.shape.refs;
-        let dim = refs.dim();
-        let m = refs.rows();
-        let width = min_len(REFERENCE_BLOCK, m);
-        let mut start = 0;
-        while start < m {
-            let rb = min_len(REFERENCE_BLOCK, m - start);
-            let (Some(rows), Some(r_norms)) = (
-                refs.as_slice().get(start * dim..(start + rb) * dim),
-                self.r_norms.get(start..start + rb),
-            ) else {
-                break;
-            };
-            // Distances of the whole tile first, while the reference block is in cache.
-            for (&q, t_row) in block.iter().zip(tile.chunks_exact_mut(width)) {
-                let (Some(a), Some(&na)) = (self.queries.row(q), self.q_norms.get(q)) else {
-                    continue;
-                };
-                for ((b, &nb), t) in rows.chunks_exact(dim).zip(r_norms).zip(t_row.iter_mut()) {
-                    *t = distance(self.backend, self.metric, a, b, na, nb);
-                }
-            }
-            // Then selection, query by query.
-            for ((&q, heap), t_row) in block
-                .iter()
-                .zip(heaps.iter_mut())
-                .zip(tile.chunks_exact(width))
-            {
-                let skip = if self.shape.leave_one_out {
-                    q.wrapping_sub(start)
-                } else {
-                    usize::MAX
-                };
-                heap.offer(t_row.get(..rb).unwrap_or_default(), start, skip);
-            }
-            start += rb;
-        }
-        for heap in heaps.iter_mut() {
-            heap.sort();
-        }
-    }
-}
-
 /// The workspace of the fast pass, split.
 struct Parts<'w> {
     r_norms: &'w [f32],
     q_norms: &'w [f32],
-    tile: &'w mut [f32],
+    /// The heap sizes of the k-NN pass, one per query.
+    lens: &'w mut [u32],
+    /// The streaming pass's tile and packing.
+    scan: &'w mut [f32],
     rest: &'w mut [f32],
 }
 
-/// Splits the workspace of the fast pass into reference norms, query norms, tile and the
-/// rest, computing the norms for cosine (the other metrics never read them).
+/// Splits the workspace of the fast pass into reference norms, query norms, the scan's
+/// scratch and the rest, computing the norm terms of the ranking metric (squared norms,
+/// or clamped norms for cosine).
 fn prepare<'w>(
     backend: Backend,
     queries: Matrix<'_>,
@@ -522,27 +316,25 @@ fn prepare<'w>(
     metric: Metric,
     workspace: &'w mut [f32],
 ) -> Option<Parts<'w>> {
-    let (n, m) = (queries.rows(), shape.refs.rows());
+    let (n, m, d) = (queries.rows(), shape.refs.rows(), queries.dim());
     let mut ws = Carve::new(workspace);
     let r_norms = ws.take(m).ok()?;
     let q_norms = ws.take(n).ok()?;
-    let tile = ws
-        .take(min_len(QUERY_BLOCK, n) * min_len(REFERENCE_BLOCK, m))
-        .ok()?;
-    if metric == Metric::Cosine {
-        clamped_row_norms(backend, &shape.refs, r_norms);
-        if shape.leave_one_out {
-            for (q, r) in q_norms.iter_mut().zip(r_norms.iter()) {
-                *q = *r;
-            }
-        } else {
-            clamped_row_norms(backend, &queries, q_norms);
+    let lens = ws.take_u32(n).ok()?;
+    let scan = ws.take(stream_len(n, m, d) - 2 * n - m).ok()?;
+    metric_norms(backend, &shape.refs, metric, r_norms);
+    if shape.leave_one_out {
+        for (q, r) in q_norms.iter_mut().zip(r_norms.iter()) {
+            *q = *r;
         }
+    } else {
+        metric_norms(backend, &queries, metric, q_norms);
     }
     Some(Parts {
         r_norms,
         q_norms,
-        tile,
+        lens,
+        scan,
         rest: ws.rest(),
     })
 }
@@ -564,28 +356,38 @@ fn prepare<'w>(
 /// # Streaming design
 ///
 /// No kernel of this family forms the `n x m` distance matrix. Queries are taken in blocks
-/// of at most 16 and references in blocks of at most 256 rows; for each (query block,
-/// reference block) pair the kernel computes the distance tile (at most 16 x 256 values,
-/// in the workspace) while the reference block is hot in cache, then offers each tile row
-/// to its query's bounded max-heap of `(distance, index)` keys. References arrive in
-/// increasing index order, so a candidate enters only when it is strictly nearer than the
-/// farthest entry kept: once a heap is full almost every candidate costs one comparison.
-/// After the last reference block each heap is sorted in place (heapsort), nearest first.
-/// The gallery is streamed `ceil(n / 16)` times.
+/// of at most 128 and references in blocks of at most 512. For each (query block,
+/// reference block) pair the packed, register-blocked distance microkernel of
+/// [`crate::cross_distances`] computes the Gram-form tile (`|a|^2 + |b|^2 - 2 <a, b>`, or
+/// `1 - <a, b> / (|a| |b|)`; at most 128 x 512 values, in the workspace). Each query then
+/// scans its row of the tile against a bar: the farthest distance its bounded max-heap
+/// keeps, plus the largest gap the Gram form and the direct form can have between them
+/// (`(5 d + 16) 2^-24 (|a|^2 + max |b|^2)` for the Euclidean metrics, `(5 d + 32) 2^-24`
+/// for cosine, from the bounds of [`crate::DistanceMode`]). Sixteen candidates at a time
+/// are rejected by one vector compare; a candidate at or below the bar (or NaN) is
+/// recomputed pair by pair in the direct form and offered to the heap, which keeps direct
+/// distances only. A rejected candidate is provably not nearer, in the direct form, than
+/// the farthest kept one, and references arrive in increasing index order, so the heaps
+/// end exactly as a pair-by-pair direct search leaves them: the same neighbours, the same
+/// distances, bit for bit, at the cost of the Gram tile plus the few direct distances
+/// that fill or improve a heap. After the last reference block each heap is sorted in
+/// place (heapsort), nearest first. Query blocks of fewer than 4 rows skip the tile (a
+/// register tile would be mostly padding) and compute every distance directly.
 ///
-/// - `knn` keeps its heaps in the caller's `indices` and `distances` rows: the fast pass
-///   needs only the tile and the cosine norms, `n + m + 16 * 256` elements.
+/// - `knn` keeps its heaps in the caller's `indices` and `distances` rows, with the
+///   reference blocks outermost: each block of the gallery is read from memory once and
+///   stays in cache while every query block passes over it.
 /// - [`retrieval_metrics`] needs, for a query whose label has `R` other occurrences among
 ///   the references, its `max(R, K)` nearest neighbours; `R` varies per query and can be
 ///   as large as `m`. It counts `R` for the next queries (label comparisons only, no
-///   distance), skips those with `R = 0`, and packs consecutive queries into a block
-///   while their heaps fit together in a pool of `m` (distance, index) slots of the
-///   workspace; one query always fits, since `max(R, K) <= m`. Its fast pass needs
-///   `3 m + n + 16 * 256` elements, whatever the class sizes.
+///   distance), and packs consecutive queries into a block while the heaps of those with
+///   `R >= 1` fit together in a pool of `m` (distance, index) slots of the workspace; one
+///   query always fits, since `max(R, K) <= m`. Each block streams the whole reference
+///   set.
 ///
 /// The workspace queries ([`knn_workspace_len`], [`retrieval_metrics_workspace_len`])
-/// return exactly these; the scalar twins need `4 m + 1` (one `f64` distance and index
-/// per reference), given by [`crate::scalar::knn_workspace_len`] and
+/// return exactly what the fast pass needs; the scalar twins need `4 m + 1` (one `f64`
+/// distance and index per reference), given by [`crate::scalar::knn_workspace_len`] and
 /// [`crate::scalar::retrieval_metrics_workspace_len`]. Linear in `n + m`, never `n x m`.
 ///
 /// # Errors
@@ -602,8 +404,9 @@ fn prepare<'w>(
 ///
 /// # Numerics
 ///
-/// Distances are computed pair by pair in the direct form (as
-/// [`crate::DistanceMode::Direct`], not the Gram form of [`crate::cross_distances`]):
+/// The distances returned (and ranked) are those of the direct form, pair by pair (as
+/// [`crate::DistanceMode::Direct`], not the Gram form of [`crate::cross_distances`],
+/// which only serves to reject candidates; see the streaming design):
 /// within `(d / 8 + 10) * 2^-24 * S` of the exact ones, `S` the sum of the absolute
 /// terms of the distance: `sum (a_i - b_i)^2` for [`Metric::SquaredEuclidean`], the
 /// distance itself for [`Metric::Euclidean`] (a relative bound, which the square root
@@ -661,41 +464,28 @@ pub fn knn(
     let Some(Parts {
         r_norms,
         q_norms,
-        tile,
+        lens,
+        scan,
         ..
-    }) = prepare(backend, queries, shape, metric, workspace)
+    }) = prepare(
+        backend,
+        queries,
+        shape,
+        Rank::of(metric).norm_metric(),
+        workspace,
+    )
     else {
         return Ok(());
     };
     let stream = Stream {
         backend,
-        metric: ranking_metric(metric),
+        rank: Rank::of(metric),
         queries,
         shape,
         q_norms,
         r_norms,
     };
-    let n = queries.rows();
-    let mut ids = [0_usize; QUERY_BLOCK];
-    let mut rows = indices
-        .chunks_exact_mut(k)
-        .zip(distances.chunks_exact_mut(k));
-    let mut q0 = 0;
-    while q0 < n {
-        let qb = min_len(QUERY_BLOCK, n - q0);
-        let mut heaps: [Heap<'_>; QUERY_BLOCK] = core::array::from_fn(|_| Heap::empty());
-        for ((id, heap), (q, (i_row, d_row))) in ids
-            .iter_mut()
-            .zip(heaps.iter_mut())
-            .zip((q0..q0 + qb).zip(rows.by_ref()))
-        {
-            *id = q;
-            *heap = Heap::new(d_row, i_row);
-        }
-        let block = ids.get(..qb).unwrap_or_default();
-        stream.scan(block, heaps.get_mut(..qb).unwrap_or_default(), tile);
-        q0 += qb;
-    }
+    stream.knn(k, indices, distances, lens, scan);
     if metric == Metric::Euclidean {
         for d in distances.iter_mut() {
             *d = math::sqrt(*d);
@@ -785,9 +575,16 @@ pub fn retrieval_metrics(
     let Some(Parts {
         r_norms,
         q_norms,
-        tile,
+        scan,
         rest,
-    }) = prepare(backend, queries, shape, metric, workspace)
+        ..
+    }) = prepare(
+        backend,
+        queries,
+        shape,
+        Rank::of(metric).norm_metric(),
+        workspace,
+    )
     else {
         return Ok(RetrievalMetrics::ZERO);
     };
@@ -797,7 +594,7 @@ pub fn retrieval_metrics(
     };
     let stream = Stream {
         backend,
-        metric: ranking_metric(metric),
+        rank: Rank::of(metric),
         queries,
         shape,
         q_norms,
@@ -805,48 +602,52 @@ pub fn retrieval_metrics(
     };
     let mut sums = MetricSums::default();
     let mut next = 0;
-    let mut ids = [0_usize; QUERY_BLOCK];
     let mut rs = [0_usize; QUERY_BLOCK];
     while next < labels.len() {
-        // Pack the next queries with R >= 1 whose heaps fit in the pool together.
+        // A block of consecutive queries (the tile's rows), from the next one with R >= 1,
+        // while the heaps of those with R >= 1 fit in the pool together; the others in
+        // the block get no heap.
         let mut heaps: [Heap<'_>; QUERY_BLOCK] = core::array::from_fn(|_| Heap::empty());
         let mut free_d: &mut [f32] = &mut *pool_d;
         let mut free_i: &mut [u32] = &mut *pool_i;
+        let mut q0 = next;
         let mut count = 0;
+        let mut held = 0;
         while count < QUERY_BLOCK {
             let Some(&label) = labels.get(next) else {
                 break;
             };
             let r = same_label_count(&shape, label, ref_labels);
-            if r == 0 {
+            if r == 0 && count == 0 {
                 next += 1;
+                q0 = next;
                 continue;
             }
-            let cap = max_len(r, k);
-            if cap > free_d.len() && count > 0 {
+            let cap = if r == 0 { 0 } else { max_len(r, k) };
+            if cap > free_d.len() && held > 0 {
                 break;
             }
             let cap = min_len(cap, free_d.len());
             let (d, rest_d) = free_d.split_at_mut(cap);
             let (i, rest_i) = free_i.split_at_mut(min_len(cap, free_i.len()));
             (free_d, free_i) = (rest_d, rest_i);
-            if let (Some(h), Some(id), Some(rr)) =
-                (heaps.get_mut(count), ids.get_mut(count), rs.get_mut(count))
-            {
+            if let (Some(h), Some(rr)) = (heaps.get_mut(count), rs.get_mut(count)) {
                 *h = Heap::new(d, i);
-                *id = next;
                 *rr = r;
             }
+            held += usize::from(r > 0);
             count += 1;
             next += 1;
         }
-        if count == 0 {
+        if held == 0 {
             break;
         }
-        let block = ids.get(..count).unwrap_or_default();
         let heaps = heaps.get_mut(..count).unwrap_or_default();
-        stream.scan(block, heaps, tile);
-        for ((&q, &r), heap) in block.iter().zip(rs.iter()).zip(heaps.iter()) {
+        stream.scan(q0, heaps, scan);
+        for ((q, &r), heap) in (q0..).zip(rs.iter()).zip(heaps.iter()) {
+            if r == 0 {
+                continue;
+            }
             let label = labels.get(q).copied().unwrap_or_default();
             let matches = heap
                 .idx

@@ -185,12 +185,20 @@ fn retrieval_does_not_allocate() {
             tk::scalar::knn(x, None, metric, 5, &mut idx, &mut dist, &mut ws).unwrap();
             tk::knn(x, Some(y), metric, 5, &mut idx, &mut dist, &mut ws).unwrap();
             tk::scalar::knn(x, Some(y), metric, 5, &mut idx, &mut dist, &mut ws).unwrap();
+            let mut norms = [0.0_f32; 10];
+            let g = tk::prepare_gallery(y, metric.into(), &mut norms).unwrap();
+            tk::knn_gallery(x, &g, 5, &mut idx, &mut dist, &mut ws).unwrap();
+            tk::scalar::knn_gallery(x, &g, 5, &mut idx, &mut dist, &mut ws).unwrap();
             tk::retrieval_metrics(x, &labels, None, metric, 3, &mut ws).unwrap();
             tk::scalar::retrieval_metrics(x, &labels, None, metric, 3, &mut ws).unwrap();
             let r = Some((y, &labels[..10]));
             tk::retrieval_metrics(x, &labels, r, metric, 3, &mut ws).unwrap();
             tk::scalar::retrieval_metrics(x, &labels, r, metric, 3, &mut ws).unwrap();
         }
+        let mut norms = [0.0_f32; 10];
+        let g = tk::prepare_gallery(y, tk::SearchMetric::InnerProduct, &mut norms).unwrap();
+        tk::knn_gallery(x, &g, 5, &mut idx, &mut dist, &mut ws).unwrap();
+        tk::scalar::knn_gallery(x, &g, 5, &mut idx, &mut dist, &mut ws).unwrap();
         let (genuine, impostor) = xd.split_at(40);
         let mut tar = [0.0_f64; 3];
         let fars = [1e-3, 1e-2, 0.1];

@@ -938,7 +938,10 @@ fn workspace_lengths_are_linear_and_saturate() {
     );
     // Usable as a stack array length.
     let ws = [0.0_f32; knn_workspace_len(2, 3, 4)];
-    assert_eq!(ws.len(), 3 + 2 + 2 * 3);
+    assert_eq!(
+        ws.len(),
+        3 + 2 * 2 + 2 * 3 + triplet_kernels::cross_distances_rows_workspace_len(2, 3, 4)
+    );
     let ws = [0.0_f32; scalar::knn_workspace_len(2, 3, 4)];
     assert_eq!(ws.len(), 4 * 3 + 1);
 }

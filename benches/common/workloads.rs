@@ -246,3 +246,103 @@ pub fn workload(id: &str) -> &'static Workload {
         .find(|w| w.id == id)
         .unwrap_or_else(|| panic!("no workload {id}"))
 }
+
+/// How a retrieval workload searches.
+#[derive(Clone, Copy, Debug)]
+pub enum Search {
+    /// `knn` of the queries against the gallery, `k` neighbours, on `threads` threads
+    /// (queries split in that many blocks).
+    Knn { k: usize, threads: usize },
+    /// `knn_gallery` against a gallery prepared once outside the timed loop.
+    KnnPrepared { k: usize },
+    /// `retrieval_metrics` of labelled queries against the labelled gallery (`recall_at_k`
+    /// with `k = 10`; labels `i % 100` on both sides).
+    Metrics,
+}
+
+/// One named retrieval workload: `nq` queries and `ng` gallery rows of dimension `d`,
+/// standard normal, queries from `seed`, gallery from `seed + 1`.
+#[derive(Clone, Copy, Debug)]
+pub struct RetrievalWorkload {
+    /// The criterion id (group `workloads`).
+    pub id: &'static str,
+    pub nq: usize,
+    pub ng: usize,
+    pub d: usize,
+    pub metric: Metric,
+    pub search: Search,
+    pub seed: u64,
+}
+
+impl RetrievalWorkload {
+    pub fn queries(&self) -> Vec<f32> {
+        normal(self.nq * self.d, self.seed)
+    }
+
+    pub fn gallery(&self) -> Vec<f32> {
+        normal(self.ng * self.d, self.seed + 1)
+    }
+
+    /// Multiply-adds of the brute-force search, `nq ng d`.
+    pub fn multiply_adds(&self) -> u64 {
+        (self.nq * self.ng * self.d) as u64
+    }
+}
+
+/// The retrieval workloads R1..R5 (exact k-NN and retrieval metrics).
+pub const RETRIEVAL: [RetrievalWorkload; 6] = [
+    RetrievalWorkload {
+        id: "R1_knn_q1024_g8192_d64_k10_sqeuclid",
+        nq: 1024,
+        ng: 8192,
+        d: 64,
+        metric: Metric::SquaredEuclidean,
+        search: Search::Knn { k: 10, threads: 1 },
+        seed: 11,
+    },
+    RetrievalWorkload {
+        id: "R2_knn_q1024_g8192_d64_k10_cosine",
+        nq: 1024,
+        ng: 8192,
+        d: 64,
+        metric: Metric::Cosine,
+        search: Search::Knn { k: 10, threads: 1 },
+        seed: 11,
+    },
+    RetrievalWorkload {
+        id: "R3_knn_q1000_g100000_d128_k10_sqeuclid",
+        nq: 1000,
+        ng: 100_000,
+        d: 128,
+        metric: Metric::SquaredEuclidean,
+        search: Search::Knn { k: 10, threads: 1 },
+        seed: 13,
+    },
+    RetrievalWorkload {
+        id: "R3_knn_q1000_g100000_d128_k10_sqeuclid_2threads",
+        nq: 1000,
+        ng: 100_000,
+        d: 128,
+        metric: Metric::SquaredEuclidean,
+        search: Search::Knn { k: 10, threads: 2 },
+        seed: 13,
+    },
+    RetrievalWorkload {
+        id: "R4_knn_q1_g100000_d128_k10_cosine",
+        nq: 1,
+        ng: 100_000,
+        d: 128,
+        metric: Metric::Cosine,
+        search: Search::KnnPrepared { k: 10 },
+        seed: 13,
+    },
+    RetrievalWorkload {
+        id: "R5_retrieval_metrics_q1024_g8192_d64_cosine",
+        nq: 1024,
+        ng: 8192,
+        d: 64,
+        metric: Metric::Cosine,
+        search: Search::Metrics,
+        seed: 11,
+    },
+];

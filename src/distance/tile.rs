@@ -82,6 +82,9 @@ pub(super) struct Block<'a, 'o> {
     pub pairwise: bool,
     pub metric: Metric,
     pub mode: DistanceMode,
+    /// Compute `-<a, b>` instead of a distance (the inner-product search of the
+    /// retrieval kernels; `metric` and `mode` are then unread).
+    pub neg_dot: bool,
     /// `(r1 - r0) * b.rows()` elements.
     pub out: &'o mut [f32],
     /// At least `block_workspace_len(r1 - r0, dim)` elements.
@@ -165,6 +168,18 @@ impl Epilogue for Cosine {
     }
 }
 
+/// `-<a, b>`: the inner product, negated so that the largest ranks first (never on a
+/// pairwise block: its diagonal would be 0).
+struct NegDot;
+impl Epilogue for NegDot {
+    const DIRECT: bool = false;
+    const NORMS: Norms = Norms::None;
+    #[inline(always)]
+    fn finish<S: Simd>(s: S, acc: S::V, _: S::V, _: S::V) -> S::V {
+        s.sub(s.zero(), acc)
+    }
+}
+
 struct SqDirect;
 impl Epilogue for SqDirect {
     const DIRECT: bool = true;
@@ -189,6 +204,10 @@ impl Kernel for Block<'_, '_> {
     type Output = ();
     #[inline(always)]
     fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
+        if self.neg_dot {
+            drive::<S, MR, NV, NegDot>(s, self);
+            return;
+        }
         match (self.metric, self.mode) {
             (Metric::SquaredEuclidean, DistanceMode::Gram) => drive::<S, MR, NV, SqGram>(s, self),
             (Metric::Euclidean, DistanceMode::Gram) => drive::<S, MR, NV, EuclidGram>(s, self),

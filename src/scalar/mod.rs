@@ -71,7 +71,10 @@ pub use quadruplet::{
     mine_quadruplets, mine_quadruplets_count, quadruplet_loss, quadruplet_loss_grad,
     quadruplet_loss_workspace_len,
 };
-pub use retrieval::{knn, knn_workspace_len, retrieval_metrics, retrieval_metrics_workspace_len};
+pub use retrieval::{
+    knn, knn_gallery, knn_gallery_workspace_len, knn_workspace_len, retrieval_metrics,
+    retrieval_metrics_workspace_len,
+};
 pub use triplet::{
     triplet_batch_loss, triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
     triplet_margin_loss, triplet_margin_loss_grad, triplet_margin_loss_workspace_len,

@@ -3,12 +3,13 @@
 
 use core::cmp::Ordering;
 
-use super::distance::distance64;
+use super::distance::{distance64, dot64};
 use crate::distance::Metric;
 use crate::error::Error;
 use crate::matrix::Matrix;
 use crate::retrieval::{
-    check_knn, check_metrics, ranking_metric, scalar_len, RetrievalMetrics, Shape,
+    check_knn, check_metrics, ranking_metric, scalar_len, Gallery, RetrievalMetrics, SearchMetric,
+    Shape,
 };
 
 /// Workspace elements that the twin [`knn`] needs for `queries` queries against
@@ -118,7 +119,7 @@ fn sort_prefix(pairs: &mut [[f64; 2]], need: usize) {
 /// [`sort_prefix`]). Euclidean ranks by the squared distance (the exact same order), as
 /// the fast kernel does.
 fn ranked<'w>(
-    metric: Metric,
+    metric: Option<Metric>,
     shape: &Shape<'_>,
     a: &[f32],
     q: usize,
@@ -132,7 +133,11 @@ fn ranked<'w>(
             continue;
         }
         if let Some(p) = pairs.get_mut(len) {
-            *p = [distance64(ranking_metric(metric), a, b), j as f64];
+            let d = match metric {
+                Some(metric) => distance64(ranking_metric(metric), a, b),
+                None => -dot64(a, b),
+            };
+            *p = [d, j as f64];
             len += 1;
         }
     }
@@ -192,7 +197,7 @@ pub fn knn(
         )
         .enumerate()
     {
-        let pairs = ranked(metric, &shape, a, q, k, workspace);
+        let pairs = ranked(Some(metric), &shape, a, q, k, workspace);
         for ((&[d, j], i), o) in pairs.iter().zip(i_row.iter_mut()).zip(d_row.iter_mut()) {
             *i = j as u32;
             *o = if metric == Metric::Euclidean {
@@ -200,6 +205,86 @@ pub fn knn(
             } else {
                 d as f32
             };
+        }
+    }
+    Ok(())
+}
+
+/// Workspace elements that the twin [`knn_gallery`] needs: as [`knn_workspace_len`],
+/// `4 references + 1`. Saturates instead of overflowing.
+pub const fn knn_gallery_workspace_len(queries: usize, references: usize, dim: usize) -> usize {
+    knn_workspace_len(queries, references, dim)
+}
+
+/// Scalar twin of [`crate::knn_gallery`]: as the twin [`knn`] against the gallery's rows
+/// under its metric, in `f64` (the prepared norms are not read: the twin computes its
+/// own), and `-<a, b>` in `f64` for [`SearchMetric::InnerProduct`].
+///
+/// # Errors
+///
+/// Those of [`crate::knn_gallery`], except that the workspace must hold
+/// [`knn_gallery_workspace_len`] elements.
+///
+/// # Example
+///
+/// ```
+/// use triplet_kernels::{prepare_gallery, scalar, Matrix, SearchMetric};
+/// let mut norms = [0.0_f32; 2];
+/// let g = prepare_gallery(Matrix::new(&[1.0, 0.0, 3.0, 0.0], 2, 2)?, SearchMetric::InnerProduct, &mut norms)?;
+/// let (mut idx, mut dist) = ([0_u32; 1], [0.0_f32; 1]);
+/// let mut ws = [0.0_f32; scalar::knn_gallery_workspace_len(1, 2, 2)];
+/// scalar::knn_gallery(Matrix::new(&[1.0, 1.0], 1, 2)?, &g, 1, &mut idx, &mut dist, &mut ws)?;
+/// assert_eq!((idx, dist), ([1], [-3.0]));
+/// # Ok::<(), triplet_kernels::Error>(())
+/// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
+pub fn knn_gallery(
+    queries: Matrix<'_>,
+    gallery: &Gallery<'_>,
+    k: usize,
+    indices: &mut [u32],
+    distances: &mut [f32],
+    workspace: &mut [f32],
+) -> Result<(), Error> {
+    let metric = match gallery.metric() {
+        SearchMetric::SquaredEuclidean => Some(Metric::SquaredEuclidean),
+        SearchMetric::Euclidean => Some(Metric::Euclidean),
+        SearchMetric::Cosine => Some(Metric::Cosine),
+        _ => None,
+    };
+    if let Some(metric) = metric {
+        return knn(
+            queries,
+            Some(gallery.rows()),
+            metric,
+            k,
+            indices,
+            distances,
+            workspace,
+        );
+    }
+    let shape = check_knn(
+        &queries,
+        Some(gallery.rows()),
+        k,
+        indices.len(),
+        distances.len(),
+        workspace.len(),
+        true,
+    )?;
+    for (q, (a, (i_row, d_row))) in queries
+        .row_iter()
+        .zip(
+            indices
+                .chunks_exact_mut(k)
+                .zip(distances.chunks_exact_mut(k)),
+        )
+        .enumerate()
+    {
+        let pairs = ranked(None, &shape, a, q, k, workspace);
+        for ((&[d, j], i), o) in pairs.iter().zip(i_row.iter_mut()).zip(d_row.iter_mut()) {
+            *i = j as u32;
+            *o = d as f32;
         }
     }
     Ok(())
@@ -249,7 +334,7 @@ pub fn retrieval_metrics(
             continue;
         }
         // `rel` below reads places `0..max(k, r)`.
-        let pairs = ranked(metric, &shape, a, q, k.max(r), workspace);
+        let pairs = ranked(Some(metric), &shape, a, q, k.max(r), workspace);
         let rel = |i: usize| {
             pairs
                 .get(i)

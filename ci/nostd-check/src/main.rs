@@ -196,6 +196,11 @@ fn retrieval(x: Matrix<'_>) -> Result<bool, tk::Error> {
         tk::knn(x, None, metric, 3, &mut idx, &mut dist, &mut ws)?;
         tk::scalar::knn(x, None, metric, 3, &mut idx, &mut dist, &mut ws)?;
         ok &= finite(&dist);
+        let mut norms = [0.0_f32; N];
+        let g = tk::prepare_gallery(x, metric.into(), &mut norms)?;
+        tk::knn_gallery(x, &g, 3, &mut idx, &mut dist, &mut ws)?;
+        tk::scalar::knn_gallery(x, &g, 3, &mut idx, &mut dist, &mut ws)?;
+        ok &= finite(&dist);
         let a = tk::retrieval_metrics(x, &LABELS, None, metric, 1, &mut ws)?;
         let b = tk::scalar::retrieval_metrics(x, &LABELS, None, metric, 1, &mut ws)?;
         ok &= a.evaluated == N && b.evaluated == N;

@@ -1,0 +1,232 @@
+//! Prepared galleries: `knn_gallery` against `knn` (the same search, bit for bit), against
+//! its scalar twin, the inner-product metric, blocks of every remainder, and every error.
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use proptest::prelude::*;
+use triplet_kernels::{
+    gallery_norms_len, knn, knn_gallery, knn_gallery_workspace_len, knn_workspace_len,
+    prepare_gallery, scalar, Error, Matrix, Metric, SearchMetric,
+};
+
+/// Deterministic data: small integers (exact distances) or standard-normal-like floats.
+fn data(len: usize, seed: u64, integer: bool) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            if integer {
+                (s % 9) as f32 - 4.0
+            } else {
+                ((s >> 11) as f64 / (1u64 << 53) as f64 * 4.0 - 2.0) as f32
+            }
+        })
+        .collect()
+}
+
+type Lists = (Vec<u32>, Vec<f32>);
+
+fn run_gallery(x: Matrix<'_>, y: Matrix<'_>, metric: SearchMetric, k: usize, twin: bool) -> Lists {
+    let (n, m, d) = (x.rows(), y.rows(), x.dim());
+    let mut norms = vec![0.0_f32; gallery_norms_len(m)];
+    let g = prepare_gallery(y, metric, &mut norms).unwrap();
+    let mut idx = vec![u32::MAX; n * k];
+    let mut dist = vec![f32::NAN; n * k];
+    if twin {
+        let mut ws = vec![f32::NAN; scalar::knn_gallery_workspace_len(n, m, d)];
+        scalar::knn_gallery(x, &g, k, &mut idx, &mut dist, &mut ws).unwrap();
+    } else {
+        let mut ws = vec![f32::NAN; knn_gallery_workspace_len(n, m, d)];
+        knn_gallery(x, &g, k, &mut idx, &mut dist, &mut ws).unwrap();
+    }
+    (idx, dist)
+}
+
+fn run_knn(x: Matrix<'_>, y: Matrix<'_>, metric: Metric, k: usize) -> Lists {
+    let (n, m, d) = (x.rows(), y.rows(), x.dim());
+    let mut idx = vec![u32::MAX; n * k];
+    let mut dist = vec![f32::NAN; n * k];
+    let mut ws = vec![f32::NAN; knn_workspace_len(n, m, d)];
+    knn(x, Some(y), metric, k, &mut idx, &mut dist, &mut ws).unwrap();
+    (idx, dist)
+}
+
+const METRICS: [Metric; 3] = [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine];
+
+/// Shapes on both sides of the query block (128), the reference block (512), the small
+/// query block (4) and the register tile.
+const SHAPES: [(usize, usize, usize); 7] = [
+    (1, 1, 1),
+    (3, 40, 7),
+    (4, 513, 5),
+    (17, 1030, 16),
+    (129, 600, 3),
+    (130, 77, 33),
+    (260, 1100, 9),
+];
+
+#[test]
+fn prepared_equals_knn_bit_for_bit() {
+    for (seed, &(n, m, d)) in SHAPES.iter().enumerate() {
+        for integer in [true, false] {
+            let xd = data(n * d, seed as u64 * 2 + 1, integer);
+            let yd = data(m * d, seed as u64 * 2 + 2, integer);
+            let (x, y) = (
+                Matrix::new(&xd, n, d).unwrap(),
+                Matrix::new(&yd, m, d).unwrap(),
+            );
+            for metric in METRICS {
+                for k in [1, 10.min(m), m] {
+                    let a = run_gallery(x, y, metric.into(), k, false);
+                    let b = run_knn(x, y, metric, k);
+                    assert_eq!(a.0, b.0, "{n}x{m}x{d} {metric:?} k {k}");
+                    assert_eq!(a.1, b.1, "{n}x{m}x{d} {metric:?} k {k}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn integer_data_matches_the_twin_exactly() {
+    // Small integers: every distance and inner product is exact in f32, so the lists are
+    // those of the f64 twin, ties to the smaller index included.
+    for (seed, &(n, m, d)) in SHAPES.iter().enumerate() {
+        let xd = data(n * d, seed as u64 + 40, true);
+        let yd = data(m * d, seed as u64 + 80, true);
+        let (x, y) = (
+            Matrix::new(&xd, n, d).unwrap(),
+            Matrix::new(&yd, m, d).unwrap(),
+        );
+        for metric in [
+            SearchMetric::SquaredEuclidean,
+            SearchMetric::Euclidean,
+            SearchMetric::InnerProduct,
+        ] {
+            for k in [1, 7.min(m), m] {
+                let fast = run_gallery(x, y, metric, k, false);
+                let twin = run_gallery(x, y, metric, k, true);
+                assert_eq!(fast, twin, "{n}x{m}x{d} {metric:?} k {k}");
+            }
+        }
+    }
+}
+
+#[test]
+fn inner_product_ranks_the_largest_first() {
+    // Rows with growing norms along one direction: the inner product prefers the longest,
+    // cosine sees them all alike (up to rounding).
+    let y: Vec<f32> = (1..=6).flat_map(|i| [i as f32, 0.0]).collect();
+    let y = Matrix::new(&y, 6, 2).unwrap();
+    let x = Matrix::new(&[1.0, 0.5], 1, 2).unwrap();
+    let (idx, dist) = run_gallery(x, y, SearchMetric::InnerProduct, 3, false);
+    assert_eq!(idx, [5, 4, 3]);
+    assert_eq!(dist, [-6.0, -5.0, -4.0]);
+    let (_, dist) = run_gallery(x, y, SearchMetric::Cosine, 6, false);
+    let exact = 1.0 - 1.0 / 1.25_f32.sqrt();
+    assert!(dist.iter().all(|&v| (v - exact).abs() < 1e-6), "{dist:?}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Float data: the inner products are those of the f64 twin within the documented
+    /// bound, and each list is ordered.
+    #[test]
+    fn inner_product_within_the_bound(
+        n in 1..20_usize, m in 1..600_usize, d in 1..40_usize, seed in any::<u64>(), k in 1..12_usize,
+    ) {
+        let k = k.min(m);
+        let xd = data(n * d, seed, false);
+        let yd = data(m * d, seed ^ 0x9e37, false);
+        let (x, y) = (Matrix::new(&xd, n, d).unwrap(), Matrix::new(&yd, m, d).unwrap());
+        let (idx, dist) = run_gallery(x, y, SearchMetric::InnerProduct, k, false);
+        let (_, twin) = run_gallery(x, y, SearchMetric::InnerProduct, k, true);
+        let u = f64::from(f32::EPSILON) / 2.0;
+        for q in 0..n {
+            let a = &xd[q * d..(q + 1) * d];
+            for t in 0..k {
+                let j = idx[q * k + t] as usize;
+                let b = &yd[j * d..(j + 1) * d];
+                let exact: f64 = -a.iter().zip(b).map(|(&p, &r)| f64::from(p) * f64::from(r)).sum::<f64>();
+                let abs: f64 = a.iter().zip(b).map(|(&p, &r)| (f64::from(p) * f64::from(r)).abs()).sum();
+                let got = f64::from(dist[q * k + t]);
+                prop_assert!((got - exact).abs() <= (d as f64 + 2.0) * u * abs * 1.01 + 1e-30);
+                // The t-th of the fast list is the t-th of the exact ranking within the bound.
+                let tw = f64::from(twin[q * k + t]);
+                prop_assert!((got - tw).abs() <= 2.0 * (d as f64 + 2.0) * u * abs * 1.01 + 4.0 * u * tw.abs() + 1e-30);
+                if t > 0 {
+                    prop_assert!(dist[q * k + t - 1] <= dist[q * k + t]);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn errors() {
+    let yd = [1.0, 2.0, 3.0, f32::NAN, 5.0, 6.0];
+    let y = Matrix::new(&yd, 3, 2).unwrap();
+    let mut norms = [0.0_f32; 3];
+    assert_eq!(
+        prepare_gallery(y, SearchMetric::Cosine, &mut norms).unwrap_err(),
+        Error::NonFinite {
+            buffer: "gallery",
+            row: 1,
+            col: 1
+        }
+    );
+    let yd = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+    let y = Matrix::new(&yd, 3, 2).unwrap();
+    let mut short = [0.0_f32; 2];
+    assert!(matches!(
+        prepare_gallery(y, SearchMetric::Cosine, &mut short),
+        Err(Error::LengthMismatch {
+            buffer: "norms",
+            ..
+        })
+    ));
+    let mut norms = [0.0_f32; 3];
+    let g = prepare_gallery(y, SearchMetric::SquaredEuclidean, &mut norms).unwrap();
+    let x = Matrix::new(&[0.0, 0.0, 1.0, 1.0], 2, 2).unwrap();
+    let mut idx = [7_u32; 4];
+    let mut dist = [7.0_f32; 4];
+    let mut ws = vec![0.0_f32; knn_gallery_workspace_len(2, 3, 2)];
+    for k in [0, 4] {
+        assert!(matches!(
+            knn_gallery(
+                x,
+                &g,
+                k,
+                &mut idx[..2 * k.min(2)],
+                &mut dist[..2 * k.min(2)],
+                &mut ws
+            ),
+            Err(Error::InvalidParameter { name: "k", .. })
+        ));
+    }
+    assert!(matches!(
+        knn_gallery(x, &g, 2, &mut idx[..3], &mut dist, &mut ws),
+        Err(Error::LengthMismatch {
+            buffer: "indices",
+            ..
+        })
+    ));
+    let short = knn_gallery_workspace_len(2, 3, 2) - 1;
+    assert!(matches!(
+        knn_gallery(x, &g, 2, &mut idx, &mut dist, &mut ws[..short]),
+        Err(Error::WorkspaceTooSmall { .. })
+    ));
+    let x3 = Matrix::new(&[0.0, 0.0, 1.0], 1, 3).unwrap();
+    assert!(matches!(
+        knn_gallery(x3, &g, 2, &mut idx[..2], &mut dist[..2], &mut ws),
+        Err(Error::DimensionMismatch { .. })
+    ));
+    // Nothing was written by any refused call.
+    assert_eq!(idx, [7; 4]);
+    assert_eq!(dist, [7.0; 4]);
+    knn_gallery(x, &g, 2, &mut idx, &mut dist, &mut ws).unwrap();
+    assert_eq!(idx, [0, 1, 0, 1]);
+    assert_eq!(dist, [5.0, 25.0, 1.0, 13.0]);
+}
