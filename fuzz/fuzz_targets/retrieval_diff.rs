@@ -372,6 +372,25 @@ fuzz_target!(|data: &[u8]| {
         );
         check_lists(&p, k, &idf, &df, true);
         check_lists(&p, k, &ids, &ds, false);
+        // A prepared gallery searches exactly as knn does (finite galleries only: others
+        // are refused at enrolment).
+        if let Some(y) = y {
+            let mut norms = vec![0.0_f32; triplet_kernels::gallery_norms_len(m)];
+            match triplet_kernels::prepare_gallery(y, metric.into(), &mut norms) {
+                Ok(gal) => {
+                    let mut idx = vec![u32::MAX; n * k];
+                    let mut dist = vec![f32::NAN; n * k];
+                    let len = triplet_kernels::knn_gallery_workspace_len(n, m, d);
+                    let mut ws = vec![garbage; len];
+                    triplet_kernels::knn_gallery(q, &gal, k, &mut idx, &mut dist, &mut ws)
+                        .unwrap();
+                    assert_eq!((&idx, bits(&dist)), (&idf, bits(&df)), "knn_gallery != knn");
+                }
+                Err(e) => {
+                    assert!(yd.iter().any(|v| !v.is_finite()), "prepare_gallery: {e:?}");
+                }
+            }
+        }
         // The k nearest are the first k of the full ranking: the same pair distances,
         // one total order.
         let (fi, fd) = full.as_ref().unwrap();
