@@ -11,13 +11,12 @@ use triplet_kernels::{
     Hinge, Matrix, Metric, Mining, Reduction, Triplet, TripletParams,
 };
 
-mod common;
-use common::strategies::{int_value, sparse_batch, value};
-use common::triplet_def::{
+use testkit::strategies::{int_value, sparse_batch, value};
+use testkit::triplet_def::{
     as_triplet, bounds, dist, dv_bound, eval_triplet, hinge64, mined, norm, row, slope64, weight,
-    Eval, Idx3,
+    Allow, Eval, Idx3,
 };
-use common::{bits, to64};
+use testkit::{bits, to64};
 
 const METRICS: [Metric; 3] = [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine];
 const MININGS: [Mining; 3] = [Mining::All, Mining::BatchHard, Mining::SemiHard];
@@ -323,7 +322,7 @@ fn margin_vs_scalar(
             )
         })
         .collect();
-    let b = bounds(&x64, n, d, &evals, &p, 0.0, false);
+    let b = bounds(&x64, n, d, &evals, &p, Allow::default());
     prop_assert!(f.loss.is_finite() && f.grad.iter().all(|g| g.is_finite()));
     if b.near_kink && p.reduction == Reduction::MeanNonzero || b.near_swap {
         return Ok(());
@@ -415,11 +414,13 @@ fn batch_vs_scalar(
         d,
         &evals,
         &as_triplet(&p),
-        dv_extra,
         // Without the batch-all terms: this file has always held batch-all to the
         // tighter per-triplet model, and it holds; the per-backend suite checks the
         // documented (wider) batch-all bound.
-        false,
+        Allow {
+            dv_extra,
+            ..Allow::default()
+        },
     );
     let loss_tol = b.loss;
     // The twin against the definition.
