@@ -16,7 +16,7 @@
 //! distance bound.
 //!
 //! The bounds are those the kernels' `# Numerics` sections state and the per-kernel test
-//! files check (the helpers below follow `tests/triplet.rs` and `tests/variants.rs`).
+//! files check, from the same tolerance models (the `testkit` crate).
 
 use super::{check_row_kernels, on_every_backend};
 use triplet_kernels::{
@@ -573,7 +573,7 @@ fn margin_loss_matches_scalar() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Contrastive (as tests/variants.rs).
+// Contrastive.
 
 #[test]
 fn contrastive_matches_scalar() {
@@ -778,7 +778,7 @@ fn quadruplet_matches_scalar() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Proxy losses (as tests/variants.rs).
+// Proxy losses.
 
 /// Loss and both gradients of `which`, fast or twin; checked against the loss-only call.
 fn proxy_run(
