@@ -28,15 +28,14 @@ mod common;
 
 use common::*;
 use libfuzzer_sys::fuzz_target;
+use testkit::runs::{batch_run, margin_run};
 use testkit::triplet_def::{
-    as_triplet, bounds, dist_scale_underflow, dv_bound_with, eval_triplet, idx3, mined,
-    norm as norm64, row, Allow, Eval,
+    as_triplet, bounds, dist_scale_underflow, dv_bound_with, eval_triplet, eval_weight, idx3,
+    mined, normalized_dv_extra, through_normalization, Allow, Eval,
 };
 use triplet_kernels::{
-    l2_normalize, mine_triplets_count, scalar, triplet_batch_loss, triplet_batch_loss_grad,
-    triplet_batch_loss_grad_workspace_len, triplet_batch_loss_workspace_len, triplet_margin_loss,
-    triplet_margin_loss_grad, triplet_margin_loss_workspace_len, BatchLoss, BatchParams, Error,
-    Hinge, Matrix, Metric, Mining, Reduction, Triplet, TripletParams,
+    l2_normalize, mine_triplets_count, scalar, BatchParams, Error, Hinge, Matrix, Metric, Mining,
+    Reduction, Triplet, TripletParams,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -52,11 +51,7 @@ const UNDERFLOW: Allow = Allow {
 
 fn reduce(evals: &[Eval], h: Hinge, r: Reduction) -> (f64, f64) {
     let terms: Vec<f64> = evals.iter().map(|e| hinge64(h, e.v)).collect();
-    let active = evals
-        .iter()
-        .filter(|e| h == Hinge::SoftPlus || e.v > 0.0)
-        .count();
-    let w = weight(r, evals.len(), active);
+    let w = eval_weight(evals, h, r);
     (
         terms.iter().sum::<f64>() * w,
         terms.iter().sum::<f64>().abs() * w,
@@ -79,67 +74,6 @@ fn in_range(xd: &[f32], d: usize, terms: usize, margin: f32, eps: f32, normalize
 
 // ---------------------------------------------------------------------------------------
 // Explicit triplets.
-
-struct MarginOut {
-    loss: f32,
-    terms: Vec<f32>,
-    grad: Vec<f32>,
-}
-
-fn margin_run(
-    x: Matrix<'_>,
-    ts: &[Triplet],
-    p: TripletParams,
-    fast: bool,
-    garbage: f32,
-) -> Result<MarginOut, Error> {
-    let mut terms = vec![garbage; ts.len()];
-    let mut grad = vec![garbage; x.len()];
-    let ws_len = if fast {
-        triplet_margin_loss_workspace_len(x.rows(), x.dim())
-    } else {
-        scalar::triplet_margin_loss_workspace_len(x.rows(), x.dim())
-    };
-    let mut ws = vec![garbage; ws_len];
-    let r = if fast {
-        triplet_margin_loss_grad(x, ts, p, &mut terms, &mut grad, &mut ws)
-    } else {
-        scalar::triplet_margin_loss_grad(x, ts, p, &mut terms, &mut grad, &mut ws)
-    };
-    let mut terms2 = vec![-garbage; ts.len()];
-    ws.fill(-garbage);
-    let r2 = if fast {
-        triplet_margin_loss(x, ts, p, &mut terms2, &mut ws)
-    } else {
-        scalar::triplet_margin_loss(x, ts, p, &mut terms2, &mut ws)
-    };
-    match (r, r2) {
-        (Ok(l), Ok(l2)) => {
-            assert_eq!(l.to_bits(), l2.to_bits(), "forward-only loss");
-            assert_eq!(bits(&terms), bits(&terms2), "forward-only terms");
-            Ok(MarginOut {
-                loss: l,
-                terms,
-                grad,
-            })
-        }
-        (Err(e), Err(e2)) => {
-            assert_eq!(e, e2, "forward-only error");
-            let untouched = |v: &[f32], g: f32| v.iter().all(|x| x.to_bits() == g.to_bits());
-            assert!(
-                untouched(&terms, garbage) && untouched(&grad, garbage),
-                "written on Err"
-            );
-            assert!(untouched(&terms2, -garbage), "written on Err");
-            Err(e)
-        }
-        (a, b) => panic!(
-            "with and without gradient disagree: {:?} vs {:?}",
-            a.is_ok(),
-            b.is_ok()
-        ),
-    }
-}
 
 /// The errors the explicit-triplet loss may return for these arguments (empty: `Ok`).
 fn margin_errors(x: &Matrix<'_>, ts: &[Triplet], p: &TripletParams) -> Vec<Error> {
@@ -293,68 +227,6 @@ fn margin_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
 // ---------------------------------------------------------------------------------------
 // Batch losses.
 
-fn batch_run(
-    x: Matrix<'_>,
-    labels: &[u32],
-    p: BatchParams,
-    fast: bool,
-    garbage: f32,
-) -> Result<(BatchLoss, Vec<f32>), Error> {
-    let (n, d) = (x.rows(), x.dim());
-    let mut grad = vec![garbage; x.len()];
-    let ws_len = if fast {
-        triplet_batch_loss_grad_workspace_len(n, d, p)
-    } else {
-        scalar::triplet_batch_loss_grad_workspace_len(n, d, p)
-    };
-    let mut ws = vec![garbage; ws_len];
-    let out = if fast {
-        triplet_batch_loss_grad(x, labels, p, &mut grad, &mut ws)
-    } else {
-        scalar::triplet_batch_loss_grad(x, labels, p, &mut grad, &mut ws)
-    };
-    let mut ws = vec![-garbage; triplet_batch_loss_workspace_len(n, d, p)];
-    let fwd = if fast {
-        triplet_batch_loss(x, labels, p, &mut ws)
-    } else {
-        scalar::triplet_batch_loss(x, labels, p, &mut ws)
-    };
-    match (out, fwd) {
-        (Ok(o), Ok(f)) => {
-            assert_eq!(o.loss.to_bits(), f.loss.to_bits(), "forward-only loss");
-            assert_eq!(
-                (o.num_triplets, o.num_active),
-                (f.num_triplets, f.num_active)
-            );
-            Ok((o, grad))
-        }
-        (Err(e), Err(e2)) => {
-            assert_eq!(e, e2);
-            assert!(
-                grad.iter().all(|v| v.to_bits() == garbage.to_bits()),
-                "written on Err"
-            );
-            Err(e)
-        }
-        (a, b) => panic!("with and without gradient disagree: {a:?} vs {b:?}"),
-    }
-}
-
-fn hess_scale(metric: Metric, dist: f64) -> f64 {
-    match metric {
-        Metric::SquaredEuclidean => 4.0,
-        Metric::Euclidean => {
-            if dist > 0.0 {
-                4.0 / dist
-            } else {
-                0.0
-            }
-        }
-        Metric::Cosine => 8.0,
-        _ => unreachable!("a variant this test does not know"),
-    }
-}
-
 fn batch_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
     let (n, d) = (x.rows(), x.dim());
     let classes = g.range(1, 6);
@@ -430,17 +302,12 @@ fn batch_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
         .iter()
         .map(|&t| eval_triplet(&y, d, idx3(t), &tp))
         .collect();
-    let active = evals
-        .iter()
-        .filter(|e| p.hinge == Hinge::SoftPlus || e.v > 0.0)
-        .count();
-    let w = weight(p.reduction, evals.len(), active);
-    let dy = if p.normalize {
-        4.0 * (d as f64 / 8.0 + 12.0) * EPS
+    let w = eval_weight(&evals, p.hinge, p.reduction);
+    let dv_extra = if p.normalize {
+        normalized_dv_extra(d)
     } else {
         0.0
     };
-    let dv_extra = 16.0 * (d as f64).sqrt() * dy;
     let b = bounds(
         &y,
         n,
@@ -486,23 +353,8 @@ fn batch_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
     }
     let mut tol = b.grad.clone();
     if p.normalize {
-        for e in &evals {
-            let c = w * slope64(p.hinge, e.v);
-            for &(i, j, dd) in &[e.ap, e.neg] {
-                for r in [i, j] {
-                    tol[r] += 2.0 * c * hess_scale(p.metric, dd) * dy;
-                }
-            }
-        }
         let x64 = to64(xd);
-        for (r, t) in tol.iter_mut().enumerate() {
-            let rn = clamped(norm64(row(&x64, d, r)));
-            let g1: f64 = sg[r * d..(r + 1) * d]
-                .iter()
-                .map(|v| f64::from(v.abs()))
-                .sum();
-            *t = 4.0 * *t / rn + 8.0 * (d as f64 + 20.0) * EPS * g1 / rn;
-        }
+        through_normalization(&mut tol, &x64, d, &evals, w, &p, &sg);
     }
     assert_close("batch grad", &fg, &sg, |k| tol[k / d]);
 }

@@ -26,6 +26,7 @@ mod common;
 
 use common::*;
 use libfuzzer_sys::fuzz_target;
+use testkit::contrastive::{self, Pairs};
 use testkit::proxy::Proxy;
 use triplet_kernels::{
     contrastive_loss, contrastive_loss_grad, contrastive_loss_workspace_len, mine_quadruplets,
@@ -241,72 +242,12 @@ fn contrastive_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) 
         lf.is_finite() && gf.iter().all(|v| v.is_finite()),
         "non-finite {lf}"
     );
-    // The tests' tolerances; `None` near a kink.
-    let rows: Vec<&[f32]> = x.row_iter().collect();
-    let term_of = |positive: bool, dd: f64| {
-        let (v, sign) = if positive {
-            (dd - f64::from(pm), 1.0)
-        } else {
-            (f64::from(nm) - dd, -1.0)
-        };
-        let h = v.max(0.0);
-        match form {
-            ContrastiveForm::Linear => (v, h, if v > 0.0 { sign } else { 0.0 }),
-            ContrastiveForm::Squared => (v, h * h, if v > 0.0 { 2.0 * sign * v } else { 0.0 }),
-            _ => unreachable!("a variant this test does not know"),
-        }
+    // The tests' tolerances, with the underflow allowance in each distance's scale and
+    // the gradient scale of the difference `a - b`; `None` near a kink.
+    let pairs = Pairs::with(&x, metric, scale_u, grad_scale);
+    let Some((loss_tol, row_tol)) = contrastive::tolerances(d, &pairs, &labels, &p) else {
+        return;
     };
-    let k = 4.0 * EPS * (d + 2 * n + 16) as f64;
-    let (mut pc, mut pa, mut nc, mut na) = (0, 0, 0, 0);
-    for i in 0..n {
-        for j in 0..n {
-            if i == j {
-                continue;
-            }
-            let pos = labels[i] == labels[j];
-            let (v, t, _) = term_of(pos, dist64(metric, rows[i], rows[j]));
-            if v.abs() <= 4.0 * k * scale_u(metric, rows[i], rows[j]) {
-                return;
-            }
-            if pos {
-                pc += 1;
-                pa += usize::from(t > 0.0);
-            } else {
-                nc += 1;
-                na += usize::from(t > 0.0);
-            }
-        }
-    }
-    let inv = |c: usize| if c == 0 { 0.0 } else { 1.0 / c as f64 };
-    let (wp, wn) = match reduction {
-        ContrastiveReduction::MeanNonzeroPerPart => (inv(pa), inv(na)),
-        ContrastiveReduction::MeanPerPart => (inv(pc), inv(nc)),
-        ContrastiveReduction::Mean => (inv(pc + nc), inv(pc + nc)),
-        ContrastiveReduction::Sum => (1.0, 1.0),
-        _ => unreachable!("a variant this test does not know"),
-    };
-    let mut loss_tol = 1e-30;
-    let mut row_tol = vec![1e-30; n];
-    for i in 0..n {
-        for j in 0..n {
-            if i == j {
-                continue;
-            }
-            let pos = labels[i] == labels[j];
-            let w = if pos { wp } else { wn };
-            let sc = scale_u(metric, rows[i], rows[j]);
-            let (_, t, s) = term_of(pos, dist64(metric, rows[i], rows[j]));
-            let slope_err = if form == ContrastiveForm::Squared {
-                2.0 * sc
-            } else {
-                0.0
-            };
-            loss_tol += w * (t + s.abs() * sc);
-            row_tol[i] += 2.0 * w * (s.abs() + slope_err) * grad_scale(metric, rows[i], rows[j]);
-        }
-    }
-    let (loss_tol, row_tol): (f64, Vec<f64>) =
-        (k * loss_tol, row_tol.iter().map(|r| k * r).collect());
     assert!(
         (f64::from(lf) - f64::from(ls)).abs() <= loss_tol,
         "{metric:?} {p:?}: loss fast {lf} scalar {ls} tol {loss_tol}"

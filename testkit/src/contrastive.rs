@@ -40,8 +40,17 @@ pub struct Pairs {
     pub gs: Vec<f64>,
 }
 
+/// A function of a metric and two rows: a distance's error scale or gradient scale.
+pub type RowScale = fn(Metric, &[f32], &[f32]) -> f64;
+
 impl Pairs {
+    /// The scales of [`crate::rows`]: [`dist_scale`] and [`grad_scale`].
     pub fn new(x: &Matrix<'_>, metric: Metric) -> Self {
+        Self::with(x, metric, dist_scale, grad_scale)
+    }
+
+    /// Error scales from `scale` and gradient scales from `grad`.
+    pub fn with(x: &Matrix<'_>, metric: Metric, scale: RowScale, grad: RowScale) -> Self {
         let n = x.rows();
         let rows: Vec<&[f32]> = x.row_iter().collect();
         let mut p = Pairs {
@@ -53,8 +62,8 @@ impl Pairs {
         for i in 0..n {
             for j in 0..n {
                 p.d[i * n + j] = dist64(metric, rows[i], rows[j]);
-                p.sc[i * n + j] = dist_scale(metric, rows[i], rows[j]);
-                p.gs[i * n + j] = grad_scale(metric, rows[i], rows[j]);
+                p.sc[i * n + j] = scale(metric, rows[i], rows[j]);
+                p.gs[i * n + j] = grad(metric, rows[i], rows[j]);
             }
         }
         p

@@ -8,6 +8,7 @@
 //! - [`triplet_def`]: the `f64` definition of the triplet losses and their bounds.
 //! - [`contrastive`], [`quadruplet`]: the bounds of those losses.
 //! - [`proxy`]: the proxy losses, fast or twin, behind one enum.
+//! - [`runs`]: the triplet losses, fast or twin, checked against their forward-only calls.
 //! - `strategies` (feature `proptest`): the property tests' value and batch strategies.
 //!
 //! Not published: a development dependency of the library's tests and a dependency of
@@ -18,6 +19,7 @@ pub mod contrastive;
 pub mod proxy;
 pub mod quadruplet;
 pub mod rows;
+pub mod runs;
 #[cfg(feature = "proptest")]
 pub mod strategies;
 pub mod triplet_def;

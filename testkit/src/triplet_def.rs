@@ -107,6 +107,80 @@ pub fn weight(r: Reduction, k: usize, active: usize) -> f64 {
     }
 }
 
+/// The weight of each term under `r` for these evaluated triplets (`hinge` decides
+/// which are active, the divisor of `MeanNonzero`).
+pub fn eval_weight(evals: &[Eval], hinge: Hinge, r: Reduction) -> f64 {
+    let active = evals
+        .iter()
+        .filter(|e| hinge == Hinge::SoftPlus || e.v > 0.0)
+        .count();
+    weight(r, evals.len(), active)
+}
+
+/// When the kernels normalise rows of `d` first, they see `f32`-rounded unit rows: each
+/// element within this of the exact one.
+pub fn normalized_dy(d: usize) -> f64 {
+    4.0 * (d as f64 / 8.0 + 12.0) * EPS
+}
+
+/// The extra error of each margin value when both kernels normalise rows of `d` first: a
+/// distance moves by at most `|grad|_1 dy <= 4 sqrt(d) dy` per rounded row
+/// ([`normalized_dy`]), two rows per distance, two distances per margin value. Add it
+/// through [`Allow::dv_extra`].
+pub fn normalized_dv_extra(d: usize) -> f64 {
+    16.0 * (d as f64).sqrt() * normalized_dy(d)
+}
+
+/// Bound on the second derivative of a distance `dist` of `metric` (how far a gradient
+/// moves with its rows).
+pub fn hess_scale(metric: Metric, dist: f64) -> f64 {
+    match metric {
+        Metric::SquaredEuclidean => 4.0,
+        Metric::Euclidean => {
+            if dist > 0.0 {
+                4.0 / dist
+            } else {
+                0.0
+            }
+        }
+        Metric::Cosine => 8.0,
+        _ => unreachable!("a variant this test does not know"),
+    }
+}
+
+/// Widens the per-row gradient tolerances `tol` that [`bounds`] gives on the normalised
+/// rows to the gradient of a normalising batch loss on rows `x` (f64, rows of `d`):
+/// updates move with the rounding of the rows ([`normalized_dy`]), then the backward pass
+/// divides by the row norm and adds its own rounding, relative to the twin's gradient
+/// `grad`. `w` is the terms' weight ([`eval_weight`]).
+pub fn through_normalization(
+    tol: &mut [f64],
+    x: &[f64],
+    d: usize,
+    evals: &[Eval],
+    w: f64,
+    p: &BatchParams,
+    grad: &[f32],
+) {
+    let dy = normalized_dy(d);
+    for e in evals {
+        let c = w * slope64(p.hinge, e.v);
+        for &(i, j, dd) in &[e.ap, e.neg] {
+            for r in [i, j] {
+                tol[r] += 2.0 * c * hess_scale(p.metric, dd) * dy;
+            }
+        }
+    }
+    for (r, t) in tol.iter_mut().enumerate() {
+        let rn = norm(row(x, d, r)).max(1e-12);
+        let g1: f64 = grad[r * d..(r + 1) * d]
+            .iter()
+            .map(|v| f64::from(v.abs()))
+            .sum();
+        *t = 4.0 * *t / rn + 8.0 * (d as f64 + 20.0) * EPS * g1 / rn;
+    }
+}
+
 /// One evaluated triplet: margin value, its rows and distances, and the pair of the
 /// negative distance used.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -220,11 +294,7 @@ pub fn bounds(
     };
     let eps = f64::from(tp.eps);
     let df = d as f64;
-    let active = evals
-        .iter()
-        .filter(|e| tp.hinge == Hinge::SoftPlus || e.v > 0.0)
-        .count();
-    let w = weight(tp.reduction, evals.len(), active);
+    let w = eval_weight(evals, tp.hinge, tp.reduction);
     let (mut loss, mut terms) = (0.0, 0.0);
     let mut g = vec![0.0; n];
     let mut m = vec![0usize; n];

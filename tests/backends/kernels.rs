@@ -24,12 +24,10 @@ use triplet_kernels::{
     knn_workspace_len, mine_quadruplets, mine_quadruplets_count, mine_quadruplets_workspace_len,
     mine_triplets, mine_triplets_count, mine_triplets_workspace_len, quadruplet_loss,
     quadruplet_loss_grad, quadruplet_loss_workspace_len, retrieval_metrics,
-    retrieval_metrics_workspace_len, scalar, triplet_batch_loss, triplet_batch_loss_grad,
-    triplet_batch_loss_grad_workspace_len, triplet_batch_loss_workspace_len, triplet_margin_loss,
-    triplet_margin_loss_grad, triplet_margin_loss_workspace_len, Backend, BatchParams,
-    ContrastiveForm, ContrastiveParams, ContrastiveReduction, Hinge, Matrix, Metric, Mining,
-    ProxyAnchorParams, ProxyNcaParams, Quadruplet, QuadrupletParams, Reduction, Triplet,
-    TripletParams, NO_INDEX,
+    retrieval_metrics_workspace_len, scalar, triplet_margin_loss, triplet_margin_loss_grad,
+    triplet_margin_loss_workspace_len, Backend, BatchParams, ContrastiveForm, ContrastiveParams,
+    ContrastiveReduction, Hinge, Matrix, Metric, Mining, ProxyAnchorParams, ProxyNcaParams,
+    Quadruplet, QuadrupletParams, Reduction, Triplet, TripletParams, NO_INDEX,
 };
 
 use testkit::bounds::assert_proxy_close;
@@ -37,6 +35,7 @@ use testkit::contrastive::{self, Pairs};
 use testkit::proxy::Proxy;
 use testkit::quadruplet;
 use testkit::rows::{dist64, dist_scale};
+use testkit::runs::batch_run;
 use testkit::triplet_def::{
     bounds, dist_scale as tdist_scale, eval_triplet, idx3, mined, row, Allow, Bounds, Eval,
 };
@@ -284,39 +283,6 @@ fn mining_matches_scalar() {
     });
 }
 
-/// The batch loss with its gradient (fast or twin), checked against the loss-only call.
-fn batch_run(
-    x: Matrix<'_>,
-    labels: &[u32],
-    p: BatchParams,
-    fast: bool,
-    fill: f32,
-) -> (f32, usize, usize, Vec<f32>) {
-    let (n, d) = (x.rows(), x.dim());
-    let mut grad = vec![fill; x.len()];
-    let ws_len = if fast {
-        triplet_batch_loss_grad_workspace_len(n, d, p)
-    } else {
-        scalar::triplet_batch_loss_grad_workspace_len(n, d, p)
-    };
-    let mut ws = vec![fill; ws_len];
-    let out = if fast {
-        triplet_batch_loss_grad(x, labels, p, &mut grad, &mut ws)
-    } else {
-        scalar::triplet_batch_loss_grad(x, labels, p, &mut grad, &mut ws)
-    }
-    .unwrap();
-    let mut ws = vec![-fill; triplet_batch_loss_workspace_len(n, d, p)];
-    let fwd = if fast {
-        triplet_batch_loss(x, labels, p, &mut ws)
-    } else {
-        scalar::triplet_batch_loss(x, labels, p, &mut ws)
-    }
-    .unwrap();
-    assert_eq!(fwd, out, "loss-only and fused calls differ");
-    (out.loss, out.num_triplets, out.num_active, grad)
-}
-
 /// The twin's side of one batch-loss configuration (the same for every backend).
 struct BatchTwin {
     p: BatchParams,
@@ -373,7 +339,8 @@ fn check_batch(b: &Batch, twin: &BatchTwin, backend: Backend) -> bool {
     let (x, labels, d, p) = (b.x(), &b.labels[..], b.d, twin.p);
     let what = format!("{} {p:?} {}", backend.name(), b.name());
     // NaN-filled buffers: every element the kernel reads must have been written first.
-    let (lf, kf, af, gf) = batch_run(x, labels, p, true, f32::NAN);
+    let (out, gf) = batch_run(x, labels, p, true, f32::NAN).unwrap();
+    let (lf, kf, af) = (out.loss, out.num_triplets, out.num_active);
     assert!(lf.is_finite() && gf.iter().all(|g| g.is_finite()), "{what}");
     assert_eq!(kf, twin.count, "{what}: triplet count");
     let same_choice = mined(x, labels, p.metric, p.mining, true) == twin.mined;
