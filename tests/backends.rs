@@ -72,10 +72,10 @@ fn on_every_backend(what: &str, mut check: impl FnMut(Backend)) {
     assert_eq!(ran, Backend::available(), "{what}: not every backend ran");
 }
 
-mod common;
-use common::bounds::{distance_tolerance, sq64};
-use common::strategies::{int_value, matrix, value};
-use common::{bits, METRICS, U};
+use testkit::bounds::distance_tolerance;
+use testkit::rows::sq_norm;
+use testkit::strategies::{int_value, matrix, value};
+use testkit::{bits, METRICS, U};
 
 #[path = "backends/kernels.rs"]
 mod kernels;
@@ -241,7 +241,7 @@ fn check_row_kernels(x: Matrix<'_>) {
     l2_normalize_backward(x, &g, &mut f).unwrap();
     scalar::l2_normalize_backward(x, &g, &mut s).unwrap();
     for (i, row) in x.row_iter().enumerate() {
-        let r = sq64(row).sqrt();
+        let r = sq_norm(row).sqrt();
         let gn: f64 = g[i * d..(i + 1) * d]
             .iter()
             .map(|&v| f64::from(v).abs())

@@ -9,10 +9,9 @@ use triplet_kernels::{
 
 const EPS: f64 = f32::EPSILON as f64;
 
-mod common;
-use common::bounds::distance_tolerance;
-use common::strategies::{int_value, matrix, value};
-use common::METRICS;
+use testkit::bounds::distance_tolerance;
+use testkit::strategies::{int_value, matrix, value};
+use testkit::METRICS;
 
 fn check_cross(x: &Matrix<'_>, y: &Matrix<'_>, metric: Metric, fast: &[f32], slow: &[f32]) {
     let n = y.rows();

@@ -11,8 +11,7 @@ const METRICS: [Metric; 3] = [Metric::SquaredEuclidean, Metric::Euclidean, Metri
 const MININGS: [Mining; 3] = [Mining::All, Mining::BatchHard, Mining::SemiHard];
 const EPS: f64 = f32::EPSILON as f64;
 
-mod common;
-use common::strategies::{int_value, sparse_batch, value};
+use testkit::strategies::{int_value, sparse_batch, value};
 
 /// A batch: rows, dim, data and labels drawn from `classes` ids (sparse ids, not 0..C).
 fn batch(

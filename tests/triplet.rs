@@ -11,13 +11,13 @@ use triplet_kernels::{
     Hinge, Matrix, Metric, Mining, Reduction, Triplet, TripletParams,
 };
 
-mod common;
-use common::strategies::{int_value, sparse_batch, value};
-use common::triplet_def::{
-    as_triplet, bounds, dist, dv_bound, eval_triplet, hinge64, mined, norm, row, slope64, weight,
-    Eval, Idx3,
+use testkit::runs::{batch_run, margin_run};
+use testkit::strategies::{int_value, sparse_batch, value};
+use testkit::triplet_def::{
+    as_triplet, bounds, dist, dv_bound, eval_triplet, eval_weight, hinge64, mined, norm,
+    normalized_dv_extra, row, through_normalization, Allow, Eval, Idx3,
 };
-use common::{bits, to64};
+use testkit::{bits, to64};
 
 const METRICS: [Metric; 3] = [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine];
 const MININGS: [Mining; 3] = [Mining::All, Mining::BatchHard, Mining::SemiHard];
@@ -104,11 +104,7 @@ fn batch_params() -> impl Strategy<Value = BatchParams> {
 /// The loss of the definition.
 fn reduce(evals: &[Eval], h: Hinge, r: Reduction) -> f64 {
     let sum: f64 = evals.iter().map(|e| hinge64(h, e.v)).sum();
-    let active = evals
-        .iter()
-        .filter(|e| h == Hinge::SoftPlus || e.v > 0.0)
-        .count();
-    sum * weight(r, evals.len(), active)
+    sum * eval_weight(evals, h, r)
 }
 
 /// Mining by the definition, on f64 distances.
@@ -201,83 +197,6 @@ fn batch_ref(x: &[f64], d: usize, labels: &[u32], p: &BatchParams) -> RefBatch {
 // ---------------------------------------------------------------------------------------
 // Runners.
 
-struct MarginOut {
-    loss: f32,
-    terms: Vec<f32>,
-    grad: Vec<f32>,
-}
-
-fn margin_run(
-    x: Matrix<'_>,
-    ts: &[Triplet],
-    p: TripletParams,
-    fast: bool,
-    garbage: f32,
-) -> MarginOut {
-    let mut terms = vec![garbage; ts.len()];
-    let mut grad = vec![garbage; x.len()];
-    let ws_len = if fast {
-        triplet_margin_loss_workspace_len(x.rows(), x.dim())
-    } else {
-        scalar::triplet_margin_loss_workspace_len(x.rows(), x.dim())
-    };
-    let mut ws = vec![garbage; ws_len];
-    let loss = if fast {
-        triplet_margin_loss_grad(x, ts, p, &mut terms, &mut grad, &mut ws)
-    } else {
-        scalar::triplet_margin_loss_grad(x, ts, p, &mut terms, &mut grad, &mut ws)
-    }
-    .unwrap();
-    // The forward-only call gives the same loss and terms, bit for bit.
-    let mut terms2 = vec![-garbage; ts.len()];
-    ws.fill(-garbage);
-    let loss2 = if fast {
-        triplet_margin_loss(x, ts, p, &mut terms2, &mut ws)
-    } else {
-        scalar::triplet_margin_loss(x, ts, p, &mut terms2, &mut ws)
-    }
-    .unwrap();
-    assert_eq!(loss.to_bits(), loss2.to_bits());
-    assert_eq!(bits(&terms), bits(&terms2));
-    MarginOut { loss, terms, grad }
-}
-
-fn batch_run(
-    x: Matrix<'_>,
-    labels: &[u32],
-    p: BatchParams,
-    fast: bool,
-    garbage: f32,
-) -> (BatchLoss, Vec<f32>) {
-    let (n, d) = (x.rows(), x.dim());
-    let mut grad = vec![garbage; x.len()];
-    let ws_len = if fast {
-        triplet_batch_loss_grad_workspace_len(n, d, p)
-    } else {
-        scalar::triplet_batch_loss_grad_workspace_len(n, d, p)
-    };
-    let mut ws = vec![garbage; ws_len];
-    let out = if fast {
-        triplet_batch_loss_grad(x, labels, p, &mut grad, &mut ws)
-    } else {
-        scalar::triplet_batch_loss_grad(x, labels, p, &mut grad, &mut ws)
-    }
-    .unwrap();
-    let mut ws = vec![-garbage; triplet_batch_loss_workspace_len(n, d, p)];
-    let fwd = if fast {
-        triplet_batch_loss(x, labels, p, &mut ws)
-    } else {
-        scalar::triplet_batch_loss(x, labels, p, &mut ws)
-    }
-    .unwrap();
-    assert_eq!(fwd.loss.to_bits(), out.loss.to_bits());
-    assert_eq!(
-        (fwd.num_triplets, fwd.num_active),
-        (out.num_triplets, out.num_active)
-    );
-    (out, grad)
-}
-
 fn check_grad(fast: &[f32], slow: &[f32], tol: &[f64], d: usize) -> Result<(), TestCaseError> {
     for (k, (f, s)) in fast.iter().zip(slow).enumerate() {
         let t = tol[k / d];
@@ -302,15 +221,15 @@ fn margin_vs_scalar(
     p: TripletParams,
 ) -> Result<(), TestCaseError> {
     let x = Matrix::new(data, n, d).unwrap();
-    let f = margin_run(x, ts, p, true, f32::NAN);
-    let f2 = margin_run(x, ts, p, true, 1e30);
+    let f = margin_run(x, ts, p, true, f32::NAN).unwrap();
+    let f2 = margin_run(x, ts, p, true, 1e30).unwrap();
     prop_assert_eq!(
         bits(&f.grad),
         bits(&f2.grad),
         "garbage in the buffers changed the result"
     );
     prop_assert_eq!(f.loss.to_bits(), f2.loss.to_bits());
-    let s = margin_run(x, ts, p, false, f32::NAN);
+    let s = margin_run(x, ts, p, false, f32::NAN).unwrap();
     let x64 = to64(data);
     let evals: Vec<Eval> = ts
         .iter()
@@ -323,7 +242,7 @@ fn margin_vs_scalar(
             )
         })
         .collect();
-    let b = bounds(&x64, n, d, &evals, &p, 0.0, false);
+    let b = bounds(&x64, n, d, &evals, &p, Allow::default());
     prop_assert!(f.loss.is_finite() && f.grad.iter().all(|g| g.is_finite()));
     if b.near_kink && p.reduction == Reduction::MeanNonzero || b.near_swap {
         return Ok(());
@@ -353,21 +272,6 @@ fn margin_vs_scalar(
 
 /// Second-derivative size of `d(a, b)` along `a` (how much one gradient update moves when
 /// the rows move), for rows of unit norm.
-fn hess_scale(metric: Metric, dist: f64) -> f64 {
-    match metric {
-        Metric::SquaredEuclidean => 4.0,
-        Metric::Euclidean => {
-            if dist > 0.0 {
-                4.0 / dist
-            } else {
-                0.0
-            }
-        }
-        Metric::Cosine => 8.0,
-        _ => unreachable!("a variant this test does not know"),
-    }
-}
-
 /// Fast batch loss vs the twin.
 fn batch_vs_scalar(
     n: usize,
@@ -377,15 +281,15 @@ fn batch_vs_scalar(
     p: BatchParams,
 ) -> Result<(), TestCaseError> {
     let x = Matrix::new(data, n, d).unwrap();
-    let (f, fg) = batch_run(x, labels, p, true, f32::NAN);
-    let (f2, fg2) = batch_run(x, labels, p, true, -3e38);
+    let (f, fg) = batch_run(x, labels, p, true, f32::NAN).unwrap();
+    let (f2, fg2) = batch_run(x, labels, p, true, -3e38).unwrap();
     prop_assert_eq!(f, f2);
     prop_assert_eq!(
         bits(&fg),
         bits(&fg2),
         "garbage in the buffers changed the result"
     );
-    let (s, sg) = batch_run(x, labels, p, false, f32::NAN);
+    let (s, sg) = batch_run(x, labels, p, false, f32::NAN).unwrap();
     prop_assert!(f.loss.is_finite() && fg.iter().all(|g| g.is_finite()));
     prop_assert!(s.loss.is_finite() && sg.iter().all(|g| g.is_finite()));
     prop_assert_eq!(f.num_triplets, s.num_triplets);
@@ -395,31 +299,25 @@ fn batch_vs_scalar(
     );
     let x64 = to64(data);
     let (want, ts, evals, y) = batch_ref(&x64, d, labels, &p);
-    let active = evals
-        .iter()
-        .filter(|e| p.hinge == Hinge::SoftPlus || e.v > 0.0)
-        .count();
-    let w = weight(p.reduction, evals.len(), active);
-    // With normalisation both kernels see f32-rounded unit rows (each element within `dy`
-    // of the exact one): a distance moves by at most |grad|_1 dy <= 4 sqrt(d) dy per row,
-    // two rows per distance, two distances per margin value.
-    let dy = if p.normalize {
-        4.0 * (d as f64 / 8.0 + 12.0) * EPS
+    let w = eval_weight(&evals, p.hinge, p.reduction);
+    let dv_extra = if p.normalize {
+        normalized_dv_extra(d)
     } else {
         0.0
     };
-    let dv_extra = 16.0 * (d as f64).sqrt() * dy;
     let b = bounds(
         &y,
         n,
         d,
         &evals,
         &as_triplet(&p),
-        dv_extra,
         // Without the batch-all terms: this file has always held batch-all to the
         // tighter per-triplet model, and it holds; the per-backend suite checks the
         // documented (wider) batch-all bound.
-        false,
+        Allow {
+            dv_extra,
+            ..Allow::default()
+        },
     );
     let loss_tol = b.loss;
     // The twin against the definition.
@@ -476,24 +374,7 @@ fn batch_vs_scalar(
     }
     let mut tol = b.grad.clone();
     if p.normalize {
-        // Updates move with the rounding of the rows; then the backward pass divides by
-        // the row norm and adds its own rounding.
-        for e in &evals {
-            let c = w * slope64(p.hinge, e.v);
-            for &(i, j, dd) in &[e.ap, e.neg] {
-                for r in [i, j] {
-                    tol[r] += 2.0 * c * hess_scale(p.metric, dd) * dy;
-                }
-            }
-        }
-        for (r, t) in tol.iter_mut().enumerate() {
-            let rn = norm(row(&x64, d, r)).max(1e-12);
-            let g1: f64 = sg[r * d..(r + 1) * d]
-                .iter()
-                .map(|v| f64::from(v.abs()))
-                .sum();
-            *t = 4.0 * *t / rn + 8.0 * (d as f64 + 20.0) * EPS * g1 / rn;
-        }
+        through_normalization(&mut tol, &x64, d, &evals, w, &p, &sg);
     }
     check_grad(&fg, &sg, &tol, d)
 }
@@ -611,7 +492,7 @@ proptest! {
         let n32 = n as u32;
         let ts: Vec<Triplet> = raw.iter().map(|&(a, b, c)| Triplet::new(a % n32, b % n32, c % n32)).collect();
         let x = Matrix::new(&data, n, d).unwrap();
-        let s = margin_run(x, &ts, p, false, f32::NAN);
+        let s = margin_run(x, &ts, p, false, f32::NAN).unwrap();
         let x64 = to64(&data);
         let tt: Vec<(usize, usize, usize)> = ts.iter().map(|t| (t.anchor as usize, t.positive as usize, t.negative as usize)).collect();
         let evals: Vec<Eval> = tt.iter().map(|&t| eval_triplet(&x64, d, t, &p)).collect();
@@ -633,7 +514,7 @@ proptest! {
         p in batch_params(),
     ) {
         let x = Matrix::new(&data, n, d).unwrap();
-        let (s, sg) = batch_run(x, &labels, p, false, f32::NAN);
+        let (s, sg) = batch_run(x, &labels, p, false, f32::NAN).unwrap();
         let x64 = to64(&data);
         let (l0, _, evals, _) = batch_ref(&x64, d, &labels, &p);
         prop_assume!(!nondifferentiable(&evals, p.hinge, p.metric, 1e-3));
@@ -768,8 +649,8 @@ fn batch_equals_explicit_over_mined_triplets() {
                         .with_hinge(h)
                         .with_reduction(r);
                     let ts = mined(x, &labels, metric, m, true);
-                    let (b, bg) = batch_run(x, &labels, p, true, 0.0);
-                    let e = margin_run(x, &ts, as_triplet(&p), true, 0.0);
+                    let (b, bg) = batch_run(x, &labels, p, true, 0.0).unwrap();
+                    let e = margin_run(x, &ts, as_triplet(&p), true, 0.0).unwrap();
                     assert_eq!(b.num_triplets, ts.len());
                     assert!(
                         (b.loss - e.loss).abs() <= 1e-5 * (1.0 + e.loss.abs()),
@@ -824,7 +705,7 @@ fn degenerate_batches_are_finite() {
         let x = Matrix::new(data, *n, d).unwrap();
         for p in all_params() {
             for fast in [true, false] {
-                let (out, g) = batch_run(x, labels, p, fast, f32::NAN);
+                let (out, g) = batch_run(x, labels, p, fast, f32::NAN).unwrap();
                 assert!(out.loss.is_finite(), "{p:?} {data:?}");
                 assert!(g.iter().all(|v| v.is_finite()), "{p:?} {data:?} {g:?}");
                 if out.num_triplets == 0 {
@@ -841,7 +722,7 @@ fn degenerate_batches_are_finite() {
     for m in MININGS {
         let p = BatchParams::new().with_mining(m).with_margin(0.5);
         for fast in [true, false] {
-            let (out, g) = batch_run(x, &[0, 1, 0, 1], p, fast, f32::NAN);
+            let (out, g) = batch_run(x, &[0, 1, 0, 1], p, fast, f32::NAN).unwrap();
             assert_eq!(out.loss, 0.5);
             assert!(g.iter().all(|&v| v == 0.0));
         }
@@ -860,7 +741,7 @@ fn degenerate_batches_are_finite() {
                 .with_swap(swap)
                 .with_margin(0.25);
             for fast in [true, false] {
-                let out = margin_run(x, &ts, p, fast, f32::NAN);
+                let out = margin_run(x, &ts, p, fast, f32::NAN).unwrap();
                 assert!(out.loss.is_finite() && out.grad.iter().all(|v| v.is_finite()));
                 if metric != Metric::Cosine {
                     assert_eq!(out.terms, [0.25; 3]);
@@ -872,7 +753,7 @@ fn degenerate_batches_are_finite() {
     // Zero triplets.
     let p = TripletParams::new();
     for fast in [true, false] {
-        let out = margin_run(x, &[], p, fast, f32::NAN);
+        let out = margin_run(x, &[], p, fast, f32::NAN).unwrap();
         assert_eq!(out.loss, 0.0);
         assert!(out.grad.iter().all(|&v| v == 0.0));
     }
@@ -891,7 +772,7 @@ fn soft_margin_does_not_overflow_and_counts_every_term() {
         .with_margin(0.0)
         .with_reduction(Reduction::MeanNonzero);
     for fast in [true, false] {
-        let (out, g) = batch_run(x, &labels, p, fast, f32::NAN);
+        let (out, g) = batch_run(x, &labels, p, fast, f32::NAN).unwrap();
         assert!(out.loss.is_finite() && g.iter().all(|v| v.is_finite()));
         // Every soft-margin term is positive, even where its f32 value underflows to 0.
         assert_eq!(out.num_active, out.num_triplets);
@@ -976,8 +857,8 @@ fn presets() {
     l2_normalize(x, &mut y).unwrap();
     let ym = Matrix::new(&y, n, d).unwrap();
     let p = BatchParams::pml_triplet_margin().with_margin(0.5);
-    let (a, ga) = batch_run(x, &labels, p, true, f32::NAN);
-    let (b, gb) = batch_run(ym, &labels, p.with_normalize(false), true, f32::NAN);
+    let (a, ga) = batch_run(x, &labels, p, true, f32::NAN).unwrap();
+    let (b, gb) = batch_run(ym, &labels, p.with_normalize(false), true, f32::NAN).unwrap();
     assert_eq!(
         (a.num_triplets, a.num_active),
         (b.num_triplets, b.num_active)
@@ -999,11 +880,11 @@ fn pytorch_eps_shifts_the_difference() {
         .with_margin(0.0)
         .with_reduction(Reduction::Sum);
     for fast in [true, false] {
-        let out = margin_run(x, &[Triplet::new(0, 1, 2)], p, fast, f32::NAN);
+        let out = margin_run(x, &[Triplet::new(0, 1, 2)], p, fast, f32::NAN).unwrap();
         // d(0,1) = |(0.5, 0.5)| = sqrt(0.5); d(0,2) = |(-2.5, -3.5)| = sqrt(18.5).
         let want = (0.5_f32.sqrt() - 18.5_f32.sqrt()).max(0.0);
         assert_eq!(out.terms, [want]);
-        let out = margin_run(x, &[Triplet::new(2, 1, 0)], p, fast, f32::NAN);
+        let out = margin_run(x, &[Triplet::new(2, 1, 0)], p, fast, f32::NAN).unwrap();
         // d(2,1) = |(3.5, 4.5)|, d(2,0) = the same: the term is 0... with margin 0.
         assert_eq!(out.terms, [0.0]);
     }

@@ -5,11 +5,10 @@
 use proptest::prelude::*;
 use triplet_kernels::{Matrix, Metric};
 
-mod common;
-use common::bounds::{assert_proxy_close, proxy_anchor_tolerances, proxy_nca_tolerances};
-use common::rows::{dist64, dist_scale, grad_scale, norm};
-use common::strategies::{int_value, value};
-use common::{assert_close, bits, EPS, METRICS};
+use testkit::bounds::assert_proxy_close;
+use testkit::rows::{dist64, dist_scale, norm};
+use testkit::strategies::{int_value, value};
+use testkit::{assert_close, bits, EPS, METRICS};
 
 /// Moderate values for finite differences.
 fn small_value() -> impl Strategy<Value = f32> + Clone {
@@ -46,6 +45,7 @@ fn lcg(seed: u32) -> impl FnMut() -> f32 {
 
 mod contrastive {
     use super::*;
+    use testkit::contrastive::{term, tolerances, Pairs};
     use triplet_kernels::{
         contrastive_loss, contrastive_loss_grad, contrastive_loss_workspace_len, scalar,
         ContrastiveForm, ContrastiveParams, ContrastiveReduction, Error,
@@ -58,116 +58,6 @@ mod contrastive {
         ContrastiveReduction::Sum,
     ];
     const FORMS: [ContrastiveForm; 2] = [ContrastiveForm::Linear, ContrastiveForm::Squared];
-
-    /// `(hinge argument, term, slope)` of one pair.
-    fn term(p: &ContrastiveParams, positive: bool, d: f64) -> (f64, f64, f64) {
-        let (v, sign) = if positive {
-            (d - f64::from(p.pos_margin), 1.0)
-        } else {
-            (f64::from(p.neg_margin) - d, -1.0)
-        };
-        let h = v.max(0.0);
-        match p.form {
-            ContrastiveForm::Linear => (v, h, if v > 0.0 { sign } else { 0.0 }),
-            _ => (v, h * h, if v > 0.0 { 2.0 * sign * v } else { 0.0 }),
-        }
-    }
-
-    /// Per-part weights as the docs define them.
-    fn weights(r: ContrastiveReduction, pc: usize, pa: usize, nc: usize, na: usize) -> (f64, f64) {
-        let inv = |k: usize| if k == 0 { 0.0 } else { 1.0 / k as f64 };
-        match r {
-            ContrastiveReduction::MeanNonzeroPerPart => (inv(pa), inv(na)),
-            ContrastiveReduction::MeanPerPart => (inv(pc), inv(nc)),
-            ContrastiveReduction::Mean => (inv(pc + nc), inv(pc + nc)),
-            _ => (1.0, 1.0),
-        }
-    }
-
-    /// Per ordered pair `(i, j)`: distance, its error scale, and the gradient scale of
-    /// `d d(x_i, x_j) / d x_i`, computed once per batch and metric.
-    pub(crate) struct Pairs {
-        n: usize,
-        d: Vec<f64>,
-        sc: Vec<f64>,
-        gs: Vec<f64>,
-    }
-
-    impl Pairs {
-        pub(crate) fn new(x: &Matrix<'_>, metric: Metric) -> Self {
-            let n = x.rows();
-            let rows: Vec<&[f32]> = x.row_iter().collect();
-            let mut p = Pairs {
-                n,
-                d: vec![0.0; n * n],
-                sc: vec![0.0; n * n],
-                gs: vec![0.0; n * n],
-            };
-            for i in 0..n {
-                for j in 0..n {
-                    p.d[i * n + j] = dist64(metric, rows[i], rows[j]);
-                    p.sc[i * n + j] = dist_scale(metric, rows[i], rows[j]);
-                    p.gs[i * n + j] = grad_scale(metric, rows[i], rows[j]);
-                }
-            }
-            p
-        }
-    }
-
-    /// Tolerances of the loss and of each gradient row, or `None` when a term sits within
-    /// the error bound of its kink (the two kernels may then count differently).
-    fn tolerances(
-        dim: usize,
-        pairs: &Pairs,
-        labels: &[u32],
-        p: &ContrastiveParams,
-    ) -> Option<(f64, Vec<f64>)> {
-        let n = pairs.n;
-        let k = 4.0 * EPS * (dim + 2 * n + 16) as f64;
-        let (mut pc, mut pa, mut nc, mut na) = (0, 0, 0, 0);
-        for i in 0..n {
-            for j in 0..n {
-                if i == j {
-                    continue;
-                }
-                let pos = labels[i] == labels[j];
-                let (v, t, _) = term(p, pos, pairs.d[i * n + j]);
-                if v.abs() <= 4.0 * k * pairs.sc[i * n + j] {
-                    return None;
-                }
-                if pos {
-                    pc += 1;
-                    pa += usize::from(t > 0.0);
-                } else {
-                    nc += 1;
-                    na += usize::from(t > 0.0);
-                }
-            }
-        }
-        let (wp, wn) = weights(p.reduction, pc, pa, nc, na);
-        let mut loss = 1e-30;
-        let mut row = vec![1e-30; n];
-        for i in 0..n {
-            for j in 0..n {
-                if i == j {
-                    continue;
-                }
-                let pos = labels[i] == labels[j];
-                let w = if pos { wp } else { wn };
-                let sc = pairs.sc[i * n + j];
-                let (_, t, s) = term(p, pos, pairs.d[i * n + j]);
-                let slope_err = if p.form == ContrastiveForm::Squared {
-                    2.0 * sc
-                } else {
-                    0.0
-                };
-                loss += w * (t + s.abs() * sc);
-                // (i, j) and (j, i) both touch rows i and j.
-                row[i] += 2.0 * w * (s.abs() + slope_err) * pairs.gs[i * n + j];
-            }
-        }
-        Some((k * loss, row.into_iter().map(|r| k * r).collect()))
-    }
 
     /// Fast vs scalar for one configuration; `Err` on a mismatch.
     fn run(x: Matrix<'_>, labels: &[u32], metric: Metric, pairs: &Pairs, p: ContrastiveParams) {
@@ -625,6 +515,7 @@ mod contrastive {
 mod quadruplet {
     use super::contrastive::fd_check;
     use super::*;
+    use testkit::quadruplet::{margins, tolerances};
     use triplet_kernels::{
         mine_quadruplets, mine_quadruplets_count, mine_quadruplets_workspace_len, quadruplet_loss,
         quadruplet_loss_grad, quadruplet_loss_workspace_len, scalar, Error, Hinge, Quadruplet,
@@ -646,85 +537,6 @@ mod quadruplet {
                 Quadruplet::new(a, p, n1, n2)
             })
             .collect()
-    }
-
-    fn softplus(v: f64) -> f64 {
-        v.max(0.0) + (-v.abs()).exp().ln_1p()
-    }
-
-    /// `(v1, v2, d)` of a quadruplet in f64.
-    fn margins(
-        x: &Matrix<'_>,
-        q: Quadruplet,
-        metric: Metric,
-        p: &QuadrupletParams,
-    ) -> (f64, f64, [f64; 3], [f64; 3], [[usize; 2]; 3]) {
-        let [a, pp, n1, n2] = q.to_array().map(|v| v as usize);
-        let r = |i: usize| x.row(i).unwrap();
-        let pairs = [[a, pp], [a, n1], [n1, n2]];
-        let d = pairs.map(|[i, j]| dist64(metric, r(i), r(j)));
-        let sc = pairs.map(|[i, j]| dist_scale(metric, r(i), r(j)));
-        let v1 = d[0] - d[1] + f64::from(p.margin1);
-        let v2 = d[0] - d[2] + f64::from(p.margin2);
-        (v1, v2, d, sc, pairs)
-    }
-
-    fn tolerances(
-        x: &Matrix<'_>,
-        quads: &[Quadruplet],
-        metric: Metric,
-        p: &QuadrupletParams,
-    ) -> Option<(f64, Vec<f64>)> {
-        let n = x.rows();
-        let k = 4.0 * EPS * (x.dim() + quads.len() + 16) as f64;
-        let h = |v: f64| {
-            if p.hinge == Hinge::Relu {
-                v.max(0.0)
-            } else {
-                softplus(v)
-            }
-        };
-        let slope = |v: f64| match p.hinge {
-            Hinge::Relu => f64::from(u8::from(v > 0.0)),
-            _ => 1.0 / (1.0 + (-v).exp()),
-        };
-        let mut active = 0;
-        for &q in quads {
-            let (v1, v2, _, sc, _) = margins(x, q, metric, p);
-            let err = k * (sc[0] + sc[1] + sc[2]);
-            if p.hinge == Hinge::Relu && (v1.abs() <= 4.0 * err || v2.abs() <= 4.0 * err) {
-                return None;
-            }
-            active += usize::from(p.hinge == Hinge::SoftPlus || v1 > 0.0 || v2 > 0.0);
-        }
-        let w = match p.reduction {
-            Reduction::Sum => 1.0,
-            Reduction::Mean if !quads.is_empty() => 1.0 / quads.len() as f64,
-            Reduction::MeanNonzero if active > 0 => 1.0 / active as f64,
-            _ => 0.0,
-        };
-        let mut loss = 1e-30;
-        let mut row = vec![1e-30; n];
-        for &q in quads {
-            let (v1, v2, _, sc, pairs) = margins(x, q, metric, p);
-            let vs = sc[0] + sc[1] + sc[2] + f64::from(p.margin1.abs() + p.margin2.abs());
-            loss += w * (h(v1) + h(v2) + 2.0 * vs);
-            let soft = if p.hinge == Hinge::SoftPlus {
-                0.5 * vs
-            } else {
-                0.0
-            };
-            let (s1, s2) = (slope(v1) + soft, slope(v2) + soft);
-            for ([i, j], c) in pairs.into_iter().zip([s1 + s2, s1, s2]) {
-                if i == j {
-                    continue;
-                }
-                let (a, b) = (x.row(i).unwrap(), x.row(j).unwrap());
-                row[i] += w * c * grad_scale(metric, a, b);
-                row[j] += w * c * grad_scale(metric, b, a);
-            }
-        }
-        Some((k * loss, row.into_iter().map(|r| k * r).collect()))
     }
 
     fn run(x: Matrix<'_>, quads: &[Quadruplet], metric: Metric, p: QuadrupletParams) {
@@ -1280,10 +1092,10 @@ mod quadruplet {
 mod proxy {
     use super::contrastive::fd_check;
     use super::*;
+    use testkit::proxy::Proxy;
     use triplet_kernels::{
-        proxy_anchor_loss, proxy_anchor_loss_grad, proxy_anchor_loss_workspace_len, proxy_nca_loss,
-        proxy_nca_loss_grad, proxy_nca_loss_workspace_len, scalar, Error, ProxyAnchorParams,
-        ProxyNcaParams,
+        proxy_anchor_loss_workspace_len, proxy_nca_loss_workspace_len, scalar, Error,
+        ProxyAnchorParams, ProxyNcaParams,
     };
 
     /// `(rows, classes, dim, x, labels, proxies)`.
@@ -1305,75 +1117,7 @@ mod proxy {
         })
     }
 
-    #[derive(Clone, Copy, Debug)]
-    enum Which {
-        Nca(ProxyNcaParams),
-        Anchor(ProxyAnchorParams),
-    }
-
-    impl Which {
-        /// The workspace the fast kernel (`fast`) or the twin needs.
-        fn ws_need(self, fast: bool, n: usize, c: usize, d: usize) -> usize {
-            match (self, fast) {
-                (Which::Nca(_), true) => proxy_nca_loss_workspace_len(n, c, d),
-                (Which::Nca(_), false) => scalar::proxy_nca_loss_workspace_len(n, c, d),
-                (Which::Anchor(_), true) => proxy_anchor_loss_workspace_len(n, c, d),
-                (Which::Anchor(_), false) => scalar::proxy_anchor_loss_workspace_len(n, c, d),
-            }
-        }
-
-        /// A workspace for both the fast kernel and the twin.
-        fn ws_len(self, n: usize, c: usize, d: usize) -> usize {
-            self.ws_need(true, n, c, d)
-                .max(self.ws_need(false, n, c, d))
-        }
-
-        fn loss(
-            self,
-            fast: bool,
-            x: Matrix<'_>,
-            l: &[u32],
-            p: Matrix<'_>,
-            ws: &mut [f32],
-        ) -> Result<f32, Error> {
-            match (self, fast) {
-                (Which::Nca(q), true) => proxy_nca_loss(x, l, p, q, ws),
-                (Which::Nca(q), false) => scalar::proxy_nca_loss(x, l, p, q, ws),
-                (Which::Anchor(q), true) => proxy_anchor_loss(x, l, p, q, ws),
-                (Which::Anchor(q), false) => scalar::proxy_anchor_loss(x, l, p, q, ws),
-            }
-        }
-
-        #[allow(clippy::too_many_arguments)]
-        fn grad(
-            self,
-            fast: bool,
-            x: Matrix<'_>,
-            l: &[u32],
-            p: Matrix<'_>,
-            g: &mut [f32],
-            gp: &mut [f32],
-            ws: &mut [f32],
-        ) -> Result<f32, Error> {
-            match (self, fast) {
-                (Which::Nca(q), true) => proxy_nca_loss_grad(x, l, p, q, g, gp, ws),
-                (Which::Nca(q), false) => scalar::proxy_nca_loss_grad(x, l, p, q, g, gp, ws),
-                (Which::Anchor(q), true) => proxy_anchor_loss_grad(x, l, p, q, g, gp, ws),
-                (Which::Anchor(q), false) => scalar::proxy_anchor_loss_grad(x, l, p, q, g, gp, ws),
-            }
-        }
-
-        /// `(loss tolerance, per-row factor, per-proxy factor)`: the gradient tolerance of
-        /// a row is its factor divided by the row's clamped norm.
-        fn tolerances(self, n: usize, c: usize, d: usize) -> (f64, f64, f64) {
-            match self {
-                Which::Nca(q) => proxy_nca_tolerances(q, n, c, d),
-                Which::Anchor(q) => proxy_anchor_tolerances(q, n, c, d),
-            }
-        }
-    }
-
-    fn run(which: Which, x: Matrix<'_>, labels: &[u32], p: Matrix<'_>) {
+    fn run(which: Proxy, x: Matrix<'_>, labels: &[u32], p: Matrix<'_>) {
         let (n, c, d) = (x.rows(), p.rows(), x.dim());
         let mut ws = vec![f32::NAN; which.ws_len(n, c, d)];
         let (mut gf, mut gpf) = (vec![f32::NAN; n * d], vec![f32::NAN; c * d]);
@@ -1421,7 +1165,7 @@ mod proxy {
         ) {
             let x = Matrix::new(&xd, n, d).unwrap();
             let p = Matrix::new(&pd, c, d).unwrap();
-            run(Which::Nca(ProxyNcaParams::new(s)), x, &labels, p);
+            run(Proxy::Nca(ProxyNcaParams::new(s)), x, &labels, p);
         }
 
         #[test]
@@ -1432,7 +1176,7 @@ mod proxy {
         ) {
             let x = Matrix::new(&xd, n, d).unwrap();
             let p = Matrix::new(&pd, c, d).unwrap();
-            run(Which::Anchor(ProxyAnchorParams::new(m, a)), x, &labels, p);
+            run(Proxy::Anchor(ProxyAnchorParams::new(m, a)), x, &labels, p);
         }
 
         /// Both scalar gradients (embeddings and proxies) against central differences.
@@ -1445,7 +1189,7 @@ mod proxy {
         ) {
             // Keep every row away from the normalisation clamp (norm 0).
             prop_assume!(xd.chunks(d).chain(pd.chunks(d)).all(|r| norm(r) > 0.5));
-            for which in [Which::Nca(ProxyNcaParams::new(s)), Which::Anchor(ProxyAnchorParams::new(m, a))] {
+            for which in [Proxy::Nca(ProxyNcaParams::new(s)), Proxy::Anchor(ProxyAnchorParams::new(m, a))] {
                 let mut ws = vec![0.0; which.ws_len(n, c, d)];
                 let x = Matrix::new(&xd, n, d).unwrap();
                 let p = Matrix::new(&pd, c, d).unwrap();
@@ -1475,10 +1219,10 @@ mod proxy {
         let x = Matrix::new(&xd, n, d).unwrap();
         let p = Matrix::new(&pd, c, d).unwrap();
         for which in [
-            Which::Nca(ProxyNcaParams::pytorch_metric_learning()),
-            Which::Nca(ProxyNcaParams::new(32.0)),
-            Which::Anchor(ProxyAnchorParams::pytorch_metric_learning()),
-            Which::Anchor(ProxyAnchorParams::new(0.2, 16.0)),
+            Proxy::Nca(ProxyNcaParams::pytorch_metric_learning()),
+            Proxy::Nca(ProxyNcaParams::new(32.0)),
+            Proxy::Anchor(ProxyAnchorParams::pytorch_metric_learning()),
+            Proxy::Anchor(ProxyAnchorParams::new(0.2, 16.0)),
         ] {
             run(which, x, &labels, p);
         }
@@ -1496,10 +1240,10 @@ mod proxy {
         let x = Matrix::new(&xd, n, d).unwrap();
         let p = Matrix::new(&pd, c, d).unwrap();
         for which in [
-            Which::Nca(ProxyNcaParams::new(1e4)),
-            Which::Nca(ProxyNcaParams::new(1e30)),
-            Which::Anchor(ProxyAnchorParams::new(0.1, 1e4)),
-            Which::Anchor(ProxyAnchorParams::new(0.1, 1e30)),
+            Proxy::Nca(ProxyNcaParams::new(1e4)),
+            Proxy::Nca(ProxyNcaParams::new(1e30)),
+            Proxy::Anchor(ProxyAnchorParams::new(0.1, 1e4)),
+            Proxy::Anchor(ProxyAnchorParams::new(0.1, 1e30)),
         ] {
             run(which, x, &labels, p);
         }
@@ -1536,7 +1280,7 @@ mod proxy {
                 .max(scalar::proxy_anchor_loss_workspace_len(2, 3, 2))
         ];
         for fast in [true, false] {
-            let l = Which::Anchor(ProxyAnchorParams::new(m as f32, a as f32))
+            let l = Proxy::Anchor(ProxyAnchorParams::new(m as f32, a as f32))
                 .loss(fast, x, &labels, p, &mut ws)
                 .unwrap();
             assert!((f64::from(l) - want).abs() < 1e-5 * want, "{l} vs {want}");
@@ -1557,7 +1301,7 @@ mod proxy {
                 .max(scalar::proxy_nca_loss_workspace_len(1, 3, 2))
         ];
         for fast in [true, false] {
-            let l = Which::Nca(ProxyNcaParams::new(s as f32))
+            let l = Proxy::Nca(ProxyNcaParams::new(s as f32))
                 .loss(fast, x, &[0], p, &mut ws)
                 .unwrap();
             assert!((f64::from(l) - want).abs() < 1e-6, "{l} vs {want}");
@@ -1573,8 +1317,8 @@ mod proxy {
         for (c, labels) in [(3, [1, 1, 0]), (3, [0, 1, 1]), (1, [0, 0, 0])] {
             let p = Matrix::new(&pd[..2 * c], c, 2).unwrap();
             for which in [
-                Which::Nca(ProxyNcaParams::default()),
-                Which::Anchor(ProxyAnchorParams::default()),
+                Proxy::Nca(ProxyNcaParams::default()),
+                Proxy::Anchor(ProxyAnchorParams::default()),
             ] {
                 let mut ws = vec![f32::NAN; which.ws_len(3, c, 2)];
                 let (mut gf, mut gpf) = (vec![f32::NAN; 6], vec![f32::NAN; 2 * c]);
@@ -1646,8 +1390,8 @@ mod proxy {
         let (mut g, mut gp) = ([7.0_f32; 6], [7.0_f32; 4]);
         for fast in [true, false] {
             for which in [
-                Which::Nca(ProxyNcaParams::new(1.0)),
-                Which::Anchor(ProxyAnchorParams::new(0.1, 32.0)),
+                Proxy::Nca(ProxyNcaParams::new(1.0)),
+                Proxy::Anchor(ProxyAnchorParams::new(0.1, 32.0)),
             ] {
                 let wl = which.ws_need(fast, 3, 2, 2);
                 let mut ws = vec![0.0_f32; wl];
@@ -1725,7 +1469,7 @@ mod proxy {
             let mut ws = vec![0.0_f32; 64];
             for s in [0.0, -1.0, f32::NAN, f32::INFINITY] {
                 assert!(matches!(
-                    Which::Nca(ProxyNcaParams::new(s))
+                    Proxy::Nca(ProxyNcaParams::new(s))
                         .grad(fast, x, &labels, p, &mut g, &mut gp, &mut ws),
                     Err(Error::InvalidParameter {
                         name: "softmax_scale",
@@ -1735,19 +1479,19 @@ mod proxy {
             }
             for a in [0.0, -2.0, f32::NAN, f32::INFINITY] {
                 assert!(matches!(
-                    Which::Anchor(ProxyAnchorParams::new(0.1, a))
+                    Proxy::Anchor(ProxyAnchorParams::new(0.1, a))
                         .loss(fast, x, &labels, p, &mut ws),
                     Err(Error::InvalidParameter { name: "alpha", .. })
                 ));
             }
             assert!(matches!(
-                Which::Anchor(ProxyAnchorParams::new(f32::NAN, 32.0))
+                Proxy::Anchor(ProxyAnchorParams::new(f32::NAN, 32.0))
                     .grad(fast, x, &labels, p, &mut g, &mut gp, &mut ws),
                 Err(Error::InvalidParameter { name: "margin", .. })
             ));
             // Parameters are checked before the labels' range.
             assert!(matches!(
-                Which::Nca(ProxyNcaParams::new(0.0)).loss(fast, x, &[9, 9, 9], p, &mut ws),
+                Proxy::Nca(ProxyNcaParams::new(0.0)).loss(fast, x, &[9, 9, 9], p, &mut ws),
                 Err(Error::InvalidParameter {
                     name: "softmax_scale",
                     ..

@@ -12,11 +12,12 @@
 mod common;
 
 use arbitrary::Arbitrary;
-use common::{norm, EPS};
+use common::{norm, sq_norm, EPS};
 use libfuzzer_sys::fuzz_target;
+use testkit::bounds::distance_tolerance;
 use triplet_kernels::{
     cross_distances, cross_distances_workspace_len, l2_normalize, pairwise_distances,
-    pairwise_distances_workspace_len, row_norms, scalar, Matrix, Metric, NORM_EPS,
+    pairwise_distances_workspace_len, row_norms, scalar, DistanceMode, Matrix, Metric, NORM_EPS,
 };
 
 #[derive(Arbitrary, Debug)]
@@ -36,36 +37,6 @@ fn metric(m: u8) -> Metric {
     }
 }
 
-/// The documented bound of the matrix kernels' Gram form (module docs of `distance`):
-/// relative to `|a|^2 + |b|^2`, not to the distance, plus an absolute allowance for terms
-/// that underflow; cosine's is absolute. Mirrors `tests/distance.rs`.
-fn bound(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
-    let u = f64::from(f32::EPSILON) / 2.0;
-    let d = a.len() as f64;
-    let growth = 1.0 / (1.0 - (d + 2.0) * u);
-    let sq64 = |r: &[f32]| r.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>();
-    let exact_sq: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
-        .sum();
-    let sq_bound = (2.0 * d + 4.0) * u * (sq64(a) + sq64(b)) * growth + (2.0 * d + 8.0) * 1.2e-38;
-    match metric {
-        Metric::SquaredEuclidean => sq_bound + u * exact_sq,
-        Metric::Euclidean => {
-            let e = exact_sq.sqrt();
-            let through_sqrt = if e > 0.0 {
-                sq_bound.sqrt().min(sq_bound / e)
-            } else {
-                sq_bound.sqrt()
-            };
-            through_sqrt + 2.0 * u * (e + sq_bound.sqrt())
-        }
-        Metric::Cosine => (2.0 * d + 10.0) * u * growth + 2.0 * u,
-        _ => unreachable!("a variant this test does not know"),
-    }
-}
-
 /// Compares a fast matrix with the twin's; `pairwise`: `y` is `x` and the matrix is a
 /// pairwise one (its diagonal has its own rule for non-finite rows).
 fn compare(
@@ -80,7 +51,6 @@ fn compare(
     for (i, a) in x.row_iter().enumerate() {
         for (j, b) in y.row_iter().enumerate() {
             let (f, s) = (fast[i * n + j], slow[i * n + j]);
-            let sq_norm = |r: &[f32]| r.iter().map(|&v| f64::from(v).powi(2)).sum::<f64>();
             // Documented range: squared norms below f32::MAX / 4 for the Euclidean metrics
             // (beyond it f32 sums overflow); cosine rescales huge rows, any finite row.
             let finite_rows = a.iter().chain(b).all(|v| v.is_finite());
@@ -96,7 +66,9 @@ fn compare(
             if f.is_finite() && s.is_finite() && in_range {
                 // Squares may overflow in f32 but not in f64 and come back finite: compare
                 // only where the exact value is representable.
-                let tol = bound(metric, a, b);
+                // The documented bound of the matrix kernels' Gram form (module docs of `distance`),
+                // the tests' model.
+                let tol = distance_tolerance(metric, DistanceMode::Gram, a, b);
                 if tol.is_finite() && tol < 1e37 {
                     assert!(
                         (f64::from(f) - f64::from(s)).abs() <= tol,

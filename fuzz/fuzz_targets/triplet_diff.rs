@@ -28,205 +28,34 @@ mod common;
 
 use common::*;
 use libfuzzer_sys::fuzz_target;
+use testkit::runs::{batch_run, margin_run};
+use testkit::triplet_def::{
+    as_triplet, bounds, dist_scale_underflow, dv_bound_with, eval_triplet, eval_weight, idx3,
+    mined, normalized_dv_extra, through_normalization, Allow, Eval,
+};
 use triplet_kernels::{
-    l2_normalize, mine_triplets, mine_triplets_count, mine_triplets_workspace_len, scalar,
-    triplet_batch_loss, triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
-    triplet_batch_loss_workspace_len, triplet_margin_loss, triplet_margin_loss_grad,
-    triplet_margin_loss_workspace_len, BatchLoss, BatchParams, Error, Hinge, Matrix, Metric,
-    Mining, Reduction, Triplet, TripletParams,
+    l2_normalize, mine_triplets_count, scalar, BatchParams, Error, Hinge, Matrix, Metric, Mining,
+    Reduction, Triplet, TripletParams,
 };
 
 // ---------------------------------------------------------------------------------------
-// The f64 definition, on f64 rows (as in the property tests).
+// The f64 definition, on f64 rows: the tests' (testkit), with the underflow allowance.
 
-fn row(x: &[f64], d: usize, i: usize) -> &[f64] {
-    &x[i * d..(i + 1) * d]
-}
-
-fn norm64(a: &[f64]) -> f64 {
-    a.iter().map(|v| v * v).sum::<f64>().sqrt()
-}
-
-fn dist(metric: Metric, a: &[f64], b: &[f64], eps: f64) -> f64 {
-    let sq: f64 = a.iter().zip(b).map(|(u, v)| (u - v + eps).powi(2)).sum();
-    match metric {
-        Metric::SquaredEuclidean => sq,
-        Metric::Euclidean => sq.sqrt(),
-        Metric::Cosine => {
-            let dot: f64 = a.iter().zip(b).map(|(u, v)| u * v).sum();
-            1.0 - dot / (clamped(norm64(a)) * clamped(norm64(b)))
-        }
-        _ => unreachable!("a variant this test does not know"),
-    }
-}
-
-/// Sum of the absolute values the distance bound is relative to, plus the underflow
-/// allowance.
-fn dist_scale64(metric: Metric, a: &[f64], b: &[f64], eps: f64) -> f64 {
-    match metric {
-        Metric::Cosine => 2.0,
-        m => dist(m, a, b, eps) + underflow_allowance(m, a.len()) / (4.0 * EPS),
-    }
-}
-
-/// Largest `|d d(a, b) / d a_e|`.
-fn grad_scale(metric: Metric, a: &[f64], b: &[f64], eps: f64) -> f64 {
-    match metric {
-        Metric::SquaredEuclidean => {
-            2.0 * a
-                .iter()
-                .zip(b)
-                .map(|(u, v)| (u - v + eps).abs())
-                .fold(0.0, f64::max)
-        }
-        Metric::Euclidean => 1.0,
-        Metric::Cosine => {
-            let (na, nb) = (clamped(norm64(a)), clamped(norm64(b)));
-            let ma = a.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
-            let mb = b.iter().fold(0.0_f64, |m, v| m.max(v.abs()));
-            mb / (na * nb) + 2.0 * ma / (na * na)
-        }
-        _ => unreachable!("a variant this test does not know"),
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Eval {
-    v: f64,
-    ap: (usize, usize, f64),
-    neg: (usize, usize, f64),
-    swap_gap: f64,
-}
-
-fn eval_triplet(x: &[f64], d: usize, t: &Triplet, p: &TripletParams) -> Eval {
-    let eps = f64::from(p.eps);
-    let (a, pp, q) = (t.anchor as usize, t.positive as usize, t.negative as usize);
-    let dap = dist(p.metric, row(x, d, a), row(x, d, pp), eps);
-    let dan = dist(p.metric, row(x, d, a), row(x, d, q), eps);
-    let mut neg = (a, q, dan);
-    let mut gap = f64::INFINITY;
-    if p.swap {
-        let dpn = dist(p.metric, row(x, d, pp), row(x, d, q), eps);
-        if a != pp {
-            gap = (dpn - dan).abs();
-        }
-        if dpn < dan {
-            neg = (pp, q, dpn);
-        }
-    }
-    Eval {
-        v: dap - neg.2 + f64::from(p.margin),
-        ap: (a, pp, dap),
-        neg,
-        swap_gap: gap,
-    }
-}
+/// The fuzzed data reach `f32`'s underflow range: every distance's scale carries the
+/// underflow allowance.
+const UNDERFLOW: Allow = Allow {
+    dv_extra: 0.0,
+    all: false,
+    underflow: true,
+};
 
 fn reduce(evals: &[Eval], h: Hinge, r: Reduction) -> (f64, f64) {
     let terms: Vec<f64> = evals.iter().map(|e| hinge64(h, e.v)).collect();
-    let active = evals
-        .iter()
-        .filter(|e| h == Hinge::SoftPlus || e.v > 0.0)
-        .count();
-    let w = weight64(r, evals.len(), active);
+    let w = eval_weight(evals, h, r);
     (
         terms.iter().sum::<f64>() * w,
         terms.iter().sum::<f64>().abs() * w,
     )
-}
-
-fn dv_bound(y: &[f64], d: usize, e: &Eval, metric: Metric, eps: f64, margin: f32) -> f64 {
-    let s = dist_scale64(metric, row(y, d, e.ap.0), row(y, d, e.ap.1), eps)
-        + dist_scale64(metric, row(y, d, e.neg.0), row(y, d, e.neg.1), eps)
-        + f64::from(margin).abs();
-    4.0 * (d as f64 / 8.0 + 12.0) * EPS * s
-}
-
-struct Bounds {
-    loss: f64,
-    grad: Vec<f64>,
-    near_kink: bool,
-    near_swap: bool,
-    /// A Euclidean distance between different rows is in f32's underflow range.
-    tiny: bool,
-    /// A squared Euclidean distance in that range, or a Euclidean one below `2^-100`,
-    /// where even the recomputed distance has lost digits to subnormals.
-    very_tiny: bool,
-}
-
-fn bounds(
-    y: &[f64],
-    n: usize,
-    d: usize,
-    evals: &[Eval],
-    tp: &TripletParams,
-    dv_extra: f64,
-) -> Bounds {
-    let eps = f64::from(tp.eps);
-    let active = evals
-        .iter()
-        .filter(|e| tp.hinge == Hinge::SoftPlus || e.v > 0.0)
-        .count();
-    let w = weight64(tp.reduction, evals.len(), active);
-    let mut loss = 0.0;
-    let mut g = vec![0.0; n];
-    let mut m = vec![0usize; n];
-    let mut extra = vec![0.0; n];
-    let mut near_kink = false;
-    let mut near_swap = false;
-    let mut tiny = false;
-    let mut very_tiny = false;
-    let tiny_sq = (d as f64 + 8.0) * TINY * 1e8;
-    for e in evals {
-        let dv = dv_bound(y, d, e, tp.metric, eps, tp.margin) + dv_extra;
-        if tp.hinge == Hinge::Relu && e.v.abs() <= 2.0 * dv {
-            near_kink = true;
-        }
-        if e.swap_gap <= 2.0 * dv {
-            near_swap = true;
-        }
-        for &(i, j, dd) in &[e.ap, e.neg] {
-            let sq = match tp.metric {
-                Metric::Euclidean => dd * dd,
-                _ => dd,
-            };
-            if tp.metric != Metric::Cosine && i != j && sq < tiny_sq {
-                tiny = true;
-                very_tiny |= tp.metric == Metric::SquaredEuclidean || sq < 2f64.powi(-200);
-            }
-        }
-        loss += w * (dv + 8.0 * EPS * hinge64(tp.hinge, e.v));
-        let c = w * slope64(tp.hinge, e.v);
-        let dc = if tp.hinge == Hinge::SoftPlus {
-            w * dv / 4.0
-        } else {
-            0.0
-        };
-        for &(i, j, _) in &[e.ap, e.neg] {
-            let gs = grad_scale(tp.metric, row(y, d, i), row(y, d, j), eps).max(grad_scale(
-                tp.metric,
-                row(y, d, j),
-                row(y, d, i),
-                -eps,
-            ));
-            for r in [i, j] {
-                g[r] += c * gs;
-                m[r] += 1;
-                extra[r] += dc * gs;
-            }
-        }
-    }
-    let grad = (0..n)
-        .map(|r| 8.0 * (m[r] as f64 + d as f64 + 16.0) * EPS * g[r] + 2.0 * extra[r] + 1e-30)
-        .collect();
-    Bounds {
-        loss: loss + 1e-30,
-        grad,
-        near_kink,
-        near_swap,
-        tiny,
-        very_tiny,
-    }
 }
 
 /// The documented range: every row's squared norm below `f32::MAX / 8` (distances and
@@ -243,73 +72,8 @@ fn in_range(xd: &[f32], d: usize, terms: usize, margin: f32, eps: f32, normalize
     (normalized || rows_in_range(xd, d)) && (terms as f64 + 1.0) * term < 1e36
 }
 
-fn to64(v: &[f32]) -> Vec<f64> {
-    v.iter().map(|&x| f64::from(x)).collect()
-}
-
 // ---------------------------------------------------------------------------------------
 // Explicit triplets.
-
-struct MarginOut {
-    loss: f32,
-    terms: Vec<f32>,
-    grad: Vec<f32>,
-}
-
-fn margin_run(
-    x: Matrix<'_>,
-    ts: &[Triplet],
-    p: TripletParams,
-    fast: bool,
-    garbage: f32,
-) -> Result<MarginOut, Error> {
-    let mut terms = vec![garbage; ts.len()];
-    let mut grad = vec![garbage; x.len()];
-    let ws_len = if fast {
-        triplet_margin_loss_workspace_len(x.rows(), x.dim())
-    } else {
-        scalar::triplet_margin_loss_workspace_len(x.rows(), x.dim())
-    };
-    let mut ws = vec![garbage; ws_len];
-    let r = if fast {
-        triplet_margin_loss_grad(x, ts, p, &mut terms, &mut grad, &mut ws)
-    } else {
-        scalar::triplet_margin_loss_grad(x, ts, p, &mut terms, &mut grad, &mut ws)
-    };
-    let mut terms2 = vec![-garbage; ts.len()];
-    ws.fill(-garbage);
-    let r2 = if fast {
-        triplet_margin_loss(x, ts, p, &mut terms2, &mut ws)
-    } else {
-        scalar::triplet_margin_loss(x, ts, p, &mut terms2, &mut ws)
-    };
-    match (r, r2) {
-        (Ok(l), Ok(l2)) => {
-            assert_eq!(l.to_bits(), l2.to_bits(), "forward-only loss");
-            assert_eq!(bits(&terms), bits(&terms2), "forward-only terms");
-            Ok(MarginOut {
-                loss: l,
-                terms,
-                grad,
-            })
-        }
-        (Err(e), Err(e2)) => {
-            assert_eq!(e, e2, "forward-only error");
-            let untouched = |v: &[f32], g: f32| v.iter().all(|x| x.to_bits() == g.to_bits());
-            assert!(
-                untouched(&terms, garbage) && untouched(&grad, garbage),
-                "written on Err"
-            );
-            assert!(untouched(&terms2, -garbage), "written on Err");
-            Err(e)
-        }
-        (a, b) => panic!(
-            "with and without gradient disagree: {:?} vs {:?}",
-            a.is_ok(),
-            b.is_ok()
-        ),
-    }
-}
 
 /// The errors the explicit-triplet loss may return for these arguments (empty: `Ok`).
 fn margin_errors(x: &Matrix<'_>, ts: &[Triplet], p: &TripletParams) -> Vec<Error> {
@@ -409,8 +173,11 @@ fn margin_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
         return;
     }
     let x64 = to64(xd);
-    let evals: Vec<Eval> = ts.iter().map(|t| eval_triplet(&x64, d, t, &p)).collect();
-    let b = bounds(&x64, n, d, &evals, &p, 0.0);
+    let evals: Vec<Eval> = ts
+        .iter()
+        .map(|&t| eval_triplet(&x64, d, idx3(t), &p))
+        .collect();
+    let b = bounds(&x64, n, d, &evals, &p, UNDERFLOW);
     assert!(
         f.loss.is_finite() && f.grad.iter().all(|v| v.is_finite()),
         "non-finite loss {} or gradient",
@@ -433,7 +200,15 @@ fn margin_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
         b.loss
     );
     for ((tf, tsv), e) in f.terms.iter().zip(&s.terms).zip(&evals) {
-        let dv = dv_bound(&x64, d, e, p.metric, f64::from(p.eps), p.margin);
+        let dv = dv_bound_with(
+            &x64,
+            d,
+            e,
+            p.metric,
+            f64::from(p.eps),
+            p.margin,
+            dist_scale_underflow,
+        );
         assert!(
             (f64::from(*tf) - f64::from(*tsv)).abs()
                 <= dv + 8.0 * EPS * f64::from(tsv.abs()) + 1e-30,
@@ -451,89 +226,6 @@ fn margin_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
 
 // ---------------------------------------------------------------------------------------
 // Batch losses.
-
-fn batch_run(
-    x: Matrix<'_>,
-    labels: &[u32],
-    p: BatchParams,
-    fast: bool,
-    garbage: f32,
-) -> Result<(BatchLoss, Vec<f32>), Error> {
-    let (n, d) = (x.rows(), x.dim());
-    let mut grad = vec![garbage; x.len()];
-    let ws_len = if fast {
-        triplet_batch_loss_grad_workspace_len(n, d, p)
-    } else {
-        scalar::triplet_batch_loss_grad_workspace_len(n, d, p)
-    };
-    let mut ws = vec![garbage; ws_len];
-    let out = if fast {
-        triplet_batch_loss_grad(x, labels, p, &mut grad, &mut ws)
-    } else {
-        scalar::triplet_batch_loss_grad(x, labels, p, &mut grad, &mut ws)
-    };
-    let mut ws = vec![-garbage; triplet_batch_loss_workspace_len(n, d, p)];
-    let fwd = if fast {
-        triplet_batch_loss(x, labels, p, &mut ws)
-    } else {
-        scalar::triplet_batch_loss(x, labels, p, &mut ws)
-    };
-    match (out, fwd) {
-        (Ok(o), Ok(f)) => {
-            assert_eq!(o.loss.to_bits(), f.loss.to_bits(), "forward-only loss");
-            assert_eq!(
-                (o.num_triplets, o.num_active),
-                (f.num_triplets, f.num_active)
-            );
-            Ok((o, grad))
-        }
-        (Err(e), Err(e2)) => {
-            assert_eq!(e, e2);
-            assert!(
-                grad.iter().all(|v| v.to_bits() == garbage.to_bits()),
-                "written on Err"
-            );
-            Err(e)
-        }
-        (a, b) => panic!("with and without gradient disagree: {a:?} vs {b:?}"),
-    }
-}
-
-fn mined(x: Matrix<'_>, labels: &[u32], metric: Metric, m: Mining, fast: bool) -> Vec<Triplet> {
-    let mut out = vec![Triplet::default(); mine_triplets_count(labels, m).unwrap()];
-    let mut ws = vec![0.0; mine_triplets_workspace_len(x.rows(), x.dim())];
-    let k = if fast {
-        mine_triplets(x, labels, metric, m, &mut out, &mut ws)
-    } else {
-        scalar::mine_triplets(x, labels, metric, m, &mut out, &mut ws)
-    }
-    .unwrap();
-    assert_eq!(k, out.len());
-    out
-}
-
-fn as_triplet(p: &BatchParams) -> TripletParams {
-    TripletParams::new()
-        .with_metric(p.metric)
-        .with_margin(p.margin)
-        .with_hinge(p.hinge)
-        .with_reduction(p.reduction)
-}
-
-fn hess_scale(metric: Metric, dist: f64) -> f64 {
-    match metric {
-        Metric::SquaredEuclidean => 4.0,
-        Metric::Euclidean => {
-            if dist > 0.0 {
-                4.0 / dist
-            } else {
-                0.0
-            }
-        }
-        Metric::Cosine => 8.0,
-        _ => unreachable!("a variant this test does not know"),
-    }
-}
 
 fn batch_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
     let (n, d) = (x.rows(), x.dim());
@@ -606,19 +298,27 @@ fn batch_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
     let same_choice = mined(yfm, &labels, p.metric, p.mining, true) == ts;
     let y = to64(&ys);
     let tp = as_triplet(&p);
-    let evals: Vec<Eval> = ts.iter().map(|t| eval_triplet(&y, d, t, &tp)).collect();
-    let active = evals
+    let evals: Vec<Eval> = ts
         .iter()
-        .filter(|e| p.hinge == Hinge::SoftPlus || e.v > 0.0)
-        .count();
-    let w = weight64(p.reduction, evals.len(), active);
-    let dy = if p.normalize {
-        4.0 * (d as f64 / 8.0 + 12.0) * EPS
+        .map(|&t| eval_triplet(&y, d, idx3(t), &tp))
+        .collect();
+    let w = eval_weight(&evals, p.hinge, p.reduction);
+    let dv_extra = if p.normalize {
+        normalized_dv_extra(d)
     } else {
         0.0
     };
-    let dv_extra = 16.0 * (d as f64).sqrt() * dy;
-    let b = bounds(&y, n, d, &evals, &tp, dv_extra);
+    let b = bounds(
+        &y,
+        n,
+        d,
+        &evals,
+        &tp,
+        Allow {
+            dv_extra,
+            ..UNDERFLOW
+        },
+    );
     let (want, want_abs) = reduce(&evals, p.hinge, p.reduction);
     assert!(
         (f64::from(s.loss) - want).abs() <= 4.0 * EPS * want_abs + 1e-30,
@@ -653,23 +353,8 @@ fn batch_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
     }
     let mut tol = b.grad.clone();
     if p.normalize {
-        for e in &evals {
-            let c = w * slope64(p.hinge, e.v);
-            for &(i, j, dd) in &[e.ap, e.neg] {
-                for r in [i, j] {
-                    tol[r] += 2.0 * c * hess_scale(p.metric, dd) * dy;
-                }
-            }
-        }
         let x64 = to64(xd);
-        for (r, t) in tol.iter_mut().enumerate() {
-            let rn = clamped(norm64(row(&x64, d, r)));
-            let g1: f64 = sg[r * d..(r + 1) * d]
-                .iter()
-                .map(|v| f64::from(v.abs()))
-                .sum();
-            *t = 4.0 * *t / rn + 8.0 * (d as f64 + 20.0) * EPS * g1 / rn;
-        }
+        through_normalization(&mut tol, &x64, d, &evals, w, &p, &sg);
     }
     assert_close("batch grad", &fg, &sg, |k| tol[k / d]);
 }

@@ -26,12 +26,12 @@ mod common;
 
 use common::*;
 use libfuzzer_sys::fuzz_target;
+use testkit::contrastive::{self, Pairs};
+use testkit::proxy::Proxy;
 use triplet_kernels::{
     contrastive_loss, contrastive_loss_grad, contrastive_loss_workspace_len, mine_quadruplets,
     mine_quadruplets_count, mine_quadruplets_workspace_len, pairwise_distances,
-    pairwise_distances_workspace_len, proxy_anchor_loss, proxy_anchor_loss_grad,
-    proxy_anchor_loss_workspace_len, proxy_nca_loss, proxy_nca_loss_grad,
-    proxy_nca_loss_workspace_len, quadruplet_loss, quadruplet_loss_grad,
+    pairwise_distances_workspace_len, quadruplet_loss, quadruplet_loss_grad,
     quadruplet_loss_workspace_len, scalar, ContrastiveForm, ContrastiveParams,
     ContrastiveReduction, Error, Hinge, Matrix, Metric, ProxyAnchorParams, ProxyNcaParams,
     Quadruplet, QuadrupletParams, Reduction,
@@ -242,72 +242,12 @@ fn contrastive_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) 
         lf.is_finite() && gf.iter().all(|v| v.is_finite()),
         "non-finite {lf}"
     );
-    // The tests' tolerances; `None` near a kink.
-    let rows: Vec<&[f32]> = x.row_iter().collect();
-    let term_of = |positive: bool, dd: f64| {
-        let (v, sign) = if positive {
-            (dd - f64::from(pm), 1.0)
-        } else {
-            (f64::from(nm) - dd, -1.0)
-        };
-        let h = v.max(0.0);
-        match form {
-            ContrastiveForm::Linear => (v, h, if v > 0.0 { sign } else { 0.0 }),
-            ContrastiveForm::Squared => (v, h * h, if v > 0.0 { 2.0 * sign * v } else { 0.0 }),
-            _ => unreachable!("a variant this test does not know"),
-        }
+    // The tests' tolerances, with the underflow allowance in each distance's scale and
+    // the gradient scale of the difference `a - b`; `None` near a kink.
+    let pairs = Pairs::with(&x, metric, scale_u, grad_scale);
+    let Some((loss_tol, row_tol)) = contrastive::tolerances(d, &pairs, &labels, &p) else {
+        return;
     };
-    let k = 4.0 * EPS * (d + 2 * n + 16) as f64;
-    let (mut pc, mut pa, mut nc, mut na) = (0, 0, 0, 0);
-    for i in 0..n {
-        for j in 0..n {
-            if i == j {
-                continue;
-            }
-            let pos = labels[i] == labels[j];
-            let (v, t, _) = term_of(pos, dist64(metric, rows[i], rows[j]));
-            if v.abs() <= 4.0 * k * scale_u(metric, rows[i], rows[j]) {
-                return;
-            }
-            if pos {
-                pc += 1;
-                pa += usize::from(t > 0.0);
-            } else {
-                nc += 1;
-                na += usize::from(t > 0.0);
-            }
-        }
-    }
-    let inv = |c: usize| if c == 0 { 0.0 } else { 1.0 / c as f64 };
-    let (wp, wn) = match reduction {
-        ContrastiveReduction::MeanNonzeroPerPart => (inv(pa), inv(na)),
-        ContrastiveReduction::MeanPerPart => (inv(pc), inv(nc)),
-        ContrastiveReduction::Mean => (inv(pc + nc), inv(pc + nc)),
-        ContrastiveReduction::Sum => (1.0, 1.0),
-        _ => unreachable!("a variant this test does not know"),
-    };
-    let mut loss_tol = 1e-30;
-    let mut row_tol = vec![1e-30; n];
-    for i in 0..n {
-        for j in 0..n {
-            if i == j {
-                continue;
-            }
-            let pos = labels[i] == labels[j];
-            let w = if pos { wp } else { wn };
-            let sc = scale_u(metric, rows[i], rows[j]);
-            let (_, t, s) = term_of(pos, dist64(metric, rows[i], rows[j]));
-            let slope_err = if form == ContrastiveForm::Squared {
-                2.0 * sc
-            } else {
-                0.0
-            };
-            loss_tol += w * (t + s.abs() * sc);
-            row_tol[i] += 2.0 * w * (s.abs() + slope_err) * grad_scale(metric, rows[i], rows[j]);
-        }
-    }
-    let (loss_tol, row_tol): (f64, Vec<f64>) =
-        (k * loss_tol, row_tol.iter().map(|r| k * r).collect());
     assert!(
         (f64::from(lf) - f64::from(ls)).abs() <= loss_tol,
         "{metric:?} {p:?}: loss fast {lf} scalar {ls} tol {loss_tol}"
@@ -473,7 +413,7 @@ fn quadruplet_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
         }
         active += usize::from(p.hinge == Hinge::SoftPlus || v1 > 0.0 || v2 > 0.0);
     }
-    let w = weight64(p.reduction, quads.len(), active);
+    let w = weight(p.reduction, quads.len(), active);
     let mut loss_tol = 1e-30;
     let mut row_tol = vec![1e-30; n];
     for q in &quads {
@@ -624,68 +564,27 @@ fn mining_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
 // ---------------------------------------------------------------------------------------
 // Proxy losses.
 
-#[derive(Clone, Copy, Debug)]
-enum Which {
-    Nca(ProxyNcaParams),
-    Anchor(ProxyAnchorParams),
+/// What the fuzz target checks of a proxy loss beyond the shared dispatch and tolerances.
+trait Rules: Copy {
+    fn param_errors(self) -> Vec<Error>;
+    fn exact_loss_representable(self, n: usize, c: usize) -> bool;
+    fn finite_promised(self, n: usize, c: usize) -> bool;
+    fn sum_may_overflow(self, n: usize, c: usize) -> bool;
+    fn sum_issue(self) -> &'static str;
+    fn moderate(self) -> bool;
 }
 
-impl Which {
-    /// A workspace for both the fast kernel and the twin.
-    fn ws_len(self, n: usize, c: usize, d: usize) -> usize {
-        match self {
-            Which::Nca(_) => proxy_nca_loss_workspace_len(n, c, d)
-                .max(scalar::proxy_nca_loss_workspace_len(n, c, d)),
-            Which::Anchor(_) => proxy_anchor_loss_workspace_len(n, c, d)
-                .max(scalar::proxy_anchor_loss_workspace_len(n, c, d)),
-        }
-    }
-
-    fn loss(
-        self,
-        fast: bool,
-        x: Matrix<'_>,
-        l: &[u32],
-        p: Matrix<'_>,
-        ws: &mut [f32],
-    ) -> Result<f32, Error> {
-        match (self, fast) {
-            (Which::Nca(q), true) => proxy_nca_loss(x, l, p, q, ws),
-            (Which::Nca(q), false) => scalar::proxy_nca_loss(x, l, p, q, ws),
-            (Which::Anchor(q), true) => proxy_anchor_loss(x, l, p, q, ws),
-            (Which::Anchor(q), false) => scalar::proxy_anchor_loss(x, l, p, q, ws),
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn grad(
-        self,
-        fast: bool,
-        x: Matrix<'_>,
-        l: &[u32],
-        p: Matrix<'_>,
-        g: &mut [f32],
-        gp: &mut [f32],
-        ws: &mut [f32],
-    ) -> Result<f32, Error> {
-        match (self, fast) {
-            (Which::Nca(q), true) => proxy_nca_loss_grad(x, l, p, q, g, gp, ws),
-            (Which::Nca(q), false) => scalar::proxy_nca_loss_grad(x, l, p, q, g, gp, ws),
-            (Which::Anchor(q), true) => proxy_anchor_loss_grad(x, l, p, q, g, gp, ws),
-            (Which::Anchor(q), false) => scalar::proxy_anchor_loss_grad(x, l, p, q, g, gp, ws),
-        }
-    }
-
+impl Rules for Proxy {
     /// The documented parameter errors, in order.
     fn param_errors(self) -> Vec<Error> {
         let mut e = Vec::new();
         match self {
-            Which::Nca(q) => {
+            Proxy::Nca(q) => {
                 if !(q.softmax_scale.is_finite() && q.softmax_scale > 0.0) {
                     e.push(invalid("softmax_scale", DOMAIN_POSITIVE));
                 }
             }
-            Which::Anchor(q) => {
+            Proxy::Anchor(q) => {
                 if !q.margin.is_finite() {
                     e.push(invalid("margin", DOMAIN_FINITE));
                 }
@@ -702,8 +601,8 @@ impl Which {
     /// `2 (alpha (1 + |margin|) + ln(n + 1))`.
     fn exact_loss_representable(self, n: usize, c: usize) -> bool {
         let bound = match self {
-            Which::Nca(q) => 4.0 * f64::from(q.softmax_scale) + (c as f64).ln(),
-            Which::Anchor(q) => {
+            Proxy::Nca(q) => 4.0 * f64::from(q.softmax_scale) + (c as f64).ln(),
+            Proxy::Anchor(q) => {
                 2.0 * (f64::from(q.alpha) * (1.0 + f64::from(q.margin).abs())
                     + (n as f64 + 1.0).ln())
             }
@@ -717,8 +616,8 @@ impl Which {
     /// is used instead.
     fn finite_promised(self, n: usize, c: usize) -> bool {
         match self {
-            Which::Nca(q) => (4.0 * q.softmax_scale).is_finite(),
-            Which::Anchor(_) => self.exact_loss_representable(n, c),
+            Proxy::Nca(q) => (4.0 * q.softmax_scale).is_finite(),
+            Proxy::Anchor(_) => self.exact_loss_representable(n, c),
         }
     }
 
@@ -728,8 +627,8 @@ impl Which {
     /// `anchor-sum-overflow`.
     fn sum_may_overflow(self, n: usize, c: usize) -> bool {
         let sum = match self {
-            Which::Nca(q) => n as f64 * (4.0 * f64::from(q.softmax_scale) + (c as f64).ln()),
-            Which::Anchor(q) => {
+            Proxy::Nca(q) => n as f64 * (4.0 * f64::from(q.softmax_scale) + (c as f64).ln()),
+            Proxy::Anchor(q) => {
                 c as f64
                     * (f64::from(q.alpha) * (1.0 + f64::from(q.margin).abs())
                         + (n as f64 + 1.0).ln())
@@ -740,43 +639,16 @@ impl Which {
 
     fn sum_issue(self) -> &'static str {
         match self {
-            Which::Nca(_) => "nca-sum-overflow",
-            Which::Anchor(_) => "anchor-sum-overflow",
+            Proxy::Nca(_) => "nca-sum-overflow",
+            Proxy::Anchor(_) => "anchor-sum-overflow",
         }
     }
 
     /// Parameters of moderate size, where the tests' tolerances apply.
     fn moderate(self) -> bool {
         match self {
-            Which::Nca(q) => q.softmax_scale <= 100.0,
-            Which::Anchor(q) => q.alpha <= 100.0 && q.margin.abs() <= 10.0,
-        }
-    }
-
-    /// `(loss tolerance, per-row factor, per-proxy factor)`, as in the tests.
-    fn tolerances(self, n: usize, c: usize, d: usize) -> (f64, f64, f64) {
-        let base = (n + c + d + 24) as f64;
-        let dist_err = d as f64 / 8.0 + 12.0;
-        match self {
-            Which::Nca(q) => {
-                let s = f64::from(q.softmax_scale);
-                let k = 4.0 * EPS * (base + 4.0 * s * dist_err);
-                (
-                    k * (4.0 * s + (c as f64).ln() + 1.0),
-                    k * 16.0 * s / n as f64,
-                    k * 16.0 * s,
-                )
-            }
-            Which::Anchor(q) => {
-                let a = f64::from(q.alpha);
-                let m = f64::from(q.margin.abs());
-                let k = 4.0 * EPS * (base + a * (1.0 + m + dist_err));
-                (
-                    k * 2.0 * (a * (1.0 + m) + (n as f64 + 1.0).ln() + 1.0),
-                    k * 4.0 * a,
-                    k * 4.0 * a,
-                )
-            }
+            Proxy::Nca(q) => q.softmax_scale <= 100.0,
+            Proxy::Anchor(q) => q.alpha <= 100.0 && q.margin.abs() <= 10.0,
         }
     }
 }
@@ -796,9 +668,9 @@ fn proxy_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
         })
         .collect();
     let which = if g.bool() {
-        Which::Nca(ProxyNcaParams::new(g.param(regime, 0.05, 40.0)))
+        Proxy::Nca(ProxyNcaParams::new(g.param(regime, 0.05, 40.0)))
     } else {
-        Which::Anchor(ProxyAnchorParams::new(
+        Proxy::Anchor(ProxyAnchorParams::new(
             g.param(regime, -0.5, 0.5),
             g.param(regime, 0.5, 64.0),
         ))

@@ -16,29 +16,30 @@
 //! distance bound.
 //!
 //! The bounds are those the kernels' `# Numerics` sections state and the per-kernel test
-//! files check (the helpers below follow `tests/triplet.rs` and `tests/variants.rs`).
+//! files check, from the same tolerance models (the `testkit` crate).
 
 use super::{check_row_kernels, on_every_backend};
 use triplet_kernels::{
     contrastive_loss, contrastive_loss_grad, contrastive_loss_workspace_len, hardest_pairs, knn,
     knn_workspace_len, mine_quadruplets, mine_quadruplets_count, mine_quadruplets_workspace_len,
-    mine_triplets, mine_triplets_count, mine_triplets_workspace_len, proxy_anchor_loss,
-    proxy_anchor_loss_grad, proxy_anchor_loss_workspace_len, proxy_nca_loss, proxy_nca_loss_grad,
-    proxy_nca_loss_workspace_len, quadruplet_loss, quadruplet_loss_grad,
-    quadruplet_loss_workspace_len, retrieval_metrics, retrieval_metrics_workspace_len, scalar,
-    triplet_batch_loss, triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
-    triplet_batch_loss_workspace_len, triplet_margin_loss, triplet_margin_loss_grad,
+    mine_triplets, mine_triplets_count, mine_triplets_workspace_len, quadruplet_loss,
+    quadruplet_loss_grad, quadruplet_loss_workspace_len, retrieval_metrics,
+    retrieval_metrics_workspace_len, scalar, triplet_margin_loss, triplet_margin_loss_grad,
     triplet_margin_loss_workspace_len, Backend, BatchParams, ContrastiveForm, ContrastiveParams,
     ContrastiveReduction, Hinge, Matrix, Metric, Mining, ProxyAnchorParams, ProxyNcaParams,
     Quadruplet, QuadrupletParams, Reduction, Triplet, TripletParams, NO_INDEX,
 };
 
-use crate::common::bounds::{assert_proxy_close, proxy_anchor_tolerances, proxy_nca_tolerances};
-use crate::common::rows::{dist64, dist_scale, grad_scale};
-use crate::common::triplet_def::{
-    bounds, dist_scale as tdist_scale, eval_triplet, mined, row, slope64, Bounds, Eval,
+use testkit::bounds::assert_proxy_close;
+use testkit::contrastive::{self, Pairs};
+use testkit::proxy::Proxy;
+use testkit::quadruplet;
+use testkit::rows::{dist64, dist_scale};
+use testkit::runs::batch_run;
+use testkit::triplet_def::{
+    bounds, dist_scale as tdist_scale, eval_triplet, idx3, mined, row, Allow, Bounds, Eval,
 };
-use crate::common::{assert_close, bits, to64, EPS, METRICS, U};
+use testkit::{assert_close, bits, to64, EPS, METRICS, U};
 
 const SHAPES: [(usize, usize); 3] = [(37, 19), (70, 33), (45, 67)];
 
@@ -282,44 +283,6 @@ fn mining_matches_scalar() {
     });
 }
 
-/// The batch loss with its gradient (fast or twin), checked against the loss-only call.
-fn batch_run(
-    x: Matrix<'_>,
-    labels: &[u32],
-    p: BatchParams,
-    fast: bool,
-    fill: f32,
-) -> (f32, usize, usize, Vec<f32>) {
-    let (n, d) = (x.rows(), x.dim());
-    let mut grad = vec![fill; x.len()];
-    let ws_len = if fast {
-        triplet_batch_loss_grad_workspace_len(n, d, p)
-    } else {
-        scalar::triplet_batch_loss_grad_workspace_len(n, d, p)
-    };
-    let mut ws = vec![fill; ws_len];
-    let out = if fast {
-        triplet_batch_loss_grad(x, labels, p, &mut grad, &mut ws)
-    } else {
-        scalar::triplet_batch_loss_grad(x, labels, p, &mut grad, &mut ws)
-    }
-    .unwrap();
-    let mut ws = vec![-fill; triplet_batch_loss_workspace_len(n, d, p)];
-    let fwd = if fast {
-        triplet_batch_loss(x, labels, p, &mut ws)
-    } else {
-        scalar::triplet_batch_loss(x, labels, p, &mut ws)
-    }
-    .unwrap();
-    assert_eq!(fwd, out, "loss-only and fused calls differ");
-    (out.loss, out.num_triplets, out.num_active, grad)
-}
-
-/// A triplet's row indices.
-fn triple(t: Triplet) -> (usize, usize, usize) {
-    (t.anchor as usize, t.positive as usize, t.negative as usize)
-}
-
 /// The twin's side of one batch-loss configuration (the same for every backend).
 struct BatchTwin {
     p: BatchParams,
@@ -346,9 +309,19 @@ fn batch_twin(b: &Batch, p: BatchParams) -> BatchTwin {
     let x64 = to64(&b.data);
     let evals: Vec<Eval> = mined
         .iter()
-        .map(|&t| eval_triplet(&x64, d, triple(t), &tp))
+        .map(|&t| eval_triplet(&x64, d, idx3(t), &tp))
         .collect();
-    let bounds = bounds(&x64, n, d, &evals, &tp, 0.0, p.mining == Mining::All);
+    let bounds = bounds(
+        &x64,
+        n,
+        d,
+        &evals,
+        &tp,
+        Allow {
+            all: p.mining == Mining::All,
+            ..Allow::default()
+        },
+    );
     BatchTwin {
         p,
         loss,
@@ -366,7 +339,8 @@ fn check_batch(b: &Batch, twin: &BatchTwin, backend: Backend) -> bool {
     let (x, labels, d, p) = (b.x(), &b.labels[..], b.d, twin.p);
     let what = format!("{} {p:?} {}", backend.name(), b.name());
     // NaN-filled buffers: every element the kernel reads must have been written first.
-    let (lf, kf, af, gf) = batch_run(x, labels, p, true, f32::NAN);
+    let (out, gf) = batch_run(x, labels, p, true, f32::NAN).unwrap();
+    let (lf, kf, af) = (out.loss, out.num_triplets, out.num_active);
     assert!(lf.is_finite() && gf.iter().all(|g| g.is_finite()), "{what}");
     assert_eq!(kf, twin.count, "{what}: triplet count");
     let same_choice = mined(x, labels, p.metric, p.mining, true) == twin.mined;
@@ -517,9 +491,9 @@ fn margin_loss_matches_scalar() {
                     let (ls, tsl, gs) = run(false, f32::NAN);
                     let evals: Vec<Eval> = ts
                         .iter()
-                        .map(|&t| eval_triplet(&x64, d, triple(t), &p))
+                        .map(|&t| eval_triplet(&x64, d, idx3(t), &p))
                         .collect();
-                    let bd = bounds(&x64, n, d, &evals, &p, 0.0, false);
+                    let bd = bounds(&x64, n, d, &evals, &p, Allow::default());
                     runs += 1;
                     if bd.near_kink && reduction == Reduction::MeanNonzero || bd.near_swap {
                         continue;
@@ -566,77 +540,7 @@ fn margin_loss_matches_scalar() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Contrastive (as tests/variants.rs).
-
-/// `(hinge argument, term, slope)` of one pair.
-fn contrastive_term(p: &ContrastiveParams, positive: bool, d: f64) -> (f64, f64, f64) {
-    let (v, sign) = if positive {
-        (d - f64::from(p.pos_margin), 1.0)
-    } else {
-        (f64::from(p.neg_margin) - d, -1.0)
-    };
-    let h = v.max(0.0);
-    match p.form {
-        ContrastiveForm::Linear => (v, h, if v > 0.0 { sign } else { 0.0 }),
-        _ => (v, h * h, if v > 0.0 { 2.0 * sign * v } else { 0.0 }),
-    }
-}
-
-/// The documented bounds (`(d / 8 + n + 10) 2^-24` of the weighted absolute terms and
-/// gradient contributions, with the safety factor of tests/variants.rs), or `None` when a
-/// term sits within its error of the kink.
-fn contrastive_tolerances(
-    x: Matrix<'_>,
-    labels: &[u32],
-    metric: Metric,
-    p: &ContrastiveParams,
-) -> Option<(f64, Vec<f64>)> {
-    let (n, dim) = (x.rows(), x.dim());
-    let r = |i: usize| x.row(i).unwrap();
-    let k = 4.0 * EPS * (dim + 2 * n + 16) as f64;
-    let (mut pc, mut pa, mut nc, mut na) = (0, 0, 0, 0);
-    for i in 0..n {
-        for j in (0..n).filter(|&j| j != i) {
-            let pos = labels[i] == labels[j];
-            let (v, t, _) = contrastive_term(p, pos, dist64(metric, r(i), r(j)));
-            if v.abs() <= 4.0 * k * dist_scale(metric, r(i), r(j)) {
-                return None;
-            }
-            if pos {
-                pc += 1;
-                pa += usize::from(t > 0.0);
-            } else {
-                nc += 1;
-                na += usize::from(t > 0.0);
-            }
-        }
-    }
-    let inv = |k: usize| if k == 0 { 0.0 } else { 1.0 / k as f64 };
-    let (wp, wn) = match p.reduction {
-        ContrastiveReduction::MeanNonzeroPerPart => (inv(pa), inv(na)),
-        ContrastiveReduction::MeanPerPart => (inv(pc), inv(nc)),
-        ContrastiveReduction::Mean => (inv(pc + nc), inv(pc + nc)),
-        _ => (1.0, 1.0),
-    };
-    let mut loss = 1e-30;
-    let mut rows = vec![1e-30; n];
-    for i in 0..n {
-        for j in (0..n).filter(|&j| j != i) {
-            let pos = labels[i] == labels[j];
-            let w = if pos { wp } else { wn };
-            let sc = dist_scale(metric, r(i), r(j));
-            let (_, t, s) = contrastive_term(p, pos, dist64(metric, r(i), r(j)));
-            let slope_err = if p.form == ContrastiveForm::Squared {
-                2.0 * sc
-            } else {
-                0.0
-            };
-            loss += w * (t + s.abs() * sc);
-            rows[i] += 2.0 * w * (s.abs() + slope_err) * grad_scale(metric, r(i), r(j));
-        }
-    }
-    Some((k * loss, rows.into_iter().map(|v| k * v).collect()))
-}
+// Contrastive.
 
 #[test]
 fn contrastive_matches_scalar() {
@@ -678,7 +582,7 @@ fn contrastive_matches_scalar() {
                 let p = ContrastiveParams::new(pos_margin, neg_margin)
                     .with_form(form)
                     .with_reduction(reduction);
-                let tol = contrastive_tolerances(x, labels, metric, &p);
+                let tol = contrastive::tolerances(d, &Pairs::new(&x, metric), labels, &p);
                 let mut ws = vec![f32::NAN; scalar::contrastive_loss_workspace_len(n, d)];
                 let mut gs = vec![f32::NAN; n * d];
                 let ls =
@@ -781,78 +685,6 @@ fn check_mined_quadruplets(b: &Batch, metric: Metric, backend: Backend) -> Vec<Q
     fast
 }
 
-fn softplus(v: f64) -> f64 {
-    v.max(0.0) + (-v.abs()).exp().ln_1p()
-}
-
-/// The documented bounds of `quadruplet_loss(_grad)` (tests/variants.rs), or `None` when
-/// a relu margin value sits within its error of the kink.
-fn quadruplet_tolerances(
-    x: Matrix<'_>,
-    quads: &[Quadruplet],
-    metric: Metric,
-    p: &QuadrupletParams,
-) -> Option<(f64, Vec<f64>)> {
-    let n = x.rows();
-    let r = |i: usize| x.row(i).unwrap();
-    let k = 4.0 * EPS * (x.dim() + quads.len() + 16) as f64;
-    let h = |v: f64| {
-        if p.hinge == Hinge::Relu {
-            v.max(0.0)
-        } else {
-            softplus(v)
-        }
-    };
-    let slope = |v: f64| slope64(p.hinge, v);
-    let eval = |q: &Quadruplet| {
-        let [a, pp, n1, n2] = q.to_array().map(|v| v as usize);
-        let pairs = [[a, pp], [a, n1], [n1, n2]];
-        let d = pairs.map(|[i, j]| dist64(metric, r(i), r(j)));
-        let sc = pairs.map(|[i, j]| dist_scale(metric, r(i), r(j)));
-        (
-            d[0] - d[1] + f64::from(p.margin1),
-            d[0] - d[2] + f64::from(p.margin2),
-            sc,
-            pairs,
-        )
-    };
-    let mut active = 0;
-    for q in quads {
-        let (v1, v2, sc, _) = eval(q);
-        let err = k * (sc[0] + sc[1] + sc[2]);
-        if p.hinge == Hinge::Relu && (v1.abs() <= 4.0 * err || v2.abs() <= 4.0 * err) {
-            return None;
-        }
-        active += usize::from(p.hinge == Hinge::SoftPlus || v1 > 0.0 || v2 > 0.0);
-    }
-    let w = match p.reduction {
-        Reduction::Sum => 1.0,
-        Reduction::Mean if !quads.is_empty() => 1.0 / quads.len() as f64,
-        Reduction::MeanNonzero if active > 0 => 1.0 / active as f64,
-        _ => 0.0,
-    };
-    let mut loss = 1e-30;
-    let mut rows = vec![1e-30; n];
-    for q in quads {
-        let (v1, v2, sc, pairs) = eval(q);
-        let vs = sc[0] + sc[1] + sc[2] + f64::from(p.margin1.abs() + p.margin2.abs());
-        loss += w * (h(v1) + h(v2) + 2.0 * vs);
-        let soft = if p.hinge == Hinge::SoftPlus {
-            0.5 * vs
-        } else {
-            0.0
-        };
-        let (s1, s2) = (slope(v1) + soft, slope(v2) + soft);
-        for ([i, j], c) in pairs.into_iter().zip([s1 + s2, s1, s2]) {
-            if i != j {
-                rows[i] += w * c * grad_scale(metric, r(i), r(j));
-                rows[j] += w * c * grad_scale(metric, r(j), r(i));
-            }
-        }
-    }
-    Some((k * loss, rows.into_iter().map(|v| k * v).collect()))
-}
-
 #[test]
 fn quadruplet_matches_scalar() {
     let batches = batches();
@@ -874,7 +706,7 @@ fn quadruplet_matches_scalar() {
                         .with_reduction(reduction);
                     let what = format!("{} {metric:?} {p:?} {}", backend.name(), b.name());
                     runs += 1;
-                    let Some((loss_tol, row_tol)) = quadruplet_tolerances(x, &quads, metric, &p)
+                    let Some((loss_tol, row_tol)) = quadruplet::tolerances(&x, &quads, metric, &p)
                     else {
                         continue;
                     };
@@ -913,62 +745,24 @@ fn quadruplet_matches_scalar() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Proxy losses (as tests/variants.rs).
+// Proxy losses.
 
-#[derive(Clone, Copy, Debug)]
-enum Proxy {
-    Nca(ProxyNcaParams),
-    Anchor(ProxyAnchorParams),
-}
-
-impl Proxy {
-    fn ws_len(self, n: usize, c: usize, d: usize) -> usize {
-        match self {
-            Proxy::Nca(_) => proxy_nca_loss_workspace_len(n, c, d)
-                .max(scalar::proxy_nca_loss_workspace_len(n, c, d)),
-            Proxy::Anchor(_) => proxy_anchor_loss_workspace_len(n, c, d)
-                .max(scalar::proxy_anchor_loss_workspace_len(n, c, d)),
-        }
-    }
-
-    /// Loss and both gradients, fast or twin; checked against the loss-only call.
-    fn run(self, fast: bool, x: Matrix<'_>, l: &[u32], p: Matrix<'_>) -> (f32, Vec<f32>, Vec<f32>) {
-        let (n, c, d) = (x.rows(), p.rows(), x.dim());
-        let mut ws = vec![f32::NAN; self.ws_len(n, c, d)];
-        let (mut g, mut gp) = (vec![f32::NAN; n * d], vec![f32::NAN; c * d]);
-        let loss = match (self, fast) {
-            (Proxy::Nca(q), true) => proxy_nca_loss_grad(x, l, p, q, &mut g, &mut gp, &mut ws),
-            (Proxy::Nca(q), false) => {
-                scalar::proxy_nca_loss_grad(x, l, p, q, &mut g, &mut gp, &mut ws)
-            }
-            (Proxy::Anchor(q), true) => {
-                proxy_anchor_loss_grad(x, l, p, q, &mut g, &mut gp, &mut ws)
-            }
-            (Proxy::Anchor(q), false) => {
-                scalar::proxy_anchor_loss_grad(x, l, p, q, &mut g, &mut gp, &mut ws)
-            }
-        }
-        .unwrap();
-        ws.fill(-1e30);
-        let loss2 = match (self, fast) {
-            (Proxy::Nca(q), true) => proxy_nca_loss(x, l, p, q, &mut ws),
-            (Proxy::Nca(q), false) => scalar::proxy_nca_loss(x, l, p, q, &mut ws),
-            (Proxy::Anchor(q), true) => proxy_anchor_loss(x, l, p, q, &mut ws),
-            (Proxy::Anchor(q), false) => scalar::proxy_anchor_loss(x, l, p, q, &mut ws),
-        }
-        .unwrap();
-        assert_eq!(loss.to_bits(), loss2.to_bits(), "{self:?}: loss-only call");
-        (loss, g, gp)
-    }
-
-    /// `(loss tolerance, per-row factor, per-proxy factor)`; a row's gradient tolerance is
-    /// its factor over the row's clamped norm.
-    fn tolerances(self, n: usize, c: usize, d: usize) -> (f64, f64, f64) {
-        match self {
-            Proxy::Nca(q) => proxy_nca_tolerances(q, n, c, d),
-            Proxy::Anchor(q) => proxy_anchor_tolerances(q, n, c, d),
-        }
-    }
+/// Loss and both gradients of `which`, fast or twin; checked against the loss-only call.
+fn proxy_run(
+    which: Proxy,
+    fast: bool,
+    x: Matrix<'_>,
+    l: &[u32],
+    p: Matrix<'_>,
+) -> (f32, Vec<f32>, Vec<f32>) {
+    let (n, c, d) = (x.rows(), p.rows(), x.dim());
+    let mut ws = vec![f32::NAN; which.ws_len(n, c, d)];
+    let (mut g, mut gp) = (vec![f32::NAN; n * d], vec![f32::NAN; c * d]);
+    let loss = which.grad(fast, x, l, p, &mut g, &mut gp, &mut ws).unwrap();
+    ws.fill(-1e30);
+    let loss2 = which.loss(fast, x, l, p, &mut ws).unwrap();
+    assert_eq!(loss.to_bits(), loss2.to_bits(), "{which:?}: loss-only call");
+    (loss, g, gp)
 }
 
 #[test]
@@ -993,8 +787,8 @@ fn proxy_losses_match_scalar() {
                     Proxy::Anchor(ProxyAnchorParams::new(-0.2, 8.0)),
                 ] {
                     let what = format!("{} {which:?} {}", backend.name(), b.name());
-                    let (lf, gf, gpf) = which.run(true, x, &labels, p);
-                    let (ls, gs, gps) = which.run(false, x, &labels, p);
+                    let (lf, gf, gpf) = proxy_run(which, true, x, &labels, p);
+                    let (ls, gs, gps) = proxy_run(which, false, x, &labels, p);
                     assert_proxy_close(
                         &what,
                         (x, p),

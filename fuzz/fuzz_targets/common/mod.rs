@@ -16,12 +16,16 @@
 use arbitrary::Unstructured;
 use triplet_kernels::{Error, Hinge, Metric, Mining, Reduction, NORM_EPS};
 
-/// `2^-23`, the `f32` machine epsilon, as `f64`.
-pub const EPS: f64 = f32::EPSILON as f64;
-/// Smallest normal `f32`, as `f64`: the absolute error of one underflowing term.
-pub const TINY: f64 = f32::MIN_POSITIVE as f64;
-
-pub const METRICS: [Metric; 3] = [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine];
+// The f64 definitions and tolerance models, shared with the library's tests (each target
+// uses some of them).
+#[allow(unused_imports)]
+pub use testkit::rows::{
+    dist64, dist_scale, f64s, inf_norm, norm, sq_dist, sq_norm, underflow_allowance,
+};
+#[allow(unused_imports)]
+pub use testkit::triplet_def::{hinge64, slope64, weight};
+#[allow(unused_imports)]
+pub use testkit::{assert_close, bits, to64, EPS, METRICS, TINY};
 pub const MININGS: [Mining; 3] = [Mining::All, Mining::BatchHard, Mining::SemiHard];
 pub const HINGES: [Hinge; 2] = [Hinge::Relu, Hinge::SoftPlus];
 pub const REDUCTIONS: [Reduction; 3] = [Reduction::Sum, Reduction::Mean, Reduction::MeanNonzero];
@@ -292,70 +296,10 @@ pub fn data_error(data: &[f32], dim: usize, range_checked: bool) -> Option<Error
 }
 
 // ---------------------------------------------------------------------------------------
-// f64 references.
-
-pub fn f64s(v: &[f32]) -> impl Iterator<Item = f64> + '_ {
-    v.iter().map(|&x| f64::from(x))
-}
-
-pub fn sq_norm(a: &[f32]) -> f64 {
-    f64s(a).map(|v| v * v).sum()
-}
-
-pub fn norm(a: &[f32]) -> f64 {
-    sq_norm(a).sqrt()
-}
-
-pub fn inf_norm(a: &[f32]) -> f64 {
-    f64s(a).fold(0.0, |m, v| m.max(v.abs()))
-}
+// f64 references beyond the shared ones.
 
 pub fn clamped(n: f64) -> f64 {
     n.max(f64::from(NORM_EPS))
-}
-
-pub fn sq_dist(a: &[f32], b: &[f32]) -> f64 {
-    f64s(a).zip(f64s(b)).map(|(x, y)| (x - y) * (x - y)).sum()
-}
-
-/// `d(a, b)` in `f64`, the definition of the distance module.
-pub fn dist64(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
-    match metric {
-        Metric::SquaredEuclidean => sq_dist(a, b),
-        Metric::Euclidean => sq_dist(a, b).sqrt(),
-        Metric::Cosine => {
-            let dot: f64 = f64s(a).zip(f64s(b)).map(|(x, y)| x * y).sum();
-            1.0 - dot / (clamped(norm(a)) * clamped(norm(b)))
-        }
-        _ => unreachable!("a variant this test does not know"),
-    }
-}
-
-/// Sum of the absolute terms behind one distance (`S` of the distance module's bound).
-pub fn dist_scale(metric: Metric, a: &[f32], b: &[f32]) -> f64 {
-    match metric {
-        Metric::SquaredEuclidean => sq_dist(a, b),
-        Metric::Euclidean => sq_dist(a, b).sqrt(),
-        Metric::Cosine => {
-            1.0 + f64s(a)
-                .zip(f64s(b))
-                .map(|(x, y)| (x * y).abs())
-                .sum::<f64>()
-                / (clamped(norm(a)) * clamped(norm(b)))
-        }
-        _ => unreachable!("a variant this test does not know"),
-    }
-}
-
-/// Absolute error allowance of one distance from terms below `f32`'s normal range.
-pub fn underflow_allowance(metric: Metric, dim: usize) -> f64 {
-    let t = (dim as f64 + 8.0) * TINY;
-    match metric {
-        Metric::SquaredEuclidean => t,
-        Metric::Euclidean => t.sqrt(),
-        Metric::Cosine => 0.0,
-        _ => unreachable!("a variant this test does not know"),
-    }
 }
 
 /// The distance bound the distance module documents, with the tests' factor of 4:
@@ -393,10 +337,6 @@ pub fn has_tiny_elements(data: &[f32]) -> bool {
     data.iter().any(|&v| v != 0.0 && f64::from(v).abs() < 1e-18)
 }
 
-pub fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
-}
-
 pub fn first_non_finite(v: &[f32]) -> Option<usize> {
     v.iter().position(|x| !x.is_finite())
 }
@@ -427,48 +367,6 @@ pub const DOMAIN_EPS: &str = "|eps| <= 1, and 0 for cosine";
 pub const DOMAIN_POSITIVE: &str = "finite and > 0";
 /// `k` of `knn` and `retrieval_metrics`.
 pub const DOMAIN_K: &str = "1 <= k <= references a query can retrieve";
-
-/// `|got - want| <= tol(k)` element-wise.
-pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: impl Fn(usize) -> f64) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    for (k, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let t = tol(k);
-        assert!(
-            (f64::from(g) - f64::from(w)).abs() <= t,
-            "{what}[{k}]: fast {g}, scalar {w}, tol {t}"
-        );
-    }
-}
-
-pub fn hinge64(h: Hinge, v: f64) -> f64 {
-    match h {
-        Hinge::Relu => v.max(0.0),
-        Hinge::SoftPlus => v.max(0.0) + (-v.abs()).exp().ln_1p(),
-        _ => unreachable!("a variant this test does not know"),
-    }
-}
-
-pub fn slope64(h: Hinge, v: f64) -> f64 {
-    match h {
-        Hinge::Relu => f64::from(u8::from(v > 0.0)),
-        Hinge::SoftPlus => 1.0 / (1.0 + (-v).exp()),
-        _ => unreachable!("a variant this test does not know"),
-    }
-}
-
-pub fn weight64(r: Reduction, k: usize, active: usize) -> f64 {
-    let div = match r {
-        Reduction::Sum => return 1.0,
-        Reduction::Mean => k,
-        Reduction::MeanNonzero => active,
-        _ => unreachable!("a variant this test does not know"),
-    };
-    if div == 0 {
-        0.0
-    } else {
-        1.0 / div as f64
-    }
-}
 
 /// Argmax (`far`) or argmin of `row[j]` over `cands`, ties to the smallest index.
 pub fn extreme(row: &[f32], cands: impl Iterator<Item = usize>, far: bool) -> Option<usize> {

@@ -2,8 +2,8 @@
 //! then measures how well it retrieves with the crate's retrieval kernels.
 //!
 //! ```sh
-//! cargo run --release --example train_digits
-//! cargo run --release --example train_digits -- --mining hard --dim 8 --steps 600 --seed 1
+//! cargo run --release -p triplet-kernels-examples --bin train_digits
+//! cargo run --release -p triplet-kernels-examples --bin train_digits -- --mining hard --dim 8 --steps 600 --seed 1
 //! ```
 //!
 //! Recipe: a linear map 64 -> 8 (pixels scaled to 0..1, weights drawn from N(0, 1/64) with
@@ -18,6 +18,7 @@
 //! coloured by class) to `target/train_digits.svg` (or `--svg PATH`).
 
 use std::fmt::Write as _;
+use std::path::Path;
 use std::time::Instant;
 
 use triplet_kernels::{
@@ -45,7 +46,12 @@ fn parse_args() -> Result<Options, String> {
         steps: 600,
         seed: 1,
         lr: 0.5,
-        svg: format!("{}/target/train_digits.svg", env!("CARGO_MANIFEST_DIR")),
+        // The workspace's target folder, beside this crate's folder.
+        svg: Path::new(env!("CARGO_MANIFEST_DIR"))
+            .with_file_name("target")
+            .join("train_digits.svg")
+            .display()
+            .to_string(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -118,7 +124,7 @@ impl Digits {
 }
 
 fn load() -> Result<(Digits, Digits), String> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/data/digits.csv");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/digits.csv");
     let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
     let mut train = Digits {
         pixels: vec![],

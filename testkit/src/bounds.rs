@@ -1,19 +1,8 @@
 //! Documented error bounds of the distance matrices and of the proxy losses.
 
-use super::rows::norm;
-use super::{assert_close, EPS, TINY, U};
+use crate::rows::{norm, sq_dist, sq_norm};
+use crate::{assert_close, EPS, TINY, U};
 use triplet_kernels::{DistanceMode, Matrix, Metric, ProxyAnchorParams, ProxyNcaParams};
-
-pub fn sq64(a: &[f32]) -> f64 {
-    a.iter().map(|&v| f64::from(v).powi(2)).sum()
-}
-
-fn sq_dist64(a: &[f32], b: &[f32]) -> f64 {
-    a.iter()
-        .zip(b)
-        .map(|(&x, &y)| (f64::from(x) - f64::from(y)).powi(2))
-        .sum()
-}
 
 /// The documented bound (module docs of `distance`, "Numerics") on `|fast - exact|` for
 /// one entry, plus the twin's rounding (`u |exact|`), for `metric` in `mode` between rows
@@ -21,10 +10,10 @@ fn sq_dist64(a: &[f32], b: &[f32]) -> f64 {
 pub fn distance_tolerance(metric: Metric, mode: DistanceMode, a: &[f32], b: &[f32]) -> f64 {
     let d = a.len() as f64;
     let growth = 1.0 / (1.0 - (d + 2.0) * U);
-    let exact_sq = sq_dist64(a, b);
+    let exact_sq = sq_dist(a, b);
     // |a|^2 + |b|^2 bounds the Gram form's error; underflowing terms add an absolute part.
     let sq_bound = match mode {
-        DistanceMode::Gram => (2.0 * d + 4.0) * U * (sq64(a) + sq64(b)) * growth,
+        DistanceMode::Gram => (2.0 * d + 4.0) * U * (sq_norm(a) + sq_norm(b)) * growth,
         DistanceMode::Direct => (d + 2.0) * U * exact_sq * growth,
         _ => unreachable!("a variant this test does not know"),
     } + (2.0 * d + 8.0) * TINY;

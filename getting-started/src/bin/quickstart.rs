@@ -1,6 +1,6 @@
 //! The smallest complete use of the crate: a distance matrix of a few embeddings.
 //!
-//! Run with `cargo run --release --example quickstart`.
+//! Run with `cargo run --release -p triplet-kernels-examples --bin quickstart`.
 
 use triplet_kernels::{pairwise_distances, pairwise_distances_workspace_len, Matrix, Metric};
 
