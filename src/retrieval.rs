@@ -17,6 +17,7 @@
 //! The streaming design (no `n x m` matrix; workspace linear in `n + m`) is documented
 //! on [`knn`], in its public docs.
 
+mod bf16;
 mod gallery;
 mod heap;
 mod search;
@@ -34,7 +35,7 @@ use crate::simd::Backend;
 use crate::validate::{check_finite, check_labels, check_len, check_workspace, checked_area};
 use crate::workspace::{max_len, min_len, Carve};
 use heap::Heap;
-use search::{stream_len, Rank, Stream, QUERY_BLOCK};
+use search::{stream_len, Rank, Stream, QUERY_BLOCK, SMALL_BLOCK};
 
 /// Workspace of the scalar twins: one `(f64 distance, f64 index)` pair per reference, in
 /// `f32` words, plus one word to reach `f64` alignment.
@@ -44,9 +45,11 @@ pub(crate) const fn scalar_len(references: usize) -> usize {
 
 /// Workspace elements that [`knn`] needs for `queries` queries against `references`
 /// references of dimension `dim`: `references + 2 queries + qb rb +`
-/// [`crate::cross_distances_rows_workspace_len`]`(qb, rb, dim)` with `qb = min(queries,
-/// 128)` and `rb = min(references, 512)` (the norm terms, the heap sizes, one Gram tile
-/// and its packed rows; see [`knn`]'s streaming design). For leave-one-out
+/// [`crate::cross_distances_rows_workspace_len`]`(qb, rb, dim) + p(queries) + p(rb)` with
+/// `qb = min(queries, 128)`, `rb = min(references, 512)` and `p(r) = ceil(r / 16) 16
+/// (ceil(dim / 2) + 1)` (the norm terms, the heap sizes, one Gram tile and its packed
+/// rows, and the bf16 filter's packed rows; see [`knn`]'s streaming design). For
+/// leave-one-out
 /// retrieval pass `references = queries`. Linear in `queries + references`; saturates
 /// instead of overflowing. The scalar twin has its own,
 /// [`crate::scalar::knn_workspace_len`].
@@ -322,6 +325,18 @@ fn prepare<'w>(
     let q_norms = ws.take(n).ok()?;
     let lens = ws.take_u32(n).ok()?;
     let scan = ws.take(stream_len(n, m, d) - 2 * n - m).ok()?;
+    if n < SMALL_BLOCK && metric != Metric::Cosine {
+        // Fewer queries than a tile takes: every distance is direct, and the Euclidean
+        // norm terms (read only by the tile's rejection bar) would cost a pass over the
+        // references for nothing.
+        return Some(Parts {
+            r_norms,
+            q_norms,
+            lens,
+            scan,
+            rest: ws.rest(),
+        });
+    }
     metric_norms(backend, &shape.refs, metric, r_norms);
     if shape.leave_one_out {
         for (q, r) in q_norms.iter_mut().zip(r_norms.iter()) {
@@ -373,6 +388,18 @@ fn prepare<'w>(
 /// that fill or improve a heap. After the last reference block each heap is sorted in
 /// place (heapsort), nearest first. Query blocks of fewer than 4 rows skip the tile (a
 /// register tile would be mostly padding) and compute every distance directly.
+///
+/// **The bf16 filter.** On the AVX-512 backend of a CPU with AVX512_BF16 (`vdpbf16ps`,
+/// twice the multiply-add rate of `f32`), the rejection tile is computed from the rows
+/// rounded to bf16 (to nearest even; products summed in `f32`), with a bar widened by
+/// the rounding: `(2^-7 + 2^-15 + (6 d + 16) 2^-24) (|a|^2 + max |b|^2)` for the Euclidean
+/// metrics (plus the underflow terms), `2^-7 + 2^-15 + (5 d + 32) 2^-24` for cosine.
+/// Once every heap of a query block is full, the tile is not stored at all: each row's
+/// bar at the start of the reference block is compared in registers and only a bit mask
+/// of the kept candidates is written. Rows with an element of magnitude above `2^60` or
+/// below `2^-100` (zero aside), or a non-finite one, make their block use the `f32` tile.
+/// The filter changes which candidates are recomputed, never the result: the lists are
+/// those of the direct search on the same backend, bit for bit.
 ///
 /// - `knn` keeps its heaps in the caller's `indices` and `distances` rows, with the
 ///   reference blocks outermost: each block of the gallery is read from memory once and

@@ -163,6 +163,71 @@ impl Backend {
     }
 }
 
+/// How [`bf16_tile`] turns the accumulated products `acc` into filter values, with the
+/// row term `r` and the column term `c`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Bf16Epilogue {
+    /// `max(0, r + c - 2 acc)` (squared norms), NaN kept.
+    Sq,
+    /// `1 - acc (r c)` (inverse norms).
+    Cosine,
+    /// `-acc`.
+    NegDot,
+}
+
+/// One filter tile: rows of `a` against columns of `b`, both packed in panels of 16 as
+/// words of two bf16 values (`panel[p * 16 + i]` holds elements `2p` and `2p + 1` of the
+/// panel's row `i`, low half first).
+pub(crate) struct Bf16Tile<'t> {
+    /// `rows.div_ceil(16)` panels of `16 * pairs` words.
+    pub(crate) a: &'t [u32],
+    /// One term per packed row (`rows.div_ceil(16) * 16`).
+    pub(crate) a_terms: &'t [f32],
+    /// `cols.div_ceil(16)` panels of `16 * pairs` words.
+    pub(crate) b: &'t [u32],
+    /// One term per packed column (`cols.div_ceil(16) * 16`).
+    pub(crate) b_terms: &'t [f32],
+    pub(crate) pairs: usize,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    /// `rows x cols` values, row-major (not written with `keep`).
+    pub(crate) out: &'t mut [f32],
+    /// Instead of the values: each row's bar (at least `rows`), and for each row and
+    /// 16-column chunk a bit mask (`rows x cols.div_ceil(16)` words, in the low 16 bits)
+    /// of the columns whose value is not above the row's bar (NaN included).
+    pub(crate) keep: Option<(&'t [f32], &'t mut [u32])>,
+    pub(crate) epilogue: Bf16Epilogue,
+}
+
+/// Computes the bf16 filter tile `t` and returns `true` when `backend` is
+/// [`Backend::Avx512`] and the CPU has AVX512_BF16 (`vdpbf16ps`); otherwise writes nothing
+/// and returns `false`. Each value is the Gram form of the row and column from their
+/// elements rounded to bf16 (round to nearest even), the products summed in `f32` (see
+/// the retrieval kernels' filter bound).
+#[inline]
+pub(crate) fn bf16_tile(backend: Backend, t: Bf16Tile<'_>) -> bool {
+    #[cfg(all(target_arch = "x86_64", not(feature = "portable-only")))]
+    if backend == Backend::Avx512 {
+        if let Some(token) = x86::Bf16::detect() {
+            x86::bf16_tile(token, t);
+            return true;
+        }
+    }
+    let _ = (backend, t);
+    false
+}
+
+/// Whether [`bf16_tile`] computes tiles for `backend` on this CPU.
+#[inline]
+pub(crate) fn has_bf16_tile(backend: Backend) -> bool {
+    #[cfg(all(target_arch = "x86_64", not(feature = "portable-only")))]
+    if backend == Backend::Avx512 {
+        return x86::Bf16::detect().is_some();
+    }
+    let _ = backend;
+    false
+}
+
 /// Largest `MR` of any backend (sizes workspaces).
 pub(crate) const MR_MAX: usize = 16;
 /// Largest `NV * LANES` of any backend (sizes workspaces).

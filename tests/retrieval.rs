@@ -940,7 +940,10 @@ fn workspace_lengths_are_linear_and_saturate() {
     let ws = [0.0_f32; knn_workspace_len(2, 3, 4)];
     assert_eq!(
         ws.len(),
-        3 + 2 * 2 + 2 * 3 + triplet_kernels::cross_distances_rows_workspace_len(2, 3, 4)
+        // Norms 3 + 2, heap sizes 2, one 2 x 3 tile, its f32 packing, and the bf16
+        // filter's packing of the queries and of the references (16 rows padded x
+        // (2 words + 1 term) each).
+        3 + 2 * 2 + 2 * 3 + triplet_kernels::cross_distances_rows_workspace_len(2, 3, 4) + 2 * 48
     );
     let ws = [0.0_f32; scalar::knn_workspace_len(2, 3, 4)];
     assert_eq!(ws.len(), 4 * 3 + 1);

@@ -101,6 +101,7 @@ impl<'s> Heap<'s> {
     }
 
     /// Inserts into a heap that is not full.
+    #[inline(always)]
     fn sift_up(&mut self, d: f32, j: u32) {
         let mut pos = self.len;
         self.len += 1;
@@ -120,7 +121,9 @@ impl<'s> Heap<'s> {
     }
 
     /// Places `(d, j)` in the hole at `pos` of the heap's first `len` entries, moving
-    /// larger children up.
+    /// larger children up. Inlined into the selection loop (compiled with the backend's
+    /// features: a call out of it would cross an AVX-512 to SSE transition).
+    #[inline(always)]
     fn sift_down(&mut self, mut pos: usize, len: usize, d: f32, j: u32) {
         // `pos < len <= cap`, a slice length, so `2 * pos + 2` cannot overflow.
         loop {

@@ -15,6 +15,7 @@
 //! direct search, bit for bit, at the cost of the Gram tile plus a few direct distances
 //! per query (those that fill the heap and those that improve it).
 
+use super::bf16::{self, Packed};
 use super::heap::Heap;
 use super::Shape;
 use crate::distance::{cross_distances_rows_workspace_len, DistanceMode, Metric};
@@ -65,7 +66,7 @@ pub(super) fn direct<S: Simd>(s: S, rank: Rank, a: &[f32], b: &[f32], na: f32, n
 
 /// Query blocks below this many rows skip the Gram tile (whose register tile would be
 /// mostly padding) and compute every distance in the direct form.
-const SMALL_BLOCK: usize = 4;
+pub(super) const SMALL_BLOCK: usize = 4;
 
 /// Queries per block: the Gram tile's rows, packed once per reference block.
 pub(super) const QUERY_BLOCK: usize = 128;
@@ -79,7 +80,8 @@ const LANES: usize = 16;
 
 /// Workspace of the streaming pass for `queries` queries and `references` references of
 /// dimension `dim`: both norm vectors, the heap sizes of [`Stream::knn`] (one `u32` per
-/// query), the Gram tile and the microkernel's packing.
+/// query), the Gram tile and the microkernel's packing, and the bf16 filter's packing of
+/// the queries and of one reference block.
 pub(super) const fn stream_len(queries: usize, references: usize, dim: usize) -> usize {
     let qb = min_len(QUERY_BLOCK, queries);
     let rb = min_len(REFERENCE_BLOCK, references);
@@ -87,6 +89,8 @@ pub(super) const fn stream_len(queries: usize, references: usize, dim: usize) ->
         .saturating_add(queries.saturating_mul(2))
         .saturating_add(qb.saturating_mul(rb))
         .saturating_add(cross_distances_rows_workspace_len(qb, rb, dim))
+        .saturating_add(bf16::pack_len(queries, dim))
+        .saturating_add(bf16::pack_len(rb, dim))
 }
 
 /// The widest gap between the Gram form the rejection test reads and the direct form the
@@ -131,6 +135,31 @@ impl Slack {
         }
     }
 
+    /// The pad of the bf16 filter: the rows rounded to bf16 (unit roundoff `2^-8`) change
+    /// each product by at most `(2^-7 + 2^-16) |a_i b_i|`, so the Gram form moves by
+    /// `2^-7 + 2^-15` times the terms the `f32` pad scales (`N`, 1 for cosine, `|a| |b|`
+    /// for the inner product) on top of the `f32` pad, widened by `d u` for the rounding
+    /// of the bf16 products' sums; products flushed below the smallest normal number add
+    /// their count times it (an absolute term, scaled by the inverse norms for cosine).
+    fn bf16(rank: Rank, dim: usize) -> Self {
+        let f = Slack::new(rank, dim);
+        let u = f32::EPSILON / 2.0;
+        let d = dim as f32;
+        let wide = 0.007_843_018 + d * u; // 2^-7 + 2^-15 + d u
+        let tiny = (4.0 * d + 32.0) * f32::MIN_POSITIVE;
+        match rank {
+            // 1 / (max(|a|, eps) max(|b|, eps)) <= 1e24 < 2^80.
+            Rank::Cosine => Slack {
+                coef: f.coef + wide + (4.0 * d + 32.0) * 1.421_085_5e-14, // 2^-46
+                tiny: 0.0,
+            },
+            _ => Slack {
+                coef: f.coef + wide,
+                tiny: f.tiny + tiny,
+            },
+        }
+    }
+
     /// The pad of one query (norm term `na`) against a block whose largest norm term is
     /// `nb_max`.
     #[inline(always)]
@@ -160,18 +189,48 @@ pub(super) struct Stream<'a> {
 impl Stream<'_> {
     /// Streams every reference block past the queries `q0..q0 + heaps.len()`, offering
     /// query `q0 + i`'s candidates to `heaps[i]` (a heap of capacity 0 is skipped), then
-    /// sorts every heap nearest first. `ws` holds at least the tile and the packing of
-    /// [`stream_len`] (everything but the norms).
+    /// sorts every heap nearest first. `ws` holds at least the tile and the packings of
+    /// [`stream_len`] (everything but the norms and the heap sizes).
     pub(super) fn scan(&self, q0: usize, heaps: &mut [Heap<'_>], ws: &mut [f32]) {
-        let m = self.shape.refs.rows();
+        let (m, d) = (self.shape.refs.rows(), self.queries.dim());
+        let qb = heaps.len();
+        let (qpack, ws) = ws.split_at_mut(min_len(bf16::pack_len(qb, d), ws.len()));
+        let (gpack, ws) = ws.split_at_mut(min_len(
+            bf16::pack_len(min_len(REFERENCE_BLOCK, m), d),
+            ws.len(),
+        ));
+        let queries = self.pack_queries(q0, qb, qpack);
         let mut start = 0;
         while start < m {
-            self.scan_block(q0, heaps, start, ws);
+            let refs = queries.and_then(|_| self.pack_refs(start, gpack));
+            self.scan_block(q0, heaps, start, queries.zip(refs), ws);
             start += REFERENCE_BLOCK;
         }
         for heap in heaps.iter_mut() {
             heap.sort();
         }
+    }
+
+    /// Packs queries `q0..q0 + qb` for the bf16 filter, when the backend has it and the
+    /// block is large enough to use a tile.
+    fn pack_queries<'w>(&self, q0: usize, qb: usize, ws: &'w mut [f32]) -> Option<Packed<'w>> {
+        if qb < SMALL_BLOCK || !simd::has_bf16_tile(self.backend) {
+            return None;
+        }
+        let d = self.queries.dim();
+        let rows = self.queries.as_slice().get(q0 * d..(q0 + qb) * d)?;
+        let norms = self.q_norms.get(q0..q0 + qb)?;
+        bf16::pack(self.rank, rows, d, qb, norms, ws)
+    }
+
+    /// Packs the reference block starting at `start` for the bf16 filter.
+    fn pack_refs<'w>(&self, start: usize, ws: &'w mut [f32]) -> Option<Packed<'w>> {
+        let refs = self.shape.refs;
+        let (m, d) = (refs.rows(), refs.dim());
+        let rb = min_len(REFERENCE_BLOCK, m.checked_sub(start)?);
+        let rows = refs.as_slice().get(start * d..(start + rb) * d)?;
+        let norms = self.r_norms.get(start..start + rb)?;
+        bf16::pack(self.rank, rows, d, rb, norms, ws)
     }
 
     /// The `k` nearest references of every query into the rows of `indices` and
@@ -187,15 +246,22 @@ impl Stream<'_> {
         ws: &mut [f32],
     ) {
         let n = self.queries.rows();
-        let m = self.shape.refs.rows();
+        let (m, d) = (self.shape.refs.rows(), self.queries.dim());
         if k == 0 {
             return;
         }
         for l in lens.iter_mut() {
             *l = 0;
         }
+        let (qpack, ws) = ws.split_at_mut(min_len(bf16::pack_len(n, d), ws.len()));
+        let (gpack, ws) = ws.split_at_mut(min_len(
+            bf16::pack_len(min_len(REFERENCE_BLOCK, m), d),
+            ws.len(),
+        ));
+        let queries = self.pack_queries(0, n, qpack);
         let mut start = 0;
         while start < m {
+            let refs = queries.and_then(|_| self.pack_refs(start, gpack));
             let mut rows = indices
                 .chunks_exact_mut(k)
                 .zip(distances.chunks_exact_mut(k));
@@ -214,7 +280,12 @@ impl Stream<'_> {
                     *heap = Heap::resume(d_row, i_row, l as usize);
                 }
                 let heaps = heaps.get_mut(..qb).unwrap_or_default();
-                self.scan_block(q0, heaps, start, ws);
+                // A block of fewer than `SMALL_BLOCK` queries takes the direct path.
+                let filter = queries
+                    .zip(refs)
+                    .filter(|_| qb >= SMALL_BLOCK)
+                    .map(|(q, r)| (q.rows_from(q0), r));
+                self.scan_block(q0, heaps, start, filter, ws);
                 for (l, heap) in block_lens.iter_mut().zip(heaps.iter()) {
                     // At most `k <= m <= u32::MAX`.
                     *l = heap.len() as u32;
@@ -234,12 +305,14 @@ impl Stream<'_> {
 
     /// Offers the reference block starting at `start` (at most [`REFERENCE_BLOCK`] rows)
     /// to the heaps of queries `q0..q0 + heaps.len()`, as [`Stream::scan`] does, without
-    /// sorting.
+    /// sorting. With `filter` (the query block and the reference block packed for the
+    /// bf16 filter) the rejection tile is the bf16 one, else the `f32` Gram tile.
     pub(super) fn scan_block(
         &self,
         q0: usize,
         heaps: &mut [Heap<'_>],
         start: usize,
+        filter: Option<(Packed<'_>, Packed<'_>)>,
         ws: &mut [f32],
     ) {
         let refs = self.shape.refs;
@@ -249,7 +322,6 @@ impl Stream<'_> {
         let q1 = q0 + qb;
         let width = min_len(REFERENCE_BLOCK, m);
         let (tile, pack) = ws.split_at_mut(min_len(qb.saturating_mul(width), ws.len()));
-        let slack = Slack::new(self.rank, d);
         let gram = match self.rank {
             Rank::Cosine => Metric::Cosine,
             _ => Metric::SquaredEuclidean,
@@ -264,30 +336,98 @@ impl Stream<'_> {
         ) else {
             return;
         };
+        let nb_max = r_norms.iter().fold(0.0_f32, |a, &b| a.max(b));
+        let mut slack = Slack::new(self.rank, d);
+        let mut masked = false;
         let (tile, width) = if qb < SMALL_BLOCK {
             (&mut [][..], 0)
         } else {
             let Some(tile) = tile.get_mut(..qb * rb) else {
                 return;
             };
-            crate::distance::cross_tile_on(
-                self.backend,
-                self.queries,
-                q0..q1,
-                block,
-                gram,
-                DistanceMode::Gram,
-                self.rank == Rank::NegDot,
-                tile,
-                pack,
-            );
+            let done = filter.is_some_and(|(q, r)| {
+                let wide = Slack::bf16(self.rank, d);
+                // Each query's bar at the start of the block (it only drops during the
+                // block, so a candidate above it stays rejected). Once every heap with
+                // room is full, the tile is reduced to bit masks in registers.
+                let mut bars = [0.0_f32; QUERY_BLOCK];
+                let mut all_full = true;
+                for (i, (bar, heap)) in bars.iter_mut().zip(heaps.iter()).enumerate() {
+                    let na = self.q_norms.get(q0 + i).copied().unwrap_or(0.0);
+                    *bar = if heap.dist.is_empty() {
+                        f32::NEG_INFINITY
+                    } else {
+                        heap.bar() + wide.pad(self.rank, na, nb_max)
+                    };
+                    all_full &= !heap.dist.is_empty() && bar.is_finite() || heap.dist.is_empty();
+                }
+                let epilogue = match self.rank {
+                    Rank::Sq => simd::Bf16Epilogue::Sq,
+                    Rank::Cosine => simd::Bf16Epilogue::Cosine,
+                    Rank::NegDot => simd::Bf16Epilogue::NegDot,
+                };
+                let chunks = qb * rb.div_ceil(LANES);
+                if all_full {
+                    // An `f32` slice always reinterprets as `u32`.
+                    let words: &mut [u32] = bytemuck::cast_slice_mut(&mut *tile);
+                    if let Some(masks) = words.get_mut(..chunks) {
+                        masked = true;
+                        return simd::bf16_tile(
+                            self.backend,
+                            simd::Bf16Tile {
+                                a: q.words,
+                                a_terms: q.terms,
+                                b: r.words,
+                                b_terms: r.terms,
+                                pairs: q.pairs,
+                                rows: qb,
+                                cols: rb,
+                                out: &mut [],
+                                keep: Some((&bars[..], masks)),
+                                epilogue,
+                            },
+                        );
+                    }
+                }
+                simd::bf16_tile(
+                    self.backend,
+                    simd::Bf16Tile {
+                        a: q.words,
+                        a_terms: q.terms,
+                        b: r.words,
+                        b_terms: r.terms,
+                        pairs: q.pairs,
+                        rows: qb,
+                        cols: rb,
+                        out: &mut *tile,
+                        keep: None,
+                        epilogue,
+                    },
+                )
+            });
+            if done {
+                slack = Slack::bf16(self.rank, d);
+            } else {
+                masked = false;
+                crate::distance::cross_tile_on(
+                    self.backend,
+                    self.queries,
+                    q0..q1,
+                    block,
+                    gram,
+                    DistanceMode::Gram,
+                    self.rank == Rank::NegDot,
+                    tile,
+                    pack,
+                );
+            }
             (tile, rb)
         };
-        let nb_max = r_norms.iter().fold(0.0_f32, |a, &b| a.max(b));
         self.backend.dispatch(Select {
             rank: self.rank,
             tile,
             width,
+            masked,
             rows: rb,
             q0,
             start,
@@ -312,6 +452,9 @@ struct Select<'t, 'h, 's> {
     /// block, whose candidates are all computed in the direct form.
     tile: &'t [f32],
     width: usize,
+    /// The tile holds, instead of values, one bit mask per row and 16-column chunk (in
+    /// `u32` words) of the candidates kept by each row's bar at the block's start.
+    masked: bool,
     /// Rows of the reference block.
     rows: usize,
     /// Query of the tile's first row.
@@ -340,6 +483,7 @@ impl Kernel for Select<'_, '_, '_> {
             rank,
             tile,
             width,
+            masked,
             rows,
             q0,
             start,
@@ -382,9 +526,29 @@ impl Kernel for Select<'_, '_, '_> {
                 pad,
             };
             if width == 0 {
-                // Small query block: every candidate in the direct form.
-                for rr in 0..rows {
+                // Small query block: every candidate in the direct form, four rows at a
+                // time (independent chains, more loads in flight for a block streamed
+                // from memory), each value bit for bit that of `direct`.
+                let mut rr = 0;
+                while rr < rows {
                     ctx.push(s, rr, heap);
+                    rr += 1;
+                }
+                continue;
+            }
+            if masked {
+                // Every kept candidate in the direct form (the bar they passed may have
+                // dropped since; the heap decides).
+                let chunks = width.div_ceil(LANES);
+                let words: &[u32] = bytemuck::cast_slice(tile);
+                let row = words.get(i * chunks..(i + 1) * chunks).unwrap_or_default();
+                for (c, &w) in row.iter().enumerate() {
+                    let mut kept = w;
+                    while kept != 0 {
+                        let bit = kept.trailing_zeros() as usize;
+                        kept &= kept - 1;
+                        ctx.push(s, c * LANES + bit, heap);
+                    }
                 }
                 continue;
             }
@@ -393,16 +557,25 @@ impl Kernel for Select<'_, '_, '_> {
             let (chunks, tail) = row.as_chunks::<LANES>();
             let mut r0 = 0;
             for chunk in chunks {
-                // Branch-free over the chunk (one vector compare); NaN is never rejected.
-                let mut hit = false;
-                for &v in chunk {
-                    // Not `v <= bar`: NaN must count as a hit.
+                // Branch-free over the chunk (one vector compare into a bit mask); NaN is
+                // never rejected.
+                let mut kept = 0_u32;
+                for (bit, &v) in chunk.iter().enumerate() {
+                    // Not `v <= bar`: NaN must be kept.
                     #[allow(clippy::neg_cmp_op_on_partial_ord)]
-                    let kept = !(v > bar);
-                    hit |= kept;
+                    let keep = !(v > bar);
+                    kept |= u32::from(keep) << bit;
                 }
-                if hit {
-                    bar = ctx.offer(s, chunk, r0, heap, bar);
+                // Only the kept candidates, each checked again against the bar, which
+                // drops as the heap improves.
+                while kept != 0 {
+                    let bit = kept.trailing_zeros() as usize;
+                    kept &= kept - 1;
+                    if chunk.get(bit).is_some_and(|&v| v > bar) {
+                        continue;
+                    }
+                    ctx.push(s, r0 + bit, heap);
+                    bar = heap.bar() + pad;
                 }
                 r0 += LANES;
             }

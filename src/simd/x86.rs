@@ -13,7 +13,7 @@
 #![allow(unsafe_code)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-use super::{Kernel, Simd};
+use super::{Bf16Epilogue, Bf16Tile, Kernel, Simd};
 use core::arch::x86_64::{
     __m256, __m256i, __m512, _mm256_add_ps, _mm256_castps256_ps128, _mm256_cmpgt_epi32,
     _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_maskload_ps,
@@ -345,5 +345,147 @@ impl Simd for Avx512 {
                 r[12 + k] = _mm512_shuffle_f32x4::<0xDD>(v[4 + k], v[12 + k]);
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The bf16 filter tile of the retrieval kernels (AVX-512 BF16).
+
+/// Token of the AVX-512 BF16 dot product (`vdpbf16ps`): exists only on a CPU with
+/// AVX-512F (its register state saved by the operating system) and AVX512_BF16.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Bf16 {
+    _detected: (),
+}
+
+/// CPUID leaf 7, sub-leaf 1, EAX bit 5: AVX512_BF16 (cached: 0 unknown, 1 no, 2 yes).
+static BF16_CPUID: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+
+impl Bf16 {
+    /// The token, when AVX-512F is usable and CPUID reports AVX512_BF16.
+    #[inline]
+    pub(crate) fn detect() -> Option<Self> {
+        use core::sync::atomic::Ordering;
+        Avx512::detect()?;
+        let known = BF16_CPUID.load(Ordering::Relaxed);
+        let yes = if known == 0 {
+            // `cpuid` exists on every x86-64 CPU; leaf 7's sub-leaf count is EAX of
+            // sub-leaf 0 (leaf 7 itself exists: AVX-512F was reported there).
+            let max_sub = core::arch::x86_64::__cpuid_count(7, 0).eax;
+            let yes = max_sub >= 1 && core::arch::x86_64::__cpuid_count(7, 1).eax & (1 << 5) != 0;
+            BF16_CPUID.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+            yes
+        } else {
+            known == 2
+        };
+        yes.then_some(Bf16 { _detected: () })
+    }
+}
+
+/// Computes the tile; does nothing when a buffer is shorter than the shapes require.
+#[inline]
+pub(crate) fn bf16_tile(token: Bf16, t: Bf16Tile<'_>) {
+    let panels_a = t.rows.div_ceil(16);
+    let panels_b = t.cols.div_ceil(16);
+    let plen = t.pairs.saturating_mul(16);
+    let fits = t.a.len() >= panels_a.saturating_mul(plen)
+        && t.b.len() >= panels_b.saturating_mul(plen)
+        && t.a_terms.len() >= panels_a * 16
+        && t.b_terms.len() >= panels_b * 16
+        && match &t.keep {
+            Some((bars, masks)) => {
+                bars.len() >= t.rows && masks.len() >= t.rows.saturating_mul(panels_b)
+            }
+            None => t.out.len() >= t.rows.saturating_mul(t.cols),
+        };
+    if !fits {
+        return;
+    }
+    // SAFETY: `token` proves AVX-512F and AVX512_BF16, the features the entry point
+    // enables; the buffer lengths were checked above, as the entry point requires.
+    unsafe { bf16_tile_entry(token, t) }
+}
+
+/// # Safety
+///
+/// The CPU has AVX-512F and AVX512_BF16, and the buffers of `t` hold what
+/// [`Bf16Tile`] describes (checked by [`bf16_tile`]).
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn bf16_tile_entry(_token: Bf16, mut t: Bf16Tile<'_>) {
+    use core::arch::x86_64::{
+        __m512bh, __m512i, _mm512_cmp_ps_mask, _mm512_dpbf16_ps, _mm512_loadu_si512,
+        _mm512_set1_epi32, _CMP_NGT_UQ,
+    };
+    let plen = t.pairs * 16;
+    let chunks = t.cols.div_ceil(16);
+    let zero = _mm512_setzero_ps();
+    let two = _mm512_set1_ps(2.0);
+    let one = _mm512_set1_ps(1.0);
+    // Row panels outermost: a row panel (`16 * pairs` words) stays in the first cache
+    // level while every column panel streams past it, one vector load per step.
+    let mut r0 = 0;
+    while r0 < t.rows {
+        let panel_a = (r0 / 16) * plen;
+        let mut c0 = 0;
+        while c0 < t.cols {
+            let nc = (t.cols - c0).min(16);
+            let mask = avx512_mask(nc);
+            let panel_b = (c0 / 16) * plen;
+            // SAFETY: `c0 + 16 <= cols.div_ceil(16) * 16 <= b_terms.len()`.
+            let bt = unsafe { _mm512_loadu_ps(t.b_terms.as_ptr().add(c0)) };
+            let mut acc = [zero; 16];
+            for p in 0..t.pairs {
+                // SAFETY: `panel_b + p * 16 + 16 <= panels_b * plen <= b.len()`; the load
+                // has no alignment requirement.
+                let bv: __m512i =
+                    unsafe { _mm512_loadu_si512(t.b.as_ptr().add(panel_b + p * 16).cast()) };
+                // SAFETY: same size, and every bit pattern is a valid `__m512bh`.
+                let bv: __m512bh = unsafe { core::mem::transmute::<__m512i, __m512bh>(bv) };
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    // SAFETY: `panel_a + p * 16 + r < panels_a * plen <= a.len()`.
+                    let w = unsafe { *t.a.get_unchecked(panel_a + p * 16 + r) };
+                    let av = _mm512_set1_epi32(w.cast_signed());
+                    // SAFETY: as for `bv`.
+                    let av: __m512bh = unsafe { core::mem::transmute::<__m512i, __m512bh>(av) };
+                    *acc_r = _mm512_dpbf16_ps(*acc_r, av, bv);
+                }
+            }
+            let nr = (t.rows - r0).min(16);
+            for (r, &a) in acc.iter().enumerate().take(nr) {
+                // SAFETY: `r0 + r < rows <= a_terms.len()`.
+                let at = _mm512_set1_ps(unsafe { *t.a_terms.get_unchecked(r0 + r) });
+                let v = match t.epilogue {
+                    Bf16Epilogue::Sq => _mm512_max_ps(
+                        zero,
+                        _mm512_sub_ps(_mm512_add_ps(at, bt), _mm512_mul_ps(two, a)),
+                    ),
+                    Bf16Epilogue::Cosine => {
+                        _mm512_sub_ps(one, _mm512_mul_ps(a, _mm512_mul_ps(at, bt)))
+                    }
+                    Bf16Epilogue::NegDot => _mm512_sub_ps(zero, a),
+                };
+                if let Some((bars, masks)) = &mut t.keep {
+                    // SAFETY: `r0 + r < rows <= bars.len()`.
+                    let bar = _mm512_set1_ps(unsafe { *bars.get_unchecked(r0 + r) });
+                    let kept = _mm512_cmp_ps_mask::<_CMP_NGT_UQ>(v, bar) & mask;
+                    // SAFETY: `(r0 + r) * chunks + c0 / 16 < rows * chunks <= masks.len()`.
+                    unsafe {
+                        *masks.get_unchecked_mut((r0 + r) * chunks + c0 / 16) = u32::from(kept);
+                    };
+                } else {
+                    // SAFETY: `(r0 + r) * cols + c0 + nc <= rows * cols <= out.len()`;
+                    // lanes `>= nc` are masked off, neither written nor able to fault.
+                    unsafe {
+                        _mm512_mask_storeu_ps(
+                            t.out.as_mut_ptr().add((r0 + r) * t.cols + c0),
+                            mask,
+                            v,
+                        );
+                    }
+                }
+            }
+            c0 += 16;
+        }
+        r0 += 16;
     }
 }
