@@ -80,7 +80,8 @@ pub(super) fn pack<'w>(
     }
     let pairs = dim.div_ceil(2);
     let panels = count.div_ceil(PANEL);
-    let panel_len = pairs * PANEL;
+    // Not 0 (`dim >= 1`), stated for the chunk iterator below.
+    let panel_len = core::num::NonZeroUsize::new(pairs * PANEL)?.get();
     let (terms_ws, words_ws) = ws.split_at_mut_checked(panels * PANEL)?;
     let words: &mut [u32] = bytemuck::try_cast_slice_mut(words_ws).ok()?;
     let words = words.get_mut(..panels * panel_len)?;

@@ -369,8 +369,8 @@ impl Stream<'_> {
                 let chunks = qb * rb.div_ceil(LANES);
                 if all_full {
                     // An `f32` slice always reinterprets as `u32`.
-                    let words: &mut [u32] = bytemuck::cast_slice_mut(&mut *tile);
-                    if let Some(masks) = words.get_mut(..chunks) {
+                    let words = bytemuck::try_cast_slice_mut::<f32, u32>(&mut *tile);
+                    if let Some(masks) = words.ok().and_then(|w| w.get_mut(..chunks)) {
                         masked = true;
                         return simd::bf16_tile(
                             self.backend,
@@ -540,7 +540,7 @@ impl Kernel for Select<'_, '_, '_> {
                 // Every kept candidate in the direct form (the bar they passed may have
                 // dropped since; the heap decides).
                 let chunks = width.div_ceil(LANES);
-                let words: &[u32] = bytemuck::cast_slice(tile);
+                let words = bytemuck::try_cast_slice::<f32, u32>(tile).unwrap_or_default();
                 let row = words.get(i * chunks..(i + 1) * chunks).unwrap_or_default();
                 for (c, &w) in row.iter().enumerate() {
                     let mut kept = w;
