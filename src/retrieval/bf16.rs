@@ -10,6 +10,7 @@
 //! (Euclidean), the inverse of its clamped norm (cosine), or 0 (inner product).
 
 use super::search::Rank;
+use crate::simd::{Backend, Kernel, Simd};
 
 /// Rows per panel.
 const PANEL: usize = 16;
@@ -68,6 +69,47 @@ impl<'p> Packed<'p> {
 /// finite or outside `[2^-100, 2^60]` in magnitude (zero allowed): the caller then uses
 /// the `f32` tile.
 pub(super) fn pack<'w>(
+    backend: Backend,
+    rank: Rank,
+    rows: &[f32],
+    dim: usize,
+    count: usize,
+    norms: &[f32],
+    ws: &'w mut [f32],
+) -> Option<Packed<'w>> {
+    backend.dispatch(Pack {
+        rank,
+        rows,
+        dim,
+        count,
+        norms,
+        ws,
+    })
+}
+
+/// [`pack`] as a kernel: compiled with the backend's features, so the conversion loops
+/// vectorise.
+struct Pack<'r, 'w> {
+    rank: Rank,
+    rows: &'r [f32],
+    dim: usize,
+    count: usize,
+    norms: &'r [f32],
+    ws: &'w mut [f32],
+}
+
+impl<'w> Kernel for Pack<'_, 'w> {
+    type Output = Option<Packed<'w>>;
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, _: S) -> Option<Packed<'w>> {
+        pack_rows(
+            self.rank, self.rows, self.dim, self.count, self.norms, self.ws,
+        )
+    }
+}
+
+#[inline(always)]
+fn pack_rows<'w>(
     rank: Rank,
     rows: &[f32],
     dim: usize,

@@ -220,7 +220,7 @@ impl Stream<'_> {
         let d = self.queries.dim();
         let rows = self.queries.as_slice().get(q0 * d..(q0 + qb) * d)?;
         let norms = self.q_norms.get(q0..q0 + qb)?;
-        bf16::pack(self.rank, rows, d, qb, norms, ws)
+        bf16::pack(self.backend, self.rank, rows, d, qb, norms, ws)
     }
 
     /// Packs the reference block starting at `start` for the bf16 filter.
@@ -230,7 +230,7 @@ impl Stream<'_> {
         let rb = min_len(REFERENCE_BLOCK, m.checked_sub(start)?);
         let rows = refs.as_slice().get(start * d..(start + rb) * d)?;
         let norms = self.r_norms.get(start..start + rb)?;
-        bf16::pack(self.rank, rows, d, rb, norms, ws)
+        bf16::pack(self.backend, self.rank, rows, d, rb, norms, ws)
     }
 
     /// The `k` nearest references of every query into the rows of `indices` and
@@ -529,6 +529,9 @@ impl Kernel for Select<'_, '_, '_> {
                 // Small query block: every candidate in the direct form, four rows at a
                 // time (independent chains, more loads in flight for a block streamed
                 // from memory), each value bit for bit that of `direct`.
+                // Small query block: every candidate in the direct form, row by row (four
+                // rows interleaved measured twice as slow: the single sequential stream
+                // is what the gallery's memory traffic wants).
                 let mut rr = 0;
                 while rr < rows {
                     ctx.push(s, rr, heap);
