@@ -84,7 +84,7 @@ pub struct Workload {
     pub d: usize,
     pub seed: u64,
     pub kind: Kind,
-    /// The time target of the performance issue, in ns (`None` for the anchor).
+    /// The time target of the workload, in ns (`None` for the anchor).
     pub target_ns: Option<f64>,
 }
 
@@ -133,7 +133,7 @@ impl Workload {
     }
 }
 
-// Targets of the performance issue (issue 5), derived from PyTorch and
+// The W targets, derived from PyTorch and
 // pytorch-metric-learning figures measured on an AMD Zen 5 core: W1 2.5x faster than
 // PyTorch (3.63 ms squared-Euclidean, 3.07 ms cosine); W2..W6 5x, 30x, 30x, 10x and 50x
 // faster than PyTorch / pml (0.95 ms, 25.1 ms, 33.3 ms, 764 ms, 0.32 ms).
