@@ -34,6 +34,7 @@ use crate::math;
 use crate::matrix::Matrix;
 use crate::simd::Backend;
 use crate::validate::{check_finite, check_labels, check_len, check_workspace, checked_area};
+use crate::verification::radix_sort;
 use crate::workspace::{max_len, min_len, Carve};
 use heap::Heap;
 use search::{stream_len, Rank, Stream, QUERY_BLOCK};
@@ -58,17 +59,28 @@ pub const fn knn_workspace_len(queries: usize, references: usize, dim: usize) ->
 
 /// Workspace elements that [`retrieval_metrics`] and [`retrieval_metrics_at`] need for
 /// `queries` queries against `references` references of dimension `dim`: those of
-/// [`knn_workspace_len`] plus `2 references` (the pool of neighbour lists). For
-/// leave-one-out retrieval pass `references = queries`. Linear in `queries + references`
-/// whatever the class sizes; saturates instead of overflowing. The scalar twins have their
-/// own, [`crate::scalar::retrieval_metrics_workspace_len`].
+/// [`knn_workspace_len`] plus `5 references`: the pool of neighbour lists (`2 references`
+/// (distance, index) slots, see [`knn`'s streaming design](knn#streaming-design)) and a
+/// sorted copy of the reference labels (to count each query's same-label references by
+/// binary search). For leave-one-out retrieval pass `references = queries`. Linear in
+/// `queries + references` whatever the class sizes; saturates instead of overflowing. The
+/// scalar twins have their own, [`crate::scalar::retrieval_metrics_workspace_len`].
 pub const fn retrieval_metrics_workspace_len(
     queries: usize,
     references: usize,
     dim: usize,
 ) -> usize {
-    stream_len(queries, references, dim).saturating_add(references.saturating_mul(2))
+    stream_len(queries, references, dim).saturating_add(references.saturating_mul(POOL_WORDS))
 }
+
+/// Workspace words per reference beyond the streaming pass: the pool of [`POOL_SLOTS`]
+/// (distance, index) slots, two words each, and one sorted reference label.
+const POOL_WORDS: usize = 2 * POOL_SLOTS + 1;
+
+/// Heap slots of the pool per reference: two, so that a full block of 128 queries fits
+/// whenever their lists average at most `m / 64` neighbours (one Gram tile of full height
+/// per reference block; with `m` slots such a block would be split in two).
+const POOL_SLOTS: usize = 2;
 
 /// The four retrieval metrics of [`retrieval_metrics`], each a mean over the evaluated
 /// queries (those with at least one same-label reference).
@@ -331,15 +343,32 @@ pub(crate) fn check_metrics<'a>(
     Ok((shape, ref_labels))
 }
 
-/// Number of references sharing query `q`'s label, not counting `q` itself
-/// leave-one-out.
-fn same_label_count(shape: &Shape<'_>, label: u32, ref_labels: &[u32]) -> usize {
-    let c = ref_labels.iter().filter(|&&l| l == label).count();
+/// Number of references labelled `label`, from the reference labels sorted ascending
+/// (two binary searches), not counting the query itself leave-one-out.
+fn same_label_count(shape: &Shape<'_>, label: u32, sorted: &[u32]) -> usize {
+    let below = match label.checked_sub(1) {
+        Some(l) => first_above(sorted, l),
+        None => 0,
+    };
+    let c = first_above(sorted, label).saturating_sub(below);
     if shape.leave_one_out {
         c.saturating_sub(1)
     } else {
         c
     }
+}
+
+/// The number of leading elements of the ascending `sorted` that are at most `v`.
+fn first_above(sorted: &[u32], v: u32) -> usize {
+    let (mut lo, mut hi) = (0, sorted.len());
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match sorted.get(mid) {
+            Some(&x) if x <= v => lo = mid + 1,
+            _ => hi = mid,
+        }
+    }
+    lo
 }
 
 /// The distance the streaming pass ranks by: the squared distance for
@@ -436,11 +465,12 @@ fn prepare<'w>(
 ///   stays in cache while every query block passes over it.
 /// - [`retrieval_metrics`] needs, for a query whose label has `R` other occurrences among
 ///   the references, its `max(R, K)` nearest neighbours; `R` varies per query and can be
-///   as large as `m`. It counts `R` for the next queries (label comparisons only, no
-///   distance), and packs consecutive queries into a block while the heaps of those with
-///   `R >= 1` fit together in a pool of `m` (distance, index) slots of the workspace; one
-///   query always fits, since `max(R, K) <= m`. Each block streams the whole reference
-///   set.
+///   as large as `m`. It sorts a copy of the reference labels once (radix sort), counts
+///   `R` for the next queries by binary search in it (no distance), and packs consecutive
+///   queries into a block while the heaps of those with `R >= 1` fit together in a pool
+///   of `2 m` (distance, index) slots of the workspace; one query always fits, since
+///   `max(R, K) <= m`, and a full block of 128 whenever their lists average at most
+///   `m / 64`. Each block streams the whole reference set.
 ///
 /// The workspace queries ([`knn_workspace_len`], [`retrieval_metrics_workspace_len`])
 /// return exactly what the fast pass needs; the scalar twins need `4 m + 1` (one `f64`
@@ -762,9 +792,19 @@ fn evaluate(
         return RetrievalMetrics::ZERO;
     };
     let mut pool = Carve::new(rest);
-    let (Ok(pool_d), Ok(pool_i)) = (pool.take(m), pool.take_u32(m)) else {
+    let slots = m.saturating_mul(POOL_SLOTS);
+    let (Ok(pool_d), Ok(pool_i), Ok(sorted)) =
+        (pool.take(slots), pool.take_u32(slots), pool.take_u32(m))
+    else {
         return RetrievalMetrics::ZERO;
     };
+    // The reference labels, sorted (the pool's index half as scratch): each query's `R`
+    // by two binary searches instead of a pass over the labels.
+    for (s, &l) in sorted.iter_mut().zip(ref_labels) {
+        *s = l;
+    }
+    radix_sort(sorted, pool_i);
+    let sorted: &[u32] = sorted;
     let stream = Stream {
         backend,
         rank: Rank::of(metric),
@@ -790,7 +830,7 @@ fn evaluate(
             let Some(&label) = labels.get(next) else {
                 break;
             };
-            let r = same_label_count(&shape, label, ref_labels);
+            let r = same_label_count(&shape, label, sorted);
             if r == 0 && count == 0 {
                 next += 1;
                 q0 = next;

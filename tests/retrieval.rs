@@ -1040,6 +1040,9 @@ fn workspace_lengths_are_linear_and_saturate() {
     );
     let ws = [0.0_f32; scalar::knn_workspace_len(2, 3, 4)];
     assert_eq!(ws.len(), 4 * 3 + 1);
+    // The metrics add a pool of 2 m (distance, index) slots and m sorted labels.
+    let ws = [0.0_f32; retrieval_metrics_workspace_len(2, 3, 4)];
+    assert_eq!(ws.len(), knn_workspace_len(2, 3, 4) + 5 * 3);
 }
 
 /// `knn`'s documented bound, `(d / 8 + 10) 2^-24 S` with `S` the sum of the absolute terms
