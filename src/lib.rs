@@ -75,7 +75,8 @@
 //!   terms, [`SearchMetric`], inner product included); [`knn_gallery`] /
 //!   [`knn_gallery_workspace_len`]: k-NN against it.
 //! - [`retrieval_metrics`] / [`retrieval_metrics_workspace_len`]: precision@1, recall@k,
-//!   R-precision and MAP@R ([`RetrievalMetrics`]).
+//!   R-precision and MAP@R ([`RetrievalMetrics`]); [`retrieval_metrics_at`]: the same with
+//!   recall at several `K` from one ranking.
 //!
 //! **[Verification](verification)**
 //! - [`verification_metrics`] / [`verification_metrics_workspace_len`]: ROC AUC, equal
@@ -228,7 +229,8 @@ pub use retrieval::{
     SearchMetric,
 };
 pub use retrieval::{
-    knn, knn_workspace_len, retrieval_metrics, retrieval_metrics_workspace_len, RetrievalMetrics,
+    knn, knn_workspace_len, retrieval_metrics, retrieval_metrics_at,
+    retrieval_metrics_workspace_len, RetrievalMetrics,
 };
 pub use simd::{reset_backend, set_backend, Backend};
 pub use triplet::{

@@ -9,10 +9,12 @@
 //! - [`retrieval_metrics`]: `precision_at_1`, `recall_at_k`, `r_precision` and
 //!   `mean_average_precision_at_r`, as pytorch-metric-learning's `AccuracyCalculator`
 //!   defines them (see [`RetrievalMetrics`]).
+//! - [`retrieval_metrics_at`]: the same, with recall at several `K` (say 1, 5 and 10) from
+//!   one ranking per query.
 //!
-//! One rule for `k` in both: at least 1 and at most the references a query can retrieve
-//! (`m` with a gallery, `n - 1` leave-one-out); any other `k` is an
-//! [`Error::InvalidParameter`] naming `k`.
+//! One rule for `k` in all three (for every `K` of [`retrieval_metrics_at`]): at least 1
+//! and at most the references a query can retrieve (`m` with a gallery, `n - 1`
+//! leave-one-out); any other `k` is an [`Error::InvalidParameter`] naming `k` (`ks`).
 //!
 //! The streaming design (no `n x m` matrix; workspace linear in `n + m`) is documented
 //! on [`knn`], in its public docs.
@@ -33,6 +35,7 @@ use crate::math;
 use crate::matrix::Matrix;
 use crate::simd::Backend;
 use crate::validate::{check_finite, check_labels, check_len, check_workspace, checked_area};
+use crate::verification::radix_sort;
 use crate::workspace::{max_len, min_len, Carve};
 use heap::Heap;
 use search::{stream_len, Rank, Stream, QUERY_BLOCK, SMALL_BLOCK};
@@ -57,19 +60,30 @@ pub const fn knn_workspace_len(queries: usize, references: usize, dim: usize) ->
     stream_len(queries, references, dim)
 }
 
-/// Workspace elements that [`retrieval_metrics`] needs for `queries` queries against
-/// `references` references of dimension `dim`: those of [`knn_workspace_len`] plus
-/// `2 references` (the pool of neighbour lists). For leave-one-out retrieval pass
-/// `references = queries`. Linear in `queries + references` whatever the class sizes;
-/// saturates instead of overflowing. The scalar twin has its own,
-/// [`crate::scalar::retrieval_metrics_workspace_len`].
+/// Workspace elements that [`retrieval_metrics`] and [`retrieval_metrics_at`] need for
+/// `queries` queries against `references` references of dimension `dim`: those of
+/// [`knn_workspace_len`] plus `5 references`: the pool of neighbour lists (`2 references`
+/// (distance, index) slots, see [`knn`'s streaming design](knn#streaming-design)) and a
+/// sorted copy of the reference labels (to count each query's same-label references by
+/// binary search). For leave-one-out retrieval pass `references = queries`. Linear in
+/// `queries + references` whatever the class sizes; saturates instead of overflowing. The
+/// scalar twins have their own, [`crate::scalar::retrieval_metrics_workspace_len`].
 pub const fn retrieval_metrics_workspace_len(
     queries: usize,
     references: usize,
     dim: usize,
 ) -> usize {
-    stream_len(queries, references, dim).saturating_add(references.saturating_mul(2))
+    stream_len(queries, references, dim).saturating_add(references.saturating_mul(POOL_WORDS))
 }
+
+/// Workspace words per reference beyond the streaming pass: the pool of [`POOL_SLOTS`]
+/// (distance, index) slots, two words each, and one sorted reference label.
+const POOL_WORDS: usize = 2 * POOL_SLOTS + 1;
+
+/// Heap slots of the pool per reference: two, so that a full block of 128 queries fits
+/// whenever their lists average at most `m / 64` neighbours (one Gram tile of full height
+/// per reference block; with `m` slots such a block would be split in two).
+const POOL_SLOTS: usize = 2;
 
 /// The four retrieval metrics of [`retrieval_metrics`], each a mean over the evaluated
 /// queries (those with at least one same-label reference).
@@ -89,7 +103,8 @@ pub const fn retrieval_metrics_workspace_len(
 pub struct RetrievalMetrics {
     /// Fraction of evaluated queries whose nearest reference shares their label.
     pub precision_at_1: f64,
-    /// Fraction of evaluated queries with a same-label reference among their `K` nearest.
+    /// Fraction of evaluated queries with a same-label reference among their `K` nearest
+    /// (for [`retrieval_metrics_at`], the largest of its `K`).
     pub recall_at_k: f64,
     /// Mean over evaluated queries of the fraction of same-label items among the `R`
     /// nearest.
@@ -114,11 +129,12 @@ impl RetrievalMetrics {
 }
 
 /// Running sums of the per-query metrics, in query order (the fast kernel and its twin
-/// add the same values in the same order, so equal neighbour lists give equal bits).
+/// add the same values in the same order, so equal neighbour lists give equal bits). The
+/// recall sums, one per `K`, live in the caller's `recall_at` (every argument is checked
+/// by then: writing it cannot precede an error).
 #[derive(Default)]
 struct MetricSums {
     p1: f64,
-    recall: f64,
     rp: f64,
     map: f64,
     evaluated: usize,
@@ -126,40 +142,58 @@ struct MetricSums {
 
 impl MetricSums {
     /// Adds one query with `r >= 1` same-label references, given the label matches of its
-    /// `max(r, k)` nearest neighbours in order (`k >= 1`).
-    fn add(&mut self, r: usize, k: usize, matches: impl Iterator<Item = bool>) {
+    /// `max(r, max K)` nearest neighbours in order; `recall[i]` counts the queries with a
+    /// match among their `ks[i]` nearest.
+    fn add(
+        &mut self,
+        r: usize,
+        ks: &[usize],
+        recall: &mut [f64],
+        matches: impl Iterator<Item = bool>,
+    ) {
         let mut hits = 0_usize;
         let mut ap = 0.0_f64;
-        let mut first = false;
-        let mut within_k = false;
+        // The 0-based rank of the first match: recall@K is `first < K` for every K.
+        let mut first = usize::MAX;
         for (i, m) in matches.enumerate() {
-            if i == 0 {
-                first = m;
-            }
-            if m && i < k {
-                within_k = true;
+            if m && first == usize::MAX {
+                first = i;
             }
             if m && i < r {
                 hits += 1;
                 ap += hits as f64 / (i + 1) as f64;
             }
         }
-        self.p1 += f64::from(u8::from(first));
-        self.recall += f64::from(u8::from(within_k));
+        self.p1 += f64::from(u8::from(first == 0));
+        for (sum, &k) in recall.iter_mut().zip(ks) {
+            *sum += f64::from(u8::from(first < k));
+        }
         self.rp += hits as f64 / r as f64;
         self.map += ap / r as f64;
         self.evaluated += 1;
     }
 
-    /// The means, or [`RetrievalMetrics::ZERO`] when no query was evaluated.
-    fn finish(&self) -> RetrievalMetrics {
+    /// The means, or [`RetrievalMetrics::ZERO`] when no query was evaluated; turns the
+    /// recall sums in `recall` into means too, and reports the recall at the largest `K`
+    /// (the first of equal ones) as `recall_at_k`.
+    fn finish(&self, ks: &[usize], recall: &mut [f64]) -> RetrievalMetrics {
         if self.evaluated == 0 {
+            for v in recall.iter_mut() {
+                *v = 0.0;
+            }
             return RetrievalMetrics::ZERO;
         }
         let n = self.evaluated as f64;
+        let mut at_largest = (0_usize, 0.0_f64);
+        for (v, &k) in recall.iter_mut().zip(ks) {
+            *v /= n;
+            if k > at_largest.0 {
+                at_largest = (k, *v);
+            }
+        }
         RetrievalMetrics {
             precision_at_1: self.p1 / n,
-            recall_at_k: self.recall / n,
+            recall_at_k: at_largest.1,
             r_precision: self.rp / n,
             mean_average_precision_at_r: self.map / n,
             evaluated: self.evaluated,
@@ -210,6 +244,46 @@ fn check_refs<'a>(queries: &Matrix<'a>, reference: Option<Matrix<'a>>) -> Result
 /// The domain of `k` in [`knn`] and [`retrieval_metrics`], as their docs state it.
 const K_EXPECTED: &str = "1 <= k <= references a query can retrieve";
 
+/// The domain of `ks` in [`retrieval_metrics_at`], as its docs state it.
+const KS_EXPECTED: &str = "non-empty, each 1 <= K <= references a query can retrieve";
+
+/// The cut-offs of a metrics call: [`retrieval_metrics`]'s one `k`, or
+/// [`retrieval_metrics_at`]'s `ks` with the length of its `recall_at` output.
+#[derive(Clone, Copy)]
+pub(crate) enum Cutoffs<'k> {
+    One(usize),
+    Many { ks: &'k [usize], recall_at: usize },
+}
+
+impl Cutoffs<'_> {
+    /// Checks the cut-offs against the references a query can retrieve, and the length of
+    /// the recall output.
+    fn check(self, available: usize) -> Result<(), Error> {
+        let ok = |k: usize| k >= 1 && k <= available;
+        match self {
+            Cutoffs::One(k) if ok(k) => Ok(()),
+            Cutoffs::One(_) => Err(Error::InvalidParameter {
+                name: "k",
+                expected: K_EXPECTED,
+            }),
+            Cutoffs::Many { ks, recall_at } => {
+                if ks.is_empty() || !ks.iter().all(|&k| ok(k)) {
+                    return Err(Error::InvalidParameter {
+                        name: "ks",
+                        expected: KS_EXPECTED,
+                    });
+                }
+                check_len("recall_at", ks.len(), recall_at)
+            }
+        }
+    }
+}
+
+/// The largest of `ks` (0 for none).
+pub(crate) fn largest(ks: &[usize]) -> usize {
+    ks.iter().fold(0, |a, &k| max_len(a, k))
+}
+
 /// Validates the arguments of [`knn`] and its twin.
 pub(crate) fn check_knn<'a>(
     queries: &Matrix<'a>,
@@ -239,13 +313,13 @@ pub(crate) fn check_knn<'a>(
     Ok(shape)
 }
 
-/// Validates the arguments of [`retrieval_metrics`] and its twin; returns the shape and
-/// the reference labels.
+/// Validates the arguments of [`retrieval_metrics`], [`retrieval_metrics_at`] and their
+/// twins, in the documented order; returns the shape and the reference labels.
 pub(crate) fn check_metrics<'a>(
     queries: &Matrix<'a>,
     labels: &'a [u32],
     reference: Option<(Matrix<'a>, &'a [u32])>,
-    k: usize,
+    cutoffs: Cutoffs<'_>,
     workspace: usize,
     twin: bool,
 ) -> Result<(Shape<'a>, &'a [u32]), Error> {
@@ -258,12 +332,7 @@ pub(crate) fn check_metrics<'a>(
         }
         None => labels,
     };
-    if k == 0 || k > shape.available {
-        return Err(Error::InvalidParameter {
-            name: "k",
-            expected: K_EXPECTED,
-        });
-    }
+    cutoffs.check(shape.available)?;
     let required = if twin {
         scalar_len(shape.refs.rows())
     } else {
@@ -277,15 +346,32 @@ pub(crate) fn check_metrics<'a>(
     Ok((shape, ref_labels))
 }
 
-/// Number of references sharing query `q`'s label, not counting `q` itself
-/// leave-one-out.
-fn same_label_count(shape: &Shape<'_>, label: u32, ref_labels: &[u32]) -> usize {
-    let c = ref_labels.iter().filter(|&&l| l == label).count();
+/// Number of references labelled `label`, from the reference labels sorted ascending
+/// (two binary searches), not counting the query itself leave-one-out.
+fn same_label_count(shape: &Shape<'_>, label: u32, sorted: &[u32]) -> usize {
+    let below = match label.checked_sub(1) {
+        Some(l) => first_above(sorted, l),
+        None => 0,
+    };
+    let c = first_above(sorted, label).saturating_sub(below);
     if shape.leave_one_out {
         c.saturating_sub(1)
     } else {
         c
     }
+}
+
+/// The number of leading elements of the ascending `sorted` that are at most `v`.
+fn first_above(sorted: &[u32], v: u32) -> usize {
+    let (mut lo, mut hi) = (0, sorted.len());
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        match sorted.get(mid) {
+            Some(&x) if x <= v => lo = mid + 1,
+            _ => hi = mid,
+        }
+    }
+    lo
 }
 
 /// The distance the streaming pass ranks by: the squared distance for
@@ -406,11 +492,12 @@ fn prepare<'w>(
 ///   stays in cache while every query block passes over it.
 /// - [`retrieval_metrics`] needs, for a query whose label has `R` other occurrences among
 ///   the references, its `max(R, K)` nearest neighbours; `R` varies per query and can be
-///   as large as `m`. It counts `R` for the next queries (label comparisons only, no
-///   distance), and packs consecutive queries into a block while the heaps of those with
-///   `R >= 1` fit together in a pool of `m` (distance, index) slots of the workspace; one
-///   query always fits, since `max(R, K) <= m`. Each block streams the whole reference
-///   set.
+///   as large as `m`. It sorts a copy of the reference labels once (radix sort), counts
+///   `R` for the next queries by binary search in it (no distance), and packs consecutive
+///   queries into a block while the heaps of those with `R >= 1` fit together in a pool
+///   of `2 m` (distance, index) slots of the workspace; one query always fits, since
+///   `max(R, K) <= m`, and a full block of 128 whenever their lists average at most
+///   `m / 64`. Each block streams the whole reference set.
 ///
 /// The workspace queries ([`knn_workspace_len`], [`retrieval_metrics_workspace_len`])
 /// return exactly what the fast pass needs; the scalar twins need `4 m + 1` (one `f64`
@@ -592,8 +679,124 @@ pub fn retrieval_metrics(
     k: usize,
     workspace: &mut [f32],
 ) -> Result<RetrievalMetrics, Error> {
-    let (shape, ref_labels) =
-        check_metrics(&queries, labels, reference, k, workspace.len(), false)?;
+    let (shape, ref_labels) = check_metrics(
+        &queries,
+        labels,
+        reference,
+        Cutoffs::One(k),
+        workspace.len(),
+        false,
+    )?;
+    let mut recall = [0.0_f64];
+    Ok(evaluate(
+        queries,
+        labels,
+        shape,
+        ref_labels,
+        metric,
+        core::slice::from_ref(&k),
+        &mut recall,
+        workspace,
+    ))
+}
+
+/// [`retrieval_metrics`] with recall at several cut-offs: `recall_at[i]` is recall@`ks[i]`,
+/// all of them (and the other metrics) from one ranking per query. The name reads
+/// "retrieval metrics at these K": the one kernel for an evaluation that reports
+/// recall@1, recall@5 and recall@10, say, without ranking every query three times.
+///
+/// For a query with `R >= 1` same-label references, let `f` be the rank (1-based) of its
+/// nearest same-label reference; then for every `K` of `ks`,
+///
+/// `recall_at[i] = (number of evaluated queries with f <= ks[i]) / evaluated`,
+///
+/// and `precision_at_1`, `r_precision`, `mean_average_precision_at_r` and `evaluated` are
+/// those of [`retrieval_metrics`] (see [`RetrievalMetrics`]). The returned
+/// [`RetrievalMetrics::recall_at_k`] is the recall at the largest `K` of `ks`; with `ks =
+/// [k]` the result is [`retrieval_metrics`]'s with that `k`, bit for bit, and
+/// `recall_at[i]` equals `retrieval_metrics(.., ks[i], ..).recall_at_k` bit for bit for
+/// every `i`. Each query's `max(R, max K)` nearest neighbours are selected by the same
+/// streaming pass as [`retrieval_metrics`]'s, so the cost is that of one call with the
+/// largest `K`, not one per `K`. `ks` may list the cut-offs in any order, repeats
+/// included. Scalar twin: [`crate::scalar::retrieval_metrics_at`].
+///
+/// `recall_at` has exactly one element per `K` and is fully overwritten on success.
+/// `workspace` needs [`retrieval_metrics_workspace_len`]`(n, m, d)` elements (`m = n`
+/// leave-one-out), as [`retrieval_metrics`]; its contents are garbage before and after.
+/// On `Err` nothing is written.
+///
+/// # Errors
+///
+/// Those of [`retrieval_metrics`], in the same order, with the cut-offs checked where it
+/// checks `k`:
+///
+/// - [`Error::InvalidParameter`] (`"ks"`) when `ks` is empty or one of its `K` is 0 or
+///   exceeds the references a query can retrieve (`m`, or `n - 1` leave-one-out);
+/// - [`Error::LengthMismatch`] (`"recall_at"`) when `recall_at.len() != ks.len()`.
+///
+/// # Numerics
+///
+/// As [`retrieval_metrics`]: exact per-query values accumulated in `f64` in query order.
+///
+/// # Example
+///
+/// ```
+/// use triplet_kernels::{retrieval_metrics_at, retrieval_metrics_workspace_len, Matrix, Metric};
+/// // Query 0's ranking: labels 2, 2, 1 (its only same-label reference is third).
+/// let q = Matrix::new(&[0.0, 100.0], 2, 1)?;
+/// let y = Matrix::new(&[1.0, 2.0, 3.0, 99.0], 4, 1)?;
+/// let mut recall = [0.0; 3];
+/// let mut ws = [0.0_f32; retrieval_metrics_workspace_len(2, 4, 1)];
+/// let y_labels = [2, 2, 1, 5];
+/// let m = retrieval_metrics_at(q, &[1, 5], Some((y, &y_labels)), Metric::Euclidean, &[1, 2, 3], &mut recall, &mut ws)?;
+/// // Query 1 (label 5) finds its one reference first; query 0 only at rank 3.
+/// assert_eq!(recall, [0.5, 0.5, 1.0]);
+/// assert_eq!((m.precision_at_1, m.recall_at_k), (0.5, 1.0));
+/// # Ok::<(), triplet_kernels::Error>(())
+/// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
+pub fn retrieval_metrics_at(
+    queries: Matrix<'_>,
+    labels: &[u32],
+    reference: Option<(Matrix<'_>, &[u32])>,
+    metric: Metric,
+    ks: &[usize],
+    recall_at: &mut [f64],
+    workspace: &mut [f32],
+) -> Result<RetrievalMetrics, Error> {
+    let (shape, ref_labels) = check_metrics(
+        &queries,
+        labels,
+        reference,
+        Cutoffs::Many {
+            ks,
+            recall_at: recall_at.len(),
+        },
+        workspace.len(),
+        false,
+    )?;
+    Ok(evaluate(
+        queries, labels, shape, ref_labels, metric, ks, recall_at, workspace,
+    ))
+}
+
+/// The fast pass of [`retrieval_metrics`] and [`retrieval_metrics_at`], arguments checked:
+/// the metrics, with recall at each of `ks` in `recall` (`ks.len()` elements).
+#[allow(clippy::too_many_arguments)]
+fn evaluate(
+    queries: Matrix<'_>,
+    labels: &[u32],
+    shape: Shape<'_>,
+    ref_labels: &[u32],
+    metric: Metric,
+    ks: &[usize],
+    recall: &mut [f64],
+    workspace: &mut [f32],
+) -> RetrievalMetrics {
+    for v in recall.iter_mut() {
+        *v = 0.0;
+    }
+    let k = largest(ks);
     // Read once: the norms and every distance of this call use it.
     let backend = Backend::active();
     let m = shape.refs.rows();
@@ -613,12 +816,22 @@ pub fn retrieval_metrics(
         workspace,
     )
     else {
-        return Ok(RetrievalMetrics::ZERO);
+        return RetrievalMetrics::ZERO;
     };
     let mut pool = Carve::new(rest);
-    let (Ok(pool_d), Ok(pool_i)) = (pool.take(m), pool.take_u32(m)) else {
-        return Ok(RetrievalMetrics::ZERO);
+    let slots = m.saturating_mul(POOL_SLOTS);
+    let (Ok(pool_d), Ok(pool_i), Ok(sorted)) =
+        (pool.take(slots), pool.take_u32(slots), pool.take_u32(m))
+    else {
+        return RetrievalMetrics::ZERO;
     };
+    // The reference labels, sorted (the pool's index half as scratch): each query's `R`
+    // by two binary searches instead of a pass over the labels.
+    for (s, &l) in sorted.iter_mut().zip(ref_labels) {
+        *s = l;
+    }
+    radix_sort(sorted, pool_i);
+    let sorted: &[u32] = sorted;
     let stream = Stream {
         backend,
         rank: Rank::of(metric),
@@ -644,7 +857,7 @@ pub fn retrieval_metrics(
             let Some(&label) = labels.get(next) else {
                 break;
             };
-            let r = same_label_count(&shape, label, ref_labels);
+            let r = same_label_count(&shape, label, sorted);
             if r == 0 && count == 0 {
                 next += 1;
                 q0 = next;
@@ -680,8 +893,8 @@ pub fn retrieval_metrics(
                 .idx
                 .iter()
                 .map(|&j| ref_labels.get(j as usize).is_some_and(|&l| l == label));
-            sums.add(r, k, matches);
+            sums.add(r, ks, recall, matches);
         }
     }
-    Ok(sums.finish())
+    sums.finish(ks, recall)
 }

@@ -96,7 +96,7 @@ fn score_of_key(k: u32) -> f32 {
 /// Sorts `data` ascending: a least-significant-digit radix sort, four passes of 8 bits
 /// through `scratch` (at least as long as `data`). Stable, `O(n)`, no comparisons and no
 /// panic path (a short `scratch` leaves `data` unsorted; callers size it).
-fn radix_sort(data: &mut [u32], scratch: &mut [u32]) {
+pub(crate) fn radix_sort(data: &mut [u32], scratch: &mut [u32]) {
     let Some(scratch) = scratch.get_mut(..data.len()) else {
         return;
     };

@@ -194,6 +194,21 @@ fn retrieval_does_not_allocate() {
             let r = Some((y, &labels[..10]));
             tk::retrieval_metrics(x, &labels, r, metric, 3, &mut ws).unwrap();
             tk::scalar::retrieval_metrics(x, &labels, r, metric, 3, &mut ws).unwrap();
+            let mut recall = [0.0_f64; 3];
+            for r in [None, r] {
+                tk::retrieval_metrics_at(x, &labels, r, metric, &[1, 5, 3], &mut recall, &mut ws)
+                    .unwrap();
+                tk::scalar::retrieval_metrics_at(
+                    x,
+                    &labels,
+                    r,
+                    metric,
+                    &[1, 5, 3],
+                    &mut recall,
+                    &mut ws,
+                )
+                .unwrap();
+            }
         }
         let mut norms = [0.0_f32; 10];
         let g = tk::prepare_gallery(y, tk::SearchMetric::InnerProduct, &mut norms).unwrap();

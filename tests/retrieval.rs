@@ -6,8 +6,8 @@ use std::cmp::Ordering;
 
 use proptest::prelude::*;
 use triplet_kernels::{
-    knn, knn_workspace_len, retrieval_metrics, retrieval_metrics_workspace_len, scalar, Error,
-    Matrix, Metric, RetrievalMetrics,
+    knn, knn_workspace_len, retrieval_metrics, retrieval_metrics_at,
+    retrieval_metrics_workspace_len, scalar, Error, Matrix, Metric, RetrievalMetrics,
 };
 
 /// A workspace long enough for `knn` and for its twin.
@@ -198,6 +198,35 @@ fn run_metrics(p: &Problem, metric: Metric, k: usize, fast: bool, fill: f32) -> 
     f(p.queries(), &p.labels, p.labelled(), metric, k, &mut ws).unwrap()
 }
 
+/// `retrieval_metrics_at` (fast or twin) with cut-offs `ks` (each below the references a
+/// query can retrieve), and the recall at each.
+fn run_metrics_at(
+    p: &Problem,
+    metric: Metric,
+    ks: &[usize],
+    fast: bool,
+    fill: f32,
+) -> (RetrievalMetrics, Vec<f64>) {
+    let mut ws = vec![fill; metrics_ws_len(p.n, p.m(), p.d)];
+    let mut recall = vec![f64::from(fill); ks.len()];
+    let f = if fast {
+        retrieval_metrics_at
+    } else {
+        scalar::retrieval_metrics_at
+    };
+    let m = f(
+        p.queries(),
+        &p.labels,
+        p.labelled(),
+        metric,
+        ks,
+        &mut recall,
+        &mut ws,
+    )
+    .unwrap();
+    (m, recall)
+}
+
 /// The metrics by their definition, from full rankings (every retrievable reference).
 fn textbook(p: &Problem, ranking: &Lists, k: usize) -> RetrievalMetrics {
     let avail = p.available();
@@ -367,6 +396,62 @@ proptest! {
         }
     }
 
+    /// Recall at several K from one ranking: on integer data with Euclidean metrics the
+    /// fast kernel and its twin are identical; for any data and metric each `recall_at[i]`
+    /// and every other field equal, bit for bit, what `retrieval_metrics` returns with
+    /// `k = ks[i]` (the `recall_at_k` returned being that of the largest K), and match
+    /// the textbook evaluation of the full ranking.
+    #[test]
+    fn metrics_at_several_k(
+        p in problem(true, 33),
+        float in problem(false, 33),
+        fracs in proptest::collection::vec(0.0f64..1.0, 1..5),
+    ) {
+        for (p, exact) in [(&p, true), (&float, false)] {
+            if p.available() == 0 {
+                continue;
+            }
+            let ks: Vec<usize> = fracs
+                .iter()
+                .map(|f| 1 + ((p.available() - 1) as f64 * f) as usize)
+                .collect();
+            let largest = *ks.iter().max().unwrap();
+            for metric in METRICS {
+                let (fast, fast_at) = run_metrics_at(p, metric, &ks, true, f32::NAN);
+                let (twin, twin_at) = run_metrics_at(p, metric, &ks, false, f32::NAN);
+                if exact && metric != Metric::Cosine {
+                    prop_assert_eq!(fast, twin);
+                    prop_assert_eq!(&fast_at, &twin_at);
+                }
+                for (at, one, fast_kernel) in [(&fast_at, &fast, true), (&twin_at, &twin, false)] {
+                    for (&k, &r) in ks.iter().zip(at.iter()) {
+                        let single = run_metrics(p, metric, k, fast_kernel, 0.0);
+                        prop_assert_eq!(r.to_bits(), single.recall_at_k.to_bits());
+                        prop_assert_eq!(single.precision_at_1.to_bits(), one.precision_at_1.to_bits());
+                        prop_assert_eq!(single.r_precision.to_bits(), one.r_precision.to_bits());
+                        prop_assert_eq!(
+                            single.mean_average_precision_at_r.to_bits(),
+                            one.mean_average_precision_at_r.to_bits()
+                        );
+                        prop_assert_eq!(single.evaluated, one.evaluated);
+                        if k == largest {
+                            prop_assert_eq!(single, *one);
+                        }
+                    }
+                }
+                let all = p.available();
+                for (at, one, fast_kernel) in [(&fast_at, &fast, true), (&twin_at, &twin, false)] {
+                    let ranking = run_knn(p, metric, all, fast_kernel, 0.0);
+                    assert_metrics_close(one, &textbook(p, &ranking, largest), 1e-12);
+                    for (&k, &r) in ks.iter().zip(at.iter()) {
+                        let want = textbook(p, &ranking, k).recall_at_k;
+                        prop_assert!((r - want).abs() <= 1e-12, "recall@{}: {} vs {}", k, r, want);
+                    }
+                }
+            }
+        }
+    }
+
     /// Outputs and workspace pre-filled with NaN or with zeros give the same results.
     #[test]
     fn dirty_buffers(p in problem(false, 20), k in 1..40_usize) {
@@ -488,6 +573,17 @@ fn large_shapes() {
                 let all = run_knn(&p, metric, p.available(), false, 0.0);
                 assert_metrics_close(&fast, &textbook(&p, &all, k), 1e-12);
             }
+            // All three cut-offs from one ranking: the recalls of the calls above.
+            let ks = [1, 10.min(p.available()), 1000.min(p.available())];
+            let (at, at_twin) = (
+                run_metrics_at(&p, metric, &ks, true, f32::NAN),
+                run_metrics_at(&p, metric, &ks, false, f32::NAN),
+            );
+            assert_eq!(at, at_twin);
+            for (&k, &r) in ks.iter().zip(&at.1) {
+                assert_eq!(r, run_metrics(&p, metric, k, true, 0.0).recall_at_k);
+            }
+            assert_eq!(at.0, run_metrics(&p, metric, 1000, true, 0.0));
         }
         let fast = run_metrics(&p, Metric::Cosine, 3, true, f32::NAN);
         let all = run_knn(&p, Metric::Cosine, p.available(), true, 0.0);
@@ -947,6 +1043,9 @@ fn workspace_lengths_are_linear_and_saturate() {
     );
     let ws = [0.0_f32; scalar::knn_workspace_len(2, 3, 4)];
     assert_eq!(ws.len(), 4 * 3 + 1);
+    // The metrics add a pool of 2 m (distance, index) slots and m sorted labels.
+    let ws = [0.0_f32; retrieval_metrics_workspace_len(2, 3, 4)];
+    assert_eq!(ws.len(), knn_workspace_len(2, 3, 4) + 5 * 3);
 }
 
 /// `knn`'s documented bound, `(d / 8 + 10) 2^-24 S` with `S` the sum of the absolute terms
@@ -1009,4 +1108,186 @@ fn knn_distance_bound_terms() {
         (got - exact).abs() <= c * exact + (1.0 + 8.0) * 1.2e-38,
         "{got} vs {exact}"
     );
+}
+
+type AtFn = fn(
+    Matrix<'_>,
+    &[u32],
+    Option<(Matrix<'_>, &[u32])>,
+    Metric,
+    &[usize],
+    &mut [f64],
+    &mut [f32],
+) -> Result<RetrievalMetrics, Error>;
+
+/// One error case of `retrieval_metrics_at`: labels, reference, `ks`, `recall_at` and
+/// workspace lengths, the error.
+type AtCase<'a> = (&'a [u32], Labelled<'a>, &'a [usize], usize, usize, Error);
+
+#[test]
+fn hand_computed_recall_at_several_k() {
+    // The line of `hand_computed_metrics`: labels [1, 2, 1, 2, 2, 1] at distances 1..=6.
+    // Query 0 (label 1) has its first positive at rank 1, query 1 (label 2, at the same
+    // place) at rank 2; query 2 (label 3) has none and is left out.
+    let q = Matrix::new(&[0.0, 0.0, 0.0], 3, 1).unwrap();
+    let y = Matrix::new(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], 6, 1).unwrap();
+    let yl = [1, 2, 1, 2, 2, 1];
+    let mut ws = vec![f32::NAN; metrics_ws_len(3, 6, 1)];
+    for f in [retrieval_metrics_at as AtFn, scalar::retrieval_metrics_at] {
+        // Unsorted cut-offs, one repeated.
+        let ks = [2, 1, 6, 2];
+        let mut recall = [f64::NAN; 4];
+        let m = f(
+            q,
+            &[1, 2, 3],
+            Some((y, &yl)),
+            Metric::Euclidean,
+            &ks,
+            &mut recall,
+            &mut ws,
+        )
+        .unwrap();
+        assert_eq!(recall, [1.0, 0.5, 1.0, 1.0]);
+        assert_eq!(m.evaluated, 2);
+        assert_eq!((m.precision_at_1, m.recall_at_k), (0.5, 1.0));
+        // R-precision: 2/3 and 1/3; MAP@R: (1 + 2/3) / 3 and (1/2) / 3.
+        assert!((m.r_precision - 0.5).abs() < 1e-15);
+        let map = ((1.0 + 2.0 / 3.0) / 3.0 + 0.5 / 3.0) / 2.0;
+        assert!((m.mean_average_precision_at_r - map).abs() < 1e-15);
+        // Nothing evaluated: every recall 0.
+        let mut recall = [f64::NAN; 2];
+        let m = f(
+            q,
+            &[3, 3, 3],
+            Some((y, &yl)),
+            Metric::Euclidean,
+            &[1, 3],
+            &mut recall,
+            &mut ws,
+        )
+        .unwrap();
+        assert_eq!((m.evaluated, recall), (0, [0.0, 0.0]));
+    }
+}
+
+#[test]
+fn metrics_at_errors_write_nothing() {
+    let xd = [0.0_f32, 1.0, 2.0, 3.0, 4.0, 5.0];
+    let x = Matrix::new(&xd, 3, 2).unwrap();
+    let y = Matrix::new(&xd[..4], 2, 2).unwrap();
+    let l3: &[u32] = &[1, 1, 2];
+    let l2: &[u32] = &[1, 2];
+    let ks_err = Error::InvalidParameter {
+        name: "ks",
+        expected: "non-empty, each 1 <= K <= references a query can retrieve",
+    };
+    for (f, len) in [
+        (
+            retrieval_metrics_at as AtFn,
+            retrieval_metrics_workspace_len as LenFn,
+        ),
+        (
+            scalar::retrieval_metrics_at as AtFn,
+            scalar::retrieval_metrics_workspace_len as LenFn,
+        ),
+    ] {
+        let full = len(3, 3, 2);
+        let gal = len(3, 2, 2);
+        let cases: [AtCase<'_>; 10] = [
+            (
+                l2,
+                None,
+                &[1],
+                1,
+                full,
+                Error::LengthMismatch {
+                    buffer: "labels",
+                    expected: 3,
+                    actual: 2,
+                },
+            ),
+            (l3, None, &[], 0, full, ks_err),
+            (l3, None, &[1, 0], 2, full, ks_err),
+            (l3, None, &[3], 1, full, ks_err),
+            (l3, Some((y, l2)), &[1, 3], 2, gal, ks_err),
+            (l3, None, &[usize::MAX], 1, full, ks_err),
+            // The cut-offs are checked before the output's length.
+            (l3, None, &[0], 2, full, ks_err),
+            (
+                l3,
+                None,
+                &[1, 2],
+                1,
+                full,
+                Error::LengthMismatch {
+                    buffer: "recall_at",
+                    expected: 2,
+                    actual: 1,
+                },
+            ),
+            (
+                l3,
+                Some((y, l2)),
+                &[2],
+                2,
+                gal,
+                Error::LengthMismatch {
+                    buffer: "recall_at",
+                    expected: 1,
+                    actual: 2,
+                },
+            ),
+            (
+                l3,
+                Some((y, l2)),
+                &[2, 1],
+                2,
+                gal - 1,
+                Error::WorkspaceTooSmall {
+                    required: gal,
+                    actual: gal - 1,
+                },
+            ),
+        ];
+        for (labels, reference, ks, nr, nw, want) in cases {
+            let mut ws = vec![7.0_f32; nw];
+            let mut recall = vec![7.0_f64; nr];
+            assert_eq!(
+                f(
+                    x,
+                    labels,
+                    reference,
+                    Metric::Cosine,
+                    ks,
+                    &mut recall,
+                    &mut ws
+                ),
+                Err(want)
+            );
+            assert!(ws.iter().all(|&v| v == 7.0));
+            assert!(recall.iter().all(|&v| v == 7.0));
+        }
+        // Non-finite data: reported after the cut-offs, nothing written.
+        let bad = [0.0_f32, f32::NAN, 2.0, 3.0, 4.0, 5.0];
+        let xb = Matrix::new(&bad, 3, 2).unwrap();
+        let mut ws = vec![7.0_f32; full];
+        let mut recall = [7.0_f64; 2];
+        assert_eq!(
+            f(
+                xb,
+                l3,
+                None,
+                Metric::Euclidean,
+                &[1, 2],
+                &mut recall,
+                &mut ws
+            ),
+            Err(Error::NonFinite {
+                buffer: "queries",
+                row: 0,
+                col: 1,
+            })
+        );
+        assert_eq!(recall, [7.0; 2]);
+    }
 }

@@ -31,6 +31,12 @@
 //! - `retrieval_metrics` ("exactly as knn ranks"): on finite data, the textbook metrics
 //!   of `knn`'s own full ranking (`k` = every retrievable reference), within `1e-12`;
 //!   identical to the twin's on integer data under the Euclidean metrics.
+//! - `retrieval_metrics_at` (recall at several K from one ranking): fast and twin return
+//!   the same `Ok`/`Err`, the first documented error (`ks` empty or out of range,
+//!   `recall_at` of another length, non-finite embeddings), nothing written on `Err`; on
+//!   `Ok`, every field and each `recall_at[i]` equal, bit for bit, those of
+//!   `retrieval_metrics` with `k = ks[i]` (`recall_at_k` that of the largest K), for the
+//!   fast kernel and for the twin.
 
 #![no_main]
 
@@ -41,9 +47,12 @@ use std::cmp::Ordering;
 use common::*;
 use libfuzzer_sys::fuzz_target;
 use triplet_kernels::{
-    knn, knn_workspace_len, retrieval_metrics, retrieval_metrics_workspace_len, scalar, Error,
-    Matrix, Metric, RetrievalMetrics,
+    knn, knn_workspace_len, retrieval_metrics, retrieval_metrics_at,
+    retrieval_metrics_workspace_len, scalar, Error, Matrix, Metric, RetrievalMetrics,
 };
+
+/// The documented domain of `retrieval_metrics_at`'s `ks`.
+const DOMAIN_KS: &str = "non-empty, each 1 <= K <= references a query can retrieve";
 
 /// The documented ranking key order: smaller distance first, NaN after every number,
 /// equal distances (and NaN against NaN) by the smaller index.
@@ -297,6 +306,100 @@ fn textbook(
     ([p1 / e, recall / e, rp / e, map / e], evaluated)
 }
 
+/// `retrieval_metrics_at`, fast and twin, against their contract and against
+/// `retrieval_metrics` called once per K.
+#[allow(clippy::too_many_arguments)]
+fn check_metrics_at(
+    g: &mut Gen<'_>,
+    q: Matrix<'_>,
+    labels: &[u32],
+    reference: Option<(Matrix<'_>, &[u32])>,
+    metric: Metric,
+    available: usize,
+    finite_errors: &[Error],
+    garbage: f32,
+) {
+    let count = g.range(0, 4);
+    let ks: Vec<usize> = (0..count)
+        .map(|_| match g.byte() % 16 {
+            0 => 0,
+            1 => available + g.range(1, 3),
+            _ => g.range(1, available.max(1)),
+        })
+        .collect();
+    let out_len = if g.byte() % 8 == 0 {
+        g.range(0, 5)
+    } else {
+        ks.len()
+    };
+    if dump() {
+        eprintln!("retrieval_metrics_at: ks {ks:?} recall_at {out_len}");
+    }
+    let mut expected = Vec::new();
+    if ks.is_empty() || ks.iter().any(|&k| k == 0 || k > available) {
+        expected.push(invalid("ks", DOMAIN_KS));
+    }
+    if out_len != ks.len() {
+        expected.push(Error::LengthMismatch {
+            buffer: "recall_at",
+            expected: ks.len(),
+            actual: out_len,
+        });
+    }
+    expected.extend_from_slice(finite_errors);
+    let (n, d) = (q.rows(), q.dim());
+    let m = reference.map_or(n, |(y, _)| y.rows());
+    let wlen = retrieval_metrics_workspace_len(n, m, d)
+        .max(scalar::retrieval_metrics_workspace_len(n, m, d));
+    let mut results = Vec::new();
+    for fast in [true, false] {
+        let mut ws = vec![garbage; wlen];
+        let mut recall = vec![f64::from(garbage); out_len];
+        let f = if fast {
+            retrieval_metrics_at
+        } else {
+            scalar::retrieval_metrics_at
+        };
+        let got = f(q, labels, reference, metric, &ks, &mut recall, &mut ws);
+        match got {
+            Err(e) => {
+                assert_eq!(Some(&e), expected.first(), "not the first documented error");
+                assert!(
+                    recall.iter().all(|v| v.to_bits() == f64::from(garbage).to_bits()),
+                    "recall_at written on Err"
+                );
+                assert!(
+                    ws.iter().all(|v| v.to_bits() == garbage.to_bits()),
+                    "workspace written on Err"
+                );
+            }
+            Ok(all) => {
+                assert!(expected.is_empty(), "Ok despite {expected:?}");
+                let largest = *ks.iter().max().unwrap();
+                for (&k, &r) in ks.iter().zip(&recall) {
+                    let one = if fast {
+                        retrieval_metrics(q, labels, reference, metric, k, &mut ws)
+                    } else {
+                        scalar::retrieval_metrics(q, labels, reference, metric, k, &mut ws)
+                    }
+                    .unwrap();
+                    assert_eq!(r.to_bits(), one.recall_at_k.to_bits(), "recall@{k}");
+                    let (a, b) = (fields(&all), fields(&one));
+                    assert_eq!(a.1, b.1, "evaluated");
+                    for i in [0, 2, 3] {
+                        assert_eq!(a.0[i].to_bits(), b.0[i].to_bits(), "field {i} at K {k}");
+                    }
+                    if k == largest {
+                        assert_eq!(a.0[1].to_bits(), b.0[1].to_bits(), "recall_at_k");
+                    }
+                }
+            }
+        }
+        results.push(got.map(|_| ()));
+    }
+    assert_eq!(results[0], results[1], "fast and twin disagree");
+}
+
 fn fields(m: &RetrievalMetrics) -> ([f64; 4], usize) {
     (
         [
@@ -476,6 +579,20 @@ fuzz_target!(|data: &[u8]| {
     ws.fill(-garbage);
     let mf2 = retrieval_metrics(q, &labels, reference, metric, kr, &mut ws);
     let ms = scalar::retrieval_metrics(q, &labels, reference, metric, kr, &mut ws);
+    let finite_errors: Vec<Error> = non_finite("queries", &xd, d)
+        .into_iter()
+        .chain(non_finite("reference", &yd, d))
+        .collect();
+    check_metrics_at(
+        &mut g,
+        q,
+        &labels,
+        reference,
+        metric,
+        available,
+        &finite_errors,
+        garbage,
+    );
     match (&mf, &ms) {
         (Err(a), Err(b)) => {
             assert_eq!(a, b);

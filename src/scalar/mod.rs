@@ -73,7 +73,7 @@ pub use quadruplet::{
 };
 pub use retrieval::{
     knn, knn_gallery, knn_gallery_workspace_len, knn_workspace_len, retrieval_metrics,
-    retrieval_metrics_workspace_len,
+    retrieval_metrics_at, retrieval_metrics_workspace_len,
 };
 pub use triplet::{
     triplet_batch_loss, triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,

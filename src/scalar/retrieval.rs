@@ -8,8 +8,8 @@ use crate::distance::Metric;
 use crate::error::Error;
 use crate::matrix::Matrix;
 use crate::retrieval::{
-    check_knn, check_metrics, ranking_metric, scalar_len, Gallery, RetrievalMetrics, SearchMetric,
-    Shape,
+    check_knn, check_metrics, largest, ranking_metric, scalar_len, Cutoffs, Gallery,
+    RetrievalMetrics, SearchMetric, Shape,
 };
 
 /// Workspace elements that the twin [`knn`] needs for `queries` queries against
@@ -21,8 +21,8 @@ pub const fn knn_workspace_len(queries: usize, references: usize, dim: usize) ->
     scalar_len(references)
 }
 
-/// Workspace elements that the twin [`retrieval_metrics`] needs: as
-/// [`knn_workspace_len`], `4 references + 1`. Saturates instead of overflowing.
+/// Workspace elements that the twins [`retrieval_metrics`] and [`retrieval_metrics_at`]
+/// need: as [`knn_workspace_len`], `4 references + 1`. Saturates instead of overflowing.
 pub const fn retrieval_metrics_workspace_len(
     queries: usize,
     references: usize,
@@ -322,8 +322,96 @@ pub fn retrieval_metrics(
     k: usize,
     workspace: &mut [f32],
 ) -> Result<RetrievalMetrics, Error> {
-    let (shape, ref_labels) = check_metrics(&queries, labels, reference, k, workspace.len(), true)?;
-    let (mut p1, mut recall, mut rp, mut map) = (0.0_f64, 0.0_f64, 0.0_f64, 0.0_f64);
+    let (shape, ref_labels) = check_metrics(
+        &queries,
+        labels,
+        reference,
+        Cutoffs::One(k),
+        workspace.len(),
+        true,
+    )?;
+    let mut recall = [0.0_f64];
+    Ok(evaluate(
+        queries,
+        labels,
+        shape,
+        ref_labels,
+        metric,
+        core::slice::from_ref(&k),
+        &mut recall,
+        workspace,
+    ))
+}
+
+/// Scalar twin of [`crate::retrieval_metrics_at`]: as the twin [`retrieval_metrics`], each
+/// query ranked once (down to place `max(R, max K)`), with `recall_at[i]` the fraction of
+/// evaluated queries with a same-label reference among their `ks[i]` nearest.
+///
+/// # Errors
+///
+/// Those of [`crate::retrieval_metrics_at`], except that the workspace must hold
+/// [`retrieval_metrics_workspace_len`] elements (the twin's own requirement, reported by
+/// [`Error::WorkspaceTooSmall`]).
+///
+/// # Example
+///
+/// ```
+/// use triplet_kernels::{scalar, Matrix, Metric};
+/// // Query label 1's ranking: labels 2, 1, 2.
+/// let q = Matrix::new(&[0.0], 1, 1)?;
+/// let y = Matrix::new(&[1.0, 2.0, 9.0], 3, 1)?;
+/// let mut recall = [0.0; 2];
+/// let mut ws = [0.0_f32; scalar::retrieval_metrics_workspace_len(1, 3, 1)];
+/// let m = scalar::retrieval_metrics_at(q, &[1], Some((y, &[2, 1, 2])), Metric::Euclidean, &[1, 2], &mut recall, &mut ws)?;
+/// assert_eq!(recall, [0.0, 1.0]);
+/// assert_eq!(m.recall_at_k, 1.0); // the largest K
+/// # Ok::<(), triplet_kernels::Error>(())
+/// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
+pub fn retrieval_metrics_at(
+    queries: Matrix<'_>,
+    labels: &[u32],
+    reference: Option<(Matrix<'_>, &[u32])>,
+    metric: Metric,
+    ks: &[usize],
+    recall_at: &mut [f64],
+    workspace: &mut [f32],
+) -> Result<RetrievalMetrics, Error> {
+    let (shape, ref_labels) = check_metrics(
+        &queries,
+        labels,
+        reference,
+        Cutoffs::Many {
+            ks,
+            recall_at: recall_at.len(),
+        },
+        workspace.len(),
+        true,
+    )?;
+    Ok(evaluate(
+        queries, labels, shape, ref_labels, metric, ks, recall_at, workspace,
+    ))
+}
+
+/// The twins' evaluation, arguments checked: the textbook formulas of [`RetrievalMetrics`]
+/// over `f64` rankings, with recall at each of `ks` in `recall_at`, averaged in query
+/// order.
+#[allow(clippy::too_many_arguments)]
+fn evaluate(
+    queries: Matrix<'_>,
+    labels: &[u32],
+    shape: Shape<'_>,
+    ref_labels: &[u32],
+    metric: Metric,
+    ks: &[usize],
+    recall_at: &mut [f64],
+    workspace: &mut [f32],
+) -> RetrievalMetrics {
+    let k_max = largest(ks);
+    for v in recall_at.iter_mut() {
+        *v = 0.0;
+    }
+    let (mut p1, mut rp, mut map) = (0.0_f64, 0.0_f64, 0.0_f64);
     let mut evaluated = 0_usize;
     for (q, (a, &label)) in queries.row_iter().zip(labels).enumerate() {
         let mut r = ref_labels.iter().filter(|&&l| l == label).count();
@@ -333,17 +421,19 @@ pub fn retrieval_metrics(
         if r == 0 {
             continue;
         }
-        // `rel` below reads places `0..max(k, r)`.
-        let pairs = ranked(Some(metric), &shape, a, q, k.max(r), workspace);
+        // `rel` below reads places `0..max(max K, r)`.
+        let pairs = ranked(Some(metric), &shape, a, q, k_max.max(r), workspace);
         let rel = |i: usize| {
             pairs
                 .get(i)
                 .and_then(|&[_, j]| ref_labels.get(j as usize))
                 .is_some_and(|&l| l == label)
         };
-        // precision@1 and recall@K.
+        // precision@1 and recall@K for each K.
         p1 += f64::from(u8::from(rel(0)));
-        recall += f64::from(u8::from((0..k).any(rel)));
+        for (sum, &k) in recall_at.iter_mut().zip(ks) {
+            *sum += f64::from(u8::from((0..k).any(rel)));
+        }
         // R-precision and average precision over the first R.
         let mut hits = 0_usize;
         let mut ap = 0.0_f64;
@@ -358,14 +448,22 @@ pub fn retrieval_metrics(
         evaluated += 1;
     }
     if evaluated == 0 {
-        return Ok(RetrievalMetrics::ZERO);
+        return RetrievalMetrics::ZERO; // every recall sum is still 0
     }
     let n = evaluated as f64;
-    Ok(RetrievalMetrics {
+    // The recall at the largest K (the first of equal ones).
+    let mut at_largest = (0_usize, 0.0_f64);
+    for (v, &k) in recall_at.iter_mut().zip(ks) {
+        *v /= n;
+        if k > at_largest.0 {
+            at_largest = (k, *v);
+        }
+    }
+    RetrievalMetrics {
         precision_at_1: p1 / n,
-        recall_at_k: recall / n,
+        recall_at_k: at_largest.1,
         r_precision: rp / n,
         mean_average_precision_at_r: map / n,
         evaluated,
-    })
+    }
 }

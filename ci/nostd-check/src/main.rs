@@ -204,6 +204,13 @@ fn retrieval(x: Matrix<'_>) -> Result<bool, tk::Error> {
         let a = tk::retrieval_metrics(x, &LABELS, None, metric, 1, &mut ws)?;
         let b = tk::scalar::retrieval_metrics(x, &LABELS, None, metric, 1, &mut ws)?;
         ok &= a.evaluated == N && b.evaluated == N;
+        let (mut fast, mut twin) = ([0.0_f64; 2], [0.0_f64; 2]);
+        let ks = [1, 2];
+        let c = tk::retrieval_metrics_at(x, &LABELS, None, metric, &ks, &mut fast, &mut ws)?;
+        let d =
+            tk::scalar::retrieval_metrics_at(x, &LABELS, None, metric, &ks, &mut twin, &mut ws)?;
+        ok &= c.evaluated == N && d.evaluated == N && c.recall_at_k == fast[1];
+        ok &= fast.iter().chain(&twin).all(|v| (0.0..=1.0).contains(v));
     }
     let (genuine, impostor) = x.as_slice().split_at(N);
     let mut tar = [0.0_f64; 2];
