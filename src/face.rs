@@ -513,7 +513,8 @@ pub fn arcface_loss(
 /// let w = Matrix::new(&[1.0, 0.0, 0.0, 1.0, -1.0, 0.0], 3, 2)?;
 /// let (mut g, mut gw) = ([0.0_f32; 4], [0.0_f32; 6]);
 /// let mut ws = vec![0.0_f32; arcface_loss_workspace_len(2, 3, 2)];
-/// let p = ArcFaceParams::pytorch_metric_learning();
+/// // pml's margin at a small scale (at scale 64 this easy batch has a loss of 0 in f32).
+/// let p = ArcFaceParams::pytorch_metric_learning().with_scale(4.0);
 /// let loss = arcface_loss_grad(x, &[0, 1], w, p, &mut g, &mut gw, &mut ws)?;
 /// assert!(loss > 0.0);
 /// // Row 0 is pulled toward class 0: its second coordinate should shrink.
@@ -625,7 +626,7 @@ pub fn cosface_loss(
 /// let w = Matrix::new(&[1.0, 0.0, 0.0, 1.0], 2, 2)?;
 /// let (mut g, mut gw) = ([0.0_f32; 4], [0.0_f32; 4]);
 /// let mut ws = vec![0.0_f32; cosface_loss_workspace_len(2, 2, 2)];
-/// let p = CosFaceParams::pytorch_metric_learning();
+/// let p = CosFaceParams::pytorch_metric_learning().with_scale(4.0);
 /// let loss = cosface_loss_grad(x, &[0, 1], w, p, &mut g, &mut gw, &mut ws)?;
 /// assert!(loss > 0.0 && g[1] > 0.0);
 /// # Ok::<(), triplet_kernels::Error>(())
