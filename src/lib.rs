@@ -68,6 +68,13 @@
 //! - [`proxy_anchor_loss`] / [`proxy_anchor_loss_grad`] /
 //!   [`proxy_anchor_loss_workspace_len`]: Proxy-Anchor ([`ProxyAnchorParams`]), likewise.
 //!
+//! **[Face-recognition heads](face)**
+//! - [`arcface_loss`] / [`arcface_loss_grad`] / [`arcface_loss_workspace_len`]: ArcFace
+//!   ([`ArcFaceParams`]) over caller-held class weights, gradients for the rows and the
+//!   weights.
+//! - [`cosface_loss`] / [`cosface_loss_grad`] / [`cosface_loss_workspace_len`]: CosFace
+//!   ([`CosFaceParams`]), likewise.
+//!
 //! **[Retrieval](retrieval)**
 //! - [`knn`] / [`knn_workspace_len`]: the `k` nearest references of every query, streamed
 //!   over Gram tiles, exact in the direct form.
@@ -184,6 +191,7 @@
 pub mod contrastive;
 pub mod distance;
 mod error;
+pub mod face;
 mod math;
 mod matrix;
 pub mod mining;
@@ -215,6 +223,10 @@ pub use reduce::{hinge_reduce, hinge_reduce_grad, Hinge, Reduction};
 pub use contrastive::{
     contrastive_loss, contrastive_loss_grad, contrastive_loss_workspace_len, ContrastiveForm,
     ContrastiveParams, ContrastiveReduction,
+};
+pub use face::{
+    arcface_loss, arcface_loss_grad, arcface_loss_workspace_len, cosface_loss, cosface_loss_grad,
+    cosface_loss_workspace_len, ArcFaceParams, CosFaceParams,
 };
 pub use proxy::{
     proxy_anchor_loss, proxy_anchor_loss_grad, proxy_anchor_loss_workspace_len, proxy_nca_loss,

@@ -167,6 +167,16 @@ fn variant_losses_do_not_allocate() {
         tk::scalar::proxy_anchor_loss(x, &labels, proxies, pa, &mut ws).unwrap();
         tk::scalar::proxy_anchor_loss_grad(x, &labels, proxies, pa, &mut g, &mut gp, &mut ws)
             .unwrap();
+        let arc = tk::ArcFaceParams::pytorch_metric_learning();
+        tk::arcface_loss(x, &labels, proxies, arc, &mut ws).unwrap();
+        tk::arcface_loss_grad(x, &labels, proxies, arc, &mut g, &mut gp, &mut ws).unwrap();
+        tk::scalar::arcface_loss(x, &labels, proxies, arc, &mut ws).unwrap();
+        tk::scalar::arcface_loss_grad(x, &labels, proxies, arc, &mut g, &mut gp, &mut ws).unwrap();
+        let cos = tk::CosFaceParams::pytorch_metric_learning();
+        tk::cosface_loss(x, &labels, proxies, cos, &mut ws).unwrap();
+        tk::cosface_loss_grad(x, &labels, proxies, cos, &mut g, &mut gp, &mut ws).unwrap();
+        tk::scalar::cosface_loss(x, &labels, proxies, cos, &mut ws).unwrap();
+        tk::scalar::cosface_loss_grad(x, &labels, proxies, cos, &mut g, &mut gp, &mut ws).unwrap();
     });
     assert_eq!(n, 0);
 }

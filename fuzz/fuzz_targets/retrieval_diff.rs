@@ -485,8 +485,7 @@ fuzz_target!(|data: &[u8]| {
                     let mut dist = vec![f32::NAN; n * k];
                     let len = triplet_kernels::knn_gallery_workspace_len(n, m, d);
                     let mut ws = vec![garbage; len];
-                    triplet_kernels::knn_gallery(q, &gal, k, &mut idx, &mut dist, &mut ws)
-                        .unwrap();
+                    triplet_kernels::knn_gallery(q, &gal, k, &mut idx, &mut dist, &mut ws).unwrap();
                     assert_eq!((&idx, bits(&dist)), (&idf, bits(&df)), "knn_gallery != knn");
                 }
                 Err(e) => {

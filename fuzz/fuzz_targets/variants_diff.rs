@@ -767,9 +767,150 @@ fn proxy_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
     });
 }
 
+/// ArcFace / CosFace: fast against twin, errors in the documented order with nothing
+/// written, garbage-independent, and within [`testkit::bounds::face_tolerances`] where the
+/// rows are moderate and no ArcFace target cosine sits near `+-1` (where `f'` blows up).
+fn face_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
+    use triplet_kernels::{
+        arcface_loss, arcface_loss_grad, arcface_loss_workspace_len, cosface_loss,
+        cosface_loss_grad, scalar, ArcFaceParams, CosFaceParams,
+    };
+    let (n, d) = (x.rows(), x.dim());
+    let c = g.size(1, 9);
+    let wd = g.values(regime, c * d);
+    let w = Matrix::new(&wd, c, d).unwrap();
+    let labels: Vec<u32> = (0..n)
+        .map(|_| {
+            if g.byte() < 2 {
+                g.u32() | c as u32
+            } else {
+                g.range(0, c - 1) as u32
+            }
+        })
+        .collect();
+    let arc = g.bool();
+    let margin = g.param(regime, 0.0, if arc { 179.0 } else { 1.0 });
+    let scale = g.param(regime, 0.5, 64.0);
+    let garbage = g.garbage();
+    if dump() {
+        eprintln!("face: n {n} c {c} d {d} arc {arc} margin {margin} scale {scale}\nx {xd:?}\nlabels {labels:?}\nw {wd:?}");
+    }
+    let mut expected = Vec::new();
+    if arc && !(margin.is_finite() && (0.0..180.0).contains(&margin)) {
+        expected.push(Error::InvalidParameter {
+            name: "margin_degrees",
+            expected: "finite, in [0, 180)",
+        });
+    }
+    if !arc && !margin.is_finite() {
+        expected.push(Error::InvalidParameter {
+            name: "margin",
+            expected: "finite",
+        });
+    }
+    if !(scale.is_finite() && scale > 0.0) {
+        expected.push(Error::InvalidParameter {
+            name: "scale",
+            expected: "finite and > 0",
+        });
+    }
+    if let Some((position, &l)) = labels.iter().enumerate().find(|&(_, &l)| l as usize >= c) {
+        expected.push(Error::IndexOutOfRange {
+            buffer: "labels",
+            position,
+            index: l as usize,
+            bound: c,
+        });
+    }
+    expected.extend(non_finite("x", xd, d));
+    expected.extend(non_finite("proxies", &wd, d));
+    let len = arcface_loss_workspace_len(n, c, d).max(scalar::arcface_loss_workspace_len(n, c, d));
+    let mut ws = vec![garbage; len];
+    let (ap, cp) = (
+        ArcFaceParams::new(margin, scale),
+        CosFaceParams::new(margin, scale),
+    );
+    let run = |fast: bool, g: &mut [f32], gw: &mut [f32], ws: &mut [f32]| match (arc, fast) {
+        (true, true) => arcface_loss_grad(x, &labels, w, ap, g, gw, ws),
+        (true, false) => scalar::arcface_loss_grad(x, &labels, w, ap, g, gw, ws),
+        (false, true) => cosface_loss_grad(x, &labels, w, cp, g, gw, ws),
+        (false, false) => scalar::cosface_loss_grad(x, &labels, w, cp, g, gw, ws),
+    };
+    let (mut gf, mut gwf) = (vec![garbage; n * d], vec![garbage; c * d]);
+    let (mut gs, mut gws) = (vec![garbage; n * d], vec![garbage; c * d]);
+    let lf = run(true, &mut gf, &mut gwf, &mut ws);
+    ws.fill(-garbage);
+    let lf_only = if arc {
+        arcface_loss(x, &labels, w, ap, &mut ws)
+    } else {
+        cosface_loss(x, &labels, w, cp, &mut ws)
+    };
+    let ls = run(false, &mut gs, &mut gws, &mut ws);
+    let ok = same_outcome(&lf, &ls, &expected);
+    assert_eq!(
+        lf.map(f32::to_bits),
+        lf_only.map(f32::to_bits),
+        "loss-only call"
+    );
+    if !ok {
+        assert!(
+            [&gf, &gwf, &gs, &gws].iter().all(|v| untouched(v, garbage)),
+            "written on Err"
+        );
+        return;
+    }
+    let (lf, ls) = (lf.unwrap(), ls.unwrap());
+    let (mut g2, mut gw2) = (vec![-garbage; n * d], vec![-garbage; c * d]);
+    ws.fill(garbage);
+    let lf2 = run(true, &mut g2, &mut gw2, &mut ws).unwrap();
+    assert_eq!(
+        (lf.to_bits(), bits(&gf), bits(&gwf)),
+        (lf2.to_bits(), bits(&g2), bits(&gw2)),
+        "garbage"
+    );
+    if !rows_in_range(xd, d) || !rows_in_range(&wd, d) || scale > 100.0 || margin.abs() > 180.0 {
+        return;
+    }
+    assert!(lf.is_finite(), "face loss {lf} not finite (twin {ls})");
+    if near_clamp(xd, d, 1e-4) || near_clamp(&wd, d, 1e-4) {
+        return;
+    }
+    // The largest |cos| of a row with its target, in f64.
+    let cmax = x
+        .row_iter()
+        .zip(&labels)
+        .map(|(xi, &t)| {
+            let wt = w.row(t as usize).unwrap();
+            let dot: f64 = xi
+                .iter()
+                .zip(wt)
+                .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                .sum();
+            (dot / (clamped(norm(xi)) * clamped(norm(wt)))).abs()
+        })
+        .fold(0.0, f64::max);
+    let slope = if arc {
+        if cmax > 0.99 {
+            return;
+        }
+        1.0 + 1.0 / (1.0 - cmax * cmax).sqrt()
+    } else {
+        1.0
+    };
+    let (lt, rt, pt) = testkit::bounds::face_tolerances(scale, slope, n, c, d);
+    assert!(
+        (f64::from(lf) - f64::from(ls)).abs() <= lt,
+        "face loss {lf} vs {ls}, tol {lt}"
+    );
+    let rn: Vec<f64> = x.row_iter().map(|r| clamped(norm(r))).collect();
+    let pn: Vec<f64> = w.row_iter().map(|r| clamped(norm(r))).collect();
+    assert_close("face grad", &gf, &gs, |k| rt / rn[k / d] + 1e-30);
+    assert_close("face grad_weights", &gwf, &gws, |k| pt / pn[k / d] + 1e-30);
+}
+
 fuzz_target!(|data: &[u8]| {
     let mut g = Gen::new(data);
-    let family = g.byte() % 4;
+    let family = g.byte() % 5;
     let regime = g.regime();
     let n = g.size(1, 33);
     let d = g.size(1, 67);
@@ -779,6 +920,7 @@ fuzz_target!(|data: &[u8]| {
         0 => contrastive_case(&mut g, regime, x, &xd),
         1 => quadruplet_case(&mut g, regime, x, &xd),
         2 => mining_case(&mut g, regime, x, &xd),
-        _ => proxy_case(&mut g, regime, x, &xd),
+        3 => proxy_case(&mut g, regime, x, &xd),
+        _ => face_case(&mut g, regime, x, &xd),
     }
 });

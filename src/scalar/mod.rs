@@ -47,6 +47,7 @@
 mod acc;
 mod contrastive;
 mod distance;
+mod face;
 mod mining;
 mod proxy;
 mod quadruplet;
@@ -63,6 +64,10 @@ pub use mining::{hardest_pairs, mine_triplets, mine_triplets_count};
 pub use reduce::{hinge_reduce, hinge_reduce_grad};
 
 pub use contrastive::{contrastive_loss, contrastive_loss_grad, contrastive_loss_workspace_len};
+pub use face::{
+    arcface_loss, arcface_loss_grad, arcface_loss_workspace_len, cosface_loss, cosface_loss_grad,
+    cosface_loss_workspace_len,
+};
 pub use proxy::{
     proxy_anchor_loss, proxy_anchor_loss_grad, proxy_anchor_loss_workspace_len, proxy_nca_loss,
     proxy_nca_loss_grad, proxy_nca_loss_workspace_len,

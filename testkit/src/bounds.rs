@@ -100,3 +100,18 @@ pub fn assert_proxy_close(
         pt / pn[k / d] + 1e-30
     });
 }
+
+/// ArcFace's and CosFace's `(loss tolerance, per-row factor, per-weight factor)`, as
+/// [`proxy_nca_tolerances`]: each cosine comes from a sequential `f32` sum of `d` products
+/// of normalised rows (error about `(d + 12) 2^-24`), amplified in the logits by the scale
+/// `s` and, for the ArcFace target, by `f'(c) <= slope`.
+pub fn face_tolerances(scale: f32, slope: f64, n: usize, c: usize, d: usize) -> (f64, f64, f64) {
+    let base = (n + c + d + 24) as f64;
+    let s = f64::from(scale);
+    let k = 4.0 * EPS * (base + 4.0 * s * slope * (d as f64 + 12.0));
+    (
+        k * (2.0 * s * slope + (c as f64).ln() + 1.0),
+        k * 16.0 * s * slope / n as f64,
+        k * 16.0 * s * slope,
+    )
+}

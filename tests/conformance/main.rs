@@ -11,6 +11,7 @@
 mod case;
 mod contrastive;
 mod distance;
+mod face;
 mod proxy;
 mod quadruplet;
 mod retrieval;
@@ -31,6 +32,8 @@ fn checker(op: &str) -> Option<Check> {
         "distance_matrix" => Some(distance::check),
         "contrastive" => Some(contrastive::check),
         "quadruplet" => Some(quadruplet::check),
+        "arcface" => Some(face::check_arcface),
+        "cosface" => Some(face::check_cosface),
         "proxy_nca" => Some(proxy::check_nca),
         "proxy_anchor" => Some(proxy::check_anchor),
         "retrieval" => Some(retrieval::check),

@@ -184,6 +184,18 @@ fn losses(x: Matrix<'_>) -> Result<bool, tk::Error> {
     tk::scalar::proxy_anchor_loss(x, &LABELS, proxies, pa, &mut ws)?;
     tk::scalar::proxy_anchor_loss_grad(x, &LABELS, proxies, pa, &mut g, &mut gp, &mut ws)?;
     ok &= finite(&g) && finite(&gp);
+    let arc = tk::ArcFaceParams::pytorch_metric_learning();
+    tk::arcface_loss(x, &LABELS, proxies, arc, &mut ws)?;
+    tk::arcface_loss_grad(x, &LABELS, proxies, arc, &mut g, &mut gp, &mut ws)?;
+    tk::scalar::arcface_loss(x, &LABELS, proxies, arc, &mut ws)?;
+    tk::scalar::arcface_loss_grad(x, &LABELS, proxies, arc, &mut g, &mut gp, &mut ws)?;
+    ok &= finite(&g) && finite(&gp);
+    let cos = tk::CosFaceParams::pytorch_metric_learning();
+    tk::cosface_loss(x, &LABELS, proxies, cos, &mut ws)?;
+    tk::cosface_loss_grad(x, &LABELS, proxies, cos, &mut g, &mut gp, &mut ws)?;
+    tk::scalar::cosface_loss(x, &LABELS, proxies, cos, &mut ws)?;
+    tk::scalar::cosface_loss_grad(x, &LABELS, proxies, cos, &mut g, &mut gp, &mut ws)?;
+    ok &= finite(&g) && finite(&gp);
     Ok(ok)
 }
 

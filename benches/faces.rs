@@ -1,0 +1,93 @@
+//! The face-recognition heads (`cargo bench --bench faces`): W10 (ArcFace) and W11
+//! (CosFace), 256 rows, 1,000 classes, `d = 512`, loss and both gradients in one call,
+//! pytorch-metric-learning's defaults (margin 28.6 degrees / 0.35, scale 64), next to
+//! their scalar twins on a smaller batch. Data from the shared generator; workspaces and
+//! outputs allocated outside the timed loops. The criterion group is `workloads`, so the
+//! ids read as the README's table names them.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use std::hint::black_box;
+use std::time::Duration;
+use triplet_kernels::{
+    arcface_loss_grad, arcface_loss_workspace_len, cosface_loss_grad, scalar, ArcFaceParams,
+    CosFaceParams, Matrix,
+};
+
+#[path = "common/workloads.rs"]
+mod workloads;
+use workloads::normal;
+
+struct Shape {
+    n: usize,
+    c: usize,
+    d: usize,
+}
+
+fn inputs(s: &Shape) -> (Vec<f32>, Vec<f32>, Vec<u32>) {
+    let x = normal(s.n * s.d, 31);
+    let w = normal(s.c * s.d, 32);
+    let labels = (0..s.n as u32).map(|i| (i * 7) % s.c as u32).collect();
+    (x, w, labels)
+}
+
+fn heads(c: &mut Criterion) {
+    let big = Shape {
+        n: 256,
+        c: 1000,
+        d: 512,
+    };
+    let (xd, wd, labels) = inputs(&big);
+    let x = Matrix::new(&xd, big.n, big.d).unwrap();
+    let w = Matrix::new(&wd, big.c, big.d).unwrap();
+    let mut g = vec![0.0_f32; x.len()];
+    let mut gw = vec![0.0_f32; w.len()];
+    let mut ws = vec![0.0_f32; arcface_loss_workspace_len(big.n, big.c, big.d)];
+    let mut group = c.benchmark_group("workloads");
+    group.throughput(Throughput::Elements(big.n as u64));
+    let arc = ArcFaceParams::pytorch_metric_learning();
+    group.bench_function("W10_arcface_fwd_bwd_n256_c1000_d512", |b| {
+        b.iter(|| {
+            arcface_loss_grad(black_box(x), &labels, w, arc, &mut g, &mut gw, &mut ws).unwrap()
+        });
+    });
+    let cos = CosFaceParams::pytorch_metric_learning();
+    group.bench_function("W11_cosface_fwd_bwd_n256_c1000_d512", |b| {
+        b.iter(|| {
+            cosface_loss_grad(black_box(x), &labels, w, cos, &mut g, &mut gw, &mut ws).unwrap()
+        });
+    });
+    group.finish();
+
+    // Fast kernel against its twin on a batch the twin finishes quickly.
+    let small = Shape {
+        n: 64,
+        c: 100,
+        d: 128,
+    };
+    let (xd, wd, labels) = inputs(&small);
+    let x = Matrix::new(&xd, small.n, small.d).unwrap();
+    let w = Matrix::new(&wd, small.c, small.d).unwrap();
+    let mut g = vec![0.0_f32; x.len()];
+    let mut gw = vec![0.0_f32; w.len()];
+    let len = arcface_loss_workspace_len(small.n, small.c, small.d).max(
+        scalar::arcface_loss_workspace_len(small.n, small.c, small.d),
+    );
+    let mut ws = vec![0.0_f32; len];
+    let mut group = c.benchmark_group("arcface_n64_c100_d128");
+    group.measurement_time(Duration::from_secs(3));
+    group.bench_function("fast", |b| {
+        b.iter(|| {
+            arcface_loss_grad(black_box(x), &labels, w, arc, &mut g, &mut gw, &mut ws).unwrap()
+        });
+    });
+    group.bench_function("scalar", |b| {
+        b.iter(|| {
+            scalar::arcface_loss_grad(black_box(x), &labels, w, arc, &mut g, &mut gw, &mut ws)
+                .unwrap()
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, heads);
+criterion_main!(benches);
