@@ -88,6 +88,29 @@ fn heads64(
     loss / n
 }
 
+/// The checks and the `f64` computation shared by the four twins.
+fn twin(
+    x: Matrix<'_>,
+    labels: &[u32],
+    weights: Matrix<'_>,
+    head: Result<Head, Error>,
+    scale: f32,
+    grads: Option<(&mut [f32], &mut [f32])>,
+    workspace: &mut [f32],
+) -> Result<f32, Error> {
+    let lens = grads.as_ref().map(|(g, gw)| (g.len(), gw.len()));
+    let head = check_twin_workspace(
+        arcface_loss_workspace_len(x.rows(), weights.rows(), x.dim()),
+        workspace.len(),
+        |ws| check_head(&x, labels, &weights, head, lens, ws),
+    )?;
+    let accs = match grads {
+        Some((g, gw)) => Some(accumulators(g, gw, workspace)?),
+        None => None,
+    };
+    Ok(heads64(&x, labels, &weights, head, scale, accs) as f32)
+}
+
 fn accumulators<'a>(
     grad: &'a mut [f32],
     grad_weights: &'a mut [f32],
@@ -129,12 +152,15 @@ pub fn arcface_loss(
     params: ArcFaceParams,
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
-    let head = check_twin_workspace(
-        arcface_loss_workspace_len(x.rows(), weights.rows(), x.dim()),
-        workspace.len(),
-        |ws| check_head(&x, labels, &weights, arc_head(params), None, ws),
-    )?;
-    Ok(heads64(&x, labels, &weights, head, params.scale, None) as f32)
+    twin(
+        x,
+        labels,
+        weights,
+        arc_head(params),
+        params.scale,
+        None,
+        workspace,
+    )
 }
 
 /// Scalar twin of [`crate::arcface_loss_grad`]: the formula in `f64`; the gradients are
@@ -169,14 +195,15 @@ pub fn arcface_loss_grad(
     grad_weights: &mut [f32],
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
-    let lens = Some((grad.len(), grad_weights.len()));
-    let head = check_twin_workspace(
-        arcface_loss_workspace_len(x.rows(), weights.rows(), x.dim()),
-        workspace.len(),
-        |ws| check_head(&x, labels, &weights, arc_head(params), lens, ws),
-    )?;
-    let accs = accumulators(grad, grad_weights, workspace)?;
-    Ok(heads64(&x, labels, &weights, head, params.scale, Some(accs)) as f32)
+    twin(
+        x,
+        labels,
+        weights,
+        arc_head(params),
+        params.scale,
+        Some((grad, grad_weights)),
+        workspace,
+    )
 }
 
 /// Scalar twin of [`crate::cosface_loss`], as [`arcface_loss`] for ArcFace.
@@ -206,12 +233,15 @@ pub fn cosface_loss(
     params: CosFaceParams,
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
-    let head = check_twin_workspace(
-        cosface_loss_workspace_len(x.rows(), weights.rows(), x.dim()),
-        workspace.len(),
-        |ws| check_head(&x, labels, &weights, cos_head(params), None, ws),
-    )?;
-    Ok(heads64(&x, labels, &weights, head, params.scale, None) as f32)
+    twin(
+        x,
+        labels,
+        weights,
+        cos_head(params),
+        params.scale,
+        None,
+        workspace,
+    )
 }
 
 /// Scalar twin of [`crate::cosface_loss_grad`], as [`arcface_loss_grad`] for ArcFace.
@@ -244,12 +274,13 @@ pub fn cosface_loss_grad(
     grad_weights: &mut [f32],
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
-    let lens = Some((grad.len(), grad_weights.len()));
-    let head = check_twin_workspace(
-        cosface_loss_workspace_len(x.rows(), weights.rows(), x.dim()),
-        workspace.len(),
-        |ws| check_head(&x, labels, &weights, cos_head(params), lens, ws),
-    )?;
-    let accs = accumulators(grad, grad_weights, workspace)?;
-    Ok(heads64(&x, labels, &weights, head, params.scale, Some(accs)) as f32)
+    twin(
+        x,
+        labels,
+        weights,
+        cos_head(params),
+        params.scale,
+        Some((grad, grad_weights)),
+        workspace,
+    )
 }
