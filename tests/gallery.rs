@@ -276,3 +276,38 @@ fn filtered_search_equals_the_direct_search_bit_for_bit() {
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
+
+/// Rows beyond the direct form's range (`|a| |b|` above `f32::MAX / 4`, where the direct
+/// cosine's denominator overflows) are never rejected by the tile: the k nearest stay the
+/// head of the full ranking, whatever the direct values are there (a fuzz case).
+#[test]
+fn out_of_range_cosine_rows_keep_the_ranking_consistent() {
+    let (n, d) = (40, 9);
+    let mut xd = data(n * d, 77, true);
+    // Row 22 with one huge element: its norm times most other rows' overflows.
+    xd[22 * d + 8] = 1.0e38;
+    let x = Matrix::new(&xd, n, d).unwrap();
+    let run = |k: usize| {
+        let mut idx = vec![0_u32; n * k];
+        let mut dist = vec![0.0_f32; n * k];
+        let mut ws = vec![0.0_f32; knn_workspace_len(n, n, d)];
+        knn(x, None, Metric::Cosine, k, &mut idx, &mut dist, &mut ws).unwrap();
+        (idx, dist)
+    };
+    let (all_i, all_d) = run(n - 1);
+    for k in [1, 5, 15] {
+        let (idx, dist) = run(k);
+        for q in 0..n {
+            assert_eq!(
+                &idx[q * k..(q + 1) * k],
+                &all_i[q * (n - 1)..q * (n - 1) + k],
+                "k {k} query {q}"
+            );
+            assert_eq!(
+                bits(&dist[q * k..(q + 1) * k]),
+                bits(&all_d[q * (n - 1)..q * (n - 1) + k]),
+                "k {k} query {q}"
+            );
+        }
+    }
+}

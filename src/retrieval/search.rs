@@ -163,14 +163,24 @@ impl Slack {
     /// The pad of one query (norm term `na`) against a block whose largest norm term is
     /// `nb_max`.
     #[inline(always)]
+    ///
+    /// Beyond the range where the direct form keeps its bound (a cosine's `|a| |b|` above
+    /// `f32::MAX / 4`: its `<a, b> / (|a| |b|)` overflows and the direct value is
+    /// garbage, possibly below the true one), the pad is infinite and nothing is
+    /// rejected, so the lists stay those of the direct search for any data.
     fn pad(self, rank: Rank, na: f32, nb_max: f32) -> f32 {
         match rank {
-            Rank::Cosine => self.coef,
+            Rank::Cosine if na * nb_max <= DIRECT_LIMIT => self.coef,
+            Rank::Cosine => f32::INFINITY,
             Rank::NegDot => self.coef * (na * nb_max) + self.tiny,
             Rank::Sq => self.coef * (na + nb_max) + self.tiny,
         }
     }
 }
+
+/// Largest `|a| |b|` (clamped norms) for which the direct cosine `1 - <a, b> / (|a| |b|)`
+/// is computed without overflow.
+const DIRECT_LIMIT: f32 = f32::MAX / 4.0;
 
 /// What the streaming pass needs besides the heaps.
 pub(super) struct Stream<'a> {
