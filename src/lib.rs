@@ -224,6 +224,13 @@ pub use quadruplet::{
     quadruplet_loss_grad, quadruplet_loss_workspace_len, Quadruplet, QuadrupletParams,
 };
 pub use retrieval::{
+    binary_row_words, binary_words_len, dequantize_bf16, dequantize_binary, dequantize_f16,
+    dequantize_i8, knn_edge, knn_edge_i8, knn_edge_i8_workspace_len, knn_edge_workspace_len,
+    knn_hamming, knn_rescored, knn_rescored_workspace_len, prepare_edge_gallery,
+    prepare_edge_gallery_workspace_len, quantize_bf16, quantize_binary, quantize_f16, quantize_i8,
+    BinaryMatrix, EdgeFormat, EdgeGallery, EdgeMatrix, I8_MAX_DIM,
+};
+pub use retrieval::{
     gallery_norms_len, knn_gallery, knn_gallery_workspace_len, prepare_gallery, Gallery,
     SearchMetric,
 };

@@ -98,4 +98,28 @@ impl Simd for Portable {
             *row = f32x8::new(m.map(|r| r[c]));
         }
     }
+    #[inline(always)]
+    fn load_f16(self, src: &[u16]) -> f32x8 {
+        let mut buf = [0.0_f32; 8];
+        for (b, &h) in buf.iter_mut().zip(src) {
+            *b = crate::retrieval::quant::f16_to_f32(h);
+        }
+        f32x8::new(buf)
+    }
+    #[inline(always)]
+    fn load_bf16(self, src: &[u16]) -> f32x8 {
+        let mut buf = [0.0_f32; 8];
+        for (b, &h) in buf.iter_mut().zip(src) {
+            *b = crate::retrieval::quant::bf16_to_f32(h);
+        }
+        f32x8::new(buf)
+    }
+    #[inline(always)]
+    fn load_i8(self, src: &[i8]) -> f32x8 {
+        let mut buf = [0.0_f32; 8];
+        for (b, &c) in buf.iter_mut().zip(src) {
+            *b = f32::from(c);
+        }
+        f32x8::new(buf)
+    }
 }

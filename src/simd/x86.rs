@@ -13,7 +13,7 @@
 #![allow(unsafe_code)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-use super::{Bf16Epilogue, Bf16Tile, Kernel, Simd};
+use super::{Bf16Epilogue, Bf16Tile, I8Epilogue, I8Tile, Kernel, Simd};
 use core::arch::x86_64::{
     __m256, __m256i, __m512, _mm256_add_ps, _mm256_castps256_ps128, _mm256_cmpgt_epi32,
     _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_maskload_ps,
@@ -25,6 +25,12 @@ use core::arch::x86_64::{
     _mm512_setzero_ps, _mm512_shuffle_f32x4, _mm512_shuffle_ps, _mm512_sqrt_ps, _mm512_storeu_ps,
     _mm512_sub_ps, _mm512_unpackhi_ps, _mm512_unpacklo_ps, _mm_add_ps, _mm_add_ss, _mm_cvtss_f32,
     _mm_movehl_ps, _mm_shuffle_ps,
+};
+use core::arch::x86_64::{
+    _mm256_and_si256, _mm256_castps_si256, _mm256_castsi256_ps, _mm256_cmpeq_epi32,
+    _mm256_cvtepi32_ps, _mm256_cvtepi8_epi32, _mm256_cvtepu16_epi32, _mm256_or_si256,
+    _mm256_slli_epi32, _mm512_castsi512_ps, _mm512_cvtepi32_ps, _mm512_cvtepi8_epi32,
+    _mm512_cvtepu16_epi32, _mm512_cvtph_ps, _mm512_slli_epi32, _mm_loadl_epi64, _mm_loadu_si128,
 };
 
 cpufeatures::new!(cpuid_avx2_fma, "avx2", "fma");
@@ -205,6 +211,70 @@ impl Simd for Avx2 {
             }
         }
     }
+    #[inline(always)]
+    fn load_f16(self, src: &[u16]) -> __m256 {
+        let mut buf = [0_u16; 8];
+        let src = if let Some(c) = src.first_chunk::<8>() {
+            c
+        } else {
+            for (b, &h) in buf.iter_mut().zip(src) {
+                *b = h;
+            }
+            &buf
+        };
+        // SAFETY: the token proves AVX2; `src` has 8 readable `u16` (16 bytes), the load
+        // has no alignment requirement. The rest is register arithmetic: the f16 bits
+        // without sign, shifted into an `f32`'s place, times 2^112 (exact, subnormals
+        // included), the exponent forced to all ones for infinity and NaN, the sign
+        // copied.
+        unsafe {
+            let h = _mm256_cvtepu16_epi32(_mm_loadu_si128(src.as_ptr().cast()));
+            let mag = _mm256_slli_epi32::<13>(_mm256_and_si256(h, _mm256_set1_epi32(0x7fff)));
+            let f = _mm256_mul_ps(_mm256_castsi256_ps(mag), _mm256_set1_ps(5.192_297e33));
+            let e = _mm256_set1_epi32(0x7c00);
+            let special = _mm256_cmpeq_epi32(_mm256_and_si256(h, e), e);
+            let bits = _mm256_or_si256(
+                _mm256_castps_si256(f),
+                _mm256_and_si256(special, _mm256_set1_epi32(0x7f80_0000)),
+            );
+            let sign = _mm256_slli_epi32::<16>(_mm256_and_si256(h, _mm256_set1_epi32(0x8000)));
+            _mm256_castsi256_ps(_mm256_or_si256(bits, sign))
+        }
+    }
+    #[inline(always)]
+    fn load_bf16(self, src: &[u16]) -> __m256 {
+        let mut buf = [0_u16; 8];
+        let src = if let Some(c) = src.first_chunk::<8>() {
+            c
+        } else {
+            for (b, &h) in buf.iter_mut().zip(src) {
+                *b = h;
+            }
+            &buf
+        };
+        // SAFETY: the token proves AVX2; 16 readable bytes, unaligned load.
+        unsafe {
+            let h = _mm256_cvtepu16_epi32(_mm_loadu_si128(src.as_ptr().cast()));
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(h))
+        }
+    }
+    #[inline(always)]
+    fn load_i8(self, src: &[i8]) -> __m256 {
+        let mut buf = [0_i8; 8];
+        let src = if let Some(c) = src.first_chunk::<8>() {
+            c
+        } else {
+            for (b, &h) in buf.iter_mut().zip(src) {
+                *b = h;
+            }
+            &buf
+        };
+        // SAFETY: the token proves AVX2; `_mm_loadl_epi64` reads 8 bytes, all readable.
+        unsafe {
+            let c = _mm256_cvtepi8_epi32(_mm_loadl_epi64(src.as_ptr().cast()));
+            _mm256_cvtepi32_ps(c)
+        }
+    }
 }
 
 impl Avx2 {
@@ -345,6 +415,53 @@ impl Simd for Avx512 {
                 r[12 + k] = _mm512_shuffle_f32x4::<0xDD>(v[4 + k], v[12 + k]);
             }
         }
+    }
+    #[inline(always)]
+    fn load_f16(self, src: &[u16]) -> __m512 {
+        let mut buf = [0_u16; 16];
+        let src = if let Some(c) = src.first_chunk::<16>() {
+            c
+        } else {
+            for (b, &h) in buf.iter_mut().zip(src) {
+                *b = h;
+            }
+            &buf
+        };
+        // SAFETY: the token proves AVX-512F (`vcvtph2ps` on 512 bits is AVX-512F); 32
+        // readable bytes, unaligned load.
+        unsafe { _mm512_cvtph_ps(core::arch::x86_64::_mm256_loadu_si256(src.as_ptr().cast())) }
+    }
+    #[inline(always)]
+    fn load_bf16(self, src: &[u16]) -> __m512 {
+        let mut buf = [0_u16; 16];
+        let src = if let Some(c) = src.first_chunk::<16>() {
+            c
+        } else {
+            for (b, &h) in buf.iter_mut().zip(src) {
+                *b = h;
+            }
+            &buf
+        };
+        // SAFETY: the token proves AVX-512F; 32 readable bytes, unaligned load.
+        unsafe {
+            let h =
+                _mm512_cvtepu16_epi32(core::arch::x86_64::_mm256_loadu_si256(src.as_ptr().cast()));
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(h))
+        }
+    }
+    #[inline(always)]
+    fn load_i8(self, src: &[i8]) -> __m512 {
+        let mut buf = [0_i8; 16];
+        let src = if let Some(c) = src.first_chunk::<16>() {
+            c
+        } else {
+            for (b, &h) in buf.iter_mut().zip(src) {
+                *b = h;
+            }
+            &buf
+        };
+        // SAFETY: the token proves AVX-512F; 16 readable bytes, unaligned load.
+        unsafe { _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(src.as_ptr().cast()))) }
     }
 }
 
@@ -488,4 +605,161 @@ unsafe fn bf16_tile_entry(_token: Bf16, mut t: Bf16Tile<'_>) {
         }
         r0 += 16;
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The int8 tile of the edge formats (AVX-512 VNNI), and the popcount entry.
+
+/// Token of the AVX-512 VNNI dot product (`vpdpbusd`): exists only on a CPU with AVX-512F
+/// (its register state saved by the operating system) and AVX512_VNNI.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Vnni {
+    _detected: (),
+}
+
+/// CPUID leaf 7, sub-leaf 0, ECX bit 11: AVX512_VNNI (cached: 0 unknown, 1 no, 2 yes).
+static VNNI_CPUID: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+
+impl Vnni {
+    /// The token, when AVX-512F is usable and CPUID reports AVX512_VNNI.
+    #[inline]
+    pub(crate) fn detect() -> Option<Self> {
+        use core::sync::atomic::Ordering;
+        Avx512::detect()?;
+        let known = VNNI_CPUID.load(Ordering::Relaxed);
+        let yes = if known == 0 {
+            // Leaf 7 exists: AVX-512F was reported there.
+            let yes = core::arch::x86_64::__cpuid_count(7, 0).ecx & (1 << 11) != 0;
+            VNNI_CPUID.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+            yes
+        } else {
+            known == 2
+        };
+        yes.then_some(Vnni { _detected: () })
+    }
+}
+
+/// Computes the tile; does nothing when a buffer is shorter than the shapes require.
+#[inline]
+pub(crate) fn i8_tile(token: Vnni, t: I8Tile<'_>) {
+    let panels_a = t.rows.div_ceil(16);
+    let panels_b = t.cols.div_ceil(16);
+    let plen = t.quads.saturating_mul(16);
+    let fits = t.a.len() >= panels_a.saturating_mul(plen)
+        && t.b.len() >= panels_b.saturating_mul(plen)
+        && t.a_scale.len() >= t.rows
+        && t.a_terms.len() >= t.rows
+        && t.b_scale.len() >= panels_b * 16
+        && t.b_terms.len() >= panels_b * 16
+        && t.b_sums.len() >= panels_b * 16
+        && t.out.len() >= t.rows.saturating_mul(t.cols);
+    if !fits {
+        return;
+    }
+    // SAFETY: `token` proves AVX-512F and AVX512_VNNI, the features the entry point
+    // enables; the buffer lengths were checked above, as the entry point requires.
+    unsafe { i8_tile_entry(token, t) }
+}
+
+/// # Safety
+///
+/// The CPU has AVX-512F and AVX512_VNNI, and the buffers of `t` hold what [`I8Tile`]
+/// describes (checked by [`i8_tile`]).
+#[target_feature(enable = "avx512f,avx512vnni")]
+#[allow(clippy::needless_pass_by_value)] // Owned, as `bf16_tile_entry`'s tile.
+unsafe fn i8_tile_entry(_token: Vnni, t: I8Tile<'_>) {
+    use core::arch::x86_64::{
+        __m512i, _mm512_dpbusd_epi32, _mm512_loadu_si512, _mm512_set1_epi32, _mm512_setzero_si512,
+        _mm512_slli_epi32, _mm512_sub_epi32,
+    };
+    let plen = t.quads * 16;
+    let zero = _mm512_setzero_ps();
+    let two = _mm512_set1_ps(2.0);
+    let one = _mm512_set1_ps(1.0);
+    let mut r0 = 0;
+    while r0 < t.rows {
+        let panel_a = (r0 / 16) * plen;
+        let nr = (t.rows - r0).min(16);
+        let mut c0 = 0;
+        while c0 < t.cols {
+            let nc = (t.cols - c0).min(16);
+            let mask = avx512_mask(nc);
+            let panel_b = (c0 / 16) * plen;
+            // SAFETY: `c0 + 16 <= cols.div_ceil(16) * 16 <=` each column vector's length.
+            let (bs, bt, sums) = unsafe {
+                (
+                    _mm512_loadu_ps(t.b_scale.as_ptr().add(c0)),
+                    _mm512_loadu_ps(t.b_terms.as_ptr().add(c0)),
+                    _mm512_loadu_si512(t.b_sums.as_ptr().add(c0).cast()),
+                )
+            };
+            let mut acc = [_mm512_setzero_si512(); 16];
+            for p in 0..t.quads {
+                // SAFETY: `panel_b + p * 16 + 16 <= panels_b * plen <= b.len()`; unaligned.
+                let bv: __m512i =
+                    unsafe { _mm512_loadu_si512(t.b.as_ptr().add(panel_b + p * 16).cast()) };
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    // SAFETY: `panel_a + p * 16 + r < panels_a * plen <= a.len()`.
+                    let w = unsafe { *t.a.get_unchecked(panel_a + p * 16 + r) };
+                    *acc_r = _mm512_dpbusd_epi32(*acc_r, _mm512_set1_epi32(w.cast_signed()), bv);
+                }
+            }
+            // The queries' codes were offset by 128: remove 128 times each column's sum.
+            let corr = _mm512_slli_epi32::<7>(sums);
+            for (r, &a) in acc.iter().enumerate().take(nr) {
+                // SAFETY: `r0 + r < rows <= a_scale.len(), a_terms.len()`.
+                let (sa, ta) = unsafe {
+                    (
+                        *t.a_scale.get_unchecked(r0 + r),
+                        *t.a_terms.get_unchecked(r0 + r),
+                    )
+                };
+                let dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(a, corr));
+                let x = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(sa), bs), dot);
+                let v = match t.epilogue {
+                    I8Epilogue::Sq => _mm512_max_ps(
+                        zero,
+                        _mm512_sub_ps(_mm512_add_ps(_mm512_set1_ps(ta), bt), _mm512_mul_ps(two, x)),
+                    ),
+                    I8Epilogue::Cosine => _mm512_sub_ps(one, x),
+                    I8Epilogue::NegDot => _mm512_sub_ps(zero, x),
+                };
+                // SAFETY: `(r0 + r) * cols + c0 + nc <= rows * cols <= out.len()`; lanes
+                // `>= nc` are masked off, neither written nor able to fault.
+                unsafe {
+                    _mm512_mask_storeu_ps(t.out.as_mut_ptr().add((r0 + r) * t.cols + c0), mask, v);
+                }
+            }
+            c0 += 16;
+        }
+        r0 += 16;
+    }
+}
+
+cpufeatures::new!(cpuid_popcnt, "popcnt");
+
+/// Token of the `popcnt` instruction.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Popcnt {
+    _detected: (),
+}
+
+impl Popcnt {
+    /// The token, when CPUID reports POPCNT (cached after the first call).
+    #[inline]
+    pub(crate) fn detect() -> Option<Self> {
+        cpuid_popcnt::get().then_some(Popcnt { _detected: () })
+    }
+}
+
+#[target_feature(enable = "popcnt")]
+fn popcnt_entry<K: Kernel>(_token: Popcnt, kernel: K) -> K::Output {
+    kernel.run::<super::Portable, { super::portable::MR }, { super::portable::NV }>(super::Portable)
+}
+
+/// Runs `kernel` on the portable backend compiled with `popcnt`.
+#[inline]
+pub(crate) fn run_popcnt<K: Kernel>(token: Popcnt, kernel: K) -> K::Output {
+    // SAFETY: `token` proves that CPUID reported POPCNT, the feature the entry enables.
+    unsafe { popcnt_entry(token, kernel) }
 }
