@@ -1013,10 +1013,10 @@ impl Kernel for SelectExact<'_, '_> {
 /// let mut g = [0_u64; 2];
 /// quantize_binary(Matrix::new(&enrolled, 2, 4)?, &mut g)?;
 /// let mut q = [0_u64; 1];
-/// quantize_binary(Matrix::new(&[0.5, 0.2, 0.1, -0.3], 1, 4)?, &mut q)?;
+/// quantize_binary(Matrix::new(&[0.5, 0.2, -0.1, -0.3], 1, 4)?, &mut q)?;
 /// let (mut idx, mut dist) = ([0_u32; 2], [0.0_f32; 2]);
 /// knn_hamming(BinaryMatrix::new(&q, 1, 4)?, BinaryMatrix::new(&g, 2, 4)?, 2, &mut idx, &mut dist)?;
-/// assert_eq!((idx, dist), ([0, 1], [1.0, 3.0]));
+/// assert_eq!((idx, dist), ([0, 1], [0.0, 2.0]));
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
 #[cfg_attr(feature = "no-panic", no_panic::no_panic)]
