@@ -616,6 +616,10 @@ pub(crate) struct I8Tile<'t> {
     pub(crate) cols: usize,
     /// `rows x cols` values, row-major.
     pub(crate) out: &'t mut [f32],
+    /// Each row's bar (`rows`), and for each row and 16-column chunk a bit mask
+    /// (`rows x cols.div_ceil(16)` words, in the low 16 bits) of the columns whose value
+    /// is not above the row's bar (NaN included).
+    pub(crate) keep: (&'t [f32], &'t mut [u32]),
     pub(crate) epilogue: I8Epilogue,
 }
 

@@ -523,9 +523,10 @@ const fn i8_pack_len(rows: usize, dim: usize) -> usize {
 
 /// Workspace elements that [`knn_edge_i8`] needs for `queries` int8 queries against
 /// `references` int8 rows of dimension `dim`: `3 queries + p(queries) + 4 P(rb) +
-/// p(rb) + qb rb` with `qb = min(queries, 128)`, `rb = min(references, 512)`,
+/// p(rb) + qb rb + qb (ceil(rb / 16) + 1)` with `qb = min(queries, 128)`, `rb = min(references, 512)`,
 /// `P(r) = ceil(r / 16) 16` and `p(r) = P(r) ceil(dim / 4)` (the queries' scale and norm
-/// terms, the heap sizes, both packings, the block's column terms and one tile).
+/// terms, the heap sizes, both packings, the block's column terms, one tile, its bars
+/// and bit masks).
 /// Saturates instead of overflowing.
 pub const fn knn_edge_i8_workspace_len(queries: usize, references: usize, dim: usize) -> usize {
     let qb = min_len(I8_QUERY_BLOCK, queries);
@@ -536,6 +537,7 @@ pub const fn knn_edge_i8_workspace_len(queries: usize, references: usize, dim: u
         .saturating_add(rb.div_ceil(PANEL).saturating_mul(PANEL * 4))
         .saturating_add(i8_pack_len(rb, dim))
         .saturating_add(qb.saturating_mul(rb))
+        .saturating_add(qb.saturating_mul(rb.div_ceil(16).saturating_add(1)))
 }
 
 /// Per-row factor and term of the int8 distances (see [`knn_edge_i8`]): from the row's
@@ -793,6 +795,10 @@ fn i8_tiles(
     ) else {
         return;
     };
+    let qb_max = min_len(I8_QUERY_BLOCK, n);
+    let (Ok(bars), Ok(masks)) = (ws.take(qb_max), ws.take_u32(qb_max * rb.div_ceil(16))) else {
+        return;
+    };
     let tile = ws.rest();
     let Some(k) = NonZeroUsize::new(k) else {
         return;
@@ -845,6 +851,17 @@ fn i8_tiles(
                 return;
             };
             let sums: &[i32] = bytemuck::try_cast_slice(&*b_sums).unwrap_or_default();
+            // Each query's bar at the block's start: its farthest kept distance once its
+            // heap (the root at the front of its output row) is full.
+            for (i, bar) in bars.iter_mut().enumerate().take(qb) {
+                let q = q0 + i;
+                let full = lens.get(q).is_some_and(|&l| l as usize == k.get());
+                *bar = if full {
+                    distances.get(q * k.get()).copied().unwrap_or(f32::NAN)
+                } else {
+                    f32::INFINITY
+                };
+            }
             let done = simd::i8_tile(
                 backend,
                 I8Tile {
@@ -859,6 +876,7 @@ fn i8_tiles(
                     rows: qb,
                     cols,
                     out: &mut *out,
+                    keep: (&*bars, &mut *masks),
                     epilogue,
                 },
             );
@@ -867,6 +885,7 @@ fn i8_tiles(
             }
             backend.dispatch(SelectExact {
                 tile: out,
+                masks: &*masks,
                 cols,
                 base: start,
                 q0,
@@ -890,6 +909,7 @@ fn pack_i8(codes: &[i8], dim: usize, rows: usize, flip: u8, out: &mut [u32]) {
     let Some(panel_len) = NonZeroUsize::new(quads * PANEL) else {
         return;
     };
+    let flip4 = u32::from_le_bytes([flip; 4]);
     for (pi, panel) in out.chunks_exact_mut(panel_len.get()).enumerate() {
         for r in 0..PANEL {
             let i = pi * PANEL + r;
@@ -898,20 +918,26 @@ fn pack_i8(codes: &[i8], dim: usize, rows: usize, flip: u8, out: &mut [u32]) {
             } else {
                 &[]
             };
-            for p in 0..quads {
-                let mut word = [flip; 4];
-                for (b, w) in word.iter_mut().enumerate() {
-                    if let Some(&c) = row.get(4 * p + b) {
-                        *w = c.cast_unsigned() ^ flip;
-                    } else {
-                        // Padding: a gallery code of 0 (the queries' side may be
-                        // anything, it multiplies 0), or a query code of 0 (`flip`).
-                        *w = flip;
-                    }
-                }
+            let (whole, tail) = row.as_chunks::<4>();
+            let mut p = 0;
+            for c in whole {
                 if let Some(o) = panel.get_mut(p * PANEL + r) {
-                    *o = u32::from_le_bytes(word);
+                    *o = u32::from_le_bytes(c.map(i8::cast_unsigned)) ^ flip4;
                 }
+                p += 1;
+            }
+            // The last partial word, then missing rows: code 0 (`flip` for the queries).
+            let mut last = [0_u8; 4];
+            for (b, &c) in last.iter_mut().zip(tail) {
+                *b = c.cast_unsigned();
+            }
+            let mut word = u32::from_le_bytes(last) ^ flip4;
+            while p < quads {
+                if let Some(o) = panel.get_mut(p * PANEL + r) {
+                    *o = word;
+                }
+                word = flip4;
+                p += 1;
             }
         }
     }
@@ -921,6 +947,9 @@ fn pack_i8(codes: &[i8], dim: usize, rows: usize, flip: u8, out: &mut [u32]) {
 /// rejected by one compare against its bar (16 at a time), the rest pushed as they are.
 struct SelectExact<'t, 'o> {
     tile: &'t [f32],
+    /// Per row and 16-column chunk, the columns not above the row's bar at the block's
+    /// start.
+    masks: &'t [u32],
     cols: usize,
     base: usize,
     q0: usize,
@@ -938,45 +967,38 @@ impl Kernel for SelectExact<'_, '_> {
             return;
         };
         let k = self.k.get();
-        let rows = self.tile.chunks_exact(cols.get());
+        let chunks = cols.get().div_ceil(16);
+        let Some(chunks) = NonZeroUsize::new(chunks) else {
+            return;
+        };
+        let rows = self
+            .tile
+            .chunks_exact(cols.get())
+            .zip(self.masks.chunks_exact(chunks.get()));
         let lists = self
             .indices
             .chunks_exact_mut(k)
             .zip(self.distances.chunks_exact_mut(k))
             .zip(self.lens.iter_mut())
             .skip(self.q0);
-        for (row, ((i_row, d_row), len)) in rows.zip(lists) {
+        for ((row, masks), ((i_row, d_row), len)) in rows.zip(lists) {
             let mut heap = Heap::resume(d_row, i_row, *len as usize);
             let mut bar = heap.bar();
-            let (chunks, tail) = row.as_chunks::<16>();
-            let mut c0 = self.base;
-            for chunk in chunks {
-                let mut kept = 0_u32;
-                for (bit, &v) in chunk.iter().enumerate() {
-                    // Not `v <= bar`: NaN must be kept (the heap decides).
-                    #[allow(clippy::neg_cmp_op_on_partial_ord)]
-                    let keep = !(v > bar);
-                    kept |= u32::from(keep) << bit;
-                }
+            for (c, &word) in masks.iter().enumerate() {
+                let mut kept = word;
                 while kept != 0 {
                     let bit = kept.trailing_zeros() as usize;
                     kept &= kept - 1;
-                    let Some(&v) = chunk.get(bit) else {
+                    let col = c * 16 + bit;
+                    let Some(&v) = row.get(col) else {
                         continue;
                     };
+                    // The bar may have dropped since the block's start.
                     #[allow(clippy::neg_cmp_op_on_partial_ord)]
                     if !(v > bar) {
-                        heap.push(v, (c0 + bit) as u32);
+                        heap.push(v, (self.base + col) as u32);
                         bar = heap.bar();
                     }
-                }
-                c0 += 16;
-            }
-            for (bit, &v) in tail.iter().enumerate() {
-                #[allow(clippy::neg_cmp_op_on_partial_ord)]
-                if !(v > bar) {
-                    heap.push(v, (c0 + bit) as u32);
-                    bar = heap.bar();
                 }
             }
             *len = heap.len() as u32;

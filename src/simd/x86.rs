@@ -652,7 +652,9 @@ pub(crate) fn i8_tile(token: Vnni, t: I8Tile<'_>) {
         && t.b_scale.len() >= panels_b * 16
         && t.b_terms.len() >= panels_b * 16
         && t.b_sums.len() >= panels_b * 16
-        && t.out.len() >= t.rows.saturating_mul(t.cols);
+        && t.out.len() >= t.rows.saturating_mul(t.cols)
+        && t.keep.0.len() >= t.rows
+        && t.keep.1.len() >= t.rows.saturating_mul(panels_b);
     if !fits {
         return;
     }
@@ -666,13 +668,13 @@ pub(crate) fn i8_tile(token: Vnni, t: I8Tile<'_>) {
 /// The CPU has AVX-512F and AVX512_VNNI, and the buffers of `t` hold what [`I8Tile`]
 /// describes (checked by [`i8_tile`]).
 #[target_feature(enable = "avx512f,avx512vnni")]
-#[allow(clippy::needless_pass_by_value)] // Owned, as `bf16_tile_entry`'s tile.
-unsafe fn i8_tile_entry(_token: Vnni, t: I8Tile<'_>) {
+unsafe fn i8_tile_entry(_token: Vnni, mut t: I8Tile<'_>) {
     use core::arch::x86_64::{
-        __m512i, _mm512_dpbusd_epi32, _mm512_loadu_si512, _mm512_set1_epi32, _mm512_setzero_si512,
-        _mm512_slli_epi32, _mm512_sub_epi32,
+        __m512i, _mm512_cmp_ps_mask, _mm512_dpbusd_epi32, _mm512_loadu_si512, _mm512_set1_epi32,
+        _mm512_setzero_si512, _mm512_slli_epi32, _mm512_sub_epi32, _CMP_NGT_UQ,
     };
     let plen = t.quads * 16;
+    let chunks = t.cols.div_ceil(16);
     let zero = _mm512_setzero_ps();
     let two = _mm512_set1_ps(2.0);
     let one = _mm512_set1_ps(1.0);
@@ -728,6 +730,14 @@ unsafe fn i8_tile_entry(_token: Vnni, t: I8Tile<'_>) {
                 // `>= nc` are masked off, neither written nor able to fault.
                 unsafe {
                     _mm512_mask_storeu_ps(t.out.as_mut_ptr().add((r0 + r) * t.cols + c0), mask, v);
+                }
+                let (bars, masks) = &mut t.keep;
+                // SAFETY: `r0 + r < rows <= bars.len()`.
+                let bar = _mm512_set1_ps(unsafe { *bars.get_unchecked(r0 + r) });
+                let kept = _mm512_cmp_ps_mask::<_CMP_NGT_UQ>(v, bar) & mask;
+                // SAFETY: `(r0 + r) * chunks + c0 / 16 < rows * chunks <= masks.len()`.
+                unsafe {
+                    *masks.get_unchecked_mut((r0 + r) * chunks + c0 / 16) = u32::from(kept);
                 }
             }
             c0 += 16;
