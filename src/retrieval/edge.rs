@@ -474,11 +474,41 @@ impl<W: Widen> Kernel for Offer<'_, '_, '_, W> {
             }
             return;
         }
+        let mut gate = Gate::new(heap);
         for (j, (row, &nb)) in b.chunks_exact(dim.get()).zip(norms).enumerate() {
             let sc = scales.get(j).copied().unwrap_or(0.0);
             let v = direct_wide::<S, W>(s, rank, a, row, sc, na, nb);
             // `j < m <= u32::MAX`, checked at preparation.
-            heap.push(v, j as u32);
+            gate.offer(heap, v, j as u32);
+        }
+    }
+}
+
+/// The test in front of [`Heap::push`] (which is not always inlined into the scan): a
+/// candidate is pushed when the heap has room, or when it is not at or above the
+/// farthest kept distance (NaN included: the heap ranks it).
+struct Gate {
+    bar: f32,
+    full: bool,
+}
+
+impl Gate {
+    #[inline(always)]
+    fn new(heap: &Heap<'_>) -> Self {
+        Gate {
+            bar: heap.bar(),
+            full: heap.len() == heap.dist.len(),
+        }
+    }
+
+    /// Offers candidate `(v, j)` (indices increasing) to `heap`.
+    #[inline(always)]
+    fn offer(&mut self, heap: &mut Heap<'_>, v: f32, j: u32) {
+        #[allow(clippy::neg_cmp_op_on_partial_ord)]
+        if !self.full || !(v >= self.bar) {
+            heap.push(v, j);
+            self.bar = heap.bar();
+            self.full = heap.len() == heap.dist.len();
         }
     }
 }
@@ -743,6 +773,7 @@ impl Kernel for I8Direct<'_, '_> {
             .zip(self.distances.chunks_exact_mut(k.get()))
         {
             let mut heap = Heap::new(d_row, i_row);
+            let mut gate = Gate::new(&heap);
             for (j, (b, &sb)) in self
                 .g_codes
                 .chunks_exact(d.get())
@@ -756,7 +787,11 @@ impl Kernel for I8Direct<'_, '_> {
                     q2 += i32::from(y) * i32::from(y);
                 }
                 let (fb, tb) = i8_terms(self.rank, sb, q2);
-                heap.push(i8_value(self.rank, fa, ta, fb, tb, dot), j as u32);
+                gate.offer(
+                    &mut heap,
+                    i8_value(self.rank, fa, ta, fb, tb, dot),
+                    j as u32,
+                );
             }
             heap.sort();
         }
