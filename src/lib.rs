@@ -77,6 +77,18 @@
 //! - [`retrieval_metrics`] / [`retrieval_metrics_workspace_len`]: precision@1, recall@k,
 //!   R-precision and MAP@R ([`RetrievalMetrics`]).
 //!
+//! **Edge formats** (galleries in f16, bf16, int8 or sign bits)
+//! - [`quantize_f16`], [`quantize_bf16`], [`quantize_i8`], [`quantize_binary`] and
+//!   [`dequantize_f16`], [`dequantize_bf16`], [`dequantize_i8`], [`dequantize_binary`]:
+//!   storage formats from and to `f32` ([`EdgeMatrix`], [`BinaryMatrix`],
+//!   [`EdgeFormat`], [`binary_words_len`]).
+//! - [`prepare_edge_gallery`] / [`prepare_edge_gallery_workspace_len`]: an
+//!   [`EdgeGallery`]; [`knn_edge`] / [`knn_edge_workspace_len`]: k-NN of `f32` queries
+//!   against it; [`knn_edge_i8`] / [`knn_edge_i8_workspace_len`]: int8 queries against an
+//!   int8 gallery, exact integer dot products.
+//! - [`knn_hamming`]: k-NN by Hamming distance of sign bits; [`knn_rescored`] /
+//!   [`knn_rescored_workspace_len`]: a Hamming shortlist re-scored against a finer copy.
+//!
 //! **[Verification](verification)**
 //! - [`verification_metrics`] / [`verification_metrics_workspace_len`]: ROC AUC, equal
 //!   error rate and TAR at given FARs of genuine and impostor scores

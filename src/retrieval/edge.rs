@@ -97,7 +97,7 @@ pub fn prepare_edge_gallery<'a>(
     check_workspace(prepare_edge_gallery_workspace_len(d), workspace.len())?;
     check_values(&rows)?;
     let backend = Backend::active();
-    let per = (workspace.len() / d).clamp(1, 64);
+    let per = (workspace.len() / d.max(1)).clamp(1, 64);
     let mut r0 = 0;
     while r0 < m {
         let r1 = min_len(m, r0 + per);
@@ -144,7 +144,7 @@ pub(crate) fn check_rows(m: usize) -> Result<(), Error> {
 
 /// Every dequantized value finite (see [`prepare_edge_gallery`]'s errors).
 fn check_values(rows: &EdgeMatrix<'_>) -> Result<(), Error> {
-    let d = rows.dim();
+    let d = rows.dim().max(1);
     let bad = |p: usize| Error::NonFinite {
         buffer: "gallery",
         row: p / d,

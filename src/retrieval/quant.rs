@@ -337,7 +337,7 @@ impl<'a> BinaryMatrix<'a> {
 
 /// First element of `x` whose magnitude is at least `limit` (as `TooLarge`).
 fn check_below(x: &Matrix<'_>, limit: f32) -> Result<(), Error> {
-    let d = x.dim();
+    let d = x.dim().max(1);
     match x.as_slice().iter().position(|v| v.abs() >= limit) {
         Some(p) => Err(Error::TooLarge {
             buffer: "x",
@@ -465,10 +465,12 @@ pub fn quantize_i8(x: Matrix<'_>, codes: &mut [i8], scales: &mut [f32]) -> Resul
     check_len("codes", x.len(), codes.len())?;
     check_len("scales", x.rows(), scales.len())?;
     check_finite("x", x.as_slice(), x.dim())?;
-    let d = x.dim();
+    let Some(d) = NonZeroUsize::new(x.dim()) else {
+        return Ok(());
+    };
     for ((row, out), s) in x
         .row_iter()
-        .zip(codes.chunks_exact_mut(d))
+        .zip(codes.chunks_exact_mut(d.get()))
         .zip(scales.iter_mut())
     {
         let max = row.iter().fold(0.0_f32, |m, v| m.max(v.abs()));
@@ -658,7 +660,10 @@ pub fn dequantize_binary(bits: BinaryMatrix<'_>, out: &mut [f32]) -> Result<(), 
     let (n, d) = (bits.rows(), bits.dim());
     check_len("out", checked_area(n, d)?, out.len())?;
     let w = binary_row_words(d);
-    for (i, row) in out.chunks_exact_mut(d).enumerate() {
+    let Some(d) = NonZeroUsize::new(d) else {
+        return Ok(());
+    };
+    for (i, row) in out.chunks_exact_mut(d.get()).enumerate() {
         let words = bits.words.get(i * w..(i + 1) * w).unwrap_or_default();
         for (j, o) in row.iter_mut().enumerate() {
             let set = words.get(j / 64).is_some_and(|&x| (x >> (j % 64)) & 1 == 1);

@@ -35,7 +35,7 @@ fn round_to(x: f64, mant: i32, emin: i32) -> f64 {
 fn check_narrow(x: &Matrix<'_>, out_len: usize, limit: f32) -> Result<(), Error> {
     check_len("out", x.len(), out_len)?;
     check_finite("x", x.as_slice(), x.dim())?;
-    let d = x.dim();
+    let d = x.dim().max(1);
     if let Some(p) = x.as_slice().iter().position(|v| v.abs() >= limit) {
         return Err(Error::TooLarge {
             buffer: "x",
@@ -130,7 +130,10 @@ pub fn quantize_i8(x: Matrix<'_>, codes: &mut [i8], scales: &mut [f32]) -> Resul
     check_len("codes", x.len(), codes.len())?;
     check_len("scales", x.rows(), scales.len())?;
     check_finite("x", x.as_slice(), x.dim())?;
-    let d = x.dim();
+    let Some(d) = core::num::NonZeroUsize::new(x.dim()) else {
+        return Ok(());
+    };
+    let d = d.get();
     for ((row, out), s) in x
         .row_iter()
         .zip(codes.chunks_exact_mut(d))
@@ -174,7 +177,7 @@ pub fn quantize_binary(x: Matrix<'_>, words: &mut [u64]) -> Result<(), Error> {
     for o in words.iter_mut() {
         *o = 0;
     }
-    let d = x.dim();
+    let d = x.dim().max(1);
     for (p, &v) in x.as_slice().iter().enumerate() {
         let (i, j) = (p / d, p % d);
         if let Some(o) = words.get_mut(i * w + j / 64) {
@@ -272,7 +275,7 @@ pub fn dequantize_i8(
     check_len("codes", len, codes.len())?;
     check_len("out", len, out.len())?;
     for (p, (o, &c)) in out.iter_mut().zip(codes).enumerate() {
-        let s = scales.get(p / dim).copied().unwrap_or(0.0);
+        let s = scales.get(p / dim.max(1)).copied().unwrap_or(0.0);
         *o = (f64::from(c) * f64::from(s)) as f32;
     }
     Ok(())
@@ -297,7 +300,7 @@ pub fn dequantize_i8(
 pub fn dequantize_binary(bits: BinaryMatrix<'_>, out: &mut [f32]) -> Result<(), Error> {
     let (n, d) = (bits.rows(), bits.dim());
     check_len("out", checked_area(n, d)?, out.len())?;
-    let w = binary_row_words(d);
+    let (w, d) = (binary_row_words(d), d.max(1));
     for (p, o) in out.iter_mut().enumerate() {
         let (i, j) = (p / d, p % d);
         let word = bits.words().get(i * w + j / 64).copied().unwrap_or(0);
