@@ -330,25 +330,15 @@ fn edge(c: &mut Criterion) {
                 quantize_i8(y, &mut codes, &mut scales).unwrap();
                 let rows = EdgeMatrix::i8(&codes, &scales, ng, d).unwrap();
                 let gallery = prepare_edge_gallery(rows, metric, &mut norms, &mut pws).unwrap();
-                if nq == 1 {
-                    let mut ws = vec![0.0_f32; knn_edge_workspace_len(nq, ng, d)];
-                    g.bench_function(w.id, |b| {
-                        b.iter(|| {
-                            knn_edge(black_box(q), &gallery, k, &mut idx, &mut dist, &mut ws)
-                                .unwrap();
-                        });
+                let (mut qc, mut qs) = (vec![0_i8; nq * d], vec![0.0_f32; nq]);
+                let mut ws = vec![0.0_f32; knn_edge_i8_workspace_len(nq, ng, d)];
+                g.bench_function(w.id, |b| {
+                    b.iter(|| {
+                        quantize_i8(black_box(q), &mut qc, &mut qs).unwrap();
+                        let qe = EdgeMatrix::i8(&qc, &qs, nq, d).unwrap();
+                        knn_edge_i8(qe, &gallery, k, &mut idx, &mut dist, &mut ws).unwrap();
                     });
-                } else {
-                    let (mut qc, mut qs) = (vec![0_i8; nq * d], vec![0.0_f32; nq]);
-                    let mut ws = vec![0.0_f32; knn_edge_i8_workspace_len(nq, ng, d)];
-                    g.bench_function(w.id, |b| {
-                        b.iter(|| {
-                            quantize_i8(black_box(q), &mut qc, &mut qs).unwrap();
-                            let qe = EdgeMatrix::i8(&qc, &qs, nq, d).unwrap();
-                            knn_edge_i8(qe, &gallery, k, &mut idx, &mut dist, &mut ws).unwrap();
-                        });
-                    });
-                }
+                });
             }
             EdgeFmt::Binary => {
                 let mut gw = vec![0_u64; binary_words_len(ng, d)];

@@ -660,6 +660,40 @@ pub(crate) fn has_i8_tile(backend: Backend) -> bool {
     false
 }
 
+/// For each of the `out.len()` int8 rows of `rows` (`dim` codes each), `[sum q_i g_i,
+/// sum g_i^2, 0]` (exact in `i32` for `127^2 dim < 2^31`), `q` the query's codes
+/// stored as unsigned `c + 128`; returns `true` when `backend` is [`Backend::Avx512`] and
+/// the CPU has AVX512_VNNI and AVX512BW, else writes nothing and returns `false`.
+#[inline]
+pub(crate) fn i8_rows(
+    backend: Backend,
+    q: &[u8],
+    rows: &[i8],
+    dim: usize,
+    out: &mut [[i32; 3]],
+) -> bool {
+    #[cfg(all(target_arch = "x86_64", not(feature = "portable-only")))]
+    if backend == Backend::Avx512 {
+        if let Some(token) = x86::VnniBw::detect() {
+            x86::i8_rows(token, q, rows, dim, out);
+            return true;
+        }
+    }
+    let _ = (backend, q, rows, dim, out);
+    false
+}
+
+/// Whether [`i8_rows`] runs for `backend` on this CPU.
+#[inline]
+pub(crate) fn has_i8_rows(backend: Backend) -> bool {
+    #[cfg(all(target_arch = "x86_64", not(feature = "portable-only")))]
+    if backend == Backend::Avx512 {
+        return x86::VnniBw::detect().is_some();
+    }
+    let _ = backend;
+    false
+}
+
 /// Runs `kernel` on the portable backend, compiled with the `popcnt` instruction when
 /// `backend` is an x86 one and the CPU has it (`u64::count_ones` is then one
 /// instruction); the scalar integer code of the Hamming search needs nothing else.

@@ -350,6 +350,7 @@ fn exact(metric: SearchMetric, a: &[f64], b: &[f64]) -> f64 {
 fn knn_edge_i8_is_exact_up_to_the_scaling_and_the_same_on_every_backend() {
     for (n, m, d, k) in [
         (1, 5, 3, 2),
+        (5, 300, 130, 10),
         (17, 700, 64, 10),
         (40, 530, 37, 530),
         (130, 1030, 128, 3),

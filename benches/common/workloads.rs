@@ -359,9 +359,9 @@ pub enum EdgeFmt {
     F16,
     /// `knn_edge`, gallery in bf16, `f32` queries.
     Bf16,
-    /// int8 gallery: `knn_edge` with `f32` queries for one query (E1, the query as the
-    /// model emits it), `knn_edge_i8` for a batch (E2, queries quantized with
-    /// `quantize_i8` inside the timed loop).
+    /// `knn_edge_i8`: int8 gallery, the queries quantized with `quantize_i8` inside the
+    /// timed loop (integer dot products: VNNI on the stored rows for one query, the VNNI
+    /// tile for a batch).
     I8,
     /// `knn_hamming` of the sign bits (queries binarized inside the timed loop).
     Binary,

@@ -684,6 +684,25 @@ pub fn knn_edge_i8(
         i8_tiles(
             backend, rank, &queries, gallery, k, indices, distances, lens, scan,
         );
+    } else if simd::has_i8_rows(backend) {
+        let scan = ws.rest();
+        let Ok(qbytes) = bytemuck::try_cast_slice_mut::<f32, u8>(scan) else {
+            return Ok(());
+        };
+        let Some(qbytes) = qbytes.get_mut(..d) else {
+            return Ok(());
+        };
+        i8_rows(
+            backend,
+            rank,
+            &queries,
+            (g_codes, g_scales),
+            d,
+            k,
+            indices,
+            distances,
+            qbytes,
+        );
     } else {
         backend.dispatch(I8Direct {
             rank,
@@ -794,6 +813,101 @@ impl Kernel for I8Direct<'_, '_> {
                 );
             }
             heap.sort();
+        }
+    }
+}
+
+/// Rows scored by one call of [`simd::i8_rows`].
+const ROW_BATCH: usize = 64;
+
+/// Every int8 query against every gallery row, the integer sums of each row computed by
+/// [`simd::i8_rows`] (AVX-512 VNNI on the rows as stored): one pass over the gallery's
+/// bytes per query. `qbytes` (`dim` bytes) holds the query's offset codes.
+#[allow(clippy::too_many_arguments)]
+fn i8_rows(
+    backend: Backend,
+    rank: Rank,
+    q: &I8Side<'_>,
+    gallery: (&[i8], &[f32]),
+    d: usize,
+    k: usize,
+    indices: &mut [u32],
+    distances: &mut [f32],
+    qbytes: &mut [u8],
+) {
+    let (g_codes, g_scales) = gallery;
+    let (Some(dn), Some(k)) = (NonZeroUsize::new(d), NonZeroUsize::new(k)) else {
+        return;
+    };
+    let m = g_scales.len();
+    for (((a, (&fa, &ta)), i_row), d_row) in q
+        .codes
+        .chunks_exact(dn.get())
+        .zip(q.f.iter().zip(q.t.iter()))
+        .zip(indices.chunks_exact_mut(k.get()))
+        .zip(distances.chunks_exact_mut(k.get()))
+    {
+        for (b, &c) in qbytes.iter_mut().zip(a) {
+            *b = c.cast_unsigned() ^ 0x80;
+        }
+        let mut heap = Heap::new(d_row, i_row);
+        let mut gate = Gate::new(&heap);
+        let mut j0 = 0;
+        while j0 < m {
+            let j1 = min_len(m, j0 + ROW_BATCH);
+            let mut sums = [[0_i32; 3]; ROW_BATCH];
+            let (Some(rows), Some(scales), Some(out)) = (
+                g_codes.get(j0 * d..j1 * d),
+                g_scales.get(j0..j1),
+                sums.get_mut(..j1 - j0),
+            ) else {
+                return;
+            };
+            simd::i8_rows(backend, qbytes, rows, d, out);
+            let mut values = [0.0_f32; ROW_BATCH];
+            backend.dispatch(I8Values {
+                rank,
+                fa,
+                ta,
+                sums: out,
+                scales,
+                values: &mut values,
+            });
+            for (t, &v) in values.iter().take(j1 - j0).enumerate() {
+                gate.offer(&mut heap, v, (j0 + t) as u32);
+            }
+            j0 = j1;
+        }
+        heap.sort();
+    }
+}
+
+/// The distances of one query to a batch of rows from their integer sums (compiled with
+/// the backend's features: the square roots and divisions of cosine vectorise).
+struct I8Values<'a, 'o> {
+    rank: Rank,
+    fa: f32,
+    ta: f32,
+    sums: &'a [[i32; 3]],
+    scales: &'a [f32],
+    values: &'o mut [f32],
+}
+
+impl Kernel for I8Values<'_, '_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, _: S) {
+        let I8Values {
+            rank,
+            fa,
+            ta,
+            sums,
+            scales,
+            values,
+        } = self;
+        for ((v, &[dot, q2, _]), &sb) in values.iter_mut().zip(sums).zip(scales) {
+            let (fb, tb) = i8_terms(rank, sb, q2);
+            *v = i8_value(rank, fa, ta, fb, tb, dot);
         }
     }
 }

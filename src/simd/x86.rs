@@ -746,6 +746,89 @@ unsafe fn i8_tile_entry(_token: Vnni, mut t: I8Tile<'_>) {
     }
 }
 
+cpufeatures::new!(cpuid_avx512bw, "avx512bw");
+
+/// Token of the int8 row kernel: AVX512_VNNI (see [`Vnni`]) and AVX512BW (masked byte
+/// loads).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct VnniBw {
+    _detected: (),
+}
+
+impl VnniBw {
+    /// The token, when [`Vnni::detect`] succeeds and CPUID reports AVX512BW.
+    #[inline]
+    pub(crate) fn detect() -> Option<Self> {
+        Vnni::detect()?;
+        cpuid_avx512bw::get().then_some(VnniBw { _detected: () })
+    }
+}
+
+/// For each of the `out.len()` rows of `rows` (`dim` codes each): `[sum q_i g_i,
+/// sum g_i^2, 0]`, exact, with `q` the query's codes stored as unsigned `c + 128`.
+/// Does nothing when a buffer is shorter than that.
+#[inline]
+pub(crate) fn i8_rows(token: VnniBw, q: &[u8], rows: &[i8], dim: usize, out: &mut [[i32; 3]]) {
+    if dim == 0 || q.len() < dim || rows.len() < out.len().saturating_mul(dim) {
+        return;
+    }
+    // SAFETY: the token proves AVX-512F, AVX512BW and AVX512_VNNI, the features the entry
+    // enables; the lengths were checked above.
+    unsafe { i8_rows_entry(token, q, rows, dim, out) }
+}
+
+/// # Safety
+///
+/// The CPU has AVX-512F, AVX512BW and AVX512_VNNI; `dim >= 1`, `q` holds `dim` bytes and
+/// `rows` `out.len() * dim` (checked by [`i8_rows`]).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn i8_rows_entry(_token: VnniBw, q: &[u8], rows: &[i8], dim: usize, out: &mut [[i32; 3]]) {
+    use core::arch::x86_64::{
+        _mm512_dpbusd_epi32, _mm512_maskz_loadu_epi8, _mm512_reduce_add_epi32, _mm512_set1_epi8,
+        _mm512_setzero_si512, _mm512_slli_epi32, _mm512_sub_epi32, _mm512_xor_si512,
+    };
+    let ones = _mm512_set1_epi8(1);
+    let flip = _mm512_set1_epi8(i8::MIN);
+    for (r, o) in out.iter_mut().enumerate() {
+        let (mut dot, mut sq, mut sum) = (
+            _mm512_setzero_si512(),
+            _mm512_setzero_si512(),
+            _mm512_setzero_si512(),
+        );
+        let mut c = 0;
+        while c < dim {
+            let len = (dim - c).min(64);
+            let mask = if len == 64 {
+                u64::MAX
+            } else {
+                (1_u64 << len) - 1
+            };
+            // SAFETY: bytes `c..c + len` of the query and of row `r` are in bounds
+            // (`r * dim + c + len <= out.len() * dim <= rows.len()`); masked-off lanes are
+            // neither read nor able to fault.
+            let (g, qv) = unsafe {
+                (
+                    _mm512_maskz_loadu_epi8(mask, rows.as_ptr().add(r * dim + c)),
+                    _mm512_maskz_loadu_epi8(mask, q.as_ptr().add(c).cast()),
+                )
+            };
+            // Sums wrap modulo 2^32 in the lanes; the exact totals fit in `i32`, so the
+            // wrapped sums and the corrections below give them exactly.
+            dot = _mm512_dpbusd_epi32(dot, qv, g);
+            sq = _mm512_dpbusd_epi32(sq, _mm512_xor_si512(g, flip), g);
+            sum = _mm512_dpbusd_epi32(sum, ones, g);
+            c += 64;
+        }
+        // The offset's share, `128 sum g_i`, removed lane by lane: two horizontal sums.
+        let corr = _mm512_slli_epi32::<7>(sum);
+        *o = [
+            _mm512_reduce_add_epi32(_mm512_sub_epi32(dot, corr)),
+            _mm512_reduce_add_epi32(_mm512_sub_epi32(sq, corr)),
+            0,
+        ];
+    }
+}
+
 cpufeatures::new!(cpuid_popcnt, "popcnt");
 
 /// Token of the `popcnt` instruction.
