@@ -106,6 +106,8 @@ pub(crate) trait Simd: Copy {
     fn sub(self, a: Self::V, b: Self::V) -> Self::V;
     /// `a * b`.
     fn mul(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a / b`, correctly rounded.
+    fn div(self, a: Self::V, b: Self::V) -> Self::V;
     /// `a * b + c`, with one rounding where the backend has FMA.
     fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     /// `if a < b { a } else { b }`.
@@ -660,17 +662,18 @@ pub(crate) fn has_i8_tile(backend: Backend) -> bool {
     false
 }
 
-/// For each of the `out.len()` int8 rows of `rows` (`dim` codes each), `[sum q_i g_i,
-/// sum g_i^2, 0]` (exact in `i32` for `127^2 dim < 2^31`), `q` the query's codes
-/// stored as unsigned `c + 128`; returns `true` when `backend` is [`Backend::Avx512`] and
-/// the CPU has AVX512_VNNI and AVX512BW, else writes nothing and returns `false`.
+/// For each of the `out.len()` int8 rows of `rows` (`dim` codes each), four partial sums
+/// of `sum q_i g_i` then four of `sum g_i^2` (the totals exact in `i32` for `127^2 dim <
+/// 2^31`, added with wrapping), `q` the query's codes stored as unsigned `c + 128`;
+/// returns `true` when `backend` is [`Backend::Avx512`] and the CPU has AVX512_VNNI and
+/// AVX512BW, else writes nothing and returns `false`.
 #[inline]
 pub(crate) fn i8_rows(
     backend: Backend,
     q: &[u8],
     rows: &[i8],
     dim: usize,
-    out: &mut [[i32; 3]],
+    out: &mut [[i32; 8]],
 ) -> bool {
     #[cfg(all(target_arch = "x86_64", not(feature = "portable-only")))]
     if backend == Backend::Avx512 {

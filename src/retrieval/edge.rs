@@ -586,7 +586,15 @@ fn i8_terms(rank: Rank, s: f32, q2: i32) -> (f32, f32) {
 fn i8_value(rank: Rank, fa: f32, ta: f32, fb: f32, tb: f32, dot: i32) -> f32 {
     let x = (fa * fb) * dot as f32;
     match rank {
-        Rank::Sq => 0.0_f32.max((ta + tb) - 2.0 * x),
+        Rank::Sq => {
+            // As the vector `max(0, y)`: NaN stays NaN.
+            let y = (ta + tb) - 2.0 * x;
+            if 0.0 > y {
+                0.0
+            } else {
+                y
+            }
+        }
         Rank::Cosine => 1.0 - x,
         Rank::NegDot => 0.0 - x,
     }
@@ -855,7 +863,7 @@ fn i8_rows(
         let mut j0 = 0;
         while j0 < m {
             let j1 = min_len(m, j0 + ROW_BATCH);
-            let mut sums = [[0_i32; 3]; ROW_BATCH];
+            let mut sums = [[0_i32; 8]; ROW_BATCH];
             let (Some(rows), Some(scales), Some(out)) = (
                 g_codes.get(j0 * d..j1 * d),
                 g_scales.get(j0..j1),
@@ -888,7 +896,8 @@ struct I8Values<'a, 'o> {
     rank: Rank,
     fa: f32,
     ta: f32,
-    sums: &'a [[i32; 3]],
+    /// Four partial sums of the dot product, then four of the squared codes.
+    sums: &'a [[i32; 8]],
     scales: &'a [f32],
     values: &'o mut [f32],
 }
@@ -896,7 +905,7 @@ struct I8Values<'a, 'o> {
 impl Kernel for I8Values<'_, '_> {
     type Output = ();
     #[inline(always)]
-    fn run<S: Simd, const MR: usize, const NV: usize>(self, _: S) {
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
         let I8Values {
             rank,
             fa,
@@ -905,9 +914,42 @@ impl Kernel for I8Values<'_, '_> {
             scales,
             values,
         } = self;
-        for ((v, &[dot, q2, _]), &sb) in values.iter_mut().zip(sums).zip(scales) {
-            let (fb, tb) = i8_terms(rank, sb, q2);
-            *v = i8_value(rank, fa, ta, fb, tb, dot);
+        let mut dots = [0.0_f32; ROW_BATCH];
+        let mut q2s = [0.0_f32; ROW_BATCH];
+        for ((d, q), p) in dots.iter_mut().zip(q2s.iter_mut()).zip(sums) {
+            *d = p[0]
+                .wrapping_add(p[1])
+                .wrapping_add(p[2])
+                .wrapping_add(p[3]) as f32;
+            *q = p[4]
+                .wrapping_add(p[5])
+                .wrapping_add(p[6])
+                .wrapping_add(p[7]) as f32;
+        }
+        // `i8_terms` and `i8_value` lane by lane: the same operations in the same order.
+        let l = S::LANES;
+        let (vfa, vta) = (s.splat(fa), s.splat(ta));
+        let (zero, one, two, eps) = (s.zero(), s.splat(1.0), s.splat(2.0), s.splat(NORM_EPS));
+        for (((vc, dc), qc), sc) in values
+            .chunks_mut(l)
+            .zip(dots.chunks(l))
+            .zip(q2s.chunks(l))
+            .zip(scales.chunks(l))
+        {
+            let (dot, q2, sb) = (s.load(dc), s.load(qc), s.load(sc));
+            let v = match rank {
+                Rank::Sq => {
+                    let tb = s.mul(s.mul(sb, sb), q2);
+                    let x = s.mul(s.mul(vfa, sb), dot);
+                    s.max(zero, s.sub(s.add(vta, tb), s.mul(two, x)))
+                }
+                Rank::Cosine => {
+                    let fb = s.div(sb, s.max(s.mul(sb, s.sqrt(q2)), eps));
+                    s.sub(one, s.mul(s.mul(vfa, fb), dot))
+                }
+                Rank::NegDot => s.sub(zero, s.mul(s.mul(vfa, sb), dot)),
+            };
+            s.store(v, vc);
         }
     }
 }

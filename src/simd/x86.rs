@@ -153,6 +153,11 @@ impl Simd for Avx2 {
         unsafe { _mm256_mul_ps(a, b) }
     }
     #[inline(always)]
+    fn div(self, a: __m256, b: __m256) -> __m256 {
+        // SAFETY: the token proves AVX.
+        unsafe { core::arch::x86_64::_mm256_div_ps(a, b) }
+    }
+    #[inline(always)]
     fn fma(self, a: __m256, b: __m256, c: __m256) -> __m256 {
         // SAFETY: the token proves FMA.
         unsafe { _mm256_fmadd_ps(a, b, c) }
@@ -352,6 +357,11 @@ impl Simd for Avx512 {
     fn mul(self, a: __m512, b: __m512) -> __m512 {
         // SAFETY: the token proves AVX-512F.
         unsafe { _mm512_mul_ps(a, b) }
+    }
+    #[inline(always)]
+    fn div(self, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: the token proves AVX-512F.
+        unsafe { core::arch::x86_64::_mm512_div_ps(a, b) }
     }
     #[inline(always)]
     fn fma(self, a: __m512, b: __m512, c: __m512) -> __m512 {
@@ -764,11 +774,12 @@ impl VnniBw {
     }
 }
 
-/// For each of the `out.len()` rows of `rows` (`dim` codes each): `[sum q_i g_i,
-/// sum g_i^2, 0]`, exact, with `q` the query's codes stored as unsigned `c + 128`.
-/// Does nothing when a buffer is shorter than that.
+/// For each of the `out.len()` rows of `rows` (`dim` codes each): four partial sums of
+/// `sum q_i g_i` then four of `sum g_i^2` (each total exact in `i32`, the partials
+/// wrapping modulo 2^32), with `q` the query's codes stored as unsigned `c + 128`. Does
+/// nothing when a buffer is shorter than that.
 #[inline]
-pub(crate) fn i8_rows(token: VnniBw, q: &[u8], rows: &[i8], dim: usize, out: &mut [[i32; 3]]) {
+pub(crate) fn i8_rows(token: VnniBw, q: &[u8], rows: &[i8], dim: usize, out: &mut [[i32; 8]]) {
     if dim == 0 || q.len() < dim || rows.len() < out.len().saturating_mul(dim) {
         return;
     }
@@ -782,34 +793,53 @@ pub(crate) fn i8_rows(token: VnniBw, q: &[u8], rows: &[i8], dim: usize, out: &mu
 /// The CPU has AVX-512F, AVX512BW and AVX512_VNNI; `dim >= 1`, `q` holds `dim` bytes and
 /// `rows` `out.len() * dim` (checked by [`i8_rows`]).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn i8_rows_entry(_token: VnniBw, q: &[u8], rows: &[i8], dim: usize, out: &mut [[i32; 3]]) {
+unsafe fn i8_rows_entry(_token: VnniBw, q: &[u8], rows: &[i8], dim: usize, out: &mut [[i32; 8]]) {
     use core::arch::x86_64::{
-        _mm512_dpbusd_epi32, _mm512_maskz_loadu_epi8, _mm512_reduce_add_epi32, _mm512_set1_epi8,
-        _mm512_setzero_si512, _mm512_slli_epi32, _mm512_sub_epi32, _mm512_xor_si512,
+        __m512i, _mm256_add_epi32, _mm256_castsi256_si128, _mm256_extracti128_si256,
+        _mm512_castsi512_si256, _mm512_dpbusd_epi32, _mm512_extracti64x4_epi64,
+        _mm512_maskz_loadu_epi8, _mm512_set1_epi8, _mm512_setzero_si512, _mm512_slli_epi32,
+        _mm512_sub_epi32, _mm512_xor_si512, _mm_add_epi32, _mm_storeu_si128,
     };
+    /// Query chunks kept in registers (dimensions up to 256).
+    const HELD: usize = 4;
     let ones = _mm512_set1_epi8(1);
     let flip = _mm512_set1_epi8(i8::MIN);
+    let chunks = dim.div_ceil(64);
+    let tail = dim - (chunks - 1) * 64;
+    let last_mask = if tail == 64 {
+        u64::MAX
+    } else {
+        (1_u64 << tail) - 1
+    };
+    let mask = |c: usize| if c + 1 == chunks { last_mask } else { u64::MAX };
+    let mut held = [_mm512_setzero_si512(); HELD];
+    for (c, h) in held.iter_mut().enumerate().take(chunks) {
+        // SAFETY: bytes `64 c ..` of the query, masked to `dim`; masked-off lanes are
+        // neither read nor able to fault.
+        *h = unsafe { _mm512_maskz_loadu_epi8(mask(c), q.as_ptr().add(64 * c).cast()) };
+    }
+    // Four lanes of a vector's sum: the upper halves folded twice.
+    let fold = |v: __m512i| {
+        let h = _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v));
+        _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h))
+    };
     for (r, o) in out.iter_mut().enumerate() {
         let (mut dot, mut sq, mut sum) = (
             _mm512_setzero_si512(),
             _mm512_setzero_si512(),
             _mm512_setzero_si512(),
         );
-        let mut c = 0;
-        while c < dim {
-            let len = (dim - c).min(64);
-            let mask = if len == 64 {
-                u64::MAX
-            } else {
-                (1_u64 << len) - 1
-            };
-            // SAFETY: bytes `c..c + len` of the query and of row `r` are in bounds
-            // (`r * dim + c + len <= out.len() * dim <= rows.len()`); masked-off lanes are
-            // neither read nor able to fault.
+        for c in 0..chunks {
+            // SAFETY: bytes `64 c ..` of row `r`, masked to `dim`, are in bounds
+            // (`r * dim + dim <= out.len() * dim <= rows.len()`); masked-off lanes are
+            // neither read nor able to fault. The query's chunk likewise, when not held.
             let (g, qv) = unsafe {
                 (
-                    _mm512_maskz_loadu_epi8(mask, rows.as_ptr().add(r * dim + c)),
-                    _mm512_maskz_loadu_epi8(mask, q.as_ptr().add(c).cast()),
+                    _mm512_maskz_loadu_epi8(mask(c), rows.as_ptr().add(r * dim + 64 * c)),
+                    match held.get(c) {
+                        Some(&h) => h,
+                        None => _mm512_maskz_loadu_epi8(mask(c), q.as_ptr().add(64 * c).cast()),
+                    },
                 )
             };
             // Sums wrap modulo 2^32 in the lanes; the exact totals fit in `i32`, so the
@@ -817,15 +847,19 @@ unsafe fn i8_rows_entry(_token: VnniBw, q: &[u8], rows: &[i8], dim: usize, out: 
             dot = _mm512_dpbusd_epi32(dot, qv, g);
             sq = _mm512_dpbusd_epi32(sq, _mm512_xor_si512(g, flip), g);
             sum = _mm512_dpbusd_epi32(sum, ones, g);
-            c += 64;
         }
-        // The offset's share, `128 sum g_i`, removed lane by lane: two horizontal sums.
+        // The offset's share, `128 sum g_i`, removed lane by lane.
         let corr = _mm512_slli_epi32::<7>(sum);
-        *o = [
-            _mm512_reduce_add_epi32(_mm512_sub_epi32(dot, corr)),
-            _mm512_reduce_add_epi32(_mm512_sub_epi32(sq, corr)),
-            0,
-        ];
+        let (d4, s4) = (
+            fold(_mm512_sub_epi32(dot, corr)),
+            fold(_mm512_sub_epi32(sq, corr)),
+        );
+        let (lo, hi) = o.split_at_mut(4);
+        // SAFETY: each half of `o` holds four `i32` (16 bytes); unaligned stores.
+        unsafe {
+            _mm_storeu_si128(lo.as_mut_ptr().cast(), d4);
+            _mm_storeu_si128(hi.as_mut_ptr().cast(), s4);
+        }
     }
 }
 
