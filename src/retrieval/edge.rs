@@ -618,9 +618,10 @@ fn i8_value(rank: Rank, fa: f32, ta: f32, fb: f32, tb: f32, dot: i32) -> f32 {
 /// `4 u |a| |b|` (inner product) of the exact distance of the dequantized rows, with
 /// `u = 2^-24` (plus terms near the smallest normal number for subnormal scales). The
 /// ranking is exact on these values (ties to the smaller index) and the same on every
-/// backend, bit for bit: the AVX-512 VNNI tile (`vpdpbusd`, 64 multiply-adds per
-/// instruction, from 16 queries up) and the portable integer loop compute the same
-/// integers and the same `f32` operations.
+/// backend, bit for bit: the AVX-512 VNNI kernels (`vpdpbusd`, 64 multiply-adds per
+/// instruction: on the rows as stored for fewer than 16 queries, so one query reads the
+/// gallery's bytes once; a packed tile from 16 queries up) and the portable integer loop
+/// compute the same integers and the same `f32` operations.
 ///
 /// `indices` and `distances` have `n * k` elements and are fully overwritten.
 /// `workspace` needs [`knn_edge_i8_workspace_len`]`(n, m, d)` elements. Scalar twin:
