@@ -265,5 +265,98 @@ fn retrieval(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, w1, row_blocks, batch_losses, retrieval);
+// ---------------------------------------------------------------------------------------
+// E1, E2: k-NN against a gallery in each edge format, as the `EDGE` table defines them.
+// The gallery is quantized and prepared outside the timed loop (enrolment); a query's own
+// quantization (int8 batch, sign bits) is inside it. Throughput: gallery rows searched per
+// query, `nq ng`.
+
+fn edge(c: &mut Criterion) {
+    use std::time::Duration;
+    use triplet_kernels::{
+        binary_words_len, gallery_norms_len, knn_edge, knn_edge_i8, knn_edge_i8_workspace_len,
+        knn_edge_workspace_len, knn_gallery, knn_gallery_workspace_len, knn_hamming,
+        prepare_edge_gallery, prepare_gallery, quantize_bf16, quantize_binary, quantize_f16,
+        quantize_i8, BinaryMatrix, EdgeMatrix, SearchMetric,
+    };
+    use workloads::{EdgeFmt, EDGE};
+    for w in &EDGE {
+        let (qd, gd) = (w.queries(), w.gallery());
+        let (nq, ng, d, k) = (w.nq, w.ng, w.d, w.k);
+        let q = Matrix::new(&qd, nq, d).unwrap();
+        let y = Matrix::new(&gd, ng, d).unwrap();
+        let mut g = c.benchmark_group("workloads");
+        g.throughput(Throughput::Elements((nq * ng) as u64));
+        if nq > 1 {
+            g.sample_size(10)
+                .warm_up_time(Duration::from_secs(1))
+                .measurement_time(Duration::from_secs(5));
+        }
+        let mut idx = vec![0_u32; nq * k];
+        let mut dist = vec![0.0_f32; nq * k];
+        let metric = SearchMetric::Cosine;
+        let mut norms = vec![0.0_f32; gallery_norms_len(ng)];
+        let mut pws = vec![0.0_f32; d];
+        match w.fmt {
+            EdgeFmt::F32 => {
+                let gallery = prepare_gallery(y, metric, &mut norms).unwrap();
+                let mut ws = vec![0.0_f32; knn_gallery_workspace_len(nq, ng, d)];
+                g.bench_function(w.id, |b| {
+                    b.iter(|| {
+                        knn_gallery(black_box(q), &gallery, k, &mut idx, &mut dist, &mut ws)
+                            .unwrap();
+                    });
+                });
+            }
+            EdgeFmt::F16 | EdgeFmt::Bf16 => {
+                let mut bits = vec![0_u16; ng * d];
+                let rows = if w.fmt == EdgeFmt::F16 {
+                    quantize_f16(y, &mut bits).unwrap();
+                    EdgeMatrix::f16(&bits, ng, d).unwrap()
+                } else {
+                    quantize_bf16(y, &mut bits).unwrap();
+                    EdgeMatrix::bf16(&bits, ng, d).unwrap()
+                };
+                let gallery = prepare_edge_gallery(rows, metric, &mut norms, &mut pws).unwrap();
+                let mut ws = vec![0.0_f32; knn_edge_workspace_len(nq, ng, d)];
+                g.bench_function(w.id, |b| {
+                    b.iter(|| {
+                        knn_edge(black_box(q), &gallery, k, &mut idx, &mut dist, &mut ws).unwrap();
+                    });
+                });
+            }
+            EdgeFmt::I8 => {
+                let (mut codes, mut scales) = (vec![0_i8; ng * d], vec![0.0_f32; ng]);
+                quantize_i8(y, &mut codes, &mut scales).unwrap();
+                let rows = EdgeMatrix::i8(&codes, &scales, ng, d).unwrap();
+                let gallery = prepare_edge_gallery(rows, metric, &mut norms, &mut pws).unwrap();
+                let (mut qc, mut qs) = (vec![0_i8; nq * d], vec![0.0_f32; nq]);
+                let mut ws = vec![0.0_f32; knn_edge_i8_workspace_len(nq, ng, d)];
+                g.bench_function(w.id, |b| {
+                    b.iter(|| {
+                        quantize_i8(black_box(q), &mut qc, &mut qs).unwrap();
+                        let qe = EdgeMatrix::i8(&qc, &qs, nq, d).unwrap();
+                        knn_edge_i8(qe, &gallery, k, &mut idx, &mut dist, &mut ws).unwrap();
+                    });
+                });
+            }
+            EdgeFmt::Binary => {
+                let mut gw = vec![0_u64; binary_words_len(ng, d)];
+                quantize_binary(y, &mut gw).unwrap();
+                let gm = BinaryMatrix::new(&gw, ng, d).unwrap();
+                let mut qw = vec![0_u64; binary_words_len(nq, d)];
+                g.bench_function(w.id, |b| {
+                    b.iter(|| {
+                        quantize_binary(black_box(q), &mut qw).unwrap();
+                        let qm = BinaryMatrix::new(&qw, nq, d).unwrap();
+                        knn_hamming(qm, gm, k, &mut idx, &mut dist).unwrap();
+                    });
+                });
+            }
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, w1, row_blocks, batch_losses, retrieval, edge);
 criterion_main!(benches);

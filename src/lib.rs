@@ -85,6 +85,18 @@
 //!   R-precision and MAP@R ([`RetrievalMetrics`]); [`retrieval_metrics_at`]: the same with
 //!   recall at several `K` from one ranking.
 //!
+//! **Edge formats** (galleries in f16, bf16, int8 or sign bits)
+//! - [`quantize_f16`], [`quantize_bf16`], [`quantize_i8`], [`quantize_binary`] and
+//!   [`dequantize_f16`], [`dequantize_bf16`], [`dequantize_i8`], [`dequantize_binary`]:
+//!   storage formats from and to `f32` ([`EdgeMatrix`], [`BinaryMatrix`],
+//!   [`EdgeFormat`], [`binary_words_len`]).
+//! - [`prepare_edge_gallery`] / [`prepare_edge_gallery_workspace_len`]: an
+//!   [`EdgeGallery`]; [`knn_edge`] / [`knn_edge_workspace_len`]: k-NN of `f32` queries
+//!   against it; [`knn_edge_i8`] / [`knn_edge_i8_workspace_len`]: int8 queries against an
+//!   int8 gallery, exact integer dot products.
+//! - [`knn_hamming`]: k-NN by Hamming distance of sign bits; [`knn_rescored`] /
+//!   [`knn_rescored_workspace_len`]: a Hamming shortlist re-scored against a finer copy.
+//!
 //! **[Verification](verification)**
 //! - [`verification_metrics`] / [`verification_metrics_workspace_len`]: ROC AUC, equal
 //!   error rate and TAR at given FARs of genuine and impostor scores
@@ -235,6 +247,13 @@ pub use proxy::{
 pub use quadruplet::{
     mine_quadruplets, mine_quadruplets_count, mine_quadruplets_workspace_len, quadruplet_loss,
     quadruplet_loss_grad, quadruplet_loss_workspace_len, Quadruplet, QuadrupletParams,
+};
+pub use retrieval::{
+    binary_row_words, binary_words_len, dequantize_bf16, dequantize_binary, dequantize_f16,
+    dequantize_i8, knn_edge, knn_edge_i8, knn_edge_i8_workspace_len, knn_edge_workspace_len,
+    knn_hamming, knn_rescored, knn_rescored_workspace_len, prepare_edge_gallery,
+    prepare_edge_gallery_workspace_len, quantize_bf16, quantize_binary, quantize_f16, quantize_i8,
+    BinaryMatrix, EdgeFormat, EdgeGallery, EdgeMatrix, I8_MAX_DIM,
 };
 pub use retrieval::{
     gallery_norms_len, knn_gallery, knn_gallery_workspace_len, prepare_gallery, Gallery,

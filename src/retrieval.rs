@@ -20,9 +20,25 @@
 //! on [`knn`], in its public docs.
 
 mod bf16;
+mod edge;
 mod gallery;
 mod heap;
+pub(crate) mod quant;
 mod search;
+
+pub(crate) use edge::{
+    check_rows as edge_rows, check_search as edge_check, i8_parts as edge_i8_parts, rescored_check,
+};
+pub use edge::{
+    knn_edge, knn_edge_i8, knn_edge_i8_workspace_len, knn_edge_workspace_len, knn_hamming,
+    knn_rescored, knn_rescored_workspace_len, prepare_edge_gallery,
+    prepare_edge_gallery_workspace_len, EdgeGallery, I8_MAX_DIM,
+};
+pub use quant::{
+    binary_row_words, binary_words_len, dequantize_bf16, dequantize_binary, dequantize_f16,
+    dequantize_i8, quantize_bf16, quantize_binary, quantize_f16, quantize_i8, BinaryMatrix,
+    EdgeFormat, EdgeMatrix,
+};
 
 pub use gallery::{
     gallery_norms_len, knn_gallery, knn_gallery_workspace_len, prepare_gallery, Gallery,

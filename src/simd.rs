@@ -106,6 +106,8 @@ pub(crate) trait Simd: Copy {
     fn sub(self, a: Self::V, b: Self::V) -> Self::V;
     /// `a * b`.
     fn mul(self, a: Self::V, b: Self::V) -> Self::V;
+    /// `a / b`, correctly rounded.
+    fn div(self, a: Self::V, b: Self::V) -> Self::V;
     /// `a * b + c`, with one rounding where the backend has FMA.
     fn fma(self, a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     /// `if a < b { a } else { b }`.
@@ -119,6 +121,15 @@ pub(crate) trait Simd: Copy {
     /// Transposes the `LANES x LANES` block held in `rows` (lane `c` of `rows[r]` is
     /// element `(r, c)`) in place; does nothing unless `rows.len() == LANES`.
     fn transpose(self, rows: &mut [Self::V]);
+    /// The first `min(src.len(), LANES)` f16 values of `src` (IEEE binary16 bits) widened
+    /// to `f32` (exact), the other lanes `0.0`.
+    fn load_f16(self, src: &[u16]) -> Self::V;
+    /// The first `min(src.len(), LANES)` bf16 values of `src` widened to `f32` (exact),
+    /// the other lanes `0.0`.
+    fn load_bf16(self, src: &[u16]) -> Self::V;
+    /// The first `min(src.len(), LANES)` int8 values of `src` as `f32` (exact), the
+    /// other lanes `0.0`.
+    fn load_i8(self, src: &[i8]) -> Self::V;
 }
 
 /// A kernel that runs over any backend: its body is written once, generic over [`Simd`],
@@ -476,4 +487,227 @@ impl Kernel for Scale<'_> {
     fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
         scale_with(s, self.0, self.1);
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Fused reductions over a compact right-hand side (f16, bf16, int8 with a scale): the
+// same lanes, accumulators and order as `dot_with` / `sq_dist_with`, each element of `b`
+// widened in registers to exactly the `f32` value its dequantization writes, so the
+// result is bit for bit that of the `f32` primitive on the dequantized row.
+
+/// A storage format of the right-hand side of a fused reduction.
+pub(crate) trait Widen: Copy {
+    /// Stored element.
+    type E: Copy;
+    /// The dequantized lanes of `src` (as [`Simd::load`]: a short tail zero-padded);
+    /// `scale` is the row's scale, read by int8 only.
+    fn widen<S: Simd>(s: S, src: &[Self::E], scale: S::V) -> S::V;
+}
+
+/// `f32` rows.
+#[derive(Clone, Copy)]
+pub(crate) struct WideF32;
+impl Widen for WideF32 {
+    type E = f32;
+    #[inline(always)]
+    fn widen<S: Simd>(s: S, src: &[f32], _: S::V) -> S::V {
+        s.load(src)
+    }
+}
+
+/// f16 rows.
+#[derive(Clone, Copy)]
+pub(crate) struct WideF16;
+impl Widen for WideF16 {
+    type E = u16;
+    #[inline(always)]
+    fn widen<S: Simd>(s: S, src: &[u16], _: S::V) -> S::V {
+        s.load_f16(src)
+    }
+}
+
+/// bf16 rows.
+#[derive(Clone, Copy)]
+pub(crate) struct WideBf16;
+impl Widen for WideBf16 {
+    type E = u16;
+    #[inline(always)]
+    fn widen<S: Simd>(s: S, src: &[u16], _: S::V) -> S::V {
+        s.load_bf16(src)
+    }
+}
+
+/// int8 rows with a per-row scale: each lane `code * scale`, rounded once.
+#[derive(Clone, Copy)]
+pub(crate) struct WideI8;
+impl Widen for WideI8 {
+    type E = i8;
+    #[inline(always)]
+    fn widen<S: Simd>(s: S, src: &[i8], scale: S::V) -> S::V {
+        s.mul(s.load_i8(src), scale)
+    }
+}
+
+/// [`fold2_with`] with the right-hand side stored in format `W`.
+#[inline(always)]
+fn fold2_wide<S: Simd, T: Step, W: Widen>(s: S, a: &[f32], b: &[W::E], scale: f32) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (a.split_at(n).0, b.split_at(n).0);
+    let l = S::LANES;
+    let vs = s.splat(scale);
+    let mut acc0 = s.zero();
+    let mut acc1 = s.zero();
+    let mut ac = a.chunks_exact(2 * l);
+    let mut bc = b.chunks_exact(2 * l);
+    for (x, y) in ac.by_ref().zip(bc.by_ref()) {
+        let (x0, x1) = x.split_at(l);
+        let (y0, y1) = y.split_at(l);
+        acc0 = T::step(s, acc0, s.load(x0), W::widen(s, y0, vs));
+        acc1 = T::step(s, acc1, s.load(x1), W::widen(s, y1, vs));
+    }
+    let (x, y) = (ac.remainder(), bc.remainder());
+    if !x.is_empty() {
+        acc0 = T::step(s, acc0, s.load(x), W::widen(s, y, vs));
+        if x.len() > l {
+            acc1 = T::step(
+                s,
+                acc1,
+                s.load(x.split_at(l).1),
+                W::widen(s, y.split_at(l).1, vs),
+            );
+        }
+    }
+    s.reduce_add(s.add(acc0, acc1))
+}
+
+/// `sum a_i b_i` with `b` in format `W` (scale `scale` for int8): bit for bit
+/// [`dot_with`] of `a` and the dequantized `b`.
+#[inline(always)]
+pub(crate) fn dot_wide<S: Simd, W: Widen>(s: S, a: &[f32], b: &[W::E], scale: f32) -> f32 {
+    fold2_wide::<S, DotStep, W>(s, a, b, scale)
+}
+
+/// `sum (a_i - b_i)^2` with `b` in format `W`: bit for bit [`sq_dist_with`] of `a` and
+/// the dequantized `b`.
+#[inline(always)]
+pub(crate) fn sq_dist_wide<S: Simd, W: Widen>(s: S, a: &[f32], b: &[W::E], scale: f32) -> f32 {
+    fold2_wide::<S, SqDistStep, W>(s, a, b, scale)
+}
+
+// ---------------------------------------------------------------------------------------
+// Integer kernels of the edge formats: int8 tiles (AVX-512 VNNI) and population counts.
+
+/// One int8 tile: rows of `a` against columns of `b`, both packed in panels of 16 as words
+/// of four int8 codes (`panel[p * 16 + i]` holds codes `4p..4p + 4` of the panel's row `i`,
+/// lowest byte first; `a`'s codes stored with their sign bit flipped, as unsigned
+/// `code + 128`). Each value is `v = f(acc)` with `acc = sum a_k b_k` exact in `i32`
+/// (`sum (a_k + 128) b_k - 128 b_sums[c]`), `m = a_scale[r] * b_scale[c]` and
+/// `x = m * (acc as f32)`: `max(0, (a_terms[r] + b_terms[c]) - 2 x)` ([`I8Epilogue::Sq`]),
+/// `1 - x` (cosine) or `-x` (inner product).
+pub(crate) struct I8Tile<'t> {
+    pub(crate) a: &'t [u32],
+    pub(crate) a_scale: &'t [f32],
+    pub(crate) a_terms: &'t [f32],
+    pub(crate) b: &'t [u32],
+    pub(crate) b_scale: &'t [f32],
+    pub(crate) b_terms: &'t [f32],
+    /// Per packed column: the sum of its codes.
+    pub(crate) b_sums: &'t [i32],
+    pub(crate) quads: usize,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    /// `rows x cols` values, row-major.
+    pub(crate) out: &'t mut [f32],
+    /// Each row's bar (`rows`), and for each row and 16-column chunk a bit mask
+    /// (`rows x cols.div_ceil(16)` words, in the low 16 bits) of the columns whose value
+    /// is not above the row's bar (NaN included).
+    pub(crate) keep: (&'t [f32], &'t mut [u32]),
+    pub(crate) epilogue: I8Epilogue,
+}
+
+/// The epilogue of [`I8Tile`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum I8Epilogue {
+    /// `max(0, (ta + tb) - 2 x)`.
+    Sq,
+    /// `1 - x`.
+    Cosine,
+    /// `-x`.
+    NegDot,
+}
+
+/// Computes the int8 tile and returns `true` when `backend` is [`Backend::Avx512`] and
+/// the CPU has AVX512_VNNI; otherwise writes nothing and returns `false`.
+#[inline]
+pub(crate) fn i8_tile(backend: Backend, t: I8Tile<'_>) -> bool {
+    #[cfg(all(target_arch = "x86_64", not(feature = "portable-only")))]
+    if backend == Backend::Avx512 {
+        if let Some(token) = x86::Vnni::detect() {
+            x86::i8_tile(token, t);
+            return true;
+        }
+    }
+    let _ = (backend, t);
+    false
+}
+
+/// Whether [`i8_tile`] computes tiles for `backend` on this CPU.
+#[inline]
+pub(crate) fn has_i8_tile(backend: Backend) -> bool {
+    #[cfg(all(target_arch = "x86_64", not(feature = "portable-only")))]
+    if backend == Backend::Avx512 {
+        return x86::Vnni::detect().is_some();
+    }
+    let _ = backend;
+    false
+}
+
+/// For each of the `out.len()` int8 rows of `rows` (`dim` codes each), four partial sums
+/// of `sum q_i g_i` then four of `sum g_i^2` (the totals exact in `i32` for `127^2 dim <
+/// 2^31`, added with wrapping), `q` the query's codes stored as unsigned `c + 128`;
+/// returns `true` when `backend` is [`Backend::Avx512`] and the CPU has AVX512_VNNI and
+/// AVX512BW, else writes nothing and returns `false`.
+#[inline]
+pub(crate) fn i8_rows(
+    backend: Backend,
+    q: &[u8],
+    rows: &[i8],
+    dim: usize,
+    out: &mut [[i32; 8]],
+) -> bool {
+    #[cfg(all(target_arch = "x86_64", not(feature = "portable-only")))]
+    if backend == Backend::Avx512 {
+        if let Some(token) = x86::VnniBw::detect() {
+            x86::i8_rows(token, q, rows, dim, out);
+            return true;
+        }
+    }
+    let _ = (backend, q, rows, dim, out);
+    false
+}
+
+/// Whether [`i8_rows`] runs for `backend` on this CPU.
+#[inline]
+pub(crate) fn has_i8_rows(backend: Backend) -> bool {
+    #[cfg(all(target_arch = "x86_64", not(feature = "portable-only")))]
+    if backend == Backend::Avx512 {
+        return x86::VnniBw::detect().is_some();
+    }
+    let _ = backend;
+    false
+}
+
+/// Runs `kernel` on the portable backend, compiled with the `popcnt` instruction when
+/// `backend` is an x86 one and the CPU has it (`u64::count_ones` is then one
+/// instruction); the scalar integer code of the Hamming search needs nothing else.
+#[inline]
+pub(crate) fn dispatch_popcnt<K: Kernel>(backend: Backend, kernel: K) -> K::Output {
+    #[cfg(all(target_arch = "x86_64", not(feature = "portable-only")))]
+    if backend != Backend::Portable {
+        if let Some(token) = x86::Popcnt::detect() {
+            return x86::run_popcnt(token, kernel);
+        }
+    }
+    let _ = backend;
+    kernel.run::<Portable, { portable::MR }, { portable::NV }>(Portable)
 }

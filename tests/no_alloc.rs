@@ -237,6 +237,68 @@ fn retrieval_does_not_allocate() {
 }
 
 #[test]
+fn edge_formats_do_not_allocate() {
+    let (xd, _) = batch();
+    let (n, m, d) = (24, 20, 11);
+    let x = Matrix::new(&xd, n, d).unwrap();
+    let y = Matrix::new(&xd[..m * d], m, d).unwrap();
+    let mut ws = vec![0.0_f32; 1 << 16];
+    let mut idx = vec![0_u32; n * 5];
+    let mut dist = vec![0.0_f32; n * 5];
+    let (mut f16, mut bf16) = (vec![0_u16; n * d], vec![0_u16; n * d]);
+    let (mut codes, mut scales) = (vec![0_i8; n * d], vec![0.0_f32; n]);
+    let mut words = vec![0_u64; tk::binary_words_len(n, d)];
+    let mut back = vec![0.0_f32; n * d];
+    let mut norms = vec![0.0_f32; m];
+    let mut pws = vec![0.0_f32; d];
+    let count_all = count(|| {
+        tk::quantize_f16(x, &mut f16).unwrap();
+        tk::scalar::quantize_f16(x, &mut f16).unwrap();
+        tk::dequantize_f16(&f16, &mut back).unwrap();
+        tk::scalar::dequantize_f16(&f16, &mut back).unwrap();
+        tk::quantize_bf16(x, &mut bf16).unwrap();
+        tk::scalar::quantize_bf16(x, &mut bf16).unwrap();
+        tk::dequantize_bf16(&bf16, &mut back).unwrap();
+        tk::scalar::dequantize_bf16(&bf16, &mut back).unwrap();
+        tk::quantize_i8(x, &mut codes, &mut scales).unwrap();
+        tk::scalar::quantize_i8(x, &mut codes, &mut scales).unwrap();
+        tk::dequantize_i8(&codes, &scales, d, &mut back).unwrap();
+        tk::scalar::dequantize_i8(&codes, &scales, d, &mut back).unwrap();
+        tk::quantize_binary(x, &mut words).unwrap();
+        tk::scalar::quantize_binary(x, &mut words).unwrap();
+        let bx = tk::BinaryMatrix::new(&words, n, d).unwrap();
+        tk::dequantize_binary(bx, &mut back).unwrap();
+        tk::scalar::dequantize_binary(bx, &mut back).unwrap();
+        let by = tk::BinaryMatrix::new(&words[..tk::binary_words_len(m, d)], m, d).unwrap();
+        tk::knn_hamming(bx, by, 5, &mut idx, &mut dist).unwrap();
+        tk::scalar::knn_hamming(bx, by, 5, &mut idx, &mut dist).unwrap();
+        let qi = tk::EdgeMatrix::i8(&codes, &scales, n, d).unwrap();
+        for rows in [
+            tk::EdgeMatrix::f32(y),
+            tk::EdgeMatrix::f16(&f16[..m * d], m, d).unwrap(),
+            tk::EdgeMatrix::bf16(&bf16[..m * d], m, d).unwrap(),
+            tk::EdgeMatrix::i8(&codes[..m * d], &scales[..m], m, d).unwrap(),
+        ] {
+            let g = tk::prepare_edge_gallery(rows, tk::SearchMetric::Cosine, &mut norms, &mut pws)
+                .unwrap();
+            for q in [x, Matrix::new(&xd[..d], 1, d).unwrap()] {
+                let len = q.rows() * 5;
+                let (i, dd) = (&mut idx[..len], &mut dist[..len]);
+                tk::knn_edge(q, &g, 5, i, dd, &mut ws).unwrap();
+                tk::scalar::knn_edge(q, &g, 5, i, dd, &mut ws).unwrap();
+                tk::knn_rescored(q, by, &g, 8, 5, i, dd, &mut ws).unwrap();
+                tk::scalar::knn_rescored(q, by, &g, 8, 5, i, dd, &mut ws).unwrap();
+            }
+            if rows.format() == tk::EdgeFormat::I8 {
+                tk::knn_edge_i8(qi, &g, 5, &mut idx, &mut dist, &mut ws).unwrap();
+                tk::scalar::knn_edge_i8(qi, &g, 5, &mut idx, &mut dist, &mut ws).unwrap();
+            }
+        }
+    });
+    assert_eq!(count_all, 0);
+}
+
+#[test]
 fn mining_and_triplet_losses_do_not_allocate() {
     let (xd, labels) = batch();
     let x = Matrix::new(&xd, 24, 11).unwrap();

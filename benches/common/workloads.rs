@@ -346,3 +346,76 @@ pub const RETRIEVAL: [RetrievalWorkload; 6] = [
         seed: 11,
     },
 ];
+
+// ---------------------------------------------------------------------------------------
+// E1, E2: k-NN against a gallery stored in the edge formats.
+
+/// The storage format of an edge workload's gallery.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EdgeFmt {
+    /// `knn_gallery` on the prepared `f32` gallery: the baseline.
+    F32,
+    /// `knn_edge`, gallery in f16, `f32` queries.
+    F16,
+    /// `knn_edge`, gallery in bf16, `f32` queries.
+    Bf16,
+    /// `knn_edge_i8`: int8 gallery, the queries quantized with `quantize_i8` inside the
+    /// timed loop (integer dot products: VNNI on the stored rows for one query, the VNNI
+    /// tile for a batch).
+    I8,
+    /// `knn_hamming` of the sign bits (queries binarized inside the timed loop).
+    Binary,
+}
+
+/// One named edge workload: `nq` queries against `ng` gallery rows of dimension `d`,
+/// `k` neighbours, cosine (Hamming for binary), standard normal data from `normal`
+/// (queries from `seed`, gallery from `seed + 1`, as the retrieval workloads).
+#[derive(Clone, Copy, Debug)]
+pub struct EdgeWorkload {
+    /// The criterion id (group `workloads`).
+    pub id: &'static str,
+    pub nq: usize,
+    pub ng: usize,
+    pub d: usize,
+    pub k: usize,
+    pub fmt: EdgeFmt,
+    pub seed: u64,
+}
+
+impl EdgeWorkload {
+    pub fn queries(&self) -> Vec<f32> {
+        normal(self.nq * self.d, self.seed)
+    }
+
+    pub fn gallery(&self) -> Vec<f32> {
+        normal(self.ng * self.d, self.seed + 1)
+    }
+}
+
+macro_rules! edge {
+    ($id:literal, $nq:literal, $fmt:ident) => {
+        EdgeWorkload {
+            id: $id,
+            nq: $nq,
+            ng: 100_000,
+            d: 128,
+            k: 10,
+            fmt: EdgeFmt::$fmt,
+            seed: 13,
+        }
+    };
+}
+
+/// The edge workloads E1 (one query) and E2 (1000 queries), one per format.
+pub const EDGE: [EdgeWorkload; 10] = [
+    edge!("E1_knn_q1_g100000_d128_k10_f32", 1, F32),
+    edge!("E1_knn_q1_g100000_d128_k10_f16", 1, F16),
+    edge!("E1_knn_q1_g100000_d128_k10_bf16", 1, Bf16),
+    edge!("E1_knn_q1_g100000_d128_k10_i8", 1, I8),
+    edge!("E1_knn_q1_g100000_d128_k10_binary", 1, Binary),
+    edge!("E2_knn_q1000_g100000_d128_k10_f32", 1000, F32),
+    edge!("E2_knn_q1000_g100000_d128_k10_f16", 1000, F16),
+    edge!("E2_knn_q1000_g100000_d128_k10_bf16", 1000, Bf16),
+    edge!("E2_knn_q1000_g100000_d128_k10_i8", 1000, I8),
+    edge!("E2_knn_q1000_g100000_d128_k10_binary", 1000, Binary),
+];

@@ -88,6 +88,23 @@ impl<'s> Heap<'s> {
         }
     }
 
+    /// Offers one candidate `(d, j)` whose index may be below those held (a re-scored
+    /// shortlist, in any order): kept when the heap is not full, or when it ranks before
+    /// the farthest kept entry by distance, then index.
+    #[inline]
+    pub(super) fn push_any(&mut self, d: f32, j: u32) {
+        let cap = self.dist.len();
+        if self.len < cap {
+            self.sift_up(d, j);
+            return;
+        }
+        if let Some((wd, wj)) = self.key(0) {
+            if before(d, j, wd, wj) {
+                self.sift_down(0, cap, d, j);
+            }
+        }
+    }
+
     /// The distance a candidate must beat to enter: the farthest kept one once the heap
     /// is full, `+inf` before (NaN when the farthest kept one is NaN: every number beats
     /// it).

@@ -271,45 +271,70 @@ impl Stream<'_> {
         let queries = self.pack_queries(0, n, qpack);
         let mut start = 0;
         while start < m {
-            let refs = queries.and_then(|_| self.pack_refs(start, gpack));
-            let mut rows = indices
-                .chunks_exact_mut(k)
-                .zip(distances.chunks_exact_mut(k));
-            let mut q0 = 0;
-            while q0 < n {
-                let qb = min_len(QUERY_BLOCK, n - q0);
-                let Some(block_lens) = lens.get_mut(q0..q0 + qb) else {
-                    return;
-                };
-                let mut heaps: [Heap<'_>; QUERY_BLOCK] = core::array::from_fn(|_| Heap::empty());
-                for ((heap, (i_row, d_row)), &l) in heaps
-                    .iter_mut()
-                    .zip(rows.by_ref().take(qb))
-                    .zip(block_lens.iter())
-                {
-                    *heap = Heap::resume(d_row, i_row, l as usize);
-                }
-                let heaps = heaps.get_mut(..qb).unwrap_or_default();
-                // A block of fewer than `SMALL_BLOCK` queries takes the direct path.
-                let filter = queries
-                    .zip(refs)
-                    .filter(|_| qb >= SMALL_BLOCK)
-                    .map(|(q, r)| (q.rows_from(q0), r));
-                self.scan_block(q0, heaps, start, filter, ws);
-                for (l, heap) in block_lens.iter_mut().zip(heaps.iter()) {
-                    // At most `k <= m <= u32::MAX`.
-                    *l = heap.len() as u32;
-                }
-                q0 += qb;
-            }
+            self.knn_block(k, indices, distances, lens, (start, 0), queries, gpack, ws);
             start += REFERENCE_BLOCK;
         }
-        for ((i_row, d_row), &l) in indices
+        finish(k, indices, distances, lens);
+    }
+
+    /// Packs all the queries for the bf16 filter into `ws` (at least
+    /// `bf16::pack_len(n, d)`), when the backend has it.
+    pub(super) fn pack_all_queries<'w>(&self, ws: &'w mut [f32]) -> Option<Packed<'w>> {
+        self.pack_queries(0, self.queries.rows(), ws)
+    }
+
+    /// One reference block of [`Stream::knn`]: offers the block starting at `start` to
+    /// every query's heap (living in its output row, its size in `lens`), query block by
+    /// query block; `at` is `(start, base)`, `base` the gallery index of reference row 0
+    /// (0, unless the references are one block of a larger gallery). `queries` is the bf16 packing of all queries (if any); `gpack` holds
+    /// the block's packing, `ws` the tile and the microkernel's packing.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn knn_block(
+        &self,
+        k: usize,
+        indices: &mut [u32],
+        distances: &mut [f32],
+        lens: &mut [u32],
+        at: (usize, usize),
+        queries: Option<Packed<'_>>,
+        gpack: &mut [f32],
+        ws: &mut [f32],
+    ) {
+        let n = self.queries.rows();
+        let (start, base) = at;
+        if k == 0 {
+            return;
+        }
+        let refs = queries.and_then(|_| self.pack_refs(start, gpack));
+        let mut rows = indices
             .chunks_exact_mut(k)
-            .zip(distances.chunks_exact_mut(k))
-            .zip(lens.iter())
-        {
-            Heap::resume(d_row, i_row, l as usize).sort();
+            .zip(distances.chunks_exact_mut(k));
+        let mut q0 = 0;
+        while q0 < n {
+            let qb = min_len(QUERY_BLOCK, n - q0);
+            let Some(block_lens) = lens.get_mut(q0..q0 + qb) else {
+                return;
+            };
+            let mut heaps: [Heap<'_>; QUERY_BLOCK] = core::array::from_fn(|_| Heap::empty());
+            for ((heap, (i_row, d_row)), &l) in heaps
+                .iter_mut()
+                .zip(rows.by_ref().take(qb))
+                .zip(block_lens.iter())
+            {
+                *heap = Heap::resume(d_row, i_row, l as usize);
+            }
+            let heaps = heaps.get_mut(..qb).unwrap_or_default();
+            // A block of fewer than `SMALL_BLOCK` queries takes the direct path.
+            let filter = queries
+                .zip(refs)
+                .filter(|_| qb >= SMALL_BLOCK)
+                .map(|(q, r)| (q.rows_from(q0), r));
+            self.scan_block_at(q0, heaps, (start, base), filter, ws);
+            for (l, heap) in block_lens.iter_mut().zip(heaps.iter()) {
+                // At most `k <= m <= u32::MAX`.
+                *l = heap.len() as u32;
+            }
+            q0 += qb;
         }
     }
 
@@ -325,6 +350,20 @@ impl Stream<'_> {
         filter: Option<(Packed<'_>, Packed<'_>)>,
         ws: &mut [f32],
     ) {
+        self.scan_block_at(q0, heaps, (start, 0), filter, ws);
+    }
+
+    /// [`Stream::scan_block`] with `at = (start, base)`: the heaps receive indices
+    /// `base + start + r`.
+    fn scan_block_at(
+        &self,
+        q0: usize,
+        heaps: &mut [Heap<'_>],
+        at: (usize, usize),
+        filter: Option<(Packed<'_>, Packed<'_>)>,
+        ws: &mut [f32],
+    ) {
+        let (start, base) = at;
         let refs = self.shape.refs;
         let d = refs.dim();
         let m = refs.rows();
@@ -440,7 +479,7 @@ impl Stream<'_> {
             masked,
             rows: rb,
             q0,
-            start,
+            start: base + start,
             heaps,
             queries: self.queries,
             block: block.as_slice(),
@@ -451,6 +490,21 @@ impl Stream<'_> {
             nb_max,
             leave_one_out: self.shape.leave_one_out,
         });
+    }
+}
+
+/// Sorts every query's heap (in its output rows, its size in `lens`) nearest first: the
+/// end of a search streamed block by block.
+pub(super) fn finish(k: usize, indices: &mut [u32], distances: &mut [f32], lens: &[u32]) {
+    let Some(k) = core::num::NonZeroUsize::new(k) else {
+        return;
+    };
+    for ((i_row, d_row), &l) in indices
+        .chunks_exact_mut(k.get())
+        .zip(distances.chunks_exact_mut(k.get()))
+        .zip(lens.iter())
+    {
+        Heap::resume(d_row, i_row, l as usize).sort();
     }
 }
 

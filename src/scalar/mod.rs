@@ -47,6 +47,7 @@
 mod acc;
 mod contrastive;
 mod distance;
+mod edge;
 mod face;
 mod mining;
 mod proxy;
@@ -59,6 +60,11 @@ mod verification;
 pub use distance::{
     cross_distances, cross_distances_rows, l2_normalize, l2_normalize_backward, pairwise_distances,
     pairwise_distances_rows, row_norms,
+};
+pub use edge::{
+    dequantize_bf16, dequantize_binary, dequantize_f16, dequantize_i8, knn_edge, knn_edge_i8,
+    knn_edge_workspace_len, knn_hamming, knn_rescored, quantize_bf16, quantize_binary,
+    quantize_f16, quantize_i8,
 };
 pub use mining::{hardest_pairs, mine_triplets, mine_triplets_count};
 pub use reduce::{hinge_reduce, hinge_reduce_grad};

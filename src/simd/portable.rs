@@ -69,6 +69,10 @@ impl Simd for Portable {
         a * b
     }
     #[inline(always)]
+    fn div(self, a: f32x8, b: f32x8) -> f32x8 {
+        a / b
+    }
+    #[inline(always)]
     fn fma(self, a: f32x8, b: f32x8, c: f32x8) -> f32x8 {
         a.mul_add(b, c)
     }
@@ -97,5 +101,29 @@ impl Simd for Portable {
         for (c, row) in rows.iter_mut().enumerate() {
             *row = f32x8::new(m.map(|r| r[c]));
         }
+    }
+    #[inline(always)]
+    fn load_f16(self, src: &[u16]) -> f32x8 {
+        let mut buf = [0.0_f32; 8];
+        for (b, &h) in buf.iter_mut().zip(src) {
+            *b = crate::retrieval::quant::f16_to_f32(h);
+        }
+        f32x8::new(buf)
+    }
+    #[inline(always)]
+    fn load_bf16(self, src: &[u16]) -> f32x8 {
+        let mut buf = [0.0_f32; 8];
+        for (b, &h) in buf.iter_mut().zip(src) {
+            *b = crate::retrieval::quant::bf16_to_f32(h);
+        }
+        f32x8::new(buf)
+    }
+    #[inline(always)]
+    fn load_i8(self, src: &[i8]) -> f32x8 {
+        let mut buf = [0.0_f32; 8];
+        for (b, &c) in buf.iter_mut().zip(src) {
+            *b = f32::from(c);
+        }
+        f32x8::new(buf)
     }
 }

@@ -13,7 +13,7 @@
 #![allow(unsafe_code)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
-use super::{Bf16Epilogue, Bf16Tile, Kernel, Simd};
+use super::{Bf16Epilogue, Bf16Tile, I8Epilogue, I8Tile, Kernel, Simd};
 use core::arch::x86_64::{
     __m256, __m256i, __m512, _mm256_add_ps, _mm256_castps256_ps128, _mm256_cmpgt_epi32,
     _mm256_extractf128_ps, _mm256_fmadd_ps, _mm256_loadu_ps, _mm256_maskload_ps,
@@ -25,6 +25,12 @@ use core::arch::x86_64::{
     _mm512_setzero_ps, _mm512_shuffle_f32x4, _mm512_shuffle_ps, _mm512_sqrt_ps, _mm512_storeu_ps,
     _mm512_sub_ps, _mm512_unpackhi_ps, _mm512_unpacklo_ps, _mm_add_ps, _mm_add_ss, _mm_cvtss_f32,
     _mm_movehl_ps, _mm_shuffle_ps,
+};
+use core::arch::x86_64::{
+    _mm256_and_si256, _mm256_castps_si256, _mm256_castsi256_ps, _mm256_cmpeq_epi32,
+    _mm256_cvtepi32_ps, _mm256_cvtepi8_epi32, _mm256_cvtepu16_epi32, _mm256_or_si256,
+    _mm256_slli_epi32, _mm512_castsi512_ps, _mm512_cvtepi32_ps, _mm512_cvtepi8_epi32,
+    _mm512_cvtepu16_epi32, _mm512_cvtph_ps, _mm512_slli_epi32, _mm_loadl_epi64, _mm_loadu_si128,
 };
 
 cpufeatures::new!(cpuid_avx2_fma, "avx2", "fma");
@@ -147,6 +153,11 @@ impl Simd for Avx2 {
         unsafe { _mm256_mul_ps(a, b) }
     }
     #[inline(always)]
+    fn div(self, a: __m256, b: __m256) -> __m256 {
+        // SAFETY: the token proves AVX.
+        unsafe { core::arch::x86_64::_mm256_div_ps(a, b) }
+    }
+    #[inline(always)]
     fn fma(self, a: __m256, b: __m256, c: __m256) -> __m256 {
         // SAFETY: the token proves FMA.
         unsafe { _mm256_fmadd_ps(a, b, c) }
@@ -203,6 +214,70 @@ impl Simd for Avx2 {
                 r[k] = _mm256_permute2f128_ps::<0x20>(u[k], u[4 + k]);
                 r[4 + k] = _mm256_permute2f128_ps::<0x31>(u[k], u[4 + k]);
             }
+        }
+    }
+    #[inline(always)]
+    fn load_f16(self, src: &[u16]) -> __m256 {
+        let mut buf = [0_u16; 8];
+        let src = if let Some(c) = src.first_chunk::<8>() {
+            c
+        } else {
+            for (b, &h) in buf.iter_mut().zip(src) {
+                *b = h;
+            }
+            &buf
+        };
+        // SAFETY: the token proves AVX2; `src` has 8 readable `u16` (16 bytes), the load
+        // has no alignment requirement. The rest is register arithmetic: the f16 bits
+        // without sign, shifted into an `f32`'s place, times 2^112 (exact, subnormals
+        // included), the exponent forced to all ones for infinity and NaN, the sign
+        // copied.
+        unsafe {
+            let h = _mm256_cvtepu16_epi32(_mm_loadu_si128(src.as_ptr().cast()));
+            let mag = _mm256_slli_epi32::<13>(_mm256_and_si256(h, _mm256_set1_epi32(0x7fff)));
+            let f = _mm256_mul_ps(_mm256_castsi256_ps(mag), _mm256_set1_ps(5.192_297e33));
+            let e = _mm256_set1_epi32(0x7c00);
+            let special = _mm256_cmpeq_epi32(_mm256_and_si256(h, e), e);
+            let bits = _mm256_or_si256(
+                _mm256_castps_si256(f),
+                _mm256_and_si256(special, _mm256_set1_epi32(0x7f80_0000)),
+            );
+            let sign = _mm256_slli_epi32::<16>(_mm256_and_si256(h, _mm256_set1_epi32(0x8000)));
+            _mm256_castsi256_ps(_mm256_or_si256(bits, sign))
+        }
+    }
+    #[inline(always)]
+    fn load_bf16(self, src: &[u16]) -> __m256 {
+        let mut buf = [0_u16; 8];
+        let src = if let Some(c) = src.first_chunk::<8>() {
+            c
+        } else {
+            for (b, &h) in buf.iter_mut().zip(src) {
+                *b = h;
+            }
+            &buf
+        };
+        // SAFETY: the token proves AVX2; 16 readable bytes, unaligned load.
+        unsafe {
+            let h = _mm256_cvtepu16_epi32(_mm_loadu_si128(src.as_ptr().cast()));
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(h))
+        }
+    }
+    #[inline(always)]
+    fn load_i8(self, src: &[i8]) -> __m256 {
+        let mut buf = [0_i8; 8];
+        let src = if let Some(c) = src.first_chunk::<8>() {
+            c
+        } else {
+            for (b, &h) in buf.iter_mut().zip(src) {
+                *b = h;
+            }
+            &buf
+        };
+        // SAFETY: the token proves AVX2; `_mm_loadl_epi64` reads 8 bytes, all readable.
+        unsafe {
+            let c = _mm256_cvtepi8_epi32(_mm_loadl_epi64(src.as_ptr().cast()));
+            _mm256_cvtepi32_ps(c)
         }
     }
 }
@@ -284,6 +359,11 @@ impl Simd for Avx512 {
         unsafe { _mm512_mul_ps(a, b) }
     }
     #[inline(always)]
+    fn div(self, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: the token proves AVX-512F.
+        unsafe { core::arch::x86_64::_mm512_div_ps(a, b) }
+    }
+    #[inline(always)]
     fn fma(self, a: __m512, b: __m512, c: __m512) -> __m512 {
         // SAFETY: the token proves AVX-512F.
         unsafe { _mm512_fmadd_ps(a, b, c) }
@@ -345,6 +425,53 @@ impl Simd for Avx512 {
                 r[12 + k] = _mm512_shuffle_f32x4::<0xDD>(v[4 + k], v[12 + k]);
             }
         }
+    }
+    #[inline(always)]
+    fn load_f16(self, src: &[u16]) -> __m512 {
+        let mut buf = [0_u16; 16];
+        let src = if let Some(c) = src.first_chunk::<16>() {
+            c
+        } else {
+            for (b, &h) in buf.iter_mut().zip(src) {
+                *b = h;
+            }
+            &buf
+        };
+        // SAFETY: the token proves AVX-512F (`vcvtph2ps` on 512 bits is AVX-512F); 32
+        // readable bytes, unaligned load.
+        unsafe { _mm512_cvtph_ps(core::arch::x86_64::_mm256_loadu_si256(src.as_ptr().cast())) }
+    }
+    #[inline(always)]
+    fn load_bf16(self, src: &[u16]) -> __m512 {
+        let mut buf = [0_u16; 16];
+        let src = if let Some(c) = src.first_chunk::<16>() {
+            c
+        } else {
+            for (b, &h) in buf.iter_mut().zip(src) {
+                *b = h;
+            }
+            &buf
+        };
+        // SAFETY: the token proves AVX-512F; 32 readable bytes, unaligned load.
+        unsafe {
+            let h =
+                _mm512_cvtepu16_epi32(core::arch::x86_64::_mm256_loadu_si256(src.as_ptr().cast()));
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(h))
+        }
+    }
+    #[inline(always)]
+    fn load_i8(self, src: &[i8]) -> __m512 {
+        let mut buf = [0_i8; 16];
+        let src = if let Some(c) = src.first_chunk::<16>() {
+            c
+        } else {
+            for (b, &h) in buf.iter_mut().zip(src) {
+                *b = h;
+            }
+            &buf
+        };
+        // SAFETY: the token proves AVX-512F; 16 readable bytes, unaligned load.
+        unsafe { _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(src.as_ptr().cast()))) }
     }
 }
 
@@ -488,4 +615,278 @@ unsafe fn bf16_tile_entry(_token: Bf16, mut t: Bf16Tile<'_>) {
         }
         r0 += 16;
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// The int8 tile of the edge formats (AVX-512 VNNI), and the popcount entry.
+
+/// Token of the AVX-512 VNNI dot product (`vpdpbusd`): exists only on a CPU with AVX-512F
+/// (its register state saved by the operating system) and AVX512_VNNI.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Vnni {
+    _detected: (),
+}
+
+/// CPUID leaf 7, sub-leaf 0, ECX bit 11: AVX512_VNNI (cached: 0 unknown, 1 no, 2 yes).
+static VNNI_CPUID: core::sync::atomic::AtomicU8 = core::sync::atomic::AtomicU8::new(0);
+
+impl Vnni {
+    /// The token, when AVX-512F is usable and CPUID reports AVX512_VNNI.
+    #[inline]
+    pub(crate) fn detect() -> Option<Self> {
+        use core::sync::atomic::Ordering;
+        Avx512::detect()?;
+        let known = VNNI_CPUID.load(Ordering::Relaxed);
+        let yes = if known == 0 {
+            // Leaf 7 exists: AVX-512F was reported there.
+            let yes = core::arch::x86_64::__cpuid_count(7, 0).ecx & (1 << 11) != 0;
+            VNNI_CPUID.store(if yes { 2 } else { 1 }, Ordering::Relaxed);
+            yes
+        } else {
+            known == 2
+        };
+        yes.then_some(Vnni { _detected: () })
+    }
+}
+
+/// Computes the tile; does nothing when a buffer is shorter than the shapes require.
+#[inline]
+pub(crate) fn i8_tile(token: Vnni, t: I8Tile<'_>) {
+    let panels_a = t.rows.div_ceil(16);
+    let panels_b = t.cols.div_ceil(16);
+    let plen = t.quads.saturating_mul(16);
+    let fits = t.a.len() >= panels_a.saturating_mul(plen)
+        && t.b.len() >= panels_b.saturating_mul(plen)
+        && t.a_scale.len() >= t.rows
+        && t.a_terms.len() >= t.rows
+        && t.b_scale.len() >= panels_b * 16
+        && t.b_terms.len() >= panels_b * 16
+        && t.b_sums.len() >= panels_b * 16
+        && t.out.len() >= t.rows.saturating_mul(t.cols)
+        && t.keep.0.len() >= t.rows
+        && t.keep.1.len() >= t.rows.saturating_mul(panels_b);
+    if !fits {
+        return;
+    }
+    // SAFETY: `token` proves AVX-512F and AVX512_VNNI, the features the entry point
+    // enables; the buffer lengths were checked above, as the entry point requires.
+    unsafe { i8_tile_entry(token, t) }
+}
+
+/// # Safety
+///
+/// The CPU has AVX-512F and AVX512_VNNI, and the buffers of `t` hold what [`I8Tile`]
+/// describes (checked by [`i8_tile`]).
+#[target_feature(enable = "avx512f,avx512vnni")]
+unsafe fn i8_tile_entry(_token: Vnni, mut t: I8Tile<'_>) {
+    use core::arch::x86_64::{
+        __m512i, _mm512_cmp_ps_mask, _mm512_dpbusd_epi32, _mm512_loadu_si512, _mm512_set1_epi32,
+        _mm512_setzero_si512, _mm512_slli_epi32, _mm512_sub_epi32, _CMP_NGT_UQ,
+    };
+    let plen = t.quads * 16;
+    let chunks = t.cols.div_ceil(16);
+    let zero = _mm512_setzero_ps();
+    let two = _mm512_set1_ps(2.0);
+    let one = _mm512_set1_ps(1.0);
+    let mut r0 = 0;
+    while r0 < t.rows {
+        let panel_a = (r0 / 16) * plen;
+        let nr = (t.rows - r0).min(16);
+        let mut c0 = 0;
+        while c0 < t.cols {
+            let nc = (t.cols - c0).min(16);
+            let mask = avx512_mask(nc);
+            let panel_b = (c0 / 16) * plen;
+            // SAFETY: `c0 + 16 <= cols.div_ceil(16) * 16 <=` each column vector's length.
+            let (bs, bt, sums) = unsafe {
+                (
+                    _mm512_loadu_ps(t.b_scale.as_ptr().add(c0)),
+                    _mm512_loadu_ps(t.b_terms.as_ptr().add(c0)),
+                    _mm512_loadu_si512(t.b_sums.as_ptr().add(c0).cast()),
+                )
+            };
+            let mut acc = [_mm512_setzero_si512(); 16];
+            for p in 0..t.quads {
+                // SAFETY: `panel_b + p * 16 + 16 <= panels_b * plen <= b.len()`; unaligned.
+                let bv: __m512i =
+                    unsafe { _mm512_loadu_si512(t.b.as_ptr().add(panel_b + p * 16).cast()) };
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    // SAFETY: `panel_a + p * 16 + r < panels_a * plen <= a.len()`.
+                    let w = unsafe { *t.a.get_unchecked(panel_a + p * 16 + r) };
+                    *acc_r = _mm512_dpbusd_epi32(*acc_r, _mm512_set1_epi32(w.cast_signed()), bv);
+                }
+            }
+            // The queries' codes were offset by 128: remove 128 times each column's sum.
+            let corr = _mm512_slli_epi32::<7>(sums);
+            for (r, &a) in acc.iter().enumerate().take(nr) {
+                // SAFETY: `r0 + r < rows <= a_scale.len(), a_terms.len()`.
+                let (sa, ta) = unsafe {
+                    (
+                        *t.a_scale.get_unchecked(r0 + r),
+                        *t.a_terms.get_unchecked(r0 + r),
+                    )
+                };
+                let dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(a, corr));
+                let x = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(sa), bs), dot);
+                let v = match t.epilogue {
+                    I8Epilogue::Sq => _mm512_max_ps(
+                        zero,
+                        _mm512_sub_ps(_mm512_add_ps(_mm512_set1_ps(ta), bt), _mm512_mul_ps(two, x)),
+                    ),
+                    I8Epilogue::Cosine => _mm512_sub_ps(one, x),
+                    I8Epilogue::NegDot => _mm512_sub_ps(zero, x),
+                };
+                // SAFETY: `(r0 + r) * cols + c0 + nc <= rows * cols <= out.len()`; lanes
+                // `>= nc` are masked off, neither written nor able to fault.
+                unsafe {
+                    _mm512_mask_storeu_ps(t.out.as_mut_ptr().add((r0 + r) * t.cols + c0), mask, v);
+                }
+                let (bars, masks) = &mut t.keep;
+                // SAFETY: `r0 + r < rows <= bars.len()`.
+                let bar = _mm512_set1_ps(unsafe { *bars.get_unchecked(r0 + r) });
+                let kept = _mm512_cmp_ps_mask::<_CMP_NGT_UQ>(v, bar) & mask;
+                // SAFETY: `(r0 + r) * chunks + c0 / 16 < rows * chunks <= masks.len()`.
+                unsafe {
+                    *masks.get_unchecked_mut((r0 + r) * chunks + c0 / 16) = u32::from(kept);
+                }
+            }
+            c0 += 16;
+        }
+        r0 += 16;
+    }
+}
+
+cpufeatures::new!(cpuid_avx512bw, "avx512bw");
+
+/// Token of the int8 row kernel: AVX512_VNNI (see [`Vnni`]) and AVX512BW (masked byte
+/// loads).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct VnniBw {
+    _detected: (),
+}
+
+impl VnniBw {
+    /// The token, when [`Vnni::detect`] succeeds and CPUID reports AVX512BW.
+    #[inline]
+    pub(crate) fn detect() -> Option<Self> {
+        Vnni::detect()?;
+        cpuid_avx512bw::get().then_some(VnniBw { _detected: () })
+    }
+}
+
+/// For each of the `out.len()` rows of `rows` (`dim` codes each): four partial sums of
+/// `sum q_i g_i` then four of `sum g_i^2` (each total exact in `i32`, the partials
+/// wrapping modulo 2^32), with `q` the query's codes stored as unsigned `c + 128`. Does
+/// nothing when a buffer is shorter than that.
+#[inline]
+pub(crate) fn i8_rows(token: VnniBw, q: &[u8], rows: &[i8], dim: usize, out: &mut [[i32; 8]]) {
+    if dim == 0 || q.len() < dim || rows.len() < out.len().saturating_mul(dim) {
+        return;
+    }
+    // SAFETY: the token proves AVX-512F, AVX512BW and AVX512_VNNI, the features the entry
+    // enables; the lengths were checked above.
+    unsafe { i8_rows_entry(token, q, rows, dim, out) }
+}
+
+/// # Safety
+///
+/// The CPU has AVX-512F, AVX512BW and AVX512_VNNI; `dim >= 1`, `q` holds `dim` bytes and
+/// `rows` `out.len() * dim` (checked by [`i8_rows`]).
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+unsafe fn i8_rows_entry(_token: VnniBw, q: &[u8], rows: &[i8], dim: usize, out: &mut [[i32; 8]]) {
+    use core::arch::x86_64::{
+        __m512i, _mm256_add_epi32, _mm256_castsi256_si128, _mm256_extracti128_si256,
+        _mm512_castsi512_si256, _mm512_dpbusd_epi32, _mm512_extracti64x4_epi64,
+        _mm512_maskz_loadu_epi8, _mm512_set1_epi8, _mm512_setzero_si512, _mm512_slli_epi32,
+        _mm512_sub_epi32, _mm512_xor_si512, _mm_add_epi32, _mm_storeu_si128,
+    };
+    /// Query chunks kept in registers (dimensions up to 256).
+    const HELD: usize = 4;
+    let ones = _mm512_set1_epi8(1);
+    let flip = _mm512_set1_epi8(i8::MIN);
+    let chunks = dim.div_ceil(64);
+    let tail = dim - (chunks - 1) * 64;
+    let last_mask = if tail == 64 {
+        u64::MAX
+    } else {
+        (1_u64 << tail) - 1
+    };
+    let mask = |c: usize| if c + 1 == chunks { last_mask } else { u64::MAX };
+    let mut held = [_mm512_setzero_si512(); HELD];
+    for (c, h) in held.iter_mut().enumerate().take(chunks) {
+        // SAFETY: bytes `64 c ..` of the query, masked to `dim`; masked-off lanes are
+        // neither read nor able to fault.
+        *h = unsafe { _mm512_maskz_loadu_epi8(mask(c), q.as_ptr().add(64 * c).cast()) };
+    }
+    // Four lanes of a vector's sum: the upper halves folded twice.
+    let fold = |v: __m512i| {
+        let h = _mm256_add_epi32(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64::<1>(v));
+        _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256::<1>(h))
+    };
+    for (r, o) in out.iter_mut().enumerate() {
+        let (mut dot, mut sq, mut sum) = (
+            _mm512_setzero_si512(),
+            _mm512_setzero_si512(),
+            _mm512_setzero_si512(),
+        );
+        for c in 0..chunks {
+            // SAFETY: bytes `64 c ..` of row `r`, masked to `dim`, are in bounds
+            // (`r * dim + dim <= out.len() * dim <= rows.len()`); masked-off lanes are
+            // neither read nor able to fault. The query's chunk likewise, when not held.
+            let (g, qv) = unsafe {
+                (
+                    _mm512_maskz_loadu_epi8(mask(c), rows.as_ptr().add(r * dim + 64 * c)),
+                    match held.get(c) {
+                        Some(&h) => h,
+                        None => _mm512_maskz_loadu_epi8(mask(c), q.as_ptr().add(64 * c).cast()),
+                    },
+                )
+            };
+            // Sums wrap modulo 2^32 in the lanes; the exact totals fit in `i32`, so the
+            // wrapped sums and the corrections below give them exactly.
+            dot = _mm512_dpbusd_epi32(dot, qv, g);
+            sq = _mm512_dpbusd_epi32(sq, _mm512_xor_si512(g, flip), g);
+            sum = _mm512_dpbusd_epi32(sum, ones, g);
+        }
+        // The offset's share, `128 sum g_i`, removed lane by lane.
+        let corr = _mm512_slli_epi32::<7>(sum);
+        let (d4, s4) = (
+            fold(_mm512_sub_epi32(dot, corr)),
+            fold(_mm512_sub_epi32(sq, corr)),
+        );
+        let (lo, hi) = o.split_at_mut(4);
+        // SAFETY: each half of `o` holds four `i32` (16 bytes); unaligned stores.
+        unsafe {
+            _mm_storeu_si128(lo.as_mut_ptr().cast(), d4);
+            _mm_storeu_si128(hi.as_mut_ptr().cast(), s4);
+        }
+    }
+}
+
+cpufeatures::new!(cpuid_popcnt, "popcnt");
+
+/// Token of the `popcnt` instruction.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Popcnt {
+    _detected: (),
+}
+
+impl Popcnt {
+    /// The token, when CPUID reports POPCNT (cached after the first call).
+    #[inline]
+    pub(crate) fn detect() -> Option<Self> {
+        cpuid_popcnt::get().then_some(Popcnt { _detected: () })
+    }
+}
+
+#[target_feature(enable = "popcnt")]
+fn popcnt_entry<K: Kernel>(_token: Popcnt, kernel: K) -> K::Output {
+    kernel.run::<super::Portable, { super::portable::MR }, { super::portable::NV }>(super::Portable)
+}
+
+/// Runs `kernel` on the portable backend compiled with `popcnt`.
+#[inline]
+pub(crate) fn run_popcnt<K: Kernel>(token: Popcnt, kernel: K) -> K::Output {
+    // SAFETY: `token` proves that CPUID reported POPCNT, the feature the entry enables.
+    unsafe { popcnt_entry(token, kernel) }
 }

@@ -102,6 +102,7 @@ fn run() -> Result<bool, tk::Error> {
     }
     ok &= losses(x)?;
     ok &= retrieval(x)?;
+    ok &= edge(x)?;
     Ok(ok)
 }
 
@@ -237,6 +238,60 @@ fn retrieval(x: Matrix<'_>) -> Result<bool, tk::Error> {
             &mut ws,
         )?;
         ok &= a == b;
+    }
+    Ok(ok)
+}
+
+fn edge(x: Matrix<'_>) -> Result<bool, tk::Error> {
+    let mut ws = [0.0_f32; 8192];
+    let mut idx = [0_u32; N * 3];
+    let mut dist = [0.0_f32; N * 3];
+    let mut ok = true;
+    let (mut f16, mut bf16) = ([0_u16; N * D], [0_u16; N * D]);
+    let (mut codes, mut scales) = ([0_i8; N * D], [0.0_f32; N]);
+    let mut words = [0_u64; tk::binary_words_len(N, D)];
+    let mut back = [0.0_f32; N * D];
+    tk::quantize_f16(x, &mut f16)?;
+    tk::scalar::quantize_f16(x, &mut f16)?;
+    tk::dequantize_f16(&f16, &mut back)?;
+    tk::scalar::dequantize_f16(&f16, &mut back)?;
+    tk::quantize_bf16(x, &mut bf16)?;
+    tk::scalar::quantize_bf16(x, &mut bf16)?;
+    tk::dequantize_bf16(&bf16, &mut back)?;
+    tk::scalar::dequantize_bf16(&bf16, &mut back)?;
+    tk::quantize_i8(x, &mut codes, &mut scales)?;
+    tk::scalar::quantize_i8(x, &mut codes, &mut scales)?;
+    tk::dequantize_i8(&codes, &scales, D, &mut back)?;
+    tk::scalar::dequantize_i8(&codes, &scales, D, &mut back)?;
+    ok &= finite(&back);
+    tk::quantize_binary(x, &mut words)?;
+    tk::scalar::quantize_binary(x, &mut words)?;
+    let bits = tk::BinaryMatrix::new(&words, N, D)?;
+    tk::dequantize_binary(bits, &mut back)?;
+    tk::scalar::dequantize_binary(bits, &mut back)?;
+    tk::knn_hamming(bits, bits, 3, &mut idx, &mut dist)?;
+    tk::scalar::knn_hamming(bits, bits, 3, &mut idx, &mut dist)?;
+    ok &= finite(&dist);
+    let qi = tk::EdgeMatrix::i8(&codes, &scales, N, D)?;
+    for rows in [
+        tk::EdgeMatrix::f32(x),
+        tk::EdgeMatrix::f16(&f16, N, D)?,
+        tk::EdgeMatrix::bf16(&bf16, N, D)?,
+        qi,
+    ] {
+        let mut norms = [0.0_f32; N];
+        let mut pws = [0.0_f32; D];
+        let g = tk::prepare_edge_gallery(rows, tk::SearchMetric::Cosine, &mut norms, &mut pws)?;
+        tk::knn_edge(x, &g, 3, &mut idx, &mut dist, &mut ws)?;
+        tk::scalar::knn_edge(x, &g, 3, &mut idx, &mut dist, &mut ws)?;
+        tk::knn_rescored(x, bits, &g, 4, 3, &mut idx, &mut dist, &mut ws)?;
+        tk::scalar::knn_rescored(x, bits, &g, 4, 3, &mut idx, &mut dist, &mut ws)?;
+        ok &= finite(&dist);
+        if rows.format() == tk::EdgeFormat::I8 {
+            tk::knn_edge_i8(qi, &g, 3, &mut idx, &mut dist, &mut ws)?;
+            tk::scalar::knn_edge_i8(qi, &g, 3, &mut idx, &mut dist, &mut ws)?;
+            ok &= finite(&dist);
+        }
     }
     Ok(ok)
 }
