@@ -590,9 +590,6 @@ impl Kernel for Select<'_, '_, '_> {
                 pad,
             };
             if width == 0 {
-                // Small query block: every candidate in the direct form, four rows at a
-                // time (independent chains, more loads in flight for a block streamed
-                // from memory), each value bit for bit that of `direct`.
                 // Small query block: every candidate in the direct form, row by row (four
                 // rows interleaved measured twice as slow: the single sequential stream
                 // is what the gallery's memory traffic wants).
