@@ -209,6 +209,11 @@ pub use mining::{
     hardest_pairs, hardest_pairs_workspace_len, mine_triplets, mine_triplets_count,
     mine_triplets_workspace_len, Mining, Triplet, NO_INDEX,
 };
+pub use mining::{
+    multi_similarity_mine, multi_similarity_mine_count, pair_mine, pair_mine_count,
+    pair_mine_workspace_len, triplet_mine, triplet_mine_count, triplet_mine_workspace_len,
+    MultiSimilarityMinerParams, Pair, PairCounts, PairMinerParams, TripletMinerParams, TripletType,
+};
 pub use reduce::{hinge_reduce, hinge_reduce_grad, Hinge, Reduction};
 
 pub use contrastive::{

@@ -52,6 +52,7 @@ mod proxy;
 mod quadruplet;
 mod reduce;
 mod retrieval;
+mod threshold;
 mod triplet;
 mod verification;
 
@@ -61,6 +62,10 @@ pub use distance::{
 };
 pub use mining::{hardest_pairs, mine_triplets, mine_triplets_count};
 pub use reduce::{hinge_reduce, hinge_reduce_grad};
+pub use threshold::{
+    multi_similarity_mine, multi_similarity_mine_count, pair_mine, pair_mine_count, triplet_mine,
+    triplet_mine_count,
+};
 
 pub use contrastive::{contrastive_loss, contrastive_loss_grad, contrastive_loss_workspace_len};
 pub use proxy::{

@@ -11,6 +11,7 @@
 mod case;
 mod contrastive;
 mod distance;
+mod miners;
 mod proxy;
 mod quadruplet;
 mod retrieval;
@@ -36,6 +37,9 @@ fn checker(op: &str) -> Option<Check> {
         "retrieval" => Some(retrieval::check),
         "triplet_margin" => Some(triplet::check_margin),
         "triplet_batch" => Some(triplet::check_batch),
+        "triplet_mine" => Some(miners::check_triplet),
+        "pair_mine" => Some(miners::check_pair),
+        "multi_similarity_mine" => Some(miners::check_ms),
         _ => None,
     }
 }
