@@ -186,6 +186,7 @@ mod error;
 mod math;
 mod matrix;
 pub mod mining;
+pub mod multi_similarity;
 pub mod proxy;
 pub mod quadruplet;
 pub mod reduce;
@@ -219,6 +220,11 @@ pub use reduce::{hinge_reduce, hinge_reduce_grad, Hinge, Reduction};
 pub use contrastive::{
     contrastive_loss, contrastive_loss_grad, contrastive_loss_workspace_len, ContrastiveForm,
     ContrastiveParams, ContrastiveReduction,
+};
+pub use multi_similarity::{
+    multi_similarity_loss, multi_similarity_loss_grad, multi_similarity_loss_pairs,
+    multi_similarity_loss_pairs_grad, multi_similarity_loss_pairs_workspace_len,
+    multi_similarity_loss_workspace_len, MultiSimilarityParams,
 };
 pub use proxy::{
     proxy_anchor_loss, proxy_anchor_loss_grad, proxy_anchor_loss_workspace_len, proxy_nca_loss,

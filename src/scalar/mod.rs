@@ -48,6 +48,7 @@ mod acc;
 mod contrastive;
 mod distance;
 mod mining;
+mod multi_similarity;
 mod proxy;
 mod quadruplet;
 mod reduce;
@@ -68,6 +69,11 @@ pub use threshold::{
 };
 
 pub use contrastive::{contrastive_loss, contrastive_loss_grad, contrastive_loss_workspace_len};
+pub use multi_similarity::{
+    multi_similarity_loss, multi_similarity_loss_grad, multi_similarity_loss_pairs,
+    multi_similarity_loss_pairs_grad, multi_similarity_loss_pairs_workspace_len,
+    multi_similarity_loss_workspace_len,
+};
 pub use proxy::{
     proxy_anchor_loss, proxy_anchor_loss_grad, proxy_anchor_loss_workspace_len, proxy_nca_loss,
     proxy_nca_loss_grad, proxy_nca_loss_workspace_len,

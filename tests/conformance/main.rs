@@ -40,6 +40,7 @@ fn checker(op: &str) -> Option<Check> {
         "triplet_mine" => Some(miners::check_triplet),
         "pair_mine" => Some(miners::check_pair),
         "multi_similarity_mine" => Some(miners::check_ms),
+        "multi_similarity" => Some(miners::check_ms_loss),
         _ => None,
     }
 }

@@ -214,3 +214,90 @@ pub fn check_ms(case: &Case<'_>) -> Result<(), String> {
         }
     })
 }
+
+/// Op `multi_similarity`: over every pair, or over the pairs the multi-similarity miner
+/// keeps (`mine_epsilon`); fast kernels and twins.
+pub fn check_ms_loss(case: &Case<'_>) -> Result<(), String> {
+    use triplet_kernels::{
+        multi_similarity_loss, multi_similarity_loss_grad, multi_similarity_loss_pairs,
+        multi_similarity_loss_pairs_grad, multi_similarity_loss_pairs_workspace_len,
+        multi_similarity_loss_workspace_len, MultiSimilarityParams,
+    };
+    let xm: Mat = case.get("x")?;
+    let x = xm.matrix()?;
+    let labels: Vec<u32> = case.get("labels")?;
+    if case.get::<String>("metric")? != "cosine" {
+        return Err("multi_similarity is defined on cosine similarity".into());
+    }
+    let params = MultiSimilarityParams::new(
+        case.get::<f64>("alpha")? as f32,
+        case.get::<f64>("beta")? as f32,
+        case.get::<f64>("base")? as f32,
+    );
+    let eps: Option<f64> = case.get_opt("mine_epsilon")?;
+    let want_loss: f64 = case.get("expected.loss")?;
+    let want_grad: Mat = case.get("expected.grad")?;
+    let want_pos: usize = case.get("expected.num_pos_pairs")?;
+    let want_neg: usize = case.get("expected.num_neg_pairs")?;
+    let (n, d) = (x.rows(), x.dim());
+    let mut grad = vec![f32::NAN; x.len()];
+    match eps {
+        None => {
+            let b = (0..n)
+                .flat_map(|a| (0..n).map(move |j| (a, j)))
+                .filter(|&(a, j)| a != j)
+                .fold((0, 0), |(p, q), (a, j)| {
+                    if labels[a] == labels[j] {
+                        (p + 1, q)
+                    } else {
+                        (p, q + 1)
+                    }
+                });
+            if b != (want_pos, want_neg) {
+                return Err(format!("pair counts {b:?}, want ({want_pos}, {want_neg})"));
+            }
+            let mut ws = vec![f32::NAN; multi_similarity_loss_workspace_len(n, d)];
+            let loss = multi_similarity_loss(x, &labels, params, &mut ws).map_err(err)?;
+            case.close("loss", f64::from(loss), want_loss)?;
+            let loss =
+                multi_similarity_loss_grad(x, &labels, params, &mut grad, &mut ws).map_err(err)?;
+            case.close("loss (grad call)", f64::from(loss), want_loss)?;
+            case.close_mat("grad", &grad, &want_grad, n, d)?;
+            let mut ws = vec![f32::NAN; scalar::multi_similarity_loss_workspace_len(n, d)];
+            let loss = scalar::multi_similarity_loss(x, &labels, params, &mut ws).map_err(err)?;
+            case.close("scalar loss", f64::from(loss), want_loss)?;
+            let loss = scalar::multi_similarity_loss_grad(x, &labels, params, &mut grad, &mut ws)
+                .map_err(err)?;
+            case.close("scalar loss (grad call)", f64::from(loss), want_loss)?;
+            case.close_mat("scalar grad", &grad, &want_grad, n, d)
+        }
+        Some(eps) => {
+            let miner = MultiSimilarityMinerParams::new(eps as f32);
+            let mut ws = vec![f32::NAN; pair_mine_workspace_len(n, d)];
+            let (mut pos, mut neg) = (vec![Pair::default(); n * n], vec![Pair::default(); n * n]);
+            let c = multi_similarity_mine(x, &labels, miner, &mut pos, &mut neg, &mut ws)
+                .map_err(err)?;
+            if (c.positives, c.negatives) != (want_pos, want_neg) {
+                return Err(format!("mined {c:?}, want ({want_pos}, {want_neg})"));
+            }
+            let (pos, neg) = (&pos[..c.positives], &neg[..c.negatives]);
+            let k = pos.len() + neg.len();
+            let mut ws = vec![f32::NAN; multi_similarity_loss_pairs_workspace_len(n, d, k)];
+            let loss = multi_similarity_loss_pairs(x, pos, neg, params, &mut ws).map_err(err)?;
+            case.close("loss", f64::from(loss), want_loss)?;
+            let loss = multi_similarity_loss_pairs_grad(x, pos, neg, params, &mut grad, &mut ws)
+                .map_err(err)?;
+            case.close("loss (grad call)", f64::from(loss), want_loss)?;
+            case.close_mat("grad", &grad, &want_grad, n, d)?;
+            let mut ws = vec![f32::NAN; scalar::multi_similarity_loss_pairs_workspace_len(n, d, k)];
+            let loss =
+                scalar::multi_similarity_loss_pairs(x, pos, neg, params, &mut ws).map_err(err)?;
+            case.close("scalar loss", f64::from(loss), want_loss)?;
+            let loss =
+                scalar::multi_similarity_loss_pairs_grad(x, pos, neg, params, &mut grad, &mut ws)
+                    .map_err(err)?;
+            case.close("scalar loss (grad call)", f64::from(loss), want_loss)?;
+            case.close_mat("scalar grad", &grad, &want_grad, n, d)
+        }
+    }
+}
