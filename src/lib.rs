@@ -218,7 +218,8 @@ pub use mining::{
 pub use reduce::{hinge_reduce, hinge_reduce_grad, Hinge, Reduction};
 
 pub use contrastive::{
-    contrastive_loss, contrastive_loss_grad, contrastive_loss_workspace_len, ContrastiveForm,
+    contrastive_loss, contrastive_loss_grad, contrastive_loss_pairs, contrastive_loss_pairs_grad,
+    contrastive_loss_pairs_workspace_len, contrastive_loss_workspace_len, ContrastiveForm,
     ContrastiveParams, ContrastiveReduction,
 };
 pub use multi_similarity::{

@@ -68,7 +68,10 @@ pub use threshold::{
     triplet_mine_count,
 };
 
-pub use contrastive::{contrastive_loss, contrastive_loss_grad, contrastive_loss_workspace_len};
+pub use contrastive::{
+    contrastive_loss, contrastive_loss_grad, contrastive_loss_pairs, contrastive_loss_pairs_grad,
+    contrastive_loss_pairs_workspace_len, contrastive_loss_workspace_len,
+};
 pub use multi_similarity::{
     multi_similarity_loss, multi_similarity_loss_grad, multi_similarity_loss_pairs,
     multi_similarity_loss_pairs_grad, multi_similarity_loss_pairs_workspace_len,
