@@ -36,6 +36,16 @@
 //! - [`hardest_pairs`] / [`hardest_pairs_workspace_len`]: per anchor, the farthest positive
 //!   and the nearest negative.
 //!
+//! **Threshold mining** ([`TripletType`], [`TripletMinerParams`], [`Pair`], [`PairCounts`],
+//! [`PairMinerParams`], [`MultiSimilarityMinerParams`])
+//! - [`triplet_mine`] / [`triplet_mine_count`] / [`triplet_mine_workspace_len`]: every
+//!   triplet meeting a margin rule (pytorch-metric-learning's `TripletMarginMiner`), with
+//!   a seeded cap.
+//! - [`pair_mine`] / [`pair_mine_count`] / [`pair_mine_workspace_len`]: ordered pairs past
+//!   their margins (`PairMarginMiner`).
+//! - [`multi_similarity_mine`] / [`multi_similarity_mine_count`]: the multi-similarity
+//!   pair rule (`MultiSimilarityMiner`).
+//!
 //! **[Hinges and reductions](reduce)** ([`Hinge`]: relu, soft margin; [`Reduction`]: none,
 //! sum, mean, mean over active terms)
 //! - [`hinge_reduce`]: a hinge applied to margin values, then reduced.
@@ -55,6 +65,14 @@
 //! - [`contrastive_loss`] / [`contrastive_loss_grad`] / [`contrastive_loss_workspace_len`]:
 //!   over every ordered pair of a labelled batch, pytorch-metric-learning's or Hadsell's
 //!   form.
+//! - [`contrastive_loss_pairs`] / [`contrastive_loss_pairs_grad`] /
+//!   [`contrastive_loss_pairs_workspace_len`]: over given (mined) pairs.
+//!
+//! **[Multi-similarity loss](multi_similarity)** ([`MultiSimilarityParams`])
+//! - [`multi_similarity_loss`] / [`multi_similarity_loss_grad`] /
+//!   [`multi_similarity_loss_workspace_len`]: over every pair of a labelled batch.
+//! - [`multi_similarity_loss_pairs`] / [`multi_similarity_loss_pairs_grad`] /
+//!   [`multi_similarity_loss_pairs_workspace_len`]: over given (mined) pairs.
 //!
 //! **[Quadruplet loss](quadruplet)** ([`QuadrupletParams`], [`Quadruplet`])
 //! - [`quadruplet_loss`] / [`quadruplet_loss_grad`] / [`quadruplet_loss_workspace_len`]:

@@ -51,7 +51,7 @@ fn pairs_impl(
     params: ContrastiveParams,
     positives: &[Pair],
     negatives: &[Pair],
-    mut grad: Option<&mut [f32]>,
+    grad: Option<&mut [f32]>,
     workspace: &mut [f32],
 ) -> Result<f32, Error> {
     let n = check_contrastive_pairs(
@@ -102,7 +102,7 @@ fn pairs_impl(
             .reduction
             .weights(positives.len(), pos_active, negatives.len(), neg_active);
     let loss = (f64::from(wp) * pos_sum + f64::from(wn) * neg_sum) as f32;
-    if let Some(g) = grad.as_deref_mut() {
+    if let Some(g) = grad {
         g.fill(0.0);
         for (&d, p) in dp.iter().zip(positives) {
             let coef = wp * form.pos_slope(d, params.pos_margin);

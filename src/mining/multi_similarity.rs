@@ -35,7 +35,7 @@ impl MultiSimilarityMinerParams {
         MultiSimilarityMinerParams { epsilon }
     }
 
-    fn validate(&self) -> Result<(), Error> {
+    fn validate(self) -> Result<(), Error> {
         if self.epsilon.is_finite() {
             Ok(())
         } else {
@@ -60,7 +60,7 @@ impl Default for MultiSimilarityMinerParams {
 pub(crate) fn check_ms_mine(
     x: &Matrix<'_>,
     labels: &[u32],
-    params: &MultiSimilarityMinerParams,
+    params: MultiSimilarityMinerParams,
     workspace: usize,
 ) -> Result<usize, Error> {
     let n = check_labels(x, labels)?;
@@ -154,7 +154,7 @@ pub fn multi_similarity_mine_count(
     params: MultiSimilarityMinerParams,
     workspace: &mut [f32],
 ) -> Result<PairCounts, Error> {
-    check_ms_mine(&x, labels, &params, workspace.len())?;
+    check_ms_mine(&x, labels, params, workspace.len())?;
     let mut c = PairCount::default();
     sweep_ms(
         Backend::active(),
@@ -215,7 +215,7 @@ pub fn multi_similarity_mine(
     negatives: &mut [Pair],
     workspace: &mut [f32],
 ) -> Result<PairCounts, Error> {
-    check_ms_mine(&x, labels, &params, workspace.len())?;
+    check_ms_mine(&x, labels, params, workspace.len())?;
     let backend = Backend::active();
     write_pairs(labels, positives, negatives, workspace, |ws, v| {
         sweep_ms(backend, &x, labels, params.epsilon, ws, v)

@@ -126,7 +126,7 @@ impl PairMinerParams {
         PairMinerParams { neg_margin, ..self }
     }
 
-    fn validate(&self) -> Result<(), Error> {
+    fn validate(self) -> Result<(), Error> {
         if !self.pos_margin.is_finite() {
             return Err(Error::InvalidParameter {
                 name: "pos_margin",
@@ -275,7 +275,7 @@ where
 pub(crate) fn check_pair_mine(
     x: &Matrix<'_>,
     labels: &[u32],
-    params: &PairMinerParams,
+    params: PairMinerParams,
     workspace: usize,
 ) -> Result<usize, Error> {
     let n = check_labels(x, labels)?;
@@ -360,7 +360,7 @@ pub fn pair_mine_count(
     params: PairMinerParams,
     workspace: &mut [f32],
 ) -> Result<PairCounts, Error> {
-    check_pair_mine(&x, labels, &params, workspace.len())?;
+    check_pair_mine(&x, labels, params, workspace.len())?;
     let mut c = PairCount::default();
     sweep_pairs(
         Backend::active(),
@@ -419,7 +419,7 @@ pub fn pair_mine(
     negatives: &mut [Pair],
     workspace: &mut [f32],
 ) -> Result<PairCounts, Error> {
-    check_pair_mine(&x, labels, &params, workspace.len())?;
+    check_pair_mine(&x, labels, params, workspace.len())?;
     let backend = Backend::active();
     write_pairs(labels, positives, negatives, workspace, |ws, v| {
         sweep_pairs(backend, &x, labels, metric, params, ws, v)

@@ -31,6 +31,10 @@ pub const fn multi_similarity_loss_pairs_workspace_len(
 
 /// One part of `L_a` in `f64`: `(1/scale) ln(1 + sum_k e^{sign scale (s_k - base)})` over
 /// the similarities `sims`, and each term's `dL / ds_k` through `coef(k, value)`.
+/// Lists the pairs of an anchor: `(anchor, positive part, visitor of the other rows)`.
+type PairsOf<'p> = dyn Fn(usize, bool, &mut dyn FnMut(usize)) + 'p;
+
+#[allow(clippy::type_complexity)] // A visitor of visitors, written out.
 fn part64(
     sims: &mut dyn FnMut(&mut dyn FnMut(usize, f64)),
     scale: f64,
@@ -52,7 +56,7 @@ fn part64(
 fn ms64(
     x: &Matrix<'_>,
     params: &MultiSimilarityParams,
-    pairs_of: &dyn Fn(usize, bool, &mut dyn FnMut(usize)),
+    pairs_of: &PairsOf<'_>,
     mut acc: Option<&mut Acc64<'_>>,
 ) -> f64 {
     let n = x.rows();

@@ -153,7 +153,7 @@ fn pairs64(
     x: &Matrix<'_>,
     labels: &[u32],
     metric: Metric,
-    params: &PairMinerParams,
+    params: PairMinerParams,
     visit: &mut dyn PairVisit,
 ) {
     let (pm, nm) = (f64::from(params.pos_margin), f64::from(params.neg_margin));
@@ -202,9 +202,9 @@ pub fn pair_mine_count(
     params: PairMinerParams,
     workspace: &mut [f32],
 ) -> Result<PairCounts, Error> {
-    check_pair_mine(&x, labels, &params, workspace.len())?;
+    check_pair_mine(&x, labels, params, workspace.len())?;
     let mut c = PairCount::default();
-    pairs64(&x, labels, metric, &params, &mut c);
+    pairs64(&x, labels, metric, params, &mut c);
     Ok(c.0)
 }
 
@@ -239,9 +239,9 @@ pub fn pair_mine(
     negatives: &mut [Pair],
     workspace: &mut [f32],
 ) -> Result<PairCounts, Error> {
-    check_pair_mine(&x, labels, &params, workspace.len())?;
+    check_pair_mine(&x, labels, params, workspace.len())?;
     write_pairs(labels, positives, negatives, workspace, |_, v| {
-        pairs64(&x, labels, metric, &params, v);
+        pairs64(&x, labels, metric, params, v);
         Ok(())
     })
 }
@@ -303,7 +303,7 @@ pub fn multi_similarity_mine_count(
     params: MultiSimilarityMinerParams,
     workspace: &mut [f32],
 ) -> Result<PairCounts, Error> {
-    check_ms_mine(&x, labels, &params, workspace.len())?;
+    check_ms_mine(&x, labels, params, workspace.len())?;
     let mut c = PairCount::default();
     ms64(&x, labels, f64::from(params.epsilon), &mut c);
     Ok(c.0)
@@ -339,7 +339,7 @@ pub fn multi_similarity_mine(
     negatives: &mut [Pair],
     workspace: &mut [f32],
 ) -> Result<PairCounts, Error> {
-    check_ms_mine(&x, labels, &params, workspace.len())?;
+    check_ms_mine(&x, labels, params, workspace.len())?;
     write_pairs(labels, positives, negatives, workspace, |_, v| {
         ms64(&x, labels, f64::from(params.epsilon), v);
         Ok(())
