@@ -421,7 +421,8 @@ fn all_impl(
 /// let mut ws = vec![0.0_f32; multi_similarity_loss_workspace_len(4, 2)];
 /// let p = MultiSimilarityParams::pytorch_metric_learning();
 /// let loss = multi_similarity_loss(x, &labels, p, &mut ws)?;
-/// assert!(loss > 0.0 && loss < 0.1); // classes well apart: a small loss
+/// // (1/4) sum_a L_a, by the formula above in f64: 0.15797.
+/// assert!((loss - 0.15797).abs() < 1e-4);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
 #[cfg_attr(feature = "no-panic", no_panic::no_panic)]
@@ -687,7 +688,10 @@ fn pairs_impl(
 /// let mut ws = vec![0.0_f32; multi_similarity_loss_pairs_workspace_len(4, 2, pos.len() + neg.len())];
 /// let p = MultiSimilarityParams::pytorch_metric_learning();
 /// let loss = multi_similarity_loss_pairs(x, pos, neg, p, &mut ws)?;
-/// assert!(loss > 0.0);
+/// // Only (1, 0) and (1, 2) pass the epsilon rule: one pair of each kind gives 0
+/// // (pytorch-metric-learning's rule).
+/// assert_eq!((pos, neg), (&[Pair::new(1, 0)][..], &[Pair::new(1, 2)][..]));
+/// assert_eq!(loss, 0.0);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
 #[cfg_attr(feature = "no-panic", no_panic::no_panic)]
