@@ -373,7 +373,9 @@ fn all_impl(
             let Some(gr) = g.get_mut(i * dim..(i + 1) * dim) else {
                 break;
             };
-            tmp.copy_from_slice(gr);
+            for (t, &v) in tmp.iter_mut().zip(gr.iter()) {
+                *t = v;
+            }
             l2_normalize_backward_on(backend, Matrix::new(row, 1, dim)?, tmp, gr)?;
         }
     }
@@ -559,7 +561,9 @@ fn pairs_impl(
     let mn = ws.take(n)?;
     let zn = ws.take(n)?;
     let sims = ws.take(positives.len() + negatives.len())?;
-    let (sp, sn) = sims.split_at_mut(positives.len());
+    let Some((sp, sn)) = sims.split_at_mut_checked(positives.len()) else {
+        return Ok(0.0);
+    };
     let (alpha, beta, base) = (params.alpha, params.beta, params.base);
     let sim = |p: &Pair| {
         let (a, j) = (p.anchor as usize, p.other as usize);

@@ -74,7 +74,9 @@ fn pairs_impl(
     let form = params.form;
     let (mut pos_sum, mut neg_sum) = (0.0_f64, 0.0_f64);
     let (mut pos_active, mut neg_active) = (0_usize, 0_usize);
-    let (dp, dn) = dists.split_at_mut(positives.len());
+    let Some((dp, dn)) = dists.split_at_mut_checked(positives.len()) else {
+        return Ok(0.0);
+    };
     for (part, (ds, pairs)) in [(&mut *dp, positives), (&mut *dn, negatives)]
         .into_iter()
         .enumerate()

@@ -2,7 +2,9 @@
 //! pytorch-metric-learning's `MultiSimilarityMiner`: [`multi_similarity_mine`],
 //! [`multi_similarity_mine_count`].
 
-use super::pairs::{pair_mine_workspace_len, write_pairs, Pair, PairCount, PairCounts, PairVisit};
+use super::pairs::{
+    pair_mine_workspace_len, write_pairs, Pair, PairCount, PairCounts, PairSweep, PairVisit,
+};
 use super::sweep::sweep_rows;
 use crate::distance::Metric;
 use crate::error::Error;
@@ -70,13 +72,13 @@ pub(crate) fn check_ms_mine(
     Ok(n)
 }
 
-fn sweep_ms(
+fn sweep_ms<V: PairVisit>(
     backend: Backend,
     x: &Matrix<'_>,
     labels: &[u32],
     eps: f32,
     workspace: &mut [f32],
-    visit: &mut dyn PairVisit,
+    visit: &mut V,
 ) -> Result<(), Error> {
     sweep_rows(backend, x, Metric::Cosine, workspace, |a, row, sim| {
         let Some(&la) = labels.get(a) else {
@@ -217,7 +219,32 @@ pub fn multi_similarity_mine(
 ) -> Result<PairCounts, Error> {
     check_ms_mine(&x, labels, params, workspace.len())?;
     let backend = Backend::active();
-    write_pairs(labels, positives, negatives, workspace, |ws, v| {
-        sweep_ms(backend, &x, labels, params.epsilon, ws, v)
-    })
+    let sweep = MsSweep {
+        backend,
+        x: &x,
+        labels,
+        eps: params.epsilon,
+    };
+    write_pairs(labels, positives, negatives, workspace, sweep)
+}
+
+/// [`multi_similarity_mine`]'s sweep.
+struct MsSweep<'a, 'x> {
+    backend: Backend,
+    x: &'a Matrix<'x>,
+    labels: &'a [u32],
+    eps: f32,
+}
+
+impl PairSweep for MsSweep<'_, '_> {
+    fn run<V: PairVisit>(&mut self, workspace: &mut [f32], visit: &mut V) -> Result<(), Error> {
+        sweep_ms(
+            self.backend,
+            self.x,
+            self.labels,
+            self.eps,
+            workspace,
+            visit,
+        )
+    }
 }

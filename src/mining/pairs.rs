@@ -253,12 +253,12 @@ pub(crate) fn write_pairs<F>(
     mut sweep: F,
 ) -> Result<PairCounts, Error>
 where
-    F: FnMut(&mut [f32], &mut dyn PairVisit) -> Result<(), Error>,
+    F: PairSweep,
 {
     let bounds = pair_bounds(labels);
     if positives.len() < bounds.positives || negatives.len() < bounds.negatives {
         let mut c = PairCount::default();
-        sweep(&mut *workspace, &mut c)?;
+        sweep.run(&mut *workspace, &mut c)?;
         check_pair_outputs(c.0, positives.len(), negatives.len())?;
     }
     let mut w = PairWrite {
@@ -266,8 +266,37 @@ where
         negatives,
         counts: PairCounts::default(),
     };
-    sweep(workspace, &mut w)?;
+    sweep.run(workspace, &mut w)?;
     Ok(w.counts)
+}
+
+/// A pair miner's sweep, generic over what receives the pairs (statically dispatched, so
+/// that the no-panic proof sees through it).
+pub(crate) trait PairSweep {
+    fn run<V: PairVisit>(&mut self, workspace: &mut [f32], visit: &mut V) -> Result<(), Error>;
+}
+
+/// [`pair_mine`]'s sweep.
+struct MarginSweep<'a, 'x> {
+    backend: Backend,
+    x: &'a Matrix<'x>,
+    labels: &'a [u32],
+    metric: Metric,
+    params: PairMinerParams,
+}
+
+impl PairSweep for MarginSweep<'_, '_> {
+    fn run<V: PairVisit>(&mut self, workspace: &mut [f32], visit: &mut V) -> Result<(), Error> {
+        sweep_pairs(
+            self.backend,
+            self.x,
+            self.labels,
+            self.metric,
+            self.params,
+            workspace,
+            visit,
+        )
+    }
 }
 
 /// The checks of the pair miners before their outputs: labels, parameters, workspace,
@@ -285,14 +314,14 @@ pub(crate) fn check_pair_mine(
     Ok(n)
 }
 
-fn sweep_pairs(
+fn sweep_pairs<V: PairVisit>(
     backend: Backend,
     x: &Matrix<'_>,
     labels: &[u32],
     metric: Metric,
     params: PairMinerParams,
     workspace: &mut [f32],
-    visit: &mut dyn PairVisit,
+    visit: &mut V,
 ) -> Result<(), Error> {
     let (pm, nm) = (params.pos_margin, params.neg_margin);
     sweep_rows(backend, x, metric, workspace, |a, row, _| {
@@ -421,7 +450,12 @@ pub fn pair_mine(
 ) -> Result<PairCounts, Error> {
     check_pair_mine(&x, labels, params, workspace.len())?;
     let backend = Backend::active();
-    write_pairs(labels, positives, negatives, workspace, |ws, v| {
-        sweep_pairs(backend, &x, labels, metric, params, ws, v)
-    })
+    let sweep = MarginSweep {
+        backend,
+        x: &x,
+        labels,
+        metric,
+        params,
+    };
+    write_pairs(labels, positives, negatives, workspace, sweep)
 }

@@ -5,7 +5,7 @@
 use crate::distance::Metric;
 use crate::error::Error;
 use crate::matrix::Matrix;
-use crate::mining::pairs::{check_pair_mine, write_pairs, PairCount, PairVisit};
+use crate::mining::pairs::{check_pair_mine, write_pairs, PairCount, PairSweep, PairVisit};
 use crate::mining::threshold::{candidate_bound, check_triplet_mine, Sampler};
 use crate::mining::{
     check_ms_mine, MultiSimilarityMinerParams, Pair, PairCounts, PairMinerParams, Triplet,
@@ -149,12 +149,12 @@ pub fn triplet_mine(
     Ok(k)
 }
 
-fn pairs64(
+fn pairs64<V: PairVisit>(
     x: &Matrix<'_>,
     labels: &[u32],
     metric: Metric,
     params: PairMinerParams,
-    visit: &mut dyn PairVisit,
+    visit: &mut V,
 ) {
     let (pm, nm) = (f64::from(params.pos_margin), f64::from(params.neg_margin));
     for (a, &la) in labels.iter().enumerate() {
@@ -240,10 +240,12 @@ pub fn pair_mine(
     workspace: &mut [f32],
 ) -> Result<PairCounts, Error> {
     check_pair_mine(&x, labels, params, workspace.len())?;
-    write_pairs(labels, positives, negatives, workspace, |_, v| {
-        pairs64(&x, labels, metric, params, v);
-        Ok(())
-    })
+    let sweep = Twin64 {
+        x: &x,
+        labels,
+        rule: Rule64::Margins(metric, params),
+    };
+    write_pairs(labels, positives, negatives, workspace, sweep)
 }
 
 /// Cosine similarity of rows `i` and `j` in `f64`.
@@ -251,7 +253,7 @@ pub(crate) fn sim64(x: &Matrix<'_>, i: usize, j: usize) -> f64 {
     1.0 - pair64(x, Metric::Cosine, i, j)
 }
 
-fn ms64(x: &Matrix<'_>, labels: &[u32], eps: f64, visit: &mut dyn PairVisit) {
+fn ms64<V: PairVisit>(x: &Matrix<'_>, labels: &[u32], eps: f64, visit: &mut V) {
     for (a, &la) in labels.iter().enumerate() {
         let (mut max_neg, mut min_pos) = (f64::NEG_INFINITY, f64::INFINITY);
         for (j, &l) in labels.iter().enumerate() {
@@ -340,8 +342,33 @@ pub fn multi_similarity_mine(
     workspace: &mut [f32],
 ) -> Result<PairCounts, Error> {
     check_ms_mine(&x, labels, params, workspace.len())?;
-    write_pairs(labels, positives, negatives, workspace, |_, v| {
-        ms64(&x, labels, f64::from(params.epsilon), v);
+    let sweep = Twin64 {
+        x: &x,
+        labels,
+        rule: Rule64::Ms(f64::from(params.epsilon)),
+    };
+    write_pairs(labels, positives, negatives, workspace, sweep)
+}
+
+/// The twins' pair rules.
+enum Rule64 {
+    Margins(Metric, PairMinerParams),
+    Ms(f64),
+}
+
+/// A twin's sweep for [`write_pairs`].
+struct Twin64<'a, 'x> {
+    x: &'a Matrix<'x>,
+    labels: &'a [u32],
+    rule: Rule64,
+}
+
+impl PairSweep for Twin64<'_, '_> {
+    fn run<V: PairVisit>(&mut self, _ws: &mut [f32], visit: &mut V) -> Result<(), Error> {
+        match self.rule {
+            Rule64::Margins(metric, params) => pairs64(self.x, self.labels, metric, params, visit),
+            Rule64::Ms(eps) => ms64(self.x, self.labels, eps, visit),
+        }
         Ok(())
-    })
+    }
 }
