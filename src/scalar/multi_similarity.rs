@@ -29,34 +29,47 @@ pub const fn multi_similarity_loss_pairs_workspace_len(
     rows.saturating_mul(dim)
 }
 
-/// One part of `L_a` in `f64`: `(1/scale) ln(1 + sum_k e^{sign scale (s_k - base)})` over
-/// the similarities `sims`, and each term's `dL / ds_k` through `coef(k, value)`.
-/// Lists the pairs of an anchor: `(anchor, positive part, visitor of the other rows)`.
-type PairsOf<'p> = dyn Fn(usize, bool, &mut dyn FnMut(usize)) + 'p;
-
-#[allow(clippy::type_complexity)] // A visitor of visitors, written out.
-fn part64(
-    sims: &mut dyn FnMut(&mut dyn FnMut(usize, f64)),
-    scale: f64,
-    sign: f64,
-    base: f64,
-    mut coef: Option<&mut dyn FnMut(usize, f64)>,
-) -> f64 {
-    let mut m = 0.0_f64;
-    sims(&mut |_, s| m = m.max(sign * scale * (s - base)));
-    let mut z = libm::exp(-m);
-    sims(&mut |_, s| z += libm::exp(sign * scale * (s - base) - m));
-    if let Some(c) = coef.as_mut() {
-        sims(&mut |k, s| c(k, sign * libm::exp(sign * scale * (s - base) - m) / z));
-    }
-    (m + libm::log(z)) / scale
+/// Where the pairs of an anchor come from: every other row of the batch by label, or the
+/// given lists (a pair `(a, j)` of `positives` or `negatives` whose anchor is `a`).
+#[derive(Clone, Copy)]
+enum Source<'p> {
+    All(&'p [u32]),
+    Listed(&'p [Pair], &'p [Pair]),
 }
 
-/// The loss (and the gradient into `acc`) over the pairs `pairs_of(a, positive, f)` lists.
+impl<'p> Source<'p> {
+    /// The other rows of anchor `a`'s positive (or negative) pairs, in order. Plain
+    /// iterators, no dynamic calls: the twins stay provably panic-free.
+    fn others(self, a: usize, positive: bool) -> impl Iterator<Item = usize> + 'p {
+        let (labels, list): (&'p [u32], &'p [Pair]) = match self {
+            Source::All(labels) => (labels, &[]),
+            Source::Listed(p, n) => (&[], if positive { p } else { n }),
+        };
+        let la = labels.get(a).copied();
+        let by_label = labels
+            .iter()
+            .enumerate()
+            .filter(move |&(j, &l)| match la {
+                Some(la) if positive => l == la && j != a,
+                Some(la) => l != la,
+                None => false,
+            })
+            .map(|(j, _)| j);
+        let by_list = list
+            .iter()
+            .filter(move |p| p.anchor as usize == a)
+            .map(|p| p.other as usize);
+        by_label.chain(by_list)
+    }
+}
+
+/// The loss (and the gradient into `acc`) over the pairs of `src`: for every anchor and
+/// part, `(1/scale) ln(1 + sum_k e^{sign scale (s_k - base)})` (shifted by its largest
+/// exponent, at least 0), and each term's `dL / ds_k` applied through the pair gradient.
 fn ms64(
     x: &Matrix<'_>,
     params: &MultiSimilarityParams,
-    pairs_of: &PairsOf<'_>,
+    src: Source<'_>,
     mut acc: Option<&mut Acc64<'_>>,
 ) -> f64 {
     let n = x.rows();
@@ -66,53 +79,32 @@ fn ms64(
         f64::from(params.base),
     );
     let w = 1.0 / n as f64;
-    let has_acc = acc.is_some();
     let mut total = 0.0;
     for a in 0..n {
         for (positive, scale, sign) in [(true, alpha, -1.0), (false, beta, 1.0)] {
-            let mut sims = |f: &mut dyn FnMut(usize, f64)| {
-                pairs_of(a, positive, &mut |j| f(j, sim64(x, a, j)));
-            };
-            let mut grad = |j: usize, c: f64| {
-                // dL/dd = -w dL/ds, d = 1 - s.
-                if let (Some(acc), Some(ra), Some(rj)) = (acc.as_mut(), x.row(a), x.row(j)) {
-                    let d = 1.0 - sim64(x, a, j);
-                    pair_grad64(Metric::Cosine, (a, ra), (j, rj), d, 0.0, -w * c, acc);
+            let exponent = |j: usize| sign * scale * (sim64(x, a, j) - base);
+            let m = src
+                .others(a, positive)
+                .map(exponent)
+                .fold(0.0_f64, f64::max);
+            let mut z = libm::exp(-m);
+            for j in src.others(a, positive) {
+                z += libm::exp(exponent(j) - m);
+            }
+            if let Some(acc) = acc.as_deref_mut() {
+                for j in src.others(a, positive) {
+                    let c = sign * libm::exp(exponent(j) - m) / z;
+                    // dL/dd = -w dL/ds, d = 1 - s.
+                    if let (Some(ra), Some(rj)) = (x.row(a), x.row(j)) {
+                        let d = 1.0 - sim64(x, a, j);
+                        pair_grad64(Metric::Cosine, (a, ra), (j, rj), d, 0.0, -w * c, acc);
+                    }
                 }
-            };
-            let coef: Option<&mut dyn FnMut(usize, f64)> =
-                if has_acc { Some(&mut grad) } else { None };
-            total += part64(&mut sims, scale, sign, base, coef);
+            }
+            total += (m + libm::log(z)) / scale;
         }
     }
     total * w
-}
-
-fn all_pairs(labels: &[u32]) -> impl Fn(usize, bool, &mut dyn FnMut(usize)) + '_ {
-    move |a, positive, f| {
-        let Some(&la) = labels.get(a) else {
-            return;
-        };
-        for (j, &l) in labels.iter().enumerate() {
-            if (l == la) == positive && j != a {
-                f(j);
-            }
-        }
-    }
-}
-
-fn listed<'p>(
-    positives: &'p [Pair],
-    negatives: &'p [Pair],
-) -> impl Fn(usize, bool, &mut dyn FnMut(usize)) + 'p {
-    move |a, positive, f| {
-        let list = if positive { positives } else { negatives };
-        for p in list {
-            if p.anchor as usize == a {
-                f(p.other as usize);
-            }
-        }
-    }
 }
 
 fn ordered_pairs(labels: &[u32]) -> (usize, usize) {
@@ -157,7 +149,7 @@ pub fn multi_similarity_loss(
     if p <= 1 && q <= 1 {
         return Ok(0.0);
     }
-    Ok(ms64(&x, &params, &all_pairs(labels), None) as f32)
+    Ok(ms64(&x, &params, Source::All(labels), None) as f32)
 }
 
 /// Scalar twin of [`crate::multi_similarity_loss_grad`]: every pair and every gradient
@@ -201,7 +193,7 @@ pub fn multi_similarity_loss_grad(
     let loss = if p <= 1 && q <= 1 {
         0.0
     } else {
-        ms64(&x, &params, &all_pairs(labels), Some(&mut acc))
+        ms64(&x, &params, Source::All(labels), Some(&mut acc))
     };
     acc.finish();
     Ok(loss as f32)
@@ -246,7 +238,7 @@ pub fn multi_similarity_loss_pairs(
     if positives.len() <= 1 && negatives.len() <= 1 {
         return Ok(0.0);
     }
-    Ok(ms64(&x, &params, &listed(positives, negatives), None) as f32)
+    Ok(ms64(&x, &params, Source::Listed(positives, negatives), None) as f32)
 }
 
 /// Scalar twin of [`crate::multi_similarity_loss_pairs_grad`]: every pair and every
@@ -293,7 +285,12 @@ pub fn multi_similarity_loss_pairs_grad(
     let loss = if positives.len() <= 1 && negatives.len() <= 1 {
         0.0
     } else {
-        ms64(&x, &params, &listed(positives, negatives), Some(&mut acc))
+        ms64(
+            &x,
+            &params,
+            Source::Listed(positives, negatives),
+            Some(&mut acc),
+        )
     };
     acc.finish();
     Ok(loss as f32)
