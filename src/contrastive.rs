@@ -23,6 +23,12 @@
 //! A batch of one row, or without positive (negative) pairs, has no positive (negative)
 //! terms: that part is 0 with a zero gradient.
 
+pub(crate) mod pairs;
+
+pub use pairs::{
+    contrastive_loss_pairs, contrastive_loss_pairs_grad, contrastive_loss_pairs_workspace_len,
+};
+
 use crate::distance::{clamped_row_norms, distance, pair_grad_rows, Metric};
 use crate::error::Error;
 use crate::matrix::Matrix;

@@ -36,6 +36,16 @@
 //! - [`hardest_pairs`] / [`hardest_pairs_workspace_len`]: per anchor, the farthest positive
 //!   and the nearest negative.
 //!
+//! **Threshold mining** ([`TripletType`], [`TripletMinerParams`], [`Pair`], [`PairCounts`],
+//! [`PairMinerParams`], [`MultiSimilarityMinerParams`])
+//! - [`triplet_mine`] / [`triplet_mine_count`] / [`triplet_mine_workspace_len`]: every
+//!   triplet meeting a margin rule (pytorch-metric-learning's `TripletMarginMiner`), with
+//!   a seeded cap.
+//! - [`pair_mine`] / [`pair_mine_count`] / [`pair_mine_workspace_len`]: ordered pairs past
+//!   their margins (`PairMarginMiner`).
+//! - [`multi_similarity_mine`] / [`multi_similarity_mine_count`]: the multi-similarity
+//!   pair rule (`MultiSimilarityMiner`).
+//!
 //! **[Hinges and reductions](reduce)** ([`Hinge`]: relu, soft margin; [`Reduction`]: none,
 //! sum, mean, mean over active terms)
 //! - [`hinge_reduce`]: a hinge applied to margin values, then reduced.
@@ -55,6 +65,14 @@
 //! - [`contrastive_loss`] / [`contrastive_loss_grad`] / [`contrastive_loss_workspace_len`]:
 //!   over every ordered pair of a labelled batch, pytorch-metric-learning's or Hadsell's
 //!   form.
+//! - [`contrastive_loss_pairs`] / [`contrastive_loss_pairs_grad`] /
+//!   [`contrastive_loss_pairs_workspace_len`]: over given (mined) pairs.
+//!
+//! **[Multi-similarity loss](multi_similarity)** ([`MultiSimilarityParams`])
+//! - [`multi_similarity_loss`] / [`multi_similarity_loss_grad`] /
+//!   [`multi_similarity_loss_workspace_len`]: over every pair of a labelled batch.
+//! - [`multi_similarity_loss_pairs`] / [`multi_similarity_loss_pairs_grad`] /
+//!   [`multi_similarity_loss_pairs_workspace_len`]: over given (mined) pairs.
 //!
 //! **[Quadruplet loss](quadruplet)** ([`QuadrupletParams`], [`Quadruplet`])
 //! - [`quadruplet_loss`] / [`quadruplet_loss_grad`] / [`quadruplet_loss_workspace_len`]:
@@ -207,6 +225,7 @@ pub mod face;
 mod math;
 mod matrix;
 pub mod mining;
+pub mod multi_similarity;
 pub mod proxy;
 pub mod quadruplet;
 pub mod reduce;
@@ -230,15 +249,26 @@ pub use mining::{
     hardest_pairs, hardest_pairs_workspace_len, mine_triplets, mine_triplets_count,
     mine_triplets_workspace_len, Mining, Triplet, NO_INDEX,
 };
+pub use mining::{
+    multi_similarity_mine, multi_similarity_mine_count, pair_mine, pair_mine_count,
+    pair_mine_workspace_len, triplet_mine, triplet_mine_count, triplet_mine_workspace_len,
+    MultiSimilarityMinerParams, Pair, PairCounts, PairMinerParams, TripletMinerParams, TripletType,
+};
 pub use reduce::{hinge_reduce, hinge_reduce_grad, Hinge, Reduction};
 
 pub use contrastive::{
-    contrastive_loss, contrastive_loss_grad, contrastive_loss_workspace_len, ContrastiveForm,
+    contrastive_loss, contrastive_loss_grad, contrastive_loss_pairs, contrastive_loss_pairs_grad,
+    contrastive_loss_pairs_workspace_len, contrastive_loss_workspace_len, ContrastiveForm,
     ContrastiveParams, ContrastiveReduction,
 };
 pub use face::{
     arcface_loss, arcface_loss_grad, arcface_loss_workspace_len, cosface_loss, cosface_loss_grad,
     cosface_loss_workspace_len, ArcFaceParams, CosFaceParams,
+};
+pub use multi_similarity::{
+    multi_similarity_loss, multi_similarity_loss_grad, multi_similarity_loss_pairs,
+    multi_similarity_loss_pairs_grad, multi_similarity_loss_pairs_workspace_len,
+    multi_similarity_loss_workspace_len, MultiSimilarityParams,
 };
 pub use proxy::{
     proxy_anchor_loss, proxy_anchor_loss_grad, proxy_anchor_loss_workspace_len, proxy_nca_loss,

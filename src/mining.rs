@@ -61,11 +61,26 @@
 //! `(2 d + 10) 2^-24`).
 
 mod hard;
+pub(crate) mod multi_similarity;
+pub(crate) mod pairs;
 mod rows;
 mod select;
+mod sweep;
+pub(crate) mod threshold;
 
 pub(crate) use hard::{hard_len, hard_sweep, EmitHard, HardState, TILE};
 pub(crate) use rows::{block_rows, for_row_blocks, rows_len, SemiBlock};
+
+pub(crate) use multi_similarity::check_ms_mine;
+pub use multi_similarity::{
+    multi_similarity_mine, multi_similarity_mine_count, MultiSimilarityMinerParams,
+};
+pub use pairs::{
+    pair_mine, pair_mine_count, pair_mine_workspace_len, Pair, PairCounts, PairMinerParams,
+};
+pub use threshold::{
+    triplet_mine, triplet_mine_count, triplet_mine_workspace_len, TripletMinerParams, TripletType,
+};
 
 use crate::distance::{metric_norms, Metric};
 use crate::error::Error;

@@ -340,3 +340,71 @@ fn mining_and_triplet_losses_do_not_allocate() {
     });
     assert_eq!(n, 0);
 }
+
+#[test]
+fn threshold_miners_and_pair_losses_do_not_allocate() {
+    let (xd, labels) = batch();
+    let x = Matrix::new(&xd, 24, 11).unwrap();
+    let mut ws = vec![0.0_f32; 1 << 16];
+    let mut g = vec![0.0_f32; 24 * 11];
+    let mut out = vec![tk::Triplet::default(); 24 * 24 * 24];
+    let mut pos = vec![tk::Pair::default(); 24 * 24];
+    let mut neg = vec![tk::Pair::default(); 24 * 24];
+    let n = count(|| {
+        for metric in [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine] {
+            for t in [
+                tk::TripletType::All,
+                tk::TripletType::Hard,
+                tk::TripletType::SemiHard,
+                tk::TripletType::Easy,
+            ] {
+                let p = tk::TripletMinerParams::new(0.5, t);
+                let k = tk::triplet_mine_count(x, &labels, metric, p, &mut ws).unwrap();
+                tk::scalar::triplet_mine_count(x, &labels, metric, p, &mut ws).unwrap();
+                // Exactly sized (count first inside), then capped.
+                tk::triplet_mine(x, &labels, metric, p, &mut out[..k], &mut ws).unwrap();
+                tk::scalar::triplet_mine(x, &labels, metric, p, &mut out[..k], &mut ws).unwrap();
+                let p = p.with_cap(k / 2, 3);
+                tk::triplet_mine(x, &labels, metric, p, &mut out, &mut ws).unwrap();
+                tk::scalar::triplet_mine(x, &labels, metric, p, &mut out, &mut ws).unwrap();
+            }
+            let pp = tk::PairMinerParams::new(1.0, 2.0);
+            let c = tk::pair_mine_count(x, &labels, metric, pp, &mut ws).unwrap();
+            tk::scalar::pair_mine_count(x, &labels, metric, pp, &mut ws).unwrap();
+            tk::pair_mine(
+                x,
+                &labels,
+                metric,
+                pp,
+                &mut pos[..c.positives],
+                &mut neg[..c.negatives],
+                &mut ws,
+            )
+            .unwrap();
+            tk::scalar::pair_mine(x, &labels, metric, pp, &mut pos, &mut neg, &mut ws).unwrap();
+            let cp = tk::ContrastiveParams::pytorch_metric_learning();
+            let (ps, ns) = (&pos[..c.positives], &neg[..c.negatives]);
+            tk::contrastive_loss_pairs(x, metric, cp, ps, ns, &mut ws).unwrap();
+            tk::contrastive_loss_pairs_grad(x, metric, cp, ps, ns, &mut g, &mut ws).unwrap();
+            tk::scalar::contrastive_loss_pairs(x, metric, cp, ps, ns, &mut ws).unwrap();
+            tk::scalar::contrastive_loss_pairs_grad(x, metric, cp, ps, ns, &mut g, &mut ws)
+                .unwrap();
+        }
+        let mp = tk::MultiSimilarityMinerParams::pytorch_metric_learning();
+        tk::multi_similarity_mine_count(x, &labels, mp, &mut ws).unwrap();
+        tk::scalar::multi_similarity_mine_count(x, &labels, mp, &mut ws).unwrap();
+        tk::scalar::multi_similarity_mine(x, &labels, mp, &mut pos, &mut neg, &mut ws).unwrap();
+        let c = tk::multi_similarity_mine(x, &labels, mp, &mut pos, &mut neg, &mut ws).unwrap();
+        let (ps, ns) = (&pos[..c.positives], &neg[..c.negatives]);
+        let p = tk::MultiSimilarityParams::pytorch_metric_learning();
+        tk::multi_similarity_loss(x, &labels, p, &mut ws).unwrap();
+        tk::multi_similarity_loss_grad(x, &labels, p, &mut g, &mut ws).unwrap();
+        tk::scalar::multi_similarity_loss(x, &labels, p, &mut ws).unwrap();
+        tk::scalar::multi_similarity_loss_grad(x, &labels, p, &mut g, &mut ws).unwrap();
+        tk::multi_similarity_loss_pairs(x, ps, ns, p, &mut ws).unwrap();
+        tk::multi_similarity_loss_pairs_grad(x, ps, ns, p, &mut g, &mut ws).unwrap();
+        tk::scalar::multi_similarity_loss_pairs(x, ps, ns, p, &mut ws).unwrap();
+        tk::scalar::multi_similarity_loss_pairs_grad(x, ps, ns, p, &mut g, &mut ws).unwrap();
+    });
+    assert_eq!(n, 0);
+}

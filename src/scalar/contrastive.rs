@@ -1,11 +1,13 @@
 //! Scalar twins of [`crate::contrastive`].
 
+use crate::contrastive::pairs::check_contrastive_pairs;
 use crate::contrastive::{
     check_contrastive, ContrastiveForm, ContrastiveParams, ContrastiveReduction,
 };
 use crate::distance::Metric;
 use crate::error::Error;
 use crate::matrix::Matrix;
+use crate::mining::Pair;
 use crate::scalar::acc::{check_twin_workspace, Acc64};
 use crate::scalar::distance::{distance64, pair_grad64};
 use crate::scalar::reduce::weight64;
@@ -214,4 +216,143 @@ pub fn contrastive_loss_grad(
     }
     acc.finish();
     Ok((wp * p.pos_sum + wn * p.neg_sum) as f32)
+}
+
+/// Workspace elements that the twins [`contrastive_loss_pairs`] and
+/// [`contrastive_loss_pairs_grad`] need: `rows * dim`, the low halves of the gradient's
+/// `f64` accumulators (`pairs` is not used). Saturates instead of overflowing.
+pub const fn contrastive_loss_pairs_workspace_len(rows: usize, dim: usize, pairs: usize) -> usize {
+    let _ = pairs;
+    rows.saturating_mul(dim)
+}
+
+fn pairs64(
+    x: &Matrix<'_>,
+    metric: Metric,
+    params: &ContrastiveParams,
+    positives: &[Pair],
+    negatives: &[Pair],
+    mut acc: Option<&mut Acc64<'_>>,
+) -> f64 {
+    let d =
+        |p: &Pair| crate::scalar::mining::pair64(x, metric, p.anchor as usize, p.other as usize);
+    let mut parts = Parts64 {
+        pos_sum: 0.0,
+        neg_sum: 0.0,
+        pos_count: positives.len(),
+        pos_active: 0,
+        neg_count: negatives.len(),
+        neg_active: 0,
+    };
+    for p in positives {
+        let (t, _) = term64(params, true, d(p));
+        parts.pos_sum += t;
+        parts.pos_active += usize::from(t > 0.0);
+    }
+    for p in negatives {
+        let (t, _) = term64(params, false, d(p));
+        parts.neg_sum += t;
+        parts.neg_active += usize::from(t > 0.0);
+    }
+    let (wp, wn) = weights64(params.reduction, &parts);
+    if let Some(acc) = acc.as_mut() {
+        for (positive, w, list) in [(true, wp, positives), (false, wn, negatives)] {
+            for p in list {
+                let (i, j) = (p.anchor as usize, p.other as usize);
+                let dist = d(p);
+                let (_, slope) = term64(params, positive, dist);
+                if let (Some(a), Some(b)) = (x.row(i), x.row(j)) {
+                    pair_grad64(metric, (i, a), (j, b), dist, 0.0, w * slope, acc);
+                }
+            }
+        }
+    }
+    wp * parts.pos_sum + wn * parts.neg_sum
+}
+
+/// Scalar twin of [`crate::contrastive_loss_pairs`]: every pair in `f64`.
+///
+/// `workspace` needs [`contrastive_loss_pairs_workspace_len`]`(rows, dim, pairs)` elements
+/// (checked, not used).
+///
+/// # Errors
+///
+/// Those of [`crate::contrastive_loss_pairs`], in the same order;
+/// [`Error::WorkspaceTooSmall`] reports the twin's requirement.
+///
+/// # Example
+///
+/// ```
+/// use triplet_kernels::{scalar, ContrastiveParams, Matrix, Metric, Pair};
+/// let x = Matrix::new(&[0.0, 1.0, 1.5], 3, 1)?;
+/// let (pos, neg) = ([Pair::new(0, 1)], [Pair::new(1, 2), Pair::new(0, 2)]);
+/// let mut ws = [0.0_f32; scalar::contrastive_loss_pairs_workspace_len(3, 1, 3)];
+/// let params = ContrastiveParams::new(0.5, 1.0);
+/// let loss = scalar::contrastive_loss_pairs(x, Metric::Euclidean, params, &pos, &neg, &mut ws)?;
+/// assert_eq!(loss, 1.0);
+/// # Ok::<(), triplet_kernels::Error>(())
+/// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
+pub fn contrastive_loss_pairs(
+    x: Matrix<'_>,
+    metric: Metric,
+    params: ContrastiveParams,
+    positives: &[Pair],
+    negatives: &[Pair],
+    workspace: &mut [f32],
+) -> Result<f32, Error> {
+    let k = positives.len().saturating_add(negatives.len());
+    check_twin_workspace(
+        contrastive_loss_pairs_workspace_len(x.rows(), x.dim(), k),
+        workspace.len(),
+        |ws| check_contrastive_pairs(&x, positives, negatives, &params, None, ws),
+    )?;
+    Ok(pairs64(&x, metric, &params, positives, negatives, None) as f32)
+}
+
+/// Scalar twin of [`crate::contrastive_loss_pairs_grad`]: every pair and gradient
+/// element in `f64`, rounded to `f32` once.
+///
+/// `workspace` needs [`contrastive_loss_pairs_workspace_len`]`(rows, dim, pairs)` elements,
+/// garbage before and after.
+///
+/// # Errors
+///
+/// Those of [`crate::contrastive_loss_pairs_grad`], in the same order;
+/// [`Error::WorkspaceTooSmall`] reports the twin's requirement.
+///
+/// # Example
+///
+/// ```
+/// use triplet_kernels::{scalar, ContrastiveParams, Matrix, Metric, Pair};
+/// let x = Matrix::new(&[0.0, 2.0], 2, 1)?;
+/// let mut grad = [0.0_f32; 2];
+/// let mut ws = [0.0_f32; scalar::contrastive_loss_pairs_workspace_len(2, 1, 1)];
+/// let params = ContrastiveParams::new(0.0, 1.0);
+/// let pos = [Pair::new(0, 1)];
+/// let loss =
+///     scalar::contrastive_loss_pairs_grad(x, Metric::Euclidean, params, &pos, &[], &mut grad, &mut ws)?;
+/// assert_eq!((loss, grad), (2.0, [-1.0, 1.0]));
+/// # Ok::<(), triplet_kernels::Error>(())
+/// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
+pub fn contrastive_loss_pairs_grad(
+    x: Matrix<'_>,
+    metric: Metric,
+    params: ContrastiveParams,
+    positives: &[Pair],
+    negatives: &[Pair],
+    grad: &mut [f32],
+    workspace: &mut [f32],
+) -> Result<f32, Error> {
+    let k = positives.len().saturating_add(negatives.len());
+    check_twin_workspace(
+        contrastive_loss_pairs_workspace_len(x.rows(), x.dim(), k),
+        workspace.len(),
+        |ws| check_contrastive_pairs(&x, positives, negatives, &params, Some(grad.len()), ws),
+    )?;
+    let (mut acc, _) = Acc64::new(grad, workspace)?;
+    let loss = pairs64(&x, metric, &params, positives, negatives, Some(&mut acc));
+    acc.finish();
+    Ok(loss as f32)
 }

@@ -50,10 +50,12 @@ mod distance;
 mod edge;
 mod face;
 mod mining;
+mod multi_similarity;
 mod proxy;
 mod quadruplet;
 mod reduce;
 mod retrieval;
+mod threshold;
 mod triplet;
 mod verification;
 
@@ -68,11 +70,23 @@ pub use edge::{
 };
 pub use mining::{hardest_pairs, mine_triplets, mine_triplets_count};
 pub use reduce::{hinge_reduce, hinge_reduce_grad};
+pub use threshold::{
+    multi_similarity_mine, multi_similarity_mine_count, pair_mine, pair_mine_count, triplet_mine,
+    triplet_mine_count,
+};
 
-pub use contrastive::{contrastive_loss, contrastive_loss_grad, contrastive_loss_workspace_len};
+pub use contrastive::{
+    contrastive_loss, contrastive_loss_grad, contrastive_loss_pairs, contrastive_loss_pairs_grad,
+    contrastive_loss_pairs_workspace_len, contrastive_loss_workspace_len,
+};
 pub use face::{
     arcface_loss, arcface_loss_grad, arcface_loss_workspace_len, cosface_loss, cosface_loss_grad,
     cosface_loss_workspace_len,
+};
+pub use multi_similarity::{
+    multi_similarity_loss, multi_similarity_loss_grad, multi_similarity_loss_pairs,
+    multi_similarity_loss_pairs_grad, multi_similarity_loss_pairs_workspace_len,
+    multi_similarity_loss_workspace_len,
 };
 pub use proxy::{
     proxy_anchor_loss, proxy_anchor_loss_grad, proxy_anchor_loss_workspace_len, proxy_nca_loss,

@@ -12,6 +12,7 @@ mod case;
 mod contrastive;
 mod distance;
 mod face;
+mod miners;
 mod proxy;
 mod quadruplet;
 mod retrieval;
@@ -39,6 +40,10 @@ fn checker(op: &str) -> Option<Check> {
         "retrieval" => Some(retrieval::check),
         "triplet_margin" => Some(triplet::check_margin),
         "triplet_batch" => Some(triplet::check_batch),
+        "triplet_mine" => Some(miners::check_triplet),
+        "pair_mine" => Some(miners::check_pair),
+        "multi_similarity_mine" => Some(miners::check_ms),
+        "multi_similarity" => Some(miners::check_ms_loss),
         _ => None,
     }
 }

@@ -103,6 +103,7 @@ fn run() -> Result<bool, tk::Error> {
     ok &= losses(x)?;
     ok &= retrieval(x)?;
     ok &= edge(x)?;
+    ok &= threshold_miners(x)?;
     Ok(ok)
 }
 
@@ -303,4 +304,42 @@ pub extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
         Ok(true) => 0,
         _ => 1,
     }
+}
+
+/// The threshold miners and the losses over mined pairs.
+fn threshold_miners(x: Matrix<'_>) -> Result<bool, tk::Error> {
+    let mut ws = [0.0_f32; 8192];
+    let mut g = [0.0_f32; N * D];
+    let mut out = [tk::Triplet::default(); N * N * N];
+    let mut pos = [tk::Pair::default(); N * N];
+    let mut neg = [tk::Pair::default(); N * N];
+    let mut ok = true;
+    for metric in [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine] {
+        let p = tk::TripletMinerParams::new(0.5, tk::TripletType::SemiHard);
+        let k = tk::triplet_mine_count(x, &LABELS, metric, p, &mut ws)?;
+        let got = tk::triplet_mine(x, &LABELS, metric, p.with_cap(3, 1), &mut out, &mut ws)?;
+        tk::scalar::triplet_mine(x, &LABELS, metric, p, &mut out, &mut ws)?;
+        ok &= got == k.min(3);
+        let pp = tk::PairMinerParams::new(0.5, 2.0);
+        let c = tk::pair_mine(x, &LABELS, metric, pp, &mut pos, &mut neg, &mut ws)?;
+        tk::scalar::pair_mine(x, &LABELS, metric, pp, &mut pos, &mut neg, &mut ws)?;
+        let ps = pos.get(..c.positives).unwrap_or_default();
+        let ns = neg.get(..c.negatives).unwrap_or_default();
+        let cp = tk::ContrastiveParams::pytorch_metric_learning();
+        let a = tk::contrastive_loss_pairs_grad(x, metric, cp, ps, ns, &mut g, &mut ws)?;
+        let b = tk::scalar::contrastive_loss_pairs(x, metric, cp, ps, ns, &mut ws)?;
+        ok &= a.is_finite() && b.is_finite() && finite(&g);
+    }
+    let mp = tk::MultiSimilarityMinerParams::pytorch_metric_learning();
+    let c = tk::multi_similarity_mine(x, &LABELS, mp, &mut pos, &mut neg, &mut ws)?;
+    tk::scalar::multi_similarity_mine_count(x, &LABELS, mp, &mut ws)?;
+    let ps = pos.get(..c.positives).unwrap_or_default();
+    let ns = neg.get(..c.negatives).unwrap_or_default();
+    let p = tk::MultiSimilarityParams::pytorch_metric_learning();
+    let a = tk::multi_similarity_loss_grad(x, &LABELS, p, &mut g, &mut ws)?;
+    ok &= a.is_finite() && finite(&g);
+    let b = tk::scalar::multi_similarity_loss(x, &LABELS, p, &mut ws)?;
+    let c = tk::multi_similarity_loss_pairs_grad(x, ps, ns, p, &mut g, &mut ws)?;
+    ok &= b.is_finite() && c.is_finite() && finite(&g);
+    Ok(ok)
 }
