@@ -42,7 +42,7 @@ use crate::error::Error;
 use crate::math;
 use crate::matrix::Matrix;
 use crate::proxy::{check_proxy_data, check_proxy_shapes};
-use crate::simd::{Backend, Kernel, Simd};
+use crate::simd::{Backend, Kernel, Simd, MAX_LANES};
 use crate::workspace::{max_len, min_len, Carve};
 
 /// Rows per block.
@@ -290,6 +290,89 @@ impl Kernel for Product<'_> {
     }
 }
 
+/// Each row of a block of negated cosines into its loss term and, when `grad_scale` (`s /
+/// n`) is given, into `d loss / d c_ij` in place: the logits, their largest value, the
+/// shifted exponentials ([`math::exp_poly`], elementwise so the loop vectorises) and
+/// their sum in vector lanes. Returns the block's summed row losses.
+struct Softmax<'a> {
+    cos: &'a mut [f32],
+    classes: usize,
+    labels: &'a [u32],
+    head: Head,
+    scale: f32,
+    grad_scale: Option<f32>,
+}
+
+impl Kernel for Softmax<'_> {
+    type Output = f64;
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) -> f64 {
+        let Self {
+            cos,
+            classes,
+            labels,
+            head,
+            scale,
+            grad_scale,
+        } = self;
+        let l = S::LANES;
+        let mut total = 0.0_f64;
+        if classes == 0 || l == 0 || l > MAX_LANES {
+            return total;
+        }
+        for (row, &t) in cos.chunks_exact_mut(classes).zip(labels) {
+            let t = t as usize;
+            for v in row.iter_mut() {
+                *v = -*v;
+            }
+            let Some(c_t) = row.get_mut(t) else {
+                continue;
+            };
+            // The target's cosine becomes `f(c_t)`: every logit is then `s row_j`.
+            let (f, df) = head.target(*c_t);
+            *c_t = f;
+            let z_t = scale * f;
+            // Largest logit (`s > 0`, so the largest entry of the row).
+            let mut vmax = s.splat(f);
+            let mut chunks = row.chunks_exact(l);
+            for c in chunks.by_ref() {
+                vmax = s.max(vmax, s.load(c));
+            }
+            let mut lanes = [f; MAX_LANES];
+            s.store(vmax, &mut lanes);
+            let mut top = f;
+            for &x in lanes.iter().take(l).chain(chunks.remainder()) {
+                top = top.max(x);
+            }
+            let m = scale * top;
+            for v in row.iter_mut() {
+                *v = math::exp_poly(scale * *v - m);
+            }
+            let mut vsum = s.zero();
+            let mut chunks = row.chunks_exact(l);
+            for c in chunks.by_ref() {
+                vsum = s.add(vsum, s.load(c));
+            }
+            let mut z = s.reduce_add(vsum);
+            for &x in chunks.remainder() {
+                z += x;
+            }
+            total += f64::from(m + math::ln(z) - z_t);
+            if let Some(gs) = grad_scale {
+                // d loss / d c_ij = (s / n) (p_ij - [j = t]) (f'(c_it) for j = t).
+                let w = gs / z;
+                for v in row.iter_mut() {
+                    *v *= w;
+                }
+                if let Some(v) = row.get_mut(t) {
+                    *v = (*v - gs) * df;
+                }
+            }
+        }
+        total
+    }
+}
+
 /// The shared forward (and backward when `grads` is given) of both heads; arguments
 /// already checked.
 #[allow(clippy::too_many_arguments)]
@@ -344,48 +427,14 @@ fn heads(
             cos,
             pack,
         );
-        for (row, &t) in cos
-            .chunks_exact_mut(c_count)
-            .zip(labels.get(r0..r1).unwrap_or_default())
-        {
-            let t = t as usize;
-            for v in row.iter_mut() {
-                *v = -*v;
-            }
-            let Some(&c_t) = row.get(t) else {
-                continue;
-            };
-            let (f, df) = head.target(c_t);
-            let z_t = scale * f;
-            // Shift: the largest logit.
-            let mut m = z_t;
-            for (j, &c) in row.iter().enumerate() {
-                if j != t {
-                    m = m.max(scale * c);
-                }
-            }
-            let mut z = 0.0_f32;
-            for (j, v) in row.iter_mut().enumerate() {
-                let logit = if j == t { z_t } else { scale * *v };
-                let e = math::exp(logit - m);
-                z += e;
-                if want_grad {
-                    *v = e;
-                }
-            }
-            total += f64::from(m + math::ln(z) - z_t);
-            if want_grad {
-                // d loss / d c_ij.
-                let w = scale * inv_n / z;
-                for (j, v) in row.iter_mut().enumerate() {
-                    *v = if j == t {
-                        (*v * w - scale * inv_n) * df
-                    } else {
-                        *v * w
-                    };
-                }
-            }
-        }
+        total += backend.dispatch(Softmax {
+            cos: &mut *cos,
+            classes: c_count,
+            labels: labels.get(r0..r1).unwrap_or_default(),
+            head,
+            scale,
+            grad_scale: if want_grad { Some(scale * inv_n) } else { None },
+        });
         if let Some(gx) = gx_out.as_deref_mut() {
             let gxb = gxb.get_mut(..rb * d).unwrap_or_default();
             gxb.fill(0.0);
