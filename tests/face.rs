@@ -3,7 +3,7 @@
 //! scales and class counts, and every error path.
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
-use testkit::bounds::{assert_proxy_close, face_tolerances};
+use testkit::bounds::{assert_proxy_close, face_tolerances, max_target_cos};
 use triplet_kernels::{
     arcface_loss, arcface_loss_grad, arcface_loss_workspace_len, cosface_loss, cosface_loss_grad,
     scalar, ArcFaceParams, CosFaceParams, Error, Matrix,
@@ -61,29 +61,6 @@ fn run(head: Head, x: Matrix<'_>, labels: &[u32], w: Matrix<'_>, twin: bool) -> 
         );
     }
     (loss, g, gw)
-}
-
-/// The largest `|cos|` of a row with its target class's weights.
-fn max_target_cos(x: &[f32], w: &[f32], labels: &[u32], d: usize) -> f64 {
-    let norm = |v: &[f32]| {
-        v.iter()
-            .map(|&a| f64::from(a).powi(2))
-            .sum::<f64>()
-            .sqrt()
-            .max(1e-12)
-    };
-    x.chunks_exact(d)
-        .zip(labels)
-        .map(|(xi, &t)| {
-            let wt = &w[t as usize * d..(t as usize + 1) * d];
-            let dot: f64 = xi
-                .iter()
-                .zip(wt)
-                .map(|(&a, &b)| f64::from(a) * f64::from(b))
-                .sum();
-            (dot / (norm(xi) * norm(wt))).abs()
-        })
-        .fold(0.0, f64::max)
 }
 
 #[test]

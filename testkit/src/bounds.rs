@@ -115,3 +115,27 @@ pub fn face_tolerances(scale: f32, slope: f64, n: usize, c: usize, d: usize) -> 
         k * 16.0 * s * slope,
     )
 }
+
+/// The largest `|cos|` of a row of `x` with its target class's row of `w` (rows of `d`),
+/// which sets ArcFace's slope `f'(c) <= 1 + 1 / sqrt(1 - c^2)` in [`face_tolerances`].
+pub fn max_target_cos(x: &[f32], w: &[f32], labels: &[u32], d: usize) -> f64 {
+    let norm = |v: &[f32]| {
+        v.iter()
+            .map(|&a| f64::from(a).powi(2))
+            .sum::<f64>()
+            .sqrt()
+            .max(1e-12)
+    };
+    x.chunks_exact(d)
+        .zip(labels)
+        .map(|(xi, &t)| {
+            let wt = &w[t as usize * d..(t as usize + 1) * d];
+            let dot: f64 = xi
+                .iter()
+                .zip(wt)
+                .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                .sum();
+            (dot / (norm(xi) * norm(wt))).abs()
+        })
+        .fold(0.0, f64::max)
+}

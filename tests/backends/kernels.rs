@@ -6,7 +6,8 @@
 //! coefficient symmetrisation and GEMM (its loss and gradient), the argmin/argmax and the
 //! tiles of the mining sweeps (batch-hard, semi-hard, `hardest_pairs`, `mine_triplets`,
 //! `mine_quadruplets`), and the pair kernels of contrastive, quadruplet, the proxy
-//! losses, `knn`, `retrieval_metrics`, the explicit-triplet loss and the row kernels.
+//! losses, the face heads (ArcFace, CosFace: their softmax rows and weight products),
+//! `knn`, `retrieval_metrics`, the explicit-triplet loss and the row kernels.
 //! Shapes cross several register tiles and leave remainders for every lane count (8 and
 //! 16): `n` 37, 70 and 45 by `d` 19, 33 and 67 (`d = 67` fills whole GEMM column blocks
 //! of the widest backend), and `n = 261`, past one 256-row tile of the batch-hard sweep
@@ -20,17 +21,19 @@
 
 use super::{check_row_kernels, on_every_backend};
 use triplet_kernels::{
-    contrastive_loss, contrastive_loss_grad, contrastive_loss_workspace_len, hardest_pairs, knn,
-    knn_workspace_len, mine_quadruplets, mine_quadruplets_count, mine_quadruplets_workspace_len,
-    mine_triplets, mine_triplets_count, mine_triplets_workspace_len, quadruplet_loss,
-    quadruplet_loss_grad, quadruplet_loss_workspace_len, retrieval_metrics,
-    retrieval_metrics_workspace_len, scalar, triplet_margin_loss, triplet_margin_loss_grad,
-    triplet_margin_loss_workspace_len, Backend, BatchParams, ContrastiveForm, ContrastiveParams,
-    ContrastiveReduction, Hinge, Matrix, Metric, Mining, ProxyAnchorParams, ProxyNcaParams,
-    Quadruplet, QuadrupletParams, Reduction, Triplet, TripletParams, NO_INDEX,
+    arcface_loss, arcface_loss_grad, arcface_loss_workspace_len, contrastive_loss,
+    contrastive_loss_grad, contrastive_loss_workspace_len, cosface_loss, cosface_loss_grad,
+    hardest_pairs, knn, knn_workspace_len, mine_quadruplets, mine_quadruplets_count,
+    mine_quadruplets_workspace_len, mine_triplets, mine_triplets_count,
+    mine_triplets_workspace_len, quadruplet_loss, quadruplet_loss_grad,
+    quadruplet_loss_workspace_len, retrieval_metrics, retrieval_metrics_workspace_len, scalar,
+    triplet_margin_loss, triplet_margin_loss_grad, triplet_margin_loss_workspace_len,
+    ArcFaceParams, Backend, BatchParams, ContrastiveForm, ContrastiveParams, ContrastiveReduction,
+    CosFaceParams, Hinge, Matrix, Metric, Mining, ProxyAnchorParams, ProxyNcaParams, Quadruplet,
+    QuadrupletParams, Reduction, Triplet, TripletParams, NO_INDEX,
 };
 
-use testkit::bounds::assert_proxy_close;
+use testkit::bounds::{assert_proxy_close, face_tolerances, max_target_cos};
 use testkit::contrastive::{self, Pairs};
 use testkit::proxy::Proxy;
 use testkit::quadruplet;
@@ -800,6 +803,81 @@ fn proxy_losses_match_scalar() {
             }
         },
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Face heads.
+
+/// ArcFace (`Some(params)`) or CosFace: loss and both gradients, fast or twin; checked
+/// against the loss-only call.
+fn face_run(
+    arc: Option<ArcFaceParams>,
+    cos: CosFaceParams,
+    fast: bool,
+    x: Matrix<'_>,
+    l: &[u32],
+    w: Matrix<'_>,
+) -> (f32, Vec<f32>, Vec<f32>) {
+    let (n, c, d) = (x.rows(), w.rows(), x.dim());
+    let len = arcface_loss_workspace_len(n, c, d).max(scalar::arcface_loss_workspace_len(n, c, d));
+    let mut ws = vec![f32::NAN; len];
+    let (mut g, mut gw) = (vec![f32::NAN; n * d], vec![f32::NAN; c * d]);
+    let (loss, loss2) = match (arc, fast) {
+        (Some(p), true) => (
+            arcface_loss_grad(x, l, w, p, &mut g, &mut gw, &mut ws).unwrap(),
+            arcface_loss(x, l, w, p, &mut ws).unwrap(),
+        ),
+        (Some(p), false) => (
+            scalar::arcface_loss_grad(x, l, w, p, &mut g, &mut gw, &mut ws).unwrap(),
+            scalar::arcface_loss(x, l, w, p, &mut ws).unwrap(),
+        ),
+        (None, true) => (
+            cosface_loss_grad(x, l, w, cos, &mut g, &mut gw, &mut ws).unwrap(),
+            cosface_loss(x, l, w, cos, &mut ws).unwrap(),
+        ),
+        (None, false) => (
+            scalar::cosface_loss_grad(x, l, w, cos, &mut g, &mut gw, &mut ws).unwrap(),
+            scalar::cosface_loss(x, l, w, cos, &mut ws).unwrap(),
+        ),
+    };
+    assert_eq!(loss.to_bits(), loss2.to_bits(), "loss-only call");
+    (loss, g, gw)
+}
+
+#[test]
+fn face_heads_match_scalar() {
+    let batches = batches();
+    on_every_backend("arcface_loss(_grad), cosface_loss(_grad)", |backend| {
+        for b in &batches {
+            let (x, n, d) = (b.x(), b.n, b.d);
+            // 70 classes at d 33 cross one 64-class column block; one class without rows.
+            let c = if d == 33 { 70 } else { 9 };
+            let labels: Vec<u32> = (0..n as u32).map(|i| i * 4 % (c as u32 - 1)).collect();
+            let wd = values(c * d, 0xface + d as u64, b.ints);
+            let w = Matrix::new(&wd, c, d).unwrap();
+            let cmax = max_target_cos(&b.data, &wd, &labels, d);
+            for scale in [1.0_f32, 64.0] {
+                let cos = CosFaceParams::pytorch_metric_learning().with_scale(scale);
+                let mut heads = vec![(None, 1.0)];
+                if cmax <= 0.99 {
+                    let arc = ArcFaceParams::pytorch_metric_learning().with_scale(scale);
+                    heads.push((Some(arc), 1.0 + 1.0 / (1.0 - cmax * cmax).sqrt()));
+                }
+                for (arc, slope) in heads {
+                    let what = format!("{} {arc:?} s {scale} {}", backend.name(), b.name());
+                    let fast = face_run(arc, cos, true, x, &labels, w);
+                    let twin = face_run(arc, cos, false, x, &labels, w);
+                    assert_proxy_close(
+                        &what,
+                        (x, w),
+                        (fast.0, &fast.1, &fast.2),
+                        (twin.0, &twin.1, &twin.2),
+                        face_tolerances(scale, slope, n, c, d),
+                    );
+                }
+            }
+        }
+    });
 }
 
 // ---------------------------------------------------------------------------------------
