@@ -295,7 +295,7 @@ pub fn knn_edge(
             .zip(queries.row_iter().zip(q_norms.iter()))
         {
             let mut heap = Heap::new(d_row, i_row);
-            offer_rows(backend, rank, a, na, gallery, &mut heap);
+            offer_rows(backend, rank, a, na, gallery, None, &mut heap);
             heap.sort();
         }
     } else {
@@ -367,14 +367,16 @@ pub fn knn_edge(
     Ok(())
 }
 
-/// Offers every gallery row to `heap`, in the direct form, widening each row in
-/// registers.
+/// Offers the gallery rows to `heap`, in the direct form, widening each row in
+/// registers: every row in order (`only` is `None`), or the listed ones
+/// ([`Heap::push_any`]).
 fn offer_rows(
     backend: Backend,
     rank: Rank,
     a: &[f32],
     na: f32,
     gallery: &EdgeGallery<'_>,
+    only: Option<&[u32]>,
     heap: &mut Heap<'_>,
 ) {
     let norms = gallery.norms;
@@ -389,7 +391,7 @@ fn offer_rows(
             norms,
             dim: d,
             heap,
-            only: None,
+            only,
         }),
         EdgeData::F16(b) => backend.dispatch(Offer::<WideF16> {
             rank,
@@ -400,7 +402,7 @@ fn offer_rows(
             norms,
             dim: d,
             heap,
-            only: None,
+            only,
         }),
         EdgeData::Bf16(b) => backend.dispatch(Offer::<WideBf16> {
             rank,
@@ -411,7 +413,7 @@ fn offer_rows(
             norms,
             dim: d,
             heap,
-            only: None,
+            only,
         }),
         EdgeData::I8 { codes, scales } => backend.dispatch(Offer::<WideI8> {
             rank,
@@ -422,7 +424,7 @@ fn offer_rows(
             norms,
             dim: d,
             heap,
-            only: None,
+            only,
         }),
     }
 }
@@ -1421,7 +1423,7 @@ pub fn knn_rescored(
         metric_norms(backend, &row, rank.norm_metric(), qn);
         let na = qn.first().copied().unwrap_or(0.0);
         let mut heap = Heap::new(d_row, i_row);
-        offer_list(backend, rank, a, na, fine, &*s_idx, &mut heap);
+        offer_rows(backend, rank, a, na, fine, Some(&*s_idx), &mut heap);
         heap.sort();
     }
     if fine.metric == SearchMetric::Euclidean {
@@ -1466,65 +1468,4 @@ pub(crate) fn rescored_check(
         });
     }
     Ok(())
-}
-
-/// Offers the listed gallery rows to `heap` ([`Heap::push_any`]).
-fn offer_list(
-    backend: Backend,
-    rank: Rank,
-    a: &[f32],
-    na: f32,
-    gallery: &EdgeGallery<'_>,
-    list: &[u32],
-    heap: &mut Heap<'_>,
-) {
-    let norms = gallery.norms;
-    let d = gallery.rows.dim();
-    let only = Some(list);
-    match gallery.rows.data {
-        EdgeData::F32(b) => backend.dispatch(Offer::<WideF32> {
-            rank,
-            a,
-            na,
-            b,
-            scales: &[],
-            norms,
-            dim: d,
-            heap,
-            only,
-        }),
-        EdgeData::F16(b) => backend.dispatch(Offer::<WideF16> {
-            rank,
-            a,
-            na,
-            b,
-            scales: &[],
-            norms,
-            dim: d,
-            heap,
-            only,
-        }),
-        EdgeData::Bf16(b) => backend.dispatch(Offer::<WideBf16> {
-            rank,
-            a,
-            na,
-            b,
-            scales: &[],
-            norms,
-            dim: d,
-            heap,
-            only,
-        }),
-        EdgeData::I8 { codes, scales } => backend.dispatch(Offer::<WideI8> {
-            rank,
-            a,
-            na,
-            b: codes,
-            scales,
-            norms,
-            dim: d,
-            heap,
-            only,
-        }),
-    }
 }
