@@ -1,0 +1,577 @@
+//! [candle](https://github.com/huggingface/candle) custom ops over the
+//! [`triplet_kernels`] losses.
+//!
+//! Every function here takes candle [`Tensor`]s and returns the loss as a scalar (rank 0)
+//! `F32` tensor that takes part in candle's autograd. Each is a custom op
+//! ([`CustomOp1`] for the losses of a batch alone, [`CustomOp2`] for those with proxies or
+//! class weights) whose forward calls the kernel's fused `*_grad` function **once**,
+//! computing the loss and its gradient together; the op keeps the gradient, and its
+//! backward returns it scaled by the incoming gradient of the loss. No candle-level graph
+//! of distances, masks or mined triplets is built.
+//!
+//! | function | kernel | gradients |
+//! |---|---|---|
+//! | [`triplet_batch_loss`] | [`triplet_kernels::triplet_batch_loss_grad`] (all, batch-hard, semi-hard; every [`Metric`]; presets of [`BatchParams`]) | `x` |
+//! | [`contrastive_loss`] | [`triplet_kernels::contrastive_loss_grad`] | `x` |
+//! | [`multi_similarity_loss`] | [`triplet_kernels::multi_similarity_loss_grad`] | `x` |
+//! | [`proxy_nca_loss`] | [`triplet_kernels::proxy_nca_loss_grad`] | `x`, proxies |
+//! | [`proxy_anchor_loss`] | [`triplet_kernels::proxy_anchor_loss_grad`] | `x`, proxies |
+//! | [`arcface_loss`] | [`triplet_kernels::arcface_loss_grad`] | `x`, class weights |
+//! | [`cosface_loss`] | [`triplet_kernels::cosface_loss_grad`] | `x`, class weights |
+//!
+//! # Inputs
+//!
+//! - Embeddings, proxies and class weights: rank-2 `F32` tensors on the CPU
+//!   (`rows x dim`). A non-contiguous tensor (a transpose, a narrowed view) is made
+//!   contiguous first (one copy; gradients flow back through it). Another dtype or
+//!   device is an error naming it; cast with [`Tensor::to_dtype`] or move with
+//!   [`Tensor::to_device`] first.
+//! - Labels: anything implementing [`Labels`]: `&[u32]`, `Vec<u32>`, `[u32; N]`, or a
+//!   rank-1 `U32` tensor (read back to the host, never differentiated).
+//!
+//! # Errors
+//!
+//! The kernel's own checks (shapes, label ranges, parameters, NaN or infinite data)
+//! arrive as [`candle_core::Error`]s whose message is the op's name followed by the
+//! kernel's message, for example `triplet_batch_loss: parameter `margin` must be finite,
+//! |margin| <= 2^100`. Workspaces are sized with the kernel's `*_workspace_len` functions
+//! and allocated here, per call; the kernel crate itself stays allocation-free.
+//!
+//! # Gradients
+//!
+//! The gradient is the kernel's, bit for bit (times the incoming gradient; `1` for
+//! `loss.backward()`), including its conventions: mining decisions and hinge kinks are
+//! constants, normalisations are differentiated through (see each kernel's docs).
+//!
+//! # Example
+//!
+//! ```
+//! use candle_core::{Device, Tensor, Var};
+//! use triplet_kernels_candle::{triplet_batch_loss, BatchParams, Mining};
+//!
+//! let x = Var::from_vec(vec![0.0_f32, 1.0, 1.5, 4.0], (4, 1), &Device::Cpu)?;
+//! let labels = [0_u32, 0, 1, 1];
+//! let params = BatchParams::new().with_mining(Mining::BatchHard).with_margin(1.0);
+//! let loss = triplet_batch_loss(x.as_tensor(), &labels, params)?;
+//! let grads = loss.backward()?;
+//! let gx = grads.get(x.as_tensor()).expect("x takes part in the loss");
+//! assert_eq!(loss.to_scalar::<f32>()?, (0.5 + 1.5 + 3.0 + 0.5) / 4.0);
+//! assert_eq!(gx.flatten_all()?.to_vec1::<f32>()?, [-0.25, 1.25, -1.25, 0.25]);
+//! # Ok::<(), candle_core::Error>(())
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, DType, Device, Error, Layout, Result, Shape, Tensor,
+};
+use triplet_kernels as tk;
+use triplet_kernels::Matrix;
+
+pub use candle_core;
+pub use triplet_kernels;
+pub use triplet_kernels::{
+    ArcFaceParams, BatchLoss, BatchParams, ContrastiveForm, ContrastiveParams,
+    ContrastiveReduction, CosFaceParams, Hinge, Metric, Mining, MultiSimilarityParams,
+    ProxyAnchorParams, ProxyNcaParams, Reduction,
+};
+
+// ---------------------------------------------------------------------------------------
+// Labels.
+
+/// Class labels of a batch: one `u32` per row.
+///
+/// Implemented for `[u32]`, `Vec<u32>`, `[u32; N]` (borrowed, no copy) and for a rank-1
+/// `U32` [`Tensor`] (copied to the host; a tensor of another dtype or rank is an error).
+pub trait Labels {
+    /// The labels as a host slice.
+    fn to_labels(&self) -> Result<Cow<'_, [u32]>>;
+}
+
+impl Labels for [u32] {
+    fn to_labels(&self) -> Result<Cow<'_, [u32]>> {
+        Ok(Cow::Borrowed(self))
+    }
+}
+
+impl Labels for Vec<u32> {
+    fn to_labels(&self) -> Result<Cow<'_, [u32]>> {
+        Ok(Cow::Borrowed(self.as_slice()))
+    }
+}
+
+impl<const N: usize> Labels for [u32; N] {
+    fn to_labels(&self) -> Result<Cow<'_, [u32]>> {
+        Ok(Cow::Borrowed(self.as_slice()))
+    }
+}
+
+impl Labels for Tensor {
+    fn to_labels(&self) -> Result<Cow<'_, [u32]>> {
+        if self.dtype() != DType::U32 {
+            return Err(Error::msg(format!(
+                "labels: expected a U32 tensor, got dtype {:?}",
+                self.dtype()
+            )));
+        }
+        if self.rank() != 1 {
+            return Err(Error::msg(format!(
+                "labels: expected a rank-1 tensor (one label per row), got shape {:?}",
+                self.dims()
+            )));
+        }
+        Ok(Cow::Owned(self.to_vec1::<u32>()?))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Input checks.
+
+/// Checks that `t` is a rank-2 `F32` CPU tensor and returns it contiguous.
+fn prepare(op: &str, name: &str, t: &Tensor) -> Result<Tensor> {
+    if t.dtype() != DType::F32 {
+        return Err(Error::msg(format!(
+            "{op}: `{name}` has dtype {:?}; the kernels take F32 (convert with `to_dtype(DType::F32)`)",
+            t.dtype()
+        )));
+    }
+    if !matches!(t.device(), Device::Cpu) {
+        return Err(Error::msg(format!(
+            "{op}: `{name}` is on device {:?}; the kernels run on the CPU (move it with `to_device(&Device::Cpu)`)",
+            t.device().location()
+        )));
+    }
+    if t.rank() != 2 {
+        return Err(Error::msg(format!(
+            "{op}: `{name}` must be a rank-2 tensor (rows x dim), got shape {:?}",
+            t.dims()
+        )));
+    }
+    t.contiguous()
+}
+
+/// The `rows x dim` matrix behind a contiguous `F32` storage and layout.
+fn matrix<'a>(op: &str, storage: &'a CpuStorage, layout: &Layout) -> Result<Matrix<'a>> {
+    let (rows, dim) = layout.shape().dims2()?;
+    let data = storage.as_slice::<f32>()?;
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| Error::msg(format!("{op}: input is not contiguous")))?;
+    let data = data
+        .get(start..end)
+        .ok_or_else(|| Error::msg(format!("{op}: storage shorter than its layout")))?;
+    Matrix::new(data, rows, dim).map_err(|e| kernel_error(op, e))
+}
+
+/// A kernel error as a candle error: the op's name, then the kernel's message.
+fn kernel_error(op: &str, e: tk::Error) -> Error {
+    Error::msg(format!("{op}: {e}"))
+}
+
+/// The loss as a rank-0 tensor's storage.
+fn scalar_out(loss: f32) -> (CpuStorage, Shape) {
+    (CpuStorage::F32(vec![loss]), Shape::from(()))
+}
+
+/// `grad * grad_res` for a scalar incoming gradient (no copy when it is 1).
+fn scale(grad: &Tensor, grad_res: &Tensor) -> Result<Tensor> {
+    if grad_res.rank() == 0 && grad_res.dtype() == DType::F32 {
+        let g = grad_res.to_scalar::<f32>()?;
+        if g == 1.0 {
+            return Ok(grad.clone());
+        }
+    }
+    grad.broadcast_mul(grad_res)
+}
+
+/// Takes the gradient the forward stored.
+fn stored<T: Clone>(op: &str, slot: &Mutex<Option<T>>) -> Result<T> {
+    let guard = slot
+        .lock()
+        .map_err(|_| Error::msg(format!("{op}: gradient store poisoned")))?;
+    guard
+        .clone()
+        .ok_or_else(|| Error::msg(format!("{op}: backward before forward")))
+}
+
+fn store<T>(op: &str, slot: &Mutex<Option<T>>, value: T) -> Result<()> {
+    let mut guard = slot
+        .lock()
+        .map_err(|_| Error::msg(format!("{op}: gradient store poisoned")))?;
+    *guard = Some(value);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Losses of a labelled batch (one tensor input).
+
+#[derive(Clone, Copy, Debug)]
+enum BatchKernel {
+    Triplet(BatchParams),
+    Contrastive(Metric, ContrastiveParams),
+    MultiSimilarity(MultiSimilarityParams),
+}
+
+impl BatchKernel {
+    fn name(&self) -> &'static str {
+        match self {
+            BatchKernel::Triplet(_) => "triplet_batch_loss",
+            BatchKernel::Contrastive(..) => "contrastive_loss",
+            BatchKernel::MultiSimilarity(_) => "multi_similarity_loss",
+        }
+    }
+
+    fn workspace_len(&self, rows: usize, dim: usize) -> usize {
+        match *self {
+            BatchKernel::Triplet(p) => tk::triplet_batch_loss_grad_workspace_len(rows, dim, p),
+            BatchKernel::Contrastive(..) => tk::contrastive_loss_workspace_len(rows, dim),
+            BatchKernel::MultiSimilarity(_) => tk::multi_similarity_loss_workspace_len(rows, dim),
+        }
+    }
+
+    /// Runs the fused kernel: the loss and, written to `grad`, its gradient.
+    fn run(
+        &self,
+        x: Matrix<'_>,
+        labels: &[u32],
+        grad: &mut [f32],
+        ws: &mut [f32],
+    ) -> core::result::Result<BatchLoss, tk::Error> {
+        match *self {
+            BatchKernel::Triplet(p) => tk::triplet_batch_loss_grad(x, labels, p, grad, ws),
+            BatchKernel::Contrastive(metric, p) => {
+                let loss = tk::contrastive_loss_grad(x, labels, metric, p, grad, ws)?;
+                Ok(loss_only(loss))
+            }
+            BatchKernel::MultiSimilarity(p) => {
+                let loss = tk::multi_similarity_loss_grad(x, labels, p, grad, ws)?;
+                Ok(loss_only(loss))
+            }
+        }
+    }
+}
+
+fn loss_only(loss: f32) -> BatchLoss {
+    let mut out = BatchLoss::default();
+    out.loss = loss;
+    out
+}
+
+/// The custom op of the one-input losses; keeps the gradient (and the triplet counts)
+/// its forward computed.
+struct BatchOp {
+    kernel: BatchKernel,
+    labels: Vec<u32>,
+    saved: Arc<Mutex<Option<(Tensor, BatchLoss)>>>,
+}
+
+impl CustomOp1 for BatchOp {
+    fn name(&self) -> &'static str {
+        self.kernel.name()
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let op = self.kernel.name();
+        let x = matrix(op, storage, layout)?;
+        let (rows, dim) = (x.rows(), x.dim());
+        let mut grad = vec![0.0_f32; x.len()];
+        let mut ws = vec![0.0_f32; self.kernel.workspace_len(rows, dim)];
+        let out = self
+            .kernel
+            .run(x, &self.labels, &mut grad, &mut ws)
+            .map_err(|e| kernel_error(op, e))?;
+        let grad = Tensor::from_vec(grad, (rows, dim), &Device::Cpu)?;
+        store(op, &self.saved, (grad, out))?;
+        Ok(scalar_out(out.loss))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let (grad, _) = stored(self.kernel.name(), &self.saved)?;
+        Ok(Some(scale(&grad, grad_res)?))
+    }
+}
+
+fn batch_loss<L: Labels + ?Sized>(
+    x: &Tensor,
+    labels: &L,
+    kernel: BatchKernel,
+) -> Result<(Tensor, BatchLoss)> {
+    let op = kernel.name();
+    let x = prepare(op, "x", x)?;
+    let labels = labels.to_labels()?.into_owned();
+    let saved = Arc::new(Mutex::new(None));
+    let loss = x.apply_op1(BatchOp {
+        kernel,
+        labels,
+        saved: Arc::clone(&saved),
+    })?;
+    let (_, counts) = stored(op, &saved)?;
+    Ok((loss, counts))
+}
+
+/// The batch triplet loss with online mining ([`triplet_kernels::triplet_batch_loss_grad`]):
+/// every [`Mining`] strategy (all, batch-hard, semi-hard), every [`Metric`], the
+/// [`Hinge`]s and [`Reduction`]s, `normalize`, and the presets of [`BatchParams`]
+/// (`pml_triplet_margin`, `tfa_semihard`, `tfa_hard`, `tfa_hard_soft`).
+///
+/// `x` is `rows x dim` (`F32`, CPU), `labels` one class per row. Returns the loss as a
+/// rank-0 tensor; its backward gives `d loss / d x`.
+///
+/// # Errors
+///
+/// A dtype, device or rank that the bridge does not take, a label tensor that is not
+/// rank-1 `U32`, and every error of the kernel (label count, margin, NaN or infinite
+/// data, ...), named after `triplet_batch_loss`.
+///
+/// # Example
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use triplet_kernels_candle::{triplet_batch_loss, BatchParams};
+/// let x = Tensor::new(&[[0.0_f32, 1.0], [0.0, 0.0], [0.5, 0.5], [1.0, 0.0]], &Device::Cpu)?;
+/// let labels = Tensor::new(&[0_u32, 0, 1, 1], &Device::Cpu)?; // or &[0_u32, 0, 1, 1]
+/// let loss = triplet_batch_loss(&x, &labels, BatchParams::tfa_hard())?;
+/// // Anchor 0: hardest positive at squared distance 1, hardest negative at 0.5.
+/// assert!(loss.to_scalar::<f32>()? > 0.0);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn triplet_batch_loss<L: Labels + ?Sized>(
+    x: &Tensor,
+    labels: &L,
+    params: BatchParams,
+) -> Result<Tensor> {
+    Ok(batch_loss(x, labels, BatchKernel::Triplet(params))?.0)
+}
+
+/// [`triplet_batch_loss`], also returning the kernel's [`BatchLoss`]: the loss as `f32`
+/// with the numbers of mined and of active triplets (for logging the mining).
+///
+/// # Errors
+///
+/// As [`triplet_batch_loss`].
+pub fn triplet_batch_loss_with_counts<L: Labels + ?Sized>(
+    x: &Tensor,
+    labels: &L,
+    params: BatchParams,
+) -> Result<(Tensor, BatchLoss)> {
+    batch_loss(x, labels, BatchKernel::Triplet(params))
+}
+
+/// The contrastive loss over every pair of the batch
+/// ([`triplet_kernels::contrastive_loss_grad`]) under `metric`; see
+/// [`ContrastiveParams`] for the forms, margins, reductions and presets
+/// (`pytorch_metric_learning`, `hadsell`).
+///
+/// # Errors
+///
+/// As [`triplet_batch_loss`], named after `contrastive_loss`.
+pub fn contrastive_loss<L: Labels + ?Sized>(
+    x: &Tensor,
+    labels: &L,
+    metric: Metric,
+    params: ContrastiveParams,
+) -> Result<Tensor> {
+    Ok(batch_loss(x, labels, BatchKernel::Contrastive(metric, params))?.0)
+}
+
+/// The multi-similarity loss over every pair of the batch
+/// ([`triplet_kernels::multi_similarity_loss_grad`]).
+///
+/// # Errors
+///
+/// As [`triplet_batch_loss`], named after `multi_similarity_loss`.
+pub fn multi_similarity_loss<L: Labels + ?Sized>(
+    x: &Tensor,
+    labels: &L,
+    params: MultiSimilarityParams,
+) -> Result<Tensor> {
+    Ok(batch_loss(x, labels, BatchKernel::MultiSimilarity(params))?.0)
+}
+
+// ---------------------------------------------------------------------------------------
+// Losses with proxies or class weights (two tensor inputs).
+
+#[derive(Clone, Copy, Debug)]
+enum ClassKernel {
+    ProxyNca(ProxyNcaParams),
+    ProxyAnchor(ProxyAnchorParams),
+    ArcFace(ArcFaceParams),
+    CosFace(CosFaceParams),
+}
+
+impl ClassKernel {
+    fn name(&self) -> &'static str {
+        match self {
+            ClassKernel::ProxyNca(_) => "proxy_nca_loss",
+            ClassKernel::ProxyAnchor(_) => "proxy_anchor_loss",
+            ClassKernel::ArcFace(_) => "arcface_loss",
+            ClassKernel::CosFace(_) => "cosface_loss",
+        }
+    }
+
+    fn second(&self) -> &'static str {
+        match self {
+            ClassKernel::ProxyNca(_) | ClassKernel::ProxyAnchor(_) => "proxies",
+            ClassKernel::ArcFace(_) | ClassKernel::CosFace(_) => "weights",
+        }
+    }
+
+    fn workspace_len(&self, rows: usize, classes: usize, dim: usize) -> usize {
+        match self {
+            ClassKernel::ProxyNca(_) => tk::proxy_nca_loss_workspace_len(rows, classes, dim),
+            ClassKernel::ProxyAnchor(_) => tk::proxy_anchor_loss_workspace_len(rows, classes, dim),
+            ClassKernel::ArcFace(_) => tk::arcface_loss_workspace_len(rows, classes, dim),
+            ClassKernel::CosFace(_) => tk::cosface_loss_workspace_len(rows, classes, dim),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        x: Matrix<'_>,
+        labels: &[u32],
+        w: Matrix<'_>,
+        gx: &mut [f32],
+        gw: &mut [f32],
+        ws: &mut [f32],
+    ) -> core::result::Result<f32, tk::Error> {
+        match *self {
+            ClassKernel::ProxyNca(p) => tk::proxy_nca_loss_grad(x, labels, w, p, gx, gw, ws),
+            ClassKernel::ProxyAnchor(p) => tk::proxy_anchor_loss_grad(x, labels, w, p, gx, gw, ws),
+            ClassKernel::ArcFace(p) => tk::arcface_loss_grad(x, labels, w, p, gx, gw, ws),
+            ClassKernel::CosFace(p) => tk::cosface_loss_grad(x, labels, w, p, gx, gw, ws),
+        }
+    }
+}
+
+/// The custom op of the losses with proxies or class weights; keeps both gradients.
+struct ClassOp {
+    kernel: ClassKernel,
+    labels: Vec<u32>,
+    saved: Mutex<Option<(Tensor, Tensor)>>,
+}
+
+impl CustomOp2 for ClassOp {
+    fn name(&self) -> &'static str {
+        self.kernel.name()
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = self.kernel.name();
+        let x = matrix(op, s1, l1)?;
+        let w = matrix(op, s2, l2)?;
+        let mut gx = vec![0.0_f32; x.len()];
+        let mut gw = vec![0.0_f32; w.len()];
+        let mut ws = vec![0.0_f32; self.kernel.workspace_len(x.rows(), w.rows(), x.dim())];
+        let loss = self
+            .kernel
+            .run(x, &self.labels, w, &mut gx, &mut gw, &mut ws)
+            .map_err(|e| kernel_error(op, e))?;
+        let gx = Tensor::from_vec(gx, (x.rows(), x.dim()), &Device::Cpu)?;
+        let gw = Tensor::from_vec(gw, (w.rows(), w.dim()), &Device::Cpu)?;
+        store(op, &self.saved, (gx, gw))?;
+        Ok(scalar_out(loss))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _w: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (gx, gw) = stored(self.kernel.name(), &self.saved)?;
+        Ok((Some(scale(&gx, grad_res)?), Some(scale(&gw, grad_res)?)))
+    }
+}
+
+fn class_loss<L: Labels + ?Sized>(
+    x: &Tensor,
+    labels: &L,
+    w: &Tensor,
+    kernel: ClassKernel,
+) -> Result<Tensor> {
+    let op = kernel.name();
+    let x = prepare(op, "x", x)?;
+    let w = prepare(op, kernel.second(), w)?;
+    let labels = labels.to_labels()?.into_owned();
+    x.apply_op2(
+        &w,
+        ClassOp {
+            kernel,
+            labels,
+            saved: Mutex::new(None),
+        },
+    )
+}
+
+/// Proxy-NCA ([`triplet_kernels::proxy_nca_loss_grad`]) with caller-held `proxies`
+/// (`classes x dim`, e.g. a [`candle_core::Var`]); `labels[i]` is row `i`'s proxy. The
+/// backward gives the gradients of both `x` and `proxies`.
+///
+/// # Errors
+///
+/// As [`triplet_batch_loss`] for either tensor, named after `proxy_nca_loss`.
+pub fn proxy_nca_loss<L: Labels + ?Sized>(
+    x: &Tensor,
+    labels: &L,
+    proxies: &Tensor,
+    params: ProxyNcaParams,
+) -> Result<Tensor> {
+    class_loss(x, labels, proxies, ClassKernel::ProxyNca(params))
+}
+
+/// Proxy-Anchor ([`triplet_kernels::proxy_anchor_loss_grad`]); gradients of `x` and
+/// `proxies`.
+///
+/// # Errors
+///
+/// As [`triplet_batch_loss`] for either tensor, named after `proxy_anchor_loss`.
+pub fn proxy_anchor_loss<L: Labels + ?Sized>(
+    x: &Tensor,
+    labels: &L,
+    proxies: &Tensor,
+    params: ProxyAnchorParams,
+) -> Result<Tensor> {
+    class_loss(x, labels, proxies, ClassKernel::ProxyAnchor(params))
+}
+
+/// The ArcFace head and its softmax cross-entropy ([`triplet_kernels::arcface_loss_grad`])
+/// with class `weights` (`classes x dim`); gradients of `x` and `weights`.
+///
+/// # Errors
+///
+/// As [`triplet_batch_loss`] for either tensor, named after `arcface_loss`.
+pub fn arcface_loss<L: Labels + ?Sized>(
+    x: &Tensor,
+    labels: &L,
+    weights: &Tensor,
+    params: ArcFaceParams,
+) -> Result<Tensor> {
+    class_loss(x, labels, weights, ClassKernel::ArcFace(params))
+}
+
+/// The CosFace head and its softmax cross-entropy ([`triplet_kernels::cosface_loss_grad`])
+/// with class `weights` (`classes x dim`); gradients of `x` and `weights`.
+///
+/// # Errors
+///
+/// As [`triplet_batch_loss`] for either tensor, named after `cosface_loss`.
+pub fn cosface_loss<L: Labels + ?Sized>(
+    x: &Tensor,
+    labels: &L,
+    weights: &Tensor,
+    params: CosFaceParams,
+) -> Result<Tensor> {
+    class_loss(x, labels, weights, ClassKernel::CosFace(params))
+}

@@ -1,0 +1,218 @@
+//! Every op's loss and candle gradient (through `loss.backward()`) against a direct call of
+//! the kernel it wraps: the bridge adds no arithmetic of its own, so both are bit for bit
+//! the kernel's.
+
+mod common;
+
+use candle_core::{Result, Tensor, Var};
+use common::{flat, labels, var, Rng};
+use triplet_kernels as tk;
+use triplet_kernels::Matrix;
+use triplet_kernels_candle as tkc;
+use triplet_kernels_candle::{
+    ArcFaceParams, BatchParams, ContrastiveForm, ContrastiveParams, ContrastiveReduction,
+    CosFaceParams, Hinge, Metric, Mining, MultiSimilarityParams, ProxyAnchorParams, ProxyNcaParams,
+    Reduction,
+};
+
+const METRICS: [Metric; 3] = [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine];
+const MININGS: [Mining; 3] = [Mining::All, Mining::BatchHard, Mining::SemiHard];
+
+/// The loss and `d loss / d v` for each of `vars`, through candle's backward.
+fn candle_grads(loss: &Tensor, vars: &[&Var]) -> Result<(f32, Vec<Vec<f32>>)> {
+    assert_eq!(loss.rank(), 0, "the loss is a scalar");
+    let grads = loss.backward()?;
+    let g = vars
+        .iter()
+        .map(|v| flat(grads.get(v.as_tensor()).expect("gradient of an input")))
+        .collect::<Result<Vec<_>>>()?;
+    Ok((loss.to_scalar::<f32>()?, g))
+}
+
+fn batch_params() -> Vec<(String, BatchParams)> {
+    let mut out = vec![];
+    for metric in METRICS {
+        for mining in MININGS {
+            for (hinge, reduction, normalize) in [
+                (Hinge::Relu, Reduction::Mean, false),
+                (Hinge::SoftPlus, Reduction::Sum, true),
+                (Hinge::Relu, Reduction::MeanNonzero, false),
+            ] {
+                let p = BatchParams::new()
+                    .with_metric(metric)
+                    .with_mining(mining)
+                    .with_margin(0.3)
+                    .with_hinge(hinge)
+                    .with_reduction(reduction)
+                    .with_normalize(normalize);
+                out.push((format!("{p:?}"), p));
+            }
+        }
+    }
+    for (name, p) in [
+        ("pml_triplet_margin", BatchParams::pml_triplet_margin()),
+        ("tfa_semihard", BatchParams::tfa_semihard()),
+        ("tfa_hard", BatchParams::tfa_hard()),
+        ("tfa_hard_soft", BatchParams::tfa_hard_soft()),
+    ] {
+        out.push((name.to_string(), p));
+    }
+    out
+}
+
+#[test]
+fn triplet_batch_loss_matches_the_kernel() -> Result<()> {
+    let mut rng = Rng(11);
+    let (n, d) = (24, 7);
+    let y = labels(4, 6);
+    let x = var(&mut rng, n, d)?;
+    let data = flat(x.as_tensor())?;
+    for (name, p) in batch_params() {
+        let (loss, counts) = tkc::triplet_batch_loss_with_counts(x.as_tensor(), &y, p)?;
+        let (loss, g) = candle_grads(&loss, &[&x])?;
+        let mut grad = vec![0.0; n * d];
+        let mut ws = vec![0.0; tk::triplet_batch_loss_grad_workspace_len(n, d, p)];
+        let m = Matrix::new(&data, n, d).unwrap();
+        let want = tk::triplet_batch_loss_grad(m, &y, p, &mut grad, &mut ws).unwrap();
+        assert_eq!(loss.to_bits(), want.loss.to_bits(), "{name}: loss");
+        assert_eq!(counts, want, "{name}: counts");
+        assert_eq!(g[0], grad, "{name}: gradient");
+        assert!(want.num_triplets > 0, "{name}: the batch has triplets");
+    }
+    Ok(())
+}
+
+#[test]
+fn contrastive_loss_matches_the_kernel() -> Result<()> {
+    let mut rng = Rng(12);
+    let (n, d) = (18, 5);
+    let y = labels(3, 6);
+    let x = var(&mut rng, n, d)?;
+    let data = flat(x.as_tensor())?;
+    let presets = [
+        ContrastiveParams::pytorch_metric_learning(),
+        ContrastiveParams::hadsell(1.5),
+        ContrastiveParams::new(0.2, 1.2)
+            .with_form(ContrastiveForm::Squared)
+            .with_reduction(ContrastiveReduction::MeanPerPart),
+        ContrastiveParams::new(0.1, 0.9).with_reduction(ContrastiveReduction::Sum),
+    ];
+    for metric in METRICS {
+        for p in presets {
+            let loss = tkc::contrastive_loss(x.as_tensor(), &y, metric, p)?;
+            let (loss, g) = candle_grads(&loss, &[&x])?;
+            let mut grad = vec![0.0; n * d];
+            let mut ws = vec![0.0; tk::contrastive_loss_workspace_len(n, d)];
+            let m = Matrix::new(&data, n, d).unwrap();
+            let want = tk::contrastive_loss_grad(m, &y, metric, p, &mut grad, &mut ws).unwrap();
+            assert_eq!(loss.to_bits(), want.to_bits(), "{metric:?} {p:?}: loss");
+            assert_eq!(g[0], grad, "{metric:?} {p:?}: gradient");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn multi_similarity_loss_matches_the_kernel() -> Result<()> {
+    let mut rng = Rng(13);
+    let (n, d) = (20, 6);
+    let y = labels(5, 4);
+    let x = var(&mut rng, n, d)?;
+    let data = flat(x.as_tensor())?;
+    for p in [
+        MultiSimilarityParams::pytorch_metric_learning(),
+        MultiSimilarityParams::new(1.0, 10.0, 0.2),
+    ] {
+        let loss = tkc::multi_similarity_loss(x.as_tensor(), &y, p)?;
+        let (loss, g) = candle_grads(&loss, &[&x])?;
+        let mut grad = vec![0.0; n * d];
+        let mut ws = vec![0.0; tk::multi_similarity_loss_workspace_len(n, d)];
+        let m = Matrix::new(&data, n, d).unwrap();
+        let want = tk::multi_similarity_loss_grad(m, &y, p, &mut grad, &mut ws).unwrap();
+        assert_eq!(loss.to_bits(), want.to_bits(), "{p:?}: loss");
+        assert_eq!(g[0], grad, "{p:?}: gradient");
+    }
+    Ok(())
+}
+
+/// The four losses with proxies or class weights: `(name, bridge, kernel, workspace)`.
+type Bridge = fn(&Tensor, &[u32], &Tensor) -> Result<Tensor>;
+type Kernel = fn(
+    Matrix<'_>,
+    &[u32],
+    Matrix<'_>,
+    &mut [f32],
+    &mut [f32],
+    &mut [f32],
+) -> core::result::Result<f32, tk::Error>;
+
+fn class_losses() -> Vec<(
+    &'static str,
+    Bridge,
+    Kernel,
+    fn(usize, usize, usize) -> usize,
+)> {
+    vec![
+        (
+            "proxy_nca",
+            |x, y, w| tkc::proxy_nca_loss(x, y, w, ProxyNcaParams::new(3.0)),
+            |x, y, w, g, gw, ws| {
+                tk::proxy_nca_loss_grad(x, y, w, ProxyNcaParams::new(3.0), g, gw, ws)
+            },
+            tk::proxy_nca_loss_workspace_len,
+        ),
+        (
+            "proxy_anchor",
+            |x, y, w| tkc::proxy_anchor_loss(x, y, w, ProxyAnchorParams::pytorch_metric_learning()),
+            |x, y, w, g, gw, ws| {
+                let p = ProxyAnchorParams::pytorch_metric_learning();
+                tk::proxy_anchor_loss_grad(x, y, w, p, g, gw, ws)
+            },
+            tk::proxy_anchor_loss_workspace_len,
+        ),
+        (
+            "arcface",
+            |x, y, w| tkc::arcface_loss(x, y, w, ArcFaceParams::new(28.6, 8.0)),
+            |x, y, w, g, gw, ws| {
+                tk::arcface_loss_grad(x, y, w, ArcFaceParams::new(28.6, 8.0), g, gw, ws)
+            },
+            tk::arcface_loss_workspace_len,
+        ),
+        (
+            "cosface",
+            |x, y, w| tkc::cosface_loss(x, y, w, CosFaceParams::new(0.35, 8.0)),
+            |x, y, w, g, gw, ws| {
+                tk::cosface_loss_grad(x, y, w, CosFaceParams::new(0.35, 8.0), g, gw, ws)
+            },
+            tk::cosface_loss_workspace_len,
+        ),
+    ]
+}
+
+#[test]
+fn class_losses_match_the_kernels() -> Result<()> {
+    let mut rng = Rng(14);
+    let (n, c, d) = (21, 7, 9);
+    // 70 rows so that the face heads run more than one of their 64-row blocks.
+    let (n2, y2) = (70, (0..70).map(|i| (i * 5 % 7) as u32).collect::<Vec<_>>());
+    for (rows, y) in [(n, labels(7, 3)), (n2, y2)] {
+        let x = var(&mut rng, rows, d)?;
+        let w = var(&mut rng, c, d)?;
+        let (xd, wd) = (flat(x.as_tensor())?, flat(w.as_tensor())?);
+        for (name, bridge, kernel, ws_len) in class_losses() {
+            let loss = bridge(x.as_tensor(), &y, w.as_tensor())?;
+            let (loss, g) = candle_grads(&loss, &[&x, &w])?;
+            let (mut gx, mut gw) = (vec![0.0; rows * d], vec![0.0; c * d]);
+            let mut ws = vec![0.0; ws_len(rows, c, d)];
+            let (xm, wm) = (
+                Matrix::new(&xd, rows, d).unwrap(),
+                Matrix::new(&wd, c, d).unwrap(),
+            );
+            let want = kernel(xm, &y, wm, &mut gx, &mut gw, &mut ws).unwrap();
+            assert_eq!(loss.to_bits(), want.to_bits(), "{name}: loss");
+            assert_eq!(g[0], gx, "{name}: gradient of x");
+            assert_eq!(g[1], gw, "{name}: gradient of the proxies / weights");
+        }
+    }
+    Ok(())
+}
