@@ -37,6 +37,10 @@ fn check(
         .iter()
         .map(|v| flat(grads.get(v.as_tensor()).expect("gradient")))
         .collect::<Result<_>>()?;
+    assert!(
+        g.iter().flatten().any(|v| v.abs() > 1e-3),
+        "{name}: the gradient is not zero"
+    );
     let mut rng = Rng(seed);
     for dir in 0..4 {
         let u: Vec<Vec<f32>> = g.iter().map(|gi| rng.vec(gi.len())).collect();

@@ -146,12 +146,9 @@ type Kernel = fn(
     &mut [f32],
 ) -> core::result::Result<f32, tk::Error>;
 
-fn class_losses() -> Vec<(
-    &'static str,
-    Bridge,
-    Kernel,
-    fn(usize, usize, usize) -> usize,
-)> {
+type WorkspaceLen = fn(usize, usize, usize) -> usize;
+
+fn class_losses() -> Vec<(&'static str, Bridge, Kernel, WorkspaceLen)> {
     vec![
         (
             "proxy_nca",
