@@ -157,3 +157,42 @@ fn the_incoming_gradient_scales_the_stored_one() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn views_with_an_offset_and_transposed_weights() -> Result<()> {
+    let mut rng = Rng(44);
+    let y = labels(3, 2);
+    // Rows 2..8 of a larger variable: contiguous, at an offset into its storage.
+    let big = var(&mut rng, 10, 4)?;
+    let x = big.as_tensor().narrow(0, 2, 6)?;
+    let p = ContrastiveParams::hadsell(1.0);
+    let loss = tkc::contrastive_loss(&x, &y, Metric::Euclidean, p)?;
+    let g = flat(&loss.backward()?.get(big.as_tensor()).expect("gradient"))?;
+    let xc = Var::from_tensor(&x.copy()?)?;
+    let loss_c = tkc::contrastive_loss(xc.as_tensor(), &y, Metric::Euclidean, p)?;
+    let gc = flat(loss_c.backward()?.get(xc.as_tensor()).expect("gradient"))?;
+    assert_eq!(loss.to_scalar::<f32>()?, loss_c.to_scalar::<f32>()?);
+    assert!(g[..8].iter().chain(&g[32..]).all(|&v| v == 0.0));
+    assert_eq!(&g[8..32], gc.as_slice());
+
+    // Class weights kept as pytorch-metric-learning does, `dim x classes`, passed
+    // transposed; their gradient comes back in the same layout.
+    let wt = var(&mut rng, 4, 3)?;
+    let params = tkc::CosFaceParams::new(0.35, 4.0);
+    let loss = tkc::cosface_loss(xc.as_tensor(), &y, &wt.as_tensor().t()?, params)?;
+    let gw = loss
+        .backward()?
+        .get(wt.as_tensor())
+        .expect("gradient")
+        .clone();
+    assert_eq!(gw.dims(), &[4, 3]);
+    let w = Var::from_tensor(&wt.as_tensor().t()?.contiguous()?)?;
+    let loss_c = tkc::cosface_loss(xc.as_tensor(), &y, w.as_tensor(), params)?;
+    let gwc = loss_c
+        .backward()?
+        .get(w.as_tensor())
+        .expect("gradient")
+        .clone();
+    assert_eq!(flat(&gw.t()?)?, flat(&gwc)?);
+    Ok(())
+}
