@@ -7,7 +7,10 @@
 //! class weights) whose forward calls the kernel's fused `*_grad` function **once**,
 //! computing the loss and its gradient together; the op keeps the gradient, and its
 //! backward returns it scaled by the incoming gradient of the loss. No candle-level graph
-//! of distances, masks or mined triplets is built.
+//! of distances, masks or mined triplets is built. When candle tracks none of the inputs
+//! (plain tensors rather than [`candle_core::Var`]s or results of tracked ops, as in an
+//! evaluation pass), the forward calls the kernel's loss-only function instead and keeps
+//! no gradient.
 //!
 //! | function | kernel | gradients |
 //! |---|---|---|
@@ -267,31 +270,40 @@ impl BatchKernel {
         }
     }
 
-    fn workspace_len(&self, rows: usize, dim: usize) -> usize {
+    fn workspace_len(&self, rows: usize, dim: usize, grad: bool) -> usize {
         match *self {
-            BatchKernel::Triplet(p) => tk::triplet_batch_loss_grad_workspace_len(rows, dim, p),
+            BatchKernel::Triplet(p) if grad => {
+                tk::triplet_batch_loss_grad_workspace_len(rows, dim, p)
+            }
+            BatchKernel::Triplet(p) => tk::triplet_batch_loss_workspace_len(rows, dim, p),
             BatchKernel::Contrastive(..) => tk::contrastive_loss_workspace_len(rows, dim),
             BatchKernel::MultiSimilarity(_) => tk::multi_similarity_loss_workspace_len(rows, dim),
         }
     }
 
-    /// Runs the fused kernel: the loss and, written to `grad`, its gradient.
+    /// Runs the fused kernel, the loss and (written to `grad`) its gradient; or, without
+    /// `grad`, the loss-only kernel.
     fn run(
         &self,
         x: Matrix<'_>,
         labels: &[u32],
-        grad: &mut [f32],
+        grad: Option<&mut [f32]>,
         ws: &mut [f32],
     ) -> core::result::Result<BatchLoss, tk::Error> {
-        match *self {
-            BatchKernel::Triplet(p) => tk::triplet_batch_loss_grad(x, labels, p, grad, ws),
-            BatchKernel::Contrastive(metric, p) => {
-                let loss = tk::contrastive_loss_grad(x, labels, metric, p, grad, ws)?;
-                Ok(loss_only(loss))
+        match (*self, grad) {
+            (BatchKernel::Triplet(p), Some(g)) => tk::triplet_batch_loss_grad(x, labels, p, g, ws),
+            (BatchKernel::Triplet(p), None) => tk::triplet_batch_loss(x, labels, p, ws),
+            (BatchKernel::Contrastive(metric, p), Some(g)) => {
+                tk::contrastive_loss_grad(x, labels, metric, p, g, ws).map(loss_only)
             }
-            BatchKernel::MultiSimilarity(p) => {
-                let loss = tk::multi_similarity_loss_grad(x, labels, p, grad, ws)?;
-                Ok(loss_only(loss))
+            (BatchKernel::Contrastive(metric, p), None) => {
+                tk::contrastive_loss(x, labels, metric, p, ws).map(loss_only)
+            }
+            (BatchKernel::MultiSimilarity(p), Some(g)) => {
+                tk::multi_similarity_loss_grad(x, labels, p, g, ws).map(loss_only)
+            }
+            (BatchKernel::MultiSimilarity(p), None) => {
+                tk::multi_similarity_loss(x, labels, p, ws).map(loss_only)
             }
         }
     }
@@ -304,12 +316,17 @@ fn loss_only(loss: f32) -> BatchLoss {
 }
 
 /// The custom op of the one-input losses; keeps the gradient (and the triplet counts)
-/// its forward computed.
+/// its forward computed. Without `grad` (an input that candle does not track), the
+/// forward runs the loss-only kernel.
 struct BatchOp {
     kernel: BatchKernel,
     labels: Vec<u32>,
-    saved: Arc<Mutex<Option<(Tensor, BatchLoss)>>>,
+    grad: bool,
+    saved: Arc<Mutex<Option<Saved>>>,
 }
+
+/// What a [`BatchOp`]'s forward keeps: the gradient (when tracked) and the counts.
+type Saved = (Option<Tensor>, BatchLoss);
 
 impl CustomOp1 for BatchOp {
     fn name(&self) -> &'static str {
@@ -320,19 +337,29 @@ impl CustomOp1 for BatchOp {
         let op = self.kernel.name();
         let x = matrix(op, storage, layout)?;
         let (rows, dim) = (x.rows(), x.dim());
-        let mut grad = vec![0.0_f32; x.len()];
-        let out = with_workspace(self.kernel.workspace_len(rows, dim), |ws| {
-            self.kernel.run(x, &self.labels, &mut grad, ws)
-        })
-        .map_err(|e| kernel_error(op, e))?;
-        let grad = Tensor::from_vec(grad, (rows, dim), &Device::Cpu)?;
+        let mut grad = if self.grad {
+            vec![0.0_f32; x.len()]
+        } else {
+            Vec::new()
+        };
+        let ws_len = self.kernel.workspace_len(rows, dim, self.grad);
+        let g = Some(grad.as_mut_slice()).filter(|_| self.grad);
+        let out = with_workspace(ws_len, |ws| self.kernel.run(x, &self.labels, g, ws))
+            .map_err(|e| kernel_error(op, e))?;
+        let grad = if self.grad {
+            Some(Tensor::from_vec(grad, (rows, dim), &Device::Cpu)?)
+        } else {
+            None
+        };
         store(op, &self.saved, (grad, out))?;
         Ok(scalar_out(out.loss))
     }
 
     fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
-        let (grad, _) = stored(self.kernel.name(), &self.saved)?;
-        Ok(Some(scale(&grad, grad_res)?))
+        match stored(self.kernel.name(), &self.saved)?.0 {
+            Some(grad) => Ok(Some(scale(&grad, grad_res)?)),
+            None => Ok(None),
+        }
     }
 }
 
@@ -348,6 +375,7 @@ fn batch_loss<L: Labels + ?Sized>(
     let loss = x.apply_op1(BatchOp {
         kernel,
         labels,
+        grad: x.track_op(),
         saved: Arc::clone(&saved),
     })?;
     let (_, counts) = stored(op, &saved)?;
@@ -461,6 +489,7 @@ impl ClassKernel {
         }
     }
 
+    /// The same for the loss-only and the fused kernels.
     fn workspace_len(&self, rows: usize, classes: usize, dim: usize) -> usize {
         match self {
             ClassKernel::ProxyNca(_) => tk::proxy_nca_loss_workspace_len(rows, classes, dim),
@@ -470,29 +499,43 @@ impl ClassKernel {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The fused kernel with both gradients, or without them the loss-only kernel.
     fn run(
         &self,
         x: Matrix<'_>,
         labels: &[u32],
         w: Matrix<'_>,
-        gx: &mut [f32],
-        gw: &mut [f32],
+        grads: Option<(&mut [f32], &mut [f32])>,
         ws: &mut [f32],
     ) -> core::result::Result<f32, tk::Error> {
-        match *self {
-            ClassKernel::ProxyNca(p) => tk::proxy_nca_loss_grad(x, labels, w, p, gx, gw, ws),
-            ClassKernel::ProxyAnchor(p) => tk::proxy_anchor_loss_grad(x, labels, w, p, gx, gw, ws),
-            ClassKernel::ArcFace(p) => tk::arcface_loss_grad(x, labels, w, p, gx, gw, ws),
-            ClassKernel::CosFace(p) => tk::cosface_loss_grad(x, labels, w, p, gx, gw, ws),
+        match (*self, grads) {
+            (ClassKernel::ProxyNca(p), Some((gx, gw))) => {
+                tk::proxy_nca_loss_grad(x, labels, w, p, gx, gw, ws)
+            }
+            (ClassKernel::ProxyNca(p), None) => tk::proxy_nca_loss(x, labels, w, p, ws),
+            (ClassKernel::ProxyAnchor(p), Some((gx, gw))) => {
+                tk::proxy_anchor_loss_grad(x, labels, w, p, gx, gw, ws)
+            }
+            (ClassKernel::ProxyAnchor(p), None) => tk::proxy_anchor_loss(x, labels, w, p, ws),
+            (ClassKernel::ArcFace(p), Some((gx, gw))) => {
+                tk::arcface_loss_grad(x, labels, w, p, gx, gw, ws)
+            }
+            (ClassKernel::ArcFace(p), None) => tk::arcface_loss(x, labels, w, p, ws),
+            (ClassKernel::CosFace(p), Some((gx, gw))) => {
+                tk::cosface_loss_grad(x, labels, w, p, gx, gw, ws)
+            }
+            (ClassKernel::CosFace(p), None) => tk::cosface_loss(x, labels, w, p, ws),
         }
     }
 }
 
 /// The custom op of the losses with proxies or class weights; keeps both gradients.
+/// Without `grad` (neither input tracked by candle), the forward runs the loss-only
+/// kernel.
 struct ClassOp {
     kernel: ClassKernel,
     labels: Vec<u32>,
+    grad: bool,
     saved: Mutex<Option<(Tensor, Tensor)>>,
 }
 
@@ -511,13 +554,17 @@ impl CustomOp2 for ClassOp {
         let op = self.kernel.name();
         let x = matrix(op, s1, l1)?;
         let w = matrix(op, s2, l2)?;
+        let len = self.kernel.workspace_len(x.rows(), w.rows(), x.dim());
+        if !self.grad {
+            let loss = with_workspace(len, |ws| self.kernel.run(x, &self.labels, w, None, ws))
+                .map_err(|e| kernel_error(op, e))?;
+            return Ok(scalar_out(loss));
+        }
         let mut gx = vec![0.0_f32; x.len()];
         let mut gw = vec![0.0_f32; w.len()];
-        let len = self.kernel.workspace_len(x.rows(), w.rows(), x.dim());
-        let loss = with_workspace(len, |ws| {
-            self.kernel.run(x, &self.labels, w, &mut gx, &mut gw, ws)
-        })
-        .map_err(|e| kernel_error(op, e))?;
+        let grads = Some((gx.as_mut_slice(), gw.as_mut_slice()));
+        let loss = with_workspace(len, |ws| self.kernel.run(x, &self.labels, w, grads, ws))
+            .map_err(|e| kernel_error(op, e))?;
         let gx = Tensor::from_vec(gx, (x.rows(), x.dim()), &Device::Cpu)?;
         let gw = Tensor::from_vec(gw, (w.rows(), w.dim()), &Device::Cpu)?;
         store(op, &self.saved, (gx, gw))?;
@@ -551,6 +598,7 @@ fn class_loss<L: Labels + ?Sized>(
         ClassOp {
             kernel,
             labels,
+            grad: x.track_op() || w.track_op(),
             saved: Mutex::new(None),
         },
     )

@@ -167,7 +167,7 @@ fn views_with_an_offset_and_transposed_weights() -> Result<()> {
     let x = big.as_tensor().narrow(0, 2, 6)?;
     let p = ContrastiveParams::hadsell(1.0);
     let loss = tkc::contrastive_loss(&x, &y, Metric::Euclidean, p)?;
-    let g = flat(&loss.backward()?.get(big.as_tensor()).expect("gradient"))?;
+    let g = flat(loss.backward()?.get(big.as_tensor()).expect("gradient"))?;
     let xc = Var::from_tensor(&x.copy()?)?;
     let loss_c = tkc::contrastive_loss(xc.as_tensor(), &y, Metric::Euclidean, p)?;
     let gc = flat(loss_c.backward()?.get(xc.as_tensor()).expect("gradient"))?;

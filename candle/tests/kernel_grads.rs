@@ -213,3 +213,54 @@ fn class_losses_match_the_kernels() -> Result<()> {
     }
     Ok(())
 }
+
+/// Untracked inputs (plain tensors, as in an evaluation pass) take the loss-only kernels.
+#[test]
+fn untracked_inputs_use_the_loss_only_kernels() -> Result<()> {
+    let mut rng = Rng(15);
+    let (n, c, d) = (18, 6, 5);
+    let y = labels(6, 3);
+    let x = var(&mut rng, n, d)?.as_tensor().detach();
+    let w = var(&mut rng, c, d)?.as_tensor().detach();
+    assert!(!x.track_op() && !w.track_op());
+    let (xd, wd) = (flat(&x)?, flat(&w)?);
+    let xm = Matrix::new(&xd, n, d).unwrap();
+    let wm = Matrix::new(&wd, c, d).unwrap();
+    let mut ws = vec![0.0; 1 << 16];
+    let bits = |t: Tensor| t.to_scalar::<f32>().map(f32::to_bits);
+
+    for (_, p) in batch_params() {
+        let (loss, counts) = tkc::triplet_batch_loss_with_counts(&x, &y, p)?;
+        let want = tk::triplet_batch_loss(xm, &y, p, &mut ws).unwrap();
+        assert_eq!((bits(loss)?, counts), (want.loss.to_bits(), want), "{p:?}");
+    }
+    let cp = ContrastiveParams::pytorch_metric_learning();
+    let want = tk::contrastive_loss(xm, &y, Metric::Cosine, cp, &mut ws).unwrap();
+    assert_eq!(
+        bits(tkc::contrastive_loss(&x, &y, Metric::Cosine, cp)?)?,
+        want.to_bits()
+    );
+    let mp = MultiSimilarityParams::pytorch_metric_learning();
+    let want = tk::multi_similarity_loss(xm, &y, mp, &mut ws).unwrap();
+    assert_eq!(
+        bits(tkc::multi_similarity_loss(&x, &y, mp)?)?,
+        want.to_bits()
+    );
+
+    let np = ProxyNcaParams::new(3.0);
+    let want = tk::proxy_nca_loss(xm, &y, wm, np, &mut ws).unwrap();
+    assert_eq!(bits(tkc::proxy_nca_loss(&x, &y, &w, np)?)?, want.to_bits());
+    let ap = ProxyAnchorParams::pytorch_metric_learning();
+    let want = tk::proxy_anchor_loss(xm, &y, wm, ap, &mut ws).unwrap();
+    assert_eq!(
+        bits(tkc::proxy_anchor_loss(&x, &y, &w, ap)?)?,
+        want.to_bits()
+    );
+    let fp = ArcFaceParams::new(28.6, 8.0);
+    let want = tk::arcface_loss(xm, &y, wm, fp, &mut ws).unwrap();
+    assert_eq!(bits(tkc::arcface_loss(&x, &y, &w, fp)?)?, want.to_bits());
+    let cf = CosFaceParams::new(0.35, 8.0);
+    let want = tk::cosface_loss(xm, &y, wm, cf, &mut ws).unwrap();
+    assert_eq!(bits(tkc::cosface_loss(&x, &y, &w, cf)?)?, want.to_bits());
+    Ok(())
+}
