@@ -15,6 +15,7 @@
 //! | function | kernel | gradients |
 //! |---|---|---|
 //! | [`triplet_batch_loss`] | [`triplet_kernels::triplet_batch_loss_grad`] (all, batch-hard, semi-hard; every [`Metric`]; presets of [`BatchParams`]) | `x` |
+//! | [`triplet_margin_loss`] | [`triplet_kernels::triplet_margin_loss_grad`] (given triplets; PyTorch's `TripletMarginLoss`) | `x` |
 //! | [`contrastive_loss`] | [`triplet_kernels::contrastive_loss_grad`] | `x` |
 //! | [`multi_similarity_loss`] | [`triplet_kernels::multi_similarity_loss_grad`] | `x` |
 //! | [`proxy_nca_loss`] | [`triplet_kernels::proxy_nca_loss_grad`] | `x`, proxies |
@@ -87,7 +88,7 @@ pub use triplet_kernels;
 pub use triplet_kernels::{
     ArcFaceParams, BatchLoss, BatchParams, ContrastiveForm, ContrastiveParams,
     ContrastiveReduction, CosFaceParams, Hinge, Metric, Mining, MultiSimilarityParams,
-    ProxyAnchorParams, ProxyNcaParams, Reduction,
+    ProxyAnchorParams, ProxyNcaParams, Reduction, Triplet, TripletParams,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -254,9 +255,11 @@ fn store<T>(op: &str, slot: &Mutex<Option<T>>, value: T) -> Result<()> {
 // ---------------------------------------------------------------------------------------
 // Losses of a labelled batch (one tensor input).
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum BatchKernel {
     Triplet(BatchParams),
+    /// Given triplets: the labels are not used.
+    Explicit(TripletParams, Vec<Triplet>),
     Contrastive(Metric, ContrastiveParams),
     MultiSimilarity(MultiSimilarityParams),
 }
@@ -265,6 +268,7 @@ impl BatchKernel {
     fn name(&self) -> &'static str {
         match self {
             BatchKernel::Triplet(_) => "triplet_batch_loss",
+            BatchKernel::Explicit(..) => "triplet_margin_loss",
             BatchKernel::Contrastive(..) => "contrastive_loss",
             BatchKernel::MultiSimilarity(_) => "multi_similarity_loss",
         }
@@ -272,6 +276,7 @@ impl BatchKernel {
 
     fn workspace_len(&self, rows: usize, dim: usize, grad: bool) -> usize {
         match *self {
+            BatchKernel::Explicit(..) => tk::triplet_margin_loss_workspace_len(rows, dim),
             BatchKernel::Triplet(p) if grad => {
                 tk::triplet_batch_loss_grad_workspace_len(rows, dim, p)
             }
@@ -290,19 +295,28 @@ impl BatchKernel {
         grad: Option<&mut [f32]>,
         ws: &mut [f32],
     ) -> core::result::Result<BatchLoss, tk::Error> {
-        match (*self, grad) {
-            (BatchKernel::Triplet(p), Some(g)) => tk::triplet_batch_loss_grad(x, labels, p, g, ws),
-            (BatchKernel::Triplet(p), None) => tk::triplet_batch_loss(x, labels, p, ws),
-            (BatchKernel::Contrastive(metric, p), Some(g)) => {
+        match (self, grad) {
+            (&BatchKernel::Triplet(p), Some(g)) => tk::triplet_batch_loss_grad(x, labels, p, g, ws),
+            (&BatchKernel::Triplet(p), None) => tk::triplet_batch_loss(x, labels, p, ws),
+            (BatchKernel::Explicit(p, t), g) => {
+                // The per-triplet terms (PyTorch's reduction "none") are not returned.
+                let mut terms = vec![0.0_f32; t.len()];
+                match g {
+                    Some(g) => tk::triplet_margin_loss_grad(x, t, *p, &mut terms, g, ws),
+                    None => tk::triplet_margin_loss(x, t, *p, &mut terms, ws),
+                }
+                .map(loss_only)
+            }
+            (&BatchKernel::Contrastive(metric, p), Some(g)) => {
                 tk::contrastive_loss_grad(x, labels, metric, p, g, ws).map(loss_only)
             }
-            (BatchKernel::Contrastive(metric, p), None) => {
+            (&BatchKernel::Contrastive(metric, p), None) => {
                 tk::contrastive_loss(x, labels, metric, p, ws).map(loss_only)
             }
-            (BatchKernel::MultiSimilarity(p), Some(g)) => {
+            (&BatchKernel::MultiSimilarity(p), Some(g)) => {
                 tk::multi_similarity_loss_grad(x, labels, p, g, ws).map(loss_only)
             }
-            (BatchKernel::MultiSimilarity(p), None) => {
+            (&BatchKernel::MultiSimilarity(p), None) => {
                 tk::multi_similarity_loss(x, labels, p, ws).map(loss_only)
             }
         }
@@ -428,6 +442,39 @@ pub fn triplet_batch_loss_with_counts<L: Labels + ?Sized>(
     params: BatchParams,
 ) -> Result<(Tensor, BatchLoss)> {
     batch_loss(x, labels, BatchKernel::Triplet(params))
+}
+
+/// The triplet margin loss over given triplets ([`triplet_kernels::triplet_margin_loss_grad`]):
+/// PyTorch's `TripletMarginLoss` with [`TripletParams::pytorch`], its distance swap,
+/// any [`Metric`], [`Hinge`] and [`Reduction`]. `triplets` index rows of `x`; build them
+/// with [`Triplet::new`], view a flat `u32` buffer with `Triplet::from_flat`, or mine
+/// them with [`triplet_kernels::mine_triplets`]. Mined triplets are constants for the
+/// gradient.
+///
+/// # Errors
+///
+/// As [`triplet_batch_loss`] (an index out of range included), named after
+/// `triplet_margin_loss`.
+///
+/// # Example
+///
+/// ```
+/// use candle_core::{Device, Var};
+/// use triplet_kernels_candle::{triplet_margin_loss, Triplet, TripletParams};
+/// let x = Var::from_vec(vec![0.0_f32, 0.0, 1.0, 0.0, 0.5, 0.0], (3, 2), &Device::Cpu)?;
+/// let loss = triplet_margin_loss(x.as_tensor(), &[Triplet::new(0, 1, 2)], TripletParams::new())?;
+/// assert_eq!(loss.to_scalar::<f32>()?, 1.5); // d(a, p) - d(a, n) + 1 = 1 - 0.5 + 1
+/// let g = loss.backward()?.get(x.as_tensor()).unwrap().flatten_all()?.to_vec1::<f32>()?;
+/// assert_eq!(g, [0.0, 0.0, 1.0, 0.0, -1.0, 0.0]);
+/// # Ok::<(), candle_core::Error>(())
+/// ```
+pub fn triplet_margin_loss(
+    x: &Tensor,
+    triplets: &[Triplet],
+    params: TripletParams,
+) -> Result<Tensor> {
+    let kernel = BatchKernel::Explicit(params, triplets.to_vec());
+    Ok(batch_loss(x, &[] as &[u32], kernel)?.0)
 }
 
 /// The contrastive loss over every pair of the batch

@@ -14,6 +14,7 @@ use triplet_kernels_candle::{
     CosFaceParams, Hinge, Metric, Mining, MultiSimilarityParams, ProxyAnchorParams, ProxyNcaParams,
     Reduction,
 };
+use triplet_kernels_candle::{Triplet, TripletParams};
 
 const METRICS: [Metric; 3] = [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine];
 const MININGS: [Mining; 3] = [Mining::All, Mining::BatchHard, Mining::SemiHard];
@@ -79,6 +80,52 @@ fn triplet_batch_loss_matches_the_kernel() -> Result<()> {
         assert_eq!(g[0], grad, "{name}: gradient");
         assert!(want.num_triplets > 0, "{name}: the batch has triplets");
     }
+    Ok(())
+}
+
+#[test]
+fn triplet_margin_loss_matches_the_kernel() -> Result<()> {
+    let mut rng = Rng(16);
+    let (n, d) = (12, 6);
+    let x = var(&mut rng, n, d)?;
+    let data = flat(x.as_tensor())?;
+    let triplets: Vec<Triplet> = (0..20)
+        .map(|k| Triplet::new(k % 12, (k * 5 + 1) % 12, (k * 7 + 3) % 12))
+        .collect();
+    let presets = [
+        TripletParams::pytorch(),
+        TripletParams::pytorch().with_swap(true),
+        TripletParams::new()
+            .with_metric(Metric::Cosine)
+            .with_margin(0.3)
+            .with_reduction(Reduction::MeanNonzero),
+        TripletParams::new()
+            .with_metric(Metric::SquaredEuclidean)
+            .with_hinge(Hinge::SoftPlus)
+            .with_reduction(Reduction::Sum),
+    ];
+    for p in presets {
+        let loss = tkc::triplet_margin_loss(x.as_tensor(), &triplets, p)?;
+        let (loss, g) = candle_grads(&loss, &[&x])?;
+        let (mut terms, mut grad) = (vec![0.0; triplets.len()], vec![0.0; n * d]);
+        let mut ws = vec![0.0; tk::triplet_margin_loss_workspace_len(n, d)];
+        let m = Matrix::new(&data, n, d).unwrap();
+        let want =
+            tk::triplet_margin_loss_grad(m, &triplets, p, &mut terms, &mut grad, &mut ws).unwrap();
+        assert_eq!(loss.to_bits(), want.to_bits(), "{p:?}: loss");
+        assert_eq!(g[0], grad, "{p:?}: gradient");
+        let plain = x.as_tensor().detach();
+        let untracked = tkc::triplet_margin_loss(&plain, &triplets, p)?.to_scalar::<f32>()?;
+        let want = tk::triplet_margin_loss(m, &triplets, p, &mut terms, &mut ws).unwrap();
+        assert_eq!(untracked.to_bits(), want.to_bits(), "{p:?}: loss-only");
+    }
+    let bad = [Triplet::new(0, 1, 12)];
+    let e = tkc::triplet_margin_loss(x.as_tensor(), &bad, TripletParams::new()).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("triplet_margin_loss: `triplets[2]` = 12 is out of range"),
+        "{e}"
+    );
     Ok(())
 }
 
