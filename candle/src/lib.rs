@@ -18,6 +18,7 @@
 //! | [`triplet_margin_loss`] | [`triplet_kernels::triplet_margin_loss_grad`] (given triplets; PyTorch's `TripletMarginLoss`) | `x` |
 //! | [`contrastive_loss`] | [`triplet_kernels::contrastive_loss_grad`] | `x` |
 //! | [`multi_similarity_loss`] | [`triplet_kernels::multi_similarity_loss_grad`] | `x` |
+//! | [`contrastive_loss_pairs`], [`multi_similarity_loss_pairs`] | the same over given (mined) pairs | `x` |
 //! | [`proxy_nca_loss`] | [`triplet_kernels::proxy_nca_loss_grad`] | `x`, proxies |
 //! | [`proxy_anchor_loss`] | [`triplet_kernels::proxy_anchor_loss_grad`] | `x`, proxies |
 //! | [`arcface_loss`] | [`triplet_kernels::arcface_loss_grad`] | `x`, class weights |
@@ -87,7 +88,7 @@ pub use candle_core;
 pub use triplet_kernels;
 pub use triplet_kernels::{
     ArcFaceParams, BatchLoss, BatchParams, ContrastiveForm, ContrastiveParams,
-    ContrastiveReduction, CosFaceParams, Hinge, Metric, Mining, MultiSimilarityParams,
+    ContrastiveReduction, CosFaceParams, Hinge, Metric, Mining, MultiSimilarityParams, Pair,
     ProxyAnchorParams, ProxyNcaParams, Reduction, Triplet, TripletParams,
 };
 
@@ -260,6 +261,10 @@ enum BatchKernel {
     Triplet(BatchParams),
     /// Given triplets: the labels are not used.
     Explicit(TripletParams, Vec<Triplet>),
+    /// Given positive and negative pairs (labels not used).
+    ContrastivePairs(Metric, ContrastiveParams, Vec<Pair>, Vec<Pair>),
+    /// Given positive and negative pairs (labels not used).
+    MultiSimilarityPairs(MultiSimilarityParams, Vec<Pair>, Vec<Pair>),
     Contrastive(Metric, ContrastiveParams),
     MultiSimilarity(MultiSimilarityParams),
 }
@@ -269,6 +274,8 @@ impl BatchKernel {
         match self {
             BatchKernel::Triplet(_) => "triplet_batch_loss",
             BatchKernel::Explicit(..) => "triplet_margin_loss",
+            BatchKernel::ContrastivePairs(..) => "contrastive_loss_pairs",
+            BatchKernel::MultiSimilarityPairs(..) => "multi_similarity_loss_pairs",
             BatchKernel::Contrastive(..) => "contrastive_loss",
             BatchKernel::MultiSimilarity(_) => "multi_similarity_loss",
         }
@@ -277,6 +284,12 @@ impl BatchKernel {
     fn workspace_len(&self, rows: usize, dim: usize, grad: bool) -> usize {
         match *self {
             BatchKernel::Explicit(..) => tk::triplet_margin_loss_workspace_len(rows, dim),
+            BatchKernel::ContrastivePairs(_, _, ref pos, ref neg) => {
+                tk::contrastive_loss_pairs_workspace_len(rows, dim, pos.len() + neg.len())
+            }
+            BatchKernel::MultiSimilarityPairs(_, ref pos, ref neg) => {
+                tk::multi_similarity_loss_pairs_workspace_len(rows, dim, pos.len() + neg.len())
+            }
             BatchKernel::Triplet(p) if grad => {
                 tk::triplet_batch_loss_grad_workspace_len(rows, dim, p)
             }
@@ -307,6 +320,16 @@ impl BatchKernel {
                 }
                 .map(loss_only)
             }
+            (BatchKernel::ContrastivePairs(metric, p, pos, neg), g) => match g {
+                Some(g) => tk::contrastive_loss_pairs_grad(x, *metric, *p, pos, neg, g, ws),
+                None => tk::contrastive_loss_pairs(x, *metric, *p, pos, neg, ws),
+            }
+            .map(loss_only),
+            (BatchKernel::MultiSimilarityPairs(p, pos, neg), g) => match g {
+                Some(g) => tk::multi_similarity_loss_pairs_grad(x, pos, neg, *p, g, ws),
+                None => tk::multi_similarity_loss_pairs(x, pos, neg, *p, ws),
+            }
+            .map(loss_only),
             (&BatchKernel::Contrastive(metric, p), Some(g)) => {
                 tk::contrastive_loss_grad(x, labels, metric, p, g, ws).map(loss_only)
             }
@@ -506,6 +529,46 @@ pub fn multi_similarity_loss<L: Labels + ?Sized>(
     params: MultiSimilarityParams,
 ) -> Result<Tensor> {
     Ok(batch_loss(x, labels, BatchKernel::MultiSimilarity(params))?.0)
+}
+
+/// The contrastive loss over given pairs ([`triplet_kernels::contrastive_loss_pairs_grad`]):
+/// pytorch-metric-learning's `ContrastiveLoss` with a miner, such as the pairs of
+/// [`triplet_kernels::pair_mine`]. The pairs index rows of `x` and are constants for the
+/// gradient.
+///
+/// # Errors
+///
+/// As [`triplet_batch_loss`] (an index out of range included), named after
+/// `contrastive_loss_pairs`.
+pub fn contrastive_loss_pairs(
+    x: &Tensor,
+    positives: &[Pair],
+    negatives: &[Pair],
+    metric: Metric,
+    params: ContrastiveParams,
+) -> Result<Tensor> {
+    let kernel =
+        BatchKernel::ContrastivePairs(metric, params, positives.to_vec(), negatives.to_vec());
+    Ok(batch_loss(x, &[] as &[u32], kernel)?.0)
+}
+
+/// The multi-similarity loss over given pairs
+/// ([`triplet_kernels::multi_similarity_loss_pairs_grad`]): pytorch-metric-learning's
+/// `MultiSimilarityLoss` with a `MultiSimilarityMiner`
+/// ([`triplet_kernels::multi_similarity_mine`]). The pairs are constants for the gradient.
+///
+/// # Errors
+///
+/// As [`triplet_batch_loss`] (an index out of range included), named after
+/// `multi_similarity_loss_pairs`.
+pub fn multi_similarity_loss_pairs(
+    x: &Tensor,
+    positives: &[Pair],
+    negatives: &[Pair],
+    params: MultiSimilarityParams,
+) -> Result<Tensor> {
+    let kernel = BatchKernel::MultiSimilarityPairs(params, positives.to_vec(), negatives.to_vec());
+    Ok(batch_loss(x, &[] as &[u32], kernel)?.0)
 }
 
 // ---------------------------------------------------------------------------------------

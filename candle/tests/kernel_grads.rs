@@ -14,7 +14,7 @@ use triplet_kernels_candle::{
     CosFaceParams, Hinge, Metric, Mining, MultiSimilarityParams, ProxyAnchorParams, ProxyNcaParams,
     Reduction,
 };
-use triplet_kernels_candle::{Triplet, TripletParams};
+use triplet_kernels_candle::{Pair, Triplet, TripletParams};
 
 const METRICS: [Metric; 3] = [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine];
 const MININGS: [Mining; 3] = [Mining::All, Mining::BatchHard, Mining::SemiHard];
@@ -156,6 +156,58 @@ fn contrastive_loss_matches_the_kernel() -> Result<()> {
             assert_eq!(g[0], grad, "{metric:?} {p:?}: gradient");
         }
     }
+    Ok(())
+}
+
+#[test]
+fn pair_losses_match_the_kernels() -> Result<()> {
+    let mut rng = Rng(17);
+    let (n, d) = (16, 5);
+    let y = labels(4, 4);
+    let x = var(&mut rng, n, d)?;
+    let data = flat(x.as_tensor())?;
+    let m = Matrix::new(&data, n, d).unwrap();
+    // Every third positive and every fifth negative pair, as a miner might keep them.
+    let all = (0..n as u32).flat_map(|a| (0..n as u32).map(move |b| Pair::new(a, b)));
+    let pos: Vec<Pair> = all
+        .clone()
+        .filter(|p| p.anchor != p.other && y[p.anchor as usize] == y[p.other as usize])
+        .step_by(3)
+        .collect();
+    let neg: Vec<Pair> = all
+        .filter(|p| y[p.anchor as usize] != y[p.other as usize])
+        .step_by(5)
+        .collect();
+    let mut ws = vec![0.0; 1 << 12];
+    let plain = x.as_tensor().detach();
+    for metric in METRICS {
+        let p = ContrastiveParams::new(0.1, 0.8);
+        let loss = tkc::contrastive_loss_pairs(x.as_tensor(), &pos, &neg, metric, p)?;
+        let (loss, g) = candle_grads(&loss, &[&x])?;
+        let mut grad = vec![0.0; n * d];
+        let want =
+            tk::contrastive_loss_pairs_grad(m, metric, p, &pos, &neg, &mut grad, &mut ws).unwrap();
+        assert_eq!(loss.to_bits(), want.to_bits(), "{metric:?}: loss");
+        assert_eq!(g[0], grad, "{metric:?}: gradient");
+        let untracked = tkc::contrastive_loss_pairs(&plain, &pos, &neg, metric, p)?;
+        let want = tk::contrastive_loss_pairs(m, metric, p, &pos, &neg, &mut ws).unwrap();
+        assert_eq!(untracked.to_scalar::<f32>()?.to_bits(), want.to_bits());
+    }
+    let p = MultiSimilarityParams::new(2.0, 10.0, 0.3);
+    let loss = tkc::multi_similarity_loss_pairs(x.as_tensor(), &pos, &neg, p)?;
+    let (loss, g) = candle_grads(&loss, &[&x])?;
+    let mut grad = vec![0.0; n * d];
+    let want = tk::multi_similarity_loss_pairs_grad(m, &pos, &neg, p, &mut grad, &mut ws).unwrap();
+    assert!(want > 0.0);
+    assert_eq!(
+        loss.to_bits(),
+        want.to_bits(),
+        "multi-similarity pairs: loss"
+    );
+    assert_eq!(g[0], grad, "multi-similarity pairs: gradient");
+    let untracked = tkc::multi_similarity_loss_pairs(&plain, &pos, &neg, p)?;
+    let want = tk::multi_similarity_loss_pairs(m, &pos, &neg, p, &mut ws).unwrap();
+    assert_eq!(untracked.to_scalar::<f32>()?.to_bits(), want.to_bits());
     Ok(())
 }
 
