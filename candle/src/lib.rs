@@ -16,6 +16,7 @@
 //! |---|---|---|
 //! | [`triplet_batch_loss`] | [`triplet_kernels::triplet_batch_loss_grad`] (all, batch-hard, semi-hard; every [`Metric`]; presets of [`BatchParams`]) | `x` |
 //! | [`triplet_margin_loss`] | [`triplet_kernels::triplet_margin_loss_grad`] (given triplets; PyTorch's `TripletMarginLoss`) | `x` |
+//! | [`quadruplet_loss`] | [`triplet_kernels::quadruplet_loss_grad`] (given quadruplets) | `x` |
 //! | [`contrastive_loss`] | [`triplet_kernels::contrastive_loss_grad`] | `x` |
 //! | [`multi_similarity_loss`] | [`triplet_kernels::multi_similarity_loss_grad`] | `x` |
 //! | [`contrastive_loss_pairs`], [`multi_similarity_loss_pairs`] | the same over given (mined) pairs | `x` |
@@ -89,7 +90,8 @@ pub use triplet_kernels;
 pub use triplet_kernels::{
     ArcFaceParams, BatchLoss, BatchParams, ContrastiveForm, ContrastiveParams,
     ContrastiveReduction, CosFaceParams, Hinge, Metric, Mining, MultiSimilarityParams, Pair,
-    ProxyAnchorParams, ProxyNcaParams, Reduction, Triplet, TripletParams,
+    ProxyAnchorParams, ProxyNcaParams, Quadruplet, QuadrupletParams, Reduction, Triplet,
+    TripletParams,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -261,6 +263,8 @@ enum BatchKernel {
     Triplet(BatchParams),
     /// Given triplets: the labels are not used.
     Explicit(TripletParams, Vec<Triplet>),
+    /// Given quadruplets (labels not used).
+    Quadruplet(Metric, QuadrupletParams, Vec<Quadruplet>),
     /// Given positive and negative pairs (labels not used).
     ContrastivePairs(Metric, ContrastiveParams, Vec<Pair>, Vec<Pair>),
     /// Given positive and negative pairs (labels not used).
@@ -274,6 +278,7 @@ impl BatchKernel {
         match self {
             BatchKernel::Triplet(_) => "triplet_batch_loss",
             BatchKernel::Explicit(..) => "triplet_margin_loss",
+            BatchKernel::Quadruplet(..) => "quadruplet_loss",
             BatchKernel::ContrastivePairs(..) => "contrastive_loss_pairs",
             BatchKernel::MultiSimilarityPairs(..) => "multi_similarity_loss_pairs",
             BatchKernel::Contrastive(..) => "contrastive_loss",
@@ -284,6 +289,7 @@ impl BatchKernel {
     fn workspace_len(&self, rows: usize, dim: usize, grad: bool) -> usize {
         match *self {
             BatchKernel::Explicit(..) => tk::triplet_margin_loss_workspace_len(rows, dim),
+            BatchKernel::Quadruplet(..) => tk::quadruplet_loss_workspace_len(rows, dim),
             BatchKernel::ContrastivePairs(_, _, ref pos, ref neg) => {
                 tk::contrastive_loss_pairs_workspace_len(rows, dim, pos.len() + neg.len())
             }
@@ -320,6 +326,11 @@ impl BatchKernel {
                 }
                 .map(loss_only)
             }
+            (BatchKernel::Quadruplet(metric, p, q), g) => match g {
+                Some(g) => tk::quadruplet_loss_grad(x, q, *metric, *p, g, ws),
+                None => tk::quadruplet_loss(x, q, *metric, *p, ws),
+            }
+            .map(loss_only),
             (BatchKernel::ContrastivePairs(metric, p, pos, neg), g) => match g {
                 Some(g) => tk::contrastive_loss_pairs_grad(x, *metric, *p, pos, neg, g, ws),
                 None => tk::contrastive_loss_pairs(x, *metric, *p, pos, neg, ws),
@@ -529,6 +540,24 @@ pub fn multi_similarity_loss<L: Labels + ?Sized>(
     params: MultiSimilarityParams,
 ) -> Result<Tensor> {
     Ok(batch_loss(x, labels, BatchKernel::MultiSimilarity(params))?.0)
+}
+
+/// The quadruplet loss (Chen et al. 2017) over given quadruplets
+/// ([`triplet_kernels::quadruplet_loss_grad`]), for example those of
+/// [`triplet_kernels::mine_quadruplets`]; constants for the gradient.
+///
+/// # Errors
+///
+/// As [`triplet_batch_loss`] (an index out of range included), named after
+/// `quadruplet_loss`.
+pub fn quadruplet_loss(
+    x: &Tensor,
+    quadruplets: &[Quadruplet],
+    metric: Metric,
+    params: QuadrupletParams,
+) -> Result<Tensor> {
+    let kernel = BatchKernel::Quadruplet(metric, params, quadruplets.to_vec());
+    Ok(batch_loss(x, &[] as &[u32], kernel)?.0)
 }
 
 /// The contrastive loss over given pairs ([`triplet_kernels::contrastive_loss_pairs_grad`]):

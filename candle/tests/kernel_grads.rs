@@ -14,7 +14,7 @@ use triplet_kernels_candle::{
     CosFaceParams, Hinge, Metric, Mining, MultiSimilarityParams, ProxyAnchorParams, ProxyNcaParams,
     Reduction,
 };
-use triplet_kernels_candle::{Pair, Triplet, TripletParams};
+use triplet_kernels_candle::{Pair, Quadruplet, QuadrupletParams, Triplet, TripletParams};
 
 const METRICS: [Metric; 3] = [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine];
 const MININGS: [Mining; 3] = [Mining::All, Mining::BatchHard, Mining::SemiHard];
@@ -126,6 +126,43 @@ fn triplet_margin_loss_matches_the_kernel() -> Result<()> {
             .starts_with("triplet_margin_loss: `triplets[2]` = 12 is out of range"),
         "{e}"
     );
+    Ok(())
+}
+
+#[test]
+fn quadruplet_loss_matches_the_kernel() -> Result<()> {
+    let mut rng = Rng(18);
+    let (n, d) = (12, 4);
+    let y = labels(3, 4);
+    let x = var(&mut rng, n, d)?;
+    let data = flat(x.as_tensor())?;
+    let m = Matrix::new(&data, n, d).unwrap();
+    // Anchor and positive from one class, the two negatives from the two others.
+    let quads: Vec<Quadruplet> = (0..12_u32)
+        .map(|a| {
+            let c = a / 4;
+            let p = c * 4 + (a + 1) % 4;
+            let (c1, c2) = ((c + 1) % 3, (c + 2) % 3);
+            Quadruplet::new(a, p, c1 * 4 + a % 4, c2 * 4 + (a + 2) % 4)
+        })
+        .collect();
+    assert!(quads
+        .iter()
+        .all(|q| y[q.anchor as usize] == y[q.positive as usize]));
+    let mut ws = vec![0.0; tk::quadruplet_loss_workspace_len(n, d)];
+    for metric in METRICS {
+        let p = QuadrupletParams::new(1.0, 0.5);
+        let loss = tkc::quadruplet_loss(x.as_tensor(), &quads, metric, p)?;
+        let (loss, g) = candle_grads(&loss, &[&x])?;
+        let mut grad = vec![0.0; n * d];
+        let want = tk::quadruplet_loss_grad(m, &quads, metric, p, &mut grad, &mut ws).unwrap();
+        assert!(want > 0.0);
+        assert_eq!(loss.to_bits(), want.to_bits(), "{metric:?}: loss");
+        assert_eq!(g[0], grad, "{metric:?}: gradient");
+        let untracked = tkc::quadruplet_loss(&x.as_tensor().detach(), &quads, metric, p)?;
+        let want = tk::quadruplet_loss(m, &quads, metric, p, &mut ws).unwrap();
+        assert_eq!(untracked.to_scalar::<f32>()?.to_bits(), want.to_bits());
+    }
     Ok(())
 }
 
