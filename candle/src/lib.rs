@@ -39,8 +39,8 @@
 //!
 //! The kernel's own checks (shapes, label ranges, parameters, NaN or infinite data)
 //! arrive as [`candle_core::Error`]s whose message is the op's name followed by the
-//! kernel's message, for example `triplet_batch_loss: parameter `margin` must be finite,
-//! |margin| <= 2^100`.
+//! kernel's message, for example
+//! ``triplet_batch_loss: parameter `margin` must be finite, |margin| <= 2^100``.
 //!
 //! # Memory
 //!
@@ -99,8 +99,9 @@ pub use triplet_kernels::{
 
 /// Class labels of a batch: one `u32` per row.
 ///
-/// Implemented for `[u32]`, `Vec<u32>`, `[u32; N]` (borrowed, no copy) and for a rank-1
-/// `U32` [`Tensor`] (copied to the host; a tensor of another dtype or rank is an error).
+/// Implemented for `[u32]`, `Vec<u32>`, `[u32; N]` and for a rank-1 `U32` [`Tensor`]
+/// (read back to the host; a tensor of another dtype or rank is an error). The op keeps
+/// its own copy of the labels for its forward.
 pub trait Labels {
     /// The labels as a host slice.
     fn to_labels(&self) -> Result<Cow<'_, [u32]>>;
@@ -202,7 +203,7 @@ fn scale(grad: &Tensor, grad_res: &Tensor) -> Result<Tensor> {
     grad.broadcast_mul(grad_res)
 }
 
-/// Takes the gradient the forward stored.
+/// What the forward stored (tensors are reference-counted: no copy of their data).
 fn stored<T: Clone>(op: &str, slot: &Mutex<Option<T>>) -> Result<T> {
     let guard = slot
         .lock()
@@ -256,7 +257,7 @@ fn store<T>(op: &str, slot: &Mutex<Option<T>>, value: T) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Losses of a labelled batch (one tensor input).
+// Losses of one tensor input: a labelled batch, or given triplets, quadruplets or pairs.
 
 #[derive(Clone, Debug)]
 enum BatchKernel {
@@ -291,10 +292,18 @@ impl BatchKernel {
             BatchKernel::Explicit(..) => tk::triplet_margin_loss_workspace_len(rows, dim),
             BatchKernel::Quadruplet(..) => tk::quadruplet_loss_workspace_len(rows, dim),
             BatchKernel::ContrastivePairs(_, _, ref pos, ref neg) => {
-                tk::contrastive_loss_pairs_workspace_len(rows, dim, pos.len() + neg.len())
+                tk::contrastive_loss_pairs_workspace_len(
+                    rows,
+                    dim,
+                    pos.len().saturating_add(neg.len()),
+                )
             }
             BatchKernel::MultiSimilarityPairs(_, ref pos, ref neg) => {
-                tk::multi_similarity_loss_pairs_workspace_len(rows, dim, pos.len() + neg.len())
+                tk::multi_similarity_loss_pairs_workspace_len(
+                    rows,
+                    dim,
+                    pos.len().saturating_add(neg.len()),
+                )
             }
             BatchKernel::Triplet(p) if grad => {
                 tk::triplet_batch_loss_grad_workspace_len(rows, dim, p)
