@@ -888,14 +888,18 @@ fn ms64(
     if pos.len() <= 1 && neg.len() <= 1 {
         return (0.0, scale);
     }
+    let by_anchor = |list: &[Pair]| {
+        let mut v = vec![Vec::new(); n];
+        for q in list {
+            v[q.anchor as usize].push(q.other as usize);
+        }
+        v
+    };
+    let (bp, bn) = (by_anchor(pos), by_anchor(neg));
     let mut loss = 0.0;
     for a in 0..n {
-        for (list, k, sign) in [(pos, -al, -1.0), (neg, be, 1.0)] {
-            let args: Vec<(usize, f64)> = list
-                .iter()
-                .filter(|q| q.anchor as usize == a)
-                .map(|q| (q.other as usize, k * (s[a][q.other as usize] - ba)))
-                .collect();
+        for (list, k, sign) in [(&bp[a], -al, -1.0), (&bn[a], be, 1.0)] {
+            let args: Vec<(usize, f64)> = list.iter().map(|&j| (j, k * (s[a][j] - ba))).collect();
             if args.is_empty() {
                 continue;
             }
@@ -1427,5 +1431,22 @@ fn contrastive_loss_pairs_degenerate_and_errors() {
             ),
             Err(Error::NonFinite { buffer: "x", .. })
         ));
+    }
+}
+
+/// Above 1024 rows the loss streams over blocks of rows instead of holding the whole
+/// similarity matrix: that path against the twin.
+#[test]
+fn multi_similarity_loss_streams_above_1024_rows() {
+    for n in [1030] {
+        let d = 3;
+        let data: Vec<f32> = (0..n * d)
+            .map(|i| ((i * 7919 % 1009) as f32 - 504.0) / 97.0)
+            .collect();
+        let x = Matrix::new(&data, n, d).unwrap();
+        let labels: Vec<u32> = (0..n as u32).map(|i| i / 4 * 3).collect();
+        let (pos, neg) = all_pairs(&labels);
+        let p = MultiSimilarityParams::pytorch_metric_learning();
+        assert_ms_close(x, MsMode::All(&labels), &pos, &neg, p);
     }
 }
