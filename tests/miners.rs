@@ -6,8 +6,11 @@
 //! count-first sizing, degenerate batches and every error path.
 
 use proptest::prelude::*;
-use testkit::contrastive::{term, weights, Pairs};
-use testkit::rows::{dist64, norm};
+use testkit::miners::{
+    all_pairs, contrastive_pairs_tolerances, ms_near_threshold, ms_rule, ms_tolerances, sim_tol,
+    sims, window, PairLists,
+};
+use testkit::rows::dist64;
 use testkit::strategies::{int_value, sparse_batch, value};
 use testkit::EPS;
 use triplet_kernels::{
@@ -121,7 +124,7 @@ fn assert_near_window(
     b: &[Triplet],
 ) {
     let r = rows(x);
-    let (lo, hi) = p.triplet_type.window(p.margin);
+    let (lo, hi) = window(p.triplet_type, p.margin);
     let (mut i, mut j) = (0, 0);
     while i < a.len() || j < b.len() {
         let t = match (a.get(i), b.get(j)) {
@@ -161,28 +164,11 @@ fn assert_near_window(
     }
 }
 
-/// The window of a triplet type, as the docs state it.
-trait Window {
-    fn window(self, margin: f32) -> (f32, f32);
-}
-
-impl Window for TripletType {
-    fn window(self, m: f32) -> (f32, f32) {
-        match self {
-            TripletType::All => (f32::NEG_INFINITY, m),
-            TripletType::Hard => (f32::NEG_INFINITY, m.min(0.0)),
-            TripletType::SemiHard => (0.0, m),
-            TripletType::Easy => (m, f32::INFINITY),
-            _ => unreachable!("a variant this test does not know"),
-        }
-    }
-}
-
 /// The definition on integer data under the squared Euclidean metric (every distance
 /// exact in `f32`).
 fn triplets_by_definition(x: &Matrix<'_>, labels: &[u32], p: &TripletMinerParams) -> Vec<Triplet> {
     let r = rows(x);
-    let (lo, hi) = p.triplet_type.window(p.margin);
+    let (lo, hi) = window(p.triplet_type, p.margin);
     let n = labels.len();
     let mut out = Vec::new();
     for a in 0..n {
@@ -412,8 +398,6 @@ fn triplet_mine_errors() {
 // ---------------------------------------------------------------------------------------
 // pair_mine and multi_similarity_mine
 
-type PairLists = (Vec<Pair>, Vec<Pair>);
-
 /// Runs a pair miner with exactly sized and large outputs; checks the count-first size
 /// and the untouched tails; returns the lists.
 fn run_pairs(
@@ -502,47 +486,6 @@ fn sym_diff(a: &[Pair], b: &[Pair]) -> Vec<Pair> {
         .collect();
     out.extend(b.iter().filter(|p| a.binary_search(p).is_err()));
     out
-}
-
-/// Cosine similarities of the batch in `f64`.
-fn sims(x: &Matrix<'_>) -> Vec<Vec<f64>> {
-    let r = rows(x);
-    r.iter()
-        .map(|a| {
-            r.iter()
-                .map(|b| 1.0 - dist64(Metric::Cosine, a, b))
-                .collect()
-        })
-        .collect()
-}
-
-/// The cosine similarity bound of the mining kernels, with a safety factor.
-fn sim_tol(d: usize) -> f64 {
-    4.0 * (2.0 * d as f64 + 10.0) * EPS
-}
-
-/// The epsilon rule on `f64` similarities: `(positives, negatives)`.
-fn ms_rule(s: &[Vec<f64>], labels: &[u32], eps: f64) -> PairLists {
-    let n = labels.len();
-    let (mut pos, mut neg) = (Vec::new(), Vec::new());
-    for a in 0..n {
-        let pj = || (0..n).filter(move |&j| j != a && labels[j] == labels[a]);
-        let nj = || (0..n).filter(move |&j| labels[j] != labels[a]);
-        let min_pos = pj().map(|j| s[a][j]).fold(f64::INFINITY, f64::min);
-        let max_neg = nj().map(|j| s[a][j]).fold(f64::NEG_INFINITY, f64::max);
-        if min_pos.is_infinite() || max_neg.is_infinite() {
-            continue;
-        }
-        pos.extend(
-            pj().filter(|&j| s[a][j] - eps < max_neg)
-                .map(|j| Pair::new(a as u32, j as u32)),
-        );
-        neg.extend(
-            nj().filter(|&j| s[a][j] + eps > min_pos)
-                .map(|j| Pair::new(a as u32, j as u32)),
-        );
-    }
-    (pos, neg)
 }
 
 /// Batches of rows along the axes (`c e_k`, `c = +-2^k`): every cosine similarity is 0
@@ -652,13 +595,8 @@ proptest! {
         let e = f64::from(eps);
         for (k, (f, t)) in [(&fast.0, &twin.0), (&fast.1, &twin.1)].into_iter().enumerate() {
             for q in sym_diff(f, t) {
-                let (a, j) = (q.anchor as usize, q.other as usize);
-                let others = (0..n).filter(|&o| if k == 0 { labels[o] != labels[a] } else { o != a && labels[o] == labels[a] });
                 // The threshold is the hardest pair of the other kind.
-                let near = others.map(|o| s[a][o]).any(|so| {
-                    let v = if k == 0 { s[a][j] - e - so } else { s[a][j] + e - so };
-                    v.abs() <= tol
-                });
+                let near = ms_near_threshold(&s, &labels, e, k == 0, q, tol);
                 prop_assert!(near, "{:?} decided differently away from its threshold", q);
             }
         }
@@ -857,98 +795,12 @@ fn pair_miner_errors() {
 // ---------------------------------------------------------------------------------------
 // Multi-similarity loss
 
-/// Every ordered positive and negative pair of a labelled batch.
-fn all_pairs(labels: &[u32]) -> PairLists {
-    let n = labels.len();
-    let (mut pos, mut neg) = (Vec::new(), Vec::new());
-    for a in 0..n {
-        for j in 0..n {
-            let p = Pair::new(a as u32, j as u32);
-            if labels[a] != labels[j] {
-                neg.push(p);
-            } else if a != j {
-                pos.push(p);
-            }
-        }
-    }
-    (pos, neg)
-}
-
-/// The loss in `f64` and, per row, the sum of the absolute coefficients `dL/ds` of the
-/// pairs it belongs to (the scale of its gradient before the normalisation).
-fn ms64(
-    s: &[Vec<f64>],
-    n: usize,
-    pos: &[Pair],
-    neg: &[Pair],
-    p: &MultiSimilarityParams,
-) -> (f64, Vec<f64>) {
-    let (al, be, ba) = (f64::from(p.alpha), f64::from(p.beta), f64::from(p.base));
-    let mut scale = vec![0.0; n];
-    if pos.len() <= 1 && neg.len() <= 1 {
-        return (0.0, scale);
-    }
-    let by_anchor = |list: &[Pair]| {
-        let mut v = vec![Vec::new(); n];
-        for q in list {
-            v[q.anchor as usize].push(q.other as usize);
-        }
-        v
-    };
-    let (bp, bn) = (by_anchor(pos), by_anchor(neg));
-    let mut loss = 0.0;
-    for a in 0..n {
-        for (list, k, sign) in [(&bp[a], -al, -1.0), (&bn[a], be, 1.0)] {
-            let args: Vec<(usize, f64)> = list.iter().map(|&j| (j, k * (s[a][j] - ba))).collect();
-            if args.is_empty() {
-                continue;
-            }
-            let m = args.iter().map(|t| t.1).fold(0.0, f64::max);
-            let z = (-m).exp() + args.iter().map(|t| (t.1 - m).exp()).sum::<f64>();
-            loss += (m + z.ln()) / (sign * k);
-            for &(j, t) in &args {
-                let c = (t - m).exp() / z / n as f64;
-                scale[a] += c;
-                scale[j] += c;
-            }
-        }
-    }
-    (loss / n as f64, scale)
-}
-
 fn ms_params() -> impl Strategy<Value = MultiSimilarityParams> {
     prop_oneof![
         Just(MultiSimilarityParams::pytorch_metric_learning()),
         (0.1f32..10.0, 0.1f32..80.0, -1.0f32..1.0)
             .prop_map(|(a, b, c)| MultiSimilarityParams::new(a, b, c)),
     ]
-}
-
-/// Loss and per-row gradient tolerances of the multi-similarity kernels against the
-/// twin: a similarity error `e` moves each part by at most `e` (its weights sum to 1)
-/// and each coefficient by a relative `2 (alpha + beta) e`; exponentials, sums and
-/// logarithms add `(k + 16) 2^-22` relative.
-fn ms_tolerances(
-    x: &Matrix<'_>,
-    pos: &[Pair],
-    neg: &[Pair],
-    p: &MultiSimilarityParams,
-) -> (f64, Vec<f64>) {
-    let (n, d) = (x.rows(), x.dim());
-    let s = sims(x);
-    let (loss, scale) = ms64(&s, n, pos, neg, p);
-    let e = sim_tol(d);
-    let (al, be) = (f64::from(p.alpha), f64::from(p.beta));
-    let k = (n + pos.len() + neg.len() + d + 16) as f64 * 2.0 * EPS;
-    let tl = 4.0 * (2.0 * e + k * (1.0 / al + 1.0 / be) + 8.0 * EPS * loss) + 1e-30;
-    let r = rows(x);
-    let tg = (0..n)
-        .map(|i| {
-            let nx = norm(r[i]).max(1e-30);
-            4.0 * (2.0 * (al + be) * e + k) * scale[i] / nx + 1e-30
-        })
-        .collect();
-    (tl, tg)
 }
 
 #[derive(Clone, Copy)]
@@ -1242,55 +1094,6 @@ fn contrastive_params() -> impl Strategy<Value = ContrastiveParams> {
         })
 }
 
-/// The contrastive bounds (testkit's, per listed pair): `None` when a term sits within
-/// the error bound of its kink.
-fn contrastive_tol(
-    x: &Matrix<'_>,
-    metric: Metric,
-    pos: &[Pair],
-    neg: &[Pair],
-    p: &ContrastiveParams,
-) -> Option<(f64, Vec<f64>)> {
-    let n = x.rows();
-    let pr = Pairs::new(x, metric);
-    let k = 4.0 * EPS * (x.dim() + 2 * (pos.len() + neg.len()) + 16) as f64;
-    let idx = |q: &Pair| q.anchor as usize * n + q.other as usize;
-    let (mut pa, mut na) = (0, 0);
-    for (list, positive) in [(pos, true), (neg, false)] {
-        for q in list {
-            let (v, t, _) = term(p, positive, pr.d[idx(q)]);
-            if v.abs() <= 4.0 * k * pr.sc[idx(q)] {
-                return None;
-            }
-            let active = usize::from(t > 0.0);
-            if positive {
-                pa += active
-            } else {
-                na += active
-            }
-        }
-    }
-    let (wp, wn) = weights(p.reduction, pos.len(), pa, neg.len(), na);
-    let mut loss = 1e-30;
-    let mut row = vec![1e-30; n];
-    for (list, positive, w) in [(pos, true, wp), (neg, false, wn)] {
-        for q in list {
-            let sc = pr.sc[idx(q)];
-            let (_, t, s) = term(p, positive, pr.d[idx(q)]);
-            let slope_err = if p.form == ContrastiveForm::Squared {
-                2.0 * sc
-            } else {
-                0.0
-            };
-            loss += w * (t + s.abs() * sc);
-            let gs = pr.gs[idx(q)].max(pr.gs[q.other as usize * n + q.anchor as usize]);
-            row[q.anchor as usize] += 2.0 * w * (s.abs() + slope_err) * gs;
-            row[q.other as usize] += 2.0 * w * (s.abs() + slope_err) * gs;
-        }
-    }
-    Some((k * loss, row.into_iter().map(|r| k * r).collect()))
-}
-
 fn contrastive_run(
     x: Matrix<'_>,
     metric: Metric,
@@ -1337,7 +1140,7 @@ proptest! {
         let (lt, ltg, gt) = contrastive_run(x, metric, p, &pos, &neg, false);
         prop_assert_eq!(lf.to_bits(), lfg.to_bits());
         prop_assert_eq!(lt.to_bits(), ltg.to_bits());
-        if let Some((tl, tg)) = contrastive_tol(&x, metric, &pos, &neg, &p) {
+        if let Some((tl, tg)) = contrastive_pairs_tolerances(&x, metric, &pos, &neg, &p) {
             prop_assert!((f64::from(lf) - f64::from(lt)).abs() <= tl, "loss: fast {}, twin {}, tol {:e}", lf, lt, tl);
             testkit::assert_close("grad", &gf, &gt, |k| tg[k / d]);
         }
