@@ -24,13 +24,13 @@
 
 use crate::distance::{
     clamped_row_norms, distance, gemm_acc, l2_normalize_backward_on, l2_normalize_on,
-    pair_grad_rows, symmetrise, Metric, GEMM_MR,
+    pair_grad_rows, pairwise_distances_rows_on, pairwise_distances_rows_workspace_len, symmetrise,
+    DistanceMode, Metric, GEMM_MR,
 };
 use crate::error::Error;
 use crate::math;
 use crate::matrix::Matrix;
-use crate::mining::pairs::pair_bounds;
-use crate::mining::{for_row_blocks, rows_len, Pair};
+use crate::mining::{block_rows, rows_len, Pair};
 use crate::simd::{Backend, Kernel, Simd};
 use crate::validate::{check_labels, check_len, check_rows, check_workspace};
 use crate::workspace::Carve;
@@ -108,15 +108,36 @@ impl Default for MultiSimilarityParams {
     }
 }
 
+/// Batches of up to this many rows hold their whole similarity matrix (4 MiB at most):
+/// one Gram product that uses the symmetry and one coefficient product, where blocks of
+/// rows need a third product for the columns outside each block.
+const WHOLE: usize = 1024;
+
+/// Rows of each block of similarity rows: all of them up to [`WHOLE`], else the mining
+/// kernels' blocks.
+const fn ms_block_rows(rows: usize) -> usize {
+    if rows <= WHOLE {
+        rows
+    } else {
+        block_rows(rows)
+    }
+}
+
 /// Workspace elements that [`multi_similarity_loss`] and [`multi_similarity_loss_grad`]
 /// need for `rows` embeddings of dimension `dim`: the normalised rows (`rows * dim`), one
-/// row of `dim`, `(3 + 4) rows` per-row values (norms, the GEMM's packed coefficients),
-/// one block of `min(rows, 256)` similarity rows and its packing. No `rows x rows`
-/// matrix. Saturates instead of overflowing.
+/// row of `dim`, `(3 + 4) rows` per-row values (the GEMM's packed coefficients and
+/// slack), one block of similarity rows and its packing. Up to 1024 rows the block is
+/// the whole `rows x rows` matrix (at most 4 MiB); above, blocks of 256 rows, no
+/// `rows x rows` matrix. Saturates instead of overflowing.
 pub const fn multi_similarity_loss_workspace_len(rows: usize, dim: usize) -> usize {
-    rows.saturating_mul(dim)
-        .saturating_add(dim)
-        .saturating_add(rows_len(rows, dim, GEMM_MR))
+    let own = rows.saturating_mul(dim).saturating_add(dim);
+    if rows <= WHOLE {
+        own.saturating_add(rows.saturating_mul(3 + GEMM_MR))
+            .saturating_add(rows.saturating_mul(rows))
+            .saturating_add(pairwise_distances_rows_workspace_len(rows, rows, dim))
+    } else {
+        own.saturating_add(rows_len(rows, dim, GEMM_MR))
+    }
 }
 
 /// Workspace elements that [`multi_similarity_loss_pairs`] and
@@ -180,6 +201,87 @@ fn sum_chunk(v: &[f32; CHUNK]) -> f32 {
     h[0]
 }
 
+/// Turns a cosine distance into the similarity in place and folds it into the lane's
+/// smallest positive (`same` label, not the anchor itself) or largest negative.
+#[inline(always)]
+fn extremes(v: &mut f32, same: bool, other: bool, lo: &mut f32, hi: &mut f32) {
+    let sim = 1.0 - *v;
+    *v = sim;
+    let pos = if same && other { sim } else { f32::INFINITY };
+    let neg = if same { f32::NEG_INFINITY } else { sim };
+    *lo = lo.min(pos);
+    *hi = hi.max(neg);
+}
+
+/// [`math::exp_poly`] with its power of two built from the bits of the rounded
+/// `x log2(e) + 1.5 2^23` (whose last bits hold `k`) instead of a saturating float to
+/// integer conversion, which does not vectorise: the same value for every input.
+#[inline(always)]
+fn exp_lanes(x: f32) -> f32 {
+    const LOG2E: f32 = core::f32::consts::LOG2_E;
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer.
+    let x = x.clamp(-87.0, 88.0);
+    let kr = x * LOG2E + ROUND;
+    let k = kr - ROUND;
+    let r = x - k * 0.693_359_4 - k * -2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4_f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5e-1;
+    let y = p * r * r + r + 1.0;
+    // k in [-126, 127]: the exponent field k + 127 in [1, 254].
+    let bits = kr.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23;
+    y * f32::from_bits(bits)
+}
+
+/// The shifted exponentials of one anchor row.
+#[derive(Clone, Copy)]
+struct Terms {
+    alpha: f32,
+    beta: f32,
+    base: f32,
+    /// The positive part's shift.
+    mp: f32,
+    /// The negative part's shift.
+    mn: f32,
+}
+
+impl Terms {
+    /// `e^{-alpha (s - base) - mp}` for a positive, `e^{beta (s - base) - mn}` for a
+    /// negative, 0 for the anchor itself (`other` false).
+    #[inline(always)]
+    fn exp(self, sim: f32, same: bool, other: bool) -> f32 {
+        let arg = if same {
+            -self.alpha * (sim - self.base) - self.mp
+        } else {
+            self.beta * (sim - self.base) - self.mn
+        };
+        let e = exp_lanes(arg);
+        if other {
+            e
+        } else {
+            0.0
+        }
+    }
+
+    /// [`Terms::exp`] through [`math::exp_poly`].
+    #[inline(always)]
+    fn exp_scalar(self, sim: f32, same: bool, other: bool) -> f32 {
+        let arg = if same {
+            -self.alpha * (sim - self.base) - self.mp
+        } else {
+            self.beta * (sim - self.base) - self.mn
+        };
+        if other {
+            math::exp_poly(arg)
+        } else {
+            0.0
+        }
+    }
+}
+
 impl Kernel for MsBlock<'_, '_> {
     type Output = f64;
     #[inline(always)]
@@ -203,45 +305,73 @@ impl Kernel for MsBlock<'_, '_> {
             let Some(&la) = labels.get(a) else {
                 break;
             };
-            // Similarities, the smallest positive and the largest negative.
-            let (mut min_pos, mut max_neg) = (f32::INFINITY, f32::NEG_INFINITY);
-            for (j, (v, &l)) in row.iter_mut().zip(labels).enumerate() {
-                let sim = 1.0 - *v;
-                *v = sim;
-                let pos = if l == la && j != a {
-                    sim
-                } else {
-                    f32::INFINITY
-                };
-                let neg = if l == la { f32::NEG_INFINITY } else { sim };
-                min_pos = if pos < min_pos { pos } else { min_pos };
-                max_neg = if neg > max_neg { neg } else { max_neg };
+            // Similarities, the smallest positive and the largest negative, lane-wise
+            // over fixed chunks (branch-free selects that vectorise).
+            let (mut lo, mut hi) = ([f32::INFINITY; CHUNK], [f32::NEG_INFINITY; CHUNK]);
+            let (body, tail) = row.as_chunks_mut::<CHUNK>();
+            let (lbody, ltail) = labels.as_chunks::<CHUNK>();
+            for (c, (chunk, lab)) in body.iter_mut().zip(lbody).enumerate() {
+                let j0 = c * CHUNK;
+                for t in 0..CHUNK {
+                    extremes(
+                        &mut chunk[t],
+                        lab[t] == la,
+                        j0 + t != a,
+                        &mut lo[t],
+                        &mut hi[t],
+                    );
+                }
             }
+            let j0 = body.len() * CHUNK;
+            for (t, ((v, &l), (p, q))) in tail
+                .iter_mut()
+                .zip(ltail)
+                .zip(lo.iter_mut().zip(hi.iter_mut()))
+                .enumerate()
+            {
+                extremes(v, l == la, j0 + t != a, p, q);
+            }
+            let min_pos = lo
+                .iter()
+                .fold(f32::INFINITY, |m, &v| if v < m { v } else { m });
+            let max_neg = hi
+                .iter()
+                .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
             // Shifts: each part's largest exponent, at least 0 (the "1 +").
             let mp = (-alpha * (min_pos - base)).max(0.0);
             let mn = (beta * (max_neg - base)).max(0.0);
             let (mut sp, mut sn) = ([0.0_f32; CHUNK], [0.0_f32; CHUNK]);
-            for (c, (chunk, lab)) in row.chunks_mut(CHUNK).zip(labels.chunks(CHUNK)).enumerate() {
+            let terms = Terms {
+                alpha,
+                beta,
+                base,
+                mp,
+                mn,
+            };
+            let (body, tail) = row.as_chunks_mut::<CHUNK>();
+            for (c, (chunk, lab)) in body.iter_mut().zip(lbody).enumerate() {
                 let j0 = c * CHUNK;
-                for (t, (v, &l)) in chunk.iter_mut().zip(lab).enumerate() {
-                    let sim = *v;
-                    let same = l == la;
-                    let arg = if same {
-                        -alpha * (sim - base) - mp
-                    } else {
-                        beta * (sim - base) - mn
-                    };
-                    let e = if j0 + t == a {
-                        0.0
-                    } else {
-                        math::exp_poly(arg)
-                    };
-                    *v = e;
-                    if let (Some(p), Some(q)) = (sp.get_mut(t), sn.get_mut(t)) {
-                        *p += if same { e } else { 0.0 };
-                        *q += if same { 0.0 } else { e };
-                    }
+                for t in 0..CHUNK {
+                    let same = lab[t] == la;
+                    let e = terms.exp(chunk[t], same, j0 + t != a);
+                    chunk[t] = e;
+                    sp[t] += if same { e } else { 0.0 };
+                    sn[t] += if same { 0.0 } else { e };
                 }
+            }
+            let j0 = body.len() * CHUNK;
+            for (t, ((v, &l), (p, q))) in tail
+                .iter_mut()
+                .zip(ltail)
+                .zip(sp.iter_mut().zip(sn.iter_mut()))
+                .enumerate()
+            {
+                // The remainder lanes, scalar anyway: the shared polynomial (same values).
+                let same = l == la;
+                let e = terms.exp_scalar(*v, same, j0 + t != a);
+                *v = e;
+                *p += if same { e } else { 0.0 };
+                *q += if same { 0.0 } else { e };
             }
             let zp = math::exp(-mp) + sum_chunk(&sp);
             let zn = math::exp(-mn) + sum_chunk(&sn);
@@ -324,8 +454,9 @@ fn all_impl(
     if let Some(g) = grad.as_deref_mut() {
         g.fill(0.0);
     }
-    let bounds = pair_bounds(labels);
-    if degenerate(bounds.positives, bounds.negatives) {
+    // Every ordered pair: the positive pairs come two by two and two rows of different
+    // labels give two negative pairs, so only a single row has at most one of each.
+    if n <= 1 {
         return Ok(0.0);
     }
     let dim = x.dim();
@@ -336,38 +467,35 @@ fn all_impl(
     let y = &*y;
     let ym = Matrix::new(y, n, dim)?;
     let tmp = ws.take(dim)?;
-    let norms = ws.take(n)?;
-    clamped_row_norms(backend, &ym, norms);
-    let norms = &*norms;
     let cpack = ws.take(GEMM_MR * n)?;
-    let block = ws.take(crate::mining::block_rows(n) * n)?;
+    let b = ms_block_rows(n).max(1);
+    let block = ws.take(b.saturating_mul(n))?;
     let pack = ws.rest();
     let w = 1.0 / n as f32;
     let mut total = 0.0_f64;
-    for_row_blocks(
-        backend,
-        &ym,
-        Metric::Cosine,
-        norms,
-        block,
-        pack,
-        |i0, _, blk| {
-            total += backend.dispatch(MsBlock {
-                block: blk,
-                i0,
-                labels,
-                params,
-                w,
-                grad: grad.as_deref_mut().map(|gy| MsGrad {
-                    y,
-                    dim,
-                    gy,
-                    cpack: &mut *cpack,
-                }),
-            });
-            Ok(())
-        },
-    )?;
+    let mut i0 = 0;
+    while i0 < n {
+        let i1 = n.min(i0.saturating_add(b));
+        let Some(blk) = block.get_mut(..(i1 - i0) * n) else {
+            break;
+        };
+        let mode = DistanceMode::Gram;
+        pairwise_distances_rows_on(backend, ym, i0..i1, Metric::Cosine, mode, blk, pack)?;
+        total += backend.dispatch(MsBlock {
+            block: blk,
+            i0,
+            labels,
+            params,
+            w,
+            grad: grad.as_deref_mut().map(|gy| MsGrad {
+                y,
+                dim,
+                gy,
+                cpack: &mut *cpack,
+            }),
+        });
+        i0 = i1;
+    }
     if let Some(g) = grad {
         for (i, row) in x.row_iter().enumerate() {
             let Some(gr) = g.get_mut(i * dim..(i + 1) * dim) else {
@@ -388,10 +516,11 @@ fn all_impl(
 /// [`crate::scalar::multi_similarity_loss`]; with the gradient:
 /// [`multi_similarity_loss_grad`].
 ///
-/// The rows are L2-normalised first (a zero row has similarity 0 to every row), then
-/// the similarity rows are computed in blocks of up to 256 anchors: no `n x n` matrix.
-/// A batch with at most one positive and at most one negative ordered pair (a single
-/// row, say) has loss 0. `workspace` needs
+/// The rows are L2-normalised first (a zero row has similarity 0 to every row). Up to
+/// 1024 rows the whole similarity matrix is computed at once (one Gram product that
+/// uses its symmetry, at most 4 MiB); above, the similarity rows are computed in blocks
+/// of 256 anchors, no `n x n` matrix. A batch with at most one positive and at most one
+/// negative ordered pair (a single row) has loss 0. `workspace` needs
 /// [`multi_similarity_loss_workspace_len`]`(rows, dim)` elements, garbage before and
 /// after.
 ///
@@ -441,8 +570,9 @@ pub fn multi_similarity_loss(
 /// `grad = d loss / d x` (`rows * dim` elements, every one overwritten). Scalar twin:
 /// [`crate::scalar::multi_similarity_loss_grad`].
 ///
-/// The coefficients `dL / ds(a, j)` of each block of rows are applied as two
-/// matrix products with the normalised rows, then chained through the normalisation
+/// The coefficients `dL / ds(a, j)` are summed with those of the transposed pairs and
+/// applied as one matrix product with the normalised rows (for blocks of rows, a second
+/// product for the columns outside the block), then chained through the normalisation
 /// ([`crate::l2_normalize_backward`]).
 ///
 /// # Errors

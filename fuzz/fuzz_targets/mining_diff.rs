@@ -1,5 +1,16 @@
 //! Differential target: online mining (`mine_triplets_count`, `mine_triplets`,
-//! `hardest_pairs`) against the scalar twins, on bounded structured batches.
+//! `hardest_pairs`), the threshold miners (`triplet_mine(_count)`, `pair_mine(_count)`,
+//! `multi_similarity_mine(_count)`) and the losses over pairs
+//! (`multi_similarity_loss(_pairs)(_grad)`, `contrastive_loss_pairs(_grad)`) against the
+//! scalar twins, on bounded structured batches.
+//!
+//! Threshold miners and pair losses: fast and twin agree on `Ok`/`Err` and return the
+//! documented first error (parameters, then data) with every output untouched; counts
+//! equal the lengths written; the lists ascend and hold valid candidates; the cap keeps a
+//! seeded subset of length `min(cap, count)`. Integer data under the squared Euclidean
+//! metric give lists identical to the twin's (capped ones too); elsewhere a decision may
+//! differ only within the distance bound of its threshold. The losses agree with their
+//! twins within the bounds of `testkit::miners` on integer and moderate data.
 //!
 //! - Always: no panic; fast and twin agree on `Ok`/`Err`; non-finite data gives
 //!   `NonFinite` at the first bad element, finite data outside the documented range
@@ -22,10 +33,20 @@ mod common;
 
 use common::*;
 use libfuzzer_sys::fuzz_target;
+use testkit::miners::{
+    contrastive_pairs_tolerances, ms_near_threshold, ms_tolerances, sim_tol, sims, window,
+};
 use triplet_kernels::{
+    contrastive_loss_pairs, contrastive_loss_pairs_grad, contrastive_loss_pairs_workspace_len,
     hardest_pairs, mine_triplets, mine_triplets_count, mine_triplets_workspace_len,
-    pairwise_distances, pairwise_distances_workspace_len, scalar, Matrix, Metric, Mining, Triplet,
-    NO_INDEX,
+    multi_similarity_loss, multi_similarity_loss_grad, multi_similarity_loss_pairs,
+    multi_similarity_loss_pairs_grad, multi_similarity_loss_pairs_workspace_len,
+    multi_similarity_loss_workspace_len, multi_similarity_mine, multi_similarity_mine_count,
+    pair_mine, pair_mine_count, pair_mine_workspace_len, pairwise_distances,
+    pairwise_distances_workspace_len, scalar, triplet_mine, triplet_mine_count,
+    triplet_mine_workspace_len, ContrastiveForm, ContrastiveParams, ContrastiveReduction, Error,
+    Matrix, Metric, Mining, MultiSimilarityMinerParams, MultiSimilarityParams, Pair, PairCounts,
+    PairMinerParams, Triplet, TripletMinerParams, TripletType, NO_INDEX,
 };
 
 /// `sum_a pos(a) * neg(a)` and friends, from the labels.
@@ -204,6 +225,7 @@ fuzz_target!(|data: &[u8]| {
     if dump() {
         eprintln!("mining: n {n} d {d} {metric:?}\nx {xd:?}\nlabels {labels:?}");
     }
+    threshold_miners(&mut g, regime, x, &labels, metric, garbage);
 
     for m in MININGS {
         let c = mine_triplets_count(&labels, m);
@@ -285,3 +307,475 @@ fuzz_target!(|data: &[u8]| {
         );
     }
 });
+
+// ---------------------------------------------------------------------------------------
+// Threshold miners and the losses over pairs.
+
+const TYPES: [TripletType; 4] = [
+    TripletType::All,
+    TripletType::Hard,
+    TripletType::SemiHard,
+    TripletType::Easy,
+];
+
+/// The first error the threshold miners document: the parameter, then the data.
+fn first_error(param: Option<Error>, x: &Matrix<'_>, range_checked: bool) -> Option<Error> {
+    param.or_else(|| data_error(x.as_slice(), x.dim(), range_checked))
+}
+
+fn finite_or(name: &'static str, v: f32) -> Option<Error> {
+    (!v.is_finite()).then(|| invalid(name, DOMAIN_FINITE))
+}
+
+/// `triplet_mine` (fast or twin) into a large output: the list, or the error with the
+/// output untouched; the count function agrees.
+fn mine_t(
+    x: Matrix<'_>,
+    labels: &[u32],
+    metric: Metric,
+    p: TripletMinerParams,
+    fast: bool,
+    garbage: f32,
+) -> Result<Vec<Triplet>, Error> {
+    let n = x.rows();
+    let mut ws = vec![garbage; triplet_mine_workspace_len(n, x.dim())];
+    let count = if fast {
+        triplet_mine_count(x, labels, metric, p, &mut ws)
+    } else {
+        scalar::triplet_mine_count(x, labels, metric, p, &mut ws)
+    };
+    let sentinel = Triplet::new(u32::MAX, 1, 2);
+    let mut out = vec![sentinel; n * n * n + 1];
+    let k = if fast {
+        triplet_mine(x, labels, metric, p, &mut out, &mut ws)
+    } else {
+        scalar::triplet_mine(x, labels, metric, p, &mut out, &mut ws)
+    };
+    match (count, k) {
+        (Ok(c), Ok(k)) => {
+            assert_eq!(
+                k,
+                p.max_triplets.map_or(c, |m| m.min(c)),
+                "written vs count"
+            );
+            assert!(out[k..].iter().all(|&t| t == sentinel), "past the count");
+            out.truncate(k);
+            assert!(out.windows(2).all(|w| w[0] < w[1]), "not ascending");
+            for t in &out {
+                let (a, p, q) = (t.anchor as usize, t.positive as usize, t.negative as usize);
+                assert!(
+                    a != p && labels[a] == labels[p] && labels[a] != labels[q],
+                    "{t:?}"
+                );
+            }
+            Ok(out)
+        }
+        (Err(e), Err(f)) => {
+            assert_eq!(e, f, "count and mine refuse differently");
+            assert!(out.iter().all(|&t| t == sentinel), "written on Err");
+            Err(e)
+        }
+        (c, k) => panic!("count {c:?}, mine {k:?}"),
+    }
+}
+
+fn mine_p(
+    x: Matrix<'_>,
+    labels: &[u32],
+    run: impl Fn(&mut [Pair], &mut [Pair], &mut [f32]) -> Result<PairCounts, Error>,
+    count: impl Fn(&mut [f32]) -> Result<PairCounts, Error>,
+    garbage: f32,
+) -> Result<(Vec<Pair>, Vec<Pair>), Error> {
+    let n = x.rows();
+    let mut ws = vec![garbage; pair_mine_workspace_len(n, x.dim())];
+    let s = Pair::new(u32::MAX, 5);
+    let (mut pos, mut neg) = (vec![s; n * n + 1], vec![s; n * n + 1]);
+    let c = count(&mut ws);
+    ws.fill(garbage);
+    match (c, run(&mut pos, &mut neg, &mut ws)) {
+        (Ok(c), Ok(w)) => {
+            assert_eq!(c, w, "written vs count");
+            assert!(pos[c.positives..]
+                .iter()
+                .chain(&neg[c.negatives..])
+                .all(|&p| p == s));
+            pos.truncate(c.positives);
+            neg.truncate(c.negatives);
+            assert!(pos.windows(2).all(|w| w[0] < w[1]) && neg.windows(2).all(|w| w[0] < w[1]));
+            for q in &pos {
+                let (a, j) = (q.anchor as usize, q.other as usize);
+                assert!(a != j && labels[a] == labels[j], "positive {q:?}");
+            }
+            for q in &neg {
+                assert!(
+                    labels[q.anchor as usize] != labels[q.other as usize],
+                    "negative {q:?}"
+                );
+            }
+            Ok((pos, neg))
+        }
+        (Err(e), Err(f)) => {
+            assert_eq!(e, f, "count and mine refuse differently");
+            assert!(pos.iter().chain(&neg).all(|&p| p == s), "written on Err");
+            Err(e)
+        }
+        (c, w) => panic!("count {c:?}, mine {w:?}"),
+    }
+}
+
+/// The elements of exactly one of two ascending lists.
+fn sym_diff<T: Ord + Copy>(a: &[T], b: &[T]) -> Vec<T> {
+    let mut out: Vec<T> = a
+        .iter()
+        .filter(|p| b.binary_search(p).is_err())
+        .copied()
+        .collect();
+    out.extend(b.iter().filter(|p| a.binary_search(p).is_err()));
+    out
+}
+
+fn threshold_miners(
+    g: &mut Gen<'_>,
+    regime: Regime,
+    x: Matrix<'_>,
+    labels: &[u32],
+    metric: Metric,
+    garbage: f32,
+) {
+    let (n, d) = (x.rows(), x.dim());
+    let xd = x.as_slice();
+    let exact = metric == Metric::SquaredEuclidean && gram_exact(xd, d);
+    let r = |i: usize| x.row(i).unwrap();
+    // Values and decisions are compared where the bounds hold: no element whose square
+    // underflows, finite accepted data in the range of the distance bounds.
+    let bounded = !has_tiny_elements(xd) && rows_in_range(xd, d);
+
+    // triplet_mine
+    let margin = g.param(regime, -1.0, 4.0);
+    let kind = TYPES[g.range(0, 3)];
+    let cap = g.range(0, 64);
+    let seed = u64::from(g.u32());
+    let p = TripletMinerParams::new(margin, kind);
+    let want_err = first_error(finite_or("margin", margin), &x, true);
+    let f = mine_t(x, labels, metric, p, true, garbage);
+    let t = mine_t(x, labels, metric, p, false, garbage);
+    match (&f, &t) {
+        (Ok(f), Ok(t)) => {
+            assert!(want_err.is_none(), "accepted, want {want_err:?}");
+            if exact {
+                assert_eq!(f, t, "triplets on exact distances");
+            } else if bounded {
+                let (lo, hi) = window(kind, margin);
+                for tr in sym_diff(f, t) {
+                    let (a, p, q) = (
+                        tr.anchor as usize,
+                        tr.positive as usize,
+                        tr.negative as usize,
+                    );
+                    let gap = dist64(metric, r(a), r(q)) - dist64(metric, r(a), r(p));
+                    let tol = 2.0 * (dist_tol(metric, r(a), r(q)) + dist_tol(metric, r(a), r(p)));
+                    let near = [lo, hi]
+                        .iter()
+                        .any(|&e| e.is_finite() && (gap - f64::from(e)).abs() <= tol);
+                    assert!(near, "{tr:?}: g = {gap}, window ({lo}, {hi}], tol {tol:e}");
+                }
+            }
+            // The cap: a seeded subset, the same twice, identical to the twin's on exact
+            // distances.
+            let pc = p.with_cap(cap, seed);
+            let c1 = mine_t(x, labels, metric, pc, true, garbage).unwrap();
+            let c2 = mine_t(x, labels, metric, pc, true, garbage).unwrap();
+            assert_eq!(c1, c2, "same seed, another subset");
+            assert_eq!(c1.len(), cap.min(f.len()));
+            assert!(
+                c1.iter().all(|t| f.binary_search(t).is_ok()),
+                "capped not a subset"
+            );
+            if exact {
+                assert_eq!(c1, mine_t(x, labels, metric, pc, false, garbage).unwrap());
+            }
+        }
+        (Err(e), Err(e2)) => {
+            assert_eq!(e, e2);
+            assert_eq!(Some(*e), want_err);
+        }
+        _ => panic!("triplet_mine: fast {f:?}, twin {t:?}"),
+    }
+
+    // pair_mine
+    let pp = PairMinerParams::new(g.param(regime, 0.0, 4.0), g.param(regime, 0.0, 4.0));
+    let want_err = first_error(
+        finite_or("pos_margin", pp.pos_margin).or(finite_or("neg_margin", pp.neg_margin)),
+        &x,
+        true,
+    );
+    let pm = |fast: bool| {
+        mine_p(
+            x,
+            labels,
+            |pos, neg, ws| {
+                if fast {
+                    pair_mine(x, labels, metric, pp, pos, neg, ws)
+                } else {
+                    scalar::pair_mine(x, labels, metric, pp, pos, neg, ws)
+                }
+            },
+            |ws| {
+                if fast {
+                    pair_mine_count(x, labels, metric, pp, ws)
+                } else {
+                    scalar::pair_mine_count(x, labels, metric, pp, ws)
+                }
+            },
+            garbage,
+        )
+    };
+    let (f, t) = (pm(true), pm(false));
+    let mined = match (&f, &t) {
+        (Ok(f), Ok(t)) => {
+            assert!(want_err.is_none(), "accepted, want {want_err:?}");
+            if exact {
+                assert_eq!(f, t, "pairs on exact distances");
+            } else if bounded {
+                for (m, (lf, lt)) in [(pp.pos_margin, (&f.0, &t.0)), (pp.neg_margin, (&f.1, &t.1))]
+                {
+                    for q in sym_diff(lf, lt) {
+                        let (a, j) = (r(q.anchor as usize), r(q.other as usize));
+                        let dd = dist64(metric, a, j);
+                        let tol = 2.0 * dist_tol(metric, a, j);
+                        assert!(
+                            (dd - f64::from(m)).abs() <= tol,
+                            "{q:?}: d {dd}, margin {m}"
+                        );
+                    }
+                }
+            }
+            Some(f.clone())
+        }
+        (Err(e), Err(e2)) => {
+            assert_eq!(e, e2);
+            assert_eq!(Some(*e), want_err);
+            None
+        }
+        _ => panic!("pair_mine: fast {f:?}, twin {t:?}"),
+    };
+
+    // contrastive_loss_pairs over the mined pairs
+    let cp = ContrastiveParams::new(g.param(regime, 0.0, 2.0), g.param(regime, 0.0, 4.0))
+        .with_form(if g.bool() {
+            ContrastiveForm::Squared
+        } else {
+            ContrastiveForm::Linear
+        })
+        .with_reduction(
+            [
+                ContrastiveReduction::MeanNonzeroPerPart,
+                ContrastiveReduction::MeanPerPart,
+                ContrastiveReduction::Mean,
+                ContrastiveReduction::Sum,
+            ][g.range(0, 3)],
+        );
+    let (pos, neg) = mined.unwrap_or_default();
+    let want_err = first_error(
+        finite_or("pos_margin", cp.pos_margin).or(finite_or("neg_margin", cp.neg_margin)),
+        &x,
+        true,
+    );
+    let k = pos.len() + neg.len();
+    let run_c = |fast: bool| {
+        let len = if fast {
+            contrastive_loss_pairs_workspace_len(n, d, k)
+        } else {
+            scalar::contrastive_loss_pairs_workspace_len(n, d, k)
+        };
+        let mut ws = vec![garbage; len];
+        let mut grad = vec![garbage; n * d];
+        let (l, lg) = if fast {
+            (
+                contrastive_loss_pairs(x, metric, cp, &pos, &neg, &mut ws),
+                contrastive_loss_pairs_grad(x, metric, cp, &pos, &neg, &mut grad, &mut ws),
+            )
+        } else {
+            (
+                scalar::contrastive_loss_pairs(x, metric, cp, &pos, &neg, &mut ws),
+                scalar::contrastive_loss_pairs_grad(x, metric, cp, &pos, &neg, &mut grad, &mut ws),
+            )
+        };
+        assert_eq!(
+            l.map(f32::to_bits),
+            lg.map(f32::to_bits),
+            "loss vs grad call"
+        );
+        if l.is_err() {
+            assert!(
+                grad.iter().all(|v| v.to_bits() == garbage.to_bits()),
+                "grad written on Err"
+            );
+        }
+        l.map(|l| (l, grad))
+    };
+    match (run_c(true), run_c(false)) {
+        (Ok((lf, gf)), Ok((lt, gt))) => {
+            assert!(want_err.is_none(), "accepted, want {want_err:?}");
+            if regime != Regime::Wild && bounded {
+                if let Some((tl, tg)) = contrastive_pairs_tolerances(&x, metric, &pos, &neg, &cp) {
+                    let diff = (f64::from(lf) - f64::from(lt)).abs();
+                    assert!(
+                        diff <= tl,
+                        "contrastive loss: fast {lf}, twin {lt}, tol {tl:e}"
+                    );
+                    assert_close("contrastive grad", &gf, &gt, |i| tg[i / d]);
+                }
+            }
+        }
+        (Err(e), Err(e2)) => {
+            assert_eq!(e, e2);
+            assert_eq!(Some(e), want_err);
+        }
+        (f, t) => panic!(
+            "contrastive_loss_pairs: fast {:?}, twin {:?}",
+            f.map(|v| v.0),
+            t.map(|v| v.0)
+        ),
+    }
+
+    // multi_similarity_mine
+    let eps = g.param(regime, -0.5, 0.5);
+    let mp = MultiSimilarityMinerParams::new(eps);
+    let want_err = first_error(finite_or("epsilon", eps), &x, true);
+    let mm = |fast: bool| {
+        mine_p(
+            x,
+            labels,
+            |pos, neg, ws| {
+                if fast {
+                    multi_similarity_mine(x, labels, mp, pos, neg, ws)
+                } else {
+                    scalar::multi_similarity_mine(x, labels, mp, pos, neg, ws)
+                }
+            },
+            |ws| {
+                if fast {
+                    multi_similarity_mine_count(x, labels, mp, ws)
+                } else {
+                    scalar::multi_similarity_mine_count(x, labels, mp, ws)
+                }
+            },
+            garbage,
+        )
+    };
+    let (f, t) = (mm(true), mm(false));
+    let mined = match (&f, &t) {
+        (Ok(f), Ok(t)) => {
+            assert!(want_err.is_none(), "accepted, want {want_err:?}");
+            if bounded {
+                let s = sims(&x);
+                let tol = 2.0 * sim_tol(d);
+                let e = f64::from(eps);
+                for (positive, (lf, lt)) in [(true, (&f.0, &t.0)), (false, (&f.1, &t.1))] {
+                    for q in sym_diff(lf, lt) {
+                        assert!(
+                            ms_near_threshold(&s, labels, e, positive, q, tol),
+                            "{q:?} decided differently away from its threshold"
+                        );
+                    }
+                }
+            }
+            Some(f.clone())
+        }
+        (Err(e), Err(e2)) => {
+            assert_eq!(e, e2);
+            assert_eq!(Some(*e), want_err);
+            None
+        }
+        _ => panic!("multi_similarity_mine: fast {f:?}, twin {t:?}"),
+    };
+
+    // multi_similarity_loss over every pair and over the mined pairs
+    let msp = MultiSimilarityParams::new(
+        g.param(regime, 0.1, 10.0),
+        g.param(regime, 0.1, 80.0),
+        g.param(regime, -1.0, 1.0),
+    );
+    let scale = |v: f32| v.is_finite() && v > 0.0 && v <= 1e4;
+    let param_err = if !scale(msp.alpha) {
+        Some(invalid("alpha", "finite, in (0, 1e4]"))
+    } else if !scale(msp.beta) {
+        Some(invalid("beta", "finite, in (0, 1e4]"))
+    } else if !(msp.base.is_finite() && msp.base.abs() <= 1e4) {
+        Some(invalid("base", "finite, |base| <= 1e4"))
+    } else {
+        None
+    };
+    let (pos, neg) = mined.unwrap_or_default();
+    let (all_pos, all_neg) = testkit::miners::all_pairs(labels);
+    for listed in [false, true] {
+        // Over every pair the rows are normalised first: no range check.
+        let want_err = first_error(param_err, &x, listed);
+        let run_m = |fast: bool| {
+            let k = pos.len() + neg.len();
+            let len = match (listed, fast) {
+                (false, true) => multi_similarity_loss_workspace_len(n, d),
+                (false, false) => scalar::multi_similarity_loss_workspace_len(n, d),
+                (true, true) => multi_similarity_loss_pairs_workspace_len(n, d, k),
+                (true, false) => scalar::multi_similarity_loss_pairs_workspace_len(n, d, k),
+            };
+            let mut ws = vec![garbage; len];
+            let mut grad = vec![garbage; n * d];
+            let (l, lg) = match (listed, fast) {
+                (false, true) => (
+                    multi_similarity_loss(x, labels, msp, &mut ws),
+                    multi_similarity_loss_grad(x, labels, msp, &mut grad, &mut ws),
+                ),
+                (false, false) => (
+                    scalar::multi_similarity_loss(x, labels, msp, &mut ws),
+                    scalar::multi_similarity_loss_grad(x, labels, msp, &mut grad, &mut ws),
+                ),
+                (true, true) => (
+                    multi_similarity_loss_pairs(x, &pos, &neg, msp, &mut ws),
+                    multi_similarity_loss_pairs_grad(x, &pos, &neg, msp, &mut grad, &mut ws),
+                ),
+                (true, false) => (
+                    scalar::multi_similarity_loss_pairs(x, &pos, &neg, msp, &mut ws),
+                    scalar::multi_similarity_loss_pairs_grad(
+                        x, &pos, &neg, msp, &mut grad, &mut ws,
+                    ),
+                ),
+            };
+            assert_eq!(
+                l.map(f32::to_bits),
+                lg.map(f32::to_bits),
+                "loss vs grad call"
+            );
+            l.map(|l| (l, grad))
+        };
+        match (run_m(true), run_m(false)) {
+            (Ok((lf, gf)), Ok((lt, gt))) => {
+                assert!(want_err.is_none(), "accepted, want {want_err:?}");
+                if regime != Regime::Wild && bounded && !near_clamp(xd, d, 1e-3) {
+                    let (lp, ln) = if listed {
+                        (&pos, &neg)
+                    } else {
+                        (&all_pos, &all_neg)
+                    };
+                    let (tl, tg) = ms_tolerances(&x, lp, ln, &msp);
+                    let diff = (f64::from(lf) - f64::from(lt)).abs();
+                    assert!(
+                        diff <= tl,
+                        "multi-similarity loss: fast {lf}, twin {lt}, tol {tl:e}"
+                    );
+                    assert_close("multi-similarity grad", &gf, &gt, |i| tg[i / d]);
+                }
+            }
+            (Err(e), Err(e2)) => {
+                assert_eq!(e, e2);
+                assert_eq!(Some(e), want_err);
+            }
+            (f, t) => panic!(
+                "multi_similarity_loss: fast {:?}, twin {:?}",
+                f.map(|v| v.0),
+                t.map(|v| v.0)
+            ),
+        }
+    }
+}

@@ -7,6 +7,7 @@
 //! - [`bounds`]: the bounds of the distance matrices and of the proxy losses.
 //! - [`triplet_def`]: the `f64` definition of the triplet losses and their bounds.
 //! - [`contrastive`], [`quadruplet`]: the bounds of those losses.
+//! - [`miners`]: the threshold miners' rules and the bounds of the losses over pairs.
 //! - [`proxy`]: the proxy losses, fast or twin, behind one enum.
 //! - [`runs`]: the triplet losses, fast or twin, checked against their forward-only calls.
 //! - `strategies` (feature `proptest`): the property tests' value and batch strategies.
@@ -16,6 +17,7 @@
 
 pub mod bounds;
 pub mod contrastive;
+pub mod miners;
 pub mod proxy;
 pub mod quadruplet;
 pub mod rows;
