@@ -213,29 +213,6 @@ fn extremes(v: &mut f32, same: bool, other: bool, lo: &mut f32, hi: &mut f32) {
     *hi = hi.max(neg);
 }
 
-/// [`math::exp_poly`] with its power of two built from the bits of the rounded
-/// `x log2(e) + 1.5 2^23` (whose last bits hold `k`) instead of a saturating float to
-/// integer conversion, which does not vectorise: the same value for every input.
-#[inline(always)]
-fn exp_lanes(x: f32) -> f32 {
-    const LOG2E: f32 = core::f32::consts::LOG2_E;
-    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer.
-    let x = x.clamp(-87.0, 88.0);
-    let kr = x * LOG2E + ROUND;
-    let k = kr - ROUND;
-    let r = x - k * 0.693_359_4 - k * -2.121_944_4e-4;
-    let mut p = 1.987_569_1e-4_f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 5e-1;
-    let y = p * r * r + r + 1.0;
-    // k in [-126, 127]: the exponent field k + 127 in [1, 254].
-    let bits = kr.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23;
-    y * f32::from_bits(bits)
-}
-
 /// The shifted exponentials of one anchor row.
 #[derive(Clone, Copy)]
 struct Terms {
@@ -258,24 +235,9 @@ impl Terms {
         } else {
             self.beta * (sim - self.base) - self.mn
         };
-        let e = exp_lanes(arg);
+        let e = math::exp_poly(arg);
         if other {
             e
-        } else {
-            0.0
-        }
-    }
-
-    /// [`Terms::exp`] through [`math::exp_poly`].
-    #[inline(always)]
-    fn exp_scalar(self, sim: f32, same: bool, other: bool) -> f32 {
-        let arg = if same {
-            -self.alpha * (sim - self.base) - self.mp
-        } else {
-            self.beta * (sim - self.base) - self.mn
-        };
-        if other {
-            math::exp_poly(arg)
         } else {
             0.0
         }
@@ -368,7 +330,7 @@ impl Kernel for MsBlock<'_, '_> {
             {
                 // The remainder lanes, scalar anyway: the shared polynomial (same values).
                 let same = l == la;
-                let e = terms.exp_scalar(*v, same, j0 + t != a);
+                let e = terms.exp(*v, same, j0 + t != a);
                 *v = e;
                 *p += if same { e } else { 0.0 };
                 *q += if same { 0.0 } else { e };
