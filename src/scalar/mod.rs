@@ -51,6 +51,7 @@ mod edge;
 mod face;
 mod mining;
 mod multi_similarity;
+mod nce;
 mod proxy;
 mod quadruplet;
 mod reduce;
@@ -87,6 +88,10 @@ pub use multi_similarity::{
     multi_similarity_loss, multi_similarity_loss_grad, multi_similarity_loss_pairs,
     multi_similarity_loss_pairs_grad, multi_similarity_loss_pairs_workspace_len,
     multi_similarity_loss_workspace_len,
+};
+pub use nce::{
+    infonce_loss, infonce_loss_grad, infonce_loss_workspace_len, ntxent_loss, ntxent_loss_grad,
+    ntxent_loss_workspace_len, supcon_loss, supcon_loss_grad, supcon_loss_workspace_len,
 };
 pub use proxy::{
     proxy_anchor_loss, proxy_anchor_loss_grad, proxy_anchor_loss_workspace_len, proxy_nca_loss,
