@@ -46,7 +46,7 @@
 //! # Algorithm and memory
 //!
 //! The rows are normalised once into the workspace; the queries go in blocks of up to
-//! 64. Each block's similarities against every document come from the packed
+//! 128. Each block's similarities against every document come from the packed
 //! register-blocked microkernel of [`crate::cross_distances`] (negated inner products of
 //! the normalised rows); each row's log-sum-exp is then taken over that block row with
 //! its largest term subtracted (a streaming max and a sum of `e^{z - max}` in
@@ -59,7 +59,7 @@
 //! batch the block's own square part is symmetrised first, so one product covers both
 //! sides of each pair). Every similarity is computed once and every product once: three
 //! `n m d` products in all, as the dense formulation, but **never the `n x m` matrix**:
-//! the workspace holds the normalised rows and their gradients, one `64 x m` block of
+//! the workspace holds the normalised rows and their gradients, one `128 x m` block of
 //! similarities and the packed panels, so it grows like `(n + m) d`; see
 //! [`infonce_loss_workspace_len`] and [`ntxent_loss_workspace_len`]. The count that the
 //! mean divides by (positive pairs, active rows) is only known at the end: the gradient
@@ -77,7 +77,9 @@ use crate::validate::{check_finite, check_labels, check_len, check_workspace};
 use crate::workspace::{max_len, min_len, Carve};
 
 /// Query rows per block.
-const ROW_BLOCK: usize = 64;
+const ROW_BLOCK: usize = 128;
+/// Documents per chunk of the products `G Y^`: 128 rows of `d = 256` are 128 KiB.
+const DOC_CHUNK: usize = 128;
 /// Lanes of the per-row sums (independent accumulators, so the sweeps vectorise).
 const CHUNK: usize = 16;
 
@@ -230,10 +232,10 @@ pub struct NceLoss {
 
 /// Workspace elements that [`ntxent_loss`], [`ntxent_loss_grad`], [`supcon_loss`] and
 /// [`supcon_loss_grad`] need for `rows` embeddings of dimension `dim`: with
-/// `b = min(rows, 64)`, `2 rows dim + b rows + 4 rows +`
+/// `b = min(rows, 128)`, `2 rows dim + b rows + 5 rows +`
 /// [`crate::cross_distances_rows_workspace_len`]`(b, rows, dim)` (the normalised rows and
-/// their gradient, one block of similarities, packed coefficients and the packed panels;
-/// about `(3 rows + 96)(dim + 1) + 68 rows`): linear in `rows dim`, never `rows^2`.
+/// their gradient, one block of similarities, packed coefficients, one row's mask and the
+/// packed panels; about `(3 rows + 96)(dim + 1) + 69 rows`): linear in `rows dim`, never `rows^2`.
 /// Saturates instead of overflowing.
 pub const fn ntxent_loss_workspace_len(rows: usize, dim: usize) -> usize {
     let b = min_len(rows, ROW_BLOCK);
@@ -241,6 +243,7 @@ pub const fn ntxent_loss_workspace_len(rows: usize, dim: usize) -> usize {
         .saturating_mul(2)
         .saturating_add(b.saturating_mul(rows))
         .saturating_add(max_len(rows, b).saturating_mul(GEMM_MR))
+        .saturating_add(rows)
         .saturating_add(cross_distances_rows_workspace_len(b, rows, dim))
 }
 
@@ -250,11 +253,11 @@ pub const fn supcon_loss_workspace_len(rows: usize, dim: usize) -> usize {
 }
 
 /// Workspace elements that [`infonce_loss`] and [`infonce_loss_grad`] need for `rows`
-/// queries against `docs` documents of dimension `dim`: with `b = min(rows, 64)`,
-/// `2 (rows + docs) dim + b docs + 4 max(docs, b) +`
+/// queries against `docs` documents of dimension `dim`: with `b = min(rows, 128)`,
+/// `2 (rows + docs) dim + b docs + 4 max(docs, b) + docs +`
 /// [`crate::cross_distances_rows_workspace_len`]`(b, docs, dim)` (normalised queries,
-/// documents and both gradients, one block of similarities, packed coefficients and the
-/// packed panels): linear in `(rows + docs) dim`, never `rows x docs`. Saturates instead
+/// documents and both gradients, one block of similarities, packed coefficients, one
+/// row's mask and the packed panels): linear in `(rows + docs) dim`, never `rows x docs`. Saturates instead
 /// of overflowing.
 pub const fn infonce_loss_workspace_len(rows: usize, docs: usize, dim: usize) -> usize {
     let b = min_len(rows, ROW_BLOCK);
@@ -263,6 +266,7 @@ pub const fn infonce_loss_workspace_len(rows: usize, docs: usize, dim: usize) ->
         .saturating_mul(2)
         .saturating_add(b.saturating_mul(docs))
         .saturating_add(max_len(docs, b).saturating_mul(GEMM_MR))
+        .saturating_add(docs)
         .saturating_add(cross_distances_rows_workspace_len(b, docs, dim))
 }
 
@@ -400,34 +404,102 @@ fn lanes_sum(v: &[f32; CHUNK]) -> f32 {
     h[0]
 }
 
-/// One NT-Xent row: `row` holds `-s_ij` on entry and `d loss / d s_ij` (unscaled by the
-/// count) on exit when `grad`; `own` is the row's own column in one batch. Returns the
-/// row's loss sum and counts.
+/// `e^x` as [`math::exp_poly`] (range reduction, Cephes' degree-7 polynomial, `x`
+/// clamped to `[-87, 88]`), with the integer part of `x log2(e)` read from the bits of
+/// the rounded float instead of a float-to-integer conversion, so that the whole
+/// function vectorises (integer adds and shifts only).
 #[inline(always)]
+fn exp_lanes(x: f32) -> f32 {
+    const LOG2E: f32 = core::f32::consts::LOG2_E;
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer.
+    let x = x.clamp(-87.0, 88.0);
+    let kr = x * LOG2E + ROUND;
+    let k = kr - ROUND;
+    let r = x - k * 0.693_359_4 - k * -2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4_f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5e-1;
+    let y = p * r * r + r + 1.0;
+    // `kr`'s low mantissa bits hold `k` (|k| < 2^22) offset by ROUND's.
+    let ki = kr.to_bits().wrapping_sub(ROUND.to_bits());
+    let scale = f32::from_bits(ki.wrapping_add(127) << 23);
+    y * scale
+}
+
+/// `e^{z + b - m}` with the excluded entries (`b = -inf`) exactly 0.
+#[inline(always)]
+fn masked_exp(z: f32, b: f32, m: f32) -> f32 {
+    let e = exp_lanes(z + b - m);
+    if b == 0.0 {
+        e
+    } else {
+        0.0
+    }
+}
+
+/// The largest of the lanes.
+#[inline(always)]
+fn lanes_max(v: &[f32; CHUNK]) -> f32 {
+    v.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+}
+
+/// `row = z = -row * inv_t` and the largest `z + bias` (the excluded entries have
+/// `bias = -inf`); lane-parallel, so it vectorises.
+#[inline(always)]
+fn scale_and_max(row: &mut [f32], bias: &[f32], neg_inv_t: f32) -> f32 {
+    let mut mx = [f32::NEG_INFINITY; CHUNK];
+    for (chunk, bch) in row.chunks_mut(CHUNK).zip(bias.chunks(CHUNK)) {
+        for ((v, &b), m) in chunk.iter_mut().zip(bch).zip(mx.iter_mut()) {
+            let z = *v * neg_inv_t;
+            *v = z;
+            *m = m.max(z + b);
+        }
+    }
+    lanes_max(&mx)
+}
+
+/// Sum of `e^{z + bias - m}` over the row; each included entry's exponential replaces
+/// its `z` when `store`.
+#[inline(always)]
+fn exp_sum(row: &mut [f32], bias: &[f32], m: f32, store: bool) -> f32 {
+    let mut sums = [0.0_f32; CHUNK];
+    for (chunk, bch) in row.chunks_mut(CHUNK).zip(bias.chunks(CHUNK)) {
+        for ((v, &b), acc) in chunk.iter_mut().zip(bch).zip(sums.iter_mut()) {
+            let e = masked_exp(*v, b, m);
+            *acc += e;
+            if store && b == 0.0 {
+                *v = e;
+            }
+        }
+    }
+    lanes_sum(&sums)
+}
+
+/// One NT-Xent row: `row` holds `-s_ij` on entry and `d loss / d s_ij` (unscaled by the
+/// count) on exit when `grad`; `own` is the row's own column in one batch; `bias` is
+/// scratch of the row's length. Returns the row's loss sum and counts.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn ntxent_row(
     row: &mut [f32],
+    bias: &mut [f32],
     ly: &[u32],
     li: u32,
     own: Option<usize>,
     inv_t: f32,
     grad: bool,
 ) -> (f64, Counts) {
-    let own = own.unwrap_or(usize::MAX);
-    let neg_inv_t = -inv_t;
-    // z, the negatives' largest z and the counts.
-    let mut mx = [f32::NEG_INFINITY; CHUNK];
-    let (mut npos, mut nneg) = (0_usize, 0_usize);
-    for (c, (chunk, lab)) in row.chunks_mut(CHUNK).zip(ly.chunks(CHUNK)).enumerate() {
-        let j0 = c * CHUNK;
-        for (t, ((v, &l), m)) in chunk.iter_mut().zip(lab).zip(mx.iter_mut()).enumerate() {
-            let z = *v * neg_inv_t;
-            *v = z;
-            let neg = l != li;
-            *m = if neg && z > *m { z } else { *m };
-            nneg += usize::from(neg);
-            npos += usize::from(!neg && j0 + t != own);
-        }
+    // 0 for the negatives, -inf for the rest.
+    let mut nneg = 0_usize;
+    for (b, &l) in bias.iter_mut().zip(ly) {
+        let neg = l != li;
+        *b = if neg { 0.0 } else { f32::NEG_INFINITY };
+        nneg += usize::from(neg);
     }
+    let npos = ly.len() - nneg - usize::from(own.is_some());
     let counts = Counts {
         pos_pairs: npos,
         neg_pairs: nneg,
@@ -440,21 +512,9 @@ fn ntxent_row(
         }
         return (0.0, counts);
     }
-    let m = mx.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    // Sum of e^{z - m} over the negatives; each stored in place of its z.
-    let mut sums = [0.0_f32; CHUNK];
-    for (chunk, lab) in row.chunks_mut(CHUNK).zip(ly.chunks(CHUNK)) {
-        for ((v, &l), acc) in chunk.iter_mut().zip(lab).zip(sums.iter_mut()) {
-            let neg = l != li;
-            let e = math::exp_poly(if neg { *v - m } else { -100.0 });
-            let e = if neg { e } else { 0.0 };
-            *acc += e;
-            if neg {
-                *v = e;
-            }
-        }
-    }
-    let sn = lanes_sum(&sums);
+    let own = own.unwrap_or(usize::MAX);
+    let m = scale_and_max(row, bias, -inv_t);
+    let sn = exp_sum(row, bias, m, grad);
     let ln_n = m + math::ln(sn);
     // The positives: softplus(L^N - z) each; d/dz = -sigmoid(L^N - z).
     let mut total = 0.0_f64;
@@ -470,12 +530,11 @@ fn ntxent_row(
     }
     if grad {
         let w = r * inv_t / sn;
-        for (j, (v, &l)) in row.iter_mut().zip(ly).enumerate() {
-            if l != li {
-                *v *= w;
-            } else if j == own {
-                *v = 0.0;
-            }
+        for (v, &b) in row.iter_mut().zip(bias.iter()) {
+            *v = if b == 0.0 { *v * w } else { *v };
+        }
+        if let Some(v) = row.get_mut(own) {
+            *v = 0.0;
         }
     }
     (total, counts)
@@ -483,8 +542,10 @@ fn ntxent_row(
 
 /// One SupCon row, as [`ntxent_row`] (`own` is always the row's own column).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn supcon_row(
     row: &mut [f32],
+    bias: &mut [f32],
     ly: &[u32],
     li: u32,
     own: usize,
@@ -492,32 +553,11 @@ fn supcon_row(
     nonzero: bool,
     grad: bool,
 ) -> (f64, Counts) {
-    let neg_inv_t = -inv_t;
-    let mut mx = [f32::NEG_INFINITY; CHUNK];
-    let mut zp = [0.0_f32; CHUNK];
-    let (mut npos, mut nneg) = (0_usize, 0_usize);
-    for (c, (chunk, lab)) in row.chunks_mut(CHUNK).zip(ly.chunks(CHUNK)).enumerate() {
-        let j0 = c * CHUNK;
-        for (t, (((v, &l), m), p)) in chunk
-            .iter_mut()
-            .zip(lab)
-            .zip(mx.iter_mut())
-            .zip(zp.iter_mut())
-            .enumerate()
-        {
-            let z = *v * neg_inv_t;
-            *v = z;
-            let other = j0 + t != own;
-            let pos = l == li && other;
-            *m = if other && z > *m { z } else { *m };
-            *p += if pos { z } else { 0.0 };
-            nneg += usize::from(l != li);
-            npos += usize::from(pos);
-        }
-    }
+    let nsame = ly.iter().filter(|&&l| l == li).count();
+    let npos = nsame.saturating_sub(1);
     let mut counts = Counts {
         pos_pairs: npos,
-        neg_pairs: nneg,
+        neg_pairs: ly.len() - nsame,
         terms: 0,
     };
     if npos == 0 {
@@ -527,27 +567,34 @@ fn supcon_row(
         counts.terms = usize::from(!nonzero);
         return (0.0, counts);
     }
-    let m = mx.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let mut sums = [0.0_f32; CHUNK];
-    for (c, chunk) in row.chunks_mut(CHUNK).enumerate() {
-        let j0 = c * CHUNK;
-        for (t, (v, acc)) in chunk.iter_mut().zip(sums.iter_mut()).enumerate() {
-            let e = math::exp_poly(*v - m);
-            let e = if j0 + t != own { e } else { 0.0 };
-            *acc += e;
-            *v = e;
+    bias.fill(0.0);
+    if let Some(b) = bias.get_mut(own) {
+        *b = f32::NEG_INFINITY;
+    }
+    let m = scale_and_max(row, bias, -inv_t);
+    // The positives' sum of z (the row's own column excluded by its bias).
+    let mut zp = [0.0_f32; CHUNK];
+    for ((chunk, bch), lch) in row
+        .chunks(CHUNK)
+        .zip(bias.chunks(CHUNK))
+        .zip(ly.chunks(CHUNK))
+    {
+        for (((&z, &b), &l), p) in chunk.iter().zip(bch).zip(lch).zip(zp.iter_mut()) {
+            *p += if l == li && b == 0.0 { z } else { 0.0 };
         }
     }
-    let sum = lanes_sum(&sums);
+    let sum = exp_sum(row, bias, m, grad);
     let lse = f64::from(m) + f64::from(math::ln(sum));
     let l = lse - f64::from(lanes_sum(&zp)) / npos as f64;
     let active = !nonzero || l > 0.0;
     if grad {
         if active {
             let (w, wp) = (inv_t / sum, inv_t / npos as f32);
-            for ((j, v), &lab) in row.iter_mut().enumerate().zip(ly) {
-                let pos = lab == li && j != own;
-                *v = *v * w - if pos { wp } else { 0.0 };
+            for ((v, &b), &lab) in row.iter_mut().zip(bias.iter()).zip(ly) {
+                *v = *v * w - if lab == li && b == 0.0 { wp } else { 0.0 };
+            }
+            if let Some(v) = row.get_mut(own) {
+                *v = 0.0;
             }
         } else {
             row.fill(0.0);
@@ -575,6 +622,8 @@ struct GradSide<'a> {
 /// One block of rows through its loss and, with `grad`, its gradient products.
 struct RowBlock<'a, 'b> {
     tile: &'a mut [f32],
+    /// Scratch of `m` elements.
+    bias: &'a mut [f32],
     lx: &'a [u32],
     ly: &'a [u32],
     r0: usize,
@@ -590,6 +639,7 @@ impl Kernel for RowBlock<'_, '_> {
     fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) -> (f64, Counts) {
         let RowBlock {
             tile,
+            bias,
             lx,
             ly,
             r0,
@@ -604,14 +654,15 @@ impl Kernel for RowBlock<'_, '_> {
             return (total, counts);
         }
         let want = grad.is_some();
+        let bias = bias.get_mut(..m).unwrap_or_default();
         for (r, (row, &li)) in tile.chunks_exact_mut(m).zip(lx).enumerate() {
             let own = r0 + r;
             let (t, c) = match loss {
                 Loss::NtXent { inv_t, .. } => {
-                    ntxent_row(row, ly, li, pairwise.then_some(own), inv_t, want)
+                    ntxent_row(row, bias, ly, li, pairwise.then_some(own), inv_t, want)
                 }
                 Loss::SupCon { inv_t, nonzero } => {
-                    supcon_row(row, ly, li, own, inv_t, nonzero, want)
+                    supcon_row(row, bias, ly, li, own, inv_t, nonzero, want)
                 }
             };
             total += t;
@@ -633,7 +684,21 @@ impl Kernel for RowBlock<'_, '_> {
             let Some((gb, tail)) = rest.split_at_mut_checked(rb * d) else {
                 return (total, counts);
             };
-            gemm_acc(s, tile, m, 1, g.yn, d, gb, g.cpack);
+            let mut t0 = 0;
+            while t0 < m {
+                let t1 = min_len(t0 + DOC_CHUNK, m);
+                gemm_acc(
+                    s,
+                    tile.get(t0..).unwrap_or(&[]),
+                    m,
+                    1,
+                    g.yn.get(t0 * d..t1 * d).unwrap_or(&[]),
+                    d,
+                    &mut *gb,
+                    &mut *g.cpack,
+                );
+                t0 = t1;
+            }
             gemm_acc(s, tile, 1, m, g.xb, d, head, g.cpack);
             gemm_acc(
                 s,
@@ -646,7 +711,23 @@ impl Kernel for RowBlock<'_, '_> {
                 g.cpack,
             );
         } else {
-            gemm_acc(s, tile, m, 1, g.yn, d, g.gx, g.cpack);
+            // The documents in chunks that stay in cache while every row group of the
+            // block passes over them.
+            let mut t0 = 0;
+            while t0 < m {
+                let t1 = min_len(t0 + DOC_CHUNK, m);
+                gemm_acc(
+                    s,
+                    tile.get(t0..).unwrap_or(&[]),
+                    m,
+                    1,
+                    g.yn.get(t0 * d..t1 * d).unwrap_or(&[]),
+                    d,
+                    &mut *g.gx,
+                    &mut *g.cpack,
+                );
+                t0 = t1;
+            }
             if let Some(gy) = g.gy {
                 gemm_acc(s, tile, 1, m, g.xb, d, gy, g.cpack);
             }
@@ -687,6 +768,7 @@ fn nce(
     };
     let tile = ws.take(b * m)?;
     let cpack = ws.take(max_len(m, b) * GEMM_MR)?;
+    let bias = ws.take(m)?;
     let pack = ws.rest();
     l2_normalize_on(backend, *x, xn)?;
     if let (Some(dc), Some(yn)) = (docs, yn.as_deref_mut()) {
@@ -746,6 +828,7 @@ fn nce(
         };
         let (t, c) = backend.dispatch(RowBlock {
             tile,
+            bias: &mut *bias,
             lx: labels.get(r0..r1).unwrap_or_default(),
             ly,
             r0,
