@@ -499,7 +499,7 @@ fn ntxent_row(
         *b = if neg { 0.0 } else { f32::NEG_INFINITY };
         nneg += usize::from(neg);
     }
-    let npos = ly.len() - nneg - usize::from(own.is_some());
+    let npos = ly.len().saturating_sub(nneg + usize::from(own.is_some()));
     let counts = Counts {
         pos_pairs: npos,
         neg_pairs: nneg,
@@ -519,6 +519,7 @@ fn ntxent_row(
     // The positives: softplus(L^N - z) each; d/dz = -sigmoid(L^N - z).
     let mut total = 0.0_f64;
     let mut r = 0.0_f32;
+    let mut left = npos;
     for (j, (v, &l)) in row.iter_mut().zip(ly).enumerate() {
         if l == li && j != own {
             let u = ln_n - *v;
@@ -526,6 +527,10 @@ fn ntxent_row(
             let sg = math::sigmoid(u);
             r += sg;
             *v = -sg * inv_t;
+            left = left.saturating_sub(1);
+            if left == 0 {
+                break;
+            }
         }
     }
     if grad {
