@@ -64,6 +64,17 @@
 //! [`infonce_loss_workspace_len`] and [`ntxent_loss_workspace_len`]. The count that the
 //! mean divides by (positive pairs, active rows) is only known at the end: the gradient
 //! is accumulated unscaled and scaled once, before the normalisations' backward.
+//!
+//! SupCon uses the symmetry of one batch instead, as attention kernels do their online
+//! softmax: a first pass computes only the tiles on and above the diagonal (block `k`'s
+//! rows against the columns from its first row on) and feeds each tile to both sides'
+//! per-row statistics (a running maximum, the sum of `e^{z - max}` rescaled whenever the
+//! maximum grows, the positives' sum of `z`), which gives every row's `L_i`, loss and
+//! activity; a second pass recomputes the same tiles, turns each into both rows'
+//! coefficients `d loss / d s_ij` at once, and applies them by the two products. That is
+//! `n^2 d / 2` multiply-adds for the loss and `2 n^2 d` with the gradient (against
+//! `3 n^2 d` for the dense formulation), with four per-row statistics more in the
+//! workspace.
 
 use crate::distance::{
     cross_distances_rows_workspace_len, cross_tile_on, gemm_acc, l2_normalize_backward_on,
@@ -232,10 +243,10 @@ pub struct NceLoss {
 
 /// Workspace elements that [`ntxent_loss`], [`ntxent_loss_grad`], [`supcon_loss`] and
 /// [`supcon_loss_grad`] need for `rows` embeddings of dimension `dim`: with
-/// `b = min(rows, 128)`, `2 rows dim + b rows + 5 rows +`
+/// `b = min(rows, 128)`, `2 rows dim + b rows + 9 rows +`
 /// [`crate::cross_distances_rows_workspace_len`]`(b, rows, dim)` (the normalised rows and
-/// their gradient, one block of similarities, packed coefficients, one row's mask and the
-/// packed panels; about `(3 rows + 96)(dim + 1) + 69 rows`): linear in `rows dim`, never `rows^2`.
+/// their gradient, one block of similarities, packed coefficients, one row's mask, four
+/// per-row statistics and the packed panels; about `(3 rows + 96)(dim + 1) + 137 rows`): linear in `rows dim`, never `rows^2`.
 /// Saturates instead of overflowing.
 pub const fn ntxent_loss_workspace_len(rows: usize, dim: usize) -> usize {
     let b = min_len(rows, ROW_BLOCK);
@@ -243,7 +254,7 @@ pub const fn ntxent_loss_workspace_len(rows: usize, dim: usize) -> usize {
         .saturating_mul(2)
         .saturating_add(b.saturating_mul(rows))
         .saturating_add(max_len(rows, b).saturating_mul(GEMM_MR))
-        .saturating_add(rows)
+        .saturating_add(rows.saturating_mul(5))
         .saturating_add(cross_distances_rows_workspace_len(b, rows, dim))
 }
 
@@ -545,70 +556,6 @@ fn ntxent_row(
     (total, counts)
 }
 
-/// One SupCon row, as [`ntxent_row`] (`own` is always the row's own column).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn supcon_row(
-    row: &mut [f32],
-    bias: &mut [f32],
-    ly: &[u32],
-    li: u32,
-    own: usize,
-    inv_t: f32,
-    nonzero: bool,
-    grad: bool,
-) -> (f64, Counts) {
-    let nsame = ly.iter().filter(|&&l| l == li).count();
-    let npos = nsame.saturating_sub(1);
-    let mut counts = Counts {
-        pos_pairs: npos,
-        neg_pairs: ly.len() - nsame,
-        terms: 0,
-    };
-    if npos == 0 {
-        if grad {
-            row.fill(0.0);
-        }
-        counts.terms = usize::from(!nonzero);
-        return (0.0, counts);
-    }
-    bias.fill(0.0);
-    if let Some(b) = bias.get_mut(own) {
-        *b = f32::NEG_INFINITY;
-    }
-    let m = scale_and_max(row, bias, -inv_t);
-    // The positives' sum of z (the row's own column excluded by its bias).
-    let mut zp = [0.0_f32; CHUNK];
-    for ((chunk, bch), lch) in row
-        .chunks(CHUNK)
-        .zip(bias.chunks(CHUNK))
-        .zip(ly.chunks(CHUNK))
-    {
-        for (((&z, &b), &l), p) in chunk.iter().zip(bch).zip(lch).zip(zp.iter_mut()) {
-            *p += if l == li && b == 0.0 { z } else { 0.0 };
-        }
-    }
-    let sum = exp_sum(row, bias, m, grad);
-    let lse = f64::from(m) + f64::from(math::ln(sum));
-    let l = lse - f64::from(lanes_sum(&zp)) / npos as f64;
-    let active = !nonzero || l > 0.0;
-    if grad {
-        if active {
-            let (w, wp) = (inv_t / sum, inv_t / npos as f32);
-            for ((v, &b), &lab) in row.iter_mut().zip(bias.iter()).zip(ly) {
-                *v = *v * w - if lab == li && b == 0.0 { wp } else { 0.0 };
-            }
-            if let Some(v) = row.get_mut(own) {
-                *v = 0.0;
-            }
-        } else {
-            row.fill(0.0);
-        }
-    }
-    counts.terms = usize::from(active);
-    (if active { l } else { 0.0 }, counts)
-}
-
 /// Gradient side of a block: the normalised rows and gradients it reads and adds to.
 struct GradSide<'a> {
     /// Normalised documents (the rows themselves in one batch), `m x d`.
@@ -666,9 +613,8 @@ impl Kernel for RowBlock<'_, '_> {
                 Loss::NtXent { inv_t, .. } => {
                     ntxent_row(row, bias, ly, li, pairwise.then_some(own), inv_t, want)
                 }
-                Loss::SupCon { inv_t, nonzero } => {
-                    supcon_row(row, bias, ly, li, own, inv_t, nonzero, want)
-                }
+                // SupCon takes its own two passes ([`supcon`]).
+                Loss::SupCon { .. } => (0.0, Counts::default()),
             };
             total += t;
             counts.add(c);
@@ -854,6 +800,412 @@ fn nce(
             scale(backend, k, gyn);
             l2_normalize_backward_on(backend, dc.y, gyn, gy)?;
         }
+    }
+    Ok(NceLoss {
+        loss: value as f32,
+        num_terms: terms,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// SupCon over one batch: the upper triangle of tiles, twice.
+
+/// SupCon's per-row statistics, `n` elements each. During the first pass: the largest
+/// `z` so far, `sum e^{z - max}`, the positives' sum of `z` and their count; after it:
+/// `L_i`, the row's weight (1 when its loss is averaged, else 0) and `1 / |P_i|`.
+struct RowStats<'a> {
+    mx: &'a mut [f32],
+    sum: &'a mut [f32],
+    zp: &'a mut [f32],
+    np: &'a mut [f32],
+}
+
+/// First pass over the block of rows `r0..r0 + rb` against the columns `r0..n` (a tile
+/// of `rb x w`, `w = n - r0`, holding `-s`): each of the block's rows takes every column
+/// but its own, each column past the block takes the block's rows (its pairs with the
+/// earlier rows), both through an online log-sum-exp (a running maximum, and the sum
+/// rescaled when the maximum grows). After the block its rows are complete.
+struct SupConStats<'a> {
+    tile: &'a mut [f32],
+    labels: &'a [u32],
+    r0: usize,
+    rb: usize,
+    inv_t: f32,
+    stats: RowStats<'a>,
+    /// Scratch of `n` elements.
+    tmp: &'a mut [f32],
+}
+
+/// `sum * e^{old - new}`, 0 while nothing was added (`old = -inf`).
+#[inline(always)]
+fn rescaled(sum: f32, old: f32, new: f32) -> f32 {
+    if old == f32::NEG_INFINITY {
+        0.0
+    } else {
+        sum * exp_lanes(old - new)
+    }
+}
+
+impl Kernel for SupConStats<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, _: S) {
+        let SupConStats {
+            tile,
+            labels,
+            r0,
+            rb,
+            inv_t,
+            stats,
+            tmp,
+        } = self;
+        let n = labels.len();
+        let w = n.saturating_sub(r0);
+        if w == 0 {
+            return;
+        }
+        let cols = labels.get(r0..).unwrap_or_default();
+        let neg_inv_t = -inv_t;
+        let RowStats { mx, sum, zp, np } = stats;
+        // The block's rows.
+        for (r, row) in tile.chunks_exact_mut(w).enumerate().take(rb) {
+            let i = r0 + r;
+            let Some(&li) = labels.get(i) else {
+                break;
+            };
+            if let Some(v) = row.get_mut(r) {
+                *v = f32::INFINITY; // its own column: z = -inf, in no sum
+            }
+            let mut lm = [f32::NEG_INFINITY; CHUNK];
+            let (mut lz, mut lp) = ([0.0_f32; CHUNK], [0.0_f32; CHUNK]);
+            for (chunk, lch) in row.chunks_mut(CHUNK).zip(cols.chunks(CHUNK)) {
+                let lanes = lm.iter_mut().zip(lz.iter_mut().zip(lp.iter_mut()));
+                for ((v, &l), (m, (p, q))) in chunk.iter_mut().zip(lch).zip(lanes) {
+                    let z = *v * neg_inv_t;
+                    *v = z;
+                    let pos = l == li && z != f32::NEG_INFINITY;
+                    *m = m.max(z);
+                    *p += if pos { z } else { 0.0 };
+                    *q += if pos { 1.0 } else { 0.0 };
+                }
+            }
+            let bmax = lanes_max(&lm);
+            let (Some(m), Some(s), Some(p), Some(q)) =
+                (mx.get_mut(i), sum.get_mut(i), zp.get_mut(i), np.get_mut(i))
+            else {
+                break;
+            };
+            *p += lanes_sum(&lz);
+            *q += lanes_sum(&lp);
+            if bmax == f32::NEG_INFINITY {
+                continue;
+            }
+            let new = m.max(bmax);
+            let mut ls = [0.0_f32; CHUNK];
+            for chunk in row.chunks(CHUNK) {
+                for (&z, a) in chunk.iter().zip(ls.iter_mut()) {
+                    let e = exp_lanes(z - new);
+                    *a += if z == f32::NEG_INFINITY { 0.0 } else { e };
+                }
+            }
+            *s = rescaled(*s, *m, new) + lanes_sum(&ls);
+            *m = new;
+        }
+        // The columns past the block: new maxima, rescaled sums, then the block's terms.
+        let r1 = r0 + rb;
+        let (Some(cm), Some(om), Some(os), Some(oz), Some(oq), Some(cl)) = (
+            tmp.get_mut(r1..n),
+            mx.get_mut(r1..n),
+            sum.get_mut(r1..n),
+            zp.get_mut(r1..n),
+            np.get_mut(r1..n),
+            labels.get(r1..n),
+        ) else {
+            return;
+        };
+        cm.copy_from_slice(om);
+        for row in tile.chunks_exact(w).take(rb) {
+            let part = row.get(rb..).unwrap_or_default();
+            for (c, &z) in cm.iter_mut().zip(part) {
+                *c = c.max(z);
+            }
+        }
+        for ((s, m), &c) in os.iter_mut().zip(om.iter_mut()).zip(cm.iter()) {
+            *s = rescaled(*s, *m, c);
+            *m = c;
+        }
+        for (row, &lr) in tile
+            .chunks_exact(w)
+            .take(rb)
+            .zip(labels.get(r0..r1).unwrap_or_default())
+        {
+            let part = row.get(rb..).unwrap_or_default();
+            let lanes = os.iter_mut().zip(oz.iter_mut().zip(oq.iter_mut()));
+            for (((&z, &m), &l), (s, (p, q))) in part.iter().zip(om.iter()).zip(cl).zip(lanes) {
+                *s += exp_lanes(z - m);
+                let pos = l == lr;
+                *p += if pos { z } else { 0.0 };
+                *q += if pos { 1.0 } else { 0.0 };
+            }
+        }
+    }
+}
+
+/// Second pass over a block (the tile recomputed, `-s` again): `d loss / d s_ij` of both
+/// rows of each pair, `(1/T)(w_i (e^{z - L_i} - [pos] / |P_i|) + w_j (...))` (unscaled by
+/// the count), the block's own square part one-sided and then symmetrised; then the two
+/// products of [`RowBlock`] over the upper triangle.
+struct SupConGrad<'a> {
+    tile: &'a mut [f32],
+    labels: &'a [u32],
+    r0: usize,
+    rb: usize,
+    inv_t: f32,
+    /// `L_i`, weight and `1 / |P_i|` of every row.
+    lse: &'a [f32],
+    weight: &'a [f32],
+    inv_p: &'a [f32],
+    xn: &'a [f32],
+    gx: &'a mut [f32],
+    cpack: &'a mut [f32],
+    d: usize,
+}
+
+impl Kernel for SupConGrad<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
+        let SupConGrad {
+            tile,
+            labels,
+            r0,
+            rb,
+            inv_t,
+            lse,
+            weight,
+            inv_p,
+            xn,
+            gx,
+            cpack,
+            d,
+        } = self;
+        let n = labels.len();
+        let w = n.saturating_sub(r0);
+        let r1 = r0 + rb;
+        if w == 0 || d == 0 {
+            return;
+        }
+        let neg_inv_t = -inv_t;
+        let (Some(cl), Some(cls), Some(cw), Some(cp)) = (
+            labels.get(r0..),
+            lse.get(r0..),
+            weight.get(r0..),
+            inv_p.get(r0..),
+        ) else {
+            return;
+        };
+        for (r, row) in tile.chunks_exact_mut(w).enumerate().take(rb) {
+            let i = r0 + r;
+            let (Some(&li), Some(&l_i), Some(&a_i), Some(&p_i)) =
+                (labels.get(i), lse.get(i), weight.get(i), inv_p.get(i))
+            else {
+                break;
+            };
+            let (sq, rest) = row.split_at_mut(rb.min(w));
+            for (v, &l) in sq.iter_mut().zip(cl) {
+                let z = *v * neg_inv_t;
+                let pos = if l == li { p_i } else { 0.0 };
+                *v = a_i * (exp_lanes(z - l_i) - pos) * inv_t;
+            }
+            if let Some(v) = sq.get_mut(r) {
+                *v = 0.0;
+            }
+            let far = cl
+                .get(rb..)
+                .unwrap_or_default()
+                .iter()
+                .zip(cls.get(rb..).unwrap_or_default())
+                .zip(
+                    cw.get(rb..)
+                        .unwrap_or_default()
+                        .iter()
+                        .zip(cp.get(rb..).unwrap_or_default()),
+                );
+            for (v, ((&l, &l_j), (&a_j, &p_j))) in rest.iter_mut().zip(far) {
+                let z = *v * neg_inv_t;
+                let same = l == li;
+                let gi = a_i * (exp_lanes(z - l_i) - if same { p_i } else { 0.0 });
+                let gj = a_j * (exp_lanes(z - l_j) - if same { p_j } else { 0.0 });
+                *v = (gi + gj) * inv_t;
+            }
+        }
+        symmetrise(s, tile, w, 0, rb);
+        let tile = &*tile;
+        let (Some(xb), Some(cols_x)) = (xn.get(r0 * d..r1 * d), xn.get(r0 * d..)) else {
+            return;
+        };
+        let Some((gb, tail)) = gx
+            .get_mut(r0 * d..)
+            .and_then(|g| g.split_at_mut_checked(rb * d))
+        else {
+            return;
+        };
+        // Row side: g_i += sum_j C_ij x_j, the columns in cache-sized chunks.
+        let mut t0 = 0;
+        while t0 < w {
+            let t1 = min_len(t0 + DOC_CHUNK, w);
+            gemm_acc(
+                s,
+                tile.get(t0..).unwrap_or(&[]),
+                w,
+                1,
+                cols_x.get(t0 * d..t1 * d).unwrap_or(&[]),
+                d,
+                &mut *gb,
+                &mut *cpack,
+            );
+            t0 = t1;
+        }
+        // Column side, past the block: g_j += sum_i C_ij x_i.
+        gemm_acc(s, tile.get(rb..).unwrap_or(&[]), 1, w, xb, d, tail, cpack);
+    }
+}
+
+/// SupCon forward (and backward with `grad`); arguments already checked.
+fn supcon(
+    backend: Backend,
+    x: &Matrix<'_>,
+    labels: &[u32],
+    loss: Loss,
+    grad: Option<&mut [f32]>,
+    workspace: &mut [f32],
+) -> Result<NceLoss, Error> {
+    let Loss::SupCon { inv_t, nonzero } = loss else {
+        return Err(Error::InvalidParameter {
+            name: "temperature",
+            expected: "finite and > 0, with a finite inverse",
+        });
+    };
+    let (n, d) = (x.rows(), x.dim());
+    let b = min_len(n, ROW_BLOCK);
+    let mut ws = Carve::new(workspace);
+    let xn = ws.take(x.len())?;
+    let gxn = ws.take(x.len())?;
+    let tile = ws.take(b * n)?;
+    let cpack = ws.take(max_len(n, b) * GEMM_MR)?;
+    let tmp = ws.take(n)?;
+    let mx = ws.take(n)?;
+    let sum = ws.take(n)?;
+    let zp = ws.take(n)?;
+    let np = ws.take(n)?;
+    let pack = ws.rest();
+    l2_normalize_on(backend, *x, xn)?;
+    let xn = &*xn;
+    let xm = Matrix::new(xn, n, d)?;
+    mx.fill(f32::NEG_INFINITY);
+    sum.fill(0.0);
+    zp.fill(0.0);
+    np.fill(0.0);
+    let mut r0 = 0;
+    while r0 < n {
+        let r1 = min_len(r0 + b, n);
+        let (rb, w) = (r1 - r0, n - r0);
+        let cols = Matrix::new(xn.get(r0 * d..).unwrap_or_default(), w, d)?;
+        let tile = tile.get_mut(..rb * w).unwrap_or_default();
+        cross_tile_on(
+            backend,
+            xm,
+            r0..r1,
+            cols,
+            Metric::SquaredEuclidean,
+            DistanceMode::Gram,
+            true,
+            tile,
+            pack,
+        );
+        backend.dispatch(SupConStats {
+            tile,
+            labels,
+            r0,
+            rb,
+            inv_t,
+            stats: RowStats {
+                mx: &mut *mx,
+                sum: &mut *sum,
+                zp: &mut *zp,
+                np: &mut *np,
+            },
+            tmp: &mut *tmp,
+        });
+        r0 = r1;
+    }
+    // Every row's loss; the statistics become the gradient's coefficients.
+    let mut total = 0.0_f64;
+    let mut counts = Counts::default();
+    for (((m, s), p), &q) in mx
+        .iter_mut()
+        .zip(sum.iter_mut())
+        .zip(zp.iter_mut())
+        .zip(np.iter())
+    {
+        let npos = q as usize;
+        counts.pos_pairs += npos;
+        counts.neg_pairs += n.saturating_sub(1 + npos);
+        let mut active = false;
+        if npos == 0 {
+            counts.terms += usize::from(!nonzero);
+        } else {
+            let lse = f64::from(*m) + f64::from(math::ln(*s));
+            let l = lse - f64::from(*p) / f64::from(q);
+            active = !nonzero || l > 0.0;
+            if active {
+                total += l;
+                counts.terms += 1;
+            }
+            *m = lse as f32;
+        }
+        *s = if active { 1.0 } else { 0.0 };
+        *p = if npos == 0 { 0.0 } else { 1.0 / q };
+    }
+    let (value, terms) = finish_counts(loss, total, &counts);
+    if let Some(g) = grad {
+        gxn.fill(0.0);
+        let mut r0 = 0;
+        while r0 < n && terms > 0 {
+            let r1 = min_len(r0 + b, n);
+            let (rb, w) = (r1 - r0, n - r0);
+            let cols = Matrix::new(xn.get(r0 * d..).unwrap_or_default(), w, d)?;
+            let tile = tile.get_mut(..rb * w).unwrap_or_default();
+            cross_tile_on(
+                backend,
+                xm,
+                r0..r1,
+                cols,
+                Metric::SquaredEuclidean,
+                DistanceMode::Gram,
+                true,
+                tile,
+                pack,
+            );
+            backend.dispatch(SupConGrad {
+                tile,
+                labels,
+                r0,
+                rb,
+                inv_t,
+                lse: mx,
+                weight: sum,
+                inv_p: zp,
+                xn,
+                gx: &mut *gxn,
+                cpack: &mut *cpack,
+                d,
+            });
+            r0 = r1;
+        }
+        let k = if terms == 0 { 0.0 } else { 1.0 / terms as f32 };
+        scale(backend, k, gxn);
+        l2_normalize_backward_on(backend, *x, gxn, g)?;
     }
     Ok(NceLoss {
         loss: value as f32,
@@ -1163,7 +1515,7 @@ pub fn supcon_loss(
         required,
         workspace.len(),
     )?;
-    nce(Backend::active(), &x, labels, None, loss, None, workspace)
+    supcon(Backend::active(), &x, labels, loss, None, workspace)
 }
 
 /// [`supcon_loss`] and its gradient: returns the loss and writes `grad = d loss / d x`
@@ -1204,6 +1556,5 @@ pub fn supcon_loss_grad(
         required,
         workspace.len(),
     )?;
-    let grads = Some(Grads { x: grad, y: None });
-    nce(Backend::active(), &x, labels, None, loss, grads, workspace)
+    supcon(Backend::active(), &x, labels, loss, Some(grad), workspace)
 }
