@@ -403,16 +403,24 @@ impl Counts {
 /// Sum of the lanes.
 #[inline(always)]
 fn lanes_sum(v: &[f32; CHUNK]) -> f32 {
-    let mut h = *v;
-    let mut w = CHUNK / 2;
-    while w > 0 {
-        let (lo, hi) = h.split_at_mut(w);
-        for (a, b) in lo.iter_mut().zip(hi.iter()) {
-            *a += *b;
-        }
-        w /= 2;
-    }
-    h[0]
+    v.iter().fold(0.0, |a, &b| a + b)
+}
+
+/// Row `r` of a row-major buffer with rows of `w` (empty out of range): indexing
+/// instead of `chunks_exact(w)`, whose constructor divides by `w` (a panic path where
+/// the optimiser keeps it out of line and cannot see `w > 0`).
+#[inline(always)]
+fn row_mut(buf: &mut [f32], r: usize, w: usize) -> &mut [f32] {
+    let start = r.saturating_mul(w);
+    buf.get_mut(start..start.saturating_add(w))
+        .unwrap_or_default()
+}
+
+/// As [`row_mut`], shared.
+#[inline(always)]
+fn row_ref(buf: &[f32], r: usize, w: usize) -> &[f32] {
+    let start = r.saturating_mul(w);
+    buf.get(start..start.saturating_add(w)).unwrap_or_default()
 }
 
 /// `e^x` as [`math::exp_poly`] (range reduction, Cephes' degree-7 polynomial, `x`
@@ -607,7 +615,8 @@ impl Kernel for RowBlock<'_, '_> {
         }
         let want = grad.is_some();
         let bias = bias.get_mut(..m).unwrap_or_default();
-        for (r, (row, &li)) in tile.chunks_exact_mut(m).zip(lx).enumerate() {
+        for (r, &li) in lx.iter().enumerate() {
+            let row = row_mut(tile, r, m);
             let own = r0 + r;
             let (t, c) = match loss {
                 Loss::NtXent { inv_t, .. } => {
@@ -868,7 +877,8 @@ impl Kernel for SupConStats<'_> {
         let neg_inv_t = -inv_t;
         let RowStats { mx, sum, zp, np } = stats;
         // The block's rows.
-        for (r, row) in tile.chunks_exact_mut(w).enumerate().take(rb) {
+        for r in 0..rb {
+            let row = row_mut(tile, r, w);
             let i = r0 + r;
             let Some(&li) = labels.get(i) else {
                 break;
@@ -924,8 +934,8 @@ impl Kernel for SupConStats<'_> {
             return;
         };
         cm.copy_from_slice(om);
-        for row in tile.chunks_exact(w).take(rb) {
-            let part = row.get(rb..).unwrap_or_default();
+        for r in 0..rb {
+            let part = row_ref(tile, r, w).get(rb..).unwrap_or_default();
             for (c, &z) in cm.iter_mut().zip(part) {
                 *c = c.max(z);
             }
@@ -934,12 +944,8 @@ impl Kernel for SupConStats<'_> {
             *s = rescaled(*s, *m, c);
             *m = c;
         }
-        for (row, &lr) in tile
-            .chunks_exact(w)
-            .take(rb)
-            .zip(labels.get(r0..r1).unwrap_or_default())
-        {
-            let part = row.get(rb..).unwrap_or_default();
+        for (r, &lr) in labels.get(r0..r1).unwrap_or_default().iter().enumerate() {
+            let part = row_ref(tile, r, w).get(rb..).unwrap_or_default();
             let lanes = os.iter_mut().zip(oz.iter_mut().zip(oq.iter_mut()));
             for (((&z, &m), &l), (s, (p, q))) in part.iter().zip(om.iter()).zip(cl).zip(lanes) {
                 *s += exp_lanes(z - m);
@@ -1004,14 +1010,17 @@ impl Kernel for SupConGrad<'_> {
         ) else {
             return;
         };
-        for (r, row) in tile.chunks_exact_mut(w).enumerate().take(rb) {
+        for r in 0..rb {
+            let row = row_mut(tile, r, w);
             let i = r0 + r;
             let (Some(&li), Some(&l_i), Some(&a_i), Some(&p_i)) =
                 (labels.get(i), lse.get(i), weight.get(i), inv_p.get(i))
             else {
                 break;
             };
-            let (sq, rest) = row.split_at_mut(rb.min(w));
+            let Some((sq, rest)) = row.split_at_mut_checked(rb.min(w)) else {
+                break;
+            };
             for (v, &l) in sq.iter_mut().zip(cl) {
                 let z = *v * neg_inv_t;
                 let pos = if l == li { p_i } else { 0.0 };
