@@ -83,14 +83,12 @@ use crate::distance::{
 use crate::error::Error;
 use crate::math;
 use crate::matrix::Matrix;
-use crate::simd::{scale, Backend, Kernel, Simd};
+use crate::simd::{Backend, Kernel, Simd};
 use crate::validate::{check_finite, check_labels, check_len, check_workspace};
 use crate::workspace::{max_len, min_len, Carve};
 
 /// Query rows per block.
 const ROW_BLOCK: usize = 128;
-/// Documents per chunk of the products `G Y^`: 128 rows of `d = 256` are 128 KiB.
-const DOC_CHUNK: usize = 128;
 /// Lanes of the per-row sums (independent accumulators, so the sweeps vectorise).
 const CHUNK: usize = 16;
 
@@ -644,21 +642,7 @@ impl Kernel for RowBlock<'_, '_> {
             let Some((gb, tail)) = rest.split_at_mut_checked(rb * d) else {
                 return (total, counts);
             };
-            let mut t0 = 0;
-            while t0 < m {
-                let t1 = min_len(t0 + DOC_CHUNK, m);
-                gemm_acc(
-                    s,
-                    tile.get(t0..).unwrap_or(&[]),
-                    m,
-                    1,
-                    g.yn.get(t0 * d..t1 * d).unwrap_or(&[]),
-                    d,
-                    &mut *gb,
-                    &mut *g.cpack,
-                );
-                t0 = t1;
-            }
+            gemm_acc(s, tile, m, 1, g.yn, d, gb, g.cpack);
             gemm_acc(s, tile, 1, m, g.xb, d, head, g.cpack);
             gemm_acc(
                 s,
@@ -671,23 +655,7 @@ impl Kernel for RowBlock<'_, '_> {
                 g.cpack,
             );
         } else {
-            // The documents in chunks that stay in cache while every row group of the
-            // block passes over them.
-            let mut t0 = 0;
-            while t0 < m {
-                let t1 = min_len(t0 + DOC_CHUNK, m);
-                gemm_acc(
-                    s,
-                    tile.get(t0..).unwrap_or(&[]),
-                    m,
-                    1,
-                    g.yn.get(t0 * d..t1 * d).unwrap_or(&[]),
-                    d,
-                    &mut *g.gx,
-                    &mut *g.cpack,
-                );
-                t0 = t1;
-            }
+            gemm_acc(s, tile, m, 1, g.yn, d, g.gx, g.cpack);
             if let Some(gy) = g.gy {
                 gemm_acc(s, tile, 1, m, g.xb, d, gy, g.cpack);
             }
@@ -803,10 +771,14 @@ fn nce(
     let (value, terms) = finish_counts(loss, total, &counts);
     if let Some(g) = grads {
         let k = if terms == 0 { 0.0 } else { 1.0 / terms as f32 };
-        scale(backend, k, gxn);
+        for v in gxn.iter_mut() {
+            *v *= k;
+        }
         l2_normalize_backward_on(backend, *x, gxn, g.x)?;
         if let (Some(dc), Some(gyn), Some(gy)) = (docs, gyn, g.y) {
-            scale(backend, k, gyn);
+            for v in gyn.iter_mut() {
+                *v *= k;
+            }
             l2_normalize_backward_on(backend, dc.y, gyn, gy)?;
         }
     }
@@ -933,7 +905,9 @@ impl Kernel for SupConStats<'_> {
         ) else {
             return;
         };
-        cm.copy_from_slice(om);
+        for (c, &m) in cm.iter_mut().zip(om.iter()) {
+            *c = m;
+        }
         for r in 0..rb {
             let part = row_ref(tile, r, w).get(rb..).unwrap_or_default();
             for (c, &z) in cm.iter_mut().zip(part) {
@@ -1059,22 +1033,8 @@ impl Kernel for SupConGrad<'_> {
         else {
             return;
         };
-        // Row side: g_i += sum_j C_ij x_j, the columns in cache-sized chunks.
-        let mut t0 = 0;
-        while t0 < w {
-            let t1 = min_len(t0 + DOC_CHUNK, w);
-            gemm_acc(
-                s,
-                tile.get(t0..).unwrap_or(&[]),
-                w,
-                1,
-                cols_x.get(t0 * d..t1 * d).unwrap_or(&[]),
-                d,
-                &mut *gb,
-                &mut *cpack,
-            );
-            t0 = t1;
-        }
+        // Row side: g_i += sum_j C_ij x_j.
+        gemm_acc(s, tile, w, 1, cols_x, d, &mut *gb, &mut *cpack);
         // Column side, past the block: g_j += sum_i C_ij x_i.
         gemm_acc(s, tile.get(rb..).unwrap_or(&[]), 1, w, xb, d, tail, cpack);
     }
@@ -1213,7 +1173,9 @@ fn supcon(
             r0 = r1;
         }
         let k = if terms == 0 { 0.0 } else { 1.0 / terms as f32 };
-        scale(backend, k, gxn);
+        for v in gxn.iter_mut() {
+            *v *= k;
+        }
         l2_normalize_backward_on(backend, *x, gxn, g)?;
     }
     Ok(NceLoss {

@@ -37,7 +37,8 @@
 //! named like the fast ones: [`triplet_margin_loss_workspace_len`],
 //! [`triplet_batch_loss_grad_workspace_len`], [`contrastive_loss_workspace_len`],
 //! [`quadruplet_loss_workspace_len`], [`proxy_nca_loss_workspace_len`],
-//! [`proxy_anchor_loss_workspace_len`], [`knn_workspace_len`] and
+//! [`proxy_anchor_loss_workspace_len`], [`ntxent_loss_workspace_len`],
+//! [`infonce_loss_workspace_len`], [`supcon_loss_workspace_len`], [`knn_workspace_len`] and
 //! [`retrieval_metrics_workspace_len`]. Each governs every twin that the fast function of the
 //! same name governs (for example both [`contrastive_loss`] and [`contrastive_loss_grad`]);
 //! every other twin takes the fast kernel's length. A twin whose workspace is too short
