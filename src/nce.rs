@@ -244,8 +244,9 @@ pub struct NceLoss {
 /// `b = min(rows, 128)`, `2 rows dim + b rows + 9 rows +`
 /// [`crate::cross_distances_rows_workspace_len`]`(b, rows, dim)` (the normalised rows and
 /// their gradient, one block of similarities, packed coefficients, one row's mask, four
-/// per-row statistics and the packed panels; about `(3 rows + 96)(dim + 1) + 137 rows`): linear in `rows dim`, never `rows^2`.
-/// Saturates instead of overflowing.
+/// per-row statistics and the packed panels; about `(3 rows + 224)(dim + 1) + 137 rows`
+/// for `rows >= 128`): linear in `rows dim`, never `rows^2`. Saturates instead of
+/// overflowing.
 pub const fn ntxent_loss_workspace_len(rows: usize, dim: usize) -> usize {
     let b = min_len(rows, ROW_BLOCK);
     rows.saturating_mul(dim)
