@@ -1,7 +1,10 @@
 //! The face-recognition heads (`cargo bench --bench faces`): W10 (ArcFace) and W11
 //! (CosFace), 256 rows, 1,000 classes, `d = 512`, loss and both gradients in one call,
 //! pytorch-metric-learning's defaults (margin 28.6 degrees / 0.35, scale 64), next to
-//! their scalar twins on a smaller batch. Data from the shared generator; workspaces and
+//! their scalar twins on a smaller batch. Beside them the InfoNCE family: W7 (1024
+//! queries against 1024 documents, `d = 256`, cosine times scale 20, query `i`'s positive
+//! is document `i`; gradients for both sides) and W8 (SupCon, temperature 0.1, 1024 rows
+//! of 256 classes of 4, `d = 256`), anchored by `benches/anchors/pml_nce.py`. Data from the shared generator; workspaces and
 //! outputs allocated outside the timed loops. The criterion group is `workloads`, so the
 //! ids read as the README's table names them.
 
@@ -9,8 +12,9 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
 use std::time::Duration;
 use triplet_kernels::{
-    arcface_loss_grad, arcface_loss_workspace_len, cosface_loss_grad, scalar, ArcFaceParams,
-    CosFaceParams, Matrix,
+    arcface_loss_grad, arcface_loss_workspace_len, cosface_loss_grad, infonce_loss_grad,
+    infonce_loss_workspace_len, scalar, supcon_loss_grad, supcon_loss_workspace_len, ArcFaceParams,
+    CosFaceParams, Matrix, NtXentParams, SupConParams,
 };
 
 #[path = "common/workloads.rs"]
@@ -89,5 +93,32 @@ fn heads(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, heads);
+fn nce(c: &mut Criterion) {
+    let (n, d, k) = (1024, 256, 4);
+    let q = normal(n * d, 41);
+    let docs = normal(n * d, 42);
+    let ids: Vec<u32> = (0..n as u32).collect();
+    let x = Matrix::new(&q, n, d).unwrap();
+    let y = Matrix::new(&docs, n, d).unwrap();
+    let mut g = vec![0.0_f32; x.len()];
+    let mut gy = vec![0.0_f32; y.len()];
+    let mut ws = vec![0.0_f32; infonce_loss_workspace_len(n, n, d)];
+    let mut group = c.benchmark_group("workloads");
+    group.throughput(Throughput::Elements(n as u64));
+    let mnrl = NtXentParams::sentence_transformers();
+    group.bench_function("W7_infonce_fwd_bwd_n1024_d256", |b| {
+        b.iter(|| {
+            infonce_loss_grad(black_box(x), &ids, y, &ids, mnrl, &mut g, &mut gy, &mut ws).unwrap()
+        });
+    });
+    let labels: Vec<u32> = (0..n as u32).map(|i| i / k).collect();
+    let mut ws = vec![0.0_f32; supcon_loss_workspace_len(n, d)];
+    let sup = SupConParams::pytorch_metric_learning();
+    group.bench_function("W8_supcon_fwd_bwd_n1024_d256", |b| {
+        b.iter(|| supcon_loss_grad(black_box(x), &labels, sup, &mut g, &mut ws).unwrap());
+    });
+    group.finish();
+}
+
+criterion_group!(benches, heads, nce);
 criterion_main!(benches);

@@ -93,6 +93,16 @@
 //! - [`cosface_loss`] / [`cosface_loss_grad`] / [`cosface_loss_workspace_len`]: CosFace
 //!   ([`CosFaceParams`]), likewise.
 //!
+//! **[InfoNCE-family losses](nce)** ([`NtXentParams`], [`SupConParams`],
+//! [`SupConReduction`], returning an [`NceLoss`])
+//! - [`ntxent_loss`] / [`ntxent_loss_grad`] / [`ntxent_loss_workspace_len`]: NT-Xent over
+//!   one labelled batch (pytorch-metric-learning's `NTXentLoss`).
+//! - [`infonce_loss`] / [`infonce_loss_grad`] / [`infonce_loss_workspace_len`]: queries
+//!   against documents with in-batch negatives (sentence-transformers'
+//!   `MultipleNegativesRankingLoss`), gradients for both sides.
+//! - [`supcon_loss`] / [`supcon_loss_grad`] / [`supcon_loss_workspace_len`]: supervised
+//!   contrastive loss (`SupConLoss`).
+//!
 //! **[Retrieval](retrieval)**
 //! - [`knn`] / [`knn_workspace_len`]: the `k` nearest references of every query, streamed
 //!   over Gram tiles, exact in the direct form.
@@ -226,6 +236,7 @@ mod math;
 mod matrix;
 pub mod mining;
 pub mod multi_similarity;
+pub mod nce;
 pub mod proxy;
 pub mod quadruplet;
 pub mod reduce;
@@ -269,6 +280,11 @@ pub use multi_similarity::{
     multi_similarity_loss, multi_similarity_loss_grad, multi_similarity_loss_pairs,
     multi_similarity_loss_pairs_grad, multi_similarity_loss_pairs_workspace_len,
     multi_similarity_loss_workspace_len, MultiSimilarityParams,
+};
+pub use nce::{
+    infonce_loss, infonce_loss_grad, infonce_loss_workspace_len, ntxent_loss, ntxent_loss_grad,
+    ntxent_loss_workspace_len, supcon_loss, supcon_loss_grad, supcon_loss_workspace_len, NceLoss,
+    NtXentParams, SupConParams, SupConReduction,
 };
 pub use proxy::{
     proxy_anchor_loss, proxy_anchor_loss_grad, proxy_anchor_loss_workspace_len, proxy_nca_loss,

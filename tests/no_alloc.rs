@@ -408,3 +408,38 @@ fn threshold_miners_and_pair_losses_do_not_allocate() {
     });
     assert_eq!(n, 0);
 }
+
+#[test]
+fn nce_losses_do_not_allocate() {
+    // Two row blocks (128 rows each).
+    let xd: Vec<f32> = (0..140 * 11)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+        .collect();
+    let x = Matrix::new(&xd, 140, 11).unwrap();
+    let y = Matrix::new(&xd[..30 * 11], 30, 11).unwrap();
+    let labels: Vec<u32> = (0..140).map(|i| i % 13).collect();
+    let y_labels: Vec<u32> = (0..30).map(|i| i % 17).collect();
+    let mut ws = vec![0.0_f32; 1 << 16];
+    let mut g = vec![0.0_f32; 140 * 11];
+    let mut gy = vec![0.0_f32; 30 * 11];
+    let n = count(|| {
+        let nt = tk::NtXentParams::pytorch_metric_learning();
+        tk::ntxent_loss(x, &labels, nt, &mut ws).unwrap();
+        tk::ntxent_loss_grad(x, &labels, nt, &mut g, &mut ws).unwrap();
+        tk::scalar::ntxent_loss(x, &labels, nt, &mut ws).unwrap();
+        tk::scalar::ntxent_loss_grad(x, &labels, nt, &mut g, &mut ws).unwrap();
+        let st = tk::NtXentParams::sentence_transformers();
+        tk::infonce_loss(x, &labels, y, &y_labels, st, &mut ws).unwrap();
+        tk::infonce_loss_grad(x, &labels, y, &y_labels, st, &mut g, &mut gy, &mut ws).unwrap();
+        tk::scalar::infonce_loss(x, &labels, y, &y_labels, st, &mut ws).unwrap();
+        tk::scalar::infonce_loss_grad(x, &labels, y, &y_labels, st, &mut g, &mut gy, &mut ws)
+            .unwrap();
+        let sc = tk::SupConParams::pytorch_metric_learning();
+        tk::supcon_loss(x, &labels, sc, &mut ws).unwrap();
+        tk::supcon_loss_grad(x, &labels, sc, &mut g, &mut ws).unwrap();
+        tk::scalar::supcon_loss(x, &labels, sc, &mut ws).unwrap();
+        tk::scalar::supcon_loss_grad(x, &labels, sc, &mut g, &mut ws).unwrap();
+        assert!(tk::supcon_loss(x, &labels[..3], sc, &mut ws).is_err());
+    });
+    assert_eq!(n, 0);
+}

@@ -908,9 +908,138 @@ fn face_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
     assert_close("face grad_weights", &gwf, &gws, |k| pt / pn[k / d] + 1e-30);
 }
 
+// ---------------------------------------------------------------------------------------
+// NT-Xent, InfoNCE, SupCon.
+
+fn nce_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
+    use triplet_kernels::{
+        infonce_loss, infonce_loss_grad, infonce_loss_workspace_len, ntxent_loss,
+        ntxent_loss_grad, ntxent_loss_workspace_len, supcon_loss, supcon_loss_grad, NceLoss,
+        NtXentParams, SupConParams,
+    };
+    let (n, d) = (x.rows(), x.dim());
+    let kind = g.byte() % 3; // 0 NT-Xent, 1 InfoNCE, 2 SupCon
+    let classes = g.size(1, 9);
+    let labels = g.labels(n, classes);
+    let m = if kind == 1 { g.size(1, 33) } else { 0 };
+    let yd = g.values(regime, m * d);
+    let y_labels = g.labels(m, classes + 1);
+    let t = g.param(regime, 0.02, 2.0);
+    let textbook = g.bool();
+    let garbage = g.garbage();
+    if dump() {
+        eprintln!("nce: kind {kind} n {n} m {m} d {d} t {t} textbook {textbook}\nx {xd:?}\nlabels {labels:?}\ny {yd:?}\ny_labels {y_labels:?}");
+    }
+    let mut expected = Vec::new();
+    if !(t.is_finite() && t > 0.0 && (1.0 / t).is_finite()) {
+        expected.push(invalid("temperature", "finite and > 0, with a finite inverse"));
+    }
+    expected.extend(non_finite("x", xd, d));
+    if kind == 1 {
+        expected.extend(non_finite("y", &yd, d));
+    }
+    let nt = if textbook {
+        NtXentParams::new(t).textbook()
+    } else {
+        NtXentParams::new(t)
+    };
+    let sc = if textbook {
+        SupConParams::new(t).textbook()
+    } else {
+        SupConParams::new(t)
+    };
+    let len = if kind == 1 {
+        infonce_loss_workspace_len(n, m, d).max(scalar::infonce_loss_workspace_len(n, m, d))
+    } else {
+        ntxent_loss_workspace_len(n, d).max(scalar::ntxent_loss_workspace_len(n, d))
+    };
+    let mut ws = vec![garbage; len];
+    let y = (m > 0).then(|| Matrix::new(&yd, m, d).unwrap());
+    let run = |fast: bool, gx: &mut [f32], gy: &mut [f32], ws: &mut [f32]| -> Result<NceLoss, Error> {
+        match (kind, y, fast) {
+            (1, Some(y), true) => infonce_loss_grad(x, &labels, y, &y_labels, nt, gx, gy, ws),
+            (1, Some(y), false) => {
+                scalar::infonce_loss_grad(x, &labels, y, &y_labels, nt, gx, gy, ws)
+            }
+            (2, _, true) => supcon_loss_grad(x, &labels, sc, gx, ws),
+            (2, _, false) => scalar::supcon_loss_grad(x, &labels, sc, gx, ws),
+            (_, _, true) => ntxent_loss_grad(x, &labels, nt, gx, ws),
+            (_, _, false) => scalar::ntxent_loss_grad(x, &labels, nt, gx, ws),
+        }
+    };
+    let (mut gf, mut gyf) = (vec![garbage; n * d], vec![garbage; m * d]);
+    let (mut gs, mut gys) = (vec![garbage; n * d], vec![garbage; m * d]);
+    let lf = run(true, &mut gf, &mut gyf, &mut ws);
+    ws.fill(-garbage);
+    let lf_only = match (kind, y) {
+        (1, Some(y)) => infonce_loss(x, &labels, y, &y_labels, nt, &mut ws),
+        (2, _) => supcon_loss(x, &labels, sc, &mut ws),
+        _ => ntxent_loss(x, &labels, nt, &mut ws),
+    };
+    let ls = run(false, &mut gs, &mut gys, &mut ws);
+    let ok = same_outcome(&lf, &ls, &expected);
+    assert_eq!(
+        lf.map(|o| (o.loss.to_bits(), o.num_terms)),
+        lf_only.map(|o| (o.loss.to_bits(), o.num_terms)),
+        "loss-only call"
+    );
+    if !ok {
+        assert!(
+            [&gf, &gyf, &gs, &gys].iter().all(|v| untouched(v, garbage)),
+            "written on Err"
+        );
+        return;
+    }
+    let (lf, ls) = (lf.unwrap(), ls.unwrap());
+    let (mut g2, mut gy2) = (vec![-garbage; n * d], vec![-garbage; m * d]);
+    ws.fill(garbage);
+    let lf2 = run(true, &mut g2, &mut gy2, &mut ws).unwrap();
+    assert_eq!(
+        (lf.loss.to_bits(), bits(&gf), bits(&gyf)),
+        (lf2.loss.to_bits(), bits(&g2), bits(&gy2)),
+        "garbage"
+    );
+    if !rows_in_range(xd, d) || !rows_in_range(&yd, d) || !(0.01..=100.0).contains(&t) {
+        return;
+    }
+    assert!(
+        lf.loss.is_finite() && gf.iter().chain(&gyf).all(|v| v.is_finite()),
+        "nce loss {} not finite (twin {})",
+        lf.loss,
+        ls.loss
+    );
+    if near_clamp(xd, d, 1e-4) || near_clamp(&yd, d, 1e-4) || lf.num_terms != ls.num_terms {
+        // A SupCon row whose loss is within rounding of 0 may count on one side only.
+        return;
+    }
+    // As tests/nce.rs: cosines within (d + 12) 2^-24, amplified by 1 / T; sums of
+    // max(n, m) terms; gradients relative to their largest element, with a floor.
+    let mm = n.max(m) as f64;
+    let k = 8.0 * EPS / 2.0 * (4.0 * (d as f64 + 12.0) / f64::from(t) + mm + d as f64 + 32.0);
+    let lt = k * (1.0 + f64::from(ls.loss).abs());
+    assert!(
+        (f64::from(lf.loss) - f64::from(ls.loss)).abs() <= lt,
+        "nce loss {} vs {}, tol {lt}",
+        lf.loss,
+        ls.loss
+    );
+    let gmax = gs
+        .iter()
+        .chain(&gys)
+        .fold(0.0_f64, |a, &v| a.max(f64::from(v).abs()));
+    let rmin = xd
+        .chunks(d)
+        .chain(yd.chunks(d))
+        .map(|r| clamped(norm(r)))
+        .fold(f64::INFINITY, f64::min);
+    let gt = 4.0 * k * gmax + k / f64::from(t) / rmin + 1e-30;
+    assert_close("nce grad", &gf, &gs, |_| gt);
+    assert_close("nce grad_y", &gyf, &gys, |_| gt);
+}
+
 fuzz_target!(|data: &[u8]| {
     let mut g = Gen::new(data);
-    let family = g.byte() % 5;
+    let family = g.byte() % 6;
     let regime = g.regime();
     let n = g.size(1, 33);
     let d = g.size(1, 67);
@@ -921,6 +1050,7 @@ fuzz_target!(|data: &[u8]| {
         1 => quadruplet_case(&mut g, regime, x, &xd),
         2 => mining_case(&mut g, regime, x, &xd),
         3 => proxy_case(&mut g, regime, x, &xd),
-        _ => face_case(&mut g, regime, x, &xd),
+        4 => face_case(&mut g, regime, x, &xd),
+        _ => nce_case(&mut g, regime, x, &xd),
     }
 });

@@ -37,7 +37,8 @@
 //! named like the fast ones: [`triplet_margin_loss_workspace_len`],
 //! [`triplet_batch_loss_grad_workspace_len`], [`contrastive_loss_workspace_len`],
 //! [`quadruplet_loss_workspace_len`], [`proxy_nca_loss_workspace_len`],
-//! [`proxy_anchor_loss_workspace_len`], [`knn_workspace_len`] and
+//! [`proxy_anchor_loss_workspace_len`], [`ntxent_loss_workspace_len`],
+//! [`infonce_loss_workspace_len`], [`supcon_loss_workspace_len`], [`knn_workspace_len`] and
 //! [`retrieval_metrics_workspace_len`]. Each governs every twin that the fast function of the
 //! same name governs (for example both [`contrastive_loss`] and [`contrastive_loss_grad`]);
 //! every other twin takes the fast kernel's length. A twin whose workspace is too short
@@ -51,6 +52,7 @@ mod edge;
 mod face;
 mod mining;
 mod multi_similarity;
+mod nce;
 mod proxy;
 mod quadruplet;
 mod reduce;
@@ -87,6 +89,10 @@ pub use multi_similarity::{
     multi_similarity_loss, multi_similarity_loss_grad, multi_similarity_loss_pairs,
     multi_similarity_loss_pairs_grad, multi_similarity_loss_pairs_workspace_len,
     multi_similarity_loss_workspace_len,
+};
+pub use nce::{
+    infonce_loss, infonce_loss_grad, infonce_loss_workspace_len, ntxent_loss, ntxent_loss_grad,
+    ntxent_loss_workspace_len, supcon_loss, supcon_loss_grad, supcon_loss_workspace_len,
 };
 pub use proxy::{
     proxy_anchor_loss, proxy_anchor_loss_grad, proxy_anchor_loss_workspace_len, proxy_nca_loss,

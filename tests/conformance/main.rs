@@ -13,6 +13,7 @@ mod contrastive;
 mod distance;
 mod face;
 mod miners;
+mod nce;
 mod proxy;
 mod quadruplet;
 mod retrieval;
@@ -35,6 +36,8 @@ fn checker(op: &str) -> Option<Check> {
         "quadruplet" => Some(quadruplet::check),
         "arcface" => Some(face::check_arcface),
         "cosface" => Some(face::check_cosface),
+        "ntxent" => Some(nce::check_ntxent),
+        "supcon" => Some(nce::check_supcon),
         "proxy_nca" => Some(proxy::check_nca),
         "proxy_anchor" => Some(proxy::check_anchor),
         "retrieval" => Some(retrieval::check),
