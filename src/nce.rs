@@ -422,35 +422,10 @@ fn row_ref(buf: &[f32], r: usize, w: usize) -> &[f32] {
     buf.get(start..start.saturating_add(w)).unwrap_or_default()
 }
 
-/// `e^x` as [`math::exp_poly`] (range reduction, Cephes' degree-7 polynomial, `x`
-/// clamped to `[-87, 88]`), with the integer part of `x log2(e)` read from the bits of
-/// the rounded float instead of a float-to-integer conversion, so that the whole
-/// function vectorises (integer adds and shifts only).
-#[inline(always)]
-fn exp_lanes(x: f32) -> f32 {
-    const LOG2E: f32 = core::f32::consts::LOG2_E;
-    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer.
-    let x = x.clamp(-87.0, 88.0);
-    let kr = x * LOG2E + ROUND;
-    let k = kr - ROUND;
-    let r = x - k * 0.693_359_4 - k * -2.121_944_4e-4;
-    let mut p = 1.987_569_1e-4_f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 5e-1;
-    let y = p * r * r + r + 1.0;
-    // `kr`'s low mantissa bits hold `k` (|k| < 2^22) offset by ROUND's.
-    let ki = kr.to_bits().wrapping_sub(ROUND.to_bits());
-    let scale = f32::from_bits(ki.wrapping_add(127) << 23);
-    y * scale
-}
-
 /// `e^{z + b - m}` with the excluded entries (`b = -inf`) exactly 0.
 #[inline(always)]
 fn masked_exp(z: f32, b: f32, m: f32) -> f32 {
-    let e = exp_lanes(z + b - m);
+    let e = math::exp_poly(z + b - m);
     if b == 0.0 {
         e
     } else {
@@ -824,7 +799,7 @@ fn rescaled(sum: f32, old: f32, new: f32) -> f32 {
     if old == f32::NEG_INFINITY {
         0.0
     } else {
-        sum * exp_lanes(old - new)
+        sum * math::exp_poly(old - new)
     }
 }
 
@@ -887,7 +862,7 @@ impl Kernel for SupConStats<'_> {
             let mut ls = [0.0_f32; CHUNK];
             for chunk in row.chunks(CHUNK) {
                 for (&z, a) in chunk.iter().zip(ls.iter_mut()) {
-                    let e = exp_lanes(z - new);
+                    let e = math::exp_poly(z - new);
                     *a += if z == f32::NEG_INFINITY { 0.0 } else { e };
                 }
             }
@@ -923,7 +898,7 @@ impl Kernel for SupConStats<'_> {
             let part = row_ref(tile, r, w).get(rb..).unwrap_or_default();
             let lanes = os.iter_mut().zip(oz.iter_mut().zip(oq.iter_mut()));
             for (((&z, &m), &l), (s, (p, q))) in part.iter().zip(om.iter()).zip(cl).zip(lanes) {
-                *s += exp_lanes(z - m);
+                *s += math::exp_poly(z - m);
                 let pos = l == lr;
                 *p += if pos { z } else { 0.0 };
                 *q += if pos { 1.0 } else { 0.0 };
@@ -999,7 +974,7 @@ impl Kernel for SupConGrad<'_> {
             for (v, &l) in sq.iter_mut().zip(cl) {
                 let z = *v * neg_inv_t;
                 let pos = if l == li { p_i } else { 0.0 };
-                *v = a_i * (exp_lanes(z - l_i) - pos) * inv_t;
+                *v = a_i * (math::exp_poly(z - l_i) - pos) * inv_t;
             }
             if let Some(v) = sq.get_mut(r) {
                 *v = 0.0;
@@ -1018,8 +993,8 @@ impl Kernel for SupConGrad<'_> {
             for (v, ((&l, &l_j), (&a_j, &p_j))) in rest.iter_mut().zip(far) {
                 let z = *v * neg_inv_t;
                 let same = l == li;
-                let gi = a_i * (exp_lanes(z - l_i) - if same { p_i } else { 0.0 });
-                let gj = a_j * (exp_lanes(z - l_j) - if same { p_j } else { 0.0 });
+                let gi = a_i * (math::exp_poly(z - l_i) - if same { p_i } else { 0.0 });
+                let gj = a_j * (math::exp_poly(z - l_j) - if same { p_j } else { 0.0 });
                 *v = (gi + gj) * inv_t;
             }
         }
