@@ -295,6 +295,12 @@ pub use retrieval::{
 };
 pub use simd::{reset_backend, set_backend, Backend};
 pub use triplet::{
+    combine_batch_losses, mine_triplets_ref, mine_triplets_ref_count,
+    mine_triplets_ref_workspace_len, triplet_batch_ref_loss, triplet_batch_ref_loss_grad,
+    triplet_batch_ref_loss_grad_workspace_len, triplet_batch_ref_loss_workspace_len, GradMode,
+    RefGrad, RefSet,
+};
+pub use triplet::{
     triplet_batch_loss, triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
     triplet_batch_loss_workspace_len, triplet_margin_loss, triplet_margin_loss_grad,
     triplet_margin_loss_workspace_len, BatchLoss, BatchParams, TripletParams,

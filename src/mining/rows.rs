@@ -150,3 +150,121 @@ impl<K: Sink> Kernel for SemiBlock<'_, '_, K> {
         }
     }
 }
+
+/// Batch-hard or semi-hard mining of a block of anchor rows `i0..` of `x` against a
+/// separate candidate set `y` (`block`: the anchors' distance rows to every row of `y`,
+/// `m` columns). Candidate `j` is a positive of anchor `a` when `cand[j] == labels[a]`
+/// and a negative otherwise, except the anchor's own row `own[a]` of `y` (if any,
+/// [`NO_INDEX`] for none), which is neither. The selection rules are the in-batch ones
+/// (ties to the smallest index); anchors without a positive or a negative select nothing.
+pub(crate) struct RefRowBlock<'a, 'o, K> {
+    pub block: &'a [f32],
+    pub i0: usize,
+    /// Labels of the anchors (all of `x`, indexed by `i0 + r`).
+    pub labels: &'a [u32],
+    /// Labels of the candidates (`m`).
+    pub cand: &'a [u32],
+    /// Per anchor, its own row of `y` or [`NO_INDEX`]; `None`: no row is excluded.
+    pub own: Option<&'a [u32]>,
+    /// Batch-hard when `true`, semi-hard otherwise.
+    pub hard: bool,
+    /// `2 m` elements of scratch.
+    pub scratch: &'o mut [f32],
+    pub sink: &'o mut K,
+}
+
+impl<K: Sink> Kernel for RefRowBlock<'_, '_, K> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
+        let RefRowBlock {
+            block,
+            i0,
+            labels,
+            cand,
+            own,
+            hard,
+            scratch,
+            sink,
+        } = self;
+        let m = cand.len();
+        if m == 0 {
+            return;
+        }
+        let Some((first, second)) = scratch.split_at_mut_checked(m) else {
+            return;
+        };
+        let Some(second) = second.get_mut(..m) else {
+            return;
+        };
+        for (r, row) in block.chunks_exact(m).enumerate() {
+            let a = i0 + r;
+            let Some(&la) = labels.get(a) else {
+                return;
+            };
+            let skip = own
+                .and_then(|o| o.get(a))
+                .map_or(usize::MAX, |&j| j as usize);
+            if hard {
+                // Positives (others -inf) and negatives (others +inf) as two scratch rows
+                // (branch-free, vectorised).
+                for (j, ((p, q), (&v, &l))) in first
+                    .iter_mut()
+                    .zip(second.iter_mut())
+                    .zip(row.iter().zip(cand))
+                    .enumerate()
+                {
+                    let mine = j != skip;
+                    let pos = mine & (l == la);
+                    let neg = mine & (l != la);
+                    *p = if pos { v } else { f32::NEG_INFINITY };
+                    *q = if neg { v } else { f32::INFINITY };
+                }
+                // NaN distances (only from overflowing data) are candidates too, never
+                // chosen by the selection: the first candidate then stands in.
+                let p = match argmax(s, first) {
+                    NO_INDEX => first.iter().position(|&v| v != f32::NEG_INFINITY),
+                    p => Some(p as usize),
+                };
+                let q = match argmin(s, second) {
+                    NO_INDEX => second.iter().position(|&v| v != f32::INFINITY),
+                    q => Some(q as usize),
+                };
+                if let (Some(p), Some(q)) = (p, q) {
+                    sink.triplet(s, a, p, q);
+                }
+                continue;
+            }
+            // Semi-hard: the row's negatives, every other entry -inf (never the farthest,
+            // never beyond a positive).
+            for (j, ((m_, &v), &l)) in first.iter_mut().zip(row).zip(cand).enumerate() {
+                let neg = (j != skip) & (l != la);
+                *m_ = if neg { v } else { f32::NEG_INFINITY };
+            }
+            let first_neg = cand
+                .iter()
+                .enumerate()
+                .position(|(j, &l)| j != skip && l != la);
+            let Some(first_neg) = first_neg else {
+                continue;
+            };
+            let far = match argmax(s, first) {
+                NO_INDEX => first_neg,
+                q => q as usize,
+            };
+            for (p, (&lp, &dap)) in cand.iter().zip(row).enumerate() {
+                if p == skip || lp != la {
+                    continue;
+                }
+                for (b, &v) in second.iter_mut().zip(first.iter()) {
+                    *b = if v > dap { v } else { f32::INFINITY };
+                }
+                let q = match argmin(s, second) {
+                    NO_INDEX => far,
+                    q => q as usize,
+                };
+                sink.triplet(s, a, p, q);
+            }
+        }
+    }
+}
