@@ -16,7 +16,7 @@ use super::batch_all::{list_label, relu_group, soft_pair, GROUP};
 use super::per_triplet::{triplet_update, two_sq_dists};
 use super::{check_batch_args_params, finish_grad, BatchLoss, BatchParams};
 use crate::distance::{
-    cosine_own_factor, cross_distances_rows_on, cross_distances_rows_workspace_len, distance_with,
+    cosine_own_factor, cross_distances_on, cross_distances_rows_on, cross_distances_workspace_len, distance_with,
     euclidean_from_sq, euclidean_grad_factor, fix_up, gemm_acc, metric_norms, needs_direct,
     DistanceMode, Metric, GEMM_MR, TINY_DISTANCE,
 };
@@ -30,6 +30,8 @@ use crate::workspace::{max_len, min_len, Carve};
 
 /// Anchor rows per block of the reference forms.
 pub(crate) const REF_BLOCK: usize = 128;
+/// Candidate rows per tile of the reference forms' distance sweep.
+pub(crate) const REF_TILE: usize = 256;
 
 /// The candidate set of the reference forms: the rows `y` (`m x dim`) with their
 /// `labels`, and optionally, per anchor, the row of `y` that is the anchor itself.
@@ -140,12 +142,14 @@ const fn ref_block(rows: usize) -> usize {
     min_len(rows, REF_BLOCK)
 }
 
-/// Norms, one block of distances and its packing.
+/// Norms, one block of distances, one tile and its packing.
 const fn base_len(rows: usize, refs: usize, dim: usize) -> usize {
     let b = ref_block(rows);
+    let t = min_len(refs, REF_TILE);
     rows.saturating_add(refs)
         .saturating_add(b.saturating_mul(refs))
-        .saturating_add(cross_distances_rows_workspace_len(b, refs, dim))
+        .saturating_add(b.saturating_mul(t))
+        .saturating_add(cross_distances_workspace_len(b, t, dim))
 }
 
 /// Workspace of a reference-form loss (`grad`: with its gradient).
@@ -342,8 +346,13 @@ pub(crate) fn check_ref_args(
 // The block sweep.
 
 /// Calls `f(i0, i1, block)` for consecutive blocks of at most [`REF_BLOCK`] anchors,
-/// `block` (`(i1 - i0) x m`) holding their distances to every row of `y` (Gram form with
-/// the accuracy fix-up). `nx`, `ny` are the [`metric_norms`].
+/// `block` (`(i1 - i0) x m`) holding their distances to every row of `y`. The block is
+/// filled tile by tile: `y` streams through in tiles of [`REF_TILE`] rows, each tile's
+/// distances to the anchors computed in Gram form with the accuracy fix-up (both sides of
+/// a tile stay in cache, where one product over all of `y` would stream it from memory
+/// for every few anchors) and copied into place. `nx`, `ny` are the [`metric_norms`];
+/// `tile` holds `min(n, REF_BLOCK) * min(m, REF_TILE)` elements and `pack` the tile
+/// kernel's scratch.
 #[allow(clippy::too_many_arguments)]
 fn for_ref_blocks<F>(
     backend: Backend,
@@ -351,7 +360,7 @@ fn for_ref_blocks<F>(
     y: &Matrix<'_>,
     metric: Metric,
     (nx, ny): (&[f32], &[f32]),
-    block: &mut [f32],
+    (block, tile): (&mut [f32], &mut [f32]),
     pack: &mut [f32],
     mut f: F,
 ) -> Result<(), Error>
@@ -362,19 +371,39 @@ where
     let mut i0 = 0;
     while i0 < n {
         let i1 = n.min(i0 + REF_BLOCK);
-        let area = (i1 - i0) * m;
+        let ti = i1 - i0;
+        let area = ti * m;
         let actual = block.len();
         let out = block.get_mut(..area).ok_or(Error::WorkspaceTooSmall {
             required: area,
             actual,
         })?;
-        let gram = DistanceMode::Gram;
-        cross_distances_rows_on(backend, *x, *y, i0..i1, metric, gram, out, pack)?;
         let xi = x.sub_rows(i0, i1)?;
         let ni = nx.get(i0..i1).unwrap_or(&[]);
-        if fix_up(backend, metric, out, &xi, y, ni, ny, None) {
-            let direct = DistanceMode::Direct;
-            cross_distances_rows_on(backend, *x, *y, i0..i1, metric, direct, out, pack)?;
+        let mut j0 = 0;
+        while j0 < m {
+            let j1 = m.min(j0 + REF_TILE);
+            let tj = j1 - j0;
+            let actual = tile.len();
+            let t = tile.get_mut(..ti * tj).ok_or(Error::WorkspaceTooSmall {
+                required: ti * tj,
+                actual,
+            })?;
+            let yj = y.sub_rows(j0, j1)?;
+            let nj = ny.get(j0..j1).unwrap_or(&[]);
+            cross_distances_on(backend, xi, yj, metric, t, pack)?;
+            if fix_up(backend, metric, t, &xi, &yj, ni, nj, None) {
+                let direct = DistanceMode::Direct;
+                cross_distances_rows_on(backend, xi, yj, 0..ti, metric, direct, t, pack)?;
+            }
+            if tj > 0 {
+                for (r, src) in t.chunks_exact(tj).enumerate() {
+                    if let Some(dst) = out.get_mut(r * m + j0..r * m + j1) {
+                        dst.copy_from_slice(src);
+                    }
+                }
+            }
+            j0 = j1;
         }
         f(i0, i1, out)?;
         i0 = i1;
@@ -823,6 +852,7 @@ fn ref_pass(
     metric_norms(backend, &y, metric, ny);
     let (nx, ny) = (&*nx, &*ny);
     let block = ws.take(ref_block(n) * m)?;
+    let tile = ws.take(ref_block(n) * m.min(REF_TILE))?;
     match params.mining {
         Mining::BatchHard | Mining::SemiHard => {
             let scratch = ws.take(2 * m)?;
@@ -854,7 +884,7 @@ fn ref_pass(
                 &y,
                 metric,
                 (nx, ny),
-                block,
+                (block, tile),
                 pack,
                 |i0, _, blk| {
                     backend.dispatch(RefRowBlock {
@@ -894,7 +924,7 @@ fn ref_pass(
                 &y,
                 metric,
                 (nx, ny),
-                block,
+                (block, tile),
                 pack,
                 |i0, _, blk| {
                     backend.dispatch(RefAllBlock {
@@ -1321,6 +1351,7 @@ pub fn mine_triplets_ref(
     let ny = ws.take(m)?;
     metric_norms(backend, &y, metric, ny);
     let block = ws.take(ref_block(n) * m)?;
+    let tile = ws.take(ref_block(n) * m.min(REF_TILE))?;
     let scratch = ws.take(2 * m)?;
     let pack = ws.rest();
     let hard = mining == Mining::BatchHard;
@@ -1330,7 +1361,7 @@ pub fn mine_triplets_ref(
         &y,
         metric,
         (nx, ny),
-        block,
+        (block, tile),
         pack,
         |i0, _, blk| {
             backend.dispatch(RefRowBlock {
