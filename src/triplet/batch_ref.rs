@@ -16,9 +16,9 @@ use super::batch_all::{list_label, relu_group, soft_pair, GROUP};
 use super::per_triplet::{triplet_update, two_sq_dists};
 use super::{check_batch_args_params, finish_grad, BatchLoss, BatchParams};
 use crate::distance::{
-    cosine_own_factor, cross_distances_on, cross_distances_rows_on, cross_distances_workspace_len, distance_with,
-    euclidean_from_sq, euclidean_grad_factor, fix_up, gemm_acc, metric_norms, needs_direct,
-    DistanceMode, Metric, GEMM_MR, TINY_DISTANCE,
+    cosine_own_factor, cross_distances_on, cross_distances_rows_on, cross_distances_workspace_len,
+    distance_with, euclidean_from_sq, euclidean_grad_factor, fix_up, gemm_acc, metric_norms,
+    needs_direct, DistanceMode, Metric, GEMM_MR, TINY_DISTANCE,
 };
 use crate::error::Error;
 use crate::matrix::{two_rows_mut, Matrix};
