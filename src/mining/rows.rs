@@ -268,3 +268,147 @@ impl<K: Sink> Kernel for RefRowBlock<'_, '_, K> {
         }
     }
 }
+
+/// The running batch-hard choices of a block of anchors against a candidate set streamed
+/// in tiles: per anchor, the farthest positive and the nearest negative so far (value
+/// and index, [`NO_INDEX`] for none yet). Each array holds one entry per anchor of the
+/// block.
+pub(crate) struct RefHardState<'w> {
+    pub pos_val: &'w mut [f32],
+    pub pos_idx: &'w mut [u32],
+    pub neg_val: &'w mut [f32],
+    pub neg_idx: &'w mut [u32],
+}
+
+impl RefHardState<'_> {
+    /// No choice yet.
+    pub(crate) fn reset(&mut self) {
+        self.pos_val.fill(f32::NEG_INFINITY);
+        self.pos_idx.fill(NO_INDEX);
+        self.neg_val.fill(f32::INFINITY);
+        self.neg_idx.fill(NO_INDEX);
+    }
+}
+
+/// One tile of the streamed batch-hard sweep: the anchors `i0..i0 + ti` against the
+/// candidates `j0..j0 + tj` (`tile`, `ti x tj` distances). Each anchor takes the tile's
+/// positives and negatives (its own row excluded) as candidates; a tile's choice replaces
+/// the running one only when strictly better, so with tiles in ascending `j0` ties go to
+/// the smallest index. NaN distances are never taken (see [`ref_hard_fallback`]).
+pub(crate) struct RefHardTile<'a, 'o, 'w> {
+    pub tile: &'a [f32],
+    pub tj: usize,
+    pub i0: usize,
+    pub j0: usize,
+    pub labels: &'a [u32],
+    pub cand: &'a [u32],
+    pub own: Option<&'a [u32]>,
+    pub st: &'o mut RefHardState<'w>,
+}
+
+/// Scratch rows of [`RefHardTile`] (one tile's columns).
+const REF_TILE_MAX: usize = 256;
+
+impl Kernel for RefHardTile<'_, '_, '_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
+        let RefHardTile {
+            tile,
+            tj,
+            i0,
+            j0,
+            labels,
+            cand,
+            own,
+            st,
+        } = self;
+        if tj == 0 || tj > REF_TILE_MAX {
+            return;
+        }
+        let Some(cl) = cand.get(j0..j0 + tj) else {
+            return;
+        };
+        let mut pbuf = [f32::NEG_INFINITY; REF_TILE_MAX];
+        let mut nbuf = [f32::INFINITY; REF_TILE_MAX];
+        let (Some(pb), Some(nb)) = (pbuf.get_mut(..tj), nbuf.get_mut(..tj)) else {
+            return;
+        };
+        for (r, row) in tile.chunks_exact(tj).enumerate() {
+            let a = i0 + r;
+            let Some(&la) = labels.get(a) else {
+                return;
+            };
+            let skip = match own.and_then(|o| o.get(a)) {
+                Some(&j) if j != NO_INDEX => (j as usize).wrapping_sub(j0),
+                _ => usize::MAX,
+            };
+            for (c, ((p, n), (&v, &lb))) in pb
+                .iter_mut()
+                .zip(nb.iter_mut())
+                .zip(row.iter().zip(cl))
+                .enumerate()
+            {
+                let mine = c != skip;
+                let same = lb == la;
+                *p = if mine & same { v } else { f32::NEG_INFINITY };
+                *n = if mine & !same { v } else { f32::INFINITY };
+            }
+            let k = argmax(s, pb);
+            if let (Some(&v), Some(sv), Some(si)) =
+                (pb.get(k as usize), st.pos_val.get_mut(r), st.pos_idx.get_mut(r))
+            {
+                if *si == NO_INDEX || v > *sv {
+                    (*sv, *si) = (v, (j0 + k as usize) as u32);
+                }
+            }
+            let k = argmin(s, nb);
+            if let (Some(&v), Some(sv), Some(si)) =
+                (nb.get(k as usize), st.neg_val.get_mut(r), st.neg_idx.get_mut(r))
+            {
+                if *si == NO_INDEX || v < *sv {
+                    (*sv, *si) = (v, (j0 + k as usize) as u32);
+                }
+            }
+        }
+    }
+}
+
+/// Anchors of the block `i0..` whose candidates were all NaN distances (only possible
+/// when squared norms overflow) still get a choice: the candidate of smallest index.
+pub(crate) fn ref_hard_fallback(
+    i0: usize,
+    labels: &[u32],
+    cand: &[u32],
+    own: Option<&[u32]>,
+    st: &mut RefHardState<'_>,
+) {
+    for (r, (pi, ni)) in st.pos_idx.iter_mut().zip(st.neg_idx.iter_mut()).enumerate() {
+        let a = i0 + r;
+        let Some(&la) = labels.get(a) else {
+            return;
+        };
+        let skip = match own.and_then(|o| o.get(a)) {
+            Some(&j) if j != NO_INDEX => j as usize,
+            _ => usize::MAX,
+        };
+        if *pi == NO_INDEX {
+            if let Some(p) = cand
+                .iter()
+                .enumerate()
+                .position(|(j, &l)| j != skip && l == la)
+            {
+                *pi = p as u32;
+            }
+        }
+        if *ni == NO_INDEX {
+            if let Some(q) = cand
+                .iter()
+                .enumerate()
+                .position(|(j, &l)| j != skip && l != la)
+            {
+                *ni = q as u32;
+            }
+        }
+    }
+}

@@ -22,7 +22,9 @@ use crate::distance::{
 };
 use crate::error::Error;
 use crate::matrix::{two_rows_mut, Matrix};
-use crate::mining::{Mining, RefRowBlock, Sink, Triplet, NO_INDEX};
+use crate::mining::{
+    ref_hard_fallback, Mining, RefHardState, RefHardTile, RefRowBlock, Sink, Triplet, NO_INDEX,
+};
 use crate::reduce::{Hinge, Reduction};
 use crate::simd::{self, Backend, Kernel, Simd};
 use crate::validate::{check_len, check_rows, check_workspace};
@@ -142,23 +144,30 @@ const fn ref_block(rows: usize) -> usize {
     min_len(rows, REF_BLOCK)
 }
 
-/// Norms, one block of distances, one tile and its packing.
-const fn base_len(rows: usize, refs: usize, dim: usize) -> usize {
+/// Norms, one tile and its packing, and (`whole_rows`) one block of whole distance rows.
+const fn base_len(rows: usize, refs: usize, dim: usize, whole_rows: bool) -> usize {
     let b = ref_block(rows);
     let t = min_len(refs, REF_TILE);
+    let block = if whole_rows {
+        b.saturating_mul(refs)
+    } else {
+        0
+    };
     rows.saturating_add(refs)
-        .saturating_add(b.saturating_mul(refs))
+        .saturating_add(block)
         .saturating_add(b.saturating_mul(t))
         .saturating_add(cross_distances_workspace_len(b, t, dim))
 }
 
 /// Workspace of a reference-form loss (`grad`: with its gradient).
 const fn ref_len(rows: usize, refs: usize, dim: usize, params: BatchParams, grad: bool) -> usize {
-    let base = base_len(rows, refs, dim);
+    let base = base_len(rows, refs, dim, !matches!(params.mining, Mining::BatchHard));
     let extra = match params.mining {
         Mining::BatchHard | Mining::SemiHard => {
             let g = if grad { dim.saturating_mul(2) } else { 0 };
-            refs.saturating_mul(2).saturating_add(g)
+            refs.saturating_mul(2)
+                .saturating_add(ref_block(rows).saturating_mul(4))
+                .saturating_add(g)
         }
         Mining::All => {
             let g = if grad {
@@ -207,7 +216,9 @@ pub const fn triplet_batch_ref_loss_grad_workspace_len(
 /// one block of `min(rows, 128) x ref_rows` distances with its packing, and
 /// `2 ref_rows`. Saturates instead of overflowing.
 pub const fn mine_triplets_ref_workspace_len(rows: usize, ref_rows: usize, dim: usize) -> usize {
-    base_len(rows, ref_rows, dim).saturating_add(ref_rows.saturating_mul(2))
+    base_len(rows, ref_rows, dim, true)
+        .saturating_add(ref_rows.saturating_mul(2))
+        .saturating_add(ref_block(rows).saturating_mul(4))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -406,6 +417,98 @@ where
             j0 = j1;
         }
         f(i0, i1, out)?;
+        i0 = i1;
+    }
+    Ok(())
+}
+
+/// Emits the batch-hard triplets of a block of anchors `i0..` from its choices.
+struct EmitRefHard<'o, 'w, K> {
+    i0: usize,
+    st: &'o RefHardState<'w>,
+    sink: &'o mut K,
+}
+
+impl<K: Sink> Kernel for EmitRefHard<'_, '_, K> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
+        for (r, (&p, &q)) in self.st.pos_idx.iter().zip(self.st.neg_idx.iter()).enumerate() {
+            if p != NO_INDEX && q != NO_INDEX {
+                self.sink.triplet(s, self.i0 + r, p as usize, q as usize);
+            }
+        }
+    }
+}
+
+/// Batch-hard against the reference set without a block of whole rows: per block of
+/// anchors, `y` streams through in tiles of [`REF_TILE`] rows, each tile's distances
+/// (Gram form with the accuracy fix-up) updating the anchors' running choices while the
+/// tile is in cache; the block's triplets then go to `sink`, ascending anchors. `st`
+/// holds four arrays of `min(n, REF_BLOCK)`, `tile` `min(n, REF_BLOCK) * min(m,
+/// REF_TILE)` elements.
+#[allow(clippy::too_many_arguments)]
+fn ref_hard_sweep<K: Sink>(
+    backend: Backend,
+    x: &Matrix<'_>,
+    labels: &[u32],
+    refs: &RefSet<'_>,
+    metric: Metric,
+    (nx, ny): (&[f32], &[f32]),
+    st: &mut RefHardState<'_>,
+    tile: &mut [f32],
+    pack: &mut [f32],
+    sink: &mut K,
+) -> Result<(), Error> {
+    let y = &refs.y;
+    let (n, m) = (x.rows(), y.rows());
+    let mut i0 = 0;
+    while i0 < n {
+        let i1 = n.min(i0 + REF_BLOCK);
+        let ti = i1 - i0;
+        let xi = x.sub_rows(i0, i1)?;
+        let ni = nx.get(i0..i1).unwrap_or(&[]);
+        let mut block = RefHardState {
+            pos_val: st.pos_val.get_mut(..ti).unwrap_or(&mut []),
+            pos_idx: st.pos_idx.get_mut(..ti).unwrap_or(&mut []),
+            neg_val: st.neg_val.get_mut(..ti).unwrap_or(&mut []),
+            neg_idx: st.neg_idx.get_mut(..ti).unwrap_or(&mut []),
+        };
+        block.reset();
+        let mut j0 = 0;
+        while j0 < m {
+            let j1 = m.min(j0 + REF_TILE);
+            let tj = j1 - j0;
+            let actual = tile.len();
+            let t = tile.get_mut(..ti * tj).ok_or(Error::WorkspaceTooSmall {
+                required: ti * tj,
+                actual,
+            })?;
+            let yj = y.sub_rows(j0, j1)?;
+            let nj = ny.get(j0..j1).unwrap_or(&[]);
+            cross_distances_on(backend, xi, yj, metric, t, pack)?;
+            if fix_up(backend, metric, t, &xi, &yj, ni, nj, None) {
+                let direct = DistanceMode::Direct;
+                cross_distances_rows_on(backend, xi, yj, 0..ti, metric, direct, t, pack)?;
+            }
+            backend.dispatch(RefHardTile {
+                tile: t,
+                tj,
+                i0,
+                j0,
+                labels,
+                cand: refs.labels,
+                own: refs.self_index,
+                st: &mut block,
+            });
+            j0 = j1;
+        }
+        ref_hard_fallback(i0, labels, refs.labels, refs.self_index, &mut block);
+        backend.dispatch(EmitRefHard {
+            i0,
+            st: &block,
+            sink: &mut *sink,
+        });
         i0 = i1;
     }
     Ok(())
@@ -851,7 +954,12 @@ fn ref_pass(
     let ny = ws.take(m)?;
     metric_norms(backend, &y, metric, ny);
     let (nx, ny) = (&*nx, &*ny);
-    let block = ws.take(ref_block(n) * m)?;
+    let rows_len = if params.mining == Mining::BatchHard {
+        0
+    } else {
+        ref_block(n) * m
+    };
+    let block = ws.take(rows_len)?;
     let tile = ws.take(ref_block(n) * m.min(REF_TILE))?;
     match params.mining {
         Mining::BatchHard | Mining::SemiHard => {
@@ -876,7 +984,21 @@ fn ref_pass(
                 totals: Totals::default(),
                 grad,
             };
-            let hard = params.mining == Mining::BatchHard;
+            if params.mining == Mining::BatchHard {
+                let b = ref_block(n);
+                let mut st = RefHardState {
+                    pos_val: ws.take(b)?,
+                    pos_idx: ws.take_u32(b)?,
+                    neg_val: ws.take(b)?,
+                    neg_idx: ws.take_u32(b)?,
+                };
+                let pack = ws.rest();
+                let norms = (nx, ny);
+                ref_hard_sweep(
+                    backend, &x, labels, refs, metric, norms, &mut st, tile, pack, &mut acc,
+                )?;
+                return Ok(acc.totals);
+            }
             let pack = ws.rest();
             for_ref_blocks(
                 backend,
@@ -893,7 +1015,7 @@ fn ref_pass(
                         labels,
                         cand: refs.labels,
                         own: refs.self_index,
-                        hard,
+                        hard: false,
                         scratch: &mut *scratch,
                         sink: &mut acc,
                     });
@@ -1353,8 +1475,19 @@ pub fn mine_triplets_ref(
     let block = ws.take(ref_block(n) * m)?;
     let tile = ws.take(ref_block(n) * m.min(REF_TILE))?;
     let scratch = ws.take(2 * m)?;
+    let b = ref_block(n);
+    let mut st = RefHardState {
+        pos_val: ws.take(b)?,
+        pos_idx: ws.take_u32(b)?,
+        neg_val: ws.take(b)?,
+        neg_idx: ws.take_u32(b)?,
+    };
     let pack = ws.rest();
-    let hard = mining == Mining::BatchHard;
+    if mining == Mining::BatchHard {
+        let norms = (&*nx, &*ny);
+        ref_hard_sweep(backend, &x, labels, &refs, metric, norms, &mut st, tile, pack, &mut w)?;
+        return Ok(w.k);
+    }
     for_ref_blocks(
         backend,
         &x,
@@ -1370,7 +1503,7 @@ pub fn mine_triplets_ref(
                 labels,
                 cand: refs.labels,
                 own: refs.self_index,
-                hard,
+                hard: false,
                 scratch: &mut *scratch,
                 sink: &mut w,
             });
