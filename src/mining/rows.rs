@@ -355,17 +355,21 @@ impl Kernel for RefHardTile<'_, '_, '_> {
                 *n = if mine & !same { v } else { f32::INFINITY };
             }
             let k = argmax(s, pb);
-            if let (Some(&v), Some(sv), Some(si)) =
-                (pb.get(k as usize), st.pos_val.get_mut(r), st.pos_idx.get_mut(r))
-            {
+            if let (Some(&v), Some(sv), Some(si)) = (
+                pb.get(k as usize),
+                st.pos_val.get_mut(r),
+                st.pos_idx.get_mut(r),
+            ) {
                 if *si == NO_INDEX || v > *sv {
                     (*sv, *si) = (v, (j0 + k as usize) as u32);
                 }
             }
             let k = argmin(s, nb);
-            if let (Some(&v), Some(sv), Some(si)) =
-                (nb.get(k as usize), st.neg_val.get_mut(r), st.neg_idx.get_mut(r))
-            {
+            if let (Some(&v), Some(sv), Some(si)) = (
+                nb.get(k as usize),
+                st.neg_val.get_mut(r),
+                st.neg_idx.get_mut(r),
+            ) {
                 if *si == NO_INDEX || v < *sv {
                     (*sv, *si) = (v, (j0 + k as usize) as u32);
                 }

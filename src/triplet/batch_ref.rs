@@ -2,14 +2,15 @@
 //! positives and negatives from another, `y` (a cross-batch memory, a gathered global
 //! batch, a gallery), with an optional per-anchor row of `y` that is the anchor itself.
 //!
-//! Anchors go in blocks of up to [`REF_BLOCK`] rows; each block's distances to every row
-//! of `y` are computed at once ([`cross_distances_rows`](crate::cross_distances_rows) in
-//! Gram form with the accuracy fix-up), every anchor is mined from its row
-//! ([`RefRowBlock`] for batch-hard and semi-hard, [`RefAllBlock`] for batch-all), and the
-//! block is dropped: no `n x m` matrix is held. Batch-hard and semi-hard recompute the two
-//! distances of each selected triplet directly and update its three rows in one pass
-//! ([`RefAcc`]); batch-all turns each anchor's pair coefficients into a row of a GEMM, as
-//! the in-batch loss does.
+//! Anchors go in blocks of up to [`REF_BLOCK`] rows and `y` streams through in tiles of
+//! [`REF_TILE`] rows, each tile's distances computed in Gram form with the accuracy
+//! fix-up while both sides are in cache. Batch-hard mines each tile at once
+//! ([`ref_hard_sweep`]: the running choices of the block's anchors); semi-hard
+//! ([`RefRowBlock`]) and batch-all ([`RefAllBlock`]) copy the tiles into a block of whole
+//! rows first, since each anchor needs its whole row. No `n x m` matrix is held.
+//! Batch-hard and semi-hard recompute the two distances of each selected triplet directly
+//! and update its three rows in one pass ([`RefAcc`]); batch-all turns each anchor's pair
+//! coefficients into a row of a GEMM, as the in-batch loss does.
 
 use super::batch::Totals;
 use super::batch_all::{list_label, relu_group, soft_pair, GROUP};
@@ -31,7 +32,7 @@ use crate::validate::{check_len, check_rows, check_workspace};
 use crate::workspace::{max_len, min_len, Carve};
 
 /// Anchor rows per block of the reference forms.
-pub(crate) const REF_BLOCK: usize = 128;
+pub(crate) const REF_BLOCK: usize = 256;
 /// Candidate rows per tile of the reference forms' distance sweep.
 pub(crate) const REF_TILE: usize = 256;
 
@@ -185,11 +186,19 @@ const fn ref_len(rows: usize, refs: usize, dim: usize, params: BatchParams, grad
 
 /// Workspace elements that [`triplet_batch_ref_loss`] needs for `rows` anchors and
 /// `ref_rows` candidates of dimension `dim` under `params`; no `rows x ref_rows` matrix.
-/// With `b = min(rows, 128)`: the norms (`rows + ref_rows`), one block of `b x ref_rows`
-/// distances and its packing ([`crate::cross_distances_rows_workspace_len`]`(b, ref_rows,
-/// dim)`, about `(b + ref_rows) (dim + 1)`), and `2 ref_rows` of mining scratch. For 256
-/// queries against 8,448 candidates of dimension 128: about `2.2e6` elements (8.6 MiB),
-/// against `2.2e6` for the two sets themselves. Saturates instead of overflowing.
+/// With `b = min(rows, 256)` and `t = min(ref_rows, 256)`: the norms (`rows + ref_rows`),
+/// one `b x t` tile of distances and its packing
+/// ([`crate::cross_distances_workspace_len`]`(b, t, dim)`, about `(b + t) (dim + 1)`),
+/// `2 ref_rows` of mining scratch, and
+///
+/// - [`Mining::BatchHard`]: `4 b` for the running choices (the tiles are mined as they
+///   are computed);
+/// - [`Mining::SemiHard`], [`Mining::All`]: one block of `b x ref_rows` whole distance
+///   rows (each anchor needs its whole row).
+///
+/// For 256 queries against 8,192 candidates of dimension 128, batch-hard: about `0.15e6`
+/// elements (0.6 MiB), against `1.1e6` for the candidates themselves. Saturates instead
+/// of overflowing.
 pub const fn triplet_batch_ref_loss_workspace_len(
     rows: usize,
     ref_rows: usize,
@@ -212,9 +221,9 @@ pub const fn triplet_batch_ref_loss_grad_workspace_len(
     ref_len(rows, ref_rows, dim, params, true)
 }
 
-/// Workspace elements that [`mine_triplets_ref`] needs, whatever the mining: the norms,
-/// one block of `min(rows, 128) x ref_rows` distances with its packing, and
-/// `2 ref_rows`. Saturates instead of overflowing.
+/// Workspace elements that [`mine_triplets_ref`] needs, whatever the mining: those of
+/// [`triplet_batch_ref_loss_workspace_len`] for semi-hard plus the `4 b` of batch-hard's
+/// running choices. Saturates instead of overflowing.
 pub const fn mine_triplets_ref_workspace_len(rows: usize, ref_rows: usize, dim: usize) -> usize {
     base_len(rows, ref_rows, dim, true)
         .saturating_add(ref_rows.saturating_mul(2))
@@ -433,7 +442,13 @@ impl<K: Sink> Kernel for EmitRefHard<'_, '_, K> {
     type Output = ();
     #[inline(always)]
     fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
-        for (r, (&p, &q)) in self.st.pos_idx.iter().zip(self.st.neg_idx.iter()).enumerate() {
+        for (r, (&p, &q)) in self
+            .st
+            .pos_idx
+            .iter()
+            .zip(self.st.neg_idx.iter())
+            .enumerate()
+        {
             if p != NO_INDEX && q != NO_INDEX {
                 self.sink.triplet(s, self.i0 + r, p as usize, q as usize);
             }
@@ -1178,7 +1193,8 @@ fn ref_impl(
 /// (and the current batch, with `self_index`), and one worker's share of a data-parallel
 /// batch when `x` is its local rows and `y` the gathered global batch.
 ///
-/// Anchors go in blocks of up to 128 rows against all of `y` (no `n x m` matrix).
+/// Anchors go in blocks of up to 256 rows, `y` streams through in tiles of 256 rows
+/// (no `n x m` matrix).
 /// `params.normalize` must be `false`: normalise `x` and `y` first
 /// ([`crate::l2_normalize`]) and chain the gradient ([`crate::l2_normalize_backward`]).
 /// Scalar twin: [`crate::scalar::triplet_batch_ref_loss`]; with gradients:
@@ -1485,7 +1501,9 @@ pub fn mine_triplets_ref(
     let pack = ws.rest();
     if mining == Mining::BatchHard {
         let norms = (&*nx, &*ny);
-        ref_hard_sweep(backend, &x, labels, &refs, metric, norms, &mut st, tile, pack, &mut w)?;
+        ref_hard_sweep(
+            backend, &x, labels, &refs, metric, norms, &mut st, tile, pack, &mut w,
+        )?;
         return Ok(w.k);
     }
     for_ref_blocks(
