@@ -256,7 +256,7 @@ fn train(
                 }
                 // The one-thread call on the same embeddings, for comparison.
                 let one =
-                    triplet_batch_loss_grad(e, &lb, params, &mut check, &mut ws).expect("loss");
+                    triplet_batch_loss_grad(e, lb, params, &mut check, &mut ws).expect("loss");
                 let gmax = check
                     .iter()
                     .fold(0.0_f32, |m, v| m.max(v.abs()))

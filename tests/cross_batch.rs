@@ -426,6 +426,7 @@ fn blocked(
 
 /// A P x K batch (`classes` classes of `k` rows) of integer-valued rows, with a memory
 /// of `mem` more rows in front: `y = concat(memory, x)`, `self_index[a] = mem + a`.
+#[allow(clippy::type_complexity)]
 fn xbm_case(
     classes: u32,
     k: usize,

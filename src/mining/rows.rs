@@ -215,8 +215,8 @@ impl<K: Sink> Kernel for RefRowBlock<'_, '_, K> {
                     .enumerate()
                 {
                     let mine = j != skip;
-                    let pos = mine & (l == la);
-                    let neg = mine & (l != la);
+                    let pos = (u8::from(mine) & u8::from(l == la)) != 0;
+                    let neg = (u8::from(mine) & u8::from(l != la)) != 0;
                     *p = if pos { v } else { f32::NEG_INFINITY };
                     *q = if neg { v } else { f32::INFINITY };
                 }
@@ -238,7 +238,8 @@ impl<K: Sink> Kernel for RefRowBlock<'_, '_, K> {
             // Semi-hard: the row's negatives, every other entry -inf (never the farthest,
             // never beyond a positive).
             for (j, ((m_, &v), &l)) in first.iter_mut().zip(row).zip(cand).enumerate() {
-                let neg = (j != skip) & (l != la);
+                // Non-short-circuit on purpose: branch-free selects vectorise.
+                let neg = (u8::from(j != skip) & u8::from(l != la)) != 0;
                 *m_ = if neg { v } else { f32::NEG_INFINITY };
             }
             let first_neg = cand
@@ -349,10 +350,11 @@ impl Kernel for RefHardTile<'_, '_, '_> {
                 .zip(row.iter().zip(cl))
                 .enumerate()
             {
-                let mine = c != skip;
-                let same = lb == la;
-                *p = if mine & same { v } else { f32::NEG_INFINITY };
-                *n = if mine & !same { v } else { f32::INFINITY };
+                // Non-short-circuit on purpose: branch-free selects vectorise.
+                let (mine, same) = (u8::from(c != skip), u8::from(lb == la));
+                let (pos, neg) = ((mine & same) != 0, (mine & (1 - same)) != 0);
+                *p = if pos { v } else { f32::NEG_INFINITY };
+                *n = if neg { v } else { f32::INFINITY };
             }
             let k = argmax(s, pb);
             if let (Some(&v), Some(sv), Some(si)) = (

@@ -210,14 +210,13 @@ fn ref64(
         for (s, &g) in xs.iter_mut().zip(gx.iter()) {
             *s = if accumulate { g } else { 0.0 };
         }
-        let mut gy = gy;
         if let Some(gy) = gy.as_deref() {
             for (s, &g) in ys.iter_mut().zip(gy.iter()) {
                 *s = if accumulate { g } else { 0.0 };
             }
         }
         let mut ax = Acc64::new(gx, xl)?.0;
-        let mut ay = match gy.as_deref_mut() {
+        let mut ay = match gy {
             Some(gy) => Some(Acc64::new(gy, yl)?.0),
             None => None,
         };

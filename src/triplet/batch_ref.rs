@@ -755,7 +755,7 @@ impl Kernel for RefAllBlock<'_, '_> {
             let skip = own_of(own, a);
             let mut negs = 0_u32;
             for (j, ((mk, &v), &l)) in masked.iter_mut().zip(row.iter()).zip(cand).enumerate() {
-                let neg = (l != la) & (j != skip);
+                let neg = (u8::from(l != la) & u8::from(j != skip)) != 0;
                 *mk = if neg { v } else { f32::NAN };
                 negs += u32::from(neg);
             }
