@@ -1237,8 +1237,9 @@ fn ref_impl(
 /// let mut ws = [0.0_f32; triplet_batch_ref_loss_workspace_len(2, 4, 1, P)];
 /// let out = triplet_batch_ref_loss(x, &[0, 1], RefSet::new(y, &[0, 0, 1, 1]), P, &mut ws)?;
 /// // Anchor 0: farthest positive 3 (y_1), nearest negative 1.5 (y_2): 3 - 1.5 + 1 = 2.5.
-/// // Anchor 4: farthest positive 6 (y_3, at 2), nearest negative 3 (y_1, at 1): 2 - 1 + 1 = 2.
-/// assert_eq!((out.loss, out.num_triplets), (4.5, 2));
+/// // Anchor 4: farthest positive 1.5 (y_2, at 2.5), nearest negative 3 (y_1, at 1):
+/// // 2.5 - 1 + 1 = 2.5.
+/// assert_eq!((out.loss, out.num_triplets), (5.0, 2));
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
 #[cfg_attr(feature = "no-panic", no_panic::no_panic)]
@@ -1303,7 +1304,7 @@ pub fn triplet_batch_ref_loss(
 /// let x = Matrix::new(&[0.0, 4.0], 2, 1)?;
 /// let y = Matrix::new(&[1.0, 3.0, 1.5, 6.0], 4, 1)?;
 /// const P: BatchParams = BatchParams::new()
-///     .with_metric(Metric::Euclidean)
+///     .with_metric(Metric::SquaredEuclidean)
 ///     .with_mining(Mining::BatchHard)
 ///     .with_margin(1.0)
 ///     .with_reduction(Reduction::Sum);
@@ -1311,10 +1312,11 @@ pub fn triplet_batch_ref_loss(
 /// let mut ws = [0.0_f32; triplet_batch_ref_loss_grad_workspace_len(2, 4, 1, P)];
 /// let refs = RefSet::new(y, &[0, 0, 1, 1]);
 /// let out = triplet_batch_ref_loss_grad(x, &[0, 1], refs, P, RefGrad::new(&mut gx).with_y(&mut gy), &mut ws)?;
-/// assert_eq!(out.loss, 4.5);
-/// // Triplets (0; y1, y2) and (1; y3, y1); d|a - b|/da = sign(a - b).
-/// assert_eq!(gx, [-1.0 + 1.0, -1.0 - 1.0]);
-/// assert_eq!(gy, [0.0, 1.0 + 1.0, -1.0, 1.0]);
+/// // Triplets (0; y1, y2) and (1; y2, y1): (9 - 2.25 + 1) + (6.25 - 1 + 1).
+/// assert_eq!(out.loss, 14.0);
+/// // d|a - b|^2/da = 2 (a - b), d/db = -2 (a - b).
+/// assert_eq!(gx, [2.0 * (0.0 - 3.0) - 2.0 * (0.0 - 1.5), 2.0 * (4.0 - 1.5) - 2.0 * (4.0 - 3.0)]);
+/// assert_eq!(gy, [0.0, 6.0 + 2.0, -3.0 - 5.0, 0.0]);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
 #[cfg_attr(feature = "no-panic", no_panic::no_panic)]
@@ -1450,7 +1452,7 @@ pub(crate) fn check_mine_ref_args(
 /// let mut ws = [0.0_f32; mine_triplets_ref_workspace_len(2, 4, 1)];
 /// let refs = RefSet::new(y, &[0, 0, 1, 1]);
 /// let k = mine_triplets_ref(x, &[0, 1], refs, Metric::Euclidean, Mining::BatchHard, &mut out, &mut ws)?;
-/// assert_eq!(&out[..k], [Triplet::new(0, 1, 2), Triplet::new(1, 3, 1)]);
+/// assert_eq!(&out[..k], [Triplet::new(0, 1, 2), Triplet::new(1, 2, 1)]);
 /// # Ok::<(), triplet_kernels::Error>(())
 /// ```
 #[cfg_attr(feature = "no-panic", no_panic::no_panic)]
