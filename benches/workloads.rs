@@ -358,5 +358,127 @@ fn edge(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, w1, row_blocks, batch_losses, retrieval, edge);
+// ---------------------------------------------------------------------------------------
+// X1 and W5_2threads: the reference forms. X1 is one step of a cross-batch memory (XBM):
+// 256 queries against a memory of 8,192 rows that already holds them at its end
+// (`self_index`), batch-hard, Euclidean on L2-normalised rows (pytorch-metric-learning's
+// `CrossBatchMemory(TripletMarginLoss(), memory_size=8192, miner=BatchHardMiner())`
+// computes this; benches/anchors/pml_xbm.py times it). The memory stores normalised rows
+// (normalised once, when enqueued); the step normalises the queries, runs the loss with
+// the gradient for the queries alone (the memory is detached) and chains it through the
+// normalisation. W5_2threads is W5's batch split in two blocks of anchors, each on its
+// own thread against the whole batch (`y = x`), reduced with `Reduction::Sum`; the
+// gradient is then the sum of each block's anchor rows and both blocks' candidate
+// gradients, scaled by the combined weight, as a data-parallel trainer's all-reduce
+// forms it. Throughput: queries (X1) or rows (W5) per second.
+
+fn cross_batch(c: &mut Criterion) {
+    use std::time::Duration;
+    use triplet_kernels::{
+        combine_batch_losses, l2_normalize, l2_normalize_backward, triplet_batch_ref_loss_grad,
+        triplet_batch_ref_loss_grad_workspace_len, BatchParams, GradMode, Hinge, Metric, Mining,
+        Reduction, RefGrad, RefSet,
+    };
+    let mut g = c.benchmark_group("workloads");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+
+    // X1.
+    let (q, m, d) = (256, 8192, 128);
+    let queries = workloads::normal(q * d, 11);
+    let mut memory = workloads::normal(m * d, 12);
+    for row in memory.chunks_exact_mut(d) {
+        let n = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        row.iter_mut().for_each(|v| *v /= n);
+    }
+    let labels: Vec<u32> = (0..q as u32).map(|i| i % 64).collect();
+    let mut y_labels: Vec<u32> = (0..m as u32).map(|j| j % 64).collect();
+    y_labels[m - q..].copy_from_slice(&labels);
+    let own: Vec<u32> = (0..q as u32).map(|a| (m - q) as u32 + a).collect();
+    let params = BatchParams::new()
+        .with_metric(Metric::Euclidean)
+        .with_mining(Mining::BatchHard)
+        .with_margin(0.05)
+        .with_hinge(Hinge::Relu)
+        .with_reduction(Reduction::MeanNonzero);
+    let mut ws = vec![0.0_f32; triplet_batch_ref_loss_grad_workspace_len(q, m, d, params)];
+    let (mut gn, mut gx) = (vec![0.0_f32; q * d], vec![0.0_f32; q * d]);
+    let x = Matrix::new(&queries, q, d).unwrap();
+    g.throughput(Throughput::Elements(q as u64));
+    g.bench_function("X1_batch_hard_xbm_fwd_bwd_q256_m8192_d128", |b| {
+        b.iter(|| {
+            // Enqueue: the normalised queries are the memory's last rows.
+            l2_normalize(black_box(x), &mut memory[(m - q) * d..]).unwrap();
+            let y = Matrix::new(&memory, m, d).unwrap();
+            let xn = Matrix::new(&memory[(m - q) * d..], q, d).unwrap();
+            let refs = RefSet::new(y, &y_labels).with_self_index(&own);
+            let out = triplet_batch_ref_loss_grad(
+                xn,
+                &labels,
+                refs,
+                params,
+                RefGrad::new(&mut gn),
+                &mut ws,
+            )
+            .unwrap();
+            l2_normalize_backward(x, &gn, &mut gx).unwrap();
+            out
+        });
+    });
+
+    // W5 in two anchor blocks on two threads.
+    let w = workload("W5_batch_hard_fwd_bwd_n4096_d256");
+    let (n, d) = (w.n, w.d);
+    let xd = w.data();
+    let x = Matrix::new(&xd, n, d).unwrap();
+    let labels = w.labels().unwrap();
+    let whole = w.batch_params().unwrap();
+    let sum = whole.with_reduction(Reduction::Sum);
+    let half = n / 2;
+    let own: Vec<u32> = (0..n as u32).collect();
+    let mut grad = vec![0.0_f32; n * d];
+    let mut gy0 = vec![0.0_f32; n * d];
+    let mut gy1 = vec![0.0_f32; n * d];
+    let wlen = triplet_batch_ref_loss_grad_workspace_len(half, n, d, sum);
+    let (mut ws0, mut ws1) = (vec![0.0_f32; wlen], vec![0.0_f32; wlen]);
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function(format!("{}_2threads", w.id), |b| {
+        b.iter(|| {
+            let (g0, g1) = grad.split_at_mut(half * d);
+            let (y0, y1) = (&mut gy0, &mut gy1);
+            let (w0, w1) = (&mut ws0, &mut ws1);
+            let (labels, own) = (&labels, &own);
+            // One worker: its anchors `r0..r1` against the gathered batch.
+            let work = |r0: usize, r1: usize, gx: &mut [f32], gy: &mut [f32], ws: &mut [f32]| {
+                let xb = Matrix::new(&xd[r0 * d..r1 * d], r1 - r0, d).unwrap();
+                let refs = RefSet::new(black_box(x), labels).with_self_index(&own[r0..r1]);
+                let grad = RefGrad::new(gx).with_y(gy).with_mode(GradMode::Overwrite);
+                triplet_batch_ref_loss_grad(xb, &labels[r0..r1], refs, sum, grad, ws).unwrap()
+            };
+            let (b0, b1) = std::thread::scope(|sc| {
+                let t = sc.spawn(|| work(0, half, g0, y0, w0));
+                let b1 = work(half, n, g1, y1, w1);
+                (t.join().unwrap(), b1)
+            });
+            // The all-reduce: candidate gradients summed, added to the anchor rows, scaled.
+            let (total, wt) = combine_batch_losses(&[b0, b1], whole.reduction);
+            for ((g, &a), &b) in grad.iter_mut().zip(&gy0).zip(&gy1) {
+                *g = (*g + a + b) * wt;
+            }
+            total
+        });
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    w1,
+    row_blocks,
+    batch_losses,
+    retrieval,
+    edge,
+    cross_batch
+);
 criterion_main!(benches);

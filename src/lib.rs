@@ -59,6 +59,12 @@
 //!   mining and reducing in one call ([`BatchParams`], returning a [`BatchLoss`]).
 //! - [`triplet_batch_loss_grad`] / [`triplet_batch_loss_grad_workspace_len`]: the same
 //!   with its gradient.
+//! - [`triplet_batch_ref_loss`] / [`triplet_batch_ref_loss_grad`] and their
+//!   `*_workspace_len`: anchors against a separate candidate set ([`RefSet`]: a cross-batch
+//!   memory, a gathered data-parallel batch), gradients for both ([`RefGrad`],
+//!   [`GradMode`]); [`mine_triplets_ref`] / [`mine_triplets_ref_count`] /
+//!   [`mine_triplets_ref_workspace_len`]: their triplets; [`combine_batch_losses`]: blocks
+//!   of anchors computed separately reduced to the whole batch.
 //!
 //! **[Contrastive loss](contrastive)** ([`ContrastiveParams`], [`ContrastiveForm`],
 //! [`ContrastiveReduction`])
@@ -310,6 +316,12 @@ pub use retrieval::{
     retrieval_metrics_workspace_len, RetrievalMetrics,
 };
 pub use simd::{reset_backend, set_backend, Backend};
+pub use triplet::{
+    combine_batch_losses, mine_triplets_ref, mine_triplets_ref_count,
+    mine_triplets_ref_workspace_len, triplet_batch_ref_loss, triplet_batch_ref_loss_grad,
+    triplet_batch_ref_loss_grad_workspace_len, triplet_batch_ref_loss_workspace_len, GradMode,
+    RefGrad, RefSet,
+};
 pub use triplet::{
     triplet_batch_loss, triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
     triplet_batch_loss_workspace_len, triplet_margin_loss, triplet_margin_loss_grad,

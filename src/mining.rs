@@ -70,6 +70,7 @@ pub(crate) mod threshold;
 
 pub(crate) use hard::{hard_len, hard_sweep, EmitHard, HardState, TILE};
 pub(crate) use rows::{block_rows, for_row_blocks, rows_len, SemiBlock};
+pub(crate) use rows::{ref_hard_fallback, RefHardState, RefHardTile, RefRowBlock};
 
 pub(crate) use multi_similarity::check_ms_mine;
 pub use multi_similarity::{

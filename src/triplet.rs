@@ -68,12 +68,19 @@
 
 mod batch;
 mod batch_all;
+mod batch_ref;
 mod explicit;
 mod per_triplet;
 
 pub use batch::{
     triplet_batch_loss, triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
     triplet_batch_loss_workspace_len,
+};
+pub(crate) use batch_ref::{check_mine_ref_args, check_ref_args, check_y_rows, ref_count};
+pub use batch_ref::{
+    mine_triplets_ref, mine_triplets_ref_count, mine_triplets_ref_workspace_len,
+    triplet_batch_ref_loss, triplet_batch_ref_loss_grad, triplet_batch_ref_loss_grad_workspace_len,
+    triplet_batch_ref_loss_workspace_len, GradMode, RefGrad, RefSet,
 };
 #[allow(deprecated)]
 pub use explicit::triplet_margin_workspace_len;
@@ -357,6 +364,64 @@ pub struct BatchLoss {
     /// for the soft margin (see the [module docs](self)). The divisor of
     /// [`Reduction::MeanNonzero`].
     pub num_active: usize,
+    /// The unreduced sum of the selected terms, in `f64`, before the reduction's weight:
+    /// with the two counts, what blocks of anchors computed separately add up to the
+    /// whole batch's loss ([`combine_batch_losses`]).
+    pub sum: f64,
+}
+
+/// Combines the [`BatchLoss`]es of blocks of anchors computed separately (on threads or
+/// on other machines, each over its own anchors against the same candidates) into the
+/// loss of the whole batch:
+///
+/// ```text
+/// S = sum_b sum_b,   K = sum_b num_triplets_b,   A = sum_b num_active_b,
+/// w = reduction.weight(K, A)   (1 for sum, 1 / K for mean, 1 / A for mean_nonzero, 0 / 0 = 0)
+/// loss = S * w
+/// ```
+///
+/// Returns the combined [`BatchLoss`] and `w`: gradients of the blocks computed with
+/// [`Reduction::Sum`] (their sums, [`GradMode::Accumulate`] into shared buffers or added
+/// up by an all-reduce) times `w` are the whole batch's gradient. The parts are added in
+/// the given order; the loss is rounded to `f32` once, as the single call rounds it.
+///
+/// # Numerics
+///
+/// `S` in `f64`, so it differs from the single call's sum (added anchor by anchor) by at
+/// most `k 2^-53` times the sum of the term magnitudes; where the sums are exact (for
+/// example integer terms) the combined loss equals the single call's bit for bit.
+///
+/// # Example
+///
+/// ```
+/// use triplet_kernels::{combine_batch_losses, triplet_batch_ref_loss};
+/// use triplet_kernels::{triplet_batch_ref_loss_workspace_len, BatchParams, Matrix, RefSet, Reduction};
+/// let y = Matrix::new(&[0.0, 1.0, 1.5, 4.0], 4, 1)?;
+/// let labels = [0, 0, 1, 1];
+/// const P: BatchParams = BatchParams::new().with_margin(1.0).with_reduction(Reduction::Sum);
+/// let mut ws = [0.0_f32; triplet_batch_ref_loss_workspace_len(4, 4, 1, P)];
+/// let refs = RefSet::new(y, &labels).with_self_index(&[0, 1, 2, 3]);
+/// let whole = triplet_batch_ref_loss(y, &labels, refs, P.with_reduction(Reduction::Mean), &mut ws)?;
+/// // Two blocks of anchors, rows 0..2 and 2..4, each against the whole set.
+/// let lo = Matrix::new(&[0.0, 1.0], 2, 1)?;
+/// let hi = Matrix::new(&[1.5, 4.0], 2, 1)?;
+/// let b0 = triplet_batch_ref_loss(lo, &labels[..2], refs.with_self_index(&[0, 1]), P, &mut ws)?;
+/// let b1 = triplet_batch_ref_loss(hi, &labels[2..], refs.with_self_index(&[2, 3]), P, &mut ws)?;
+/// let (all, w) = combine_batch_losses(&[b0, b1], Reduction::Mean);
+/// assert_eq!((all.loss, all.num_triplets, w), (whole.loss, 4, 0.25));
+/// # Ok::<(), triplet_kernels::Error>(())
+/// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
+pub fn combine_batch_losses(parts: &[BatchLoss], reduction: Reduction) -> (BatchLoss, f32) {
+    let mut total = BatchLoss::default();
+    for p in parts {
+        total.sum += p.sum;
+        total.num_triplets = total.num_triplets.saturating_add(p.num_triplets);
+        total.num_active = total.num_active.saturating_add(p.num_active);
+    }
+    let w = reduction.weight(total.num_triplets, total.num_active);
+    total.loss = (total.sum * f64::from(w)) as f32;
+    (total, w)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -412,13 +477,8 @@ pub(crate) fn check_triplet_args(
 /// Largest `|margin|` of the batch losses: `2^100` (about `1.3e30`).
 pub(crate) const MARGIN_MAX: f32 = 1.267_650_6e30;
 
-/// Checks every argument of a batch loss except the gradient and the workspace; returns
-/// `n`.
-pub(crate) fn check_batch_args(
-    x: &Matrix<'_>,
-    labels: &[u32],
-    params: &BatchParams,
-) -> Result<usize, Error> {
+/// Checks the parameters of a batch loss (the margin).
+pub(crate) fn check_batch_args_params(params: &BatchParams) -> Result<(), Error> {
     // |margin| <= 2^100 keeps batch-all's f32 row sums of hinge terms finite (see
     // `Error::TooLarge` for the data side of the same rule).
     let margin_ok = params.margin.abs() <= MARGIN_MAX;
@@ -428,6 +488,17 @@ pub(crate) fn check_batch_args(
             expected: "finite, |margin| <= 2^100",
         });
     }
+    Ok(())
+}
+
+/// Checks every argument of a batch loss except the gradient and the workspace; returns
+/// `n`.
+pub(crate) fn check_batch_args(
+    x: &Matrix<'_>,
+    labels: &[u32],
+    params: &BatchParams,
+) -> Result<usize, Error> {
+    check_batch_args_params(params)?;
     let n = check_labels(x, labels)?;
     check_triplet_count(labels, params.mining)?;
     Ok(n)

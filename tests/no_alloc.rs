@@ -443,3 +443,46 @@ fn nce_losses_do_not_allocate() {
     });
     assert_eq!(n, 0);
 }
+
+#[test]
+fn reference_forms_do_not_allocate() {
+    let (xd, labels) = batch();
+    let x = Matrix::new(&xd[..10 * 11], 10, 11).unwrap();
+    let y = Matrix::new(&xd, 24, 11).unwrap();
+    let own: Vec<u32> = (0..10).collect();
+    let mut ws = vec![0.0_f32; 1 << 16];
+    let mut gx = vec![0.0_f32; 10 * 11];
+    let mut gy = vec![0.0_f32; 24 * 11];
+    let mut out = vec![tk::Triplet::default(); 1024];
+    let n = count(|| {
+        for metric in [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine] {
+            for mining in [tk::Mining::All, tk::Mining::BatchHard, tk::Mining::SemiHard] {
+                for red in [Reduction::Sum, Reduction::Mean, Reduction::MeanNonzero] {
+                    let p = tk::BatchParams::new()
+                        .with_metric(metric)
+                        .with_mining(mining)
+                        .with_reduction(red);
+                    let refs = tk::RefSet::new(y, &labels).with_self_index(&own);
+                    let lab = &labels[..10];
+                    tk::triplet_batch_ref_loss(x, lab, refs, p, &mut ws).unwrap();
+                    tk::scalar::triplet_batch_ref_loss(x, lab, refs, p, &mut ws).unwrap();
+                    for mode in [tk::GradMode::Overwrite, tk::GradMode::Accumulate] {
+                        let g = tk::RefGrad::new(&mut gx).with_y(&mut gy).with_mode(mode);
+                        tk::triplet_batch_ref_loss_grad(x, lab, refs, p, g, &mut ws).unwrap();
+                        let g = tk::RefGrad::new(&mut gx).with_mode(mode);
+                        tk::scalar::triplet_batch_ref_loss_grad(x, lab, refs, p, g, &mut ws)
+                            .unwrap();
+                    }
+                    tk::mine_triplets_ref(x, lab, refs, metric, mining, &mut out, &mut ws).unwrap();
+                    tk::scalar::mine_triplets_ref(x, lab, refs, metric, mining, &mut out, &mut ws)
+                        .unwrap();
+                    tk::mine_triplets_ref_count(lab, &labels, Some(&own), mining).unwrap();
+                    tk::scalar::mine_triplets_ref_count(lab, &labels, Some(&own), mining).unwrap();
+                }
+            }
+        }
+        let parts = [tk::BatchLoss::default(); 3];
+        tk::combine_batch_losses(&parts, Reduction::Mean);
+    });
+    assert_eq!(n, 0);
+}

@@ -34,8 +34,11 @@ use testkit::triplet_def::{
     mined, normalized_dv_extra, through_normalization, Allow, Eval,
 };
 use triplet_kernels::{
-    l2_normalize, mine_triplets_count, scalar, BatchParams, Error, Hinge, Matrix, Metric, Mining,
-    Reduction, Triplet, TripletParams,
+    combine_batch_losses, l2_normalize, mine_triplets_count, mine_triplets_ref_count, scalar,
+    triplet_batch_ref_loss, triplet_batch_ref_loss_grad,
+    triplet_batch_ref_loss_grad_workspace_len, triplet_batch_ref_loss_workspace_len, BatchLoss,
+    BatchParams, Error, GradMode, Hinge, Matrix, Metric, Mining, RefGrad, RefSet, Reduction,
+    Triplet, TripletParams, NO_INDEX,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -359,6 +362,123 @@ fn batch_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
     assert_close("batch grad", &fg, &sg, |k| tol[k / d]);
 }
 
+// ---------------------------------------------------------------------------------------
+// Reference forms (anchors against a separate candidate set).
+
+/// One run of the reference-form loss with both gradients, the buffers first filled with
+/// `garbage`.
+fn ref_run(
+    x: Matrix<'_>,
+    labels: &[u32],
+    refs: RefSet<'_>,
+    p: BatchParams,
+    fast: bool,
+    mode: GradMode,
+    garbage: f32,
+) -> Result<(BatchLoss, Vec<f32>, Vec<f32>), Error> {
+    let (n, m, d) = (x.rows(), refs.y.rows(), x.dim());
+    let (mut gx, mut gy) = (vec![garbage; n * d], vec![garbage; m * d]);
+    let len = if fast {
+        triplet_batch_ref_loss_grad_workspace_len(n, m, d, p)
+    } else {
+        scalar::triplet_batch_ref_loss_grad_workspace_len(n, m, d, p)
+    };
+    let mut ws = vec![garbage; len];
+    let g = RefGrad::new(&mut gx).with_y(&mut gy).with_mode(mode);
+    let out = if fast {
+        triplet_batch_ref_loss_grad(x, labels, refs, p, g, &mut ws)?
+    } else {
+        scalar::triplet_batch_ref_loss_grad(x, labels, refs, p, g, &mut ws)?
+    };
+    Ok((out, gx, gy))
+}
+
+/// Anchors `x` against candidates drawn from the same generator (some of them copies of
+/// the anchors, as a cross-batch memory holds them): fast and twin agree on `Ok`/`Err`
+/// and on the counts; accepted inputs give finite results, unchanged by garbage in the
+/// buffers; the forward call agrees with the fused one; splitting the anchors in two
+/// blocks ([`combine_batch_losses`]) gives the whole call's counts.
+fn ref_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
+    let (n, d) = (x.rows(), x.dim());
+    let extra = g.range(0, 24);
+    let mut yd = g.values(regime, extra * d);
+    yd.extend_from_slice(xd);
+    let m = extra + n;
+    let y = Matrix::new(&yd, m, d).unwrap();
+    let classes = g.range(1, 5);
+    let labels = g.labels(n, classes);
+    let mut y_labels = g.labels(extra, classes);
+    y_labels.extend_from_slice(&labels);
+    let own: Vec<u32> = (0..n)
+        .map(|a| {
+            if g.byte() < 8 {
+                NO_INDEX
+            } else {
+                (extra + a) as u32
+            }
+        })
+        .collect();
+    let mut refs = RefSet::new(y, &y_labels);
+    if g.bool() {
+        refs = refs.with_self_index(&own);
+    }
+    let p = BatchParams::new()
+        .with_metric(g.metric())
+        .with_mining(g.mining())
+        .with_margin(g.param(regime, -0.5, 2.0))
+        .with_hinge(g.hinge())
+        .with_reduction(g.reduction());
+    let mode = if g.bool() {
+        GradMode::Overwrite
+    } else {
+        GradMode::Accumulate
+    };
+    let garbage = g.garbage();
+    if dump() {
+        eprintln!("triplet_batch_ref: n {n} m {m} d {d} {p:?} {mode:?}\nx {xd:?}\ny {yd:?}");
+    }
+    let f = ref_run(x, &labels, refs, p, true, mode, garbage);
+    let s = ref_run(x, &labels, refs, p, false, mode, garbage);
+    let ((f, fx, fy), (s, sx, sy)) = match (f, s) {
+        (Err(ef), Err(es)) => {
+            assert_eq!(ef, es, "fast and twin refuse differently");
+            return;
+        }
+        (Ok(f), Ok(s)) => (f, s),
+        (f, s) => panic!("fast {:?} vs twin {:?}", f.err(), s.err()),
+    };
+    let count = mine_triplets_ref_count(&labels, &y_labels, refs.self_index, p.mining).unwrap();
+    assert_eq!((f.num_triplets, s.num_triplets), (count, count));
+    assert!(f.num_active <= count && s.num_active <= count);
+    if mode == GradMode::Overwrite {
+        let (f2, fx2, fy2) = ref_run(x, &labels, refs, p, true, mode, -garbage).unwrap();
+        assert_eq!(f, f2, "garbage changed the result");
+        assert_eq!(bits(&fx), bits(&fx2), "garbage changed the gradient");
+        assert_eq!(bits(&fy), bits(&fy2), "garbage changed grad_y");
+        assert!(f.loss.is_finite() && fx.iter().chain(&fy).all(|v| v.is_finite()));
+        assert!(s.loss.is_finite() && sx.iter().chain(&sy).all(|v| v.is_finite()));
+    }
+    let mut ws = vec![garbage; triplet_batch_ref_loss_workspace_len(n, m, d, p)];
+    assert_eq!(triplet_batch_ref_loss(x, &labels, refs, p, &mut ws).unwrap(), f);
+    // Two blocks of anchors count what the whole call counts.
+    let h = n / 2;
+    if h > 0 {
+        let mut parts = Vec::new();
+        for (r0, r1) in [(0, h), (h, n)] {
+            let xb = Matrix::new(&xd[r0 * d..r1 * d], r1 - r0, d).unwrap();
+            let mut rb = RefSet::new(y, &y_labels);
+            if let Some(o) = refs.self_index {
+                rb = rb.with_self_index(&o[r0..r1]);
+            }
+            let sum = p.with_reduction(Reduction::Sum);
+            let mut ws = vec![garbage; triplet_batch_ref_loss_workspace_len(r1 - r0, m, d, sum)];
+            parts.push(triplet_batch_ref_loss(xb, &labels[r0..r1], rb, sum, &mut ws).unwrap());
+        }
+        let (total, _) = combine_batch_losses(&parts, p.reduction);
+        assert_eq!(total.num_triplets, f.num_triplets);
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let mut g = Gen::new(data);
     let regime = g.regime();
@@ -366,9 +486,9 @@ fuzz_target!(|data: &[u8]| {
     let d = g.size(1, 67);
     let xd = g.values(regime, n * d);
     let x = Matrix::new(&xd, n, d).unwrap();
-    if g.bool() {
-        margin_case(&mut g, regime, x, &xd);
-    } else {
-        batch_case(&mut g, regime, x, &xd);
+    match g.byte() % 3 {
+        0 => margin_case(&mut g, regime, x, &xd),
+        1 => batch_case(&mut g, regime, x, &xd),
+        _ => ref_case(&mut g, regime, x, &xd),
     }
 });

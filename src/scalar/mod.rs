@@ -59,6 +59,7 @@ mod reduce;
 mod retrieval;
 mod threshold;
 mod triplet;
+mod triplet_ref;
 mod verification;
 
 pub use distance::{
@@ -109,6 +110,10 @@ pub use retrieval::{
 pub use triplet::{
     triplet_batch_loss, triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
     triplet_margin_loss, triplet_margin_loss_grad, triplet_margin_loss_workspace_len,
+};
+pub use triplet_ref::{
+    mine_triplets_ref, mine_triplets_ref_count, triplet_batch_ref_loss,
+    triplet_batch_ref_loss_grad, triplet_batch_ref_loss_grad_workspace_len,
 };
 pub use verification::verification_metrics;
 

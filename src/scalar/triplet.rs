@@ -324,6 +324,7 @@ fn triplet_batch64(
         loss: (sum * w) as f32,
         num_triplets: count,
         num_active: active,
+        sum,
     })
 }
 

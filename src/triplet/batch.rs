@@ -81,12 +81,13 @@ impl Totals {
         self.active = self.active.saturating_add(usize::from(active));
     }
 
-    fn finish(&self, reduction: Reduction) -> (BatchLoss, f32) {
+    pub(super) fn finish(&self, reduction: Reduction) -> (BatchLoss, f32) {
         let w = reduction.weight(self.count, self.active);
         let loss = BatchLoss {
             loss: (self.sum * f64::from(w)) as f32,
             num_triplets: self.count,
             num_active: self.active,
+            sum: self.sum,
         };
         (loss, w)
     }

@@ -45,7 +45,7 @@ fn sum_lanes(v: &[f32; CHUNK]) -> f32 {
 
 /// Positives swept together by [`relu_group`]: their terms share each load of the
 /// negatives' distances and each update of the coefficients.
-const GROUP: usize = 4;
+pub(super) const GROUP: usize = 4;
 
 /// Up to [`GROUP`] anchor-positive pairs of batch-all under the relu hinge: for every
 /// negative distance `m_q` of `masked` (NaN elsewhere) and each `base_g` of `bases`,
@@ -57,7 +57,7 @@ const GROUP: usize = 4;
 /// The slope is `min(max(v, 0) * 2^149, 1)`, computed in two exact scalings: 0 for
 /// `v <= 0` (or NaN), 1 for every `v > 0` down to the smallest subnormal.
 #[inline(always)]
-fn relu_group<S: Simd>(
+pub(super) fn relu_group<S: Simd>(
     s: S,
     masked: &[f32],
     bases: &[f32; GROUP],
@@ -157,7 +157,7 @@ struct AllBlock<'a, 'o> {
 /// returns how many there are (rows past `out.len()` or past `u32::MAX` are not listed;
 /// the caller provides one slot per row and rows fit a `u32` by the batch's checks).
 #[inline(always)]
-fn list_label(labels: &[u32], label: u32, out: &mut [u32]) -> usize {
+pub(super) fn list_label(labels: &[u32], label: u32, out: &mut [u32]) -> usize {
     let mut len = 0;
     for (j, &l) in labels.iter().enumerate() {
         if l == label {
@@ -323,7 +323,7 @@ impl Kernel for AllBlock<'_, '_> {
 /// the sum, the number of active terms and the sum of the slopes, and subtracts each slope
 /// from `coef[q]` when given.
 #[inline(always)]
-fn soft_pair(masked: &[f32], base: f32, coef: Option<&mut [f32]>) -> (f64, usize, f32) {
+pub(super) fn soft_pair(masked: &[f32], base: f32, coef: Option<&mut [f32]>) -> (f64, usize, f32) {
     let (mut sum, mut active, mut slopes) = (0.0_f64, 0_usize, 0.0_f32);
     let hinge = Hinge::SoftPlus;
     match coef {

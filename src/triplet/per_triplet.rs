@@ -51,7 +51,7 @@ pub(super) fn pair_grad<S: Simd>(
 /// `(|a - p|^2, |a - q|^2)` computed directly, in one pass over the three rows (one
 /// lane-wise accumulator each).
 #[inline(always)]
-fn two_sq_dists<S: Simd>(s: S, a: &[f32], p: &[f32], q: &[f32]) -> (f32, f32) {
+pub(super) fn two_sq_dists<S: Simd>(s: S, a: &[f32], p: &[f32], q: &[f32]) -> (f32, f32) {
     let l = S::LANES;
     let (mut sp, mut sq) = (s.zero(), s.zero());
     let (mut ai, mut pi, mut qi) = (a.chunks_exact(l), p.chunks_exact(l), q.chunks_exact(l));
@@ -78,7 +78,7 @@ fn two_sq_dists<S: Simd>(s: S, a: &[f32], p: &[f32], q: &[f32]) -> (f32, f32) {
 /// `gp -= kp (a - p)`, `gq += kq (a - q)`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn triplet_update<S: Simd>(
+pub(super) fn triplet_update<S: Simd>(
     s: S,
     kp: f32,
     kq: f32,

@@ -43,6 +43,7 @@ fn checker(op: &str) -> Option<Check> {
         "retrieval" => Some(retrieval::check),
         "triplet_margin" => Some(triplet::check_margin),
         "triplet_batch" => Some(triplet::check_batch),
+        "triplet_batch_ref" => Some(triplet::check_batch_ref),
         "triplet_mine" => Some(miners::check_triplet),
         "pair_mine" => Some(miners::check_pair),
         "multi_similarity_mine" => Some(miners::check_ms),

@@ -247,3 +247,160 @@ pub fn check_batch(case: &Case<'_>) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// Op `triplet_batch_ref`: anchors `x` against the reference set `y`, both gradients,
+/// the counts and the selected triplets, for the fast kernels and the twins; the forward
+/// entry point and the accumulating form must agree with the fused one.
+pub fn check_batch_ref(case: &Case<'_>) -> Result<(), String> {
+    use triplet_kernels::{
+        mine_triplets_ref, mine_triplets_ref_count, mine_triplets_ref_workspace_len,
+        triplet_batch_ref_loss, triplet_batch_ref_loss_grad,
+        triplet_batch_ref_loss_grad_workspace_len, triplet_batch_ref_loss_workspace_len, GradMode,
+        RefGrad, RefSet, NO_INDEX,
+    };
+    let xm: Mat = case.get("x")?;
+    let x = xm.matrix()?;
+    let ym: Mat = case.get("y")?;
+    let y = ym.matrix()?;
+    let labels: Vec<u32> = case.get("labels")?;
+    let y_labels: Vec<u32> = case.get("y_labels")?;
+    let self_index: Option<Vec<u32>> = case.get_opt::<Vec<i64>>("self_index")?.map(|v| {
+        v.into_iter()
+            .map(|j| u32::try_from(j).unwrap_or(NO_INDEX))
+            .collect()
+    });
+    let mining = Mining::from(case.get::<MiningName>("mining")?);
+    let params = BatchParams::new()
+        .with_metric(case.metric()?)
+        .with_mining(mining)
+        .with_margin(case.get::<f64>("margin")? as f32)
+        .with_hinge(if case.get("soft")? {
+            Hinge::SoftPlus
+        } else {
+            Hinge::Relu
+        })
+        .with_reduction(match case.get::<ReductionName>("reduction")? {
+            ReductionName::Mean => Reduction::Mean,
+            ReductionName::Sum => Reduction::Sum,
+            ReductionName::MeanNonzero => Reduction::MeanNonzero,
+            ReductionName::None => {
+                return Err("reduction `none` is not one of triplet_batch_ref's".into())
+            }
+        });
+    let want_loss: f64 = case.get("expected.loss")?;
+    let want_grad: Mat = case.get("expected.grad")?;
+    let want_grad_y: Mat = case.get("expected.grad_y")?;
+    let want_triplets_n: f64 = case.get("expected.num_triplets")?;
+    let want_active: f64 = case.get("expected.num_active")?;
+    let want_triplets = case
+        .get_opt::<Vec<TripletIdx>>("expected.triplets")?
+        .map(triplets);
+    let (n, m, d) = (x.rows(), y.rows(), x.dim());
+    let mut refs = RefSet::new(y, &y_labels);
+    if let Some(own) = self_index.as_deref() {
+        refs = refs.with_self_index(own);
+    }
+    for twin in ["fast", "scalar"] {
+        let fast = twin == "fast";
+        let mut gx = vec![f32::NAN; x.len()];
+        let mut gy = vec![f32::NAN; y.len()];
+        let ws_len = if fast {
+            triplet_batch_ref_loss_grad_workspace_len(n, m, d, params)
+        } else {
+            scalar::triplet_batch_ref_loss_grad_workspace_len(n, m, d, params)
+        };
+        let mut ws = vec![f32::NAN; ws_len];
+        let grad = RefGrad::new(&mut gx).with_y(&mut gy);
+        let out = if fast {
+            triplet_batch_ref_loss_grad(x, &labels, refs, params, grad, &mut ws)
+        } else {
+            scalar::triplet_batch_ref_loss_grad(x, &labels, refs, params, grad, &mut ws)
+        }
+        .map_err(err)?;
+        let mut ws2 = vec![f32::NAN; triplet_batch_ref_loss_workspace_len(n, m, d, params)];
+        let fwd = if fast {
+            triplet_batch_ref_loss(x, &labels, refs, params, &mut ws2)
+        } else {
+            scalar::triplet_batch_ref_loss(x, &labels, refs, params, &mut ws2)
+        }
+        .map_err(err)?;
+        if fwd != out {
+            return Err(format!("{twin}: forward {fwd:?} and fused {out:?} differ"));
+        }
+        case.close(&format!("{twin} loss"), f64::from(out.loss), want_loss)?;
+        case.close_mat(&format!("{twin} grad"), &gx, &want_grad, n, d)?;
+        case.close_mat(&format!("{twin} grad_y"), &gy, &want_grad_y, m, d)?;
+        if out.num_triplets as f64 != want_triplets_n || out.num_active as f64 != want_active {
+            return Err(format!(
+                "{twin} counts: got {} / {}, want {want_triplets_n} / {want_active}",
+                out.num_triplets, out.num_active
+            ));
+        }
+        let count = if fast {
+            mine_triplets_ref_count(&labels, &y_labels, self_index.as_deref(), mining)
+        } else {
+            scalar::mine_triplets_ref_count(&labels, &y_labels, self_index.as_deref(), mining)
+        }
+        .map_err(err)?;
+        if count != out.num_triplets {
+            return Err(format!("{twin} mine_triplets_ref_count: {count}"));
+        }
+        // Accumulating onto ones gives ones plus the same gradient.
+        let mut ax = vec![1.0_f32; x.len()];
+        let mut ay = vec![1.0_f32; y.len()];
+        let grad = RefGrad::new(&mut ax)
+            .with_y(&mut ay)
+            .with_mode(GradMode::Accumulate);
+        let acc = if fast {
+            triplet_batch_ref_loss_grad(x, &labels, refs, params, grad, &mut ws)
+        } else {
+            scalar::triplet_batch_ref_loss_grad(x, &labels, refs, params, grad, &mut ws)
+        }
+        .map_err(err)?;
+        if acc != out {
+            return Err(format!(
+                "{twin}: accumulate {acc:?} and overwrite {out:?} differ"
+            ));
+        }
+        let shifted = |v: &[f32]| v.iter().map(|&g| g - 1.0).collect::<Vec<f32>>();
+        case.close_mat(
+            &format!("{twin} accumulated grad"),
+            &shifted(&ax),
+            &want_grad,
+            n,
+            d,
+        )?;
+        case.close_mat(
+            &format!("{twin} accumulated grad_y"),
+            &shifted(&ay),
+            &want_grad_y,
+            m,
+            d,
+        )?;
+        if let Some(want) = &want_triplets {
+            let mut got = vec![Triplet::new(u32::MAX, u32::MAX, u32::MAX); want.len() + 1];
+            let mut ws = vec![f32::NAN; mine_triplets_ref_workspace_len(n, m, d)];
+            let k = if fast {
+                mine_triplets_ref(x, &labels, refs, params.metric, mining, &mut got, &mut ws)
+            } else {
+                scalar::mine_triplets_ref(
+                    x,
+                    &labels,
+                    refs,
+                    params.metric,
+                    mining,
+                    &mut got,
+                    &mut ws,
+                )
+            }
+            .map_err(err)?;
+            if got[..k] != want[..] {
+                return Err(format!(
+                    "{twin} triplets: got {:?}, want {want:?}",
+                    &got[..k]
+                ));
+            }
+        }
+    }
+    Ok(())
+}
