@@ -19,6 +19,9 @@
 //! | [`quadruplet_loss`] | [`triplet_kernels::quadruplet_loss_grad`] (given quadruplets) | `x` |
 //! | [`contrastive_loss`] | [`triplet_kernels::contrastive_loss_grad`] | `x` |
 //! | [`multi_similarity_loss`] | [`triplet_kernels::multi_similarity_loss_grad`] | `x` |
+//! | [`ntxent_loss`] | [`triplet_kernels::ntxent_loss_grad`] (NT-Xent over one labelled batch) | `x` |
+//! | [`supcon_loss`] | [`triplet_kernels::supcon_loss_grad`] | `x` |
+//! | [`infonce_loss`] | [`triplet_kernels::infonce_loss_grad`] (queries against documents) | `x`, documents |
 //! | [`contrastive_loss_pairs`], [`multi_similarity_loss_pairs`] | the same over given (mined) pairs | `x` |
 //! | [`proxy_nca_loss`] | [`triplet_kernels::proxy_nca_loss_grad`] | `x`, proxies |
 //! | [`proxy_anchor_loss`] | [`triplet_kernels::proxy_anchor_loss_grad`] | `x`, proxies |
@@ -89,9 +92,9 @@ pub use candle_core;
 pub use triplet_kernels;
 pub use triplet_kernels::{
     ArcFaceParams, BatchLoss, BatchParams, ContrastiveForm, ContrastiveParams,
-    ContrastiveReduction, CosFaceParams, Hinge, Metric, Mining, MultiSimilarityParams, Pair,
-    ProxyAnchorParams, ProxyNcaParams, Quadruplet, QuadrupletParams, Reduction, Triplet,
-    TripletParams,
+    ContrastiveReduction, CosFaceParams, Hinge, Metric, Mining, MultiSimilarityParams,
+    NtXentParams, Pair, ProxyAnchorParams, ProxyNcaParams, Quadruplet, QuadrupletParams, Reduction,
+    SupConParams, SupConReduction, Triplet, TripletParams,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -272,6 +275,8 @@ enum BatchKernel {
     MultiSimilarityPairs(MultiSimilarityParams, Vec<Pair>, Vec<Pair>),
     Contrastive(Metric, ContrastiveParams),
     MultiSimilarity(MultiSimilarityParams),
+    NtXent(NtXentParams),
+    SupCon(SupConParams),
 }
 
 impl BatchKernel {
@@ -284,6 +289,8 @@ impl BatchKernel {
             BatchKernel::MultiSimilarityPairs(..) => "multi_similarity_loss_pairs",
             BatchKernel::Contrastive(..) => "contrastive_loss",
             BatchKernel::MultiSimilarity(_) => "multi_similarity_loss",
+            BatchKernel::NtXent(_) => "ntxent_loss",
+            BatchKernel::SupCon(_) => "supcon_loss",
         }
     }
 
@@ -311,6 +318,8 @@ impl BatchKernel {
             BatchKernel::Triplet(p) => tk::triplet_batch_loss_workspace_len(rows, dim, p),
             BatchKernel::Contrastive(..) => tk::contrastive_loss_workspace_len(rows, dim),
             BatchKernel::MultiSimilarity(_) => tk::multi_similarity_loss_workspace_len(rows, dim),
+            BatchKernel::NtXent(_) => tk::ntxent_loss_workspace_len(rows, dim),
+            BatchKernel::SupCon(_) => tk::supcon_loss_workspace_len(rows, dim),
         }
     }
 
@@ -361,6 +370,18 @@ impl BatchKernel {
             }
             (&BatchKernel::MultiSimilarity(p), None) => {
                 tk::multi_similarity_loss(x, labels, p, ws).map(loss_only)
+            }
+            (&BatchKernel::NtXent(p), Some(g)) => {
+                tk::ntxent_loss_grad(x, labels, p, g, ws).map(|l| loss_only(l.loss))
+            }
+            (&BatchKernel::NtXent(p), None) => {
+                tk::ntxent_loss(x, labels, p, ws).map(|l| loss_only(l.loss))
+            }
+            (&BatchKernel::SupCon(p), Some(g)) => {
+                tk::supcon_loss_grad(x, labels, p, g, ws).map(|l| loss_only(l.loss))
+            }
+            (&BatchKernel::SupCon(p), None) => {
+                tk::supcon_loss(x, labels, p, ws).map(|l| loss_only(l.loss))
             }
         }
     }
@@ -551,6 +572,35 @@ pub fn multi_similarity_loss<L: Labels + ?Sized>(
     Ok(batch_loss(x, labels, BatchKernel::MultiSimilarity(params))?.0)
 }
 
+/// NT-Xent over one labelled batch ([`triplet_kernels::ntxent_loss_grad`]): every ordered
+/// pair of rows with equal labels is a positive pair against the anchor's negatives;
+/// presets of [`NtXentParams`] (pytorch-metric-learning's `NTXentLoss`, temperature 0.07).
+///
+/// # Errors
+///
+/// As [`triplet_batch_loss`], named after `ntxent_loss`.
+pub fn ntxent_loss<L: Labels + ?Sized>(
+    x: &Tensor,
+    labels: &L,
+    params: NtXentParams,
+) -> Result<Tensor> {
+    Ok(batch_loss(x, labels, BatchKernel::NtXent(params))?.0)
+}
+
+/// The supervised contrastive loss ([`triplet_kernels::supcon_loss_grad`];
+/// pytorch-metric-learning's `SupConLoss` with [`SupConParams::pytorch_metric_learning`]).
+///
+/// # Errors
+///
+/// As [`triplet_batch_loss`], named after `supcon_loss`.
+pub fn supcon_loss<L: Labels + ?Sized>(
+    x: &Tensor,
+    labels: &L,
+    params: SupConParams,
+) -> Result<Tensor> {
+    Ok(batch_loss(x, labels, BatchKernel::SupCon(params))?.0)
+}
+
 /// The quadruplet loss (Chen et al. 2017) over given quadruplets
 /// ([`triplet_kernels::quadruplet_loss_grad`]), for example those of
 /// [`triplet_kernels::mine_quadruplets`]; constants for the gradient.
@@ -618,6 +668,8 @@ enum ClassKernel {
     ProxyAnchor(ProxyAnchorParams),
     ArcFace(ArcFaceParams),
     CosFace(CosFaceParams),
+    /// Queries against documents; the documents' labels travel in [`ClassOp`].
+    InfoNce(NtXentParams),
 }
 
 impl ClassKernel {
@@ -627,6 +679,7 @@ impl ClassKernel {
             ClassKernel::ProxyAnchor(_) => "proxy_anchor_loss",
             ClassKernel::ArcFace(_) => "arcface_loss",
             ClassKernel::CosFace(_) => "cosface_loss",
+            ClassKernel::InfoNce(_) => "infonce_loss",
         }
     }
 
@@ -634,6 +687,7 @@ impl ClassKernel {
         match self {
             ClassKernel::ProxyNca(_) | ClassKernel::ProxyAnchor(_) => "proxies",
             ClassKernel::ArcFace(_) | ClassKernel::CosFace(_) => "weights",
+            ClassKernel::InfoNce(_) => "y",
         }
     }
 
@@ -644,15 +698,19 @@ impl ClassKernel {
             ClassKernel::ProxyAnchor(_) => tk::proxy_anchor_loss_workspace_len(rows, classes, dim),
             ClassKernel::ArcFace(_) => tk::arcface_loss_workspace_len(rows, classes, dim),
             ClassKernel::CosFace(_) => tk::cosface_loss_workspace_len(rows, classes, dim),
+            ClassKernel::InfoNce(_) => tk::infonce_loss_workspace_len(rows, classes, dim),
         }
     }
 
-    /// The fused kernel with both gradients, or without them the loss-only kernel.
+    /// The fused kernel with both gradients, or without them the loss-only kernel;
+    /// `w_labels` are the documents' labels (InfoNCE), unused otherwise.
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
         x: Matrix<'_>,
         labels: &[u32],
         w: Matrix<'_>,
+        w_labels: &[u32],
         grads: Option<(&mut [f32], &mut [f32])>,
         ws: &mut [f32],
     ) -> core::result::Result<f32, tk::Error> {
@@ -673,6 +731,12 @@ impl ClassKernel {
                 tk::cosface_loss_grad(x, labels, w, p, gx, gw, ws)
             }
             (ClassKernel::CosFace(p), None) => tk::cosface_loss(x, labels, w, p, ws),
+            (ClassKernel::InfoNce(p), Some((gx, gw))) => {
+                tk::infonce_loss_grad(x, labels, w, w_labels, p, gx, gw, ws).map(|l| l.loss)
+            }
+            (ClassKernel::InfoNce(p), None) => {
+                tk::infonce_loss(x, labels, w, w_labels, p, ws).map(|l| l.loss)
+            }
         }
     }
 }
@@ -683,6 +747,8 @@ impl ClassKernel {
 struct ClassOp {
     kernel: ClassKernel,
     labels: Vec<u32>,
+    /// The second input's labels (InfoNCE's documents), else empty.
+    w_labels: Vec<u32>,
     grad: bool,
     saved: Mutex<Option<(Tensor, Tensor)>>,
 }
@@ -704,15 +770,21 @@ impl CustomOp2 for ClassOp {
         let w = matrix(op, s2, l2)?;
         let len = self.kernel.workspace_len(x.rows(), w.rows(), x.dim());
         if !self.grad {
-            let loss = with_workspace(len, |ws| self.kernel.run(x, &self.labels, w, None, ws))
-                .map_err(|e| kernel_error(op, e))?;
+            let loss = with_workspace(len, |ws| {
+                self.kernel
+                    .run(x, &self.labels, w, &self.w_labels, None, ws)
+            })
+            .map_err(|e| kernel_error(op, e))?;
             return Ok(scalar_out(loss));
         }
         let mut gx = vec![0.0_f32; x.len()];
         let mut gw = vec![0.0_f32; w.len()];
         let grads = Some((gx.as_mut_slice(), gw.as_mut_slice()));
-        let loss = with_workspace(len, |ws| self.kernel.run(x, &self.labels, w, grads, ws))
-            .map_err(|e| kernel_error(op, e))?;
+        let loss = with_workspace(len, |ws| {
+            self.kernel
+                .run(x, &self.labels, w, &self.w_labels, grads, ws)
+        })
+        .map_err(|e| kernel_error(op, e))?;
         let gx = Tensor::from_vec(gx, (x.rows(), x.dim()), &Device::Cpu)?;
         let gw = Tensor::from_vec(gw, (w.rows(), w.dim()), &Device::Cpu)?;
         store(op, &self.saved, (gx, gw))?;
@@ -737,6 +809,16 @@ fn class_loss<L: Labels + ?Sized>(
     w: &Tensor,
     kernel: ClassKernel,
 ) -> Result<Tensor> {
+    two_input_loss(x, labels, w, Vec::new(), kernel)
+}
+
+fn two_input_loss<L: Labels + ?Sized>(
+    x: &Tensor,
+    labels: &L,
+    w: &Tensor,
+    w_labels: Vec<u32>,
+    kernel: ClassKernel,
+) -> Result<Tensor> {
     let op = kernel.name();
     let x = prepare(op, "x", x)?;
     let w = prepare(op, kernel.second(), w)?;
@@ -746,6 +828,7 @@ fn class_loss<L: Labels + ?Sized>(
         ClassOp {
             kernel,
             labels,
+            w_labels,
             grad: x.track_op() || w.track_op(),
             saved: Mutex::new(None),
         },
@@ -811,4 +894,25 @@ pub fn cosface_loss<L: Labels + ?Sized>(
     params: CosFaceParams,
 ) -> Result<Tensor> {
     class_loss(x, labels, weights, ClassKernel::CosFace(params))
+}
+
+/// InfoNCE of queries `x` against documents `y` ([`triplet_kernels::infonce_loss_grad`]):
+/// document `j` is a positive of query `i` when `y_labels[j] == labels[i]`, every other
+/// document a negative (extra rows of `y` with labels no query has are hard negatives).
+/// With distinct labels `labels[i] = y_labels[i] = i` and
+/// [`NtXentParams::sentence_transformers`] it is sentence-transformers'
+/// `MultipleNegativesRankingLoss`. The backward gives the gradients of both `x` and `y`.
+///
+/// # Errors
+///
+/// As [`triplet_batch_loss`] for either tensor or label set, named after `infonce_loss`.
+pub fn infonce_loss<L: Labels + ?Sized, M: Labels + ?Sized>(
+    x: &Tensor,
+    labels: &L,
+    y: &Tensor,
+    y_labels: &M,
+    params: NtXentParams,
+) -> Result<Tensor> {
+    let y_labels = y_labels.to_labels()?.into_owned();
+    two_input_loss(x, labels, y, y_labels, ClassKernel::InfoNce(params))
 }

@@ -400,3 +400,79 @@ fn untracked_inputs_use_the_loss_only_kernels() -> Result<()> {
     assert_eq!(bits(tkc::cosface_loss(&x, &y, &w, cf)?)?, want.to_bits());
     Ok(())
 }
+
+#[test]
+fn nce_losses_match_the_kernels() -> Result<()> {
+    use triplet_kernels_candle::{NtXentParams, SupConParams};
+    let mut rng = Rng(16);
+    // 140 rows: more than one of the kernels' 128-row blocks.
+    for (n, d) in [(12, 5), (140, 9)] {
+        let y = labels((n / 4) as u32, 4);
+        let x = var(&mut rng, n, d)?;
+        let data = flat(x.as_tensor())?;
+        let m = Matrix::new(&data, n, d).unwrap();
+        for p in [
+            NtXentParams::pytorch_metric_learning(),
+            NtXentParams::new(0.5).textbook(),
+        ] {
+            let (loss, g) = candle_grads(&tkc::ntxent_loss(x.as_tensor(), &y, p)?, &[&x])?;
+            let mut grad = vec![0.0; n * d];
+            let mut ws = vec![0.0; tk::ntxent_loss_workspace_len(n, d)];
+            let want = tk::ntxent_loss_grad(m, &y, p, &mut grad, &mut ws).unwrap();
+            assert_eq!(loss.to_bits(), want.loss.to_bits(), "ntxent {p:?}: loss");
+            assert_eq!(g[0], grad, "ntxent {p:?}: gradient");
+        }
+        for p in [
+            SupConParams::pytorch_metric_learning(),
+            SupConParams::new(0.3).textbook(),
+        ] {
+            let (loss, g) = candle_grads(&tkc::supcon_loss(x.as_tensor(), &y, p)?, &[&x])?;
+            let mut grad = vec![0.0; n * d];
+            let mut ws = vec![0.0; tk::supcon_loss_workspace_len(n, d)];
+            let want = tk::supcon_loss_grad(m, &y, p, &mut grad, &mut ws).unwrap();
+            assert_eq!(loss.to_bits(), want.loss.to_bits(), "supcon {p:?}: loss");
+            assert_eq!(g[0], grad, "supcon {p:?}: gradient");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn infonce_loss_matches_the_kernel() -> Result<()> {
+    use triplet_kernels_candle::NtXentParams;
+    let mut rng = Rng(17);
+    let (n, m, d) = (10, 13, 6);
+    // Query i's positive is document i; documents 10..13 are hard negatives.
+    let q_labels: Vec<u32> = (0..n as u32).collect();
+    let d_labels: Vec<u32> = (0..m as u32).collect();
+    let x = var(&mut rng, n, d)?;
+    let y = var(&mut rng, m, d)?;
+    let (xd, yd) = (flat(x.as_tensor())?, flat(y.as_tensor())?);
+    let (xm, ym) = (
+        Matrix::new(&xd, n, d).unwrap(),
+        Matrix::new(&yd, m, d).unwrap(),
+    );
+    for p in [
+        NtXentParams::sentence_transformers(),
+        NtXentParams::pytorch_metric_learning(),
+    ] {
+        let loss = tkc::infonce_loss(x.as_tensor(), &q_labels, y.as_tensor(), &d_labels, p)?;
+        let (loss, g) = candle_grads(&loss, &[&x, &y])?;
+        let (mut gx, mut gy) = (vec![0.0; n * d], vec![0.0; m * d]);
+        let mut ws = vec![0.0; tk::infonce_loss_workspace_len(n, m, d)];
+        let want =
+            tk::infonce_loss_grad(xm, &q_labels, ym, &d_labels, p, &mut gx, &mut gy, &mut ws)
+                .unwrap();
+        assert_eq!(loss.to_bits(), want.loss.to_bits(), "{p:?}: loss");
+        assert_eq!(g[0], gx, "{p:?}: gradient of the queries");
+        assert_eq!(g[1], gy, "{p:?}: gradient of the documents");
+    }
+    // Untracked inputs take the loss-only kernel, with the same loss.
+    let (xt, yt) = (x.as_tensor().detach(), y.as_tensor().detach());
+    let p = NtXentParams::sentence_transformers();
+    let loss = tkc::infonce_loss(&xt, &q_labels, &yt, &d_labels, p)?;
+    let mut ws = vec![0.0; tk::infonce_loss_workspace_len(n, m, d)];
+    let want = tk::infonce_loss(xm, &q_labels, ym, &d_labels, p, &mut ws).unwrap();
+    assert_eq!(loss.to_scalar::<f32>()?.to_bits(), want.loss.to_bits());
+    Ok(())
+}
