@@ -1,5 +1,5 @@
 //! Finite differences through candle's autograd, one op per family (batch triplet,
-//! contrastive, multi-similarity, proxy, face head): for random directions `u`, the
+//! contrastive, multi-similarity, proxy, face head, InfoNCE): for random directions `u`, the
 //! directional derivative `<grad, u>` from `loss.backward()` against the central
 //! difference `(L(x + h u) - L(x - h u)) / 2h` of the op's forward.
 //!
@@ -147,6 +147,22 @@ fn cosface() -> Result<()> {
         "cosface",
         &[&x, &w],
         |t| tkc::cosface_loss(&t[0], &y, &t[1], p),
+        6,
+    )
+}
+
+#[test]
+fn infonce() -> Result<()> {
+    let mut rng = Rng(36);
+    let (q, docs) = (var(&mut rng, 6, 5)?, var(&mut rng, 8, 5)?);
+    // Query i's positive is document i; documents 6 and 7 are hard negatives.
+    let ql: Vec<u32> = (0..6).collect();
+    let dl: Vec<u32> = (0..8).collect();
+    let p = tkc::NtXentParams::new(0.5).textbook();
+    check(
+        "infonce (queries and documents)",
+        &[&q, &docs],
+        |t| tkc::infonce_loss(&t[0], &ql, &t[1], &dl, p),
         6,
     )
 }
