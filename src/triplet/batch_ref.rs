@@ -373,6 +373,44 @@ pub(crate) fn check_ref_args(
 /// for every few anchors) and copied into place. `nx`, `ny` are the [`metric_norms`];
 /// `tile` holds `min(n, REF_BLOCK) * min(m, REF_TILE)` elements and `pack` the tile
 /// kernel's scratch.
+/// Semi-hard selection of every anchor against `refs`: the blocks of
+/// [`for_ref_blocks`], each row's negative chosen by [`RefRowBlock`] and handed to
+/// `sink` (the loss accumulator or the miner). `bufs` is `(block, tile, pack, scratch)`.
+#[allow(clippy::too_many_arguments)]
+fn semi_hard_sweep<K: Sink>(
+    backend: Backend,
+    x: &Matrix<'_>,
+    labels: &[u32],
+    refs: &RefSet<'_>,
+    metric: Metric,
+    norms: (&[f32], &[f32]),
+    (block, tile, pack, scratch): (&mut [f32], &mut [f32], &mut [f32], &mut [f32]),
+    sink: &mut K,
+) -> Result<(), Error> {
+    for_ref_blocks(
+        backend,
+        x,
+        &refs.y,
+        metric,
+        norms,
+        (block, tile),
+        pack,
+        |i0, _, blk| {
+            backend.dispatch(RefRowBlock {
+                block: blk,
+                i0,
+                labels,
+                cand: refs.labels,
+                own: refs.self_index,
+                hard: false,
+                scratch: &mut *scratch,
+                sink: &mut *sink,
+            });
+            Ok(())
+        },
+    )
+}
+
 #[allow(clippy::too_many_arguments)]
 fn for_ref_blocks<F>(
     backend: Backend,
@@ -1098,28 +1136,8 @@ fn ref_pass(
                 return Ok(acc.totals);
             }
             let pack = ws.rest();
-            for_ref_blocks(
-                backend,
-                &x,
-                &y,
-                metric,
-                (nx, ny),
-                (block, tile),
-                pack,
-                |i0, _, blk| {
-                    backend.dispatch(RefRowBlock {
-                        block: blk,
-                        i0,
-                        labels,
-                        cand: refs.labels,
-                        own: refs.self_index,
-                        hard: false,
-                        scratch: &mut *scratch,
-                        sink: &mut acc,
-                    });
-                    Ok(())
-                },
-            )?;
+            let bufs = (block, tile, pack, scratch);
+            semi_hard_sweep(backend, &x, labels, refs, metric, (nx, ny), bufs, &mut acc)?;
             Ok(acc.totals)
         }
         Mining::All => {
@@ -1591,27 +1609,7 @@ pub fn mine_triplets_ref(
         )?;
         return Ok(w.k);
     }
-    for_ref_blocks(
-        backend,
-        &x,
-        &y,
-        metric,
-        (nx, ny),
-        (block, tile),
-        pack,
-        |i0, _, blk| {
-            backend.dispatch(RefRowBlock {
-                block: blk,
-                i0,
-                labels,
-                cand: refs.labels,
-                own: refs.self_index,
-                hard: false,
-                scratch: &mut *scratch,
-                sink: &mut w,
-            });
-            Ok(())
-        },
-    )?;
+    let bufs = (block, tile, pack, scratch);
+    semi_hard_sweep(backend, &x, labels, &refs, metric, (nx, ny), bufs, &mut w)?;
     Ok(w.k)
 }
