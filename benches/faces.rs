@@ -4,7 +4,9 @@
 //! their scalar twins on a smaller batch. Beside them the InfoNCE family: W7 (1024
 //! queries against 1024 documents, `d = 256`, cosine times scale 20, query `i`'s positive
 //! is document `i`; gradients for both sides) and W8 (SupCon, temperature 0.1, 1024 rows
-//! of 256 classes of 4, `d = 256`), anchored by `benches/anchors/pml_nce.py`. Data from the shared generator; workspaces and
+//! of 256 classes of 4, `d = 256`), anchored by `benches/anchors/pml_nce.py`, and the
+//! group `nce_n128_d64`: NT-Xent, InfoNCE and SupCon (loss and gradients) next to their
+//! scalar twins on 128 rows (K = 4) of dimension 64. Data from the shared generator; workspaces and
 //! outputs allocated outside the timed loops. The criterion group is `workloads`, so the
 //! ids read as the README's table names them.
 
@@ -13,8 +15,9 @@ use std::hint::black_box;
 use std::time::Duration;
 use triplet_kernels::{
     arcface_loss_grad, arcface_loss_workspace_len, cosface_loss_grad, infonce_loss_grad,
-    infonce_loss_workspace_len, scalar, supcon_loss_grad, supcon_loss_workspace_len, ArcFaceParams,
-    CosFaceParams, Matrix, NtXentParams, SupConParams,
+    infonce_loss_workspace_len, ntxent_loss_grad, ntxent_loss_workspace_len, scalar,
+    supcon_loss_grad, supcon_loss_workspace_len, ArcFaceParams, CosFaceParams, Matrix,
+    NtXentParams, SupConParams,
 };
 
 #[path = "common/workloads.rs"]
@@ -120,5 +123,61 @@ fn nce(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, heads, nce);
+/// The InfoNCE family next to its twins, on a batch the twins time in milliseconds.
+fn nce_twins(c: &mut Criterion) {
+    let (n, d, k) = (128, 64, 4);
+    let data = normal(n * d, 43);
+    let docs = normal(n * d, 44);
+    let x = Matrix::new(&data, n, d).unwrap();
+    let y = Matrix::new(&docs, n, d).unwrap();
+    let labels: Vec<u32> = (0..n as u32).map(|i| i / k).collect();
+    let ids: Vec<u32> = (0..n as u32).collect();
+    let mut g = vec![0.0_f32; x.len()];
+    let mut gy = vec![0.0_f32; y.len()];
+    let len = ntxent_loss_workspace_len(n, d)
+        .max(supcon_loss_workspace_len(n, d))
+        .max(infonce_loss_workspace_len(n, n, d))
+        .max(scalar::ntxent_loss_workspace_len(n, d))
+        .max(scalar::supcon_loss_workspace_len(n, d))
+        .max(scalar::infonce_loss_workspace_len(n, n, d));
+    let mut ws = vec![0.0_f32; len];
+    let (nt, sup) = (
+        NtXentParams::pytorch_metric_learning(),
+        SupConParams::pytorch_metric_learning(),
+    );
+    let mnrl = NtXentParams::sentence_transformers();
+    let mut group = c.benchmark_group("nce_n128_d64");
+    group.throughput(Throughput::Elements(n as u64));
+    group.sample_size(10).warm_up_time(Duration::from_secs(1));
+    for fast in [true, false] {
+        let side = if fast { "fast" } else { "scalar" };
+        group.bench_function(format!("ntxent_loss_grad/{side}"), |b| {
+            let f = if fast {
+                ntxent_loss_grad
+            } else {
+                scalar::ntxent_loss_grad
+            };
+            b.iter(|| f(black_box(x), &labels, nt, &mut g, &mut ws).unwrap());
+        });
+        group.bench_function(format!("supcon_loss_grad/{side}"), |b| {
+            let f = if fast {
+                supcon_loss_grad
+            } else {
+                scalar::supcon_loss_grad
+            };
+            b.iter(|| f(black_box(x), &labels, sup, &mut g, &mut ws).unwrap());
+        });
+        group.bench_function(format!("infonce_loss_grad/{side}"), |b| {
+            let f = if fast {
+                infonce_loss_grad
+            } else {
+                scalar::infonce_loss_grad
+            };
+            b.iter(|| f(black_box(x), &ids, y, &ids, mnrl, &mut g, &mut gy, &mut ws).unwrap());
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, heads, nce, nce_twins);
 criterion_main!(benches);
