@@ -366,18 +366,19 @@ fn edge(c: &mut Criterion) {
 // computes this; benches/anchors/pml_xbm.py times it). The memory stores normalised rows
 // (normalised once, when enqueued); the step normalises the queries, runs the loss with
 // the gradient for the queries alone (the memory is detached) and chains it through the
-// normalisation. W5_2threads is W5's batch split in two blocks of anchors, each on its
-// own thread against the whole batch (`y = x`), reduced with `Reduction::Sum`; the
-// gradient is then the sum of each block's anchor rows and both blocks' candidate
-// gradients, scaled by the combined weight, as a data-parallel trainer's all-reduce
-// forms it. Throughput: queries (X1) or rows (W5) per second.
+// normalisation. W5_2threads is W5 on two threads sharing the batch: the batch-hard
+// sweep split in two parts (`hardest_pairs_part`), merged, the loss formed from the merged
+// choices; W5_2anchor_blocks is the data-parallel form (each worker's anchors against the
+// gathered batch). Throughput: queries (X1) or rows (W5) per second.
 
 fn cross_batch(c: &mut Criterion) {
     use std::time::Duration;
     use triplet_kernels::{
-        combine_batch_losses, l2_normalize, l2_normalize_backward, triplet_batch_ref_loss_grad,
-        triplet_batch_ref_loss_grad_workspace_len, BatchParams, GradMode, Hinge, Metric, Mining,
-        Reduction, RefGrad, RefSet,
+        combine_batch_losses, hardest_pairs_part, hardest_pairs_part_workspace_len, l2_normalize,
+        l2_normalize_backward, merge_hardest_pairs, triplet_batch_ref_loss_grad,
+        triplet_batch_ref_loss_grad_workspace_len, triplet_hardest_pairs_loss_grad,
+        triplet_hardest_pairs_loss_workspace_len, BatchParams, GradMode, HardestPair, Hinge,
+        Metric, Mining, Reduction, RefGrad, RefSet, SweepPart,
     };
     let mut g = c.benchmark_group("workloads");
     g.sample_size(10)
@@ -427,23 +428,58 @@ fn cross_batch(c: &mut Criterion) {
         });
     });
 
-    // W5 in two anchor blocks on two threads.
+    // W5 on two threads: the batch-hard sweep's tiles split in two parts of equal cost,
+    // one per thread, the choices merged and the loss formed from them (bit for bit W5's
+    // result).
     let w = workload("W5_batch_hard_fwd_bwd_n4096_d256");
     let (n, d) = (w.n, w.d);
     let xd = w.data();
     let x = Matrix::new(&xd, n, d).unwrap();
     let labels = w.labels().unwrap();
     let whole = w.batch_params().unwrap();
+    let mut grad = vec![0.0_f32; n * d];
+    {
+        let plen = hardest_pairs_part_workspace_len(n, d);
+        let (mut ws0, mut ws1) = (vec![0.0_f32; plen], vec![0.0_f32; plen]);
+        let (mut c0, mut c1) = (vec![HardestPair::NONE; n], vec![HardestPair::NONE; n]);
+        let mut wsl = vec![0.0_f32; triplet_hardest_pairs_loss_workspace_len(n, d)];
+        let metric = whole.metric;
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(format!("{}_2threads", w.id), |b| {
+            b.iter(|| {
+                let labels = &labels;
+                let (c1r, ws1) = (&mut c1, &mut ws1);
+                std::thread::scope(|sc| {
+                    let t = sc.spawn(move || {
+                        let part = SweepPart::new(1, 2);
+                        hardest_pairs_part(black_box(x), labels, metric, part, c1r, ws1).unwrap()
+                    });
+                    let part = SweepPart::new(0, 2);
+                    hardest_pairs_part(black_box(x), labels, metric, part, &mut c0, &mut ws0)
+                        .unwrap();
+                    t.join().unwrap();
+                });
+                merge_hardest_pairs(&mut c0, &c1).unwrap();
+                triplet_hardest_pairs_loss_grad(x, &c0, whole, &mut grad, &mut wsl).unwrap()
+            });
+        });
+    }
+
+    // The same batch as two blocks of anchors, each on its own thread against the whole
+    // batch (`y = x`), as workers that each own half the batch compute it
+    // (`triplet_batch_ref_loss_grad`, `Reduction::Sum`); the gradient is then the sum of
+    // each block's anchor rows and both blocks' candidate gradients, scaled by the
+    // combined weight, as a data-parallel trainer's all-reduce forms it. Each block
+    // computes its rows against all columns: together twice W5's triangle.
     let sum = whole.with_reduction(Reduction::Sum);
     let half = n / 2;
     let own: Vec<u32> = (0..n as u32).collect();
-    let mut grad = vec![0.0_f32; n * d];
     let mut gy0 = vec![0.0_f32; n * d];
     let mut gy1 = vec![0.0_f32; n * d];
     let wlen = triplet_batch_ref_loss_grad_workspace_len(half, n, d, sum);
     let (mut ws0, mut ws1) = (vec![0.0_f32; wlen], vec![0.0_f32; wlen]);
     g.throughput(Throughput::Elements(n as u64));
-    g.bench_function(format!("{}_2threads", w.id), |b| {
+    g.bench_function(format!("{}_2anchor_blocks", w.id), |b| {
         b.iter(|| {
             let (g0, g1) = grad.split_at_mut(half * d);
             let (y0, y1) = (&mut gy0, &mut gy1);

@@ -35,6 +35,11 @@
 //! - [`mine_triplets_count`]: how many it selects (labels only), to size the output.
 //! - [`hardest_pairs`] / [`hardest_pairs_workspace_len`]: per anchor, the farthest positive
 //!   and the nearest negative.
+//! - [`hardest_pairs_part`] / [`hardest_pairs_part_workspace_len`] ([`SweepPart`],
+//!   [`HardestPair`]) and [`merge_hardest_pairs`]: the same sweep split over threads that
+//!   share the batch, each taking part of the tiles; [`triplet_hardest_pairs_loss`] /
+//!   [`triplet_hardest_pairs_loss_grad`] turn the merged choices into the batch-hard loss
+//!   (bit for bit [`triplet_batch_loss_grad`]'s).
 //!
 //! **Threshold mining** ([`TripletType`], [`TripletMinerParams`], [`Pair`], [`PairCounts`],
 //! [`PairMinerParams`], [`MultiSimilarityMinerParams`])
@@ -263,8 +268,9 @@ pub use distance::{
 pub use error::Error;
 pub use matrix::Matrix;
 pub use mining::{
-    hardest_pairs, hardest_pairs_workspace_len, mine_triplets, mine_triplets_count,
-    mine_triplets_workspace_len, Mining, Triplet, NO_INDEX,
+    hardest_pairs, hardest_pairs_part, hardest_pairs_part_workspace_len,
+    hardest_pairs_workspace_len, merge_hardest_pairs, mine_triplets, mine_triplets_count,
+    mine_triplets_workspace_len, HardestPair, Mining, SweepPart, Triplet, NO_INDEX,
 };
 pub use mining::{
     multi_similarity_mine, multi_similarity_mine_count, pair_mine, pair_mine_count,
@@ -324,7 +330,8 @@ pub use triplet::{
 };
 pub use triplet::{
     triplet_batch_loss, triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
-    triplet_batch_loss_workspace_len, triplet_margin_loss, triplet_margin_loss_grad,
+    triplet_batch_loss_workspace_len, triplet_hardest_pairs_loss, triplet_hardest_pairs_loss_grad,
+    triplet_hardest_pairs_loss_workspace_len, triplet_margin_loss, triplet_margin_loss_grad,
     triplet_margin_loss_workspace_len, BatchLoss, BatchParams, TripletParams,
 };
 pub use verification::{

@@ -65,12 +65,18 @@ pub(crate) mod multi_similarity;
 pub(crate) mod pairs;
 mod rows;
 mod select;
+mod split;
 mod sweep;
 pub(crate) mod threshold;
 
-pub(crate) use hard::{hard_len, hard_sweep, EmitHard, HardState, TILE};
+pub(crate) use hard::{hard_len, hard_sweep, EmitHard, EmitPairs, HardState, PartTiles, TILE};
 pub(crate) use rows::{block_rows, for_row_blocks, rows_len, SemiBlock};
 pub(crate) use rows::{ref_hard_fallback, RefHardState, RefHardTile, RefRowBlock};
+pub(crate) use split::check_part_args;
+pub use split::{
+    hardest_pairs_part, hardest_pairs_part_workspace_len, merge_hardest_pairs, HardestPair,
+    SweepPart,
+};
 
 pub(crate) use multi_similarity::check_ms_mine;
 pub use multi_similarity::{

@@ -70,6 +70,7 @@ mod batch;
 mod batch_all;
 mod batch_ref;
 mod explicit;
+mod hard_pairs;
 mod per_triplet;
 
 pub use batch::{
@@ -86,6 +87,11 @@ pub use batch_ref::{
 pub use explicit::triplet_margin_workspace_len;
 pub use explicit::{
     triplet_margin_loss, triplet_margin_loss_grad, triplet_margin_loss_workspace_len,
+};
+pub(crate) use hard_pairs::check_hardest_pairs_args;
+pub use hard_pairs::{
+    triplet_hardest_pairs_loss, triplet_hardest_pairs_loss_grad,
+    triplet_hardest_pairs_loss_workspace_len,
 };
 
 use crate::distance::Metric;

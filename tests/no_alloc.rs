@@ -309,10 +309,24 @@ fn mining_and_triplet_losses_do_not_allocate() {
     let mut out = vec![tk::Triplet::default(); 24 * 24 * 24];
     let triplets = [tk::Triplet::new(0, 4, 1), tk::Triplet::new(2, 6, 3)];
     let mut terms = [0.0_f32; 2];
+    let mut parts = vec![tk::HardestPair::NONE; 2 * 24];
     let n = count(|| {
         for metric in [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine] {
             tk::hardest_pairs(x, &labels, metric, &mut pos, &mut neg, &mut ws).unwrap();
             tk::scalar::hardest_pairs(x, &labels, metric, &mut pos, &mut neg, &mut ws).unwrap();
+            // The split batch-hard sweep: two parts, the merge and the loss over the merge.
+            let (a, b) = parts.split_at_mut(24);
+            for (i, out) in [(0, &mut *a), (1, &mut *b)] {
+                let part = tk::SweepPart::new(i, 2);
+                tk::hardest_pairs_part(x, &labels, metric, part, out, &mut ws).unwrap();
+                tk::scalar::hardest_pairs_part(x, &labels, metric, part, out, &mut ws).unwrap();
+            }
+            tk::merge_hardest_pairs(a, b).unwrap();
+            let p = tk::BatchParams::new().with_metric(metric);
+            tk::triplet_hardest_pairs_loss(x, a, p, &mut ws).unwrap();
+            tk::triplet_hardest_pairs_loss_grad(x, a, p, &mut g, &mut ws).unwrap();
+            tk::scalar::triplet_hardest_pairs_loss(x, a, p, &mut ws).unwrap();
+            tk::scalar::triplet_hardest_pairs_loss_grad(x, a, p, &mut g, &mut ws).unwrap();
             for mining in [tk::Mining::All, tk::Mining::BatchHard, tk::Mining::SemiHard] {
                 let k = tk::mine_triplets_count(&labels, mining).unwrap();
                 tk::scalar::mine_triplets_count(&labels, mining).unwrap();

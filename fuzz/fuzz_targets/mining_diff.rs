@@ -1,5 +1,6 @@
 //! Differential target: online mining (`mine_triplets_count`, `mine_triplets`,
-//! `hardest_pairs`), the threshold miners (`triplet_mine(_count)`, `pair_mine(_count)`,
+//! `hardest_pairs`, the split sweep `hardest_pairs_part` / `merge_hardest_pairs` /
+//! `triplet_hardest_pairs_loss_grad`), the threshold miners (`triplet_mine(_count)`, `pair_mine(_count)`,
 //! `multi_similarity_mine(_count)`) and the losses over pairs
 //! (`multi_similarity_loss(_pairs)(_grad)`, `contrastive_loss_pairs(_grad)`) against the
 //! scalar twins, on bounded structured batches.
@@ -26,6 +27,11 @@
 //!   distances equal within the distance bound. Semi-hard decisions may differ where a
 //!   negative lies within rounding of the positive's distance, so there only the values
 //!   are compared, and only away from such ties.
+//! - Split sweep (batches of up to 600 rows, several tiles): a bad part is refused
+//!   before the data; parts merged equal the whole sweep bit for bit, whose indices are
+//!   `hardest_pairs`'s, and the loss over the merge is `triplet_batch_loss_grad`'s bit for
+//!   bit; fast and twin parts agree on `Ok`/`Err`, and exactly on integer data under the
+//!   squared Euclidean metric.
 
 #![no_main]
 
@@ -38,15 +44,18 @@ use testkit::miners::{
 };
 use triplet_kernels::{
     contrastive_loss_pairs, contrastive_loss_pairs_grad, contrastive_loss_pairs_workspace_len,
-    hardest_pairs, mine_triplets, mine_triplets_count, mine_triplets_workspace_len,
-    multi_similarity_loss, multi_similarity_loss_grad, multi_similarity_loss_pairs,
-    multi_similarity_loss_pairs_grad, multi_similarity_loss_pairs_workspace_len,
-    multi_similarity_loss_workspace_len, multi_similarity_mine, multi_similarity_mine_count,
-    pair_mine, pair_mine_count, pair_mine_workspace_len, pairwise_distances,
-    pairwise_distances_workspace_len, scalar, triplet_mine, triplet_mine_count,
-    triplet_mine_workspace_len, ContrastiveForm, ContrastiveParams, ContrastiveReduction, Error,
-    Matrix, Metric, Mining, MultiSimilarityMinerParams, MultiSimilarityParams, Pair, PairCounts,
-    PairMinerParams, Triplet, TripletMinerParams, TripletType, NO_INDEX,
+    hardest_pairs, hardest_pairs_part, hardest_pairs_part_workspace_len, merge_hardest_pairs,
+    mine_triplets, mine_triplets_count, mine_triplets_workspace_len, multi_similarity_loss,
+    multi_similarity_loss_grad, multi_similarity_loss_pairs, multi_similarity_loss_pairs_grad,
+    multi_similarity_loss_pairs_workspace_len, multi_similarity_loss_workspace_len,
+    multi_similarity_mine, multi_similarity_mine_count, pair_mine, pair_mine_count,
+    pair_mine_workspace_len, pairwise_distances, pairwise_distances_workspace_len, scalar,
+    triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
+    triplet_hardest_pairs_loss_grad, triplet_hardest_pairs_loss_workspace_len, triplet_mine,
+    triplet_mine_count, triplet_mine_workspace_len, BatchParams, ContrastiveForm,
+    ContrastiveParams, ContrastiveReduction, Error, HardestPair, Matrix, Metric, Mining,
+    MultiSimilarityMinerParams, MultiSimilarityParams, Pair, PairCounts, PairMinerParams,
+    SweepPart, Triplet, TripletMinerParams, TripletType, NO_INDEX,
 };
 
 /// `sum_a pos(a) * neg(a)` and friends, from the labels.
@@ -211,6 +220,97 @@ fn check_structure(labels: &[u32], r: &Run) {
     }
 }
 
+/// The split batch-hard sweep on its own batch (see the module docs).
+fn split_sweep(g: &mut Gen, regime: Regime, metric: Metric, garbage: f32) {
+    let n = if g.bool() {
+        g.range(257, 600)
+    } else {
+        g.size(1, 40)
+    };
+    let d = g.size(1, 4);
+    let classes = g.range(1, 8);
+    let labels = g.labels(n, classes);
+    let xd = g.values(regime, n * d);
+    let x = Matrix::new(&xd, n, d).unwrap();
+    let parts = g.range(1, 6);
+    let bad = data_error(&xd, d, true);
+    let mut ws = vec![garbage; hardest_pairs_part_workspace_len(n, d)];
+    let sentinel = HardestPair {
+        positive: 7,
+        ..HardestPair::NONE
+    };
+    let part = |fast: bool, p: SweepPart, ws: &mut [f32]| {
+        let mut out = vec![sentinel; n];
+        let r = if fast {
+            hardest_pairs_part(x, &labels, metric, p, &mut out, ws)
+        } else {
+            scalar::hardest_pairs_part(x, &labels, metric, p, &mut out, ws)
+        };
+        (r, out)
+    };
+    // Parameters before data.
+    for fast in [true, false] {
+        let (r, out) = part(fast, SweepPart::new(parts, parts), &mut ws);
+        assert_eq!(r, Err(invalid("part", "index < parts")));
+        assert!(out.iter().all(|c| *c == sentinel), "written on Err");
+    }
+    let mut merged = vec![HardestPair::NONE; n];
+    for i in 0..parts {
+        let p = SweepPart::new(i, parts);
+        let (rf, f) = part(true, p, &mut ws);
+        let (rs, s) = part(false, p, &mut ws);
+        if let Some(e) = bad {
+            assert_eq!((rf, rs), (Err(e), Err(e)));
+            assert!(f.iter().chain(&s).all(|c| *c == sentinel), "written on Err");
+            continue;
+        }
+        rf.unwrap();
+        rs.unwrap();
+        if regime == Regime::Int && metric == Metric::SquaredEuclidean {
+            assert_eq!(f, s, "part {i} of {parts} against the twin");
+        }
+        merge_hardest_pairs(&mut merged, &f).unwrap();
+    }
+    if bad.is_some() {
+        return;
+    }
+    let (r, whole) = part(true, SweepPart::WHOLE, &mut ws);
+    r.unwrap();
+    let bits = |v: &[HardestPair]| -> Vec<[u32; 4]> {
+        v.iter()
+            .map(|c| {
+                let (p, q) = (c.pos_dist.to_bits(), c.neg_dist.to_bits());
+                [c.positive, c.negative, p, q]
+            })
+            .collect()
+    };
+    assert_eq!(
+        bits(&merged),
+        bits(&whole),
+        "merged parts against the whole sweep"
+    );
+    let (mut pos, mut neg) = (vec![0; n], vec![0; n]);
+    let mut wsh = vec![garbage; mine_triplets_workspace_len(n, d)];
+    hardest_pairs(x, &labels, metric, &mut pos, &mut neg, &mut wsh).unwrap();
+    assert!(whole.iter().zip(&pos).all(|(c, &p)| c.positive == p));
+    assert!(whole.iter().zip(&neg).all(|(c, &q)| c.negative == q));
+    let params = BatchParams::new()
+        .with_metric(metric)
+        .with_mining(Mining::BatchHard)
+        .with_hinge(g.hinge())
+        .with_reduction(g.reduction())
+        .with_margin(f32::from(g.byte() % 8) * 0.125);
+    let mut g1 = vec![garbage; n * d];
+    let mut g2 = vec![garbage; n * d];
+    let mut ws1 = vec![garbage; triplet_hardest_pairs_loss_workspace_len(n, d)];
+    let mut ws2 = vec![garbage; triplet_batch_loss_grad_workspace_len(n, d, params)];
+    let split = triplet_hardest_pairs_loss_grad(x, &merged, params, &mut g1, &mut ws1);
+    let one = triplet_batch_loss_grad(x, &labels, params, &mut g2, &mut ws2);
+    assert_eq!(split, one);
+    let b = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(b(&g1), b(&g2), "gradient over the merge");
+}
+
 fuzz_target!(|data: &[u8]| {
     let mut g = Gen::new(data);
     let regime = g.regime();
@@ -226,6 +326,7 @@ fuzz_target!(|data: &[u8]| {
         eprintln!("mining: n {n} d {d} {metric:?}\nx {xd:?}\nlabels {labels:?}");
     }
     threshold_miners(&mut g, regime, x, &labels, metric, garbage);
+    split_sweep(&mut g, regime, metric, garbage);
 
     for m in MININGS {
         let c = mine_triplets_count(&labels, m);

@@ -365,7 +365,9 @@ fn check_metrics_at(
             Err(e) => {
                 assert_eq!(Some(&e), expected.first(), "not the first documented error");
                 assert!(
-                    recall.iter().all(|v| v.to_bits() == f64::from(garbage).to_bits()),
+                    recall
+                        .iter()
+                        .all(|v| v.to_bits() == f64::from(garbage).to_bits()),
                     "recall_at written on Err"
                 );
                 assert!(

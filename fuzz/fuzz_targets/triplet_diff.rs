@@ -35,10 +35,9 @@ use testkit::triplet_def::{
 };
 use triplet_kernels::{
     combine_batch_losses, l2_normalize, mine_triplets_count, mine_triplets_ref_count, scalar,
-    triplet_batch_ref_loss, triplet_batch_ref_loss_grad,
-    triplet_batch_ref_loss_grad_workspace_len, triplet_batch_ref_loss_workspace_len, BatchLoss,
-    BatchParams, Error, GradMode, Hinge, Matrix, Metric, Mining, RefGrad, RefSet, Reduction,
-    Triplet, TripletParams, NO_INDEX,
+    triplet_batch_ref_loss, triplet_batch_ref_loss_grad, triplet_batch_ref_loss_grad_workspace_len,
+    triplet_batch_ref_loss_workspace_len, BatchLoss, BatchParams, Error, GradMode, Hinge, Matrix,
+    Metric, Mining, Reduction, RefGrad, RefSet, Triplet, TripletParams, NO_INDEX,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -459,7 +458,10 @@ fn ref_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
         assert!(s.loss.is_finite() && sx.iter().chain(&sy).all(|v| v.is_finite()));
     }
     let mut ws = vec![garbage; triplet_batch_ref_loss_workspace_len(n, m, d, p)];
-    assert_eq!(triplet_batch_ref_loss(x, &labels, refs, p, &mut ws).unwrap(), f);
+    assert_eq!(
+        triplet_batch_ref_loss(x, &labels, refs, p, &mut ws).unwrap(),
+        f
+    );
     // Two blocks of anchors count what the whole call counts.
     let h = n / 2;
     if h > 0 {

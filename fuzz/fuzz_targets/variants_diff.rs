@@ -913,9 +913,9 @@ fn face_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
 
 fn nce_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
     use triplet_kernels::{
-        infonce_loss, infonce_loss_grad, infonce_loss_workspace_len, ntxent_loss,
-        ntxent_loss_grad, ntxent_loss_workspace_len, supcon_loss, supcon_loss_grad, NceLoss,
-        NtXentParams, SupConParams,
+        infonce_loss, infonce_loss_grad, infonce_loss_workspace_len, ntxent_loss, ntxent_loss_grad,
+        ntxent_loss_workspace_len, supcon_loss, supcon_loss_grad, NceLoss, NtXentParams,
+        SupConParams,
     };
     let (n, d) = (x.rows(), x.dim());
     let kind = g.byte() % 3; // 0 NT-Xent, 1 InfoNCE, 2 SupCon
@@ -932,7 +932,10 @@ fn nce_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
     }
     let mut expected = Vec::new();
     if !(t.is_finite() && t > 0.0 && (1.0 / t).is_finite()) {
-        expected.push(invalid("temperature", "finite and > 0, with a finite inverse"));
+        expected.push(invalid(
+            "temperature",
+            "finite and > 0, with a finite inverse",
+        ));
     }
     expected.extend(non_finite("x", xd, d));
     if kind == 1 {
@@ -955,18 +958,19 @@ fn nce_case(g: &mut Gen<'_>, regime: Regime, x: Matrix<'_>, xd: &[f32]) {
     };
     let mut ws = vec![garbage; len];
     let y = (m > 0).then(|| Matrix::new(&yd, m, d).unwrap());
-    let run = |fast: bool, gx: &mut [f32], gy: &mut [f32], ws: &mut [f32]| -> Result<NceLoss, Error> {
-        match (kind, y, fast) {
-            (1, Some(y), true) => infonce_loss_grad(x, &labels, y, &y_labels, nt, gx, gy, ws),
-            (1, Some(y), false) => {
-                scalar::infonce_loss_grad(x, &labels, y, &y_labels, nt, gx, gy, ws)
+    let run =
+        |fast: bool, gx: &mut [f32], gy: &mut [f32], ws: &mut [f32]| -> Result<NceLoss, Error> {
+            match (kind, y, fast) {
+                (1, Some(y), true) => infonce_loss_grad(x, &labels, y, &y_labels, nt, gx, gy, ws),
+                (1, Some(y), false) => {
+                    scalar::infonce_loss_grad(x, &labels, y, &y_labels, nt, gx, gy, ws)
+                }
+                (2, _, true) => supcon_loss_grad(x, &labels, sc, gx, ws),
+                (2, _, false) => scalar::supcon_loss_grad(x, &labels, sc, gx, ws),
+                (_, _, true) => ntxent_loss_grad(x, &labels, nt, gx, ws),
+                (_, _, false) => scalar::ntxent_loss_grad(x, &labels, nt, gx, ws),
             }
-            (2, _, true) => supcon_loss_grad(x, &labels, sc, gx, ws),
-            (2, _, false) => scalar::supcon_loss_grad(x, &labels, sc, gx, ws),
-            (_, _, true) => ntxent_loss_grad(x, &labels, nt, gx, ws),
-            (_, _, false) => scalar::ntxent_loss_grad(x, &labels, nt, gx, ws),
-        }
-    };
+        };
     let (mut gf, mut gyf) = (vec![garbage; n * d], vec![garbage; m * d]);
     let (mut gs, mut gys) = (vec![garbage; n * d], vec![garbage; m * d]);
     let lf = run(true, &mut gf, &mut gyf, &mut ws);

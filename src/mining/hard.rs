@@ -6,7 +6,7 @@
 //! triplets to a [`Sink`].
 
 use super::select::{argmax, argmin};
-use super::{Sink, NO_INDEX};
+use super::{HardestPair, Sink, NO_INDEX};
 use crate::distance::{
     cross_distances_on, cross_distances_rows_on, cross_distances_workspace_len, fix_up,
     pairwise_distances_on, pairwise_distances_rows_on, pairwise_distances_workspace_len,
@@ -56,6 +56,24 @@ impl<'w> HardState<'w> {
             neg_val: ws.take(rows)?,
             neg_idx: ws.take_u32(rows)?,
         })
+    }
+
+    /// Copies the choices into `out` (as many rows as both hold).
+    pub(crate) fn write_pairs(&self, out: &mut [HardestPair]) {
+        for ((((o, &p), &pv), &q), &qv) in out
+            .iter_mut()
+            .zip(self.pos_idx.iter())
+            .zip(self.pos_val.iter())
+            .zip(self.neg_idx.iter())
+            .zip(self.neg_val.iter())
+        {
+            *o = HardestPair {
+                positive: p,
+                negative: q,
+                pos_dist: pv,
+                neg_dist: qv,
+            };
+        }
     }
 }
 
@@ -221,11 +239,89 @@ pub(crate) fn hard_sweep(
     tile: &mut [f32],
     pack: &mut [f32],
 ) -> Result<(), Error> {
+    hard_sweep_tiles(backend, x, labels, metric, norms, st, tile, pack, None)?;
+    hard_fallback(labels, st);
+    Ok(())
+}
+
+/// Cost of a tile of the sweep in distances: `ti * tj`, or the triangle `ti (ti + 1) / 2`
+/// on the diagonal (the pairwise kernel computes each symmetric pair once).
+const fn tile_cost(ti: usize, tj: usize, diagonal: bool) -> u128 {
+    if diagonal {
+        (ti as u128) * (ti as u128 + 1) / 2
+    } else {
+        (ti as u128) * (tj as u128)
+    }
+}
+
+/// Which tiles of the sweep over `n` rows belong to one part `(index, parts)` of the
+/// partition of [`crate::SweepPart`]: the tiles in sweep order are split into `parts` runs
+/// of about equal cost ([`tile_cost`]), a tile going to the run that holds the middle of
+/// its cost. Ask [`PartTiles::owns`] about every tile, in sweep order.
+pub(crate) struct PartTiles {
+    total: u128,
+    done: u128,
+    index: u128,
+    last: u128,
+}
+
+impl PartTiles {
+    /// The partition for `n` rows; `None` is the whole sweep (one part).
+    pub(crate) fn new(n: usize, part: Option<(usize, usize)>) -> Self {
+        let (index, parts) = part.unwrap_or((0, 1));
+        let mut total = 0_u128;
+        let mut i0 = 0;
+        while i0 < n {
+            let i1 = n.min(i0 + TILE);
+            let mut j0 = i0;
+            while j0 < n {
+                let j1 = n.min(j0 + TILE);
+                total += tile_cost(i1 - i0, j1 - j0, i0 == j0);
+                j0 = j1;
+            }
+            i0 = i1;
+        }
+        PartTiles {
+            total: total.max(1),
+            done: 0,
+            index: index as u128,
+            last: (parts as u128).saturating_sub(1),
+        }
+    }
+
+    /// Whether the next tile (`ti x tj`, on the diagonal or not) belongs to the part.
+    pub(crate) fn owns(&mut self, ti: usize, tj: usize, diagonal: bool) -> bool {
+        let cost = tile_cost(ti, tj, diagonal);
+        let owner = ((2 * self.done + cost) * (self.last + 1))
+            .checked_div(2 * self.total)
+            .unwrap_or(0);
+        self.done += cost;
+        owner.min(self.last) == self.index
+    }
+}
+
+/// The sweep of [`hard_sweep`] over all tiles (`part: None`) or over the tiles of one part
+/// `(index, parts)` of the partition of [`crate::SweepPart`]: tiles in sweep order, split
+/// into `parts` runs of about equal cost, a tile going to the run that holds the middle of
+/// its cost. Initialises `st`; no fallback.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn hard_sweep_tiles(
+    backend: Backend,
+    x: &Matrix<'_>,
+    labels: &[u32],
+    metric: Metric,
+    norms: &[f32],
+    st: &mut HardState<'_>,
+    tile: &mut [f32],
+    pack: &mut [f32],
+    part: Option<(usize, usize)>,
+) -> Result<(), Error> {
     st.pos_val.fill(f32::NEG_INFINITY);
     st.pos_idx.fill(NO_INDEX);
     st.neg_val.fill(f32::INFINITY);
     st.neg_idx.fill(NO_INDEX);
     let n = x.rows();
+    let mut owned = PartTiles::new(n, part);
     let mut i0 = 0;
     while i0 < n {
         let i1 = n.min(i0 + TILE);
@@ -234,16 +330,20 @@ pub(crate) fn hard_sweep(
         let mut j0 = i0;
         while j0 < n {
             let j1 = n.min(j0 + TILE);
+            let (ti, tj) = (i1 - i0, j1 - j0);
+            let diagonal = i0 == j0;
+            if !owned.owns(ti, tj, diagonal) {
+                j0 = j1;
+                continue;
+            }
             let xj = x.sub_rows(j0, j1)?;
             let nj = norms.get(j0..j1).unwrap_or(&[]);
-            let (ti, tj) = (i1 - i0, j1 - j0);
             let area = ti * tj;
             let actual = tile.len();
             let out = tile.get_mut(..area).ok_or(Error::WorkspaceTooSmall {
                 required: area,
                 actual,
             })?;
-            let diagonal = i0 == j0;
             if diagonal {
                 pairwise_distances_on(backend, xi, metric, out, pack)?;
             } else {
@@ -272,7 +372,6 @@ pub(crate) fn hard_sweep(
         }
         i0 = i1;
     }
-    hard_fallback(labels, st);
     Ok(())
 }
 
@@ -295,6 +394,26 @@ impl<K: Sink> Kernel for EmitHard<'_, '_, K> {
         {
             if p != NO_INDEX && q != NO_INDEX {
                 self.sink.triplet(s, a, p as usize, q as usize);
+            }
+        }
+    }
+}
+
+/// Emits the batch-hard triplets of given choices, ascending anchors: those of
+/// [`EmitHard`] when the choices are a whole sweep's.
+pub(crate) struct EmitPairs<'o, K> {
+    pub pairs: &'o [HardestPair],
+    pub sink: &'o mut K,
+}
+
+impl<K: Sink> Kernel for EmitPairs<'_, K> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
+        for (a, c) in self.pairs.iter().enumerate() {
+            if c.positive != NO_INDEX && c.negative != NO_INDEX {
+                self.sink
+                    .triplet(s, a, c.positive as usize, c.negative as usize);
             }
         }
     }

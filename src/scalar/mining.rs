@@ -4,7 +4,10 @@
 use crate::distance::Metric;
 use crate::error::Error;
 use crate::matrix::Matrix;
-use crate::mining::{check_hardest_args, check_mine_args, Mining, Triplet, NO_INDEX};
+use crate::mining::{
+    check_hardest_args, check_mine_args, check_part_args, HardestPair, Mining, PartTiles,
+    SweepPart, Triplet, NO_INDEX, TILE,
+};
 use crate::scalar::distance::distance64;
 
 /// `d(x_i, x_j)` in `f64` (0 for a row index out of range, which validated callers never
@@ -203,6 +206,78 @@ pub fn hardest_pairs(
     for (a, (pa, na)) in positives.iter_mut().zip(negatives.iter_mut()).enumerate() {
         *pa = farthest_positive(&x, labels, metric, a).map_or(NO_INDEX, |p| p as u32);
         *na = nearest_negative(&x, labels, metric, a).map_or(NO_INDEX, |q| q as u32);
+    }
+    Ok(())
+}
+
+/// Scalar twin of [`crate::hardest_pairs_part`]: the part's tiles (the same partition),
+/// every distance of them in `f64`, offered to both of its rows in turn, in ascending
+/// order of the candidate. Each choice keeps its distance rounded to `f32` (the output's
+/// type), and a candidate replaces it only when its `f64` distance is strictly beyond that
+/// value: candidates within one rounding of each other count as tied, to the smallest
+/// index.
+///
+/// # Errors
+///
+/// Exactly those of [`crate::hardest_pairs_part`].
+///
+/// # Example
+///
+/// ```
+/// use triplet_kernels::{scalar, hardest_pairs_part_workspace_len, HardestPair, Matrix};
+/// use triplet_kernels::{Metric, SweepPart, NO_INDEX};
+/// let x = Matrix::new(&[0.0, 2.0, 3.0], 3, 1)?;
+/// let mut out = [HardestPair::NONE; 3];
+/// let mut ws = [0.0_f32; hardest_pairs_part_workspace_len(3, 1)];
+/// let whole = SweepPart::WHOLE;
+/// scalar::hardest_pairs_part(x, &[5, 5, 6], Metric::Euclidean, whole, &mut out, &mut ws)?;
+/// assert_eq!((out[2].positive, out[2].negative, out[2].neg_dist), (NO_INDEX, 1, 1.0));
+/// # Ok::<(), triplet_kernels::Error>(())
+/// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
+pub fn hardest_pairs_part(
+    x: Matrix<'_>,
+    labels: &[u32],
+    metric: Metric,
+    part: SweepPart,
+    out: &mut [HardestPair],
+    workspace: &mut [f32],
+) -> Result<(), Error> {
+    let n = check_part_args(&x, labels, part, out.len(), workspace.len())?;
+    out.fill(HardestPair::NONE);
+    let mut owned = PartTiles::new(n, Some((part.index(), part.parts())));
+    let offer = |out: &mut [HardestPair], a: usize, j: usize, d: f64| {
+        let (Some(c), Some(&la), Some(&lj)) = (out.get_mut(a), labels.get(a), labels.get(j)) else {
+            return;
+        };
+        let j32 = j as u32;
+        if la == lj {
+            let best = f64::from(c.pos_dist);
+            if c.positive == NO_INDEX || d > best || (d == best && j32 < c.positive) {
+                (c.positive, c.pos_dist) = (j32, d as f32);
+            }
+        } else {
+            let best = f64::from(c.neg_dist);
+            if c.negative == NO_INDEX || d < best || (d == best && j32 < c.negative) {
+                (c.negative, c.neg_dist) = (j32, d as f32);
+            }
+        }
+    };
+    for i0 in (0..n).step_by(TILE) {
+        let i1 = n.min(i0 + TILE);
+        for j0 in (i0..n).step_by(TILE) {
+            let j1 = n.min(j0 + TILE);
+            if !owned.owns(i1 - i0, j1 - j0, i0 == j0) {
+                continue;
+            }
+            for i in i0..i1 {
+                for j in j0.max(i + 1)..j1 {
+                    let d = pair64(&x, metric, i, j);
+                    offer(out, i, j, d);
+                    offer(out, j, i, d);
+                }
+            }
+        }
     }
     Ok(())
 }

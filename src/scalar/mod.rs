@@ -71,7 +71,7 @@ pub use edge::{
     knn_edge_workspace_len, knn_hamming, knn_rescored, quantize_bf16, quantize_binary,
     quantize_f16, quantize_i8,
 };
-pub use mining::{hardest_pairs, mine_triplets, mine_triplets_count};
+pub use mining::{hardest_pairs, hardest_pairs_part, mine_triplets, mine_triplets_count};
 pub use reduce::{hinge_reduce, hinge_reduce_grad};
 pub use threshold::{
     multi_similarity_mine, multi_similarity_mine_count, pair_mine, pair_mine_count, triplet_mine,
@@ -109,7 +109,9 @@ pub use retrieval::{
 };
 pub use triplet::{
     triplet_batch_loss, triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
-    triplet_margin_loss, triplet_margin_loss_grad, triplet_margin_loss_workspace_len,
+    triplet_hardest_pairs_loss, triplet_hardest_pairs_loss_grad,
+    triplet_hardest_pairs_loss_grad_workspace_len, triplet_margin_loss, triplet_margin_loss_grad,
+    triplet_margin_loss_workspace_len,
 };
 pub use triplet_ref::{
     mine_triplets_ref, mine_triplets_ref_count, triplet_batch_ref_loss,

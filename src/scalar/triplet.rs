@@ -4,7 +4,7 @@
 use crate::distance::Metric;
 use crate::error::Error;
 use crate::matrix::Matrix;
-use crate::mining::Triplet;
+use crate::mining::{HardestPair, Triplet, NO_INDEX};
 use crate::reduce::Hinge;
 use crate::scalar::acc::{check_twin_workspace, Acc64};
 use crate::scalar::distance::{distance64, normalize_backward64, pair_grad64};
@@ -12,8 +12,8 @@ use crate::scalar::l2_normalize;
 use crate::scalar::mining::{for_each_triplet64, pair64};
 use crate::scalar::reduce::{hinge64, slope64, weight64};
 use crate::triplet::{
-    check_batch_args, check_triplet_args, triplet_batch_loss_workspace_len, BatchLoss, BatchParams,
-    TripletParams,
+    check_batch_args, check_hardest_pairs_args, check_triplet_args,
+    triplet_batch_loss_workspace_len, BatchLoss, BatchParams, TripletParams,
 };
 use crate::validate::{check_len, check_rows, check_workspace};
 
@@ -283,35 +283,16 @@ fn triplet_batch64(
     } else {
         x
     };
-    let (metric, hinge) = (params.metric, params.hinge);
-    let margin = f64::from(params.margin);
-    let value = |a: usize, p: usize, q: usize| {
-        let dap = pair64(&xs, metric, a, p);
-        let dan = pair64(&xs, metric, a, q);
-        (dap - dan + margin, dap, dan)
+    let (metric, mining) = (params.metric, params.mining);
+    let each = |f: &mut dyn FnMut(usize, usize, usize)| {
+        for_each_triplet64(&xs, labels, metric, mining, f);
     };
-    let mut sum = 0.0_f64;
-    let mut count = 0_usize;
-    let mut active = 0_usize;
-    for_each_triplet64(&xs, labels, metric, params.mining, |a, p, q| {
-        let v = value(a, p, q).0;
-        sum += hinge64(hinge, v);
-        count = count.saturating_add(1);
-        active = active.saturating_add(usize::from(is_active64(hinge, v)));
-    });
-    let w = weight64(params.reduction, count, active);
-    if let Some(g) = grad {
-        let (mut acc, _) = Acc64::new(g, rest)?;
-        if w != 0.0 {
-            for_each_triplet64(&xs, labels, metric, params.mining, |a, p, q| {
-                let (v, dap, dan) = value(a, p, q);
-                let c = w * slope64(hinge, v);
-                if c != 0.0 {
-                    add_pair_grad64(metric, &xs, a, p, dap, 0.0, c, &mut acc);
-                    add_pair_grad64(metric, &xs, a, q, dan, 0.0, -c, &mut acc);
-                }
-            });
-        }
+    let mut acc = match grad {
+        Some(g) => Some(Acc64::new(g, rest)?.0),
+        None => None,
+    };
+    let loss = terms64(&xs, params, each, acc.as_mut());
+    if let Some(mut acc) = acc {
         if params.normalize {
             // From the f64 gradient with respect to the normalised rows to that of x.
             for (i, row) in x.row_iter().enumerate() {
@@ -320,12 +301,164 @@ fn triplet_batch64(
         }
         acc.finish();
     }
-    Ok(BatchLoss {
+    Ok(loss)
+}
+
+/// The loss of the triplets `each` enumerates over `xs` (every distance, term and sum in
+/// `f64`) and, into `acc`, its gradient: two passes, the second with the known reduction
+/// weight.
+fn terms64<E: Fn(&mut dyn FnMut(usize, usize, usize))>(
+    xs: &Matrix<'_>,
+    params: &BatchParams,
+    each: E,
+    acc: Option<&mut Acc64<'_>>,
+) -> BatchLoss {
+    let (metric, hinge) = (params.metric, params.hinge);
+    let margin = f64::from(params.margin);
+    let value = |a: usize, p: usize, q: usize| {
+        let dap = pair64(xs, metric, a, p);
+        let dan = pair64(xs, metric, a, q);
+        (dap - dan + margin, dap, dan)
+    };
+    let mut sum = 0.0_f64;
+    let mut count = 0_usize;
+    let mut active = 0_usize;
+    each(&mut |a, p, q| {
+        let v = value(a, p, q).0;
+        sum += hinge64(hinge, v);
+        count = count.saturating_add(1);
+        active = active.saturating_add(usize::from(is_active64(hinge, v)));
+    });
+    let w = weight64(params.reduction, count, active);
+    if let Some(acc) = acc {
+        if w != 0.0 {
+            each(&mut |a, p, q| {
+                let (v, dap, dan) = value(a, p, q);
+                let c = w * slope64(hinge, v);
+                if c != 0.0 {
+                    add_pair_grad64(metric, xs, a, p, dap, 0.0, c, acc);
+                    add_pair_grad64(metric, xs, a, q, dan, 0.0, -c, acc);
+                }
+            });
+        }
+    }
+    BatchLoss {
         loss: (sum * w) as f32,
         num_triplets: count,
         num_active: active,
         sum,
-    })
+    }
+}
+
+/// Workspace elements that the twin [`triplet_hardest_pairs_loss_grad`] needs for `rows`
+/// embeddings of dimension `dim`: `rows * dim`, the low halves of the gradient's `f64`
+/// accumulators. The twin [`triplet_hardest_pairs_loss`] takes the fast kernel's
+/// [`crate::triplet_hardest_pairs_loss_workspace_len`]. Saturates instead of overflowing.
+pub const fn triplet_hardest_pairs_loss_grad_workspace_len(rows: usize, dim: usize) -> usize {
+    rows.saturating_mul(dim)
+}
+
+/// The hardest-pairs twins' body; `grad` is `None` for the loss alone.
+fn hardest_pairs64(
+    x: Matrix<'_>,
+    pairs: &[HardestPair],
+    params: &BatchParams,
+    grad: Option<&mut [f32]>,
+    workspace: &mut [f32],
+) -> Result<BatchLoss, Error> {
+    let grad_len = grad.as_deref().map(<[f32]>::len);
+    match grad_len {
+        Some(_) => check_twin_workspace(
+            triplet_hardest_pairs_loss_grad_workspace_len(x.rows(), x.dim()),
+            workspace.len(),
+            |ws| check_hardest_pairs_args(&x, pairs, params, grad_len, ws),
+        )?,
+        None => check_hardest_pairs_args(&x, pairs, params, None, workspace.len())?,
+    };
+    let each = |f: &mut dyn FnMut(usize, usize, usize)| {
+        for (a, c) in pairs.iter().enumerate() {
+            if c.positive != NO_INDEX && c.negative != NO_INDEX {
+                f(a, c.positive as usize, c.negative as usize);
+            }
+        }
+    };
+    let mut acc = match grad {
+        Some(g) => Some(Acc64::new(g, workspace)?.0),
+        None => None,
+    };
+    let loss = terms64(&x, params, each, acc.as_mut());
+    if let Some(acc) = acc {
+        acc.finish();
+    }
+    Ok(loss)
+}
+
+/// Scalar twin of [`crate::triplet_hardest_pairs_loss`]: the given triplets one by one,
+/// every distance, term and sum in `f64`.
+///
+/// # Errors
+///
+/// Exactly those of [`crate::triplet_hardest_pairs_loss`].
+///
+/// # Example
+///
+/// ```
+/// use triplet_kernels::{scalar, triplet_hardest_pairs_loss_workspace_len};
+/// use triplet_kernels::{BatchParams, HardestPair, Matrix, Metric};
+/// let x = Matrix::new(&[0.0, 1.0, 3.0], 3, 1)?;
+/// let pairs = [HardestPair { positive: 1, negative: 2, ..HardestPair::NONE }; 3];
+/// let p = BatchParams::new().with_metric(Metric::SquaredEuclidean).with_margin(1.0);
+/// let mut ws = [0.0_f32; triplet_hardest_pairs_loss_workspace_len(3, 1)];
+/// let out = scalar::triplet_hardest_pairs_loss(x, &pairs, p, &mut ws)?;
+/// // Squared Euclidean, margin 1: 1 - 9 + 1 < 0; 0 - 4 + 1 < 0; 4 - 0 + 1 = 5.
+/// assert_eq!((out.num_triplets, out.num_active, out.sum), (3, 1, 5.0));
+/// # Ok::<(), triplet_kernels::Error>(())
+/// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
+pub fn triplet_hardest_pairs_loss(
+    x: Matrix<'_>,
+    pairs: &[HardestPair],
+    params: BatchParams,
+    workspace: &mut [f32],
+) -> Result<BatchLoss, Error> {
+    hardest_pairs64(x, pairs, &params, None, workspace)
+}
+
+/// Scalar twin of [`crate::triplet_hardest_pairs_loss_grad`]: every gradient element
+/// summed in `f64` and rounded to `f32` once. `workspace` needs
+/// [`triplet_hardest_pairs_loss_grad_workspace_len`]`(rows, dim)` elements.
+///
+/// # Errors
+///
+/// Those of [`crate::triplet_hardest_pairs_loss_grad`], in the same order;
+/// [`Error::WorkspaceTooSmall`] reports the twin's requirement.
+///
+/// # Example
+///
+/// ```
+/// use triplet_kernels::{scalar, BatchParams, HardestPair, Matrix, Metric, Reduction};
+/// let x = Matrix::new(&[0.0, 1.0, 3.0], 3, 1)?;
+/// let pairs = [HardestPair { positive: 1, negative: 2, ..HardestPair::NONE }; 3];
+/// let p = BatchParams::new()
+///     .with_metric(Metric::SquaredEuclidean)
+///     .with_margin(1.0)
+///     .with_reduction(Reduction::Sum);
+/// let mut grad = [0.0_f32; 3];
+/// let mut ws = [0.0_f32; scalar::triplet_hardest_pairs_loss_grad_workspace_len(3, 1)];
+/// scalar::triplet_hardest_pairs_loss_grad(x, &pairs, p, &mut grad, &mut ws)?;
+/// // Only anchor 2 is active, with the pairs (2, 1) and (2, 2): 2 (x2 - x1) = 4 on x2, -4 on x1.
+/// assert_eq!(grad, [0.0, -4.0, 4.0]);
+/// # Ok::<(), triplet_kernels::Error>(())
+/// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
+pub fn triplet_hardest_pairs_loss_grad(
+    x: Matrix<'_>,
+    pairs: &[HardestPair],
+    params: BatchParams,
+    grad: &mut [f32],
+    workspace: &mut [f32],
+) -> Result<BatchLoss, Error> {
+    hardest_pairs64(x, pairs, &params, Some(grad), workspace)
 }
 
 /// Scalar twin of [`crate::triplet_batch_loss`]: the selected triplets enumerated one by

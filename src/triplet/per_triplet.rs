@@ -13,7 +13,8 @@ use crate::distance::{
 use crate::error::Error;
 use crate::matrix::{three_rows_mut, Matrix};
 use crate::mining::{
-    block_rows, for_row_blocks, hard_sweep, EmitHard, HardState, Mining, SemiBlock, Sink, TILE,
+    block_rows, for_row_blocks, hard_sweep, EmitHard, EmitPairs, HardState, HardestPair, Mining,
+    SemiBlock, Sink, TILE,
 };
 use crate::reduce::Hinge;
 use crate::simd::{Backend, Simd};
@@ -248,4 +249,32 @@ pub(super) fn mined_totals(
         })?;
     }
     Ok(acc.totals)
+}
+
+/// The batch-hard totals of given choices (one triplet per anchor whose positive and
+/// negative are both set, ascending anchors), fed to a [`LossAcc`] as [`mined_totals`]
+/// does after its sweep; also accumulates the gradient into `grad` when given.
+#[inline(always)]
+pub(super) fn pairs_totals(
+    backend: Backend,
+    xs: Matrix<'_>,
+    pairs: &[HardestPair],
+    norms: &[f32],
+    params: &BatchParams,
+    grad: Option<&mut [f32]>,
+) -> Totals {
+    let mut acc = LossAcc {
+        x: xs,
+        norms,
+        metric: params.metric,
+        margin: params.margin,
+        hinge: params.hinge,
+        totals: Totals::default(),
+        grad,
+    };
+    backend.dispatch(EmitPairs {
+        pairs,
+        sink: &mut acc,
+    });
+    acc.totals
 }
