@@ -31,12 +31,14 @@ pub(super) const fn pack_len(rows: usize, dim: usize) -> usize {
         .saturating_add(padded)
 }
 
-/// `x` rounded to bf16 (to nearest, ties to even), as its 16 bits; NaN stays NaN.
+/// Pairs of a row converted per vectorised pass of [`pack_rows`].
+const ROW_CHUNK: usize = 64;
+
+/// `x` rounded to bf16 (to nearest, ties to even), as its 16 bits. Branch-free, so that
+/// the packing loop vectorises; a NaN gives some bf16 pattern (the packing then reports
+/// the row out of range anyway).
 #[inline(always)]
 fn bf16_bits(x: f32) -> u32 {
-    if x.is_nan() {
-        return 0x7fc0;
-    }
     let b = x.to_bits();
     b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16
 }
@@ -127,7 +129,13 @@ fn pack_rows<'w>(
     let (terms_ws, words_ws) = ws.split_at_mut_checked(panels * PANEL)?;
     let words: &mut [u32] = bytemuck::try_cast_slice_mut(words_ws).ok()?;
     let words = words.get_mut(..panels * panel_len)?;
-    let mut in_range = true;
+    // Magnitudes seen: the largest, and the smallest nonzero one (lane-wise in `bv`,
+    // `sv`, folded at the end).
+    let (mut big, mut small) = (0.0_f32, f32::INFINITY);
+    let (mut bv, mut sv) = ([0.0_f32; 16], [f32::INFINITY; 16]);
+    // One row's words, computed in a vectorisable pass, then stored with the panel's
+    // stride of 16 words.
+    let mut tmp = [0_u32; ROW_CHUNK];
     for (pi, panel) in words.chunks_exact_mut(panel_len).enumerate() {
         for r in 0..PANEL {
             let i = pi * PANEL + r;
@@ -136,26 +144,55 @@ fn pack_rows<'w>(
             } else {
                 &[]
             };
-            for (p, pair) in row.chunks(2).enumerate() {
-                let lo = pair.first().copied().unwrap_or(0.0);
-                let hi = pair.get(1).copied().unwrap_or(0.0);
-                for v in [lo, hi] {
-                    let m = v.abs();
-                    in_range &= m == 0.0 || (MIN_MAGNITUDE..=MAX_MAGNITUDE).contains(&m);
-                }
-                if let Some(w) = panel.get_mut(p * PANEL + r) {
-                    *w = bf16_bits(lo) | (bf16_bits(hi) << 16);
-                }
-            }
             if row.is_empty() {
                 for p in 0..pairs {
                     if let Some(w) = panel.get_mut(p * PANEL + r) {
                         *w = 0;
                     }
                 }
+                continue;
+            }
+            // Lane-wise extremes (a fixed-width array, so the loop vectorises), then
+            // folded; a NaN sticks in `big`.
+            let (chunks, rest) = row.as_chunks::<16>();
+            for c in chunks {
+                for ((b, s), &v) in bv.iter_mut().zip(sv.iter_mut()).zip(c) {
+                    let m = v.abs();
+                    *b = if m > *b || m.is_nan() { m } else { *b };
+                    *s = if m != 0.0 && m < *s { m } else { *s };
+                }
+            }
+            for &v in rest {
+                let m = v.abs();
+                big = if m > big || m.is_nan() { m } else { big };
+                small = if m != 0.0 && m < small { m } else { small };
+            }
+            let (full, odd) = row.as_chunks::<2>();
+            let mut p0 = 0;
+            for block in full.chunks(ROW_CHUNK) {
+                for (w, &[lo, hi]) in tmp.iter_mut().zip(block) {
+                    *w = bf16_bits(lo) | (bf16_bits(hi) << 16);
+                }
+                for (p, &w) in tmp.iter().enumerate().take(block.len()) {
+                    if let Some(slot) = panel.get_mut((p0 + p) * PANEL + r) {
+                        *slot = w;
+                    }
+                }
+                p0 += block.len();
+            }
+            if let Some(&lo) = odd.first() {
+                if let Some(slot) = panel.get_mut(p0 * PANEL + r) {
+                    *slot = bf16_bits(lo);
+                }
             }
         }
     }
+    for (&b, &s) in bv.iter().zip(sv.iter()) {
+        big = if b > big || b.is_nan() { b } else { big };
+        small = if s < small { s } else { small };
+    }
+    // NaN (`big` NaN) and infinities fail the range test.
+    let in_range = big <= MAX_MAGNITUDE && (small >= MIN_MAGNITUDE || small == f32::INFINITY);
     if !in_range {
         return None;
     }
@@ -177,4 +214,84 @@ fn pack_rows<'w>(
         panel_len,
         pairs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    extern crate std;
+    use std::vec;
+    use std::vec::Vec;
+
+    /// The packing written element by element: panel words and terms, or `None`.
+    fn reference(rank: Rank, rows: &[f32], dim: usize, count: usize) -> Option<Vec<u32>> {
+        let ok = rows[..count * dim].iter().all(|v| {
+            let m = v.abs();
+            m == 0.0 || (MIN_MAGNITUDE..=MAX_MAGNITUDE).contains(&m)
+        });
+        if !ok {
+            return None;
+        }
+        let pairs = dim.div_ceil(2);
+        let panels = count.div_ceil(PANEL);
+        let mut out = vec![0_u32; panels * PANEL * pairs];
+        let bits = |x: f32| {
+            let b = x.to_bits();
+            b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16
+        };
+        for i in 0..count {
+            for p in 0..pairs {
+                let lo = rows[i * dim + 2 * p];
+                let hi = if 2 * p + 1 < dim {
+                    rows[i * dim + 2 * p + 1]
+                } else {
+                    0.0
+                };
+                out[(i / PANEL) * PANEL * pairs + p * PANEL + i % PANEL] =
+                    bits(lo) | (bits(hi) << 16);
+            }
+        }
+        let _ = rank;
+        Some(out)
+    }
+
+    #[test]
+    fn packing_matches_the_element_by_element_form() {
+        let specials = [
+            0.0,
+            -0.0,
+            1.5,
+            -3.25e-7,
+            7.0e17,
+            f32::NAN,
+            f32::INFINITY,
+            1.0e-35,
+            2.0e18,
+        ];
+        for (dim, count) in [
+            (1, 1),
+            (2, 3),
+            (7, 17),
+            (16, 16),
+            (33, 40),
+            (64, 5),
+            (130, 18),
+        ] {
+            for special in [None, Some(0), Some(3), Some(5), Some(6), Some(7), Some(8)] {
+                let mut rows: Vec<f32> = (0..count * dim)
+                    .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+                    .collect();
+                if let Some(s) = special {
+                    let at = (count * dim) / 2;
+                    rows[at] = specials[s];
+                }
+                let norms = vec![2.0_f32; count];
+                let mut ws = vec![f32::NAN; pack_len(count, dim)];
+                let got = pack_rows(Rank::Sq, &rows, dim, count, &norms, &mut ws)
+                    .map(|p| p.words.to_vec());
+                let want = reference(Rank::Sq, &rows, dim, count);
+                assert_eq!(got, want, "dim {dim} count {count} special {special:?}");
+            }
+        }
+    }
 }
