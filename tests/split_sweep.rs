@@ -410,9 +410,9 @@ fn errors() {
     let mut ws = vec![0.0_f32; scalar::triplet_hardest_pairs_loss_grad_workspace_len(4, 1)];
     for fast in [true, false] {
         let call = |pairs: &[HardestPair],
-                        p: BatchParams,
-                        g: &mut [f32],
-                        ws: &mut [f32]|
+                    p: BatchParams,
+                    g: &mut [f32],
+                    ws: &mut [f32]|
          -> Result<(), Error> {
             if fast {
                 triplet_hardest_pairs_loss_grad(x, pairs, p, g, ws)?;
