@@ -187,8 +187,9 @@ fn batch_losses(c: &mut Criterion) {
 fn retrieval(c: &mut Criterion) {
     use std::time::Duration;
     use triplet_kernels::{
-        gallery_norms_len, knn, knn_gallery, knn_gallery_workspace_len, knn_workspace_len,
-        prepare_gallery, retrieval_metrics, retrieval_metrics_workspace_len,
+        gallery_filter_len, gallery_norms_len, knn, knn_gallery, knn_gallery_workspace_len,
+        knn_workspace_len, prepare_gallery_filtered, retrieval_metrics,
+        retrieval_metrics_workspace_len,
     };
     use workloads::{Search, RETRIEVAL};
     for w in &RETRIEVAL {
@@ -237,8 +238,11 @@ fn retrieval(c: &mut Criterion) {
                 });
             }
             Search::KnnPrepared { k } => {
+                // Enrolment: norms and the bf16 filter copy, once.
                 let mut norms = vec![0.0_f32; gallery_norms_len(w.ng)];
-                let gallery = prepare_gallery(y, w.metric.into(), &mut norms).unwrap();
+                let mut filter = vec![0.0_f32; gallery_filter_len(w.ng, w.d)];
+                let gallery =
+                    prepare_gallery_filtered(y, w.metric.into(), &mut norms, &mut filter).unwrap();
                 let mut idx = vec![0_u32; w.nq * k];
                 let mut dist = vec![0.0_f32; w.nq * k];
                 let mut ws = vec![0.0_f32; knn_gallery_workspace_len(w.nq, w.ng, w.d)];

@@ -119,7 +119,9 @@
 //!   over Gram tiles, exact in the direct form.
 //! - [`prepare_gallery`] / [`gallery_norms_len`]: a [`Gallery`] enrolled once (rows, norm
 //!   terms, [`SearchMetric`], inner product included); [`knn_gallery`] /
-//!   [`knn_gallery_workspace_len`]: k-NN against it.
+//!   [`knn_gallery_workspace_len`]: k-NN against it; [`prepare_gallery_filtered`] /
+//!   [`gallery_filter_len`] add a bf16 filter copy that single queries scan instead of
+//!   the `f32` rows (same results).
 //! - [`retrieval_metrics`] / [`retrieval_metrics_workspace_len`]: precision@1, recall@k,
 //!   R-precision and MAP@R ([`RetrievalMetrics`]); [`retrieval_metrics_at`]: the same with
 //!   recall at several `K` from one ranking.
@@ -314,8 +316,8 @@ pub use retrieval::{
     BinaryMatrix, EdgeFormat, EdgeGallery, EdgeMatrix, I8_MAX_DIM,
 };
 pub use retrieval::{
-    gallery_norms_len, knn_gallery, knn_gallery_workspace_len, prepare_gallery, Gallery,
-    SearchMetric,
+    gallery_filter_len, gallery_norms_len, knn_gallery, knn_gallery_workspace_len, prepare_gallery,
+    prepare_gallery_filtered, Gallery, SearchMetric,
 };
 pub use retrieval::{
     knn, knn_workspace_len, retrieval_metrics, retrieval_metrics_at,

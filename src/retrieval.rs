@@ -41,8 +41,8 @@ pub use quant::{
 };
 
 pub use gallery::{
-    gallery_norms_len, knn_gallery, knn_gallery_workspace_len, prepare_gallery, Gallery,
-    SearchMetric,
+    gallery_filter_len, gallery_norms_len, knn_gallery, knn_gallery_workspace_len, prepare_gallery,
+    prepare_gallery_filtered, Gallery, SearchMetric,
 };
 
 use crate::distance::{metric_norms, Metric};
@@ -614,6 +614,7 @@ pub fn knn(
         shape,
         q_norms,
         r_norms,
+        r_packed: None,
     };
     stream.knn(k, indices, distances, lens, scan);
     if metric == Metric::Euclidean {
@@ -855,6 +856,7 @@ fn evaluate(
         shape,
         q_norms,
         r_norms,
+        r_packed: None,
     };
     let mut sums = MetricSums::default();
     let mut next = 0;

@@ -4,8 +4,9 @@
 
 use proptest::prelude::*;
 use triplet_kernels::{
-    gallery_norms_len, knn, knn_gallery, knn_gallery_workspace_len, knn_workspace_len,
-    prepare_gallery, scalar, Error, Matrix, Metric, SearchMetric,
+    gallery_filter_len, gallery_norms_len, knn, knn_gallery, knn_gallery_workspace_len,
+    knn_workspace_len, prepare_gallery, prepare_gallery_filtered, scalar, Error, Matrix, Metric,
+    SearchMetric,
 };
 
 /// Deterministic data: small integers (exact distances) or standard-normal-like floats.
@@ -310,4 +311,130 @@ fn out_of_range_cosine_rows_keep_the_ranking_consistent() {
             );
         }
     }
+}
+
+/// One search against the gallery prepared with its bf16 filter copy.
+fn run_filtered(x: Matrix<'_>, y: Matrix<'_>, metric: SearchMetric, k: usize) -> (Lists, bool) {
+    let (n, m, d) = (x.rows(), y.rows(), x.dim());
+    let mut norms = vec![0.0_f32; gallery_norms_len(m)];
+    let mut filter = vec![f32::NAN; gallery_filter_len(m, d)];
+    let g = prepare_gallery_filtered(y, metric, &mut norms, &mut filter).unwrap();
+    let mut idx = vec![u32::MAX; n * k];
+    let mut dist = vec![f32::NAN; n * k];
+    let mut ws = vec![f32::NAN; knn_gallery_workspace_len(n, m, d)];
+    knn_gallery(x, &g, k, &mut idx, &mut dist, &mut ws).unwrap();
+    ((idx, dist), g.filtered())
+}
+
+const SEARCH_METRICS: [SearchMetric; 4] = [
+    SearchMetric::SquaredEuclidean,
+    SearchMetric::Euclidean,
+    SearchMetric::Cosine,
+    SearchMetric::InnerProduct,
+];
+
+/// The filter copy changes nothing in the results: single queries (the row kernel), small
+/// and full query blocks, every remainder of the reference blocks, every metric.
+#[test]
+fn filtered_gallery_equals_the_plain_one_bit_for_bit() {
+    let shapes = [
+        (1, 1, 1),
+        (1, 600, 128),
+        (2, 1030, 7),
+        (3, 513, 33),
+        (4, 700, 16),
+        (17, 1030, 9),
+        (130, 77, 5),
+    ];
+    for (seed, &(n, m, d)) in shapes.iter().enumerate() {
+        for integer in [true, false] {
+            let xd = data(n * d, seed as u64 * 2 + 11, integer);
+            let yd = data(m * d, seed as u64 * 2 + 12, integer);
+            let (x, y) = (
+                Matrix::new(&xd, n, d).unwrap(),
+                Matrix::new(&yd, m, d).unwrap(),
+            );
+            for metric in SEARCH_METRICS {
+                for k in [1, 10.min(m), m] {
+                    let plain = run_gallery(x, y, metric, k, false);
+                    let (filtered, _) = run_filtered(x, y, metric, k);
+                    assert_eq!(plain.0, filtered.0, "{n}x{m}x{d} {metric:?} k {k}");
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&plain.1), bits(&filtered.1), "{n}x{m}x{d} {metric:?}");
+                }
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Random shapes and data, including rows the filter refuses (tiny elements) and
+    /// duplicate gallery rows (ties): the same lists with and without the filter.
+    #[test]
+    fn filtered_gallery_matches_random(
+        n in 1usize..=6,
+        m in 1usize..=700,
+        d in 1usize..=40,
+        seed in 0u64..1000,
+        tiny in any::<bool>(),
+        dup in any::<bool>(),
+        mi in 0usize..4,
+    ) {
+        let xd = data(n * d, seed * 2 + 1, seed % 3 == 0);
+        let mut yd = data(m * d, seed * 2 + 2, seed % 3 == 0);
+        if dup && m > 2 {
+            let (a, b) = yd.split_at_mut(d);
+            b[..d].copy_from_slice(a);
+        }
+        if tiny {
+            yd[(m * d) / 2] = 1.0e-35;
+        }
+        let (x, y) = (Matrix::new(&xd, n, d).unwrap(), Matrix::new(&yd, m, d).unwrap());
+        let metric = SEARCH_METRICS[mi];
+        let k = 1 + (seed as usize) % m;
+        let plain = run_gallery(x, y, metric, k, false);
+        let (filtered, used) = run_filtered(x, y, metric, k);
+        if tiny {
+            prop_assert!(!used);
+        }
+        prop_assert_eq!(&plain.0, &filtered.0);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        prop_assert_eq!(bits(&plain.1), bits(&filtered.1));
+    }
+}
+
+#[test]
+fn filter_errors() {
+    let yd = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+    let y = Matrix::new(&yd, 3, 2).unwrap();
+    let mut norms = [0.0_f32; 3];
+    let mut short = vec![0.0_f32; gallery_filter_len(3, 2) - 1];
+    assert!(matches!(
+        prepare_gallery_filtered(y, SearchMetric::Cosine, &mut norms, &mut short),
+        Err(Error::LengthMismatch {
+            buffer: "filter",
+            ..
+        })
+    ));
+    let mut filter = vec![0.0_f32; gallery_filter_len(3, 2)];
+    let mut bad_norms = [0.0_f32; 2];
+    assert!(matches!(
+        prepare_gallery_filtered(y, SearchMetric::Cosine, &mut bad_norms, &mut filter),
+        Err(Error::LengthMismatch {
+            buffer: "norms",
+            ..
+        })
+    ));
+    let nan = [1.0, f32::NAN, 3.0, 4.0, 5.0, 6.0];
+    let yn = Matrix::new(&nan, 3, 2).unwrap();
+    assert!(matches!(
+        prepare_gallery_filtered(yn, SearchMetric::Cosine, &mut norms, &mut filter),
+        Err(Error::NonFinite {
+            buffer: "gallery",
+            row: 0,
+            col: 1
+        })
+    ));
 }

@@ -224,6 +224,14 @@ fn retrieval_does_not_allocate() {
         let g = tk::prepare_gallery(y, tk::SearchMetric::InnerProduct, &mut norms).unwrap();
         tk::knn_gallery(x, &g, 5, &mut idx, &mut dist, &mut ws).unwrap();
         tk::scalar::knn_gallery(x, &g, 5, &mut idx, &mut dist, &mut ws).unwrap();
+        // With the bf16 filter copy: one query (the row kernel) and the whole block.
+        let mut filter = [0.0_f32; tk::gallery_filter_len(10, 11)];
+        let mut norms = [0.0_f32; 10];
+        let g = tk::prepare_gallery_filtered(y, tk::SearchMetric::Cosine, &mut norms, &mut filter)
+            .unwrap();
+        let one = Matrix::new(&xd[..11], 1, 11).unwrap();
+        tk::knn_gallery(one, &g, 5, &mut idx[..5], &mut dist[..5], &mut ws).unwrap();
+        tk::knn_gallery(x, &g, 5, &mut idx, &mut dist, &mut ws).unwrap();
         let (genuine, impostor) = xd.split_at(40);
         let mut tar = [0.0_f64; 3];
         let fars = [1e-3, 1e-2, 0.1];

@@ -290,7 +290,7 @@ impl RetrievalWorkload {
 }
 
 /// The retrieval workloads R1..R5 (exact k-NN and retrieval metrics).
-pub const RETRIEVAL: [RetrievalWorkload; 6] = [
+pub const RETRIEVAL: [RetrievalWorkload; 7] = [
     RetrievalWorkload {
         id: "R1_knn_q1024_g8192_d64_k10_sqeuclid",
         nq: 1024,
@@ -333,6 +333,15 @@ pub const RETRIEVAL: [RetrievalWorkload; 6] = [
         ng: 100_000,
         d: 128,
         metric: Metric::Cosine,
+        search: Search::KnnPrepared { k: 10 },
+        seed: 13,
+    },
+    RetrievalWorkload {
+        id: "R4_knn_q1_g100000_d128_k10_sqeuclid",
+        nq: 1,
+        ng: 100_000,
+        d: 128,
+        metric: Metric::SquaredEuclidean,
         search: Search::KnnPrepared { k: 10 },
         seed: 13,
     },

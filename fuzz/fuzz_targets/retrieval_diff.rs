@@ -7,7 +7,9 @@
 //! - Always: no panic; fast and twin return the same `Ok`/`Err`, the first documented
 //!   error for the arguments given (`k` out of range, non-finite embeddings for the
 //!   metrics), outputs untouched on `Err`; garbage in outputs and workspace changes
-//!   nothing.
+//!   nothing. A gallery prepared once (`prepare_gallery`, and `prepare_gallery_filtered`
+//!   with its bf16 filter copy, for all queries and for the first alone) gives `knn`'s
+//!   lists bit for bit.
 //! - Any data (NaN and infinity included, which `knn` does not scan), every list of the
 //!   fast kernel and of the twin, for the `k` asked and for `k` = every retrievable
 //!   reference: indices distinct, below `m`, never the query itself leave-one-out. The
@@ -489,6 +491,34 @@ fuzz_target!(|data: &[u8]| {
                     let mut ws = vec![garbage; len];
                     triplet_kernels::knn_gallery(q, &gal, k, &mut idx, &mut dist, &mut ws).unwrap();
                     assert_eq!((&idx, bits(&dist)), (&idf, bits(&df)), "knn_gallery != knn");
+                    // And with its bf16 filter copy (single queries take the row kernel).
+                    let mut norms2 = vec![0.0_f32; m];
+                    let mut filter = vec![garbage; triplet_kernels::gallery_filter_len(m, d)];
+                    let gf = triplet_kernels::prepare_gallery_filtered(
+                        y,
+                        metric.into(),
+                        &mut norms2,
+                        &mut filter,
+                    )
+                    .unwrap();
+                    ws.fill(garbage);
+                    triplet_kernels::knn_gallery(q, &gf, k, &mut idx, &mut dist, &mut ws).unwrap();
+                    assert_eq!(
+                        (&idx, bits(&dist)),
+                        (&idf, bits(&df)),
+                        "filtered gallery != knn"
+                    );
+                    if n > 1 {
+                        let q1 = Matrix::new(&q.as_slice()[..d], 1, d).unwrap();
+                        let (mut i1, mut d1) = (vec![0_u32; k], vec![0.0_f32; k]);
+                        triplet_kernels::knn_gallery(q1, &gf, k, &mut i1, &mut d1, &mut ws)
+                            .unwrap();
+                        assert_eq!(
+                            (&i1[..], bits(&d1)),
+                            (&idf[..k], bits(&df[..k])),
+                            "one query"
+                        );
+                    }
                 }
                 Err(e) => {
                     assert!(yd.iter().any(|v| !v.is_finite()), "prepare_gallery: {e:?}");

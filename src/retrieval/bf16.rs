@@ -44,7 +44,7 @@ fn bf16_bits(x: f32) -> u32 {
 }
 
 /// Rows packed for the filter: `words` in panels, one term per packed row.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 pub(super) struct Packed<'p> {
     pub(super) words: &'p [u32],
     pub(super) terms: &'p [f32],

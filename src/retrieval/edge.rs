@@ -317,6 +317,7 @@ pub fn knn_edge(
             },
             q_norms,
             r_norms: gallery.norms,
+            r_packed: None,
         };
         let packed = packer.pack_all_queries(qpack);
         let mut start = 0;
@@ -344,6 +345,7 @@ pub fn knn_edge(
                 },
                 q_norms,
                 r_norms,
+                r_packed: None,
             };
             stream.knn_block(
                 k,

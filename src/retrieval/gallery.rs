@@ -1,5 +1,6 @@
 //! A gallery prepared once for repeated searches: rows, norms and metric.
 
+use super::bf16::{self, Packed};
 use super::search::{stream_len, Rank, Stream};
 use super::{check_refs, K_EXPECTED};
 use crate::distance::{metric_norms, Metric};
@@ -56,6 +57,8 @@ pub struct Gallery<'a> {
     rows: Matrix<'a>,
     norms: &'a [f32],
     metric: SearchMetric,
+    /// The rows packed for the bf16 filter ([`prepare_gallery_filtered`]).
+    filter: Option<Packed<'a>>,
 }
 
 impl<'a> Gallery<'a> {
@@ -67,6 +70,13 @@ impl<'a> Gallery<'a> {
     /// The metric it was prepared for.
     pub fn metric(&self) -> SearchMetric {
         self.metric
+    }
+
+    /// Whether searches read the filter copy of [`prepare_gallery_filtered`] on this CPU
+    /// and backend: the gallery holds one (its rows were within the filter's range) and
+    /// the active backend has the bf16 dot product (AVX-512 BF16).
+    pub fn filtered(&self) -> bool {
+        self.filter.is_some() && crate::simd::has_bf16_tile(Backend::active())
     }
 }
 
@@ -122,7 +132,82 @@ pub fn prepare_gallery<'a>(
         rows,
         norms,
         metric,
+        filter: None,
     })
+}
+
+/// Elements of the filter buffer of [`prepare_gallery_filtered`] for a gallery of `rows`
+/// rows of dimension `dim`: the rows rounded to bf16, two per `f32` word, in panels of 16
+/// rows (`ceil(rows / 16) 16 ceil(dim / 2)` words), plus one term per packed row; about
+/// half the gallery's own size. Saturates instead of overflowing.
+pub const fn gallery_filter_len(rows: usize, dim: usize) -> usize {
+    bf16::pack_len(rows, dim)
+}
+
+/// [`prepare_gallery`], also writing a filter copy of the gallery into `filter`: its rows
+/// rounded to bf16 and packed for the search's rejection pass. On CPUs with the AVX-512
+/// BF16 dot product, [`knn_gallery`] then computes the rejection values from this copy
+/// (half the bytes of the rows, at twice the `f32` multiply-add rate) for every block of
+/// queries, including single queries, which otherwise compute every distance in the
+/// direct form: a search for one query reads about half the memory. Every candidate the
+/// filter keeps is still recomputed in the direct form from the `f32` rows, so the
+/// results are those of [`prepare_gallery`]'s gallery, bit for bit.
+///
+/// The copy is unused (and the search that of [`prepare_gallery`]) on other CPUs and
+/// backends, or when an element's magnitude lies outside `[2^-100, 2^60]` (zero
+/// allowed), where bf16 products could underflow or overflow;
+/// [`Gallery::filtered`] tells which.
+///
+/// # Errors
+///
+/// Those of [`prepare_gallery`], and [`Error::LengthMismatch`] (`"filter"`) when `filter`
+/// does not have [`gallery_filter_len`]`(m, d)` elements (checked after `norms`).
+///
+/// # Example
+///
+/// ```
+/// use triplet_kernels::{gallery_filter_len, knn_gallery, knn_gallery_workspace_len};
+/// use triplet_kernels::{prepare_gallery, prepare_gallery_filtered, Matrix, SearchMetric};
+/// let enrolled: Vec<f32> = (0..40 * 8).map(|i| ((i * 29 % 23) as f32 - 11.0) / 4.0).collect();
+/// let rows = Matrix::new(&enrolled, 40, 8)?;
+/// let mut norms = vec![0.0_f32; 40];
+/// let mut filter = vec![0.0_f32; gallery_filter_len(40, 8)];
+/// let g = prepare_gallery_filtered(rows, SearchMetric::Cosine, &mut norms, &mut filter)?;
+/// let q = Matrix::new(&enrolled[8..16], 1, 8)?;
+/// let (mut idx, mut dist) = ([0_u32; 3], [0.0_f32; 3]);
+/// let mut ws = vec![0.0_f32; knn_gallery_workspace_len(1, 40, 8)];
+/// knn_gallery(q, &g, 3, &mut idx, &mut dist, &mut ws)?;
+/// // The same neighbours and distances as without the filter.
+/// let mut norms2 = vec![0.0_f32; 40];
+/// let plain = prepare_gallery(rows, SearchMetric::Cosine, &mut norms2)?;
+/// let (mut idx2, mut dist2) = ([0_u32; 3], [0.0_f32; 3]);
+/// knn_gallery(q, &plain, 3, &mut idx2, &mut dist2, &mut ws)?;
+/// assert_eq!((idx, dist), (idx2, dist2));
+/// assert_eq!(idx[0], 1);
+/// # Ok::<(), triplet_kernels::Error>(())
+/// ```
+#[cfg_attr(feature = "no-panic", no_panic::no_panic)]
+pub fn prepare_gallery_filtered<'a>(
+    rows: Matrix<'a>,
+    metric: SearchMetric,
+    norms: &'a mut [f32],
+    filter: &'a mut [f32],
+) -> Result<Gallery<'a>, Error> {
+    let (m, d) = (rows.rows(), rows.dim());
+    check_len("norms", gallery_norms_len(m), norms.len())?;
+    check_len("filter", gallery_filter_len(m, d), filter.len())?;
+    let mut g = prepare_gallery(rows, metric, norms)?;
+    let backend = Backend::active();
+    g.filter = bf16::pack(
+        backend,
+        metric.rank(),
+        rows.as_slice(),
+        d,
+        m,
+        g.norms,
+        filter,
+    );
+    Ok(g)
 }
 
 /// Workspace elements that [`knn_gallery`] needs for `queries` queries against a prepared
@@ -208,6 +293,7 @@ pub fn knn_gallery(
         shape,
         q_norms,
         r_norms: gallery.norms,
+        r_packed: gallery.filter,
     };
     stream.knn(k, indices, distances, lens, scan);
     if gallery.metric == SearchMetric::Euclidean {

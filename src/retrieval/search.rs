@@ -194,9 +194,12 @@ pub(super) struct Stream<'a> {
     pub(super) q_norms: &'a [f32],
     /// Norm terms of the references, as `q_norms`.
     pub(super) r_norms: &'a [f32],
+    /// The references packed once for the bf16 filter (a prepared gallery's filter
+    /// copy), used instead of packing each block per call; `None` packs per call.
+    pub(super) r_packed: Option<Packed<'a>>,
 }
 
-impl Stream<'_> {
+impl<'a> Stream<'a> {
     /// Streams every reference block past the queries `q0..q0 + heaps.len()`, offering
     /// query `q0 + i`'s candidates to `heaps[i]` (a heap of capacity 0 is skipped), then
     /// sorts every heap nearest first. `ws` holds at least the tile and the packings of
@@ -223,8 +226,12 @@ impl Stream<'_> {
 
     /// Packs queries `q0..q0 + qb` for the bf16 filter, when the backend has it and the
     /// block is large enough to use a tile.
+    ///
+    /// A block below [`SMALL_BLOCK`] queries is packed only against prepared references
+    /// (their packed filter copy makes the filter a pass over half the bytes of the
+    /// rows); otherwise it takes the direct form throughout.
     fn pack_queries<'w>(&self, q0: usize, qb: usize, ws: &'w mut [f32]) -> Option<Packed<'w>> {
-        if qb < SMALL_BLOCK || !simd::has_bf16_tile(self.backend) {
+        if (qb < SMALL_BLOCK && self.r_packed.is_none()) || !simd::has_bf16_tile(self.backend) {
             return None;
         }
         let d = self.queries.dim();
@@ -234,7 +241,14 @@ impl Stream<'_> {
     }
 
     /// Packs the reference block starting at `start` for the bf16 filter.
-    fn pack_refs<'w>(&self, start: usize, ws: &'w mut [f32]) -> Option<Packed<'w>> {
+    fn pack_refs<'w>(&self, start: usize, ws: &'w mut [f32]) -> Option<Packed<'w>>
+    where
+        'a: 'w,
+    {
+        if let Some(packed) = self.r_packed {
+            // `start` is a multiple of `REFERENCE_BLOCK`, itself one of the panel height.
+            return Some(packed.rows_from(start));
+        }
         let refs = self.shape.refs;
         let (m, d) = (refs.rows(), refs.dim());
         let rb = min_len(REFERENCE_BLOCK, m.checked_sub(start)?);
@@ -324,10 +338,11 @@ impl Stream<'_> {
                 *heap = Heap::resume(d_row, i_row, l as usize);
             }
             let heaps = heaps.get_mut(..qb).unwrap_or_default();
-            // A block of fewer than `SMALL_BLOCK` queries takes the direct path.
+            // A block of fewer than `SMALL_BLOCK` queries takes the direct path, unless
+            // the references come packed.
             let filter = queries
                 .zip(refs)
-                .filter(|_| qb >= SMALL_BLOCK)
+                .filter(|_| qb >= SMALL_BLOCK || self.r_packed.is_some())
                 .map(|(q, r)| (q.rows_from(q0), r));
             self.scan_block_at(q0, heaps, (start, base), filter, ws);
             for (l, heap) in block_lens.iter_mut().zip(heaps.iter()) {
@@ -388,7 +403,9 @@ impl Stream<'_> {
         let nb_max = r_norms.iter().fold(0.0_f32, |a, &b| a.max(b));
         let mut slack = Slack::new(self.rank, d);
         let mut masked = false;
-        let (tile, width) = if qb < SMALL_BLOCK {
+        // A small query block is filtered only against prepared references.
+        let small = qb < SMALL_BLOCK;
+        let (tile, width) = if small && filter.is_none() {
             (&mut [][..], 0)
         } else {
             let Some(tile) = tile.get_mut(..qb * rb) else {
@@ -416,7 +433,9 @@ impl Stream<'_> {
                     Rank::NegDot => simd::Bf16Epilogue::NegDot,
                 };
                 let chunks = qb * rb.div_ceil(LANES);
-                if all_full {
+                // (A small block's values come from the row kernel; its masks would
+                // take a whole panel of rows.)
+                if all_full && !small {
                     // An `f32` slice always reinterprets as `u32`.
                     let words = bytemuck::try_cast_slice_mut::<f32, u32>(&mut *tile);
                     if let Some(masks) = words.ok().and_then(|w| w.get_mut(..chunks)) {
@@ -454,8 +473,13 @@ impl Stream<'_> {
                     },
                 )
             });
-            if done {
+            let width = if done {
                 slack = Slack::bf16(self.rank, d);
+                rb
+            } else if small {
+                // No filter after all (rows outside its range): the direct form.
+                masked = false;
+                0
             } else {
                 masked = false;
                 crate::distance::cross_tile_on(
@@ -469,8 +493,9 @@ impl Stream<'_> {
                     tile,
                     pack,
                 );
-            }
-            (tile, rb)
+                rb
+            };
+            (tile, width)
         };
         self.backend.dispatch(Select {
             rank: self.rank,

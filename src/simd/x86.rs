@@ -511,7 +511,7 @@ impl Bf16 {
 
 /// Computes the tile; does nothing when a buffer is shorter than the shapes require.
 #[inline]
-pub(crate) fn bf16_tile(token: Bf16, t: Bf16Tile<'_>) {
+pub(crate) fn bf16_tile(token: Bf16, mut t: Bf16Tile<'_>) {
     let panels_a = t.rows.div_ceil(16);
     let panels_b = t.cols.div_ceil(16);
     let plen = t.pairs.saturating_mul(16);
@@ -528,9 +528,91 @@ pub(crate) fn bf16_tile(token: Bf16, t: Bf16Tile<'_>) {
     if !fits {
         return;
     }
-    // SAFETY: `token` proves AVX-512F and AVX512_BF16, the features the entry point
-    // enables; the buffer lengths were checked above, as the entry point requires.
-    unsafe { bf16_tile_entry(token, t) }
+    // SAFETY: `token` proves AVX-512F and AVX512_BF16, the features the entry points
+    // enable; the buffer lengths were checked above, as the entry points require.
+    unsafe {
+        match (t.rows, t.keep.is_some()) {
+            (1, false) => bf16_rows_entry::<1>(token, &mut t),
+            (2, false) => bf16_rows_entry::<2>(token, &mut t),
+            (3, false) => bf16_rows_entry::<3>(token, &mut t),
+            _ => bf16_tile_entry(token, t),
+        }
+    }
+}
+
+/// The filter values of `R` (1 to 3) rows against every column: a matrix-vector shape,
+/// bound by reading the columns once. Four column panels advance together (independent
+/// accumulators for the dot product's latency), each pair step one load per panel and
+/// one broadcast per row.
+///
+/// # Safety
+///
+/// As [`bf16_tile_entry`], with `t.rows == R` and `t.keep` `None`.
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn bf16_rows_entry<const R: usize>(_token: Bf16, t: &mut Bf16Tile<'_>) {
+    use core::arch::x86_64::{
+        __m512bh, __m512i, _mm512_dpbf16_ps, _mm512_loadu_si512, _mm512_set1_epi32,
+    };
+    const G: usize = 4;
+    let plen = t.pairs * 16;
+    let panels = t.cols.div_ceil(16);
+    let zero = _mm512_setzero_ps();
+    let two = _mm512_set1_ps(2.0);
+    let one = _mm512_set1_ps(1.0);
+    let out = t.out.as_mut_ptr();
+    let mut c = 0;
+    while c < panels {
+        let g = (panels - c).min(G);
+        let mut acc = [[zero; G]; R];
+        for p in 0..t.pairs {
+            let mut av = [zero; R];
+            for (r, a) in av.iter_mut().enumerate() {
+                // SAFETY: `p * 16 + r < plen <= a.len()` (one panel of rows).
+                let w = unsafe { *t.a.get_unchecked(p * 16 + r) };
+                *a = _mm512_castsi512_ps(_mm512_set1_epi32(w.cast_signed()));
+            }
+            for j in 0..G {
+                if j < g {
+                    // SAFETY: `(c + j) * plen + p * 16 + 16 <= panels * plen <= b.len()`.
+                    let bv: __m512i = unsafe {
+                        _mm512_loadu_si512(t.b.as_ptr().add((c + j) * plen + p * 16).cast())
+                    };
+                    // SAFETY: same size, every bit pattern valid.
+                    let bv = unsafe { core::mem::transmute::<__m512i, __m512bh>(bv) };
+                    for (acc_r, &a) in acc.iter_mut().zip(av.iter()) {
+                        // SAFETY: as for `bv`.
+                        let a = unsafe { core::mem::transmute::<__m512, __m512bh>(a) };
+                        acc_r[j] = _mm512_dpbf16_ps(acc_r[j], a, bv);
+                    }
+                }
+            }
+        }
+        for j in 0..g {
+            let c0 = (c + j) * 16;
+            let mask = avx512_mask(t.cols - c0);
+            // SAFETY: `c0 + 16 <= panels * 16 <= b_terms.len()`.
+            let bt = unsafe { _mm512_loadu_ps(t.b_terms.as_ptr().add(c0)) };
+            for (r, acc_r) in acc.iter().enumerate() {
+                // SAFETY: `r < R = rows <= a_terms.len()`.
+                let at = _mm512_set1_ps(unsafe { *t.a_terms.get_unchecked(r) });
+                let a = acc_r[j];
+                let v = match t.epilogue {
+                    Bf16Epilogue::Sq => _mm512_max_ps(
+                        zero,
+                        _mm512_sub_ps(_mm512_add_ps(at, bt), _mm512_mul_ps(two, a)),
+                    ),
+                    Bf16Epilogue::Cosine => {
+                        _mm512_sub_ps(one, _mm512_mul_ps(a, _mm512_mul_ps(at, bt)))
+                    }
+                    Bf16Epilogue::NegDot => _mm512_sub_ps(zero, a),
+                };
+                // SAFETY: `r * cols + c0 + min(16, cols - c0) <= rows * cols <= out.len()`;
+                // lanes past the columns are masked off.
+                unsafe { _mm512_mask_storeu_ps(out.add(r * t.cols + c0), mask, v) };
+            }
+        }
+        c += G;
+    }
 }
 
 /// # Safety
