@@ -7,9 +7,12 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use triplet_kernels::{
-    cross_distances, cross_distances_workspace_len, knn, knn_workspace_len, retrieval_metrics,
-    retrieval_metrics_workspace_len, scalar, verification_metrics,
-    verification_metrics_workspace_len, Matrix, Metric, Score,
+    binary_words_len, cross_distances, cross_distances_workspace_len, gallery_filter_len, knn,
+    knn_gallery, knn_gallery_workspace_len, knn_rescored, knn_rescored_workspace_len,
+    knn_workspace_len, prepare_edge_gallery, prepare_gallery, prepare_gallery_filtered,
+    quantize_binary, retrieval_metrics, retrieval_metrics_at, retrieval_metrics_workspace_len,
+    scalar, verification_metrics, verification_metrics_workspace_len, BinaryMatrix, EdgeMatrix,
+    Matrix, Metric, Score, SearchMetric,
 };
 
 const QUERIES: usize = 1024;
@@ -135,7 +138,112 @@ fn bench(c: &mut Criterion) {
         });
     });
     g.finish();
+
+    // Recall at K = 1, 5, 10 from one ranking.
+    let ks = [1, 5, 10];
+    let mut recall = [0.0_f64; 3];
+    let mut g = c.benchmark_group("retrieval_metrics_at_1024x8192_d64_cosine_k1_5_10");
+    g.throughput(Throughput::Elements(pairs));
+    g.sample_size(10);
+    g.bench_function("fast", |b| {
+        b.iter(|| {
+            let r = Some((black_box(y), &yl[..]));
+            retrieval_metrics_at(
+                black_box(x),
+                &xl,
+                r,
+                Metric::Cosine,
+                &ks,
+                &mut recall,
+                &mut ws,
+            )
+            .unwrap()
+        });
+    });
+    g.bench_function("scalar", |b| {
+        b.iter(|| {
+            let r = Some((black_box(y), &yl[..]));
+            let m = Metric::Cosine;
+            scalar::retrieval_metrics_at(black_box(x), &xl, r, m, &ks, &mut recall, &mut ws)
+                .unwrap()
+        });
+    });
+    g.finish();
+
+    prepared(c, x, y);
     verification(c);
+}
+
+/// A prepared gallery with and without its bf16 filter copy (one query and the whole
+/// block), and the two-stage search `knn_rescored` (a binary shortlist of 40 re-scored
+/// against the `f32` gallery) against its twin.
+fn prepared(c: &mut Criterion, x: Matrix<'_>, y: Matrix<'_>) {
+    let metric = SearchMetric::Cosine;
+    let mut norms = vec![0.0_f32; GALLERY];
+    let mut norms2 = vec![0.0_f32; GALLERY];
+    let mut filter = vec![0.0_f32; gallery_filter_len(GALLERY, DIM)];
+    let plain = prepare_gallery(y, metric, &mut norms).unwrap();
+    let filtered = prepare_gallery_filtered(y, metric, &mut norms2, &mut filter).unwrap();
+    let mut idx = vec![0_u32; QUERIES * K];
+    let mut dist = vec![0.0_f32; QUERIES * K];
+    let mut ws = vec![0.0_f32; knn_gallery_workspace_len(QUERIES, GALLERY, DIM)];
+    for (rows, name) in [
+        (1, "knn_gallery_q1x8192_d64_k10_cosine"),
+        (QUERIES, "knn_gallery_1024x8192_d64_k10_cosine"),
+    ] {
+        let q = Matrix::new(&x.as_slice()[..rows * DIM], rows, DIM).unwrap();
+        let mut g = c.benchmark_group(name);
+        g.throughput(Throughput::Elements((rows * GALLERY) as u64));
+        g.sample_size(10);
+        for (id, gal) in [("plain", &plain), ("filtered", &filtered)] {
+            g.bench_function(id, |b| {
+                b.iter(|| {
+                    let (i, d) = (&mut idx[..rows * K], &mut dist[..rows * K]);
+                    knn_gallery(black_box(q), gal, K, i, d, &mut ws).unwrap();
+                });
+            });
+        }
+        g.finish();
+    }
+
+    const SHORTLIST: usize = 40;
+    let mut bits = vec![0_u64; binary_words_len(GALLERY, DIM)];
+    quantize_binary(y, &mut bits).unwrap();
+    let binary = BinaryMatrix::new(&bits, GALLERY, DIM).unwrap();
+    let mut fine_norms = vec![0.0_f32; GALLERY];
+    let mut pws = vec![0.0_f32; DIM];
+    let fine = prepare_edge_gallery(EdgeMatrix::f32(y), metric, &mut fine_norms, &mut pws).unwrap();
+    let mut ws = vec![
+        0.0_f32;
+        knn_rescored_workspace_len(DIM, SHORTLIST)
+            .max(scalar::knn_edge_workspace_len(QUERIES, GALLERY, DIM))
+    ];
+    let mut g = c.benchmark_group("knn_rescored_1024x8192_d64_k10_shortlist40_cosine");
+    g.throughput(Throughput::Elements((QUERIES * GALLERY) as u64));
+    g.sample_size(10);
+    g.bench_function("fast", |b| {
+        b.iter(|| {
+            knn_rescored(
+                black_box(x),
+                binary,
+                &fine,
+                SHORTLIST,
+                K,
+                &mut idx,
+                &mut dist,
+                &mut ws,
+            )
+            .unwrap();
+        });
+    });
+    g.bench_function("scalar", |b| {
+        b.iter(|| {
+            let q = black_box(x);
+            scalar::knn_rescored(q, binary, &fine, SHORTLIST, K, &mut idx, &mut dist, &mut ws)
+                .unwrap();
+        });
+    });
+    g.finish();
 }
 
 /// Verification metrics of 2,000 genuine and 20,000 impostor cosine similarities drawn from

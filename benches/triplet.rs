@@ -5,7 +5,9 @@
 //!   call): `x` standard normal, P x K labels `i / K`, Euclidean metric, margin 0.2,
 //!   hinge, mean reduction (mean over the nonzero terms for batch-all). Throughput is the
 //!   batch size, so criterion reports embeddings per second.
-//! - Mining (`hardest_pairs`, `mine_triplets` with each strategy) and the loss over
+//! - Mining (`hardest_pairs`, `mine_triplets` with each strategy, one part of the split
+//!   sweep `hardest_pairs_part`, the reference form `mine_triplets_ref` against 2048
+//!   candidates), `triplet_hardest_pairs_loss_grad`, and the loss over
 //!   explicit triplets (`triplet_margin_loss`, `triplet_margin_loss_grad`, on the
 //!   semi-hard triplets of the batch) on W2's batch (n = 256, d = 128, classes of 8).
 //!   Throughput is the batch size for mining, the number of triplets for the losses.
@@ -17,11 +19,12 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use std::hint::black_box;
 use std::time::Duration;
 use triplet_kernels::{
-    hardest_pairs, hinge_reduce, hinge_reduce_grad, mine_triplets, mine_triplets_count,
-    mine_triplets_workspace_len, scalar, triplet_batch_loss_grad,
-    triplet_batch_loss_grad_workspace_len, triplet_margin_loss, triplet_margin_loss_grad,
-    triplet_margin_loss_workspace_len, Hinge, Matrix, Metric, Mining, Reduction, Triplet,
-    TripletParams,
+    hardest_pairs, hardest_pairs_part, hinge_reduce, hinge_reduce_grad, mine_triplets,
+    mine_triplets_count, mine_triplets_ref, mine_triplets_ref_count,
+    mine_triplets_ref_workspace_len, mine_triplets_workspace_len, scalar, triplet_batch_loss_grad,
+    triplet_batch_loss_grad_workspace_len, triplet_hardest_pairs_loss_grad, triplet_margin_loss,
+    triplet_margin_loss_grad, triplet_margin_loss_workspace_len, HardestPair, Hinge, Matrix,
+    Metric, Mining, Reduction, RefSet, SweepPart, Triplet, TripletParams,
 };
 
 #[path = "common/workloads.rs"]
@@ -116,6 +119,83 @@ fn mining(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("scalar", &id), |b| {
             b.iter(|| {
                 scalar::mine_triplets(black_box(x), &labels, metric, m, &mut out, &mut ws).unwrap()
+            });
+        });
+    }
+    g.finish();
+
+    // The split batch-hard sweep: one part of two, and the loss from given choices.
+    let mut g = c.benchmark_group("hardest_pairs_part");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(n as u64));
+    let mut out = vec![HardestPair::NONE; n];
+    let part = SweepPart::new(0, 2);
+    g.bench_function(BenchmarkId::new("fast", format!("half_{shape}")), |b| {
+        b.iter(|| {
+            hardest_pairs_part(black_box(x), &labels, metric, part, &mut out, &mut ws).unwrap()
+        });
+    });
+    g.bench_function(BenchmarkId::new("scalar", format!("half_{shape}")), |b| {
+        b.iter(|| {
+            scalar::hardest_pairs_part(black_box(x), &labels, metric, part, &mut out, &mut ws)
+                .unwrap()
+        });
+    });
+    g.finish();
+    hardest_pairs_part(x, &labels, metric, SweepPart::WHOLE, &mut out, &mut ws).unwrap();
+    let p = w.batch_params().unwrap();
+    let mut grad = vec![0.0_f32; n * d];
+    let mut ws2 = vec![0.0_f32; scalar::triplet_hardest_pairs_loss_grad_workspace_len(n, d)];
+    let mut g = c.benchmark_group("triplet_hardest_pairs_loss_grad");
+    g.sample_size(20);
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function(BenchmarkId::new("fast", &shape), |b| {
+        b.iter(|| {
+            triplet_hardest_pairs_loss_grad(black_box(x), &out, p, &mut grad, &mut ws2).unwrap()
+        });
+    });
+    g.bench_function(BenchmarkId::new("scalar", &shape), |b| {
+        b.iter(|| {
+            scalar::triplet_hardest_pairs_loss_grad(black_box(x), &out, p, &mut grad, &mut ws2)
+                .unwrap()
+        });
+    });
+    g.finish();
+
+    // The reference form's miner: W2's batch as anchors against 2048 candidates (the
+    // batch and seven more like it), batch-hard and semi-hard.
+    let m = 8 * n;
+    let yd = normal(m * d, 91);
+    let y = Matrix::new(&yd, m, d).unwrap();
+    let y_labels: Vec<u32> = (0..m as u32).map(|j| labels[j as usize % n]).collect();
+    let mut wsr = vec![0.0_f32; mine_triplets_ref_workspace_len(n, m, d)];
+    let mut g = c.benchmark_group("mine_triplets_ref");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(n as u64));
+    for mining in [Mining::BatchHard, Mining::SemiHard] {
+        let refs = RefSet::new(y, &y_labels);
+        let count = mine_triplets_ref_count(&labels, &y_labels, None, mining).unwrap();
+        let mut out = vec![Triplet::default(); count];
+        let id = format!("{}_euclid_q{n}_m{m}_d{d}", mining_name(mining));
+        g.bench_function(BenchmarkId::new("fast", &id), |b| {
+            b.iter(|| {
+                mine_triplets_ref(
+                    black_box(x),
+                    &labels,
+                    refs,
+                    metric,
+                    mining,
+                    &mut out,
+                    &mut wsr,
+                )
+                .unwrap()
+            });
+        });
+        g.bench_function(BenchmarkId::new("scalar", &id), |b| {
+            b.iter(|| {
+                let x = black_box(x);
+                scalar::mine_triplets_ref(x, &labels, refs, metric, mining, &mut out, &mut wsr)
+                    .unwrap()
             });
         });
     }
