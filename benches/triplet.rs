@@ -19,12 +19,13 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use std::hint::black_box;
 use std::time::Duration;
 use triplet_kernels::{
-    hardest_pairs, hardest_pairs_part, hinge_reduce, hinge_reduce_grad, mine_triplets,
-    mine_triplets_count, mine_triplets_ref, mine_triplets_ref_count,
-    mine_triplets_ref_workspace_len, mine_triplets_workspace_len, scalar, triplet_batch_loss_grad,
-    triplet_batch_loss_grad_workspace_len, triplet_hardest_pairs_loss_grad, triplet_margin_loss,
-    triplet_margin_loss_grad, triplet_margin_loss_workspace_len, HardestPair, Hinge, Matrix,
-    Metric, Mining, Reduction, RefSet, SweepPart, Triplet, TripletParams,
+    hardest_pairs, hardest_pairs_part, hardest_pairs_part_workspace_len, hinge_reduce,
+    hinge_reduce_grad, mine_triplets, mine_triplets_count, mine_triplets_ref,
+    mine_triplets_ref_count, mine_triplets_ref_workspace_len, mine_triplets_workspace_len, scalar,
+    triplet_batch_loss_grad, triplet_batch_loss_grad_workspace_len,
+    triplet_hardest_pairs_loss_grad, triplet_margin_loss, triplet_margin_loss_grad,
+    triplet_margin_loss_workspace_len, HardestPair, Hinge, Matrix, Metric, Mining, Reduction,
+    RefSet, SweepPart, Triplet, TripletParams,
 };
 
 #[path = "common/workloads.rs"]
@@ -124,24 +125,32 @@ fn mining(c: &mut Criterion) {
     }
     g.finish();
 
-    // The split batch-hard sweep: one part of two, and the loss from given choices.
+    // The split batch-hard sweep: one part of two on a batch of 1024 rows (ten tiles of
+    // 256; W2's batch is a single tile), and the loss from given choices on W2's batch.
+    let n2 = 1024;
+    let x2d = normal(n2 * d, 92);
+    let x2 = Matrix::new(&x2d, n2, d).unwrap();
+    let labels2: Vec<u32> = (0..n2 as u32).map(|i| i / 8).collect();
+    let mut wsp = vec![0.0_f32; hardest_pairs_part_workspace_len(n2, d)];
+    let mut out2 = vec![HardestPair::NONE; n2];
     let mut g = c.benchmark_group("hardest_pairs_part");
-    g.sample_size(20);
-    g.throughput(Throughput::Elements(n as u64));
-    let mut out = vec![HardestPair::NONE; n];
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(n2 as u64));
     let part = SweepPart::new(0, 2);
-    g.bench_function(BenchmarkId::new("fast", format!("half_{shape}")), |b| {
+    let id = format!("half_euclid_n{n2}_d{d}");
+    g.bench_function(BenchmarkId::new("fast", &id), |b| {
         b.iter(|| {
-            hardest_pairs_part(black_box(x), &labels, metric, part, &mut out, &mut ws).unwrap()
+            hardest_pairs_part(black_box(x2), &labels2, metric, part, &mut out2, &mut wsp).unwrap()
         });
     });
-    g.bench_function(BenchmarkId::new("scalar", format!("half_{shape}")), |b| {
+    g.bench_function(BenchmarkId::new("scalar", &id), |b| {
         b.iter(|| {
-            scalar::hardest_pairs_part(black_box(x), &labels, metric, part, &mut out, &mut ws)
-                .unwrap()
+            let x2 = black_box(x2);
+            scalar::hardest_pairs_part(x2, &labels2, metric, part, &mut out2, &mut wsp).unwrap()
         });
     });
     g.finish();
+    let mut out = vec![HardestPair::NONE; n];
     hardest_pairs_part(x, &labels, metric, SweepPart::WHOLE, &mut out, &mut ws).unwrap();
     let p = w.batch_params().unwrap();
     let mut grad = vec![0.0_f32; n * d];

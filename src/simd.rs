@@ -211,17 +211,18 @@ pub(crate) struct Bf16Tile<'t> {
 }
 
 /// Computes the bf16 filter tile `t` and returns `true` when `backend` is
-/// [`Backend::Avx512`] and the CPU has AVX512_BF16 (`vdpbf16ps`); otherwise writes nothing
-/// and returns `false`. Each value is the Gram form of the row and column from their
-/// elements rounded to bf16 (round to nearest even), the products summed in `f32` (see
-/// the retrieval kernels' filter bound).
+/// [`Backend::Avx512`], the CPU has AVX512_BF16 (`vdpbf16ps`) and the buffers hold what
+/// the shapes require; otherwise writes nothing and returns `false`. Each value is the
+/// Gram form of the row and column from their elements rounded to bf16 (round to nearest
+/// even), the products summed in `f32` (see the retrieval kernels' filter bound). Fewer
+/// than four rows without `keep` take a matrix-vector kernel (four column panels per
+/// step).
 #[inline]
 pub(crate) fn bf16_tile(backend: Backend, t: Bf16Tile<'_>) -> bool {
     #[cfg(all(target_arch = "x86_64", not(feature = "portable-only")))]
     if backend == Backend::Avx512 {
         if let Some(token) = x86::Bf16::detect() {
-            x86::bf16_tile(token, t);
-            return true;
+            return x86::bf16_tile(token, t);
         }
     }
     let _ = (backend, t);

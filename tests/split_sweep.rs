@@ -477,3 +477,39 @@ fn errors() {
         })
     ));
 }
+
+/// Given choices may name the anchor itself or one row twice (never mined, but taken as
+/// given): such a pair adds nothing to the gradient, as in the twin.
+#[test]
+fn coinciding_rows_in_given_choices() {
+    let xd = [0.0_f32, 1.0, 1.0, 3.0, -2.0, 0.5, 2.0, 2.0];
+    let x = Matrix::new(&xd, 4, 2).unwrap();
+    let c = |p: u32, q: u32| HardestPair {
+        positive: p,
+        negative: q,
+        ..HardestPair::NONE
+    };
+    let pairs = [c(0, 1), c(2, 1), c(3, 3), c(1, 3)];
+    for metric in [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine] {
+        let p = BatchParams::new()
+            .with_metric(metric)
+            .with_margin(5.0)
+            .with_reduction(Reduction::Sum);
+        let mut ws = vec![0.0_f32; scalar::triplet_hardest_pairs_loss_grad_workspace_len(4, 2)];
+        let (mut gf, mut gs) = (vec![f32::NAN; 8], vec![f32::NAN; 8]);
+        let f = triplet_hardest_pairs_loss_grad(x, &pairs, p, &mut gf, &mut ws).unwrap();
+        let s = scalar::triplet_hardest_pairs_loss_grad(x, &pairs, p, &mut gs, &mut ws).unwrap();
+        assert_eq!(
+            (f.num_triplets, f.num_active),
+            (s.num_triplets, s.num_active)
+        );
+        for (k, (&a, &b)) in gf.iter().zip(&gs).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                "{metric:?} grad[{k}]: {a} vs {b}"
+            );
+        }
+        // Anchor 3 against itself twice: no gradient from its term.
+        assert!(gf.iter().all(|v| v.is_finite()));
+    }
+}

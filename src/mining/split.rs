@@ -86,8 +86,8 @@ impl Default for HardestPair {
 /// row-major order) are cut into `parts` consecutive runs of about equal cost (a diagonal
 /// tile counts its triangle); each tile belongs to the run that holds the middle of its
 /// cost. The partition depends on the number of rows only, so every worker computes the
-/// same one. Parts beyond the number of tiles are empty (their choices stay
-/// [`HardestPair::NONE`]).
+/// same one. A part may own no tile (with fewer tiles than parts, or a large tile
+/// spanning a part's share): its choices stay [`HardestPair::NONE`].
 ///
 /// ```
 /// use triplet_kernels::SweepPart;
@@ -160,7 +160,9 @@ pub(crate) fn check_part_args(
 /// batch), then fold the results with [`merge_hardest_pairs`]. The merged choices equal
 /// those of one whole sweep bit for bit (indices and distances, whatever the number of
 /// parts and the order of merging: every tile is computed by the same arithmetic, and the
-/// merge keeps the sweep's tie rule), so the loss of
+/// merge keeps the sweep's tie rule), provided every part runs on the same backend
+/// ([`crate::Backend`]; processes on different CPUs may differ in the last bits, and so
+/// near ties), so the loss of
 /// [`crate::triplet_hardest_pairs_loss_grad`] over them is bit for bit that of
 /// [`crate::triplet_batch_loss_grad`] with [`crate::Mining::BatchHard`]. `p` parts take
 /// `1 / p` of the sweep's `n^2 d / 2` multiply-adds each, to within one tile; anchor blocks

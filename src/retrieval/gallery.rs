@@ -74,7 +74,8 @@ impl<'a> Gallery<'a> {
 
     /// Whether searches read the filter copy of [`prepare_gallery_filtered`] on this CPU
     /// and backend: the gallery holds one (its rows were within the filter's range) and
-    /// the active backend has the bf16 dot product (AVX-512 BF16).
+    /// the active backend has the bf16 dot product (AVX-512 BF16). A query block with an
+    /// element outside that range (or NaN) still takes the direct form for that call.
     pub fn filtered(&self) -> bool {
         self.filter.is_some() && crate::simd::has_bf16_tile(Backend::active())
     }

@@ -65,7 +65,9 @@ pub(super) fn direct<S: Simd>(s: S, rank: Rank, a: &[f32], b: &[f32], na: f32, n
 }
 
 /// Query blocks below this many rows skip the Gram tile (whose register tile would be
-/// mostly padding) and compute every distance in the direct form.
+/// mostly padding) and compute every distance in the direct form, unless the references
+/// come packed for the bf16 filter (a prepared gallery's filter copy): their filter
+/// values then come from the matrix-vector kernel of [`simd::bf16_tile`].
 pub(super) const SMALL_BLOCK: usize = 4;
 
 /// Queries per block: the Gram tile's rows, packed once per reference block.
@@ -537,8 +539,9 @@ pub(super) fn finish(k: usize, indices: &mut [u32], distances: &mut [f32], lens:
 /// distances of the survivors offered to the query's heap.
 struct Select<'t, 'h, 's> {
     rank: Rank,
-    /// `heaps.len() x width` Gram-form values; empty (`width == 0`) for a small query
-    /// block, whose candidates are all computed in the direct form.
+    /// `heaps.len() x width` Gram-form values (`f32` or bf16 filter); empty
+    /// (`width == 0`) for a small query block without a filter, whose candidates are all
+    /// computed in the direct form.
     tile: &'t [f32],
     width: usize,
     /// The tile holds, instead of values, one bit mask per row and 16-column chunk (in

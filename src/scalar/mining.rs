@@ -211,11 +211,9 @@ pub fn hardest_pairs(
 }
 
 /// Scalar twin of [`crate::hardest_pairs_part`]: the part's tiles (the same partition),
-/// every distance of them in `f64`, offered to both of its rows in turn, in ascending
-/// order of the candidate. Each choice keeps its distance rounded to `f32` (the output's
-/// type), and a candidate replaces it only when its `f64` distance is strictly beyond that
-/// value: candidates within one rounding of each other count as tied, to the smallest
-/// index.
+/// every distance of them computed in `f64` and rounded to `f32` (the output's type),
+/// offered to both of its rows in turn; choices are made on those rounded values, ties to
+/// the smallest index.
 ///
 /// # Errors
 ///
@@ -250,16 +248,16 @@ pub fn hardest_pairs_part(
         let (Some(c), Some(&la), Some(&lj)) = (out.get_mut(a), labels.get(a), labels.get(j)) else {
             return;
         };
-        let j32 = j as u32;
+        let (j32, d) = (j as u32, d as f32);
         if la == lj {
-            let best = f64::from(c.pos_dist);
+            let best = c.pos_dist;
             if c.positive == NO_INDEX || d > best || (d == best && j32 < c.positive) {
-                (c.positive, c.pos_dist) = (j32, d as f32);
+                (c.positive, c.pos_dist) = (j32, d);
             }
         } else {
-            let best = f64::from(c.neg_dist);
+            let best = c.neg_dist;
             if c.negative == NO_INDEX || d < best || (d == best && j32 < c.negative) {
-                (c.negative, c.neg_dist) = (j32, d as f32);
+                (c.negative, c.neg_dist) = (j32, d);
             }
         }
     };

@@ -509,9 +509,10 @@ impl Bf16 {
     }
 }
 
-/// Computes the tile; does nothing when a buffer is shorter than the shapes require.
+/// Computes the tile and returns `true`; does nothing and returns `false` when a buffer
+/// is shorter than the shapes require.
 #[inline]
-pub(crate) fn bf16_tile(token: Bf16, mut t: Bf16Tile<'_>) {
+pub(crate) fn bf16_tile(token: Bf16, mut t: Bf16Tile<'_>) -> bool {
     let panels_a = t.rows.div_ceil(16);
     let panels_b = t.cols.div_ceil(16);
     let plen = t.pairs.saturating_mul(16);
@@ -526,7 +527,7 @@ pub(crate) fn bf16_tile(token: Bf16, mut t: Bf16Tile<'_>) {
             None => t.out.len() >= t.rows.saturating_mul(t.cols),
         };
     if !fits {
-        return;
+        return false;
     }
     // SAFETY: `token` proves AVX-512F and AVX512_BF16, the features the entry points
     // enable; the buffer lengths were checked above, as the entry points require.
@@ -538,6 +539,7 @@ pub(crate) fn bf16_tile(token: Bf16, mut t: Bf16Tile<'_>) {
             _ => bf16_tile_entry(token, t),
         }
     }
+    true
 }
 
 /// The filter values of `R` (1 to 3) rows against every column: a matrix-vector shape,

@@ -187,11 +187,19 @@ impl Sink for LossAcc<'_, '_> {
         // Cosine, and Euclidean pairs so close that `sl / dist` could overflow, take the
         // pair helper (its scaled path); the rest the fused three-row update.
         let tiny = metric == Metric::Euclidean && dap.min(daq) < TINY_DISTANCE;
-        if metric == Metric::Cosine || tiny {
+        // Rows that coincide (only in given choices, never in mined ones: a positive or
+        // negative that is the anchor itself, or one row as both) also take the pair
+        // helper, which adds nothing for a row paired with itself.
+        let rows = if metric == Metric::Cosine || tiny {
+            None
+        } else {
+            three_rows_mut(g, self.x.dim(), a, p, q)
+        };
+        if let Some(rows) = rows {
+            triplet_update(s, k(dap), k(daq), xa, xp, xq, rows);
+        } else {
             pair_grad(s, metric, &self.x, self.norms, a, p, dap, sl, g);
             pair_grad(s, metric, &self.x, self.norms, a, q, daq, -sl, g);
-        } else if let Some(rows) = three_rows_mut(g, self.x.dim(), a, p, q) {
-            triplet_update(s, k(dap), k(daq), xa, xp, xq, rows);
         }
     }
 }
