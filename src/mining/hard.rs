@@ -292,10 +292,12 @@ impl PartTiles {
     /// Whether the next tile (`ti x tj`, on the diagonal or not) belongs to the part.
     pub(crate) fn owns(&mut self, ti: usize, tj: usize, diagonal: bool) -> bool {
         let cost = tile_cost(ti, tj, diagonal);
-        let owner = ((2 * self.done + cost) * (self.last + 1))
+        // Saturating: only beyond 2^32 rows with absurd part counts, never a panic.
+        let owner = (2 * self.done + cost)
+            .saturating_mul(self.last + 1)
             .checked_div(2 * self.total)
             .unwrap_or(0);
-        self.done += cost;
+        self.done = self.done.saturating_add(cost);
         owner.min(self.last) == self.index
     }
 }

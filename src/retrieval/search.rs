@@ -479,7 +479,7 @@ impl<'a> Stream<'a> {
                 slack = Slack::bf16(self.rank, d);
                 rb
             } else if small {
-                // No filter after all (rows outside its range): the direct form.
+                // The tile kernel refused (it cannot run here): the direct form.
                 masked = false;
                 0
             } else {
