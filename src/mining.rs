@@ -69,7 +69,9 @@ mod split;
 mod sweep;
 pub(crate) mod threshold;
 
-pub(crate) use hard::{hard_len, hard_sweep, EmitHard, EmitPairs, HardState, PartTiles, TILE};
+pub(crate) use hard::{
+    hard_len, hard_sweep, sweep_choices, EmitHard, EmitPairs, HardState, PartTiles, TILE,
+};
 pub(crate) use rows::{block_rows, for_row_blocks, rows_len, SemiBlock};
 pub(crate) use rows::{ref_hard_fallback, RefHardState, RefHardTile, RefRowBlock};
 pub(crate) use split::check_part_args;
@@ -403,22 +405,14 @@ pub fn hardest_pairs(
     negatives: &mut [u32],
     workspace: &mut [f32],
 ) -> Result<(), Error> {
-    let n = check_hardest_args(
+    check_hardest_args(
         &x,
         labels,
         positives.len(),
         negatives.len(),
         workspace.len(),
     )?;
-    let backend = Backend::active();
-    let mut ws = Carve::new(workspace);
-    let norms = ws.take(n)?;
-    metric_norms(backend, &x, metric, norms);
-    let mut st = HardState::take(&mut ws, n)?;
-    let t = n.min(TILE);
-    let tile = ws.take(t * t)?;
-    let pack = ws.rest();
-    hard_sweep(backend, &x, labels, metric, norms, &mut st, tile, pack)?;
+    let st = sweep_choices(Backend::active(), &x, labels, metric, workspace, None)?;
     for (o, &p) in positives.iter_mut().zip(st.pos_idx.iter()) {
         *o = p;
     }
@@ -519,14 +513,7 @@ pub fn mine_triplets(
             }
         }
         Mining::BatchHard => {
-            let mut ws = Carve::new(workspace);
-            let norms = ws.take(n)?;
-            metric_norms(backend, &x, metric, norms);
-            let mut st = HardState::take(&mut ws, n)?;
-            let t = n.min(TILE);
-            let tile = ws.take(t * t)?;
-            let pack = ws.rest();
-            hard_sweep(backend, &x, labels, metric, norms, &mut st, tile, pack)?;
+            let st = sweep_choices(backend, &x, labels, metric, workspace, None)?;
             backend.dispatch(EmitHard {
                 st: &st,
                 sink: &mut w,

@@ -9,8 +9,8 @@ use super::select::{argmax, argmin};
 use super::{HardestPair, Sink, NO_INDEX};
 use crate::distance::{
     cross_distances_on, cross_distances_rows_on, cross_distances_workspace_len, fix_up,
-    pairwise_distances_on, pairwise_distances_rows_on, pairwise_distances_workspace_len,
-    DistanceMode, Metric,
+    metric_norms, pairwise_distances_on, pairwise_distances_rows_on,
+    pairwise_distances_workspace_len, DistanceMode, Metric,
 };
 use crate::error::Error;
 use crate::matrix::Matrix;
@@ -242,6 +242,33 @@ pub(crate) fn hard_sweep(
     hard_sweep_tiles(backend, x, labels, metric, norms, st, tile, pack, None)?;
     hard_fallback(labels, st);
     Ok(())
+}
+
+/// Carves the batch-hard sweep's buffers off `workspace` (norms, the running choices, one
+/// tile and the tile kernels' packing: [`hard_len`]), computes the rows' norms and sweeps
+/// the tiles of `part` (every tile for `None`, followed by [`hard_fallback`]); returns the
+/// choices, which live in `workspace`.
+pub(crate) fn sweep_choices<'w>(
+    backend: Backend,
+    x: &Matrix<'_>,
+    labels: &[u32],
+    metric: Metric,
+    workspace: &'w mut [f32],
+    part: Option<(usize, usize)>,
+) -> Result<HardState<'w>, Error> {
+    let n = x.rows();
+    let mut ws = Carve::new(workspace);
+    let norms = ws.take(n)?;
+    metric_norms(backend, x, metric, norms);
+    let mut st = HardState::take(&mut ws, n)?;
+    let t = n.min(TILE);
+    let tile = ws.take(t * t)?;
+    let pack = ws.rest();
+    hard_sweep_tiles(backend, x, labels, metric, norms, &mut st, tile, pack, part)?;
+    if part.is_none() {
+        hard_fallback(labels, &mut st);
+    }
+    Ok(st)
 }
 
 /// Cost of a tile of the sweep in distances: `ti * tj`, or the triangle `ti (ti + 1) / 2`

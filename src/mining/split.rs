@@ -3,14 +3,13 @@
 //! parts' running choices, and [`crate::triplet_hardest_pairs_loss_grad`] turns the
 //! merged choices into the batch loss.
 
-use super::hard::{hard_len, hard_sweep_tiles, HardState, TILE};
+use super::hard::{hard_len, sweep_choices};
 use super::NO_INDEX;
-use crate::distance::{metric_norms, Metric};
+use crate::distance::Metric;
 use crate::error::Error;
 use crate::matrix::Matrix;
 use crate::simd::Backend;
 use crate::validate::{check_labels, check_len, check_rows, check_workspace};
-use crate::workspace::Carve;
 
 /// One anchor's batch-hard choice: its farthest positive and nearest negative with their
 /// mining distances, or [`NO_INDEX`] (with distance `-inf` for the positive, `+inf` for
@@ -217,19 +216,9 @@ pub fn hardest_pairs_part(
     out: &mut [HardestPair],
     workspace: &mut [f32],
 ) -> Result<(), Error> {
-    let n = check_part_args(&x, labels, part, out.len(), workspace.len())?;
-    let backend = Backend::active();
-    let mut ws = Carve::new(workspace);
-    let norms = ws.take(n)?;
-    metric_norms(backend, &x, metric, norms);
-    let mut st = HardState::take(&mut ws, n)?;
-    let t = n.min(TILE);
-    let tile = ws.take(t * t)?;
-    let pack = ws.rest();
+    check_part_args(&x, labels, part, out.len(), workspace.len())?;
     let split = Some((part.index, part.parts));
-    hard_sweep_tiles(
-        backend, &x, labels, metric, norms, &mut st, tile, pack, split,
-    )?;
+    let st = sweep_choices(Backend::active(), &x, labels, metric, workspace, split)?;
     st.write_pairs(out);
     Ok(())
 }

@@ -559,8 +559,6 @@ unsafe fn bf16_rows_entry<const R: usize>(_token: Bf16, t: &mut Bf16Tile<'_>) {
     let plen = t.pairs * 16;
     let panels = t.cols.div_ceil(16);
     let zero = _mm512_setzero_ps();
-    let two = _mm512_set1_ps(2.0);
-    let one = _mm512_set1_ps(1.0);
     let out = t.out.as_mut_ptr();
     let mut c = 0;
     while c < panels {
@@ -597,23 +595,30 @@ unsafe fn bf16_rows_entry<const R: usize>(_token: Bf16, t: &mut Bf16Tile<'_>) {
             for (r, acc_r) in acc.iter().enumerate() {
                 // SAFETY: `r < R = rows <= a_terms.len()`.
                 let at = _mm512_set1_ps(unsafe { *t.a_terms.get_unchecked(r) });
-                let a = acc_r[j];
-                let v = match t.epilogue {
-                    Bf16Epilogue::Sq => _mm512_max_ps(
-                        zero,
-                        _mm512_sub_ps(_mm512_add_ps(at, bt), _mm512_mul_ps(two, a)),
-                    ),
-                    Bf16Epilogue::Cosine => {
-                        _mm512_sub_ps(one, _mm512_mul_ps(a, _mm512_mul_ps(at, bt)))
-                    }
-                    Bf16Epilogue::NegDot => _mm512_sub_ps(zero, a),
-                };
+                let v = bf16_value(t.epilogue, acc_r[j], at, bt);
                 // SAFETY: `r * cols + c0 + min(16, cols - c0) <= rows * cols <= out.len()`;
                 // lanes past the columns are masked off.
                 unsafe { _mm512_mask_storeu_ps(out.add(r * t.cols + c0), mask, v) };
             }
         }
         c += G;
+    }
+}
+
+/// The filter value of accumulated products `a` with row term `at` and column terms `bt`
+/// ([`Bf16Epilogue`]): `max(0, at + bt - 2 a)`, `1 - a (at bt)` or `-a`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn bf16_value(epilogue: Bf16Epilogue, a: __m512, at: __m512, bt: __m512) -> __m512 {
+    match epilogue {
+        Bf16Epilogue::Sq => _mm512_max_ps(
+            _mm512_setzero_ps(),
+            _mm512_sub_ps(_mm512_add_ps(at, bt), _mm512_mul_ps(_mm512_set1_ps(2.0), a)),
+        ),
+        Bf16Epilogue::Cosine => {
+            _mm512_sub_ps(_mm512_set1_ps(1.0), _mm512_mul_ps(a, _mm512_mul_ps(at, bt)))
+        }
+        Bf16Epilogue::NegDot => _mm512_sub_ps(_mm512_setzero_ps(), a),
     }
 }
 
@@ -630,8 +635,6 @@ unsafe fn bf16_tile_entry(_token: Bf16, mut t: Bf16Tile<'_>) {
     let plen = t.pairs * 16;
     let chunks = t.cols.div_ceil(16);
     let zero = _mm512_setzero_ps();
-    let two = _mm512_set1_ps(2.0);
-    let one = _mm512_set1_ps(1.0);
     // Row panels outermost: a row panel (`16 * pairs` words) stays in the first cache
     // level while every column panel streams past it, one vector load per step.
     let mut r0 = 0;
@@ -665,16 +668,7 @@ unsafe fn bf16_tile_entry(_token: Bf16, mut t: Bf16Tile<'_>) {
             for (r, &a) in acc.iter().enumerate().take(nr) {
                 // SAFETY: `r0 + r < rows <= a_terms.len()`.
                 let at = _mm512_set1_ps(unsafe { *t.a_terms.get_unchecked(r0 + r) });
-                let v = match t.epilogue {
-                    Bf16Epilogue::Sq => _mm512_max_ps(
-                        zero,
-                        _mm512_sub_ps(_mm512_add_ps(at, bt), _mm512_mul_ps(two, a)),
-                    ),
-                    Bf16Epilogue::Cosine => {
-                        _mm512_sub_ps(one, _mm512_mul_ps(a, _mm512_mul_ps(at, bt)))
-                    }
-                    Bf16Epilogue::NegDot => _mm512_sub_ps(zero, a),
-                };
+                let v = bf16_value(t.epilogue, a, at, bt);
                 if let Some((bars, masks)) = &mut t.keep {
                     // SAFETY: `r0 + r < rows <= bars.len()`.
                     let bar = _mm512_set1_ps(unsafe { *bars.get_unchecked(r0 + r) });
