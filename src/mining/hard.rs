@@ -273,11 +273,12 @@ pub(crate) fn sweep_choices<'w>(
 
 /// Cost of a tile of the sweep in distances: `ti * tj`, or the triangle `ti (ti + 1) / 2`
 /// on the diagonal (the pairwise kernel computes each symmetric pair once).
-const fn tile_cost(ti: usize, tj: usize, diagonal: bool) -> u128 {
+const fn tile_cost(ti: usize, tj: usize, diagonal: bool) -> u64 {
+    let (ti, tj) = (ti as u64, tj as u64);
     if diagonal {
-        (ti as u128) * (ti as u128 + 1) / 2
+        ti * (ti + 1) / 2
     } else {
-        (ti as u128) * (tj as u128)
+        ti * tj
     }
 }
 
@@ -285,45 +286,49 @@ const fn tile_cost(ti: usize, tj: usize, diagonal: bool) -> u128 {
 /// partition of [`crate::SweepPart`]: the tiles in sweep order are split into `parts` runs
 /// of about equal cost ([`tile_cost`]), a tile going to the run that holds the middle of
 /// its cost. Ask [`PartTiles::owns`] about every tile, in sweep order.
+///
+/// The owner is computed in `f64` (`floor((done + cost / 2) parts / total)`): the same
+/// partition on every machine (IEEE arithmetic, no contraction), no integer division
+/// (whose 128-bit form would be a library call), no overflow.
 pub(crate) struct PartTiles {
-    total: u128,
-    done: u128,
-    index: u128,
-    last: u128,
+    total: f64,
+    done: u64,
+    parts: f64,
+    index: u64,
+    last: u64,
 }
 
 impl PartTiles {
     /// The partition for `n` rows; `None` is the whole sweep (one part).
     pub(crate) fn new(n: usize, part: Option<(usize, usize)>) -> Self {
         let (index, parts) = part.unwrap_or((0, 1));
-        let mut total = 0_u128;
+        let mut total = 0_u64;
         let mut i0 = 0;
         while i0 < n {
             let i1 = n.min(i0 + TILE);
             let mut j0 = i0;
             while j0 < n {
                 let j1 = n.min(j0 + TILE);
-                total += tile_cost(i1 - i0, j1 - j0, i0 == j0);
+                total = total.saturating_add(tile_cost(i1 - i0, j1 - j0, i0 == j0));
                 j0 = j1;
             }
             i0 = i1;
         }
         PartTiles {
-            total: total.max(1),
+            total: total.max(1) as f64,
             done: 0,
-            index: index as u128,
-            last: (parts as u128).saturating_sub(1),
+            parts: parts as f64,
+            index: index as u64,
+            last: (parts as u64).saturating_sub(1),
         }
     }
 
     /// Whether the next tile (`ti x tj`, on the diagonal or not) belongs to the part.
     pub(crate) fn owns(&mut self, ti: usize, tj: usize, diagonal: bool) -> bool {
         let cost = tile_cost(ti, tj, diagonal);
-        // Saturating: only beyond 2^32 rows with absurd part counts, never a panic.
-        let owner = (2 * self.done + cost)
-            .saturating_mul(self.last + 1)
-            .checked_div(2 * self.total)
-            .unwrap_or(0);
+        let mid = self.done as f64 + 0.5 * cost as f64;
+        // `as` saturates; `total >= 1`.
+        let owner = (mid * self.parts / self.total) as u64;
         self.done = self.done.saturating_add(cost);
         owner.min(self.last) == self.index
     }
@@ -334,6 +339,7 @@ impl PartTiles {
 /// into `parts` runs of about equal cost, a tile going to the run that holds the middle of
 /// its cost. Initialises `st`; no fallback.
 #[allow(clippy::too_many_arguments)]
+#[inline(always)]
 pub(crate) fn hard_sweep_tiles(
     backend: Backend,
     x: &Matrix<'_>,

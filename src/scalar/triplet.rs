@@ -4,7 +4,7 @@
 use crate::distance::Metric;
 use crate::error::Error;
 use crate::matrix::Matrix;
-use crate::mining::{HardestPair, Triplet, NO_INDEX};
+use crate::mining::{HardestPair, Mining, Triplet, NO_INDEX};
 use crate::reduce::Hinge;
 use crate::scalar::acc::{check_twin_workspace, Acc64};
 use crate::scalar::distance::{distance64, normalize_backward64, pair_grad64};
@@ -284,8 +284,11 @@ fn triplet_batch64(
         x
     };
     let (metric, mining) = (params.metric, params.mining);
-    let each = |f: &mut dyn FnMut(usize, usize, usize)| {
-        for_each_triplet64(&xs, labels, metric, mining, f);
+    let each = Mined {
+        xs: &xs,
+        labels,
+        metric,
+        mining,
     };
     let mut acc = match grad {
         Some(g) => Some(Acc64::new(g, rest)?.0),
@@ -304,10 +307,43 @@ fn triplet_batch64(
     Ok(loss)
 }
 
+/// Enumerates triplets for [`terms64`] (a trait rather than a `dyn` callback, so that
+/// every call is static and the no-panic proof sees through it).
+trait Triplets {
+    fn each<F: FnMut(usize, usize, usize)>(&self, f: F);
+}
+
+/// The triplets `mining` selects in a labelled batch.
+struct Mined<'a, 'x> {
+    xs: &'a Matrix<'x>,
+    labels: &'a [u32],
+    metric: Metric,
+    mining: Mining,
+}
+
+impl Triplets for Mined<'_, '_> {
+    fn each<F: FnMut(usize, usize, usize)>(&self, f: F) {
+        for_each_triplet64(self.xs, self.labels, self.metric, self.mining, f);
+    }
+}
+
+/// One triplet per anchor whose given choice names both rows.
+struct Given<'a>(&'a [HardestPair]);
+
+impl Triplets for Given<'_> {
+    fn each<F: FnMut(usize, usize, usize)>(&self, mut f: F) {
+        for (a, c) in self.0.iter().enumerate() {
+            if c.positive != NO_INDEX && c.negative != NO_INDEX {
+                f(a, c.positive as usize, c.negative as usize);
+            }
+        }
+    }
+}
+
 /// The loss of the triplets `each` enumerates over `xs` (every distance, term and sum in
 /// `f64`) and, into `acc`, its gradient: two passes, the second with the known reduction
 /// weight.
-fn terms64<E: Fn(&mut dyn FnMut(usize, usize, usize))>(
+fn terms64<E: Triplets>(
     xs: &Matrix<'_>,
     params: &BatchParams,
     each: E,
@@ -323,7 +359,7 @@ fn terms64<E: Fn(&mut dyn FnMut(usize, usize, usize))>(
     let mut sum = 0.0_f64;
     let mut count = 0_usize;
     let mut active = 0_usize;
-    each(&mut |a, p, q| {
+    each.each(|a, p, q| {
         let v = value(a, p, q).0;
         sum += hinge64(hinge, v);
         count = count.saturating_add(1);
@@ -332,7 +368,7 @@ fn terms64<E: Fn(&mut dyn FnMut(usize, usize, usize))>(
     let w = weight64(params.reduction, count, active);
     if let Some(acc) = acc {
         if w != 0.0 {
-            each(&mut |a, p, q| {
+            each.each(|a, p, q| {
                 let (v, dap, dan) = value(a, p, q);
                 let c = w * slope64(hinge, v);
                 if c != 0.0 {
@@ -375,13 +411,7 @@ fn hardest_pairs64(
         )?,
         None => check_hardest_pairs_args(&x, pairs, params, None, workspace.len())?,
     };
-    let each = |f: &mut dyn FnMut(usize, usize, usize)| {
-        for (a, c) in pairs.iter().enumerate() {
-            if c.positive != NO_INDEX && c.negative != NO_INDEX {
-                f(a, c.positive as usize, c.negative as usize);
-            }
-        }
-    };
+    let each = Given(pairs);
     let mut acc = match grad {
         Some(g) => Some(Acc64::new(g, workspace)?.0),
         None => None,
