@@ -294,7 +294,7 @@ fn triplet_batch64(
         Some(g) => Some(Acc64::new(g, rest)?.0),
         None => None,
     };
-    let loss = terms64(&xs, params, each, acc.as_mut());
+    let loss = terms64(&xs, params, &each, acc.as_mut());
     if let Some(mut acc) = acc {
         if params.normalize {
             // From the f64 gradient with respect to the normalised rows to that of x.
@@ -346,7 +346,7 @@ impl Triplets for Given<'_> {
 fn terms64<E: Triplets>(
     xs: &Matrix<'_>,
     params: &BatchParams,
-    each: E,
+    each: &E,
     acc: Option<&mut Acc64<'_>>,
 ) -> BatchLoss {
     let (metric, hinge) = (params.metric, params.hinge);
@@ -416,7 +416,7 @@ fn hardest_pairs64(
         Some(g) => Some(Acc64::new(g, workspace)?.0),
         None => None,
     };
-    let loss = terms64(&x, params, each, acc.as_mut());
+    let loss = terms64(&x, params, &each, acc.as_mut());
     if let Some(acc) = acc {
         acc.finish();
     }
