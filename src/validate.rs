@@ -8,6 +8,7 @@
 use crate::error::Error;
 use crate::matrix::Matrix;
 use crate::mining::{count_exact, Mining};
+use crate::simd::{Backend, Kernel, Simd};
 
 // ---------------------------------------------------------------------------------------
 // Lengths and sizes.
@@ -78,13 +79,12 @@ const ELEMENT_BOUND_SQ_TIMES_DIM: f64 = 2.028_240_960_365_167e31; // 2^104
 /// Validates the data of a loss kernel or miner: every element finite
 /// ([`Error::NonFinite`] at the first offender), and, unless the kernel normalises the
 /// rows first (`normalized`), within the range [`Error::TooLarge`] documents. One
-/// branch-free pass over the absolute values' bit patterns (an integer maximum, which
-/// vectorises); the positions are searched only on failure.
+/// branch-free pass over the absolute values' bit patterns (an integer maximum,
+/// vectorised by the active backend's instructions); the positions are searched only on
+/// failure.
 pub(crate) fn check_rows(x: &Matrix<'_>, normalized: bool) -> Result<(), Error> {
     let data = x.as_slice();
-    let max_bits = data
-        .iter()
-        .fold(0_u32, |m, v| m.max(v.to_bits() & 0x7fff_ffff));
+    let max_bits = Backend::active().dispatch(MaxBits(data));
     if max_bits >= 0x7f80_0000 {
         check_finite("x", data, x.dim())?;
     }
@@ -104,6 +104,20 @@ pub(crate) fn check_rows(x: &Matrix<'_>, normalized: bool) -> Result<(), Error> 
         row: position / x.dim(),
         col: position % x.dim(),
     })
+}
+
+/// The largest absolute value's bit pattern of a slice (NaN and infinities above every
+/// finite value), as a kernel: compiled with the backend's target features.
+struct MaxBits<'a>(&'a [f32]);
+
+impl Kernel for MaxBits<'_> {
+    type Output = u32;
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, _: S) -> u32 {
+        self.0
+            .iter()
+            .fold(0_u32, |m, v| m.max(v.to_bits() & 0x7fff_ffff))
+    }
 }
 
 // ---------------------------------------------------------------------------------------
