@@ -165,8 +165,9 @@ pub(crate) fn check_part_args(
 /// [`crate::triplet_hardest_pairs_loss_grad`] over them is bit for bit that of
 /// [`crate::triplet_batch_loss_grad`] with [`crate::Mining::BatchHard`]. `p` parts take
 /// `1 / p` of the sweep's `n^2 d / 2` multiply-adds each, to within one tile; anchor blocks
-/// against the whole batch ([`crate::triplet_batch_ref_loss_grad`]) would take about
-/// `(2 p - 1) / p^2` of it each, the tiles between blocks being computed by both sides.
+/// against the whole batch ([`crate::triplet_batch_ref_loss_grad`]) take `2 / p` of it
+/// each (their `n / p` anchors against all `n` rows), so two of them together do twice
+/// the sweep's work.
 /// `x` must already be normalised if the loss normalises (the split takes no
 /// `normalize`). Scalar twin: [`crate::scalar::hardest_pairs_part`]. `workspace` needs
 /// [`hardest_pairs_part_workspace_len`]`(rows, dim)` elements, garbage before and after.
