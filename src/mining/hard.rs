@@ -339,7 +339,6 @@ impl PartTiles {
 /// into `parts` runs of about equal cost, a tile going to the run that holds the middle of
 /// its cost. Initialises `st`; no fallback.
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
 pub(crate) fn hard_sweep_tiles(
     backend: Backend,
     x: &Matrix<'_>,
