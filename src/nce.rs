@@ -35,11 +35,19 @@
 //!   [`NtXentParams::textbook`] turns it off (as does the sentence-transformers preset,
 //!   whose cross-entropy has no such rule). A positive pair whose anchor has no negative
 //!   has `l_ap = 0` and still counts in the mean.
-//! - SupCon ([`SupConReduction::MeanNonzero`], pml): the mean runs over the rows whose
-//!   computed `l_i` is `> 0` (pml's `AvgNonZeroReducer`; a row without positives, or
-//!   whose only other row is a positive, has `l_i = 0` exactly), and the loss is 0 when
-//!   the batch has no positive pair or no negative pair (a one-class batch gives 0, not
-//!   `ln(n - 1)`). [`SupConReduction::Mean`] is the paper authors' reference form
+//! - SupCon ([`SupConReduction::MeanNonzero`], pml): the mean runs over the rows with
+//!   `l_i > 0` (pml's `AvgNonZeroReducer`), and the loss is 0 when the batch has no
+//!   positive pair or no negative pair (a one-class batch gives 0, not `ln(n - 1)`). In
+//!   exact arithmetic `l_i = 0` only for a row without positives or whose only other row
+//!   is a positive, and `l_i > 0` for every other row (the log-sum-exp of two or more
+//!   terms exceeds their largest, which is at least the positives' mean); a batch that
+//!   escapes the batch-level rule has three rows or more, so the rows averaged are
+//!   exactly the rows with a positive. This crate counts them so, in the kernel and the
+//!   twin alike, and clamps a computed `l_i` that rounds below 0 to 0. pml decides on its
+//!   `f32` value instead: a row whose positive is far nearer than every other row (at
+//!   `T = 0.07`, cosines 1 and -1 give `l_i = ln(1 + e^{-28.6})`, about `4e-13`) rounds
+//!   to `l_i = 0` and drops out of pml's mean, which then changes with the rounding; the
+//!   conformance vectors keep every such `l_i` above `1e-3`, where both agree. [`SupConReduction::Mean`] is the paper authors' reference form
 //!   instead: the mean over all rows, rows without positives contributing 0, no
 //!   batch-level rule.
 //!
@@ -166,7 +174,8 @@ impl Default for NtXentParams {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum SupConReduction {
-    /// pytorch-metric-learning: the rows with `l_i > 0`; loss 0 when the batch has no
+    /// pytorch-metric-learning: the rows with `l_i > 0`, which in exact arithmetic are the
+    /// rows with a positive (see the [module docs](self)); loss 0 when the batch has no
     /// positive pair or no negative pair.
     #[default]
     MeanNonzero,
@@ -1096,17 +1105,17 @@ fn supcon(
         let npos = q as usize;
         counts.pos_pairs += npos;
         counts.neg_pairs += n.saturating_sub(1 + npos);
-        let mut active = false;
+        // A row with a positive has `l_i > 0` in exact arithmetic whenever the batch rule
+        // leaves the loss nonzero (see the module docs), so it counts without looking at
+        // the rounded `l_i`, which can round to 0 or below.
+        let active = npos > 0;
         if npos == 0 {
             counts.terms += usize::from(!nonzero);
         } else {
             let lse = f64::from(*m) + f64::from(math::ln(*s));
             let l = lse - f64::from(*p) / f64::from(q);
-            active = !nonzero || l > 0.0;
-            if active {
-                total += l;
-                counts.terms += 1;
-            }
+            total += l.max(0.0);
+            counts.terms += 1;
             *m = lse as f32;
         }
         *s = if active { 1.0 } else { 0.0 };

@@ -394,6 +394,27 @@ fn pml_zero_rules_and_textbook_options() {
     );
     assert_eq!((pml.0.num_terms, tb.0.num_terms), (3, 6));
     assert!((pml.0.loss * 3.0 - tb.0.loss * 6.0).abs() < 1e-4);
+    // Rows whose positive is far nearer than their negative: `l_i = ln(1 + e^{-2/T})`,
+    // about 4e-13 at T = 0.07, is 0 after `f32` rounding but positive in exact
+    // arithmetic, so both rows with a positive count, in the kernel and the twin alike
+    // (pml's `f32` reducer would drop them and report 0 terms).
+    let x = Matrix::new(&[1.0_f32, 1.0, -1.0], 3, 1).unwrap();
+    for twin in [false, true] {
+        let out = run(
+            Op::SupCon(SupConParams::new(0.07)),
+            x,
+            &[0, 0, 1],
+            None,
+            twin,
+        );
+        assert_eq!(out.0.num_terms, 2, "twin {twin}");
+        assert!(
+            (0.0..1e-6).contains(&out.0.loss),
+            "twin {twin}: {}",
+            out.0.loss
+        );
+        assert!(out.1.iter().all(|g| g.is_finite()));
+    }
 }
 
 #[test]

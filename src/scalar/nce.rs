@@ -146,12 +146,10 @@ fn nce64(
                     .filter(|(_, (_, &l))| l == li)
                     .map(|(_, (yj, _))| z(yj, inv_t))
                     .sum();
+                // `l_i > 0` in exact arithmetic (see the module docs of `crate::nce`).
                 let l = lse - zp / npos as f64;
-                if nonzero && l <= 0.0 {
-                    continue;
-                }
                 counts.terms += 1;
-                total += l;
+                total += l.max(0.0);
                 if let Some(a) = accs.as_mut() {
                     for (j, (yj, &lj)) in rows() {
                         let pos = if lj == li { 1.0 / npos as f64 } else { 0.0 };
