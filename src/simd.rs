@@ -712,3 +712,139 @@ pub(crate) fn dispatch_popcnt<K: Kernel>(backend: Backend, kernel: K) -> K::Outp
     let _ = backend;
     kernel.run::<Portable, { portable::MR }, { portable::NV }>(Portable)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    extern crate std;
+    use std::vec;
+    use std::vec::Vec;
+
+    /// Small integers: every bf16 product and `f32` sum below is exact, so the tile's
+    /// values equal the definition in any summation order.
+    fn ints(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i * 37 + seed * 11) % 15) as f32 - 7.0)
+            .collect()
+    }
+
+    /// Panels of 16 rows of `pairs` words (bf16 of exact small integers).
+    fn pack(rows: &[f32], count: usize, pairs: usize) -> Vec<u32> {
+        let mut out = vec![0_u32; count.div_ceil(16) * 16 * pairs];
+        for i in 0..count {
+            for p in 0..pairs {
+                let lo = rows[(i * pairs + p) * 2].to_bits() >> 16;
+                let hi = rows[(i * pairs + p) * 2 + 1].to_bits() >> 16;
+                out[(i / 16) * 16 * pairs + p * 16 + i % 16] = lo | (hi << 16);
+            }
+        }
+        out
+    }
+
+    /// Every shape's remainder of the 16-row panels, of the four-row blocks and of the
+    /// column panels (taken four, two and one at a time), every epilogue, values and
+    /// masks, against the definition.
+    #[test]
+    fn bf16_tile_matches_the_definition() {
+        if !has_bf16_tile(Backend::Avx512) {
+            return;
+        }
+        let epilogues = [Bf16Epilogue::Sq, Bf16Epilogue::Cosine, Bf16Epilogue::NegDot];
+        for (rows, cols, pairs) in [
+            (1, 1, 1),
+            (3, 17, 2),
+            (4, 48, 3),
+            (5, 33, 1),
+            (16, 64, 4),
+            (17, 80, 2),
+            (20, 112, 3),
+            (33, 49, 5),
+            (40, 130, 2),
+        ] {
+            let a = ints(rows * pairs * 2, rows);
+            let b = ints(cols * pairs * 2, cols + 1);
+            let (pa, pb) = (pack(&a, rows, pairs), pack(&b, cols, pairs));
+            let a_terms: Vec<f32> = (0..rows.div_ceil(16) * 16)
+                .map(|i| (i % 5) as f32 * 64.0)
+                .collect();
+            let b_terms: Vec<f32> = (0..cols.div_ceil(16) * 16)
+                .map(|j| (j % 3) as f32 * 32.0)
+                .collect();
+            for epilogue in epilogues {
+                let scale = |i: usize| if i.is_multiple_of(2) { 0.5_f32 } else { 0.25 };
+                let (at, bt): (Vec<f32>, Vec<f32>) = match epilogue {
+                    Bf16Epilogue::Cosine => (
+                        (0..a_terms.len()).map(scale).collect(),
+                        (0..b_terms.len()).map(|j| scale(j + 1)).collect(),
+                    ),
+                    _ => (a_terms.clone(), b_terms.clone()),
+                };
+                let want = |i: usize, j: usize| {
+                    let dot: f32 = (0..pairs * 2)
+                        .map(|e| a[i * pairs * 2 + e] * b[j * pairs * 2 + e])
+                        .sum();
+                    match epilogue {
+                        Bf16Epilogue::Sq => (at[i] + bt[j] - 2.0 * dot).max(0.0),
+                        Bf16Epilogue::Cosine => 1.0 - dot * (at[i] * bt[j]),
+                        Bf16Epilogue::NegDot => -dot,
+                    }
+                };
+                let mut out = vec![f32::NAN; rows * cols];
+                assert!(bf16_tile(
+                    Backend::Avx512,
+                    Bf16Tile {
+                        a: &pa,
+                        a_terms: &at,
+                        b: &pb,
+                        b_terms: &bt,
+                        pairs,
+                        rows,
+                        cols,
+                        out: &mut out,
+                        keep: None,
+                        epilogue,
+                    }
+                ));
+                for i in 0..rows {
+                    for j in 0..cols {
+                        assert_eq!(
+                            out[i * cols + j],
+                            want(i, j),
+                            "{rows}x{cols}x{pairs} {epilogue:?} ({i}, {j})"
+                        );
+                    }
+                }
+                let bars: Vec<f32> = (0..rows).map(|i| want(i, (i * 7) % cols)).collect();
+                let chunks = cols.div_ceil(16);
+                let mut masks = vec![u32::MAX; rows * chunks];
+                assert!(bf16_tile(
+                    Backend::Avx512,
+                    Bf16Tile {
+                        a: &pa,
+                        a_terms: &at,
+                        b: &pb,
+                        b_terms: &bt,
+                        pairs,
+                        rows,
+                        cols,
+                        out: &mut [],
+                        keep: Some((&bars, &mut masks)),
+                        epilogue,
+                    }
+                ));
+                for i in 0..rows {
+                    for c in 0..chunks {
+                        let expect = (0..16)
+                            .filter(|&l| c * 16 + l < cols && want(i, c * 16 + l) <= bars[i])
+                            .fold(0_u32, |m, l| m | 1 << l);
+                        assert_eq!(
+                            masks[i * chunks + c],
+                            expect,
+                            "{rows}x{cols}x{pairs} {epilogue:?} row {i} chunk {c}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
