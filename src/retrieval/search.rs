@@ -616,6 +616,7 @@ impl Kernel for Select<'_, '_, '_> {
                 start,
                 skip,
                 pad,
+                cap: f32::INFINITY,
             };
             if width == 0 {
                 // Small query block: every candidate in the direct form, row by row (four
@@ -645,7 +646,22 @@ impl Kernel for Select<'_, '_, '_> {
                 continue;
             }
             let row = tile.get(i * width..(i + 1) * width).unwrap_or_default();
-            let mut bar = heap.bar() + pad;
+            // A heap that is not full yet (in the first block) would take every candidate
+            // until it is, then every improvement: about `k ln(width / k)` direct
+            // distances. A bound `F` on the block's own `k`-th smallest value caps the bar
+            // instead: each of the block's true `k` nearest has a value within `pad` of
+            // its direct distance, which is at most `F + pad`, so none is above
+            // `F + 2 pad` (a third `pad` covers the rounding of the sum). With the query
+            // itself among the block's rows, its `k + 1`-th.
+            let cap = if heap.len() < heap.dist.len() {
+                let own = usize::from(skip < rows);
+                let f = kth_bound(row, heap.dist.len() + own);
+                f + pad + pad + pad
+            } else {
+                f32::INFINITY
+            };
+            let ctx = Pair { cap, ..ctx };
+            let mut bar = ctx.bar(heap);
             let (chunks, tail) = row.as_chunks::<LANES>();
             let mut r0 = 0;
             for chunk in chunks {
@@ -667,7 +683,7 @@ impl Kernel for Select<'_, '_, '_> {
                         continue;
                     }
                     ctx.push(s, r0 + bit, heap);
-                    bar = heap.bar() + pad;
+                    bar = ctx.bar(heap);
                 }
                 r0 += LANES;
             }
@@ -692,6 +708,9 @@ struct Pair<'t> {
     /// Block row that is the query itself (leave-one-out), else out of range.
     skip: usize,
     pad: f32,
+    /// No candidate of the block above it can enter the heap (`+inf` for no such
+    /// bound): see the first block's selection.
+    cap: f32,
 }
 
 impl Pair<'_> {
@@ -707,10 +726,54 @@ impl Pair<'_> {
                 continue;
             }
             self.push(s, rr, heap);
-            bar = heap.bar() + self.pad;
+            bar = self.bar(heap);
         }
         bar
     }
+
+    /// The bar of the rejection compare: the heap's, widened by the pad, within the cap.
+    #[inline(always)]
+    fn bar(self, heap: &Heap<'_>) -> f32 {
+        (heap.bar() + self.pad).min(self.cap)
+    }
+}
+
+/// An upper bound on the `k`-th smallest number of `values` (NaN ignored), `+inf` unless
+/// `1 <= k <= 16`: the `k`-th smallest of the 16 lane minima, each the minimum of a
+/// disjoint subset of `values` (the `k`-th smallest of a subset is at least that of the
+/// whole). One vectorised pass and a sort of 16 numbers, where the exact selection
+/// measured as costly as the pushes it saved.
+#[inline(always)]
+fn kth_bound(values: &[f32], k: usize) -> f32 {
+    if k == 0 || k > LANES {
+        return f32::INFINITY;
+    }
+    let mut m = [f32::INFINITY; LANES];
+    let (chunks, tail) = values.as_chunks::<LANES>();
+    for chunk in chunks {
+        for (mi, &v) in m.iter_mut().zip(chunk) {
+            // `minps` semantics: NaN never replaces a number.
+            *mi = if v < *mi { v } else { *mi };
+        }
+    }
+    for (mi, &v) in m.iter_mut().zip(tail) {
+        *mi = if v < *mi { v } else { *mi };
+    }
+    // Insertion sort of the 16 minima (none is NaN).
+    for j in 1..LANES {
+        let mut p = j;
+        while p > 0 {
+            let (Some(&lo), Some(&hi)) = (m.get(p - 1), m.get(p)) else {
+                break;
+            };
+            if lo <= hi {
+                break;
+            }
+            m.swap(p - 1, p);
+            p -= 1;
+        }
+    }
+    m.get(k - 1).copied().unwrap_or(f32::INFINITY)
 }
 
 impl Pair<'_> {
