@@ -47,9 +47,9 @@
 //!   `f32` value instead: a row whose positive is far nearer than every other row (at
 //!   `T = 0.07`, cosines 1 and -1 give `l_i = ln(1 + e^{-28.6})`, about `4e-13`) rounds
 //!   to `l_i = 0` and drops out of pml's mean, which then changes with the rounding; the
-//!   conformance vectors keep every such `l_i` above `1e-3`, where both agree. [`SupConReduction::Mean`] is the paper authors' reference form
-//!   instead: the mean over all rows, rows without positives contributing 0, no
-//!   batch-level rule.
+//!   conformance vectors keep every such `l_i` above `1e-3`, where both agree.
+//!   [`SupConReduction::Mean`] is the paper authors' reference form instead: the mean
+//!   over all rows, rows without positives contributing 0, no batch-level rule.
 //!
 //! # Algorithm and memory
 //!
@@ -1106,20 +1106,18 @@ fn supcon(
         counts.pos_pairs += npos;
         counts.neg_pairs += n.saturating_sub(1 + npos);
         // A row with a positive has `l_i > 0` in exact arithmetic whenever the batch rule
-        // leaves the loss nonzero (see the module docs), so it counts without looking at
-        // the rounded `l_i`, which can round to 0 or below.
-        let active = npos > 0;
+        // leaves the loss nonzero (see the module docs), so it is active without looking
+        // at the rounded `l_i`, which can round to 0 or below.
         if npos == 0 {
             counts.terms += usize::from(!nonzero);
+            (*s, *p) = (0.0, 0.0);
         } else {
             let lse = f64::from(*m) + f64::from(math::ln(*s));
             let l = lse - f64::from(*p) / f64::from(q);
             total += l.max(0.0);
             counts.terms += 1;
-            *m = lse as f32;
+            (*m, *s, *p) = (lse as f32, 1.0, 1.0 / q);
         }
-        *s = if active { 1.0 } else { 0.0 };
-        *p = if npos == 0 { 0.0 } else { 1.0 / q };
     }
     let (value, terms) = finish_counts(loss, total, &counts);
     if let Some(g) = grad {
