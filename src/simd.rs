@@ -741,6 +741,29 @@ mod tests {
         out
     }
 
+    /// A tile over packed rows `(words, terms)` of both sides, `(rows, cols, pairs)`.
+    fn tile<'t>(
+        (a, a_terms): (&'t [u32], &'t [f32]),
+        (b, b_terms): (&'t [u32], &'t [f32]),
+        (rows, cols, pairs): (usize, usize, usize),
+        epilogue: Bf16Epilogue,
+        out: &'t mut [f32],
+        keep: Option<(&'t [f32], &'t mut [u32])>,
+    ) -> Bf16Tile<'t> {
+        Bf16Tile {
+            a,
+            a_terms,
+            b,
+            b_terms,
+            pairs,
+            rows,
+            cols,
+            out,
+            keep,
+            epilogue,
+        }
+    }
+
     /// Every shape's remainder of the 16-row panels, of the four-row blocks and of the
     /// column panels (taken four, two and one at a time), every epilogue, values and
     /// masks, against the definition.
@@ -790,20 +813,11 @@ mod tests {
                     }
                 };
                 let mut out = vec![f32::NAN; rows * cols];
+                let shape = (rows, cols, pairs);
+                let (a_side, b_side) = ((&pa[..], &at[..]), (&pb[..], &bt[..]));
                 assert!(bf16_tile(
                     Backend::Avx512,
-                    Bf16Tile {
-                        a: &pa,
-                        a_terms: &at,
-                        b: &pb,
-                        b_terms: &bt,
-                        pairs,
-                        rows,
-                        cols,
-                        out: &mut out,
-                        keep: None,
-                        epilogue,
-                    }
+                    tile(a_side, b_side, shape, epilogue, &mut out, None)
                 ));
                 for i in 0..rows {
                     for j in 0..cols {
@@ -819,18 +833,14 @@ mod tests {
                 let mut masks = vec![u32::MAX; rows * chunks];
                 assert!(bf16_tile(
                     Backend::Avx512,
-                    Bf16Tile {
-                        a: &pa,
-                        a_terms: &at,
-                        b: &pb,
-                        b_terms: &bt,
-                        pairs,
-                        rows,
-                        cols,
-                        out: &mut [],
-                        keep: Some((&bars, &mut masks)),
+                    tile(
+                        a_side,
+                        b_side,
+                        shape,
                         epilogue,
-                    }
+                        &mut [],
+                        Some((&bars, &mut masks))
+                    )
                 ));
                 for i in 0..rows {
                     for c in 0..chunks {
