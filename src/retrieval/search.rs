@@ -794,3 +794,44 @@ impl Pair<'_> {
         heap.push(dd, (self.start + rr) as u32);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    extern crate std;
+    use std::vec::Vec;
+
+    /// The bound is never below the exact `k`-th smallest number (NaN ignored), for every
+    /// `k` it handles, lengths with and without a tail, ties and NaN; `+inf` outside.
+    #[test]
+    fn kth_bound_is_an_upper_bound() {
+        for len in [1_usize, 5, 16, 17, 40, 512, 515] {
+            for seed in 0..4_usize {
+                let mut values: Vec<f32> = (0..len)
+                    .map(|i| ((i * 7919 + seed * 104_729) % 97) as f32 / 8.0 - 3.0)
+                    .collect();
+                if seed == 3 {
+                    for v in values.iter_mut().step_by(3) {
+                        *v = f32::NAN;
+                    }
+                }
+                let mut numbers: Vec<f32> =
+                    values.iter().copied().filter(|v| !v.is_nan()).collect();
+                numbers.sort_by(f32::total_cmp);
+                for k in 1..=LANES {
+                    let bound = kth_bound(&values, k);
+                    let exact = numbers.get(k - 1).copied().unwrap_or(f32::INFINITY);
+                    assert!(
+                        bound >= exact,
+                        "len {len} seed {seed} k {k}: {bound} < {exact}"
+                    );
+                }
+                assert_eq!(kth_bound(&values, 0), f32::INFINITY);
+                assert_eq!(kth_bound(&values, LANES + 1), f32::INFINITY);
+            }
+        }
+        // With a number in every lane, the bound of `k = 1` is the minimum itself.
+        let values: Vec<f32> = (0..64).map(|i| (i as f32 - 20.0).abs()).collect();
+        assert_eq!(kth_bound(&values, 1), 0.0);
+    }
+}
