@@ -23,6 +23,7 @@ mod bf16;
 mod edge;
 mod gallery;
 mod heap;
+mod i8f;
 pub(crate) mod quant;
 mod search;
 

@@ -617,12 +617,12 @@ pub(crate) struct I8Tile<'t> {
     pub(crate) quads: usize,
     pub(crate) rows: usize,
     pub(crate) cols: usize,
-    /// `rows x cols` values, row-major.
+    /// `rows x cols` values, row-major; empty to write only the masks of `keep`.
     pub(crate) out: &'t mut [f32],
     /// Each row's bar (`rows`), and for each row and 16-column chunk a bit mask
     /// (`rows x cols.div_ceil(16)` words, in the low 16 bits) of the columns whose value
-    /// is not above the row's bar (NaN included).
-    pub(crate) keep: (&'t [f32], &'t mut [u32]),
+    /// is not above the row's bar (NaN included); `None` to write only the values.
+    pub(crate) keep: Option<(&'t [f32], &'t mut [u32])>,
     pub(crate) epilogue: I8Epilogue,
 }
 
@@ -637,15 +637,15 @@ pub(crate) enum I8Epilogue {
     NegDot,
 }
 
-/// Computes the int8 tile and returns `true` when `backend` is [`Backend::Avx512`] and
-/// the CPU has AVX512_VNNI; otherwise writes nothing and returns `false`.
+/// Computes the int8 tile and returns `true` when `backend` is [`Backend::Avx512`], the
+/// CPU has AVX512_VNNI and the buffers hold what the shapes require; otherwise writes
+/// nothing and returns `false`. Four rows against up to four column panels per step.
 #[inline]
 pub(crate) fn i8_tile(backend: Backend, t: I8Tile<'_>) -> bool {
     #[cfg(all(target_arch = "x86_64", not(feature = "portable-only")))]
     if backend == Backend::Avx512 {
         if let Some(token) = x86::Vnni::detect() {
-            x86::i8_tile(token, t);
-            return true;
+            return x86::i8_tile(token, t);
         }
     }
     let _ = (backend, t);
@@ -852,6 +852,122 @@ mod tests {
                             expect,
                             "{rows}x{cols}x{pairs} {epilogue:?} row {i} chunk {c}"
                         );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Panels of 16 rows of `quads` words of four int8 codes, XORed with `flip`.
+    fn pack_i8(codes: &[i32], count: usize, quads: usize, flip: u32) -> Vec<u32> {
+        let mut out = vec![flip; count.div_ceil(16) * 16 * quads];
+        for i in 0..count {
+            for p in 0..quads {
+                let w = (0..4).fold(0_u32, |w, b| {
+                    w | (u32::from(codes[(i * quads + p) * 4 + b] as i8 as u8) << (8 * b))
+                });
+                out[(i / 16) * 16 * quads + p * 16 + i % 16] = w ^ flip;
+            }
+        }
+        out
+    }
+
+    /// The int8 tile against its definition, as the bf16 one: every remainder of the row
+    /// panels, four-row blocks and column panels, every epilogue, values only, masks
+    /// only and both.
+    #[test]
+    fn i8_tile_matches_the_definition() {
+        if !has_i8_tile(Backend::Avx512) {
+            return;
+        }
+        let epilogues = [I8Epilogue::Sq, I8Epilogue::Cosine, I8Epilogue::NegDot];
+        for (rows, cols, quads) in [
+            (1, 1, 1),
+            (3, 17, 2),
+            (4, 48, 3),
+            (5, 33, 1),
+            (16, 64, 4),
+            (17, 80, 2),
+            (20, 112, 3),
+            (33, 49, 5),
+            (40, 130, 2),
+        ] {
+            let code = |i: usize, seed: usize| i32::from(((i * 37 + seed * 11) % 255) as u8) - 127;
+            let a: Vec<i32> = (0..rows * quads * 4).map(|i| code(i, rows)).collect();
+            let b: Vec<i32> = (0..cols * quads * 4).map(|i| code(i, cols + 1)).collect();
+            let (pa, pb) = (
+                pack_i8(&a, rows, quads, 0x8080_8080),
+                pack_i8(&b, cols, quads, 0),
+            );
+            let padded = cols.div_ceil(16) * 16;
+            let b_sums: Vec<i32> = (0..padded)
+                .map(|j| {
+                    if j < cols {
+                        b[j * quads * 4..(j + 1) * quads * 4].iter().sum()
+                    } else {
+                        0
+                    }
+                })
+                .collect();
+            let a_scale: Vec<f32> = (0..rows).map(|i| 0.01 * (i % 7 + 1) as f32).collect();
+            let b_scale: Vec<f32> = (0..padded).map(|j| 0.03 * (j % 5 + 1) as f32).collect();
+            let a_terms: Vec<f32> = (0..rows).map(|i| (i % 5) as f32 * 64.0).collect();
+            let b_terms: Vec<f32> = (0..padded).map(|j| (j % 3) as f32 * 32.0).collect();
+            for epilogue in epilogues {
+                let want = |i: usize, j: usize| {
+                    let acc: i32 = (0..quads * 4)
+                        .map(|e| a[i * quads * 4 + e] * b[j * quads * 4 + e])
+                        .sum();
+                    let x = (a_scale[i] * b_scale[j]) * acc as f32;
+                    match epilogue {
+                        I8Epilogue::Sq => ((a_terms[i] + b_terms[j]) - 2.0 * x).max(0.0),
+                        I8Epilogue::Cosine => 1.0 - x,
+                        I8Epilogue::NegDot => -x,
+                    }
+                };
+                let bars: Vec<f32> = (0..rows).map(|i| want(i, (i * 7) % cols)).collect();
+                let chunks = cols.div_ceil(16);
+                for (values, masks) in [(true, false), (false, true), (true, true)] {
+                    let mut out = vec![f32::NAN; if values { rows * cols } else { 0 }];
+                    let mut kept = vec![u32::MAX; rows * chunks];
+                    let keep = masks.then_some((&bars[..], &mut kept[..]));
+                    assert!(i8_tile(
+                        Backend::Avx512,
+                        I8Tile {
+                            a: &pa,
+                            a_scale: &a_scale,
+                            a_terms: &a_terms,
+                            b: &pb,
+                            b_scale: &b_scale,
+                            b_terms: &b_terms,
+                            b_sums: &b_sums,
+                            quads,
+                            rows,
+                            cols,
+                            out: &mut out,
+                            keep,
+                            epilogue,
+                        }
+                    ));
+                    let what = std::format!("{rows}x{cols}x{quads} {epilogue:?} {values} {masks}");
+                    for i in 0..rows {
+                        for j in 0..cols {
+                            if values {
+                                assert_eq!(out[i * cols + j], want(i, j), "{what} ({i}, {j})");
+                            }
+                        }
+                        for c in 0..chunks {
+                            let expect = if masks {
+                                (0..16)
+                                    .filter(|&l| {
+                                        c * 16 + l < cols && want(i, c * 16 + l) <= bars[i]
+                                    })
+                                    .fold(0_u32, |m, l| m | 1 << l)
+                            } else {
+                                u32::MAX
+                            };
+                            assert_eq!(kept[i * chunks + c], expect, "{what} row {i} chunk {c}");
+                        }
                     }
                 }
             }

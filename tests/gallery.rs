@@ -232,21 +232,30 @@ fn errors() {
     assert_eq!(dist, [5.0, 25.0, 1.0, 13.0]);
 }
 
-/// The filtered search (a tile of Gram-form values, in `f32` or from bf16-rounded rows
-/// where the CPU has the bf16 dot product, and the direct recomputation of what the bar
+/// The filtered search (a tile of Gram-form values, in `f32`, from bf16-rounded rows
+/// where the CPU has the bf16 dot product or from int8 rows where it has the int8 one,
+/// and the direct recomputation of what the bar
 /// keeps) returns exactly the lists of the unfiltered direct search: a single query takes
 /// the direct path (no tile), so searching query by query is the reference.
 #[test]
 fn filtered_search_equals_the_direct_search_bit_for_bit() {
     let shapes = [(40, 700, 64), (130, 1030, 13), (17, 600, 128), (9, 520, 1)];
     for (seed, &(n, m, d)) in shapes.iter().enumerate() {
-        // Clustered data as well as spread: many near-ties at the k-th boundary.
-        for clustered in [false, true] {
+        // Clustered data as well as spread: many near-ties at the k-th boundary. And
+        // rows with one outlier element, the int8 filter's worst case (a coarse scale:
+        // the other elements quantized to a few codes, residuals up to half a step).
+        for variant in 0..3 {
+            let clustered = variant == 1;
             let mut xd = data(n * d, seed as u64 + 7, false);
             let mut yd = data(m * d, seed as u64 + 9, false);
             if clustered {
                 for v in xd.iter_mut().chain(yd.iter_mut()) {
                     *v = 10.0 + *v * 1e-3;
+                }
+            }
+            if variant == 2 {
+                for (r, row) in xd.chunks_mut(d).chain(yd.chunks_mut(d)).enumerate() {
+                    row[r % d] = if r % 2 == 0 { 60.0 } else { -45.0 };
                 }
             }
             let (x, y) = (
@@ -266,7 +275,7 @@ fn filtered_search_equals_the_direct_search_bit_for_bit() {
                     assert_eq!(
                         (&all.0[q * k..(q + 1) * k], bits(&all.1[q * k..(q + 1) * k])),
                         (&one.0[..], bits(&one.1)),
-                        "{n}x{m}x{d} {metric:?} clustered {clustered} query {q}"
+                        "{n}x{m}x{d} {metric:?} variant {variant} query {q}"
                     );
                 }
             }

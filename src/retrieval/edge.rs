@@ -301,8 +301,10 @@ pub fn knn_edge(
     } else {
         let rb = min_len(REFERENCE_BLOCK, m);
         let (block, scan) = scan.split_at_mut(min_len(rb * d, scan.len()));
-        let (qpack, scan) = scan.split_at_mut(min_len(super::bf16::pack_len(n, d), scan.len()));
-        let (gpack, scan) = scan.split_at_mut(min_len(super::bf16::pack_len(rb, d), scan.len()));
+        let (qpack, scan) =
+            scan.split_at_mut(min_len(super::search::filter_pack_len(n, d), scan.len()));
+        let (gpack, scan) =
+            scan.split_at_mut(min_len(super::search::filter_pack_len(rb, d), scan.len()));
         for l in lens.iter_mut() {
             *l = 0;
         }
@@ -1072,7 +1074,7 @@ fn i8_tiles(
                     rows: qb,
                     cols,
                     out: &mut *out,
-                    keep: (&*bars, &mut *masks),
+                    keep: Some((&*bars, &mut *masks)),
                     epilogue,
                 },
             );

@@ -17,6 +17,7 @@
 
 use super::bf16::{self, Packed};
 use super::heap::Heap;
+use super::i8f;
 use super::Shape;
 use crate::distance::{cross_distances_rows_workspace_len, DistanceMode, Metric};
 use crate::matrix::Matrix;
@@ -91,8 +92,31 @@ pub(super) const fn stream_len(queries: usize, references: usize, dim: usize) ->
         .saturating_add(queries.saturating_mul(2))
         .saturating_add(qb.saturating_mul(rb))
         .saturating_add(cross_distances_rows_workspace_len(qb, rb, dim))
-        .saturating_add(bf16::pack_len(queries, dim))
-        .saturating_add(bf16::pack_len(rb, dim))
+        .saturating_add(filter_pack_len(queries, dim))
+        .saturating_add(filter_pack_len(rb, dim))
+}
+
+/// Workspace of a filter packing of `rows` rows of dimension `dim`: the bf16 one's, in
+/// which the int8 one fits at every dimension it is used at ([`i8f::usable`]).
+pub(super) const fn filter_pack_len(rows: usize, dim: usize) -> usize {
+    bf16::pack_len(rows, dim)
+}
+
+/// Rows packed for a filter tile: bf16 (AVX512_BF16) or int8 (AVX512_VNNI).
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Filter<'p> {
+    Bf16(Packed<'p>),
+    I8(i8f::Packed<'p>),
+}
+
+impl<'p> Filter<'p> {
+    /// The rows `r0..` of a packing, `r0` a multiple of 16.
+    pub(super) fn rows_from(self, r0: usize) -> Filter<'p> {
+        match self {
+            Filter::Bf16(p) => Filter::Bf16(p.rows_from(r0)),
+            Filter::I8(p) => Filter::I8(p.rows_from(r0)),
+        }
+    }
 }
 
 /// The widest gap between the Gram form the rejection test reads and the direct form the
@@ -180,6 +204,32 @@ impl Slack {
     }
 }
 
+/// The pads of one tile: the gap of its values' form ([`Slack`], `f32` Gram or bf16) for
+/// a query against a block whose largest norm term is `nb_max`, plus for the int8
+/// filter the quantization's gap ([`i8f::quant_pad`]) from the queries' residual bounds
+/// (indexed by the tile's row) and the block's largest one.
+#[derive(Clone, Copy)]
+struct Pads<'q> {
+    slack: Slack,
+    nb_max: f32,
+    quant: Option<(&'q [f32], f32)>,
+}
+
+impl Pads<'_> {
+    /// The pad of the tile's row `i` (norm term `na`).
+    #[inline(always)]
+    fn pad(self, rank: Rank, i: usize, na: f32) -> f32 {
+        let pad = self.slack.pad(rank, na, self.nb_max);
+        match self.quant {
+            Some((eps, eps_b)) => {
+                let eps_a = eps.get(i).copied().unwrap_or(f32::NAN);
+                pad + i8f::quant_pad(rank, eps_a, na, eps_b, self.nb_max)
+            }
+            None => pad,
+        }
+    }
+}
+
 /// Largest `|a| |b|` (clamped norms) for which the direct cosine `1 - <a, b> / (|a| |b|)`
 /// is computed without overflow.
 const DIRECT_LIMIT: f32 = f32::MAX / 4.0;
@@ -209,15 +259,15 @@ impl<'a> Stream<'a> {
     pub(super) fn scan(&self, q0: usize, heaps: &mut [Heap<'_>], ws: &mut [f32]) {
         let (m, d) = (self.shape.refs.rows(), self.queries.dim());
         let qb = heaps.len();
-        let (qpack, ws) = ws.split_at_mut(min_len(bf16::pack_len(qb, d), ws.len()));
+        let (qpack, ws) = ws.split_at_mut(min_len(filter_pack_len(qb, d), ws.len()));
         let (gpack, ws) = ws.split_at_mut(min_len(
-            bf16::pack_len(min_len(REFERENCE_BLOCK, m), d),
+            filter_pack_len(min_len(REFERENCE_BLOCK, m), d),
             ws.len(),
         ));
         let queries = self.pack_queries(q0, qb, qpack);
         let mut start = 0;
         while start < m {
-            let refs = queries.and_then(|_| self.pack_refs(start, gpack));
+            let refs = queries.and_then(|q| self.pack_refs(start, q, gpack));
             self.scan_block(q0, heaps, start, queries.zip(refs), ws);
             start += REFERENCE_BLOCK;
         }
@@ -226,37 +276,54 @@ impl<'a> Stream<'a> {
         }
     }
 
-    /// Packs queries `q0..q0 + qb` for the bf16 filter, when the backend has it and the
-    /// block is large enough to use a tile.
+    /// Packs queries `q0..q0 + qb` for a filter tile, when the backend has one and the
+    /// block is large enough to use a tile: the bf16 filter against prepared references
+    /// (their filter copy is bf16), else the int8 filter where the CPU has it (twice the
+    /// bf16 rate), else the bf16 one.
     ///
     /// A block below [`SMALL_BLOCK`] queries is packed only against prepared references
     /// (their packed filter copy makes the filter a pass over half the bytes of the
     /// rows); otherwise it takes the direct form throughout.
-    fn pack_queries<'w>(&self, q0: usize, qb: usize, ws: &'w mut [f32]) -> Option<Packed<'w>> {
-        if (qb < SMALL_BLOCK && self.r_packed.is_none()) || !simd::has_bf16_tile(self.backend) {
+    fn pack_queries<'w>(&self, q0: usize, qb: usize, ws: &'w mut [f32]) -> Option<Filter<'w>> {
+        if qb < SMALL_BLOCK && self.r_packed.is_none() {
             return None;
         }
         let d = self.queries.dim();
         let rows = self.queries.as_slice().get(q0 * d..(q0 + qb) * d)?;
         let norms = self.q_norms.get(q0..q0 + qb)?;
-        bf16::pack(self.backend, self.rank, rows, d, qb, norms, ws)
+        if self.r_packed.is_none() && simd::has_i8_tile(self.backend) && i8f::usable(d) {
+            return i8f::pack(self.backend, self.rank, rows, d, qb, norms, true, ws)
+                .map(Filter::I8);
+        }
+        if !simd::has_bf16_tile(self.backend) {
+            return None;
+        }
+        bf16::pack(self.backend, self.rank, rows, d, qb, norms, ws).map(Filter::Bf16)
     }
 
-    /// Packs the reference block starting at `start` for the bf16 filter.
-    fn pack_refs<'w>(&self, start: usize, ws: &'w mut [f32]) -> Option<Packed<'w>>
+    /// Packs the reference block starting at `start` for the filter the queries were
+    /// packed for (`like`).
+    fn pack_refs<'w>(&self, start: usize, like: Filter<'_>, ws: &'w mut [f32]) -> Option<Filter<'w>>
     where
         'a: 'w,
     {
         if let Some(packed) = self.r_packed {
             // `start` is a multiple of `REFERENCE_BLOCK`, itself one of the panel height.
-            return Some(packed.rows_from(start));
+            return Some(Filter::Bf16(packed.rows_from(start)));
         }
         let refs = self.shape.refs;
         let (m, d) = (refs.rows(), refs.dim());
         let rb = min_len(REFERENCE_BLOCK, m.checked_sub(start)?);
         let rows = refs.as_slice().get(start * d..(start + rb) * d)?;
         let norms = self.r_norms.get(start..start + rb)?;
-        bf16::pack(self.backend, self.rank, rows, d, rb, norms, ws)
+        match like {
+            Filter::I8(_) => {
+                i8f::pack(self.backend, self.rank, rows, d, rb, norms, false, ws).map(Filter::I8)
+            }
+            Filter::Bf16(_) => {
+                bf16::pack(self.backend, self.rank, rows, d, rb, norms, ws).map(Filter::Bf16)
+            }
+        }
     }
 
     /// The `k` nearest references of every query into the rows of `indices` and
@@ -279,9 +346,9 @@ impl<'a> Stream<'a> {
         for l in lens.iter_mut() {
             *l = 0;
         }
-        let (qpack, ws) = ws.split_at_mut(min_len(bf16::pack_len(n, d), ws.len()));
+        let (qpack, ws) = ws.split_at_mut(min_len(filter_pack_len(n, d), ws.len()));
         let (gpack, ws) = ws.split_at_mut(min_len(
-            bf16::pack_len(min_len(REFERENCE_BLOCK, m), d),
+            filter_pack_len(min_len(REFERENCE_BLOCK, m), d),
             ws.len(),
         ));
         let queries = self.pack_queries(0, n, qpack);
@@ -293,9 +360,9 @@ impl<'a> Stream<'a> {
         finish(k, indices, distances, lens);
     }
 
-    /// Packs all the queries for the bf16 filter into `ws` (at least
-    /// `bf16::pack_len(n, d)`), when the backend has it.
-    pub(super) fn pack_all_queries<'w>(&self, ws: &'w mut [f32]) -> Option<Packed<'w>> {
+    /// Packs all the queries for a filter into `ws` (at least [`filter_pack_len`]`(n, d)`),
+    /// when the backend has one.
+    pub(super) fn pack_all_queries<'w>(&self, ws: &'w mut [f32]) -> Option<Filter<'w>> {
         self.pack_queries(0, self.queries.rows(), ws)
     }
 
@@ -312,7 +379,7 @@ impl<'a> Stream<'a> {
         distances: &mut [f32],
         lens: &mut [u32],
         at: (usize, usize),
-        queries: Option<Packed<'_>>,
+        queries: Option<Filter<'_>>,
         gpack: &mut [f32],
         ws: &mut [f32],
     ) {
@@ -321,7 +388,7 @@ impl<'a> Stream<'a> {
         if k == 0 {
             return;
         }
-        let refs = queries.and_then(|_| self.pack_refs(start, gpack));
+        let refs = queries.and_then(|q| self.pack_refs(start, q, gpack));
         let mut rows = indices
             .chunks_exact_mut(k)
             .zip(distances.chunks_exact_mut(k));
@@ -364,7 +431,7 @@ impl<'a> Stream<'a> {
         q0: usize,
         heaps: &mut [Heap<'_>],
         start: usize,
-        filter: Option<(Packed<'_>, Packed<'_>)>,
+        filter: Option<(Filter<'_>, Filter<'_>)>,
         ws: &mut [f32],
     ) {
         self.scan_block_at(q0, heaps, (start, 0), filter, ws);
@@ -377,7 +444,7 @@ impl<'a> Stream<'a> {
         q0: usize,
         heaps: &mut [Heap<'_>],
         at: (usize, usize),
-        filter: Option<(Packed<'_>, Packed<'_>)>,
+        filter: Option<(Filter<'_>, Filter<'_>)>,
         ws: &mut [f32],
     ) {
         let (start, base) = at;
@@ -403,7 +470,12 @@ impl<'a> Stream<'a> {
             return;
         };
         let nb_max = r_norms.iter().fold(0.0_f32, |a, &b| a.max(b));
-        let mut slack = Slack::new(self.rank, d);
+        let f32_pads = Pads {
+            slack: Slack::new(self.rank, d),
+            nb_max,
+            quant: None,
+        };
+        let mut pads = f32_pads;
         let mut masked = false;
         // A small query block is filtered only against prepared references.
         let small = qb < SMALL_BLOCK;
@@ -413,8 +485,19 @@ impl<'a> Stream<'a> {
             let Some(tile) = tile.get_mut(..qb * rb) else {
                 return;
             };
-            let done = filter.is_some_and(|(q, r)| {
-                let wide = Slack::bf16(self.rank, d);
+            // The pads of the filter tile, if one runs here.
+            let filter_pads = filter.and_then(|f| match f {
+                (Filter::Bf16(_), Filter::Bf16(_)) => Some(Pads {
+                    slack: Slack::bf16(self.rank, d),
+                    ..f32_pads
+                }),
+                (Filter::I8(q), Filter::I8(r)) => Some(Pads {
+                    quant: Some((q.eps, r.eps_max)),
+                    ..f32_pads
+                }),
+                _ => None,
+            });
+            let done = filter.zip(filter_pads).is_some_and(|((q, r), fp)| {
                 // Each query's bar at the start of the block (it only drops during the
                 // block, so a candidate above it stays rejected). Once every heap with
                 // room is full, the tile is reduced to bit masks in registers.
@@ -425,58 +508,70 @@ impl<'a> Stream<'a> {
                     *bar = if heap.dist.is_empty() {
                         f32::NEG_INFINITY
                     } else {
-                        heap.bar() + wide.pad(self.rank, na, nb_max)
+                        heap.bar() + fp.pad(self.rank, i, na)
                     };
                     all_full &= !heap.dist.is_empty() && bar.is_finite() || heap.dist.is_empty();
                 }
-                let epilogue = match self.rank {
-                    Rank::Sq => simd::Bf16Epilogue::Sq,
-                    Rank::Cosine => simd::Bf16Epilogue::Cosine,
-                    Rank::NegDot => simd::Bf16Epilogue::NegDot,
-                };
                 let chunks = qb * rb.div_ceil(LANES);
                 // (A small block's values come from the row kernel; its masks would
                 // take a whole panel of rows.)
-                if all_full && !small {
-                    // An `f32` slice always reinterprets as `u32`.
+                masked = all_full && !small;
+                let (out, keep) = if masked {
+                    // An `f32` slice always reinterprets as `u32` (were it not to, the
+                    // tile kernels refuse the empty buffers: the `f32` tile runs).
                     let words = bytemuck::try_cast_slice_mut::<f32, u32>(&mut *tile);
-                    if let Some(masks) = words.ok().and_then(|w| w.get_mut(..chunks)) {
-                        masked = true;
-                        return simd::bf16_tile(
-                            self.backend,
-                            simd::Bf16Tile {
-                                a: q.words,
-                                a_terms: q.terms,
-                                b: r.words,
-                                b_terms: r.terms,
-                                pairs: q.pairs,
-                                rows: qb,
-                                cols: rb,
-                                out: &mut [],
-                                keep: Some((&bars[..], masks)),
-                                epilogue,
+                    let masks = words.unwrap_or_default().get_mut(..chunks);
+                    (&mut [][..], masks.map(|m| (&bars[..], m)))
+                } else {
+                    (&mut *tile, None)
+                };
+                match (q, r) {
+                    (Filter::Bf16(q), Filter::Bf16(r)) => simd::bf16_tile(
+                        self.backend,
+                        simd::Bf16Tile {
+                            a: q.words,
+                            a_terms: q.terms,
+                            b: r.words,
+                            b_terms: r.terms,
+                            pairs: q.pairs,
+                            rows: qb,
+                            cols: rb,
+                            out,
+                            keep,
+                            epilogue: match self.rank {
+                                Rank::Sq => simd::Bf16Epilogue::Sq,
+                                Rank::Cosine => simd::Bf16Epilogue::Cosine,
+                                Rank::NegDot => simd::Bf16Epilogue::NegDot,
                             },
-                        );
-                    }
+                        },
+                    ),
+                    (Filter::I8(q), Filter::I8(r)) => simd::i8_tile(
+                        self.backend,
+                        simd::I8Tile {
+                            a: q.words,
+                            a_scale: q.scale,
+                            a_terms: q.terms,
+                            b: r.words,
+                            b_scale: r.scale,
+                            b_terms: r.terms,
+                            b_sums: r.sums,
+                            quads: q.quads,
+                            rows: qb,
+                            cols: rb,
+                            out,
+                            keep,
+                            epilogue: match self.rank {
+                                Rank::Sq => simd::I8Epilogue::Sq,
+                                Rank::Cosine => simd::I8Epilogue::Cosine,
+                                Rank::NegDot => simd::I8Epilogue::NegDot,
+                            },
+                        },
+                    ),
+                    _ => false,
                 }
-                simd::bf16_tile(
-                    self.backend,
-                    simd::Bf16Tile {
-                        a: q.words,
-                        a_terms: q.terms,
-                        b: r.words,
-                        b_terms: r.terms,
-                        pairs: q.pairs,
-                        rows: qb,
-                        cols: rb,
-                        out: &mut *tile,
-                        keep: None,
-                        epilogue,
-                    },
-                )
             });
-            let width = if done {
-                slack = Slack::bf16(self.rank, d);
+            let width = if let (true, Some(fp)) = (done, filter_pads) {
+                pads = fp;
                 rb
             } else if small {
                 // The tile kernel refused (it cannot run here): the direct form.
@@ -513,8 +608,7 @@ impl<'a> Stream<'a> {
             dim: d,
             q_norms: self.q_norms,
             r_norms,
-            slack,
-            nb_max,
+            pads,
             leave_one_out: self.shape.leave_one_out,
         });
     }
@@ -561,9 +655,8 @@ struct Select<'t, 'h, 's> {
     q_norms: &'t [f32],
     /// The reference block's norm terms.
     r_norms: &'t [f32],
-    slack: Slack,
-    /// Largest of `r_norms`.
-    nb_max: f32,
+    /// The pads of the tile's values.
+    pads: Pads<'t>,
     leave_one_out: bool,
 }
 
@@ -585,8 +678,7 @@ impl Kernel for Select<'_, '_, '_> {
             dim,
             q_norms,
             r_norms,
-            slack,
-            nb_max,
+            pads,
             leave_one_out,
         } = self;
         if dim == 0 {
@@ -605,7 +697,7 @@ impl Kernel for Select<'_, '_, '_> {
             } else {
                 usize::MAX
             };
-            let pad = slack.pad(rank, na, nb_max);
+            let pad = pads.pad(rank, i, na);
             let ctx = Pair {
                 rank,
                 a,

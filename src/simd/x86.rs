@@ -771,12 +771,14 @@ impl Vnni {
     }
 }
 
-/// Computes the tile; does nothing when a buffer is shorter than the shapes require.
+/// Computes the tile and returns `true`; does nothing and returns `false` when a buffer
+/// is shorter than the shapes require (or neither values nor masks are asked for).
 #[inline]
-pub(crate) fn i8_tile(token: Vnni, t: I8Tile<'_>) {
+pub(crate) fn i8_tile(token: Vnni, mut t: I8Tile<'_>) -> bool {
     let panels_a = t.rows.div_ceil(16);
     let panels_b = t.cols.div_ceil(16);
     let plen = t.quads.saturating_mul(16);
+    let values = !t.out.is_empty();
     let fits = t.a.len() >= panels_a.saturating_mul(plen)
         && t.b.len() >= panels_b.saturating_mul(plen)
         && t.a_scale.len() >= t.rows
@@ -784,97 +786,164 @@ pub(crate) fn i8_tile(token: Vnni, t: I8Tile<'_>) {
         && t.b_scale.len() >= panels_b * 16
         && t.b_terms.len() >= panels_b * 16
         && t.b_sums.len() >= panels_b * 16
-        && t.out.len() >= t.rows.saturating_mul(t.cols)
-        && t.keep.0.len() >= t.rows
-        && t.keep.1.len() >= t.rows.saturating_mul(panels_b);
+        && (!values || t.out.len() >= t.rows.saturating_mul(t.cols))
+        && match &t.keep {
+            Some((bars, masks)) => {
+                bars.len() >= t.rows && masks.len() >= t.rows.saturating_mul(panels_b)
+            }
+            None => values,
+        };
     if !fits {
-        return;
+        return false;
     }
     // SAFETY: `token` proves AVX-512F and AVX512_VNNI, the features the entry point
     // enables; the buffer lengths were checked above, as the entry point requires.
-    unsafe { i8_tile_entry(token, t) }
+    unsafe {
+        match (values, t.keep.is_some()) {
+            (true, true) => i8_tile_entry::<true, true>(token, &mut t),
+            (true, false) => i8_tile_entry::<true, false>(token, &mut t),
+            _ => i8_tile_entry::<false, true>(token, &mut t),
+        }
+    }
+    true
 }
 
 /// # Safety
 ///
 /// The CPU has AVX-512F and AVX512_VNNI, and the buffers of `t` hold what [`I8Tile`]
-/// describes (checked by [`i8_tile`]).
+/// describes (checked by [`i8_tile`]); `t.out` holds the values when `OUT`, `t.keep` is
+/// `Some` when `KEEP` (each a compile-time choice, so the epilogue has no branch).
 #[target_feature(enable = "avx512f,avx512vnni")]
-unsafe fn i8_tile_entry(_token: Vnni, mut t: I8Tile<'_>) {
+unsafe fn i8_tile_entry<const OUT: bool, const KEEP: bool>(_token: Vnni, t: &mut I8Tile<'_>) {
+    const ROWS: usize = 4;
+    // As the bf16 tile: row panels outermost, four rows against four column panels per
+    // step (sixteen accumulators; four loads and four broadcasts per sixteen
+    // `vpdpbusd`).
+    let mut r0 = 0;
+    while r0 < t.rows {
+        let mut h = 0;
+        while h < 16 && r0 + h < t.rows {
+            let mut c0 = 0;
+            while c0 < t.cols {
+                let left = (t.cols - c0).div_ceil(16);
+                // SAFETY: as this function's; `r0 + h < rows` and `c0 + 16 * (C - 1) < cols`
+                // for the `C` panels taken.
+                let taken = unsafe {
+                    if left >= 4 {
+                        i8_micro::<ROWS, 4, OUT, KEEP>(t, r0, h, c0);
+                        4
+                    } else if left >= 2 {
+                        i8_micro::<ROWS, 2, OUT, KEEP>(t, r0, h, c0);
+                        2
+                    } else {
+                        i8_micro::<ROWS, 1, OUT, KEEP>(t, r0, h, c0);
+                        1
+                    }
+                };
+                c0 += 16 * taken;
+            }
+            h += ROWS;
+        }
+        r0 += 16;
+    }
+}
+
+/// Rows `r0 + h .. r0 + h + R` (of the row panel at `r0`, `h` a multiple of `R`, `R`
+/// dividing 16) against the `C` column panels from column `c0`: the values and / or the
+/// masks of `t` for the rows and columns that exist.
+///
+/// # Safety
+///
+/// As [`i8_tile_entry`]; `r0 % 16 == 0`, `h + R <= 16`, `r0 + h < rows`,
+/// `c0 % 16 == 0` and `c0 + 16 * (C - 1) < cols`.
+#[inline(always)]
+unsafe fn i8_micro<const R: usize, const C: usize, const OUT: bool, const KEEP: bool>(
+    t: &mut I8Tile<'_>,
+    r0: usize,
+    h: usize,
+    c0: usize,
+) {
     use core::arch::x86_64::{
-        __m512i, _mm512_cmp_ps_mask, _mm512_dpbusd_epi32, _mm512_loadu_si512, _mm512_set1_epi32,
-        _mm512_setzero_si512, _mm512_slli_epi32, _mm512_sub_epi32, _CMP_NGT_UQ,
+        __m512i, _mm512_cmp_ps_mask, _mm512_dpbusd_epi32, _mm512_fnmadd_ps, _mm512_loadu_si512,
+        _mm512_set1_epi32, _mm512_setzero_si512, _mm512_slli_epi32, _mm512_sub_epi32, _CMP_NGT_UQ,
     };
     let plen = t.quads * 16;
     let chunks = t.cols.div_ceil(16);
+    let panel_a = (r0 / 16) * plen + h;
+    // The rows' codes were offset by 128: each accumulator starts at minus 128 times its
+    // column's code sum.
+    let mut init = [_mm512_setzero_si512(); C];
+    for (j, v) in init.iter_mut().enumerate() {
+        // SAFETY: `c0 + 16 * j + 16 <= cols.div_ceil(16) * 16 <= b_sums.len()`.
+        let sums: __m512i =
+            unsafe { _mm512_loadu_si512(t.b_sums.as_ptr().add(c0 + 16 * j).cast()) };
+        *v = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<7>(sums));
+    }
+    let mut acc = [init; R];
+    for p in 0..t.quads {
+        let mut bv = [_mm512_setzero_si512(); C];
+        for (j, b) in bv.iter_mut().enumerate() {
+            // SAFETY: panel `c0 / 16 + j < cols.div_ceil(16)`, so
+            // `(c0 / 16 + j) * plen + p * 16 + 16 <= panels_b * plen <= b.len()`; the load
+            // has no alignment requirement.
+            *b = unsafe {
+                _mm512_loadu_si512(t.b.as_ptr().add((c0 / 16 + j) * plen + p * 16).cast())
+            };
+        }
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            // SAFETY: `panel_a + p * 16 + r < (r0 / 16 + 1) * plen <= a.len()` (`h + r < 16`).
+            let w = unsafe { *t.a.get_unchecked(panel_a + p * 16 + r) };
+            let av = _mm512_set1_epi32(w.cast_signed());
+            for (a, &b) in acc_r.iter_mut().zip(bv.iter()) {
+                *a = _mm512_dpbusd_epi32(*a, av, b);
+            }
+        }
+    }
+    let nr = (t.rows - r0 - h).min(R);
     let zero = _mm512_setzero_ps();
     let two = _mm512_set1_ps(2.0);
     let one = _mm512_set1_ps(1.0);
-    let mut r0 = 0;
-    while r0 < t.rows {
-        let panel_a = (r0 / 16) * plen;
-        let nr = (t.rows - r0).min(16);
-        let mut c0 = 0;
-        while c0 < t.cols {
-            let nc = (t.cols - c0).min(16);
-            let mask = avx512_mask(nc);
-            let panel_b = (c0 / 16) * plen;
-            // SAFETY: `c0 + 16 <= cols.div_ceil(16) * 16 <=` each column vector's length.
-            let (bs, bt, sums) = unsafe {
-                (
-                    _mm512_loadu_ps(t.b_scale.as_ptr().add(c0)),
-                    _mm512_loadu_ps(t.b_terms.as_ptr().add(c0)),
-                    _mm512_loadu_si512(t.b_sums.as_ptr().add(c0).cast()),
-                )
+    for j in 0..C {
+        let c = c0 + 16 * j;
+        let nc = (t.cols - c).min(16);
+        let mask = avx512_mask(nc);
+        // SAFETY: `c + 16 <= cols.div_ceil(16) * 16 <=` each column vector's length.
+        let (bs, bt) = unsafe {
+            (
+                _mm512_loadu_ps(t.b_scale.as_ptr().add(c)),
+                _mm512_loadu_ps(t.b_terms.as_ptr().add(c)),
+            )
+        };
+        for (r, acc_r) in acc.iter().enumerate().take(nr) {
+            let row = r0 + h + r;
+            // SAFETY: `row < rows <= a_scale.len(), a_terms.len()`.
+            let (sa, ta) =
+                unsafe { (*t.a_scale.get_unchecked(row), *t.a_terms.get_unchecked(row)) };
+            let dot = _mm512_cvtepi32_ps(acc_r[j]);
+            let x = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(sa), bs), dot);
+            let v = match t.epilogue {
+                // `2 x` is exact: one rounding of `(ta + tb) - 2 x`, as with a separate
+                // product.
+                I8Epilogue::Sq => _mm512_max_ps(
+                    zero,
+                    _mm512_fnmadd_ps(two, x, _mm512_add_ps(_mm512_set1_ps(ta), bt)),
+                ),
+                I8Epilogue::Cosine => _mm512_sub_ps(one, x),
+                I8Epilogue::NegDot => _mm512_sub_ps(zero, x),
             };
-            let mut acc = [_mm512_setzero_si512(); 16];
-            for p in 0..t.quads {
-                // SAFETY: `panel_b + p * 16 + 16 <= panels_b * plen <= b.len()`; unaligned.
-                let bv: __m512i =
-                    unsafe { _mm512_loadu_si512(t.b.as_ptr().add(panel_b + p * 16).cast()) };
-                for (r, acc_r) in acc.iter_mut().enumerate() {
-                    // SAFETY: `panel_a + p * 16 + r < panels_a * plen <= a.len()`.
-                    let w = unsafe { *t.a.get_unchecked(panel_a + p * 16 + r) };
-                    *acc_r = _mm512_dpbusd_epi32(*acc_r, _mm512_set1_epi32(w.cast_signed()), bv);
-                }
+            if OUT {
+                // SAFETY: `row * cols + c + nc <= rows * cols <= out.len()`; lanes `>= nc`
+                // are masked off, neither written nor able to fault.
+                unsafe { _mm512_mask_storeu_ps(t.out.as_mut_ptr().add(row * t.cols + c), mask, v) };
             }
-            // The queries' codes were offset by 128: remove 128 times each column's sum.
-            let corr = _mm512_slli_epi32::<7>(sums);
-            for (r, &a) in acc.iter().enumerate().take(nr) {
-                // SAFETY: `r0 + r < rows <= a_scale.len(), a_terms.len()`.
-                let (sa, ta) = unsafe {
-                    (
-                        *t.a_scale.get_unchecked(r0 + r),
-                        *t.a_terms.get_unchecked(r0 + r),
-                    )
-                };
-                let dot = _mm512_cvtepi32_ps(_mm512_sub_epi32(a, corr));
-                let x = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(sa), bs), dot);
-                let v = match t.epilogue {
-                    I8Epilogue::Sq => _mm512_max_ps(
-                        zero,
-                        _mm512_sub_ps(_mm512_add_ps(_mm512_set1_ps(ta), bt), _mm512_mul_ps(two, x)),
-                    ),
-                    I8Epilogue::Cosine => _mm512_sub_ps(one, x),
-                    I8Epilogue::NegDot => _mm512_sub_ps(zero, x),
-                };
-                // SAFETY: `(r0 + r) * cols + c0 + nc <= rows * cols <= out.len()`; lanes
-                // `>= nc` are masked off, neither written nor able to fault.
-                unsafe {
-                    _mm512_mask_storeu_ps(t.out.as_mut_ptr().add((r0 + r) * t.cols + c0), mask, v);
-                }
-                let (bars, masks) = &mut t.keep;
-                // SAFETY: `r0 + r < rows <= bars.len()`.
-                let bar = _mm512_set1_ps(unsafe { *bars.get_unchecked(r0 + r) });
+            if let (true, Some((bars, masks))) = (KEEP, &mut t.keep) {
+                // SAFETY: `row < rows <= bars.len()`.
+                let bar = _mm512_set1_ps(unsafe { *bars.get_unchecked(row) });
                 let kept = _mm512_cmp_ps_mask::<_CMP_NGT_UQ>(v, bar) & mask;
-                // SAFETY: `(r0 + r) * chunks + c0 / 16 < rows * chunks <= masks.len()`.
-                unsafe {
-                    *masks.get_unchecked_mut((r0 + r) * chunks + c0 / 16) = u32::from(kept);
-                }
+                // SAFETY: `row * chunks + c / 16 < rows * chunks <= masks.len()`.
+                unsafe { *masks.get_unchecked_mut(row * chunks + c / 16) = u32::from(kept) };
             }
-            c0 += 16;
         }
-        r0 += 16;
     }
 }
 

@@ -1,0 +1,573 @@
+//! The int8 filter of the streaming search: on CPUs with the AVX-512 VNNI dot product
+//! (`vpdpbusd`, four int8 products per lane, twice the bf16 rate), the rejection tile is
+//! computed from rows quantized to int8 with a per-row scale, and a pad measured from
+//! the rows' own quantization residuals keeps the rejection sound. As with the bf16
+//! filter, every candidate the bar keeps is recomputed in the direct form from the `f32`
+//! rows, so the neighbours and distances are unchanged.
+//!
+//! A row `x` (the row itself, or for cosine the row divided by its clamped norm) gets the
+//! scale `s = max |x_k| / 127` and the codes `q_k = round(x_k / s)` in `[-127, 127]`; its
+//! residual `e = x - s q` has a Euclidean norm of about `s sqrt(d / 12)`. The packing
+//! measures it: `eps` is an upper bound on `|e|` (see [`residual_bound`]). The filter's
+//! dot product `s_a s_b <q_a, q_b>` (exact in `i32`, then two `f32` roundings) then
+//! differs from `<a, b>` by at most `eps_a |b| + (|a| + eps_a) eps_b`
+//! (`<a, b> - <â, b̂> = <e_a, b> + <â, e_b>`, Cauchy-Schwarz twice), which
+//! [`quant_pad`] turns into the pad of one query against a block.
+//!
+//! Rows are packed in panels of 16, as words of four codes: word `p * 16 + i` of a panel
+//! holds codes `4p..4p + 4` of the panel's row `i`, lowest byte first, 0 past `d`; the
+//! queries' codes are stored as unsigned `q + 128` (`vpdpbusd`'s unsigned side; the tile
+//! subtracts 128 times each column's code sum). A row whose largest magnitude is not
+//! finite or outside `[2^-60, 2^60]` (zero allowed), or whose norm term is not finite,
+//! gets a NaN scale: its filter values are NaN, which the bar never rejects, so it is
+//! always recomputed in the direct form.
+
+use super::search::Rank;
+use crate::math;
+use crate::simd::{Backend, Kernel, Simd};
+
+/// Rows per panel.
+const PANEL: usize = 16;
+
+/// Largest dimension the filter takes: the accumulators stay within `i32` (`383 * 127 *
+/// 4096 < 2^31`) and the rounding terms of [`residual_bound`] and [`quant_pad`] stay
+/// within their margins. Wider rows use the bf16 filter.
+pub(super) const MAX_DIM: usize = 4096;
+
+/// Smallest nonzero row maximum the filter takes (`2^-60`: the scale stays normal).
+const MIN_MAGNITUDE: f32 = 8.673_617e-19;
+/// Largest row maximum the filter takes (`2^60`).
+const MAX_MAGNITUDE: f32 = 1.152_921_5e18;
+
+/// `1.5 * 2^23`: adding and subtracting it rounds an `f32` of magnitude below `2^22` to
+/// an integer, ties to even.
+const ROUND_MAGIC: f32 = 12_582_912.0;
+
+/// Per-row `f32` words after the codes: scale, norm term, residual bound, code sum.
+const ROW_WORDS: usize = 4;
+
+/// `f32` words to pack `rows` rows of dimension `dim`.
+pub(super) const fn pack_len(rows: usize, dim: usize) -> usize {
+    let padded = rows.div_ceil(PANEL).saturating_mul(PANEL);
+    padded
+        .saturating_mul(dim.div_ceil(4))
+        .saturating_add(padded.saturating_mul(ROW_WORDS))
+}
+
+/// Whether the search uses the int8 filter at dimension `dim`: at most [`MAX_DIM`], and
+/// its packing no larger than the bf16 filter's, whose workspace it shares (from
+/// `dim = 12`: a row's `dim / 4` code words and four row words against `dim / 2` words
+/// and one).
+pub(super) const fn usable(dim: usize) -> bool {
+    dim <= MAX_DIM && pack_len(PANEL, dim) <= super::bf16::pack_len(PANEL, dim)
+}
+
+/// Rows packed for the int8 filter.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Packed<'p> {
+    /// The codes, in panels.
+    pub(super) words: &'p [u32],
+    /// Per packed row: the scale `s` (NaN for a row the filter does not take).
+    pub(super) scale: &'p [f32],
+    /// Per packed row: the squared norm (Euclidean) or 0.
+    pub(super) terms: &'p [f32],
+    /// Per packed row: the bound on the residual's norm (`|x - s q|`, in the units of the
+    /// dot product the filter approximates).
+    pub(super) eps: &'p [f32],
+    /// Per packed row: the sum of its codes (the offset's correction).
+    pub(super) sums: &'p [i32],
+    /// The largest residual bound of the packed rows (NaN ignored).
+    pub(super) eps_max: f32,
+    /// Words per code row (`dim.div_ceil(4)`).
+    pub(super) quads: usize,
+}
+
+impl<'p> Packed<'p> {
+    /// The rows `r0..` of a packing, `r0` a multiple of 16 (`eps_max` stays that of the
+    /// whole packing, an upper bound).
+    pub(super) fn rows_from(self, r0: usize) -> Packed<'p> {
+        let panel = r0 / PANEL;
+        let tail = |v: &'p [f32]| v.get(panel * PANEL..).unwrap_or_default();
+        Packed {
+            words: self
+                .words
+                .get(panel * PANEL * self.quads..)
+                .unwrap_or_default(),
+            scale: tail(self.scale),
+            terms: tail(self.terms),
+            eps: tail(self.eps),
+            sums: self.sums.get(panel * PANEL..).unwrap_or_default(),
+            ..self
+        }
+    }
+}
+
+/// The widest gap between the int8 filter's dot product and the exact one, for a query
+/// with residual bound `eps_a` and norm term `na` against a block whose largest residual
+/// bound is `eps_b` and largest norm term `nb_max`, in the units of the search's value:
+/// twice the dot product's gap for the squared distance (norm terms squared norms), the
+/// gap for the inner product (norm terms clamped norms, never below the true ones) and
+/// for cosine (unit rows: norms at most 1). Widened by `2^-9` for the rounding of the
+/// norm terms' square roots and of this sum (NaN stays NaN: nothing is rejected).
+#[inline(always)]
+pub(super) fn quant_pad(rank: Rank, eps_a: f32, na: f32, eps_b: f32, nb_max: f32) -> f32 {
+    let grow = 1.0 + 1.0 / 512.0;
+    let gap = match rank {
+        Rank::Sq => 2.0 * (eps_a * math::sqrt(nb_max) + (math::sqrt(na) + eps_a) * eps_b),
+        Rank::NegDot => eps_a * nb_max + (na + eps_a) * eps_b,
+        Rank::Cosine => eps_a + (1.0 + eps_a) * eps_b,
+    };
+    gap * grow
+}
+
+/// An upper bound on `|x - s q|` from `ss`, the `f32` sum of the squared residuals
+/// `r_k = y_k - q_k` in code units (`y_k = x_k * (1 / s)` rounded, `q_k` its rounding to
+/// an integer; the subtraction is exact). `y_k` is within `2^-16` of `x_k / s`
+/// (`|x_k / s| <= 127 (1 + u)`, two roundings of relative `u = 2^-24`, plus `2^-149` for a
+/// gradual underflow), so `|x / s - q| <= sqrt(ss) (1 + (d + 2) u) + d 2^-16`, the sum's
+/// rounding within `1 + 2^-11` for `d <= MAX_DIM`; the product with `s` and its rounding
+/// within another `2^-20`.
+#[inline(always)]
+fn residual_bound(s: f32, ss: f32, dim: usize) -> f32 {
+    let units = math::sqrt(ss) * (1.0 + 1.0 / 2048.0) + dim as f32 * (1.0 / 32768.0);
+    s * units * (1.0 + 1.0 / 1_048_576.0)
+}
+
+/// Packs the `count` rows of `rows` (`dim` each, `dim <= MAX_DIM`) with their norm terms
+/// `norms` (squared norms for Euclidean, clamped norms for cosine and the inner product)
+/// into `ws` (at least [`pack_len`]`(count, dim)` elements); `offset` stores the codes
+/// as unsigned `q + 128` (the tile's row side). `None` when `ws` or `rows` is too short.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn pack<'w>(
+    backend: Backend,
+    rank: Rank,
+    rows: &[f32],
+    dim: usize,
+    count: usize,
+    norms: &[f32],
+    offset: bool,
+    ws: &'w mut [f32],
+) -> Option<Packed<'w>> {
+    backend.dispatch(Pack {
+        rank,
+        rows,
+        dim,
+        count,
+        norms,
+        offset,
+        ws,
+    })
+}
+
+/// [`pack`] as a kernel: compiled with the backend's features, so the quantization loop
+/// vectorises.
+struct Pack<'r, 'w> {
+    rank: Rank,
+    rows: &'r [f32],
+    dim: usize,
+    count: usize,
+    norms: &'r [f32],
+    offset: bool,
+    ws: &'w mut [f32],
+}
+
+impl<'w> Kernel for Pack<'_, 'w> {
+    type Output = Option<Packed<'w>>;
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, _: S) -> Option<Packed<'w>> {
+        pack_rows(self)
+    }
+}
+
+/// Elements quantized per vectorised step.
+const CHUNK: usize = 16;
+
+#[inline(always)]
+fn pack_rows<'w>(p: Pack<'_, 'w>) -> Option<Packed<'w>> {
+    let Pack {
+        rank,
+        rows,
+        dim,
+        count,
+        norms,
+        offset,
+        ws,
+    } = p;
+    if dim == 0 || dim > MAX_DIM || rows.len() < count.checked_mul(dim)? {
+        return None;
+    }
+    let quads = dim.div_ceil(4);
+    let padded = count.div_ceil(PANEL) * PANEL;
+    let panel_len = quads * PANEL;
+    let (scale, ws) = ws.split_at_mut_checked(padded)?;
+    let (terms, ws) = ws.split_at_mut_checked(padded)?;
+    let (eps, ws) = ws.split_at_mut_checked(padded)?;
+    let (sums, ws) = ws.split_at_mut_checked(padded)?;
+    let sums: &mut [i32] = bytemuck::try_cast_slice_mut(sums).ok()?;
+    let words: &mut [u32] = bytemuck::try_cast_slice_mut(ws).ok()?;
+    let words = words.get_mut(..padded / PANEL * panel_len)?;
+    let flip = if offset { 0x8080_8080_u32 } else { 0 };
+    let mut eps_max = 0.0_f32;
+    for i in 0..padded {
+        let (panel, r) = (i / PANEL * panel_len, i % PANEL);
+        let mut store = |p: usize, w: u32| {
+            if let Some(slot) = words.get_mut(panel + p * PANEL + r) {
+                *slot = w ^ flip;
+            }
+        };
+        let row = if i < count {
+            rows.get(i * dim..(i + 1) * dim).unwrap_or_default()
+        } else {
+            &[]
+        };
+        let n = norms.get(i).copied().unwrap_or(f32::NAN);
+        // The row quantized: `x = a` or, for cosine, `a / n` (as `a * (1 / n)`, within
+        // `2 u |a / n| <= 2^-22` in norm of the exact unit row; added to `eps`).
+        let unit = if rank == Rank::Cosine { 1.0 / n } else { 1.0 };
+        // Lane-wise largest magnitude, and `x * 0` summed: NaN exactly when an element
+        // is not finite (fixed-width lanes, so the loop vectorises).
+        let (mut big, mut poison) = ([0.0_f32; CHUNK], [0.0_f32; CHUNK]);
+        let (chunks, rest) = row.as_chunks::<CHUNK>();
+        for c in chunks {
+            for ((b, z), &v) in big.iter_mut().zip(poison.iter_mut()).zip(c) {
+                let m = (v * unit).abs();
+                *b = if m > *b { m } else { *b };
+                *z += m * 0.0;
+            }
+        }
+        for (&v, (b, z)) in rest.iter().zip(big.iter_mut().zip(poison.iter_mut())) {
+            let m = (v * unit).abs();
+            *b = if m > *b { m } else { *b };
+            *z += m * 0.0;
+        }
+        let big = big.iter().fold(0.0_f32, |a, &b| if b > a { b } else { a });
+        let finite = poison.iter().sum::<f32>() == 0.0;
+        let in_range = finite
+            && (big == 0.0 || (MIN_MAGNITUDE..=MAX_MAGNITUDE).contains(&big))
+            && n.is_finite()
+            && !row.is_empty();
+        let inv = if in_range && big > 0.0 {
+            127.0 / big
+        } else {
+            0.0
+        };
+        let s = if inv > 0.0 { 1.0 / inv } else { 0.0 };
+        // `y = x * (1 / s)`; `y + M` (`M = 1.5 * 2^23`) holds `round(y)` in its low
+        // mantissa bits (two's complement in the low byte), clamped to `M -+ 127`.
+        let quant = |v: f32| {
+            let y = (v * unit) * inv;
+            let r = y + ROUND_MAGIC;
+            let r = if r > ROUND_MAGIC + 127.0 {
+                ROUND_MAGIC + 127.0
+            } else {
+                r
+            };
+            let r = if r < ROUND_MAGIC - 127.0 {
+                ROUND_MAGIC - 127.0
+            } else {
+                r
+            };
+            let t = r - ROUND_MAGIC;
+            (y - t, t, r.to_bits() & 0xff)
+        };
+        let (mut ss, mut total) = ([0.0_f32; CHUNK], [0.0_f32; CHUNK]);
+        let mut bytes = [0_u32; CHUNK];
+        for (ci, c) in chunks.iter().enumerate() {
+            for (((e, t), byte), &v) in ss
+                .iter_mut()
+                .zip(total.iter_mut())
+                .zip(bytes.iter_mut())
+                .zip(c)
+            {
+                let (d, q, b) = quant(v);
+                *e += d * d;
+                *t += q;
+                *byte = b;
+            }
+            for (w, quad) in bytes.as_chunks::<4>().0.iter().enumerate() {
+                store(ci * CHUNK / 4 + w, quad_word(quad));
+            }
+        }
+        let mut quad = [0_u32; 4];
+        let base = chunks.len() * CHUNK;
+        for (k, &v) in rest.iter().enumerate() {
+            let (d, q, b) = quant(v);
+            if let (Some(e), Some(t)) = (ss.get_mut(k), total.get_mut(k)) {
+                *e += d * d;
+                *t += q;
+            }
+            if let Some(slot) = quad.get_mut(k % 4) {
+                *slot = b;
+            }
+            if k % 4 == 3 || k + 1 == rest.len() {
+                store((base + k) / 4, quad_word(&quad));
+                quad = [0; 4];
+            }
+        }
+        if row.is_empty() {
+            for p in 0..quads {
+                store(p, 0);
+            }
+        }
+        // The codes' sum is exact in `f32` (below `127 * 4096 < 2^24`).
+        let total = total.iter().sum::<f32>() as i32;
+        let sum_sq = ss.iter().sum::<f32>();
+        let (sc, e) = if !in_range {
+            (f32::NAN, f32::NAN)
+        } else if s == 0.0 {
+            (0.0, 0.0)
+        } else {
+            let e = residual_bound(s, sum_sq, dim);
+            // The unit row's own rounding (cosine).
+            let e = if rank == Rank::Cosine {
+                e + 2.384_185_8e-7 // 2^-22
+            } else {
+                e
+            };
+            (s, e)
+        };
+        eps_max = eps_max.max(e);
+        if let (Some(a), Some(b), Some(c), Some(d)) = (
+            scale.get_mut(i),
+            terms.get_mut(i),
+            eps.get_mut(i),
+            sums.get_mut(i),
+        ) {
+            *a = if row.is_empty() { 0.0 } else { sc };
+            *b = if rank == Rank::Sq && !row.is_empty() {
+                n
+            } else {
+                0.0
+            };
+            *c = if row.is_empty() { 0.0 } else { e };
+            *d = total;
+        }
+    }
+    Some(Packed {
+        words,
+        scale,
+        terms,
+        eps,
+        sums,
+        eps_max,
+        quads,
+    })
+}
+
+/// Four code bytes (each below 256) as one word, lowest byte first.
+#[inline(always)]
+fn quad_word(q: &[u32; 4]) -> u32 {
+    let [a, b, c, d] = *q;
+    a | (b << 8) | (c << 16) | (d << 24)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    extern crate std;
+    use std::vec;
+    use std::vec::Vec;
+
+    /// Row `i`'s codes, scale, residual bound and code sum, from a packing.
+    fn row_of(p: &Packed<'_>, i: usize, dim: usize, offset: bool) -> (Vec<i32>, f32, f32, i32) {
+        let codes = (0..dim)
+            .map(|k| {
+                let w = p.words[(i / PANEL) * PANEL * p.quads + (k / 4) * PANEL + i % PANEL];
+                let byte = (w >> (8 * (k % 4))) as u8 ^ if offset { 0x80 } else { 0 };
+                i32::from(byte.cast_signed())
+            })
+            .collect();
+        (codes, p.scale[i], p.eps[i], p.sums[i])
+    }
+
+    /// Rows of every kind: spread, one outlier (most codes 0, residuals up to half a
+    /// step), elements on half steps (ties), tiny and huge magnitudes, zero, and rows the
+    /// filter must refuse (NaN, infinity, out of range).
+    fn rows(dim: usize) -> Vec<Vec<f32>> {
+        let spread: Vec<f32> = (0..dim)
+            .map(|k| ((k * 7919 % 211) as f32 - 105.0) / 37.0)
+            .collect();
+        let mut outlier: Vec<f32> = (0..dim).map(|k| ((k % 5) as f32 - 2.0) * 0.031).collect();
+        outlier[dim / 2] = 90.0;
+        let halves: Vec<f32> = (0..dim)
+            .map(|k| if k == 0 { 127.0 } else { (k % 9) as f32 + 0.5 })
+            .collect();
+        let mut out = vec![
+            spread.clone(),
+            outlier,
+            halves,
+            spread.iter().map(|v| v * 1.0e-15).collect(),
+            spread.iter().map(|v| v * 1.0e15).collect(),
+            vec![0.0; dim],
+        ];
+        for special in [f32::NAN, f32::INFINITY, 1.0e30, 1.0e-30] {
+            let mut r = spread.clone();
+            r[dim - 1] = special;
+            if special == 1.0e-30 {
+                r = vec![0.0; dim];
+                r[0] = special;
+            }
+            out.push(r);
+        }
+        out
+    }
+
+    fn norm(v: &[f32]) -> f64 {
+        v.iter()
+            .map(|&x| f64::from(x) * f64::from(x))
+            .sum::<f64>()
+            .sqrt()
+    }
+
+    /// The packing's codes and scales reconstruct each row within its residual bound
+    /// (exact `f64` arithmetic), the code sums are the codes' sums, and the rows the
+    /// filter cannot take get a NaN scale; for both sides (offset codes) and cosine's
+    /// unit rows.
+    #[test]
+    fn residual_bounds_hold() {
+        for dim in [12_usize, 13, 16, 33, 64, 130] {
+            let rows = rows(dim);
+            let count = rows.len();
+            let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+            for rank in [Rank::Sq, Rank::Cosine, Rank::NegDot] {
+                let norms: Vec<f32> = rows
+                    .iter()
+                    .map(|r| {
+                        let n = norm(r) as f32;
+                        match rank {
+                            Rank::Sq => n * n,
+                            _ => n.max(1.0e-12),
+                        }
+                    })
+                    .collect();
+                for offset in [false, true] {
+                    let mut ws = vec![f32::NAN; pack_len(count, dim)];
+                    let packed = pack_rows(Pack {
+                        rank,
+                        rows: &flat,
+                        dim,
+                        count,
+                        norms: &norms,
+                        offset,
+                        ws: &mut ws,
+                    });
+                    assert!(packed.is_some());
+                    let Some(p) = packed else { return };
+                    let mut eps_max = 0.0_f32;
+                    for (i, row) in rows.iter().enumerate() {
+                        let (codes, s, eps, sum) = row_of(&p, i, dim, offset);
+                        let refused = !row.iter().all(|v| v.is_finite())
+                            || !norms[i].is_finite()
+                            // Cosine quantizes the unit row, always in range.
+                            || (rank != Rank::Cosine
+                                && (row.iter().any(|&v| v.abs() > 1.0e29)
+                                    || (row.iter().any(|&v| v != 0.0)
+                                        && row.iter().all(|&v| v.abs() < 1.0e-20))));
+                        if refused {
+                            assert!(s.is_nan() && eps.is_nan(), "{rank:?} d {dim} row {i}");
+                            continue;
+                        }
+                        assert!(codes.iter().all(|c| c.abs() <= 127));
+                        assert_eq!(sum, codes.iter().sum::<i32>(), "row {i}");
+                        let unit = if rank == Rank::Cosine {
+                            f64::from(norms[i])
+                        } else {
+                            1.0
+                        };
+                        let residual = row
+                            .iter()
+                            .zip(&codes)
+                            .map(|(&x, &c)| {
+                                let e = f64::from(x) / unit - f64::from(s) * f64::from(c);
+                                e * e
+                            })
+                            .sum::<f64>()
+                            .sqrt();
+                        assert!(
+                            residual <= f64::from(eps),
+                            "{rank:?} d {dim} row {i}: residual {residual} above {eps}"
+                        );
+                        // Not loose either: within twice the typical residual's bound.
+                        let scale_rows = f64::from(s) * (dim as f64).sqrt();
+                        assert!(f64::from(eps) <= scale_rows + 1.0e-6, "row {i}");
+                        eps_max = eps_max.max(eps);
+                    }
+                    assert_eq!(p.eps_max, eps_max, "{rank:?} d {dim}");
+                }
+            }
+        }
+    }
+
+    /// The pad bounds the gap between the exact inner product and the one the filter
+    /// computes from the codes, on every pair of rows, including each row against its
+    /// own residual (the direction where Cauchy-Schwarz is tight).
+    #[test]
+    fn the_pad_bounds_the_dot_product_gap() {
+        for dim in [12_usize, 31, 64, 128] {
+            let mut rows = rows(dim);
+            rows.truncate(6);
+            // Each row's residual direction as a row of its own.
+            let count0 = rows.len();
+            let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+            let ones = vec![1.0_f32; count0];
+            let mut ws = vec![0.0_f32; pack_len(count0, dim)];
+            let packed = pack_rows(Pack {
+                rank: Rank::NegDot,
+                rows: &flat,
+                dim,
+                count: count0,
+                norms: &ones,
+                offset: false,
+                ws: &mut ws,
+            });
+            assert!(packed.is_some());
+            let Some(p) = packed else { return };
+            for i in 0..count0 {
+                let (codes, s, _, _) = row_of(&p, i, dim, false);
+                let e: Vec<f32> = rows[i]
+                    .iter()
+                    .zip(&codes)
+                    .map(|(&x, &c)| x - s * c as f32)
+                    .collect();
+                rows.push(e.iter().map(|v| v * 1.0e3).collect());
+            }
+            let count = rows.len();
+            let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+            let norms: Vec<f32> = rows
+                .iter()
+                .map(|r| (norm(r) as f32).max(1.0e-12) * (1.0 + 1.0e-6))
+                .collect();
+            let mut ws = vec![0.0_f32; pack_len(count, dim)];
+            let packed = pack_rows(Pack {
+                rank: Rank::NegDot,
+                rows: &flat,
+                dim,
+                count,
+                norms: &norms,
+                offset: false,
+                ws: &mut ws,
+            });
+            assert!(packed.is_some());
+            let Some(p) = packed else { return };
+            for i in 0..count {
+                for j in 0..count {
+                    let (qa, sa, ea, _) = row_of(&p, i, dim, false);
+                    let (qb, sb, eb, _) = row_of(&p, j, dim, false);
+                    let exact: f64 = rows[i]
+                        .iter()
+                        .zip(&rows[j])
+                        .map(|(&x, &y)| f64::from(x) * f64::from(y))
+                        .sum();
+                    let codes: i64 = qa.iter().zip(&qb).map(|(&x, &y)| i64::from(x * y)).sum();
+                    let filter = f64::from(sa * sb) * codes as f64;
+                    let pad = quant_pad(Rank::NegDot, ea, norms[i], eb, norms[j]);
+                    assert!(
+                        (exact - filter).abs() <= f64::from(pad),
+                        "d {dim} ({i}, {j}): gap {} above pad {pad}",
+                        (exact - filter).abs()
+                    );
+                }
+            }
+        }
+    }
+}
