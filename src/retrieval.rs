@@ -403,7 +403,7 @@ pub(crate) fn ranking_metric(metric: Metric) -> Metric {
 
 /// The workspace of the fast pass, split.
 struct Parts<'w> {
-    r_norms: &'w [f32],
+    r_norms: &'w mut [f32],
     q_norms: &'w [f32],
     /// The heap sizes of the k-NN pass, one per query.
     lens: &'w mut [u32],
@@ -414,12 +414,14 @@ struct Parts<'w> {
 
 /// Splits the workspace of the fast pass into reference norms, query norms, the scan's
 /// scratch and the rest, computing the norm terms of the ranking metric (squared norms,
-/// or clamped norms for cosine).
+/// or clamped norms for cosine); the references' only unless `lazy` (the search then
+/// computes them block by block).
 fn prepare<'w>(
     backend: Backend,
     queries: Matrix<'_>,
     shape: Shape<'_>,
     metric: Metric,
+    lazy: bool,
     workspace: &'w mut [f32],
 ) -> Option<Parts<'w>> {
     let (n, m, d) = (queries.rows(), shape.refs.rows(), queries.dim());
@@ -440,7 +442,9 @@ fn prepare<'w>(
             rest: ws.rest(),
         });
     }
-    metric_norms(backend, &shape.refs, metric, r_norms);
+    if !lazy || shape.leave_one_out {
+        metric_norms(backend, &shape.refs, metric, r_norms);
+    }
     if shape.leave_one_out {
         for (q, r) in q_norms.iter_mut().zip(r_norms.iter()) {
             *q = *r;
@@ -591,6 +595,11 @@ pub fn knn(
     )?;
     // Read once: the norms and every distance of this call use it.
     let backend = Backend::active();
+    let rank = Rank::of(metric);
+    // A gallery's norm terms are computed block by block, each just before the block is
+    // packed and searched (while its rows are in cache): one pass over the gallery's
+    // memory instead of two.
+    let lazy = !shape.leave_one_out;
     // Unreachable `else`: the workspace length was checked.
     let Some(Parts {
         r_norms,
@@ -598,26 +607,26 @@ pub fn knn(
         lens,
         scan,
         ..
-    }) = prepare(
-        backend,
-        queries,
-        shape,
-        Rank::of(metric).norm_metric(),
-        workspace,
-    )
+    }) = prepare(backend, queries, shape, rank.norm_metric(), lazy, workspace)
     else {
         return Ok(());
     };
-    let stream = Stream {
-        backend,
-        rank: Rank::of(metric),
-        queries,
-        shape,
-        q_norms,
-        r_norms,
-        r_packed: None,
-    };
-    stream.knn(k, indices, distances, lens, scan);
+    if lazy {
+        search::knn_by_blocks(
+            backend, rank, queries, shape, q_norms, r_norms, k, indices, distances, lens, scan,
+        );
+    } else {
+        let stream = Stream {
+            backend,
+            rank,
+            queries,
+            shape,
+            q_norms,
+            r_norms,
+            r_packed: None,
+        };
+        stream.knn(k, indices, distances, lens, scan);
+    }
     if metric == Metric::Euclidean {
         for d in distances.iter_mut() {
             *d = math::sqrt(*d);
@@ -831,6 +840,7 @@ fn evaluate(
         queries,
         shape,
         Rank::of(metric).norm_metric(),
+        false,
         workspace,
     )
     else {

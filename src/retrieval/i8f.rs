@@ -268,10 +268,10 @@ fn pack_rows<'w>(p: Pack<'_, 'w>) -> Option<Packed<'w>> {
                 r
             };
             let t = r - ROUND_MAGIC;
-            (y - t, t, r.to_bits() & 0xff)
+            (y - t, t, r.to_bits().to_le_bytes()[0])
         };
         let (mut ss, mut total) = ([0.0_f32; CHUNK], [0.0_f32; CHUNK]);
-        let mut bytes = [0_u32; CHUNK];
+        let mut bytes = [0_u8; CHUNK];
         for (ci, c) in chunks.iter().enumerate() {
             for (((e, t), byte), &v) in ss
                 .iter_mut()
@@ -285,10 +285,10 @@ fn pack_rows<'w>(p: Pack<'_, 'w>) -> Option<Packed<'w>> {
                 *byte = b;
             }
             for (w, quad) in bytes.as_chunks::<4>().0.iter().enumerate() {
-                store(ci * CHUNK / 4 + w, quad_word(quad));
+                store(ci * CHUNK / 4 + w, u32::from_le_bytes(*quad));
             }
         }
-        let mut quad = [0_u32; 4];
+        let mut quad = [0_u8; 4];
         let base = chunks.len() * CHUNK;
         for (k, &v) in rest.iter().enumerate() {
             let (d, q, b) = quant(v);
@@ -300,7 +300,7 @@ fn pack_rows<'w>(p: Pack<'_, 'w>) -> Option<Packed<'w>> {
                 *slot = b;
             }
             if k % 4 == 3 || k + 1 == rest.len() {
-                store((base + k) / 4, quad_word(&quad));
+                store((base + k) / 4, u32::from_le_bytes(quad));
                 quad = [0; 4];
             }
         }
@@ -352,13 +352,6 @@ fn pack_rows<'w>(p: Pack<'_, 'w>) -> Option<Packed<'w>> {
         eps_max,
         quads,
     })
-}
-
-/// Four code bytes (each below 256) as one word, lowest byte first.
-#[inline(always)]
-fn quad_word(q: &[u32; 4]) -> u32 {
-    let [a, b, c, d] = *q;
-    a | (b << 8) | (c << 16) | (d << 24)
 }
 
 #[cfg(test)]

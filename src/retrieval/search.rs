@@ -614,6 +614,67 @@ impl<'a> Stream<'a> {
     }
 }
 
+/// [`Stream::knn`] against a gallery `shape.refs` whose norm terms are computed block by
+/// block into `r_norms` (`m`), each block's just before the block is packed and searched
+/// (its rows then come from cache), instead of in a pass of their own over the gallery.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn knn_by_blocks(
+    backend: Backend,
+    rank: Rank,
+    queries: Matrix<'_>,
+    shape: Shape<'_>,
+    q_norms: &[f32],
+    r_norms: &mut [f32],
+    k: usize,
+    indices: &mut [u32],
+    distances: &mut [f32],
+    lens: &mut [u32],
+    ws: &mut [f32],
+) {
+    let (n, m, d) = (queries.rows(), shape.refs.rows(), queries.dim());
+    if k == 0 {
+        return;
+    }
+    for l in lens.iter_mut() {
+        *l = 0;
+    }
+    let (qpack, ws) = ws.split_at_mut(min_len(filter_pack_len(n, d), ws.len()));
+    let (gpack, ws) = ws.split_at_mut(min_len(
+        filter_pack_len(min_len(REFERENCE_BLOCK, m), d),
+        ws.len(),
+    ));
+    let packer = Stream {
+        backend,
+        rank,
+        queries,
+        shape,
+        q_norms,
+        r_norms: &[],
+        r_packed: None,
+    };
+    let packed = packer.pack_all_queries(qpack);
+    let mut start = 0;
+    while start < m {
+        let r1 = min_len(m, start + REFERENCE_BLOCK);
+        let (Ok(refs), Some(norms)) = (shape.refs.sub_rows(start, r1), r_norms.get_mut(start..r1))
+        else {
+            break;
+        };
+        // (A small query block takes the direct form, which reads no Euclidean norm.)
+        if n >= SMALL_BLOCK || rank == Rank::Cosine {
+            crate::distance::metric_norms(backend, &refs, rank.norm_metric(), norms);
+        }
+        let stream = Stream {
+            r_norms: norms,
+            shape: Shape { refs, ..shape },
+            ..packer
+        };
+        stream.knn_block(k, indices, distances, lens, (0, start), packed, gpack, ws);
+        start = r1;
+    }
+    finish(k, indices, distances, lens);
+}
+
 /// Sorts every query's heap (in its output rows, its size in `lens`) nearest first: the
 /// end of a search streamed block by block.
 pub(super) fn finish(k: usize, indices: &mut [u32], distances: &mut [f32], lens: &[u32]) {
