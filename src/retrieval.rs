@@ -68,9 +68,8 @@ pub(crate) const fn scalar_len(references: usize) -> usize {
 /// [`crate::cross_distances_rows_workspace_len`]`(qb, rb, dim) + p(queries) + p(rb)` with
 /// `qb = min(queries, 128)`, `rb = min(references, 512)` and `p(r) = ceil(r / 16) 16
 /// (ceil(dim / 2) + 1)` (the norm terms, the heap sizes, one Gram tile and its packed
-/// rows, and the bf16 filter's packed rows; see [`knn`]'s streaming design). For
-/// leave-one-out
-/// retrieval pass `references = queries`. Linear in `queries + references`; saturates
+/// rows, and the bf16 filter's packed rows, in which the int8 filter's fit; see
+/// [`knn`]'s streaming design). For leave-one-out retrieval pass `references = queries`. Linear in `queries + references`; saturates
 /// instead of overflowing. The scalar twin has its own,
 /// [`crate::scalar::knn_workspace_len`].
 pub const fn knn_workspace_len(queries: usize, references: usize, dim: usize) -> usize {
@@ -507,6 +506,23 @@ fn prepare<'w>(
 /// below `2^-100` (zero aside), or a non-finite one, make their block use the `f32` tile.
 /// The filter changes which candidates are recomputed, never the result: the lists are
 /// those of the direct search on the same backend, bit for bit.
+///
+/// **The int8 filter.** Where the CPU also has AVX512_VNNI (`vpdpbusd`, four int8
+/// products per lane: twice the bf16 rate), and `12 <= d <= 4096` (below, its packing
+/// would not fit the bf16 filter's workspace), a search whose references are packed per
+/// call (`knn`, [`retrieval_metrics`], a gallery prepared without its bf16 copy) takes
+/// the rejection tile from int8 rows instead. Each row `x` (for cosine `x / |x|`) gets
+/// the scale `s = max |x_k| / 127` and the codes `q_k = round(x_k / s)`; the packing
+/// measures the residual `eps >= |x - s q|` of every row (its `f32` sum of squares,
+/// widened for its own rounding), and since `<a, b> - s_a s_b <q_a, q_b> = <e_a, b> +
+/// <s_a q_a, e_b>`, the bar is widened by `eps_a max |b| + (|a| + eps_a) max eps_b`
+/// (twice that for the Euclidean metrics; `eps_a + (1 + eps_a) max eps_b` for cosine),
+/// the maxima over the reference block, on top of the `f32` gap. The codes' products are
+/// summed exactly in `i32`. A row with a non-finite element, a largest magnitude outside
+/// `[2^-60, 2^60]` (zero aside) or a non-finite norm gets NaN filter values (always
+/// recomputed). As with bf16, the lists are those of the direct search, bit for bit.
+/// Against a gallery, each reference block's norms are computed just before the block is
+/// packed, while its rows are in cache.
 ///
 /// - `knn` keeps its heaps in the caller's `indices` and `distances` rows, with the
 ///   reference blocks outermost: each block of the gallery is read from memory once and
