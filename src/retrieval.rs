@@ -515,9 +515,11 @@ fn prepare<'w>(
 /// the scale `s = max |x_k| / 127` and the codes `q_k = round(x_k / s)`; the packing
 /// measures the residual `eps >= |x - s q|` of every row (its `f32` sum of squares,
 /// widened for its own rounding), and since `<a, b> - s_a s_b <q_a, q_b> = <e_a, b> +
-/// <s_a q_a, e_b>`, the bar is widened by `eps_a max |b| + (|a| + eps_a) max eps_b`
-/// (twice that for the Euclidean metrics; `eps_a + (1 + eps_a) max eps_b` for cosine),
-/// the maxima over the reference block, on top of the `f32` gap. The codes' products are
+/// <s_a q_a, e_b>`, the gap is at most `eps_a max |b| + (|a| + eps_a) eps_b` (twice that
+/// for the Euclidean metrics; `eps_a + (1 + eps_a) eps_b` for cosine; the maximum over
+/// the reference block): the tile lowers each value by its column's share
+/// `(|a| + eps_a) eps_b` and the bar is widened by the row's share, on top of the `f32`
+/// gap. The codes' products are
 /// summed exactly in `i32`. A row with a non-finite element, a largest magnitude outside
 /// `[2^-60, 2^60]` (zero aside) or a non-finite norm gets NaN filter values (always
 /// recomputed). As with bf16, the lists are those of the direct search, bit for bit.

@@ -614,6 +614,10 @@ pub(crate) struct I8Tile<'t> {
     pub(crate) b_terms: &'t [f32],
     /// Per packed column: the sum of its codes.
     pub(crate) b_sums: &'t [i32],
+    /// A per-pair shift of the values: `(c, e)`, one coefficient per row (`rows`) and one
+    /// term per packed column, each value lowered to `v - c[r] e[c]` (one fused rounding)
+    /// before it is stored and compared; `None` for the values as they are.
+    pub(crate) shift: Option<(&'t [f32], &'t [f32])>,
     pub(crate) quads: usize,
     pub(crate) rows: usize,
     pub(crate) cols: usize,
@@ -913,16 +917,23 @@ mod tests {
             let b_scale: Vec<f32> = (0..padded).map(|j| 0.03 * (j % 5 + 1) as f32).collect();
             let a_terms: Vec<f32> = (0..rows).map(|i| (i % 5) as f32 * 64.0).collect();
             let b_terms: Vec<f32> = (0..padded).map(|j| (j % 3) as f32 * 32.0).collect();
-            for epilogue in epilogues {
+            let coef: Vec<f32> = (0..rows).map(|i| 0.5 * (i % 3) as f32).collect();
+            let eps: Vec<f32> = (0..padded).map(|j| 0.125 * (j % 4) as f32).collect();
+            for (epilogue, shifted) in epilogues.iter().flat_map(|&e| [(e, false), (e, true)]) {
                 let want = |i: usize, j: usize| {
                     let acc: i32 = (0..quads * 4)
                         .map(|e| a[i * quads * 4 + e] * b[j * quads * 4 + e])
                         .sum();
                     let x = (a_scale[i] * b_scale[j]) * acc as f32;
-                    match epilogue {
+                    let v = match epilogue {
                         I8Epilogue::Sq => ((a_terms[i] + b_terms[j]) - 2.0 * x).max(0.0),
                         I8Epilogue::Cosine => 1.0 - x,
                         I8Epilogue::NegDot => -x,
+                    };
+                    if shifted {
+                        (-coef[i]).mul_add(eps[j], v)
+                    } else {
+                        v
                     }
                 };
                 let bars: Vec<f32> = (0..rows).map(|i| want(i, (i * 7) % cols)).collect();
@@ -941,6 +952,7 @@ mod tests {
                             b_scale: &b_scale,
                             b_terms: &b_terms,
                             b_sums: &b_sums,
+                            shift: shifted.then_some((&coef[..], &eps[..])),
                             quads,
                             rows,
                             cols,
@@ -949,7 +961,9 @@ mod tests {
                             epilogue,
                         }
                     ));
-                    let what = std::format!("{rows}x{cols}x{quads} {epilogue:?} {values} {masks}");
+                    let what = std::format!(
+                        "{rows}x{cols}x{quads} {epilogue:?} {shifted} {values} {masks}"
+                    );
                     for i in 0..rows {
                         for j in 0..cols {
                             if values {

@@ -447,3 +447,45 @@ fn filter_errors() {
         })
     ));
 }
+
+/// The int8 filter's worst case, built: a gallery row whose quantization residual is
+/// aligned with the query (elements of 0.3 beside an outlier of 90 all quantize to 0),
+/// so its filter value overestimates its distance by `2 <a, e_b> = 9`, and a decoy,
+/// quantized exactly, 4 farther than it. The true nearest must still be found, in the
+/// first gallery block (values) and in a later one (masks), for every query.
+#[test]
+fn aligned_quantization_residuals_do_not_hide_the_nearest() {
+    let d = 16;
+    let m = 1100;
+    let mut yd = vec![0.0_f32; m * d];
+    for row in yd.chunks_mut(d) {
+        row[0] = 200.0; // Fillers, far from every query.
+    }
+    // The decoy: distance 89.98^2 + 15 (about 8111.4) to the queries.
+    yd[..d].copy_from_slice(&[[89.98_f32].as_slice(), &[0.0; 15]].concat());
+    let mut near = vec![0.3_f32; d];
+    near[0] = 90.0; // Distance 8100 + 15 * 0.49 = 8107.35.
+    let queries: Vec<f32> = (0..4)
+        .flat_map(|_| [[0.0_f32].as_slice(), &[1.0; 15]].concat())
+        .collect();
+    let x = Matrix::new(&queries, 4, d).unwrap();
+    for at in [1, 700] {
+        let mut g = yd.clone();
+        g[at * d..(at + 1) * d].copy_from_slice(&near);
+        let y = Matrix::new(&g, m, d).unwrap();
+        let mut idx = vec![u32::MAX; 4];
+        let mut dist = vec![f32::NAN; 4];
+        let mut ws = vec![f32::NAN; knn_workspace_len(4, m, d)];
+        knn(
+            x,
+            Some(y),
+            Metric::SquaredEuclidean,
+            1,
+            &mut idx,
+            &mut dist,
+            &mut ws,
+        )
+        .unwrap();
+        assert_eq!(idx, [at as u32; 4], "nearest at {at}");
+    }
+}

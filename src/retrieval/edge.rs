@@ -1070,6 +1070,7 @@ fn i8_tiles(
                     b_scale,
                     b_terms,
                     b_sums: sums,
+                    shift: None,
                     quads: d.div_ceil(4),
                     rows: qb,
                     cols,

@@ -109,15 +109,40 @@ impl<'p> Packed<'p> {
 /// gap for the inner product (norm terms clamped norms, never below the true ones) and
 /// for cosine (unit rows: norms at most 1). Widened by `2^-9` for the rounding of the
 /// norm terms' square roots and of this sum (NaN stays NaN: nothing is rejected).
+///
+/// It is [`row_pad`] plus [`column_coef`] times `eps_b`; the search lowers each filter
+/// value by its column's own share (the coefficient times the column's residual bound,
+/// in the tile) and widens the bar by the row's share only.
 #[inline(always)]
 pub(super) fn quant_pad(rank: Rank, eps_a: f32, na: f32, eps_b: f32, nb_max: f32) -> f32 {
-    let grow = 1.0 + 1.0 / 512.0;
+    row_pad(rank, eps_a, nb_max) + column_coef(rank, eps_a, na) * eps_b
+}
+
+/// `1 + 2^-9`: the widening of [`row_pad`] and [`column_coef`].
+const GROW: f32 = 1.0 + 1.0 / 512.0;
+
+/// The query's share of [`quant_pad`]: `2 eps_a sqrt(nb_max)` (squared distance),
+/// `eps_a nb_max` (inner product) or `eps_a` (cosine), widened.
+#[inline(always)]
+pub(super) fn row_pad(rank: Rank, eps_a: f32, nb_max: f32) -> f32 {
     let gap = match rank {
-        Rank::Sq => 2.0 * (eps_a * math::sqrt(nb_max) + (math::sqrt(na) + eps_a) * eps_b),
-        Rank::NegDot => eps_a * nb_max + (na + eps_a) * eps_b,
-        Rank::Cosine => eps_a + (1.0 + eps_a) * eps_b,
+        Rank::Sq => 2.0 * eps_a * math::sqrt(nb_max),
+        Rank::NegDot => eps_a * nb_max,
+        Rank::Cosine => eps_a,
     };
-    gap * grow
+    gap * GROW
+}
+
+/// The coefficient of a column's residual bound in [`quant_pad`]: `2 (sqrt(na) + eps_a)`,
+/// `na + eps_a` or `1 + eps_a`, widened.
+#[inline(always)]
+pub(super) fn column_coef(rank: Rank, eps_a: f32, na: f32) -> f32 {
+    let c = match rank {
+        Rank::Sq => 2.0 * (math::sqrt(na) + eps_a),
+        Rank::NegDot => na + eps_a,
+        Rank::Cosine => 1.0 + eps_a,
+    };
+    c * GROW
 }
 
 /// An upper bound on `|x - s q|` from `ss`, the `f32` sum of the squared residuals

@@ -216,9 +216,25 @@ struct Pads<'q> {
 }
 
 impl Pads<'_> {
-    /// The pad of the tile's row `i` (norm term `na`).
+    /// The pad of the bar of the tile's row `i` (norm term `na`): for the int8 filter,
+    /// whose tile lowers each value by its column's share of the quantization gap, the
+    /// row's share only ([`i8f::row_pad`]).
     #[inline(always)]
     fn pad(self, rank: Rank, i: usize, na: f32) -> f32 {
+        let pad = self.slack.pad(rank, na, self.nb_max);
+        match self.quant {
+            Some((eps, _)) => {
+                let eps_a = eps.get(i).copied().unwrap_or(f32::NAN);
+                pad + i8f::row_pad(rank, eps_a, self.nb_max)
+            }
+            None => pad,
+        }
+    }
+
+    /// The whole gap between a value of row `i` and its direct distance, whatever the
+    /// column: [`Pads::pad`] plus, for the int8 filter, the largest column share.
+    #[inline(always)]
+    fn full(self, rank: Rank, i: usize, na: f32) -> f32 {
         let pad = self.slack.pad(rank, na, self.nb_max);
         match self.quant {
             Some((eps, eps_b)) => {
@@ -226,6 +242,16 @@ impl Pads<'_> {
                 pad + i8f::quant_pad(rank, eps_a, na, eps_b, self.nb_max)
             }
             None => pad,
+        }
+    }
+
+    /// The coefficient of a column's residual bound in the int8 tile's shift, for row `i`
+    /// (0 without the int8 filter).
+    #[inline(always)]
+    fn coef(self, rank: Rank, i: usize, na: f32) -> f32 {
+        match self.quant {
+            Some((eps, _)) => i8f::column_coef(rank, eps.get(i).copied().unwrap_or(f32::NAN), na),
+            None => 0.0,
         }
     }
 }
@@ -502,9 +528,17 @@ impl<'a> Stream<'a> {
                 // block, so a candidate above it stays rejected). Once every heap with
                 // room is full, the tile is reduced to bit masks in registers.
                 let mut bars = [0.0_f32; QUERY_BLOCK];
+                // The int8 tile's per-row coefficients of its columns' shift.
+                let mut coefs = [0.0_f32; QUERY_BLOCK];
                 let mut all_full = true;
-                for (i, (bar, heap)) in bars.iter_mut().zip(heaps.iter()).enumerate() {
+                for (i, ((bar, coef), heap)) in bars
+                    .iter_mut()
+                    .zip(coefs.iter_mut())
+                    .zip(heaps.iter())
+                    .enumerate()
+                {
                     let na = self.q_norms.get(q0 + i).copied().unwrap_or(0.0);
+                    *coef = fp.coef(self.rank, i, na);
                     *bar = if heap.dist.is_empty() {
                         f32::NEG_INFINITY
                     } else {
@@ -555,6 +589,7 @@ impl<'a> Stream<'a> {
                             b_scale: r.scale,
                             b_terms: r.terms,
                             b_sums: r.sums,
+                            shift: Some((&coefs[..], r.eps)),
                             quads: q.quads,
                             rows: qb,
                             cols: rb,
@@ -802,14 +837,18 @@ impl Kernel for Select<'_, '_, '_> {
             // A heap that is not full yet (in the first block) would take every candidate
             // until it is, then every improvement: about `k ln(width / k)` direct
             // distances. A bound `F` on the block's own `k`-th smallest value caps the bar
-            // instead: each of the block's true `k` nearest has a value within `pad` of
-            // its direct distance, which is at most `F + pad`, so none is above
-            // `F + 2 pad` (a third `pad` covers the rounding of the sum). With the query
-            // itself among the block's rows, its `k + 1`-th.
+            // instead: each of the block's true `k` nearest has a value within `full` of
+            // its direct distance, which is at most `F + full`, so none is above
+            // `F + 2 full` (a third `full` covers the rounding of the sum). With the query
+            // itself among the block's rows, its `k + 1`-th. (The int8 tile lowers each
+            // value by its column's share `s_j` of `full`, so a value `v` is within
+            // `[v - pad, v + pad + 2 s_j]` of its direct distance: the same bound.)
             let cap = if heap.len() < heap.dist.len() {
                 let own = usize::from(skip < rows);
                 let f = kth_bound(row, heap.dist.len() + own);
-                f + pad + pad + pad
+                // (`full`: the values may be lowered by a share of the pad per column.)
+                let full = pads.full(rank, i, na);
+                f + full + full + full
             } else {
                 f32::INFINITY
             };

@@ -786,6 +786,8 @@ pub(crate) fn i8_tile(token: Vnni, mut t: I8Tile<'_>) -> bool {
         && t.b_scale.len() >= panels_b * 16
         && t.b_terms.len() >= panels_b * 16
         && t.b_sums.len() >= panels_b * 16
+        && t.shift
+            .is_none_or(|(c, e)| c.len() >= t.rows && e.len() >= panels_b * 16)
         && (!values || t.out.len() >= t.rows.saturating_mul(t.cols))
         && match &t.keep {
             Some((bars, masks)) => {
@@ -914,6 +916,10 @@ unsafe fn i8_micro<const R: usize, const C: usize, const OUT: bool, const KEEP: 
                 _mm512_loadu_ps(t.b_terms.as_ptr().add(c)),
             )
         };
+        // SAFETY: as above (checked with the shift's own lengths).
+        let shift = t
+            .shift
+            .map(|(coef, e)| (coef, unsafe { _mm512_loadu_ps(e.as_ptr().add(c)) }));
         for (r, acc_r) in acc.iter().enumerate().take(nr) {
             let row = r0 + h + r;
             // SAFETY: `row < rows <= a_scale.len(), a_terms.len()`.
@@ -930,6 +936,14 @@ unsafe fn i8_micro<const R: usize, const C: usize, const OUT: bool, const KEEP: 
                 ),
                 I8Epilogue::Cosine => _mm512_sub_ps(one, x),
                 I8Epilogue::NegDot => _mm512_sub_ps(zero, x),
+            };
+            let v = match shift {
+                Some((coef, e)) => {
+                    // SAFETY: `row < rows <= coef.len()` (checked by `i8_tile`).
+                    let c = unsafe { *coef.get_unchecked(row) };
+                    _mm512_fnmadd_ps(_mm512_set1_ps(c), e, v)
+                }
+                None => v,
             };
             if OUT {
                 // SAFETY: `row * cols + c + nc <= rows * cols <= out.len()`; lanes `>= nc`
