@@ -768,6 +768,21 @@ mod tests {
         }
     }
 
+    /// `(rows, cols, depth)` of the filter tiles' tests: every remainder of the 16-row
+    /// panels, of the four-row blocks and of the column panels (taken four, two and one
+    /// at a time), with depths of one to five words.
+    const TILE_SHAPES: [(usize, usize, usize); 9] = [
+        (1, 1, 1),
+        (3, 17, 2),
+        (4, 48, 3),
+        (5, 33, 1),
+        (16, 64, 4),
+        (17, 80, 2),
+        (20, 112, 3),
+        (33, 49, 5),
+        (40, 130, 2),
+    ];
+
     /// Every shape's remainder of the 16-row panels, of the four-row blocks and of the
     /// column panels (taken four, two and one at a time), every epilogue, values and
     /// masks, against the definition.
@@ -777,17 +792,7 @@ mod tests {
             return;
         }
         let epilogues = [Bf16Epilogue::Sq, Bf16Epilogue::Cosine, Bf16Epilogue::NegDot];
-        for (rows, cols, pairs) in [
-            (1, 1, 1),
-            (3, 17, 2),
-            (4, 48, 3),
-            (5, 33, 1),
-            (16, 64, 4),
-            (17, 80, 2),
-            (20, 112, 3),
-            (33, 49, 5),
-            (40, 130, 2),
-        ] {
+        for (rows, cols, pairs) in TILE_SHAPES {
             let a = ints(rows * pairs * 2, rows);
             let b = ints(cols * pairs * 2, cols + 1);
             let (pa, pb) = (pack(&a, rows, pairs), pack(&b, cols, pairs));
@@ -885,17 +890,7 @@ mod tests {
             return;
         }
         let epilogues = [I8Epilogue::Sq, I8Epilogue::Cosine, I8Epilogue::NegDot];
-        for (rows, cols, quads) in [
-            (1, 1, 1),
-            (3, 17, 2),
-            (4, 48, 3),
-            (5, 33, 1),
-            (16, 64, 4),
-            (17, 80, 2),
-            (20, 112, 3),
-            (33, 49, 5),
-            (40, 130, 2),
-        ] {
+        for (rows, cols, quads) in TILE_SHAPES {
             let code = |i: usize, seed: usize| i32::from(((i * 37 + seed * 11) % 255) as u8) - 127;
             let a: Vec<i32> = (0..rows * quads * 4).map(|i| code(i, rows)).collect();
             let b: Vec<i32> = (0..cols * quads * 4).map(|i| code(i, cols + 1)).collect();

@@ -301,10 +301,7 @@ pub fn knn_edge(
     } else {
         let rb = min_len(REFERENCE_BLOCK, m);
         let (block, scan) = scan.split_at_mut(min_len(rb * d, scan.len()));
-        let (qpack, scan) =
-            scan.split_at_mut(min_len(super::search::filter_pack_len(n, d), scan.len()));
-        let (gpack, scan) =
-            scan.split_at_mut(min_len(super::search::filter_pack_len(rb, d), scan.len()));
+        let (qpack, gpack, scan) = super::search::split_packs(scan, n, m, d);
         for l in lens.iter_mut() {
             *l = 0;
         }

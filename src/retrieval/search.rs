@@ -102,6 +102,20 @@ pub(super) const fn filter_pack_len(rows: usize, dim: usize) -> usize {
     bf16::pack_len(rows, dim)
 }
 
+/// `ws` split into the filter packings of `queries` queries and of one block of `refs`
+/// references (of dimension `dim`), and the rest (each part shorter if `ws` is).
+pub(super) fn split_packs(
+    ws: &mut [f32],
+    queries: usize,
+    refs: usize,
+    dim: usize,
+) -> (&mut [f32], &mut [f32], &mut [f32]) {
+    let (qpack, ws) = ws.split_at_mut(min_len(filter_pack_len(queries, dim), ws.len()));
+    let rb = min_len(REFERENCE_BLOCK, refs);
+    let (gpack, ws) = ws.split_at_mut(min_len(filter_pack_len(rb, dim), ws.len()));
+    (qpack, gpack, ws)
+}
+
 /// Rows packed for a filter tile: bf16 (AVX512_BF16) or int8 (AVX512_VNNI).
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Filter<'p> {
@@ -285,11 +299,7 @@ impl<'a> Stream<'a> {
     pub(super) fn scan(&self, q0: usize, heaps: &mut [Heap<'_>], ws: &mut [f32]) {
         let (m, d) = (self.shape.refs.rows(), self.queries.dim());
         let qb = heaps.len();
-        let (qpack, ws) = ws.split_at_mut(min_len(filter_pack_len(qb, d), ws.len()));
-        let (gpack, ws) = ws.split_at_mut(min_len(
-            filter_pack_len(min_len(REFERENCE_BLOCK, m), d),
-            ws.len(),
-        ));
+        let (qpack, gpack, ws) = split_packs(ws, qb, m, d);
         let queries = self.pack_queries(q0, qb, qpack);
         let mut start = 0;
         while start < m {
@@ -372,11 +382,7 @@ impl<'a> Stream<'a> {
         for l in lens.iter_mut() {
             *l = 0;
         }
-        let (qpack, ws) = ws.split_at_mut(min_len(filter_pack_len(n, d), ws.len()));
-        let (gpack, ws) = ws.split_at_mut(min_len(
-            filter_pack_len(min_len(REFERENCE_BLOCK, m), d),
-            ws.len(),
-        ));
+        let (qpack, gpack, ws) = split_packs(ws, n, m, d);
         let queries = self.pack_queries(0, n, qpack);
         let mut start = 0;
         while start < m {
@@ -673,11 +679,7 @@ pub(super) fn knn_by_blocks(
     for l in lens.iter_mut() {
         *l = 0;
     }
-    let (qpack, ws) = ws.split_at_mut(min_len(filter_pack_len(n, d), ws.len()));
-    let (gpack, ws) = ws.split_at_mut(min_len(
-        filter_pack_len(min_len(REFERENCE_BLOCK, m), d),
-        ws.len(),
-    ));
+    let (qpack, gpack, ws) = split_packs(ws, n, m, d);
     let packer = Stream {
         backend,
         rank,
