@@ -508,7 +508,7 @@ fn prepare<'w>(
 /// those of the direct search on the same backend, bit for bit.
 ///
 /// **The int8 filter.** Where the CPU also has AVX512_VNNI (`vpdpbusd`, four int8
-/// products per lane: twice the bf16 rate), and `12 <= d <= 4096` (below, its packing
+/// products per lane: twice the bf16 rate), and `11 <= d <= 4096` (below, its packing
 /// would not fit the bf16 filter's workspace), a search whose references are packed per
 /// call (`knn`, [`retrieval_metrics`], a gallery prepared without its bf16 copy) takes
 /// the rejection tile from int8 rows instead. Each row `x` (for cosine `x / |x|`) gets

@@ -56,8 +56,8 @@ pub(super) const fn pack_len(rows: usize, dim: usize) -> usize {
 
 /// Whether the search uses the int8 filter at dimension `dim`: at most [`MAX_DIM`], and
 /// its packing no larger than the bf16 filter's, whose workspace it shares (from
-/// `dim = 12`: a row's `dim / 4` code words and four row words against `dim / 2` words
-/// and one).
+/// `dim = 11`: a row's `ceil(dim / 4)` code words and four row words against
+/// `ceil(dim / 2)` words and one).
 pub(super) const fn usable(dim: usize) -> bool {
     dim <= MAX_DIM && pack_len(PANEL, dim) <= super::bf16::pack_len(PANEL, dim)
 }
@@ -514,6 +514,14 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The dimensions the search takes the int8 filter at, as the retrieval docs state.
+    #[test]
+    fn usable_from_eleven_to_max_dim() {
+        assert!((1..=10).all(|d| !usable(d)));
+        assert!((11..=MAX_DIM).all(usable));
+        assert!(!usable(MAX_DIM + 1));
     }
 
     /// The pad bounds the gap between the exact inner product and the one the filter
