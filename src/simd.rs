@@ -656,6 +656,32 @@ pub(crate) fn i8_tile(backend: Backend, t: I8Tile<'_>) -> bool {
     false
 }
 
+/// One row of the int8 filter's packing (`retrieval::i8f`), vectorised: the largest
+/// magnitude of `x = row * unit`, whether every `x` is finite, then with `inv =
+/// inv_of(big, finite)` the codes `round(x * inv)` clamped to `[-127, 127]`, four to a
+/// word XORed with `flip`, word `p` at `out[16 p]`, and the sums of the squared
+/// residuals and of the codes; bit for bit the portable loop's results. `None` (nothing
+/// written) unless `backend` is [`Backend::Avx512`], `row` is not empty and `out` holds
+/// the row's words.
+#[inline]
+pub(crate) fn i8_quantize_row<F: FnOnce(f32, bool) -> f32>(
+    backend: Backend,
+    row: &[f32],
+    unit: f32,
+    inv_of: F,
+    out: &mut [u32],
+    flip: u32,
+) -> Option<(f32, bool, f32, f32)> {
+    #[cfg(all(target_arch = "x86_64", not(feature = "portable-only")))]
+    if backend == Backend::Avx512 {
+        if let Some(token) = x86::Avx512::detect() {
+            return x86::i8_quantize_row(token, row, unit, inv_of, out, flip);
+        }
+    }
+    let _ = (backend, row, unit, inv_of, out, flip);
+    None
+}
+
 /// Whether [`i8_tile`] computes tiles for `backend` on this CPU.
 #[inline]
 pub(crate) fn has_i8_tile(backend: Backend) -> bool {

@@ -1095,3 +1095,141 @@ pub(crate) fn run_popcnt<K: Kernel>(token: Popcnt, kernel: K) -> K::Output {
     // SAFETY: `token` proves that CPUID reported POPCNT, the feature the entry enables.
     unsafe { popcnt_entry(token, kernel) }
 }
+
+/// One row of the int8 filter's packing, bit for bit as the portable loop of
+/// `retrieval::i8f` computes it (see [`super::i8_quantize_row`]): the largest magnitude of
+/// `x = row * unit` and whether every `x` is finite; then, with `inv = inv_of(big,
+/// finite)`, the codes `round(x * inv)` clamped to `[-127, 127]` (by the `1.5 * 2^23`
+/// trick), stored four to a word (lowest byte first, XORed with `flip`) at `out[16 p]`,
+/// and the lane-wise sums of the squared residuals and of the codes, each reduced
+/// pairwise ([`lane_tree_sum`]). `None` (nothing written) when `row` is empty or `out` too short.
+#[inline]
+pub(crate) fn i8_quantize_row<F: FnOnce(f32, bool) -> f32>(
+    token: Avx512,
+    row: &[f32],
+    unit: f32,
+    inv_of: F,
+    out: &mut [u32],
+    flip: u32,
+) -> Option<(f32, bool, f32, f32)> {
+    let quads = row.len().div_ceil(4);
+    if quads == 0 || out.len() <= (quads - 1) * 16 {
+        return None;
+    }
+    // SAFETY: the token proves AVX-512F, the feature the entry enables; `row` is not
+    // empty and `out` holds word `16 (quads - 1)`, checked above.
+    Some(unsafe { i8_quantize_row_entry(token, row, unit, inv_of, out, flip) })
+}
+
+/// # Safety
+///
+/// The CPU has AVX-512F; `row` is not empty and `out.len() > 16 (row.len().div_ceil(4) -
+/// 1)` (checked by [`i8_quantize_row`]).
+#[target_feature(enable = "avx512f")]
+unsafe fn i8_quantize_row_entry<F: FnOnce(f32, bool) -> f32>(
+    _token: Avx512,
+    row: &[f32],
+    unit: f32,
+    inv_of: F,
+    out: &mut [u32],
+    flip: u32,
+) -> (f32, bool, f32, f32) {
+    use core::arch::x86_64::{
+        _mm512_abs_ps, _mm512_add_ps, _mm512_castps_si512, _mm512_cmp_ps_mask, _mm512_loadu_ps,
+        _mm512_mask_add_ps, _mm512_maskz_cvtepi32_epi8, _mm512_maskz_loadu_ps, _mm512_max_ps,
+        _mm512_min_ps, _mm512_mul_ps, _mm512_reduce_max_ps, _mm512_set1_ps, _mm512_setzero_ps,
+        _mm_cvtsi128_si32, _mm_extract_epi32, _mm_set1_epi32, _mm_storeu_si128, _mm_xor_si128,
+        _CMP_NLT_UQ,
+    };
+    /// `1.5 * 2^23` (as in `i8f`).
+    const MAGIC: f32 = 12_582_912.0;
+    let n = row.len();
+    let (full, tail) = (n / 16, n % 16);
+    let tail_mask = avx512_mask(tail);
+    let p = row.as_ptr();
+    // SAFETY: called with `c < full`: elements `16 c .. 16 c + 16 <= row.len()`.
+    let load = |c: usize| unsafe { _mm512_loadu_ps(p.add(16 * c)) };
+    // SAFETY: elements `16 full ..` masked to `row.len()`; masked-off lanes are neither
+    // read nor able to fault.
+    let load_tail = || unsafe { _mm512_maskz_loadu_ps(tail_mask, p.add(16 * full)) };
+    let u = _mm512_set1_ps(unit);
+    let inf = _mm512_set1_ps(f32::INFINITY);
+    // Pass 1: the largest magnitude (`max` keeps the running value against NaN, as the
+    // portable `if m > b`), and whether any magnitude is NaN or infinite.
+    let mut big = _mm512_setzero_ps();
+    let mut bad = 0_u16;
+    let mut scan = |v: __m512| {
+        let m = _mm512_abs_ps(_mm512_mul_ps(v, u));
+        big = _mm512_max_ps(m, big);
+        bad |= _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(m, inf);
+    };
+    for c in 0..full {
+        scan(load(c));
+    }
+    if tail > 0 {
+        scan(load_tail());
+    }
+    let big = _mm512_reduce_max_ps(big);
+    let finite = bad == 0;
+    let inv = _mm512_set1_ps(inv_of(big, finite));
+    // Pass 2: the codes. `min(hi, r)` is `r > hi ? hi : r` and `max(lo, r)` is
+    // `r < lo ? lo : r`, NaN passing through, as in the portable loop.
+    let (magic, hi, lo) = (
+        _mm512_set1_ps(MAGIC),
+        _mm512_set1_ps(MAGIC + 127.0),
+        _mm512_set1_ps(MAGIC - 127.0),
+    );
+    let flip = _mm_set1_epi32(flip.cast_signed());
+    let (mut ss, mut total) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    // A chunk's codes (lanes outside `k` zero, their sums untouched), four to a word.
+    let mut quantize = |v: __m512, k: u16| {
+        let y = _mm512_mul_ps(_mm512_mul_ps(v, u), inv);
+        let r = _mm512_max_ps(lo, _mm512_min_ps(hi, _mm512_add_ps(y, magic)));
+        let t = _mm512_sub_ps(r, magic);
+        let e = _mm512_sub_ps(y, t);
+        ss = _mm512_mask_add_ps(ss, k, ss, _mm512_mul_ps(e, e));
+        total = _mm512_mask_add_ps(total, k, total, t);
+        _mm_xor_si128(_mm512_maskz_cvtepi32_epi8(k, _mm512_castps_si512(r)), flip)
+    };
+    let o = out.as_mut_ptr();
+    for c in 0..full {
+        let w = quantize(load(c), u16::MAX);
+        // SAFETY: words `4 c .. 4 c + 4` of the row, each below `quads`, at
+        // `16 (4 c + j) <= 16 (quads - 1) < out.len()`.
+        unsafe {
+            *o.add(64 * c) = _mm_cvtsi128_si32(w).cast_unsigned();
+            *o.add(64 * c + 16) = _mm_extract_epi32::<1>(w).cast_unsigned();
+            *o.add(64 * c + 32) = _mm_extract_epi32::<2>(w).cast_unsigned();
+            *o.add(64 * c + 48) = _mm_extract_epi32::<3>(w).cast_unsigned();
+        }
+    }
+    if tail > 0 {
+        let w = quantize(load_tail(), tail_mask);
+        let mut words = [0_u32; 4];
+        // SAFETY: 16 bytes into a 16-byte array.
+        unsafe { _mm_storeu_si128(words.as_mut_ptr().cast(), w) };
+        for (j, &word) in words.iter().enumerate().take(tail.div_ceil(4)) {
+            // SAFETY: word `4 full + j < quads`, at `16 (4 full + j) <= 16 (quads - 1)
+            // < out.len()`.
+            unsafe { *o.add(16 * (4 * full + j)) = word };
+        }
+    }
+    (big, finite, lane_tree_sum(ss), lane_tree_sum(total))
+}
+
+/// The sum of a vector's 16 lanes in the order of `retrieval::i8f::lane_tree_sum`:
+/// lanes `i` and `i + 8`, then `i + 4`, `i + 2`, `i + 1`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn lane_tree_sum(v: __m512) -> f32 {
+    use core::arch::x86_64::{
+        _mm256_add_ps, _mm256_castpd_ps, _mm256_castps256_ps128, _mm256_extractf128_ps,
+        _mm512_castps512_ps256, _mm512_castps_pd, _mm512_extractf64x4_pd, _mm_movehdup_ps,
+        _mm_movehl_ps,
+    };
+    let upper = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+    let h = _mm256_add_ps(_mm512_castps512_ps256(v), upper);
+    let q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps::<1>(h));
+    let p = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    _mm_cvtss_f32(_mm_add_ss(p, _mm_movehdup_ps(p)))
+}
