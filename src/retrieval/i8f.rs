@@ -488,6 +488,43 @@ mod tests {
         out
     }
 
+    /// [`pack_rows`] of `count` rows with the active backend; `how` is the ranking, the
+    /// offset and whether the vectorised quantizer may run.
+    fn pack_test<'w>(
+        flat: &[f32],
+        dim: usize,
+        count: usize,
+        norms: &[f32],
+        how: (Rank, bool, bool),
+        ws: &'w mut [f32],
+    ) -> Option<Packed<'w>> {
+        let (rank, offset, vectorised) = how;
+        pack_rows(Pack {
+            backend: Backend::active(),
+            vectorised,
+            rank,
+            rows: flat,
+            dim,
+            count,
+            norms,
+            offset,
+            ws,
+        })
+    }
+
+    /// The norm terms the search passes for `rows`: squared norms, or clamped norms.
+    fn norm_terms(rows: &[Vec<f32>], rank: Rank) -> Vec<f32> {
+        rows.iter()
+            .map(|r| {
+                let n = norm(r) as f32;
+                match rank {
+                    Rank::Sq => n * n,
+                    _ => n.max(1.0e-12),
+                }
+            })
+            .collect()
+    }
+
     fn norm(v: &[f32]) -> f64 {
         v.iter()
             .map(|&x| f64::from(x) * f64::from(x))
@@ -511,32 +548,20 @@ mod tests {
             let count = rows.len();
             let flat: Vec<f32> = rows.iter().flatten().copied().collect();
             for rank in [Rank::Sq, Rank::Cosine, Rank::NegDot] {
-                let mut norms: Vec<f32> = rows
-                    .iter()
-                    .map(|r| {
-                        let n = norm(r) as f32;
-                        match rank {
-                            Rank::Sq => n * n,
-                            _ => n.max(1.0e-12),
-                        }
-                    })
-                    .collect();
+                let mut norms = norm_terms(&rows, rank);
                 // A norm term the filter refuses, on a finite row.
                 norms[0] = f32::INFINITY;
                 for offset in [false, true] {
                     let run = |vectorised: bool| {
                         let mut ws = vec![f32::NAN; pack_len(count, dim)];
-                        let p = pack_rows(Pack {
-                            backend: Backend::active(),
-                            vectorised,
-                            rank,
-                            rows: &flat,
+                        let p = pack_test(
+                            &flat,
                             dim,
                             count,
-                            norms: &norms,
-                            offset,
-                            ws: &mut ws,
-                        })
+                            &norms,
+                            (rank, offset, vectorised),
+                            &mut ws,
+                        )
                         .map(|p| p.eps_max.to_bits());
                         (p, ws.iter().map(|v| v.to_bits()).collect::<Vec<u32>>())
                     };
@@ -557,29 +582,11 @@ mod tests {
             let count = rows.len();
             let flat: Vec<f32> = rows.iter().flatten().copied().collect();
             for rank in [Rank::Sq, Rank::Cosine, Rank::NegDot] {
-                let norms: Vec<f32> = rows
-                    .iter()
-                    .map(|r| {
-                        let n = norm(r) as f32;
-                        match rank {
-                            Rank::Sq => n * n,
-                            _ => n.max(1.0e-12),
-                        }
-                    })
-                    .collect();
+                let norms = norm_terms(&rows, rank);
                 for offset in [false, true] {
                     let mut ws = vec![f32::NAN; pack_len(count, dim)];
-                    let packed = pack_rows(Pack {
-                        backend: Backend::active(),
-                        vectorised: true,
-                        rank,
-                        rows: &flat,
-                        dim,
-                        count,
-                        norms: &norms,
-                        offset,
-                        ws: &mut ws,
-                    });
+                    let packed =
+                        pack_test(&flat, dim, count, &norms, (rank, offset, true), &mut ws);
                     assert!(packed.is_some());
                     let Some(p) = packed else { return };
                     let mut eps_max = 0.0_f32;
@@ -648,17 +655,8 @@ mod tests {
             let flat: Vec<f32> = rows.iter().flatten().copied().collect();
             let ones = vec![1.0_f32; count0];
             let mut ws = vec![0.0_f32; pack_len(count0, dim)];
-            let packed = pack_rows(Pack {
-                backend: Backend::active(),
-                vectorised: true,
-                rank: Rank::NegDot,
-                rows: &flat,
-                dim,
-                count: count0,
-                norms: &ones,
-                offset: false,
-                ws: &mut ws,
-            });
+            let how = (Rank::NegDot, false, true);
+            let packed = pack_test(&flat, dim, count0, &ones, how, &mut ws);
             assert!(packed.is_some());
             let Some(p) = packed else { return };
             for i in 0..count0 {
@@ -677,17 +675,7 @@ mod tests {
                 .map(|r| (norm(r) as f32).max(1.0e-12) * (1.0 + 1.0e-6))
                 .collect();
             let mut ws = vec![0.0_f32; pack_len(count, dim)];
-            let packed = pack_rows(Pack {
-                backend: Backend::active(),
-                vectorised: true,
-                rank: Rank::NegDot,
-                rows: &flat,
-                dim,
-                count,
-                norms: &norms,
-                offset: false,
-                ws: &mut ws,
-            });
+            let packed = pack_test(&flat, dim, count, &norms, how, &mut ws);
             assert!(packed.is_some());
             let Some(p) = packed else { return };
             for i in 0..count {
