@@ -226,7 +226,7 @@ fn hard_fallback(labels: &[u32], st: &mut HardState<'_>) {
 /// Batch-hard choices of every row of `x`: sweeps the upper triangle of the distance
 /// matrix in `TILE x TILE` tiles (each distance computed once, in Gram form with the
 /// accuracy fix-up), updating `st`. `norms` are the rows'
-/// [`metric_norms`](crate::distance::metric_norms); `tile` holds at least `min(n, TILE)^2`
+/// [`metric_norms`]; `tile` holds at least `min(n, TILE)^2`
 /// elements and `pack` the tile kernels' scratch.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn hard_sweep(
