@@ -656,22 +656,38 @@ pub(crate) fn i8_tile(backend: Backend, t: I8Tile<'_>) -> bool {
     false
 }
 
+/// What quantizing one row of the int8 filter's packing found (`retrieval::i8f`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct RowQuant {
+    /// The largest magnitude of `x = row * unit`.
+    pub(crate) big: f32,
+    /// Whether every `x` is finite.
+    pub(crate) finite: bool,
+    /// The row's own squared norm `sum row_i^2` (of the row, not of `x`), over 16 lanes
+    /// reduced pairwise.
+    pub(crate) sq_norm: f32,
+    /// The sum of the squared residuals `(x inv - code)^2`, as `sq_norm`.
+    pub(crate) resid_sq: f32,
+    /// The sum of the codes (exact).
+    pub(crate) code_sum: f32,
+}
+
 /// One row of the int8 filter's packing (`retrieval::i8f`), vectorised: the largest
-/// magnitude of `x = row * unit`, whether every `x` is finite, then with `inv =
-/// inv_of(big, finite)` the codes `round(x * inv)` clamped to `[-127, 127]`, four to a
-/// word XORed with `flip`, word `p` at `out[16 p]`, and the sums of the squared
-/// residuals and of the codes; bit for bit the portable loop's results. `None` (nothing
-/// written) unless `backend` is [`Backend::Avx512`], `row` is not empty and `out` holds
-/// the row's words.
+/// magnitude of `x = row * unit`, whether every `x` is finite and the row's squared norm,
+/// then with `inv = inv_of(big, finite, sq_norm)` the codes `round(x * inv)` clamped to
+/// `[-127, 127]`, four to a word XORed with `flip`, word `p` at `out[16 p]`, and the sums
+/// of the squared residuals and of the codes ([`RowQuant`]); bit for bit the portable
+/// loop's results. `None` (nothing written) unless `backend` is [`Backend::Avx512`], `row`
+/// is not empty and `out` holds the row's words.
 #[inline]
-pub(crate) fn i8_quantize_row<F: FnOnce(f32, bool) -> f32>(
+pub(crate) fn i8_quantize_row<F: FnOnce(f32, bool, f32) -> f32>(
     backend: Backend,
     row: &[f32],
     unit: f32,
     inv_of: F,
     out: &mut [u32],
     flip: u32,
-) -> Option<(f32, bool, f32, f32)> {
+) -> Option<RowQuant> {
     #[cfg(all(target_arch = "x86_64", not(feature = "portable-only")))]
     if backend == Backend::Avx512 {
         if let Some(token) = x86::Avx512::detect() {

@@ -346,16 +346,8 @@ pub fn knn_edge(
                 r_norms,
                 r_packed: None,
             };
-            stream.knn_block(
-                k,
-                indices,
-                distances,
-                lens,
-                (0, start),
-                packed,
-                &mut *gpack,
-                &mut *scan,
-            );
+            let block = packed.and_then(|q| stream.pack_refs(0, q, &mut *gpack));
+            stream.knn_block(k, indices, distances, lens, (0, start), packed, block, scan);
             start = r1;
         }
         finish(k, indices, distances, lens);

@@ -24,7 +24,7 @@
 
 use super::search::Rank;
 use crate::math;
-use crate::simd::{self, Backend, Kernel, Simd};
+use crate::simd::{self, Backend, Kernel, RowQuant, Simd};
 
 /// Rows per panel.
 const PANEL: usize = 16;
@@ -158,10 +158,23 @@ fn residual_bound(s: f32, ss: f32, dim: usize) -> f32 {
     s * units * (1.0 + 1.0 / 1_048_576.0)
 }
 
+/// The norm terms of the rows [`pack`] packs: squared norms for Euclidean, clamped norms
+/// for cosine and the inner product.
+pub(super) enum Norms<'r> {
+    /// Computed by the caller, one per row.
+    Given(&'r [f32]),
+    /// Computed by the packing into the slice (one per row), from the same pass over each
+    /// row that finds its largest magnitude: the squared norms `sum x_i^2` over 16 lanes
+    /// reduced pairwise (within the `d u` relative rounding any summation order keeps,
+    /// which the search's pads assume). Euclidean only: the other metrics scale the row
+    /// by its norm before that pass; [`pack`] returns `None` (and fills nothing) for them.
+    Fill(&'r mut [f32]),
+}
+
 /// Packs the `count` rows of `rows` (`dim` each, `dim <= MAX_DIM`) with their norm terms
-/// `norms` (squared norms for Euclidean, clamped norms for cosine and the inner product)
-/// into `ws` (at least [`pack_len`]`(count, dim)` elements); `offset` stores the codes
-/// as unsigned `q + 128` (the tile's row side). `None` when `ws` or `rows` is too short.
+/// ([`Norms`]) into `ws` (at least [`pack_len`]`(count, dim)` elements); `offset` stores
+/// the codes as unsigned `q + 128` (the tile's row side). `None` when `ws`, `rows` or
+/// the norms to fill are too short.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn pack<'w>(
     backend: Backend,
@@ -169,7 +182,7 @@ pub(super) fn pack<'w>(
     rows: &[f32],
     dim: usize,
     count: usize,
-    norms: &[f32],
+    norms: Norms<'_>,
     offset: bool,
     ws: &'w mut [f32],
 ) -> Option<Packed<'w>> {
@@ -197,7 +210,7 @@ struct Pack<'r, 'w> {
     rows: &'r [f32],
     dim: usize,
     count: usize,
-    norms: &'r [f32],
+    norms: Norms<'r>,
     offset: bool,
     ws: &'w mut [f32],
 }
@@ -229,6 +242,11 @@ fn pack_rows<'w>(p: Pack<'_, 'w>) -> Option<Packed<'w>> {
     if dim == 0 || dim > MAX_DIM || rows.len() < count.checked_mul(dim)? {
         return None;
     }
+    let (given, mut fill) = match norms {
+        Norms::Given(n) => (n, None),
+        Norms::Fill(out) if rank == Rank::Sq && out.len() >= count => (&[][..], Some(out)),
+        Norms::Fill(_) => return None,
+    };
     let quads = dim.div_ceil(4);
     let padded = count.div_ceil(PANEL) * PANEL;
     let panel_len = quads * PANEL;
@@ -253,13 +271,20 @@ fn pack_rows<'w>(p: Pack<'_, 'w>) -> Option<Packed<'w>> {
         } else {
             &[]
         };
-        let n = norms.get(i).copied().unwrap_or(f32::NAN);
+        // The norm term: given, or the row's squared norm the quantizer returns.
+        let filled = fill.is_some() && i < count;
+        let given = given.get(i).copied().unwrap_or(f32::NAN);
+        let norm = |sq_norm: f32| if filled { sq_norm } else { given };
         // The row quantized: `x = a` or, for cosine, `a / n` (as `a * (1 / n)`, within
         // `2 u |a / n| <= 2^-22` in norm of the exact unit row; added to `eps`).
-        let unit = if rank == Rank::Cosine { 1.0 / n } else { 1.0 };
+        let unit = if rank == Rank::Cosine {
+            1.0 / given
+        } else {
+            1.0
+        };
         // The scale's reciprocal `127 / max |x|` (0 for a zero row or one the filter does
         // not take), and whether the filter takes the row.
-        let inverse = |big: f32, finite: bool| {
+        let inverse = |big: f32, finite: bool, n: f32| {
             let in_range = finite
                 && (big == 0.0 || (MIN_MAGNITUDE..=MAX_MAGNITUDE).contains(&big))
                 && n.is_finite()
@@ -271,19 +296,30 @@ fn pack_rows<'w>(p: Pack<'_, 'w>) -> Option<Packed<'w>> {
             };
             (in_range, inv)
         };
+        let inv_of = |b, f, sq| inverse(b, f, norm(sq)).1;
         let fast = if vectorised {
             let out = words.get_mut(panel + r..).unwrap_or_default();
-            simd::i8_quantize_row(backend, row, unit, |b, f| inverse(b, f).1, out, flip)
+            simd::i8_quantize_row(backend, row, unit, inv_of, out, flip)
         } else {
             None
         };
-        let (big, finite, sum_sq, total) = match fast {
+        let RowQuant {
+            big,
+            finite,
+            sq_norm,
+            resid_sq: sum_sq,
+            code_sum: total,
+        } = match fast {
             Some(done) => done,
-            None => quantize_row(row, unit, |b, f| inverse(b, f).1, &mut |p, w| {
-                put(words, p, w);
-            }),
+            None => quantize_row(row, unit, inv_of, &mut |p, w| put(words, p, w)),
         };
-        let (in_range, inv) = inverse(big, finite);
+        let n = norm(sq_norm);
+        if filled {
+            if let Some(slot) = fill.as_mut().and_then(|f| f.get_mut(i)) {
+                *slot = n;
+            }
+        }
+        let (in_range, inv) = inverse(big, finite, n);
         let s = if inv > 0.0 { 1.0 / inv } else { 0.0 };
         if row.is_empty() {
             for p in 0..quads {
@@ -334,39 +370,52 @@ fn pack_rows<'w>(p: Pack<'_, 'w>) -> Option<Packed<'w>> {
     })
 }
 
-/// One row of [`pack`], portable: the largest magnitude of `x = row * unit` and whether
-/// every `x` is finite; then, with `inv = inv_of(big, finite)`, the codes `round(x *
-/// inv)` clamped to `[-127, 127]`, passed four to a word (lowest byte first) to `store`
-/// with the word's index, and the sums of the squared residuals and of the codes, each
-/// over 16 lanes (so the loops vectorise) reduced pairwise ([`lane_tree_sum`]). The
-/// reference of [`simd::i8_quantize_row`], which returns the same numbers bit for bit
-/// (on AVX-512 the packing takes that one: about 1.4x faster).
+/// One row of [`pack`], portable: the largest magnitude of `x = row * unit`, whether
+/// every `x` is finite and the row's squared norm; then, with `inv = inv_of(big, finite,
+/// sq_norm)`, the codes `round(x * inv)` clamped to `[-127, 127]`, passed four to a word
+/// (lowest byte first) to `store` with the word's index, and the sums of the squared
+/// residuals and of the codes; every sum over 16 lanes (so the loops vectorise) reduced
+/// pairwise ([`lane_tree_sum`]). The reference of [`simd::i8_quantize_row`], which
+/// returns the same numbers bit for bit (on AVX-512 the packing takes that one: about
+/// 1.4x faster).
 #[inline(always)]
 fn quantize_row(
     row: &[f32],
     unit: f32,
-    inv_of: impl FnOnce(f32, bool) -> f32,
+    inv_of: impl FnOnce(f32, bool, f32) -> f32,
     store: &mut impl FnMut(usize, u32),
-) -> (f32, bool, f32, f32) {
-    // Lane-wise largest magnitude, and `x * 0` summed: NaN exactly when an element is
-    // not finite (fixed-width lanes, so the loop vectorises).
+) -> RowQuant {
+    // Lane-wise largest magnitude, `x * 0` summed (NaN exactly when an element is not
+    // finite) and the squared norm (fixed-width lanes, so the loop vectorises).
     let (mut big, mut poison) = ([0.0_f32; CHUNK], [0.0_f32; CHUNK]);
+    let mut sq = [0.0_f32; CHUNK];
     let (chunks, rest) = row.as_chunks::<CHUNK>();
-    for c in chunks {
-        for ((b, z), &v) in big.iter_mut().zip(poison.iter_mut()).zip(c) {
-            let m = (v * unit).abs();
-            *b = if m > *b { m } else { *b };
-            *z += m * 0.0;
-        }
-    }
-    for (&v, (b, z)) in rest.iter().zip(big.iter_mut().zip(poison.iter_mut())) {
+    let scan = |v: f32, b: &mut f32, z: &mut f32, s: &mut f32| {
         let m = (v * unit).abs();
         *b = if m > *b { m } else { *b };
         *z += m * 0.0;
+        *s += v * v;
+    };
+    for c in chunks {
+        for (((b, z), s), &v) in big
+            .iter_mut()
+            .zip(poison.iter_mut())
+            .zip(sq.iter_mut())
+            .zip(c)
+        {
+            scan(v, b, z, s);
+        }
+    }
+    for (&v, ((b, z), s)) in rest
+        .iter()
+        .zip(big.iter_mut().zip(poison.iter_mut()).zip(sq.iter_mut()))
+    {
+        scan(v, b, z, s);
     }
     let big = big.iter().fold(0.0_f32, |a, &b| if b > a { b } else { a });
     let finite = poison.iter().sum::<f32>() == 0.0;
-    let inv = inv_of(big, finite);
+    let sq_norm = lane_tree_sum(sq);
+    let inv = inv_of(big, finite, sq_norm);
     // `y = x * (1 / s)`; `y + M` (`M = 1.5 * 2^23`) holds `round(y)` in its low mantissa
     // bits (two's complement in the low byte), clamped to `M -+ 127`.
     let quant = |v: f32| {
@@ -419,7 +468,13 @@ fn quantize_row(
             quad = [0; 4];
         }
     }
-    (big, finite, lane_tree_sum(ss), lane_tree_sum(total))
+    RowQuant {
+        big,
+        finite,
+        sq_norm,
+        resid_sq: lane_tree_sum(ss),
+        code_sum: lane_tree_sum(total),
+    }
 }
 
 /// The sum of 16 lanes pairwise (`i` and `i + 8`, then `i + 4`, `i + 2`, `i + 1`): the
@@ -494,7 +549,7 @@ mod tests {
         flat: &[f32],
         dim: usize,
         count: usize,
-        norms: &[f32],
+        norms: Norms<'_>,
         how: (Rank, bool, bool),
         ws: &'w mut [f32],
     ) -> Option<Packed<'w>> {
@@ -558,7 +613,7 @@ mod tests {
                             &flat,
                             dim,
                             count,
-                            &norms,
+                            Norms::Given(&norms),
                             (rank, offset, vectorised),
                             &mut ws,
                         )
@@ -567,6 +622,68 @@ mod tests {
                     };
                     assert_eq!(run(true), run(false), "{rank:?} d {dim} offset {offset}");
                 }
+            }
+        }
+    }
+
+    /// Squared norms the packing computes (`Norms::Fill`) are the same bit for bit from
+    /// the vectorised quantizer and the portable loop, within the `d u` relative rounding
+    /// of the exact ones (infinite or NaN exactly for rows whose squares overflow or are
+    /// not finite), and the packing is the one the same norms given would make. The other
+    /// metrics refuse to fill (they scale each row by its norm first) and write nothing.
+    #[test]
+    fn filled_norms_match_the_portable_loop_and_the_given_ones() {
+        let mut dims: Vec<usize> = (1..=40).collect();
+        dims.extend([64, 127, 128, 129, 4096]);
+        for dim in dims {
+            let mut rows = rows(dim.max(2));
+            for r in &mut rows {
+                r.truncate(dim);
+            }
+            let count = rows.len();
+            let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+            for offset in [false, true] {
+                let run = |vectorised: bool, given: Option<&[f32]>| {
+                    let mut ws = vec![f32::NAN; pack_len(count, dim)];
+                    let mut filled = vec![f32::NAN; count];
+                    let norms = match given {
+                        Some(n) => Norms::Given(n),
+                        None => Norms::Fill(&mut filled),
+                    };
+                    let how = (Rank::Sq, offset, vectorised);
+                    let p = pack_test(&flat, dim, count, norms, how, &mut ws);
+                    let p = p.map(|p| p.eps_max.to_bits());
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+                    (p, bits(&ws), filled)
+                };
+                let (p, ws, filled) = run(true, None);
+                assert!(p.is_some(), "d {dim}");
+                let (p1, ws1, filled1) = run(false, None);
+                assert_eq!((p, &ws), (p1, &ws1), "d {dim} offset {offset}");
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+                assert_eq!(bits(&filled), bits(&filled1), "d {dim}");
+                let (p2, ws2, _) = run(true, Some(&filled));
+                assert_eq!((p, &ws), (p2, &ws2), "d {dim} offset {offset}");
+                for (row, &n) in rows.iter().zip(&filled) {
+                    let exact: f64 = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+                    if !exact.is_finite() || exact > f64::from(f32::MAX) {
+                        assert!(!n.is_finite(), "d {dim}: {n} for {exact}");
+                        continue;
+                    }
+                    let tol = (dim as f64 + 4.0) * f64::from(f32::EPSILON) / 2.0 * exact
+                        + dim as f64 * 1.0e-45;
+                    assert!(
+                        (f64::from(n) - exact).abs() <= tol,
+                        "d {dim}: {n} vs {exact}"
+                    );
+                }
+            }
+            for rank in [Rank::Cosine, Rank::NegDot] {
+                let mut ws = vec![f32::NAN; pack_len(count, dim)];
+                let mut filled = vec![7.0_f32; count];
+                let how = (rank, false, true);
+                let p = pack_test(&flat, dim, count, Norms::Fill(&mut filled), how, &mut ws);
+                assert!(p.is_none() && filled.iter().all(|&n| n == 7.0), "{rank:?}");
             }
         }
     }
@@ -585,8 +702,14 @@ mod tests {
                 let norms = norm_terms(&rows, rank);
                 for offset in [false, true] {
                     let mut ws = vec![f32::NAN; pack_len(count, dim)];
-                    let packed =
-                        pack_test(&flat, dim, count, &norms, (rank, offset, true), &mut ws);
+                    let packed = pack_test(
+                        &flat,
+                        dim,
+                        count,
+                        Norms::Given(&norms),
+                        (rank, offset, true),
+                        &mut ws,
+                    );
                     assert!(packed.is_some());
                     let Some(p) = packed else { return };
                     let mut eps_max = 0.0_f32;
@@ -656,7 +779,7 @@ mod tests {
             let ones = vec![1.0_f32; count0];
             let mut ws = vec![0.0_f32; pack_len(count0, dim)];
             let how = (Rank::NegDot, false, true);
-            let packed = pack_test(&flat, dim, count0, &ones, how, &mut ws);
+            let packed = pack_test(&flat, dim, count0, Norms::Given(&ones), how, &mut ws);
             assert!(packed.is_some());
             let Some(p) = packed else { return };
             for i in 0..count0 {
@@ -675,7 +798,7 @@ mod tests {
                 .map(|r| (norm(r) as f32).max(1.0e-12) * (1.0 + 1.0e-6))
                 .collect();
             let mut ws = vec![0.0_f32; pack_len(count, dim)];
-            let packed = pack_test(&flat, dim, count, &norms, how, &mut ws);
+            let packed = pack_test(&flat, dim, count, Norms::Given(&norms), how, &mut ws);
             assert!(packed.is_some());
             let Some(p) = packed else { return };
             for i in 0..count {

@@ -17,7 +17,7 @@
 
 use super::bf16::{self, Packed};
 use super::heap::Heap;
-use super::i8f;
+use super::i8f::{self, Norms};
 use super::Shape;
 use crate::distance::{cross_distances_rows_workspace_len, DistanceMode, Metric};
 use crate::matrix::Matrix;
@@ -328,8 +328,17 @@ impl<'a> Stream<'a> {
         let rows = self.queries.as_slice().get(q0 * d..(q0 + qb) * d)?;
         let norms = self.q_norms.get(q0..q0 + qb)?;
         if self.r_packed.is_none() && simd::has_i8_tile(self.backend) && i8f::usable(d) {
-            return i8f::pack(self.backend, self.rank, rows, d, qb, norms, true, ws)
-                .map(Filter::I8);
+            return i8f::pack(
+                self.backend,
+                self.rank,
+                rows,
+                d,
+                qb,
+                Norms::Given(norms),
+                true,
+                ws,
+            )
+            .map(Filter::I8);
         }
         if !simd::has_bf16_tile(self.backend) {
             return None;
@@ -339,7 +348,12 @@ impl<'a> Stream<'a> {
 
     /// Packs the reference block starting at `start` for the filter the queries were
     /// packed for (`like`).
-    fn pack_refs<'w>(&self, start: usize, like: Filter<'_>, ws: &'w mut [f32]) -> Option<Filter<'w>>
+    pub(super) fn pack_refs<'w>(
+        &self,
+        start: usize,
+        like: Filter<'_>,
+        ws: &'w mut [f32],
+    ) -> Option<Filter<'w>>
     where
         'a: 'w,
     {
@@ -354,6 +368,7 @@ impl<'a> Stream<'a> {
         let norms = self.r_norms.get(start..start + rb)?;
         match like {
             Filter::I8(_) => {
+                let norms = Norms::Given(norms);
                 i8f::pack(self.backend, self.rank, rows, d, rb, norms, false, ws).map(Filter::I8)
             }
             Filter::Bf16(_) => {
@@ -386,7 +401,8 @@ impl<'a> Stream<'a> {
         let queries = self.pack_queries(0, n, qpack);
         let mut start = 0;
         while start < m {
-            self.knn_block(k, indices, distances, lens, (start, 0), queries, gpack, ws);
+            let refs = queries.and_then(|q| self.pack_refs(start, q, gpack));
+            self.knn_block(k, indices, distances, lens, (start, 0), queries, refs, ws);
             start += REFERENCE_BLOCK;
         }
         finish(k, indices, distances, lens);
@@ -401,8 +417,9 @@ impl<'a> Stream<'a> {
     /// One reference block of [`Stream::knn`]: offers the block starting at `start` to
     /// every query's heap (living in its output row, its size in `lens`), query block by
     /// query block; `at` is `(start, base)`, `base` the gallery index of reference row 0
-    /// (0, unless the references are one block of a larger gallery). `queries` is the bf16 packing of all queries (if any); `gpack` holds
-    /// the block's packing, `ws` the tile and the microkernel's packing.
+    /// (0, unless the references are one block of a larger gallery). `queries` is the
+    /// filter packing of all queries and `refs` the block's ([`Stream::pack_refs`]), if
+    /// any; `ws` holds the tile and the microkernel's packing.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn knn_block(
         &self,
@@ -412,7 +429,7 @@ impl<'a> Stream<'a> {
         lens: &mut [u32],
         at: (usize, usize),
         queries: Option<Filter<'_>>,
-        gpack: &mut [f32],
+        refs: Option<Filter<'_>>,
         ws: &mut [f32],
     ) {
         let n = self.queries.rows();
@@ -420,7 +437,6 @@ impl<'a> Stream<'a> {
         if k == 0 {
             return;
         }
-        let refs = queries.and_then(|q| self.pack_refs(start, q, gpack));
         let mut rows = indices
             .chunks_exact_mut(k)
             .zip(distances.chunks_exact_mut(k));
@@ -697,8 +713,20 @@ pub(super) fn knn_by_blocks(
         else {
             break;
         };
-        // (A small query block takes the direct form, which reads no Euclidean norm.)
-        if n >= SMALL_BLOCK || rank == Rank::Cosine {
+        // Against int8-packed queries, a Euclidean block's squared norms come from its
+        // packing's first pass over each row (a pass of their own would be the one that
+        // waits for the rows from memory: about a third of the packing's time at d =
+        // 128); otherwise they are computed first. (A small query block takes the direct
+        // form, which reads no Euclidean norm.)
+        let fused = match packed {
+            Some(Filter::I8(_)) if rank == Rank::Sq => {
+                let rows = refs.as_slice();
+                let fill = Norms::Fill(&mut *norms);
+                i8f::pack(backend, rank, rows, d, r1 - start, fill, false, &mut *gpack)
+            }
+            _ => None,
+        };
+        if fused.is_none() && (n >= SMALL_BLOCK || rank == Rank::Cosine) {
             crate::distance::metric_norms(backend, &refs, rank.norm_metric(), norms);
         }
         let stream = Stream {
@@ -706,7 +734,13 @@ pub(super) fn knn_by_blocks(
             shape: Shape { refs, ..shape },
             ..packer
         };
-        stream.knn_block(k, indices, distances, lens, (0, start), packed, gpack, ws);
+        // (A fused packing that failed leaves the block to the `f32` tile.)
+        let refs = match fused {
+            Some(p) => Some(Filter::I8(p)),
+            None if rank == Rank::Sq && matches!(packed, Some(Filter::I8(_))) => None,
+            None => packed.and_then(|q| stream.pack_refs(0, q, gpack)),
+        };
+        stream.knn_block(k, indices, distances, lens, (0, start), packed, refs, ws);
         start = r1;
     }
     finish(k, indices, distances, lens);
