@@ -859,6 +859,10 @@ impl Kernel for Select<'_, '_, '_> {
                 let chunks = width.div_ceil(LANES);
                 let words = bytemuck::try_cast_slice::<f32, u32>(tile).unwrap_or_default();
                 let row = words.get(i * chunks..(i + 1) * chunks).unwrap_or_default();
+                // Most rows keep nothing in most blocks: one vectorised test first.
+                if row.iter().fold(0, |a, &w| a | w) == 0 {
+                    continue;
+                }
                 for (c, &w) in row.iter().enumerate() {
                     let mut kept = w;
                     while kept != 0 {
