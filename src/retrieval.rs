@@ -524,7 +524,9 @@ fn prepare<'w>(
 /// `[2^-60, 2^60]` (zero aside) or a non-finite norm gets NaN filter values (always
 /// recomputed). As with bf16, the lists are those of the direct search, bit for bit.
 /// Against a gallery, each reference block's norms are computed just before the block is
-/// packed, while its rows are in cache.
+/// packed, while its rows are in cache; for the Euclidean metrics, by the packing itself,
+/// in the pass that finds each row's largest magnitude (the first pass over the block's
+/// memory, which also prefetches the rows ahead).
 ///
 /// - `knn` keeps its heaps in the caller's `indices` and `distances` rows, with the
 ///   reference blocks outermost: each block of the gallery is read from memory once and
