@@ -587,6 +587,16 @@ mod tests {
             .sqrt()
     }
 
+    /// [`rows`] cut to `dim` elements (`rows(2)` for `dim = 1`), and flattened.
+    fn rows_of_dim(dim: usize) -> (Vec<Vec<f32>>, Vec<f32>) {
+        let mut rows = rows(dim.max(2));
+        for r in &mut rows {
+            r.truncate(dim);
+        }
+        let flat = rows.iter().flatten().copied().collect();
+        (rows, flat)
+    }
+
     /// The vectorised row quantizer (where the CPU has it) writes the words, scales,
     /// norm terms, residual bounds and code sums of the portable loop, bit for bit: every
     /// dimension up to 70 and a few wider, every kind of row (refused ones included),
@@ -596,12 +606,8 @@ mod tests {
         let mut dims: Vec<usize> = (1..=70).collect();
         dims.extend([127, 128, 129, 200, 4096]);
         for dim in dims {
-            let mut rows = rows(dim.max(2));
-            for r in &mut rows {
-                r.truncate(dim);
-            }
+            let (rows, flat) = rows_of_dim(dim);
             let count = rows.len();
-            let flat: Vec<f32> = rows.iter().flatten().copied().collect();
             for rank in [Rank::Sq, Rank::Cosine, Rank::NegDot] {
                 let mut norms = norm_terms(&rows, rank);
                 // A norm term the filter refuses, on a finite row.
@@ -636,12 +642,8 @@ mod tests {
         let mut dims: Vec<usize> = (1..=40).collect();
         dims.extend([64, 127, 128, 129, 4096]);
         for dim in dims {
-            let mut rows = rows(dim.max(2));
-            for r in &mut rows {
-                r.truncate(dim);
-            }
+            let (rows, flat) = rows_of_dim(dim);
             let count = rows.len();
-            let flat: Vec<f32> = rows.iter().flatten().copied().collect();
             for offset in [false, true] {
                 let run = |vectorised: bool, given: Option<&[f32]>| {
                     let mut ws = vec![f32::NAN; pack_len(count, dim)];
