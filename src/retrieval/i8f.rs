@@ -587,6 +587,11 @@ mod tests {
             .sqrt()
     }
 
+    /// The bit patterns of `v`, for bit-for-bit comparisons (NaN included).
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
     /// [`rows`] cut to `dim` elements (`rows(2)` for `dim = 1`), and flattened.
     fn rows_of_dim(dim: usize) -> (Vec<Vec<f32>>, Vec<f32>) {
         let mut rows = rows(dim.max(2));
@@ -624,7 +629,7 @@ mod tests {
                             &mut ws,
                         )
                         .map(|p| p.eps_max.to_bits());
-                        (p, ws.iter().map(|v| v.to_bits()).collect::<Vec<u32>>())
+                        (p, bits(&ws))
                     };
                     assert_eq!(run(true), run(false), "{rank:?} d {dim} offset {offset}");
                 }
@@ -655,14 +660,12 @@ mod tests {
                     let how = (Rank::Sq, offset, vectorised);
                     let p = pack_test(&flat, dim, count, norms, how, &mut ws);
                     let p = p.map(|p| p.eps_max.to_bits());
-                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
                     (p, bits(&ws), filled)
                 };
                 let (p, ws, filled) = run(true, None);
                 assert!(p.is_some(), "d {dim}");
                 let (p1, ws1, filled1) = run(false, None);
                 assert_eq!((p, &ws), (p1, &ws1), "d {dim} offset {offset}");
-                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
                 assert_eq!(bits(&filled), bits(&filled1), "d {dim}");
                 let (p2, ws2, _) = run(true, Some(&filled));
                 assert_eq!((p, &ws), (p2, &ws2), "d {dim} offset {offset}");
