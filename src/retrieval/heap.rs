@@ -75,7 +75,7 @@ impl<'s> Heap<'s> {
     /// heap is not full, or when `d` is nearer than the farthest kept entry (a number
     /// against its NaN), which it then replaces. A candidate whose distance equals the
     /// farthest kept one loses the tie (its index is larger).
-    #[inline]
+    #[inline(always)]
     pub(super) fn push(&mut self, d: f32, j: u32) {
         let cap = self.dist.len();
         if self.len < cap {

@@ -80,6 +80,8 @@ pub(super) const REFERENCE_BLOCK: usize = 512;
 
 /// Candidates tested together by the rejection compare.
 const LANES: usize = 16;
+/// Kept candidates whose direct distances are computed together (see [`Pair::push_batch`]).
+const BATCH: usize = 64;
 
 /// Workspace of the streaming pass for `queries` queries and `references` references of
 /// dimension `dim`: both norm vectors, the heap sizes of [`Stream::knn`] (one `u32` per
@@ -871,12 +873,25 @@ impl Kernel for Select<'_, '_, '_> {
                 if row.iter().fold(0, |a, &w| a | w) == 0 {
                     continue;
                 }
+                // The kept candidates' direct distances are computed a batch at a time,
+                // then offered in index order: the distances do not wait on each other
+                // nor on the heap's branches, so they overlap.
+                let mut batch = [0_u16; BATCH];
+                let mut n = 0;
                 for (c, &w) in row.iter().enumerate() {
                     let mut kept = w;
                     while kept != 0 {
                         let bit = kept.trailing_zeros() as usize;
                         kept &= kept - 1;
-                        ctx.push(s, c * LANES + bit, heap);
+                        if let Some(slot) = batch.get_mut(n) {
+                            // `c * LANES + bit < REFERENCE_BLOCK <= u16::MAX`.
+                            *slot = (c * LANES + bit) as u16;
+                            n += 1;
+                        }
+                    }
+                    if n + LANES > BATCH || c + 1 == row.len() {
+                        ctx.push_batch(s, batch.get(..n).unwrap_or_default(), heap);
+                        n = 0;
                     }
                 }
                 continue;
@@ -1017,6 +1032,29 @@ fn kth_bound(values: &[f32], k: usize) -> f32 {
 }
 
 impl Pair<'_> {
+    /// Offers block rows `rows` (increasing, each below the block's length) to `heap`,
+    /// as [`Pair::push`] does one by one: all their direct distances first, then the
+    /// offers, in order.
+    #[inline(always)]
+    fn push_batch<S: Simd>(self, s: S, rows: &[u16], heap: &mut Heap<'_>) {
+        let mut dists = [0.0_f32; BATCH];
+        for (dd, &rr) in dists.iter_mut().zip(rows) {
+            let rr = usize::from(rr);
+            if let (Some(b), Some(&nb)) = (
+                self.block.get(rr * self.dim..(rr + 1) * self.dim),
+                self.r_norms.get(rr),
+            ) {
+                *dd = direct(s, self.rank, self.a, b, self.na, nb);
+            }
+        }
+        for (&dd, &rr) in dists.iter().zip(rows) {
+            let rr = usize::from(rr);
+            if rr != self.skip && rr < self.r_norms.len() {
+                heap.push(dd, (self.start + rr) as u32);
+            }
+        }
+    }
+
     /// Offers block row `rr` (unless it is the query itself) to `heap`, in the direct form.
     #[inline(always)]
     fn push<S: Simd>(self, s: S, rr: usize, heap: &mut Heap<'_>) {
