@@ -91,7 +91,7 @@ impl<'s> Heap<'s> {
     /// Offers one candidate `(d, j)` whose index may be below those held (a re-scored
     /// shortlist, in any order): kept when the heap is not full, or when it ranks before
     /// the farthest kept entry by distance, then index.
-    #[inline]
+    #[inline(always)]
     pub(super) fn push_any(&mut self, d: f32, j: u32) {
         let cap = self.dist.len();
         if self.len < cap {

@@ -906,43 +906,26 @@ impl Kernel for Select<'_, '_, '_> {
             // itself among the block's rows, its `k + 1`-th. (The int8 tile lowers each
             // value by its column's share `s_j` of `full`, so a value `v` is within
             // `[v - pad, v + pad + 2 s_j]` of its direct distance: the same bound.)
-            let cap = if heap.len() < heap.dist.len() {
+            if heap.len() < heap.dist.len() {
                 let own = usize::from(skip < rows);
                 let f = kth_bound(row, heap.dist.len() + own);
                 // (`full`: the values may be lowered by a share of the pad per column.)
                 let full = pads.full(rank, i, na);
-                f + full + full + full
+                let cap = f + full + full + full;
+                if f.is_finite() {
+                    // In two passes: the candidates whose values are not above `F` (the
+                    // block's `k` nearest by value and a few more) fill the heap, whose
+                    // bar then rejects most of the rest up to the cap. In index order, the
+                    // heap would fill with whichever candidates come first, and every
+                    // later improvement would cost a direct distance.
+                    Pair { cap: f, ..ctx }.sweep(s, row, heap, None);
+                    Pair { cap, ..ctx }.sweep(s, row, heap, Some(f));
+                } else {
+                    Pair { cap, ..ctx }.sweep(s, row, heap, None);
+                }
             } else {
-                f32::INFINITY
-            };
-            let ctx = Pair { cap, ..ctx };
-            let mut bar = ctx.bar(heap);
-            let (chunks, tail) = row.as_chunks::<LANES>();
-            let mut r0 = 0;
-            for chunk in chunks {
-                // Branch-free over the chunk (one vector compare into a bit mask); NaN is
-                // never rejected.
-                let mut kept = 0_u32;
-                for (bit, &v) in chunk.iter().enumerate() {
-                    // Not `v <= bar`: NaN must be kept.
-                    #[allow(clippy::neg_cmp_op_on_partial_ord)]
-                    let keep = !(v > bar);
-                    kept |= u32::from(keep) << bit;
-                }
-                // Only the kept candidates, each checked again against the bar, which
-                // drops as the heap improves.
-                while kept != 0 {
-                    let bit = kept.trailing_zeros() as usize;
-                    kept &= kept - 1;
-                    if chunk.get(bit).is_some_and(|&v| v > bar) {
-                        continue;
-                    }
-                    ctx.push(s, r0 + bit, heap);
-                    bar = ctx.bar(heap);
-                }
-                r0 += LANES;
+                ctx.sweep(s, row, heap, None);
             }
-            ctx.offer(s, tail, r0, heap, bar);
         }
     }
 }
@@ -969,18 +952,60 @@ struct Pair<'t> {
 }
 
 impl Pair<'_> {
-    /// Offers to `heap` the candidates of `values` (Gram-form values of block rows
-    /// `r0..`) that are not above `bar`, each recomputed in the direct form; returns the
-    /// bar after them.
+    /// Offers to `heap` the candidates of `row` (Gram-form values of the block's rows)
+    /// that are not above the bar, each recomputed in the direct form; with `above =
+    /// Some(f)`, only those whose values are above `f` (a second pass: the first, with
+    /// `None`, offered the others, in index order).
     #[inline(always)]
-    fn offer<S: Simd>(self, s: S, values: &[f32], r0: usize, heap: &mut Heap<'_>, bar: f32) -> f32 {
+    fn sweep<S: Simd>(self, s: S, row: &[f32], heap: &mut Heap<'_>, above: Option<f32>) {
+        let mut bar = self.bar(heap);
+        let (chunks, tail) = row.as_chunks::<LANES>();
+        let mut r0 = 0;
+        for chunk in chunks {
+            bar = self.sweep_part(s, chunk, r0, heap, above, bar);
+            r0 += LANES;
+        }
+        self.sweep_part(s, tail, r0, heap, above, bar);
+    }
+
+    /// [`Pair::sweep`] of `values` (at most [`LANES`], of rows `r0..`) from `bar`;
+    /// returns the bar after them. (A method, not a closure: it must be inlined into
+    /// the backend's code.)
+    #[inline(always)]
+    fn sweep_part<S: Simd>(
+        self,
+        s: S,
+        values: &[f32],
+        r0: usize,
+        heap: &mut Heap<'_>,
+        above: Option<f32>,
+        bar: f32,
+    ) -> f32 {
         let mut bar = bar;
-        for (r, &v) in values.iter().enumerate() {
-            let rr = r0 + r;
-            if v > bar {
+        let lower = above.unwrap_or(f32::NEG_INFINITY);
+        // Branch-free over the values (one vector compare into a bit mask); NaN is never
+        // rejected, and left to the first pass.
+        let mut kept = 0_u32;
+        for (bit, &v) in values.iter().enumerate() {
+            // Not `v <= bar`: NaN must be kept.
+            #[allow(clippy::neg_cmp_op_on_partial_ord)]
+            let keep = !(v > bar) && (above.is_none() || v > lower);
+            kept |= u32::from(keep) << bit;
+        }
+        // Only the kept candidates, each checked again against the bar, which drops as
+        // the heap improves.
+        while kept != 0 {
+            let bit = kept.trailing_zeros() as usize;
+            kept &= kept - 1;
+            if values.get(bit).is_some_and(|&v| v > bar) {
                 continue;
             }
-            self.push(s, rr, heap);
+            if above.is_none() {
+                self.push(s, r0 + bit, heap);
+            } else {
+                // Below rows the first pass already offered.
+                self.push_any(s, r0 + bit, heap);
+            }
             bar = self.bar(heap);
         }
         bar
@@ -1055,21 +1080,37 @@ impl Pair<'_> {
         }
     }
 
-    /// Offers block row `rr` (unless it is the query itself) to `heap`, in the direct form.
+    /// Offers block row `rr` (unless it is the query itself) to `heap`, in the direct form;
+    /// `rr` above every row offered before.
     #[inline(always)]
     fn push<S: Simd>(self, s: S, rr: usize, heap: &mut Heap<'_>) {
-        if rr == self.skip {
-            return;
+        if let Some((dd, j)) = self.distance(s, rr) {
+            heap.push(dd, j);
         }
-        let (Some(b), Some(&nb)) = (
-            self.block.get(rr * self.dim..(rr + 1) * self.dim),
-            self.r_norms.get(rr),
-        ) else {
-            return;
-        };
-        let dd = direct(s, self.rank, self.a, b, self.na, nb);
+    }
+
+    /// [`Pair::push`] of a row that may be below rows offered before.
+    #[inline(always)]
+    fn push_any<S: Simd>(self, s: S, rr: usize, heap: &mut Heap<'_>) {
+        if let Some((dd, j)) = self.distance(s, rr) {
+            heap.push_any(dd, j);
+        }
+    }
+
+    /// Block row `rr`'s direct distance and reference index, unless it is the query
+    /// itself.
+    #[inline(always)]
+    fn distance<S: Simd>(self, s: S, rr: usize) -> Option<(f32, u32)> {
+        if rr == self.skip {
+            return None;
+        }
+        let b = self.block.get(rr * self.dim..(rr + 1) * self.dim)?;
+        let nb = *self.r_norms.get(rr)?;
         // `start + rr < m <= u32::MAX`, checked on entry.
-        heap.push(dd, (self.start + rr) as u32);
+        Some((
+            direct(s, self.rank, self.a, b, self.na, nb),
+            (self.start + rr) as u32,
+        ))
     }
 }
 
