@@ -488,10 +488,15 @@ fn prepare<'w>(
 /// are rejected by one vector compare; a candidate at or below the bar (or NaN) is
 /// recomputed pair by pair in the direct form and offered to the heap, which keeps direct
 /// distances only. A rejected candidate is provably not nearer, in the direct form, than
-/// the farthest kept one, and references arrive in increasing index order, so the heaps
-/// end exactly as a pair-by-pair direct search leaves them: the same neighbours, the same
+/// the farthest kept one, and the heap orders equal distances by index, so the heaps end
+/// exactly as a pair-by-pair direct search leaves them: the same neighbours, the same
 /// distances, bit for bit, at the cost of the Gram tile plus the few direct distances
-/// that fill or improve a heap. After the last reference block each heap is sorted in
+/// that fill or improve a heap. In a query's first reference block (its heap not full
+/// yet) the row is swept twice: first the candidates whose tile values are not above a
+/// bound on the block's `k`-th smallest value, which fill the heap with the `k` nearest
+/// by value, then the rest against that heap's bar, so the heap does not fill with
+/// whichever candidates come first only to improve on them one direct distance at a
+/// time. After the last reference block each heap is sorted in
 /// place (heapsort), nearest first. Query blocks of fewer than 4 rows skip the tile (a
 /// register tile would be mostly padding) and compute every distance directly.
 ///

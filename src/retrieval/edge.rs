@@ -479,9 +479,9 @@ impl<W: Widen> Kernel for Offer<'_, '_, '_, W> {
     }
 }
 
-/// The test in front of [`Heap::push`] (which is not always inlined into the scan): a
-/// candidate is pushed when the heap has room, or when it is not at or above the
-/// farthest kept distance (NaN included: the heap ranks it).
+/// The test in front of [`Heap::push`], its bar held across the scan: a candidate is
+/// pushed when the heap has room, or when it is not at or above the farthest kept
+/// distance (NaN included: the heap ranks it).
 struct Gate {
     bar: f32,
     full: bool,

@@ -74,7 +74,9 @@ impl<'s> Heap<'s> {
     /// Offers one candidate `(d, j)`, `j` above every index already held: kept when the
     /// heap is not full, or when `d` is nearer than the farthest kept entry (a number
     /// against its NaN), which it then replaces. A candidate whose distance equals the
-    /// farthest kept one loses the tie (its index is larger).
+    /// farthest kept one loses the tie (its index is larger). Always inlined: the
+    /// selection loops are compiled with the backend's features, and a call out of them
+    /// measured about 1 % of R2.
     #[inline(always)]
     pub(super) fn push(&mut self, d: f32, j: u32) {
         let cap = self.dist.len();

@@ -1062,6 +1062,7 @@ impl Pair<'_> {
     /// offers, in order.
     #[inline(always)]
     fn push_batch<S: Simd>(self, s: S, rows: &[u16], heap: &mut Heap<'_>) {
+        // (Not through `Pair::distance`: an array of options measured 2 % slower on R2.)
         let mut dists = [0.0_f32; BATCH];
         for (dd, &rr) in dists.iter_mut().zip(rows) {
             let rr = usize::from(rr);
@@ -1074,6 +1075,7 @@ impl Pair<'_> {
         }
         for (&dd, &rr) in dists.iter().zip(rows) {
             let rr = usize::from(rr);
+            // `start + rr < m <= u32::MAX`, checked on entry.
             if rr != self.skip && rr < self.r_norms.len() {
                 heap.push(dd, (self.start + rr) as u32);
             }
