@@ -906,26 +906,28 @@ impl Kernel for Select<'_, '_, '_> {
             // itself among the block's rows, its `k + 1`-th. (The int8 tile lowers each
             // value by its column's share `s_j` of `full`, so a value `v` is within
             // `[v - pad, v + pad + 2 s_j]` of its direct distance: the same bound.)
-            if heap.len() < heap.dist.len() {
+            let (cap, above) = if heap.len() < heap.dist.len() {
                 let own = usize::from(skip < rows);
                 let f = kth_bound(row, heap.dist.len() + own);
                 // (`full`: the values may be lowered by a share of the pad per column.)
                 let full = pads.full(rank, i, na);
-                let cap = f + full + full + full;
-                if f.is_finite() {
-                    // In two passes: the candidates whose values are not above `F` (the
-                    // block's `k` nearest by value and a few more) fill the heap, whose
-                    // bar then rejects most of the rest up to the cap. In index order, the
-                    // heap would fill with whichever candidates come first, and every
-                    // later improvement would cost a direct distance.
+                // In two passes: the candidates whose values are not above `F` (the
+                // block's `k` nearest by value and a few more) fill the heap, whose bar
+                // then rejects most of the rest up to the cap. In index order, the heap
+                // would fill with whichever candidates come first, and every later
+                // improvement would cost a direct distance.
+                // (Not a closure: the sweep must be inlined into the backend's code.)
+                let above = if f.is_finite() {
                     Pair { cap: f, ..ctx }.sweep(s, row, heap, None);
-                    Pair { cap, ..ctx }.sweep(s, row, heap, Some(f));
+                    Some(f)
                 } else {
-                    Pair { cap, ..ctx }.sweep(s, row, heap, None);
-                }
+                    None
+                };
+                (f + full + full + full, above)
             } else {
-                ctx.sweep(s, row, heap, None);
-            }
+                (f32::INFINITY, None)
+            };
+            Pair { cap, ..ctx }.sweep(s, row, heap, above);
         }
     }
 }
