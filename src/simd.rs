@@ -672,30 +672,78 @@ pub(crate) struct RowQuant {
     pub(crate) code_sum: f32,
 }
 
-/// One row of the int8 filter's packing (`retrieval::i8f`), vectorised: the largest
-/// magnitude of `x = row * unit`, whether every `x` is finite and the row's squared norm,
-/// then with `inv = inv_of(big, finite, sq_norm)` the codes `round(x * inv)` clamped to
-/// `[-127, 127]`, four to a word XORed with `flip`, word `p` at `out[16 p]`, and the sums
-/// of the squared residuals and of the codes ([`RowQuant`]); bit for bit the portable
-/// loop's results. `None` (nothing written) unless `backend` is [`Backend::Avx512`], `row`
-/// is not empty and `out` holds the row's words.
+/// Pass 1 of quantizing one row of the int8 filter's packing: [`RowQuant`]'s first three
+/// fields.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct RowScan {
+    /// As [`RowQuant::big`].
+    pub(crate) big: f32,
+    /// As [`RowQuant::finite`].
+    pub(crate) finite: bool,
+    /// As [`RowQuant::sq_norm`].
+    pub(crate) sq_norm: f32,
+}
+
+/// Pass 2 of quantizing one row of the int8 filter's packing: [`RowQuant`]'s last two
+/// fields.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct RowCode {
+    /// As [`RowQuant::resid_sq`].
+    pub(crate) resid_sq: f32,
+    /// As [`RowQuant::code_sum`].
+    pub(crate) code_sum: f32,
+}
+
+/// Pass 1 of the int8 filter's packing (`retrieval::i8f`) for the rows of one panel,
+/// vectorised: for row `r` (`rows.len() / dim` of them, at most 16) the largest magnitude
+/// of `x = row * units[r]`, whether every `x` is finite and the row's squared norm, into
+/// `scans[r]`; bit for bit the portable loop's. `false` (nothing written) unless `backend`
+/// is [`Backend::Avx512`], `dim > 0` and `rows` holds whole rows, at most 16.
 #[inline]
-pub(crate) fn i8_quantize_row<F: FnOnce(f32, bool, f32) -> f32>(
+pub(crate) fn i8_scan_rows(
     backend: Backend,
-    row: &[f32],
-    unit: f32,
-    inv_of: F,
-    out: &mut [u32],
-    flip: u32,
-) -> Option<RowQuant> {
+    rows: &[f32],
+    dim: usize,
+    units: &[f32; 16],
+    scans: &mut [RowScan; 16],
+) -> bool {
     #[cfg(all(target_arch = "x86_64", not(feature = "portable-only")))]
     if backend == Backend::Avx512 {
         if let Some(token) = x86::Avx512::detect() {
-            return x86::i8_quantize_row(token, row, unit, inv_of, out, flip);
+            return x86::i8_scan_rows(token, rows, dim, units, scans);
         }
     }
-    let _ = (backend, row, unit, inv_of, out, flip);
-    None
+    let _ = (backend, rows, dim, units, scans);
+    false
+}
+
+/// Pass 2 of the int8 filter's packing (`retrieval::i8f`) for the rows of one panel,
+/// vectorised: for row `r`, the codes `round(x * invs[r])` of `x = row * units[r]`
+/// clamped to `[-127, 127]`, four to a word XORed with `flip`, word `p` at `out[16 p +
+/// r]`, and the sums of the squared residuals and of the codes into `codes[r]`; bit for
+/// bit the portable loop's. `false` (nothing written) unless `backend` is
+/// [`Backend::Avx512`], `dim > 0`, `rows` holds whole rows, at most 16, and `out` the
+/// panel's `16 * dim.div_ceil(4)` words.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn i8_code_rows(
+    backend: Backend,
+    rows: &[f32],
+    dim: usize,
+    units: &[f32; 16],
+    invs: &[f32; 16],
+    out: &mut [u32],
+    flip: u32,
+    codes: &mut [RowCode; 16],
+) -> bool {
+    #[cfg(all(target_arch = "x86_64", not(feature = "portable-only")))]
+    if backend == Backend::Avx512 {
+        if let Some(token) = x86::Avx512::detect() {
+            return x86::i8_code_rows(token, rows, dim, units, invs, out, flip, codes);
+        }
+    }
+    let _ = (backend, rows, dim, units, invs, out, flip, codes);
+    false
 }
 
 /// Whether [`i8_tile`] computes tiles for `backend` on this CPU.

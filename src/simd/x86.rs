@@ -1096,142 +1096,212 @@ pub(crate) fn run_popcnt<K: Kernel>(token: Popcnt, kernel: K) -> K::Output {
     unsafe { popcnt_entry(token, kernel) }
 }
 
-/// One row of the int8 filter's packing, bit for bit as the portable loop of
-/// `retrieval::i8f` computes it (see [`super::i8_quantize_row`]): the largest magnitude of
-/// `x = row * unit`, whether every `x` is finite and the row's squared norm; then, with
-/// `inv = inv_of(big, finite, sq_norm)`, the codes `round(x * inv)` clamped to `[-127,
-/// 127]` (by the `1.5 * 2^23` trick), stored four to a word (lowest byte first, XORed
-/// with `flip`) at `out[16 p]`, and the lane-wise sums of the squared residuals and of the
-/// codes; every sum reduced pairwise ([`lane_tree_sum`]). `None` (nothing written) when
-/// `row` is empty or `out` too short.
+/// Pass 1 of the int8 filter's packing for the rows of one panel, bit for bit as the
+/// portable loop of `retrieval::i8f` computes it (see [`super::i8_scan_rows`]): for each
+/// row (`rows.len() / dim` of them, at most 16) the largest magnitude of `x = row *
+/// units[r]`, whether every `x` is finite and the row's squared norm. `false` (nothing
+/// written) unless `dim > 0` and `rows` holds whole rows, at most 16.
 #[inline]
-pub(crate) fn i8_quantize_row<F: FnOnce(f32, bool, f32) -> f32>(
+pub(crate) fn i8_scan_rows(
     token: Avx512,
-    row: &[f32],
-    unit: f32,
-    inv_of: F,
-    out: &mut [u32],
-    flip: u32,
-) -> Option<super::RowQuant> {
-    let quads = row.len().div_ceil(4);
-    if quads == 0 || out.len() <= (quads - 1) * 16 {
-        return None;
+    rows: &[f32],
+    dim: usize,
+    units: &[f32; 16],
+    scans: &mut [super::RowScan; 16],
+) -> bool {
+    if dim == 0 || !rows.len().is_multiple_of(dim) || rows.len() / dim > 16 {
+        return false;
     }
-    // SAFETY: the token proves AVX-512F, the feature the entry enables; `row` is not
-    // empty and `out` holds word `16 (quads - 1)`, checked above.
-    Some(unsafe { i8_quantize_row_entry(token, row, unit, inv_of, out, flip) })
+    // SAFETY: the token proves AVX-512F, the feature the entry enables; `rows` holds
+    // whole rows of `dim > 0` elements, checked above.
+    unsafe { i8_scan_rows_entry(token, rows, dim, units, scans) };
+    true
 }
 
 /// # Safety
 ///
-/// The CPU has AVX-512F; `row` is not empty and `out.len() > 16 (row.len().div_ceil(4) -
-/// 1)` (checked by [`i8_quantize_row`]).
+/// The CPU has AVX-512F; `dim > 0` (checked by [`i8_scan_rows`]).
 #[target_feature(enable = "avx512f")]
-unsafe fn i8_quantize_row_entry<F: FnOnce(f32, bool, f32) -> f32>(
+unsafe fn i8_scan_rows_entry(
     _token: Avx512,
-    row: &[f32],
-    unit: f32,
-    inv_of: F,
+    rows: &[f32],
+    dim: usize,
+    units: &[f32; 16],
+    scans: &mut [super::RowScan; 16],
+) {
+    use core::arch::x86_64::{
+        _mm512_abs_ps, _mm512_add_ps, _mm512_cmp_ps_mask, _mm512_loadu_ps, _mm512_maskz_loadu_ps,
+        _mm512_max_ps, _mm512_mul_ps, _mm512_reduce_max_ps, _mm512_set1_ps, _mm512_setzero_ps,
+        _mm_prefetch, _CMP_NLT_UQ, _MM_HINT_T0,
+    };
+    /// How far ahead of the current element the pass prefetches: 4 KiB, eight rows at
+    /// `d = 128` (512 to 4096 elements measured alike).
+    const AHEAD: usize = 1024;
+    if dim == 0 {
+        return;
+    }
+    let (full, tail) = (dim / 16, dim % 16);
+    let tail_mask = avx512_mask(tail);
+    let inf = _mm512_set1_ps(f32::INFINITY);
+    for ((row, scan), &unit) in rows.chunks_exact(dim).zip(scans.iter_mut()).zip(units) {
+        let p = row.as_ptr();
+        let u = _mm512_set1_ps(unit);
+        // The largest magnitude (`max` keeps the running value against NaN, as the
+        // portable `if m > b`), whether any magnitude is NaN or infinite, and the row's
+        // squared norm (a product then a sum, as the portable loop: no fused
+        // multiply-add).
+        let mut big = _mm512_setzero_ps();
+        let mut bad = 0_u16;
+        let mut sq = _mm512_setzero_ps();
+        let mut step = |v: __m512| {
+            let m = _mm512_abs_ps(_mm512_mul_ps(v, u));
+            big = _mm512_max_ps(m, big);
+            bad |= _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(m, inf);
+            sq = _mm512_add_ps(sq, _mm512_mul_ps(v, v));
+        };
+        for c in 0..full {
+            // The rows `AHEAD` elements on (the next rows of a block, or of the next
+            // block), asked for early: the packing is the first pass over a gallery
+            // block, so its rows come from memory. (A prefetch never faults; the address
+            // wraps.)
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(16 * c + AHEAD).cast());
+            // SAFETY: `c < full`: elements `16 c .. 16 c + 16 <= dim` of the row.
+            step(unsafe { _mm512_loadu_ps(p.add(16 * c)) });
+        }
+        if tail > 0 {
+            // SAFETY: elements `16 full ..` masked to the row's `dim`; masked-off lanes
+            // are neither read nor able to fault.
+            step(unsafe { _mm512_maskz_loadu_ps(tail_mask, p.add(16 * full)) });
+        }
+        *scan = super::RowScan {
+            big: _mm512_reduce_max_ps(big),
+            finite: bad == 0,
+            sq_norm: lane_tree_sum(sq),
+        };
+    }
+}
+
+/// Pass 2 of the int8 filter's packing for the rows of one panel, bit for bit as the
+/// portable loop of `retrieval::i8f` computes it (see [`super::i8_code_rows`]): for row
+/// `r` (`rows.len() / dim` of them, at most 16), the codes `round(x * invs[r])` of `x =
+/// row * units[r]` clamped to `[-127, 127]` (by the `1.5 * 2^23` trick), stored four to
+/// a word (lowest byte first, XORed with `flip`) at `out[16 p + r]`, and the lane-wise
+/// sums of the squared residuals and of the codes, reduced pairwise
+/// ([`lane_tree_sum`]). `false` (nothing written) unless `dim > 0`, `rows` holds whole
+/// rows, at most 16, and `out` holds the panel's `16 * dim.div_ceil(4)` words.
+#[inline]
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn i8_code_rows(
+    token: Avx512,
+    rows: &[f32],
+    dim: usize,
+    units: &[f32; 16],
+    invs: &[f32; 16],
     out: &mut [u32],
     flip: u32,
-) -> super::RowQuant {
+    codes: &mut [super::RowCode; 16],
+) -> bool {
+    if dim == 0
+        || !rows.len().is_multiple_of(dim)
+        || rows.len() / dim > 16
+        || out.len() < 16 * dim.div_ceil(4)
+    {
+        return false;
+    }
+    // SAFETY: the token proves AVX-512F, the feature the entry enables; `rows` holds
+    // whole rows of `dim > 0` elements, at most 16, and `out` the panel's words, checked
+    // above.
+    unsafe { i8_code_rows_entry(token, rows, dim, units, invs, out, flip, codes) };
+    true
+}
+
+/// # Safety
+///
+/// The CPU has AVX-512F; `dim > 0`, `rows.len() <= 16 dim` and `out.len() >= 16
+/// dim.div_ceil(4)` (checked by [`i8_code_rows`]).
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn i8_code_rows_entry(
+    _token: Avx512,
+    rows: &[f32],
+    dim: usize,
+    units: &[f32; 16],
+    invs: &[f32; 16],
+    out: &mut [u32],
+    flip: u32,
+    codes: &mut [super::RowCode; 16],
+) {
     use core::arch::x86_64::{
-        _mm512_abs_ps, _mm512_add_ps, _mm512_castps_si512, _mm512_cmp_ps_mask, _mm512_loadu_ps,
-        _mm512_mask_add_ps, _mm512_maskz_cvtepi32_epi8, _mm512_maskz_loadu_ps, _mm512_max_ps,
-        _mm512_min_ps, _mm512_mul_ps, _mm512_reduce_max_ps, _mm512_set1_ps, _mm512_setzero_ps,
-        _mm_cvtsi128_si32, _mm_extract_epi32, _mm_prefetch, _mm_set1_epi32, _mm_storeu_si128,
-        _mm_xor_si128, _CMP_NLT_UQ, _MM_HINT_T0,
+        _mm512_add_ps, _mm512_castps_si512, _mm512_loadu_ps, _mm512_mask_add_ps,
+        _mm512_maskz_cvtepi32_epi8, _mm512_maskz_loadu_ps, _mm512_max_ps, _mm512_min_ps,
+        _mm512_mul_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm_cvtsi128_si32, _mm_extract_epi32,
+        _mm_prefetch, _mm_set1_epi32, _mm_storeu_si128, _mm_xor_si128, _MM_HINT_T0,
     };
     /// `1.5 * 2^23` (as in `i8f`).
     const MAGIC: f32 = 12_582_912.0;
-    /// How far ahead of the current element the first pass prefetches: 4 KiB, eight
-    /// rows at `d = 128` (512 to 4096 elements measured alike).
-    const AHEAD: usize = 1024;
-    let n = row.len();
-    let (full, tail) = (n / 16, n % 16);
+    if dim == 0 {
+        return;
+    }
+    let (full, tail) = (dim / 16, dim % 16);
     let tail_mask = avx512_mask(tail);
-    let p = row.as_ptr();
-    // SAFETY: called with `c < full`: elements `16 c .. 16 c + 16 <= row.len()`.
-    let load = |c: usize| unsafe { _mm512_loadu_ps(p.add(16 * c)) };
-    // SAFETY: elements `16 full ..` masked to `row.len()`; masked-off lanes are neither
-    // read nor able to fault.
-    let load_tail = || unsafe { _mm512_maskz_loadu_ps(tail_mask, p.add(16 * full)) };
-    let u = _mm512_set1_ps(unit);
-    let inf = _mm512_set1_ps(f32::INFINITY);
-    // Pass 1: the largest magnitude (`max` keeps the running value against NaN, as the
-    // portable `if m > b`), whether any magnitude is NaN or infinite, and the row's
-    // squared norm (a product then a sum, as the portable loop: no fused multiply-add).
-    let mut big = _mm512_setzero_ps();
-    let mut bad = 0_u16;
-    let mut sq = _mm512_setzero_ps();
-    let mut scan = |v: __m512| {
-        let m = _mm512_abs_ps(_mm512_mul_ps(v, u));
-        big = _mm512_max_ps(m, big);
-        bad |= _mm512_cmp_ps_mask::<_CMP_NLT_UQ>(m, inf);
-        sq = _mm512_add_ps(sq, _mm512_mul_ps(v, v));
-    };
-    for c in 0..full {
-        // The rows `AHEAD` elements on (the next rows of a block, or of the next block),
-        // asked for early: the packing is the first pass over a gallery block, so its
-        // rows come from memory. (A prefetch never faults; the address wraps.)
-        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(16 * c + AHEAD).cast());
-        scan(load(c));
-    }
-    if tail > 0 {
-        scan(load_tail());
-    }
-    let big = _mm512_reduce_max_ps(big);
-    let finite = bad == 0;
-    let sq_norm = lane_tree_sum(sq);
-    let inv = _mm512_set1_ps(inv_of(big, finite, sq_norm));
-    // Pass 2: the codes. `min(hi, r)` is `r > hi ? hi : r` and `max(lo, r)` is
-    // `r < lo ? lo : r`, NaN passing through, as in the portable loop.
+    // `min(hi, r)` is `r > hi ? hi : r` and `max(lo, r)` is `r < lo ? lo : r`, NaN
+    // passing through, as in the portable loop.
     let (magic, hi, lo) = (
         _mm512_set1_ps(MAGIC),
         _mm512_set1_ps(MAGIC + 127.0),
         _mm512_set1_ps(MAGIC - 127.0),
     );
     let flip = _mm_set1_epi32(flip.cast_signed());
-    let (mut ss, mut total) = (_mm512_setzero_ps(), _mm512_setzero_ps());
-    // A chunk's codes (lanes outside `k` zero, their sums untouched), four to a word.
-    let mut quantize = |v: __m512, k: u16| {
-        let y = _mm512_mul_ps(_mm512_mul_ps(v, u), inv);
-        let r = _mm512_max_ps(lo, _mm512_min_ps(hi, _mm512_add_ps(y, magic)));
-        let t = _mm512_sub_ps(r, magic);
-        let e = _mm512_sub_ps(y, t);
-        ss = _mm512_mask_add_ps(ss, k, ss, _mm512_mul_ps(e, e));
-        total = _mm512_mask_add_ps(total, k, total, t);
-        _mm_xor_si128(_mm512_maskz_cvtepi32_epi8(k, _mm512_castps_si512(r)), flip)
-    };
-    let o = out.as_mut_ptr();
-    for c in 0..full {
-        let w = quantize(load(c), u16::MAX);
-        // SAFETY: words `4 c .. 4 c + 4` of the row, each below `quads`, at
-        // `16 (4 c + j) <= 16 (quads - 1) < out.len()`.
-        unsafe {
-            *o.add(64 * c) = _mm_cvtsi128_si32(w).cast_unsigned();
-            *o.add(64 * c + 16) = _mm_extract_epi32::<1>(w).cast_unsigned();
-            *o.add(64 * c + 32) = _mm_extract_epi32::<2>(w).cast_unsigned();
-            *o.add(64 * c + 48) = _mm_extract_epi32::<3>(w).cast_unsigned();
+    let rows = rows.chunks_exact(dim).zip(codes.iter_mut());
+    for (r, ((row, code), (&unit, &inv))) in rows.zip(units.iter().zip(invs)).enumerate() {
+        let p = row.as_ptr();
+        let (u, inv) = (_mm512_set1_ps(unit), _mm512_set1_ps(inv));
+        let (mut ss, mut total) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        // A chunk's codes (lanes outside `k` zero, their sums untouched), four to a word.
+        let mut quantize = |v: __m512, k: u16| {
+            let y = _mm512_mul_ps(_mm512_mul_ps(v, u), inv);
+            let r = _mm512_max_ps(lo, _mm512_min_ps(hi, _mm512_add_ps(y, magic)));
+            let t = _mm512_sub_ps(r, magic);
+            let e = _mm512_sub_ps(y, t);
+            ss = _mm512_mask_add_ps(ss, k, ss, _mm512_mul_ps(e, e));
+            total = _mm512_mask_add_ps(total, k, total, t);
+            _mm_xor_si128(_mm512_maskz_cvtepi32_epi8(k, _mm512_castps_si512(r)), flip)
+        };
+        // Row `r < 16` of the panel: its word `p` at `16 p + r`.
+        let o = out.as_mut_ptr().wrapping_add(r);
+        for c in 0..full {
+            // The same elements of the next panel's row, asked for while this panel is
+            // coded (the next first pass reads them from memory).
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(16 * c + 16 * dim).cast());
+            // SAFETY: `c < full`: elements `16 c .. 16 c + 16 <= dim` of the row.
+            let w = quantize(unsafe { _mm512_loadu_ps(p.add(16 * c)) }, u16::MAX);
+            // SAFETY: words `4 c .. 4 c + 4` of the row, each below `quads =
+            // dim.div_ceil(4)`, at `16 (4 c + j) + r < 16 quads <= out.len()`.
+            unsafe {
+                *o.add(64 * c) = _mm_cvtsi128_si32(w).cast_unsigned();
+                *o.add(64 * c + 16) = _mm_extract_epi32::<1>(w).cast_unsigned();
+                *o.add(64 * c + 32) = _mm_extract_epi32::<2>(w).cast_unsigned();
+                *o.add(64 * c + 48) = _mm_extract_epi32::<3>(w).cast_unsigned();
+            }
         }
-    }
-    if tail > 0 {
-        let w = quantize(load_tail(), tail_mask);
-        let mut words = [0_u32; 4];
-        // SAFETY: 16 bytes into a 16-byte array.
-        unsafe { _mm_storeu_si128(words.as_mut_ptr().cast(), w) };
-        for (j, &word) in words.iter().enumerate().take(tail.div_ceil(4)) {
-            // SAFETY: word `4 full + j < quads`, at `16 (4 full + j) <= 16 (quads - 1)
-            // < out.len()`.
-            unsafe { *o.add(16 * (4 * full + j)) = word };
+        if tail > 0 {
+            // SAFETY: elements `16 full ..` masked to the row's `dim`; masked-off lanes
+            // are neither read nor able to fault.
+            let v = unsafe { _mm512_maskz_loadu_ps(tail_mask, p.add(16 * full)) };
+            let w = quantize(v, tail_mask);
+            let mut words = [0_u32; 4];
+            // SAFETY: 16 bytes into a 16-byte array.
+            unsafe { _mm_storeu_si128(words.as_mut_ptr().cast(), w) };
+            for (j, &word) in words.iter().enumerate().take(tail.div_ceil(4)) {
+                // SAFETY: word `4 full + j < quads`, at `16 (4 full + j) + r < 16 quads
+                // <= out.len()`.
+                unsafe { *o.add(16 * (4 * full + j)) = word };
+            }
         }
-    }
-    super::RowQuant {
-        big,
-        finite,
-        sq_norm,
-        resid_sq: lane_tree_sum(ss),
-        code_sum: lane_tree_sum(total),
+        *code = super::RowCode {
+            resid_sq: lane_tree_sum(ss),
+            code_sum: lane_tree_sum(total),
+        };
     }
 }
 
