@@ -1137,6 +1137,7 @@ unsafe fn i8_scan_rows_entry(
     /// How far ahead of the current element the pass prefetches: 4 KiB, eight rows at
     /// `d = 128` (512 to 4096 elements measured alike).
     const AHEAD: usize = 1024;
+    // (Checked by the caller too; here so the chunk iterator has no panic path.)
     if dim == 0 {
         return;
     }
@@ -1239,6 +1240,7 @@ unsafe fn i8_code_rows_entry(
     };
     /// `1.5 * 2^23` (as in `i8f`).
     const MAGIC: f32 = 12_582_912.0;
+    // (Checked by the caller too; here so the chunk iterator has no panic path.)
     if dim == 0 {
         return;
     }
