@@ -656,9 +656,10 @@ pub(crate) fn i8_tile(backend: Backend, t: I8Tile<'_>) -> bool {
     false
 }
 
-/// What quantizing one row of the int8 filter's packing found (`retrieval::i8f`).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub(crate) struct RowQuant {
+/// What the first pass of quantizing one row of the int8 filter's packing
+/// (`retrieval::i8f`) finds.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct RowScan {
     /// The largest magnitude of `x = row * unit`.
     pub(crate) big: f32,
     /// Whether every `x` is finite.
@@ -666,31 +667,15 @@ pub(crate) struct RowQuant {
     /// The row's own squared norm `sum row_i^2` (of the row, not of `x`), over 16 lanes
     /// reduced pairwise.
     pub(crate) sq_norm: f32,
-    /// The sum of the squared residuals `(x inv - code)^2`, as `sq_norm`.
-    pub(crate) resid_sq: f32,
-    /// The sum of the codes (exact).
-    pub(crate) code_sum: f32,
 }
 
-/// Pass 1 of quantizing one row of the int8 filter's packing: [`RowQuant`]'s first three
-/// fields.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub(crate) struct RowScan {
-    /// As [`RowQuant::big`].
-    pub(crate) big: f32,
-    /// As [`RowQuant::finite`].
-    pub(crate) finite: bool,
-    /// As [`RowQuant::sq_norm`].
-    pub(crate) sq_norm: f32,
-}
-
-/// Pass 2 of quantizing one row of the int8 filter's packing: [`RowQuant`]'s last two
-/// fields.
+/// What the second pass of quantizing one row of the int8 filter's packing
+/// (`retrieval::i8f`) finds besides the codes.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub(crate) struct RowCode {
-    /// As [`RowQuant::resid_sq`].
+    /// The sum of the squared residuals `(x inv - code)^2`, as [`RowScan::sq_norm`].
     pub(crate) resid_sq: f32,
-    /// As [`RowQuant::code_sum`].
+    /// The sum of the codes (exact).
     pub(crate) code_sum: f32,
 }
 

@@ -24,7 +24,7 @@
 
 use super::search::Rank;
 use crate::math;
-use crate::simd::{self, Backend, Kernel, RowCode, RowQuant, RowScan, Simd};
+use crate::simd::{self, Backend, Kernel, RowCode, RowScan, Simd};
 
 /// Rows per panel.
 const PANEL: usize = 16;
@@ -320,15 +320,8 @@ fn pack_rows<'w>(p: Pack<'_, 'w>) -> Option<Packed<'w>> {
             };
             if done {
                 for (r, (sc, co)) in scans.iter().zip(&codes).enumerate() {
-                    let q = RowQuant {
-                        big: sc.big,
-                        finite: sc.finite,
-                        sq_norm: sc.sq_norm,
-                        resid_sq: co.resid_sq,
-                        code_sum: co.code_sum,
-                    };
-                    let n = norm_of(i0 + r, q.sq_norm);
-                    out.finish(rank, dim, i0 + r, false, n, &q, &mut eps_max);
+                    let n = norm_of(i0 + r, sc.sq_norm);
+                    out.finish(rank, dim, i0 + r, false, n, (sc, co), &mut eps_max);
                 }
                 continue;
             }
@@ -343,14 +336,14 @@ fn pack_rows<'w>(p: Pack<'_, 'w>) -> Option<Packed<'w>> {
                 }
             };
             let inv_of = |b, f, sq| inverse(b, f, norm_of(i, sq), row.is_empty()).1;
-            let q = quantize_row(row, unit_of(i), inv_of, &mut |p, w| put(pwords, p, w));
+            let (sc, co) = quantize_row(row, unit_of(i), inv_of, &mut |p, w| put(pwords, p, w));
             if row.is_empty() {
                 for p in 0..quads {
                     put(pwords, p, 0);
                 }
             }
-            let n = norm_of(i, q.sq_norm);
-            out.finish(rank, dim, i, row.is_empty(), n, &q, &mut eps_max);
+            let n = norm_of(i, sc.sq_norm);
+            out.finish(rank, dim, i, row.is_empty(), n, (&sc, &co), &mut eps_max);
         }
     }
     let Out {
@@ -400,7 +393,8 @@ struct Out<'f, 'w> {
 
 impl Out<'_, '_> {
     /// Row `i`'s scale, norm term, residual bound and code sum from what quantizing it
-    /// found (`q`, with norm term `n`), its squared norm where the packing fills them;
+    /// found (its two passes, with norm term `n`), its squared norm where the packing
+    /// fills them;
     /// `eps_max` raised to its residual bound.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
@@ -411,7 +405,7 @@ impl Out<'_, '_> {
         i: usize,
         empty: bool,
         n: f32,
-        q: &RowQuant,
+        (scan, code): (&RowScan, &RowCode),
         eps_max: &mut f32,
     ) {
         if let Some(slot) = self.fill.as_mut().and_then(|f| f.get_mut(i)) {
@@ -420,16 +414,16 @@ impl Out<'_, '_> {
                 *slot = n;
             }
         }
-        let (in_range, inv) = inverse(q.big, q.finite, n, empty);
+        let (in_range, inv) = inverse(scan.big, scan.finite, n, empty);
         let s = if inv > 0.0 { 1.0 / inv } else { 0.0 };
         // The codes' sum is exact in `f32` (below `127 * 4096 < 2^24`).
-        let total = q.code_sum as i32;
+        let total = code.code_sum as i32;
         let (sc, e) = if !in_range {
             (f32::NAN, f32::NAN)
         } else if s == 0.0 {
             (0.0, 0.0)
         } else {
-            let e = residual_bound(s, q.resid_sq, dim);
+            let e = residual_bound(s, code.resid_sq, dim);
             // The unit row's own rounding (cosine).
             let e = if rank == Rank::Cosine {
                 e + 2.384_185_8e-7 // 2^-22
@@ -471,7 +465,7 @@ fn quantize_row(
     unit: f32,
     inv_of: impl FnOnce(f32, bool, f32) -> f32,
     store: &mut impl FnMut(usize, u32),
-) -> RowQuant {
+) -> (RowScan, RowCode) {
     // Lane-wise largest magnitude, `x * 0` summed (NaN exactly when an element is not
     // finite) and the squared norm (fixed-width lanes, so the loop vectorises).
     let (mut big, mut poison) = ([0.0_f32; CHUNK], [0.0_f32; CHUNK]);
@@ -555,13 +549,17 @@ fn quantize_row(
             quad = [0; 4];
         }
     }
-    RowQuant {
-        big,
-        finite,
-        sq_norm,
-        resid_sq: lane_tree_sum(ss),
-        code_sum: lane_tree_sum(total),
-    }
+    (
+        RowScan {
+            big,
+            finite,
+            sq_norm,
+        },
+        RowCode {
+            resid_sq: lane_tree_sum(ss),
+            code_sum: lane_tree_sum(total),
+        },
+    )
 }
 
 /// The sum of 16 lanes pairwise (`i` and `i + 8`, then `i + 4`, `i + 2`, `i + 1`): the
