@@ -7,7 +7,10 @@
 //!   `[k][NR]`, zero-padded: for each coordinate `k`, the `NR` values are contiguous.
 //!   The anchor block and the columns outside its symmetric part are packed once, at a
 //!   64-byte boundary of the workspace; in a pairwise block the anchor panels also serve
-//!   as the column panels of the symmetric part.
+//!   as the column panels of the symmetric part. An output too large for the cache
+//!   (`ALIGNED_OUT_MIN`) is cut at its cache lines: panels start where a tile's rows of
+//!   values fill whole lines of `out`, the first panel of each range partial, so no line
+//!   is written by two tiles that run far apart. The values do not depend on the cut.
 //! - **Loop order** (a GEMM macrokernel's): the packed anchors in blocks of about 32 KiB;
 //!   each block is swept by every column panel in order; each pair (anchor micro-panel,
 //!   column panel) is one microkernel call. A block stays in the first cache levels and
@@ -45,13 +48,22 @@ pub(super) const fn block_workspace_len(rows: usize, other: usize, dim: usize) -
     if rows == 0 {
         return 0;
     }
-    // Every backend's panel width divides `NR_MAX`, so whole `NR_MAX` panels cover its
-    // whole panels.
-    let rows_padded = rows.div_ceil(NR_MAX).saturating_mul(NR_MAX);
+    // Every backend's panel width `nr` divides `NR_MAX`, so whole `NR_MAX` panels cover
+    // its whole panels. A range cut to the output's lines (`store_phase`: only for an
+    // output of at least `ALIGNED_OUT_MIN` elements, at most `rows * (rows + other)`)
+    // takes at most one panel more than its length needs, its first one partial: at most
+    // `(len.div_ceil(nr) + 1) * nr <= (len.div_ceil(NR_MAX) + 1) * NR_MAX` slots.
+    let extra = rows.saturating_mul(rows.saturating_add(other)) >= ALIGNED_OUT_MIN;
+    let extra = if extra { 1 } else { 0 };
+    let rows_padded = rows
+        .div_ceil(NR_MAX)
+        .saturating_add(extra)
+        .saturating_mul(NR_MAX);
+    // The other columns form at most two ranges, each under `len + (1 + extra) * nr`.
     let other_padded = if other == 0 {
         0
     } else {
-        other.saturating_add(2 * NR_MAX)
+        other.saturating_add((2 + 2 * extra) * NR_MAX)
     };
     let packed_rows = rows_padded.saturating_add(other_padded);
     packed_rows
@@ -67,6 +79,81 @@ const ALIGN: usize = 16;
 /// Packed anchor rows per row block: about 32 KiB, so a block stays in the first cache
 /// levels while every column panel passes over it.
 const ROW_BLOCK_ELEMS: usize = 8192;
+
+/// How a range of rows `start..end` is cut into panels of `nr` slots: panel `p` covers
+/// the virtual slots `p * nr..(p + 1) * nr` of the range shifted right by `shift < nr`,
+/// so the first panel holds `nr - shift` rows (or fewer: the range's length), the last
+/// one what remains, and every other panel starts at an index congruent to `start -
+/// shift` modulo `nr`. A panel's rows sit in its first slots, the rest is zero padding.
+#[derive(Clone, Copy)]
+struct Cuts {
+    start: usize,
+    end: usize,
+    shift: usize,
+    nr: usize,
+}
+
+impl Cuts {
+    /// Cuts `start..end` (`start <= end`, `nr > 0`) so that panels after the first begin
+    /// at indices congruent to `phase` modulo `nr`; at `start` itself without a phase.
+    #[inline(always)]
+    fn new(start: usize, end: usize, nr: usize, phase: Option<usize>) -> Self {
+        let shift = match phase {
+            Some(phase) if nr != 0 => (start % nr + nr - phase % nr) % nr,
+            _ => 0,
+        };
+        Cuts {
+            start,
+            end,
+            shift,
+            nr,
+        }
+    }
+
+    /// Number of panels: none for an empty range.
+    #[inline(always)]
+    fn count(self) -> usize {
+        if self.end <= self.start || self.nr == 0 {
+            return 0;
+        }
+        (self.end - self.start + self.shift).div_ceil(self.nr)
+    }
+
+    /// The rows of panel `p` (`p < count()`).
+    #[inline(always)]
+    fn rows(self, p: usize) -> (usize, usize) {
+        let first = self.start + (p * self.nr).max(self.shift) - self.shift;
+        let last = (self.start + (p + 1) * self.nr - self.shift).min(self.end);
+        (first, last.max(first))
+    }
+}
+
+/// Smallest output block (elements) whose tiles are cut to its cache lines: 4 MiB, more
+/// than the second-level cache of current cores.
+const ALIGNED_OUT_MIN: usize = 1 << 20;
+
+/// The index phase (modulo `nr`) at which a tile's row of `nr` values fills an aligned
+/// `4 nr` bytes of `out` (rows of `n` values; `nr` divides 16), so that every line of
+/// `out` is written by one tile. Worth it only for an output that leaves the cache: a line shared by two
+/// tiles that run far apart (the mirrored stores of two row blocks) is then fetched and
+/// written back twice, while the aligned cut costs one panel more, a partial one at each
+/// end (3 % more tiles for `n = 1024`). `None` below [`ALIGNED_OUT_MIN`] elements, for
+/// fewer than 32 column panels, or when no phase does it for every row (`n` not a
+/// multiple of `nr`).
+#[inline(always)]
+fn store_phase(out: &[f32], n: usize, nr: usize) -> Option<usize> {
+    if nr == 0
+        || !16_usize.is_multiple_of(nr)
+        || !n.is_multiple_of(nr)
+        || n < 32 * nr
+        || out.len() < ALIGNED_OUT_MIN
+    {
+        return None;
+    }
+    // Elements to the next 64-byte line; an `f32` buffer is 4-byte aligned.
+    let skip = out.as_ptr().align_offset(64);
+    (skip < 16).then_some(skip % nr)
+}
 
 /// One block-of-rows distance computation; arguments already validated.
 pub(super) struct Block<'a, 'o> {
@@ -378,7 +465,6 @@ struct Geometry {
     /// `nr * d`, never 0.
     panel_len: usize,
     r0: usize,
-    r1: usize,
 }
 
 /// Where a tile's values go.
@@ -400,6 +486,7 @@ fn sweep<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(
     g: Geometry,
     apack: &[f32],
     row_norms: &[f32],
+    cuts: Cuts,
     panels: (usize, usize),
     bpanel: &[f32],
     col_norms: &[f32],
@@ -414,7 +501,6 @@ fn sweep<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(
         nr,
         panel_len,
         r0,
-        r1,
         ..
     } = g;
     let l = S::LANES;
@@ -429,15 +515,19 @@ fn sweep<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(
         .skip(panels.0)
     {
         let pnorms = row_norms.get(p * nr..(p + 1) * nr).unwrap_or(&[]);
+        let (first, last) = cuts.rows(p);
         for off in (0..nr).step_by(MR) {
-            let i0 = r0 + p * nr + off;
-            if i0 >= r1 || (symmetric && i0 >= j0 + ncols) {
+            let i0 = first + off;
+            if i0 >= last {
+                break;
+            }
+            if symmetric && i0 >= j0 + ncols {
                 return;
             }
-            let mr = MR.min(r1 - i0);
+            let mr = MR.min(last - i0);
             let placement = if !symmetric {
                 Placement::Rect
-            } else if i0 + MR <= j0 {
+            } else if i0 + mr <= j0 {
                 Placement::Upper
             } else {
                 Placement::Diagonal
@@ -454,8 +544,11 @@ fn sweep<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(
                     if let (Some(a), Some(c)) = (acc_r.first(), cn.first()) {
                         *v = E::finish(s, *a, rv, *c);
                     }
-                    let start = (il0 + r) * n + j0;
-                    s.store(*v, out.get_mut(start..start + ncols).unwrap_or(&mut []));
+                    // A partial first panel has fewer rows than the tile.
+                    if r < mr {
+                        let start = (il0 + r) * n + j0;
+                        s.store(*v, out.get_mut(start..start + ncols).unwrap_or(&mut []));
+                    }
                 }
                 s.transpose(&mut vals);
                 for (c, v) in vals.iter().enumerate().take(ncols) {
@@ -584,7 +677,12 @@ fn drive<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(s: S, job: Bloc
         return;
     }
     let n = b.rows();
-    let panels = m.div_ceil(nr);
+    // Panels of rows and of columns start where a tile's stores fill whole aligned
+    // vectors of `out` (when some phase does that for every row): a mirrored tile's rows
+    // are the column panel's rows, so both kinds of store are aligned.
+    let phase = store_phase(out, n, nr);
+    let cuts = Cuts::new(r0, r1, nr, phase);
+    let panels = cuts.count();
     let padded = panels * nr;
     // Columns outside the symmetric part: `0..r0` and `r1..n` for a pairwise block, all
     // of `b` for a cross block. Packed once, panel by panel.
@@ -593,7 +691,8 @@ fn drive<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(s: S, job: Bloc
     } else {
         [(0, n), (n, n)]
     };
-    let rect_panels = regions[0].1.div_ceil(nr) + (regions[1].1 - regions[1].0).div_ceil(nr);
+    let regions = regions.map(|(c0, c1)| Cuts::new(c0, c1, nr, phase));
+    let rect_panels = regions[0].count() + regions[1].count();
     // Norms and panels are whole multiples of `nr` elements: aligning the start aligns
     // every panel.
     let skip = ws.as_ptr().align_offset(4 * ALIGN).min(ALIGN);
@@ -617,18 +716,21 @@ fn drive<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(s: S, job: Bloc
     let Some(anchors) = a.as_slice().get(r0 * d..r1 * d) else {
         return;
     };
-    pack_rows::<S, MR, NV, E>(s, anchors, d, nr, panel_len, apack, row_norms);
+    pack_rows::<S, MR, NV, E>(s, anchors, d, cuts, panel_len, apack, row_norms);
     let mut packed_cols = 0;
-    for (c0, c1) in regions {
-        let src = b.as_slice().get(c0 * d..c1 * d).unwrap_or(&[]);
-        let count = (c1 - c0).div_ceil(nr);
+    for region in regions {
+        let src = b
+            .as_slice()
+            .get(region.start * d..region.end * d)
+            .unwrap_or(&[]);
+        let count = region.count();
         let dst = bpack
             .get_mut(packed_cols * panel_len..(packed_cols + count) * panel_len)
             .unwrap_or(&mut []);
         let norms = col_norms
             .get_mut(packed_cols * nr..(packed_cols + count) * nr)
             .unwrap_or(&mut []);
-        pack_rows::<S, MR, NV, E>(s, src, d, nr, panel_len, dst, norms);
+        pack_rows::<S, MR, NV, E>(s, src, d, region, panel_len, dst, norms);
         packed_cols += count;
     }
     let (apack, row_norms, bpack, col_norms) = (&*apack, &*row_norms, &*bpack, &*col_norms);
@@ -637,7 +739,6 @@ fn drive<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(s: S, job: Bloc
         nr,
         panel_len,
         r0,
-        r1,
     };
 
     // Row blocks of packed anchors, each against every column panel in order.
@@ -646,33 +747,32 @@ fn drive<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(s: S, job: Bloc
     while p0 < panels {
         let p1 = (p0 + block).min(panels);
         let mut rect_panel = 0;
-        for (i, &(c0, c1)) in regions.iter().enumerate() {
+        for (i, region) in regions.iter().enumerate() {
             if i == 1 && pairwise {
                 // The symmetric part: the anchor panels are the column panels; only those
                 // on or right of the row block's diagonal.
                 for (q, bpanel) in apack.chunks_exact(panel_len).enumerate().skip(p0) {
                     let cnorms = row_norms.get(q * nr..(q + 1) * nr).unwrap_or(&[]);
-                    let j0 = r0 + q * nr;
-                    let ncols = nr.min(r1 - j0);
+                    let (j0, j1) = cuts.rows(q);
                     sweep::<S, MR, NV, E>(
                         s,
                         g,
                         apack,
                         row_norms,
+                        cuts,
                         (p0, p1),
                         bpanel,
                         cnorms,
                         j0,
-                        ncols,
+                        j1 - j0,
                         true,
                         out,
                         tile,
                     );
                 }
             }
-            let mut j0 = c0;
-            while j0 < c1 {
-                let ncols = nr.min(c1 - j0);
+            for t in 0..region.count() {
+                let (j0, j1) = region.rows(t);
                 let bpanel = bpack
                     .get(rect_panel * panel_len..(rect_panel + 1) * panel_len)
                     .unwrap_or(&[]);
@@ -684,16 +784,16 @@ fn drive<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(s: S, job: Bloc
                     g,
                     apack,
                     row_norms,
+                    cuts,
                     (p0, p1),
                     bpanel,
                     cnorms,
                     j0,
-                    ncols,
+                    j1 - j0,
                     false,
                     out,
                     tile,
                 );
-                j0 += nr;
                 rect_panel += 1;
             }
         }
@@ -701,14 +801,14 @@ fn drive<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(s: S, job: Bloc
     }
 }
 
-/// Packs consecutive rows `src` (length `d` each) into whole panels of `dst` and their norm
-/// terms into `norms` (`nr` per panel).
+/// Packs consecutive rows `src` (length `d` each, the rows of `cuts`) into the panels of
+/// `cuts`, whole panels of `dst`, and their norm terms into `norms` (`nr` per panel).
 #[inline(always)]
 fn pack_rows<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(
     s: S,
     src: &[f32],
     d: usize,
-    nr: usize,
+    cuts: Cuts,
     panel_len: usize,
     dst: &mut [f32],
     norms: &mut [f32],
@@ -716,10 +816,11 @@ fn pack_rows<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(
     if panel_len == 0 {
         return;
     }
+    let nr = NV * S::LANES;
     for (p, panel) in dst.chunks_exact_mut(panel_len).enumerate() {
-        let start = (p * panel_len).min(src.len());
+        let (first, last) = cuts.rows(p);
         let rows = src
-            .get(start..(start + panel_len).min(src.len()))
+            .get((first - cuts.start) * d..(last - cuts.start) * d)
             .unwrap_or(&[]);
         let pnorms = norms.get_mut(p * nr..(p + 1) * nr).unwrap_or(&mut []);
         pack::<S, MR, NV>(s, rows, d, nr, panel);
