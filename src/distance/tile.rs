@@ -557,6 +557,37 @@ fn sweep<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(
                 }
                 continue;
             }
+            if placement == Placement::Diagonal
+                && NV == 1
+                && MR == l
+                && mr == MR
+                && ncols == MR
+                && i0 == j0
+            {
+                // Whole square tile on the diagonal: every row stored as computed, then
+                // its entries left of the diagonal overwritten (a masked store of the
+                // first `r` lanes) by the transposed rows, the values computed above the
+                // diagonal, and the diagonal entry set: what `store_diagonal` writes,
+                // with whole-vector stores.
+                let mut vals = [s.zero(); MR];
+                for (r, (v, acc_r)) in vals.iter_mut().zip(&acc).enumerate() {
+                    let rv = s.splat(rn.get(r).copied().unwrap_or(0.0));
+                    if let (Some(a), Some(c)) = (acc_r.first(), cn.first()) {
+                        *v = E::finish(s, *a, rv, *c);
+                    }
+                    let start = (il0 + r) * n + j0;
+                    s.store(*v, out.get_mut(start..start + ncols).unwrap_or(&mut []));
+                }
+                s.transpose(&mut vals);
+                for (r, v) in vals.iter().enumerate() {
+                    let start = (il0 + r) * n + j0;
+                    s.store(*v, out.get_mut(start..start + r).unwrap_or(&mut []));
+                    if let Some(o) = out.get_mut(start + r) {
+                        *o = E::diagonal(*o, rn.get(r).copied().unwrap_or(0.0));
+                    }
+                }
+                continue;
+            }
             if placement == Placement::Diagonal {
                 // Values to the tile buffer, then element by element.
                 for (r, acc_r) in acc.iter().enumerate() {
