@@ -86,7 +86,7 @@ fn xorshift(seed: u64) -> impl FnMut() -> u64 {
 }
 
 /// Values in `[-2, 2)`, or integers in `-8..=8`.
-fn values(len: usize, seed: u64, ints: bool) -> Vec<f32> {
+pub(super) fn values(len: usize, seed: u64, ints: bool) -> Vec<f32> {
     let mut next = xorshift(seed);
     (0..len)
         .map(|_| {
