@@ -134,12 +134,12 @@ const ALIGNED_OUT_MIN: usize = 1 << 20;
 
 /// The index phase (modulo `nr`) at which a tile's row of `nr` values fills an aligned
 /// `4 nr` bytes of `out` (rows of `n` values; `nr` divides 16), so that every line of
-/// `out` is written by one tile. Worth it only for an output that leaves the cache: a line shared by two
-/// tiles that run far apart (the mirrored stores of two row blocks) is then fetched and
-/// written back twice, while the aligned cut costs one panel more, a partial one at each
-/// end (3 % more tiles for `n = 1024`). `None` below [`ALIGNED_OUT_MIN`] elements, for
-/// fewer than 32 column panels, or when no phase does it for every row (`n` not a
-/// multiple of `nr`).
+/// `out` is written by one tile. Worth it only for an output that leaves the cache: a
+/// line shared by two tiles that run far apart (the mirrored stores of two row blocks)
+/// is then fetched and written back twice, while the aligned cut costs one panel more, a
+/// partial one at each end (3 % more tiles for `n = 1024`). `None` below
+/// [`ALIGNED_OUT_MIN`] elements, for fewer than 32 column panels, or when no phase does
+/// it for every row (`n` not a multiple of `nr`).
 #[inline(always)]
 fn store_phase(out: &[f32], n: usize, nr: usize) -> Option<usize> {
     if nr == 0
