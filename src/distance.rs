@@ -129,8 +129,9 @@ pub enum DistanceMode {
 }
 
 /// Workspace elements that [`pairwise_distances`] needs for `rows` embeddings of
-/// dimension `dim`: about `(rows + 32) * (dim + 1)`, the rows packed into panels.
-/// Saturates instead of overflowing.
+/// dimension `dim`: about `(rows + 32) * (dim + 1)`, the rows packed into panels (one
+/// panel more, `(rows + 64) * (dim + 1)`, from `rows^2 >= 2^20`, where the panels are
+/// cut at the output's cache lines). Saturates instead of overflowing.
 pub const fn pairwise_distances_workspace_len(rows: usize, dim: usize) -> usize {
     tile::block_workspace_len(rows, 0, dim)
 }

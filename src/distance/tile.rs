@@ -10,7 +10,8 @@
 //!   as the column panels of the symmetric part. An output too large for the cache
 //!   (`ALIGNED_OUT_MIN`) is cut at its cache lines: panels start where a tile's rows of
 //!   values fill whole lines of `out`, the first panel of each range partial, so no line
-//!   is written by two tiles that run far apart. The values do not depend on the cut.
+//!   is written by two tiles that run far apart. Finite values do not depend on the cut
+//!   (a NaN entry stays NaN, but which input's payload it carries may).
 //! - **Loop order** (a GEMM macrokernel's): the packed anchors in blocks of about 32 KiB;
 //!   each block is swept by every column panel in order; each pair (anchor micro-panel,
 //!   column panel) is one microkernel call. A block stays in the first cache levels and
@@ -50,7 +51,8 @@ pub(super) const fn block_workspace_len(rows: usize, other: usize, dim: usize) -
     }
     // Every backend's panel width `nr` divides `NR_MAX`, so whole `NR_MAX` panels cover
     // its whole panels. A range cut to the output's lines (`store_phase`: only for an
-    // output of at least `ALIGNED_OUT_MIN` elements, at most `rows * (rows + other)`)
+    // output of at least `ALIGNED_OUT_MIN` elements, at most `rows * (rows + other)`;
+    // the anchor rows only in a pairwise block, which this function cannot tell apart)
     // takes at most one panel more than its length needs, its first one partial: at most
     // `(len.div_ceil(nr) + 1) * nr <= (len.div_ceil(NR_MAX) + 1) * NR_MAX` slots.
     let extra = rows.saturating_mul(rows.saturating_add(other)) >= ALIGNED_OUT_MIN;
@@ -712,7 +714,9 @@ fn drive<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(s: S, job: Bloc
     // vectors of `out` (when some phase does that for every row): a mirrored tile's rows
     // are the column panel's rows, so both kinds of store are aligned.
     let phase = store_phase(out, n, nr);
-    let cuts = Cuts::new(r0, r1, nr, phase);
+    // A cross block's anchor rows are only stored as rows: their cut does not move a
+    // store, and a partial first panel would only add tiles.
+    let cuts = Cuts::new(r0, r1, nr, if pairwise { phase } else { None });
     let panels = cuts.count();
     let padded = panels * nr;
     // Columns outside the symmetric part: `0..r0` and `r1..n` for a pairwise block, all
