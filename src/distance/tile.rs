@@ -55,8 +55,7 @@ pub(super) const fn block_workspace_len(rows: usize, other: usize, dim: usize) -
     // the anchor rows only in a pairwise block, which this function cannot tell apart)
     // takes at most one panel more than its length needs, its first one partial: at most
     // `(len.div_ceil(nr) + 1) * nr <= (len.div_ceil(NR_MAX) + 1) * NR_MAX` slots.
-    let extra = rows.saturating_mul(rows.saturating_add(other)) >= ALIGNED_OUT_MIN;
-    let extra = if extra { 1 } else { 0 };
+    let extra = (rows.saturating_mul(rows.saturating_add(other)) >= ALIGNED_OUT_MIN) as usize;
     let rows_padded = rows
         .div_ceil(NR_MAX)
         .saturating_add(extra)
@@ -537,55 +536,41 @@ fn sweep<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(
             let acc = micro::<S, MR, NV, E>(s, apanel, off, bpanel, nr);
             let rn = pnorms.get(off..off + MR).unwrap_or(&[]);
             let il0 = i0 - r0;
-            if placement == Placement::Upper && NV == 1 && MR == l {
-                // Square tile: rows stored as computed, then transposed in registers and
-                // stored as the mirrored rows.
+            let square = NV == 1 && MR == l;
+            // A whole square tile on the diagonal (the rows are the columns).
+            let whole_diagonal =
+                placement == Placement::Diagonal && square && mr == MR && ncols == MR && i0 == j0;
+            if square && (placement == Placement::Upper || whole_diagonal) {
+                // Rows stored as computed (a partial first panel has fewer rows than the
+                // tile), then transposed in registers. Above the diagonal: the
+                // transposed rows are the mirrored rows. On it: each row's entries left
+                // of the diagonal are overwritten (a masked store of the first `r`
+                // lanes) by its transposed row, the values computed above the diagonal,
+                // and the diagonal entry is set: what `store_diagonal` writes.
                 let mut vals = [s.zero(); MR];
                 for (r, (v, acc_r)) in vals.iter_mut().zip(&acc).enumerate() {
                     let rv = s.splat(rn.get(r).copied().unwrap_or(0.0));
                     if let (Some(a), Some(c)) = (acc_r.first(), cn.first()) {
                         *v = E::finish(s, *a, rv, *c);
                     }
-                    // A partial first panel has fewer rows than the tile.
                     if r < mr {
                         let start = (il0 + r) * n + j0;
                         s.store(*v, out.get_mut(start..start + ncols).unwrap_or(&mut []));
                     }
                 }
                 s.transpose(&mut vals);
-                for (c, v) in vals.iter().enumerate().take(ncols) {
-                    let start = (j0 + c - r0) * n + i0;
-                    s.store(*v, out.get_mut(start..start + mr).unwrap_or(&mut []));
-                }
-                continue;
-            }
-            if placement == Placement::Diagonal
-                && NV == 1
-                && MR == l
-                && mr == MR
-                && ncols == MR
-                && i0 == j0
-            {
-                // Whole square tile on the diagonal: every row stored as computed, then
-                // its entries left of the diagonal overwritten (a masked store of the
-                // first `r` lanes) by the transposed rows, the values computed above the
-                // diagonal, and the diagonal entry set: what `store_diagonal` writes,
-                // with whole-vector stores.
-                let mut vals = [s.zero(); MR];
-                for (r, (v, acc_r)) in vals.iter_mut().zip(&acc).enumerate() {
-                    let rv = s.splat(rn.get(r).copied().unwrap_or(0.0));
-                    if let (Some(a), Some(c)) = (acc_r.first(), cn.first()) {
-                        *v = E::finish(s, *a, rv, *c);
+                if placement == Placement::Upper {
+                    for (c, v) in vals.iter().enumerate().take(ncols) {
+                        let start = (j0 + c - r0) * n + i0;
+                        s.store(*v, out.get_mut(start..start + mr).unwrap_or(&mut []));
                     }
-                    let start = (il0 + r) * n + j0;
-                    s.store(*v, out.get_mut(start..start + ncols).unwrap_or(&mut []));
-                }
-                s.transpose(&mut vals);
-                for (r, v) in vals.iter().enumerate() {
-                    let start = (il0 + r) * n + j0;
-                    s.store(*v, out.get_mut(start..start + r).unwrap_or(&mut []));
-                    if let Some(o) = out.get_mut(start + r) {
-                        *o = E::diagonal(*o, rn.get(r).copied().unwrap_or(0.0));
+                } else {
+                    for (r, v) in vals.iter().enumerate() {
+                        let start = (il0 + r) * n + j0;
+                        s.store(*v, out.get_mut(start..start + r).unwrap_or(&mut []));
+                        if let Some(o) = out.get_mut(start + r) {
+                            *o = E::diagonal(*o, rn.get(r).copied().unwrap_or(0.0));
+                        }
                     }
                 }
                 continue;
