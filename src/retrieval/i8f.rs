@@ -394,8 +394,7 @@ struct Out<'f, 'w> {
 impl Out<'_, '_> {
     /// Row `i`'s scale, norm term, residual bound and code sum from what quantizing it
     /// found (its two passes, with norm term `n`), its squared norm where the packing
-    /// fills them;
-    /// `eps_max` raised to its residual bound.
+    /// fills them; `eps_max` raised to its residual bound.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn finish(
