@@ -553,10 +553,10 @@ fn sweep<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(
                     if let (Some(a), Some(c)) = (acc_r.first(), cn.first()) {
                         *v = E::finish(s, *a, rv, *c);
                     }
-                    if r < mr {
-                        let start = (il0 + r) * n + j0;
-                        s.store(*v, out.get_mut(start..start + ncols).unwrap_or(&mut []));
-                    }
+                }
+                for (r, v) in vals.iter().enumerate().take(mr) {
+                    let start = (il0 + r) * n + j0;
+                    s.store(*v, out.get_mut(start..start + ncols).unwrap_or(&mut []));
                 }
                 s.transpose(&mut vals);
                 if placement == Placement::Upper {
