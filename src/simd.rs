@@ -137,8 +137,9 @@ pub(crate) trait Simd: Copy {
 ///
 /// `MR x NV` is the backend's register tile for the packed matrix microkernels (`MR`
 /// rows, `NV` vectors of columns, `NV * LANES` a multiple of `MR`); kernels that do not
-/// tile ignore it. Square tiles (`MR == LANES`, `NV == 1`) let the microkernels mirror
-/// and pack through [`Simd::transpose`].
+/// tile ignore it (and the distance tile may pick another shape for long rows). Square
+/// tiles (`MR == LANES`, `NV == 1`) and paired ones (`2 MR == LANES`, `NV == 2`) let the
+/// microkernels mirror and pack through [`Simd::transpose`].
 ///
 /// `run` (and every generic function it calls) must be `#[inline(always)]`, so that it is
 /// compiled inside the backend's `#[target_feature]` entry.

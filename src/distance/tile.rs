@@ -31,10 +31,16 @@
 //!   computed; each strictly-upper value is written at `(i, j)` and `(j, i)`; the
 //!   diagonal is exactly 0, except for cosine rows whose norm is clamped (see
 //!   `Epilogue::diagonal`).
-//! - **Square tiles** (`MR == LANES`, `NV == 1`, the x86 backends' shape): the mirror
-//!   image of a tile and the packing of `LANES x LANES` blocks go through an in-register
-//!   transpose ([`Simd::transpose`]) and whole-vector stores; other shapes fall back to
-//!   element-wise copies.
+//! - **Square tiles** (`MR == LANES`, `NV == 1`, the x86 backends' shape) and **paired
+//!   tiles** (`2 MR == LANES`, `NV == 2`: two `MR x 2 LANES` micro-tiles stacked make the
+//!   two `LANES x LANES` squares of a group of `LANES` rows): the mirror image of a square
+//!   and the packing of `LANES x LANES` blocks go through an in-register transpose
+//!   ([`Simd::transpose`]) and whole-vector stores, and a square's rows are all finished
+//!   before the first is stored; other shapes (the portable backend on SSE2) fall back to
+//!   element-wise copies. The AVX-512 backend's `16 x 16` square gives way to the paired
+//!   `8 x 32` tile for rows of at least [`LONG_ROWS`] elements: its step issues 2 loads
+//!   and 8 broadcasts for 16 multiply-adds (the square's: 1 load and 16 broadcasts), and
+//!   measured faster on long rows, slower on short ones.
 
 use super::{clamp_norm, DistanceMode, Metric, NORM_EPS};
 use crate::math;
@@ -133,19 +139,20 @@ impl Cuts {
 /// than the second-level cache of current cores.
 const ALIGNED_OUT_MIN: usize = 1 << 20;
 
-/// The index phase (modulo `nr`) at which a tile's row of `nr` values fills an aligned
-/// `4 nr` bytes of `out` (rows of `n` values; `nr` divides 16), so that every line of
-/// `out` is written by one tile. Worth it only for an output that leaves the cache: a
-/// line shared by two tiles that run far apart (the mirrored stores of two row blocks)
-/// is then fetched and written back twice, while the aligned cut costs one panel more, a
-/// partial one at each end (3 % more tiles for `n = 1024`). `None` below
+/// The index phase (modulo `nr`) at which a tile's row of `nr` values fills aligned
+/// `4 nr` bytes of `out` (rows of `n` values; `nr` divides 16, or is a multiple of 16
+/// and each of its squares' rows fills a line), so that every line of `out` is written
+/// by one tile. Worth it only for an output that leaves the cache: a line shared by two
+/// tiles that run far apart (the mirrored stores of two row blocks) is then fetched and
+/// written back twice, while the aligned cut costs one panel more, a partial one at each
+/// end (3 % more tiles for `n = 1024`). `None` below
 /// [`ALIGNED_OUT_MIN`] elements, for fewer than 32 column panels, or when no phase does
-/// it for every row (`n` not a multiple of `nr`).
+/// it for every row (`n` not a multiple of `nr`, or of 16 for wider panels).
 #[inline(always)]
 fn store_phase(out: &[f32], n: usize, nr: usize) -> Option<usize> {
     if nr == 0
-        || !16_usize.is_multiple_of(nr)
-        || !n.is_multiple_of(nr)
+        || !(16_usize.is_multiple_of(nr) || nr.is_multiple_of(16))
+        || !n.is_multiple_of(nr.min(16))
         || n < 32 * nr
         || out.len() < ALIGNED_OUT_MIN
     {
@@ -292,6 +299,23 @@ impl Kernel for Block<'_, '_> {
     type Output = ();
     #[inline(always)]
     fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
+        if S::LANES == 16 && MR == 16 && NV == 1 && self.a.dim() >= LONG_ROWS {
+            self.run_shape::<S, 8, 2>(s);
+        } else {
+            self.run_shape::<S, MR, NV>(s);
+        }
+    }
+}
+
+/// Row length from which the AVX-512 backend's square `16 x 16` tile gives way to the
+/// paired `8 x 32` one (measured on a Xeon core with AVX-512, pairwise matrices of
+/// 1024 rows: the paired tile 3 % faster at `d = 256`, 10-12 % at `d = 512`, unchanged
+/// at `d = 128`, 20 % slower at `d = 64`).
+const LONG_ROWS: usize = 256;
+
+impl Block<'_, '_> {
+    #[inline(always)]
+    fn run_shape<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
         if self.neg_dot {
             drive::<S, MR, NV, NegDot>(s, self);
             return;
@@ -323,22 +347,26 @@ fn pack<S: Simd, const MR: usize, const NV: usize>(
     panel: &mut [f32],
 ) {
     let l = S::LANES;
-    if NV == 1 && MR == l && nr == l {
-        let mut k0 = 0;
-        while k0 < d {
-            let kl = l.min(d - k0);
-            let mut blk = [s.zero(); MR];
-            for (c, b) in blk.iter_mut().enumerate() {
-                let start = c * d + k0;
-                // A missing row (past the end of `src`) loads as zeros.
-                *b = s.load(src.get(start..start + kl).unwrap_or(&[]));
+    if squares::<S, MR, NV>() && nr == NV * l {
+        for h in 0..NV {
+            let rows = src.get(h * l * d..).unwrap_or(&[]);
+            let mut k0 = 0;
+            while k0 < d {
+                let kl = l.min(d - k0);
+                let mut blk = [s.zero(); MR_MAX];
+                let blk = blk.get_mut(..l).unwrap_or(&mut []);
+                for (c, b) in blk.iter_mut().enumerate() {
+                    let start = c * d + k0;
+                    // A missing row (past the end of `src`) loads as zeros.
+                    *b = s.load(rows.get(start..start + kl).unwrap_or(&[]));
+                }
+                s.transpose(blk);
+                for (kk, b) in blk.iter().enumerate().take(kl) {
+                    let start = (k0 + kk) * nr + h * l;
+                    s.store(*b, panel.get_mut(start..start + l).unwrap_or(&mut []));
+                }
+                k0 += l;
             }
-            s.transpose(&mut blk);
-            for (kk, b) in blk.iter().enumerate().take(kl) {
-                let start = (k0 + kk) * nr;
-                s.store(*b, panel.get_mut(start..start + nr).unwrap_or(&mut []));
-            }
-            k0 += l;
         }
         return;
     }
@@ -517,6 +545,51 @@ fn sweep<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(
     {
         let pnorms = row_norms.get(p * nr..(p + 1) * nr).unwrap_or(&[]);
         let (first, last) = cuts.rows(p);
+        if squares::<S, MR, NV>() {
+            // Groups of `LANES` rows (one micro-tile, or two stacked), `NV` squares each.
+            for off in (0..nr).step_by(l) {
+                let i0 = first + off;
+                if i0 >= last {
+                    break;
+                }
+                if symmetric && i0 >= j0 + ncols {
+                    return;
+                }
+                let mr = l.min(last - i0);
+                let rn = pnorms.get(off..off + l).unwrap_or(&[]);
+                let top = micro::<S, MR, NV, E>(s, apanel, off, bpanel, nr);
+                // A second micro-tile of padding rows only is not computed.
+                let bottom = if MR < l && mr > MR {
+                    micro::<S, MR, NV, E>(s, apanel, off + MR, bpanel, nr)
+                } else {
+                    [[s.zero(); NV]; MR]
+                };
+                for (h, &c) in cn.iter().enumerate() {
+                    let jh = j0 + h * l;
+                    let nch = ncols.saturating_sub(h * l).min(l);
+                    if nch == 0 {
+                        break;
+                    }
+                    // Row `r` of the group against the square's columns, every row
+                    // finished before the first is stored.
+                    let mut v = [c; MR_MAX];
+                    for r in 0..MR {
+                        let halves = [&top, &bottom].into_iter().enumerate().take(l / MR);
+                        for (half, acc) in halves {
+                            let row = half * MR + r;
+                            let rv = s.splat(rn.get(row).copied().unwrap_or(0.0));
+                            let a = acc[r].get(h).copied().unwrap_or(c);
+                            if let Some(x) = v.get_mut(row) {
+                                *x = E::finish(s, a, rv, c);
+                            }
+                        }
+                    }
+                    let rows = (i0, mr);
+                    store_square::<S, E>(s, g, &mut v, rn, rows, (jh, nch), symmetric, out, tile);
+                }
+            }
+            continue;
+        }
         for off in (0..nr).step_by(MR) {
             let i0 = first + off;
             if i0 >= last {
@@ -536,45 +609,6 @@ fn sweep<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(
             let acc = micro::<S, MR, NV, E>(s, apanel, off, bpanel, nr);
             let rn = pnorms.get(off..off + MR).unwrap_or(&[]);
             let il0 = i0 - r0;
-            let square = NV == 1 && MR == l;
-            // A whole square tile on the diagonal (the rows are the columns).
-            let whole_diagonal =
-                placement == Placement::Diagonal && square && mr == MR && ncols == MR && i0 == j0;
-            if square && (placement == Placement::Upper || whole_diagonal) {
-                // Rows stored as computed (a partial first panel has fewer rows than the
-                // tile), then transposed in registers. Above the diagonal: the
-                // transposed rows are the mirrored rows. On it: each row's entries left
-                // of the diagonal are overwritten (a masked store of the first `r`
-                // lanes) by its transposed row, the values computed above the diagonal,
-                // and the diagonal entry is set: what `store_diagonal` writes.
-                let mut vals = [s.zero(); MR];
-                for (r, (v, acc_r)) in vals.iter_mut().zip(&acc).enumerate() {
-                    let rv = s.splat(rn.get(r).copied().unwrap_or(0.0));
-                    if let (Some(a), Some(c)) = (acc_r.first(), cn.first()) {
-                        *v = E::finish(s, *a, rv, *c);
-                    }
-                }
-                for (r, v) in vals.iter().enumerate().take(mr) {
-                    let start = (il0 + r) * n + j0;
-                    s.store(*v, out.get_mut(start..start + ncols).unwrap_or(&mut []));
-                }
-                s.transpose(&mut vals);
-                if placement == Placement::Upper {
-                    for (c, v) in vals.iter().enumerate().take(ncols) {
-                        let start = (j0 + c - r0) * n + i0;
-                        s.store(*v, out.get_mut(start..start + mr).unwrap_or(&mut []));
-                    }
-                } else {
-                    for (r, v) in vals.iter().enumerate() {
-                        let start = (il0 + r) * n + j0;
-                        s.store(*v, out.get_mut(start..start + r).unwrap_or(&mut []));
-                        if let Some(o) = out.get_mut(start + r) {
-                            *o = E::diagonal(*o, rn.get(r).copied().unwrap_or(0.0));
-                        }
-                    }
-                }
-                continue;
-            }
             if placement == Placement::Diagonal {
                 // Values to the tile buffer, then element by element.
                 for (r, acc_r) in acc.iter().enumerate() {
@@ -603,6 +637,82 @@ fn sweep<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(
             }
             if placement == Placement::Upper {
                 store_transposed(g, tile, i0, mr, j0, ncols, out);
+            }
+        }
+    }
+}
+
+/// Shapes whose tiles are stored by squares (`LANES x LANES`, through the in-register
+/// transpose): the square tile (`MR == LANES`, `NV == 1`) and the paired one (`2 MR ==
+/// LANES`, `NV == 2`: two `MR x 2 LANES` micro-tiles stacked make the two squares of a
+/// group of `LANES` rows).
+#[inline(always)]
+const fn squares<S: Simd, const MR: usize, const NV: usize>() -> bool {
+    (MR == S::LANES && NV == 1) || (2 * MR == S::LANES && NV == 2)
+}
+
+/// Stores the square of rows `i0..i0 + mr` and columns `j0..j0 + nc` (at most `LANES`
+/// each) whose rows are the first `LANES` vectors of `v` (transposed in place when
+/// mirrored), `rn` the rows' norm terms: as a square tile's values are stored.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn store_square<S: Simd, E: Epilogue>(
+    s: S,
+    g: Geometry,
+    v: &mut [S::V; MR_MAX],
+    rn: &[f32],
+    (i0, mr): (usize, usize),
+    (j0, nc): (usize, usize),
+    symmetric: bool,
+    out: &mut [f32],
+    tile: &mut [f32],
+) {
+    let Geometry { n, nr, r0, .. } = g;
+    let il0 = i0 - r0;
+    let v = v.get_mut(..S::LANES).unwrap_or(&mut []);
+    let placement = if !symmetric {
+        Placement::Rect
+    } else if i0 + mr <= j0 {
+        Placement::Upper
+    } else if j0 + nc <= i0 {
+        // Wholly below the diagonal: another square's mirror image.
+        return;
+    } else {
+        Placement::Diagonal
+    };
+    if placement == Placement::Diagonal && (i0 != j0 || mr != S::LANES || nc != S::LANES) {
+        // A partial square crossing the diagonal: through the tile buffer.
+        for (r, x) in v.iter().enumerate() {
+            s.store(*x, tile.get_mut(r * nr..(r + 1) * nr).unwrap_or(&mut []));
+        }
+        store_diagonal::<E>(g, tile, rn, i0, mr, j0, nc, out);
+        return;
+    }
+    // Rows stored as computed (a partial first panel has fewer rows than the square),
+    // then, in the symmetric part, transposed in registers. Above the diagonal: the
+    // transposed rows are the mirrored rows. On it (a whole square, whose rows are its
+    // columns): each row's entries left of the diagonal are overwritten (a masked store of
+    // the first `r` lanes) by its transposed row, the values computed above the diagonal,
+    // and the diagonal entry is set: what `store_diagonal` writes.
+    for (r, x) in v.iter().enumerate().take(mr) {
+        let start = (il0 + r) * n + j0;
+        s.store(*x, out.get_mut(start..start + nc).unwrap_or(&mut []));
+    }
+    if placement == Placement::Rect {
+        return;
+    }
+    s.transpose(v);
+    if placement == Placement::Upper {
+        for (c, x) in v.iter().enumerate().take(nc) {
+            let start = (j0 + c - r0) * n + i0;
+            s.store(*x, out.get_mut(start..start + mr).unwrap_or(&mut []));
+        }
+    } else {
+        for (r, x) in v.iter().enumerate() {
+            let start = (il0 + r) * n + j0;
+            s.store(*x, out.get_mut(start..start + r).unwrap_or(&mut []));
+            if let Some(o) = out.get_mut(start + r) {
+                *o = E::diagonal(*o, rn.get(r).copied().unwrap_or(0.0));
             }
         }
     }
@@ -845,5 +955,126 @@ fn pack_rows<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(
         let pnorms = norms.get_mut(p * nr..(p + 1) * nr).unwrap_or(&mut []);
         pack::<S, MR, NV>(s, rows, d, nr, panel);
         panel_norms::<S, NV, E>(s, panel, nr, pnorms);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // Test data of valid shapes.
+mod tests {
+    use super::*;
+    use crate::simd::Backend;
+    extern crate std;
+    use std::vec;
+    use std::vec::Vec;
+
+    /// A block run with the paired shape on every backend (`LANES / 2 x 2 LANES`),
+    /// whatever the row length: the AVX-512 backend takes it only for long rows, the
+    /// others never.
+    struct Paired<'a, 'o>(Block<'a, 'o>);
+
+    impl Kernel for Paired<'_, '_> {
+        type Output = ();
+        fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
+            if S::LANES == 16 {
+                self.0.run_shape::<S, 8, 2>(s);
+            } else if S::LANES == 8 {
+                self.0.run_shape::<S, 4, 2>(s);
+            }
+        }
+    }
+
+    type Job<'a> = (
+        Matrix<'a>,
+        Matrix<'a>,
+        (usize, usize),
+        bool,
+        Metric,
+        DistanceMode,
+    );
+
+    fn block<'a, 'o>(job: Job<'a>, out: &'o mut [f32], ws: &'o mut [f32]) -> Block<'a, 'o> {
+        let (a, b, (r0, r1), pairwise, metric, mode) = job;
+        Block {
+            a,
+            r0,
+            r1,
+            b,
+            pairwise,
+            metric,
+            mode,
+            neg_dot: false,
+            out,
+            ws,
+        }
+    }
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        let mut state = seed | 1;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state % 2001) as f32 / 500.0 - 2.0
+            })
+            .collect()
+    }
+
+    /// Rows `r0..r1` of `x` against `y` (`x` itself when `pairwise`), every metric and
+    /// mode, written `shift` floats past a cache line: the paired shape writes the same
+    /// bits as the backend's own (each entry is summed in the same order), except that a
+    /// NaN entry only has to stay NaN.
+    fn check(x: Matrix<'_>, y: Matrix<'_>, (r0, r1): (usize, usize), pairwise: bool) {
+        let m = r1 - r0;
+        let n = y.rows();
+        let other = if pairwise { n - m } else { n };
+        let mut ws = vec![0.0_f32; block_workspace_len(m, other, x.dim())];
+        let mut buf = vec![f32::NAN; m * n + 32];
+        let mut want = vec![0.0_f32; m * n];
+        let modes = [DistanceMode::Gram, DistanceMode::Direct];
+        let metrics = [Metric::SquaredEuclidean, Metric::Euclidean, Metric::Cosine];
+        for &backend in Backend::available() {
+            for metric in metrics {
+                for mode in modes {
+                    for shift in [0, 3] {
+                        let base = buf.as_ptr().align_offset(64);
+                        let out = &mut buf[base + shift..base + shift + m * n];
+                        let job = (x, y, (r0, r1), pairwise, metric, mode);
+                        out.fill(f32::NAN);
+                        backend.dispatch(block(job, out, &mut ws));
+                        want.copy_from_slice(out);
+                        out.fill(-1.0);
+                        backend.dispatch(Paired(block(job, out, &mut ws)));
+                        for (i, (g, w)) in out.iter().zip(&want).enumerate() {
+                            assert!(
+                                g.to_bits() == w.to_bits() || g.is_nan() && w.is_nan(),
+                                "{backend:?} {metric:?} {mode:?} shift {shift}: \
+                                 entry {i} {g} vs {w}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn paired_tiles_match_the_backends_own() {
+        // Every remainder of a 32-row panel and of a 16-row group, row blocks that start
+        // and end inside groups, NaN rows.
+        let (n, d) = (77, 9);
+        let mut data = values(n * d, 7);
+        data[5 * d + 2] = f32::NAN;
+        data[40 * d] = f32::NAN;
+        let x = Matrix::new(&data, n, d).unwrap();
+        check(x, x, (0, n), true);
+        check(x, x, (13, 50), true);
+        let y = Matrix::new(&data[..61 * d], 61, d).unwrap();
+        check(x, y, (3, 70), false);
+        // Large enough to be cut at its cache lines (4 MiB, 32 panels of 32 columns).
+        let (n, d) = (1040, 3);
+        let data = values(n * d, 11);
+        let x = Matrix::new(&data, n, d).unwrap();
+        check(x, x, (0, n), true);
     }
 }

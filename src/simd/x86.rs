@@ -69,7 +69,8 @@ impl Avx512 {
 const AVX2_MR: usize = 8;
 const AVX2_NV: usize = 1;
 /// Register tile of the AVX-512 backend: a square 16 x 16 tile, 16 of the 32 `zmm`
-/// registers; each step issues 16 FMAs for 1 load and 16 broadcasts.
+/// registers; each step issues 16 FMAs for 1 load and 16 broadcasts. (The distance tile
+/// takes a paired 8 x 32 shape instead for rows of at least 256 elements.)
 const AVX512_MR: usize = 16;
 const AVX512_NV: usize = 1;
 
