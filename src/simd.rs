@@ -243,7 +243,8 @@ pub(crate) fn has_bf16_tile(backend: Backend) -> bool {
 
 /// Largest `MR` of any backend (sizes workspaces).
 pub(crate) const MR_MAX: usize = 16;
-/// Largest `NV * LANES` of any backend (sizes workspaces).
+/// Largest `NV * LANES` of any tile shape (sizes workspaces): the distance tile's paired
+/// shape on AVX-512 (`8 x 32`, see `distance/tile.rs`), wider than any backend's own.
 pub(crate) const NR_MAX: usize = 32;
 /// Largest `LANES` of any backend (AVX-512: 16 `f32`; sizes lane buffers).
 pub(crate) const MAX_LANES: usize = 16;

@@ -45,7 +45,7 @@
 use super::{clamp_norm, DistanceMode, Metric, NORM_EPS};
 use crate::math;
 use crate::matrix::Matrix;
-use crate::simd::{Kernel, Simd, MR_MAX, NR_MAX};
+use crate::simd::{Kernel, Simd, MAX_LANES, MR_MAX, NR_MAX};
 
 /// Workspace elements for a block of `rows` anchor rows against `other` columns outside
 /// the block's symmetric part (all of them for a cross matrix), of dimension `dim`, for
@@ -336,8 +336,8 @@ impl Block<'_, '_> {
 
 /// Copies `src` (consecutive rows of length `d`, at most `nr` of them) into `panel`
 /// (`d * nr` elements) as `panel[k * nr + c] = row_c[k]`, zero-padding missing rows.
-/// With square tiles (`nr == LANES`) a block of `LANES x LANES` at a time, through
-/// [`Simd::transpose`].
+/// For shapes stored by squares (`nr == NV * LANES`) a block of `LANES x LANES` at a
+/// time, square by square, through [`Simd::transpose`].
 #[inline(always)]
 fn pack<S: Simd, const MR: usize, const NV: usize>(
     s: S,
@@ -353,7 +353,7 @@ fn pack<S: Simd, const MR: usize, const NV: usize>(
             let mut k0 = 0;
             while k0 < d {
                 let kl = l.min(d - k0);
-                let mut blk = [s.zero(); MR_MAX];
+                let mut blk = [s.zero(); MAX_LANES];
                 let blk = blk.get_mut(..l).unwrap_or(&mut []);
                 for (c, b) in blk.iter_mut().enumerate() {
                     let start = c * d + k0;
@@ -572,7 +572,7 @@ fn sweep<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(
                     }
                     // Row `r` of the group against the square's columns, every row
                     // finished before the first is stored.
-                    let mut v = [c; MR_MAX];
+                    let mut v = [c; MAX_LANES];
                     for r in 0..MR {
                         let halves = [&top, &bottom].into_iter().enumerate().take(l / MR);
                         for (half, acc) in halves {
@@ -659,7 +659,7 @@ const fn squares<S: Simd, const MR: usize, const NV: usize>() -> bool {
 fn store_square<S: Simd, E: Epilogue>(
     s: S,
     g: Geometry,
-    v: &mut [S::V; MR_MAX],
+    v: &mut [S::V; MAX_LANES],
     rn: &[f32],
     (i0, mr): (usize, usize),
     (j0, nc): (usize, usize),
@@ -784,6 +784,10 @@ fn store_diagonal<E: Epilogue>(
 /// The block driver: packs the anchors, then sweeps the column panels.
 #[inline(always)]
 fn drive<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(s: S, job: Block<'_, '_>) {
+    // The lane, tile and panel buffers (and the workspace) are sized for these bounds.
+    const {
+        assert!(S::LANES <= MAX_LANES && MR <= MR_MAX && NV * S::LANES <= NR_MAX);
+    }
     let Block {
         a,
         r0,
@@ -974,6 +978,7 @@ mod tests {
 
     impl Kernel for Paired<'_, '_> {
         type Output = ();
+        #[inline(always)]
         fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
             if S::LANES == 16 {
                 self.0.run_shape::<S, 8, 2>(s);
@@ -1060,8 +1065,8 @@ mod tests {
 
     #[test]
     fn paired_tiles_match_the_backends_own() {
-        // Every remainder of a 32-row panel and of a 16-row group, row blocks that start
-        // and end inside groups, NaN rows.
+        // Partial last panels and groups (of 13 and 5 rows at 16 lanes, 5 and 3 at 8), a
+        // row block that starts and ends inside groups, a cross block, NaN rows.
         let (n, d) = (77, 9);
         let mut data = values(n * d, 7);
         data[5 * d + 2] = f32::NAN;
