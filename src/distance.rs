@@ -311,18 +311,21 @@ pub(crate) fn pairwise_distances_on(
     workspace: &mut [f32],
 ) -> Result<(), Error> {
     let n = check_pairwise(&x, out.len(), workspace.len())?;
-    backend.dispatch(tile::Block {
-        a: x,
-        r0: 0,
-        r1: n,
-        b: x,
-        pairwise: true,
-        metric,
-        mode: DistanceMode::Gram,
-        neg_dot: false,
-        out,
-        ws: workspace,
-    });
+    tile::run(
+        backend,
+        tile::Block {
+            a: x,
+            r0: 0,
+            r1: n,
+            b: x,
+            pairwise: true,
+            metric,
+            mode: DistanceMode::Gram,
+            neg_dot: false,
+            out,
+            ws: workspace,
+        },
+    );
     Ok(())
 }
 
@@ -395,18 +398,21 @@ pub(crate) fn pairwise_distances_rows_on(
     workspace: &mut [f32],
 ) -> Result<(), Error> {
     let (r0, r1) = check_pairwise_rows(&x, &rows, out_block.len(), workspace.len())?;
-    backend.dispatch(tile::Block {
-        a: x,
-        r0,
-        r1,
-        b: x,
-        pairwise: true,
-        metric,
-        mode,
-        neg_dot: false,
-        out: out_block,
-        ws: workspace,
-    });
+    tile::run(
+        backend,
+        tile::Block {
+            a: x,
+            r0,
+            r1,
+            b: x,
+            pairwise: true,
+            metric,
+            mode,
+            neg_dot: false,
+            out: out_block,
+            ws: workspace,
+        },
+    );
     Ok(())
 }
 
@@ -479,18 +485,21 @@ pub(crate) fn cross_distances_on(
     workspace: &mut [f32],
 ) -> Result<(), Error> {
     let (m, _) = check_cross(&x, &y, out.len(), workspace.len())?;
-    backend.dispatch(tile::Block {
-        a: x,
-        r0: 0,
-        r1: m,
-        b: y,
-        pairwise: false,
-        metric,
-        mode: DistanceMode::Gram,
-        neg_dot: false,
-        out,
-        ws: workspace,
-    });
+    tile::run(
+        backend,
+        tile::Block {
+            a: x,
+            r0: 0,
+            r1: m,
+            b: y,
+            pairwise: false,
+            metric,
+            mode: DistanceMode::Gram,
+            neg_dot: false,
+            out,
+            ws: workspace,
+        },
+    );
     Ok(())
 }
 
@@ -560,18 +569,21 @@ pub(crate) fn cross_distances_rows_on(
     workspace: &mut [f32],
 ) -> Result<(), Error> {
     let (r0, r1) = check_cross_rows(&x, &y, &rows, out_block.len(), workspace.len())?;
-    backend.dispatch(tile::Block {
-        a: x,
-        r0,
-        r1,
-        b: y,
-        pairwise: false,
-        metric,
-        mode,
-        neg_dot: false,
-        out: out_block,
-        ws: workspace,
-    });
+    tile::run(
+        backend,
+        tile::Block {
+            a: x,
+            r0,
+            r1,
+            b: y,
+            pairwise: false,
+            metric,
+            mode,
+            neg_dot: false,
+            out: out_block,
+            ws: workspace,
+        },
+    );
     Ok(())
 }
 
@@ -600,18 +612,21 @@ pub(crate) fn cross_tile_on(
     if !fits {
         return;
     }
-    backend.dispatch(tile::Block {
-        a: x,
-        r0,
-        r1,
-        b: y,
-        pairwise: false,
-        metric,
-        mode,
-        neg_dot,
-        out,
-        ws,
-    });
+    tile::run(
+        backend,
+        tile::Block {
+            a: x,
+            r0,
+            r1,
+            b: y,
+            pairwise: false,
+            metric,
+            mode,
+            neg_dot,
+            out,
+            ws,
+        },
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@
 use super::{clamp_norm, DistanceMode, Metric, NORM_EPS};
 use crate::math;
 use crate::matrix::Matrix;
-use crate::simd::{Kernel, Simd, MAX_LANES, MR_MAX, NR_MAX};
+use crate::simd::{Backend, Kernel, Simd, MAX_LANES, MR_MAX, NR_MAX};
 
 /// Workspace elements for a block of `rows` anchor rows against `other` columns outside
 /// the block's symmetric part (all of them for a cross matrix), of dimension `dim`, for
@@ -299,11 +299,31 @@ impl Kernel for Block<'_, '_> {
     type Output = ();
     #[inline(always)]
     fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
-        if S::LANES == 16 && MR == 16 && NV == 1 && self.a.dim() >= LONG_ROWS {
-            self.run_shape::<S, 8, 2>(s);
-        } else {
-            self.run_shape::<S, MR, NV>(s);
-        }
+        self.run_shape::<S, MR, NV>(s);
+    }
+}
+
+/// A block on the AVX-512 backend's long-row shape, the paired `8 x 32` tile (only
+/// dispatched to that backend).
+struct LongRows<'a, 'o>(Block<'a, 'o>);
+
+impl Kernel for LongRows<'_, '_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<S: Simd, const MR: usize, const NV: usize>(self, s: S) {
+        self.0.run_shape::<S, 8, 2>(s);
+    }
+}
+
+/// Runs `block` on `backend`: with the backend's own tile, or on AVX-512 with rows of at
+/// least [`LONG_ROWS`] elements the paired `8 x 32` one. Two kernel types, not a branch
+/// inside one: each shape is then its own entry function, whose stack frame, in an
+/// unoptimised build, holds the locals of every path inlined into it.
+pub(super) fn run(backend: Backend, block: Block<'_, '_>) {
+    if backend == Backend::Avx512 && block.a.dim() >= LONG_ROWS {
+        backend.dispatch(LongRows(block));
+    } else {
+        backend.dispatch(block);
     }
 }
 
@@ -966,7 +986,6 @@ fn pack_rows<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(
 #[allow(clippy::unwrap_used)] // Test data of valid shapes.
 mod tests {
     use super::*;
-    use crate::simd::Backend;
     extern crate std;
     use std::vec;
     use std::vec::Vec;
