@@ -311,21 +311,19 @@ pub(crate) fn pairwise_distances_on(
     workspace: &mut [f32],
 ) -> Result<(), Error> {
     let n = check_pairwise(&x, out.len(), workspace.len())?;
-    tile::run(
-        backend,
-        tile::Block {
-            a: x,
-            r0: 0,
-            r1: n,
-            b: x,
-            pairwise: true,
-            metric,
-            mode: DistanceMode::Gram,
-            neg_dot: false,
-            out,
-            ws: workspace,
-        },
-    );
+    tile::Block {
+        a: x,
+        r0: 0,
+        r1: n,
+        b: x,
+        pairwise: true,
+        metric,
+        mode: DistanceMode::Gram,
+        neg_dot: false,
+        out,
+        ws: workspace,
+    }
+    .run_on(backend);
     Ok(())
 }
 
@@ -398,21 +396,19 @@ pub(crate) fn pairwise_distances_rows_on(
     workspace: &mut [f32],
 ) -> Result<(), Error> {
     let (r0, r1) = check_pairwise_rows(&x, &rows, out_block.len(), workspace.len())?;
-    tile::run(
-        backend,
-        tile::Block {
-            a: x,
-            r0,
-            r1,
-            b: x,
-            pairwise: true,
-            metric,
-            mode,
-            neg_dot: false,
-            out: out_block,
-            ws: workspace,
-        },
-    );
+    tile::Block {
+        a: x,
+        r0,
+        r1,
+        b: x,
+        pairwise: true,
+        metric,
+        mode,
+        neg_dot: false,
+        out: out_block,
+        ws: workspace,
+    }
+    .run_on(backend);
     Ok(())
 }
 
@@ -485,21 +481,19 @@ pub(crate) fn cross_distances_on(
     workspace: &mut [f32],
 ) -> Result<(), Error> {
     let (m, _) = check_cross(&x, &y, out.len(), workspace.len())?;
-    tile::run(
-        backend,
-        tile::Block {
-            a: x,
-            r0: 0,
-            r1: m,
-            b: y,
-            pairwise: false,
-            metric,
-            mode: DistanceMode::Gram,
-            neg_dot: false,
-            out,
-            ws: workspace,
-        },
-    );
+    tile::Block {
+        a: x,
+        r0: 0,
+        r1: m,
+        b: y,
+        pairwise: false,
+        metric,
+        mode: DistanceMode::Gram,
+        neg_dot: false,
+        out,
+        ws: workspace,
+    }
+    .run_on(backend);
     Ok(())
 }
 
@@ -569,21 +563,19 @@ pub(crate) fn cross_distances_rows_on(
     workspace: &mut [f32],
 ) -> Result<(), Error> {
     let (r0, r1) = check_cross_rows(&x, &y, &rows, out_block.len(), workspace.len())?;
-    tile::run(
-        backend,
-        tile::Block {
-            a: x,
-            r0,
-            r1,
-            b: y,
-            pairwise: false,
-            metric,
-            mode,
-            neg_dot: false,
-            out: out_block,
-            ws: workspace,
-        },
-    );
+    tile::Block {
+        a: x,
+        r0,
+        r1,
+        b: y,
+        pairwise: false,
+        metric,
+        mode,
+        neg_dot: false,
+        out: out_block,
+        ws: workspace,
+    }
+    .run_on(backend);
     Ok(())
 }
 
@@ -612,21 +604,19 @@ pub(crate) fn cross_tile_on(
     if !fits {
         return;
     }
-    tile::run(
-        backend,
-        tile::Block {
-            a: x,
-            r0,
-            r1,
-            b: y,
-            pairwise: false,
-            metric,
-            mode,
-            neg_dot,
-            out,
-            ws,
-        },
-    );
+    tile::Block {
+        a: x,
+        r0,
+        r1,
+        b: y,
+        pairwise: false,
+        metric,
+        mode,
+        neg_dot,
+        out,
+        ws,
+    }
+    .run_on(backend);
 }
 
 // ---------------------------------------------------------------------------------------

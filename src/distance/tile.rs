@@ -315,15 +315,17 @@ impl Kernel for LongRows<'_, '_> {
     }
 }
 
-/// Runs `block` on `backend`: with the backend's own tile, or on AVX-512 with rows of at
-/// least [`LONG_ROWS`] elements the paired `8 x 32` one. Two kernel types, not a branch
-/// inside one: each shape is then its own entry function, whose stack frame, in an
-/// unoptimised build, holds the locals of every path inlined into it.
-pub(super) fn run(backend: Backend, block: Block<'_, '_>) {
-    if backend == Backend::Avx512 && block.a.dim() >= LONG_ROWS {
-        backend.dispatch(LongRows(block));
-    } else {
-        backend.dispatch(block);
+impl Block<'_, '_> {
+    /// Runs the block on `backend`: with the backend's own tile, or on AVX-512 with rows
+    /// of at least [`LONG_ROWS`] elements the paired `8 x 32` one. Two kernel types, not
+    /// a branch inside one: each shape is then its own entry function, whose stack frame,
+    /// in an unoptimised build, holds the locals of every path inlined into it.
+    pub(super) fn run_on(self, backend: Backend) {
+        if backend == Backend::Avx512 && self.a.dim() >= LONG_ROWS {
+            backend.dispatch(LongRows(self));
+        } else {
+            backend.dispatch(self);
+        }
     }
 }
 
@@ -565,17 +567,19 @@ fn sweep<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(
     {
         let pnorms = row_norms.get(p * nr..(p + 1) * nr).unwrap_or(&[]);
         let (first, last) = cuts.rows(p);
-        if squares::<S, MR, NV>() {
-            // Groups of `LANES` rows (one micro-tile, or two stacked), `NV` squares each.
-            for off in (0..nr).step_by(l) {
-                let i0 = first + off;
-                if i0 >= last {
-                    break;
-                }
-                if symmetric && i0 >= j0 + ncols {
-                    return;
-                }
-                let mr = l.min(last - i0);
+        // Groups of `LANES` rows (one micro-tile, or two stacked) for the shapes stored
+        // by squares, single micro-tiles otherwise.
+        let step = if squares::<S, MR, NV>() { l } else { MR };
+        for off in (0..nr).step_by(step) {
+            let i0 = first + off;
+            if i0 >= last {
+                break;
+            }
+            if symmetric && i0 >= j0 + ncols {
+                return;
+            }
+            let mr = step.min(last - i0);
+            if squares::<S, MR, NV>() {
                 let rn = pnorms.get(off..off + l).unwrap_or(&[]);
                 let top = micro::<S, MR, NV, E>(s, apanel, off, bpanel, nr);
                 // A second micro-tile of padding rows only is not computed.
@@ -607,18 +611,8 @@ fn sweep<S: Simd, const MR: usize, const NV: usize, E: Epilogue>(
                     let rows = (i0, mr);
                     store_square::<S, E>(s, g, &mut v, rn, rows, (jh, nch), symmetric, out, tile);
                 }
+                continue;
             }
-            continue;
-        }
-        for off in (0..nr).step_by(MR) {
-            let i0 = first + off;
-            if i0 >= last {
-                break;
-            }
-            if symmetric && i0 >= j0 + ncols {
-                return;
-            }
-            let mr = MR.min(last - i0);
             let placement = if !symmetric {
                 Placement::Rect
             } else if i0 + mr <= j0 {
